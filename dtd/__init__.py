@@ -1,0 +1,28 @@
+"""Deep Taylor Decomposition for ReLU networks in PyTorch.
+
+>>> import dtd
+>>> net = dtd.ReLUNetwork.random([10, 10, 10, 10, 2], seed=2)
+>>> x = net.sample_inputs(100, output=0, min_output=0.1, seed=0)
+>>> dec = dtd.train_free(net, x, rule="z+", output=0)
+>>> dec.relevance.shape
+torch.Size([100, 10])
+"""
+
+from . import roots, rules, tolerances
+from .decompose import Decomposition, LayerDecomposition, train_free
+from .network import ReLUNetwork
+from .roots import LinearRoots, RootFinder
+from .rules import Rule
+
+__all__ = [
+    "ReLUNetwork",
+    "Rule",
+    "rules",
+    "roots",
+    "tolerances",
+    "RootFinder",
+    "LinearRoots",
+    "train_free",
+    "Decomposition",
+    "LayerDecomposition",
+]

@@ -1,0 +1,172 @@
+"""Train-free Deep Taylor Decomposition, batched over points and neurons.
+
+Train-free DTD walks down from the explained output: the top layer's
+relevance is ``R_j = f(x)`` for the explained output neuron (0 for the
+others); each layer finds a root per neuron, hands its inputs
+``R_i = sum_j w_ji (a - root_j)_i`` over the valid roots, and that becomes the
+upper relevance of the layer below -- all evaluated at the real activations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .network import ReLUNetwork
+from .roots import LinearRoots, RootFinder
+from .rules import RuleLike
+
+__all__ = ["LayerDecomposition", "Decomposition", "train_free"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerDecomposition:
+    """What DTD did at one layer (``k = 0`` is the first Linear).
+
+    Attributes
+    ----------
+    index
+        ``k``.
+    method
+        The rule or root finder used here, as text.
+    input
+        ``a``, the layer's input activations ``(batch, D)``.
+    upper_relevance
+        ``R_j`` of the layer's output neurons ``(batch, J)``.
+    roots
+        ``(batch, J, D)``: the root of every (point, neuron).  Where
+        ``root_valid`` is False the entry is no root and must be ignored.
+    root_valid
+        ``(batch, J)``: whether the root exists (``|w_j . v_j| > eps`` for
+        closed-form roots).  Invalid roots contribute no relevance.
+    carries_relevance
+        ``(batch, J)``: ``R_j != 0``.  Neurons that carry none get the
+        trivial root ``a``.
+    relevance
+        ``R_i`` of the layer's inputs ``(batch, D)``.
+    """
+
+    index: int
+    method: str
+    input: torch.Tensor
+    upper_relevance: torch.Tensor
+    roots: torch.Tensor
+    root_valid: torch.Tensor
+    carries_relevance: torch.Tensor
+    relevance: torch.Tensor
+
+    @property
+    def n_invalid(self) -> int:
+        """Number of (point, neuron) pairs whose root does not exist."""
+        return int((~self.root_valid).sum())
+
+    @property
+    def lost_relevance(self) -> torch.Tensor:
+        """``(batch,)``: upper relevance of neurons whose root does not exist."""
+        return torch.where(self.root_valid, torch.zeros_like(self.upper_relevance), self.upper_relevance).sum(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decomposition:
+    """Result of :func:`train_free`: one :class:`LayerDecomposition` per layer."""
+
+    layers: tuple[LayerDecomposition, ...]
+    output: int
+    output_value: torch.Tensor  # (batch,) f(x) of the explained output
+
+    @property
+    def relevance(self) -> torch.Tensor:
+        """Input relevance ``(batch, D_0)``."""
+        return self.layers[0].relevance
+
+    @property
+    def n_invalid(self) -> int:
+        """Invalid roots over all layers."""
+        return sum(layer.n_invalid for layer in self.layers)
+
+
+def _relevance_from_roots(a, roots, valid, weight):
+    """``R_i = sum_j valid_j w_ji (a - root_j)_i``: ``(batch, D)``."""
+    delta = a.unsqueeze(1) - roots
+    return torch.einsum("njd,jd->nd", delta * valid.unsqueeze(-1).to(a.dtype), weight)
+
+
+def train_free(
+    net: ReLUNetwork,
+    x: torch.Tensor,
+    *,
+    rule: Union[RuleLike, Sequence[RuleLike], None] = None,
+    output: int = 0,
+    root_finder: Optional[RootFinder] = None,
+) -> Decomposition:
+    """Train-free DTD of output ``output`` of ``net`` at the points ``x``.
+
+    Parameters
+    ----------
+    net
+        The network.  Not modified.
+    x
+        ``(batch, D_0)`` inputs, in the network's dtype and on its device.
+        Not modified.
+    rule
+        One rule (object or name) for every layer, or one per layer, first
+        layer first.  Default ``"z+"``.  Shorthand for
+        ``root_finder=LinearRoots(rule)``; give one of the two.
+    output
+        Index of the explained output neuron.
+    root_finder
+        Where to expand each neuron (default: closed-form roots of ``rule``).
+
+    Raises
+    ------
+    TypeError
+        ``net`` is no :class:`ReLUNetwork`, ``x`` no tensor of its dtype.
+    ValueError
+        Wrong shape, empty batch, NaN/inf in ``x`` or the weights, ``output``
+        out of range, or activations outside a rule's domain.
+    """
+    if not isinstance(net, ReLUNetwork):
+        raise TypeError(
+            f"net must be a dtd.ReLUNetwork, got {type(net).__name__}; wrap an nn.Sequential with "
+            "ReLUNetwork.from_sequential"
+        )
+    if root_finder is None:
+        root_finder = LinearRoots("z+" if rule is None else rule)
+    elif rule is not None:
+        raise ValueError("give either rule or root_finder, not both (pass the rule to the root finder)")
+    elif not isinstance(root_finder, RootFinder):
+        raise TypeError(f"root_finder must be a dtd.roots.RootFinder, got {type(root_finder).__name__}")
+    output = net.check_output(output)
+    x = net.check_input(x)
+    net.check_parameters()
+    root_finder.check(net)
+
+    activations = net.activations(x)
+    for k in range(net.n_layers):
+        root_finder.check_domain(k, activations[k])
+
+    with torch.no_grad():
+        top = activations[-1]
+        relevance = torch.zeros_like(top)
+        relevance[:, output] = top[:, output]
+        layers: list[LayerDecomposition] = []
+        for k in range(net.n_layers - 1, -1, -1):
+            a = activations[k]
+            roots, valid = root_finder.find(net, k, a, relevance)
+            lower = _relevance_from_roots(a, roots, valid, net.weight(k))
+            layers.append(
+                LayerDecomposition(
+                    index=k,
+                    method=root_finder.describe(k),
+                    input=a,
+                    upper_relevance=relevance,
+                    roots=roots,
+                    root_valid=valid,
+                    carries_relevance=relevance != 0,
+                    relevance=lower,
+                )
+            )
+            relevance = lower
+    return Decomposition(layers=tuple(reversed(layers)), output=output, output_value=top[:, output].clone())

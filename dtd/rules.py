@@ -1,0 +1,262 @@
+"""DTD rules: one small object per rule.
+
+A neuron rule says along which direction ``v_j`` the root of neuron ``j`` is
+searched; the shared step (``t_j = R_j / (w_j . v_j)``,
+``root_j = a - t_j v_j``) lives once, in :meth:`Rule.root_offsets`.  A layer
+rule (:class:`Pinv`) finds one root for the whole layer instead.
+
+Strings are accepted only at the edge: :meth:`Rule.ensure` turns ``"z+"``,
+``"w2"``, ``"gamma"``, ``"x"``, ``"0"``, ``"zB"`` and ``"pinv"`` into rule
+objects.
+
+Notes
+-----
+Montavon et al., *Explaining nonlinear classification decisions with deep
+Taylor decomposition*, Pattern Recognition 65 (2017), appendix;
+Montavon et al., *Layer-Wise Relevance Propagation: An Overview* (2019),
+section 10.2.3 for the gamma rule.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Union
+
+import torch
+
+__all__ = ["Rule", "ZPlus", "WSquare", "Gamma", "LRP0", "ZB", "Pinv", "RuleLike"]
+
+
+def _nonnegative(a: torch.Tensor, rule: "Rule") -> None:
+    if bool((a < 0).any()):
+        raise ValueError(
+            f"rule {rule!r} needs non-negative activations, but the input holds {int((a < 0).sum())} negative "
+            f"value(s) (min {float(a.min()):.3g}); use LRP0/WSquare/ZB for inputs that can be negative"
+        )
+
+
+class Rule(abc.ABC):
+    """A DTD rule.  Subclasses implement :meth:`direction`."""
+
+    #: short name used in reports and accepted by :meth:`ensure`
+    name: str = ""
+
+    def check_domain(self, a: torch.Tensor) -> None:
+        """Raise ``ValueError`` if activations ``a`` ``(batch, D)`` violate the rule's domain."""
+
+    @abc.abstractmethod
+    def direction(self, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Search direction ``v`` ``(batch, J, D)`` for activations ``a``
+        ``(batch, D)`` and weight ``(J, D)``."""
+
+    def root_offsets(
+        self, a: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step from ``a`` to every neuron's root.
+
+        Returns ``delta = a - root`` ``(batch, J, D)`` and ``valid``
+        ``(batch, J)``.  ``delta_j = t_j v_j`` with
+        ``t_j = R_j / (w_j . v_j)``; a root exists iff
+        ``|w_j . v_j| > eps`` or ``R_j = 0`` (then ``t_j = 0``, the trivial
+        root ``a``).  Where ``valid`` is False the entry of ``delta`` is no
+        root offset and must not be used.
+        """
+        v = self.direction(a, weight)
+        denominator = torch.einsum("njd,jd->nj", v, weight)
+        carries = relevance != 0
+        valid = (denominator.abs() > eps) | ~carries
+        safe = torch.where(valid & carries, denominator, torch.ones_like(denominator))
+        t = torch.where(valid & carries, relevance / safe, torch.zeros_like(relevance))
+        return t.unsqueeze(-1) * v, valid
+
+    @staticmethod
+    def ensure(value: "RuleLike") -> "Rule":
+        """Turn a rule name into a rule object; rule objects pass through.
+
+        ``"z+"`` -> :class:`ZPlus`, ``"w2"`` -> :class:`WSquare`,
+        ``"gamma"`` -> ``Gamma(0.25)``, ``"x"``/``"0"`` -> :class:`LRP0`,
+        ``"zB"`` -> ``ZB(0.0, 1.0)``, ``"pinv"`` -> :class:`Pinv`.
+        """
+        if isinstance(value, Rule):
+            return value
+        if isinstance(value, str):
+            try:
+                factory = _BY_NAME[value]
+            except KeyError:
+                raise ValueError(f"unknown rule {value!r}; known rules: {sorted(_BY_NAME)}") from None
+            return factory()
+        raise TypeError(f"a rule must be a str or a dtd.rules.Rule, got {type(value).__name__} {value!r}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+RuleLike = Union[str, Rule]
+
+
+def _positive_weights(weight: torch.Tensor) -> torch.Tensor:
+    return (weight >= 0).to(weight.dtype)
+
+
+class ZPlus(Rule):
+    """``z+``: ``v_j = a * 1[w_j >= 0]``; equals LRP-alpha1-beta0 on bias-negative nets."""
+
+    name = "z+"
+
+    def check_domain(self, a: torch.Tensor) -> None:
+        _nonnegative(a, self)
+
+    def direction(self, a, weight):
+        return a.unsqueeze(1) * _positive_weights(weight)
+
+
+class WSquare(Rule):
+    """``w2``: ``v_j = w_j``; the root may leave the domain ``a >= 0``."""
+
+    name = "w2"
+
+    def direction(self, a, weight):
+        return weight.unsqueeze(0).expand(a.shape[0], -1, -1)
+
+
+class Gamma(Rule):
+    """``gamma``: ``v_j = a * (1 + gamma 1[w_j >= 0])``, so ``w.v = sum a (w + gamma w+)``.
+
+    ``gamma = 0`` is LRP-0; ``gamma -> inf`` approaches z+.
+    """
+
+    name = "gamma"
+
+    def __init__(self, gamma: float = 0.25):
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
+            raise ValueError(f"gamma must be a finite number, got {gamma!r}")
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+
+    def check_domain(self, a: torch.Tensor) -> None:
+        _nonnegative(a, self)
+
+    def direction(self, a, weight):
+        return a.unsqueeze(1) * (1 + self.gamma * _positive_weights(weight))
+
+    def __repr__(self) -> str:
+        return f"Gamma(gamma={self.gamma!r})"
+
+
+class LRP0(Rule):
+    """``x`` (alias ``0``): ``v_j = a``; equals LRP-0 with the bias ignored.
+
+    The 2022 code's ``"0"`` rule returned the origin, which is no root when
+    biases exist; here ``"0"`` is the same as ``"x"``.
+    """
+
+    name = "x"
+
+    def direction(self, a, weight):
+        return a.unsqueeze(1).expand(-1, weight.shape[0], -1)
+
+
+class ZB(Rule):
+    """``zB``: ``v_j = a - low * 1[w_j >= 0] - high * 1[w_j < 0]``, for inputs in ``[low, high]``.
+
+    ``low`` and ``high`` are numbers or 1-D tensors with one entry per input
+    feature.  Inputs outside the box are a ``ValueError``.
+    """
+
+    name = "zB"
+
+    def __init__(self, low: float | torch.Tensor = 0.0, high: float | torch.Tensor = 1.0):
+        self.low = self._bound(low, "low")
+        self.high = self._bound(high, "high")
+        if self.low.shape != self.high.shape and self.low.numel() > 1 and self.high.numel() > 1:
+            raise ValueError(f"low and high have different shapes: {tuple(self.low.shape)} vs {tuple(self.high.shape)}")
+        if bool((torch.as_tensor(self.low) > torch.as_tensor(self.high)).any()):
+            raise ValueError(f"low must be <= high everywhere, got low={self._show(self.low)}, high={self._show(self.high)}")
+
+    @staticmethod
+    def _bound(value, name: str) -> torch.Tensor:
+        if isinstance(value, bool):
+            raise TypeError(f"{name} must be a number or a tensor, got {value!r}")
+        if isinstance(value, (int, float)):
+            value = torch.tensor(float(value), dtype=torch.float64)
+        elif isinstance(value, torch.Tensor):
+            if value.dim() > 1:
+                raise ValueError(f"{name} must be a number or a 1-D tensor (one bound per feature), got shape {tuple(value.shape)}")
+            value = value.detach().to(dtype=torch.float64, device="cpu").clone()
+        else:
+            raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name} must be finite, got {value}")
+        return value
+
+    @staticmethod
+    def _show(value: torch.Tensor) -> str:
+        return f"{value.item():g}" if value.numel() == 1 else str(value.tolist())
+
+    def _bounds(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        width = a.shape[1]
+        for bound, name in ((self.low, "low"), (self.high, "high")):
+            if bound.dim() == 1 and bound.shape[0] != width:
+                raise ValueError(f"ZB {name} has {bound.shape[0]} entries but the layer has {width} inputs")
+        return self.low.to(a), self.high.to(a)
+
+    def check_domain(self, a: torch.Tensor) -> None:
+        low, high = self._bounds(a)
+        outside = (a < low) | (a > high)
+        if bool(outside.any()):
+            raise ValueError(
+                f"rule {self!r} needs inputs in [low, high], but {int(outside.sum())} value(s) lie outside "
+                f"(input range [{float(a.min()):.3g}, {float(a.max()):.3g}]); pass dtd.rules.ZB(low, high) with the data's bounds"
+            )
+
+    def direction(self, a, weight):
+        low, high = self._bounds(a)
+        positive = weight >= 0
+        shift = torch.where(positive, low, high)  # (J, D)
+        return a.unsqueeze(1) - shift
+
+    def __repr__(self) -> str:
+        return f"ZB(low={self._show(self.low)}, high={self._show(self.high)})"
+
+
+class Pinv(Rule):
+    """``pinv``: one root per layer, ``root = a - pinv(W) R``.
+
+    ``W (a - root) = R`` holds exactly when ``W`` has full row rank (and
+    ``R`` lies in its range otherwise).  A neuron's root is valid when its
+    root equation ``w_j . (a - root) = R_j`` holds to the equation
+    tolerance.  The 2022 code's pinv root missed the ``a -`` term.
+    """
+
+    name = "pinv"
+
+    def direction(self, a, weight):
+        raise TypeError("Pinv is a layer rule: it has no per-neuron direction; use root_offsets")
+
+    def root_offsets(self, a, weight, relevance, eps):
+        from .tolerances import equation_rtol
+
+        delta = relevance @ torch.linalg.pinv(weight).T  # (N, D)
+        reached = delta @ weight.T  # (N, J)
+        scale = (delta.abs() @ weight.abs().T) + relevance.abs()
+        valid = (reached - relevance).abs() <= equation_rtol(a.dtype) * scale.clamp_min(1.0)
+        return delta.unsqueeze(1).expand(-1, weight.shape[0], -1), valid
+
+
+_BY_NAME = {
+    "z+": ZPlus,
+    "w2": WSquare,
+    "gamma": Gamma,
+    "x": LRP0,
+    "0": LRP0,
+    "zB": ZB,
+    "pinv": Pinv,
+}

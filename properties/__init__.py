@@ -1,0 +1,1 @@
+"""The DTD property-verification suite: strategies, checks, statistics, report."""
