@@ -339,14 +339,31 @@ class ReLUNetwork(nn.Module):
         with torch's convention ``relu'(0) = 0`` (equal to autograd).  ``x``
         is the input of layer ``from_layer``; it is not touched.
         """
+        return self.evaluate(x, output, from_layer=from_layer)[2]
+
+    def evaluate(
+        self, x: torch.Tensor, output: int, *, from_layer: int = 0
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """One pass for everything the property checks need at the rows of ``x``.
+
+        Returns the pre-activations of layers ``from_layer ...`` (as
+        :meth:`pre_activations`), ``f_k(x)`` ``(batch,)`` and the exact
+        gradient ``d f_k / d a_k`` ``(batch, D_k)`` (as :meth:`input_gradient`).
+        """
         self.check_output(output)
-        masks = self.activation_pattern(x, from_layer=from_layer)
+        zs = self.pre_activations(x, from_layer=from_layer)
+        last = self.n_layers - 1
         with torch.no_grad():
-            grad = masks[-1][:, output].to(x.dtype).unsqueeze(1) * self.weight(self.n_layers - 1)[output]
-            for i in range(len(masks) - 2, -1, -1):
-                k = from_layer + i
-                grad = (grad * masks[i]) @ self.weight(k)
-        return grad
+            z_out = zs[-1][:, output]
+            if self.final_relu:
+                value = torch.relu(z_out)
+                grad = (z_out > 0).to(x.dtype).unsqueeze(1) * self.weight(last)[output]
+            else:
+                value = z_out
+                grad = self.weight(last)[output].expand(x.shape[0], -1).clone()
+            for k in range(last - 1, from_layer - 1, -1):
+                grad = (grad * (zs[k - from_layer] > 0)) @ self.weight(k)
+        return zs, value, grad
 
     # ------------------------------------------------------------------ inputs
     def sample_inputs(

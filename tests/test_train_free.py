@@ -10,6 +10,7 @@ from torch import nn
 import dtd
 from dtd import rules as R
 from dtd.tolerances import denominator_eps
+from properties import checks
 from tests import reference
 
 ATOL64 = 1e-10  # float64, batched vs looped: summation order only (relevances are O(1..10))
@@ -81,15 +82,10 @@ def test_root_equation_and_conservation(rule, dtype):
     dec = dtd.train_free(net, x, rule=rule)
     rtol = dtd.tolerances.equation_rtol(dtype)
     for layer in dec.layers:
-        w = net.weight(layer.index)
-        delta = layer.input.unsqueeze(1) - layer.roots  # (N, J, D)
-        reached = torch.einsum("njd,jd->nj", delta, w)
-        scale = torch.einsum("njd,jd->nj", delta.abs(), w.abs()) + layer.upper_relevance.abs()
-        residual = (reached - layer.upper_relevance).abs()
-        ok = residual <= rtol * scale.clamp_min(1.0)
-        assert bool(ok[layer.root_valid].all()), f"root equation fails at layer {layer.index}"
-        conserved = torch.where(layer.root_valid, layer.upper_relevance, 0.0).sum(1)
-        assert torch.allclose(layer.relevance.sum(1), conserved, rtol=rtol, atol=rtol), f"layer {layer.index}"
+        k = layer.index
+        residual = checks.root_equation_residual(net, dec, k)
+        assert bool((residual[layer.root_valid] <= rtol).all()), f"root equation fails at layer {k}"
+        assert bool((checks.conservation_residual(dec, k) <= rtol).all()), f"conservation fails at layer {k}"
 
 
 @pytest.mark.parametrize("seed", range(5))
