@@ -17,3 +17,5 @@ settings.register_profile("dev", max_examples=30, **_COMMON)
 settings.register_profile("ci", max_examples=30, derandomize=True, database=None, print_blob=True, **_COMMON)
 settings.register_profile("thorough", max_examples=500, derandomize=True, database=None, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+pytest_plugins = ["properties.plugin"]

@@ -1,0 +1,239 @@
+"""Rates with honest confidence intervals, and the baseline comparison.
+
+Interval methods
+----------------
+``wilson``
+    Wilson score interval of ``successes / trials``; used when the trials
+    are independent (points drawn i.i.d. from one network).
+``wilson-clustered``
+    Trials come in clusters (the roots of one point, the points of one
+    generated network) and are not independent.  The cluster-robust
+    (linearised, "sandwich") variance of the ratio estimator,
+    ``C/(C-1) * sum_c (s_c - p t_c)^2 / T^2``, gives a design effect
+    ``deff = var_clustered / (p (1 - p) / T)``; the Wilson interval is then
+    computed on the effective sample size ``T / max(1, deff)``.  It needs at
+    least two clusters; with ``p`` at 0 or 1 the design effect is taken as 1.
+``none``
+    No trials: no rate and no interval (never a NaN).
+
+Baseline gate
+-------------
+A rate is a ``regression`` when its interval and the baseline's interval do
+not overlap.  For two independent estimates of an unchanged rate with
+standard errors ``s1``, ``s2`` and ``z`` the interval's quantile, this
+happens with probability ``P(|Z| > z (s1 + s2) / sqrt(s1^2 + s2^2))``: at most
+``1 - confidence`` and, for equal errors at confidence 0.99,
+``P(|Z| > 3.64) ~ 2.7e-4`` per rate.  Under the derandomized ``ci`` profile an
+unchanged implementation reproduces the baseline exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from statistics import NormalDist
+from typing import Mapping, Optional, Sequence
+
+import torch
+
+__all__ = ["Rate", "Tally", "compare", "STATUSES", "DEFAULT_CONFIDENCE"]
+
+DEFAULT_CONFIDENCE = 0.99
+
+#: what :func:`compare` can say
+STATUSES = ("ok", "regression", "new")
+
+
+def _check_confidence(confidence: float) -> float:
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    return float(confidence)
+
+
+def wilson_interval(successes: float, trials: float, confidence: float) -> tuple[float, float]:
+    """Wilson score interval; ``trials`` may be fractional (an effective sample size)."""
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z / denominator * math.sqrt(max(p * (1 - p) / trials + z * z / (4 * trials * trials), 0.0))
+    low = 0.0 if p <= 0 else max(0.0, min(p, centre - half))
+    high = 1.0 if p >= 1 else min(1.0, max(p, centre + half))
+    return low, high
+
+
+@dataclasses.dataclass(frozen=True)
+class Rate:
+    """How often a property held: ``successes`` of ``trials``.
+
+    Parameters
+    ----------
+    successes, trials
+        Totals; ``trials = 0`` is the explicit "no data" state.
+    confidence
+        Of the interval (default 0.99).
+    clusters
+        Optional per-cluster ``(successes, trials)`` pairs whose sums are the
+        totals; with two or more clusters the interval accounts for the
+        dependence inside clusters (``wilson-clustered``).
+    """
+
+    successes: int
+    trials: int
+    confidence: float = DEFAULT_CONFIDENCE
+    clusters: Optional[tuple[tuple[int, int], ...]] = None
+
+    def __post_init__(self):
+        for name in ("successes", "trials"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.successes > self.trials:
+            raise ValueError(f"successes ({self.successes}) exceed trials ({self.trials})")
+        _check_confidence(self.confidence)
+        if self.clusters is not None:
+            clusters = tuple((int(s), int(t)) for s, t in self.clusters)
+            if any(s < 0 or t < 0 or s > t for s, t in clusters):
+                raise ValueError("every cluster needs 0 <= successes <= trials")
+            if sum(s for s, _ in clusters) != self.successes or sum(t for _, t in clusters) != self.trials:
+                raise ValueError("the clusters' successes and trials must add up to the totals")
+            object.__setattr__(self, "clusters", clusters)
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_clusters(cls, pairs: Sequence[tuple[int, int]], confidence: float = DEFAULT_CONFIDENCE) -> "Rate":
+        """A clustered rate from per-cluster ``(successes, trials)``; empty clusters are dropped."""
+        pairs = tuple((int(s), int(t)) for s, t in pairs if int(t) > 0)
+        return cls(sum(s for s, _ in pairs), sum(t for _, t in pairs), confidence, pairs)
+
+    @classmethod
+    def from_mask(
+        cls,
+        holds: torch.Tensor,
+        counted: Optional[torch.Tensor] = None,
+        *,
+        cluster_dim: Optional[int] = None,
+        confidence: float = DEFAULT_CONFIDENCE,
+    ) -> "Rate":
+        """Rate of ``holds`` over the entries where ``counted`` is True.
+
+        With ``cluster_dim`` (e.g. 0 for ``(points, neurons)`` tensors) each
+        index along that dimension is one cluster.
+        """
+        counted = torch.ones_like(holds, dtype=torch.bool) if counted is None else counted
+        hits = holds & counted
+        if cluster_dim is None:
+            return cls(int(hits.sum()), int(counted.sum()), confidence)
+        dims = [d for d in range(holds.dim()) if d != cluster_dim]
+        s = hits.sum(dims) if dims else hits.long()
+        t = counted.sum(dims) if dims else counted.long()
+        return cls.from_clusters(list(zip(s.tolist(), t.tolist())), confidence)
+
+    # ------------------------------------------------------------------ values
+    @property
+    def rate(self) -> Optional[float]:
+        """``successes / trials``, or None without data."""
+        return self.successes / self.trials if self.trials else None
+
+    @property
+    def n_clusters(self) -> Optional[int]:
+        return None if self.clusters is None else len(self.clusters)
+
+    @property
+    def method(self) -> str:
+        """Which interval :attr:`interval` is (see the module docstring)."""
+        if not self.trials:
+            return "none"
+        if self.clusters is not None and len(self.clusters) >= 2:
+            return "wilson-clustered"
+        return "wilson"
+
+    @property
+    def design_effect(self) -> float:
+        """Variance inflation from clustering (1 for independent trials)."""
+        p = self.rate
+        if self.method != "wilson-clustered" or p in (0.0, 1.0):
+            return 1.0
+        n_clusters = len(self.clusters)
+        spread = sum((s - p * t) ** 2 for s, t in self.clusters)
+        clustered = n_clusters / (n_clusters - 1) * spread / self.trials**2
+        return max(1.0, clustered / (p * (1 - p) / self.trials))
+
+    @property
+    def effective_trials(self) -> float:
+        return self.trials / self.design_effect
+
+    @property
+    def interval(self) -> tuple[Optional[float], Optional[float]]:
+        """``(low, high)`` at :attr:`confidence`; ``(None, None)`` without data."""
+        if not self.trials:
+            return None, None
+        n = self.effective_trials
+        return wilson_interval(self.rate * n, n, self.confidence)
+
+    def to_dict(self) -> dict:
+        low, high = self.interval
+        return {
+            "successes": self.successes,
+            "trials": self.trials,
+            "rate": self.rate,
+            "ci_low": low,
+            "ci_high": high,
+            "confidence": self.confidence,
+            "interval": self.method,
+            "clusters": self.n_clusters,
+            "design_effect": self.design_effect,
+        }
+
+    def __str__(self) -> str:
+        if not self.trials:
+            return "no data"
+        low, high = self.interval
+        return f"{100 * self.rate:.2f}% [{100 * low:.2f}, {100 * high:.2f}] ({self.successes}/{self.trials})"
+
+
+def compare(row: Mapping, baseline: Optional[Mapping]) -> str:
+    """``new`` without a baseline entry, ``regression`` when the intervals do not overlap, else ``ok``.
+
+    Both arguments are mappings with ``rate``, ``ci_low``, ``ci_high`` (as
+    :meth:`Rate.to_dict` writes them); ``None`` values mean "no data".
+    """
+    if baseline is None:
+        return "new"
+    if row.get("rate") is None or baseline.get("rate") is None:
+        return "ok" if row.get("rate") is None and baseline.get("rate") is None else "regression"
+    disjoint = row["ci_low"] > baseline["ci_high"] or row["ci_high"] < baseline["ci_low"]
+    return "regression" if disjoint else "ok"
+
+
+class Tally:
+    """Per-cluster counts of many named rates.
+
+    Call :meth:`new_cluster` when a new cluster (e.g. a generated network)
+    starts; :meth:`add` then adds the entries where ``counted`` (and
+    ``holds``) is True to that cluster's counts for ``name``.
+    """
+
+    def __init__(self):
+        self._counts: dict[str, dict[int, list[int]]] = {}
+        self._cluster = 0
+
+    def new_cluster(self) -> None:
+        self._cluster += 1
+
+    def add(self, name: str, holds: torch.Tensor, counted: Optional[torch.Tensor] = None) -> None:
+        counted = torch.ones_like(holds, dtype=torch.bool) if counted is None else counted
+        pair = self._counts.setdefault(name, {}).setdefault(self._cluster, [0, 0])
+        pair[0] += int((holds & counted).sum())
+        pair[1] += int(counted.sum())
+
+    def names(self) -> list[str]:
+        return list(self._counts)
+
+    def rate(self, name: str, confidence: float = DEFAULT_CONFIDENCE) -> Rate:
+        """The clustered rate of ``name`` (no data if it was never added)."""
+        return Rate.from_clusters([tuple(p) for p in self._counts.get(name, {}).values()], confidence)
+
+    @property
+    def n_clusters(self) -> int:
+        return self._cluster

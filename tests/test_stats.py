@@ -1,0 +1,102 @@
+"""properties.stats: Wilson intervals, clustering, the no-data state, the gate."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from properties.stats import Rate, Tally, compare, wilson_interval
+
+# Wilson score intervals worked out by hand (z = 1.959964 for 95%):
+#   centre = (p + z^2/2n) / (1 + z^2/n), half = z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2)
+WILSON_95 = [
+    (0, 10, 0.0, 0.277533),
+    (5, 10, 0.236593, 0.763407),
+    (10, 10, 0.722467, 1.0),
+    (81, 263, 0.255289, 0.366210),
+]
+
+
+@pytest.mark.parametrize("successes, trials, low, high", WILSON_95)
+def test_wilson_matches_hand_computed_values(successes, trials, low, high):
+    got = Rate(successes, trials, confidence=0.95).interval
+    assert got == pytest.approx((low, high), abs=1e-6)
+
+
+def test_wilson_direct_formula():
+    z = 2.5758293035489  # 99%
+    n, s = 200, 37
+    p = s / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert wilson_interval(s, n, 0.99) == pytest.approx((centre - half, centre + half), rel=1e-12)
+
+
+def test_no_data_is_explicit_not_nan():
+    rate = Rate(0, 0)
+    assert rate.rate is None and rate.interval == (None, None) and rate.method == "none"
+    assert str(rate) == "no data"
+    assert rate.to_dict()["rate"] is None
+    assert Tally().rate("never added").trials == 0
+
+
+def test_clustered_interval_uses_the_design_effect():
+    # two clusters, one all-success, one all-failure: p = 0.5 with strong clustering
+    rate = Rate.from_clusters([(10, 10), (0, 10)])
+    # cluster-robust variance: 2/1 * (25 + 25) / 400 = 0.25; binomial: 0.25 / 20 -> deff = 20
+    assert rate.method == "wilson-clustered"
+    assert rate.design_effect == pytest.approx(20.0)
+    assert rate.effective_trials == pytest.approx(1.0)
+    assert rate.interval == pytest.approx(wilson_interval(0.5, 1.0, 0.99))
+    # homogeneous clusters: no inflation, the plain Wilson interval
+    even = Rate.from_clusters([(5, 10), (5, 10), (5, 10)])
+    assert even.design_effect == 1.0
+    assert even.interval == pytest.approx(Rate(15, 30).interval)
+    # the clustered interval is never narrower than the independent one
+    mixed = Rate.from_clusters([(9, 10), (2, 10), (6, 10), (4, 10)])
+    low_c, high_c = mixed.interval
+    low_i, high_i = Rate(mixed.successes, mixed.trials).interval
+    assert low_c <= low_i and high_c >= high_i
+
+
+def test_from_mask_and_tally_agree():
+    holds = torch.tensor([[True, False, True], [True, True, True], [False, False, True]])
+    counted = torch.tensor([[True, True, False], [True, True, True], [True, False, True]])
+    by_point = Rate.from_mask(holds, counted, cluster_dim=0)
+    assert (by_point.successes, by_point.trials) == (5, 7)
+    assert by_point.clusters == ((1, 2), (3, 3), (1, 2))
+    tally = Tally()
+    for n in range(3):
+        tally.new_cluster()
+        tally.add("r", holds[n], counted[n])
+    assert tally.rate("r") == by_point
+    assert tally.n_clusters == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((3, 2), "exceed trials"),
+        ((-1, 2), "successes must be an int >= 0"),
+        ((1, 2.0), "trials must be an int"),
+        ((1, 2, 1.5), "confidence"),
+        ((1, 2, 0.99, ((1, 1), (1, 2))), "add up"),
+        ((1, 2, 0.99, ((2, 1), (-1, 1))), "every cluster"),
+    ],
+)
+def test_rate_refuses_bad_arguments(args, message):
+    with pytest.raises(ValueError, match=message):
+        Rate(*args)
+
+
+def test_compare_statuses():
+    row = {"rate": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+    assert compare(row, None) == "new"
+    assert compare(row, {"rate": 0.55, "ci_low": 0.45, "ci_high": 0.65}) == "ok"
+    assert compare(row, {"rate": 0.8, "ci_low": 0.7, "ci_high": 0.9}) == "regression"
+    assert compare(row, {"rate": 0.2, "ci_low": 0.1, "ci_high": 0.3}) == "regression"
+    none = {"rate": None, "ci_low": None, "ci_high": None}
+    assert compare(none, none) == "ok"
+    assert compare(none, row) == "regression" and compare(row, none) == "regression"
