@@ -1,0 +1,82 @@
+"""Promises that hold by construction: any failure shrinks to a minimal network.
+
+Each is an ordinary ``@given`` test over generated cases; a failure message
+shows the shrunk network's sizes, weights and inputs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import dtd
+from dtd import rules as R
+from dtd.tolerances import equation_rtol, pattern_tol
+from properties.checks import conservation_residual, root_equation_residual, root_outcomes
+from properties.strategies import cases, rules, zb_rule
+
+pytestmark = pytest.mark.properties
+
+
+def _rule_for(case, rule):
+    """zB needs the data's box and applies to the input layer (z+ above); others apply everywhere."""
+    if rule == "zB":
+        return [zb_rule(case.x)] + [R.ZPlus()] * (case.net.n_layers - 1)
+    return rule
+
+
+ANY_RULE = st.one_of(rules(include_pinv=True), st.just("zB"))
+
+
+@given(case=cases(n=(1, 16)), rule=ANY_RULE)
+def test_root_equation_holds_for_every_valid_root(case, rule):
+    dec = dtd.train_free(case.net, case.x, rule=_rule_for(case, rule), output=case.output)
+    tol = equation_rtol(case.x.dtype)
+    for k, layer in enumerate(dec.layers):
+        residual = root_equation_residual(case.net, dec, k)
+        worst = float(residual[layer.root_valid].max()) if bool(layer.root_valid.any()) else 0.0
+        assert worst <= tol, f"rule {rule}, layer {k}: root equation residual {worst:.3g} > {tol:g}\n{case.describe()}"
+
+
+@given(case=cases(n=(1, 16)), rule=ANY_RULE)
+def test_train_free_conserves_relevance_per_layer(case, rule):
+    dec = dtd.train_free(case.net, case.x, rule=_rule_for(case, rule), output=case.output)
+    tol = equation_rtol(case.x.dtype)
+    for k in range(case.net.n_layers):
+        worst = float(conservation_residual(dec, k).max())
+        assert worst <= tol, f"rule {rule}, layer {k}: conservation residual {worst:.3g} > {tol:g}\n{case.describe()}"
+
+
+@given(case=cases(n=(1, 16)))
+def test_zplus_relevance_is_nonnegative(case):
+    dec = dtd.train_free(case.net, case.x, rule="z+", output=case.output)
+    for layer in dec.layers:
+        worst = float(layer.relevance.min())
+        assert worst >= 0, f"layer {layer.index}: z+ relevance {worst:.3g} < 0\n{case.describe()}"
+
+
+@given(case=cases(n=(1, 16)), rule=ANY_RULE.filter(lambda r: not isinstance(r, R.Pinv)))
+def test_top_layer_root_lies_on_the_hinge(case, rule):
+    """The explained output's root satisfies w . root + b = 0 (its relevance is z = f(x) > 0)."""
+    dec = dtd.train_free(case.net, case.x, rule=_rule_for(case, rule), output=case.output)
+    top = dec.layers[-1]
+    k = case.net.n_layers - 1
+    valid = top.root_valid[:, case.output]
+    z_root = top.roots[:, case.output, :] @ case.net.weight(k)[case.output] + case.net.bias(k)[case.output]
+    scale = (top.roots[:, case.output, :].abs() @ case.net.weight(k)[case.output].abs()) + case.net.bias(k)[case.output].abs()
+    off = (z_root.abs() / scale.clamp_min(1.0))[valid]
+    worst = float(off.max()) if off.numel() else 0.0
+    assert worst <= equation_rtol(case.x.dtype), f"rule {rule}: top root off the hinge by {worst:.3g}\n{case.describe()}"
+
+
+@given(case=cases(depth=1, n=(1, 16)))
+def test_one_layer_zplus_root_in_closure_of_region(case):
+    """For one-layer networks every z+ root lies in the closure of the input's linear region."""
+    dec = dtd.train_free(case.net, case.x, rule="z+", output=case.output)
+    outcomes = root_outcomes(case.net, dec, layer=0)
+    outside = outcomes.valid & ~outcomes.region_match
+    assert not bool(outside.any()), (
+        f"{int(outside.sum())} z+ root(s) leave the region (pattern tolerance {pattern_tol(case.x.dtype):g})\n{case.describe()}"
+    )

@@ -1,0 +1,106 @@
+"""The seed notebook's experiment, reproduced exactly, then broken down.
+
+Network ``ReLUNetwork.random([10, 10, 10, 10, 2], seed=2)`` (float32, as in
+the notebook); rule z+; explained output 0; 1000 non-negative inputs with
+``f(x) > 0.1``; the roots of the first layer (one per hidden neuron, in input
+space).  Questions (3) "is the network output set to zero by the root?" and
+(4) "do the roots have the same gradient as the input?".
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import dtd
+from dtd.tolerances import PROPERTY_ATOL
+from properties.checks import root_outcomes
+from properties.stats import Rate
+
+pytestmark = pytest.mark.properties
+
+N_POINTS = 1000
+MIN_OUTPUT = 0.1
+OUTPUT = 0
+
+QUESTIONS = {
+    "zero_output": f"|f(root)| <= {PROPERTY_ATOL:g}: the root sets the explained output to zero",
+    "output_unchanged": f"f(x) - f(root) < {PROPERTY_ATOL:g}: the notebook's printed number (\"difference almost zero\")",
+    "gradient_match.roots": f"max_i |grad f(root) - grad f(x)| <= {PROPERTY_ATOL:g}: the root has the input's gradient",
+    "region_match": "the root lies in the closure of the input's linear region of f (hidden ReLUs and the explained output)",
+    "in_domain": f"root >= -{PROPERTY_ATOL:g} in every coordinate",
+}
+
+
+@pytest.fixture(scope="module")
+def seed_experiment():
+    net = dtd.ReLUNetwork.random([10, 10, 10, 10, 2], seed=2)
+    x = net.sample_inputs(N_POINTS, output=OUTPUT, min_output=MIN_OUTPUT, seed=0)
+    dec = dtd.train_free(net, x, rule="z+", output=OUTPUT)
+    return net, x, dec
+
+
+def _record_layer(property_report, prefix, outcomes, *, summary, what):
+    """Root rates (clustered by point) and the per-point gradient rate of one layer."""
+    valid = outcomes.valid
+    for key, text in QUESTIONS.items():
+        values = getattr(outcomes, key.split(".")[0])
+        rate = Rate.from_mask(values, valid, cluster_dim=0, confidence=property_report.confidence)
+        property_report.rate(f"{prefix}.{key}", rate, f"{what}: {text}", summary=summary and key != "in_domain")
+    holds, has_roots = outcomes.per_point("gradient_match")
+    property_report.rate(
+        f"{prefix}.gradient_match.points",
+        Rate.from_mask(holds, has_roots, confidence=property_report.confidence),
+        f"points all of whose {what} have the input's gradient (the notebook printed the complement)",
+        summary=summary,
+    )
+
+
+def test_seed_notebook(seed_experiment, property_report):
+    net, x, dec = seed_experiment
+    outcomes = root_outcomes(net, dec, layer=0, output=OUTPUT)
+    what = "first-layer z+ roots of the seed network (10 per point, trivial roots included)"
+    _record_layer(property_report, "notebook", outcomes, summary=True, what=what)
+    property_report.rate(
+        "notebook.root_exists",
+        Rate.from_mask(outcomes.valid, cluster_dim=0, confidence=property_report.confidence),
+        "first-layer (point, neuron) pairs whose closed-form z+ root exists (|w.v| > eps or R = 0)",
+    )
+
+    # per hidden neuron j: roots of neuron j over the 1000 points (independent points: Wilson)
+    neuron_rows = {key: [] for key in ("zero_output", "output_unchanged", "gradient_match")}
+    for j in range(net.sizes[1]):
+        for key in neuron_rows:
+            name = f"notebook.neuron{j}.{key}"
+            values = getattr(outcomes, key)[:, j]
+            rate = Rate.from_mask(values, outcomes.valid[:, j], confidence=property_report.confidence)
+            property_report.rate(name, rate, f"first-layer z+ roots of hidden neuron {j}: {QUESTIONS.get(key, QUESTIONS['gradient_match.roots'])}")
+            neuron_rows[key].append(name)
+
+    labels = [f"n{j}" for j in range(net.sizes[1])]
+    for key, rows in neuron_rows.items():
+        property_report.bars(
+            f"notebook_neuron_{key}.png", f"Seed network, first-layer z+ roots: {key} per hidden neuron", rows, labels,
+            xlabel="hidden neuron of the first layer", caption=f"Share of the 1000 roots of each neuron with {QUESTIONS.get(key, QUESTIONS['gradient_match.roots'])}.",
+        )
+
+    f_x = outcomes.output_at_input
+    diffs = (f_x.unsqueeze(1) - outcomes.output_at_root)[outcomes.valid]
+    property_report.histogram(
+        "notebook_output_difference.png", "Seed network: f(x) - f(root) of the first-layer z+ roots, beside f(x)",
+        {"f(x) - f(root), every root": diffs.tolist(), "f(x), every point": f_x.tolist()},
+        xlabel="value", caption="The notebook's first histogram: a root that zeroed the output would give f(x) - f(root) = f(x).",
+    )
+    mean_diff = (outcomes.gradient_mean_abs_difference * outcomes.valid).sum(1) / outcomes.valid.sum(1).clamp_min(1)
+    property_report.histogram(
+        "notebook_gradient_difference.png", "Seed network: mean |grad f(root) - grad f(x)| per point",
+        {"mean over the point's roots and input dimensions": mean_diff.tolist()},
+        xlabel="mean absolute gradient difference", caption="The notebook's second histogram; 0 means every root of the point lies in the input's linear region.",
+    )
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2, 3])
+def test_seed_notebook_per_layer(seed_experiment, property_report, layer):
+    net, x, dec = seed_experiment
+    outcomes = root_outcomes(net, dec, layer=layer, output=OUTPUT)
+    what = f"layer-{layer} z+ roots of the seed network, judged with f_{layer} (trivial roots included)"
+    _record_layer(property_report, f"notebook.layer{layer}", outcomes, summary=False, what=what)
