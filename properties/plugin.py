@@ -55,6 +55,7 @@ class Store:
         self.plots: dict[str, dict] = {}
         self.summary: set[str] = set()
         self.counts: dict[str, int] = {}
+        self.written_to: Optional[str] = None  # report directory, once written
         self.owner: dict[str, str] = {}
         self.started = time.time()
 
@@ -241,6 +242,13 @@ def _profile_name() -> str:
     return getter() if getter else getattr(hypothesis.settings, "_current_profile", "")
 
 
+def _relative(path: Path, start: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(start.resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _is_worker(config) -> bool:
     return hasattr(config, "workerinput")
 
@@ -263,7 +271,7 @@ def pytest_sessionfinish(session, exitstatus):
         "hypothesis_profile": _profile_name(),
         "hypothesis_max_examples": settings.max_examples,
         "hypothesis_derandomize": settings.derandomize,
-        "baseline": str(config.getoption("--property-baseline")),
+        "baseline": _relative(Path(config.getoption("--property-baseline")), Path(config.invocation_params.dir)),
         "update_baseline": bool(config.getoption("--update-baseline")),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -276,8 +284,8 @@ def pytest_sessionfinish(session, exitstatus):
     _report.write_report(directory, list(store.rows.values()), list(store.plots.values()), run_config)
     if config.getoption("--update-baseline"):
         path = Path(config.getoption("--property-baseline"))
-        _report.write_baseline(path, store.rows.values(), _report.read_baseline(path))
-    store.written_to = directory
+        _report.write_baseline(path, store.rows.values(), store.owner, _report.read_baseline(path))
+    store.written_to = _relative(directory, Path(config.invocation_params.dir))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -292,7 +300,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "regression", "new")}
     terminalreporter.write_line(
         f"{len(rows)} rates ({counts['ok']} ok, {counts['regression']} regression, {counts['new']} new); "
-        f"{len(rows) - len(shown)} more rows and the plots in {getattr(store, 'written_to', '?')}/report.md"
+        f"{len(rows) - len(shown)} more rows and the plots in {store.written_to}/report.md"
     )
+    unmeasured = sorted(set(store.baseline) - set(store.rows))
+    if unmeasured:
+        terminalreporter.write_line(
+            f"{len(unmeasured)} baseline rate(s) were not measured in this run (tests not selected, or stale), e.g. {unmeasured[0]}"
+        )
     if config.getoption("--update-baseline"):
         terminalreporter.write_line(f"baseline rewritten: {config.getoption('--property-baseline')}")

@@ -60,11 +60,17 @@ def read_baseline(path: Path) -> dict[str, dict]:
     return data["properties"]
 
 
-def write_baseline(path: Path, rows: Iterable[Mapping], keep: Mapping[str, Mapping]) -> None:
-    """Rewrite the baseline: entries of ``rows`` replace those of ``keep`` with the same name."""
-    entries = dict(keep)
+def write_baseline(path: Path, rows: Iterable[Mapping], owners: Mapping[str, str], keep: Mapping[str, Mapping]) -> None:
+    """Rewrite the baseline with ``rows``, each entry naming the test that recorded it (``owners``).
+
+    Entries of ``keep`` (the old baseline) survive only when their test did
+    not run in this session: a test that ran replaces all of its entries, so
+    rates it no longer records disappear.
+    """
+    ran = set(owners.values())
+    entries = {name: entry for name, entry in keep.items() if entry.get("test") not in ran}
     for r in rows:
-        entries[r["name"]] = {key: r[key] for key in BASELINE_KEYS}
+        entries[r["name"]] = {**{key: r[key] for key in BASELINE_KEYS}, "test": owners[r["name"]]}
     _atomic_write(Path(path), _dumps({"properties": dict(sorted(entries.items()))}))
 
 
@@ -90,6 +96,31 @@ def format_table(rows: Iterable[Mapping]) -> list[str]:
     return lines
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _sections(rows: list[Mapping]) -> list[tuple[str, list[Mapping]]]:
+    """Rows grouped by the first part of their name; the notebook's first, breakdowns last."""
+    groups: dict[str, list[Mapping]] = {}
+    for r in rows:
+        head, _, rest = r["name"].partition(".")
+        detail = rest.split(".")[0]
+        if detail.startswith("layer"):
+            key = f"{head}: per layer"
+        elif detail.startswith("neuron"):
+            key = f"{head}: per hidden neuron"
+        else:
+            key = head
+        groups.setdefault(key, []).append(r)
+
+    def order(key: str) -> tuple:
+        return (not key.startswith("notebook"), ":" in key, key)
+
+    return [(key, groups[key]) for key in sorted(groups, key=order)]
+
+
 def _markdown(rows: list[Mapping], plots: list[Mapping], config: Mapping) -> str:
     confidence = config.get("confidence")
     out = [
@@ -104,15 +135,17 @@ def _markdown(rows: list[Mapping], plots: list[Mapping], config: Mapping) -> str
         "|---|---|",
     ]
     out += [f"| {key} | {value} |" for key, value in sorted(config.items())]
-    out += ["", "| name | rate | interval | successes / trials | interval method | baseline | status | counts |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        base = r["baseline"]
-        method = r["interval"] + (f" ({r['clusters']} clusters, deff {r['design_effect']:.2f})" if r["clusters"] else "")
-        out.append(
-            f"| `{r['name']}` | {_percent(r['rate'])} | {_interval(r['ci_low'], r['ci_high'])} | "
-            f"{r['successes']} / {r['trials']} | {method} | {_percent(base['rate'] if base else None)} "
-            f"{_interval(base['ci_low'], base['ci_high']) if base else ''} | {r['status']} | {r['description']} |"
-        )
+    for title, members in _sections(rows):
+        out += ["", f"## {title}", "", "| name | rate | interval | successes / trials | interval method | baseline | status | counts |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in members:
+            base = r["baseline"]
+            method = r["interval"] + (f" ({r['clusters']} clusters, deff {r['design_effect']:.2f})" if r["clusters"] else "")
+            out.append(
+                f"| `{r['name']}` | {_percent(r['rate'])} | {_interval(r['ci_low'], r['ci_high'])} | "
+                f"{r['successes']} / {r['trials']} | {method} | {_percent(base['rate'] if base else None)} "
+                f"{_interval(base['ci_low'], base['ci_high']) if base else ''} | {r['status']} | {_cell(r['description'])} |"
+            )
     if plots:
         out += ["", "## Plots", ""]
         for plot in plots:
@@ -129,9 +162,13 @@ def _render_plot(directory: Path, plot: Mapping, rows_by_name: Mapping[str, Mapp
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     try:
         if plot["kind"] == "histogram":
+            import numpy as np
+
+            every = [v for values in plot["series"].values() for v in values]
+            edges = np.histogram_bin_edges(every, bins=plot.get("bins", 30)) if every else plot.get("bins", 30)
             for label, values in plot["series"].items():
-                ax.hist(values, bins=plot.get("bins", 30), alpha=0.6, label=label)
-            ax.set_ylabel("count")
+                ax.hist(values, bins=edges, alpha=0.6, density=True, label=f"{label} (n={len(values)})")
+            ax.set_ylabel("density (each series integrates to 1)")
             ax.legend()
         elif plot["kind"] == "bars":
             names = [n for n in plot["rows"] if n in rows_by_name]

@@ -36,7 +36,7 @@ RULES = {
     "z+": lambda case: R.ZPlus(),
     "w2": lambda case: R.WSquare(),
     "x": lambda case: R.LRP0(),
-    "gamma0.1": lambda case: R.Gamma(0.1),
+    "gamma0_1": lambda case: R.Gamma(0.1),  # names hold no dots: dots separate a rate name's parts
     "gamma1": lambda case: R.Gamma(1.0),
     "gamma10": lambda case: R.Gamma(10.0),
     # DTD's recipe for bounded inputs: zB at the input, z+ above.  Only its
@@ -104,3 +104,11 @@ def test_rates_over_generated_networks(rule_name, property_report, generated_cas
         summary = name.endswith(".all") and ".layer" not in name and ("gradient_match" in name or "zero_output" in name)
         property_report.rate(name, tally.rate(name, property_report.confidence), _describe(name, rule_name), summary=summary)
     property_report.count(f"roots evaluated ({rule_name}, generated networks)", n_roots)
+    details = [name[len(rule_name) + 1 :].split(".") for name in tally.names()]
+    layers = sorted({int(d[0][len("layer") :]) for d in details if d[0].startswith("layer")})
+    rows = [f"{rule_name}.layer{k}.gradient_match" for k in layers]
+    property_report.bars(
+        f"layers_{rule_name}_gradient_match.png", f"{rule_name} over generated networks: gradient match per layer",
+        rows, [f"layer {k}" for k in layers], xlabel="layer k (roots judged with f_k)",
+        caption=f"Share of valid {rule_name} roots of layer k whose gradient of f_k equals the input's (max abs difference <= {PROPERTY_ATOL:g}).",
+    )

@@ -18,6 +18,8 @@ def test_demo(property_report):
     property_report.rate("demo.rate", Rate(successes, 100, property_report.confidence), "demo: successes of 100 trials", summary=True)
     property_report.bars("demo_bars.png", "Demo", ["demo.rate"], ["demo"])
     property_report.histogram("demo_hist.png", "Demo values", {"values": [0.1, 0.2, 0.2, 0.9]})
+    if os.environ.get("DEMO_EXTRA"):
+        property_report.rate("demo.extra", Rate(1, 2), "demo: recorded only when asked")
 
 @pytest.mark.parametrize("cluster", range(4))
 def test_clustered(property_report, cluster):
@@ -30,9 +32,13 @@ def inner(pytester, monkeypatch):
     monkeypatch.delenv("DEMO_SUCCESSES", raising=False)
     pytester.makepyfile(test_inner=INNER_TESTS)
 
-    def run(*args, successes=None):
+    def run(*args, successes=None, extra=False):
         if successes is not None:
             monkeypatch.setenv("DEMO_SUCCESSES", str(successes))
+        if extra:
+            monkeypatch.setenv("DEMO_EXTRA", "1")
+        else:
+            monkeypatch.delenv("DEMO_EXTRA", raising=False)
         return pytester.runpytest_subprocess("-p", "properties.plugin", "-p", "no:cacheprovider",
                                              "--property-baseline", "baseline.json", *args)
 
@@ -70,6 +76,19 @@ def test_update_baseline_then_pass_then_gate_on_a_changed_rate(pytester, inner):
     # --update-baseline accepts the change; the next run passes again
     inner("--update-baseline", successes=90).assert_outcomes(passed=5)
     inner(successes=90).assert_outcomes(passed=5)
+
+
+def test_update_baseline_drops_rates_a_test_no_longer_records(pytester, inner):
+    inner("--update-baseline", extra=True).assert_outcomes(passed=5)
+    baseline = json.loads((pytester.path / "baseline.json").read_text())["properties"]
+    assert baseline["demo.extra"]["test"] == "test_inner.py::test_demo"
+    # updating only other tests keeps demo.extra; updating its test drops it
+    inner("--update-baseline", "-k", "clustered").assert_outcomes(passed=4)
+    assert "demo.extra" in json.loads((pytester.path / "baseline.json").read_text())["properties"]
+    result = inner("--update-baseline")
+    result.assert_outcomes(passed=5)
+    baseline = json.loads((pytester.path / "baseline.json").read_text())["properties"]
+    assert "demo.extra" not in baseline and len(baseline) == 5
 
 
 def test_report_files_appear_and_parse(pytester, inner):
