@@ -8,7 +8,7 @@
 torch.Size([100, 10])
 """
 
-from . import roots, rules, tolerances
+from . import roots, rootsets, rules, tolerances
 from .decompose import Decomposition, LayerDecomposition, train_free
 from .network import ReLUNetwork
 from .roots import LinearRoots, RootFinder
@@ -19,6 +19,7 @@ __all__ = [
     "Rule",
     "rules",
     "roots",
+    "rootsets",
     "tolerances",
     "RootFinder",
     "LinearRoots",

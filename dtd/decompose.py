@@ -16,6 +16,7 @@ import torch
 
 from .network import ReLUNetwork
 from .roots import LinearRoots, RootFinder
+from .rootsets import RootSet
 from .rules import RuleLike
 
 __all__ = ["LayerDecomposition", "Decomposition", "train_free"]
@@ -35,9 +36,9 @@ class LayerDecomposition:
         ``a``, the layer's input activations ``(batch, D)``.
     upper_relevance
         ``R_j`` of the layer's output neurons ``(batch, J)``.
-    roots
-        ``(batch, J, D)``: the root of every (point, neuron).  Where
-        ``root_valid`` is False the entry is no root and must be ignored.
+    root_set
+        How the roots are held (:mod:`dtd.rootsets`); :attr:`roots`
+        materialises them, :meth:`root_chunk` a slice of points at a time.
     root_valid
         ``(batch, J)``: whether the root exists (``|w_j . v_j| > eps`` for
         closed-form roots).  Invalid roots contribute no relevance.
@@ -52,10 +53,23 @@ class LayerDecomposition:
     method: str
     input: torch.Tensor
     upper_relevance: torch.Tensor
-    roots: torch.Tensor
+    root_set: RootSet
     root_valid: torch.Tensor
     carries_relevance: torch.Tensor
     relevance: torch.Tensor
+
+    @property
+    def roots(self) -> torch.Tensor:
+        """``(batch, J, D)``: the root of every (point, neuron), computed on access.
+
+        Where ``root_valid`` is False the entry is no root and must be
+        ignored.  For large layers prefer :meth:`root_chunk`.
+        """
+        return self.root_set.roots()
+
+    def root_chunk(self, start: int, stop: int) -> torch.Tensor:
+        """Roots ``(stop - start, J, D)`` of the points ``start:stop``."""
+        return self.root_set.roots(start, stop)
 
     @property
     def n_invalid(self) -> int:
@@ -85,12 +99,6 @@ class Decomposition:
     def n_invalid(self) -> int:
         """Invalid roots over all layers."""
         return sum(layer.n_invalid for layer in self.layers)
-
-
-def _relevance_from_roots(a, roots, valid, weight):
-    """``R_i = sum_j valid_j w_ji (a - root_j)_i``: ``(batch, D)``."""
-    delta = a.unsqueeze(1) - roots
-    return torch.einsum("njd,jd->nd", delta * valid.unsqueeze(-1).to(a.dtype), weight)
 
 
 def train_free(
@@ -154,16 +162,16 @@ def train_free(
         layers: list[LayerDecomposition] = []
         for k in range(net.n_layers - 1, -1, -1):
             a = activations[k]
-            roots, valid = root_finder.find(net, k, a, relevance)
-            lower = _relevance_from_roots(a, roots, valid, net.weight(k))
+            root_set = root_finder.find(net, k, a, relevance)
+            lower = root_set.relevance(net.weight(k))
             layers.append(
                 LayerDecomposition(
                     index=k,
                     method=root_finder.describe(k),
                     input=a,
                     upper_relevance=relevance,
-                    roots=roots,
-                    root_valid=valid,
+                    root_set=root_set,
+                    root_valid=root_set.valid,
                     carries_relevance=relevance != 0,
                     relevance=lower,
                 )

@@ -24,6 +24,8 @@ _DTD_INIT_FACTOR = 1.4
 
 # sample_inputs gives up after drawing this many candidate rows per row asked for.
 _MAX_DRAWS_PER_ROW = 1000
+# ... and evaluates candidates in batches whose activations take at most this many bytes.
+_SAMPLING_BATCH_BYTES = 64 << 20
 
 
 def _check_int(value, name: str, *, minimum: int) -> int:
@@ -238,6 +240,11 @@ class ReLUNetwork(nn.Module):
 
     def check_parameters(self) -> None:
         """Raise ``ValueError`` if any weight or bias is NaN or infinite."""
+        # one reduction for the common case: NaN and inf survive a sum (a sum that
+        # overflows only sends us to the per-tensor check, which names the culprit)
+        total = torch.stack([p.detach().sum() for p in self.parameters()]).sum()
+        if bool(torch.isfinite(total)):
+            return
         for k in range(self.n_layers):
             _check_all_finite(self.weight(k), f"weight of layer {k}")
             _check_all_finite(self.bias(k), f"bias of layer {k}")
@@ -352,18 +359,30 @@ class ReLUNetwork(nn.Module):
         """
         self.check_output(output)
         zs = self.pre_activations(x, from_layer=from_layer)
+        z_out = zs[-1][:, output]
+        value = torch.relu(z_out) if self.final_relu else z_out
+        return zs, value, self.gradient_from_pre_activations(zs, output, from_layer=from_layer)
+
+    def gradient_from_pre_activations(
+        self, zs: list[torch.Tensor], output: int, *, from_layer: int = 0, threshold: float = 0.0
+    ) -> torch.Tensor:
+        """``d f_k / d a_k`` ``(batch, D_k)`` from the pre-activations of layers ``from_layer ...``.
+
+        The gradient of the piecewise-linear network depends only on the
+        ReLU states ``z > threshold``: the backward pass is masks times
+        weights.  ``threshold = 0`` is torch's ``relu'(0) = 0``; a positive
+        threshold treats pre-activations within it of 0 as exactly 0.
+        """
         last = self.n_layers - 1
         with torch.no_grad():
             z_out = zs[-1][:, output]
             if self.final_relu:
-                value = torch.relu(z_out)
-                grad = (z_out > 0).to(x.dtype).unsqueeze(1) * self.weight(last)[output]
+                grad = (z_out > threshold).to(z_out.dtype).unsqueeze(1) * self.weight(last)[output]
             else:
-                value = z_out
-                grad = self.weight(last)[output].expand(x.shape[0], -1).clone()
+                grad = self.weight(last)[output].expand(z_out.shape[0], -1).clone()
             for k in range(last - 1, from_layer - 1, -1):
-                grad = (grad * (zs[k - from_layer] > 0)) @ self.weight(k)
-        return zs, value, grad
+                grad = (grad * (zs[k - from_layer] > threshold)) @ self.weight(k)
+        return grad
 
     # ------------------------------------------------------------------ inputs
     def sample_inputs(
@@ -403,26 +422,30 @@ class ReLUNetwork(nn.Module):
         elif not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
 
-        kept: list[torch.Tensor] = []
+        # accepted rows go straight into one preallocated result: many small kept
+        # tensors between large freed temporaries pinned GBs of heap (glibc)
+        result = torch.empty(n, self.in_features, dtype=self.dtype, device=self.device)
         n_kept = drawn = 0
         max_draws = _MAX_DRAWS_PER_ROW * n
-        batch = max(64, n)
+        row_bytes = 2 * sum(self.sizes) * self.weight(0).element_size()
+        max_batch = max(64, _SAMPLING_BATCH_BYTES // row_bytes)
+        batch = min(max(64, n), max_batch)
         while n_kept < n and drawn < max_draws:
             size = min(batch, max_draws - drawn)
             candidates = torch.randn(size, self.in_features, generator=generator, dtype=torch.float32).abs()
             candidates = candidates.to(dtype=self.dtype, device=self.device)
             drawn += size
-            accepted = candidates[self.output_value(candidates, output) > min_output]
-            kept.append(accepted)
+            accepted = candidates[self.output_value(candidates, output) > min_output][: n - n_kept]
+            result[n_kept : n_kept + accepted.shape[0]] = accepted
             n_kept += accepted.shape[0]
             if n_kept < n and n_kept > 0:
                 # grow the next batch towards what the observed acceptance rate needs
-                batch = min(max(64, int(1.2 * (n - n_kept) * drawn / n_kept) + 1), 1 << 20)
+                batch = min(max(64, int(1.2 * (n - n_kept) * drawn / n_kept) + 1), max_batch)
             elif n_kept == 0:
-                batch = min(batch * 4, 1 << 20)
+                batch = min(batch * 4, max_batch)
         if n_kept < n:
             raise ValueError(
                 f"could only find {n_kept} of {n} inputs with f(x)[{output}] > {min_output} in {drawn} draws "
                 f"(acceptance rate {n_kept / drawn:.2e}); lower min_output or choose another output"
             )
-        return torch.cat(kept)[:n]
+        return result

@@ -1,8 +1,9 @@
 """Root finders: where DTD expands each neuron's relevance.
 
 A root finder gets the input ``a`` ``(batch, D)`` of layer ``k`` and the
-relevance ``R`` ``(batch, J)`` of its output neurons and returns, for every
-(point, neuron), a root ``(batch, J, D)`` with a validity flag ``(batch, J)``.
+relevance ``R`` ``(batch, J)`` of its output neurons and returns a
+:class:`~dtd.rootsets.RootSet`: for every (point, neuron) a root (materialised
+on demand, ``(batch, J, D)``) with a validity flag ``(batch, J)``.
 A valid root satisfies the root equation ``w_j . (a - root_j) = R_j``, so the
 relevances ``R_i = sum_j w_ji (a - root_j)_i`` conserve ``sum_j R_j``.
 """
@@ -14,6 +15,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .rootsets import RootSet
 from .rules import Rule, RuleLike
 from .tolerances import denominator_eps
 
@@ -30,8 +32,9 @@ class RootFinder(abc.ABC):
         """Raise ``ValueError`` if the input ``a`` of layer ``k`` is outside the finder's domain."""
 
     @abc.abstractmethod
-    def find(self, net, k: int, a: torch.Tensor, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Roots ``(batch, J_k, D_k)`` and validity ``(batch, J_k)`` of layer ``k``."""
+    def find(self, net, k: int, a: torch.Tensor, relevance: torch.Tensor) -> RootSet:
+        """The roots of every (point, neuron) of layer ``k`` (use
+        :class:`~dtd.rootsets.ExplicitRoots` to return a ``(batch, J_k, D_k)`` tensor)."""
 
     @abc.abstractmethod
     def describe(self, k: int) -> str:
@@ -77,8 +80,7 @@ class LinearRoots(RootFinder):
 
     def find(self, net, k, a, relevance):
         eps = denominator_eps(a.dtype) if self.eps is None else self.eps
-        delta, valid = self.rule(k).root_offsets(a, net.weight(k), relevance, eps)
-        return a.unsqueeze(1) - delta, valid
+        return self.rule(k).root_set(a, net.weight(k), relevance, eps)
 
     def describe(self, k: int) -> str:
         return repr(self.rule(k))

@@ -2,7 +2,7 @@
 
 A neuron rule says along which direction ``v_j`` the root of neuron ``j`` is
 searched; the shared step (``t_j = R_j / (w_j . v_j)``,
-``root_j = a - t_j v_j``) lives once, in :meth:`Rule.root_offsets`.  A layer
+``root_j = a - t_j v_j``) lives once, in :meth:`Rule.root_set`.  A layer
 rule (:class:`Pinv`) finds one root for the whole layer instead.
 
 Strings are accepted only at the edge: :meth:`Rule.ensure` turns ``"z+"``,
@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Union
+from typing import Optional, Union
 
 import torch
+
+from .rootsets import AffineRoots, RootSet, SharedRoots
 
 __all__ = ["Rule", "ZPlus", "WSquare", "Gamma", "LRP0", "ZB", "Pinv", "RuleLike"]
 
 
 def _nonnegative(a: torch.Tensor, rule: "Rule") -> None:
-    if bool((a < 0).any()):
+    if float(a.min()) < 0:
         raise ValueError(
             f"rule {rule!r} needs non-negative activations, but the input holds {int((a < 0).sum())} negative "
             f"value(s) (min {float(a.min()):.3g}); use LRP0/WSquare/ZB for inputs that can be negative"
@@ -37,7 +39,7 @@ def _nonnegative(a: torch.Tensor, rule: "Rule") -> None:
 
 
 class Rule(abc.ABC):
-    """A DTD rule.  Subclasses implement :meth:`direction`."""
+    """A DTD rule.  Subclasses implement :meth:`direction_terms`."""
 
     #: short name used in reports and accepted by :meth:`ensure`
     name: str = ""
@@ -46,29 +48,42 @@ class Rule(abc.ABC):
         """Raise ``ValueError`` if activations ``a`` ``(batch, D)`` violate the rule's domain."""
 
     @abc.abstractmethod
+    def direction_terms(self, weight: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """``(P, Q)``, each ``(J, D)`` or None for zero, with ``v_j = a * P_j + Q_j``.
+
+        Every DTD neuron rule's direction is affine in the activations with
+        per-neuron constants; this lets the shared step work with matrix
+        products instead of ``(batch, J, D)`` tensors.
+        """
+
     def direction(self, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Search direction ``v`` ``(batch, J, D)`` for activations ``a``
         ``(batch, D)`` and weight ``(J, D)``."""
+        p, q = self.direction_terms(weight)
+        if p is None:
+            return q.unsqueeze(0).expand(a.shape[0], -1, -1)
+        v = a.unsqueeze(1) * p
+        return v if q is None else v + q
 
-    def root_offsets(
-        self, a: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor, eps: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step from ``a`` to every neuron's root.
+    def root_set(self, a: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor, eps: float) -> RootSet:
+        """The roots of every neuron: the shared step of all neuron rules.
 
-        Returns ``delta = a - root`` ``(batch, J, D)`` and ``valid``
-        ``(batch, J)``.  ``delta_j = t_j v_j`` with
-        ``t_j = R_j / (w_j . v_j)``; a root exists iff
-        ``|w_j . v_j| > eps`` or ``R_j = 0`` (then ``t_j = 0``, the trivial
-        root ``a``).  Where ``valid`` is False the entry of ``delta`` is no
-        root offset and must not be used.
+        ``root_j = a - t_j v_j`` with ``t_j = R_j / (w_j . v_j)``; a root
+        exists iff ``|w_j . v_j| > eps`` or ``R_j = 0`` (then ``t_j = 0``,
+        the trivial root ``a``).  Invalid roots get ``t_j = 0`` and must not
+        be used.
         """
-        v = self.direction(a, weight)
-        denominator = torch.einsum("njd,jd->nj", v, weight)
+        p, q = self.direction_terms(weight)
+        denominator = torch.zeros_like(relevance)
+        if p is not None:
+            denominator = a @ (weight * p).T
+        if q is not None:
+            denominator = denominator + (weight * q).sum(1)
         carries = relevance != 0
         valid = (denominator.abs() > eps) | ~carries
-        safe = torch.where(valid & carries, denominator, torch.ones_like(denominator))
-        t = torch.where(valid & carries, relevance / safe, torch.zeros_like(relevance))
-        return t.unsqueeze(-1) * v, valid
+        use = valid & carries
+        t = torch.where(use, relevance / torch.where(use, denominator, torch.ones_like(denominator)), torch.zeros_like(relevance))
+        return AffineRoots(a, t, valid, p, q)
 
     @staticmethod
     def ensure(value: "RuleLike") -> "Rule":
@@ -113,8 +128,8 @@ class ZPlus(Rule):
     def check_domain(self, a: torch.Tensor) -> None:
         _nonnegative(a, self)
 
-    def direction(self, a, weight):
-        return a.unsqueeze(1) * _positive_weights(weight)
+    def direction_terms(self, weight):
+        return _positive_weights(weight), None
 
 
 class WSquare(Rule):
@@ -122,8 +137,8 @@ class WSquare(Rule):
 
     name = "w2"
 
-    def direction(self, a, weight):
-        return weight.unsqueeze(0).expand(a.shape[0], -1, -1)
+    def direction_terms(self, weight):
+        return None, weight
 
 
 class Gamma(Rule):
@@ -144,8 +159,8 @@ class Gamma(Rule):
     def check_domain(self, a: torch.Tensor) -> None:
         _nonnegative(a, self)
 
-    def direction(self, a, weight):
-        return a.unsqueeze(1) * (1 + self.gamma * _positive_weights(weight))
+    def direction_terms(self, weight):
+        return 1 + self.gamma * _positive_weights(weight), None
 
     def __repr__(self) -> str:
         return f"Gamma(gamma={self.gamma!r})"
@@ -160,8 +175,8 @@ class LRP0(Rule):
 
     name = "x"
 
-    def direction(self, a, weight):
-        return a.unsqueeze(1).expand(-1, weight.shape[0], -1)
+    def direction_terms(self, weight):
+        return torch.ones_like(weight), None
 
 
 class ZB(Rule):
@@ -201,15 +216,14 @@ class ZB(Rule):
     def _show(value: torch.Tensor) -> str:
         return f"{value.item():g}" if value.numel() == 1 else str(value.tolist())
 
-    def _bounds(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        width = a.shape[1]
+    def _bounds(self, like: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         for bound, name in ((self.low, "low"), (self.high, "high")):
             if bound.dim() == 1 and bound.shape[0] != width:
                 raise ValueError(f"ZB {name} has {bound.shape[0]} entries but the layer has {width} inputs")
-        return self.low.to(a), self.high.to(a)
+        return self.low.to(like), self.high.to(like)
 
     def check_domain(self, a: torch.Tensor) -> None:
-        low, high = self._bounds(a)
+        low, high = self._bounds(a, a.shape[1])
         outside = (a < low) | (a > high)
         if bool(outside.any()):
             raise ValueError(
@@ -217,11 +231,10 @@ class ZB(Rule):
                 f"(input range [{float(a.min()):.3g}, {float(a.max()):.3g}]); pass dtd.rules.ZB(low, high) with the data's bounds"
             )
 
-    def direction(self, a, weight):
-        low, high = self._bounds(a)
-        positive = weight >= 0
-        shift = torch.where(positive, low, high)  # (J, D)
-        return a.unsqueeze(1) - shift
+    def direction_terms(self, weight):
+        low, high = self._bounds(weight, weight.shape[1])
+        shift = torch.where(weight >= 0, low, high)  # (J, D)
+        return torch.ones_like(weight), -shift
 
     def __repr__(self) -> str:
         return f"ZB(low={self._show(self.low)}, high={self._show(self.high)})"
@@ -238,17 +251,17 @@ class Pinv(Rule):
 
     name = "pinv"
 
-    def direction(self, a, weight):
-        raise TypeError("Pinv is a layer rule: it has no per-neuron direction; use root_offsets")
+    def direction_terms(self, weight):
+        raise TypeError("Pinv is a layer rule: it has no per-neuron direction; use root_set")
 
-    def root_offsets(self, a, weight, relevance, eps):
+    def root_set(self, a, weight, relevance, eps):
         from .tolerances import equation_rtol
 
         delta = relevance @ torch.linalg.pinv(weight).T  # (N, D)
         reached = delta @ weight.T  # (N, J)
         scale = (delta.abs() @ weight.abs().T) + relevance.abs()
         valid = (reached - relevance).abs() <= equation_rtol(a.dtype) * scale.clamp_min(1.0)
-        return delta.unsqueeze(1).expand(-1, weight.shape[0], -1), valid
+        return SharedRoots(a, delta, valid)
 
 
 _BY_NAME = {

@@ -21,12 +21,12 @@ __all__ = [
     "root_outcomes",
     "root_equation_residual",
     "conservation_residual",
-    "DEFAULT_CHUNK_ELEMENTS",
+    "DEFAULT_MEMORY_BUDGET",
 ]
 
-#: Roots are evaluated in chunks of points holding about this many root
-#: coordinates (points x neurons x input width): ~32 MiB per float64 tensor.
-DEFAULT_CHUNK_ELEMENTS = 1 << 22
+#: Bytes the roots of one chunk of points and their pre-activations may take
+#: (roots are streamed over points, so memory stays flat in the batch size).
+DEFAULT_MEMORY_BUDGET = 256 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,8 @@ class RootOutcomes:
     output_at_root
         ``f_k(root_j)`` ``(batch, J)``.
     gradient_difference
-        ``max_i |grad f_k(root_j) - grad f_k(a)|_i`` ``(batch, J)``.
+        ``max_i |grad f_k(root_j) - grad f_k(a)|_i`` ``(batch, J)``, with
+        ``relu'(z) = 1[z > pattern_tol]`` (see :func:`root_outcomes`).
     gradient_mean_abs_difference
         ``mean_i |grad f_k(root_j) - grad f_k(a)|_i`` ``(batch, J)``.
     zero_output
@@ -96,25 +97,77 @@ class RootOutcomes:
         return (values | ~mask).all(1), mask.any(1)
 
 
-def _chunk_points(n_points: int, per_point: int, chunk_elements: int) -> int:
-    return max(1, min(n_points, chunk_elements // max(per_point, 1)))
+def chunk_points(net: ReLUNetwork, layer: int, memory_budget: int) -> int:
+    """How many points' roots of ``layer`` fit ``memory_budget`` bytes at once.
+
+    A point holds ``J`` roots, each needing its ``D`` coordinates and the
+    pre-activations of every layer above, about four times over while the
+    outcomes are formed.
+    """
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    sizes = net.sizes
+    per_point = 4 * sizes[layer + 1] * (sizes[layer] + sum(sizes[layer + 1 :])) * net.weight(0).element_size()
+    return max(1, memory_budget // per_point)
 
 
-def _region_match(z_roots, z_input, net: ReLUNetwork, layer: int, n_roots: int, output: int):
-    """Whether each root shares the input's linear region of ``f_k`` (closure)."""
-    tol = pattern_tol(z_input[0].dtype)
-    match = torch.ones(z_input[0].shape[0], n_roots, dtype=torch.bool, device=z_input[0].device)
-    last = len(z_input) - 1
-    for offset, (zr, za) in enumerate(zip(z_roots, z_input)):
-        if not net.has_relu(layer + offset):
-            continue
-        if offset == last:  # other output neurons do not enter f
-            zr, za = zr[:, output : output + 1], za[:, output : output + 1]
-        zr = zr.reshape(za.shape[0], n_roots, -1)
-        za = za.unsqueeze(1)
-        same = ((zr > 0) == (za > 0)) | (zr.abs() <= tol) | (za.abs() <= tol)
-        match &= same.all(-1)
-    return match
+def _region_pre_activations(zs: list[torch.Tensor], net: ReLUNetwork, layer: int, output: int) -> torch.Tensor:
+    """The pre-activations that decide ``f_k``'s linear region, side by side: ``(rows, neurons)``.
+
+    Every hidden ReLU of the layers ``>= k`` and the explained output neuron
+    (other output neurons do not enter ``f``); a last layer without ReLU has
+    no state.
+    """
+    last = len(zs) - 1
+    parts = [
+        z[:, output : output + 1] if offset == last else z
+        for offset, z in enumerate(zs)
+        if net.has_relu(layer + offset)
+    ]
+    return torch.cat(parts, dim=1) if parts else zs[0][:, :0]
+
+
+def _compare_regions(zs_r, zs_a, net, layer, output, n_roots):
+    """``(same_gradient, in_closure)``, each ``(points, n_roots)``.
+
+    ``same_gradient``: the roots' active sets ``z > tol`` equal the input's
+    (the gradient is a function of them); ``in_closure``: no neuron is
+    clearly active on one side and clearly inactive on the other.
+    """
+    tol = pattern_tol(zs_a[0].dtype)
+    z_r = _region_pre_activations(zs_r, net, layer, output)
+    z_r = z_r.reshape(-1, n_roots, z_r.shape[1])
+    z_a = _region_pre_activations(zs_a, net, layer, output).unsqueeze(1)
+    r_pos, a_pos = z_r > tol, z_a > tol
+    same = _all_last(r_pos == a_pos)
+    # a root with the input's active set is in the closure; test only the others
+    closure = same.clone()
+    idx = (~same).reshape(-1).nonzero().squeeze(1)
+    if idx.numel():
+        z_sub = z_r.reshape(-1, z_r.shape[-1]).index_select(0, idx)
+        a_sub = z_a.squeeze(1).index_select(0, idx // n_roots)
+        crossed = ((z_sub > tol) & (a_sub < -tol)) | ((z_sub < -tol) & (a_sub > tol))
+        closure.view(-1).index_copy_(0, idx, ~_any_last(crossed))
+    return same, closure
+
+
+# Boolean reductions over a short last dimension: uint8 min/max is several
+# times faster than Tensor.all/any on CPU and gives the same answer.
+def _all_last(mask: torch.Tensor) -> torch.Tensor:
+    if mask.shape[-1] == 0:
+        return torch.ones(mask.shape[:-1], dtype=torch.bool, device=mask.device)
+    return mask.view(torch.uint8).amin(-1).bool()
+
+
+def _any_last(mask: torch.Tensor) -> torch.Tensor:
+    if mask.shape[-1] == 0:
+        return torch.zeros(mask.shape[:-1], dtype=torch.bool, device=mask.device)
+    return mask.view(torch.uint8).amax(-1).bool()
+
+
+def _output(net: ReLUNetwork, zs: list[torch.Tensor], output: int) -> torch.Tensor:
+    z = zs[-1][:, output]
+    return torch.relu(z) if net.final_relu else z
 
 
 def root_outcomes(
@@ -124,7 +177,7 @@ def root_outcomes(
     layer: int = 0,
     output: Optional[int] = None,
     atol: float = PROPERTY_ATOL,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> RootOutcomes:
     """Evaluate the DTD promises at every root of layer ``layer`` of ``dec``.
 
@@ -139,9 +192,21 @@ def root_outcomes(
         The explained output (default: the decomposition's).
     atol
         Tolerance of the questions (default the notebook's 1e-6).
-    chunk_elements
-        Memory bound: points are processed in chunks of about this many
-        root coordinates.
+    memory_budget
+        Bytes for the roots of one chunk of points (see :func:`chunk_points`);
+        the results are identical for every budget.
+
+    Notes
+    -----
+    Gradients use ``relu'(z) = 1[z > pattern_tol]``: torch's ``relu'(0) = 0``
+    applied to pre-activations that are zero up to rounding.  DTD puts some
+    roots exactly on a hinge (the top layer's root of the explained output
+    by construction); with a bare ``z > 0`` their gradient would be decided
+    by the last bit of rounding, and a re-ordered sum could flip it.
+
+    The gradient is a function of the active sets alone, so roots whose
+    active sets equal the input's have exactly the input's gradient
+    (difference 0); the backward pass runs only for the others.
     """
     if not isinstance(dec, Decomposition):
         raise TypeError(f"dec must be a dtd.Decomposition, got {type(dec).__name__}")
@@ -149,27 +214,35 @@ def root_outcomes(
     output = dec.output if output is None else net.check_output(output)
     if not (isinstance(atol, (int, float)) and not isinstance(atol, bool) and atol >= 0):
         raise ValueError(f"atol must be a number >= 0, got {atol!r}")
-    if isinstance(chunk_elements, bool) or not isinstance(chunk_elements, int) or chunk_elements < 1:
-        raise ValueError(f"chunk_elements must be a positive int, got {chunk_elements!r}")
+    chunk = chunk_points(net, layer, memory_budget)
     lay = dec.layers[layer]
     if lay.input.shape[1] != net.layers[layer].in_features:
         raise ValueError("the decomposition does not belong to this network (layer widths differ)")
 
-    n_points, n_roots, width = lay.roots.shape
-    chunk = _chunk_points(n_points, n_roots * max(width, max(net.sizes[layer:])), chunk_elements)
-    parts: dict[str, list[torch.Tensor]] = {key: [] for key in ("f_a", "f_r", "gmax", "gmean", "region")}
+    n_points, width = lay.input.shape
+    n_roots = lay.root_valid.shape[1]
+    tol = pattern_tol(lay.input.dtype)
+    # results are filled in place, chunk by chunk (no list of pieces to concatenate)
+    dtype, device = lay.input.dtype, lay.input.device
+    f_a = torch.empty(n_points, dtype=dtype, device=device)
+    f_r, gmax, gmean = (torch.zeros(n_points, n_roots, dtype=dtype, device=device) for _ in range(3))
+    region, domain = (torch.empty(n_points, n_roots, dtype=torch.bool, device=device) for _ in range(2))
     for start in range(0, n_points, chunk):
-        a = lay.input[start : start + chunk]
-        roots = lay.roots[start : start + chunk]
-        z_a, f_a, g_a = net.evaluate(a, output, from_layer=layer)
-        z_r, f_r, g_r = net.evaluate(roots.reshape(-1, width), output, from_layer=layer)
-        diff = (g_r.reshape(a.shape[0], n_roots, width) - g_a.unsqueeze(1)).abs()
-        parts["f_a"].append(f_a)
-        parts["f_r"].append(f_r.reshape(a.shape[0], n_roots))
-        parts["gmax"].append(diff.amax(-1))
-        parts["gmean"].append(diff.mean(-1))
-        parts["region"].append(_region_match(z_r, z_a, net, layer, n_roots, output))
-    f_a, f_r, gmax, gmean, region = (torch.cat(parts[key]) for key in ("f_a", "f_r", "gmax", "gmean", "region"))
+        stop = min(n_points, start + chunk)
+        roots = lay.root_chunk(start, stop)
+        zs_a = net.pre_activations(lay.input[start:stop], from_layer=layer)
+        zs_r = net.pre_activations(roots.reshape(-1, width), from_layer=layer)
+        f_a[start:stop] = _output(net, zs_a, output)
+        f_r[start:stop] = _output(net, zs_r, output).reshape(-1, n_roots)
+        g_a = net.gradient_from_pre_activations(zs_a, output, from_layer=layer, threshold=tol)
+        same, region[start:stop] = _compare_regions(zs_r, zs_a, net, layer, output, n_roots)
+        idx = (~same).reshape(-1).nonzero().squeeze(1)
+        if idx.numel():
+            g_r = net.gradient_from_pre_activations([z.index_select(0, idx) for z in zs_r], output, from_layer=layer, threshold=tol)
+            diff = (g_r - g_a.index_select(0, idx // n_roots)).abs()
+            gmax[start:stop].view(-1).index_copy_(0, idx, diff.amax(-1))
+            gmean[start:stop].view(-1).index_copy_(0, idx, diff.mean(-1))
+        domain[start:stop] = _all_last(roots >= -atol)
     return RootOutcomes(
         layer=layer,
         atol=float(atol),
@@ -181,7 +254,7 @@ def root_outcomes(
         output_unchanged=(f_a.unsqueeze(1) - f_r) < atol,
         gradient_match=gmax <= atol,
         region_match=region,
-        in_domain=(lay.roots >= -atol).all(-1),
+        in_domain=domain,
         valid=lay.root_valid,
         carries_relevance=lay.carries_relevance,
     )

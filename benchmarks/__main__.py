@@ -1,0 +1,136 @@
+"""``python -m benchmarks [--quick] [--out DIR]``: print the tables, write results.json and scaling.png.
+
+Every ratio compares measurements taken in the same run on the same machine;
+times are medians over repeats.  Scaling points run in fresh processes so each
+peak RSS (which includes the ~300 MiB of Python and torch) is that run's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import dtd
+from benchmarks.workloads import SEED_SIZES, fast_experiment, floor_experiment, median_seconds, reference_experiment
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
+
+
+def seed_experiment(repeats: int, reference_points: int) -> dict:
+    net = dtd.ReLUNetwork.random(SEED_SIZES, seed=2)
+    sampling = median_seconds(lambda: net.sample_inputs(1000, output=0, min_output=0.1, seed=0), repeats)
+    x = net.sample_inputs(1000, output=0, min_output=0.1, seed=0)
+    train_free = median_seconds(lambda: dtd.train_free(net, x, rule="z+", output=0), repeats)
+    fast = median_seconds(lambda: fast_experiment(net, x), repeats)
+    roots = dtd.train_free(net, x).layers[0].roots.reshape(-1, SEED_SIZES[0]).clone()
+    floor = median_seconds(lambda: floor_experiment(net, roots), repeats)
+    subset = x[:reference_points]
+    reference = median_seconds(lambda: reference_experiment(net, subset), 3) / reference_points * 1000
+    return {
+        "points": 1000,
+        "sampling_s": sampling,
+        "train_free_s": train_free,
+        "fast_s": fast,
+        "fast_points_per_s": 1000 / fast,
+        "floor_s": floor,
+        "fast_over_floor": fast / floor,
+        "reference_s_per_1000_points": reference,
+        "reference_points_timed": reference_points,
+        "reference_points_per_s": 1000 / reference,
+        "speedup_over_reference": reference / fast,
+    }
+
+
+def _run_point(spec: dict) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.workloads", json.dumps(spec)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def scaling(quick: bool) -> list[dict]:
+    specs = []
+    for n in ([1000, 10_000, 100_000] if quick else [1000, 10_000, 100_000, 1_000_000]):
+        specs.append({"axis": "N", "value": n, "sizes": SEED_SIZES, "seed": 2, "init": "dtd", "min_output": 0.1, "n": n})
+    for width in [10, 64, 128, 256, 512]:
+        specs.append({"axis": "width", "value": width, "sizes": [10, width, width, width, 2], "n": 500 if quick else 2000})
+    for depth in [2, 4, 6, 8]:
+        specs.append({"axis": "depth", "value": depth, "sizes": [10] + [10] * (depth - 1) + [2], "n": 10_000 if quick else 100_000})
+    for size in [10, 100, 784]:
+        specs.append({"axis": "input size", "value": size, "sizes": [size, 10, 10, 10, 2], "n": 10_000 if quick else 100_000})
+    specs.append({"axis": "784-512-512-10, all layers", "value": 0, "sizes": [784, 512, 512, 10], "all_layers": True, "n": 1000 if quick else 10_000})
+    results = []
+    for spec in specs:
+        result = _run_point(spec)
+        results.append(result)
+        print(f"  {spec['axis']:>28} {spec['value']:>8}  N={spec['n']:>8}  {result['points_per_s']:>12,.0f} points/s  "
+              f"{result['roots_per_s']:>12,.0f} roots/s  {result['seconds']:>7.2f} s  peak RSS {result['peak_rss_mb']:>7.0f} MiB", flush=True)
+    return results
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    axes_names = ["N", "width", "depth", "input size"]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), dpi=100)
+    for ax, name in zip(axes, axes_names):
+        rows = [r for r in results if r["axis"] == name]
+        xs = [r["value"] for r in rows]
+        ax.plot(xs, [r["points_per_s"] for r in rows], "o-", color="tab:blue", label="points/s")
+        ax.set_xlabel(name)
+        ax.set_ylabel("points per second", color="tab:blue")
+        ax.set_yscale("log")
+        if name in ("N", "width", "input size"):
+            ax.set_xscale("log")
+        twin = ax.twinx()
+        twin.plot(xs, [r["peak_rss_mb"] for r in rows], "s--", color="tab:red", label="peak RSS")
+        twin.set_ylabel("peak RSS (MiB)", color="tab:red")
+        twin.set_ylim(bottom=0)
+        ax.set_title(f"seed experiment vs {name}")
+    fig.suptitle(f"train_free + root_outcomes of the first layer's roots ({_machine()})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller N everywhere (about a minute)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where results.json and scaling.png go")
+    args = parser.parse_args(argv)
+    torch.set_grad_enabled(True)
+    print(f"machine: {_machine()}")
+
+    print("\nseed experiment: 1000 points, train-free z+ roots of layer 0, output and gradient at every root")
+    seed = seed_experiment(repeats=11 if args.quick else 31, reference_points=20 if args.quick else 100)
+    print(f"  sampling (excluded below)      {seed['sampling_s'] * 1e3:9.2f} ms")
+    print(f"  train_free alone (all layers)  {seed['train_free_s'] * 1e3:9.2f} ms")
+    print(f"  fast: train_free + checks      {seed['fast_s'] * 1e3:9.2f} ms   {seed['fast_points_per_s']:>12,.0f} points/s")
+    print(f"  floor: bare forward+backward   {seed['floor_s'] * 1e3:9.2f} ms   fast / floor = {seed['fast_over_floor']:.2f}")
+    print(f"  per-point reference ({seed['reference_points_timed']} points) {seed['reference_s_per_1000_points']:9.2f} s per 1000 points"
+          f"   {seed['reference_points_per_s']:>8,.1f} points/s   fast is {seed['speedup_over_reference']:,.0f}x faster")
+
+    print("\nscaling (each in a fresh process):")
+    points = scaling(args.quick)
+    print("\nroot finders (RegionRoots, RegionSamplingRoots): not implemented yet")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"machine": _machine(), "quick": args.quick, "seed_experiment": seed, "scaling": points}, indent=2) + "\n")
+    plot(points, args.out / "scaling.png")
+    print(f"\nwrote {args.out / 'results.json'} and {args.out / 'scaling.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""What the benchmarks time: the seed experiment (fast, per-point reference, floor) and scaling runs.
+
+The seed experiment: train-free z+ roots of the first layer of
+``ReLUNetwork.random([10, 10, 10, 10, 2], seed=2)``, and the network output and
+input gradient at every root (plus the other outcomes ``root_outcomes``
+computes), for inputs drawn beforehand.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from typing import Callable, Sequence
+
+import torch
+
+import dtd
+from properties.checks import DEFAULT_MEMORY_BUDGET, root_outcomes
+
+SEED_SIZES = [10, 10, 10, 10, 2]
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def fast_experiment(net: dtd.ReLUNetwork, x: torch.Tensor, layers: Sequence[int] = (0,), memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
+    """Batched: one train_free call, then every root of ``layers`` evaluated; returns the roots evaluated."""
+    dec = dtd.train_free(net, x, rule="z+", output=0)
+    n = 0
+    for k in layers:
+        outcomes = root_outcomes(net, dec, layer=k, memory_budget=memory_budget)
+        n += outcomes.valid.numel()
+    return n
+
+
+def reference_experiment(net: dtd.ReLUNetwork, x: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
+    """What the 2022 code did: one point at a time, one root at a time, autograd per root."""
+    results = []
+    for n in range(x.shape[0]):
+        point = x[n : n + 1]
+        dec = dtd.train_free(net, point, rule="z+", output=0)
+        roots = dec.layers[0].roots[0]
+        for j in range(roots.shape[0]):
+            root = roots[j : j + 1].clone().requires_grad_(True)
+            value = net(root)[0, 0]
+            (grad,) = torch.autograd.grad(value, root)
+            results.append((float(value.detach()), grad))
+    return results
+
+
+def floor_experiment(net: dtd.ReLUNetwork, roots: torch.Tensor) -> None:
+    """The least any implementation must do: one batched forward and backward of all roots."""
+    leaf = roots.detach().requires_grad_(True)
+    value = net(leaf)[:, 0]
+    torch.autograd.grad(value.sum(), leaf)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def scaling_point(spec: dict) -> dict:
+    """One scaling measurement, meant to run in a fresh process so its peak RSS is its own."""
+    for seed in range(spec.get("seed", 0), spec.get("seed", 0) + 100):  # the first seed whose output 0 is alive
+        net = dtd.ReLUNetwork.random(spec["sizes"], seed=seed, init=spec.get("init", "torch"))
+        start = time.perf_counter()
+        try:
+            x = net.sample_inputs(spec["n"], output=0, min_output=spec.get("min_output", 0.0), seed=0)
+        except ValueError:
+            continue
+        sampling = time.perf_counter() - start
+        break
+    else:
+        raise ValueError(f"no seed gives a live output 0 for {spec}")
+    spec = {**spec, "seed": seed}
+    layers = range(net.n_layers) if spec.get("all_layers") else (0,)
+    start = time.perf_counter()
+    n_roots = fast_experiment(net, x, layers)
+    seconds = time.perf_counter() - start
+    return {**spec, "seconds": seconds, "sampling_seconds": sampling, "points_per_s": spec["n"] / seconds,
+            "roots": n_roots, "roots_per_s": n_roots / seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+if __name__ == "__main__":  # python -m benchmarks.workloads '<json spec>'
+    torch.set_grad_enabled(False)
+    print(json.dumps(scaling_point(json.loads(sys.argv[1]))))
