@@ -18,7 +18,14 @@ from pathlib import Path
 import torch
 
 import dtd
-from benchmarks.workloads import SEED_SIZES, fast_experiment, floor_experiment, median_seconds, reference_experiment
+from benchmarks.workloads import (
+    SEED_SIZES,
+    fast_experiment,
+    floor_experiment,
+    median_seconds,
+    reference_experiment,
+    region_roots_lp_rates,
+)
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -124,10 +131,15 @@ def main(argv=None) -> None:
 
     print("\nscaling (each in a fresh process):")
     points = scaling(args.quick)
-    print("\nroot finders (RegionRoots, RegionSamplingRoots): not implemented yet")
+    print("\nroot finders: RegionRoots (one LP per (point, neuron) carrying relevance), seed network, 1000 points, layer 0")
+    net = dtd.ReLUNetwork.random(SEED_SIZES, seed=2)
+    lp = region_roots_lp_rates(net, net.sample_inputs(1000, output=0, min_output=0.1, seed=0), 20 if args.quick else 100)
+    print(f"  RegionRoots: {lp['lps']} LPs in {lp['seconds']:.2f} s = {lp['lps_per_s']:,.0f} LPs/s; "
+          f"per-LP linprog reference {lp['reference_lps_per_s']:,.0f} LPs/s; ratio {lp['speedup']:.1f}; statuses {lp['counts']}")
+    print("  RegionSamplingRoots: not implemented yet")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"machine": _machine(), "quick": args.quick, "seed_experiment": seed, "scaling": points}, indent=2) + "\n")
+    (args.out / "results.json").write_text(json.dumps({"machine": _machine(), "quick": args.quick, "seed_experiment": seed, "scaling": points, "region_roots": lp}, indent=2) + "\n")
     plot(points, args.out / "scaling.png")
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'scaling.png'}")
 

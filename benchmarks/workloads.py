@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 import dtd
@@ -63,6 +64,53 @@ def floor_experiment(net: dtd.ReLUNetwork, roots: torch.Tensor) -> None:
     leaf = roots.detach().requires_grad_(True)
     value = net(leaf)[:, 0]
     torch.autograd.grad(value.sum(), leaf)
+
+
+def region_lp_reference(a, A_region, c_region, sign, eq_lhs, eq_rhs, norm, nonnegative):
+    """The per-LP reference of RegionLP: the same program for scipy.optimize.linprog, from scratch: (status, r)."""
+    from scipy.optimize import linprog
+
+    d = a.shape[0]
+    keep = sign != 0
+    region = -(sign[keep, None] * A_region[keep])
+    eye = np.eye(d)
+    extra = d if norm == "l1" else 1
+    distance = -eye if norm == "l1" else -np.ones((d, 1))
+    a_ub = np.vstack([np.hstack([region, np.zeros((region.shape[0], extra))]), np.hstack([eye, distance]), np.hstack([-eye, distance])])
+    b_ub = np.concatenate([sign[keep] * c_region[keep], a, -a])
+    cost = np.concatenate([np.zeros(d), np.ones(extra)])
+    a_eq = np.concatenate([eq_lhs, np.zeros(extra)])[None]
+    bounds = [(0.0 if nonnegative else None, None)] * d + [(0.0, None)] * extra
+    result = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=[eq_rhs], bounds=bounds, method="highs")
+    if result.status == 0:
+        return 0, result.x[:d]
+    return (2 if result.status == 2 else 3), None
+
+
+def region_roots_lp_rates(net: dtd.ReLUNetwork, x: torch.Tensor, reference_points: int) -> dict:
+    """LPs per second: RegionRoots on the first layer of ``x`` versus one linprog call per LP."""
+    from dtd.regions import region_constraints
+
+    dec = dtd.train_free(net, x.double() if net.dtype == torch.float64 else x)
+    lay = dec.layers[0]
+    start = time.perf_counter()
+    found = dtd.RegionRoots("l1").find(net, 0, lay.input, lay.upper_relevance, output=0)
+    fast = time.perf_counter() - start
+    counts = found.counts()
+    n_lp = counts["solved"] + counts["infeasible"] + counts["solver failed"]
+    a = lay.input[:reference_points].to(torch.float64)
+    region = region_constraints(net, a, 0, 0)
+    weight = net.weight(0).to(torch.float64).numpy()
+    relevance = lay.upper_relevance[:reference_points].to(torch.float64).numpy()
+    start, n_ref = time.perf_counter(), 0
+    for n in range(a.shape[0]):
+        for j in np.nonzero(relevance[n])[0]:
+            region_lp_reference(a[n].numpy(), region.A[n].numpy(), region.c[n].numpy(), region.sign[n].numpy(),
+                                weight[j], float(weight[j] @ a[n].numpy() - relevance[n, j]), "l1", True)
+            n_ref += 1
+    reference = time.perf_counter() - start
+    return {"lps": n_lp, "seconds": fast, "lps_per_s": n_lp / fast, "counts": counts,
+            "reference_lps": n_ref, "reference_lps_per_s": n_ref / reference, "speedup": (n_lp / fast) / (n_ref / reference)}
 
 
 def peak_rss_mb() -> float:

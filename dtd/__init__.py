@@ -8,10 +8,10 @@
 torch.Size([100, 10])
 """
 
-from . import roots, rootsets, rules, tolerances
+from . import regions, roots, rootsets, rules, tolerances
 from .decompose import Decomposition, LayerDecomposition, train_free
 from .network import ReLUNetwork
-from .roots import LinearRoots, RootFinder
+from .roots import LinearRoots, RegionRoots, RootFinder
 from .rules import Rule
 
 __all__ = [
@@ -23,6 +23,8 @@ __all__ = [
     "tolerances",
     "RootFinder",
     "LinearRoots",
+    "RegionRoots",
+    "regions",
     "train_free",
     "Decomposition",
     "LayerDecomposition",

@@ -162,7 +162,7 @@ def train_free(
         layers: list[LayerDecomposition] = []
         for k in range(net.n_layers - 1, -1, -1):
             a = activations[k]
-            root_set = root_finder.find(net, k, a, relevance)
+            root_set = root_finder.find(net, k, a, relevance, output=output)
             lower = root_set.relevance(net.weight(k))
             layers.append(
                 LayerDecomposition(

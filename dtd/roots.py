@@ -13,13 +13,14 @@ from __future__ import annotations
 import abc
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 
-from .rootsets import RootSet
+from .rootsets import ExplicitRoots, RootSet
 from .rules import Rule, RuleLike
 from .tolerances import denominator_eps
 
-__all__ = ["RootFinder", "LinearRoots"]
+__all__ = ["RootFinder", "LinearRoots", "RegionRoots", "RegionRootSet"]
 
 
 class RootFinder(abc.ABC):
@@ -32,9 +33,9 @@ class RootFinder(abc.ABC):
         """Raise ``ValueError`` if the input ``a`` of layer ``k`` is outside the finder's domain."""
 
     @abc.abstractmethod
-    def find(self, net, k: int, a: torch.Tensor, relevance: torch.Tensor) -> RootSet:
-        """The roots of every (point, neuron) of layer ``k`` (use
-        :class:`~dtd.rootsets.ExplicitRoots` to return a ``(batch, J_k, D_k)`` tensor)."""
+    def find(self, net, k: int, a: torch.Tensor, relevance: torch.Tensor, *, output: int) -> RootSet:
+        """The roots of every (point, neuron) of layer ``k`` for the explained ``output``
+        (use :class:`~dtd.rootsets.ExplicitRoots` to return a ``(batch, J_k, D_k)`` tensor)."""
 
     @abc.abstractmethod
     def describe(self, k: int) -> str:
@@ -78,7 +79,7 @@ class LinearRoots(RootFinder):
     def check_domain(self, k, a):
         self.rule(k).check_domain(a)
 
-    def find(self, net, k, a, relevance):
+    def find(self, net, k, a, relevance, *, output=0):
         eps = denominator_eps(a.dtype) if self.eps is None else self.eps
         return self.rule(k).root_set(a, net.weight(k), relevance, eps)
 
@@ -88,3 +89,83 @@ class LinearRoots(RootFinder):
     def __repr__(self) -> str:
         rules = list(self.rules) if isinstance(self.rules, tuple) else self.rules
         return f"LinearRoots({rules!r})"
+
+
+class RegionRootSet(ExplicitRoots):
+    """Roots found by a linear program, with why each (point, neuron) has or lacks one.
+
+    ``status`` ``(batch, J)``: 0 solved, 1 trivial (``R_j = 0``: the root is
+    ``a``), 2 no root in the region, 3 the solver failed (see
+    :data:`dtd.regions.LP_STATUS`).
+    """
+
+    def __init__(self, a, roots, valid, status):
+        super().__init__(a, roots, valid)
+        self.status = status
+
+    def counts(self) -> dict[str, int]:
+        """How many (point, neuron) pairs ended in each status."""
+        from .regions import LP_STATUS
+
+        return {name: int((self.status == code).sum()) for code, name in LP_STATUS.items()}
+
+
+class RegionRoots(RootFinder):
+    """For every (point, neuron): the root nearest to ``a`` inside the input's linear region.
+
+    The root satisfies the neuron's root equation ``w_j . (a - root) = R_j``,
+    lies in the closure of the input's linear region of ``f_k`` (up to a
+    tenth of the dtype's ``pattern_tol``, within what the region checks accept; ReLU states
+    of the layers ``>= k`` fixed, as linear inequalities; see
+    :mod:`dtd.regions`) and in the domain ``root >= 0``.  One linear program
+    per (point, neuron) carrying relevance, minimising the L1 or L-infinity
+    distance to ``a``, solved with HiGHS (``highspy``); no feasible point means
+    ``root_valid = False`` with status "no root in region".
+
+    Parameters
+    ----------
+    norm
+        ``"l1"`` or ``"linf"``.
+    nonnegative
+        Require ``root >= 0`` (activations and the suite's inputs are non-negative).
+    """
+
+    def __init__(self, norm: str = "l1", *, nonnegative: bool = True):
+        if norm not in ("l1", "linf"):
+            raise ValueError(f"norm must be 'l1' or 'linf', got {norm!r}")
+        self.norm = norm
+        self.nonnegative = bool(nonnegative)
+
+    def check_domain(self, k, a):
+        if self.nonnegative and float(a.min()) < 0:
+            raise ValueError(f"RegionRoots(nonnegative=True) needs non-negative inputs; layer {k}'s minimum is {float(a.min()):.3g}")
+
+    def find(self, net, k, a, relevance, *, output=0):
+        from .regions import RegionLP, region_constraints
+        from .tolerances import pattern_tol
+
+        slack = pattern_tol(a.dtype) / 10  # inside what the region checks accept
+        region = region_constraints(net, a, k, output)
+        weight = net.weight(k).to(torch.float64).cpu().numpy()
+        a64 = a.detach().to(torch.float64).cpu().numpy()
+        r64 = relevance.detach().to(torch.float64).cpu().numpy()
+        A, c, sign = (t.cpu().numpy() for t in (region.A, region.c, region.sign))
+        n_points, n_neurons = r64.shape
+        roots = np.repeat(a64[:, None, :], n_neurons, axis=1)
+        status = np.ones((n_points, n_neurons), dtype=np.int8)  # trivial unless solved below
+        for n in range(n_points):
+            carrying = np.nonzero(r64[n])[0]
+            if carrying.size == 0:
+                continue
+            lp = RegionLP(a64[n], A[n], c[n], sign[n], norm=self.norm, nonnegative=self.nonnegative, slack=slack)
+            for j in carrying:
+                code, point = lp.nearest(weight[j], float(weight[j] @ a64[n] - r64[n, j]))
+                status[n, j] = code
+                if point is not None:
+                    roots[n, j] = point
+        status_t = torch.from_numpy(status).to(a.device)
+        valid = (status_t == 0) | (status_t == 1)
+        return RegionRootSet(a, torch.from_numpy(roots).to(dtype=a.dtype, device=a.device), valid, status_t)
+
+    def describe(self, k: int) -> str:
+        return f"RegionRoots(norm={self.norm!r})"

@@ -9,6 +9,8 @@ space).  Questions (3) "is the network output set to zero by the root?" and
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 import dtd
@@ -104,3 +106,45 @@ def test_seed_notebook_per_layer(seed_experiment, property_report, layer):
     outcomes = root_outcomes(net, dec, layer=layer, output=OUTPUT)
     what = f"layer-{layer} z+ roots of the seed network, judged with f_{layer} (trivial roots included)"
     _record_layer(property_report, f"notebook.layer{layer}", outcomes, summary=False, what=what)
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2, 3])
+def test_seed_network_region_roots(seed_experiment, property_report, layer):
+    """Beyond the notebook: does a valid Taylor root exist inside the input's region at all?"""
+    net, x, dec = seed_experiment
+    lay = dec.layers[layer]
+    found = dtd.RegionRoots("l1").find(net, layer, lay.input, lay.upper_relevance, output=OUTPUT)
+    relevant = lay.carries_relevance
+    confidence = property_report.confidence
+    summary = layer == 0
+    property_report.rate(
+        f"notebook.layer{layer}.region_root_exists",
+        Rate.from_mask(found.valid, relevant, cluster_dim=0, confidence=confidence),
+        f"seed network, layer-{layer} (point, neuron) pairs carrying z+ relevance with a root in the closure of the "
+        f"input's region of f_{layer} (root equation, root >= 0; exact LP)",
+        summary=summary,
+    )
+    exists, _, _ = dtd.regions.region_output_root(net, lay.input, layer=layer, output=OUTPUT)
+    property_report.rate(
+        f"notebook.layer{layer}.region_output_root",
+        Rate.from_mask(exists, confidence=confidence),
+        f"seed network, points whose region of f_{layer} (closure, inputs >= 0) contains a point with f_{layer} = 0 (exact LP)",
+        summary=summary,
+    )
+    region_dec = dtd.decompose.Decomposition(
+        layers=tuple(
+            dataclasses.replace(l, root_set=found, root_valid=found.valid, method="RegionRoots('l1')") if l.index == layer else l
+            for l in dec.layers
+        ),
+        output=dec.output,
+        output_value=dec.output_value,
+    )
+    region_outcomes = root_outcomes(net, region_dec, layer=layer, output=OUTPUT)
+    counted = found.valid & relevant
+    assert bool(region_outcomes.region_match[counted].all()), "an LP root left the closure of its region"
+    property_report.rate(
+        f"notebook.layer{layer}.region_roots.gradient_match",
+        Rate.from_mask(region_outcomes.gradient_match, counted, cluster_dim=0, confidence=confidence),
+        f"seed network, layer-{layer} in-region LP roots (relevant neurons) whose gradient of f_{layer} equals the input's "
+        "(roots on the region's boundary meet relu'(0) = 0)",
+    )

@@ -113,3 +113,4 @@ def input_gradient(params, x_row, output, from_layer=0):
             grad = grad * (z > 0)
         grad = w.T @ grad
     return grad
+

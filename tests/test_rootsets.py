@@ -32,8 +32,8 @@ class _MaterialisingFinder(dtd.RootFinder):
     def __init__(self, rule):
         self.inner = dtd.LinearRoots(rule)
 
-    def find(self, net, k, a, relevance):
-        found = self.inner.find(net, k, a, relevance)
+    def find(self, net, k, a, relevance, *, output):
+        found = self.inner.find(net, k, a, relevance, output=output)
         return ExplicitRoots(a, found.roots(), found.valid)
 
     def describe(self, k):
