@@ -112,11 +112,65 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+_BEGIN, _END = "<!-- benchmark-table -->", "<!-- /benchmark-table -->"
+
+
+def markdown(results: dict) -> str:
+    """The README's tables, from a results.json."""
+    s = results["seed_experiment"]
+    lines = [
+        f"Measured on {results['machine']} (this project's CI machine; shared and noisy, so read ratios rather than absolute times).",
+        "",
+        "Seed experiment (1000 points, train-free z+ roots of the first layer, output, gradient and the other outcomes at every root; sampling excluded):",
+        "",
+        "| what | median | points/s | ratio |",
+        "|---|---|---|---|",
+        f"| sampling 1000 inputs (excluded) | {s['sampling_s'] * 1e3:.2f} ms | | |",
+        f"| `train_free` alone, all 4 layers | {s['train_free_s'] * 1e3:.2f} ms | | |",
+        f"| fast: `train_free` + `root_outcomes(layer=0)` | {s['fast_s'] * 1e3:.2f} ms | {s['fast_points_per_s']:,.0f} | |",
+        f"| floor: bare batched forward + backward of the 10,000 roots | {s['floor_s'] * 1e3:.2f} ms | | fast / floor = {s['fast_over_floor']:.2f} |",
+        f"| per-point reference (one point, one root, autograd per root; {s['reference_points_timed']} points timed) | "
+        f"{s['reference_s_per_1000_points']:.2f} s per 1000 points | {s['reference_points_per_s']:,.0f} | fast is {s['speedup_over_reference']:,.0f}x faster |",
+        "",
+        "Scaling (`train_free` + `root_outcomes` of the first layer's roots; the last row evaluates every root of every layer):",
+        "",
+        "| axis | value | sizes | N | points/s | roots/s | seconds | peak RSS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["scaling"]:
+        lines.append(
+            f"| {r['axis']} | {r['value'] or ''} | {'-'.join(map(str, r['sizes']))} | {r['n']:,} | {r['points_per_s']:,.0f} | "
+            f"{r['roots_per_s']:,.0f} | {r['seconds']:.2f} | {r['peak_rss_mb']:,.0f} MiB |"
+        )
+    lp = results.get("region_roots")
+    if lp:
+        lines += [
+            "",
+            f"Root finders, seed network, 1000 points, layer 0: `RegionRoots` solved {lp['lps']:,} LPs at {lp['lps_per_s']:,.0f} LPs/s; "
+            f"one `scipy.optimize.linprog` call per LP (its reference) runs at {lp['reference_lps_per_s']:,.0f} LPs/s (ratio {lp['speedup']:.1f}). "
+            f"Statuses: {lp['counts']}.",
+        ]
+    return "\n".join(lines)
+
+
+def update_readme(results: dict, readme: Path = README) -> None:
+    """Replace the README's benchmark section (between its markers) with :func:`markdown`."""
+    text = readme.read_text()
+    start, end = text.index(_BEGIN) + len(_BEGIN), text.index(_END)
+    readme.write_text(text[:start] + "\n" + markdown(results) + "\n" + text[end:])
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller N everywhere (about a minute)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results.json and scaling.png go")
+    parser.add_argument("--readme", action="store_true", help="only rewrite README.md's benchmark tables from OUT/results.json")
     args = parser.parse_args(argv)
+    if args.readme:
+        update_readme(json.loads((args.out / "results.json").read_text()))
+        print(f"README.md tables rewritten from {args.out / 'results.json'}")
+        return
     torch.set_grad_enabled(True)
     print(f"machine: {_machine()}")
 
