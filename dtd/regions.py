@@ -26,6 +26,13 @@ LP_STATUS = {0: "solved", 1: "trivial", 2: "infeasible", 3: "solver failed"}
 _LP_TOLERANCE = 1e-10
 
 
+def region_slack(dtype: torch.dtype) -> float:
+    """How far outside a boundary the finders' LPs may go: a tenth of what the region checks accept."""
+    from .tolerances import pattern_tol
+
+    return pattern_tol(dtype) / 10
+
+
 @dataclasses.dataclass(frozen=True)
 class RegionConstraints:
     """The closure of each point's region of ``f_k``: ``sign * (A r + c) >= 0``.
@@ -93,8 +100,8 @@ class RegionLP:
     nonnegative
         Require ``r >= 0``.
     slack
-        The closure is ``sign * (A r + c) >= -slack`` (the finders use a tenth
-        of :func:`~dtd.tolerances.pattern_tol`), so that a root which the
+        The closure is ``sign * (A r + c) >= -slack`` (the finders use
+        :func:`region_slack`), so that a root which the
         network's own rounding puts a hair outside a boundary (the top
         layer's root lies exactly on the output's hinge) still counts, as in
         the region checks.
@@ -160,11 +167,9 @@ def region_output_root(net, x: torch.Tensor, *, layer: int = 0, output: int = 0,
     Returns ``(exists (batch,) bool, roots (batch, D), status (batch,) int8)``;
     ``roots`` holds the input where no such point exists (status 2).
     """
-    from .tolerances import pattern_tol
-
     x = net.check_input(x, from_layer=layer)
     region = region_constraints(net, x, layer, output)
-    slack = pattern_tol(x.dtype) / 10  # inside what the region checks accept
+    slack = region_slack(x.dtype)
     A, c, sign = (t.cpu().numpy() for t in (region.A, region.c, region.sign))
     a64 = x.to(torch.float64).cpu().numpy()
     roots = a64.copy()

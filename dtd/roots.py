@@ -141,10 +141,9 @@ class RegionRoots(RootFinder):
             raise ValueError(f"RegionRoots(nonnegative=True) needs non-negative inputs; layer {k}'s minimum is {float(a.min()):.3g}")
 
     def find(self, net, k, a, relevance, *, output=0):
-        from .regions import RegionLP, region_constraints
-        from .tolerances import pattern_tol
+        from .regions import RegionLP, region_constraints, region_slack
 
-        slack = pattern_tol(a.dtype) / 10  # inside what the region checks accept
+        slack = region_slack(a.dtype)
         region = region_constraints(net, a, k, output)
         weight = net.weight(k).to(torch.float64).cpu().numpy()
         a64 = a.detach().to(torch.float64).cpu().numpy()

@@ -20,7 +20,15 @@ from typing import Optional
 
 import torch
 
-__all__ = ["RootSet", "AffineRoots", "SharedRoots", "ExplicitRoots"]
+__all__ = ["RootSet", "AffineRoots", "SharedRoots", "ExplicitRoots", "affine_direction"]
+
+
+def affine_direction(a: torch.Tensor, p: Optional[torch.Tensor], q: Optional[torch.Tensor]) -> torch.Tensor:
+    """``v = a * P + Q`` ``(batch, J, D)`` for activations ``a`` ``(batch, D)``; None means zero."""
+    if p is None:
+        return q.unsqueeze(0).expand(a.shape[0], -1, -1)
+    v = a.unsqueeze(1) * p
+    return v if q is None else v + q
 
 
 class RootSet(abc.ABC):
@@ -50,15 +58,9 @@ class AffineRoots(RootSet):
     def __init__(self, a: torch.Tensor, t: torch.Tensor, valid: torch.Tensor, p: Optional[torch.Tensor], q: Optional[torch.Tensor]):
         self.input, self.t, self.valid, self.p, self.q = a, t, valid, p, q
 
-    def _direction(self, a: torch.Tensor) -> torch.Tensor:
-        if self.p is None:
-            return self.q.unsqueeze(0).expand(a.shape[0], -1, -1)
-        v = a.unsqueeze(1) * self.p
-        return v if self.q is None else v + self.q
-
     def roots(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
         a = self.input[start:stop]
-        return a.unsqueeze(1) - self.t[start:stop].unsqueeze(-1) * self._direction(a)
+        return a.unsqueeze(1) - self.t[start:stop].unsqueeze(-1) * affine_direction(a, self.p, self.q)
 
     def relevance(self, weight: torch.Tensor) -> torch.Tensor:
         # sum_j t_j w_ji (a_i P_ji + Q_ji) = a_i (t @ (W*P))_i + (t @ (W*Q))_i: two matmuls, no (batch, J, D) tensor

@@ -25,7 +25,7 @@ from typing import Optional, Union
 
 import torch
 
-from .rootsets import AffineRoots, RootSet, SharedRoots
+from .rootsets import AffineRoots, RootSet, SharedRoots, affine_direction
 
 __all__ = ["Rule", "ZPlus", "WSquare", "Gamma", "LRP0", "ZB", "Pinv", "RuleLike"]
 
@@ -59,11 +59,7 @@ class Rule(abc.ABC):
     def direction(self, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Search direction ``v`` ``(batch, J, D)`` for activations ``a``
         ``(batch, D)`` and weight ``(J, D)``."""
-        p, q = self.direction_terms(weight)
-        if p is None:
-            return q.unsqueeze(0).expand(a.shape[0], -1, -1)
-        v = a.unsqueeze(1) * p
-        return v if q is None else v + q
+        return affine_direction(a, *self.direction_terms(weight))
 
     def root_set(self, a: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor, eps: float) -> RootSet:
         """The roots of every neuron: the shared step of all neuron rules.

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from dtd import ReLUNetwork, rules as R
 from dtd.network import INITS
 
-__all__ = ["networks", "nonnegative_inputs", "rules", "cases", "sample_cases", "CaseSpace", "Case", "zb_rule", "SEED_MAX"]
+__all__ = ["networks", "nonnegative_inputs", "rules", "cases", "sample_cases", "CaseSpace", "Case", "zb_rule", "zb_recipe", "SEED_MAX"]
 
 #: seeds are drawn from [0, SEED_MAX]
 SEED_MAX = 2**31 - 1
@@ -233,3 +233,8 @@ def zb_rule(x: torch.Tensor, *, low: float = 0.0) -> R.ZB:
     """A ``ZB`` box ``[low, high]`` holding every row of ``x``: ``high`` is the batch's largest value, rounded up."""
     high = float(torch.ceil(x.max()).clamp_min(low + 1.0))
     return R.ZB(low, high)
+
+
+def zb_recipe(case: Case) -> list[R.Rule]:
+    """DTD's recipe for bounded inputs: :func:`zb_rule` at the input layer, z+ above."""
+    return [zb_rule(case.x)] + [R.ZPlus()] * (case.net.n_layers - 1)

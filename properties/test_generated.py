@@ -23,7 +23,7 @@ from dtd import rules as R
 from dtd.tolerances import PROPERTY_ATOL
 from properties.checks import root_outcomes
 from properties.stats import Tally
-from properties.strategies import sample_cases, zb_rule
+from properties.strategies import sample_cases, zb_recipe
 
 pytestmark = pytest.mark.properties
 
@@ -41,7 +41,7 @@ RULES = {
     "gamma10": lambda case: R.Gamma(10.0),
     # DTD's recipe for bounded inputs: zB at the input, z+ above.  Only its
     # first layer differs from z+, so only layer 0 is reported.
-    "zB": lambda case: [zb_rule(case.x)] + [R.ZPlus()] * (case.net.n_layers - 1),
+    "zB": zb_recipe,
 }
 
 OUTCOMES = {

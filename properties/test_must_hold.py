@@ -15,16 +15,14 @@ import dtd
 from dtd import rules as R
 from dtd.tolerances import equation_rtol, pattern_tol
 from properties.checks import conservation_residual, root_equation_residual, root_outcomes
-from properties.strategies import cases, rules, zb_rule
+from properties.strategies import cases, rules, zb_recipe
 
 pytestmark = pytest.mark.properties
 
 
 def _rule_for(case, rule):
     """zB needs the data's box and applies to the input layer (z+ above); others apply everywhere."""
-    if rule == "zB":
-        return [zb_rule(case.x)] + [R.ZPlus()] * (case.net.n_layers - 1)
-    return rule
+    return zb_recipe(case) if rule == "zB" else rule
 
 
 ANY_RULE = st.one_of(rules(include_pinv=True), st.just("zB"))
