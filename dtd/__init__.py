@@ -9,6 +9,7 @@ torch.Size([100, 10])
 """
 
 from . import regions, roots, rootsets, rules, tolerances
+from .accounting import Accounting, accounting
 from .decompose import Decomposition, LayerDecomposition, train_free
 from .network import ReLUNetwork
 from .roots import LinearRoots, RegionRoots, RootFinder
@@ -28,4 +29,6 @@ __all__ = [
     "train_free",
     "Decomposition",
     "LayerDecomposition",
+    "accounting",
+    "Accounting",
 ]

@@ -54,7 +54,7 @@ class Store:
         self.rows: dict[str, dict] = {}
         self.plots: dict[str, dict] = {}
         self.summary: set[str] = set()
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, float] = {}
         self.written_to: Optional[str] = None  # report directory, once written
         self.owner: dict[str, str] = {}
         self.started = time.time()
@@ -122,10 +122,10 @@ class PropertyReport:
             self.regressions.append(f"{name}: now {now}, baseline {was} -- the intervals do not overlap")
         return entry
 
-    def count(self, label: str, value: int) -> None:
-        """An informational count for the report's config table (not gated)."""
+    def count(self, label: str, value: float) -> None:
+        """An informational number for the report's config table (not gated): ints as they are, floats to 6 digits."""
         self._store.claim("count:" + label, self._nodeid)
-        self._store.counts[label] = int(value)
+        self._store.counts[label] = value if isinstance(value, int) else float(f"{float(value):.6g}")
 
     def histogram(self, file: str, title: str, series: Mapping[str, Sequence[float]], *, xlabel: str = "", caption: str = "", bins: int = 30) -> None:
         """A histogram plot of one or more value series (drawn over each other)."""

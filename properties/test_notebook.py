@@ -14,7 +14,7 @@ import dataclasses
 import pytest
 
 import dtd
-from dtd.tolerances import PROPERTY_ATOL
+from dtd.tolerances import PROPERTY_ATOL, equation_rtol
 from properties.checks import root_outcomes
 from properties.stats import Rate
 
@@ -84,6 +84,13 @@ def test_seed_notebook(seed_experiment, property_report):
             f"notebook_neuron_{key}.png", f"Seed network, first-layer z+ roots: {key} per hidden neuron", rows, labels,
             xlabel="hidden neuron of the first layer", caption=f"Share of the 1000 roots of each neuron with {QUESTIONS.get(key, QUESTIONS['gradient_match.roots'])}.",
         )
+
+    books = dtd.accounting(net, dec)
+    for acc in books.layers:
+        scale = acc.upper.abs().clamp_min(1.0)
+        assert bool((acc.residual.abs() <= equation_rtol(x.dtype) * scale).all()), f"layer {acc.index}: books do not balance"
+        for key in ("upper", "lost", "bias_share"):
+            property_report.count(f"seed network, layer {acc.index}: mean {key.replace('_', ' ')} relevance (dtd.accounting)", float(getattr(acc, key).mean()))
 
     f_x = outcomes.output_at_input
     diffs = (f_x.unsqueeze(1) - outcomes.output_at_root)[outcomes.valid]

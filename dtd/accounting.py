@@ -1,0 +1,98 @@
+"""Where did the relevance go?  Per-layer accounting of a decomposition.
+
+Users of LRP/DTD code keep asking why the input relevance does not add up
+to the output.  For each layer this splits the relevance that arrived from
+above into what the layer passed on, what it lost to roots that do not
+exist, and what a bias-including LRP rule would have handed to the biases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .decompose import Decomposition
+from .network import ReLUNetwork
+
+__all__ = ["LayerAccount", "Accounting", "accounting"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerAccount:
+    """Relevance bookkeeping of one layer; every tensor is ``(batch,)``.
+
+    Attributes
+    ----------
+    upper
+        ``sum_j R_j``: what arrived from the layer above.
+    conserved
+        ``sum_i R_i``: what the layer passed on to its inputs.
+    lost
+        ``sum_j R_j`` over neurons whose root does not exist (they pass nothing on).
+    residual
+        ``upper - lost - conserved``: numerical error (0 up to rounding for valid roots).
+    trivial_roots
+        Neurons with ``R_j = 0`` (root ``a``; they carry and pass on nothing).
+    bias_share
+        ``sum_j R_j b_j / z_j`` over neurons with ``z_j != 0``: the part of the
+        upper relevance that LRP-0 with the bias kept would assign to the
+        biases instead of the inputs (negative biases give a negative share).
+    """
+
+    index: int
+    upper: torch.Tensor
+    conserved: torch.Tensor
+    lost: torch.Tensor
+    residual: torch.Tensor
+    trivial_roots: torch.Tensor
+    bias_share: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class Accounting:
+    """:class:`LayerAccount` per layer (``k = 0`` is the first Linear) and the explained output."""
+
+    layers: tuple[LayerAccount, ...]
+    output_value: torch.Tensor
+
+    def summary(self) -> str:
+        """A text table of the batch means, top layer first."""
+        lines = [f"{'layer':>5} {'upper':>10} {'conserved':>10} {'lost':>10} {'residual':>10} {'trivial':>8} {'bias share':>11}"]
+        for acc in reversed(self.layers):
+            lines.append(
+                f"{acc.index:>5} {float(acc.upper.mean()):>10.4g} {float(acc.conserved.mean()):>10.4g} {float(acc.lost.mean()):>10.4g} "
+                f"{float(acc.residual.abs().mean()):>10.2g} {float(acc.trivial_roots.float().mean()):>8.2f} {float(acc.bias_share.mean()):>11.4g}"
+            )
+        return "\n".join(lines)
+
+
+def accounting(net: ReLUNetwork, dec: Decomposition) -> Accounting:
+    """Split each layer's upper relevance, per point, into what it passed on, what it lost and the bias share."""
+    if not isinstance(net, ReLUNetwork):
+        raise TypeError(f"net must be a dtd.ReLUNetwork, got {type(net).__name__}")
+    if not isinstance(dec, Decomposition):
+        raise TypeError(f"dec must be a dtd.Decomposition, got {type(dec).__name__}")
+    if len(dec.layers) != net.n_layers or dec.layers[0].input.shape[1] != net.in_features:
+        raise ValueError("the decomposition does not belong to this network")
+    layers = []
+    with torch.no_grad():
+        for lay in dec.layers:
+            k = lay.index
+            upper = lay.upper_relevance
+            z = lay.input @ net.weight(k).T + net.bias(k)
+            nonzero = z != 0
+            share = torch.where(nonzero, upper * net.bias(k) / torch.where(nonzero, z, torch.ones_like(z)), torch.zeros_like(z))
+            total, lost, conserved = upper.sum(1), lay.lost_relevance, lay.relevance.sum(1)
+            layers.append(
+                LayerAccount(
+                    index=k,
+                    upper=total,
+                    conserved=conserved,
+                    lost=lost,
+                    residual=total - lost - conserved,
+                    trivial_roots=(~lay.carries_relevance).sum(1),
+                    bias_share=share.sum(1),
+                )
+            )
+    return Accounting(tuple(layers), dec.output_value)
