@@ -25,6 +25,7 @@ from benchmarks.workloads import (
     median_seconds,
     reference_experiment,
     region_roots_lp_rates,
+    region_sampling_rates,
 )
 
 RESULTS = Path(__file__).with_name("results")
@@ -151,6 +152,13 @@ def markdown(results: dict) -> str:
             f"one `scipy.optimize.linprog` call per LP (its reference) runs at {lp['reference_lps_per_s']:,.0f} LPs/s (ratio {lp['speedup']:.1f}). "
             f"Statuses: {lp['counts']}.",
         ]
+    rs = results.get("region_sampling")
+    if rs:
+        lines += [
+            "",
+            f"`RegionSamplingRoots` ({rs['n_directions']} rays per point), same points: {rs['points_per_s']:,.0f} points/s; its per-point "
+            f"loop (one ray, constraint and neuron at a time) {rs['reference_points_per_s']:,.2f} points/s (ratio {rs['speedup']:,.0f}).",
+        ]
     return "\n".join(lines)
 
 
@@ -190,10 +198,12 @@ def main(argv=None) -> None:
     lp = region_roots_lp_rates(net, net.sample_inputs(1000, output=0, min_output=0.1, seed=0), 20 if args.quick else 100)
     print(f"  RegionRoots: {lp['lps']} LPs in {lp['seconds']:.2f} s = {lp['lps_per_s']:,.0f} LPs/s; "
           f"per-LP linprog reference {lp['reference_lps_per_s']:,.0f} LPs/s; ratio {lp['speedup']:.1f}; statuses {lp['counts']}")
-    print("  RegionSamplingRoots: not implemented yet")
+    rs = region_sampling_rates(net, net.sample_inputs(1000, output=0, min_output=0.1, seed=0), 2 if args.quick else 5)
+    print(f"  RegionSamplingRoots (256 rays per point): {rs['points_per_s']:,.0f} points/s; per-point loop "
+          f"{rs['reference_points_per_s']:,.2f} points/s; ratio {rs['speedup']:,.0f}")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"machine": _machine(), "quick": args.quick, "seed_experiment": seed, "scaling": points, "region_roots": lp}, indent=2) + "\n")
+    (args.out / "results.json").write_text(json.dumps({"machine": _machine(), "quick": args.quick, "seed_experiment": seed, "scaling": points, "region_roots": lp, "region_sampling": rs}, indent=2) + "\n")
     plot(points, args.out / "scaling.png")
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'scaling.png'}")
 

@@ -9,6 +9,7 @@ computes), for inputs drawn beforehand.
 from __future__ import annotations
 
 import json
+import math
 import resource
 import sys
 import time
@@ -85,6 +86,67 @@ def region_lp_reference(a, A_region, c_region, sign, eq_lhs, eq_rhs, norm, nonne
     if result.status == 0:
         return 0, result.x[:d]
     return (2 if result.status == 2 else 3), None
+
+
+def region_sampling_reference(finder, net, k, a, relevance):
+    """RegionSamplingRoots one point, one ray, one constraint, one neuron at a time: (roots, valid)."""
+    from dtd.regions import region_constraints, region_slack
+
+    region = region_constraints(net, a, k, 0)
+    directions = finder.directions(a.shape[0], a.shape[1], k)
+    slack = region_slack(a.dtype)
+    w = net.weight(k).to(torch.float64)
+    a = a.to(torch.float64)
+    roots = a.unsqueeze(1).repeat(1, w.shape[0], 1).clone()
+    valid = torch.ones(a.shape[0], w.shape[0], dtype=torch.bool)
+    for n in range(a.shape[0]):
+        edges = []
+        for kk in range(finder.n_directions):
+            d = directions[n, kk].clone()
+            for i in range(a.shape[1]):
+                if a[n, i] <= 0:
+                    d[i] = abs(d[i])
+            edge = math.inf
+            for m in range(region.A.shape[1]):
+                g = float(region.sign[n, m] * (region.A[n, m] @ a[n] + region.c[n, m]))
+                h = float(region.sign[n, m] * (region.A[n, m] @ d))
+                if h < 0:
+                    edge = min(edge, (g + slack) / -h)
+            for i in range(a.shape[1]):
+                if d[i] < 0:
+                    edge = min(edge, float(a[n, i] / -d[i]))
+            edges.append((d, edge))
+        for j in range(w.shape[0]):
+            if relevance[n, j] == 0:
+                continue
+            best = None
+            for d, edge in edges:
+                wd = float(w[j] @ d)
+                if wd == 0:
+                    continue
+                s = -float(relevance[n, j]) / wd
+                if 0 <= s <= edge and (best is None or s < best[0]):
+                    best = (s, d)
+            if best is None:
+                valid[n, j] = False
+            else:
+                roots[n, j] = a[n] + best[0] * best[1]
+    return roots, valid
+
+
+def region_sampling_rates(net: dtd.ReLUNetwork, x: torch.Tensor, reference_points: int, n_directions: int = 256) -> dict:
+    """Points per second: RegionSamplingRoots on the first layer versus its per-point loop."""
+    dec = dtd.train_free(net, x)
+    lay = dec.layers[0]
+    finder = dtd.RegionSamplingRoots(n_directions)
+    fast = median_seconds(lambda: finder.find(net, 0, lay.input, lay.upper_relevance, output=0), 3)
+    a, relevance = lay.input[:reference_points].double(), lay.upper_relevance[:reference_points].double()
+    start = time.perf_counter()
+    region_sampling_reference(finder, net, 0, a, relevance)
+    reference = time.perf_counter() - start
+    return {"points": x.shape[0], "n_directions": n_directions, "seconds": fast, "points_per_s": x.shape[0] / fast,
+            "reference_points": reference_points, "reference_points_per_s": reference_points / reference,
+            "speedup": (x.shape[0] / fast) / (reference_points / reference)}
 
 
 def region_roots_lp_rates(net: dtd.ReLUNetwork, x: torch.Tensor, reference_points: int) -> dict:

@@ -12,7 +12,7 @@ from . import regions, roots, rootsets, rules, tolerances
 from .accounting import Accounting, accounting
 from .decompose import Decomposition, LayerDecomposition, train_free
 from .network import ReLUNetwork
-from .roots import LinearRoots, RegionRoots, RootFinder
+from .roots import LinearRoots, RegionRoots, RegionSamplingRoots, RootFinder
 from .rules import Rule
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "RootFinder",
     "LinearRoots",
     "RegionRoots",
+    "RegionSamplingRoots",
     "regions",
     "train_free",
     "Decomposition",

@@ -20,7 +20,7 @@ from .rootsets import ExplicitRoots, RootSet
 from .rules import Rule, RuleLike
 from .tolerances import denominator_eps
 
-__all__ = ["RootFinder", "LinearRoots", "RegionRoots", "RegionRootSet"]
+__all__ = ["RootFinder", "LinearRoots", "RegionRoots", "RegionRootSet", "RegionSamplingRoots"]
 
 
 class RootFinder(abc.ABC):
@@ -168,3 +168,83 @@ class RegionRoots(RootFinder):
 
     def describe(self, k: int) -> str:
         return f"RegionRoots(norm={self.norm!r})"
+
+
+class RegionSamplingRoots(RootFinder):
+    """Roots on random rays from ``a`` that stay inside the input's linear region.
+
+    The 2022 study's "interpolation" finder sampled random directions,
+    bisected to the region's edge and handed every neuron the same
+    candidate.  Here, for a batch of points at once: ``n_directions`` random
+    unit directions ``d`` per point (a local generator seeded with ``seed``);
+    the exact distance ``s_edge`` to the region's closure along each ray (the
+    region is a polyhedron, so no bisection is needed), clamped to the domain
+    ``root >= 0`` (directions are reflected upwards in the coordinates where
+    ``a`` is 0, so the rays can leave it); and *per neuron* the point ``a + s d`` that solves that
+    neuron's root equation on the ray, ``s = -R_j / (w_j . d)``, if
+    ``0 <= s <= s_edge``.  Each neuron gets the nearest such point over the
+    rays; no ray reaching its root inside the region means ``root_valid =
+    False``.  Every root therefore satisfies its root equation exactly and
+    lies in the region's closure.
+
+    Parameters
+    ----------
+    n_directions
+        Rays per point.
+    seed
+        Seed of the local generator of the directions (the global RNG is not used).
+    nonnegative
+        Clamp the rays to the domain ``root >= 0``.
+    """
+
+    def __init__(self, n_directions: int = 256, *, seed: int = 0, nonnegative: bool = True):
+        if isinstance(n_directions, bool) or not isinstance(n_directions, int) or n_directions < 1:
+            raise ValueError(f"n_directions must be a positive int, got {n_directions!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        self.n_directions = n_directions
+        self.seed = seed
+        self.nonnegative = bool(nonnegative)
+
+    def check_domain(self, k, a):
+        if self.nonnegative and float(a.min()) < 0:
+            raise ValueError(f"RegionSamplingRoots(nonnegative=True) needs non-negative inputs; layer {k}'s minimum is {float(a.min()):.3g}")
+
+    def directions(self, n_points: int, width: int, layer: int) -> torch.Tensor:
+        """The unit directions ``(n_points, n_directions, width)`` (float64), reproducible per layer."""
+        generator = torch.Generator().manual_seed(self.seed * 1009 + layer)
+        d = torch.randn(n_points, self.n_directions, width, generator=generator, dtype=torch.float64)
+        return d / d.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+
+    def find(self, net, k, a, relevance, *, output=0):
+        from .regions import region_constraints, region_slack
+
+        a64 = a.detach().to(torch.float64).cpu()
+        region = region_constraints(net, a64, k, output)
+        d = self.directions(a64.shape[0], a64.shape[1], k)  # (N, K, D)
+        if self.nonnegative:  # rays that leave a zero coordinate downwards would stop at once: reflect them
+            d = torch.where((a64 <= 0).unsqueeze(1), d.abs(), d)
+        slack = region_slack(a.dtype)
+        # region rows along the ray: g + s h >= -slack with g = sign (A a + c), h = sign A d
+        g = region.sign * (torch.einsum("nmd,nd->nm", region.A, a64) + region.c)  # (N, M)
+        h = region.sign.unsqueeze(-1) * torch.einsum("nmd,nkd->nmk", region.A, d)  # (N, M, K)
+        limit = torch.where(h < 0, (g.unsqueeze(-1) + slack) / -h.clamp(max=-1e-300), torch.full_like(h, float("inf")))
+        s_edge = limit.amin(1)  # (N, K)
+        if self.nonnegative:
+            to_zero = torch.where(d < 0, a64.unsqueeze(1) / -d.clamp(max=-1e-300), torch.full_like(d, float("inf")))
+            s_edge = torch.minimum(s_edge, to_zero.amin(-1))
+        w = net.weight(k).to(torch.float64).cpu()
+        r64 = relevance.detach().to(torch.float64).cpu()
+        wd = torch.einsum("jd,nkd->njk", w, d)  # (N, J, K)
+        s = -r64.unsqueeze(-1) / torch.where(wd != 0, wd, torch.ones_like(wd))
+        feasible = (wd != 0) & (s >= 0) & (s <= s_edge.unsqueeze(1))
+        best = torch.where(feasible, s, torch.full_like(s, float("inf"))).min(-1)  # nearest root on any ray
+        carries = r64 != 0
+        valid = ~carries | torch.isfinite(best.values)
+        step = torch.where(carries & valid, best.values, torch.zeros_like(best.values))  # (N, J)
+        chosen = torch.gather(d, 1, best.indices.unsqueeze(-1).expand(-1, -1, d.shape[-1]))  # (N, J, D)
+        roots = a64.unsqueeze(1) + step.unsqueeze(-1) * chosen
+        return ExplicitRoots(a, roots.to(dtype=a.dtype, device=a.device), valid.to(a.device))
+
+    def describe(self, k: int) -> str:
+        return f"RegionSamplingRoots(n_directions={self.n_directions}, seed={self.seed})"

@@ -138,20 +138,31 @@ def test_seed_network_region_roots(seed_experiment, property_report, layer):
         f"seed network, points whose region of f_{layer} (closure, inputs >= 0) contains a point with f_{layer} = 0 (exact LP)",
         summary=summary,
     )
-    region_dec = dtd.decompose.Decomposition(
-        layers=tuple(
-            dataclasses.replace(l, root_set=found, root_valid=found.valid, method="RegionRoots('l1')") if l.index == layer else l
-            for l in dec.layers
-        ),
-        output=dec.output,
-        output_value=dec.output_value,
-    )
-    region_outcomes = root_outcomes(net, region_dec, layer=layer, output=OUTPUT)
-    counted = found.valid & relevant
-    assert bool(region_outcomes.region_match[counted].all()), "an LP root left the closure of its region"
-    property_report.rate(
-        f"notebook.layer{layer}.region_roots.gradient_match",
-        Rate.from_mask(region_outcomes.gradient_match, counted, cluster_dim=0, confidence=confidence),
+    _judge_in_region(
+        property_report, net, dec, layer, found, f"notebook.layer{layer}.region_roots.gradient_match",
         f"seed network, layer-{layer} in-region LP roots (relevant neurons) whose gradient of f_{layer} equals the input's "
         "(roots on the region's boundary meet relu'(0) = 0)",
     )
+
+    sampled = dtd.RegionSamplingRoots(256, seed=0).find(net, layer, lay.input, lay.upper_relevance, output=OUTPUT)
+    property_report.rate(
+        f"notebook.layer{layer}.sampled_roots.exists",
+        Rate.from_mask(sampled.valid, relevant, cluster_dim=0, confidence=confidence),
+        f"seed network, layer-{layer} (point, neuron) pairs carrying relevance for which one of 256 random rays from the input "
+        "reaches the neuron's root inside the region (RegionSamplingRoots)",
+    )
+    _judge_in_region(
+        property_report, net, dec, layer, sampled, f"notebook.layer{layer}.sampled_roots.gradient_match",
+        f"seed network, layer-{layer} sampled in-region roots whose gradient of f_{layer} equals the input's",
+    )
+
+
+def _judge_in_region(property_report, net, dec, layer, root_set, name, description):
+    """Another finder's roots of ``layer``, judged with the same checks: all in the region; gradient match recorded."""
+    layers = tuple(
+        dataclasses.replace(lay, root_set=root_set, root_valid=root_set.valid) if lay.index == layer else lay for lay in dec.layers
+    )
+    outcomes = root_outcomes(net, dataclasses.replace(dec, layers=layers), layer=layer, output=OUTPUT)
+    counted = root_set.valid & dec.layers[layer].carries_relevance
+    assert bool(outcomes.region_match[counted].all()), f"{name}: a root left the closure of its region"
+    property_report.rate(name, Rate.from_mask(outcomes.gradient_match, counted, cluster_dim=0, confidence=property_report.confidence), description)

@@ -1,0 +1,63 @@
+"""RegionSamplingRoots: every neuron gets its own in-region root on a random ray; equals a per-point loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dtd
+from benchmarks.workloads import region_sampling_reference
+from properties.checks import root_equation_residual, root_outcomes
+
+
+def _case(n=10):
+    net = dtd.ReLUNetwork.random([10, 10, 10, 10, 2], seed=2, dtype=torch.float64)
+    return net, net.sample_inputs(n, output=0, min_output=0.1, seed=0)
+
+
+def test_batched_rays_equal_the_per_point_loop():
+    net, x = _case(n=6)
+    dec = dtd.train_free(net, x)
+    finder = dtd.RegionSamplingRoots(16, seed=3)
+    for k in range(net.n_layers):
+        lay = dec.layers[k]
+        fast = finder.find(net, k, lay.input, lay.upper_relevance, output=0)
+        roots, valid = region_sampling_reference(finder, net, k, lay.input, lay.upper_relevance)
+        assert torch.equal(fast.valid, valid), f"layer {k}"
+        assert torch.allclose(fast.roots()[valid], roots[valid], atol=1e-12, rtol=0), f"layer {k}"
+
+
+def test_every_root_is_in_the_region_and_solves_its_own_equation():
+    net, x = _case(n=30)
+    dec = dtd.train_free(net, x, root_finder=dtd.RegionSamplingRoots(64))
+    own_roots_differ = 0
+    for lay in dec.layers:
+        k = lay.index
+        valid = lay.root_valid
+        assert bool(valid[lay.carries_relevance].float().mean() > 0.5)
+        assert bool(root_outcomes(net, dec, layer=k).region_match[valid].all())
+        assert bool((root_equation_residual(net, dec, k)[valid] <= 1e-9).all())
+        assert bool((lay.roots[valid] >= -1e-12).all())
+        # neurons get roots of their own: two relevant neurons of one point sit at different points
+        both = valid & lay.carries_relevance
+        for n in range(x.shape[0]):
+            idx = both[n].nonzero().squeeze(1)
+            if idx.numel() >= 2:
+                own_roots_differ += int(not torch.allclose(lay.roots[n, idx[0]], lay.roots[n, idx[1]]))
+    assert own_roots_differ > 0
+
+
+def test_directions_are_reproducible_and_leave_the_global_rng_alone():
+    net, x = _case(n=5)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    a = dtd.train_free(net, x, root_finder=dtd.RegionSamplingRoots(32, seed=1))
+    b = dtd.train_free(net, x, root_finder=dtd.RegionSamplingRoots(32, seed=1))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(la.roots, lb.roots) for la, lb in zip(a.layers, b.layers))
+
+
+@pytest.mark.parametrize("kwargs, message", [({"n_directions": 0}, "n_directions"), ({"seed": -1}, "seed"), ({"n_directions": 2.5}, "n_directions")])
+def test_region_sampling_refuses_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        dtd.RegionSamplingRoots(**kwargs)
