@@ -110,7 +110,19 @@ class RegionRootSet(ExplicitRoots):
         return {name: int((self.status == code).sum()) for code, name in LP_STATUS.items()}
 
 
-class RegionRoots(RootFinder):
+class _InRegionFinder(RootFinder):
+    """Shared by the finders that search the input's region: the domain ``root >= 0`` when ``nonnegative``."""
+
+    nonnegative: bool = True
+
+    def check_domain(self, k, a):
+        if self.nonnegative and float(a.min()) < 0:
+            raise ValueError(
+                f"{type(self).__name__}(nonnegative=True) needs non-negative inputs; layer {k}'s minimum is {float(a.min()):.3g}"
+            )
+
+
+class RegionRoots(_InRegionFinder):
     """For every (point, neuron): the root nearest to ``a`` inside the input's linear region.
 
     The root satisfies the neuron's root equation ``w_j . (a - root) = R_j``,
@@ -135,10 +147,6 @@ class RegionRoots(RootFinder):
             raise ValueError(f"norm must be 'l1' or 'linf', got {norm!r}")
         self.norm = norm
         self.nonnegative = bool(nonnegative)
-
-    def check_domain(self, k, a):
-        if self.nonnegative and float(a.min()) < 0:
-            raise ValueError(f"RegionRoots(nonnegative=True) needs non-negative inputs; layer {k}'s minimum is {float(a.min()):.3g}")
 
     def find(self, net, k, a, relevance, *, output=0):
         from .regions import RegionLP, region_constraints, region_slack
@@ -170,7 +178,7 @@ class RegionRoots(RootFinder):
         return f"RegionRoots(norm={self.norm!r})"
 
 
-class RegionSamplingRoots(RootFinder):
+class RegionSamplingRoots(_InRegionFinder):
     """Roots on random rays from ``a`` that stay inside the input's linear region.
 
     The 2022 study's "interpolation" finder sampled random directions,
@@ -205,10 +213,6 @@ class RegionSamplingRoots(RootFinder):
         self.n_directions = n_directions
         self.seed = seed
         self.nonnegative = bool(nonnegative)
-
-    def check_domain(self, k, a):
-        if self.nonnegative and float(a.min()) < 0:
-            raise ValueError(f"RegionSamplingRoots(nonnegative=True) needs non-negative inputs; layer {k}'s minimum is {float(a.min()):.3g}")
 
     def directions(self, n_points: int, width: int, layer: int) -> torch.Tensor:
         """The unit directions ``(n_points, n_directions, width)`` (float64), reproducible per layer."""
