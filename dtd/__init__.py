@@ -12,7 +12,7 @@ from . import regions, roots, rootsets, rules, tolerances
 from .accounting import Accounting, accounting
 from .decompose import Decomposition, LayerDecomposition, train_free
 from .network import ReLUNetwork
-from .roots import LinearRoots, RegionRoots, RegionSamplingRoots, RootFinder
+from .roots import LinearRoots, MetropolisHastingsRoots, RegionRoots, RegionSamplingRoots, RootFinder
 from .rules import Rule
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "LinearRoots",
     "RegionRoots",
     "RegionSamplingRoots",
+    "MetropolisHastingsRoots",
     "regions",
     "train_free",
     "Decomposition",

@@ -20,7 +20,15 @@ from .rootsets import ExplicitRoots, RootSet
 from .rules import Rule, RuleLike
 from .tolerances import denominator_eps
 
-__all__ = ["RootFinder", "LinearRoots", "RegionRoots", "RegionRootSet", "RegionSamplingRoots"]
+__all__ = [
+    "RootFinder",
+    "LinearRoots",
+    "RegionRoots",
+    "RegionRootSet",
+    "RegionSamplingRoots",
+    "MetropolisHastingsRoots",
+    "WalkRootSet",
+]
 
 
 class RootFinder(abc.ABC):
@@ -252,3 +260,156 @@ class RegionSamplingRoots(_InRegionFinder):
 
     def describe(self, k: int) -> str:
         return f"RegionSamplingRoots(n_directions={self.n_directions}, seed={self.seed})"
+
+
+class WalkRootSet(ExplicitRoots):
+    """Roots found on random walks; ``acceptance`` ``(batch,)`` is each point's share of accepted moves."""
+
+    def __init__(self, a, roots, valid, acceptance):
+        super().__init__(a, roots, valid)
+        self.acceptance = acceptance
+
+
+class MetropolisHastingsRoots(_InRegionFinder):
+    """Roots on Metropolis-Hastings random walks confined to the input's linear region.
+
+    For every point, ``n_chains`` walks start at ``a`` and move inside the
+    closure of its region of ``f_k`` (and the domain ``root >= 0``):
+    Gaussian proposals (reflected at 0 in the domain, which keeps them
+    symmetric) that leave the region are rejected, the others are accepted
+    with the Metropolis probability of the target ``exp(-|x - a|_2 / scale)``
+    (the walk stays near ``a``, where the nearest roots are).  Each chain's
+    step size adapts towards ``target_acceptance`` with a gain that decays
+    like ``t^-0.6``.
+
+    The region and the domain are convex, so every segment the walk moves
+    along (and every segment from ``a`` to a visited point) lies in them.
+    Where such a segment crosses neuron ``j``'s root hyperplane
+    ``w_j . (a - r) = R_j`` the crossing is an exact in-region root; each
+    neuron gets the crossing nearest to ``a`` over all chains and steps, and
+    ``root_valid = False`` if no walk crossed its hyperplane.  Roots thus
+    satisfy their root equation up to rounding and lie in the region's
+    closure by construction, like :class:`RegionSamplingRoots`; the walks
+    reach roots that no straight ray from ``a`` reaches inside the region.
+
+    Parameters
+    ----------
+    n_chains, n_steps
+        Walks per point and moves per walk.
+    scale
+        Length scale of the target; ``None``: per point, the median over
+        its relevant neurons of the distance ``|R_j| / |w_j|_2`` from ``a``
+        to their root hyperplanes.
+    target_acceptance
+        Share of accepted moves the step sizes adapt to, in ``(0, 1)``.
+    seed
+        Seed of the local generator (the global RNG is not used).
+    nonnegative
+        Confine the walks to ``root >= 0``.
+    """
+
+    def __init__(
+        self,
+        n_chains: int = 16,
+        n_steps: int = 200,
+        *,
+        scale: Optional[float] = None,
+        target_acceptance: float = 0.3,
+        seed: int = 0,
+        nonnegative: bool = True,
+    ):
+        for name, value in (("n_chains", n_chains), ("n_steps", n_steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf")):
+            raise ValueError(f"scale must be a positive finite number or None, got {scale!r}")
+        if isinstance(target_acceptance, bool) or not isinstance(target_acceptance, (int, float)) or not 0 < target_acceptance < 1:
+            raise ValueError(f"target_acceptance must be in (0, 1), got {target_acceptance!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        self.n_chains, self.n_steps = n_chains, n_steps
+        self.scale = None if scale is None else float(scale)
+        self.target_acceptance = float(target_acceptance)
+        self.seed = seed
+        self.nonnegative = bool(nonnegative)
+
+    def _scale(self, w: torch.Tensor, r64: torch.Tensor) -> torch.Tensor:
+        """``(batch,)`` length scale of the target at each point."""
+        if self.scale is not None:
+            return torch.full(r64.shape[:1], self.scale, dtype=torch.float64)
+        distance = r64.abs() / w.norm(dim=1).clamp_min(1e-300)  # (N, J) distance to each root hyperplane
+        distance = torch.where(r64 != 0, distance, torch.full_like(distance, float("nan")))
+        median = distance.nanmedian(dim=1).values
+        return torch.where(torch.isfinite(median) & (median > 0), median, torch.ones_like(median))
+
+    def find(self, net, k, a, relevance, *, output=0):
+        from .regions import region_constraints, region_slack
+
+        a64 = a.detach().to(torch.float64).cpu()
+        r64 = relevance.detach().to(torch.float64).cpu()
+        w = net.weight(k).to(torch.float64).cpu()
+        region = region_constraints(net, a64, k, output)
+        keep = region.sign != 0  # rows that constrain (an output without ReLU does not)
+        A = region.sign.unsqueeze(-1) * region.A  # (N, M, D): inside iff A r + sc >= -slack
+        sc = region.sign * region.c
+        slack = region_slack(a.dtype)
+        generator = torch.Generator().manual_seed(self.seed * 1009 + k)
+        n, d = a64.shape
+        chains = self.n_chains
+        scale = self._scale(w, r64)  # (N,)
+        x = a64.unsqueeze(1).expand(n, chains, d).clone()  # (N, C, D)
+        step = (scale / d**0.5).unsqueeze(1).expand(n, chains).clone()  # (N, C)
+        energy = torch.zeros(n, chains, dtype=torch.float64)
+        wa_r = a64 @ w.T - r64  # (N, J): w_j . a - R_j; the hyperplane is w_j . r = wa_r
+        best = torch.full(r64.shape, float("inf"), dtype=torch.float64)  # (N, J) distance of the nearest root
+        roots = a64.unsqueeze(1).expand(n, r64.shape[1], d).clone()  # (N, J, D)
+        accepted = torch.zeros(n, chains, dtype=torch.float64)
+        A_t = A.transpose(1, 2).contiguous()  # (N, D, M)
+        g = (sc + torch.einsum("nmd,nd->nm", A, a64)).unsqueeze(1).expand(n, chains, -1).clone()  # rows at x: (N, C, M)
+        carries = r64 != 0
+
+        def record(start: torch.Tensor, end: torch.Tensor, ok: torch.Tensor) -> None:
+            """Keep, per neuron, the crossing of its hyperplane on segments start -> end (where ``ok``) nearest to ``a``."""
+            delta = end - start
+            w_delta = delta @ w.T
+            s = (wa_r.unsqueeze(1) - start @ w.T) / torch.where(w_delta != 0, w_delta, torch.ones_like(w_delta))
+            hit = ok.unsqueeze(-1) & (w_delta != 0) & (s >= 0) & (s <= 1) & carries.unsqueeze(1)  # (N, C, J)
+            e = start - a64.unsqueeze(1)  # |e + s delta|^2 without building the points
+            dist2 = (e * e).sum(-1, keepdim=True) + 2 * s * (e * delta).sum(-1, keepdim=True) + s * s * (delta * delta).sum(-1, keepdim=True)
+            nearest = torch.where(hit, dist2, torch.full_like(s, float("inf"))).min(1)  # over chains: (N, J)
+            better = nearest.values < best
+            if not bool(better.any()):
+                return
+            idx = nearest.indices.unsqueeze(-1).expand(-1, -1, d)  # (N, J, D)
+            chosen = torch.gather(start, 1, idx) + torch.gather(s, 1, nearest.indices.unsqueeze(1)).squeeze(1).unsqueeze(-1) * torch.gather(delta, 1, idx)
+            roots.copy_(torch.where(better.unsqueeze(-1), chosen, roots))
+            best.copy_(torch.where(better, nearest.values, best))
+
+        for t in range(self.n_steps):
+            proposal = x + step.unsqueeze(-1) * torch.randn(n, chains, d, generator=generator, dtype=torch.float64)
+            if self.nonnegative:
+                proposal = proposal.abs()  # reflection at 0: a symmetric proposal on the half-space
+            # region rows along the move x -> proposal: g + s h >= -slack for s in [0, s_edge]
+            h = torch.bmm(proposal - x, A_t)  # (N, C, M)
+            limit = torch.where(keep.unsqueeze(1) & (h < 0), (g + slack) / -h.clamp(max=-1e-300), torch.full_like(h, float("inf")))
+            s_edge = limit.amin(-1).clamp(max=1.0)  # (N, C); 1: the proposal is inside
+            inside = s_edge >= 1
+            # the part of every move that stays in the region is searched, accepted or not
+            record(x, x + s_edge.unsqueeze(-1) * (proposal - x), s_edge > 0)
+            new_energy = (proposal - a64.unsqueeze(1)).norm(dim=-1) / scale.unsqueeze(1)
+            u = torch.rand(n, chains, generator=generator, dtype=torch.float64)
+            accept = inside & (torch.log(u) < energy - new_energy)
+            record(a64.unsqueeze(1).expand_as(proposal), proposal, accept)
+            x = torch.where(accept.unsqueeze(-1), proposal, x)
+            g = torch.where(accept.unsqueeze(-1), g + h, g)
+            energy = torch.where(accept, new_energy, energy)
+            accepted += accept
+            gain = (t + 1) ** -0.6
+            step = step * torch.exp(gain * (accept.to(torch.float64) - self.target_acceptance))
+        valid = ~carries | torch.isfinite(best)
+        return WalkRootSet(
+            a, roots.to(dtype=a.dtype, device=a.device), valid.to(a.device), (accepted.mean(1) / self.n_steps).to(a.device)
+        )
+
+    def describe(self, k: int) -> str:
+        return f"MetropolisHastingsRoots(n_chains={self.n_chains}, n_steps={self.n_steps}, seed={self.seed})"
