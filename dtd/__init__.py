@@ -11,6 +11,7 @@ torch.Size([100, 10])
 from . import regions, roots, rootsets, rules, tolerances
 from .accounting import Accounting, accounting
 from .decompose import Decomposition, LayerDecomposition, train_free
+from .full_backward import FullBackward, FullBackwardLayer, estimate_cost, full_backward
 from .network import ReLUNetwork
 from .roots import LinearRoots, MetropolisHastingsRoots, RegionRoots, RegionSamplingRoots, RootFinder
 from .rules import Rule
@@ -31,6 +32,10 @@ __all__ = [
     "train_free",
     "Decomposition",
     "LayerDecomposition",
+    "full_backward",
+    "FullBackward",
+    "FullBackwardLayer",
+    "estimate_cost",
     "accounting",
     "Accounting",
 ]

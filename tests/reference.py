@@ -114,3 +114,61 @@ def input_gradient(params, x_row, output, from_layer=0):
         grad = w.T @ grad
     return grad
 
+
+
+def full_backward_point(net, finder, x_row, output, pattern_tol):
+    """dtd.full_backward for one point, recursing per neuron in plain loops (see dtd/full_backward.py).
+
+    The root finder is called on one point at a time; everything else is
+    numpy float64.  Returns the input relevance ``(D_0,)``.
+    """
+    import torch
+
+    params = layer_params(net)
+    n_layers = len(params)
+
+    def act_slope(relu, z, dz):
+        if not relu:
+            return 1.0
+        if dz is not None and abs(z) <= pattern_tol:
+            return 1.0 if dz > 0 else 0.0
+        return 1.0 if z > 0 else 0.0
+
+    def rel(k, h, direction):
+        """(relevance, diagonal gradient) of the inputs of layer k at h."""
+        if k == n_layers:
+            r, g = np.zeros_like(h), np.zeros_like(h)
+            r[output], g[output] = h[output], 1.0
+            return r, g
+        w, b, relu = params[k]
+        n_out, n_in = w.shape
+        z = np.array([sum(w[j, i] * h[i] for i in range(n_in)) + b[j] for j in range(n_out)])
+        dz = None if direction is None else np.array([sum(w[j, i] * direction[i] for i in range(n_in)) for j in range(n_out)])
+        s = np.array([act_slope(relu, z[j], None if dz is None else dz[j]) for j in range(n_out)])
+        h_next = np.maximum(z, 0.0) if relu else z
+        upper, upper_grad = rel(k + 1, h_next, None if dz is None else s * dz)
+        slope = upper_grad * s
+        model = np.array([upper[j] / slope[j] if slope[j] != 0 else 0.0 for j in range(n_out)])
+        found = finder.find(
+            net, k, torch.tensor(h[None], dtype=net.dtype), torch.tensor(model[None], dtype=net.dtype), output=output
+        )
+        roots, valid = found.roots()[0].double().numpy(), found.valid[0].numpy()
+        out_rel, out_grad = np.zeros(n_in), np.zeros(n_in)
+        for j in range(n_out):
+            if upper[j] == 0:
+                out_grad += slope[j] * w[j]
+                continue
+            if slope[j] == 0 or not valid[j]:
+                continue
+            r = roots[j]
+            back = h - r
+            z_r = np.array([sum(w[m, i] * r[i] for i in range(n_in)) + b[m] for m in range(n_out)])
+            dz_r = np.array([sum(w[m, i] * back[i] for i in range(n_in)) for m in range(n_out)])
+            s_r = np.array([act_slope(relu, z_r[m], dz_r[m]) for m in range(n_out)])
+            _, grad_at_root = rel(k + 1, np.maximum(z_r, 0.0) if relu else z_r, s_r * dz_r)
+            g = grad_at_root[j] * s_r[j] * w[j]
+            out_rel += g * back
+            out_grad += g
+        return out_rel, out_grad
+
+    return rel(0, np.array(x_row, dtype=np.float64), None)[0]
