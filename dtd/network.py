@@ -192,6 +192,24 @@ class ReLUNetwork(nn.Module):
             raise ValueError("the Sequential holds no nn.Linear layer")
         return cls(layers, final_relu=final_relu, flatten_input=flatten)
 
+    def to_sequential(self, *, bias: bool = True) -> nn.Sequential:
+        """An independent ``nn.Sequential`` copy (``Linear``, ``ReLU``, ...) computing the same function.
+
+        For handing the network to other attribution libraries (zennit,
+        captum) without them touching this one's modules.  ``bias=False``
+        gives the same weights with every bias set to zero.
+        """
+        modules: list[nn.Module] = [nn.Flatten()] if self.flatten_input else []
+        for k, layer in enumerate(self.layers):
+            copy = nn.Linear(layer.in_features, layer.out_features, dtype=self.dtype, device=self.device)
+            with torch.no_grad():
+                copy.weight.copy_(layer.weight)
+                copy.bias.copy_(self.bias(k) if bias else torch.zeros_like(copy.bias))
+            modules.append(copy)
+            if self.has_relu(k):
+                modules.append(nn.ReLU())
+        return nn.Sequential(*modules)
+
     # ------------------------------------------------------------------ structure
     @property
     def n_layers(self) -> int:

@@ -1,0 +1,162 @@
+"""Train-free DTD equals the LRP rules of zennit and captum, and where that stops.
+
+Must-hold (``@given``, float64, networks with biases <= 0 -- the ``"dtd"``
+init -- and inputs >= 0): every rule's input relevance equals zennit's
+counterpart within :func:`properties.agreement.stabilizer_bound` (zennit adds
+1e-6 to denominators, captum 1e-9) plus :data:`ROUNDING64`, at every point
+whose denominators are not of the stabiliser's size; and on bias-free
+networks the x-rule is gradient x input.
+
+Rates (i.i.d. networks, like the generated sweeps): the share of points
+that agree, on bias-negative networks (expected: all) and where the
+agreement is known to break: z+ against zennit's ``ZPlus()`` on networks with
+positive biases (zennit keeps them in the denominator) and gamma where
+positive biases let its denominator vanish.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+import dtd
+from dtd import rules as R
+from properties import agreement as ag
+from properties.stats import Tally
+from properties.strategies import cases, sample_cases, zb_recipe
+
+pytestmark = pytest.mark.properties
+
+#: the rules compared, per case (zB: DTD's recipe, zB at the input and z+ above; w2 likewise at the input only:
+#: above it w2 hands relevance to inactive neurons, which an LRP backward pass stops at their ReLU)
+RECIPES = {
+    "z+": lambda case: R.ZPlus(),
+    "x": lambda case: R.LRP0(),
+    "gamma0_25": lambda case: R.Gamma(0.25),
+    "gamma4": lambda case: R.Gamma(4.0),
+    "w2_first": lambda case: [R.WSquare()] + [R.ZPlus()] * (case.net.n_layers - 1),
+    "zB": zb_recipe,
+}
+NEGATIVE_BIAS = dict(init="dtd", n=(1, 16))
+
+
+def _disagreement(case, rule, reference, epsilon):
+    """``(|R_dtd - R_lib| - bound)`` per input ``(batch, D)`` and the conditioned points ``(batch,)``."""
+    dec = dtd.train_free(case.net, case.x, rule=rule, output=case.output)
+    bound, conditioned = ag.stabilizer_bound(case.net, dec, rule, epsilon)
+    return (dec.relevance - reference).abs() - bound, conditioned, dec
+
+
+@given(case=cases(**NEGATIVE_BIAS), name=st.sampled_from(sorted(RECIPES)))
+def test_rules_equal_zennit_on_bias_negative_networks(case, name):
+    rule = RECIPES[name](case)
+    excess, conditioned, _ = _disagreement(case, rule, ag.zennit_relevance(case.net, case.x, rule, case.output), ag.ZENNIT_STABILIZER)
+    assume(bool(conditioned.any()))
+    worst = float(excess[conditioned].max())
+    assert worst <= ag.ROUNDING64, f"{name}: DTD and zennit differ by {worst:.3g} beyond the stabiliser bound\n{case.describe()}"
+
+
+@given(case=cases(**NEGATIVE_BIAS), gamma=st.floats(0.0, 100.0))
+def test_gamma_equals_zennit_for_any_gamma(case, gamma):
+    rule = R.Gamma(gamma)
+    excess, conditioned, _ = _disagreement(case, rule, ag.zennit_relevance(case.net, case.x, rule, case.output), ag.ZENNIT_STABILIZER)
+    assume(bool(conditioned.any()))
+    worst = float(excess[conditioned].max())
+    assert worst <= ag.ROUNDING64, f"gamma={gamma}: DTD and zennit differ by {worst:.3g} beyond the bound\n{case.describe()}"
+
+
+@given(case=cases(**NEGATIVE_BIAS))
+def test_zplus_equals_captum_alpha1_beta0(case):
+    rule = R.ZPlus()
+    excess, conditioned, _ = _disagreement(case, rule, ag.captum_zplus_relevance(case.net, case.x, case.output), ag.CAPTUM_STABILIZER)
+    assume(bool(conditioned.any()))
+    worst = float(excess[conditioned].max())
+    assert worst <= ag.ROUNDING64, f"DTD z+ and captum differ by {worst:.3g} beyond the bound\n{case.describe()}"
+
+
+@given(case=cases(n=(1, 16)))
+def test_x_rule_is_gradient_times_input_without_biases(case):
+    net = dtd.ReLUNetwork.from_sequential(case.net.to_sequential(bias=False))
+    alive = net.output_value(case.x, case.output) > 0
+    assume(bool(alive.any()))
+    x = case.x[alive]
+    dec = dtd.train_free(net, x, rule="x", output=case.output)
+    expected = net.input_gradient(x, case.output) * x
+    complete = dec.layers[0].root_valid.all(1)  # every layer's roots exist: denominators z_j > 0
+    for layer in dec.layers[1:]:
+        complete &= layer.root_valid.all(1)
+    worst = float((dec.relevance - expected).abs()[complete].max()) if bool(complete.any()) else 0.0
+    assert worst <= ag.ROUNDING64, f"x-rule vs gradient x input: {worst:.3g}\n{case.describe()}"
+
+
+# ---------------------------------------------------------------------------------------------- rates
+
+#: networks per population: this many times the hypothesis profile's max_examples (ci: 90)
+AGREEMENT_FACTOR = 3
+POINTS = 32
+
+
+def _agreeing_points(case, rule, reference, epsilon):
+    excess, conditioned, _ = _disagreement(case, rule, reference, epsilon)
+    return (excess <= ag.ROUNDING64).all(1), conditioned
+
+
+def test_agreement_rates(property_report, property_report_seed):
+    count = AGREEMENT_FACTOR * settings.default.max_examples
+    negative = sample_cases(count, seed=property_report_seed + 101, init="dtd", n=POINTS)
+    mixed = sample_cases(count, seed=property_report_seed + 202, init="torch", n=POINTS)
+    tally = Tally()
+    max_difference: dict[str, float] = {}
+    for case in negative:
+        tally.new_cluster()
+        for name, recipe in RECIPES.items():
+            rule = recipe(case)
+            reference = ag.zennit_relevance(case.net, case.x, rule, case.output)
+            agree, conditioned = _agreeing_points(case, rule, reference, ag.ZENNIT_STABILIZER)
+            tally.add(f"agreement.zennit.{name}.points", agree)
+            tally.add(f"agreement.zennit.{name}.conditioned", conditioned)
+            tally.add(f"agreement.zennit.{name}.agree_where_conditioned", agree, conditioned)
+            diff = float((dtd.train_free(case.net, case.x, rule=rule, output=case.output).relevance - reference).abs().max())
+            max_difference[f"zennit {name}"] = max(max_difference.get(f"zennit {name}", 0.0), diff)
+        reference = ag.captum_zplus_relevance(case.net, case.x, case.output)
+        agree, _ = _agreeing_points(case, R.ZPlus(), reference, ag.CAPTUM_STABILIZER)
+        tally.add("agreement.captum.z+.points", agree)
+        diff = float((dtd.train_free(case.net, case.x, output=case.output).relevance - reference).abs().max())
+        max_difference["captum z+"] = max(max_difference.get("captum z+", 0.0), diff)
+    for case in mixed:
+        tally.new_cluster()
+        positive = torch.zeros(case.x.shape[0], dtype=torch.bool)
+        if any(bool((case.net.bias(k) > 0).any()) for k in range(case.net.n_layers)):
+            positive[:] = True
+        reference = ag.zennit_relevance(case.net, case.x, R.ZPlus(), case.output)
+        agree, _ = _agreeing_points(case, R.ZPlus(), reference, ag.ZENNIT_STABILIZER)
+        tally.add("agreement.breaks.zplus_positive_bias.points", agree, positive)
+        gamma = R.Gamma(0.25)
+        reference = ag.zennit_relevance(case.net, case.x, gamma, case.output)
+        agree, conditioned = _agreeing_points(case, gamma, reference, ag.ZENNIT_STABILIZER)
+        tally.add("agreement.breaks.gamma_positive_bias.points", agree)
+        tally.add("agreement.breaks.gamma_positive_bias.conditioned", conditioned)
+        tally.add("agreement.breaks.gamma_positive_bias.agree_where_conditioned", agree, conditioned)
+    descriptions = {
+        "points": "points whose input relevance equals the library's within the stabiliser bound",
+        "conditioned": "points whose every relevant denominator exceeds twice the stabiliser (and has a DTD root)",
+        "agree_where_conditioned": "conditioned points that agree within the bound",
+    }
+    for name in tally.names():
+        parts = name.split(".")
+        if parts[1] == "breaks":
+            what = {"zplus_positive_bias": "z+ vs zennit ZPlus() (keeps positive biases), networks with a positive bias",
+                    "gamma_positive_bias": "gamma 0.25 vs zennit Gamma(0.25, zero_params='bias'), torch-init networks"}[parts[2]]
+        else:
+            what = f"{parts[2]} vs {parts[1]}, bias-negative networks"
+        rate = tally.rate(name, property_report.confidence)
+        property_report.rate(name, rate, f"{what}: {descriptions[parts[-1]]}", summary=parts[-1] == "points")
+    for label, value in max_difference.items():
+        property_report.count(f"max |R_dtd - R_lib| ({label}, bias-negative networks)", value)
+    # on bias-negative networks every conditioned point agrees (the must-hold properties, over this population)
+    for name in list(RECIPES):
+        rate = tally.rate(f"agreement.zennit.{name}.agree_where_conditioned", property_report.confidence)
+        assert rate.successes == rate.trials, f"{name}: {rate.trials - rate.successes} conditioned point(s) disagree with zennit"
