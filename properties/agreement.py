@@ -52,12 +52,10 @@ CAPTUM_STABILIZER = 1e-9
 ROUNDING64 = 1e-11
 
 
-def zennit_rule(rule: R.Rule, *, bias_in_zplus: bool = False):
-    """The zennit rule DTD's ``rule`` equals on bias-negative networks.
-
-    ``bias_in_zplus``: map z+ to zennit's ``ZPlus()`` even where positive
-    biases exist (it then keeps them; used to measure that difference).
-    """
+def zennit_rule(rule: R.Rule):
+    """The zennit rule DTD's ``rule`` equals on bias-negative networks (``ValueError`` for ``pinv``)."""
+    if not isinstance(rule, (R.ZPlus, R.LRP0, R.Gamma, R.WSquare, R.ZB)):
+        raise ValueError(f"no zennit counterpart for {rule!r}")
     import zennit.rules as zr
 
     if isinstance(rule, R.ZPlus):
@@ -68,9 +66,7 @@ def zennit_rule(rule: R.Rule, *, bias_in_zplus: bool = False):
         return zr.Gamma(rule.gamma, zero_params="bias")
     if isinstance(rule, R.WSquare):
         return zr.WSquare(zero_params="bias")
-    if isinstance(rule, R.ZB):
-        return zr.ZBox(rule.low, rule.high)
-    raise ValueError(f"no zennit counterpart for {rule!r}")
+    return zr.ZBox(rule.low, rule.high)
 
 
 def _per_layer(net: ReLUNetwork, rules: Union[R.Rule, Sequence[R.Rule]]) -> list[R.Rule]:

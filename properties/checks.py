@@ -21,6 +21,8 @@ __all__ = [
     "root_outcomes",
     "root_equation_residual",
     "conservation_residual",
+    "SegmentOutcomes",
+    "segment_outcomes",
     "DEFAULT_MEMORY_BUDGET",
 ]
 
@@ -282,3 +284,44 @@ def conservation_residual(dec: Decomposition, layer: int) -> torch.Tensor:
     scale = upper.abs().sum(1).clamp_min(1.0)
     return (lay.relevance.sum(1) - upper.sum(1)).abs() / scale
 
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentOutcomes:
+    """What an in-region root promises about the segment from it to the input (see :func:`segment_outcomes`).
+
+    interior : ``(batch,)`` -- every deciding pre-activation of the input is farther than ``pattern_tol`` from 0
+    midpoint_gradient_match : ``(batch, J)`` -- ``grad f_k`` at ``(a + root) / 2`` equals ``grad f_k(a)`` (torch's ``relu'(0) = 0``)
+    taylor_residual : ``(batch, J)`` -- ``|f_k(a) - f_k(root) - grad f_k(a) . (a - root)|``
+    """
+
+    interior: torch.Tensor
+    midpoint_gradient_match: torch.Tensor
+    taylor_residual: torch.Tensor
+
+
+def segment_outcomes(
+    net: ReLUNetwork, a: torch.Tensor, roots: torch.Tensor, *, layer: int, output: int, atol: float = PROPERTY_ATOL
+) -> SegmentOutcomes:
+    """The promises of a root in the closure of the input's region, judged without a hinge convention.
+
+    A root on the region's boundary has a neuron at ``z = 0``, where torch's
+    ``relu'(0) = 0`` may change the gradient although the root is in the
+    region (the top layer's root of the explained output always lies on its
+    hinge).  The segment from the root to an input strictly inside its
+    region (:attr:`SegmentOutcomes.interior`) lies in the region except for
+    the root itself, so its midpoint has the input's gradient, and the
+    first-order Taylor expansion at the root is exact: ``f_k(a) = f_k(root) +
+    grad f_k(a) . (a - root)``.  Both can fail only if the root lies outside
+    the region.  ``a`` is ``(batch, D)``, ``roots`` ``(batch, J, D)``.
+    """
+    n, j, d = roots.shape
+    zs, f_a, grad_a = net.evaluate(a, output, from_layer=layer)
+    interior = (_region_pre_activations(zs, net, layer, output).abs() > pattern_tol(a.dtype)).all(1)
+    flat_roots = roots.reshape(n * j, d)
+    mid = (a.unsqueeze(1) + roots).reshape(n * j, d) / 2
+    grad_mid = net.input_gradient(mid, output, from_layer=layer).reshape(n, j, d)
+    match = ((grad_mid - grad_a.unsqueeze(1)).abs() <= atol).all(-1)
+    f_root = net.output_value(flat_roots, output, from_layer=layer).reshape(n, j)
+    predicted = ((a.unsqueeze(1) - roots) * grad_a.unsqueeze(1)).sum(-1)
+    return SegmentOutcomes(interior, match, (f_a.unsqueeze(1) - f_root - predicted).abs())

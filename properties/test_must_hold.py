@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import dtd
 from dtd import rules as R
 from dtd.tolerances import equation_rtol, pattern_tol
-from properties.checks import conservation_residual, root_equation_residual, root_outcomes
+from properties.checks import conservation_residual, root_equation_residual, root_outcomes, segment_outcomes
 from properties.strategies import cases, rules, zb_recipe
 
 pytestmark = pytest.mark.properties
@@ -78,3 +78,29 @@ def test_one_layer_zplus_root_in_closure_of_region(case):
     assert not bool(outside.any()), (
         f"{int(outside.sum())} z+ root(s) leave the region (pattern tolerance {pattern_tol(case.x.dtype):g})\n{case.describe()}"
     )
+
+
+IN_REGION_FINDERS = {
+    "region_l1": lambda: dtd.RegionRoots("l1"),
+    "region_linf": lambda: dtd.RegionRoots("linf"),
+    "sampled": lambda: dtd.RegionSamplingRoots(32, seed=0),
+    "walk": lambda: dtd.MetropolisHastingsRoots(4, 30, seed=0),
+}
+
+
+@given(case=cases(depth=(1, 3), width=(1, 8), input_size=(1, 8), n=(1, 8)), finder=st.sampled_from(sorted(IN_REGION_FINDERS)))
+def test_in_region_roots_keep_the_gradient_along_their_segment(case, finder):
+    """Every root an in-region finder returns: the gradient halfway to the input is the input's, and Taylor is exact.
+
+    Judged at points strictly inside their region (see properties.checks.segment_outcomes); the gradient at the
+    root itself meets torch's relu'(0) = 0 on the region's boundary, where LP optima and top-layer roots lie.
+    """
+    dec = dtd.train_free(case.net, case.x, root_finder=IN_REGION_FINDERS[finder](), output=case.output)
+    for layer in dec.layers:
+        seg = segment_outcomes(case.net, layer.input, layer.roots, layer=layer.index, output=case.output)
+        judged = layer.root_valid & layer.carries_relevance & seg.interior.unsqueeze(1)
+        bad = judged & ~seg.midpoint_gradient_match
+        assert not bool(bad.any()), f"{finder}, layer {layer.index}: {int(bad.sum())} root(s) change the gradient\n{case.describe()}"
+        scale = 1.0 + float(dec.output_value.abs().max())
+        worst = float(seg.taylor_residual[judged].max()) if bool(judged.any()) else 0.0
+        assert worst <= equation_rtol(case.x.dtype) * scale, f"{finder}, layer {layer.index}: Taylor residual {worst:.3g}\n{case.describe()}"

@@ -15,7 +15,7 @@ import pytest
 
 import dtd
 from dtd.tolerances import PROPERTY_ATOL, equation_rtol
-from properties.checks import root_outcomes
+from properties.checks import root_outcomes, segment_outcomes
 from properties.stats import Rate
 
 pytestmark = pytest.mark.properties
@@ -144,17 +144,20 @@ def test_seed_network_region_roots(seed_experiment, property_report, layer):
         "(roots on the region's boundary meet relu'(0) = 0)",
     )
 
-    sampled = dtd.RegionSamplingRoots(256, seed=0).find(net, layer, lay.input, lay.upper_relevance, output=OUTPUT)
-    property_report.rate(
-        f"notebook.layer{layer}.sampled_roots.exists",
-        Rate.from_mask(sampled.valid, relevant, cluster_dim=0, confidence=confidence),
-        f"seed network, layer-{layer} (point, neuron) pairs carrying relevance for which one of 256 random rays from the input "
-        "reaches the neuron's root inside the region (RegionSamplingRoots)",
-    )
-    _judge_in_region(
-        property_report, net, dec, layer, sampled, f"notebook.layer{layer}.sampled_roots.gradient_match",
-        f"seed network, layer-{layer} sampled in-region roots whose gradient of f_{layer} equals the input's",
-    )
+    for key, finder, how in (
+        ("sampled_roots", dtd.RegionSamplingRoots(256, seed=0), "one of 256 random rays from the input reaches the neuron's root inside the region (RegionSamplingRoots)"),
+        ("walk_roots", dtd.MetropolisHastingsRoots(8, 100, seed=0), "8 random walks of 100 moves inside the region cross the neuron's root hyperplane (MetropolisHastingsRoots)"),
+    ):
+        found_here = finder.find(net, layer, lay.input, lay.upper_relevance, output=OUTPUT)
+        property_report.rate(
+            f"notebook.layer{layer}.{key}.exists",
+            Rate.from_mask(found_here.valid, relevant, cluster_dim=0, confidence=confidence),
+            f"seed network, layer-{layer} (point, neuron) pairs carrying relevance for which {how}",
+        )
+        _judge_in_region(
+            property_report, net, dec, layer, found_here, f"notebook.layer{layer}.{key}.gradient_match",
+            f"seed network, layer-{layer} {key.replace('_', ' ')} (relevant neurons) whose gradient of f_{layer} equals the input's",
+        )
 
 
 def _judge_in_region(property_report, net, dec, layer, root_set, name, description):
@@ -165,4 +168,55 @@ def _judge_in_region(property_report, net, dec, layer, root_set, name, descripti
     outcomes = root_outcomes(net, dataclasses.replace(dec, layers=layers), layer=layer, output=OUTPUT)
     counted = root_set.valid & dec.layers[layer].carries_relevance
     assert bool(outcomes.region_match[counted].all()), f"{name}: a root left the closure of its region"
-    property_report.rate(name, Rate.from_mask(outcomes.gradient_match, counted, cluster_dim=0, confidence=property_report.confidence), description)
+    property_report.rate(name, Rate.from_mask(outcomes.gradient_match, counted, cluster_dim=0, confidence=property_report.confidence),
+                         description + " (at the root: relu'(0) = 0 on the region's boundary)")
+    lay = dec.layers[layer]
+    seg = segment_outcomes(net, lay.input, root_set.roots(), layer=layer, output=OUTPUT)
+    judged = counted & seg.interior.unsqueeze(1)
+    midpoint = Rate.from_mask(seg.midpoint_gradient_match, judged, cluster_dim=0, confidence=property_report.confidence)
+    property_report.rate(f"{name}.midpoint", midpoint, description + " halfway between root and input (inputs strictly inside their region)")
+    assert midpoint.successes == midpoint.trials, f"{name}: an in-region root changes the gradient along its segment"
+
+
+FULL_BACKWARD = {
+    # name: (finder, points of the seed experiment used)
+    "z+": (lambda: dtd.LinearRoots("z+"), N_POINTS),
+    "sampled": (lambda: dtd.RegionSamplingRoots(256, seed=0), 100),
+}
+
+
+@pytest.mark.parametrize("name", list(FULL_BACKWARD))
+def test_seed_network_full_backward(seed_experiment, property_report, name):
+    """The recursive DTD on the seed network: how much relevance survives, and how much stays unresolved."""
+    net, x, _ = seed_experiment
+    make, n_points = FULL_BACKWARD[name]
+    fb = dtd.full_backward(net, x[:n_points], root_finder=make(), output=OUTPUT)
+    relative = fb.conservation_error.abs() / fb.output_value
+    confidence = property_report.confidence
+    finder = fb.layers[0].method
+    property_report.rate(
+        f"notebook.full_backward.{name}.conserved",
+        Rate.from_mask(relative <= 0.01, confidence=confidence),
+        f"seed network, full_backward with {finder} ({n_points} points): |f(x) - sum_i R_i| <= 1 % of f(x)",
+        summary=True,
+    )
+    property_report.count(f"seed network, full_backward ({finder}): mean |f(x) - sum R_i| / f(x)", float(relative.mean()))
+    property_report.count(f"seed network, full_backward ({finder}): root-finder evaluations", sum(fb.evaluations))
+    for lay in fb.layers:
+        relevant = lay.carries_relevance
+        property_report.rate(
+            f"notebook.full_backward.{name}.layer{lay.index}.root_exists",
+            Rate.from_mask(lay.root_valid, relevant, cluster_dim=0, confidence=confidence),
+            f"seed network, full_backward with {finder}, layer {lay.index}: relevant neurons whose relevance function has a root",
+        )
+        property_report.rate(
+            f"notebook.full_backward.{name}.layer{lay.index}.resolved",
+            Rate.from_mask(lay.unresolved.abs() <= PROPERTY_ATOL, lay.root_valid & relevant, cluster_dim=0, confidence=confidence),
+            f"seed network, full_backward with {finder}, layer {lay.index}: roots where the upper decomposition re-applied "
+            f"at the root is 0 (|R_j(root)| <= {PROPERTY_ATOL:g})",
+        )
+        scale = lay.upper_relevance.abs().sum(1).clamp_min(1e-30)
+        property_report.count(
+            f"seed network, full_backward ({finder}), layer {lay.index}: mean sum_j |R_j(root)| / sum_j |R_j|",
+            float((lay.unresolved.abs().sum(1) / scale).mean()),
+        )
