@@ -101,6 +101,28 @@ class Decomposition:
         return sum(layer.n_invalid for layer in self.layers)
 
 
+def checked_activations(net: ReLUNetwork, x: torch.Tensor, output: int, root_finder: RootFinder) -> tuple[int, list[torch.Tensor]]:
+    """Validate a decomposition's arguments; return the output index and the activations (every layer's input, then the output).
+
+    Raises the ``TypeError`` / ``ValueError`` documented in :func:`train_free`.
+    """
+    if not isinstance(net, ReLUNetwork):
+        raise TypeError(
+            f"net must be a dtd.ReLUNetwork, got {type(net).__name__}; wrap an nn.Sequential with "
+            "ReLUNetwork.from_sequential"
+        )
+    if not isinstance(root_finder, RootFinder):
+        raise TypeError(f"root_finder must be a dtd.roots.RootFinder, got {type(root_finder).__name__}")
+    output = net.check_output(output)
+    x = net.check_input(x)
+    net.check_parameters()
+    root_finder.check(net)
+    activations = net.activations(x)
+    for k in range(net.n_layers):
+        root_finder.check_domain(k, activations[k])
+    return output, activations
+
+
 def train_free(
     net: ReLUNetwork,
     x: torch.Tensor,
@@ -135,25 +157,11 @@ def train_free(
         Wrong shape, empty batch, NaN/inf in ``x`` or the weights, ``output``
         out of range, or activations outside a rule's domain.
     """
-    if not isinstance(net, ReLUNetwork):
-        raise TypeError(
-            f"net must be a dtd.ReLUNetwork, got {type(net).__name__}; wrap an nn.Sequential with "
-            "ReLUNetwork.from_sequential"
-        )
     if root_finder is None:
         root_finder = LinearRoots("z+" if rule is None else rule)
     elif rule is not None:
         raise ValueError("give either rule or root_finder, not both (pass the rule to the root finder)")
-    elif not isinstance(root_finder, RootFinder):
-        raise TypeError(f"root_finder must be a dtd.roots.RootFinder, got {type(root_finder).__name__}")
-    output = net.check_output(output)
-    x = net.check_input(x)
-    net.check_parameters()
-    root_finder.check(net)
-
-    activations = net.activations(x)
-    for k in range(net.n_layers):
-        root_finder.check_domain(k, activations[k])
+    output, activations = checked_activations(net, x, output, root_finder)
 
     with torch.no_grad():
         top = activations[-1]

@@ -48,7 +48,7 @@ from typing import Optional
 
 import torch
 
-from .decompose import Decomposition, LayerDecomposition
+from .decompose import Decomposition, LayerDecomposition, checked_activations
 from .network import ReLUNetwork
 from .roots import RootFinder
 from .rootsets import ExplicitRoots
@@ -278,17 +278,10 @@ def full_backward(
         The cost bound exceeds ``budget`` (the message gives both), or any
         input error :func:`train_free` reports.
     """
-    if not isinstance(net, ReLUNetwork):
-        raise TypeError(f"net must be a dtd.ReLUNetwork, got {type(net).__name__}")
-    if not isinstance(root_finder, RootFinder):
-        raise TypeError(f"root_finder must be a dtd.roots.RootFinder, got {type(root_finder).__name__}")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
         raise ValueError(f"budget must be a positive int or None, got {budget!r}")
-    output = net.check_output(output)
-    x = net.check_input(x)
-    net.check_parameters()
-    root_finder.check(net)
-    estimate = estimate_cost(net, x.shape[0])
+    output, activations = checked_activations(net, x, output, root_finder)
+    estimate = estimate_cost(net, activations[0].shape[0])
     if budget is not None and estimate > budget:
         per_point = estimate_cost(net, 1)
         raise ValueError(
@@ -296,9 +289,6 @@ def full_backward(
             f"on a network with layer widths {net.sizes}: the count grows like width^depth), above the budget of "
             f"{budget:,}; explain fewer points (at most {budget // per_point:,}) or pass a larger budget= (None: no limit)"
         )
-    activations = net.activations(x)
-    for k in range(net.n_layers):
-        root_finder.check_domain(k, activations[k])
     recursion = _Recursion(net, root_finder, output)
     with torch.no_grad():
         recursion.evaluate(0, activations[0], None, record=True)
