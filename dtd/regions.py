@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["RegionConstraints", "region_constraints", "RegionLP", "region_output_root", "LP_STATUS"]
+__all__ = ["RegionConstraints", "region_constraints", "edge_steps", "RegionLP", "region_output_root", "LP_STATUS"]
 
 #: what the LP helpers report per problem
 LP_STATUS = {0: "solved", 1: "trivial", 2: "infeasible", 3: "solver failed"}
@@ -31,6 +31,15 @@ def region_slack(dtype: torch.dtype) -> float:
     from .tolerances import pattern_tol
 
     return pattern_tol(dtype) / 10
+
+
+def edge_steps(g: torch.Tensor, h: torch.Tensor, slack: float) -> torch.Tensor:
+    """Per region row ``g + s h >= -slack`` along a move: the step ``s`` where it is reached (inf if it never is).
+
+    ``g`` is the row's value ``sign * (A r + c)`` at the start, ``h`` its change per unit step;
+    broadcast together.  The smallest over the rows is how far the move stays in the region.
+    """
+    return torch.where(h < 0, (g + slack) / -h.clamp(max=-1e-300), torch.full_like(h, float("inf")))
 
 
 @dataclasses.dataclass(frozen=True)

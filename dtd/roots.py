@@ -229,7 +229,7 @@ class RegionSamplingRoots(_InRegionFinder):
         return d / d.norm(dim=-1, keepdim=True).clamp_min(1e-300)
 
     def find(self, net, k, a, relevance, *, output=0):
-        from .regions import region_constraints, region_slack
+        from .regions import edge_steps, region_constraints, region_slack
 
         a64 = a.detach().to(torch.float64).cpu()
         region = region_constraints(net, a64, k, output)
@@ -240,8 +240,7 @@ class RegionSamplingRoots(_InRegionFinder):
         # region rows along the ray: g + s h >= -slack with g = sign (A a + c), h = sign A d
         g = region.sign * (torch.einsum("nmd,nd->nm", region.A, a64) + region.c)  # (N, M)
         h = region.sign.unsqueeze(-1) * torch.einsum("nmd,nkd->nmk", region.A, d)  # (N, M, K)
-        limit = torch.where(h < 0, (g.unsqueeze(-1) + slack) / -h.clamp(max=-1e-300), torch.full_like(h, float("inf")))
-        s_edge = limit.amin(1)  # (N, K)
+        s_edge = edge_steps(g.unsqueeze(-1), h, slack).amin(1)  # (N, K)
         if self.nonnegative:
             to_zero = torch.where(d < 0, a64.unsqueeze(1) / -d.clamp(max=-1e-300), torch.full_like(d, float("inf")))
             s_edge = torch.minimum(s_edge, to_zero.amin(-1))
@@ -343,14 +342,13 @@ class MetropolisHastingsRoots(_InRegionFinder):
         return torch.where(torch.isfinite(median) & (median > 0), median, torch.ones_like(median))
 
     def find(self, net, k, a, relevance, *, output=0):
-        from .regions import region_constraints, region_slack
+        from .regions import edge_steps, region_constraints, region_slack
 
         a64 = a.detach().to(torch.float64).cpu()
         r64 = relevance.detach().to(torch.float64).cpu()
         w = net.weight(k).to(torch.float64).cpu()
         region = region_constraints(net, a64, k, output)
-        keep = region.sign != 0  # rows that constrain (an output without ReLU does not)
-        A = region.sign.unsqueeze(-1) * region.A  # (N, M, D): inside iff A r + sc >= -slack
+        A = region.sign.unsqueeze(-1) * region.A  # (N, M, D): inside iff A r + sc >= -slack (sign 0: a zero row, no constraint)
         sc = region.sign * region.c
         slack = region_slack(a.dtype)
         generator = torch.Generator().manual_seed(self.seed * 1009 + k)
@@ -391,8 +389,7 @@ class MetropolisHastingsRoots(_InRegionFinder):
                 proposal = proposal.abs()  # reflection at 0: a symmetric proposal on the half-space
             # region rows along the move x -> proposal: g + s h >= -slack for s in [0, s_edge]
             h = torch.bmm(proposal - x, A_t)  # (N, C, M)
-            limit = torch.where(keep.unsqueeze(1) & (h < 0), (g + slack) / -h.clamp(max=-1e-300), torch.full_like(h, float("inf")))
-            s_edge = limit.amin(-1).clamp(max=1.0)  # (N, C); 1: the proposal is inside
+            s_edge = edge_steps(g, h, slack).amin(-1).clamp(max=1.0)  # (N, C); 1: the proposal is inside
             inside = s_edge >= 1
             # the part of every move that stays in the region is searched, accepted or not
             record(x, x + s_edge.unsqueeze(-1) * (proposal - x), s_edge > 0)
