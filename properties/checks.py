@@ -23,6 +23,8 @@ __all__ = [
     "conservation_residual",
     "SegmentOutcomes",
     "segment_outcomes",
+    "with_roots",
+    "CONSERVED_SHARE",
     "DEFAULT_MEMORY_BUDGET",
 ]
 
@@ -284,6 +286,17 @@ def conservation_residual(dec: Decomposition, layer: int) -> torch.Tensor:
     scale = upper.abs().sum(1).clamp_min(1.0)
     return (lay.relevance.sum(1) - upper.sum(1)).abs() / scale
 
+
+#: full-backward DTD counts a point as conserving when |f(x) - sum_i R_i| <= this share of f(x)
+CONSERVED_SHARE = 0.01
+
+
+def with_roots(dec: Decomposition, layer: int, root_set) -> Decomposition:
+    """``dec`` with layer ``layer``'s roots replaced by another finder's ``root_set`` (to judge them with the same checks)."""
+    layers = tuple(
+        dataclasses.replace(lay, root_set=root_set, root_valid=root_set.valid) if lay.index == layer else lay for lay in dec.layers
+    )
+    return dataclasses.replace(dec, layers=layers)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,13 +9,12 @@ space).  Questions (3) "is the network output set to zero by the root?" and
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 
 import dtd
 from dtd.tolerances import PROPERTY_ATOL, equation_rtol
-from properties.checks import root_outcomes, segment_outcomes
+from properties.checks import CONSERVED_SHARE, root_outcomes, segment_outcomes, with_roots
 from properties.stats import Rate
 
 pytestmark = pytest.mark.properties
@@ -162,10 +161,7 @@ def test_seed_network_region_roots(seed_experiment, property_report, layer):
 
 def _judge_in_region(property_report, net, dec, layer, root_set, name, description):
     """Another finder's roots of ``layer``, judged with the same checks: all in the region; gradient match recorded."""
-    layers = tuple(
-        dataclasses.replace(lay, root_set=root_set, root_valid=root_set.valid) if lay.index == layer else lay for lay in dec.layers
-    )
-    outcomes = root_outcomes(net, dataclasses.replace(dec, layers=layers), layer=layer, output=OUTPUT)
+    outcomes = root_outcomes(net, with_roots(dec, layer, root_set), layer=layer, output=OUTPUT)
     counted = root_set.valid & dec.layers[layer].carries_relevance
     assert bool(outcomes.region_match[counted].all()), f"{name}: a root left the closure of its region"
     property_report.rate(name, Rate.from_mask(outcomes.gradient_match, counted, cluster_dim=0, confidence=property_report.confidence),
@@ -196,8 +192,8 @@ def test_seed_network_full_backward(seed_experiment, property_report, name):
     finder = fb.layers[0].method
     property_report.rate(
         f"notebook.full_backward.{name}.conserved",
-        Rate.from_mask(relative <= 0.01, confidence=confidence),
-        f"seed network, full_backward with {finder} ({n_points} points): |f(x) - sum_i R_i| <= 1 % of f(x)",
+        Rate.from_mask(relative <= CONSERVED_SHARE, confidence=confidence),
+        f"seed network, full_backward with {finder} ({n_points} points): |f(x) - sum_i R_i| <= {CONSERVED_SHARE * 100:g} % of f(x)",
         summary=True,
     )
     property_report.count(f"seed network, full_backward ({finder}): mean |f(x) - sum R_i| / f(x)", float(relative.mean()))

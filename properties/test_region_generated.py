@@ -19,8 +19,6 @@ upper relevance; then
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from hypothesis import settings
@@ -28,7 +26,7 @@ from hypothesis import settings
 import dtd
 from dtd import rules as R
 from dtd.tolerances import PROPERTY_ATOL
-from properties.checks import root_outcomes, segment_outcomes
+from properties.checks import CONSERVED_SHARE, root_outcomes, segment_outcomes, with_roots
 from properties.stats import Tally
 from properties.strategies import sample_cases
 
@@ -39,13 +37,6 @@ REGION_FACTOR = 3
 REGION_SPACE = dict(depth=(1, 4), width=(1, 12), input_size=(1, 12), n=8)
 FULL_BACKWARD_SPACE = dict(depth=(1, 3), width=(1, 12), input_size=(1, 12), n=8)
 RULES = {"z+": R.ZPlus(), "w2": R.WSquare(), "x": R.LRP0(), "gamma1": R.Gamma(1.0)}
-#: full_backward counts a point as conserving when |f(x) - sum_i R_i| <= this share of f(x)
-CONSERVED_SHARE = 0.01
-
-
-def _with_roots(dec, layer, root_set):
-    layers = tuple(dataclasses.replace(lay, root_set=root_set, root_valid=root_set.valid) if lay.index == layer else lay for lay in dec.layers)
-    return dataclasses.replace(dec, layers=layers)
 
 
 def _rate_rows(property_report, tally, describe, summary=lambda name: False):
@@ -83,7 +74,7 @@ def test_region_roots_over_generated_networks(property_report, property_report_s
                     judged = roots.valid & relevant & seg.interior.unsqueeze(1)
                     tally.add(f"{prefix}.gradient_match.midpoint", seg.midpoint_gradient_match, judged)
                 tally.add(f"region.{name}.layer{k}.root_exists", found.valid, relevant)
-                outcomes = root_outcomes(case.net, _with_roots(dec, k, found), layer=k, output=case.output)
+                outcomes = root_outcomes(case.net, with_roots(dec, k, found), layer=k, output=case.output)
                 tally.add(f"region.{name}.gradient_match.at_root", outcomes.gradient_match, found.valid & relevant)
                 both = found.valid & lay.root_valid & relevant
                 d_region = (found.roots() - lay.input.unsqueeze(1)).abs().sum(-1)
