@@ -1,0 +1,73 @@
+"""Argument checks shared by :mod:`dtd` and :mod:`properties`.
+
+One rule everywhere: a value of the wrong *type* is a ``TypeError``, a value
+of the right type but outside what is allowed is a ``ValueError``.  Every
+message names the argument and quotes what was given.  ``bool`` is never
+accepted where a number is asked for (``True`` is an ``int`` in Python, but a
+caller who passes it has made a mistake).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+__all__ = ["check_int", "check_number", "check_bool", "check_probability", "check_seed", "SEED_LIMIT"]
+
+#: the largest seed torch's generators and numpy accept without overflow (a signed 64-bit value)
+SEED_LIMIT = 2**63 - 1
+
+
+def check_int(value, name: str, *, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
+    """``value`` as an int; ``TypeError`` unless it is an int (not a bool), ``ValueError`` outside ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return int(value)
+
+
+def check_number(
+    value,
+    name: str,
+    *,
+    minimum: Optional[float] = None,
+    maximum: Optional[float] = None,
+    strict_minimum: bool = False,
+    strict_maximum: bool = False,
+    finite: bool = True,
+) -> float:
+    """``value`` as a float; ``TypeError`` unless it is an int or float (not a bool).
+
+    ``ValueError`` for NaN, for an infinite value when ``finite``, and outside
+    the bounds (``strict_*``: the bound itself is excluded).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if math.isnan(value) or (finite and math.isinf(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and (value <= minimum if strict_minimum else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict_minimum else '>='} {minimum:g}, got {value!r}")
+    if maximum is not None and (value >= maximum if strict_maximum else value > maximum):
+        raise ValueError(f"{name} must be {'<' if strict_maximum else '<='} {maximum:g}, got {value!r}")
+    return value
+
+
+def check_probability(value, name: str) -> float:
+    """A number strictly between 0 and 1 (a confidence, an acceptance rate)."""
+    return check_number(value, name, minimum=0.0, maximum=1.0, strict_minimum=True, strict_maximum=True)
+
+
+def check_bool(value, name: str) -> bool:
+    """``value`` itself; ``TypeError`` unless it is a bool (``'no'`` or ``0`` are mistakes, not False)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_seed(value, name: str = "seed") -> int:
+    """A seed for a local generator: an int in ``[0, 2**63 - 1]``."""
+    return check_int(value, name, minimum=0, maximum=SEED_LIMIT)
