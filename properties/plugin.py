@@ -34,6 +34,7 @@ from typing import Mapping, Optional, Sequence
 import pytest
 
 from . import report as _report
+from .keys import RateKey, describe
 from .stats import DEFAULT_CONFIDENCE, Rate
 
 __all__ = ["PropertyReport", "Store"]
@@ -96,22 +97,31 @@ class PropertyReport:
         """Seed for i.i.d. samples of generated cases (same in every xdist worker)."""
         return self._store.seed
 
-    def rate(self, name: str, rate: Rate, description: str, *, summary: bool = False) -> dict:
+    def rate(self, name: "str | RateKey", rate: Rate, description: Optional[str] = None, *, summary: bool = False) -> dict:
         """Record one rate; returns its report row.
 
-        ``description`` says in one line exactly what is counted.
-        ``summary=True`` shows the row in the terminal table (every row is
-        in ``report.md``).  A rate inconsistent with the baseline fails the
-        calling test unless ``--update-baseline`` is given.
+        ``name`` is a :class:`~properties.keys.RateKey` (the suite's own
+        rates) or a dotted name.  ``description`` says in one line exactly
+        what is counted; for a key it defaults to
+        :func:`properties.keys.describe`.  ``summary=True`` shows the row in
+        the terminal table (every row is in ``report.md``).  A rate
+        inconsistent with the baseline fails the calling test unless
+        ``--update-baseline`` is given.
         """
         if not isinstance(rate, Rate):
             raise TypeError(f"rate must be a properties.stats.Rate, got {type(rate).__name__}")
         if rate.confidence != self.confidence:
             rate = Rate(rate.successes, rate.trials, self.confidence, rate.clusters)
+        key = name if isinstance(name, RateKey) else None
+        if key is not None:
+            name = str(key)
+            description = description or describe(key)
+        elif not isinstance(name, str):
+            raise TypeError(f"name must be a str or a properties.keys.RateKey, got {type(name).__name__}")
         if not description:
             raise ValueError(f"property {name!r} needs a description of what it counts")
         self._store.claim(name, self._nodeid)
-        entry = _report.row(name, rate, description, self._store.baseline.get(name))
+        entry = _report.row(name, rate, description, self._store.baseline.get(name), key)
         self._store.rows[name] = entry
         if summary:
             self._store.summary.add(name)

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
+from .keys import RateKey
 from .stats import Rate, compare
 
 __all__ = ["row", "write_report", "read_baseline", "write_baseline", "format_table", "BASELINE_KEYS"]
@@ -22,11 +23,13 @@ __all__ = ["row", "write_report", "read_baseline", "write_baseline", "format_tab
 BASELINE_KEYS = ("rate", "ci_low", "ci_high", "successes", "trials", "confidence", "interval")
 
 
-def row(name: str, rate: Rate, description: str, baseline: Optional[Mapping]) -> dict:
-    """One report row: the rate, its interval, the baseline entry and the gate's status."""
+def row(name: str, rate: Rate, description: str, baseline: Optional[Mapping], key: Optional[RateKey] = None) -> dict:
+    """One report row: the rate, its interval, the baseline entry, the gate's status and the key's fields
+    (``"key"``: :meth:`RateKey.to_dict`, or None for a name recorded without a key)."""
     values = rate.to_dict()
-    base = None if baseline is None else {key: baseline.get(key) for key in ("rate", "ci_low", "ci_high")}
-    return {"name": name, "description": description, **values, "baseline": base, "status": compare(values, baseline)}
+    base = None if baseline is None else {field: baseline.get(field) for field in ("rate", "ci_low", "ci_high")}
+    return {"name": name, "description": description, **values, "baseline": base, "status": compare(values, baseline),
+            "key": None if key is None else key.to_dict()}
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
