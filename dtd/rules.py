@@ -20,14 +20,18 @@ section 10.2.3 for the gamma rule.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
-from typing import Optional, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
 from .rootsets import AffineRoots, RootSet, SharedRoots, affine_direction
 
-__all__ = ["Rule", "ZPlus", "WSquare", "Gamma", "LRP0", "ZB", "Pinv", "RuleLike"]
+__all__ = [
+    "Rule", "ZPlus", "WSquare", "Gamma", "LRP0", "ZB", "Pinv", "RuleLike",
+    "Variant", "RuleEntry", "register", "replicates", "registered", "variants", "entry_for", "SWEEPS",
+]
 
 
 def _nonnegative(a: torch.Tensor, rule: "Rule") -> None:
@@ -92,11 +96,12 @@ class Rule(abc.ABC):
         if isinstance(value, Rule):
             return value
         if isinstance(value, str):
+            names = {name: entry for entry in _REGISTRY.values() for name in (entry.cls.name, *entry.aliases)}
             try:
-                factory = _BY_NAME[value]
+                entry = names[value]
             except KeyError:
-                raise ValueError(f"unknown rule {value!r}; known rules: {sorted(_BY_NAME)}") from None
-            return factory()
+                raise ValueError(f"unknown rule {value!r}; known rules: {sorted(names)}") from None
+            return entry.default()
         raise TypeError(f"a rule must be a str or a dtd.rules.Rule, got {type(value).__name__} {value!r}")
 
     def __repr__(self) -> str:
@@ -112,10 +117,165 @@ class Rule(abc.ABC):
 RuleLike = Union[str, Rule]
 
 
+# --------------------------------------------------------------------------- the registry
+#: the suite's sweeps a variant can take part in
+SWEEPS = ("generated", "region", "agreement", "must_hold", "reference")
+
+#: how a variant builds its rule(s) for a batch of inputs ``x`` ``(batch, D_0)`` and a network of ``n_layers`` layers
+Maker = Callable[[torch.Tensor, int], Union["Rule", list["Rule"]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One parameter setting of a rule, as the suite's sweeps run it.
+
+    Attributes
+    ----------
+    label
+        Its name in rate names and reports (no dots: ``"gamma0_1"`` for gamma = 0.1).
+    make
+        ``make(x, n_layers)``: the rule, or one rule per layer (a recipe such as zB at the input and z+ above).
+    sweeps
+        Which of :data:`SWEEPS` run it.
+    input_layer_only
+        The recipe differs from z+ only at the input layer, so only layer 0 is reported.
+    """
+
+    label: str
+    make: Maker
+    sweeps: frozenset
+    input_layer_only: bool = False
+
+    def __post_init__(self):
+        if "." in self.label or not self.label:
+            raise ValueError(f"a variant label must be non-empty and hold no dots, got {self.label!r}")
+        unknown = set(self.sweeps) - set(SWEEPS)
+        if unknown:
+            raise ValueError(f"unknown sweep(s) {sorted(unknown)}; known: {SWEEPS}")
+        object.__setattr__(self, "sweeps", frozenset(self.sweeps))
+
+    def rules_for(self, x: torch.Tensor, n_layers: int) -> Union["Rule", list["Rule"]]:
+        return self.make(x, n_layers)
+
+
+@dataclasses.dataclass
+class RuleEntry:
+    """Everything the project knows about one rule class, declared where the class is.
+
+    Attributes
+    ----------
+    cls
+        The :class:`Rule` subclass; ``cls.name`` is the name :meth:`Rule.ensure` accepts.
+    aliases
+        Further names :meth:`Rule.ensure` accepts.
+    default
+        The rule :meth:`Rule.ensure` builds from a name.
+    variants
+        Parameter settings the suite sweeps (:class:`Variant`).
+    zennit, captum
+        ``counterpart(rule) -> (class name, keyword arguments)`` of the library's LRP rule that equals this
+        DTD rule on networks whose biases are <= 0 (inputs >= 0), or None.  Data only: the libraries are imported
+        by whoever builds the object (:mod:`properties.agreement`).
+    replica
+        The slow, obviously-correct re-implementation the tests compare against, registered from the tests
+        with :func:`replicates` (None until then).
+    """
+
+    cls: type
+    aliases: tuple[str, ...] = ()
+    default: Optional[Callable[[], "Rule"]] = None
+    variants: tuple[Variant, ...] = ()
+    zennit: Optional[Callable[["Rule"], tuple[str, dict]]] = None
+    captum: Optional[Callable[["Rule"], tuple[str, dict]]] = None
+    replica: Optional[Callable[..., Any]] = None
+    replica_is_layer_rule: bool = False
+
+
+_REGISTRY: dict[type, RuleEntry] = {}
+
+
+def register(*, aliases: Sequence[str] = (), default: Optional[Callable[[], "Rule"]] = None, variants: Sequence[Variant] = (),
+             zennit=None, captum=None):
+    """Class decorator: declare a rule's names, swept variants and library counterparts (see :class:`RuleEntry`)."""
+
+    def decorate(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Rule)) or not cls.name:
+            raise TypeError(f"register() decorates Rule subclasses with a name, got {cls!r}")
+        taken = {name for entry in _REGISTRY.values() if entry.cls is not cls for name in (entry.cls.name, *entry.aliases)}
+        clash = taken & {cls.name, *aliases}
+        if clash:
+            raise ValueError(f"rule name(s) {sorted(clash)} of {cls.__name__} are already registered")
+        labels = {v.label for entry in _REGISTRY.values() if entry.cls is not cls for v in entry.variants}
+        if labels & {v.label for v in variants}:
+            raise ValueError(f"variant label(s) {sorted(labels & {v.label for v in variants})} are already registered")
+        previous = _REGISTRY.get(cls)
+        _REGISTRY[cls] = RuleEntry(cls, tuple(aliases), default or cls, tuple(variants), zennit, captum,
+                                   previous.replica if previous else None, previous.replica_is_layer_rule if previous else False)
+        return cls
+
+    return decorate
+
+
+def replicates(cls: type, *, layer_rule: bool = False):
+    """Decorator for the tests: register the slow reference of rule class ``cls``.
+
+    A neuron rule's replica is ``direction(rule, a, w_j) -> v_j`` (numpy, one neuron); a layer rule's
+    (``layer_rule=True``) is ``roots(rule, a, W, R) -> (roots (J, D), valid (J,))``.
+    """
+
+    def decorate(function):
+        entry_for(cls).replica = function
+        entry_for(cls).replica_is_layer_rule = layer_rule
+        return function
+
+    return decorate
+
+
+def unregister(cls: type) -> None:
+    """Remove a rule class from the registry (for tests that register a temporary rule)."""
+    _REGISTRY.pop(cls, None)
+
+
+def registered() -> list[RuleEntry]:
+    """Every registered rule, in registration order."""
+    return list(_REGISTRY.values())
+
+
+def entry_for(rule: Union["Rule", type]) -> RuleEntry:
+    """The registry entry of a rule object or class (``KeyError`` naming it if it was never registered)."""
+    cls = rule if isinstance(rule, type) else type(rule)
+    try:
+        return _REGISTRY[cls]
+    except KeyError:
+        raise KeyError(f"{cls.__name__} is not a registered rule (decorate it with dtd.rules.register)") from None
+
+
+def variants(sweep: str) -> list[Variant]:
+    """The variants that ``sweep`` (one of :data:`SWEEPS`) runs, in registration order."""
+    if sweep not in SWEEPS:
+        raise ValueError(f"unknown sweep {sweep!r}; known: {SWEEPS}")
+    return [v for entry in _REGISTRY.values() for v in entry.variants if sweep in v.sweeps]
+
+
+def _fixed(rule_factory: Callable[[], "Rule"]) -> Maker:
+    """A variant that uses the same rule at every layer, whatever the data."""
+    return lambda x, n_layers: rule_factory()
+
+
+def _at_input(rule_factory: Callable[[torch.Tensor], "Rule"]) -> Maker:
+    """DTD's recipe for an input layer that differs: ``rule_factory(x)`` at layer 0, z+ above."""
+    return lambda x, n_layers: [rule_factory(x)] + [ZPlus()] * (n_layers - 1)
+
+
 def _positive_weights(weight: torch.Tensor) -> torch.Tensor:
     return (weight >= 0).to(weight.dtype)
 
 
+@register(
+    variants=[Variant("z+", _fixed(lambda: ZPlus()), frozenset(SWEEPS))],
+    zennit=lambda rule: ("ZPlus", {}),
+    captum=lambda rule: ("Alpha1_Beta0_Rule", {"set_bias_to_zero": True}),
+)
 class ZPlus(Rule):
     """``z+``: ``v_j = a * 1[w_j >= 0]``; equals LRP-alpha1-beta0 on bias-negative nets."""
 
@@ -128,6 +288,15 @@ class ZPlus(Rule):
         return _positive_weights(weight), None
 
 
+@register(
+    variants=[
+        Variant("w2", _fixed(lambda: WSquare()), {"generated", "region", "must_hold", "reference"}),
+        # above the input layer w2 hands relevance to inactive neurons, which an LRP backward pass stops at their
+        # ReLU: the libraries' WSquare equals DTD's only at the input layer
+        Variant("w2_first", _at_input(lambda x: WSquare()), {"agreement"}, input_layer_only=True),
+    ],
+    zennit=lambda rule: ("WSquare", {"zero_params": "bias"}),
+)
 class WSquare(Rule):
     """``w2``: ``v_j = w_j``; the root may leave the domain ``a >= 0``."""
 
@@ -137,6 +306,20 @@ class WSquare(Rule):
         return None, weight
 
 
+@register(
+    default=lambda: Gamma(),
+    variants=[
+        Variant("gamma0_1", _fixed(lambda: Gamma(0.1)), {"generated", "must_hold"}),
+        Variant("gamma1", _fixed(lambda: Gamma(1.0)), {"generated", "region", "must_hold"}),
+        Variant("gamma10", _fixed(lambda: Gamma(10.0)), {"generated", "must_hold"}),
+        Variant("gamma0_25", _fixed(lambda: Gamma(0.25)), {"agreement"}),
+        Variant("gamma4", _fixed(lambda: Gamma(4.0)), {"agreement"}),
+        Variant("gamma0", _fixed(lambda: Gamma(0.0)), {"reference"}),
+        Variant("gamma0_5", _fixed(lambda: Gamma(0.5)), {"reference"}),
+        Variant("gamma100", _fixed(lambda: Gamma(100.0)), {"reference"}),
+    ],
+    zennit=lambda rule: ("Gamma", {"gamma": rule.gamma, "zero_params": "bias"}),
+)
 class Gamma(Rule):
     """``gamma``: ``v_j = a * (1 + gamma 1[w_j >= 0])``, so ``w.v = sum a (w + gamma w+)``.
 
@@ -162,6 +345,11 @@ class Gamma(Rule):
         return f"Gamma(gamma={self.gamma!r})"
 
 
+@register(
+    aliases=("0",),
+    variants=[Variant("x", _fixed(lambda: LRP0()), frozenset(SWEEPS))],
+    zennit=lambda rule: ("Epsilon", {"zero_params": "bias"}),
+)
 class LRP0(Rule):
     """``x`` (alias ``0``): ``v_j = a``; equals LRP-0 with the bias ignored.
 
@@ -175,6 +363,14 @@ class LRP0(Rule):
         return torch.ones_like(weight), None
 
 
+@register(
+    variants=[
+        # DTD's recipe for bounded inputs: zB with the data's box at the input, z+ above
+        Variant("zB", _at_input(lambda x: ZB.for_data(x)), {"generated", "agreement", "must_hold"}, input_layer_only=True),
+        Variant("zB_box", _fixed(lambda: ZB(0.0, 1000.0)), {"reference"}),
+    ],
+    zennit=lambda rule: ("ZBox", {"low": rule.low, "high": rule.high}),
+)
 class ZB(Rule):
     """``zB``: ``v_j = a - low * 1[w_j >= 0] - high * 1[w_j < 0]``, for inputs in ``[low, high]``.
 
@@ -212,6 +408,12 @@ class ZB(Rule):
     def _show(value: torch.Tensor) -> str:
         return f"{value.item():g}" if value.numel() == 1 else str(value.tolist())
 
+    @classmethod
+    def for_data(cls, x: torch.Tensor, *, low: float = 0.0) -> "ZB":
+        """A box ``[low, high]`` holding every row of ``x``: ``high`` is the batch's largest value rounded up (at least ``low + 1``)."""
+        high = float(torch.ceil(x.max()).clamp_min(low + 1.0))
+        return cls(low, high)
+
     def _bounds(self, like: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         for bound, name in ((self.low, "low"), (self.high, "high")):
             if bound.dim() == 1 and bound.shape[0] != width:
@@ -236,6 +438,7 @@ class ZB(Rule):
         return f"ZB(low={self._show(self.low)}, high={self._show(self.high)})"
 
 
+@register(variants=[Variant("pinv", _fixed(lambda: Pinv()), {"must_hold", "reference"})])
 class Pinv(Rule):
     """``pinv``: one root per layer, ``root = a - pinv(W) R``.
 
@@ -258,14 +461,3 @@ class Pinv(Rule):
         scale = (delta.abs() @ weight.abs().T) + relevance.abs()
         valid = (reached - relevance).abs() <= equation_rtol(a.dtype) * scale.clamp_min(1.0)
         return SharedRoots(a, delta, valid)
-
-
-_BY_NAME = {
-    "z+": ZPlus,
-    "w2": WSquare,
-    "gamma": Gamma,
-    "x": LRP0,
-    "0": LRP0,
-    "zB": ZB,
-    "pinv": Pinv,
-}

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from dtd import ReLUNetwork, rules as R
 from dtd.network import INITS
 
-__all__ = ["networks", "nonnegative_inputs", "rules", "cases", "sample_cases", "CaseSpace", "Case", "zb_rule", "zb_recipe", "SEED_MAX"]
+__all__ = ["networks", "nonnegative_inputs", "rules", "variants", "cases", "sample_cases", "CaseSpace", "Case", "SEED_MAX"]
 
 #: seeds are drawn from [0, SEED_MAX]
 SEED_MAX = 2**31 - 1
@@ -104,16 +104,20 @@ def nonnegative_inputs(draw, net: ReLUNetwork, *, n: Bounds = (1, 64), output: i
     return x
 
 
-def rules(*, gammas: Sequence[float] = (0.1, 1.0, 10.0), include_pinv: bool = False) -> st.SearchStrategy[R.Rule]:
-    """One of the neuron rules: z+, w2, x, gamma (each of ``gammas``) and optionally pinv.
+def variants(sweep: str = "must_hold") -> st.SearchStrategy[R.Variant]:
+    """One of the registered rule variants that ``sweep`` runs (see :func:`dtd.rules.variants`).
 
-    ``zB`` needs the data's bounds, so :func:`cases` builds it.  Shrinks
-    towards z+.
+    Build its rule(s) for a case with ``variant.make(case.x, case.net.n_layers)``.  Shrinks towards the
+    first registered variant (z+).
     """
-    options: list[R.Rule] = [R.ZPlus(), R.WSquare(), R.LRP0()] + [R.Gamma(g) for g in gammas]
-    if include_pinv:
-        options.append(R.Pinv())
-    return st.sampled_from(options)
+    return st.sampled_from(R.variants(sweep))
+
+
+def rules(*, include_pinv: bool = False) -> st.SearchStrategy[R.Rule]:
+    """One of the registered neuron rules as the must-hold sweep runs them (z+, w2, gamma 0.1/1/10, x), and
+    optionally pinv; variants that need the data (zB) are left to :func:`variants`.  Shrinks towards z+."""
+    options = [v.make(None, 1) for v in R.variants("must_hold") if not v.input_layer_only]
+    return st.sampled_from([rule for rule in options if include_pinv or not isinstance(rule, R.Pinv)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,14 +231,3 @@ def sample_cases(count: int, *, seed: int, max_tries: int = 100, **bounds) -> li
         else:
             raise ValueError(f"no case with a live output in {max_tries} draws from {space}")
     return result
-
-
-def zb_rule(x: torch.Tensor, *, low: float = 0.0) -> R.ZB:
-    """A ``ZB`` box ``[low, high]`` holding every row of ``x``: ``high`` is the batch's largest value, rounded up."""
-    high = float(torch.ceil(x.max()).clamp_min(low + 1.0))
-    return R.ZB(low, high)
-
-
-def zb_recipe(case: Case) -> list[R.Rule]:
-    """DTD's recipe for bounded inputs: :func:`zb_rule` at the input layer, z+ above."""
-    return [zb_rule(case.x)] + [R.ZPlus()] * (case.net.n_layers - 1)

@@ -1,14 +1,12 @@
 """DTD's promises measured over generated networks, per rule and per layer.
 
-Every rule runs on the same cases, drawn uniformly and independently with
-:func:`properties.strategies.sample_cases` (network structure, weight seed,
-explained output, inputs with ``f(x) > 0``; see that function for the
-population).  i.i.d. draws rather than hypothesis's example generation, whose
-mutations and near-duplicates would make the rates depend on its heuristics.
-Roots of layer ``k`` are judged with ``f_k``.  Rates are clustered by network:
-the interval accounts for roots of one point and points of one network not
-being independent.  ``.all`` counts every valid root (trivial roots of neurons
-that carry no relevance included, as the notebook does), ``.relevant`` only
+Every rule variant the registry marks for the ``generated`` sweep (:func:`dtd.rules.variants`) runs on the same
+cases, drawn uniformly and independently with :func:`properties.strategies.sample_cases` (network structure,
+weight seed, explained output, inputs with ``f(x) > 0``; see that function for the population).  i.i.d. draws
+rather than hypothesis's example generation, whose mutations and near-duplicates would make the rates depend on
+its heuristics.  Roots of layer ``k`` are judged with ``f_k``.  Rates are clustered by network: the interval
+accounts for roots of one point and points of one network not being independent.  Subset ``all`` counts every
+valid root (trivial roots of neurons that carry no relevance included, as the notebook does), ``relevant`` only
 roots of neurons with ``R_j != 0``.
 """
 
@@ -20,38 +18,24 @@ from tqdm import tqdm
 
 import dtd
 from dtd import rules as R
-from dtd.tolerances import PROPERTY_ATOL
-from properties.checks import root_outcomes
+from properties.checks import RootOutcomes, root_outcomes
+from properties.keys import RateKey
 from properties.stats import Tally
-from properties.strategies import sample_cases, zb_recipe
+from properties.strategies import sample_cases
+from properties.thresholds import PROPERTY_ATOL
 
 pytestmark = pytest.mark.properties
 
-#: networks per sweep: this many times the hypothesis profile's max_examples
-#: (ci: 150, thorough: 2500)
+#: networks per sweep: this many times the hypothesis profile's max_examples (ci: 150, thorough: 2500)
 SWEEP_FACTOR = 5
 POINTS_PER_NETWORK = 64
-
-RULES = {
-    "z+": lambda case: R.ZPlus(),
-    "w2": lambda case: R.WSquare(),
-    "x": lambda case: R.LRP0(),
-    "gamma0_1": lambda case: R.Gamma(0.1),  # names hold no dots: dots separate a rate name's parts
-    "gamma1": lambda case: R.Gamma(1.0),
-    "gamma10": lambda case: R.Gamma(10.0),
-    # DTD's recipe for bounded inputs: zB at the input, z+ above.  Only its
-    # first layer differs from z+, so only layer 0 is reported.
-    "zB": zb_recipe,
-}
-
-OUTCOMES = {
-    "zero_output": f"|f_k(root)| <= {PROPERTY_ATOL:g}",
-    "output_unchanged": f"f_k(a) - f_k(root) < {PROPERTY_ATOL:g}",
-    "gradient_match": f"max_i |grad f_k(root) - grad f_k(a)| <= {PROPERTY_ATOL:g}",
-    "region_match": "root in the closure of the input's linear region of f_k (hidden ReLUs >= k and the explained output)",
-    "in_domain": f"root >= -{PROPERTY_ATOL:g} in every coordinate",
-}
+#: the subsets of roots each outcome is counted over, and whether trivial roots belong to it
 SUBSETS = {"all": True, "relevant": False}
+
+
+def sweep_variants() -> list[R.Variant]:
+    """The rule variants of this sweep, from the registry (a newly registered rule joins by naming the sweep)."""
+    return R.variants("generated")
 
 
 @pytest.fixture(scope="module")
@@ -60,55 +44,45 @@ def generated_cases(property_report_seed):
     return sample_cases(count, seed=property_report_seed, n=POINTS_PER_NETWORK)
 
 
-def _sweep(rule_name: str, generated) -> tuple[Tally, int]:
+def sweep(variant: R.Variant, generated) -> tuple[Tally, int]:
+    """Tally every outcome of every valid root of ``variant`` over the ``generated`` cases, keyed by :class:`RateKey`."""
     tally = Tally()
     n_roots = 0
-    rule_for = RULES[rule_name]
-    layers_for = (lambda net: [0]) if rule_name == "zB" else (lambda net: range(net.n_layers))
-    for case in tqdm(generated, desc=f"{rule_name} sweep", unit="network", disable=None, leave=False):
+    key = RateKey("generated", "root_exists", rule=variant.label)
+    for case in tqdm(generated, desc=f"{variant.label} sweep", unit="network", disable=None, leave=False):
         tally.new_cluster()
-        dec = dtd.train_free(case.net, case.x, rule=rule_for(case), output=case.output)
-        for k in layers_for(case.net):
+        dec = dtd.train_free(case.net, case.x, rule=variant.make(case.x, case.net.n_layers), output=case.output)
+        for k in [0] if variant.input_layer_only else range(case.net.n_layers):
             outcomes = root_outcomes(case.net, dec, layer=k)
             n_roots += outcomes.valid.numel()
-            tally.add(f"{rule_name}.root_exists", outcomes.valid)
+            tally.add(key, outcomes.valid)
             for subset, include_trivial in SUBSETS.items():
                 considered = outcomes.considered(include_trivial)
-                for key in OUTCOMES:
-                    tally.add(f"{rule_name}.{key}.{subset}", getattr(outcomes, key), considered)
+                for outcome in RootOutcomes.OUTCOMES:
+                    tally.add(key.replace(outcome=outcome, subset=subset), getattr(outcomes, outcome), considered)
                 holds, has_roots = outcomes.per_point("gradient_match", include_trivial)
-                tally.add(f"{rule_name}.gradient_match.points.{subset}", holds, has_roots)
-            for key in OUTCOMES:
-                tally.add(f"{rule_name}.layer{k}.{key}", getattr(outcomes, key), outcomes.valid)
+                tally.add(key.replace(outcome="gradient_match", unit="points", subset=subset), holds, has_roots)
+            for outcome in RootOutcomes.OUTCOMES:
+                tally.add(key.replace(outcome=outcome, layer=k), getattr(outcomes, outcome), outcomes.valid)
     return tally, n_roots
 
 
-def _describe(name: str, rule_name: str) -> str:
-    parts = name[len(rule_name) + 1 :].split(".")
-    what = f"{rule_name} roots over generated networks"
-    if parts[0] == "root_exists":
-        return f"{what}: (point, neuron) pairs whose closed-form root exists"
-    if parts[0].startswith("layer"):
-        return f"{what}, layer {parts[0][5:]} only, valid roots: {OUTCOMES[parts[1]]}"
-    subset = "valid roots" if parts[-1] == "all" else "valid roots of neurons with R_j != 0"
-    if parts[:2] == ["gradient_match", "points"]:
-        return f"{what}: points all of whose {subset} have the input's gradient"
-    return f"{what}, {subset}: {OUTCOMES[parts[0]]}"
+def _in_summary(key: RateKey) -> bool:
+    """The terminal table shows, per rule, the pooled gradient-match and zero-output rates over every valid root."""
+    return key.subset == "all" and key.layer is None and key.outcome in ("gradient_match", "zero_output")
 
 
-@pytest.mark.parametrize("rule_name", list(RULES))
-def test_rates_over_generated_networks(rule_name, property_report, generated_cases):
-    tally, n_roots = _sweep(rule_name, generated_cases)
+@pytest.mark.parametrize("variant", sweep_variants(), ids=lambda v: v.label)
+def test_rates_over_generated_networks(variant, property_report, generated_cases):
+    tally, n_roots = sweep(variant, generated_cases)
     assert tally.n_clusters == len(generated_cases)
-    for name in tally.names():
-        summary = name.endswith(".all") and ".layer" not in name and ("gradient_match" in name or "zero_output" in name)
-        property_report.rate(name, tally.rate(name, property_report.confidence), _describe(name, rule_name), summary=summary)
-    property_report.count(f"roots evaluated ({rule_name}, generated networks)", n_roots)
-    details = [name[len(rule_name) + 1 :].split(".") for name in tally.names()]
-    layers = sorted({int(d[0][len("layer") :]) for d in details if d[0].startswith("layer")})
-    rows = [f"{rule_name}.layer{k}.gradient_match" for k in layers]
+    for key in tally.names():
+        property_report.rate(key, tally.rate(key, property_report.confidence), summary=_in_summary(key))
+    property_report.count(f"roots evaluated ({variant.label}, generated networks)", n_roots)
+    layers = sorted({key.layer for key in tally.names() if key.layer is not None})
     property_report.bars(
-        f"layers_{rule_name}_gradient_match.png", f"{rule_name} over generated networks: gradient match per layer",
-        rows, [f"layer {k}" for k in layers], xlabel="layer k (roots judged with f_k)",
-        caption=f"Share of valid {rule_name} roots of layer k whose gradient of f_k equals the input's (max abs difference <= {PROPERTY_ATOL:g}).",
+        f"layers_{variant.label}_gradient_match.png", f"{variant.label} over generated networks: gradient match per layer",
+        [str(RateKey("generated", "gradient_match", rule=variant.label, layer=k)) for k in layers], [f"layer {k}" for k in layers],
+        xlabel="layer k (roots judged with f_k)",
+        caption=f"Share of valid {variant.label} roots of layer k whose gradient of f_k equals the input's (max abs difference <= {PROPERTY_ATOL:g}).",
     )

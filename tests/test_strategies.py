@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dtd
-from properties.strategies import Case, cases, networks, nonnegative_inputs, rules, zb_rule
+from dtd import rules as R
+from properties.strategies import Case, cases, networks, nonnegative_inputs, rules
 
 
 @settings(max_examples=25)
@@ -65,7 +66,7 @@ def test_networks_do_not_touch_global_rng():
 
 def test_zb_rule_box_holds_the_batch():
     x = torch.tensor([[0.0, 2.3], [1.0, 0.5]])
-    rule = zb_rule(x)
+    rule = R.ZB.for_data(x)
     assert float(rule.low) == 0.0 and float(rule.high) == 3.0
     rule.check_domain(x)
 
