@@ -1,7 +1,8 @@
 """Agreement with the field's LRP implementations: zennit and captum.
 
 On networks whose biases are all <= 0 and inputs >= 0, train-free DTD's
-closed-form rules are LRP rules that ignore the bias:
+closed-form rules are LRP rules that ignore the bias (each rule declares its
+counterparts where it is registered, :mod:`dtd.rules`):
 
 ====================  ==================================================
 dtd rule              zennit / captum
@@ -34,12 +35,15 @@ from torch import nn
 from dtd import rules as R
 from dtd.network import ReLUNetwork
 
+from .thresholds import CONDITIONING_FACTOR, ROUNDING64
+
 __all__ = [
     "ZENNIT_STABILIZER",
     "CAPTUM_STABILIZER",
     "ROUNDING64",
     "zennit_rule",
     "zennit_relevance",
+    "captum_relevance",
     "captum_zplus_relevance",
     "stabilizer_bound",
 ]
@@ -48,25 +52,25 @@ __all__ = [
 ZENNIT_STABILIZER = 1e-6
 #: captum's LRP stability factor: ``d + 1e-9 sign(d)``
 CAPTUM_STABILIZER = 1e-9
-#: float64 rounding allowance (absolute) for relevances of order 1-10 after a few layers
-ROUNDING64 = 1e-11
+
+
+def _counterpart(rule: R.Rule, library: str):
+    """``(class name, keyword arguments)`` of ``library``'s rule equal to ``rule``, from the rule registry."""
+    try:
+        declared = getattr(R.entry_for(rule), library)
+    except KeyError:
+        declared = None
+    if declared is None:
+        raise ValueError(f"no {library} counterpart for {rule!r} (declare one where the rule is registered)")
+    return declared(rule)
 
 
 def zennit_rule(rule: R.Rule):
-    """The zennit rule DTD's ``rule`` equals on bias-negative networks (``ValueError`` for ``pinv``)."""
-    if not isinstance(rule, (R.ZPlus, R.LRP0, R.Gamma, R.WSquare, R.ZB)):
-        raise ValueError(f"no zennit counterpart for {rule!r}")
-    import zennit.rules as zr
+    """The zennit rule DTD's ``rule`` equals on bias-negative networks (``ValueError`` where none is registered)."""
+    name, kwargs = _counterpart(rule, "zennit")
+    import zennit.rules
 
-    if isinstance(rule, R.ZPlus):
-        return zr.ZPlus()
-    if isinstance(rule, R.LRP0):
-        return zr.Epsilon(zero_params="bias")
-    if isinstance(rule, R.Gamma):
-        return zr.Gamma(rule.gamma, zero_params="bias")
-    if isinstance(rule, R.WSquare):
-        return zr.WSquare(zero_params="bias")
-    return zr.ZBox(rule.low, rule.high)
+    return getattr(zennit.rules, name)(**kwargs)
 
 
 def _per_layer(net: ReLUNetwork, rules: Union[R.Rule, Sequence[R.Rule]]) -> list[R.Rule]:
@@ -98,20 +102,26 @@ def zennit_relevance(net: ReLUNetwork, x: torch.Tensor, rules: Union[R.Rule, Seq
     return relevance.detach()
 
 
-def captum_zplus_relevance(net: ReLUNetwork, x: torch.Tensor, output: int) -> torch.Tensor:
-    """captum's ``LRP`` with ``Alpha1_Beta0_Rule(set_bias_to_zero=True)`` on every Linear, ``(batch, D)``."""
+def captum_relevance(net: ReLUNetwork, x: torch.Tensor, rule: R.Rule, output: int) -> torch.Tensor:
+    """captum's ``LRP`` with the registered captum counterpart of ``rule`` on every Linear, ``(batch, D)``."""
     import warnings
 
     from captum.attr import LRP
-    from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule
+    from captum.attr._utils import lrp_rules
 
+    name, kwargs = _counterpart(rule, "captum")
     model = net.to_sequential()
     for module in model:
         if isinstance(module, nn.Linear):
-            module.rule = Alpha1_Beta0_Rule(set_bias_to_zero=True)
+            module.rule = getattr(lrp_rules, name)(**kwargs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
         return LRP(model).attribute(x.detach().clone().requires_grad_(True), target=output).detach()
+
+
+def captum_zplus_relevance(net: ReLUNetwork, x: torch.Tensor, output: int) -> torch.Tensor:
+    """captum's ``LRP`` with ``Alpha1_Beta0_Rule(set_bias_to_zero=True)`` on every Linear, ``(batch, D)``."""
+    return captum_relevance(net, x, R.ZPlus(), output)
 
 
 def stabilizer_bound(net: ReLUNetwork, dec, rules: Union[R.Rule, Sequence[R.Rule]], epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +136,7 @@ def stabilizer_bound(net: ReLUNetwork, dec, rules: Union[R.Rule, Sequence[R.Rule
     Returns ``(bound (batch, D_0), conditioned (batch,))``: ``conditioned`` is
     False for points where some neuron carrying relevance has ``|d_j| <= 2
     epsilon`` or no DTD root (the stabiliser then decides the result: the
-    agreement is not expected there).
+    agreement is not expected there; the margin is :data:`~properties.thresholds.CONDITIONING_FACTOR`).
     """
     rules = _per_layer(net, rules)
     n = dec.output_value.shape[0]
@@ -138,8 +148,9 @@ def stabilizer_bound(net: ReLUNetwork, dec, rules: Union[R.Rule, Sequence[R.Rule
         v = rules[k].direction(layer.input, w)  # (N, J, D)
         d = (v * w).sum(-1)  # (N, J)
         carrying = layer.carries_relevance
-        conditioned &= ~(carrying & ((d.abs() <= 2 * epsilon) | ~layer.root_valid)).any(1)
-        safe = torch.where(carrying & (d.abs() > 2 * epsilon), d, torch.ones_like(d))
+        margin = CONDITIONING_FACTOR * epsilon
+        conditioned &= ~(carrying & ((d.abs() <= margin) | ~layer.root_valid)).any(1)
+        safe = torch.where(carrying & (d.abs() > margin), d, torch.ones_like(d))
         delta = torch.where(carrying, epsilon / (safe.abs() - epsilon), torch.zeros_like(d))
         weight = (w * v).abs() / safe.abs().unsqueeze(-1) * carrying.unsqueeze(-1)
         error = torch.einsum("njd,nj->nd", weight, error * (1 + delta) + layer.upper_relevance.abs() * delta)

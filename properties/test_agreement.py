@@ -25,21 +25,17 @@ from hypothesis import strategies as st
 import dtd
 from dtd import rules as R
 from properties import agreement as ag
+from properties.keys import OUTCOMES, RateKey
 from properties.stats import Tally
-from properties.strategies import cases, sample_cases, zb_recipe
+from properties.strategies import cases, sample_cases, variants
+from properties.thresholds import ROUNDING64
 
 pytestmark = pytest.mark.properties
 
-#: the rules compared, per case (zB: DTD's recipe, zB at the input and z+ above; w2 likewise at the input only:
-#: above it w2 hands relevance to inactive neurons, which an LRP backward pass stops at their ReLU)
-RECIPES = {
-    "z+": lambda case: R.ZPlus(),
-    "x": lambda case: R.LRP0(),
-    "gamma0_25": lambda case: R.Gamma(0.25),
-    "gamma4": lambda case: R.Gamma(4.0),
-    "w2_first": lambda case: [R.WSquare()] + [R.ZPlus()] * (case.net.n_layers - 1),
-    "zB": zb_recipe,
-}
+#: the rule variants compared with zennit (from the registry: every variant of the "agreement" sweep; zB and
+#: w2 as DTD's recipes, at the input and z+ above, since above the input w2 hands relevance to inactive neurons,
+#: which an LRP backward pass stops at their ReLU)
+RECIPES = {variant.label: variant for variant in R.variants("agreement")}
 NEGATIVE_BIAS = dict(init="dtd", n=(1, 16))
 
 
@@ -55,13 +51,13 @@ def _assert_agrees(case, rule, reference, epsilon, what):
     excess, conditioned, _ = _disagreement(case, rule, reference, epsilon)
     assume(bool(conditioned.any()))
     worst = float(excess[conditioned].max())
-    assert worst <= ag.ROUNDING64, f"{what}: DTD and the library differ by {worst:.3g} beyond the stabiliser bound\n{case.describe()}"
+    assert worst <= ROUNDING64, f"{what}: DTD and the library differ by {worst:.3g} beyond the stabiliser bound\n{case.describe()}"
 
 
-@given(case=cases(**NEGATIVE_BIAS), name=st.sampled_from(sorted(RECIPES)))
-def test_rules_equal_zennit_on_bias_negative_networks(case, name):
-    rule = RECIPES[name](case)
-    _assert_agrees(case, rule, ag.zennit_relevance(case.net, case.x, rule, case.output), ag.ZENNIT_STABILIZER, f"zennit {name}")
+@given(case=cases(**NEGATIVE_BIAS), variant=variants("agreement"))
+def test_rules_equal_zennit_on_bias_negative_networks(case, variant):
+    rule = variant.make(case.x, case.net.n_layers)
+    _assert_agrees(case, rule, ag.zennit_relevance(case.net, case.x, rule, case.output), ag.ZENNIT_STABILIZER, f"zennit {variant.label}")
 
 
 @given(case=cases(**NEGATIVE_BIAS), gamma=st.floats(0.0, 100.0))
@@ -88,7 +84,7 @@ def test_x_rule_is_gradient_times_input_without_biases(case):
     for layer in dec.layers[1:]:
         complete &= layer.root_valid.all(1)
     worst = float((dec.relevance - expected).abs()[complete].max()) if bool(complete.any()) else 0.0
-    assert worst <= ag.ROUNDING64, f"x-rule vs gradient x input: {worst:.3g}\n{case.describe()}"
+    assert worst <= ROUNDING64, f"x-rule vs gradient x input: {worst:.3g}\n{case.describe()}"
 
 
 # ---------------------------------------------------------------------------------------------- rates
@@ -101,7 +97,7 @@ POINTS = 32
 def _agreeing_points(case, rule, reference, epsilon):
     """``(agree (batch,), conditioned (batch,), max |R_dtd - R_lib|)``."""
     excess, conditioned, dec = _disagreement(case, rule, reference, epsilon)
-    return (excess <= ag.ROUNDING64).all(1), conditioned, float((dec.relevance - reference).abs().max())
+    return (excess <= ROUNDING64).all(1), conditioned, float((dec.relevance - reference).abs().max())
 
 
 def test_agreement_rates(property_report, property_report_seed):
@@ -112,18 +108,21 @@ def test_agreement_rates(property_report, property_report_seed):
     max_difference: dict[str, float] = {}
     for case in negative:
         tally.new_cluster()
-        for name, recipe in RECIPES.items():
-            rule = recipe(case)
+        for label, variant in RECIPES.items():
+            rule = variant.make(case.x, case.net.n_layers)
             reference = ag.zennit_relevance(case.net, case.x, rule, case.output)
             agree, conditioned, diff = _agreeing_points(case, rule, reference, ag.ZENNIT_STABILIZER)
-            tally.add(f"agreement.zennit.{name}.points", agree)
-            tally.add(f"agreement.zennit.{name}.conditioned", conditioned)
-            tally.add(f"agreement.zennit.{name}.agree_where_conditioned", agree, conditioned)
-            max_difference[f"zennit {name}"] = max(max_difference.get(f"zennit {name}", 0.0), diff)
+            key = RateKey("agreement", "points", subject="zennit", rule=label)
+            tally.add(key, agree)
+            tally.add(key.replace(outcome="conditioned"), conditioned)
+            tally.add(key.replace(outcome="agree_where_conditioned"), agree, conditioned)
+            max_difference[f"zennit {label}"] = max(max_difference.get(f"zennit {label}", 0.0), diff)
         reference = ag.captum_zplus_relevance(case.net, case.x, case.output)
         agree, _, diff = _agreeing_points(case, R.ZPlus(), reference, ag.CAPTUM_STABILIZER)
-        tally.add("agreement.captum.z+.points", agree)
+        tally.add(RateKey("agreement", "points", subject="captum", rule="z+"), agree)
         max_difference["captum z+"] = max(max_difference.get("captum z+", 0.0), diff)
+    zplus_breaks = RateKey("agreement", "points", subject="breaks", rule="zplus_positive_bias")
+    gamma_breaks = RateKey("agreement", "points", subject="breaks", rule="gamma_positive_bias")
     for case in mixed:
         tally.new_cluster()
         positive = torch.zeros(case.x.shape[0], dtype=torch.bool)
@@ -131,30 +130,24 @@ def test_agreement_rates(property_report, property_report_seed):
             positive[:] = True
         reference = ag.zennit_relevance(case.net, case.x, R.ZPlus(), case.output)
         agree, _, _ = _agreeing_points(case, R.ZPlus(), reference, ag.ZENNIT_STABILIZER)
-        tally.add("agreement.breaks.zplus_positive_bias.points", agree, positive)
+        tally.add(zplus_breaks, agree, positive)
         gamma = R.Gamma(0.25)
         reference = ag.zennit_relevance(case.net, case.x, gamma, case.output)
         agree, conditioned, _ = _agreeing_points(case, gamma, reference, ag.ZENNIT_STABILIZER)
-        tally.add("agreement.breaks.gamma_positive_bias.points", agree)
-        tally.add("agreement.breaks.gamma_positive_bias.conditioned", conditioned)
-        tally.add("agreement.breaks.gamma_positive_bias.agree_where_conditioned", agree, conditioned)
-    descriptions = {
-        "points": "points whose input relevance equals the library's within the stabiliser bound",
-        "conditioned": "points whose every relevant denominator exceeds twice the stabiliser (and has a DTD root)",
-        "agree_where_conditioned": "conditioned points that agree within the bound",
+        tally.add(gamma_breaks, agree)
+        tally.add(gamma_breaks.replace(outcome="conditioned"), conditioned)
+        tally.add(gamma_breaks.replace(outcome="agree_where_conditioned"), agree, conditioned)
+    populations = {
+        zplus_breaks.rule: "z+ vs zennit ZPlus() (keeps positive biases), networks with a positive bias",
+        gamma_breaks.rule: "gamma 0.25 vs zennit Gamma(0.25, zero_params='bias'), torch-init networks",
     }
-    for name in tally.names():
-        parts = name.split(".")
-        if parts[1] == "breaks":
-            what = {"zplus_positive_bias": "z+ vs zennit ZPlus() (keeps positive biases), networks with a positive bias",
-                    "gamma_positive_bias": "gamma 0.25 vs zennit Gamma(0.25, zero_params='bias'), torch-init networks"}[parts[2]]
-        else:
-            what = f"{parts[2]} vs {parts[1]}, bias-negative networks"
-        rate = tally.rate(name, property_report.confidence)
-        property_report.rate(name, rate, f"{what}: {descriptions[parts[-1]]}", summary=parts[-1] == "points")
+    for key in tally.names():
+        what = populations.get(key.rule) if key.subject == "breaks" else f"{key.rule} vs {key.subject}, bias-negative networks"
+        rate = tally.rate(key, property_report.confidence)
+        property_report.rate(key, rate, f"{what}: {OUTCOMES[key.outcome]}", summary=key.outcome == "points")
     for label, value in max_difference.items():
         property_report.count(f"max |R_dtd - R_lib| ({label}, bias-negative networks)", value)
     # on bias-negative networks every conditioned point agrees (the must-hold properties, over this population)
-    for name in list(RECIPES):
-        rate = tally.rate(f"agreement.zennit.{name}.agree_where_conditioned", property_report.confidence)
-        assert rate.successes == rate.trials, f"{name}: {rate.trials - rate.successes} conditioned point(s) disagree with zennit"
+    for label in RECIPES:
+        rate = tally.rate(RateKey("agreement", "agree_where_conditioned", subject="zennit", rule=label), property_report.confidence)
+        assert rate.successes == rate.trials, f"{label}: {rate.trials - rate.successes} conditioned point(s) disagree with zennit"

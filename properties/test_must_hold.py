@@ -15,17 +15,16 @@ import dtd
 from dtd import rules as R
 from dtd.tolerances import equation_rtol, pattern_tol
 from properties.checks import conservation_residual, root_equation_residual, root_outcomes, segment_outcomes
-from properties.strategies import cases, rules, zb_recipe
+from properties.strategies import cases, variants
 
 pytestmark = pytest.mark.properties
 
-
-def _rule_for(case, rule):
-    """zB needs the data's box and applies to the input layer (z+ above); others apply everywhere."""
-    return zb_recipe(case) if rule == "zB" else rule
+#: every registered rule variant of the must-hold sweep (zB: DTD's recipe with the data's box at the input)
+ANY_RULE = variants("must_hold")
 
 
-ANY_RULE = st.one_of(rules(include_pinv=True), st.just("zB"))
+def _rule_for(case, variant):
+    return variant.make(case.x, case.net.n_layers)
 
 
 @given(case=cases(n=(1, 16)), rule=ANY_RULE)
@@ -35,7 +34,7 @@ def test_root_equation_holds_for_every_valid_root(case, rule):
     for k, layer in enumerate(dec.layers):
         residual = root_equation_residual(case.net, dec, k)
         worst = float(residual[layer.root_valid].max()) if bool(layer.root_valid.any()) else 0.0
-        assert worst <= tol, f"rule {rule}, layer {k}: root equation residual {worst:.3g} > {tol:g}\n{case.describe()}"
+        assert worst <= tol, f"rule {rule.label}, layer {k}: root equation residual {worst:.3g} > {tol:g}\n{case.describe()}"
 
 
 @given(case=cases(n=(1, 16)), rule=ANY_RULE)
@@ -44,7 +43,7 @@ def test_train_free_conserves_relevance_per_layer(case, rule):
     tol = equation_rtol(case.x.dtype)
     for k in range(case.net.n_layers):
         worst = float(conservation_residual(dec, k).max())
-        assert worst <= tol, f"rule {rule}, layer {k}: conservation residual {worst:.3g} > {tol:g}\n{case.describe()}"
+        assert worst <= tol, f"rule {rule.label}, layer {k}: conservation residual {worst:.3g} > {tol:g}\n{case.describe()}"
 
 
 @given(case=cases(n=(1, 16)))
@@ -55,7 +54,7 @@ def test_zplus_relevance_is_nonnegative(case):
         assert worst >= 0, f"layer {layer.index}: z+ relevance {worst:.3g} < 0\n{case.describe()}"
 
 
-@given(case=cases(n=(1, 16)), rule=ANY_RULE.filter(lambda r: not isinstance(r, R.Pinv)))
+@given(case=cases(n=(1, 16)), rule=ANY_RULE.filter(lambda v: v.label != "pinv"))
 def test_top_layer_root_lies_on_the_hinge(case, rule):
     """The explained output's root satisfies w . root + b = 0 (its relevance is z = f(x) > 0)."""
     dec = dtd.train_free(case.net, case.x, rule=_rule_for(case, rule), output=case.output)
@@ -66,7 +65,7 @@ def test_top_layer_root_lies_on_the_hinge(case, rule):
     scale = (top.roots[:, case.output, :].abs() @ case.net.weight(k)[case.output].abs()) + case.net.bias(k)[case.output].abs()
     off = (z_root.abs() / scale.clamp_min(1.0))[valid]
     worst = float(off.max()) if off.numel() else 0.0
-    assert worst <= equation_rtol(case.x.dtype), f"rule {rule}: top root off the hinge by {worst:.3g}\n{case.describe()}"
+    assert worst <= equation_rtol(case.x.dtype), f"rule {rule.label}: top root off the hinge by {worst:.3g}\n{case.describe()}"
 
 
 @given(case=cases(depth=1, n=(1, 16)))

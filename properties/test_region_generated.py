@@ -25,10 +25,11 @@ from hypothesis import settings
 
 import dtd
 from dtd import rules as R
-from dtd.tolerances import PROPERTY_ATOL
-from properties.checks import CONSERVED_SHARE, root_outcomes, segment_outcomes, with_roots
+from properties.checks import root_outcomes, segment_outcomes, with_roots
+from properties.keys import RateKey
 from properties.stats import Tally
 from properties.strategies import sample_cases
+from properties.thresholds import CONSERVED_SHARE, NEARER_ATOL, NEARER_RTOL, PROPERTY_ATOL
 
 pytestmark = pytest.mark.properties
 
@@ -36,68 +37,51 @@ pytestmark = pytest.mark.properties
 REGION_FACTOR = 3
 REGION_SPACE = dict(depth=(1, 4), width=(1, 12), input_size=(1, 12), n=8)
 FULL_BACKWARD_SPACE = dict(depth=(1, 3), width=(1, 12), input_size=(1, 12), n=8)
-RULES = {"z+": R.ZPlus(), "w2": R.WSquare(), "x": R.LRP0(), "gamma1": R.Gamma(1.0)}
 
 
-def _rate_rows(property_report, tally, describe, summary=lambda name: False):
-    for name in tally.names():
-        property_report.rate(name, tally.rate(name, property_report.confidence), describe(name), summary=summary(name))
-
-
-REGION_TEXT = {
-    "root_exists": "relevant (point, neuron) pairs with a root in the closure of the input's region of f_k (exact LP, L1, root >= 0)",
-    "nearer_than_closed_form": "pairs with both roots: the region root is no farther (L1) from the input than the closed-form root",
-    "at_root": f"valid region roots whose gradient of f_k equals the input's within {PROPERTY_ATOL:g} (relu'(0) = 0 at the root)",
-    "midpoint": "valid roots (inputs strictly inside their region) with the input's gradient halfway between root and input",
-}
+def _rate_rows(property_report, tally, summary):
+    for key in tally.names():
+        property_report.rate(key, tally.rate(key, property_report.confidence), summary=summary(key))
 
 
 def test_region_roots_over_generated_networks(property_report, property_report_seed):
     generated = sample_cases(REGION_FACTOR * settings.default.max_examples, seed=property_report_seed + 303, **REGION_SPACE)
     tally = Tally()
     ratios = []
+    variants = R.variants("region")
     for case in generated:
         tally.new_cluster()
         activations = case.net.activations(case.x)
         for k in range(case.net.n_layers):
             exists, _, _ = dtd.regions.region_output_root(case.net, activations[k], layer=k, output=case.output)
-            tally.add(f"region.output_root.layer{k}", exists)
-        for name, rule in RULES.items():
-            dec = dtd.train_free(case.net, case.x, rule=rule, output=case.output)
+            tally.add(RateKey("region", "output_root", layer=k), exists)
+        for variant in variants:
+            dec = dtd.train_free(case.net, case.x, rule=variant.make(case.x, case.net.n_layers), output=case.output)
+            lp_key = RateKey("region", "root_exists", rule=variant.label)
             for lay in dec.layers:
                 k, relevant = lay.index, lay.carries_relevance
                 found = dtd.RegionRoots("l1").find(case.net, k, lay.input, lay.upper_relevance, output=case.output)
                 sampled = dtd.RegionSamplingRoots(64, seed=k).find(case.net, k, lay.input, lay.upper_relevance, output=case.output)
-                for prefix, roots in ((f"region.{name}", found), (f"region.sampled.{name}", sampled)):
-                    tally.add(f"{prefix}.root_exists", roots.valid, relevant)
+                for key, roots in ((lp_key, found), (lp_key.replace(finder="sampled"), sampled)):
+                    tally.add(key, roots.valid, relevant)
                     seg = segment_outcomes(case.net, lay.input, roots.roots(), layer=k, output=case.output)
                     judged = roots.valid & relevant & seg.interior.unsqueeze(1)
-                    tally.add(f"{prefix}.gradient_match.midpoint", seg.midpoint_gradient_match, judged)
-                tally.add(f"region.{name}.layer{k}.root_exists", found.valid, relevant)
+                    tally.add(key.replace(outcome="gradient_match", subset="midpoint"), seg.midpoint_gradient_match, judged)
+                tally.add(lp_key.replace(layer=k), found.valid, relevant)
                 outcomes = root_outcomes(case.net, with_roots(dec, k, found), layer=k, output=case.output)
-                tally.add(f"region.{name}.gradient_match.at_root", outcomes.gradient_match, found.valid & relevant)
+                tally.add(lp_key.replace(outcome="gradient_match", subset="at_root"), outcomes.gradient_match, found.valid & relevant)
                 both = found.valid & lay.root_valid & relevant
                 d_region = (found.roots() - lay.input.unsqueeze(1)).abs().sum(-1)
                 d_closed = (lay.roots - lay.input.unsqueeze(1)).abs().sum(-1)
-                tally.add(f"region.{name}.nearer_than_closed_form", d_region <= d_closed * (1 + 1e-9) + 1e-12, both)
-                if name == "z+":
+                tally.add(lp_key.replace(outcome="nearer_than_closed_form"), d_region <= d_closed * (1 + NEARER_RTOL) + NEARER_ATOL, both)
+                if variant.label == "z+":
                     ratios += (d_region[both] / d_closed[both].clamp_min(1e-300)).tolist()
 
-    def describe(name):
-        parts = name.split(".")
-        if parts[1] == "output_root":
-            return f"generated networks: points whose region of f_{parts[2][5:]} (closure, inputs >= 0) contains a zero of f_{parts[2][5:]} (exact LP)"
-        finder = "RegionSamplingRoots(64)" if parts[1] == "sampled" else "RegionRoots"
-        rule = parts[2] if parts[1] == "sampled" else parts[1]
-        layer = next((p[5:] for p in parts if p.startswith("layer")), None)
-        where = f", layer {layer} only" if layer else ""
-        return f"{finder} for {rule} relevances, generated networks{where}: {REGION_TEXT[parts[-1]]}"
-
-    _rate_rows(property_report, tally, describe, summary=lambda n: n.endswith("root_exists") and ".layer" not in n and ".sampled." not in n)
-    for name in tally.names():
-        if name.endswith("midpoint"):
-            rate = tally.rate(name, property_report.confidence)
-            assert rate.successes == rate.trials, f"{name}: {rate.trials - rate.successes} in-region root(s) change the gradient"
+    _rate_rows(property_report, tally, summary=lambda key: key.outcome == "root_exists" and key.layer is None and key.finder is None)
+    for key in tally.names():
+        if key.subset == "midpoint":
+            rate = tally.rate(key, property_report.confidence)
+            assert rate.successes == rate.trials, f"{key}: {rate.trials - rate.successes} in-region root(s) change the gradient"
     if ratios:
         property_report.histogram(
             "region_distance_ratio.png", "Generated networks: L1 distance of the region root / of the z+ root",
@@ -109,11 +93,6 @@ def test_region_roots_over_generated_networks(property_report, property_report_s
 
 
 FULL_BACKWARD_FINDERS = {"z+": lambda: dtd.LinearRoots("z+"), "sampled": lambda: dtd.RegionSamplingRoots(32, seed=0)}
-FULL_BACKWARD_TEXT = {
-    "root_exists": "relevant (point, neuron) pairs of the real activations whose relevance function has a root",
-    "resolved": f"pairs with a root where the upper decomposition re-applied at it is 0: |R_j(root)| <= {PROPERTY_ATOL:g}",
-    "conserved": f"points with |f(x) - sum_i R_i| <= {CONSERVED_SHARE:g} f(x) (input relevance of full-backward DTD)",
-}
 
 
 def test_full_backward_over_generated_networks(property_report, property_report_seed):
@@ -125,18 +104,15 @@ def test_full_backward_over_generated_networks(property_report, property_report_
         for name, make in FULL_BACKWARD_FINDERS.items():
             fb = dtd.full_backward(case.net, case.x, root_finder=make(), output=case.output, budget=None)
             relative = fb.conservation_error.abs() / fb.output_value
-            tally.add(f"full_backward.{name}.conserved", relative <= CONSERVED_SHARE)
+            key = RateKey("full_backward", "conserved", finder=name)
+            tally.add(key, relative <= CONSERVED_SHARE)
             errors[name] += relative.tolist()
             for lay in fb.layers:
                 relevant = lay.carries_relevance
-                tally.add(f"full_backward.{name}.root_exists", lay.root_valid, relevant)
-                tally.add(f"full_backward.{name}.resolved", lay.unresolved.abs() <= PROPERTY_ATOL, lay.root_valid & relevant)
+                tally.add(key.replace(outcome="root_exists"), lay.root_valid, relevant)
+                tally.add(key.replace(outcome="resolved"), lay.unresolved.abs() <= PROPERTY_ATOL, lay.root_valid & relevant)
 
-    def describe(name):
-        finder = {"z+": "LinearRoots(z+)", "sampled": "RegionSamplingRoots(32)"}[name.split(".")[1]]
-        return f"full_backward with {finder}, generated networks (depth <= 3): {FULL_BACKWARD_TEXT[name.split('.')[-1]]}"
-
-    _rate_rows(property_report, tally, describe, summary=lambda n: n.endswith("conserved"))
+    _rate_rows(property_report, tally, summary=lambda key: key.outcome == "conserved")
     property_report.histogram(
         "full_backward_conservation.png", "Generated networks: full-backward |f(x) - sum R_i| / f(x)",
         {name: [min(e, 2.0) for e in values] for name, values in errors.items()},

@@ -27,26 +27,72 @@ def forward_activations(params, x_row):
     return acts
 
 
+# ----------------------------------------------------------------------------- replicas, one per rule
+# Registered with the rule registry (dtd.rules.replicates): a newly registered rule adds its replica here.
+
+
+def _elementwise(choose):
+    """A neuron rule's replica from ``choose(rule, a_i, w_ji, i) -> v_i``, one element at a time."""
+
+    def direction(rule, a, w_j):
+        return np.array([choose(rule, a[i], w_j[i], i) for i in range(len(a))], dtype=np.float64)
+
+    return direction
+
+
+def _bound(value, i):
+    return float(value[i]) if value.dim() == 1 else float(value)
+
+
+R.replicates(R.ZPlus)(_elementwise(lambda rule, a, w, i: a if w >= 0 else 0.0))
+R.replicates(R.WSquare)(_elementwise(lambda rule, a, w, i: w))
+R.replicates(R.Gamma)(_elementwise(lambda rule, a, w, i: a * (1.0 + rule.gamma) if w >= 0 else a))
+R.replicates(R.LRP0)(_elementwise(lambda rule, a, w, i: a))
+R.replicates(R.ZB)(_elementwise(lambda rule, a, w, i: a - _bound(rule.low, i) if w >= 0 else a - _bound(rule.high, i)))
+
+
+@R.replicates(R.Pinv, layer_rule=True)
+def _pinv(rule, a, w, upper):
+    """One root for the layer, ``a - pinv(W) R``; a neuron's root is valid where its root equation holds."""
+    n_out, n_in = w.shape
+    step = np.linalg.pinv(w) @ upper
+    roots, valid = np.zeros((n_out, n_in)), np.zeros(n_out, dtype=bool)
+    for j in range(n_out):
+        roots[j] = a - step
+        residual = sum(w[j, i] * step[i] for i in range(n_in)) - upper[j]
+        scale = sum(abs(w[j, i] * step[i]) for i in range(n_in)) + abs(upper[j])
+        valid[j] = abs(residual) <= 1e-9 * max(scale, 1.0)
+    return roots, valid
+
+
 def direction(rule, a, w_j):
-    """The root direction v_j of one neuron, element by element."""
-    v = np.zeros_like(a)
-    for i in range(len(a)):
-        positive = w_j[i] >= 0
-        if isinstance(rule, R.ZPlus):
-            v[i] = a[i] if positive else 0.0
-        elif isinstance(rule, R.WSquare):
-            v[i] = w_j[i]
-        elif isinstance(rule, R.Gamma):
-            v[i] = a[i] * (1.0 + rule.gamma) if positive else a[i]
-        elif isinstance(rule, R.LRP0):
-            v[i] = a[i]
-        elif isinstance(rule, R.ZB):
-            low = float(rule.low[i]) if rule.low.dim() == 1 else float(rule.low)
-            high = float(rule.high[i]) if rule.high.dim() == 1 else float(rule.high)
-            v[i] = a[i] - low if positive else a[i] - high
+    """The root direction v_j of one neuron, from the rule's registered replica."""
+    entry = R.entry_for(rule)
+    if entry.replica is None or entry.replica_is_layer_rule:
+        raise NotImplementedError(f"no neuron replica registered for {rule!r}")
+    return entry.replica(rule, a, w_j)
+
+
+def layer_roots(rule, a, w, upper, eps):
+    """Roots ``(J, D)`` and validity ``(J,)`` of one layer at one point, neuron by neuron (or the layer rule's replica)."""
+    entry = R.entry_for(rule)
+    if entry.replica is None:
+        raise NotImplementedError(f"no replica registered for {rule!r}: add one with dtd.rules.replicates in tests/reference.py")
+    if entry.replica_is_layer_rule:
+        return entry.replica(rule, a, w, upper)
+    n_out, n_in = w.shape
+    roots, valid = np.zeros((n_out, n_in)), np.zeros(n_out, dtype=bool)
+    for j in range(n_out):
+        if upper[j] == 0:
+            roots[j], valid[j] = a, True
+            continue
+        v = direction(rule, a, w[j])
+        denominator = sum(w[j, i] * v[i] for i in range(n_in))
+        if abs(denominator) > eps:
+            roots[j], valid[j] = a - upper[j] / denominator * v, True
         else:
-            raise NotImplementedError(rule)
-    return v
+            roots[j], valid[j] = a, False
+    return roots, valid
 
 
 def train_free(net, x, rules, output, eps):
@@ -69,27 +115,7 @@ def train_free(net, x, rules, output, eps):
             w, _, _ = params[k]
             a = acts[k]
             n_out, n_in = w.shape
-            roots = np.zeros((n_out, n_in))
-            valid = np.zeros(n_out, dtype=bool)
-            rule = rules[k]
-            if isinstance(rule, R.Pinv):
-                step = np.linalg.pinv(w) @ upper
-                for j in range(n_out):
-                    roots[j] = a - step
-                    residual = sum(w[j, i] * step[i] for i in range(n_in)) - upper[j]
-                    scale = sum(abs(w[j, i] * step[i]) for i in range(n_in)) + abs(upper[j])
-                    valid[j] = abs(residual) <= 1e-9 * max(scale, 1.0)
-            else:
-                for j in range(n_out):
-                    if upper[j] == 0:
-                        roots[j], valid[j] = a, True
-                        continue
-                    v = direction(rule, a, w[j])
-                    denominator = sum(w[j, i] * v[i] for i in range(n_in))
-                    if abs(denominator) > eps:
-                        roots[j], valid[j] = a - upper[j] / denominator * v, True
-                    else:
-                        roots[j], valid[j] = a, False
+            roots, valid = layer_roots(rules[k], a, w, upper, eps)
             relevance = np.zeros(n_in)
             for i in range(n_in):
                 relevance[i] = sum(w[j, i] * (a[i] - roots[j, i]) for j in range(n_out) if valid[j])

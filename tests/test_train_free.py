@@ -15,16 +15,12 @@ from tests import reference
 
 ATOL64 = 1e-10  # float64, batched vs looped: summation order only (relevances are O(1..10))
 
-RULES = [
-    pytest.param(R.ZPlus(), id="z+"),
-    pytest.param(R.WSquare(), id="w2"),
-    pytest.param(R.Gamma(0.0), id="gamma0"),
-    pytest.param(R.Gamma(0.5), id="gamma0.5"),
-    pytest.param(R.Gamma(100.0), id="gamma100"),
-    pytest.param(R.LRP0(), id="x"),
-    pytest.param(R.ZB(0.0, 1000.0), id="zB"),
-    pytest.param(R.Pinv(), id="pinv"),
-]
+def reference_rules() -> list:
+    """Every rule variant the registry marks for the reference tests, as pytest params (a new rule joins there)."""
+    return [pytest.param(v.make(None, 1), id=v.label) for v in R.variants("reference")]
+
+
+RULES = reference_rules()
 
 
 def _case(sizes=(6, 5, 4, 3), seed=0, n=40, output=0):
@@ -39,9 +35,8 @@ def _case(sizes=(6, 5, 4, 3), seed=0, n=40, output=0):
     raise RuntimeError(f"no network of sizes {sizes} with a live output 0")
 
 
-@pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("sizes, seed", [((6, 5, 4, 3), 0), ((4, 8, 2), 1), ((10, 10, 10, 10, 2), 2), ((3, 2, 6, 2), 3)])
-def test_rule_matches_reference(rule, sizes, seed):
+def assert_matches_reference(rule, sizes, seed):
+    """Batched train_free with ``rule`` at every layer equals the rule's slow replica, layer by layer."""
     net, x = _case(sizes, seed)
     dec = dtd.train_free(net, x, rule=rule, output=0)
     ref = reference.train_free(net, x, [rule] * net.n_layers, 0, denominator_eps(torch.float64))
@@ -54,6 +49,18 @@ def test_rule_matches_reference(rule, sizes, seed):
         np.testing.assert_allclose(layer.relevance.numpy(), ref[k]["relevance"], atol=ATOL64, rtol=1e-9)
         assert torch.equal(layer.carries_relevance, layer.upper_relevance != 0)
     assert torch.equal(dec.relevance, dec.layers[0].relevance)
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("sizes, seed", [((6, 5, 4, 3), 0), ((4, 8, 2), 1), ((10, 10, 10, 10, 2), 2), ((3, 2, 6, 2), 3)])
+def test_rule_matches_reference(rule, sizes, seed):
+    assert_matches_reference(rule, sizes, seed)
+
+
+def test_every_registered_rule_has_a_replica_and_a_reference_variant():
+    for entry in R.registered():
+        assert entry.replica is not None, f"{entry.cls.__name__} has no slow replica in tests/reference.py"
+        assert any("reference" in v.sweeps for v in entry.variants), f"{entry.cls.__name__} has no reference variant"
 
 
 def test_per_layer_rules_match_reference():

@@ -1,0 +1,78 @@
+"""RateKey: the typed identity of a rate, whose str() is the dotted name of report.json and baseline.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from properties.keys import FAMILIES, OUTCOMES, RateKey, describe
+
+BASELINE = Path(__file__).resolve().parents[1] / "properties" / "baseline.json"
+
+
+def test_every_baseline_name_round_trips():
+    names = list(json.loads(BASELINE.read_text())["properties"])
+    assert len(names) > 400
+    for name in names:
+        key = RateKey.parse(name)
+        assert str(key) == name
+        assert RateKey.parse(str(key)) == key
+
+
+@pytest.mark.parametrize(
+    "name, fields",
+    [
+        ("notebook.gradient_match.points", dict(family="notebook", outcome="gradient_match", unit="points")),
+        ("notebook.layer2.region_roots.gradient_match.midpoint",
+         dict(family="notebook", layer=2, finder="region_roots", outcome="gradient_match", subset="midpoint")),
+        ("notebook.neuron7.zero_output", dict(family="notebook", neuron=7, outcome="zero_output")),
+        ("gamma0_1.layer4.in_domain", dict(family="generated", rule="gamma0_1", layer=4, outcome="in_domain")),
+        ("z+.gradient_match.points.relevant", dict(family="generated", rule="z+", outcome="gradient_match", unit="points", subset="relevant")),
+        ("region.sampled.w2.root_exists", dict(family="region", finder="sampled", rule="w2", outcome="root_exists")),
+        ("region.output_root.layer1", dict(family="region", outcome="output_root", layer=1)),
+        ("notebook.full_backward.sampled.layer3.resolved",
+         dict(family="full_backward", subject="seed", finder="sampled", layer=3, outcome="resolved")),
+        ("full_backward.z+.conserved", dict(family="full_backward", finder="z+", outcome="conserved")),
+        ("agreement.zennit.w2_first.conditioned", dict(family="agreement", subject="zennit", rule="w2_first", outcome="conditioned")),
+        ("subject.digits_cnn.z+.layer1.zero_output", dict(family="subject", subject="digits_cnn", rule="z+", layer=1, outcome="zero_output")),
+        ("conformance.my_lrp.equals_dtd.bias_free", dict(family="conformance", subject="my_lrp", outcome="equals_dtd", subset="bias_free")),
+    ],
+)
+def test_parse_gives_the_fields(name, fields):
+    key = RateKey.parse(name)
+    assert key == RateKey(**fields)
+    assert str(key) == name
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(family="nightly", outcome="zero_output"), "unknown rate family"),
+        (dict(family="generated", outcome="sparkles", rule="z+"), "unknown outcome"),
+        (dict(family="subject", outcome="conserved", subject="my.model", rule="z+"), "no dots"),
+        (dict(family="generated", outcome="zero_output", rule="gamma0.1"), "no dots"),
+        (dict(family="generated", outcome="zero_output", rule="z+", layer=-1), "layer must be"),
+        (dict(family="notebook", outcome="zero_output", layer=1, neuron=2), "not both"),
+        (dict(family="generated", outcome="zero_output"), "no name layout"),
+        (dict(family="agreement", outcome="points", subject="zennit", rule="z+", layer=0), "no name layout"),
+    ],
+)
+def test_bad_keys_are_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        RateKey(**fields)
+
+
+@pytest.mark.parametrize("name", ["", "z+", "notebook.layerX.zero_output", "region.z+.gradient_match.sideways", "agreement.zennit.z+"])
+def test_names_no_family_fits_are_refused(name):
+    with pytest.raises(ValueError, match="no rate name"):
+        RateKey.parse(name)
+
+
+def test_descriptions_are_composed_from_the_key():
+    key = RateKey("generated", "gradient_match", rule="w2", layer=3)
+    text = describe(key)
+    assert "rule w2" in text and "layer 3" in text and OUTCOMES["gradient_match"] in text
+    assert describe(key.replace(outcome="zero_output")).endswith(OUTCOMES["zero_output"])
+    assert all(family in FAMILIES for family in ("notebook", "subject", "conformance"))
