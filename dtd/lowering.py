@@ -63,7 +63,7 @@ IDENTITY_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropou
 AFFINE_MODULES = (nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d) + IDENTITY_MODULES
 
 # basis images pushed through a run at once take at most this many bytes per intermediate tensor
-_CHUNK_BYTES = 64 << 20
+_CHUNK_BYTES = 16 << 20
 
 _NOT_PIECEWISE_LINEAR = (
     "DTD's analysis needs a piecewise-linear network whose only non-linearity is the ReLU: its roots and "
@@ -309,15 +309,14 @@ class _Run:
         self.shapes.append(self.shape)
 
 
-def _fold(run: _Run, index: int, relu: bool, dtype: torch.dtype, device, memory_budget: int) -> AffineLayer:
-    """The run as one dense affine layer, in ``dtype``."""
+def _is_plain_linear(run: _Run) -> bool:
     real = [m for m in run.modules if not isinstance(m, IDENTITY_MODULES)]
-    if len(real) == 1 and type(real[0]) is nn.Linear and len(run.input_shape) == 1:
-        # a plain Linear: its own parameters, copied (bit-identical, and a missing bias stays missing)
-        layer = real[0]
-        bias = None if layer.bias is None else layer.bias.detach().to(dtype=dtype, device=device, copy=True)
-        weight = layer.weight.detach().to(dtype=dtype, device=device, copy=True)
-        return AffineLayer(weight, bias, relu, tuple(run.names))
+    return len(real) == 1 and type(real[0]) is nn.Linear and len(run.input_shape) == 1
+
+
+def _check_budget(run: _Run, index: int, memory_budget: int) -> None:
+    if _is_plain_linear(run):
+        return  # copied as it is: the model already holds this matrix
     d_in, d_out = math.prod(run.input_shape), math.prod(run.shape)
     needed = d_in * d_out * 8
     if needed > memory_budget:
@@ -326,6 +325,18 @@ def _fold(run: _Run, index: int, relu: bool, dtype: torch.dtype, device, memory_
             f"outputs) would need {needed:,} bytes ({needed / 2**30:.2f} GiB) for its dense float64 matrix, more "
             f"than memory_budget={memory_budget:,}; pass a larger memory_budget= to from_sequential"
         )
+
+
+def _fold(run: _Run, relu: bool, dtype: torch.dtype, device) -> AffineLayer:
+    """The run as one dense affine layer, in ``dtype`` (its size checked by :func:`_check_budget`)."""
+    if _is_plain_linear(run):
+        real = [m for m in run.modules if not isinstance(m, IDENTITY_MODULES)]
+        # a plain Linear: its own parameters, copied (bit-identical, and a missing bias stays missing)
+        layer = real[0]
+        bias = None if layer.bias is None else layer.bias.detach().to(dtype=dtype, device=device, copy=True)
+        weight = layer.weight.detach().to(dtype=dtype, device=device, copy=True)
+        return AffineLayer(weight, bias, relu, tuple(run.names))
+    d_in, d_out = math.prod(run.input_shape), math.prod(run.shape)
     widest = max([d_in] + [math.prod(s) for s in run.shapes])
     chunk = max(1, min(d_in, _CHUNK_BYTES // (8 * widest)))
     matrix = torch.empty(d_out, d_in, dtype=torch.float64, device=device)
@@ -405,13 +416,15 @@ def lower_sequential(
     TypeError
         ``model`` is no ``nn.Sequential``; a module is not supported (named,
         with why DTD does not apply and the fix); a module is a subclass of
-        an accepted type; a module has forward (pre-)hooks.
+        an accepted type; a module (or torch globally) has forward
+        (pre-)hooks; a ReLU that follows no affine module.
     ValueError
-        A BatchNorm/Dropout in training mode ("call model.eval()"); a
-        ``Conv2d`` with ``groups != 1``; ``input_shape`` missing where it is
-        needed, or not matching a module; a ReLU that follows no affine
-        module; no affine module at all; a folded map above
-        ``memory_budget``.
+        A BatchNorm/Dropout in training mode ("call model.eval()"); a batch
+        norm without running statistics; a ``Conv2d`` with ``groups != 1``;
+        ``input_shape`` missing where it is needed, or not matching a module;
+        parameters of several dtypes or devices; no affine module at all; a
+        folded map above ``memory_budget`` (checked for every layer before
+        any matrix is computed).
     """
     if type(model) is not nn.Sequential:
         if isinstance(model, nn.Sequential):
@@ -457,7 +470,9 @@ def lower_sequential(
             raise ValueError("the Sequential holds no affine module (nn.Linear, nn.Conv2d, ...)")
     model_input_shape = input_shape
 
-    layers: list[AffineLayer] = []
+    # first every run and its shapes (cheap: one zero input per module), so that a run above the
+    # budget is refused before any matrix is computed
+    runs: list[tuple[_Run, bool]] = []
     run = _Run(shape, shape) if shape is not None else None
     for name, module in leaves[position:]:
         if type(module) is nn.ReLU:
@@ -466,12 +481,15 @@ def lower_sequential(
                     f"{_describe(name, module)} must directly follow an affine module (nn.Linear, nn.Conv2d, ...): "
                     "a ReLU at the start or right after another ReLU cannot be lowered"
                 )
-            layers.append(_fold(run, len(layers), True, dtype, device, memory_budget))
+            runs.append((run, True))
             run = _Run(run.shape, run.shape)
             continue
         run.add(name, module, device)
     if run is not None and not run.is_identity:
-        layers.append(_fold(run, len(layers), False, dtype, device, memory_budget))
-    if not layers:
+        runs.append((run, False))
+    if not runs:
         raise ValueError("the Sequential holds no affine module (nn.Linear, nn.Conv2d, ...)")
+    for index, (run, _) in enumerate(runs):
+        _check_budget(run, index, memory_budget)
+    layers = [_fold(run, relu, dtype, device) for run, relu in runs]
     return LoweredModel(layers=tuple(layers), input_shape=model_input_shape, flatten_input=flatten_input)

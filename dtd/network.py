@@ -235,13 +235,12 @@ class ReLUNetwork(nn.Module):
         linears = []
         for layer in lowered.layers:
             out_features, in_features = layer.weight.shape
-            linear = nn.Linear(
-                in_features, out_features, bias=layer.bias is not None, dtype=layer.weight.dtype, device=layer.weight.device
-            )
-            with torch.no_grad():
-                linear.weight.copy_(layer.weight)
-                if layer.bias is not None:
-                    linear.bias.copy_(layer.bias)
+            # built on the meta device: no initialisation work and no draw from torch's global RNG;
+            # the lowered tensors are fresh copies, owned by the network from here on
+            linear = nn.Linear(in_features, out_features, bias=layer.bias is not None, device="meta")
+            linear.weight = nn.Parameter(layer.weight)
+            if layer.bias is not None:
+                linear.bias = nn.Parameter(layer.bias)
             linears.append(linear)
         final_relu = lowered.layers[-1].relu
         return cls(linears, final_relu=final_relu, flatten_input=lowered.flatten_input, input_shape=lowered.input_shape)
