@@ -90,6 +90,17 @@ class ReLUNetwork(nn.Module):
         for index, layer in enumerate(layers):
             if not isinstance(layer, nn.Linear):
                 raise TypeError(f"layer {index} must be nn.Linear, got {type(layer).__name__}")
+            if type(layer) is not nn.Linear:
+                raise TypeError(
+                    f"layer {index} is {type(layer).__name__}, a subclass of nn.Linear: only nn.Linear itself is "
+                    "accepted, because a subclass may compute something else (an overridden forward) than the "
+                    "weights DTD reads"
+                )
+            if layer._forward_hooks or layer._forward_pre_hooks:
+                raise TypeError(
+                    f"layer {index} has forward hooks or pre-hooks, which could change its output while DTD reads "
+                    "only its weight and bias; remove them"
+                )
         for index, (lower, upper) in enumerate(zip(layers[:-1], layers[1:])):
             if lower.out_features != upper.in_features:
                 raise ValueError(

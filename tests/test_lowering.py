@@ -441,6 +441,15 @@ def test_from_sequential_refuses(model, input_shape, exception, message):
         dtd.ReLUNetwork.from_sequential(model, input_shape)
 
 
+def test_the_constructor_refuses_linear_subclasses_and_hooked_layers():
+    with pytest.raises(TypeError, match=r"layer 1 is _OwnLinear, a subclass of nn\.Linear"):
+        dtd.ReLUNetwork([nn.Linear(3, 3), _OwnLinear(3, 2)])
+    hooked = nn.Linear(3, 2)
+    hooked.register_forward_pre_hook(lambda module, args: None)
+    with pytest.raises(TypeError, match="layer 0 has forward hooks or pre-hooks"):
+        dtd.ReLUNetwork([hooked])
+
+
 def test_global_forward_hooks_are_refused():
     handle = torch.nn.modules.module.register_module_forward_hook(lambda module, args, out: out)
     try:
