@@ -344,7 +344,7 @@ def _fold(run: _Run, relu: bool, dtype: torch.dtype, device) -> AffineLayer:
         for start in range(0, d_in, chunk):
             stop = min(start + chunk, d_in)
             basis = torch.zeros(stop - start, d_in, dtype=torch.float64, device=device)
-            basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+            basis[torch.arange(stop - start, device=device), torch.arange(start, stop, device=device)] = 1.0
             h = basis.reshape((stop - start,) + run.input_shape)
             for affine in run.maps:
                 h = affine.linear(h)

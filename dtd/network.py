@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .lowering import DEFAULT_MEMORY_BUDGET, lower_sequential
+from .validation import check_int
 
 __all__ = ["ReLUNetwork", "INITS"]
 
@@ -116,7 +117,7 @@ class ReLUNetwork(nn.Module):
         if input_shape is not None:
             if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or len(input_shape) == 0:
                 raise TypeError(f"input_shape must be a non-empty tuple of ints, got {input_shape!r}")
-            input_shape = tuple(_check_int(n, f"every entry of input_shape {tuple(input_shape)}", minimum=1) for n in input_shape)
+            input_shape = tuple(check_int(n, f"every entry of input_shape {tuple(input_shape)}", minimum=1) for n in input_shape)
             if math.prod(input_shape) != layers[0].in_features:
                 raise ValueError(
                     f"input_shape {input_shape} has {math.prod(input_shape)} entries but the first layer takes "
