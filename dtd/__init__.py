@@ -8,7 +8,7 @@
 torch.Size([100, 10])
 """
 
-from . import regions, roots, rootsets, rules, tolerances
+from . import lowering, regions, roots, rootsets, rules, tolerances
 from .accounting import Accounting, accounting
 from .decompose import Decomposition, LayerDecomposition, train_free
 from .full_backward import FullBackward, FullBackwardLayer, estimate_cost, full_backward
@@ -21,6 +21,7 @@ __all__ = [
     "Rule",
     "rules",
     "roots",
+    "lowering",
     "rootsets",
     "tolerances",
     "RootFinder",

@@ -84,21 +84,37 @@ class LayerDecomposition:
 
 @dataclasses.dataclass(frozen=True)
 class Decomposition:
-    """Result of :func:`train_free`: one :class:`LayerDecomposition` per layer."""
+    """Result of :func:`train_free`: one :class:`LayerDecomposition` per layer.
+
+    ``input_shape`` is the shape of the ``x`` that was explained without its
+    batch dimension (e.g. ``(1, 8, 8)``), or None for a flat ``(batch, D_0)``.
+    """
 
     layers: tuple[LayerDecomposition, ...]
     output: int
     output_value: torch.Tensor  # (batch,) f(x) of the explained output
+    input_shape: Optional[tuple[int, ...]] = dataclasses.field(default=None, kw_only=True)
 
     @property
     def relevance(self) -> torch.Tensor:
-        """Input relevance ``(batch, D_0)``."""
-        return self.layers[0].relevance
+        """Input relevance in the shape of the explained ``x``: ``(batch, *input_shape)``, else ``(batch, D_0)``.
+
+        ``layers[0].relevance`` is the same values, flat ``(batch, D_0)``.
+        """
+        flat = self.layers[0].relevance
+        if self.input_shape is None:
+            return flat
+        return flat.reshape((flat.shape[0],) + self.input_shape)
 
     @property
     def n_invalid(self) -> int:
         """Invalid roots over all layers."""
         return sum(layer.n_invalid for layer in self.layers)
+
+
+def edge_shape(x: torch.Tensor) -> Optional[tuple[int, ...]]:
+    """The non-batch shape of an input ``x`` with more than two dimensions (None for ``(batch, D)``)."""
+    return tuple(x.shape[1:]) if x.dim() > 2 else None
 
 
 def checked_activations(net: ReLUNetwork, x: torch.Tensor, output: int, root_finder: RootFinder) -> tuple[int, list[torch.Tensor]]:
@@ -138,8 +154,10 @@ def train_free(
     net
         The network.  Not modified.
     x
-        ``(batch, D_0)`` inputs, in the network's dtype and on its device.
-        Not modified.
+        ``(batch, D_0)`` inputs, or ``(batch, *net.input_shape)`` for a
+        network lowered from a model with image inputs; in the network's
+        dtype and on its device.  Not modified.  The input relevance
+        (:attr:`Decomposition.relevance`) comes back in ``x``'s shape.
     rule
         One rule (object or name) for every layer, or one per layer, first
         layer first.  Default ``"z+"``.  Shorthand for
@@ -185,4 +203,6 @@ def train_free(
                 )
             )
             relevance = lower
-    return Decomposition(layers=tuple(reversed(layers)), output=output, output_value=top[:, output].clone())
+    return Decomposition(
+        layers=tuple(reversed(layers)), output=output, output_value=top[:, output].clone(), input_shape=edge_shape(x)
+    )

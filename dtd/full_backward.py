@@ -48,7 +48,7 @@ from typing import Optional
 
 import torch
 
-from .decompose import Decomposition, LayerDecomposition, checked_activations
+from .decompose import Decomposition, LayerDecomposition, checked_activations, edge_shape
 from .network import ReLUNetwork
 from .roots import RootFinder
 from .rootsets import ExplicitRoots
@@ -300,4 +300,5 @@ def full_backward(
         estimated_evaluations=estimate,
         evaluations=tuple(recursion.evaluations),
         reused=recursion.reused,
+        input_shape=edge_shape(x),
     )

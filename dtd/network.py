@@ -13,6 +13,9 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import nn
 
+from .lowering import DEFAULT_MEMORY_BUDGET, lower_sequential
+from .validation import check_int
+
 __all__ = ["ReLUNetwork", "INITS"]
 
 #: Weight initialisations understood by :meth:`ReLUNetwork.random`.
@@ -50,9 +53,20 @@ class ReLUNetwork(nn.Module):
     layers
         The ``nn.Linear`` layers, first to last.  They are used as given
         (not copied): the network shares their parameters.
+        (:meth:`from_sequential` copies a model's parameters instead.)
     final_relu
         Whether the last Linear is followed by a ReLU (the seed's MLP has
         one; a classifier exported without it does not).
+    flatten_input
+        Accept inputs with more than one non-batch dimension and flatten them
+        (a model that starts with ``nn.Flatten``).
+    input_shape
+        The input's shape without the batch dimension (e.g. ``(1, 8, 8)``),
+        when it is more than the first layer's width.  Inputs of shape
+        ``(batch, *input_shape)`` and ``(batch, D_0)`` are both accepted;
+        :func:`dtd.train_free` and :func:`dtd.full_backward` return the input
+        relevance in the shape of the ``x`` they were given, while
+        layer-level tensors stay flat ``(batch, D_k)``.
 
     Notes
     -----
@@ -62,7 +76,14 @@ class ReLUNetwork(nn.Module):
     up to the output; ``f = f_0``.
     """
 
-    def __init__(self, layers: Iterable[nn.Linear], *, final_relu: bool = True, flatten_input: bool = False):
+    def __init__(
+        self,
+        layers: Iterable[nn.Linear],
+        *,
+        final_relu: bool = True,
+        flatten_input: bool = False,
+        input_shape: Optional[Sequence[int]] = None,
+    ):
         super().__init__()
         layers = list(layers)
         if not layers:
@@ -70,6 +91,17 @@ class ReLUNetwork(nn.Module):
         for index, layer in enumerate(layers):
             if not isinstance(layer, nn.Linear):
                 raise TypeError(f"layer {index} must be nn.Linear, got {type(layer).__name__}")
+            if type(layer) is not nn.Linear:
+                raise TypeError(
+                    f"layer {index} is {type(layer).__name__}, a subclass of nn.Linear: only nn.Linear itself is "
+                    "accepted, because a subclass may compute something else (an overridden forward) than the "
+                    "weights DTD reads"
+                )
+            if layer._forward_hooks or layer._forward_pre_hooks:
+                raise TypeError(
+                    f"layer {index} has forward hooks or pre-hooks, which could change its output while DTD reads "
+                    "only its weight and bias; remove them"
+                )
         for index, (lower, upper) in enumerate(zip(layers[:-1], layers[1:])):
             if lower.out_features != upper.in_features:
                 raise ValueError(
@@ -82,9 +114,19 @@ class ReLUNetwork(nn.Module):
             raise ValueError(f"all layers must share one dtype and device, got {dtypes} on {devices}")
         if not isinstance(final_relu, bool):
             raise TypeError(f"final_relu must be a bool, got {final_relu!r}")
+        if input_shape is not None:
+            if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or len(input_shape) == 0:
+                raise TypeError(f"input_shape must be a non-empty tuple of ints, got {input_shape!r}")
+            input_shape = tuple(check_int(n, f"every entry of input_shape {tuple(input_shape)}", minimum=1) for n in input_shape)
+            if math.prod(input_shape) != layers[0].in_features:
+                raise ValueError(
+                    f"input_shape {input_shape} has {math.prod(input_shape)} entries but the first layer takes "
+                    f"{layers[0].in_features} inputs"
+                )
         self.layers = nn.ModuleList(layers)
         self.final_relu = final_relu
-        self.flatten_input = bool(flatten_input)
+        self.input_shape: Optional[tuple[int, ...]] = input_shape
+        self.flatten_input = bool(flatten_input) or (input_shape is not None and len(input_shape) > 1)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -151,53 +193,78 @@ class ReLUNetwork(nn.Module):
         return net.to(dtype=dtype, device=device)
 
     @classmethod
-    def from_sequential(cls, seq: nn.Sequential) -> "ReLUNetwork":
-        """Wrap an ``nn.Sequential`` of alternating ``Linear`` and ``ReLU``.
+    def from_sequential(
+        cls,
+        model: nn.Sequential,
+        input_shape: Optional[Sequence[int]] = None,
+        *,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    ) -> "ReLUNetwork":
+        """Lower a (nested) ``nn.Sequential`` exactly into a ReLU network that owns its parameters.
 
-        An ``nn.Flatten`` may come first; the ReLU after the last Linear is
-        optional.  The Linear modules are shared, not copied, and ``seq`` is
-        not changed.  Any other module is a ``TypeError`` naming it.
+        Accepted (exact types; see :mod:`dtd.lowering`): ``nn.Linear``,
+        ``nn.ReLU``, ``nn.Conv2d`` (``groups=1``; any stride, padding, padding
+        mode, dilation; with or without bias), ``nn.AvgPool2d``,
+        ``nn.Flatten``, ``nn.Unflatten``, ``nn.Identity``, ``nn.Dropout``
+        (``1d``/``2d`` too) and ``nn.BatchNorm1d/2d`` -- dropout and batch
+        norm in eval mode.  Consecutive affine modules without a ReLU between
+        them (pooling then convolution, batch norm then Linear, ...) are
+        folded into one dense affine layer, computed exactly (float64, then
+        the model's dtype); every ReLU ends a layer, and a trailing affine
+        map without ReLU is the last layer (``final_relu=False``).  The
+        network's forward equals the model's on the flattened output.
+
+        The network holds copies: ``model`` is never modified (parameters,
+        buffers, modes, hooks, ``requires_grad``) and shares no storage with
+        it, so later changes to either leave the other alone.
+
+        Parameters
+        ----------
+        model
+            The ``nn.Sequential`` (containers may nest).
+        input_shape
+            The input's shape without the batch dimension, e.g. ``(1, 8, 8)``;
+            required when the model starts with a convolution, pooling or 2-d
+            batch norm.  The network then accepts ``x`` of shape
+            ``(batch, *input_shape)`` (and flat ``(batch, D_0)``).
+        memory_budget
+            Largest dense float64 matrix, in bytes, a folded layer may need
+            (default 1 GiB); a larger one is refused before it is allocated.
+
+        Raises
+        ------
+        TypeError
+            A module DTD's ReLU-region analysis does not cover (named, e.g.
+            ``'features.3'``, with the reason and the fix), a subclass of an
+            accepted module, a module with forward hooks or pre-hooks, a ReLU
+            that follows no affine module.
+        ValueError
+            Batch norm or dropout in training mode (call ``model.eval()``),
+            ``Conv2d`` with ``groups != 1``, ``input_shape`` missing or not
+            matching, a folded layer above ``memory_budget``.
         """
-        if not isinstance(seq, nn.Sequential):
-            raise TypeError(f"from_sequential expects nn.Sequential, got {type(seq).__name__}")
-        modules = list(seq.named_children())
-        flatten = False
-        if modules and isinstance(modules[0][1], nn.Flatten):
-            flat = modules[0][1]
-            if flat.start_dim != 1 or flat.end_dim != -1:
-                raise TypeError(
-                    f"module {modules[0][0]!r} is nn.Flatten(start_dim={flat.start_dim}, end_dim={flat.end_dim}); "
-                    "only nn.Flatten(1, -1) can be represented"
-                )
-            flatten = True
-            modules = modules[1:]
-        layers: list[nn.Linear] = []
-        final_relu = False
-        for name, module in modules:
-            if isinstance(module, nn.Linear):
-                if layers and not final_relu:
-                    raise TypeError(f"module {name!r} (Linear) follows a Linear without a ReLU in between")
-                layers.append(module)
-                final_relu = False
-            elif type(module) is nn.ReLU:
-                if not layers or final_relu:
-                    raise TypeError(f"module {name!r} (ReLU) must directly follow a Linear")
-                final_relu = True
-            else:
-                raise TypeError(
-                    f"module {name!r} of type {type(module).__name__} is not supported: "
-                    "only nn.Linear, nn.ReLU (and a leading nn.Flatten)"
-                )
-        if not layers:
-            raise ValueError("the Sequential holds no nn.Linear layer")
-        return cls(layers, final_relu=final_relu, flatten_input=flatten)
+        lowered = lower_sequential(model, input_shape, memory_budget=memory_budget)
+        linears = []
+        for layer in lowered.layers:
+            out_features, in_features = layer.weight.shape
+            # built on the meta device: no initialisation work and no draw from torch's global RNG;
+            # the lowered tensors are fresh copies, owned by the network from here on
+            linear = nn.Linear(in_features, out_features, bias=layer.bias is not None, device="meta")
+            linear.weight = nn.Parameter(layer.weight)
+            if layer.bias is not None:
+                linear.bias = nn.Parameter(layer.bias)
+            linears.append(linear)
+        final_relu = lowered.layers[-1].relu
+        return cls(linears, final_relu=final_relu, flatten_input=lowered.flatten_input, input_shape=lowered.input_shape)
 
     def to_sequential(self, *, bias: bool = True) -> nn.Sequential:
         """An independent ``nn.Sequential`` copy (``Linear``, ``ReLU``, ...) computing the same function.
 
         For handing the network to other attribution libraries (zennit,
         captum) without them touching this one's modules.  ``bias=False``
-        gives the same weights with every bias set to zero.
+        gives the same weights with every bias set to zero.  A network with
+        a multi-dimensional ``input_shape`` (or ``flatten_input``) starts with
+        ``nn.Flatten()``, so the Sequential takes the same inputs.
         """
         modules: list[nn.Module] = [nn.Flatten()] if self.flatten_input else []
         for k, layer in enumerate(self.layers):
@@ -290,11 +357,14 @@ class ReLUNetwork(nn.Module):
         """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if from_layer == 0 and self.flatten_input and x.dim() > 2:
-            x = x.flatten(1)
+        if from_layer == 0:
+            x = self.flatten(x)
         width = self.layers[from_layer].in_features
         if x.dim() != 2 or x.shape[1] != width:
-            raise ValueError(f"{name} must have shape (batch, {width}), got {tuple(x.shape)}")
+            shapes = f"(batch, {width})"
+            if from_layer == 0 and self.input_shape is not None and len(self.input_shape) > 1:
+                shapes += f" or (batch, {', '.join(map(str, self.input_shape))})"
+            raise ValueError(f"{name} must have shape {shapes}, got {tuple(x.shape)}")
         if x.shape[0] == 0:
             raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
         if x.dtype != self.dtype:
@@ -304,11 +374,23 @@ class ReLUNetwork(nn.Module):
         _check_all_finite(x, name)
         return x.detach()
 
+    def flatten(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` of shape ``(batch, *input_shape)`` as ``(batch, D_0)`` (a view); other shapes unchanged.
+
+        With ``flatten_input`` and no ``input_shape``, any ``x`` with more
+        than two dimensions is flattened.
+        """
+        if x.dim() > 2 and (
+            (self.input_shape is not None and tuple(x.shape[1:]) == self.input_shape)
+            or (self.input_shape is None and self.flatten_input)
+        ):
+            return x.flatten(1)
+        return x
+
     # ------------------------------------------------------------------ evaluation
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``net(x)``: ``(batch, D_0) -> (batch, J_{L-1})``."""
-        if self.flatten_input and x.dim() > 2:
-            x = x.flatten(1)
+        """``net(x)``: ``(batch, D_0)`` or ``(batch, *input_shape)`` -> ``(batch, J_{L-1})``."""
+        x = self.flatten(x)
         last = self.n_layers - 1
         for k, layer in enumerate(self.layers):
             x = layer(x)

@@ -38,7 +38,9 @@ def _nonnegative(a: torch.Tensor, rule: "Rule") -> None:
     if float(a.min()) < 0:
         raise ValueError(
             f"rule {rule!r} needs non-negative activations, but the input holds {int((a < 0).sum())} negative "
-            f"value(s) (min {float(a.min()):.3g}); use LRP0/WSquare/ZB for inputs that can be negative"
+            f"value(s) (min {float(a.min()):.3g}); for inputs that can be negative use, at the input layer, "
+            "ZB(low, high) with your data's box (e.g. rule=[dtd.rules.ZB(float(x.min()), float(x.max())), 'z+', ...]) or 'w2' "
+            "(rule=['w2', 'z+', ...]); LRP0 ('x') also accepts them"
         )
 
 
