@@ -92,7 +92,8 @@ def overflow_error(layer: Optional[int], dtype: torch.dtype, what: str) -> Value
     """
     where = "the network" if layer is None else f"layer {layer}"
     kind = str(dtype).replace("torch.", "")
-    return ValueError(f"{where} overflows {kind}: {what} are not finite; use float64 or rescale the weights or inputs")
+    fix = "rescale the weights, inputs or rule parameters" if dtype == torch.float64 else "use float64 or rescale the weights or inputs"
+    return ValueError(f"{where} overflows {kind}: {what} are not finite; {fix}")
 
 
 def check_finite_layer(values: torch.Tensor, layer: Optional[int], what: str) -> torch.Tensor:
