@@ -11,6 +11,7 @@ not enter ``f``), with ``sign = +1`` for neurons active at the input and
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import enum
 import os
@@ -171,8 +172,6 @@ def _new_highs() -> "highspy.Highs":
 
 def _flush_c_stdout() -> None:
     try:
-        import ctypes
-
         ctypes.CDLL(None).fflush(None)
     except (OSError, AttributeError):  # no C library to flush (the banner then goes wherever C stdio puts it)
         pass

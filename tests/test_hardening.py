@@ -256,3 +256,19 @@ def test_rule_equality_is_on_parameter_values():
     assert repr(R.Gamma(0.25)) == "Gamma(gamma=0.25)" and repr(R.ZB(0, 5)) == "ZB(low=0, high=5)"
     assert repr(R.ZB(0, 1.0000001)) == "ZB(low=0, high=1.0000001)"
     assert len({R.Gamma(1), R.Gamma(1.0), R.ZB(0, 1), R.ZB(0.0, 1.0)}) == 2
+
+
+def test_walk_restores_the_thread_count_even_on_error():
+    net = _net(sizes=(4, 5, 2))
+    x = net.sample_inputs(3, seed=0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        dtd.train_free(net, x, root_finder=dtd.MetropolisHastingsRoots(2, 5))
+        assert torch.get_num_threads() == 2
+        finder = dtd.MetropolisHastingsRoots(2, 5)
+        with pytest.raises(RuntimeError):  # a relevance of the wrong shape fails inside the walk
+            finder.find(net, 1, net.activations(x)[1], torch.ones(3, 7, dtype=net.dtype), output=0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
