@@ -8,7 +8,7 @@
 torch.Size([100, 10])
 """
 
-from . import regions, roots, rootsets, rules, tolerances
+from . import progress, regions, roots, rootsets, rules, tolerances, validation
 from .accounting import Accounting, accounting
 from .decompose import Decomposition, LayerDecomposition, train_free
 from .full_backward import FullBackward, FullBackwardLayer, estimate_cost, full_backward
@@ -23,6 +23,8 @@ __all__ = [
     "roots",
     "rootsets",
     "tolerances",
+    "validation",
+    "progress",
     "RootFinder",
     "LinearRoots",
     "RegionRoots",

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .tolerances import DIVISION_GUARD, LP_FEASIBILITY_TOL, region_slack
+from .validation import check_bool
 
 __all__ = [
     "LPStatus",
@@ -263,6 +264,7 @@ def region_output_root(net, x: torch.Tensor, *, layer: int = 0, output: int = 0,
     """
     net.check_layer(layer)
     net.check_output(output)
+    check_bool(nonnegative, "nonnegative")
     x = net.check_input(x, from_layer=layer)
     region = region_constraints(net, x, layer, output)
     slack = region_slack(x.dtype)

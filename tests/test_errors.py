@@ -136,6 +136,7 @@ CALL_SITE_CASES = [
     ("sample min_output str", lambda: NET.sample_inputs(3, min_output="0.1"), TypeError, "min_output must be a number"),
     ("region_output_root layer 5", lambda: dtd.regions.region_output_root(NET, X, layer=5), ValueError, r"layer must be in \[0, 1\]"),
     ("region_output_root output 9", lambda: dtd.regions.region_output_root(NET, X, output=9), ValueError, "output must be in"),
+    ("region_output_root nonnegative", lambda: dtd.regions.region_output_root(NET, X, nonnegative="yes"), TypeError, "nonnegative must be True or False"),
     ("gradient from_layer 5", lambda: NET.input_gradient(X, 0, from_layer=5), ValueError, "from_layer must be in"),
 ]
 
