@@ -8,7 +8,7 @@
 torch.Size([100, 10])
 """
 
-from . import lowering, regions, roots, rootsets, rules, tolerances
+from . import lowering, progress, regions, roots, rootsets, rules, tolerances, validation
 from .accounting import Accounting, accounting
 from .decompose import Decomposition, LayerDecomposition, train_free
 from .full_backward import FullBackward, FullBackwardLayer, estimate_cost, full_backward
@@ -24,6 +24,8 @@ __all__ = [
     "lowering",
     "rootsets",
     "tolerances",
+    "validation",
+    "progress",
     "RootFinder",
     "LinearRoots",
     "RegionRoots",

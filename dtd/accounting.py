@@ -14,6 +14,7 @@ import torch
 
 from .decompose import Decomposition
 from .network import ReLUNetwork
+from .validation import check_finite_layer
 
 __all__ = ["LayerAccount", "Accounting", "accounting"]
 
@@ -68,7 +69,11 @@ class Accounting:
 
 
 def accounting(net: ReLUNetwork, dec: Decomposition) -> Accounting:
-    """Split each layer's upper relevance, per point, into what it passed on, what it lost and the bias share."""
+    """Split each layer's upper relevance, per point, into what it passed on, what it lost and the bias share.
+
+    Raises ``ValueError`` naming the layer and dtype where a pre-activation or
+    bias share overflows (never a NaN table).
+    """
     if not isinstance(net, ReLUNetwork):
         raise TypeError(f"net must be a dtd.ReLUNetwork, got {type(net).__name__}")
     if not isinstance(dec, Decomposition):
@@ -83,6 +88,8 @@ def accounting(net: ReLUNetwork, dec: Decomposition) -> Accounting:
             z = lay.input @ net.weight(k).T + net.bias(k)
             nonzero = z != 0
             share = torch.where(nonzero, upper * net.bias(k) / torch.where(nonzero, z, torch.ones_like(z)), torch.zeros_like(z))
+            check_finite_layer(z, k, "its pre-activations")
+            check_finite_layer(share, k, "the bias shares R_j b_j / z_j")
             total, lost, conserved = upper.sum(1), lay.lost_relevance, lay.relevance.sum(1)
             layers.append(
                 LayerAccount(

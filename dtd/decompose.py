@@ -18,8 +18,13 @@ from .network import ReLUNetwork
 from .roots import LinearRoots, RootFinder
 from .rootsets import RootSet
 from .rules import RuleLike
+from .validation import check_finite_layer
 
-__all__ = ["LayerDecomposition", "Decomposition", "train_free"]
+__all__ = ["LayerDecomposition", "Decomposition", "train_free", "HALF_PRECISION"]
+
+#: dtypes a decomposition refuses: DTD's root equations and relevance sums lose
+#: too much in 8-11 bit mantissas (float16 full backward diverged silently from float32)
+HALF_PRECISION = (torch.float16, torch.bfloat16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +38,8 @@ class LayerDecomposition:
     method
         The rule or root finder used here, as text.
     input
-        ``a``, the layer's input activations ``(batch, D)``.
+        ``a``, the layer's input activations ``(batch, D)``.  Layer 0's is a
+        copy of the caller's ``x``: a decomposition owns its tensors.
     upper_relevance
         ``R_j`` of the layer's output neurons ``(batch, J)``.
     root_set
@@ -120,7 +126,9 @@ def edge_shape(x: torch.Tensor) -> Optional[tuple[int, ...]]:
 def checked_activations(net: ReLUNetwork, x: torch.Tensor, output: int, root_finder: RootFinder) -> tuple[int, list[torch.Tensor]]:
     """Validate a decomposition's arguments; return the output index and the activations (every layer's input, then the output).
 
-    Raises the ``TypeError`` / ``ValueError`` documented in :func:`train_free`.
+    The activations start with a copy of ``x``, so nothing the decomposition
+    returns aliases the caller's tensor.  Raises the ``TypeError`` /
+    ``ValueError`` documented in :func:`train_free`.
     """
     if not isinstance(net, ReLUNetwork):
         raise TypeError(
@@ -130,8 +138,13 @@ def checked_activations(net: ReLUNetwork, x: torch.Tensor, output: int, root_fin
     if not isinstance(root_finder, RootFinder):
         raise TypeError(f"root_finder must be a dtd.roots.RootFinder, got {type(root_finder).__name__}")
     output = net.check_output(output)
-    x = net.check_input(x)
     net.check_parameters()
+    if net.dtype in HALF_PRECISION:
+        raise TypeError(
+            f"the network is {net.dtype}: decompositions are not computed in half precision (the root equations "
+            "and relevance sums lose too many digits); convert with net.float() / x.float() (or .double())"
+        )
+    x = net.check_input(x).clone()
     root_finder.check(net)
     activations = net.activations(x)
     for k in range(net.n_layers):
@@ -167,13 +180,24 @@ def train_free(
     root_finder
         Where to expand each neuron (default: closed-form roots of ``rule``).
 
+    Returns
+    -------
+    Decomposition
+        Owns its tensors: none aliases ``x`` (writing into the result leaves
+        ``x`` unchanged, changing ``x`` afterwards leaves the result unchanged).
+
     Raises
     ------
     TypeError
-        ``net`` is no :class:`ReLUNetwork`, ``x`` no tensor of its dtype.
+        ``net`` is no :class:`ReLUNetwork`, ``x`` no tensor of its dtype, or
+        the dtype is float16/bfloat16 (half precision is refused, not
+        computed: convert to float32 or float64).
     ValueError
-        Wrong shape, empty batch, NaN/inf in ``x`` or the weights, ``output``
-        out of range, or activations outside a rule's domain.
+        Wrong shape, empty batch, NaN/inf in ``x`` or the weights,
+        parameters without values (meta device, uninitialised
+        ``nn.LazyLinear``), ``output`` out of range, activations outside a
+        rule's domain, or a layer whose values overflow the dtype (the
+        message names the layer and the dtype; never NaN or zero relevance).
     """
     if root_finder is None:
         root_finder = LinearRoots("z+" if rule is None else rule)
@@ -189,7 +213,7 @@ def train_free(
         for k in range(net.n_layers - 1, -1, -1):
             a = activations[k]
             root_set = root_finder.find(net, k, a, relevance, output=output)
-            lower = root_set.relevance(net.weight(k))
+            lower = check_finite_layer(root_set.relevance(net.weight(k)), k, "the input relevances")
             layers.append(
                 LayerDecomposition(
                     index=k,

@@ -53,6 +53,7 @@ from .network import ReLUNetwork
 from .roots import RootFinder
 from .rootsets import ExplicitRoots
 from .tolerances import pattern_tol
+from .validation import check_finite_layer, check_int
 
 __all__ = ["DEFAULT_BUDGET", "FullBackward", "FullBackwardLayer", "estimate_cost", "full_backward"]
 
@@ -122,7 +123,9 @@ def estimate_cost(net: ReLUNetwork, n_points: int) -> int:
     output carries relevance); the bound is ``sum_k N_k``.  Neurons without
     relevance or without a valid root and repeated rows make the real count smaller.
     """
-    total, level = 0, int(n_points)
+    if not isinstance(net, ReLUNetwork):
+        raise TypeError(f"net must be a dtd.ReLUNetwork, got {type(net).__name__}")
+    total, level = 0, check_int(n_points, "n_points", minimum=0)
     for k in range(net.n_layers):
         total += level
         width = 1 if k == net.n_layers - 1 else net.weight(k).shape[0]
@@ -194,7 +197,7 @@ class _Recursion:
     def _forward(self, k: int, a: torch.Tensor, direction: Optional[torch.Tensor]):
         """Layer ``k`` at ``a``: ``(z, act(z), slope act'(z), direction of the output)``."""
         w, b = self.net.weight(k), self.net.bias(k)
-        z = a @ w.T + b
+        z = check_finite_layer(a @ w.T + b, k, "its pre-activations")
         dz = None if direction is None else direction @ w.T
         slope = self.act_slope(k, z, None if dz is None else dz > 0)
         return z, self.act(k, z), slope, None if dz is None else slope * dz
@@ -220,7 +223,7 @@ class _Recursion:
         unresolved_pairs = at_root.relevance[rows, neuron]
         scale_pairs = at_root.gradient[rows, neuron] * root_slope[rows, neuron]
         grad = scale_pairs.unsqueeze(1) * w[neuron]  # (P, D)
-        lower = torch.zeros_like(a).index_add_(0, point, grad * (a[point] - root))
+        lower = check_finite_layer(torch.zeros_like(a).index_add_(0, point, grad * (a[point] - root)), k, "the input relevances")
         # neurons without relevance expand at a itself (trivial root): their gradient is the slope there
         trivial = (relevance == 0).to(a.dtype)
         gradient = (slope * trivial) @ w
@@ -274,12 +277,14 @@ def full_backward(
 
     Raises
     ------
+    TypeError
+        As :func:`train_free` (half precision is refused).
     ValueError
         The cost bound exceeds ``budget`` (the message gives both), or any
-        input error :func:`train_free` reports.
+        input or overflow error :func:`train_free` reports.
     """
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ValueError(f"budget must be a positive int or None, got {budget!r}")
+    if budget is not None:
+        check_int(budget, "budget", minimum=1)
     output, activations = checked_activations(net, x, output, root_finder)
     estimate = estimate_cost(net, activations[0].shape[0])
     if budget is not None and estimate > budget:

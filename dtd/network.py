@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .lowering import DEFAULT_MEMORY_BUDGET, lower_sequential
-from .validation import check_int
+from .validation import check_finite_layer, check_int, check_number, check_seed
 
 __all__ = ["ReLUNetwork", "INITS"]
 
@@ -29,14 +29,6 @@ _DTD_INIT_FACTOR = 1.4
 _MAX_DRAWS_PER_ROW = 1000
 # ... and evaluates candidates in batches whose activations take at most this many bytes.
 _SAMPLING_BATCH_BYTES = 64 << 20
-
-
-def _check_int(value, name: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _check_all_finite(tensor: torch.Tensor, what: str) -> None:
@@ -168,8 +160,8 @@ class ReLUNetwork(nn.Module):
         if len(sizes) < 2:
             raise ValueError(f"sizes needs an input size and at least one layer width, got {list(sizes)}")
         for size in sizes:
-            _check_int(size, f"every entry of sizes ({list(sizes)})", minimum=1)
-        _check_int(seed, "seed", minimum=0)
+            check_int(size, f"every entry of sizes ({list(sizes)})", minimum=1)
+        check_seed(seed)
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -324,7 +316,22 @@ class ReLUNetwork(nn.Module):
         return ReLUNetwork(list(self.layers)[from_layer:], final_relu=self.final_relu)
 
     def check_parameters(self) -> None:
-        """Raise ``ValueError`` if any weight or bias is NaN or infinite."""
+        """Raise ``ValueError`` if any weight or bias is NaN, infinite or has no values.
+
+        Parameters without values are those of an ``nn.LazyLinear`` that never
+        ran and of a network on the ``meta`` device.
+        """
+        for k, layer in enumerate(self.layers):
+            if isinstance(layer.weight, nn.parameter.UninitializedParameter):
+                raise ValueError(
+                    f"layer {k} ({type(layer).__name__}) has uninitialised parameters: run the module once on an "
+                    "input (or build an nn.Linear with explicit sizes) before wrapping it"
+                )
+        if self.device.type == "meta":
+            raise ValueError(
+                "the network is on the meta device (its parameters have no values): materialise it first, "
+                "e.g. net.to_empty(device='cpu') followed by load_state_dict(...)"
+            )
         # one reduction for the common case: NaN and inf survive a sum (a sum that
         # overflows only sends us to the per-tensor check, which names the culprit)
         total = torch.stack([p.detach().sum() for p in self.parameters()]).sum()
@@ -335,15 +342,13 @@ class ReLUNetwork(nn.Module):
             _check_all_finite(self.bias(k), f"bias of layer {k}")
 
     def check_layer(self, k, name: str = "layer") -> int:
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"{name} must be an int, got {k!r}")
+        check_int(k, name)
         if not 0 <= k < self.n_layers:
             raise ValueError(f"{name} must be in [0, {self.n_layers - 1}] for a {self.n_layers}-layer network, got {k}")
         return k
 
     def check_output(self, output) -> int:
-        if isinstance(output, bool) or not isinstance(output, int):
-            raise TypeError(f"output must be an int, got {output!r}")
+        check_int(output, "output")
         if not 0 <= output < self.out_features:
             raise ValueError(f"output must be in [0, {self.out_features - 1}], got {output}")
         return output
@@ -357,6 +362,7 @@ class ReLUNetwork(nn.Module):
         """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        self.check_layer(from_layer, "from_layer")
         if from_layer == 0:
             x = self.flatten(x)
         width = self.layers[from_layer].in_features
@@ -418,8 +424,10 @@ class ReLUNetwork(nn.Module):
         """Inputs ``a_0 = x, a_1, ..., a_{L-1}`` of every layer, and the output last.
 
         The list has ``n_layers + 1`` entries; entry ``k`` is ``(batch, D_k)``.
+        Entry 0 is ``x`` itself (detached, not copied).  Pre-activations that
+        overflow the dtype are a ``ValueError`` naming the layer.
         """
-        zs = self.pre_activations(x)
+        zs = self.check_finite(self.pre_activations(x))
         acts = [x.detach()]
         for k, z in enumerate(zs):
             acts.append(torch.relu(z) if self.has_relu(k) else z)
@@ -436,15 +444,29 @@ class ReLUNetwork(nn.Module):
 
     def output_value(self, x: torch.Tensor, output: int, *, from_layer: int = 0) -> torch.Tensor:
         """``f_k(x)``: output neuron ``output`` of the layers ``from_layer ...``, shape ``(batch,)``."""
-        z = self.pre_activations(x, from_layer=from_layer)[-1][:, output]
+        return self.output_from_pre_activations(self.pre_activations(x, from_layer=from_layer), output)
+
+    def output_from_pre_activations(self, zs: list[torch.Tensor], output: int) -> torch.Tensor:
+        """The explained output ``(batch,)`` from pre-activations ``zs`` (as :meth:`pre_activations`; the last is used)."""
+        z = zs[-1][:, output]
         return torch.relu(z) if self.final_relu else z
+
+    def check_finite(self, zs: list[torch.Tensor], *, from_layer: int = 0) -> list[torch.Tensor]:
+        """``zs`` itself; a ``ValueError`` naming the first layer whose pre-activations overflow the dtype.
+
+        One ``isfinite`` reduction per layer.
+        """
+        for offset, z in enumerate(zs):
+            check_finite_layer(z, from_layer + offset, "its pre-activations")
+        return zs
 
     def input_gradient(self, x: torch.Tensor, output: int, *, from_layer: int = 0) -> torch.Tensor:
         """Exact gradient ``d f_k / d a_k`` at every row of ``x``: ``(batch, D_k)``.
 
         Closed form of the piecewise-linear network: masks times weights,
         with torch's convention ``relu'(0) = 0`` (equal to autograd).  ``x``
-        is the input of layer ``from_layer``; it is not touched.
+        is the input of layer ``from_layer``; it is not touched.  Values that
+        overflow the dtype are a ``ValueError`` naming the layer.
         """
         return self.evaluate(x, output, from_layer=from_layer)[2]
 
@@ -458,9 +480,8 @@ class ReLUNetwork(nn.Module):
         gradient ``d f_k / d a_k`` ``(batch, D_k)`` (as :meth:`input_gradient`).
         """
         self.check_output(output)
-        zs = self.pre_activations(x, from_layer=from_layer)
-        z_out = zs[-1][:, output]
-        value = torch.relu(z_out) if self.final_relu else z_out
+        zs = self.check_finite(self.pre_activations(x, from_layer=from_layer), from_layer=from_layer)
+        value = self.output_from_pre_activations(zs, output)
         return zs, value, self.gradient_from_pre_activations(zs, output, from_layer=from_layer)
 
     def gradient_from_pre_activations(
@@ -471,7 +492,8 @@ class ReLUNetwork(nn.Module):
         The gradient of the piecewise-linear network depends only on the
         ReLU states ``z > threshold``: the backward pass is masks times
         weights.  ``threshold = 0`` is torch's ``relu'(0) = 0``; a positive
-        threshold treats pre-activations within it of 0 as exactly 0.
+        threshold treats pre-activations within it of 0 as exactly 0.  A
+        gradient that overflows the dtype is a ``ValueError`` naming the layer.
         """
         last = self.n_layers - 1
         with torch.no_grad():
@@ -481,7 +503,7 @@ class ReLUNetwork(nn.Module):
             else:
                 grad = self.weight(last)[output].expand(z_out.shape[0], -1).clone()
             for k in range(last - 1, from_layer - 1, -1):
-                grad = (grad * (zs[k - from_layer] > threshold)) @ self.weight(k)
+                grad = check_finite_layer((grad * (zs[k - from_layer] > threshold)) @ self.weight(k), k, "the input gradient's entries")
         return grad
 
     # ------------------------------------------------------------------ inputs
@@ -507,10 +529,9 @@ class ReLUNetwork(nn.Module):
             Give one (or neither, for a fresh nondeterministic draw).  The
             global torch RNG is never used.
         """
-        _check_int(n, "n", minimum=1)
+        check_int(n, "n", minimum=1)
         self.check_output(output)
-        if isinstance(min_output, bool) or not isinstance(min_output, (int, float)) or not math.isfinite(min_output):
-            raise ValueError(f"min_output must be a finite number, got {min_output!r}")
+        check_number(min_output, "min_output")
         if seed is not None and generator is not None:
             raise ValueError("pass seed or generator, not both")
         if generator is None:
@@ -518,7 +539,7 @@ class ReLUNetwork(nn.Module):
             if seed is None:
                 generator.seed()
             else:
-                generator.manual_seed(_check_int(seed, "seed", minimum=0))
+                generator.manual_seed(check_seed(seed))
         elif not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
 

@@ -11,26 +11,74 @@ not enter ``f``), with ``sign = +1`` for neurons active at the input and
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import enum
+import os
+import sys
+import threading
 from typing import Optional
 
+import highspy
 import numpy as np
 import torch
 
-__all__ = ["RegionConstraints", "region_constraints", "edge_steps", "RegionLP", "region_output_root", "LP_STATUS"]
+from .tolerances import DIVISION_GUARD, LP_FEASIBILITY_TOL, region_slack
+from .validation import check_bool
 
-#: what the LP helpers report per problem
-LP_STATUS = {0: "solved", 1: "trivial", 2: "infeasible", 3: "solver failed"}
+__all__ = [
+    "LPStatus",
+    "deciding_neurons",
+    "region_pre_activations",
+    "RegionConstraints",
+    "region_constraints",
+    "edge_steps",
+    "RegionLP",
+    "region_output_root",
+]
 
-# HiGHS feasibility tolerance asked for; solutions satisfy constraints to about this
-_LP_TOLERANCE = 1e-10
+
+class LPStatus(enum.IntEnum):
+    """What the LP helpers report per problem (stored as ``int8`` in status tensors)."""
+
+    SOLVED = 0
+    #: ``R_j = 0``: the root is ``a`` itself, no program was solved
+    TRIVIAL = 1
+    #: no point of the region's closure satisfies the equality
+    INFEASIBLE = 2
+    #: HiGHS ended without an optimum or a proof of infeasibility
+    FAILED = 3
+
+    @property
+    def label(self) -> str:
+        """The name used in counts and reports: "solved", "trivial", "infeasible", "solver failed"."""
+        return "solver failed" if self is LPStatus.FAILED else self.name.lower()
 
 
-def region_slack(dtype: torch.dtype) -> float:
-    """How far outside a boundary the finders' LPs may go: a tenth of what the region checks accept."""
-    from .tolerances import pattern_tol
+def deciding_neurons(net, layer: int, output: int) -> list[tuple[int, slice]]:
+    """Which neurons' ReLU states decide the linear region of ``f_k`` (``k = layer``).
 
-    return pattern_tol(dtype) / 10
+    Every hidden ReLU of the layers ``>= k`` and the explained output neuron
+    (other output neurons do not enter ``f``); a last layer without ReLU has
+    no state and is left out.  Returns ``(layer index, neuron slice)`` pairs,
+    lowest layer first.
+    """
+    last = net.n_layers - 1
+    return [
+        (k, slice(output, output + 1) if k == last else slice(None))
+        for k in range(layer, net.n_layers)
+        if net.has_relu(k)
+    ]
+
+
+def region_pre_activations(net, zs: list[torch.Tensor], layer: int, output: int) -> torch.Tensor:
+    """The deciding pre-activations (:func:`deciding_neurons`) side by side: ``(rows, M)``.
+
+    ``zs`` are the pre-activations of layers ``layer ...`` (as
+    :meth:`~dtd.ReLUNetwork.pre_activations`), each ``(rows, J)``.
+    """
+    parts = [zs[k - layer][:, neurons] for k, neurons in deciding_neurons(net, layer, output)]
+    return torch.cat(parts, dim=1) if parts else zs[0][:, :0]
 
 
 def edge_steps(g: torch.Tensor, h: torch.Tensor, slack: float) -> torch.Tensor:
@@ -39,7 +87,7 @@ def edge_steps(g: torch.Tensor, h: torch.Tensor, slack: float) -> torch.Tensor:
     ``g`` is the row's value ``sign * (A r + c)`` at the start, ``h`` its change per unit step;
     broadcast together.  The smallest over the rows is how far the move stays in the region.
     """
-    return torch.where(h < 0, (g + slack) / -h.clamp(max=-1e-300), torch.full_like(h, float("inf")))
+    return torch.where(h < 0, (g + slack) / -h.clamp(max=-DIVISION_GUARD), torch.full_like(h, float("inf")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,36 +107,75 @@ class RegionConstraints:
 
 
 def region_constraints(net, a: torch.Tensor, layer: int, output: int) -> RegionConstraints:
-    """Affine maps of every deciding pre-activation at the inputs ``a`` ``(batch, D_k)`` of layer ``layer``."""
+    """Affine maps of every deciding pre-activation at the inputs ``a`` ``(batch, D_k)`` of layer ``layer``.
+
+    The rows are those of :func:`deciding_neurons`; a last layer without
+    ReLU adds the explained output's row with sign 0 (no constraint), so
+    ``z_out`` is always available at ``output_row``.
+    """
     net.check_layer(layer)
     net.check_output(output)
     a = a.detach().to(torch.float64)
+    deciding = dict(deciding_neurons(net, layer, output))
+    last = net.n_layers - 1
     rows_a, rows_c, rows_s = [], [], []
     A = net.weight(layer).to(torch.float64).unsqueeze(0).expand(a.shape[0], -1, -1)  # (N, J, D)
     c = net.bias(layer).to(torch.float64).unsqueeze(0).expand(a.shape[0], -1)
     z = c + torch.einsum("njd,nd->nj", A, a)
     output_row = -1
     for k in range(layer, net.n_layers):
-        last = k == net.n_layers - 1
-        keep = slice(output, output + 1) if last else slice(None)
-        if net.has_relu(k):
-            if last:
+        keep = deciding.get(k, slice(output, output + 1) if k == last else None)
+        if keep is not None:
+            if k == last:
                 output_row = sum(r.shape[1] for r in rows_a)
             rows_a.append(A[:, keep])
             rows_c.append(c[:, keep])
-            rows_s.append(torch.where(z[:, keep] > 0, 1.0, -1.0).to(torch.float64))
-        elif last:  # no ReLU on the output: z_out is still the explained quantity
-            output_row = sum(r.shape[1] for r in rows_a)
-            rows_a.append(A[:, keep])
-            rows_c.append(c[:, keep])
-            rows_s.append(torch.zeros_like(c[:, keep]))  # a zero sign makes the row no constraint
-        if not last:
+            sign = torch.where(z[:, keep] > 0, 1.0, -1.0).to(torch.float64)
+            rows_s.append(sign if k in deciding else torch.zeros_like(sign))  # a zero sign makes the row no constraint
+        if k < last:
             active = (z > 0).to(torch.float64)
             w = net.weight(k + 1).to(torch.float64)
             A = torch.einsum("ij,njd->nid", w, active.unsqueeze(-1) * A)
             c = (active * c) @ w.T + net.bias(k + 1).to(torch.float64)
             z = c + torch.einsum("njd,nd->nj", A, a)
     return RegionConstraints(torch.cat(rows_a, 1), torch.cat(rows_c, 1), torch.cat(rows_s, 1), output_row)
+
+
+_BANNER_LOCK = threading.Lock()
+_banner_shown = False
+
+
+def _new_highs() -> "highspy.Highs":
+    """A ``highspy.Highs`` whose one-time start-up banner does not reach the caller's stdout.
+
+    HiGHS prints its banner from C++ on file descriptor 1 when the process
+    creates its first solver; the first creation therefore runs with fd 1
+    pointed at ``os.devnull`` (C buffers flushed before it is restored).
+    """
+    global _banner_shown
+    with _BANNER_LOCK:
+        if _banner_shown:
+            return highspy.Highs()
+        sys.stdout.flush()
+        saved = os.dup(1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 1)
+            h = highspy.Highs()
+            _flush_c_stdout()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(devnull)
+        _banner_shown = True
+        return h
+
+
+def _flush_c_stdout() -> None:
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to flush (the banner then goes wherever C stdio puts it)
+        pass
 
 
 class RegionLP:
@@ -119,8 +206,6 @@ class RegionLP:
     def __init__(
         self, a: np.ndarray, A_region: np.ndarray, c_region: np.ndarray, sign: np.ndarray, *, norm: str, nonnegative: bool, slack: float = 0.0
     ):
-        import highspy
-
         if norm not in ("l1", "linf"):
             raise ValueError(f"norm must be 'l1' or 'linf', got {norm!r}")
         d = a.shape[0]
@@ -137,10 +222,10 @@ class RegionLP:
         ])
         lower = np.concatenate([-(sign[keep] * c_region[keep]) - slack, np.full(2 * d, -inf), [0.0]])
         upper = np.concatenate([np.full(int(keep.sum()), inf), a, -a, [0.0]])
-        h = highspy.Highs()
+        h = _new_highs()
         h.setOptionValue("output_flag", False)
-        h.setOptionValue("primal_feasibility_tolerance", _LP_TOLERANCE)
-        h.setOptionValue("dual_feasibility_tolerance", _LP_TOLERANCE)
+        h.setOptionValue("primal_feasibility_tolerance", LP_FEASIBILITY_TOL)
+        h.setOptionValue("dual_feasibility_tolerance", LP_FEASIBILITY_TOL)
         cost = np.concatenate([np.zeros(d), np.ones(extra)])
         col_lower = np.concatenate([np.full(d, 0.0 if nonnegative else -inf), np.zeros(extra)])
         empty_i, empty_f = np.array([], dtype=np.int32), np.array([], dtype=np.float64)
@@ -152,8 +237,8 @@ class RegionLP:
         self._optimal = highspy.HighsModelStatus.kOptimal
         self._infeasible = highspy.HighsModelStatus.kInfeasible
 
-    def nearest(self, eq_lhs: np.ndarray, eq_rhs: float) -> tuple[int, Optional[np.ndarray]]:
-        """``(0, r)`` for the nearest feasible ``r``; ``(2, None)`` if infeasible, ``(3, None)`` if the solver failed."""
+    def nearest(self, eq_lhs: np.ndarray, eq_rhs: float) -> tuple[LPStatus, Optional[np.ndarray]]:
+        """``(SOLVED, r)`` for the nearest feasible ``r``; ``(INFEASIBLE, None)`` or ``(FAILED, None)`` otherwise."""
         h = self._h
         for i in range(self._d):
             h.changeCoeff(self._eq_row, i, float(eq_lhs[i]))
@@ -161,8 +246,8 @@ class RegionLP:
         h.run()
         status = h.getModelStatus()
         if status == self._optimal:
-            return 0, np.array(h.getSolution().col_value[: self._d])
-        return (2 if status == self._infeasible else 3), None
+            return LPStatus.SOLVED, np.array(h.getSolution().col_value[: self._d])
+        return (LPStatus.INFEASIBLE if status == self._infeasible else LPStatus.FAILED), None
 
 
 def region_output_root(net, x: torch.Tensor, *, layer: int = 0, output: int = 0, norm: str = "l1", nonnegative: bool = True):
@@ -173,9 +258,13 @@ def region_output_root(net, x: torch.Tensor, *, layer: int = 0, output: int = 0,
     it in the closure of its region (up to a tenth of ``pattern_tol``; and ``>= 0`` if ``nonnegative``) with
     ``z_out = 0`` -- where ``f_k = relu(z_out)`` reaches zero.
 
-    Returns ``(exists (batch,) bool, roots (batch, D), status (batch,) int8)``;
-    ``roots`` holds the input where no such point exists (status 2).
+    Returns ``(exists (batch,) bool, roots (batch, D), status (batch,) int8)``
+    (:class:`LPStatus` values); ``roots`` holds the input where no such
+    point exists.
     """
+    net.check_layer(layer)
+    net.check_output(output)
+    check_bool(nonnegative, "nonnegative")
     x = net.check_input(x, from_layer=layer)
     region = region_constraints(net, x, layer, output)
     slack = region_slack(x.dtype)
@@ -191,4 +280,4 @@ def region_output_root(net, x: torch.Tensor, *, layer: int = 0, output: int = 0,
         if point is not None:
             roots[n] = point
     status_t = torch.from_numpy(status).to(x.device)
-    return status_t == 0, torch.from_numpy(roots).to(dtype=x.dtype, device=x.device), status_t
+    return status_t == LPStatus.SOLVED, torch.from_numpy(roots).to(dtype=x.dtype, device=x.device), status_t

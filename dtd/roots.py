@@ -16,9 +16,12 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .rootsets import ExplicitRoots, RootSet
+from .progress import progress
+from .regions import LPStatus, RegionLP, edge_steps, region_constraints
+from .rootsets import ExplicitRoots, RegionRootSet, RootSet, WalkRootSet
 from .rules import Rule, RuleLike
-from .tolerances import denominator_eps
+from .tolerances import DIVISION_GUARD, denominator_eps, region_slack
+from .validation import SEED_LIMIT, check_bool, check_int, check_number, check_probability, check_seed
 
 __all__ = [
     "RootFinder",
@@ -28,7 +31,22 @@ __all__ = [
     "RegionSamplingRoots",
     "MetropolisHastingsRoots",
     "WalkRootSet",
+    "DEFAULT_MEMORY_BUDGET",
+    "SERIAL_WALK_ELEMENTS",
 ]
+
+#: Entries of the walk's per-step tensors (points x chains x rows) below which
+#: :class:`MetropolisHastingsRoots` runs on one intra-op thread.
+SERIAL_WALK_ELEMENTS = 1 << 20
+
+#: Bytes the per-chunk work tensors of :class:`RegionSamplingRoots` may take
+#: (the points are processed in chunks, so memory stays flat in the batch size).
+DEFAULT_MEMORY_BUDGET = 256 << 20
+
+
+def _layer_seed(seed: int, layer: int) -> int:
+    """The seed of layer ``layer``'s generator: ``seed * 1009 + layer``, wrapped into ``[0, 2**63)`` (no overflow)."""
+    return (seed * 1009 + layer) % (SEED_LIMIT + 1)
 
 
 class RootFinder(abc.ABC):
@@ -70,9 +88,7 @@ class LinearRoots(RootFinder):
             self.rules = tuple(Rule.ensure(r) for r in rule)
         else:
             raise TypeError(f"rule must be a rule, a rule name or a non-empty list of them, got {rule!r}")
-        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0):
-            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
-        self.eps = eps
+        self.eps = None if eps is None else check_number(eps, "eps", minimum=0.0)
 
     def rule(self, k: int) -> Rule:
         """The rule used at layer ``k``."""
@@ -89,7 +105,7 @@ class LinearRoots(RootFinder):
 
     def find(self, net, k, a, relevance, *, output=0):
         eps = denominator_eps(a.dtype) if self.eps is None else self.eps
-        return self.rule(k).root_set(a, net.weight(k), relevance, eps)
+        return self.rule(k).root_set(a, net.weight(k), relevance, eps, layer=k)
 
     def describe(self, k: int) -> str:
         return repr(self.rule(k))
@@ -97,25 +113,6 @@ class LinearRoots(RootFinder):
     def __repr__(self) -> str:
         rules = list(self.rules) if isinstance(self.rules, tuple) else self.rules
         return f"LinearRoots({rules!r})"
-
-
-class RegionRootSet(ExplicitRoots):
-    """Roots found by a linear program, with why each (point, neuron) has or lacks one.
-
-    ``status`` ``(batch, J)``: 0 solved, 1 trivial (``R_j = 0``: the root is
-    ``a``), 2 no root in the region, 3 the solver failed (see
-    :data:`dtd.regions.LP_STATUS`).
-    """
-
-    def __init__(self, a, roots, valid, status):
-        super().__init__(a, roots, valid)
-        self.status = status
-
-    def counts(self) -> dict[str, int]:
-        """How many (point, neuron) pairs ended in each status."""
-        from .regions import LP_STATUS
-
-        return {name: int((self.status == code).sum()) for code, name in LP_STATUS.items()}
 
 
 class _InRegionFinder(RootFinder):
@@ -154,11 +151,9 @@ class RegionRoots(_InRegionFinder):
         if norm not in ("l1", "linf"):
             raise ValueError(f"norm must be 'l1' or 'linf', got {norm!r}")
         self.norm = norm
-        self.nonnegative = bool(nonnegative)
+        self.nonnegative = check_bool(nonnegative, "nonnegative")
 
     def find(self, net, k, a, relevance, *, output=0):
-        from .regions import RegionLP, region_constraints, region_slack
-
         slack = region_slack(a.dtype)
         region = region_constraints(net, a, k, output)
         weight = net.weight(k).to(torch.float64).cpu().numpy()
@@ -167,19 +162,20 @@ class RegionRoots(_InRegionFinder):
         A, c, sign = (t.cpu().numpy() for t in (region.A, region.c, region.sign))
         n_points, n_neurons = r64.shape
         roots = np.repeat(a64[:, None, :], n_neurons, axis=1)
-        status = np.ones((n_points, n_neurons), dtype=np.int8)  # trivial unless solved below
-        for n in range(n_points):
-            carrying = np.nonzero(r64[n])[0]
-            if carrying.size == 0:
-                continue
-            lp = RegionLP(a64[n], A[n], c[n], sign[n], norm=self.norm, nonnegative=self.nonnegative, slack=slack)
-            for j in carrying:
-                code, point = lp.nearest(weight[j], float(weight[j] @ a64[n] - r64[n, j]))
-                status[n, j] = code
-                if point is not None:
-                    roots[n, j] = point
+        status = np.full((n_points, n_neurons), LPStatus.TRIVIAL, dtype=np.int8)  # trivial unless solved below
+        with progress(n_points, f"RegionRoots layer {k}") as bar:
+            for n in range(n_points):
+                carrying = np.nonzero(r64[n])[0]
+                if carrying.size:
+                    lp = RegionLP(a64[n], A[n], c[n], sign[n], norm=self.norm, nonnegative=self.nonnegative, slack=slack)
+                    for j in carrying:
+                        code, point = lp.nearest(weight[j], float(weight[j] @ a64[n] - r64[n, j]))
+                        status[n, j] = code
+                        if point is not None:
+                            roots[n, j] = point
+                bar.update(1)
         status_t = torch.from_numpy(status).to(a.device)
-        valid = (status_t == 0) | (status_t == 1)
+        valid = (status_t == LPStatus.SOLVED) | (status_t == LPStatus.TRIVIAL)
         return RegionRootSet(a, torch.from_numpy(roots).to(dtype=a.dtype, device=a.device), valid, status_t)
 
     def describe(self, k: int) -> str:
@@ -208,44 +204,84 @@ class RegionSamplingRoots(_InRegionFinder):
     n_directions
         Rays per point.
     seed
-        Seed of the local generator of the directions (the global RNG is not used).
+        Seed of the local generator of the directions (the global RNG is not
+        used), an int in ``[0, 2**63 - 1]``; layer ``k`` uses
+        ``(seed * 1009 + k) mod 2**63``.
     nonnegative
         Clamp the rays to the domain ``root >= 0``.
+    memory_budget
+        Bytes the work tensors of one chunk of points may take; points are
+        processed in chunks (a multiple of 16 points), so memory stays flat
+        in the batch size.  The roots are identical for every budget.
+
+    Notes
+    -----
+    Searches on many points show a progress bar on a terminal (see
+    :mod:`dtd.progress`).
     """
 
-    def __init__(self, n_directions: int = 256, *, seed: int = 0, nonnegative: bool = True):
-        if isinstance(n_directions, bool) or not isinstance(n_directions, int) or n_directions < 1:
-            raise ValueError(f"n_directions must be a positive int, got {n_directions!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-        self.n_directions = n_directions
-        self.seed = seed
-        self.nonnegative = bool(nonnegative)
+    def __init__(self, n_directions: int = 256, *, seed: int = 0, nonnegative: bool = True, memory_budget: int = DEFAULT_MEMORY_BUDGET):
+        self.n_directions = check_int(n_directions, "n_directions", minimum=1)
+        self.seed = check_seed(seed)
+        self.nonnegative = check_bool(nonnegative, "nonnegative")
+        self.memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
 
-    def directions(self, n_points: int, width: int, layer: int) -> torch.Tensor:
-        """The unit directions ``(n_points, n_directions, width)`` (float64), reproducible per layer."""
-        generator = torch.Generator().manual_seed(self.seed * 1009 + layer)
+    def directions(self, n_points: int, width: int, layer: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The unit directions ``(n_points, n_directions, width)`` (float64), reproducible per layer.
+
+        ``generator``: continue the stream of an earlier call of the same layer
+        (the chunks of one search); default a fresh generator of the layer.
+        """
+        if generator is None:
+            generator = torch.Generator().manual_seed(_layer_seed(self.seed, layer))
         d = torch.randn(n_points, self.n_directions, width, generator=generator, dtype=torch.float64)
-        return d / d.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        return d / d.norm(dim=-1, keepdim=True).clamp_min(DIVISION_GUARD)
+
+    def chunk_points(self, n_rows: int, n_neurons: int, width: int) -> int:
+        """Points per chunk: the ``(points, rays, rows + neurons + width)`` float64 work tensors, about four times over, fit the budget.
+
+        A multiple of 16 points, so that drawing the directions chunk by chunk
+        continues torch's normal stream exactly where one draw for all points
+        would (its CPU sampler works in blocks of 16 values); with fewer than
+        16 values per point the points are not split.
+        """
+        per_point = 4 * 8 * self.n_directions * (n_rows + n_neurons + width)
+        if self.n_directions * width < 16:
+            return -1
+        return max(16, (self.memory_budget // per_point) // 16 * 16)
 
     def find(self, net, k, a, relevance, *, output=0):
-        from .regions import edge_steps, region_constraints, region_slack
-
         a64 = a.detach().to(torch.float64).cpu()
+        r64 = relevance.detach().to(torch.float64).cpu()
+        w = net.weight(k).to(torch.float64).cpu()
+        n_points, width = a64.shape
+        n_rows = sum(net.sizes[layer + 1] for layer in range(k, net.n_layers))
+        chunk = self.chunk_points(n_rows, w.shape[0], width)
+        chunk = n_points if chunk < 0 else chunk
+        generator = torch.Generator().manual_seed(_layer_seed(self.seed, k))
+        slack = region_slack(a.dtype)
+        roots = torch.empty(n_points, w.shape[0], width, dtype=torch.float64)
+        valid = torch.empty(n_points, w.shape[0], dtype=torch.bool)
+        with progress(n_points, f"RegionSamplingRoots layer {k}") as bar:
+            for start in range(0, n_points, chunk):
+                stop = min(n_points, start + chunk)
+                d = self.directions(stop - start, width, k, generator)
+                roots[start:stop], valid[start:stop] = self._search(net, k, a64[start:stop], r64[start:stop], w, d, output, slack)
+                bar.update(stop - start)
+        return ExplicitRoots(a, roots.to(dtype=a.dtype, device=a.device), valid.to(a.device))
+
+    def _search(self, net, k, a64, r64, w, d, output, slack):
+        """Roots ``(n, J, D)`` and validity ``(n, J)`` of the points ``a64`` ``(n, D)`` along the rays ``d`` ``(n, K, D)``."""
         region = region_constraints(net, a64, k, output)
-        d = self.directions(a64.shape[0], a64.shape[1], k)  # (N, K, D)
         if self.nonnegative:  # rays that leave a zero coordinate downwards would stop at once: reflect them
             d = torch.where((a64 <= 0).unsqueeze(1), d.abs(), d)
-        slack = region_slack(a.dtype)
         # region rows along the ray: g + s h >= -slack with g = sign (A a + c), h = sign A d
         g = region.sign * (torch.einsum("nmd,nd->nm", region.A, a64) + region.c)  # (N, M)
         h = region.sign.unsqueeze(-1) * torch.einsum("nmd,nkd->nmk", region.A, d)  # (N, M, K)
         s_edge = edge_steps(g.unsqueeze(-1), h, slack).amin(1)  # (N, K)
         if self.nonnegative:
-            to_zero = torch.where(d < 0, a64.unsqueeze(1) / -d.clamp(max=-1e-300), torch.full_like(d, float("inf")))
+            to_zero = torch.where(d < 0, a64.unsqueeze(1) / -d.clamp(max=-DIVISION_GUARD), torch.full_like(d, float("inf")))
             s_edge = torch.minimum(s_edge, to_zero.amin(-1))
-        w = net.weight(k).to(torch.float64).cpu()
-        r64 = relevance.detach().to(torch.float64).cpu()
         wd = torch.einsum("jd,nkd->njk", w, d)  # (N, J, K)
         s = -r64.unsqueeze(-1) / torch.where(wd != 0, wd, torch.ones_like(wd))
         feasible = (wd != 0) & (s >= 0) & (s <= s_edge.unsqueeze(1))
@@ -254,19 +290,10 @@ class RegionSamplingRoots(_InRegionFinder):
         valid = ~carries | torch.isfinite(best.values)
         step = torch.where(carries & valid, best.values, torch.zeros_like(best.values))  # (N, J)
         chosen = torch.gather(d, 1, best.indices.unsqueeze(-1).expand(-1, -1, d.shape[-1]))  # (N, J, D)
-        roots = a64.unsqueeze(1) + step.unsqueeze(-1) * chosen
-        return ExplicitRoots(a, roots.to(dtype=a.dtype, device=a.device), valid.to(a.device))
+        return a64.unsqueeze(1) + step.unsqueeze(-1) * chosen, valid
 
     def describe(self, k: int) -> str:
         return f"RegionSamplingRoots(n_directions={self.n_directions}, seed={self.seed})"
-
-
-class WalkRootSet(ExplicitRoots):
-    """Roots found on random walks; ``acceptance`` ``(batch,)`` is each point's share of accepted moves."""
-
-    def __init__(self, a, roots, valid, acceptance):
-        super().__init__(a, roots, valid)
-        self.acceptance = acceptance
 
 
 class MetropolisHastingsRoots(_InRegionFinder):
@@ -305,6 +332,16 @@ class MetropolisHastingsRoots(_InRegionFinder):
         Seed of the local generator (the global RNG is not used).
     nonnegative
         Confine the walks to ``root >= 0``.
+
+    Notes
+    -----
+    Every step is a few dozen batched tensor operations over all points and
+    chains at once.  While those tensors are small (below
+    :data:`SERIAL_WALK_ELEMENTS` entries) the walk runs on one intra-op
+    thread and restores torch's thread count afterwards: synchronising
+    threads costs more than such operations, and on a machine where another
+    process takes a core it made the walk ~17x slower (72 s instead of 4 s
+    for 50 points).  Long walks show a progress bar on a terminal.
     """
 
     def __init__(
@@ -317,33 +354,34 @@ class MetropolisHastingsRoots(_InRegionFinder):
         seed: int = 0,
         nonnegative: bool = True,
     ):
-        for name, value in (("n_chains", n_chains), ("n_steps", n_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf")):
-            raise ValueError(f"scale must be a positive finite number or None, got {scale!r}")
-        if isinstance(target_acceptance, bool) or not isinstance(target_acceptance, (int, float)) or not 0 < target_acceptance < 1:
-            raise ValueError(f"target_acceptance must be in (0, 1), got {target_acceptance!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-        self.n_chains, self.n_steps = n_chains, n_steps
-        self.scale = None if scale is None else float(scale)
-        self.target_acceptance = float(target_acceptance)
-        self.seed = seed
-        self.nonnegative = bool(nonnegative)
+        self.n_chains = check_int(n_chains, "n_chains", minimum=1)
+        self.n_steps = check_int(n_steps, "n_steps", minimum=1)
+        self.scale = None if scale is None else check_number(scale, "scale", minimum=0.0, strict_minimum=True)
+        self.target_acceptance = check_probability(target_acceptance, "target_acceptance")
+        self.seed = check_seed(seed)
+        self.nonnegative = check_bool(nonnegative, "nonnegative")
 
     def _scale(self, w: torch.Tensor, r64: torch.Tensor) -> torch.Tensor:
         """``(batch,)`` length scale of the target at each point."""
         if self.scale is not None:
             return torch.full(r64.shape[:1], self.scale, dtype=torch.float64)
-        distance = r64.abs() / w.norm(dim=1).clamp_min(1e-300)  # (N, J) distance to each root hyperplane
+        distance = r64.abs() / w.norm(dim=1).clamp_min(DIVISION_GUARD)  # (N, J) distance to each root hyperplane
         distance = torch.where(r64 != 0, distance, torch.full_like(distance, float("nan")))
         median = distance.nanmedian(dim=1).values
         return torch.where(torch.isfinite(median) & (median > 0), median, torch.ones_like(median))
 
     def find(self, net, k, a, relevance, *, output=0):
-        from .regions import edge_steps, region_constraints, region_slack
+        rows = sum(net.sizes[k + 1 :])
+        if a.shape[0] * self.n_chains * max(rows, a.shape[1]) > SERIAL_WALK_ELEMENTS:
+            return self._walk(net, k, a, relevance, output)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._walk(net, k, a, relevance, output)
+        finally:
+            torch.set_num_threads(threads)
 
+    def _walk(self, net, k, a, relevance, output):
         a64 = a.detach().to(torch.float64).cpu()
         r64 = relevance.detach().to(torch.float64).cpu()
         w = net.weight(k).to(torch.float64).cpu()
@@ -351,7 +389,7 @@ class MetropolisHastingsRoots(_InRegionFinder):
         A = region.sign.unsqueeze(-1) * region.A  # (N, M, D): inside iff A r + sc >= -slack (sign 0: a zero row, no constraint)
         sc = region.sign * region.c
         slack = region_slack(a.dtype)
-        generator = torch.Generator().manual_seed(self.seed * 1009 + k)
+        generator = torch.Generator().manual_seed(_layer_seed(self.seed, k))
         n, d = a64.shape
         chains = self.n_chains
         scale = self._scale(w, r64)  # (N,)
@@ -383,7 +421,9 @@ class MetropolisHastingsRoots(_InRegionFinder):
             roots.copy_(torch.where(better.unsqueeze(-1), chosen, roots))
             best.copy_(torch.where(better, nearest.values, best))
 
+        bar = progress(self.n_steps, f"MetropolisHastingsRoots layer {k}")
         for t in range(self.n_steps):
+            bar.update(1)
             proposal = x + step.unsqueeze(-1) * torch.randn(n, chains, d, generator=generator, dtype=torch.float64)
             if self.nonnegative:
                 proposal = proposal.abs()  # reflection at 0: a symmetric proposal on the half-space
@@ -403,6 +443,7 @@ class MetropolisHastingsRoots(_InRegionFinder):
             accepted += accept
             gain = (t + 1) ** -0.6
             step = step * torch.exp(gain * (accept.to(torch.float64) - self.target_acceptance))
+        bar.close()
         valid = ~carries | torch.isfinite(best)
         return WalkRootSet(
             a, roots.to(dtype=a.dtype, device=a.device), valid.to(a.device), (accepted.mean(1) / self.n_steps).to(a.device)

@@ -7,10 +7,13 @@ and materialise roots on demand, for a slice of points at a time:
 * :class:`AffineRoots` -- ``root_j = a - t_j v_j`` with a direction affine
   in the activations, ``v_j = a * P_j + Q_j`` (every neuron rule of DTD);
 * :class:`SharedRoots` -- one root per point for the whole layer (pinv);
-* :class:`ExplicitRoots` -- roots given as a tensor (any other finder).
+* :class:`ExplicitRoots` -- roots given as a tensor (any other finder);
+  :class:`RegionRootSet` and :class:`WalkRootSet` add what the in-region
+  finders report about each root.
 
 Each computes the relevances ``R_i = sum_j valid_j w_ji (a - root_j)_i``
-in the cheapest exact way its form allows.
+in the cheapest exact way its form allows.  :func:`root_equation_residual`
+is the one measure of how well a root solves its root equation.
 """
 
 from __future__ import annotations
@@ -20,7 +23,49 @@ from typing import Optional
 
 import torch
 
-__all__ = ["RootSet", "AffineRoots", "SharedRoots", "ExplicitRoots", "affine_direction"]
+from .regions import LPStatus
+from .tolerances import EQUATION_SCALE_FLOOR
+
+__all__ = [
+    "RootSet",
+    "AffineRoots",
+    "SharedRoots",
+    "ExplicitRoots",
+    "RegionRootSet",
+    "WalkRootSet",
+    "affine_direction",
+    "root_equation_residual",
+]
+
+
+def root_equation_residual(delta: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """``|w_j . (a - root_j) - R_j|`` relative to the terms' scale: ``(batch, J)``.
+
+    Parameters
+    ----------
+    delta
+        ``a - root``: ``(batch, J, D)`` with one root per neuron, or
+        ``(batch, D)`` with one root shared by the whole layer.
+    weight
+        ``(J, D)``.
+    relevance
+        ``R_j``: ``(batch, J)``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(batch, J)``: the residual divided by ``max(1, sum_i |w_ji| |delta_ji| + |R_j|)``
+        (:data:`~dtd.tolerances.EQUATION_SCALE_FLOOR`), so it is comparable
+        with :func:`~dtd.tolerances.equation_rtol` whatever the magnitudes.
+    """
+    if delta.dim() == 2:
+        reached = delta @ weight.T
+        scale = delta.abs() @ weight.abs().T
+    else:
+        reached = torch.einsum("njd,jd->nj", delta, weight)
+        scale = torch.einsum("njd,jd->nj", delta.abs(), weight.abs())
+    scale = scale + relevance.abs()
+    return (reached - relevance).abs() / scale.clamp_min(EQUATION_SCALE_FLOOR)
 
 
 def affine_direction(a: torch.Tensor, p: Optional[torch.Tensor], q: Optional[torch.Tensor]) -> torch.Tensor:
@@ -98,3 +143,28 @@ class ExplicitRoots(RootSet):
 
     def roots(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
         return self._roots[start:stop].clone()
+
+
+class RegionRootSet(ExplicitRoots):
+    """Roots found by a linear program, with why each (point, neuron) has or lacks one.
+
+    ``status`` ``(batch, J)`` int8: the :class:`~dtd.regions.LPStatus` of each
+    (point, neuron) -- solved, trivial (``R_j = 0``: the root is ``a``), no
+    root in the region, or the solver failed.
+    """
+
+    def __init__(self, a: torch.Tensor, roots: torch.Tensor, valid: torch.Tensor, status: torch.Tensor):
+        super().__init__(a, roots, valid)
+        self.status = status
+
+    def counts(self) -> dict[str, int]:
+        """How many (point, neuron) pairs ended in each status, keyed by :attr:`LPStatus.label`."""
+        return {code.label: int((self.status == code).sum()) for code in LPStatus}
+
+
+class WalkRootSet(ExplicitRoots):
+    """Roots found on random walks; ``acceptance`` ``(batch,)`` is each point's share of accepted moves."""
+
+    def __init__(self, a: torch.Tensor, roots: torch.Tensor, valid: torch.Tensor, acceptance: torch.Tensor):
+        super().__init__(a, roots, valid)
+        self.acceptance = acceptance

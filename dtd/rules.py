@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import math
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from .rootsets import AffineRoots, RootSet, SharedRoots, affine_direction
+from .rootsets import AffineRoots, RootSet, SharedRoots, affine_direction, root_equation_residual
+from .tolerances import equation_rtol
+from .validation import check_number, overflow_error
 
 __all__ = [
     "Rule", "ZPlus", "WSquare", "Gamma", "LRP0", "ZB", "Pinv", "RuleLike",
@@ -67,13 +68,16 @@ class Rule(abc.ABC):
         ``(batch, D)`` and weight ``(J, D)``."""
         return affine_direction(a, *self.direction_terms(weight))
 
-    def root_set(self, a: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor, eps: float) -> RootSet:
+    def root_set(
+        self, a: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor, eps: float, *, layer: Optional[int] = None
+    ) -> RootSet:
         """The roots of every neuron: the shared step of all neuron rules.
 
         ``root_j = a - t_j v_j`` with ``t_j = R_j / (w_j . v_j)``; a root
         exists iff ``|w_j . v_j| > eps`` or ``R_j = 0`` (then ``t_j = 0``,
         the trivial root ``a``).  Invalid roots get ``t_j = 0`` and must not
-        be used.
+        be used.  A denominator that overflows the dtype is a ``ValueError``
+        naming ``layer`` (never a silent zero or NaN relevance).
         """
         p, q = self.direction_terms(weight)
         denominator = torch.zeros_like(relevance)
@@ -81,6 +85,8 @@ class Rule(abc.ABC):
             denominator = a @ (weight * p).T
         if q is not None:
             denominator = denominator + (weight * q).sum(1)
+        if not bool(torch.isfinite(denominator).all()):
+            raise overflow_error(layer, a.dtype, f"the {self!r} denominators w_j . v_j")
         carries = relevance != 0
         valid = (denominator.abs() > eps) | ~carries
         use = valid & carries
@@ -106,14 +112,31 @@ class Rule(abc.ABC):
             return entry.default()
         raise TypeError(f"a rule must be a str or a dtd.rules.Rule, got {type(value).__name__} {value!r}")
 
+    def params(self) -> dict[str, Any]:
+        """The rule's parameters by name, as exact hashable values (floats, tuples of floats).
+
+        Equality, hashing and ``repr`` are defined by them: two rules are
+        equal iff they are of the same class with equal parameter values.
+        """
+        return {}
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        shown = ", ".join(f"{name}={_show(value)}" for name, value in self.params().items())
+        return f"{type(self).__name__}({shown})"
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and repr(self) == repr(other)
+        return type(self) is type(other) and self.params() == other.params()
 
     def __hash__(self) -> int:
-        return hash(repr(self))
+        return hash((type(self), tuple(self.params().items())))
+
+
+def _show(value) -> str:
+    """A parameter as text: the short ``%g`` form when it is exact, else the float's repr."""
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 RuleLike = Union[str, Rule]
@@ -331,11 +354,7 @@ class Gamma(Rule):
     name = "gamma"
 
     def __init__(self, gamma: float = 0.25):
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
-            raise ValueError(f"gamma must be a finite number, got {gamma!r}")
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
-        self.gamma = float(gamma)
+        self.gamma = check_number(gamma, "gamma", minimum=0.0)
 
     def check_domain(self, a: torch.Tensor) -> None:
         _nonnegative(a, self)
@@ -343,8 +362,8 @@ class Gamma(Rule):
     def direction_terms(self, weight):
         return 1 + self.gamma * _positive_weights(weight), None
 
-    def __repr__(self) -> str:
-        return f"Gamma(gamma={self.gamma!r})"
+    def params(self) -> dict[str, Any]:
+        return {"gamma": self.gamma}
 
 
 @register(
@@ -408,7 +427,12 @@ class ZB(Rule):
 
     @staticmethod
     def _show(value: torch.Tensor) -> str:
-        return f"{value.item():g}" if value.numel() == 1 else str(value.tolist())
+        return _show(ZB._value(value))
+
+    @staticmethod
+    def _value(bound: torch.Tensor):
+        """A bound as an exact hashable value: a float, or a tuple of floats for per-feature bounds."""
+        return bound.item() if bound.dim() == 0 else tuple(bound.tolist())
 
     @classmethod
     def for_data(cls, x: torch.Tensor, *, low: float = 0.0) -> "ZB":
@@ -436,8 +460,8 @@ class ZB(Rule):
         shift = torch.where(weight >= 0, low, high)  # (J, D)
         return torch.ones_like(weight), -shift
 
-    def __repr__(self) -> str:
-        return f"ZB(low={self._show(self.low)}, high={self._show(self.high)})"
+    def params(self) -> dict[str, Any]:
+        return {"low": self._value(self.low), "high": self._value(self.high)}
 
 
 @register(variants=[Variant("pinv", _fixed(lambda: Pinv()), {"must_hold", "reference"})])
@@ -455,11 +479,9 @@ class Pinv(Rule):
     def direction_terms(self, weight):
         raise TypeError("Pinv is a layer rule: it has no per-neuron direction; use root_set")
 
-    def root_set(self, a, weight, relevance, eps):
-        from .tolerances import equation_rtol
-
+    def root_set(self, a, weight, relevance, eps, *, layer=None):
         delta = relevance @ torch.linalg.pinv(weight).T  # (N, D)
-        reached = delta @ weight.T  # (N, J)
-        scale = (delta.abs() @ weight.abs().T) + relevance.abs()
-        valid = (reached - relevance).abs() <= equation_rtol(a.dtype) * scale.clamp_min(1.0)
+        if not bool(torch.isfinite(delta).all()):
+            raise overflow_error(layer, a.dtype, "the pinv step pinv(W) R")
+        valid = root_equation_residual(delta, weight, relevance) <= equation_rtol(a.dtype)
         return SharedRoots(a, delta, valid)

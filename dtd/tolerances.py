@@ -1,8 +1,10 @@
-"""Named numerical tolerances, tied to the floating-point type.
+"""Named numerical tolerances of the library, tied to the floating-point type.
 
-Every comparison in :mod:`dtd` and :mod:`properties` takes its tolerance from
-here, so that float32 and float64 runs are judged on the same footing and no
-literal is scattered over the code.
+Every numeric tolerance of :mod:`dtd` lives here, each with one line saying
+what it protects and why it has its value, so that float32 and float64 runs
+are judged on the same footing and no literal is scattered over the code.
+The suite's own thresholds (what counts as "holds") are in
+:mod:`properties.thresholds`.
 """
 
 from __future__ import annotations
@@ -10,15 +12,14 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "PROPERTY_ATOL",
+    "DIVISION_GUARD",
+    "EQUATION_SCALE_FLOOR",
+    "LP_FEASIBILITY_TOL",
     "denominator_eps",
     "equation_rtol",
     "pattern_tol",
+    "region_slack",
 ]
-
-#: Absolute tolerance of the seed notebook's questions ("output unchanged",
-#: "gradient differs") -- the paper's number, applied as given.
-PROPERTY_ATOL: float = 1e-6
 
 # |w_j . v_j| at or below this makes a closed-form root undefined (the root
 # would lie at infinity).  float32 keeps ~7 significant digits, so anything
@@ -32,6 +33,26 @@ _EQUATION_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2,
 # A pre-activation with |z| at or below this counts as on the boundary of its
 # linear region (closure of the region): it matches either side.
 _PATTERN_TOL = {torch.float64: 1e-9, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+#: Magnitude a divisor known to be non-zero (or whose quotient is masked out by
+#: ``torch.where``) is clamped away from 0 with: it only keeps the discarded branch
+#: free of 0/0; far below every real float64 value a quotient is taken of (smallest normal ~2.2e-308).
+DIVISION_GUARD: float = 1e-300
+
+#: Floor of the scale a residual is divided by (``max(1, terms)``): below it the
+#: residual is absolute, so identities between terms near 0 are not judged on noise.
+EQUATION_SCALE_FLOOR: float = 1.0
+
+#: Primal/dual feasibility tolerance asked of HiGHS for the region LPs: a hundred
+#: times above float64 rounding of O(1) rows, well below the smallest region slack (float64: 1e-10).
+LP_FEASIBILITY_TOL: float = 1e-10
+
+# How far outside a region boundary an in-region finder's root may lie, as pattern_tol
+# divided by this: the network's own rounding puts roots a hair outside a boundary they lie
+# on (every top-layer root sits on the output's hinge); a tenth of what the closure
+# accepts keeps such roots while any root the finders return still counts as in the closure.
+_REGION_SLACK_DIVISOR = 10
 
 
 def _lookup(table: dict, dtype: torch.dtype, what: str) -> float:
@@ -54,3 +75,8 @@ def equation_rtol(dtype: torch.dtype) -> float:
 def pattern_tol(dtype: torch.dtype) -> float:
     """Pre-activations within this of zero match either ReLU state."""
     return _lookup(_PATTERN_TOL, dtype, "pattern tolerance")
+
+
+def region_slack(dtype: torch.dtype) -> float:
+    """How far outside a region's boundary the in-region finders' roots may lie: a tenth of :func:`pattern_tol`."""
+    return pattern_tol(dtype) / _REGION_SLACK_DIVISOR

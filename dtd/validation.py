@@ -12,7 +12,18 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-__all__ = ["check_int", "check_number", "check_bool", "check_probability", "check_seed", "SEED_LIMIT"]
+import torch
+
+__all__ = [
+    "check_int",
+    "check_number",
+    "check_bool",
+    "check_probability",
+    "check_seed",
+    "check_finite_layer",
+    "overflow_error",
+    "SEED_LIMIT",
+]
 
 #: the largest seed torch's generators and numpy accept without overflow (a signed 64-bit value)
 SEED_LIMIT = 2**63 - 1
@@ -71,3 +82,22 @@ def check_bool(value, name: str) -> bool:
 def check_seed(value, name: str = "seed") -> int:
     """A seed for a local generator: an int in ``[0, 2**63 - 1]``."""
     return check_int(value, name, minimum=0, maximum=SEED_LIMIT)
+
+
+def overflow_error(layer: Optional[int], dtype: torch.dtype, what: str) -> ValueError:
+    """The error for values a computation produced that are no longer finite (overflow, or inf - inf).
+
+    Names the layer and the dtype and says how to fix it; never return such
+    values as results (NaN or all-zero relevance would pass silently).
+    """
+    where = "the network" if layer is None else f"layer {layer}"
+    kind = str(dtype).replace("torch.", "")
+    fix = "rescale the weights, inputs or rule parameters" if dtype == torch.float64 else "use float64 or rescale the weights or inputs"
+    return ValueError(f"{where} overflows {kind}: {what} are not finite; {fix}")
+
+
+def check_finite_layer(values: torch.Tensor, layer: Optional[int], what: str) -> torch.Tensor:
+    """``values`` itself; :func:`overflow_error` unless every entry is finite (one reduction)."""
+    if not bool(torch.isfinite(values).all()):
+        raise overflow_error(layer, values.dtype, what)
+    return values

@@ -14,7 +14,12 @@ from typing import Optional
 import torch
 
 from dtd import Decomposition, ReLUNetwork
-from dtd.tolerances import PROPERTY_ATOL, pattern_tol
+from dtd.regions import region_pre_activations
+from dtd.rootsets import root_equation_residual as _residual
+from dtd.tolerances import EQUATION_SCALE_FLOOR, pattern_tol
+from dtd.validation import check_int, check_number
+
+from .thresholds import PROPERTY_ATOL
 
 __all__ = [
     "RootOutcomes",
@@ -24,7 +29,6 @@ __all__ = [
     "SegmentOutcomes",
     "segment_outcomes",
     "with_roots",
-    "CONSERVED_SHARE",
     "DEFAULT_MEMORY_BUDGET",
 ]
 
@@ -108,27 +112,10 @@ def chunk_points(net: ReLUNetwork, layer: int, memory_budget: int) -> int:
     pre-activations of every layer above, about four times over while the
     outcomes are formed.
     """
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1:
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    check_int(memory_budget, "memory_budget", minimum=1)
     sizes = net.sizes
     per_point = 4 * sizes[layer + 1] * (sizes[layer] + sum(sizes[layer + 1 :])) * net.weight(0).element_size()
     return max(1, memory_budget // per_point)
-
-
-def _region_pre_activations(zs: list[torch.Tensor], net: ReLUNetwork, layer: int, output: int) -> torch.Tensor:
-    """The pre-activations that decide ``f_k``'s linear region, side by side: ``(rows, neurons)``.
-
-    Every hidden ReLU of the layers ``>= k`` and the explained output neuron
-    (other output neurons do not enter ``f``); a last layer without ReLU has
-    no state.
-    """
-    last = len(zs) - 1
-    parts = [
-        z[:, output : output + 1] if offset == last else z
-        for offset, z in enumerate(zs)
-        if net.has_relu(layer + offset)
-    ]
-    return torch.cat(parts, dim=1) if parts else zs[0][:, :0]
 
 
 def _compare_regions(zs_r, zs_a, net, layer, output, n_roots):
@@ -139,9 +126,9 @@ def _compare_regions(zs_r, zs_a, net, layer, output, n_roots):
     clearly active on one side and clearly inactive on the other.
     """
     tol = pattern_tol(zs_a[0].dtype)
-    z_r = _region_pre_activations(zs_r, net, layer, output)
+    z_r = region_pre_activations(net, zs_r, layer, output)
     z_r = z_r.reshape(-1, n_roots, z_r.shape[1])
-    z_a = _region_pre_activations(zs_a, net, layer, output).unsqueeze(1)
+    z_a = region_pre_activations(net, zs_a, layer, output).unsqueeze(1)
     r_pos, a_pos = z_r > tol, z_a > tol
     same = _all_last(r_pos == a_pos)
     # a root with the input's active set is in the closure; test only the others
@@ -167,11 +154,6 @@ def _any_last(mask: torch.Tensor) -> torch.Tensor:
     if mask.shape[-1] == 0:
         return torch.zeros(mask.shape[:-1], dtype=torch.bool, device=mask.device)
     return mask.view(torch.uint8).amax(-1).bool()
-
-
-def _output(net: ReLUNetwork, zs: list[torch.Tensor], output: int) -> torch.Tensor:
-    z = zs[-1][:, output]
-    return torch.relu(z) if net.final_relu else z
 
 
 def root_outcomes(
@@ -216,8 +198,7 @@ def root_outcomes(
         raise TypeError(f"dec must be a dtd.Decomposition, got {type(dec).__name__}")
     net.check_layer(layer)
     output = dec.output if output is None else net.check_output(output)
-    if not (isinstance(atol, (int, float)) and not isinstance(atol, bool) and atol >= 0):
-        raise ValueError(f"atol must be a number >= 0, got {atol!r}")
+    atol = check_number(atol, "atol", minimum=0.0)
     chunk = chunk_points(net, layer, memory_budget)
     lay = dec.layers[layer]
     if lay.input.shape[1] != net.layers[layer].in_features:
@@ -236,8 +217,8 @@ def root_outcomes(
         roots = lay.root_chunk(start, stop)
         zs_a = net.pre_activations(lay.input[start:stop], from_layer=layer)
         zs_r = net.pre_activations(roots.reshape(-1, width), from_layer=layer)
-        f_a[start:stop] = _output(net, zs_a, output)
-        f_r[start:stop] = _output(net, zs_r, output).reshape(-1, n_roots)
+        f_a[start:stop] = net.output_from_pre_activations(zs_a, output)
+        f_r[start:stop] = net.output_from_pre_activations(zs_r, output).reshape(-1, n_roots)
         g_a = net.gradient_from_pre_activations(zs_a, output, from_layer=layer, threshold=tol)
         same, region[start:stop] = _compare_regions(zs_r, zs_a, net, layer, output, n_roots)
         idx = (~same).reshape(-1).nonzero().squeeze(1)
@@ -268,14 +249,10 @@ def root_equation_residual(net: ReLUNetwork, dec: Decomposition, layer: int) -> 
     """``(batch, J)``: ``|w_j . (a - root_j) - R_j|`` relative to the terms' scale (0 for invalid roots).
 
     Values above :func:`dtd.tolerances.equation_rtol` mean the root
-    equation fails.
+    equation fails.  The measure is :func:`dtd.rootsets.root_equation_residual`.
     """
     lay = dec.layers[layer]
-    weight = net.weight(layer)
-    delta = lay.input.unsqueeze(1) - lay.roots
-    reached = torch.einsum("njd,jd->nj", delta, weight)
-    scale = torch.einsum("njd,jd->nj", delta.abs(), weight.abs()) + lay.upper_relevance.abs()
-    residual = (reached - lay.upper_relevance).abs() / scale.clamp_min(1.0)
+    residual = _residual(lay.input.unsqueeze(1) - lay.roots, net.weight(layer), lay.upper_relevance)
     return torch.where(lay.root_valid, residual, torch.zeros_like(residual))
 
 
@@ -283,12 +260,10 @@ def conservation_residual(dec: Decomposition, layer: int) -> torch.Tensor:
     """``(batch,)``: ``|sum_i R_i - sum_j R_j|`` over valid roots, relative to ``max(1, sum_j |R_j|)``."""
     lay = dec.layers[layer]
     upper = torch.where(lay.root_valid, lay.upper_relevance, torch.zeros_like(lay.upper_relevance))
-    scale = upper.abs().sum(1).clamp_min(1.0)
+    scale = upper.abs().sum(1).clamp_min(EQUATION_SCALE_FLOOR)
     return (lay.relevance.sum(1) - upper.sum(1)).abs() / scale
 
 
-#: full-backward DTD counts a point as conserving when |f(x) - sum_i R_i| <= this share of f(x)
-CONSERVED_SHARE = 0.01
 
 
 def with_roots(dec: Decomposition, layer: int, root_set) -> Decomposition:
@@ -330,7 +305,7 @@ def segment_outcomes(
     """
     n, j, d = roots.shape
     zs, f_a, grad_a = net.evaluate(a, output, from_layer=layer)
-    interior = (_region_pre_activations(zs, net, layer, output).abs() > pattern_tol(a.dtype)).all(1)
+    interior = (region_pre_activations(net, zs, layer, output).abs() > pattern_tol(a.dtype)).all(1)
     flat_roots = roots.reshape(n * j, d)
     mid = (a.unsqueeze(1) + roots).reshape(n * j, d) / 2
     grad_mid = net.input_gradient(mid, output, from_layer=layer).reshape(n, j, d)

@@ -36,6 +36,8 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
+from dtd.validation import check_int, check_probability
+
 __all__ = ["Rate", "Tally", "compare", "STATUSES", "DEFAULT_CONFIDENCE"]
 
 DEFAULT_CONFIDENCE = 0.99
@@ -45,9 +47,7 @@ STATUSES = ("ok", "regression", "new")
 
 
 def _check_confidence(confidence: float) -> float:
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    return float(confidence)
+    return check_probability(confidence, "confidence")
 
 
 def wilson_interval(successes: float, trials: float, confidence: float) -> tuple[float, float]:
@@ -85,9 +85,7 @@ class Rate:
 
     def __post_init__(self):
         for name in ("successes", "trials"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+            check_int(getattr(self, name), name, minimum=0)
         if self.successes > self.trials:
             raise ValueError(f"successes ({self.successes}) exceed trials ({self.trials})")
         _check_confidence(self.confidence)

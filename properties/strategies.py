@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 from hypothesis import assume
 from hypothesis import strategies as st
 
 from dtd import ReLUNetwork, rules as R
 from dtd.network import INITS
+from dtd.validation import check_int, check_number, check_seed
 
 __all__ = ["networks", "nonnegative_inputs", "rules", "variants", "cases", "sample_cases", "CaseSpace", "Case", "SEED_MAX"]
 
@@ -26,13 +28,11 @@ Bounds = Union[int, tuple[int, int]]
 
 
 def _bounds(value: Bounds, name: str, minimum: int = 1) -> tuple[int, int]:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a (min, max) pair of ints, got {value!r}")
-    if isinstance(value, int):
+    if not isinstance(value, tuple):
         value = (value, value)
-    if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+    if len(value) != 2:
         raise TypeError(f"{name} must be an int or a (min, max) pair of ints, got {value!r}")
-    low, high = value
+    low, high = (check_int(v, name) for v in value)
     if low < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     if low > high:
@@ -166,8 +166,7 @@ class CaseSpace:
             raise ValueError(f"init must be one of {INITS} or a non-empty sequence of them, got {self.init!r}")
         object.__setattr__(self, "init", inits)
         _check_dtype(self.dtype)
-        if isinstance(self.min_output, bool) or not isinstance(self.min_output, (int, float)):
-            raise TypeError(f"min_output must be a number, got {self.min_output!r}")
+        check_number(self.min_output, "min_output")
 
     def build(self, sizes: list[int], init: str, seed: int, output: int, n: int, input_seed: int) -> Optional[Case]:
         """The case these draws describe, or None when ``output`` is dead (no input reaches ``min_output``)."""
@@ -207,12 +206,9 @@ def sample_cases(count: int, *, seed: int, max_tries: int = 100, **bounds) -> li
     ``ValueError``.  Reproducible from ``seed`` alone; never touches torch's
     global RNG.
     """
-    import numpy as np
-
     space = CaseSpace(**bounds)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise ValueError(f"count must be an int >= 0, got {count!r}")
-    rng = np.random.default_rng(seed)
+    check_int(count, "count", minimum=0)
+    rng = np.random.default_rng(check_seed(seed))
 
     def uniform(bounds: tuple[int, int]) -> int:
         return int(rng.integers(bounds[0], bounds[1] + 1))

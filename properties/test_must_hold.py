@@ -7,12 +7,11 @@ shows the shrunk network's sizes, weights and inputs.
 from __future__ import annotations
 
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 import dtd
-from dtd import rules as R
+from dtd.rootsets import root_equation_residual as root_equation_residual_of
 from dtd.tolerances import equation_rtol, pattern_tol
 from properties.checks import conservation_residual, root_equation_residual, root_outcomes, segment_outcomes
 from properties.strategies import cases, variants
@@ -56,14 +55,17 @@ def test_zplus_relevance_is_nonnegative(case):
 
 @given(case=cases(n=(1, 16)), rule=ANY_RULE.filter(lambda v: v.label != "pinv"))
 def test_top_layer_root_lies_on_the_hinge(case, rule):
-    """The explained output's root satisfies w . root + b = 0 (its relevance is z = f(x) > 0)."""
+    """The explained output's root satisfies w . root + b = 0 (its relevance is z = f(x) > 0).
+
+    With R = z(a) = w . a + b, that is the root equation w . (a - root) = R of the output neuron.
+    """
     dec = dtd.train_free(case.net, case.x, rule=_rule_for(case, rule), output=case.output)
     top = dec.layers[-1]
     k = case.net.n_layers - 1
     valid = top.root_valid[:, case.output]
-    z_root = top.roots[:, case.output, :] @ case.net.weight(k)[case.output] + case.net.bias(k)[case.output]
-    scale = (top.roots[:, case.output, :].abs() @ case.net.weight(k)[case.output].abs()) + case.net.bias(k)[case.output].abs()
-    off = (z_root.abs() / scale.clamp_min(1.0))[valid]
+    z_a = case.net.pre_activations(top.input, from_layer=k)[-1][:, case.output : case.output + 1]
+    delta = (top.input - top.roots[:, case.output, :]).unsqueeze(1)
+    off = root_equation_residual_of(delta, case.net.weight(k)[case.output : case.output + 1], z_a)[:, 0][valid]
     worst = float(off.max()) if off.numel() else 0.0
     assert worst <= equation_rtol(case.x.dtype), f"rule {rule.label}: top root off the hinge by {worst:.3g}\n{case.describe()}"
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import dtd
-from dtd.tolerances import PROPERTY_ATOL, pattern_tol
+from dtd.tolerances import pattern_tol
+from properties.thresholds import PROPERTY_ATOL
 from properties.checks import chunk_points, root_outcomes
 
 ATOL64 = 1e-12

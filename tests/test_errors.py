@@ -56,7 +56,8 @@ def test_train_free_refuses(call, exception, message):
 RULE_CASES = [
     ("gamma < 0", lambda: R.Gamma(-0.1), ValueError, "gamma must be >= 0"),
     ("gamma nan", lambda: R.Gamma(float("nan")), ValueError, "finite"),
-    ("gamma str", lambda: R.Gamma("1"), ValueError, "finite number"),
+    ("gamma str", lambda: R.Gamma("1"), TypeError, "gamma must be a number"),
+    ("gamma inf", lambda: R.Gamma(math.inf), ValueError, "finite"),
     ("zB low > high", lambda: R.ZB(1.0, 0.0), ValueError, "low must be <= high"),
     ("zB per-feature low > high", lambda: R.ZB(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 1.0])), ValueError, "low must be <= high"),
     ("zB 2-D bound", lambda: R.ZB(torch.zeros(2, 2), 1.0), ValueError, "1-D"),
@@ -66,6 +67,7 @@ RULE_CASES = [
     ("ensure unknown", lambda: R.Rule.ensure("z-"), ValueError, "known rules"),
     ("ensure int", lambda: R.Rule.ensure(0), TypeError, "str or a dtd.rules.Rule"),
     ("finder eps", lambda: dtd.LinearRoots("z+", eps=-1.0), ValueError, "eps"),
+    ("finder eps str", lambda: dtd.LinearRoots("z+", eps="1e-6"), TypeError, "eps must be a number"),
     ("finder empty", lambda: dtd.LinearRoots([]), TypeError, "non-empty"),
 ]
 
@@ -109,3 +111,57 @@ def test_rule_ensure_maps_every_name():
     rule = R.Gamma(2.0)
     assert R.Rule.ensure(rule) is rule
     assert R.Gamma(2.0) == R.Gamma(2) and R.Gamma(2.0) != R.Gamma(1.0)
+
+
+# One rule at every call site: a wrong type is a TypeError, a wrong value a ValueError (dtd.validation).
+CALL_SITE_CASES = [
+    ("sampling n_directions float", lambda: dtd.RegionSamplingRoots(n_directions=1.5), TypeError, "n_directions must be an int"),
+    ("sampling n_directions 0", lambda: dtd.RegionSamplingRoots(n_directions=0), ValueError, "n_directions must be >= 1"),
+    ("sampling seed 2**63", lambda: dtd.RegionSamplingRoots(seed=2**63), ValueError, "seed must be <="),
+    ("sampling seed negative", lambda: dtd.RegionSamplingRoots(seed=-1), ValueError, "seed must be >= 0"),
+    ("sampling nonnegative 'no'", lambda: dtd.RegionSamplingRoots(nonnegative="no"), TypeError, "nonnegative must be True or False"),
+    ("sampling memory_budget", lambda: dtd.RegionSamplingRoots(memory_budget=0), ValueError, "memory_budget must be >= 1"),
+    ("region nonnegative 1", lambda: dtd.RegionRoots(nonnegative=1), TypeError, "nonnegative must be True or False"),
+    ("walk n_chains bool", lambda: dtd.MetropolisHastingsRoots(n_chains=True), TypeError, "n_chains must be an int"),
+    ("walk n_steps 0", lambda: dtd.MetropolisHastingsRoots(n_steps=0), ValueError, "n_steps must be >= 1"),
+    ("walk scale 0", lambda: dtd.MetropolisHastingsRoots(scale=0.0), ValueError, "scale must be > 0"),
+    ("walk scale str", lambda: dtd.MetropolisHastingsRoots(scale="1"), TypeError, "scale must be a number"),
+    ("walk acceptance 1", lambda: dtd.MetropolisHastingsRoots(target_acceptance=1.0), ValueError, "target_acceptance must be < 1"),
+    ("walk seed float", lambda: dtd.MetropolisHastingsRoots(seed=0.5), TypeError, "seed must be an int"),
+    ("full_backward budget 0", lambda: dtd.full_backward(NET, X, root_finder=dtd.LinearRoots(), budget=0), ValueError, "budget must be >= 1"),
+    ("full_backward budget float", lambda: dtd.full_backward(NET, X, root_finder=dtd.LinearRoots(), budget=1e6), TypeError, "budget must be an int"),
+    ("estimate_cost negative", lambda: dtd.estimate_cost(NET, -5), ValueError, "n_points must be >= 0"),
+    ("estimate_cost float", lambda: dtd.estimate_cost(NET, 2.0), TypeError, "n_points must be an int"),
+    ("layer str", lambda: NET.check_layer("0"), TypeError, "layer must be an int"),
+    ("sample min_output str", lambda: NET.sample_inputs(3, min_output="0.1"), TypeError, "min_output must be a number"),
+    ("region_output_root layer 5", lambda: dtd.regions.region_output_root(NET, X, layer=5), ValueError, r"layer must be in \[0, 1\]"),
+    ("region_output_root output 9", lambda: dtd.regions.region_output_root(NET, X, output=9), ValueError, "output must be in"),
+    ("region_output_root nonnegative", lambda: dtd.regions.region_output_root(NET, X, nonnegative="yes"), TypeError, "nonnegative must be True or False"),
+    ("gradient from_layer 5", lambda: NET.input_gradient(X, 0, from_layer=5), ValueError, "from_layer must be in"),
+]
+
+
+@pytest.mark.parametrize("call, exception, message", [pytest.param(*c[1:], id=c[0]) for c in CALL_SITE_CASES])
+def test_call_sites_refuse(call, exception, message):
+    with pytest.raises(exception, match=message):
+        call()
+
+
+def test_suite_call_sites_refuse():
+    from properties import checks, stats, strategies
+
+    dec = dtd.train_free(NET, X)
+    with pytest.raises(TypeError, match="atol must be a number"):
+        checks.root_outcomes(NET, dec, atol="1e-6")
+    with pytest.raises(ValueError, match="memory_budget must be >= 1"):
+        checks.root_outcomes(NET, dec, memory_budget=0)
+    with pytest.raises(TypeError, match="confidence must be a number"):
+        stats.Rate(1, 2, confidence=True)
+    with pytest.raises(TypeError, match="count must be an int"):
+        strategies.sample_cases(1.0, seed=0)
+    with pytest.raises(ValueError, match="count must be >= 0"):
+        strategies.sample_cases(-1, seed=0)
+    with pytest.raises(TypeError, match="depth must be an int"):
+        strategies.CaseSpace(depth=True)
+    with pytest.raises(TypeError, match="min_output must be a number"):
+        strategies.CaseSpace(min_output="0")

@@ -63,9 +63,12 @@ def test_directions_are_reproducible_and_leave_the_global_rng_alone(make):
     assert all(torch.equal(la.roots, lb.roots) for la, lb in zip(a.layers, b.layers))
 
 
-@pytest.mark.parametrize("kwargs, message", [({"n_directions": 0}, "n_directions"), ({"seed": -1}, "seed"), ({"n_directions": 2.5}, "n_directions")])
-def test_region_sampling_refuses_bad_arguments(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+@pytest.mark.parametrize(
+    "kwargs, exception, message",
+    [({"n_directions": 0}, ValueError, "n_directions"), ({"seed": -1}, ValueError, "seed"), ({"n_directions": 2.5}, TypeError, "n_directions")],
+)
+def test_region_sampling_refuses_bad_arguments(kwargs, exception, message):
+    with pytest.raises(exception, match=message):
         dtd.RegionSamplingRoots(**kwargs)
 
 
@@ -94,18 +97,18 @@ def test_walk_roots_are_the_nearest_crossing_found_no_farther_than_a_longer_walk
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, exception, message",
     [
-        ({"n_chains": 0}, "n_chains"),
-        ({"n_steps": 1.5}, "n_steps"),
-        ({"scale": 0.0}, "scale"),
-        ({"scale": float("nan")}, "scale"),
-        ({"target_acceptance": 1.0}, "target_acceptance"),
-        ({"seed": -2}, "seed"),
+        ({"n_chains": 0}, ValueError, "n_chains"),
+        ({"n_steps": 1.5}, TypeError, "n_steps"),
+        ({"scale": 0.0}, ValueError, "scale"),
+        ({"scale": float("nan")}, ValueError, "scale"),
+        ({"target_acceptance": 1.0}, ValueError, "target_acceptance"),
+        ({"seed": -2}, ValueError, "seed"),
     ],
 )
-def test_walk_refuses_bad_arguments(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_walk_refuses_bad_arguments(kwargs, exception, message):
+    with pytest.raises(exception, match=message):
         dtd.MetropolisHastingsRoots(**kwargs)
 
 

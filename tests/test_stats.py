@@ -76,18 +76,20 @@ def test_from_mask_and_tally_agree():
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, exception, message",
     [
-        ((3, 2), "exceed trials"),
-        ((-1, 2), "successes must be an int >= 0"),
-        ((1, 2.0), "trials must be an int"),
-        ((1, 2, 1.5), "confidence"),
-        ((1, 2, 0.99, ((1, 1), (1, 2))), "add up"),
-        ((1, 2, 0.99, ((2, 1), (-1, 1))), "every cluster"),
+        ((3, 2), ValueError, "exceed trials"),
+        ((-1, 2), ValueError, "successes must be >= 0"),
+        ((1, 2.0), TypeError, "trials must be an int"),
+        ((1, True), TypeError, "trials must be an int"),
+        ((1, 2, 1.5), ValueError, "confidence"),
+        ((1, 2, "0.9"), TypeError, "confidence must be a number"),
+        ((1, 2, 0.99, ((1, 1), (1, 2))), ValueError, "add up"),
+        ((1, 2, 0.99, ((2, 1), (-1, 1))), ValueError, "every cluster"),
     ],
 )
-def test_rate_refuses_bad_arguments(args, message):
-    with pytest.raises(ValueError, match=message):
+def test_rate_refuses_bad_arguments(args, exception, message):
+    with pytest.raises(exception, match=message):
         Rate(*args)
 
 
