@@ -153,6 +153,11 @@ def _describe(name: str, module: nn.Module) -> str:
 
 
 def _check_hooks(name: str, module: nn.Module) -> None:
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+        raise ValueError(
+            f"{_describe(name, module)} has uninitialised parameters: run the model once on an input of its shape "
+            "(or use the module's non-lazy counterpart) before lowering it"
+        )
     hooks = [kind for kind in ("_forward_hooks", "_forward_pre_hooks") if getattr(module, kind, None)]
     if hooks:
         kinds = " and ".join("forward hooks" if h == "_forward_hooks" else "forward pre-hooks" for h in hooks)

@@ -83,6 +83,11 @@ class ReLUNetwork(nn.Module):
         for index, layer in enumerate(layers):
             if not isinstance(layer, nn.Linear):
                 raise TypeError(f"layer {index} must be nn.Linear, got {type(layer).__name__}")
+            if isinstance(layer.weight, nn.parameter.UninitializedParameter):
+                raise ValueError(
+                    f"layer {index} ({type(layer).__name__}) has uninitialised parameters: run the module once on an "
+                    "input (or build an nn.Linear with explicit sizes) before wrapping it"
+                )
             if type(layer) is not nn.Linear:
                 raise TypeError(
                     f"layer {index} is {type(layer).__name__}, a subclass of nn.Linear: only nn.Linear itself is "
@@ -316,17 +321,9 @@ class ReLUNetwork(nn.Module):
         return ReLUNetwork(list(self.layers)[from_layer:], final_relu=self.final_relu)
 
     def check_parameters(self) -> None:
-        """Raise ``ValueError`` if any weight or bias is NaN, infinite or has no values.
-
-        Parameters without values are those of an ``nn.LazyLinear`` that never
-        ran and of a network on the ``meta`` device.
+        """Raise ``ValueError`` if any weight or bias is NaN, infinite or has no values (a network on the
+        ``meta`` device; an ``nn.LazyLinear`` that never ran is refused when the network is built).
         """
-        for k, layer in enumerate(self.layers):
-            if isinstance(layer.weight, nn.parameter.UninitializedParameter):
-                raise ValueError(
-                    f"layer {k} ({type(layer).__name__}) has uninitialised parameters: run the module once on an "
-                    "input (or build an nn.Linear with explicit sizes) before wrapping it"
-                )
         if self.device.type == "meta":
             raise ValueError(
                 "the network is on the meta device (its parameters have no values): materialise it first, "

@@ -134,9 +134,10 @@ def test_meta_device_network_is_a_clear_error():
 
 
 def test_uninitialised_lazy_linear_is_a_clear_error():
-    net = dtd.ReLUNetwork.from_sequential(nn.Sequential(nn.LazyLinear(3), nn.ReLU(), nn.Linear(3, 2)))
+    with pytest.raises(ValueError, match=r"module '0' \(LazyLinear\) has uninitialised parameters: run the model once"):
+        dtd.ReLUNetwork.from_sequential(nn.Sequential(nn.LazyLinear(3), nn.ReLU(), nn.Linear(3, 2)))
     with pytest.raises(ValueError, match=r"layer 0 \(LazyLinear\) has uninitialised parameters"):
-        dtd.train_free(net, torch.rand(3, 4))
+        dtd.ReLUNetwork([nn.LazyLinear(3), nn.Linear(3, 2)])
 
 
 def test_largest_seed_runs_and_layer_seeds_do_not_overflow():
