@@ -208,9 +208,9 @@ def store(config) -> Store:
 
 def recorder(request) -> PropertyReport:
     """A :class:`PropertyReport` for the requesting test (the ``property_report`` fixture)."""
-    recorder = PropertyReport(store(request.config), request.node.nodeid, gate=_update_mode(request.config) is None)
-    request.node.stash[_RECORDER_KEY] = recorder
-    return recorder
+    made = PropertyReport(store(request.config), request.node.nodeid, gate=_update_mode(request.config) is None)
+    request.node.stash[_RECORDER_KEY] = made
+    return made
 
 
 def _update_mode(config) -> Optional[str]:
@@ -236,11 +236,14 @@ def pytest_configure(config):
     confidence = config.getoption("--property-confidence")
     try:
         confidence = DEFAULT_CONFIDENCE if confidence is None else check_probability(confidence, "--property-confidence")
-        seed = config.getoption("--property-seed")
+    except ValueError as error:
+        raise pytest.UsageError(f"{error}: --property-confidence must be in (0, 1), e.g. 0.99") from None
+    seed = config.getoption("--property-seed")
+    try:
         if seed is not None:
             check_int(seed, "--property-seed", minimum=0, maximum=SEED_MAXIMUM)
     except ValueError as error:
-        raise pytest.UsageError(f"{error} (--property-confidence must be in (0, 1), --property-seed in [0, 2**32 - 1])") from None
+        raise pytest.UsageError(f"{error}: --property-seed must be in [0, 2**32 - 1]") from None
     update = _update_mode(config)
     path = _baseline_path(config)
     try:
