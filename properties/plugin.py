@@ -1,19 +1,30 @@
-"""pytest plugin: the ``properties`` marker, the ``property_report`` fixture, the gate and the report.
+"""pytest plugin: the gate and the report of the DTD property suite.
+
+This module is the heavy half of the plugin (it imports torch).  The options,
+the ``properties`` marker and the ``property_report`` / ``property_report_seed``
+fixtures live in the tiny entry-point module :mod:`dtd_properties_pytest`,
+which registers this module only when a run uses the suite (see there); this
+module loads that one (``pytest_plugins``), so ``-p properties.plugin`` or a
+conftest's ``pytest_plugins = ["properties.plugin"]`` works with or without
+the installed entry point and registers every option once.
 
 Options
 -------
 ``--property-report DIR``
     Where ``report.json``, ``report.md`` and the plots go (default ``property-report``).
 ``--update-baseline``
-    Rewrite the baseline with this run's rates instead of gating on it.
+    Rewrite the baseline with this run's rates instead of gating on them.
+``--update-baseline-partial``
+    The same, and after a failed or interrupted run too, for the tests that passed.
 ``--property-baseline FILE``
     The baseline to gate on (default: ``properties/baseline.json``).
 ``--property-confidence C``
     Confidence of every interval (default 0.99).
 ``--property-seed N``
-    Seed of the i.i.d. samples of generated networks (``property_report.seed``).
-    Default: 0 under a derandomized hypothesis profile (``ci``, ``thorough``),
-    else a fresh random seed, printed in the report so a run can be repeated.
+    Seed of the i.i.d. samples of generated networks (``property_report.seed``),
+    in ``[0, 2**32 - 1]``.  Default: 0 under a derandomized hypothesis profile
+    (``ci``, ``thorough``), else a fresh random seed, printed in the report so
+    a run can be repeated.
 
 A test records rates with ``property_report.rate(name, Rate, description)``.
 Each recorded rate is compared with the baseline at once; a rate whose
@@ -21,6 +32,24 @@ interval does not overlap the baseline's fails the test that recorded it
 (after the test body ran, listing every such rate).  Under pytest-xdist each
 worker ships its records to the controller, which merges them and writes the
 report, so ``-n 2`` gives the same report as a serial run.
+
+What a run leaves behind
+------------------------
+* Start-up checks (``pytest.UsageError`` before any test runs): the baseline
+  exists (unless updating) and every entry is valid; the report directory and,
+  when updating, the baseline can be written; the confidence and seed are in range.
+* A completed run (every selected test ran; failures allowed) replaces the
+  report directory as a whole: rendered in a temporary sibling and swapped in,
+  so no plot of an earlier run is left beside it; files in the directory that
+  the report did not write are kept.
+* An interrupted run (Ctrl-C, an internal error, ``-x``/``--maxfail`` stopping
+  early, a crashed xdist worker) leaves the report directory as it was and
+  writes its rows to ``DIR.partial.json`` (``"partial": true``) instead.
+* ``--update-baseline`` rewrites the baseline only when the run completed and
+  every test passed; otherwise the file stays byte for byte as it was.
+  ``--update-baseline-partial`` merges the rates of the tests that passed
+  into the old baseline whatever happened to the others.
+* Every file gets the permissions of ``open(path, "w")`` under the umask.
 """
 
 from __future__ import annotations
@@ -33,16 +62,22 @@ from typing import Mapping, Optional, Sequence
 
 import pytest
 
+from dtd.validation import check_int, check_probability
+
 from . import report as _report
 from .keys import RateKey, describe
 from .stats import DEFAULT_CONFIDENCE, Rate
+
+# the options, the marker and the fixtures (one registration, whoever loads this module)
+pytest_plugins = ["dtd_properties_pytest"]
 
 __all__ = ["PropertyReport", "Store"]
 
 DEFAULT_BASELINE = Path(__file__).with_name("baseline.json")
 _STORE_KEY = pytest.StashKey["Store"]()
 _RECORDER_KEY = pytest.StashKey["PropertyReport"]()
-_WORKER_OUTPUT = "property_records"
+#: the largest --property-seed: a 32-bit seed, with room for the offsets the tests add to it
+SEED_MAXIMUM = 2**32 - 1
 
 
 class Store:
@@ -59,6 +94,9 @@ class Store:
         self.written_to: Optional[str] = None  # report directory, once written
         self.owner: dict[str, str] = {}
         self.started = time.time()
+        self.failed: set[str] = set()  # tests with a phase that did not pass
+        self.completed: set[str] = set()  # tests whose setup, call and teardown passed
+        self.notes: list[str] = []  # what the session finish did, for the terminal summary
 
     def claim(self, name: str, nodeid: str) -> None:
         if name in self.owner and self.owner[name] != nodeid:
@@ -66,7 +104,8 @@ class Store:
         self.owner[name] = nodeid
 
     def to_json(self) -> str:
-        return json.dumps({"rows": self.rows, "plots": self.plots, "summary": sorted(self.summary), "owner": self.owner, "counts": self.counts})
+        return json.dumps({"rows": self.rows, "plots": self.plots, "summary": sorted(self.summary), "owner": self.owner,
+                           "counts": self.counts, "completed": sorted(self.completed)})
 
     def merge_json(self, text: str) -> None:
         data = json.loads(text)
@@ -76,6 +115,14 @@ class Store:
         self.plots.update(data["plots"])
         self.summary.update(data["summary"])
         self.counts.update(data["counts"])
+        self.completed.update(data["completed"])
+
+    def track(self, report) -> None:
+        """Follow one test phase's outcome (completed = every phase passed)."""
+        if not report.passed:
+            self.failed.add(report.nodeid)
+        elif report.when == "teardown" and report.nodeid not in self.failed:
+            self.completed.add(report.nodeid)
 
 
 class PropertyReport:
@@ -157,24 +204,70 @@ class PropertyReport:
 
 
 # --------------------------------------------------------------------------- hooks
-def pytest_addoption(parser):
-    group = parser.getgroup("properties", "DTD property report")
-    group.addoption("--property-report", default="property-report", metavar="DIR", help="directory of report.json, report.md and plots (default: property-report)")
-    group.addoption("--update-baseline", action="store_true", default=False, help="rewrite the baseline with this run's rates instead of gating on it")
-    group.addoption("--property-baseline", default=str(DEFAULT_BASELINE), metavar="FILE", help="baseline file to gate on (default: properties/baseline.json)")
-    group.addoption("--property-confidence", type=float, default=DEFAULT_CONFIDENCE, metavar="C", help="confidence of every interval (default: 0.99)")
-    group.addoption("--property-seed", type=int, default=None, metavar="N", help="seed of the sampled networks (default: 0 under a derandomized hypothesis profile, else random)")
+def _entry():
+    """The entry-point module (imported here, after pytest registered it, so its asserts stay rewritable)."""
+    import dtd_properties_pytest
+
+    return dtd_properties_pytest
+
+
+def store(config) -> Store:
+    """This run's :class:`Store`."""
+    return config.stash[_STORE_KEY]
+
+
+def recorder(request) -> PropertyReport:
+    """A :class:`PropertyReport` for the requesting test (the ``property_report`` fixture)."""
+    made = PropertyReport(store(request.config), request.node.nodeid, gate=_update_mode(request.config) is None)
+    request.node.stash[_RECORDER_KEY] = made
+    return made
+
+
+def _update_mode(config) -> Optional[str]:
+    """``"partial"``, ``"full"`` or None (gate on the baseline)."""
+    if config.getoption("--update-baseline-partial"):
+        return "partial"
+    return "full" if config.getoption("--update-baseline") else None
+
+
+def _baseline_path(config) -> Path:
+    option = config.getoption("--property-baseline")
+    return DEFAULT_BASELINE if option is None else Path(option)
+
+
+def _report_directory(config) -> Path:
+    directory = Path(config.getoption("--property-report") or "property-report")
+    return directory if directory.is_absolute() else Path(config.invocation_params.dir) / directory
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "properties: statistical and must-hold DTD property tests")
+    if _STORE_KEY in config.stash:
+        return
     confidence = config.getoption("--property-confidence")
-    if not 0 < confidence < 1:
-        raise pytest.UsageError(f"--property-confidence must be in (0, 1), got {confidence}")
     try:
-        baseline = _report.read_baseline(Path(config.getoption("--property-baseline")))
+        confidence = DEFAULT_CONFIDENCE if confidence is None else check_probability(confidence, "--property-confidence")
     except ValueError as error:
-        raise pytest.UsageError(str(error)) from None
+        raise pytest.UsageError(f"{error}: --property-confidence must be in (0, 1), e.g. 0.99") from None
+    seed = config.getoption("--property-seed")
+    try:
+        if seed is not None:
+            check_int(seed, "--property-seed", minimum=0, maximum=SEED_MAXIMUM)
+    except ValueError as error:
+        raise pytest.UsageError(f"{error}: --property-seed must be in [0, 2**32 - 1]") from None
+    update = _update_mode(config)
+    path = _baseline_path(config)
+    try:
+        baseline = _report.read_baseline(path, missing_ok=update is not None)
+    except ValueError as error:
+        raise pytest.UsageError(f"--property-baseline: {error}") from None
+    if not _is_worker(config):
+        problem = _report.writable_problem(_report_directory(config), directory=True)
+        if problem:
+            raise pytest.UsageError(f"--property-report cannot be written: {problem}")
+        if update is not None:
+            problem = _report.writable_problem(path, directory=False)
+            if problem:
+                raise pytest.UsageError(f"--property-baseline cannot be updated: {problem}")
     config.stash[_STORE_KEY] = Store(baseline, confidence, _sweep_seed(config))
     if _is_worker(config):
         # xdist workers share the machine's cores: without this, torch's
@@ -188,8 +281,8 @@ def pytest_configure(config):
 
 
 def _sweep_seed(config) -> int:
-    if _is_worker(config) and "property_seed" in config.workerinput:
-        return int(config.workerinput["property_seed"])
+    if _is_worker(config) and _entry().WORKER_SEED in config.workerinput:
+        return int(config.workerinput[_entry().WORKER_SEED])
     seed = config.getoption("--property-seed")
     if seed is not None:
         return seed
@@ -197,30 +290,7 @@ def _sweep_seed(config) -> int:
 
     if hypothesis.settings.default.derandomize:
         return 0
-    import secrets
-
-    return secrets.randbelow(2**31)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node):
-    """xdist: every worker samples the same networks as the controller chose."""
-    node.workerinput["property_seed"] = node.config.stash[_STORE_KEY].seed
-
-
-@pytest.fixture
-def property_report(request) -> PropertyReport:
-    """Record rates, breakdowns and plot data into the property report."""
-    store = request.config.stash[_STORE_KEY]
-    recorder = PropertyReport(store, request.node.nodeid, gate=not request.config.getoption("--update-baseline"))
-    request.node.stash[_RECORDER_KEY] = recorder
-    return recorder
-
-
-@pytest.fixture(scope="session")
-def property_report_seed(request) -> int:
-    """The run's seed for i.i.d. samples of generated cases (``--property-seed``)."""
-    return request.config.stash[_STORE_KEY].seed
+    return _entry().random_seed(config)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -232,17 +302,11 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = (
             f"{len(recorder.regressions)} rate(s) inconsistent with the baseline "
-            f"({item.config.getoption('--property-baseline')}):\n  "
+            f"({_baseline_path(item.config)}):\n  "
             + "\n  ".join(recorder.regressions)
             + "\nIf the change is intended, rerun with --update-baseline and commit the baseline."
         )
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error):
-    text = getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT)
-    if text:
-        node.config.stash[_STORE_KEY].merge_json(text)
+    store(item.config).track(report)
 
 
 def _profile_name() -> str:
@@ -263,59 +327,97 @@ def _is_worker(config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def _incomplete(session, exitstatus) -> Optional[str]:
+    """Why the run did not run every selected test to its end, or None."""
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        return "interrupted"
+    if exitstatus == pytest.ExitCode.INTERNAL_ERROR:
+        return "internal error"
+    if session.shouldstop or session.shouldfail:
+        return f"stopped early ({session.shouldstop or session.shouldfail})"
+    if _entry().worker_lost(session.config):
+        return "an xdist worker went down; the rates it held are missing"
+    return None
+
+
 def pytest_sessionfinish(session, exitstatus):
     config = session.config
-    store: Store = config.stash[_STORE_KEY]
+    run = store(config)
     if _is_worker(config):
-        config.workeroutput[_WORKER_OUTPUT] = store.to_json()
+        config.workeroutput[_entry().WORKER_OUTPUT] = run.to_json()
         return
-    if not store.rows and not store.plots:
+    incomplete = _incomplete(session, exitstatus)
+    if run.rows or run.plots:
+        _write_report(config, run, incomplete, exitstatus)
+    update = _update_mode(config)
+    if update is None or not run.rows:
         return
+    path = _baseline_path(config)
+    if incomplete is None and exitstatus == pytest.ExitCode.OK:
+        _report.write_baseline(path, run.rows.values(), run.owner, _report.read_baseline(path, missing_ok=True))
+        run.notes.append(f"baseline rewritten: {path}")
+    elif update == "partial":
+        owners = {name: test for name, test in run.owner.items() if test in run.completed}
+        rows = [r for r in run.rows.values() if r["name"] in owners]
+        _report.write_baseline(path, rows, owners, _report.read_baseline(path, missing_ok=True))
+        tests = len(set(owners.values()))
+        run.notes.append(f"baseline partially updated: {path} (the {len(rows)} rates of the {tests} test(s) that passed; "
+                         f"every other entry as it was)")
+    else:
+        why = incomplete or f"exit status {int(exitstatus)}: a test failed or errored"
+        run.notes.append(f"baseline NOT rewritten ({why}): {path} is unchanged; fix the run and repeat, or use "
+                         f"--update-baseline-partial to keep the rates of the tests that passed")
+
+
+def _write_report(config, run: Store, incomplete: Optional[str], exitstatus) -> None:
     import hypothesis
     import torch
 
     settings = hypothesis.settings.default
+    start = Path(config.invocation_params.dir)
     run_config = {
-        "confidence": store.confidence,
-        "seed": store.seed,
+        "confidence": run.confidence,
+        "seed": run.seed,
         "hypothesis_profile": _profile_name(),
         "hypothesis_max_examples": settings.max_examples,
         "hypothesis_derandomize": settings.derandomize,
-        "baseline": _relative(Path(config.getoption("--property-baseline")), Path(config.invocation_params.dir)),
-        "update_baseline": bool(config.getoption("--update-baseline")),
+        "baseline": _relative(_baseline_path(config), start),
+        "update_baseline": _update_mode(config) or False,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "seconds": round(time.time() - store.started, 1),
-        **dict(sorted(store.counts.items())),
+        "seconds": round(time.time() - run.started, 1),
+        **dict(sorted(run.counts.items())),
     }
-    directory = Path(config.getoption("--property-report"))
-    if not directory.is_absolute():
-        directory = Path(config.invocation_params.dir) / directory
-    _report.write_report(directory, list(store.rows.values()), list(store.plots.values()), run_config)
-    if config.getoption("--update-baseline"):
-        path = Path(config.getoption("--property-baseline"))
-        _report.write_baseline(path, store.rows.values(), store.owner, _report.read_baseline(path))
-    store.written_to = _relative(directory, Path(config.invocation_params.dir))
+    directory = _report_directory(config)
+    if incomplete is None:
+        _report.replace_report(directory, list(run.rows.values()), list(run.plots.values()), run_config)
+        run.written_to = _relative(directory, start) + "/report.md"
+    else:
+        run_config["exit_status"] = int(exitstatus)
+        path = _report.write_partial_report(directory, list(run.rows.values()), run_config, incomplete)
+        run.written_to = _relative(path, start)
+        run.notes.append(f"partial report ({incomplete}): {run.written_to}; {_relative(directory, start)} is left as it was")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    store: Optional[Store] = config.stash.get(_STORE_KEY, None)
-    if store is None or _is_worker(config) or not store.rows:
+    run: Optional[Store] = config.stash.get(_STORE_KEY, None)
+    if run is None or _is_worker(config):
         return
-    rows = sorted(store.rows.values(), key=lambda r: r["name"])
-    shown = [r for r in rows if r["name"] in store.summary or r["status"] != "ok"]
-    terminalreporter.section("DTD property rates")
-    for line in _report.format_table(shown):
-        terminalreporter.write_line(line)
-    counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "regression", "new")}
-    terminalreporter.write_line(
-        f"{len(rows)} rates ({counts['ok']} ok, {counts['regression']} regression, {counts['new']} new); "
-        f"{len(rows) - len(shown)} more rows and the plots in {store.written_to}/report.md"
-    )
-    unmeasured = sorted(set(store.baseline) - set(store.rows))
-    if unmeasured:
+    if run.rows:
+        rows = sorted(run.rows.values(), key=lambda r: r["name"])
+        shown = [r for r in rows if r["name"] in run.summary or r["status"] != "ok"]
+        terminalreporter.section("DTD property rates")
+        for line in _report.format_table(shown):
+            terminalreporter.write_line(line)
+        counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "regression", "new")}
         terminalreporter.write_line(
-            f"{len(unmeasured)} baseline rate(s) were not measured in this run (tests not selected, or stale), e.g. {unmeasured[0]}"
+            f"{len(rows)} rates ({counts['ok']} ok, {counts['regression']} regression, {counts['new']} new); "
+            f"{len(rows) - len(shown)} more rows and the plots in {run.written_to}"
         )
-    if config.getoption("--update-baseline"):
-        terminalreporter.write_line(f"baseline rewritten: {config.getoption('--property-baseline')}")
+        unmeasured = sorted(set(run.baseline) - set(run.rows))
+        if unmeasured:
+            terminalreporter.write_line(
+                f"{len(unmeasured)} baseline rate(s) were not measured in this run (tests not selected, or stale), e.g. {unmeasured[0]}"
+            )
+    for note in run.notes:
+        terminalreporter.write_line(note)

@@ -9,7 +9,9 @@ Every file is written atomically (temporary file, then rename).
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
@@ -17,7 +19,10 @@ from typing import Iterable, Mapping, Optional
 from .keys import RateKey
 from .stats import Rate, compare
 
-__all__ = ["row", "write_report", "read_baseline", "write_baseline", "format_table", "BASELINE_KEYS"]
+__all__ = [
+    "row", "write_report", "replace_report", "write_partial_report", "partial_report_path", "read_baseline",
+    "write_baseline", "writable_problem", "format_table", "BASELINE_KEYS", "MANIFEST",
+]
 
 #: what a baseline entry keeps of a row
 BASELINE_KEYS = ("rate", "ci_low", "ci_high", "successes", "trials", "confidence", "interval")
@@ -32,12 +37,29 @@ def row(name: str, rate: Rate, description: str, baseline: Optional[Mapping], ke
             "key": None if key is None else key.to_dict()}
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; restored at once
+    os.umask(mask)
+    return mask
+
+
+def _file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file under the current umask."""
+    return 0o666 & ~_umask()
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary sibling and a rename.
+
+    A reader (or an interrupted run) sees the old file or the new one, never
+    a mixture; the new file gets the umask's permissions, not mkstemp's 0600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
+            os.fchmod(stream.fileno(), _file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -49,18 +71,110 @@ def _dumps(obj) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
-def read_baseline(path: Path) -> dict[str, dict]:
-    """The baseline's entries by name; an absent file is an empty baseline."""
+#: tolerance of ``ci_low <= rate <= ci_high`` in a baseline entry (JSON round trip of floats)
+_BOUND_TOLERANCE = 1e-12
+
+
+def _entry_problem(entry) -> Optional[str]:
+    """What is wrong with one baseline entry (a field and why), or None."""
+    if not isinstance(entry, dict):
+        return f"must be an object with the fields {', '.join(BASELINE_KEYS)}, got {type(entry).__name__}"
+    for key in BASELINE_KEYS:
+        if key not in entry:
+            return f"field {key!r} is missing"
+    for key in ("successes", "trials"):
+        value = entry[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"field {key!r} must be a non-negative integer, got {value!r}"
+    if entry["successes"] > entry["trials"]:
+        return f"field 'successes' ({entry['successes']}) exceeds 'trials' ({entry['trials']})"
+    confidence = entry["confidence"]
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        return f"field 'confidence' must be a number in (0, 1), got {confidence!r}"
+    if not isinstance(entry["interval"], str):
+        return f"field 'interval' must be a string, got {entry['interval']!r}"
+    if "test" in entry and not isinstance(entry["test"], str):
+        return f"field 'test' must be a string (the test that records it), got {entry['test']!r}"
+    bounds = {key: entry[key] for key in ("rate", "ci_low", "ci_high")}
+    if all(value is None for value in bounds.values()):
+        return None if entry["trials"] == 0 else "fields 'rate', 'ci_low', 'ci_high' are null (no data) but 'trials' is not 0"
+    for key, value in bounds.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"field {key!r} must be a number in [0, 1], got {value!r}"
+        if math.isnan(value) or not 0 <= value <= 1:
+            return f"field {key!r} must be a number in [0, 1], got {value!r}"
+    if bounds["ci_low"] > bounds["ci_high"]:
+        return f"fields 'ci_low' ({bounds['ci_low']!r}) > 'ci_high' ({bounds['ci_high']!r})"
+    if not bounds["ci_low"] - _BOUND_TOLERANCE <= bounds["rate"] <= bounds["ci_high"] + _BOUND_TOLERANCE:
+        return f"field 'rate' ({bounds['rate']!r}) lies outside ['ci_low', 'ci_high'] = [{bounds['ci_low']!r}, {bounds['ci_high']!r}]"
+    return None
+
+
+def read_baseline(path: Path, *, missing_ok: bool = False) -> dict[str, dict]:
+    """The baseline's entries by name, each checked.
+
+    Parameters
+    ----------
+    path : Path
+        The baseline file, ``{"properties": {name: entry}}``.
+    missing_ok : bool
+        Whether an absent file is an empty baseline (``--update-baseline``
+        creates it); otherwise it is an error.
+
+    Raises
+    ------
+    ValueError
+        The file is missing (unless ``missing_ok``), a directory, not JSON,
+        not shaped as above, or an entry is invalid: a missing field, a wrong
+        type, a rate or bound outside [0, 1] or NaN, ``ci_low > ci_high``, or
+        a rate outside its interval.  The message names the path, the entry
+        and the field.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"baseline {path} is a directory, not a baseline file")
     if not path.exists():
-        return {}
+        if missing_ok:
+            return {}
+        raise ValueError(f"baseline {path} does not exist (a typo? --update-baseline creates it)")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"baseline {path} is not valid JSON: {error}") from None
+    except OSError as error:
+        raise ValueError(f"baseline {path} cannot be read: {error}") from None
     if not isinstance(data, dict) or not isinstance(data.get("properties"), dict):
         raise ValueError(f"baseline {path} must hold {{'properties': {{name: entry}}}}")
+    for name, entry in data["properties"].items():
+        problem = _entry_problem(entry)
+        if problem is not None:
+            raise ValueError(f"baseline {path}: entry {name!r}: {problem}")
     return data["properties"]
+
+
+def writable_problem(path: Path, *, directory: bool) -> Optional[str]:
+    """Why ``path`` (a directory to replace, or a file) cannot be written, or None.
+
+    Nothing is created: the nearest existing ancestor must be a directory the
+    process may write into, and ``path`` itself, if it exists, must be of the
+    expected kind (and writable, for a directory).
+    """
+    path = Path(path)
+    if path.exists():
+        if directory and not path.is_dir():
+            return f"{path} exists and is not a directory"
+        if not directory and path.is_dir():
+            return f"{path} is a directory"
+        if directory and not os.access(path, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+            return f"directory {path} is not writable"
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{path} lies under {ancestor}, which is not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        return f"{path} cannot be created: directory {ancestor} is not writable"
+    return None
 
 
 def write_baseline(path: Path, rows: Iterable[Mapping], owners: Mapping[str, str], keep: Mapping[str, Mapping]) -> None:
@@ -210,3 +324,98 @@ def write_report(directory: Path, rows: list[Mapping], plots: list[Mapping], con
     summary = [{key: p[key] for key in ("file", "title", "caption") if key in p} for p in plots]
     _atomic_write(directory / "report.json", _dumps({"properties": rows, "plots": summary, "config": dict(config)}))
     _atomic_write(directory / "report.md", _markdown(rows, summary, config).encode())
+
+
+#: a hidden file in the report directory naming the files the report wrote, so
+#: that the next report replaces exactly those and never a file of the user's
+MANIFEST = ".property-report-files.json"
+
+
+def _dir_mode() -> int:
+    """The mode ``mkdir`` gives a new directory under the current umask (mkdtemp gives 0700)."""
+    return 0o777 & ~_umask()
+
+
+def _owned(directory: Path) -> set[str]:
+    """Names of the files a previous report wrote into ``directory``."""
+    try:
+        names = json.loads((directory / MANIFEST).read_text())["files"]
+        return {name for name in names if isinstance(name, str) and "/" not in name} | {MANIFEST}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:  # a report written before the manifest existed: report.json names its plots
+        plots = json.loads((directory / "report.json").read_text()).get("plots", [])
+        files = {p["file"] for p in plots if isinstance(p, dict) and isinstance(p.get("file"), str) and "/" not in p["file"]}
+        return {"report.json", "report.md"} | files
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+
+
+def partial_report_path(directory: Path) -> Path:
+    """Where a partial (interrupted) run's report goes: ``DIR.partial.json`` beside ``DIR``."""
+    directory = Path(directory)
+    return directory.with_name(directory.name + ".partial.json")
+
+
+def replace_report(directory: Path, rows: list[Mapping], plots: list[Mapping], config: Mapping) -> None:
+    """Write a complete report as ``directory``, replacing the previous report as a whole.
+
+    The report is rendered by :func:`write_report` into a temporary sibling
+    directory first, so a failure or an interruption while rendering leaves
+    the previous report as it was.  Then the new directory is swapped in
+    (two renames), or, when the old directory holds files the report did not
+    write, the new files are moved in one by one and the previous report's
+    own files that the new one lacks (stale plots) are removed.  Files get
+    the umask's permissions.  A partial report of an earlier interrupted run
+    (:func:`partial_report_path`) is removed: this report supersedes it.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.new-"))
+    try:
+        write_report(staging, rows, plots, config)
+        written = sorted(entry.name for entry in staging.iterdir() if entry.name != MANIFEST)
+        _atomic_write(staging / MANIFEST, _dumps({"files": written}))
+        for entry in staging.iterdir():
+            os.chmod(entry, _file_mode() if entry.is_file() else _dir_mode())
+        os.chmod(staging, _dir_mode())
+        owned = _owned(directory) if directory.is_dir() else set()
+        if not directory.exists() and not directory.is_symlink():
+            os.rename(staging, directory)
+        elif not directory.is_symlink() and all(entry.name in owned for entry in directory.iterdir()):
+            old = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old-"))
+            os.rename(directory, old)  # onto the empty directory mkdtemp made
+            try:
+                os.rename(staging, directory)
+            except BaseException:
+                os.rename(old, directory)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:  # the user keeps other files here: replace ours one by one
+            for name in written:
+                os.replace(staging / name, directory / name)
+            os.replace(staging / MANIFEST, directory / MANIFEST)
+            for name in sorted(owned - set(written) - {MANIFEST}):
+                stale = directory / name
+                if stale.is_file() and not stale.is_symlink():
+                    stale.unlink()
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    partial = partial_report_path(directory)
+    try:
+        if json.loads(partial.read_text()).get("partial") is True:
+            partial.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def write_partial_report(directory: Path, rows: list[Mapping], config: Mapping, reason: str) -> Path:
+    """Write an interrupted run's rows to :func:`partial_report_path` (``{"partial": true, ...}``).
+
+    ``directory`` (the complete report) is not touched.  Returns the path written.
+    """
+    path = partial_report_path(directory)
+    rows = sorted(rows, key=lambda r: r["name"])
+    _atomic_write(path, _dumps({"partial": True, "reason": reason, "properties": rows, "config": dict(config)}))
+    return path

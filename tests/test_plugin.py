@@ -31,6 +31,7 @@ def test_clustered(property_report, cluster):
 def inner(pytester, monkeypatch):
     monkeypatch.delenv("DEMO_SUCCESSES", raising=False)
     pytester.makepyfile(test_inner=INNER_TESTS)
+    (pytester.path / "baseline.json").write_text('{"properties": {}}\n')
 
     def run(*args, successes=None, extra=False):
         if successes is not None:

@@ -1,0 +1,152 @@
+"""pytest entry point of dtd-properties: options, marker and fixtures, nothing heavy.
+
+pytest loads this module (the ``pytest11`` entry point) in every run of an
+environment where dtd-properties is installed, including runs of unrelated
+projects.  So it imports neither torch nor the ``properties`` package and
+changes nothing by itself: it registers the suite's command-line options, the
+``properties`` marker and the ``property_report`` / ``property_report_seed``
+fixtures.  The suite's plugin (:mod:`properties.plugin`: the gate, the report,
+xdist's thread budget) is imported and registered only when a run uses the
+suite:
+
+* a property option is given explicitly (on the command line or in ``addopts``);
+* a test requests ``property_report`` or ``property_report_seed``;
+* under pytest-xdist, a worker sends recorded rates back to the controller;
+* or a project loads it itself (``pytest_plugins = ["properties.plugin"]`` in
+  its conftest, or ``-p properties.plugin``), which also loads this module.
+
+Options
+-------
+``--property-report DIR``
+    Where ``report.json``, ``report.md`` and the plots go (default ``property-report``).
+``--update-baseline``
+    Rewrite the baseline with this run's rates instead of gating on them; only
+    when the run completes with every test passed (else the baseline is left
+    byte for byte as it was).
+``--update-baseline-partial``
+    Like ``--update-baseline``, but also after a failed or interrupted run:
+    the rates of the tests that completed (passed) are merged into the old
+    baseline; every other entry stays as it was.
+``--property-baseline FILE``
+    The baseline to gate on (default: ``properties/baseline.json``); it must
+    exist unless the baseline is being updated.
+``--property-confidence C``
+    Confidence of every interval (default 0.99).
+``--property-seed N``
+    Seed of the i.i.d. samples of generated networks, an integer in
+    ``[0, 2**32 - 1]``.  Default: 0 under a derandomized hypothesis profile
+    (``ci``, ``thorough``), else a fresh random seed, printed in the report.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+__all__ = ["property_report", "property_report_seed", "activate", "random_seed", "OPTIONS", "HEAVY_PLUGIN"]
+
+#: the suite's plugin module, registered under this name
+HEAVY_PLUGIN = "properties.plugin"
+#: option name -> argparse destination; any of them given explicitly activates the suite
+OPTIONS = {
+    "--property-report": "property_report",
+    "--update-baseline": "update_baseline",
+    "--update-baseline-partial": "update_baseline_partial",
+    "--property-baseline": "property_baseline",
+    "--property-confidence": "property_confidence",
+    "--property-seed": "property_seed",
+}
+#: the key of a worker's records in xdist's ``workeroutput``
+WORKER_OUTPUT = "property_records"
+#: ``workerinput`` keys: the controller's seed, and a random fallback for non-derandomized runs
+WORKER_SEED = "property_seed"
+WORKER_RANDOM_SEED = "property_random_seed"
+
+_RANDOM_SEED_KEY = pytest.StashKey[int]()
+_WORKER_LOST_KEY = pytest.StashKey[bool]()
+
+
+def pytest_addoption(parser) -> None:
+    group = parser.getgroup("properties", "DTD property suite (dtd-properties)")
+    group.addoption("--property-report", default=None, metavar="DIR",
+                    help="directory of report.json, report.md and plots (default: property-report); an interrupted "
+                         "run leaves it as it was and writes DIR.partial.json instead")
+    group.addoption("--update-baseline", action="store_true", default=None,
+                    help="rewrite the baseline with this run's rates instead of gating on them; only when every test "
+                         "passed and the run completed (else the baseline stays as it was)")
+    group.addoption("--update-baseline-partial", action="store_true", default=None,
+                    help="like --update-baseline, but after a failed or interrupted run too: merge the rates of the "
+                         "tests that passed into the old baseline, keep every other entry")
+    group.addoption("--property-baseline", default=None, metavar="FILE",
+                    help="baseline file to gate on (default: properties/baseline.json); must exist unless updating")
+    group.addoption("--property-confidence", type=float, default=None, metavar="C",
+                    help="confidence of every interval (default: 0.99)")
+    group.addoption("--property-seed", type=int, default=None, metavar="N",
+                    help="seed of the sampled networks, in [0, 2**32 - 1] (default: 0 under a derandomized "
+                         "hypothesis profile, else random)")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "properties: statistical and must-hold DTD property tests")
+    if any(config.getoption(dest) is not None for dest in OPTIONS.values()):
+        activate(config)
+
+
+def activate(config):
+    """The suite's plugin module, imported and registered on first use (idempotent)."""
+    manager = config.pluginmanager
+    plugin = manager.get_plugin(HEAVY_PLUGIN)
+    if plugin is None:
+        if manager.is_blocked(HEAVY_PLUGIN):
+            raise pytest.UsageError(f"the property suite is used but its plugin is disabled (-p no:{HEAVY_PLUGIN})")
+        manager.import_plugin(HEAVY_PLUGIN)
+        plugin = manager.get_plugin(HEAVY_PLUGIN)
+    return plugin
+
+
+def random_seed(config) -> int:
+    """One random seed per run, drawn by the controller (xdist workers receive it)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and WORKER_RANDOM_SEED in workerinput:
+        return int(workerinput[WORKER_RANDOM_SEED])
+    if _RANDOM_SEED_KEY not in config.stash:
+        config.stash[_RANDOM_SEED_KEY] = secrets.randbelow(2**31)
+    return config.stash[_RANDOM_SEED_KEY]
+
+
+def worker_lost(config) -> bool:
+    """Whether an xdist worker went down with an error (its records are lost)."""
+    return config.stash.get(_WORKER_LOST_KEY, False)
+
+
+@pytest.fixture
+def property_report(request):
+    """Record rates, breakdowns and plot data into the property report (:class:`properties.plugin.PropertyReport`)."""
+    return activate(request.config).recorder(request)
+
+
+@pytest.fixture(scope="session")
+def property_report_seed(request) -> int:
+    """The run's seed for i.i.d. samples of generated cases (``--property-seed``)."""
+    return activate(request.config).store(request.config).seed
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist: every worker samples the same networks as the controller chose."""
+    config = node.config
+    node.workerinput[WORKER_RANDOM_SEED] = random_seed(config)
+    plugin = config.pluginmanager.get_plugin(HEAVY_PLUGIN)
+    if plugin is not None:
+        node.workerinput[WORKER_SEED] = plugin.store(config).seed
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """xdist: merge a worker's records (activating the suite on the controller if needed)."""
+    if error is not None:
+        node.config.stash[_WORKER_LOST_KEY] = True
+    text = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
+    if text:
+        activate(node.config).store(node.config).merge_json(text)
