@@ -307,6 +307,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.section("DTD property rates")
     for line in _report.format_table(shown):
         terminalreporter.write_line(line)
+    terminalreporter.write_line(_report.table_legend(store.confidence))
     counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "regression", "new")}
     terminalreporter.write_line(
         f"{len(rows)} rates ({counts['ok']} ok, {counts['regression']} regression, {counts['new']} new); "
@@ -319,3 +320,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         )
     if config.getoption("--update-baseline"):
         terminalreporter.write_line(f"baseline rewritten: {config.getoption('--property-baseline')}")
+    if store.written_to is not None:
+        terminalreporter.write_line(f"report: {store.written_to}/report.html (open in a browser; works offline)")

@@ -104,11 +104,4 @@ def test_rates_over_generated_networks(rule_name, property_report, generated_cas
         summary = name.endswith(".all") and ".layer" not in name and ("gradient_match" in name or "zero_output" in name)
         property_report.rate(name, tally.rate(name, property_report.confidence), _describe(name, rule_name), summary=summary)
     property_report.count(f"roots evaluated ({rule_name}, generated networks)", n_roots)
-    details = [name[len(rule_name) + 1 :].split(".") for name in tally.names()]
-    layers = sorted({int(d[0][len("layer") :]) for d in details if d[0].startswith("layer")})
-    rows = [f"{rule_name}.layer{k}.gradient_match" for k in layers]
-    property_report.bars(
-        f"layers_{rule_name}_gradient_match.png", f"{rule_name} over generated networks: gradient match per layer",
-        rows, [f"layer {k}" for k in layers], xlabel="layer k (roots judged with f_k)",
-        caption=f"Share of valid {rule_name} roots of layer k whose gradient of f_k equals the input's (max abs difference <= {PROPERTY_ATOL:g}).",
-    )
+    # the per-layer rates are drawn once for all rules, from the rows, by properties.figures (layers x rules)
