@@ -42,7 +42,10 @@ def row_key(row: Mapping) -> Optional[RateKey]:
     """The row's :class:`RateKey`: from ``row["key"]`` when present, else parsed from its name; None if no family fits."""
     fields = row.get("key")
     if fields:
-        return RateKey(**fields)
+        try:
+            return RateKey(**fields)
+        except (TypeError, ValueError):  # fields of a newer key layout: fall back to the name
+            pass
     try:
         return RateKey.parse(row["name"])
     except ValueError:

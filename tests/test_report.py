@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
 
 import pytest
@@ -291,3 +293,26 @@ def test_table_legend_names_every_column_and_the_level():
     assert "\n" not in legend and "99 %" in legend
     for column in ("rate", "interval", "trials", "baseline", "status", "regression", "new"):
         assert column in legend
+
+
+# --------------------------------------------------------------------------- the page in a real browser
+#: Debian's ``chromium`` package; where it is not installed (CI decides whether to) the render is skipped
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (apt-get install chromium) to render report.html")
+def test_report_html_renders_offline_in_headless_chromium(tmp_path):
+    rows = _run_rows()
+    for name, data in _render(rows).items():
+        (tmp_path / name).write_bytes(data)
+    page = (tmp_path / "report.html").as_uri()
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(flags + ["--dump-dom", page], capture_output=True, text=True, timeout=120, check=True).stdout
+    measured, _ = split_by_design(rows)
+    # the inline script ran: the filter counted every measured rate
+    assert f"{len(measured)} of {len(measured)} rates shown" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1400,2000", page], capture_output=True, timeout=120, check=True)
+    image = shot.read_bytes()
+    assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(image) > 20_000  # a blank page compresses to a few kB
