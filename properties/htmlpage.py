@@ -23,7 +23,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1300px;padding:1em 2em;color:#1d1d1f;line-height:1.45}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 .guide{color:#444}.verdict{font-weight:600}
-ul.answers li{margin:.35em 0}ul.answers code,td code{font-size:.85em;color:#555}
+ul.answers li{margin:.35em 0}ul.answers code{font-size:.85em;color:#555}td code{font-size:1em;white-space:nowrap}
 table{border-collapse:collapse;font-size:.85em;width:100%}th,td{border:1px solid #ddd;padding:.25em .45em;text-align:left;vertical-align:top}
 th{background:#f3f3f5;cursor:pointer;user-select:none;position:sticky;top:0}th.sorted-asc:after{content:" \\25B2"}th.sorted-desc:after{content:" \\25BC"}
 td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
@@ -52,17 +52,17 @@ _JS = """
       });
     });
   });
-  var text=document.getElementById('filter-text'),status=document.getElementById('filter-status'),shown=document.getElementById('filter-count');
+  var text=document.getElementById('filter-text'),status=document.getElementById('filter-status'),section=document.getElementById('filter-section'),shown=document.getElementById('filter-count');
   function apply(){
-    var words=text.value.toLowerCase().split(/\\s+/).filter(Boolean),want=status.value,n=0,total=0;
+    var words=text.value.toLowerCase().split(/\\s+/).filter(Boolean),want=status.value,part=section.value,n=0,total=0;
     document.querySelectorAll('table.rates tbody tr').forEach(function(tr){
       total++;var hay=tr.textContent.toLowerCase();
-      var ok=words.every(function(w){return hay.indexOf(w)>=0;})&&(want===''||tr.getAttribute('data-status')===want);
+      var ok=words.every(function(w){return hay.indexOf(w)>=0;})&&(want===''||tr.getAttribute('data-status')===want)&&(part===''||tr.getAttribute('data-section')===part);
       tr.style.display=ok?'':'none';if(ok)n++;
     });
     shown.textContent=n+' of '+total+' rates shown';
   }
-  text.addEventListener('input',apply);status.addEventListener('change',apply);apply();
+  text.addEventListener('input',apply);status.addEventListener('change',apply);section.addEventListener('change',apply);apply();
 })();
 """
 
@@ -122,15 +122,16 @@ def _example(r: Mapping) -> str:
 
 
 def _rates_table(rows: Sequence[Mapping]) -> str:
+    found = sections(rows)
     head = "".join(f"<th>{h}</th>" for h in ("section", "name", "description", "rate", "interval", "successes / trials", "baseline", "status"))
     body = []
-    for section in sections(rows):
+    for section in found:
         for part, members in section.parts:
-            where = section.title + (f": {part}" if part else "")
+            where = section.family or "other"
             for r in members:
                 base = r.get("baseline") or {}
                 body.append(
-                    f'<tr class="{escape(r["status"])}" data-status="{escape(r["status"])}"><td>{escape(where)}</td>'
+                    f'<tr class="{escape(r["status"])}" data-status="{escape(r["status"])}" data-section="{escape(where)}"><td>{escape(where)}</td>'
                     f"<td><code>{escape(r['name'])}</code></td><td>{escape(r['description'])}{_example(r)}</td>"
                     f'<td class="num" data-sort="{_sort_value(r["rate"])}">{percent(r["rate"])}</td>'
                     f'<td class="num" data-sort="{_sort_value(r["ci_low"])}">{interval(r["ci_low"], r["ci_high"])}</td>'
@@ -140,8 +141,10 @@ def _rates_table(rows: Sequence[Mapping]) -> str:
                 )
     controls = ('<div class="controls"><input type="search" id="filter-text" placeholder="filter: words in name, section or description">'
                 '<label>status <select id="filter-status"><option value="">any</option><option>ok</option><option>regression</option>'
-                '<option>new</option></select></label><span class="count" id="filter-count"></span></div>')
-    return (f'<h2 id="rates">Every measured rate</h2><p>Click a column to sort; type to filter. Regressions are highlighted.</p>{controls}'
+                '<option>new</option></select></label><label>section <select id="filter-section"><option value="">any</option>'
+                + "".join(f"<option>{escape(s.family or 'other')}</option>" for s in found)
+                + '</select></label><span class="count" id="filter-count"></span></div>')
+    return (f'<h2 id="rates">Every measured rate</h2><p>Click a column to sort; type words to filter, or pick a status or section. Regressions are highlighted.</p>{controls}'
             f'<table class="sortable rates"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
 
 
