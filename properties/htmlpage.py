@@ -23,8 +23,8 @@ _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1300px;padding:1em 2em;color:#1d1d1f;line-height:1.45}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 .guide{color:#444}.verdict{font-weight:600}
-ul.answers li{margin:.35em 0}ul.answers code{font-size:.85em;color:#555}td code{font-size:1em;white-space:nowrap}
-table{border-collapse:collapse;font-size:.85em;width:100%}th,td{border:1px solid #ddd;padding:.25em .45em;text-align:left;vertical-align:top}
+ul.answers li{margin:.35em 0}ul.answers code{font-size:.85em;color:#555}td code{font-size:1em;overflow-wrap:anywhere}
+table{border-collapse:collapse;font-size:.85em;width:100%;table-layout:auto}table.rates td:nth-child(2){min-width:16em}th,td{border:1px solid #ddd;padding:.25em .45em;text-align:left;vertical-align:top}
 th{background:#f3f3f5;cursor:pointer;user-select:none;position:sticky;top:0}th.sorted-asc:after{content:" \\25B2"}th.sorted-desc:after{content:" \\25BC"}
 td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 tr.regression td{background:#fde2e1}tr.regression td.status{color:#b00020;font-weight:700}tr.new td.status{color:#8a5a00;font-weight:600}

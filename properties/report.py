@@ -134,8 +134,8 @@ def render_report(rows: list[Mapping], plots: list[Mapping], config: Mapping) ->
         sentence = figures.constant_sentence(plot, by_name, confidence)
         if sentence is None:
             files[plot["file"]] = figures.render(plot, by_name, confidence)
-        else:
-            entry.update(file=None, text=sentence)
+        else:  # the sentence states the rates' interval; the caption keeps only what the chart would have shown
+            entry.update(file=None, text=sentence, caption=plot.get("caption", ""))
         entries.append(entry)
     summary = summarize(rows, confidence)
     files["report.json"] = _dumps({"properties": rows, "plots": entries, "config": dict(config)})
