@@ -137,7 +137,7 @@ def sections(rows: Iterable[Mapping]) -> list[Section]:
 
 
 def split_by_design(rows: Iterable[Mapping]) -> tuple[list, list[tuple[Mapping, str]]]:
-    """(measured rows, [(row, reason)] of rows fixed by construction, see :func:`properties.keys.by_design`)."""
+    """(measured rows, [(row, reason)] of rows fixed by construction in section order, see :func:`properties.keys.by_design`)."""
     measured, fixed = [], []
     for r in rows:
         key = row_key(r)
@@ -145,5 +145,5 @@ def split_by_design(rows: Iterable[Mapping]) -> tuple[list, list[tuple[Mapping, 
         if reason is None:
             measured.append(r)
         else:
-            fixed.append((r, reason))
-    return measured, fixed
+            fixed.append((FAMILIES.index(key.family), row_order(key), r["name"], r, reason))
+    return measured, [(r, reason) for *_, r, reason in sorted(fixed, key=lambda f: f[:3])]

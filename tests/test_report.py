@@ -316,3 +316,17 @@ def test_report_html_renders_offline_in_headless_chromium(tmp_path):
     subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1400,2000", page], capture_output=True, timeout=120, check=True)
     image = shot.read_bytes()
     assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(image) > 20_000  # a blank page compresses to a few kB
+
+
+def test_rows_fixed_by_design_are_listed_in_reading_order():
+    K = RateKey
+    rows = [_row(K("region", "gradient_match", rule="z+", subset="midpoint"), 5, 5),
+            _row(K("notebook", "gradient_match", layer=SEED_TOP_LAYER, finder="walk_roots"), 0, 5),
+            _row(K("notebook", "gradient_match", layer=0, finder="walk_roots", subset="midpoint"), 5, 5),
+            _row(K("region", "gradient_match", rule="gamma10", subset="midpoint"), 5, 5),
+            _row(K("region", "gradient_match", rule="gamma1", subset="midpoint"), 5, 5)]
+    _, fixed = split_by_design(rows)
+    assert [r["name"] for r, _ in fixed] == ["notebook.layer0.walk_roots.gradient_match.midpoint",
+                                             "notebook.layer3.walk_roots.gradient_match",
+                                             "region.gamma1.gradient_match.midpoint", "region.gamma10.gradient_match.midpoint",
+                                             "region.z+.gradient_match.midpoint"]
