@@ -123,7 +123,7 @@ def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[f
     import numpy as np
 
     level = "" if confidence is None else f" ({100 * confidence:g} % interval)"
-    with matplotlib.rc_context({"svg.hashsalt": "dtd-properties", "font.size": 9}):
+    with matplotlib.rc_context({"font.size": 9}):
         if plot["kind"] == "heatmap":
             fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(plot["columns"]), 0.9 + 0.55 * len(plot["rows"])), dpi=100)
         elif plot["kind"] == "grouped_bars":
