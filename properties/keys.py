@@ -325,3 +325,40 @@ def describe(key: RateKey) -> str:
     if key.subset is not None:
         parts.append(SUBSETS.get(key.subset, key.subset))
     return ", ".join(parts) + ": " + OUTCOMES[key.outcome]
+
+
+# --------------------------------------------------------------------------- rates fixed by construction
+__all__ += ["by_design", "SEED_TOP_LAYER"]
+
+#: the seed network's top layer (``ReLUNetwork.random([10, 10, 10, 10, 2])``: layers 0..3)
+SEED_TOP_LAYER = 3
+
+
+def by_design(key: RateKey, top_layer: int = SEED_TOP_LAYER) -> Optional[str]:
+    """Why ``key``'s rate is 0 % or 100 % by construction, or None for a measured finding.
+
+    Parameters
+    ----------
+    key
+        The rate's key.
+    top_layer
+        Index of the top layer of the network the ``notebook`` family studies
+        (the seed network's, :data:`SEED_TOP_LAYER`); other families mix
+        networks of several depths, so their per-layer rates are never fixed.
+
+    Returns
+    -------
+    str or None
+        One sentence saying why the rate cannot be anything else, for the
+        report to keep such rows apart from what the run measured.
+    """
+    if key.outcome == "gradient_match" and key.subset == "midpoint":
+        return ("100 % by the in-region finders' contract: a root inside the input's region keeps the gradient "
+                "halfway to the input (asserted by the test that records it)")
+    if key.family == "agreement" and key.subject == "zennit" and key.outcome == "agree_where_conditioned":
+        return "100 % on bias-negative networks: every well-conditioned point agrees with zennit (asserted)"
+    top_gradient = key.family == "notebook" and key.layer == top_layer and key.outcome == "gradient_match"
+    if top_gradient and (key.unit == "points" or (key.finder is not None and key.subset is None)):
+        return (f"0 % by construction: the explained output's own root at the top layer {top_layer} sits on its hinge "
+                f"(f_{top_layer}(root) = 0) where torch's relu'(0) = 0 zeroes the gradient")
+    return None

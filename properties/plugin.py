@@ -92,6 +92,7 @@ class Store:
         self.summary: set[str] = set()
         self.counts: dict[str, float] = {}
         self.written_to: Optional[str] = None  # report directory, once written
+        self.html_report: Optional[str] = None  # its report.html, once a complete report is written
         self.owner: dict[str, str] = {}
         self.started = time.time()
         self.failed: set[str] = set()  # tests with a phase that did not pass
@@ -392,6 +393,7 @@ def _write_report(config, run: Store, incomplete: Optional[str], exitstatus) -> 
     if incomplete is None:
         _report.replace_report(directory, list(run.rows.values()), list(run.plots.values()), run_config)
         run.written_to = _relative(directory, start) + "/report.md"
+        run.html_report = _relative(directory, start) + "/report.html"
     else:
         run_config["exit_status"] = int(exitstatus)
         path = _report.write_partial_report(directory, list(run.rows.values()), run_config, incomplete)
@@ -409,6 +411,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("DTD property rates")
         for line in _report.format_table(shown):
             terminalreporter.write_line(line)
+        terminalreporter.write_line(_report.table_legend(run.confidence))
         counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "regression", "new")}
         terminalreporter.write_line(
             f"{len(rows)} rates ({counts['ok']} ok, {counts['regression']} regression, {counts['new']} new); "
@@ -421,3 +424,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             )
     for note in run.notes:
         terminalreporter.write_line(note)
+    if run.html_report is not None:
+        terminalreporter.write_line(f"report: {run.html_report} (open in a browser; works offline)")

@@ -1,6 +1,9 @@
-"""The property report: ``report.json``, ``report.md`` and PNG plots.
+"""The property report: ``report.json``, ``report.md``, ``report.html`` and PNG plots.
 
 ``report.json`` holds ``{"properties": [row, ...], "plots": [...], "config": {...}}``.
+:func:`render_report` builds every file's bytes (the text from
+:mod:`properties.summary`, :mod:`properties.markdown`, :mod:`properties.htmlpage`,
+the figures from :mod:`properties.figures`); :func:`write_report` writes them.
 Each row is one measured rate (see :func:`row`); rows are sorted by name, so
 a serial run and a ``pytest -n 2`` run write the same ``properties`` section.
 Every file is written atomically (temporary file, then rename).
@@ -17,11 +20,12 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 from .keys import RateKey
+from .sections import row_key
 from .stats import Rate, compare
 
 __all__ = [
-    "row", "write_report", "replace_report", "write_partial_report", "partial_report_path", "read_baseline",
-    "write_baseline", "writable_problem", "format_table", "BASELINE_KEYS", "MANIFEST",
+    "row", "write_report", "render_report", "replace_report", "write_partial_report", "partial_report_path", "read_baseline",
+    "write_baseline", "writable_problem", "format_table", "table_legend", "row_key", "BASELINE_KEYS", "MANIFEST",
 ]
 
 #: what a baseline entry keeps of a row
@@ -213,117 +217,53 @@ def format_table(rows: Iterable[Mapping]) -> list[str]:
     return lines
 
 
-def _cell(text: str) -> str:
-    """Text safe inside a markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
+def table_legend(confidence: Optional[float] = None) -> str:
+    """One line explaining the columns of :func:`format_table`."""
+    level = "" if confidence is None else f"{100 * confidence:g} % "
+    return (f"rate: share of trials that satisfy the property; interval: its {level}confidence interval in %; trials: roots or "
+            "points counted; baseline: the rate in the baseline file; status: ok | regression (intervals do not overlap) | new (no baseline entry)")
 
 
-def _sections(rows: list[Mapping]) -> list[tuple[str, list[Mapping]]]:
-    """Rows grouped by the first part of their name; the notebook's first, breakdowns last."""
-    groups: dict[str, list[Mapping]] = {}
-    for r in rows:
-        head, _, rest = r["name"].partition(".")
-        detail = rest.split(".")[0]
-        if detail.startswith("layer"):
-            key = f"{head}: per layer"
-        elif detail.startswith("neuron"):
-            key = f"{head}: per hidden neuron"
-        else:
-            key = head
-        groups.setdefault(key, []).append(r)
+def render_report(rows: list[Mapping], plots: list[Mapping], config: Mapping) -> dict[str, bytes]:
+    """Every file of the report by name: ``report.json``, ``report.md``, ``report.html`` and the PNGs.
 
-    def order(key: str) -> tuple:
-        return (not key.startswith("notebook"), ":" in key, key)
+    ``plots`` are the recorded plot specs; the rule comparison and the
+    layers x rules figure are added from the rows (:func:`properties.figures.derived_plots`).
+    A ``bars`` plot whose rates are all 0 % or all 100 % becomes a sentence
+    (its ``report.json`` entry has ``"file": None`` and ``"text"``).
+    """
+    from . import figures
+    from .htmlpage import html_page
+    from .markdown import markdown
+    from .summary import summarize
 
-    return [(key, groups[key]) for key in sorted(groups, key=order)]
-
-
-def _markdown(rows: list[Mapping], plots: list[Mapping], config: Mapping) -> str:
+    rows = sorted(rows, key=lambda r: r["name"])
     confidence = config.get("confidence")
-    out = [
-        "# DTD property report",
-        "",
-        f"Rates with {100 * confidence:g}% intervals. `wilson`: Wilson score interval (independent trials). "
-        "`wilson-clustered`: Wilson interval on the effective sample size trials / design effect, the design "
-        "effect from the cluster-robust variance over the clusters (generated networks, or the points of one "
-        "network). Status `regression`: the interval and the baseline's do not overlap; `new`: no baseline entry.",
-        "",
-        "| config | value |",
-        "|---|---|",
-    ]
-    out += [f"| {key} | {value} |" for key, value in sorted(config.items())]
-    for title, members in _sections(rows):
-        out += ["", f"## {title}", "", "| name | rate | interval | successes / trials | interval method | baseline | status | counts |",
-                "|---|---|---|---|---|---|---|---|"]
-        for r in members:
-            base = r["baseline"]
-            method = r["interval"] + (f" ({r['clusters']} clusters, deff {r['design_effect']:.2f})" if r["clusters"] else "")
-            out.append(
-                f"| `{r['name']}` | {_percent(r['rate'])} | {_interval(r['ci_low'], r['ci_high'])} | "
-                f"{r['successes']} / {r['trials']} | {method} | {_percent(base['rate'] if base else None)} "
-                f"{_interval(base['ci_low'], base['ci_high']) if base else ''} | {r['status']} | {_cell(r['description'])} |"
-            )
-    if plots:
-        out += ["", "## Plots", ""]
-        for plot in plots:
-            out += [f"### {plot['title']}", "", plot.get("caption", ""), "", f"![{plot['title']}]({plot['file']})", ""]
-    return "\n".join(out) + "\n"
-
-
-def _render_plot(directory: Path, plot: Mapping, rows_by_name: Mapping[str, Mapping]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    try:
-        if plot["kind"] == "histogram":
-            import numpy as np
-
-            every = [v for values in plot["series"].values() for v in values]
-            edges = np.histogram_bin_edges(every, bins=plot.get("bins", 30)) if every else plot.get("bins", 30)
-            for label, values in plot["series"].items():
-                ax.hist(values, bins=edges, alpha=0.6, density=True, label=f"{label} (n={len(values)})")
-            ax.set_ylabel("density (each series integrates to 1)")
-            ax.legend()
-        elif plot["kind"] == "bars":
-            names = [n for n in plot["rows"] if n in rows_by_name]
-            labels = [plot["labels"][plot["rows"].index(n)] for n in names]
-            rates = [100 * (rows_by_name[n]["rate"] or 0.0) for n in names]
-            lows = [100 * (rows_by_name[n]["ci_low"] or 0.0) for n in names]
-            highs = [100 * (rows_by_name[n]["ci_high"] or 0.0) for n in names]
-            errors = [[max(0.0, r - lo) for r, lo in zip(rates, lows)], [max(0.0, hi - r) for r, hi in zip(rates, highs)]]
-            ax.bar(range(len(names)), rates, yerr=errors, capsize=3, color="tab:blue")
-            ax.set_xticks(range(len(names)))
-            ax.set_xticklabels(labels, rotation=45 if len(names) > 8 else 0, ha="right" if len(names) > 8 else "center")
-            ax.set_ylim(0, 105)
-            ax.set_ylabel("rate (%) with interval")
-        else:
-            raise ValueError(f"unknown plot kind {plot['kind']!r}")
-        ax.set_title(plot["title"])
-        ax.set_xlabel(plot.get("xlabel", ""))
-        fig.tight_layout()
-        handle, tmp = tempfile.mkstemp(dir=directory, prefix=".plot.", suffix=".png")
-        os.close(handle)
-        fig.savefig(tmp)
-        os.replace(tmp, directory / plot["file"])
-    finally:
-        plt.close(fig)
+    by_name = {r["name"]: r for r in rows}
+    specs = figures.derived_plots(rows) + sorted(plots, key=lambda p: p["file"])
+    files: dict[str, bytes] = {}
+    entries = []
+    for plot in specs:
+        entry = {"file": plot["file"], "title": plot["title"], "caption": figures.caption(plot, confidence)}
+        sentence = figures.constant_sentence(plot, by_name, confidence)
+        if sentence is None:
+            files[plot["file"]] = figures.render(plot, by_name, confidence)
+        else:  # the sentence states the rates' interval; the caption keeps only what the chart would have shown
+            entry.update(file=None, text=sentence, caption=plot.get("caption", ""))
+        entries.append(entry)
+    summary = summarize(rows, confidence)
+    files["report.json"] = _dumps({"properties": rows, "plots": entries, "config": dict(config)})
+    files["report.md"] = markdown(rows, entries, config, summary).encode()
+    files["report.html"] = html_page(rows, entries, files, config, summary).encode()
+    return files
 
 
 def write_report(directory: Path, rows: list[Mapping], plots: list[Mapping], config: Mapping) -> None:
-    """Write ``report.json``, ``report.md`` and every plot under ``directory``."""
+    """Write ``report.json``, ``report.md``, ``report.html`` and every plot under ``directory`` (see :func:`render_report`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    rows = sorted(rows, key=lambda r: r["name"])
-    plots = sorted(plots, key=lambda p: p["file"])
-    by_name = {r["name"]: r for r in rows}
-    for plot in plots:
-        _render_plot(directory, plot, by_name)
-    summary = [{key: p[key] for key in ("file", "title", "caption") if key in p} for p in plots]
-    _atomic_write(directory / "report.json", _dumps({"properties": rows, "plots": summary, "config": dict(config)}))
-    _atomic_write(directory / "report.md", _markdown(rows, summary, config).encode())
+    for name, data in render_report(rows, plots, config).items():
+        _atomic_write(directory / name, data)
 
 
 #: a hidden file in the report directory naming the files the report wrote, so

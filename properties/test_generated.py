@@ -22,7 +22,6 @@ from properties.checks import RootOutcomes, root_outcomes
 from properties.keys import RateKey
 from properties.stats import Tally
 from properties.strategies import sample_cases
-from properties.thresholds import PROPERTY_ATOL
 
 pytestmark = pytest.mark.properties
 
@@ -79,10 +78,4 @@ def test_rates_over_generated_networks(variant, property_report, generated_cases
     for key in tally.names():
         property_report.rate(key, tally.rate(key, property_report.confidence), summary=_in_summary(key))
     property_report.count(f"roots evaluated ({variant.label}, generated networks)", n_roots)
-    layers = sorted({key.layer for key in tally.names() if key.layer is not None})
-    property_report.bars(
-        f"layers_{variant.label}_gradient_match.png", f"{variant.label} over generated networks: gradient match per layer",
-        [str(RateKey("generated", "gradient_match", rule=variant.label, layer=k)) for k in layers], [f"layer {k}" for k in layers],
-        xlabel="layer k (roots judged with f_k)",
-        caption=f"Share of valid {variant.label} roots of layer k whose gradient of f_k equals the input's (max abs difference <= {PROPERTY_ATOL:g}).",
-    )
+    # the per-layer rates are drawn once for all rules, from the rows, by properties.figures (layers x rules)

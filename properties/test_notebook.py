@@ -96,7 +96,7 @@ def test_seed_notebook(seed_experiment, property_report):
     property_report.histogram(
         "notebook_output_difference.png", "Seed network: f(x) - f(root) of the first-layer z+ roots, beside f(x)",
         {"f(x) - f(root), every root": diffs.tolist(), "f(x), every point": f_x.tolist()},
-        xlabel="value", caption="The notebook's first histogram: a root that zeroed the output would give f(x) - f(root) = f(x).",
+        xlabel="f(x) - f(root) per root; f(x) per point", caption="The notebook's first histogram: a root that zeroed the output would give f(x) - f(root) = f(x).",
     )
     mean_diff = (outcomes.gradient_mean_abs_difference * outcomes.valid).sum(1) / outcomes.valid.sum(1).clamp_min(1)
     property_report.histogram(

@@ -1,0 +1,192 @@
+"""The report's figures: recorded plots and the figures built from the rows, rendered to deterministic PNGs.
+
+Two figures are drawn from the rows' keys, whatever tests recorded them:
+the rule comparison (:func:`derived_plots`: every rule side by side, one
+bar per question, with intervals) and the layers x rules heat map of the
+gradient match.  Recorded ``bars`` plots whose rates are all 0 % or all
+100 % become a sentence instead of an empty chart; histograms show counts
+on a log scale so their tails stay visible.  Every caption states the
+confidence level.  :func:`render` returns PNG bytes that depend only on the
+data (no timestamps or version strings in the file).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Mapping, Optional
+
+from .sections import natural_key, row_key
+from .summary import GLANCE_COLUMNS
+
+__all__ = ["derived_plots", "render", "caption", "constant_sentence", "RULES_FIGURE", "LAYERS_FIGURE"]
+
+RULES_FIGURE = "rules_comparison.png"
+LAYERS_FIGURE = "layers_by_rule_gradient_match.png"
+
+#: the questions of the rule comparison (the first columns of the rules-at-a-glance table)
+_COMPARED = ("zero output", "gradient match", "region match", "in-region root exists")
+
+
+def _keyed(rows: list[Mapping]) -> list:
+    return [(k, r) for k, r in ((row_key(r), r) for r in rows) if k is not None]
+
+
+def _overall(keyed: list, fields: Mapping) -> Optional[str]:
+    """Name of the row whose key has ``fields`` and no layer, neuron, finder or unit (None if absent)."""
+    for k, r in keyed:
+        if all(getattr(k, f) == v for f, v in fields.items()) and k.layer is None and k.neuron is None and k.finder is None and k.unit is None:
+            return r["name"]
+    return None
+
+
+def derived_plots(rows: list[Mapping]) -> list[dict]:
+    """Plot specs built from the rows: the rule comparison and the layers x rules figure (each only if it has data)."""
+    keyed = _keyed(rows)
+    out = []
+    rules = sorted({k.rule for k, _ in keyed if k.family in ("generated", "region") and k.rule is not None}, key=natural_key)
+    series = {}
+    for title in _COMPARED:
+        names = [_overall(keyed, GLANCE_COLUMNS[title](rule)) for rule in rules]
+        if any(names):
+            series[title] = names
+    if rules and series:
+        out.append({
+            "file": RULES_FIGURE, "kind": "grouped_bars", "title": "Rules side by side over generated networks",
+            "groups": rules, "series": series, "xlabel": "rule",
+            "caption": "Each bar: the share of valid roots of neurons carrying relevance (R_j != 0) that satisfy the question, "
+                       "over all layers of the generated networks; in-region root exists: exact LP over the region's closure.",
+        })
+    layer_rows = [(k, r) for k, r in keyed if k.family == "generated" and k.layer is not None and k.outcome == "gradient_match"
+                  and k.unit is None and k.subset is None]
+    if layer_rows:
+        layer_rules = sorted({k.rule for k, _ in layer_rows}, key=natural_key)
+        layers = sorted({k.layer for k, _ in layer_rows})
+        cells = {(k.rule, k.layer): r["name"] for k, r in layer_rows}
+        out.append({
+            "file": LAYERS_FIGURE, "kind": "heatmap", "title": "Gradient match per layer and rule, generated networks",
+            "rows": layer_rules, "columns": layers, "cells": [[cells.get((rule, k)) for k in layers] for rule in layer_rules],
+            "xlabel": "layer k (roots judged with f_k)", "ylabel": "rule",
+            "caption": "Each cell: the share of valid roots of layer k (trivial roots included) whose gradient of f_k equals the "
+                       "input's, with its interval below; blank: no network of the sample has that layer for that rule.",
+        })
+    return out
+
+
+def caption(plot: Mapping, confidence: Optional[float]) -> str:
+    """The plot's caption, ending with the confidence level of its intervals (or that it has none)."""
+    level = "the run's" if confidence is None else f"{100 * confidence:g} %"
+    text = plot.get("caption", "").strip()
+    if plot["kind"] == "histogram":
+        note = f"Counts on a log scale (tails visible); raw values of this run, no interval (the rates carry {level} intervals)."
+    else:
+        note = f"Error bars and brackets: {level} confidence intervals (Wilson; clustered where the rate is)."
+    return f"{text} {note}".strip()
+
+
+def _bar_rows(plot: Mapping, by_name: Mapping[str, Mapping]) -> list[tuple[str, Mapping]]:
+    return [(label, by_name[name]) for name, label in zip(plot["rows"], plot["labels"]) if name in by_name]
+
+
+def constant_sentence(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[float]) -> Optional[str]:
+    """For a ``bars`` plot whose rates are all 0 % or all 100 %: the sentence that replaces the empty chart; else None."""
+    if plot["kind"] != "bars":
+        return None
+    pairs = _bar_rows(plot, by_name)
+    rates = {r["rate"] for _, r in pairs}
+    if not pairs or len(rates) != 1 or rates.pop() not in (0.0, 1.0):
+        return None
+    value = pairs[0][1]["rate"]
+    level = "" if confidence is None else f"{100 * confidence:g} % "
+    if value == 0.0:
+        bound = max(r["ci_high"] for _, r in pairs)
+        tail = f"every {level}interval ends at or below {100 * bound:.2f} %"
+    else:
+        bound = min(r["ci_low"] for _, r in pairs)
+        tail = f"every {level}interval starts at or above {100 * bound:.2f} %"
+    return (f"No chart: all {len(pairs)} rates ({pairs[0][0]} to {pairs[-1][0]}) are {100 * value:.0f} % "
+            f"({sum(r['trials'] for _, r in pairs)} trials in all; {tail}).")
+
+
+def _interval_errors(rows: list[Optional[Mapping]]):
+    rates = [100 * (r["rate"] or 0.0) if r else 0.0 for r in rows]
+    low = [max(0.0, rate - 100 * (r["ci_low"] or 0.0)) if r else 0.0 for rate, r in zip(rates, rows)]
+    high = [max(0.0, 100 * (r["ci_high"] or 0.0) - rate) if r else 0.0 for rate, r in zip(rates, rows)]
+    return rates, [low, high]
+
+
+def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[float]) -> bytes:
+    """The plot as PNG bytes (identical bytes for identical data)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    level = "" if confidence is None else f" ({100 * confidence:g} % interval)"
+    with matplotlib.rc_context({"font.size": 9}):
+        if plot["kind"] == "heatmap":
+            fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(plot["columns"]), 0.9 + 0.55 * len(plot["rows"])), dpi=100)
+        elif plot["kind"] == "grouped_bars":
+            fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(plot["groups"])), 4.2), dpi=100)
+        else:
+            fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        try:
+            if plot["kind"] == "histogram":
+                every = [v for values in plot["series"].values() for v in values]
+                edges = np.histogram_bin_edges(every, bins=plot.get("bins", 30)) if every else plot.get("bins", 30)
+                for label, values in plot["series"].items():
+                    ax.hist(values, bins=edges, alpha=0.55, label=f"{label} (n={len(values)})")
+                ax.set_yscale("log")
+                ax.set_ylabel("count (log scale)")
+                ax.legend(fontsize=8)
+            elif plot["kind"] == "bars":
+                pairs = _bar_rows(plot, by_name)
+                rates, errors = _interval_errors([r for _, r in pairs])
+                ax.bar(range(len(pairs)), rates, yerr=errors, capsize=3, color="tab:blue")
+                ax.set_xticks(range(len(pairs)))
+                tilt = len(pairs) > 8
+                ax.set_xticklabels([label for label, _ in pairs], rotation=45 if tilt else 0, ha="right" if tilt else "center")
+                ax.set_ylim(0, 105)
+                ax.set_ylabel(f"rate (%){level}")
+            elif plot["kind"] == "grouped_bars":
+                groups, series = plot["groups"], plot["series"]
+                width = 0.8 / max(1, len(series))
+                for i, (label, names) in enumerate(series.items()):
+                    rows = [by_name.get(n) if n else None for n in names]
+                    rates, errors = _interval_errors(rows)
+                    xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+                    present = [j for j, r in enumerate(rows) if r is not None]
+                    ax.bar([xs[j] for j in present], [rates[j] for j in present], width=width * 0.95,
+                           yerr=[[errors[0][j] for j in present], [errors[1][j] for j in present]], capsize=2, label=label)
+                ax.set_xticks(range(len(groups)))
+                ax.set_xticklabels(groups)
+                ax.set_ylim(0, 105)
+                ax.set_ylabel(f"rate (%){level}")
+                ax.legend(fontsize=8, ncol=len(series), loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+            elif plot["kind"] == "heatmap":
+                grid = np.full((len(plot["rows"]), len(plot["columns"])), np.nan)
+                for i, names in enumerate(plot["cells"]):
+                    for j, name in enumerate(names):
+                        r = by_name.get(name) if name else None
+                        if r is not None and r["rate"] is not None:
+                            grid[i, j] = 100 * r["rate"]
+                            colour = "white" if r["rate"] < 0.6 else "black"
+                            ax.text(j, i, f"{100 * r['rate']:.1f}\n[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]",
+                                    ha="center", va="center", fontsize=7, color=colour)
+                image = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=100, cmap="viridis", aspect="auto")
+                fig.colorbar(image, ax=ax, label=f"rate (%){level}")
+                ax.set_xticks(range(len(plot["columns"])))
+                ax.set_xticklabels([str(c) for c in plot["columns"]])
+                ax.set_yticks(range(len(plot["rows"])))
+                ax.set_yticklabels(plot["rows"])
+                ax.set_ylabel(plot.get("ylabel", ""))
+            else:
+                raise ValueError(f"unknown plot kind {plot['kind']!r}")
+            ax.set_title(plot["title"])
+            ax.set_xlabel(plot.get("xlabel", ""))
+            fig.tight_layout()
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", metadata={"Software": None})
+            return buffer.getvalue()
+        finally:
+            plt.close(fig)

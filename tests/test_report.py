@@ -1,0 +1,332 @@
+"""The report a researcher reads: summary from the data, natural order, by-design rows, figures, report.html."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+
+from properties import figures
+from properties.keys import SEED_TOP_LAYER, RateKey, by_design
+from properties.report import render_report, row, table_legend
+from properties.sections import OTHER, natural_key, row_key, sections, split_by_design
+from properties.summary import format_rate, summarize
+
+CONFIDENCE = 0.99
+CONFIG = {"confidence": CONFIDENCE, "seed": 0, "hypothesis_profile": "ci", "hypothesis_max_examples": 30,
+          "roots evaluated (z+, generated networks)": 1234}
+
+
+def _row(name_or_key, successes, trials, *, baseline=None, keyed=True):
+    """A report row as the plugin builds it (with the key's fields, or ``"key": None`` as for a plain name)."""
+    from properties.stats import Rate
+
+    key = name_or_key if isinstance(name_or_key, RateKey) else None
+    name = str(key) if key is not None else name_or_key
+    return row(name, Rate(successes, trials, CONFIDENCE), f"description of {name}", baseline, key if keyed else None)
+
+
+def _run_rows(zero_output_successes=0):
+    """A small fake run: the notebook's questions, three rules over generated networks, agreement, full backward."""
+    K = RateKey
+    rows = [
+        _row(K("notebook", "zero_output"), zero_output_successes, 10000),
+        _row(K("notebook", "output_unchanged"), 4216, 10000),
+        _row(K("notebook", "gradient_match", unit="roots"), 8838, 10000),
+        _row(K("notebook", "gradient_match", unit="points"), 426, 1000),
+        _row(K("notebook", "gradient_match", layer=SEED_TOP_LAYER, unit="points"), 0, 1000),
+        _row(K("notebook", "gradient_match", layer=2, unit="points"), 903, 1000),
+        _row(K("full_backward", "conserved", finder="z+"), 69, 100),
+        _row(K("agreement", "points", subject="zennit", rule="z+"), 300, 300),
+        _row(K("agreement", "agree_where_conditioned", subject="zennit", rule="z+"), 280, 280),
+    ]
+    for rule, gradient in (("gamma10", 74), ("z+", 67), ("gamma0_1", 62), ("gamma1", 69)):
+        rows.append(_row(K("generated", "gradient_match", rule=rule, subset="relevant"), gradient, 100))
+        rows.append(_row(K("generated", "zero_output", rule=rule, subset="relevant"), 8, 100))
+        for layer in (10, 2, 0):
+            rows.append(_row(K("generated", "gradient_match", rule=rule, layer=layer), 50 + layer, 100))
+    rows.append(_row(K("region", "root_exists", rule="z+"), 92, 100))
+    return rows
+
+
+def _render(rows, plots=()):
+    return render_report(rows, list(plots), CONFIG)
+
+
+# --------------------------------------------------------------------------- summary from the data
+def _answer(summary, fragment):
+    found = [a for a in summary.answers if fragment in a.question]
+    assert len(found) == 1, [a.question for a in summary.answers]
+    return found[0]
+
+
+def test_summary_sentence_follows_the_rate():
+    never = _answer(summarize(_run_rows(0)), "set the explained output to zero")
+    some = _answer(summarize(_run_rows(2500)), "set the explained output to zero")
+    assert never.verdict == "Never" and never.detail.startswith("0.00 % [")
+    assert some.verdict == "Sometimes" and some.detail.startswith("25.00 % [")
+    assert never.detail != some.detail
+    assert never.names == some.names == ["notebook.zero_output"]
+
+
+def test_summary_numbers_are_the_rows_numbers():
+    rows = _run_rows(17)
+    by_name = {r["name"]: r for r in rows}
+    summary = summarize(rows, CONFIDENCE)
+    assert summary.answers
+    for answer in summary.answers:
+        for name in answer.names:
+            r = by_name[name]
+            expected = f"{100 * r['rate']:.2f} % [{100 * r['ci_low']:.2f}, {100 * r['ci_high']:.2f}]"
+            assert expected in answer.detail, (name, answer.detail)
+    markdown = _render(rows)["report.md"].decode()
+    head = markdown.split("## Rules at a glance")[0]
+    for answer in summary.answers:
+        assert answer.detail in head
+
+
+def test_summary_leaves_out_rows_fixed_by_design_and_reports_the_gate():
+    rows = _run_rows()
+    summary = summarize(rows)
+    named = {n for a in summary.answers for n in a.names}
+    assert "notebook.layer3.gradient_match.points" not in named
+    assert summary.gate.verdict == f"ok, {len(rows)} new" and len(summary.gate.names) == len(rows)  # fake rows have no baseline
+    baseline = {"rate": 0.9, "ci_low": 0.89, "ci_high": 0.91}
+    regressed = rows + [_row(RateKey("region", "root_exists", rule="w2"), 10, 100, baseline=baseline)]
+    gate = summarize(regressed).gate
+    assert gate.verdict == "1 regression" and gate.names[0] == "region.w2.root_exists"
+
+
+def test_rules_at_a_glance_cells_are_found_by_key():
+    glance = summarize(_run_rows()).glance
+    assert glance.rules == ["gamma0_1", "gamma1", "gamma10", "z+"]
+    assert glance.cells["z+"]["gradient match"]["name"] == "z+.gradient_match.relevant"
+    assert glance.cells["z+"]["in-region root exists"]["name"] == "region.z+.root_exists"
+    assert glance.cells["z+"]["conservation (full backward)"]["name"] == "full_backward.z+.conserved"
+    assert glance.cells["gamma1"]["in-region root exists"] is None
+    assert format_rate(glance.cells["gamma1"]["gradient match"]).startswith("69.00 % [")
+
+
+def test_a_users_subject_run_gets_only_its_own_sections_and_sentences():
+    rows = [_row(RateKey("subject", "zero_output", subject="mynet", rule="z+"), 3, 50),
+            _row(RateKey("subject", "gradient_match", subject="mynet", rule="z+", layer=1), 40, 50)]
+    summary = summarize(rows)
+    assert [a.question for a in summary.answers] == ["How does subject mynet fare?"]
+    assert summary.glance is None
+    assert [s.family for s in sections(rows)] == ["subject"]
+    files = _render(rows)
+    markdown = files["report.md"].decode()
+    assert "## Your subjects" in markdown and "notebook" not in markdown.lower().split("## glossary")[0]
+    assert not [name for name in files if name.endswith(".png")]  # nothing to compare across rules or layers
+    conformance = [_row(RateKey("conformance", "equals_dtd", subject="mylrp"), 99, 100)]
+    assert [a.question for a in summarize(conformance).answers] == ["How does implementation mylrp fare?"]
+
+
+# --------------------------------------------------------------------------- sections and natural sort
+def test_natural_key_reads_numbers_and_rule_parameters():
+    labels = ["gamma10", "layer10", "gamma1", "layer2", "gamma0_25", "gamma0_1", "z+", "w2"]
+    assert sorted(labels, key=natural_key) == ["gamma0_1", "gamma0_25", "gamma1", "gamma10", "layer2", "layer10", "w2", "z+"]
+
+
+def test_sections_follow_the_families_and_sort_naturally():
+    rows = _run_rows() + [_row("demo.rate", 1, 2)]
+    found = sections(list(reversed(rows)))
+    assert [s.family for s in found] == ["notebook", "generated", "region", "full_backward", "agreement", None]
+    assert found[-1].title == OTHER and [r["name"] for r in found[-1].rows] == ["demo.rate"]
+    generated = found[1]
+    assert [title for title, _ in generated.parts] == ["rule gamma0_1", "rule gamma1", "rule gamma10", "rule z+"]
+    z_plus = dict(generated.parts)["rule z+"]
+    assert [r["name"] for r in z_plus] == ["z+.zero_output.relevant", "z+.gradient_match.relevant", "z+.layer0.gradient_match",
+                                           "z+.layer2.gradient_match", "z+.layer10.gradient_match"]
+
+
+def test_rows_recorded_by_name_are_placed_like_keyed_rows():
+    keyed = _row(RateKey("generated", "gradient_match", rule="z+", layer=3), 5, 10)
+    plain = _row(RateKey("generated", "gradient_match", rule="z+", layer=3), 5, 10, keyed=False)
+    assert plain["key"] is None and keyed["key"] is not None
+    assert row_key(plain) == row_key(keyed) == RateKey("generated", "gradient_match", rule="z+", layer=3)
+    assert row_key({"name": "not.a.rate", "key": None}) is None
+
+
+# --------------------------------------------------------------------------- by design
+@pytest.mark.parametrize("key, fixed", [
+    (RateKey("notebook", "gradient_match", layer=SEED_TOP_LAYER, unit="points"), True),
+    (RateKey("notebook", "gradient_match", layer=SEED_TOP_LAYER, finder="region_roots"), True),
+    (RateKey("notebook", "gradient_match", layer=SEED_TOP_LAYER - 1, unit="points"), False),
+    (RateKey("notebook", "gradient_match", layer=SEED_TOP_LAYER, unit="roots"), False),  # trivial roots of the other output match
+    (RateKey("notebook", "gradient_match", layer=0, finder="sampled_roots", subset="midpoint"), True),
+    (RateKey("region", "gradient_match", rule="z+", subset="midpoint"), True),
+    (RateKey("region", "gradient_match", rule="z+", subset="at_root"), False),
+    (RateKey("agreement", "agree_where_conditioned", subject="zennit", rule="x"), True),
+    (RateKey("agreement", "points", subject="zennit", rule="x"), False),
+    (RateKey("generated", "gradient_match", rule="z+", layer=SEED_TOP_LAYER), False),  # mixed depths: never fixed
+])
+def test_by_design_is_decided_from_the_key(key, fixed):
+    reason = by_design(key)
+    assert (reason is not None) == fixed
+    if fixed:
+        assert ("0 %" in reason) or ("100 %" in reason)
+
+
+def test_by_design_rows_are_kept_apart_from_findings():
+    rows = _run_rows()
+    measured, fixed = split_by_design(rows)
+    assert {r["name"] for r, _ in fixed} == {"notebook.layer3.gradient_match.points", "agreement.zennit.z+.agree_where_conditioned"}
+    files = _render(rows)
+    markdown = files["report.md"].decode()
+    findings, apart = markdown.split("## Rates fixed by design")
+    for r, _ in fixed:
+        assert f"`{r['name']}`" not in findings.split("## Figures")[-1]
+        assert f"`{r['name']}`" in apart
+    page = files["report.html"].decode()
+    measured_table, fixed_table = page.split('id="by-design-rates"')
+    for r, _ in fixed:
+        assert r["name"] not in measured_table.split('id="rates"')[1] and r["name"] in fixed_table
+
+
+# --------------------------------------------------------------------------- figures
+def test_derived_figures_come_from_the_rows():
+    plots = figures.derived_plots(_run_rows())
+    by_file = {p["file"]: p for p in plots}
+    comparison = by_file[figures.RULES_FIGURE]
+    assert comparison["groups"] == ["gamma0_1", "gamma1", "gamma10", "z+"]
+    assert comparison["series"]["gradient match"][3] == "z+.gradient_match.relevant"
+    layers = by_file[figures.LAYERS_FIGURE]
+    assert layers["columns"] == [0, 2, 10] and layers["rows"] == comparison["groups"]
+    assert layers["cells"][0] == ["gamma0_1.layer0.gradient_match", "gamma0_1.layer2.gradient_match", "gamma0_1.layer10.gradient_match"]
+
+
+def test_pngs_are_byte_identical_across_renders():
+    rows = _run_rows()
+    plots = [{"file": "h.png", "kind": "histogram", "title": "values", "series": {"a": [0.0, 0.1, 0.1, 5.0]}, "xlabel": "value of a"},
+             {"file": "b.png", "kind": "bars", "title": "bars", "rows": ["z+.layer0.gradient_match", "z+.layer2.gradient_match"],
+              "labels": ["0", "2"]}]
+    first, second = _render(rows, plots), _render(rows, plots)
+    pngs = sorted(name for name in first if name.endswith(".png"))
+    assert pngs == ["b.png", "h.png", figures.LAYERS_FIGURE, figures.RULES_FIGURE]
+    for name in first:
+        assert first[name] == second[name], name
+    assert all(first[name][:8] == b"\x89PNG\r\n\x1a\n" for name in pngs)
+    assert b"tEXtSoftware" not in first["h.png"]
+
+
+def test_a_chart_whose_rates_are_all_zero_becomes_a_sentence():
+    rows = [_row(RateKey("notebook", "zero_output", neuron=j), 0, 1000) for j in range(3)]
+    plot = {"file": "zero.png", "kind": "bars", "title": "zero output per neuron", "rows": [r["name"] for r in rows],
+            "labels": ["n0", "n1", "n2"], "caption": "Share of roots."}
+    files = _render(rows, [plot])
+    assert "zero.png" not in files
+    import json
+
+    entry = json.loads(files["report.json"])["plots"][0]
+    assert entry["file"] is None and entry["text"].startswith("No chart: all 3 rates (n0 to n2) are 0 %")
+    assert entry["text"] in files["report.md"].decode()
+    rows[1] = _row(RateKey("notebook", "zero_output", neuron=1), 1, 1000)
+    assert "zero.png" in _render(rows, [plot])
+
+
+def test_every_caption_states_the_confidence_level():
+    plots = figures.derived_plots(_run_rows()) + [{"file": "h.png", "kind": "histogram", "title": "t", "series": {}}]
+    for plot in plots:
+        assert "99 %" in figures.caption(plot, CONFIDENCE)
+
+
+# --------------------------------------------------------------------------- report.md and report.html
+def test_markdown_answers_first_glossary_linked_and_examples_shown():
+    rows = _run_rows()
+    rows[1] = {**rows[1], "example": "net = ReLUNetwork.from_sequential(...)\nx = tensor([[0.0, 1.0]])"}
+    markdown = _render(rows)["report.md"].decode()
+    order = [markdown.index(h) for h in ("## Answers", "## Rules at a glance", "## Figures", "## The seed notebook's experiment",
+                                         "## Rates fixed by design", "## The run", "## Glossary")]
+    assert order == sorted(order)
+    for anchor in ("f_k", "region", "relevant", "design-effect", "interval"):
+        assert f"](#{anchor})" in markdown.split("## Answers")[0] and f'<a id="{anchor}"></a>' in markdown
+    assert "x = tensor([[0.0, 1.0]])" in markdown
+    assert "hypothesis_max_examples" not in markdown and "roots evaluated (z+, generated networks) | 1234" in markdown
+    assert "| description |" in markdown and "| counts |" not in markdown
+
+
+class _Resources(HTMLParser):
+    """Every tag and its attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_html_is_self_contained_and_lists_every_rate():
+    rows = _run_rows()
+    rows[0] = {**rows[0], "status": "regression", "example": "<b>not markup</b>"}
+    files = _render(rows)
+    page = files["report.html"].decode()
+    parser = _Resources()
+    parser.feed(page)
+    tags = parser.tags
+    assert not [t for t, _ in tags if t in ("link", "iframe", "object", "embed")]
+    assert not [a for t, a in tags if t == "script" and "src" in a]
+    for tag, attrs in tags:
+        if "src" in attrs:
+            assert attrs["src"].startswith("data:image/png;base64,"), (tag, attrs["src"][:40])
+        if "href" in attrs:
+            assert attrs["href"].startswith("#"), (tag, attrs["href"])
+    assert not re.search(r"https?://|url\(|@import", page)
+    images = [a["src"] for t, a in tags if t == "img"]
+    assert len(images) == len([n for n in files if n.endswith(".png")])
+    cells = page.split('id="rates"')[1]
+    measured, _ = split_by_design(rows)
+    for r in rows:
+        assert f"<code>{r['name']}</code>" in page
+    for r in measured:
+        assert f"<code>{r['name']}</code>" in cells
+    assert re.search(r'<tr class="regression" data-status="regression" data-section="notebook"><td>notebook</td><td><code>notebook\.zero_output</code>', page)
+    assert "&lt;b&gt;not markup&lt;/b&gt;" in page
+
+
+def test_table_legend_names_every_column_and_the_level():
+    legend = table_legend(CONFIDENCE)
+    assert "\n" not in legend and "99 %" in legend
+    for column in ("rate", "interval", "trials", "baseline", "status", "regression", "new"):
+        assert column in legend
+
+
+# --------------------------------------------------------------------------- the page in a real browser
+#: Debian's ``chromium`` package; where it is not installed (CI decides whether to) the render is skipped
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (apt-get install chromium) to render report.html")
+def test_report_html_renders_offline_in_headless_chromium(tmp_path):
+    rows = _run_rows()
+    for name, data in _render(rows).items():
+        (tmp_path / name).write_bytes(data)
+    page = (tmp_path / "report.html").as_uri()
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(flags + ["--dump-dom", page], capture_output=True, text=True, timeout=120, check=True).stdout
+    measured, _ = split_by_design(rows)
+    # the inline script ran: the filter counted every measured rate
+    assert f"{len(measured)} of {len(measured)} rates shown" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1400,2000", page], capture_output=True, timeout=120, check=True)
+    image = shot.read_bytes()
+    assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(image) > 20_000  # a blank page compresses to a few kB
+
+
+def test_rows_fixed_by_design_are_listed_in_reading_order():
+    K = RateKey
+    rows = [_row(K("region", "gradient_match", rule="z+", subset="midpoint"), 5, 5),
+            _row(K("notebook", "gradient_match", layer=SEED_TOP_LAYER, finder="walk_roots"), 0, 5),
+            _row(K("notebook", "gradient_match", layer=0, finder="walk_roots", subset="midpoint"), 5, 5),
+            _row(K("region", "gradient_match", rule="gamma10", subset="midpoint"), 5, 5),
+            _row(K("region", "gradient_match", rule="gamma1", subset="midpoint"), 5, 5)]
+    _, fixed = split_by_design(rows)
+    assert [r["name"] for r, _ in fixed] == ["notebook.layer0.walk_roots.gradient_match.midpoint",
+                                             "notebook.layer3.walk_roots.gradient_match",
+                                             "region.gamma1.gradient_match.midpoint", "region.gamma10.gradient_match.midpoint",
+                                             "region.z+.gradient_match.midpoint"]
