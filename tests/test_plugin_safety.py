@@ -204,12 +204,12 @@ def _plot(file):
 def test_replace_report_swaps_the_directory_and_removes_only_its_own_stale_files(tmp_path):
     directory = tmp_path / "out"
     report.replace_report(directory, _rows("a"), [_plot("old.png")], {"confidence": 0.99})
-    assert {p.name for p in directory.iterdir()} == {"report.json", "report.md", "old.png", report.MANIFEST}
+    assert {p.name for p in directory.iterdir()} == {"report.json", "report.md", "report.html", "old.png", report.MANIFEST}
     report.replace_report(directory, _rows("a"), [_plot("new.png")], {"confidence": 0.99})  # swap path
-    assert {p.name for p in directory.iterdir()} == {"report.json", "report.md", "new.png", report.MANIFEST}
+    assert {p.name for p in directory.iterdir()} == {"report.json", "report.md", "report.html", "new.png", report.MANIFEST}
     (directory / "mine.txt").write_text("kept")
     report.replace_report(directory, _rows("a"), [], {"confidence": 0.99})  # one-by-one path (a foreign file)
-    assert {p.name for p in directory.iterdir()} == {"report.json", "report.md", "mine.txt", report.MANIFEST}
+    assert {p.name for p in directory.iterdir()} == {"report.json", "report.md", "report.html", "mine.txt", report.MANIFEST}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging directory left
 
 
