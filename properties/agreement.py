@@ -29,10 +29,11 @@ from __future__ import annotations
 from typing import Sequence, Union
 
 import torch
-from torch import nn
 
 from dtd import rules as R
 from dtd.network import ReLUNetwork
+
+from .adapters import CAPTUM_STABILIZER, ZENNIT_STABILIZER, captum_attribute, zennit_attribute, zennit_rule
 
 __all__ = [
     "ZENNIT_STABILIZER",
@@ -42,34 +43,14 @@ __all__ = [
     "zennit_relevance",
     "captum_zplus_relevance",
     "stabilizer_bound",
+    "per_layer_rules",
 ]
 
-#: zennit's default stabiliser: denominators become ``d + 1e-6 sign(d)``
-ZENNIT_STABILIZER = 1e-6
-#: captum's LRP stability factor: ``d + 1e-9 sign(d)``
-CAPTUM_STABILIZER = 1e-9
 #: float64 rounding allowance (absolute) for relevances of order 1-10 after a few layers
 ROUNDING64 = 1e-11
 
 
-def zennit_rule(rule: R.Rule):
-    """The zennit rule DTD's ``rule`` equals on bias-negative networks (``ValueError`` for ``pinv``)."""
-    if not isinstance(rule, (R.ZPlus, R.LRP0, R.Gamma, R.WSquare, R.ZB)):
-        raise ValueError(f"no zennit counterpart for {rule!r}")
-    import zennit.rules as zr
-
-    if isinstance(rule, R.ZPlus):
-        return zr.ZPlus()
-    if isinstance(rule, R.LRP0):
-        return zr.Epsilon(zero_params="bias")
-    if isinstance(rule, R.Gamma):
-        return zr.Gamma(rule.gamma, zero_params="bias")
-    if isinstance(rule, R.WSquare):
-        return zr.WSquare(zero_params="bias")
-    return zr.ZBox(rule.low, rule.high)
-
-
-def _per_layer(net: ReLUNetwork, rules: Union[R.Rule, Sequence[R.Rule]]) -> list[R.Rule]:
+def per_layer_rules(net: ReLUNetwork, rules: Union[R.Rule, Sequence[R.Rule]]) -> list[R.Rule]:
     if isinstance(rules, R.Rule):
         return [rules] * net.n_layers
     rules = list(rules)
@@ -84,34 +65,14 @@ def zennit_relevance(net: ReLUNetwork, x: torch.Tensor, rules: Union[R.Rule, Seq
     The relevance entering the top is the explained output's value (0 for
     the other outputs), as in train-free DTD.  ``net`` and ``x`` are not touched.
     """
-    from zennit.attribution import Gradient
-    from zennit.core import Composite
-
-    model = net.to_sequential()
-    linears = [m for m in model if isinstance(m, nn.Linear)]
-    mapped = {id(m): zennit_rule(rule) for m, rule in zip(linears, _per_layer(net, rules))}
-    composite = Composite(module_map=lambda ctx, name, module: mapped.get(id(module)))
-    onehot = torch.zeros(net.out_features, dtype=net.dtype, device=net.device)
-    onehot[output] = 1
-    with Gradient(model=model, composite=composite) as attributor:
-        _, relevance = attributor(x.detach().clone(), lambda y: onehot * y)
-    return relevance.detach()
+    return zennit_attribute(net.to_sequential(), x, output, per_layer_rules(net, rules))
 
 
 def captum_zplus_relevance(net: ReLUNetwork, x: torch.Tensor, output: int) -> torch.Tensor:
     """captum's ``LRP`` with ``Alpha1_Beta0_Rule(set_bias_to_zero=True)`` on every Linear, ``(batch, D)``."""
-    import warnings
-
-    from captum.attr import LRP
     from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule
 
-    model = net.to_sequential()
-    for module in model:
-        if isinstance(module, nn.Linear):
-            module.rule = Alpha1_Beta0_Rule(set_bias_to_zero=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
-        return LRP(model).attribute(x.detach().clone().requires_grad_(True), target=output).detach()
+    return captum_attribute(net.to_sequential(), x, output, lambda: Alpha1_Beta0_Rule(set_bias_to_zero=True))
 
 
 def stabilizer_bound(net: ReLUNetwork, dec, rules: Union[R.Rule, Sequence[R.Rule]], epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +89,7 @@ def stabilizer_bound(net: ReLUNetwork, dec, rules: Union[R.Rule, Sequence[R.Rule
     epsilon`` or no DTD root (the stabiliser then decides the result: the
     agreement is not expected there).
     """
-    rules = _per_layer(net, rules)
+    rules = per_layer_rules(net, rules)
     n = dec.output_value.shape[0]
     error = torch.zeros_like(dec.layers[-1].upper_relevance)
     conditioned = torch.ones(n, dtype=torch.bool, device=error.device)

@@ -10,6 +10,10 @@ Options
     The baseline to gate on (default: ``properties/baseline.json``).
 ``--property-confidence C``
     Confidence of every interval (default 0.99).
+``--dtd-implementation MODULE:FACTORY``
+    Run the conformance kit (:mod:`properties.conformance`) on these LRP
+    implementations (repeatable); unless ``--property-baseline`` is given,
+    gate on ``./conformance-baseline.json``.
 ``--property-seed N``
     Seed of the i.i.d. samples of generated networks (``property_report.seed``).
     Default: 0 under a derandomized hypothesis profile (``ci``, ``thorough``),
@@ -39,6 +43,8 @@ from .stats import DEFAULT_CONFIDENCE, Rate
 __all__ = ["PropertyReport", "Store"]
 
 DEFAULT_BASELINE = Path(__file__).with_name("baseline.json")
+#: the baseline of ``--dtd-implementation`` runs, in the directory pytest is run from
+CONFORMANCE_BASELINE = "conformance-baseline.json"
 _STORE_KEY = pytest.StashKey["Store"]()
 _RECORDER_KEY = pytest.StashKey["PropertyReport"]()
 _WORKER_OUTPUT = "property_records"
@@ -96,12 +102,13 @@ class PropertyReport:
         """Seed for i.i.d. samples of generated cases (same in every xdist worker)."""
         return self._store.seed
 
-    def rate(self, name: str, rate: Rate, description: str, *, summary: bool = False) -> dict:
+    def rate(self, name: str, rate: Rate, description: str, *, summary: bool = False, example: Optional[str] = None) -> dict:
         """Record one rate; returns its report row.
 
         ``description`` says in one line exactly what is counted.
         ``summary=True`` shows the row in the terminal table (every row is
-        in ``report.md``).  A rate inconsistent with the baseline fails the
+        in ``report.md``).  ``example``: a counterexample (text) kept in the
+        row as ``"example"`` and listed under "Counterexamples" in ``report.md``.  A rate inconsistent with the baseline fails the
         calling test unless ``--update-baseline`` is given.
         """
         if not isinstance(rate, Rate):
@@ -112,6 +119,10 @@ class PropertyReport:
             raise ValueError(f"property {name!r} needs a description of what it counts")
         self._store.claim(name, self._nodeid)
         entry = _report.row(name, rate, description, self._store.baseline.get(name))
+        if example is not None:
+            if not isinstance(example, str):
+                raise TypeError(f"example of {name!r} must be a str, got {type(example).__name__}")
+            entry["example"] = example
         self._store.rows[name] = entry
         if summary:
             self._store.summary.add(name)
@@ -153,11 +164,21 @@ def pytest_addoption(parser):
     group.addoption("--update-baseline", action="store_true", default=False, help="rewrite the baseline with this run's rates instead of gating on it")
     group.addoption("--property-baseline", default=str(DEFAULT_BASELINE), metavar="FILE", help="baseline file to gate on (default: properties/baseline.json)")
     group.addoption("--property-confidence", type=float, default=DEFAULT_CONFIDENCE, metavar="C", help="confidence of every interval (default: 0.99)")
+    group.addoption("--dtd-implementation", action="append", default=[], metavar="MODULE:FACTORY",
+                    help="run the conformance kit on these LRP implementations (repeatable; MODULE importable from "
+                         f"the current directory); the baseline then defaults to ./{CONFORMANCE_BASELINE}")
     group.addoption("--property-seed", type=int, default=None, metavar="N", help="seed of the sampled networks (default: 0 under a derandomized hypothesis profile, else random)")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "properties: statistical and must-hold DTD property tests")
+    if config.getoption("--dtd-implementation"):
+        # the user's implementations: collect the kit's test module, gate on the user's baseline (never ours)
+        if config.getoption("--property-baseline") == str(DEFAULT_BASELINE):
+            config.option.property_baseline = str(Path(config.invocation_params.dir) / CONFORMANCE_BASELINE)
+        suite = str(Path(__file__).with_name("conformance_suite.py"))
+        if suite not in config.args:
+            config.args.append(suite)
     confidence = config.getoption("--property-confidence")
     if not 0 < confidence < 1:
         raise pytest.UsageError(f"--property-confidence must be in (0, 1), got {confidence}")

@@ -146,6 +146,11 @@ def _markdown(rows: list[Mapping], plots: list[Mapping], config: Mapping) -> str
                 f"{r['successes']} / {r['trials']} | {method} | {_percent(base['rate'] if base else None)} "
                 f"{_interval(base['ci_low'], base['ci_high']) if base else ''} | {r['status']} | {_cell(r['description'])} |"
             )
+    examples = [r for r in rows if r.get("example")]
+    if examples:
+        out += ["", "## Counterexamples", "", "A shrunk minimal case for every property that failed."]
+        for r in examples:
+            out += ["", f"### `{r['name']}`", "", "```", r["example"], "```"]
     if plots:
         out += ["", "## Plots", ""]
         for plot in plots:
