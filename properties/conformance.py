@@ -48,7 +48,7 @@ import functools
 import importlib
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -61,7 +61,9 @@ from dtd.validation import check_int, check_number
 
 from .agreement import ROUNDING64, stabilizer_bound
 from .stats import Rate, Tally
-from .strategies import Case, sample_cases
+
+if TYPE_CHECKING:  # strategies imports hypothesis: loaded when networks are drawn, not when a user module imports the kit
+    from .strategies import Case
 
 __all__ = [
     "Implementation",
@@ -262,6 +264,8 @@ def load_implementations(spec: str) -> list[Implementation]:
 @functools.lru_cache(maxsize=4)
 def population(name: str, count: int, points: int, seed: int) -> tuple[Case, ...]:
     """``count`` i.i.d. cases of one population (cached: every implementation sees the same)."""
+    from .strategies import Case, sample_cases
+
     if name not in POPULATIONS:
         raise ValueError(f"unknown population {name!r}; known: {POPULATIONS}")
     init = "dtd" if name == "bias_negative" else "torch"
@@ -444,12 +448,14 @@ def _fails(impl: Implementation, case: Case, population_name: str, prop: str) ->
     return bool((counted & ~holds).any())
 
 
-def shrink(impl: Implementation, case: Case, population_name: str, prop: str, budget: int = SHRINK_BUDGET) -> Case:
+def shrink(impl: Implementation, case: "Case", population_name: str, prop: str, budget: int = SHRINK_BUDGET) -> "Case":
     """A small case on which ``prop`` still fails: fewer points, neurons, inputs, outputs; rounded weights.
 
     Greedy: every step is kept only if the property still fails; at most
     ``budget`` evaluations.  The result is 1-minimal in the neurons tried.
     """
+    from .strategies import Case
+
     spent = [0]
 
     def fails(candidate: Case) -> bool:
