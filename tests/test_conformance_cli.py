@@ -99,11 +99,10 @@ def test_conform_writes_the_report_and_the_users_own_baseline(user_dir):
 
 
 def test_pytest_option_runs_the_kit_and_lists_counterexamples(user_dir):
-    # a broken copy: keeps positive biases in the denominator.  --noconftest: this source checkout's root
-    # conftest (pytest_plugins) is not top-level for a run in another directory; an installed package has none
+    # a broken copy: keeps positive biases in the denominator
     (user_dir / "brokenmod.py").write_text(USER_MODULE.replace("z = a @ w.T", "z = a @ w.T + layer.bias.clamp(min=0)"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "properties.plugin", "-p", "no:cacheprovider", "--noconftest", "-m", "properties",
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "properties.plugin", "-p", "no:cacheprovider", "-m", "properties",
                              "--dtd-implementation", "brokenmod:implementations", "--property-report", "rep"],
                             cwd=user_dir, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
