@@ -432,7 +432,7 @@ def evaluate_case(impl: Implementation, case: Case, population_name: str, *, onl
 def _network(weights: list[torch.Tensor], biases: list[torch.Tensor], final_relu: bool) -> ReLUNetwork:
     layers = []
     for w, b in zip(weights, biases):
-        layer = nn.Linear(w.shape[1], w.shape[0], dtype=w.dtype)
+        layer = nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], dtype=w.dtype, device=w.device)  # no global RNG
         with torch.no_grad():
             layer.weight.copy_(w)
             layer.bias.copy_(b)

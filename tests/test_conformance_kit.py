@@ -181,3 +181,11 @@ def test_load_implementations_errors_name_what_was_given(tmp_path, monkeypatch):
         C.load_implementations("kitmod_ok:wrong")
     with pytest.raises(ValueError, match="duplicate implementation names"):
         C.load_implementations("kitmod_ok:dup")
+
+
+def test_the_kit_leaves_torchs_global_rng_and_thread_count_alone():
+    state, threads = torch.random.get_rng_state(), torch.get_num_threads()
+    C.run(_impl("rng"), seed=0, networks=2, points=4, shrink_failures=False)
+    small = C.shrink(_impl("rng_shrink", positive_bias=True), C.population("bias_positive", 2, 4, 0)[0], "bias_positive", "equals_dtd", budget=5)
+    assert small is not None
+    assert torch.equal(torch.random.get_rng_state(), state) and torch.get_num_threads() == threads
