@@ -12,18 +12,16 @@ Seed convention: every shipped adapter uses ``seed="value"`` -- zennit's
 captum's ``LRP`` starts from the target output itself, so the relevance
 entering the top is the explained output's value, as in train-free DTD.
 
-==================  ==========================================  ==================  ===========
-adapter name        library rule (on every Linear)              claimed DTD rule    stabiliser
-==================  ==========================================  ==================  ===========
-``zennit_zplus``    ``ZPlus()``                                 ``z+``              1e-6
-``zennit_epsilon0`` ``Epsilon(1e-6, zero_params='bias')``       ``x``               1e-6
-``zennit_gamma``    ``Gamma(0.25, zero_params='bias')``         ``gamma(0.25)``     1e-6
-``zennit_wsquare``  ``WSquare(zero_params='bias')`` first, ZPlus  ``[w2, z+]``      1e-6
-``zennit_zbox``     ``ZBox(0, 3)`` first, ZPlus above           ``[zB(0, 3), z+]``  1e-6
-``captum_zplus``    ``Alpha1_Beta0_Rule(set_bias_to_zero=True)`` ``z+``              1e-9
-``captum_epsilon``  ``EpsilonRule(1e-9)``                       ``x``               1e-9
-``captum_gamma``    ``GammaRule(0.25, set_bias_to_zero=True)``  ``gamma(0.25)``     1e-9
-==================  ==========================================  ==================  ===========
+Adapters (name: library rule on the Linear layers -> claimed DTD rule, stabiliser):
+
+* ``zennit_zplus``: ``ZPlus()`` -> ``z+``, 1e-6
+* ``zennit_epsilon0``: ``Epsilon(1e-6, zero_params='bias')`` -> ``x``, 1e-6
+* ``zennit_gamma``: ``Gamma(0.25, zero_params='bias')`` -> ``gamma(0.25)``, 1e-6
+* ``zennit_wsquare``: ``WSquare(zero_params='bias')`` at the input, ``ZPlus()`` above -> ``[w2, z+]``, 1e-6
+* ``zennit_zbox``: ``ZBox(0, 3)`` at the input, ``ZPlus()`` above -> ``[zB(0, 3), z+]``, 1e-6
+* ``captum_zplus``: ``Alpha1_Beta0_Rule(set_bias_to_zero=True)`` -> ``z+``, 1e-9
+* ``captum_epsilon``: ``EpsilonRule(1e-9)`` -> ``x``, 1e-9
+* ``captum_gamma``: ``GammaRule(0.25, set_bias_to_zero=True)`` -> ``gamma(0.25)``, 1e-9
 
 (zennit's ``Epsilon`` needs a non-zero epsilon: 1e-6 is its own default
 stabiliser, so "Epsilon(0)" is LRP-0 up to the stabiliser the kit allows for.)
