@@ -189,3 +189,14 @@ def test_the_kit_leaves_torchs_global_rng_and_thread_count_alone():
     small = C.shrink(_impl("rng_shrink", positive_bias=True), C.population("bias_positive", 2, 4, 0)[0], "bias_positive", "equals_dtd", budget=5)
     assert small is not None
     assert torch.equal(torch.random.get_rng_state(), state) and torch.get_num_threads() == threads
+
+
+def test_the_report_lists_counterexamples_under_their_heading(tmp_path):
+    from properties import report
+    from properties.stats import Rate
+
+    broken = {**report.row("conformance.a.finite", Rate(1, 2), "finite", None), "example": "W0 = [[1.0]]"}
+    report.write_report(tmp_path, [broken, report.row("other.rate", Rate(2, 2), "other", None)], [], {"confidence": 0.99})
+    markdown = (tmp_path / "report.md").read_text()
+    assert markdown.index("## Counterexamples") < markdown.index("### `conformance.a.finite`") < markdown.index("W0 = [[1.0]]")
+    assert markdown.count("### `") == 1
