@@ -8,6 +8,7 @@ Profiles (choose with ``HYPOTHESIS_PROFILE``):
 """
 
 import os
+import sys
 
 from hypothesis import HealthCheck, settings
 
@@ -18,4 +19,7 @@ settings.register_profile("ci", max_examples=30, derandomize=True, database=None
 settings.register_profile("thorough", max_examples=500, derandomize=True, database=None, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
-pytest_plugins = ["properties.plugin"]
+if "properties.plugin" not in sys.modules:
+    # not yet loaded by its entry point or -p: register it.  (Defined only then, so that a run elsewhere that
+    # collects the kit from this checkout, pytest --dtd-implementation, does not meet a non-top-level pytest_plugins.)
+    pytest_plugins = ["properties.plugin"]

@@ -32,6 +32,9 @@ Options
     exist unless the baseline is being updated.
 ``--property-confidence C``
     Confidence of every interval (default 0.99).
+``--dtd-implementation MODULE:FACTORY``
+    Run the conformance kit on a user's LRP implementations (repeatable); the
+    baseline defaults to ``./conformance-baseline.json`` (absent: every rate new).
 ``--property-seed N``
     Seed of the i.i.d. samples of generated networks, an integer in
     ``[0, 2**32 - 1]``.  Default: 0 under a derandomized hypothesis profile
@@ -56,6 +59,7 @@ OPTIONS = {
     "--property-baseline": "property_baseline",
     "--property-confidence": "property_confidence",
     "--property-seed": "property_seed",
+    "--dtd-implementation": "dtd_implementation",
 }
 #: the key of a worker's records in xdist's ``workeroutput``
 WORKER_OUTPUT = "property_records"
@@ -82,6 +86,9 @@ def pytest_addoption(parser) -> None:
                     help="baseline file to gate on (default: properties/baseline.json); must exist unless updating")
     group.addoption("--property-confidence", type=float, default=None, metavar="C",
                     help="confidence of every interval (default: 0.99)")
+    group.addoption("--dtd-implementation", action="append", default=None, metavar="MODULE:FACTORY",
+                    help="run the conformance kit on these LRP implementations (repeatable; MODULE importable from the "
+                         "current directory); the baseline then defaults to ./conformance-baseline.json")
     group.addoption("--property-seed", type=int, default=None, metavar="N",
                     help="seed of the sampled networks, in [0, 2**32 - 1] (default: 0 under a derandomized "
                          "hypothesis profile, else random)")

@@ -265,7 +265,8 @@ class ReLUNetwork(nn.Module):
         """
         modules: list[nn.Module] = [nn.Flatten()] if self.flatten_input else []
         for k, layer in enumerate(self.layers):
-            copy = nn.Linear(layer.in_features, layer.out_features, dtype=self.dtype, device=self.device)
+            # skip_init: no initialisation, so torch's global RNG is not drawn from
+            copy = nn.utils.skip_init(nn.Linear, layer.in_features, layer.out_features, dtype=self.dtype, device=self.device)
             with torch.no_grad():
                 copy.weight.copy_(layer.weight)
                 copy.bias.copy_(self.bias(k) if bias else torch.zeros_like(copy.bias))

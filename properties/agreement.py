@@ -30,11 +30,11 @@ from __future__ import annotations
 from typing import Sequence, Union
 
 import torch
-from torch import nn
 
 from dtd import rules as R
 from dtd.network import ReLUNetwork
 
+from .adapters import CAPTUM_STABILIZER, ZENNIT_STABILIZER, captum_attribute, counterpart, zennit_attribute, zennit_rule
 from .thresholds import CONDITIONING_FACTOR, ROUNDING64
 
 __all__ = [
@@ -46,34 +46,12 @@ __all__ = [
     "captum_relevance",
     "captum_zplus_relevance",
     "stabilizer_bound",
+    "per_layer_rules",
 ]
 
-#: zennit's default stabiliser: denominators become ``d + 1e-6 sign(d)``
-ZENNIT_STABILIZER = 1e-6
-#: captum's LRP stability factor: ``d + 1e-9 sign(d)``
-CAPTUM_STABILIZER = 1e-9
 
-
-def _counterpart(rule: R.Rule, library: str):
-    """``(class name, keyword arguments)`` of ``library``'s rule equal to ``rule``, from the rule registry."""
-    try:
-        declared = getattr(R.entry_for(rule), library)
-    except KeyError:
-        declared = None
-    if declared is None:
-        raise ValueError(f"no {library} counterpart for {rule!r} (declare one where the rule is registered)")
-    return declared(rule)
-
-
-def zennit_rule(rule: R.Rule):
-    """The zennit rule DTD's ``rule`` equals on bias-negative networks (``ValueError`` where none is registered)."""
-    name, kwargs = _counterpart(rule, "zennit")
-    import zennit.rules
-
-    return getattr(zennit.rules, name)(**kwargs)
-
-
-def _per_layer(net: ReLUNetwork, rules: Union[R.Rule, Sequence[R.Rule]]) -> list[R.Rule]:
+def per_layer_rules(net: ReLUNetwork, rules: Union[R.Rule, Sequence[R.Rule]]) -> list[R.Rule]:
+    """One rule per layer: ``rules`` itself, or one rule repeated."""
     if isinstance(rules, R.Rule):
         return [rules] * net.n_layers
     rules = list(rules)
@@ -88,35 +66,19 @@ def zennit_relevance(net: ReLUNetwork, x: torch.Tensor, rules: Union[R.Rule, Seq
     The relevance entering the top is the explained output's value (0 for
     the other outputs), as in train-free DTD.  ``net`` and ``x`` are not touched.
     """
-    from zennit.attribution import Gradient
-    from zennit.core import Composite
-
-    model = net.to_sequential()
-    linears = [m for m in model if isinstance(m, nn.Linear)]
-    mapped = {id(m): zennit_rule(rule) for m, rule in zip(linears, _per_layer(net, rules))}
-    composite = Composite(module_map=lambda ctx, name, module: mapped.get(id(module)))
-    onehot = torch.zeros(net.out_features, dtype=net.dtype, device=net.device)
-    onehot[output] = 1
-    with Gradient(model=model, composite=composite) as attributor:
-        _, relevance = attributor(x.detach().clone(), lambda y: onehot * y)
-    return relevance.detach()
+    return zennit_attribute(net.to_sequential(), x, output, per_layer_rules(net, rules))
 
 
 def captum_relevance(net: ReLUNetwork, x: torch.Tensor, rule: R.Rule, output: int) -> torch.Tensor:
     """captum's ``LRP`` with the registered captum counterpart of ``rule`` on every Linear, ``(batch, D)``."""
-    import warnings
+    name, kwargs = counterpart(rule, "captum")
 
-    from captum.attr import LRP
-    from captum.attr._utils import lrp_rules
+    def make():
+        from captum.attr._utils import lrp_rules
 
-    name, kwargs = _counterpart(rule, "captum")
-    model = net.to_sequential()
-    for module in model:
-        if isinstance(module, nn.Linear):
-            module.rule = getattr(lrp_rules, name)(**kwargs)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
-        return LRP(model).attribute(x.detach().clone().requires_grad_(True), target=output).detach()
+        return getattr(lrp_rules, name)(**kwargs)
+
+    return captum_attribute(net.to_sequential(), x, output, make)
 
 
 def captum_zplus_relevance(net: ReLUNetwork, x: torch.Tensor, output: int) -> torch.Tensor:
@@ -138,7 +100,7 @@ def stabilizer_bound(net: ReLUNetwork, dec, rules: Union[R.Rule, Sequence[R.Rule
     epsilon`` or no DTD root (the stabiliser then decides the result: the
     agreement is not expected there; the margin is :data:`~properties.thresholds.CONDITIONING_FACTOR`).
     """
-    rules = _per_layer(net, rules)
+    rules = per_layer_rules(net, rules)
     n = dec.output_value.shape[0]
     error = torch.zeros_like(dec.layers[-1].upper_relevance)
     conditioned = torch.ones(n, dtype=torch.bool, device=error.device)

@@ -20,6 +20,10 @@ Options
     The baseline to gate on (default: ``properties/baseline.json``).
 ``--property-confidence C``
     Confidence of every interval (default 0.99).
+``--dtd-implementation MODULE:FACTORY``
+    Run the conformance kit (:mod:`properties.conformance`) on these LRP
+    implementations (repeatable); unless ``--property-baseline`` is given,
+    gate on ``./conformance-baseline.json``.
 ``--property-seed N``
     Seed of the i.i.d. samples of generated networks (``property_report.seed``),
     in ``[0, 2**32 - 1]``.  Default: 0 under a derandomized hypothesis profile
@@ -74,6 +78,8 @@ pytest_plugins = ["dtd_properties_pytest"]
 __all__ = ["PropertyReport", "Store"]
 
 DEFAULT_BASELINE = Path(__file__).with_name("baseline.json")
+#: the baseline of ``--dtd-implementation`` runs, in the directory pytest is run from
+CONFORMANCE_BASELINE = "conformance-baseline.json"
 _STORE_KEY = pytest.StashKey["Store"]()
 _RECORDER_KEY = pytest.StashKey["PropertyReport"]()
 #: the largest --property-seed: a 32-bit seed, with room for the offsets the tests add to it
@@ -145,16 +151,18 @@ class PropertyReport:
         """Seed for i.i.d. samples of generated cases (same in every xdist worker)."""
         return self._store.seed
 
-    def rate(self, name: "str | RateKey", rate: Rate, description: Optional[str] = None, *, summary: bool = False) -> dict:
+    def rate(self, name: "str | RateKey", rate: Rate, description: Optional[str] = None, *, summary: bool = False,
+             example: Optional[str] = None) -> dict:
         """Record one rate; returns its report row.
 
         ``name`` is a :class:`~properties.keys.RateKey` (the suite's own
         rates) or a dotted name.  ``description`` says in one line exactly
         what is counted; for a key it defaults to
         :func:`properties.keys.describe`.  ``summary=True`` shows the row in
-        the terminal table (every row is in ``report.md``).  A rate
-        inconsistent with the baseline fails the calling test unless
-        ``--update-baseline`` is given.
+        the terminal table (every row is in ``report.md``).  ``example``: a
+        counterexample (text) kept in the row as ``"example"`` and shown
+        under "Counterexamples" in the report.  A rate inconsistent with the
+        baseline fails the calling test unless the baseline is being updated.
         """
         if not isinstance(rate, Rate):
             raise TypeError(f"rate must be a properties.stats.Rate, got {type(rate).__name__}")
@@ -170,6 +178,10 @@ class PropertyReport:
             raise ValueError(f"property {name!r} needs a description of what it counts")
         self._store.claim(name, self._nodeid)
         entry = _report.row(name, rate, description, self._store.baseline.get(name), key)
+        if example is not None:
+            if not isinstance(example, str):
+                raise TypeError(f"example of {name!r} must be a str, got {type(example).__name__}")
+            entry["example"] = example
         self._store.rows[name] = entry
         if summary:
             self._store.summary.add(name)
@@ -233,7 +245,10 @@ def _update_mode(config) -> Optional[str]:
 
 def _baseline_path(config) -> Path:
     option = config.getoption("--property-baseline")
-    return DEFAULT_BASELINE if option is None else Path(option)
+    if option is not None:
+        return Path(option)
+    user = _user_run(config)
+    return DEFAULT_BASELINE if user is None else Path(user)
 
 
 def _report_directory(config) -> Path:
@@ -241,9 +256,23 @@ def _report_directory(config) -> Path:
     return directory if directory.is_absolute() else Path(config.invocation_params.dir) / directory
 
 
+def _user_run(config) -> Optional[str]:
+    """Where a user's run (their implementations or subjects) gates: ``./conformance-baseline.json`` unless
+    ``--property-baseline`` names another file; None for a run of the project's own suite."""
+    if config.getoption("--dtd-implementation"):
+        return str(Path(config.invocation_params.dir) / CONFORMANCE_BASELINE)
+    return None
+
+
 def pytest_configure(config):
     if _STORE_KEY in config.stash:
         return
+    user_baseline = _user_run(config)
+    if user_baseline is not None:
+        # the user's implementations: collect the kit's test module, gate on the user's baseline (never ours)
+        suite = str(Path(__file__).with_name("conformance_suite.py"))
+        if suite not in config.args:
+            config.args.append(suite)
     confidence = config.getoption("--property-confidence")
     try:
         confidence = DEFAULT_CONFIDENCE if confidence is None else check_probability(confidence, "--property-confidence")
@@ -258,7 +287,9 @@ def pytest_configure(config):
     update = _update_mode(config)
     path = _baseline_path(config)
     try:
-        baseline = _report.read_baseline(path, missing_ok=update is not None)
+        # a user's run without a baseline of its own yet: every rate is new, quietly (an explicit path must exist)
+        first_user_run = user_baseline is not None and config.getoption("--property-baseline") is None
+        baseline = _report.read_baseline(path, missing_ok=update is not None or first_user_run)
     except ValueError as error:
         raise pytest.UsageError(f"--property-baseline: {error}") from None
     if not _is_worker(config):

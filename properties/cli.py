@@ -1,0 +1,96 @@
+"""The ``dtd-properties`` console script: a thin shell over pytest and the property plugin.
+
+Subcommands
+-----------
+``dtd-properties conform MODULE:FACTORY [MODULE:FACTORY ...] [--report DIR] [--baseline FILE] [--update-baseline]``
+    Run the conformance kit (:mod:`properties.conformance`) on the LRP
+    implementations the factories return: pytest on the kit's test module
+    with ``--dtd-implementation``.  One report format, one baseline format,
+    one gate: the same plugin as ``pytest -m properties``.
+
+Exit codes: pytest's (0 all passed, 1 a rate regressed against the
+baseline, ...), 2 for usage errors (a bad factory included).  Each
+subcommand is a function ``_<name>(args) -> int`` registered in
+:func:`parser`, so adding one is a small change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+__all__ = ["main", "parser"]
+
+#: exit code of usage errors (argparse's own)
+USAGE = 2
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    top = argparse.ArgumentParser(prog="dtd-properties", description="DTD property suite: report, gate, conformance kit")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    conform = commands.add_parser(
+        "conform", help="test LRP implementations against DTD's properties (the conformance kit)",
+        description="Run the conformance kit on the implementations returned by MODULE:FACTORY (MODULE importable "
+                    "from the current directory; FACTORY returns a properties.Implementation or a list of them).")
+    conform.add_argument("implementations", nargs="+", metavar="MODULE:FACTORY")
+    _common(conform, "conformance-baseline.json")
+    conform.set_defaults(run=_conform)
+    return top
+
+
+def _common(sub: argparse.ArgumentParser, baseline: str) -> None:
+    sub.add_argument("--report", default="property-report", metavar="DIR", help="report directory (default: property-report)")
+    sub.add_argument("--baseline", default=None, metavar="FILE",
+                     help=f"your baseline to gate on (default: ./{baseline}, where an absent file means every rate is "
+                          "new; a FILE named here must exist unless --update-baseline creates it)")
+    sub.add_argument("--update-baseline", action="store_true", help="write this run's rates to the baseline instead of gating")
+    sub.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the generated networks (default 0: reproducible)")
+
+
+def _conform(args: argparse.Namespace) -> int:
+    from properties import conformance
+
+    for spec in args.implementations:
+        try:
+            conformance.load_implementations(spec)
+        except (ImportError, AttributeError, TypeError, ValueError) as error:
+            print(f"dtd-properties conform: {error}", file=sys.stderr)
+            return USAGE
+    suite = Path(conformance.__file__).with_name("conformance_suite.py")
+    options = [f"--dtd-implementation={spec}" for spec in args.implementations]
+    return _pytest([str(suite), *options], args)
+
+
+def _pytest(targets: list[str], args: argparse.Namespace) -> int:
+    import pytest
+
+    argv = [
+        *targets,
+        "-p", "properties.plugin",
+        "-p", "no:cacheprovider",
+        "--noconftest",  # only the kit runs: neither the user's conftest files nor a source checkout's apply
+        "--rootdir", os.getcwd(),
+        "--property-report", args.report,
+        *(["--property-baseline", args.baseline] if args.baseline is not None else []),
+        "--property-seed", str(args.seed),
+        "-q",
+        *(["--update-baseline"] if args.update_baseline else []),
+    ]
+    return int(pytest.main(argv))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``dtd-properties``; returns the exit code."""
+    args = parser().parse_args(argv)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # MODULE importable from the current directory, as `python -m` does
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,617 @@
+"""The conformance kit: DTD's properties as tests for any LRP implementation.
+
+An :class:`Implementation` wraps someone's LRP code as a black box,
+``attribute(model, x, output) -> relevance``.  :func:`run` generates ReLU
+networks and non-negative inputs (:func:`properties.strategies.sample_cases`),
+calls the implementation on a fresh ``nn.Sequential`` copy each time, and
+measures how often each property holds; :func:`record` puts the rates, and
+for every failing property a shrunk minimal counterexample, into the
+property report.  Rows are named ``conformance.{name}.{property}[.{subset}]``
+by :func:`conformance_name` (the one place that builds them).
+
+Properties (one trial per point unless said otherwise)
+------------------------------------------------------
+``equals_dtd.{bias_free, bias_negative, bias_positive}``
+    The input relevance equals ``dtd.train_free`` with the claimed rule
+    within :func:`properties.agreement.stabilizer_bound` of the
+    implementation's stabiliser (plus rounding), at points whose relevant
+    denominators exceed twice the stabiliser.
+``conservation.{bias_free, bias_negative}``
+    ``|sum_i R_i - f(x)| <= 1e-6 |f(x)|`` plus the stabiliser bound's sum.
+``positivity``
+    ``R >= 0`` everywhere (only for z+ on every layer; all networks; gamma is
+    not positive in DTD itself, see :attr:`Implementation.positive_rules`).
+``gradient_x_input``
+    ``R`` equals gradient x input on bias-free networks (only for LRP-0).
+``batch_independent``
+    A point's relevance is the same in the batch, in a reversed batch and
+    (for the first :data:`ALONE_ROWS` point(s)) alone.
+``no_side_effects``
+    One trial per network: after the call the model's parameters (values,
+    ``requires_grad``, ``grad``), buffers, hooks (module and global) and
+    ``training`` flags, the grad mode, and ``x`` (values, ``requires_grad``)
+    are unchanged, and a second call returns the same relevance.
+``finite``
+    No NaN or inf for inputs with zero entries and an all-zero row.
+``dtype_device``
+    One trial per call: the result has ``x``'s dtype and device.
+
+The populations: ``bias_free`` (torch init, biases removed), ``bias_negative``
+(the ``"dtd"`` init: every bias <= 0), ``bias_positive`` (torch init, some
+bias > 0).  Every implementation is judged on the same networks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+import dtd
+from dtd import rules as R
+from dtd.network import ReLUNetwork
+from dtd.tolerances import equation_rtol
+from dtd.validation import check_int, check_number
+
+from .agreement import ROUNDING64, stabilizer_bound
+from .stats import Rate, Tally
+
+if TYPE_CHECKING:  # strategies imports hypothesis: loaded when networks are drawn, not when a user module imports the kit
+    from .strategies import Case
+
+__all__ = [
+    "Implementation",
+    "ConformanceResult",
+    "conformance_name",
+    "load_implementations",
+    "run",
+    "record",
+    "PROPERTIES",
+    "POPULATIONS",
+    "NETWORKS",
+    "POINTS",
+    "CONSERVATION_RTOL",
+]
+
+#: networks per population (the same for every implementation; 3 populations)
+NETWORKS = 20
+#: points per network
+POINTS = 56
+#: points per network that are also explained alone (batch independence)
+ALONE_ROWS = 1
+#: relative tolerance of conservation (before the stabiliser's own allowance)
+CONSERVATION_RTOL = 1e-6
+#: the bounds of the generated networks
+CASE_SPACE = dict(depth=(1, 4), width=(1, 16), input_size=(1, 16), outputs=(1, 4))
+#: how many evaluations the counterexample shrinker may spend per property
+SHRINK_BUDGET = 60
+
+POPULATIONS = ("bias_free", "bias_negative", "bias_positive")
+
+#: every property, with what its rate counts (report descriptions)
+PROPERTIES = {
+    "equals_dtd": "points whose input relevance equals dtd.train_free with the claimed rule within the stabiliser bound "
+                  "(points whose relevant denominators exceed twice the stabiliser)",
+    "conservation": "points with |sum R - f(x)| <= 1e-6 |f(x)| + the stabiliser bound's sum",
+    "positivity": "points whose relevance is >= 0 everywhere (z+ rules, x >= 0, all three populations)",
+    "gradient_x_input": "points whose relevance equals gradient x input (LRP-0, bias-free networks, denominators above 2 stabilisers)",
+    "batch_independent": "points whose relevance is the same in the batch, in the reversed batch and alone (first points)",
+    "no_side_effects": "calls (one per network) after which model parameters/grads/requires_grad, buffers, hooks, "
+                       "training flags, grad mode and x are unchanged and a second call returns the same relevance",
+    "finite": "points (with zero entries, and an all-zero row) whose relevance is finite",
+    "dtype_device": "calls whose result has the input's dtype and device",
+}
+_SUBSETS = {"equals_dtd": POPULATIONS, "conservation": ("bias_free", "bias_negative")}
+#: properties without a subset that are measured on one population only
+_ONLY_ON = {"gradient_x_input": "bias_free"}
+_POPULATION_TEXT = {"bias_free": "bias-free networks", "bias_negative": "networks with biases <= 0",
+                    "bias_positive": "networks with a positive bias"}
+
+Attribute = Callable[[nn.Sequential, torch.Tensor, int], torch.Tensor]
+RulesLike = Union[R.RuleLike, Sequence[R.RuleLike]]
+
+
+def _check_name(name) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"an implementation name must be a str, got {type(name).__name__} {name!r}")
+    if not name or "." in name or any(c.isspace() for c in name):
+        raise ValueError(f"an implementation name must be non-empty without dots or spaces (it becomes part of "
+                         f"the rate names conformance.NAME.PROPERTY), got {name!r}; use e.g. {name.replace('.', '_').strip() or 'mylib_zplus'!r}")
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """An LRP implementation under test.
+
+    Parameters
+    ----------
+    name
+        Short name without dots (rows ``conformance.{name}.{property}``).
+    attribute
+        ``attribute(model, x, output) -> relevance``: ``model`` an
+        ``nn.Sequential`` of ``Linear``/``ReLU`` (a fresh copy per call, float64),
+        ``x`` ``(N, D)``, ``output`` an int; returns a tensor shaped like ``x``.
+    rule
+        The DTD rule it claims to implement: a name (``"z+"``, ``"x"``,
+        ``"w2"``, ``"gamma"``, ``"zB"``) or a :class:`dtd.rules.Rule`, or a
+        per-layer list, first layer first, whose last entry repeats for every
+        layer above (``[ZB(0, 3), "z+"]``: zB at the input, z+ above).
+    seed
+        ``"value"``: the relevance entering the top is the explained output's
+        value; ``"one"``: the implementation starts from 1 and the kit scales
+        its result by ``f(x)``.
+    stabilizer
+        The ``epsilon`` the implementation adds to denominators
+        (``d + epsilon sign(d)``; default 1e-6); the kit's tolerance follows it.
+    """
+
+    name: str
+    attribute: Attribute
+    rule: RulesLike
+    seed: str = "value"
+    stabilizer: float = 1e-6
+
+    def __post_init__(self):
+        _check_name(self.name)
+        if not callable(self.attribute):
+            raise TypeError(f"Implementation {self.name!r}: attribute must be callable (model, x, output) -> relevance, "
+                            f"got {type(self.attribute).__name__}")
+        if isinstance(self.rule, (str, R.Rule)):
+            rules = (R.Rule.ensure(self.rule),)
+        elif isinstance(self.rule, Sequence) and len(self.rule) > 0:
+            rules = tuple(R.Rule.ensure(r) for r in self.rule)
+        else:
+            raise TypeError(f"Implementation {self.name!r}: rule must be a rule name, a dtd.rules.Rule or a non-empty "
+                            f"per-layer list of them, got {self.rule!r}")
+        if any(isinstance(r, R.Pinv) for r in rules):
+            raise ValueError(f"Implementation {self.name!r}: pinv is a layer rule no LRP implementation claims; "
+                             "use z+, x, gamma, w2 or zB")
+        object.__setattr__(self, "rule", rules)
+        if self.seed not in ("value", "one"):
+            raise ValueError(f"Implementation {self.name!r}: seed must be 'value' or 'one', got {self.seed!r}")
+        object.__setattr__(self, "stabilizer", check_number(self.stabilizer, "stabilizer", minimum=0.0))
+
+    def rules_for(self, depth: int) -> list[R.Rule]:
+        """The claimed rule of each of ``depth`` layers (the last listed rule repeats upwards)."""
+        return [self.rule[min(k, len(self.rule) - 1)] for k in range(depth)]
+
+    @property
+    def positive_rules(self) -> bool:
+        """Whether every layer's rule is z+ (DTD's relevance is then >= 0 for x >= 0).
+
+        Not gamma: with a negative weight gamma's relevance is negative in DTD
+        itself (``W = [[1.6, -0.2]], b = [-0.2], x = [[0.8, 1.2]]`` gives
+        ``R = [0.988, -0.148]``), so positivity is no gamma property.
+        """
+        return all(isinstance(r, R.ZPlus) for r in self.rule)
+
+    @property
+    def lrp0(self) -> bool:
+        return all(isinstance(r, R.LRP0) for r in self.rule)
+
+    def properties(self) -> list[tuple[str, Optional[str]]]:
+        """The ``(property, subset)`` pairs measured for this implementation."""
+        out: list[tuple[str, Optional[str]]] = []
+        for prop in PROPERTIES:
+            if (prop == "positivity" and not self.positive_rules) or (prop == "gradient_x_input" and not self.lrp0):
+                continue
+            out += [(prop, s) for s in _SUBSETS[prop]] if prop in _SUBSETS else [(prop, None)]
+        return out
+
+
+def conformance_name(implementation: Union[Implementation, str], prop: str, subset: Optional[str] = None) -> str:
+    """The report row of a property: ``conformance.{name}.{property}[.{subset}]``."""
+    name = _check_name(implementation.name if isinstance(implementation, Implementation) else implementation)
+    if prop not in PROPERTIES:
+        raise ValueError(f"unknown conformance property {prop!r}; known: {sorted(PROPERTIES)}")
+    return f"conformance.{name}.{prop}" + ("" if subset is None else f".{subset}")
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def load_implementations(spec: str) -> list[Implementation]:
+    """Import ``MODULE:FACTORY`` (``MODULE`` importable from the current directory) and call the factory.
+
+    The factory returns one :class:`Implementation` or a list of them (names
+    unique).  Raises ``ValueError`` for a malformed spec, a duplicate name or
+    an empty list, ``ImportError`` when the module is not found,
+    ``AttributeError`` when the factory is missing, ``TypeError`` when it is
+    not callable or returns something else.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"an implementation spec must be a str 'MODULE:FACTORY', got {type(spec).__name__} {spec!r}")
+    module_name, colon, factory_name = spec.partition(":")
+    if not colon or not module_name or not factory_name or ":" in factory_name:
+        raise ValueError(f"expected MODULE:FACTORY (e.g. mymod:implementations), got {spec!r}")
+    here = str(Path.cwd())
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)  # as `python -m` does
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and module_name.startswith(error.name):
+            raise ImportError(f"module {module_name!r} of {spec!r} was not found from {here} "
+                              f"(expected a file {module_name.replace('.', '/')}.py or a package there)") from None
+        raise
+    try:
+        factory = getattr(module, factory_name)
+    except AttributeError:
+        public = sorted(n for n in vars(module) if not n.startswith("_"))
+        raise AttributeError(f"module {module_name!r} has no attribute {factory_name!r} (spec {spec!r}); "
+                             f"it defines: {public}") from None
+    if not callable(factory):
+        raise TypeError(f"{spec} must be a callable returning Implementation(s), got {type(factory).__name__}")
+    made = factory()
+    items = [made] if isinstance(made, Implementation) else made
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, Implementation) for i in items):
+        raise TypeError(f"{spec}() must return a properties.Implementation or a list of them, got "
+                        f"{type(made).__name__} {made!r:.200}")
+    if not items:
+        raise ValueError(f"{spec}() returned no implementation")
+    names = [i.name for i in items]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{spec}() returned duplicate implementation names: {names}")
+    return list(items)
+
+
+# ------------------------------------------------------------------------------------------------ populations
+@functools.lru_cache(maxsize=4)
+def population(name: str, count: int, points: int, seed: int) -> tuple[Case, ...]:
+    """``count`` i.i.d. cases of one population (cached: every implementation sees the same)."""
+    from .strategies import Case, sample_cases
+
+    if name not in POPULATIONS:
+        raise ValueError(f"unknown population {name!r}; known: {POPULATIONS}")
+    init = "dtd" if name == "bias_negative" else "torch"
+    offset = {"bias_free": 11, "bias_negative": 22, "bias_positive": 33}[name]
+    out: list[Case] = []
+    batch = 0
+    while len(out) < count:
+        batch += 1
+        if batch > 20:
+            raise ValueError(f"could not draw {count} cases of population {name!r}")
+        for i, case in enumerate(sample_cases(count, seed=seed * 1000 + offset + 100 * batch, init=init, n=points, **CASE_SPACE)):
+            if name == "bias_free":  # the same weights without biases, on the points whose output stays alive
+                net = ReLUNetwork.from_sequential(case.net.to_sequential(bias=False))
+                alive = net.output_value(case.x, case.output) > 0
+                if int(alive.sum()) < 2:
+                    continue
+                case = Case(net, case.x[alive], case.output)
+            elif name == "bias_positive" and not any(bool((case.net.bias(k) > 0).any()) for k in range(case.net.n_layers)):
+                continue
+            out.append(case)
+    return tuple(out[:count])
+
+
+# ------------------------------------------------------------------------------------------------ one call
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks")
+
+
+def _snapshot(model: nn.Module, x: torch.Tensor) -> tuple:
+    from torch.nn.modules import module as module_state
+
+    modules = [(n, m.training, tuple(len(getattr(m, h, {}) or {}) for h in _HOOKS)) for n, m in model.named_modules()]
+    params = [(n, p.detach().clone(), p.requires_grad, p.grad is None) for n, p in model.named_parameters()]
+    buffers = [(n, b.detach().clone()) for n, b in model.named_buffers()]
+    global_hooks = tuple(len(getattr(module_state, h, {}) or {}) for h in _GLOBAL_HOOKS)
+    return modules, params, buffers, global_hooks, torch.is_grad_enabled(), x.detach().clone(), x.requires_grad, x.grad is None
+
+
+def _unchanged(before: tuple, after: tuple) -> bool:
+    modules, params, buffers, global_hooks, grad_mode, x, x_rg, x_nograd = before
+    modules2, params2, buffers2, global_hooks2, grad_mode2, x2, x_rg2, x_nograd2 = after
+    same = modules == modules2 and global_hooks == global_hooks2 and grad_mode == grad_mode2
+    same &= x_rg == x_rg2 and x_nograd == x_nograd2 and torch.equal(x, x2)
+    same &= [(n, rg, g) for n, _, rg, g in params] == [(n, rg, g) for n, _, rg, g in params2]
+    same &= len(params) == len(params2) and all(torch.equal(a[1], b[1]) for a, b in zip(params, params2))
+    same &= [n for n, _ in buffers] == [n for n, _ in buffers2] and all(torch.equal(a[1], b[1]) for a, b in zip(buffers, buffers2))
+    return bool(same)
+
+
+class _Caller:
+    """Calls one implementation on fresh model copies, checking the result's type and shape once."""
+
+    def __init__(self, impl: Implementation):
+        self.impl = impl
+        self.calls: list[bool] = []
+
+    def __call__(self, net: ReLUNetwork, x: torch.Tensor, output: int, *, watch: bool = False):
+        model = net.to_sequential()
+        x_in = x.clone()
+        before = _snapshot(model, x_in) if watch else None
+        result = self.impl.attribute(model, x_in, output)
+        if not isinstance(result, torch.Tensor):
+            raise TypeError(f"implementation {self.impl.name!r} returned {type(result).__name__}; "
+                            f"attribute(model, x, output) must return a torch.Tensor shaped like x {tuple(x.shape)}")
+        if tuple(result.shape) != tuple(x.shape):
+            raise ValueError(f"implementation {self.impl.name!r} returned shape {tuple(result.shape)} for x of shape "
+                             f"{tuple(x.shape)}; the relevance must be shaped like x")
+        self.calls.append(result.dtype == x.dtype and result.device == x.device)
+        unchanged = _unchanged(before, _snapshot(model, x_in)) if watch else None
+        relevance = result.detach().to(dtype=x.dtype, device=x.device)
+        if self.impl.seed == "one":
+            relevance = relevance * net.output_value(x, output).unsqueeze(1)
+        return relevance, result.dtype, unchanged
+
+
+def _allowance(dtype: torch.dtype, scale: torch.Tensor) -> torch.Tensor:
+    """Rounding allowance ``(batch, 1)`` of a result in ``dtype`` whose values are of size ``scale`` ``(batch,)``."""
+    base = ROUNDING64 if dtype == torch.float64 else equation_rtol(dtype)
+    return (base * scale.clamp_min(1.0)).unsqueeze(1)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor, allowance: torch.Tensor) -> torch.Tensor:
+    """Per row: equal within ``allowance`` (NaN matches NaN, inf matches inf)."""
+    close = ((a - b).abs() <= allowance) | ((a == b) | (a.isnan() & b.isnan()))
+    return close.all(1)
+
+
+def _in_domain(impl: Implementation, x: torch.Tensor) -> torch.Tensor:
+    """``x`` clipped into the box of a zB input rule (other rules: ``x`` itself)."""
+    first = impl.rule[0]
+    if isinstance(first, R.ZB):
+        low, high = first._bounds(x, x.shape[1])
+        return torch.minimum(torch.maximum(x, low), high)
+    return x
+
+
+def _with_zeros(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """``x`` with about half of its entries set to zero, and an all-zero row appended."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    keep = torch.rand(x.shape, generator=generator, dtype=torch.float64) >= 0.5
+    return torch.cat([x * keep.to(x), torch.zeros_like(x[:1])])
+
+
+def evaluate_case(impl: Implementation, case: Case, population_name: str, *, only: Optional[set] = None,
+                  caller: Optional[_Caller] = None, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-point outcomes ``{property: (holds, counted)}`` of one case (``property`` without the population).
+
+    ``only`` restricts the work to some properties (the shrinker's use).
+    """
+    caller = caller or _Caller(impl)
+    wanted = {p for p, s in impl.properties() if (s is None and _ONLY_ON.get(p, population_name) == population_name) or s == population_name}
+    if only is not None:
+        wanted &= set(only)
+    net, output = case.net, case.output
+    x = _in_domain(impl, case.x)
+    n = x.shape[0]
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    ones = torch.ones(n, dtype=torch.bool)
+    calls_before = len(caller.calls)
+    needs_main = wanted & {"equals_dtd", "conservation", "positivity", "gradient_x_input", "batch_independent", "no_side_effects"}
+    if needs_main or "dtype_device" in wanted:
+        relevance, dtype, unchanged = caller(net, x, output, watch="no_side_effects" in wanted)
+        rules = impl.rules_for(net.n_layers)
+        dec = dtd.train_free(net, x, rule=rules, output=output)
+        f = dec.output_value
+        scale = torch.maximum(f.abs(), dec.relevance.abs().amax(1))
+        allowance = _allowance(dtype, scale)
+        if wanted & {"equals_dtd", "conservation", "gradient_x_input"}:
+            bound, conditioned = stabilizer_bound(net, dec, rules, impl.stabilizer)
+        if "equals_dtd" in wanted:
+            agree = ((relevance - dec.relevance).abs() <= bound + allowance).all(1)
+            out["equals_dtd"] = (agree, conditioned)
+        if "conservation" in wanted:
+            gap = (relevance.sum(1) - f).abs()
+            out["conservation"] = (gap <= CONSERVATION_RTOL * f.abs() + bound.sum(1) + allowance[:, 0], ones)
+        if "positivity" in wanted:
+            out["positivity"] = ((relevance >= -allowance).all(1), ones)
+        if "gradient_x_input" in wanted:
+            expected = net.input_gradient(x, output) * x
+            out["gradient_x_input"] = (((relevance - expected).abs() <= bound + allowance).all(1), conditioned)
+        if "batch_independent" in wanted:
+            order = torch.arange(n - 1, -1, -1)
+            reversed_, _, _ = caller(net, x[order], output)
+            holds = _same(reversed_[order], relevance, allowance)
+            for i in range(min(ALONE_ROWS, n)):
+                alone, _, _ = caller(net, x[i:i + 1], output)
+                holds[i] &= bool(_same(alone, relevance[i:i + 1], allowance[i:i + 1])[0])
+            out["batch_independent"] = (holds, ones)
+        if "no_side_effects" in wanted:
+            again, _, _ = caller(net, x, output)
+            ok = bool(unchanged) and bool(_same(again, relevance, allowance).all())
+            out["no_side_effects"] = (torch.tensor([ok]), torch.tensor([True]))
+    if "finite" in wanted:
+        special = _with_zeros(x, seed)
+        relevance, _, _ = caller(net, special, output)
+        out["finite"] = (torch.isfinite(relevance).all(1), torch.ones(special.shape[0], dtype=torch.bool))
+    if "dtype_device" in wanted:
+        calls = caller.calls[calls_before:]
+        out["dtype_device"] = (torch.tensor(calls, dtype=torch.bool), torch.ones(len(calls), dtype=torch.bool))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ shrinking
+def _network(weights: list[torch.Tensor], biases: list[torch.Tensor], final_relu: bool) -> ReLUNetwork:
+    layers = []
+    for w, b in zip(weights, biases):
+        layer = nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], dtype=w.dtype, device=w.device)  # no global RNG
+        with torch.no_grad():
+            layer.weight.copy_(w)
+            layer.bias.copy_(b)
+        layers.append(layer)
+    return ReLUNetwork(layers, final_relu=final_relu)
+
+
+def _fails(impl: Implementation, case: Case, population_name: str, prop: str) -> bool:
+    try:
+        holds, counted = evaluate_case(impl, case, population_name, only={prop})[prop]
+    except (ValueError, TypeError):
+        return False
+    return bool((counted & ~holds).any())
+
+
+def shrink(impl: Implementation, case: "Case", population_name: str, prop: str, budget: int = SHRINK_BUDGET) -> "Case":
+    """A small case on which ``prop`` still fails: fewer points, neurons, inputs, outputs; rounded weights.
+
+    Greedy: every step is kept only if the property still fails; at most
+    ``budget`` evaluations.  The result is 1-minimal in the neurons tried.
+    """
+    from .strategies import Case
+
+    spent = [0]
+
+    def fails(candidate: Case) -> bool:
+        if spent[0] >= budget:
+            return False
+        spent[0] += 1
+        return _fails(impl, candidate, population_name, prop)
+
+    holds, counted = evaluate_case(impl, case, population_name, only={prop})[prop]
+    bad = torch.nonzero(counted & ~holds).flatten().tolist()
+    if prop not in ("no_side_effects", "dtype_device"):
+        rows = [bad[0]] if bad else [0]
+        for candidate_rows in ([rows[0]], [rows[0], (rows[0] + 1) % case.x.shape[0]]):
+            candidate = Case(case.net, case.x[candidate_rows], case.output)
+            if fails(candidate):
+                case = candidate
+                break
+    else:
+        candidate = Case(case.net, case.x[:1], case.output)
+        if fails(candidate):
+            case = candidate
+
+    def parts(c: Case):
+        return ([c.net.weight(k).detach().clone() for k in range(c.net.n_layers)],
+                [c.net.bias(k).detach().clone() for k in range(c.net.n_layers)])
+
+    changed = True
+    while changed and spent[0] < budget:
+        changed = False
+        weights, biases = parts(case)
+        # hidden neurons and outputs other than the explained one
+        for k in range(len(weights)):
+            j = 0
+            while j < weights[k].shape[0] and weights[k].shape[0] > 1:
+                if k == len(weights) - 1 and j == case.output:
+                    j += 1
+                    continue
+                keep = [i for i in range(weights[k].shape[0]) if i != j]
+                w2, b2 = list(weights), list(biases)
+                w2[k], b2[k] = weights[k][keep], biases[k][keep]
+                if k + 1 < len(weights):
+                    w2[k + 1] = weights[k + 1][:, keep]
+                output = case.output - (1 if k == len(weights) - 1 and j < case.output else 0)
+                candidate = Case(_network(w2, b2, case.net.final_relu), case.x, output)
+                if fails(candidate):
+                    case, weights, biases, changed = candidate, w2, b2, True
+                else:
+                    j += 1
+        # input features
+        d = 0
+        while d < case.x.shape[1] and case.x.shape[1] > 1:
+            keep = [i for i in range(case.x.shape[1]) if i != d]
+            w2 = list(weights)
+            w2[0] = weights[0][:, keep]
+            candidate = Case(_network(w2, biases, case.net.final_relu), case.x[:, keep], case.output)
+            if fails(candidate):
+                case, weights, changed = candidate, w2, True
+            else:
+                d += 1
+    weights, biases = parts(case)
+    for decimals in (1, 2, 3):
+        candidate = Case(_network([w.round(decimals=decimals) for w in weights], [b.round(decimals=decimals) for b in biases],
+                                  case.net.final_relu), case.x.round(decimals=decimals), case.output)
+        if fails(candidate):
+            return candidate
+    return case
+
+
+def describe_failure(impl: Implementation, case: Case, prop: str) -> str:
+    """The counterexample's network, inputs, the implementation's relevance and DTD's."""
+    from .strategies import Case
+
+    x = _in_domain(impl, case.x)
+    lines = [f"{impl.name} ({prop}), claimed rule {list(impl.rules_for(case.net.n_layers))}:",
+             Case(case.net, x, case.output).describe()]
+    try:
+        relevance, dtype, _ = _Caller(impl)(case.net, x, case.output)
+        dec = dtd.train_free(case.net, x, rule=impl.rules_for(case.net.n_layers), output=case.output)
+        lines.append(f"  f(x) = {dec.output_value.tolist()}")
+        lines.append(f"  implementation R = {relevance.tolist()} ({dtype})")
+        lines.append(f"  dtd.train_free R = {dec.relevance.tolist()}")
+    except Exception as error:  # the description must not hide the row it explains
+        lines.append(f"  (could not re-run: {type(error).__name__}: {error})")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ the sweep
+@dataclasses.dataclass
+class ConformanceResult:
+    """What :func:`run` measured for one implementation: rates, descriptions, counterexamples by row name."""
+
+    implementation: Implementation
+    rates: dict[str, Rate]
+    descriptions: dict[str, str]
+    examples: dict[str, str]
+
+    def failing(self) -> list[str]:
+        """Row names whose property failed at least once."""
+        return [name for name, rate in self.rates.items() if rate.successes < rate.trials]
+
+
+def run(impl: Implementation, *, seed: int = 0, networks: int = NETWORKS, points: int = POINTS,
+        confidence: float = 0.99, shrink_failures: bool = True) -> ConformanceResult:
+    """Measure every property of ``impl`` on ``networks`` generated networks per population.
+
+    Rates are clustered by network.  With ``shrink_failures`` each failing
+    property gets a shrunk counterexample (:func:`shrink`).  Runs with one
+    torch thread (restored afterwards): on these tiny tensors intra-op
+    threads cost far more than they give.
+    """
+    if not isinstance(impl, Implementation):
+        raise TypeError(f"impl must be a properties.Implementation, got {type(impl).__name__}")
+    networks = check_int(networks, "networks", minimum=2)
+    points = check_int(points, "points", minimum=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: intra-op threads only add overhead (10x CPU on a busy machine)
+    try:
+        return _run(impl, seed, networks, points, confidence, shrink_failures)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(impl: Implementation, seed: int, networks: int, points: int, confidence: float, shrink_failures: bool) -> ConformanceResult:
+    tally = Tally()
+    first_failure: dict[str, tuple[Case, str, str]] = {}
+    measured = impl.properties()
+    for name in POPULATIONS:
+        for index, case in enumerate(population(name, networks, points, seed)):
+            tally.new_cluster()
+            outcomes = evaluate_case(impl, case, name, seed=seed + index)
+            for prop, (holds, counted) in outcomes.items():
+                subset = name if prop in _SUBSETS else None
+                row = conformance_name(impl, prop, subset)
+                tally.add(row, holds, counted)
+                if bool((counted & ~holds).any()):
+                    size = sum(p.numel() for p in case.net.parameters())
+                    if row not in first_failure or size < first_failure[row][2]:
+                        first_failure[row] = (case, name, size)
+    rates, descriptions, examples = {}, {}, {}
+    for prop, subset in measured:
+        row = conformance_name(impl, prop, subset)
+        rates[row] = tally.rate(row, confidence)
+        where = f", {_POPULATION_TEXT[subset]}" if subset else ""
+        descriptions[row] = f"{impl.name} (claims {_rule_text(impl)}): {PROPERTIES[prop]}{where}"
+        if row in first_failure and shrink_failures:
+            case, population_name, _ = first_failure[row]
+            examples[row] = describe_failure(impl, shrink(impl, case, population_name, prop), prop)
+    return ConformanceResult(impl, rates, descriptions, examples)
+
+
+def _rule_text(impl: Implementation) -> str:
+    rules = [repr(r) for r in impl.rule]
+    return rules[0] if len(rules) == 1 else f"{rules[0]} at the input, " + ", ".join(rules[1:]) + " above"
+
+
+def record(property_report, result: ConformanceResult) -> None:
+    """Put ``result``'s rates (and counterexamples) into the property report, one row each."""
+    for row, rate in result.rates.items():
+        property_report.rate(row, rate, result.descriptions[row], summary=True, example=result.examples.get(row))
