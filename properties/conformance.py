@@ -59,7 +59,9 @@ from dtd.network import ReLUNetwork
 from dtd.tolerances import equation_rtol
 from dtd.validation import check_int, check_number
 
-from .agreement import ROUNDING64, stabilizer_bound
+from .agreement import stabilizer_bound
+from .keys import RateKey
+from .thresholds import ROUNDING64
 from .stats import Rate, Tally
 
 if TYPE_CHECKING:  # strategies imports hypothesis: loaded when networks are drawn, not when a user module imports the kit
@@ -206,12 +208,17 @@ class Implementation:
         return out
 
 
-def conformance_name(implementation: Union[Implementation, str], prop: str, subset: Optional[str] = None) -> str:
-    """The report row of a property: ``conformance.{name}.{property}[.{subset}]``."""
+def conformance_key(implementation: Union[Implementation, str], prop: str, subset: Optional[str] = None) -> RateKey:
+    """The :class:`~properties.keys.RateKey` of a property's rate (family ``conformance``, subject the implementation)."""
     name = _check_name(implementation.name if isinstance(implementation, Implementation) else implementation)
     if prop not in PROPERTIES:
         raise ValueError(f"unknown conformance property {prop!r}; known: {sorted(PROPERTIES)}")
-    return f"conformance.{name}.{prop}" + ("" if subset is None else f".{subset}")
+    return RateKey("conformance", prop, subject=name, subset=subset)
+
+
+def conformance_name(implementation: Union[Implementation, str], prop: str, subset: Optional[str] = None) -> str:
+    """The report row of a property: ``conformance.{name}.{property}[.{subset}]``."""
+    return str(conformance_key(implementation, prop, subset))
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -551,6 +558,7 @@ class ConformanceResult:
     rates: dict[str, Rate]
     descriptions: dict[str, str]
     examples: dict[str, str]
+    keys: dict[str, RateKey] = dataclasses.field(default_factory=dict)
 
     def failing(self) -> list[str]:
         """Row names whose property failed at least once."""
@@ -594,16 +602,18 @@ def _run(impl: Implementation, seed: int, networks: int, points: int, confidence
                     size = sum(p.numel() for p in case.net.parameters())
                     if row not in first_failure or size < first_failure[row][2]:
                         first_failure[row] = (case, name, size)
-    rates, descriptions, examples = {}, {}, {}
+    rates, descriptions, examples, keys = {}, {}, {}, {}
     for prop, subset in measured:
-        row = conformance_name(impl, prop, subset)
+        key = conformance_key(impl, prop, subset)
+        row = str(key)
+        keys[row] = key
         rates[row] = tally.rate(row, confidence)
         where = f", {_POPULATION_TEXT[subset]}" if subset else ""
         descriptions[row] = f"{impl.name} (claims {_rule_text(impl)}): {PROPERTIES[prop]}{where}"
         if row in first_failure and shrink_failures:
             case, population_name, _ = first_failure[row]
             examples[row] = describe_failure(impl, shrink(impl, case, population_name, prop), prop)
-    return ConformanceResult(impl, rates, descriptions, examples)
+    return ConformanceResult(impl, rates, descriptions, examples, keys)
 
 
 def _rule_text(impl: Implementation) -> str:
@@ -614,4 +624,4 @@ def _rule_text(impl: Implementation) -> str:
 def record(property_report, result: ConformanceResult) -> None:
     """Put ``result``'s rates (and counterexamples) into the property report, one row each."""
     for row, rate in result.rates.items():
-        property_report.rate(row, rate, result.descriptions[row], summary=True, example=result.examples.get(row))
+        property_report.rate(result.keys.get(row, row), rate, result.descriptions[row], summary=True, example=result.examples.get(row))
