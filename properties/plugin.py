@@ -40,6 +40,8 @@ from .stats import DEFAULT_CONFIDENCE, Rate
 __all__ = ["PropertyReport", "Store"]
 
 DEFAULT_BASELINE = Path(__file__).with_name("baseline.json")
+#: users' subjects (``--dtd-subject``) are collected by their own plugin module
+pytest_plugins = ["properties.subject_plugin"]
 _STORE_KEY = pytest.StashKey["Store"]()
 _RECORDER_KEY = pytest.StashKey["PropertyReport"]()
 _WORKER_OUTPUT = "property_records"
@@ -149,6 +151,15 @@ class PropertyReport:
         self._plot(file, {"kind": "bars", "title": title, "xlabel": xlabel, "caption": caption,
                           "rows": list(rows), "labels": list(labels)})
 
+    def images(self, file: str, title: str, rows: Sequence[Mapping], columns: Sequence[str], *, caption: str = "") -> None:
+        """A grid of images: one row per ``{"label": str, "images": [2-D lists, one per column]}``, columns titled ``columns``."""
+        for entry in rows:
+            if len(entry["images"]) != len(columns):
+                raise ValueError(f"images: row {entry.get('label')!r} has {len(entry['images'])} images for {len(columns)} columns")
+        self._plot(file, {"kind": "image_grid", "title": title, "caption": caption, "columns": list(columns),
+                          "rows": [{"label": str(entry["label"]), "images": [[[float(v) for v in line] for line in image] for image in entry["images"]]}
+                                   for entry in rows]})
+
     def _plot(self, file: str, spec: dict) -> None:
         if not file.endswith(".png") or "/" in file:
             raise ValueError(f"plot file must be a bare name ending in .png, got {file!r}")
@@ -214,6 +225,13 @@ def property_report(request) -> PropertyReport:
     store = request.config.stash[_STORE_KEY]
     recorder = PropertyReport(store, request.node.nodeid, gate=not request.config.getoption("--update-baseline"))
     request.node.stash[_RECORDER_KEY] = recorder
+    return recorder
+
+
+def recorder_for(item) -> PropertyReport:
+    """The ``property_report`` of a test item that is no function (it takes no fixtures), gated like the fixture's."""
+    recorder = PropertyReport(item.config.stash[_STORE_KEY], item.nodeid, gate=not item.config.getoption("--update-baseline"))
+    item.stash[_RECORDER_KEY] = recorder
     return recorder
 
 

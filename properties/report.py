@@ -185,6 +185,8 @@ def _render_plot(directory: Path, plot: Mapping, rows_by_name: Mapping[str, Mapp
             ax.set_xticklabels(labels, rotation=45 if len(names) > 8 else 0, ha="right" if len(names) > 8 else "center")
             ax.set_ylim(0, 105)
             ax.set_ylabel("rate (%) with interval")
+        elif plot["kind"] == "image_grid":
+            ax = _image_grid(fig, plot)
         else:
             raise ValueError(f"unknown plot kind {plot['kind']!r}")
         ax.set_title(plot["title"])
@@ -196,6 +198,34 @@ def _render_plot(directory: Path, plot: Mapping, rows_by_name: Mapping[str, Mapp
         os.replace(tmp, directory / plot["file"])
     finally:
         plt.close(fig)
+
+
+def _image_grid(fig, plot: Mapping):
+    """Rows of images (inputs in grey, relevance-like columns on a symmetric red-blue scale); returns the title axes."""
+    import numpy as np
+
+    rows, columns = plot["rows"], plot["columns"]
+    fig.clf()
+    fig.set_size_inches(1.9 * len(columns) + 0.6, 1.7 * max(1, len(rows)) + 0.6)
+    axes = np.array(fig.subplots(max(1, len(rows)), len(columns), squeeze=False))
+    for r, entry in enumerate(rows):
+        for c, image in enumerate(entry["images"]):
+            values = np.asarray(image, dtype=float)
+            axis = axes[r, c]
+            if c == 0:
+                axis.imshow(values, cmap="gray_r")
+                axis.set_ylabel(entry["label"], fontsize=7)
+            else:
+                limit = float(np.abs(values).max()) or 1.0
+                axis.imshow(values, cmap="bwr", vmin=-limit, vmax=limit)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if r == 0:
+                axis.set_title(columns[c], fontsize=8)
+    fig.suptitle(plot["title"], fontsize=9)
+    title_axes = fig.add_axes([0, 0, 0, 0])
+    title_axes.set_axis_off()
+    return title_axes
 
 
 def write_report(directory: Path, rows: list[Mapping], plots: list[Mapping], config: Mapping) -> None:
