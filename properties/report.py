@@ -201,7 +201,7 @@ def _render_plot(directory: Path, plot: Mapping, rows_by_name: Mapping[str, Mapp
 
 
 def _image_grid(fig, plot: Mapping):
-    """Rows of images (inputs in grey, relevance-like columns on a symmetric red-blue scale); returns the title axes."""
+    """Rows of images (inputs in grey, relevance-like columns on a symmetric red-blue scale), the title above them."""
     import numpy as np
 
     rows, columns = plot["rows"], plot["columns"]
@@ -223,9 +223,17 @@ def _image_grid(fig, plot: Mapping):
             if r == 0:
                 axis.set_title(columns[c], fontsize=8)
     fig.suptitle(plot["title"], fontsize=9)
-    title_axes = fig.add_axes([0, 0, 0, 0])
-    title_axes.set_axis_off()
-    return title_axes
+    return _Untitled()
+
+
+class _Untitled:
+    """Stands in for the single axes of the other plot kinds: a grid's title is the figure's own."""
+
+    def set_title(self, *args, **kwargs):
+        pass
+
+    def set_xlabel(self, *args, **kwargs):
+        pass
 
 
 def write_report(directory: Path, rows: list[Mapping], plots: list[Mapping], config: Mapping) -> None:

@@ -25,6 +25,7 @@ exhaustive ones; intervals are clustered by point either way.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from typing import Mapping, Optional, Sequence, Union
 
@@ -174,7 +175,8 @@ class Subject:
 
 
 def _lower(model: nn.Module, input_shape: tuple) -> dtd.ReLUNetwork:
-    if len(input_shape) == 1:
+    if len(input_shape) == 1 or "input_shape" not in inspect.signature(dtd.ReLUNetwork.from_sequential).parameters:
+        # an MLP; or, before the lowering of conv/pool layers, a Sequential that starts with nn.Flatten
         return dtd.ReLUNetwork.from_sequential(model)
     return dtd.ReLUNetwork.from_sequential(model, input_shape=input_shape)
 

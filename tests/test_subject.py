@@ -173,3 +173,28 @@ def test_image_inputs_get_heatmaps_once_lowering_lands():
     assert len(result.image_grids) == 1
     file, _, rows, columns, _ = result.image_grids[0]
     assert len(rows[0]["images"]) == len(columns) == 2 and len(rows[0]["images"][1]) == 4
+
+
+def test_image_inputs_get_a_heatmap_grid_that_the_report_renders(tmp_path):
+    from properties.plugin import PropertyReport, Store
+    from properties.report import write_report
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+        model[-1].bias.add_(1.0)
+    x = torch.rand(10, 1, 4, 4, generator=generator)
+    subject = Subject("images", model, x, neurons_per_point=4)
+    result = evaluate(subject)
+    (file, title, rows, columns, caption), = result.image_grids
+    heat = torch.tensor(rows[0]["images"][1])
+    reference = dtd.train_free(dtd.ReLUNetwork.from_sequential(model), x[:1], output=int(subject.outputs[0])).relevance
+    assert torch.allclose(heat, reference.reshape(4, 4), atol=1e-6, rtol=0)
+    store = Store({}, 0.99, 0)
+    result.record(PropertyReport(store, "test", gate=True))
+    write_report(tmp_path, list(store.rows.values()), list(store.plots.values()), {"confidence": 0.99})
+    assert (tmp_path / file).stat().st_size > 1000
+    assert file in (tmp_path / "report.md").read_text()
