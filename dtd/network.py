@@ -13,7 +13,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ["ReLUNetwork", "INITS"]
+__all__ = ["ReLUNetwork", "INITS", "output_column"]
 
 #: Weight initialisations understood by :meth:`ReLUNetwork.random`.
 INITS = ("dtd", "torch")
@@ -34,6 +34,13 @@ def _check_int(value, name: str, *, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def output_column(values: torch.Tensor, output: "int | torch.Tensor") -> torch.Tensor:
+    """``values[:, output]`` ``(batch,)``: one column, or with a ``(batch,)`` index tensor each row's own."""
+    if isinstance(output, torch.Tensor):
+        return values.gather(1, output.unsqueeze(1)).squeeze(1)
+    return values[:, output]
 
 
 def _check_all_finite(tensor: torch.Tensor, what: str) -> None:
@@ -274,9 +281,27 @@ class ReLUNetwork(nn.Module):
             raise ValueError(f"{name} must be in [0, {self.n_layers - 1}] for a {self.n_layers}-layer network, got {k}")
         return k
 
-    def check_output(self, output) -> int:
+    def check_output(self, output, batch: Optional[int] = None) -> "int | torch.Tensor":
+        """``output`` checked: an int in range, or a ``(batch,)`` integer tensor of per-point output indices.
+
+        A tensor is returned as int64 on the network's device; ``batch``
+        (when given) is the number of points it must index.
+        """
+        if isinstance(output, torch.Tensor):
+            if output.dtype.is_floating_point or output.dtype.is_complex or output.dtype == torch.bool or output.dim() != 1:
+                raise TypeError(
+                    f"output as a tensor must be a 1-D integer tensor of per-point output indices, got dtype {output.dtype}, "
+                    f"shape {tuple(output.shape)}"
+                )
+            if batch is not None and output.shape[0] != batch:
+                raise ValueError(f"output holds {output.shape[0]} per-point indices for {batch} points; give one per point")
+            if output.numel() and (int(output.min()) < 0 or int(output.max()) >= self.out_features):
+                raise ValueError(
+                    f"every per-point output must be in [0, {self.out_features - 1}], got values in [{int(output.min())}, {int(output.max())}]"
+                )
+            return output.detach().to(dtype=torch.int64, device=self.device)
         if isinstance(output, bool) or not isinstance(output, int):
-            raise TypeError(f"output must be an int, got {output!r}")
+            raise TypeError(f"output must be an int or a (batch,) integer tensor, got {output!r}")
         if not 0 <= output < self.out_features:
             raise ValueError(f"output must be in [0, {self.out_features - 1}], got {output}")
         return output
@@ -353,8 +378,8 @@ class ReLUNetwork(nn.Module):
         return [z > 0 if self.has_relu(from_layer + i) else torch.ones_like(z, dtype=torch.bool) for i, z in enumerate(zs)]
 
     def output_value(self, x: torch.Tensor, output: int, *, from_layer: int = 0) -> torch.Tensor:
-        """``f_k(x)``: output neuron ``output`` of the layers ``from_layer ...``, shape ``(batch,)``."""
-        z = self.pre_activations(x, from_layer=from_layer)[-1][:, output]
+        """``f_k(x)``: output neuron ``output`` (an int, or one per row) of the layers ``from_layer ...``, shape ``(batch,)``."""
+        z = output_column(self.pre_activations(x, from_layer=from_layer)[-1], output)
         return torch.relu(z) if self.final_relu else z
 
     def input_gradient(self, x: torch.Tensor, output: int, *, from_layer: int = 0) -> torch.Tensor:
@@ -375,9 +400,9 @@ class ReLUNetwork(nn.Module):
         :meth:`pre_activations`), ``f_k(x)`` ``(batch,)`` and the exact
         gradient ``d f_k / d a_k`` ``(batch, D_k)`` (as :meth:`input_gradient`).
         """
-        self.check_output(output)
+        self.check_output(output, x.shape[0])
         zs = self.pre_activations(x, from_layer=from_layer)
-        z_out = zs[-1][:, output]
+        z_out = output_column(zs[-1], output)
         value = torch.relu(z_out) if self.final_relu else z_out
         return zs, value, self.gradient_from_pre_activations(zs, output, from_layer=from_layer)
 
@@ -393,7 +418,7 @@ class ReLUNetwork(nn.Module):
         """
         last = self.n_layers - 1
         with torch.no_grad():
-            z_out = zs[-1][:, output]
+            z_out = output_column(zs[-1], output)  # with per-row outputs, weight(last)[output] is (batch, D) too
             if self.final_relu:
                 grad = (z_out > threshold).to(z_out.dtype).unsqueeze(1) * self.weight(last)[output]
             else:

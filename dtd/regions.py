@@ -61,8 +61,10 @@ class RegionConstraints:
 def region_constraints(net, a: torch.Tensor, layer: int, output: int) -> RegionConstraints:
     """Affine maps of every deciding pre-activation at the inputs ``a`` ``(batch, D_k)`` of layer ``layer``."""
     net.check_layer(layer)
-    net.check_output(output)
+    output = net.check_output(output, a.shape[0])
     a = a.detach().to(torch.float64)
+    if isinstance(output, torch.Tensor):  # each point's own output row (``keep`` below picks it)
+        output = output.to(a.device)
     rows_a, rows_c, rows_s = [], [], []
     A = net.weight(layer).to(torch.float64).unsqueeze(0).expand(a.shape[0], -1, -1)  # (N, J, D)
     c = net.bias(layer).to(torch.float64).unsqueeze(0).expand(a.shape[0], -1)
@@ -71,6 +73,10 @@ def region_constraints(net, a: torch.Tensor, layer: int, output: int) -> RegionC
     for k in range(layer, net.n_layers):
         last = k == net.n_layers - 1
         keep = slice(output, output + 1) if last else slice(None)
+        if last and isinstance(output, torch.Tensor):
+            rows = torch.arange(a.shape[0], device=a.device)
+            A, c, z = A[rows, output].unsqueeze(1), c[rows, output].unsqueeze(1), z[rows, output].unsqueeze(1)
+            keep = slice(None)
         if net.has_relu(k):
             if last:
                 output_row = sum(r.shape[1] for r in rows_a)

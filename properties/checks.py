@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from dtd import Decomposition, ReLUNetwork
+from dtd.network import output_column
 from dtd.rootsets import AffineRoots, RootSet
 from dtd.tolerances import PROPERTY_ATOL, pattern_tol
 from dtd.validation import check_int
@@ -135,7 +136,7 @@ def _region_pre_activations(zs: list[torch.Tensor], net: ReLUNetwork, layer: int
     """
     last = len(zs) - 1
     parts = [
-        z[:, output : output + 1] if offset == last else z
+        output_column(z, output).unsqueeze(1) if offset == last else z
         for offset, z in enumerate(zs)
         if net.has_relu(layer + offset)
     ]
@@ -143,6 +144,7 @@ def _region_pre_activations(zs: list[torch.Tensor], net: ReLUNetwork, layer: int
 
 
 def _compare_regions(zs_r, zs_a, net, layer, output, n_roots):
+    # ``output``: (per-point outputs of the input rows, of the root rows); ints for one output
     """``(same_gradient, in_closure)``, each ``(points, n_roots)``.
 
     ``same_gradient``: the roots' active sets ``z > tol`` equal the input's
@@ -150,8 +152,8 @@ def _compare_regions(zs_r, zs_a, net, layer, output, n_roots):
     clearly active on one side and clearly inactive on the other.
     """
     tol = pattern_tol(zs_a[0].dtype)
-    z_a = _region_pre_activations(zs_a, net, layer, output).unsqueeze(1)
-    z_r = _region_pre_activations(zs_r, net, layer, output)
+    z_a = _region_pre_activations(zs_a, net, layer, output[0]).unsqueeze(1)
+    z_r = _region_pre_activations(zs_r, net, layer, output[1])
     # explicit sizes: the top layer of a network without a final ReLU decides no region (0 columns)
     z_r = z_r.reshape(z_a.shape[0], n_roots, z_r.shape[1])
     r_pos, a_pos = z_r > tol, z_a > tol
@@ -181,8 +183,8 @@ def _any_last(mask: torch.Tensor) -> torch.Tensor:
     return mask.view(torch.uint8).amax(-1).bool()
 
 
-def _output(net: ReLUNetwork, zs: list[torch.Tensor], output: int) -> torch.Tensor:
-    z = zs[-1][:, output]
+def _output(net: ReLUNetwork, zs: list[torch.Tensor], output) -> torch.Tensor:
+    z = output_column(zs[-1], output)
     return torch.relu(z) if net.final_relu else z
 
 
@@ -207,7 +209,8 @@ def root_outcomes(
         ``k``; roots live in the input space of layer ``k`` and are judged
         with ``f_k``, the network from layer ``k`` up to the output.
     output
-        The explained output (default: the decomposition's).
+        The explained output (default: the decomposition's): an int or a
+        ``(batch,)`` tensor of per-point outputs.
     atol
         Tolerance of the questions (default the notebook's 1e-6).
     memory_budget
@@ -243,7 +246,7 @@ def root_outcomes(
     if not isinstance(dec, Decomposition):
         raise TypeError(f"dec must be a dtd.Decomposition, got {type(dec).__name__}")
     net.check_layer(layer)
-    output = dec.output if output is None else net.check_output(output)
+    output = net.check_output(dec.output if output is None else output, dec.layers[0].input.shape[0])
     if not (isinstance(atol, (int, float)) and not isinstance(atol, bool) and atol >= 0):
         raise ValueError(f"atol must be a number >= 0, got {atol!r}")
     lay = dec.layers[layer]
@@ -271,13 +274,18 @@ def root_outcomes(
         roots = lay.root_chunk(start, stop) if drawn is None else selected_roots(lay.root_set, start, stop, drawn[start:stop])
         zs_a = net.pre_activations(lay.input[start:stop], from_layer=layer)
         zs_r = net.pre_activations(roots.reshape(-1, width), from_layer=layer)
-        f_a[start:stop] = _output(net, zs_a, output)
-        f_r[start:stop] = _output(net, zs_r, output).reshape(-1, n_roots)
-        g_a = net.gradient_from_pre_activations(zs_a, output, from_layer=layer, threshold=tol)
-        same, region[start:stop] = _compare_regions(zs_r, zs_a, net, layer, output, n_roots)
+        out_a, out_r = output, output
+        if isinstance(output, torch.Tensor):  # each point's own output, repeated for its roots
+            out_a = output[start:stop]
+            out_r = out_a.repeat_interleave(n_roots)
+        f_a[start:stop] = _output(net, zs_a, out_a)
+        f_r[start:stop] = _output(net, zs_r, out_r).reshape(-1, n_roots)
+        g_a = net.gradient_from_pre_activations(zs_a, out_a, from_layer=layer, threshold=tol)
+        same, region[start:stop] = _compare_regions(zs_r, zs_a, net, layer, (out_a, out_r), n_roots)
         idx = (~same).reshape(-1).nonzero().squeeze(1)
         if idx.numel():
-            g_r = net.gradient_from_pre_activations([z.index_select(0, idx) for z in zs_r], output, from_layer=layer, threshold=tol)
+            out_idx = out_r.index_select(0, idx) if isinstance(out_r, torch.Tensor) else out_r
+            g_r = net.gradient_from_pre_activations([z.index_select(0, idx) for z in zs_r], out_idx, from_layer=layer, threshold=tol)
             diff = (g_r - g_a.index_select(0, idx // n_roots)).abs()
             gmax[start:stop].view(-1).index_copy_(0, idx, diff.amax(-1))
             gmean[start:stop].view(-1).index_copy_(0, idx, diff.mean(-1))
@@ -394,12 +402,14 @@ def segment_outcomes(
     the region.  ``a`` is ``(batch, D)``, ``roots`` ``(batch, J, D)``.
     """
     n, j, d = roots.shape
+    output = net.check_output(output, n)
+    per_root = output.repeat_interleave(j) if isinstance(output, torch.Tensor) else output
     zs, f_a, grad_a = net.evaluate(a, output, from_layer=layer)
     interior = (_region_pre_activations(zs, net, layer, output).abs() > pattern_tol(a.dtype)).all(1)
     flat_roots = roots.reshape(n * j, d)
     mid = (a.unsqueeze(1) + roots).reshape(n * j, d) / 2
-    grad_mid = net.input_gradient(mid, output, from_layer=layer).reshape(n, j, d)
+    grad_mid = net.input_gradient(mid, per_root, from_layer=layer).reshape(n, j, d)
     match = ((grad_mid - grad_a.unsqueeze(1)).abs() <= atol).all(-1)
-    f_root = net.output_value(flat_roots, output, from_layer=layer).reshape(n, j)
+    f_root = net.output_value(flat_roots, per_root, from_layer=layer).reshape(n, j)
     predicted = ((a.unsqueeze(1) - roots) * grad_a.unsqueeze(1)).sum(-1)
     return SegmentOutcomes(interior, match, (f_a.unsqueeze(1) - f_root - predicted).abs())
