@@ -35,6 +35,9 @@ Options
 ``--dtd-implementation MODULE:FACTORY``
     Run the conformance kit on a user's LRP implementations (repeatable); the
     baseline defaults to ``./conformance-baseline.json`` (absent: every rate new).
+``--dtd-subject MODULE:FACTORY``
+    Judge a user's model and data (:class:`properties.Subject`, repeatable);
+    the baseline defaults to ``./dtd-properties-baseline.json`` (absent: every rate new).
 ``--property-seed N``
     Seed of the i.i.d. samples of generated networks, an integer in
     ``[0, 2**32 - 1]``.  Default: 0 under a derandomized hypothesis profile
@@ -60,6 +63,7 @@ OPTIONS = {
     "--property-confidence": "property_confidence",
     "--property-seed": "property_seed",
     "--dtd-implementation": "dtd_implementation",
+    "--dtd-subject": "dtd_subject",
 }
 #: the key of a worker's records in xdist's ``workeroutput``
 WORKER_OUTPUT = "property_records"
@@ -89,6 +93,9 @@ def pytest_addoption(parser) -> None:
     group.addoption("--dtd-implementation", action="append", default=None, metavar="MODULE:FACTORY",
                     help="run the conformance kit on these LRP implementations (repeatable; MODULE importable from the "
                          "current directory); the baseline then defaults to ./conformance-baseline.json")
+    group.addoption("--dtd-subject", action="append", default=None, metavar="MODULE:FACTORY",
+                    help="judge the properties.Subject(s) a user's factory returns (repeatable); the baseline then "
+                         "defaults to ./dtd-properties-baseline.json")
     group.addoption("--property-seed", type=int, default=None, metavar="N",
                     help="seed of the sampled networks, in [0, 2**32 - 1] (default: 0 under a derandomized "
                          "hypothesis profile, else random)")

@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .network import ReLUNetwork
+from .network import ReLUNetwork, output_column
 from .roots import LinearRoots, RootFinder
 from .rootsets import RootSet
 from .rules import RuleLike
@@ -97,7 +97,7 @@ class Decomposition:
     """
 
     layers: tuple[LayerDecomposition, ...]
-    output: int
+    output: Union[int, torch.Tensor]  # the explained output, or (batch,) per-point outputs
     output_value: torch.Tensor  # (batch,) f(x) of the explained output
     input_shape: Optional[tuple[int, ...]] = dataclasses.field(default=None, kw_only=True)
 
@@ -137,7 +137,11 @@ def checked_activations(net: ReLUNetwork, x: torch.Tensor, output: int, root_fin
         )
     if not isinstance(root_finder, RootFinder):
         raise TypeError(f"root_finder must be a dtd.roots.RootFinder, got {type(root_finder).__name__}")
-    output = net.check_output(output)
+    if isinstance(output, str):
+        if output != "predicted":
+            raise ValueError(f"output must be an int, a (batch,) integer tensor or 'predicted', got {output!r}")
+    else:
+        output = net.check_output(output)
     net.check_parameters()
     if net.dtype in HALF_PRECISION:
         raise TypeError(
@@ -145,6 +149,10 @@ def checked_activations(net: ReLUNetwork, x: torch.Tensor, output: int, root_fin
             "and relevance sums lose too many digits); convert with net.float() / x.float() (or .double())"
         )
     x = net.check_input(x).clone()
+    if isinstance(output, str):  # "predicted": each point's largest output
+        with torch.no_grad():
+            output = net(x).argmax(1)
+    output = net.check_output(output, x.shape[0])
     root_finder.check(net)
     activations = net.activations(x)
     for k in range(net.n_layers):
@@ -157,7 +165,7 @@ def train_free(
     x: torch.Tensor,
     *,
     rule: Union[RuleLike, Sequence[RuleLike], None] = None,
-    output: int = 0,
+    output: Union[int, torch.Tensor, str] = 0,
     root_finder: Optional[RootFinder] = None,
 ) -> Decomposition:
     """Train-free DTD of output ``output`` of ``net`` at the points ``x``.
@@ -176,7 +184,11 @@ def train_free(
         layer first.  Default ``"z+"``.  Shorthand for
         ``root_finder=LinearRoots(rule)``; give one of the two.
     output
-        Index of the explained output neuron.
+        Index of the explained output neuron; or one per point, a
+        ``(batch,)`` integer tensor; or ``"predicted"``, each point's argmax
+        of the network output.  An int gives exactly the results it always
+        gave; per-point outputs give each point the results its own int
+        output would give.
     root_finder
         Where to expand each neuron (default: closed-form roots of ``rule``).
 
@@ -208,7 +220,11 @@ def train_free(
     with torch.no_grad():
         top = activations[-1]
         relevance = torch.zeros_like(top)
-        relevance[:, output] = top[:, output]
+        if isinstance(output, torch.Tensor):
+            column = output.unsqueeze(1)
+            relevance.scatter_(1, column, top.gather(1, column))
+        else:
+            relevance[:, output] = top[:, output]
         layers: list[LayerDecomposition] = []
         for k in range(net.n_layers - 1, -1, -1):
             a = activations[k]
@@ -228,5 +244,5 @@ def train_free(
             )
             relevance = lower
     return Decomposition(
-        layers=tuple(reversed(layers)), output=output, output_value=top[:, output].clone(), input_shape=edge_shape(x)
+        layers=tuple(reversed(layers)), output=output, output_value=output_column(top, output).clone(), input_shape=edge_shape(x)
     )

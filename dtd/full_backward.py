@@ -252,7 +252,7 @@ def full_backward(
     x: torch.Tensor,
     *,
     root_finder: RootFinder,
-    output: int = 0,
+    output: "int | torch.Tensor | str" = 0,
     budget: Optional[int] = DEFAULT_BUDGET,
 ) -> FullBackward:
     """Full-backward (recursive) DTD of output ``output`` of ``net`` at the points ``x``.
@@ -260,7 +260,9 @@ def full_backward(
     Parameters
     ----------
     net, x, output
-        As for :func:`~dtd.decompose.train_free` (not modified).
+        As for :func:`~dtd.decompose.train_free` (not modified); per-point
+        outputs (a ``(batch,)`` tensor or ``"predicted"``) run the recursion
+        once per distinct output on its points and put the rows back in order.
     root_finder
         Where each neuron's relevance function is expanded, at every level of
         the recursion (e.g. ``dtd.LinearRoots("z+")``,
@@ -294,6 +296,8 @@ def full_backward(
             f"on a network with layer widths {net.sizes}: the count grows like width^depth), above the budget of "
             f"{budget:,}; explain fewer points (at most {budget // per_point:,}) or pass a larger budget= (None: no limit)"
         )
+    if isinstance(output, torch.Tensor):
+        return _per_output(net, activations[0], root_finder, output, estimate)
     recursion = _Recursion(net, root_finder, output)
     with torch.no_grad():
         recursion.evaluate(0, activations[0], None, record=True)
@@ -306,4 +310,34 @@ def full_backward(
         evaluations=tuple(recursion.evaluations),
         reused=recursion.reused,
         input_shape=edge_shape(x),
+    )
+
+
+def _per_output(net: ReLUNetwork, x: torch.Tensor, root_finder: RootFinder, output: torch.Tensor, estimate: int) -> FullBackward:
+    """Per-point outputs: one recursion per distinct output (rows identical across outputs are not shared)."""
+    groups = [(int(c), (output == c).nonzero().squeeze(1)) for c in output.unique().tolist()]
+    parts = [full_backward(net, x[index], root_finder=root_finder, output=c, budget=None) for c, index in groups]
+    n = x.shape[0]
+
+    def merged(values):
+        first = values[0]
+        result = torch.empty((n,) + tuple(first.shape[1:]), dtype=first.dtype, device=first.device)
+        for (_, index), value in zip(groups, values):
+            result[index] = value
+        return result
+
+    layers = []
+    for k in range(net.n_layers):
+        pieces = [part.layers[k] for part in parts]
+        fields = {f.name: merged([getattr(p, f.name) for p in pieces]) for f in dataclasses.fields(FullBackwardLayer)
+                  if isinstance(getattr(pieces[0], f.name), torch.Tensor)}
+        roots = ExplicitRoots(fields["input"], merged([p.roots for p in pieces]), fields["root_valid"])
+        layers.append(FullBackwardLayer(index=k, method=pieces[0].method, root_set=roots, **fields))
+    return FullBackward(
+        layers=tuple(layers),
+        output=output,
+        output_value=merged([p.output_value for p in parts]),
+        estimated_evaluations=estimate,
+        evaluations=tuple(sum(p.evaluations[k] for p in parts) for k in range(net.n_layers)),
+        reused=sum(p.reused for p in parts),
     )

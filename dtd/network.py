@@ -16,7 +16,7 @@ from torch import nn
 from .lowering import DEFAULT_MEMORY_BUDGET, lower_sequential
 from .validation import check_finite_layer, check_int, check_number, check_seed
 
-__all__ = ["ReLUNetwork", "INITS"]
+__all__ = ["ReLUNetwork", "INITS", "output_column"]
 
 #: Weight initialisations understood by :meth:`ReLUNetwork.random`.
 INITS = ("dtd", "torch")
@@ -29,6 +29,13 @@ _DTD_INIT_FACTOR = 1.4
 _MAX_DRAWS_PER_ROW = 1000
 # ... and evaluates candidates in batches whose activations take at most this many bytes.
 _SAMPLING_BATCH_BYTES = 64 << 20
+
+
+def output_column(values: torch.Tensor, output: "int | torch.Tensor") -> torch.Tensor:
+    """``values[:, output]`` ``(batch,)``: one column, or with a ``(batch,)`` index tensor each row's own."""
+    if isinstance(output, torch.Tensor):
+        return values.gather(1, output.unsqueeze(1)).squeeze(1)
+    return values[:, output]
 
 
 def _check_all_finite(tensor: torch.Tensor, what: str) -> None:
@@ -345,8 +352,27 @@ class ReLUNetwork(nn.Module):
             raise ValueError(f"{name} must be in [0, {self.n_layers - 1}] for a {self.n_layers}-layer network, got {k}")
         return k
 
-    def check_output(self, output) -> int:
-        check_int(output, "output")
+    def check_output(self, output, batch: Optional[int] = None) -> "int | torch.Tensor":
+        """``output`` checked: an int in range, or a ``(batch,)`` integer tensor of per-point output indices.
+
+        A tensor is returned as int64 on the network's device; ``batch``
+        (when given) is the number of points it must index.
+        """
+        if isinstance(output, torch.Tensor):
+            if output.dtype.is_floating_point or output.dtype.is_complex or output.dtype == torch.bool or output.dim() != 1:
+                raise TypeError(
+                    f"output as a tensor must be a 1-D integer tensor of per-point output indices, got dtype {output.dtype}, "
+                    f"shape {tuple(output.shape)}"
+                )
+            if batch is not None and output.shape[0] != batch:
+                raise ValueError(f"output holds {output.shape[0]} per-point indices for {batch} points; give one per point")
+            if output.numel() and (int(output.min()) < 0 or int(output.max()) >= self.out_features):
+                raise ValueError(
+                    f"every per-point output must be in [0, {self.out_features - 1}], got values in [{int(output.min())}, {int(output.max())}]"
+                )
+            return output.detach().to(dtype=torch.int64, device=self.device)
+        if isinstance(output, bool) or not isinstance(output, int):
+            raise TypeError(f"output must be an int or a (batch,) integer tensor, got {output!r}")
         if not 0 <= output < self.out_features:
             raise ValueError(f"output must be in [0, {self.out_features - 1}], got {output}")
         return output
@@ -441,12 +467,13 @@ class ReLUNetwork(nn.Module):
         return [z > 0 if self.has_relu(from_layer + i) else torch.ones_like(z, dtype=torch.bool) for i, z in enumerate(zs)]
 
     def output_value(self, x: torch.Tensor, output: int, *, from_layer: int = 0) -> torch.Tensor:
-        """``f_k(x)``: output neuron ``output`` of the layers ``from_layer ...``, shape ``(batch,)``."""
+        """``f_k(x)``: output neuron ``output`` (an int, or one per row) of the layers ``from_layer ...``, shape ``(batch,)``."""
         return self.output_from_pre_activations(self.pre_activations(x, from_layer=from_layer), output)
 
-    def output_from_pre_activations(self, zs: list[torch.Tensor], output: int) -> torch.Tensor:
-        """The explained output ``(batch,)`` from pre-activations ``zs`` (as :meth:`pre_activations`; the last is used)."""
-        z = zs[-1][:, output]
+    def output_from_pre_activations(self, zs: list[torch.Tensor], output: "int | torch.Tensor") -> torch.Tensor:
+        """The explained output ``(batch,)`` from pre-activations ``zs`` (as :meth:`pre_activations`; the last is used);
+        ``output`` an int or a ``(batch,)`` tensor of per-row output indices."""
+        z = output_column(zs[-1], output)
         return torch.relu(z) if self.final_relu else z
 
     def check_finite(self, zs: list[torch.Tensor], *, from_layer: int = 0) -> list[torch.Tensor]:
@@ -477,7 +504,7 @@ class ReLUNetwork(nn.Module):
         :meth:`pre_activations`), ``f_k(x)`` ``(batch,)`` and the exact
         gradient ``d f_k / d a_k`` ``(batch, D_k)`` (as :meth:`input_gradient`).
         """
-        self.check_output(output)
+        self.check_output(output, x.shape[0])
         zs = self.check_finite(self.pre_activations(x, from_layer=from_layer), from_layer=from_layer)
         value = self.output_from_pre_activations(zs, output)
         return zs, value, self.gradient_from_pre_activations(zs, output, from_layer=from_layer)
@@ -495,7 +522,7 @@ class ReLUNetwork(nn.Module):
         """
         last = self.n_layers - 1
         with torch.no_grad():
-            z_out = zs[-1][:, output]
+            z_out = output_column(zs[-1], output)  # with per-row outputs, weight(last)[output] is (batch, D) too
             if self.final_relu:
                 grad = (z_out > threshold).to(z_out.dtype).unsqueeze(1) * self.weight(last)[output]
             else:

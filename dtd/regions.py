@@ -23,12 +23,13 @@ import highspy
 import numpy as np
 import torch
 
+from .network import output_column
 from .tolerances import DIVISION_GUARD, LP_FEASIBILITY_TOL, region_slack
 from .validation import check_bool
 
 __all__ = [
     "LPStatus",
-    "deciding_neurons",
+    "deciding_layers",
     "region_pre_activations",
     "RegionConstraints",
     "region_constraints",
@@ -55,29 +56,26 @@ class LPStatus(enum.IntEnum):
         return "solver failed" if self is LPStatus.FAILED else self.name.lower()
 
 
-def deciding_neurons(net, layer: int, output: int) -> list[tuple[int, slice]]:
-    """Which neurons' ReLU states decide the linear region of ``f_k`` (``k = layer``).
+def deciding_layers(net, layer: int) -> list[int]:
+    """The layers whose ReLU states decide the linear region of ``f_k`` (``k = layer``), lowest first.
 
-    Every hidden ReLU of the layers ``>= k`` and the explained output neuron
-    (other output neurons do not enter ``f``); a last layer without ReLU has
-    no state and is left out.  Returns ``(layer index, neuron slice)`` pairs,
-    lowest layer first.
+    Every hidden layer ``>= k`` (all its neurons: each has a ReLU) and the
+    last layer when it has a ReLU -- of that layer only the explained output
+    neuron decides (other output neurons do not enter ``f``).  A last layer
+    without ReLU has no state and is left out.
     """
-    last = net.n_layers - 1
-    return [
-        (k, slice(output, output + 1) if k == last else slice(None))
-        for k in range(layer, net.n_layers)
-        if net.has_relu(k)
-    ]
+    return [k for k in range(layer, net.n_layers) if net.has_relu(k)]
 
 
-def region_pre_activations(net, zs: list[torch.Tensor], layer: int, output: int) -> torch.Tensor:
-    """The deciding pre-activations (:func:`deciding_neurons`) side by side: ``(rows, M)``.
+def region_pre_activations(net, zs: list[torch.Tensor], layer: int, output: "int | torch.Tensor") -> torch.Tensor:
+    """The deciding pre-activations (:func:`deciding_layers`) side by side: ``(rows, M)``.
 
     ``zs`` are the pre-activations of layers ``layer ...`` (as
-    :meth:`~dtd.ReLUNetwork.pre_activations`), each ``(rows, J)``.
+    :meth:`~dtd.ReLUNetwork.pre_activations`), each ``(rows, J)``; ``output``
+    an int or a ``(rows,)`` tensor of per-row explained outputs.
     """
-    parts = [zs[k - layer][:, neurons] for k, neurons in deciding_neurons(net, layer, output)]
+    last = net.n_layers - 1
+    parts = [output_column(zs[k - layer], output).unsqueeze(1) if k == last else zs[k - layer] for k in deciding_layers(net, layer)]
     return torch.cat(parts, dim=1) if parts else zs[0][:, :0]
 
 
@@ -109,29 +107,34 @@ class RegionConstraints:
 def region_constraints(net, a: torch.Tensor, layer: int, output: int) -> RegionConstraints:
     """Affine maps of every deciding pre-activation at the inputs ``a`` ``(batch, D_k)`` of layer ``layer``.
 
-    The rows are those of :func:`deciding_neurons`; a last layer without
+    The rows are those of :func:`deciding_layers`; a last layer without
     ReLU adds the explained output's row with sign 0 (no constraint), so
     ``z_out`` is always available at ``output_row``.
     """
     net.check_layer(layer)
-    net.check_output(output)
+    output = net.check_output(output, a.shape[0])
     a = a.detach().to(torch.float64)
-    deciding = dict(deciding_neurons(net, layer, output))
+    deciding = set(deciding_layers(net, layer))
     last = net.n_layers - 1
+    rows = torch.arange(a.shape[0], device=a.device)
+    # the explained output's row of every point (a per-point output picks each point's own)
+    explained = output.to(a.device) if isinstance(output, torch.Tensor) else torch.full_like(rows, output)
     rows_a, rows_c, rows_s = [], [], []
     A = net.weight(layer).to(torch.float64).unsqueeze(0).expand(a.shape[0], -1, -1)  # (N, J, D)
     c = net.bias(layer).to(torch.float64).unsqueeze(0).expand(a.shape[0], -1)
     z = c + torch.einsum("njd,nd->nj", A, a)
     output_row = -1
     for k in range(layer, net.n_layers):
-        keep = deciding.get(k, slice(output, output + 1) if k == last else None)
-        if keep is not None:
-            if k == last:
-                output_row = sum(r.shape[1] for r in rows_a)
-            rows_a.append(A[:, keep])
-            rows_c.append(c[:, keep])
-            sign = torch.where(z[:, keep] > 0, 1.0, -1.0).to(torch.float64)
+        if k == last:  # the explained output's row; a constraint only if it has a ReLU
+            output_row = sum(r.shape[1] for r in rows_a)
+            rows_a.append(A[rows, explained].unsqueeze(1))
+            rows_c.append(c[rows, explained].unsqueeze(1))
+            sign = torch.where(z[rows, explained] > 0, 1.0, -1.0).to(torch.float64).unsqueeze(1)
             rows_s.append(sign if k in deciding else torch.zeros_like(sign))  # a zero sign makes the row no constraint
+        elif k in deciding:
+            rows_a.append(A)
+            rows_c.append(c)
+            rows_s.append(torch.where(z > 0, 1.0, -1.0).to(torch.float64))
         if k < last:
             active = (z > 0).to(torch.float64)
             w = net.weight(k + 1).to(torch.float64)

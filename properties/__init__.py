@@ -1,14 +1,19 @@
-"""The DTD property-verification suite: strategies, checks, statistics, report, and the conformance kit.
+"""The DTD property-verification suite: strategies, checks, statistics, report, users' subjects and the conformance kit.
 
-``properties.Implementation`` (an LRP implementation under test, see
-:mod:`properties.conformance`) is imported on first use, so loading the
-pytest plugin does not import the kit.
+``properties.Subject`` (a user's model and data, :mod:`properties.subject`)
+and ``properties.Implementation`` (an LRP implementation under test,
+:mod:`properties.conformance`) are imported on first use, so loading the
+pytest plugin or importing the package stays light.
 """
 
-__all__ = ["Implementation"]
+__all__ = ["Subject", "Implementation"]
 
 
 def __getattr__(name: str):
+    if name == "Subject":
+        from .subject import Subject
+
+        return Subject
     if name == "Implementation":
         from .conformance import Implementation
 

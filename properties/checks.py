@@ -15,6 +15,7 @@ import torch
 
 from dtd import Decomposition, ReLUNetwork
 from dtd.regions import region_pre_activations
+from dtd.rootsets import AffineRoots, RootSet
 from dtd.rootsets import root_equation_residual as _residual
 from dtd.tolerances import EQUATION_SCALE_FLOOR, pattern_tol
 from dtd.validation import check_int, check_number
@@ -30,6 +31,8 @@ __all__ = [
     "segment_outcomes",
     "with_roots",
     "DEFAULT_MEMORY_BUDGET",
+    "draw_neurons",
+    "selected_roots",
 ]
 
 #: Bytes the roots of one chunk of points and their pre-activations may take
@@ -70,7 +73,12 @@ class RootOutcomes:
     in_domain
         ``root_j >= -atol`` in every coordinate (inputs are non-negative).
     valid, carries_relevance
-        From the decomposition: the root exists; ``R_j != 0``.
+        From the decomposition: the root exists; ``R_j != 0``.  With
+        sampled neurons, False where a point had fewer neurons than draws.
+    neurons
+        With sampled neurons (``root_outcomes(..., neurons=K)``): which
+        neuron each column is, ``(batch, K)`` (-1: no draw); None when every
+        neuron was evaluated (column ``j`` is neuron ``j``).
     """
 
     layer: int
@@ -86,6 +94,7 @@ class RootOutcomes:
     in_domain: torch.Tensor
     valid: torch.Tensor
     carries_relevance: torch.Tensor
+    neurons: Optional[torch.Tensor] = None
 
     #: the root-level boolean outcomes, in report order
     OUTCOMES = ("zero_output", "output_unchanged", "gradient_match", "region_match", "in_domain")
@@ -105,20 +114,22 @@ class RootOutcomes:
         return (values | ~mask).all(1), mask.any(1)
 
 
-def chunk_points(net: ReLUNetwork, layer: int, memory_budget: int) -> int:
+def chunk_points(net: ReLUNetwork, layer: int, memory_budget: int, n_roots: Optional[int] = None) -> int:
     """How many points' roots of ``layer`` fit ``memory_budget`` bytes at once.
 
-    A point holds ``J`` roots, each needing its ``D`` coordinates and the
-    pre-activations of every layer above, about four times over while the
-    outcomes are formed.
+    A point holds ``n_roots`` roots (default ``J``, every neuron), each
+    needing its ``D`` coordinates and the pre-activations of every layer
+    above, about four times over while the outcomes are formed.
     """
     check_int(memory_budget, "memory_budget", minimum=1)
     sizes = net.sizes
-    per_point = 4 * sizes[layer + 1] * (sizes[layer] + sum(sizes[layer + 1 :])) * net.weight(0).element_size()
+    n_roots = sizes[layer + 1] if n_roots is None else n_roots
+    per_point = 4 * max(1, n_roots) * (sizes[layer] + sum(sizes[layer + 1 :])) * net.weight(0).element_size()
     return max(1, memory_budget // per_point)
 
 
 def _compare_regions(zs_r, zs_a, net, layer, output, n_roots):
+    # ``output``: (per-point outputs of the input rows, of the root rows); ints for one output
     """``(same_gradient, in_closure)``, each ``(points, n_roots)``.
 
     ``same_gradient``: the roots' active sets ``z > tol`` equal the input's
@@ -126,9 +137,10 @@ def _compare_regions(zs_r, zs_a, net, layer, output, n_roots):
     clearly active on one side and clearly inactive on the other.
     """
     tol = pattern_tol(zs_a[0].dtype)
-    z_r = region_pre_activations(net, zs_r, layer, output)
-    z_r = z_r.reshape(-1, n_roots, z_r.shape[1])
-    z_a = region_pre_activations(net, zs_a, layer, output).unsqueeze(1)
+    z_a = region_pre_activations(net, zs_a, layer, output[0]).unsqueeze(1)
+    z_r = region_pre_activations(net, zs_r, layer, output[1])
+    # explicit sizes: the top layer of a network without a final ReLU decides no region (0 columns)
+    z_r = z_r.reshape(z_a.shape[0], n_roots, z_r.shape[1])
     r_pos, a_pos = z_r > tol, z_a > tol
     same = _all_last(r_pos == a_pos)
     # a root with the input's active set is in the closure; test only the others
@@ -164,8 +176,10 @@ def root_outcomes(
     output: Optional[int] = None,
     atol: float = PROPERTY_ATOL,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    neurons: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
 ) -> RootOutcomes:
-    """Evaluate the DTD promises at every root of layer ``layer`` of ``dec``.
+    """Evaluate the DTD promises at every root (or a sample of roots) of layer ``layer`` of ``dec``.
 
     Parameters
     ----------
@@ -175,12 +189,27 @@ def root_outcomes(
         ``k``; roots live in the input space of layer ``k`` and are judged
         with ``f_k``, the network from layer ``k`` up to the output.
     output
-        The explained output (default: the decomposition's).
+        The explained output (default: the decomposition's): an int or a
+        ``(batch,)`` tensor of per-point outputs.
     atol
         Tolerance of the questions (default the notebook's 1e-6).
     memory_budget
         Bytes for the roots of one chunk of points (see :func:`chunk_points`);
         the results are identical for every budget.
+    neurons
+        ``K``: evaluate ``K`` neurons per point instead of all ``J``, drawn
+        uniformly without replacement among *all* the layer's neurons
+        (``generator`` decides).  The results are then ``(batch, K)``
+        (:attr:`RootOutcomes.neurons` says which neuron each column is), and
+        :attr:`RootOutcomes.valid` / :attr:`~RootOutcomes.carries_relevance`
+        select the drawn roots to count, exactly as in the exhaustive case.
+        Every (point, neuron) pair is drawn with the same probability
+        ``K / J``, so a rate over the drawn roots of any subset (valid
+        roots, relevance-carrying ones) estimates the exhaustive rate over
+        that subset; compute its interval clustered by point.  ``K >= J``
+        evaluates every neuron (in a random column order).
+    generator
+        Required with ``neurons``: the local generator of the draws.
 
     Notes
     -----
@@ -197,15 +226,22 @@ def root_outcomes(
     if not isinstance(dec, Decomposition):
         raise TypeError(f"dec must be a dtd.Decomposition, got {type(dec).__name__}")
     net.check_layer(layer)
-    output = dec.output if output is None else net.check_output(output)
+    output = net.check_output(dec.output if output is None else output, dec.layers[0].input.shape[0])
     atol = check_number(atol, "atol", minimum=0.0)
-    chunk = chunk_points(net, layer, memory_budget)
     lay = dec.layers[layer]
     if lay.input.shape[1] != net.layers[layer].in_features:
         raise ValueError("the decomposition does not belong to this network (layer widths differ)")
-
     n_points, width = lay.input.shape
-    n_roots = lay.root_valid.shape[1]
+    drawn = None
+    if neurons is not None:
+        neurons = check_int(neurons, "neurons", minimum=1)
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"neurons={neurons} needs generator=torch.Generator(...), got {type(generator).__name__}")
+        drawn = draw_neurons(n_points, lay.root_valid.shape[1], neurons, generator, device=lay.input.device)
+    elif generator is not None:
+        raise ValueError("generator is only used with neurons=K (sampled neurons); pass neurons or drop generator")
+    n_roots = lay.root_valid.shape[1] if drawn is None else drawn.shape[1]
+    chunk = chunk_points(net, layer, memory_budget, n_roots)
     tol = pattern_tol(lay.input.dtype)
     # results are filled in place, chunk by chunk (no list of pieces to concatenate)
     dtype, device = lay.input.dtype, lay.input.device
@@ -214,16 +250,21 @@ def root_outcomes(
     region, domain = (torch.empty(n_points, n_roots, dtype=torch.bool, device=device) for _ in range(2))
     for start in range(0, n_points, chunk):
         stop = min(n_points, start + chunk)
-        roots = lay.root_chunk(start, stop)
+        roots = lay.root_chunk(start, stop) if drawn is None else selected_roots(lay.root_set, start, stop, drawn[start:stop])
         zs_a = net.pre_activations(lay.input[start:stop], from_layer=layer)
         zs_r = net.pre_activations(roots.reshape(-1, width), from_layer=layer)
-        f_a[start:stop] = net.output_from_pre_activations(zs_a, output)
-        f_r[start:stop] = net.output_from_pre_activations(zs_r, output).reshape(-1, n_roots)
-        g_a = net.gradient_from_pre_activations(zs_a, output, from_layer=layer, threshold=tol)
-        same, region[start:stop] = _compare_regions(zs_r, zs_a, net, layer, output, n_roots)
+        out_a, out_r = output, output
+        if isinstance(output, torch.Tensor):  # each point's own output, repeated for its roots
+            out_a = output[start:stop]
+            out_r = out_a.repeat_interleave(n_roots)
+        f_a[start:stop] = net.output_from_pre_activations(zs_a, out_a)
+        f_r[start:stop] = net.output_from_pre_activations(zs_r, out_r).reshape(-1, n_roots)
+        g_a = net.gradient_from_pre_activations(zs_a, out_a, from_layer=layer, threshold=tol)
+        same, region[start:stop] = _compare_regions(zs_r, zs_a, net, layer, (out_a, out_r), n_roots)
         idx = (~same).reshape(-1).nonzero().squeeze(1)
         if idx.numel():
-            g_r = net.gradient_from_pre_activations([z.index_select(0, idx) for z in zs_r], output, from_layer=layer, threshold=tol)
+            out_idx = out_r.index_select(0, idx) if isinstance(out_r, torch.Tensor) else out_r
+            g_r = net.gradient_from_pre_activations([z.index_select(0, idx) for z in zs_r], out_idx, from_layer=layer, threshold=tol)
             diff = (g_r - g_a.index_select(0, idx // n_roots)).abs()
             gmax[start:stop].view(-1).index_copy_(0, idx, diff.amax(-1))
             gmean[start:stop].view(-1).index_copy_(0, idx, diff.mean(-1))
@@ -240,9 +281,39 @@ def root_outcomes(
         gradient_match=gmax <= atol,
         region_match=region,
         in_domain=domain,
-        valid=lay.root_valid,
-        carries_relevance=lay.carries_relevance,
+        valid=lay.root_valid if drawn is None else lay.root_valid.gather(1, drawn),
+        carries_relevance=lay.carries_relevance if drawn is None else lay.carries_relevance.gather(1, drawn),
+        neurons=drawn,
     )
+
+
+def draw_neurons(n_points: int, n_neurons: int, k: int, generator: torch.Generator, *, device=None) -> torch.Tensor:
+    """``(n_points, min(k, n_neurons))`` neuron indices, per point ``k`` distinct ones drawn uniformly.
+
+    The ``k`` smallest of i.i.d. uniform scores: a uniformly random subset,
+    so every (point, neuron) pair is drawn with probability ``k / n_neurons``.
+    """
+    k = min(k, n_neurons)
+    scores = torch.rand(n_points, n_neurons, generator=generator, device=generator.device)
+    return scores.topk(k, dim=1, largest=False).indices.to(device)
+
+
+def selected_roots(root_set: RootSet, start: int, stop: int, index: torch.Tensor) -> torch.Tensor:
+    """Roots ``(stop - start, K, D)`` of the neurons ``index`` ``(stop - start, K)`` of the points ``start:stop``.
+
+    Closed-form roots are built for the drawn neurons only; other root sets
+    are built for the chunk and then picked.
+    """
+    if isinstance(root_set, AffineRoots):
+        a = root_set.input[start:stop].unsqueeze(1)
+        direction = torch.zeros(index.shape + (a.shape[-1],), dtype=a.dtype, device=a.device)
+        if root_set.p is not None:
+            direction = a * root_set.p[index]
+        if root_set.q is not None:
+            direction = direction + root_set.q[index]
+        return a - root_set.t[start:stop].gather(1, index).unsqueeze(-1) * direction
+    roots = root_set.roots(start, stop)
+    return roots.gather(1, index.unsqueeze(-1).expand(-1, -1, roots.shape[-1]))
 
 
 def root_equation_residual(net: ReLUNetwork, dec: Decomposition, layer: int) -> torch.Tensor:
@@ -304,12 +375,14 @@ def segment_outcomes(
     the region.  ``a`` is ``(batch, D)``, ``roots`` ``(batch, J, D)``.
     """
     n, j, d = roots.shape
+    output = net.check_output(output, n)
+    per_root = output.repeat_interleave(j) if isinstance(output, torch.Tensor) else output
     zs, f_a, grad_a = net.evaluate(a, output, from_layer=layer)
     interior = (region_pre_activations(net, zs, layer, output).abs() > pattern_tol(a.dtype)).all(1)
     flat_roots = roots.reshape(n * j, d)
     mid = (a.unsqueeze(1) + roots).reshape(n * j, d) / 2
-    grad_mid = net.input_gradient(mid, output, from_layer=layer).reshape(n, j, d)
+    grad_mid = net.input_gradient(mid, per_root, from_layer=layer).reshape(n, j, d)
     match = ((grad_mid - grad_a.unsqueeze(1)).abs() <= atol).all(-1)
-    f_root = net.output_value(flat_roots, output, from_layer=layer).reshape(n, j)
+    f_root = net.output_value(flat_roots, per_root, from_layer=layer).reshape(n, j)
     predicted = ((a.unsqueeze(1) - roots) * grad_a.unsqueeze(1)).sum(-1)
     return SegmentOutcomes(interior, match, (f_a.unsqueeze(1) - f_root - predicted).abs())

@@ -2,6 +2,9 @@
 
 Subcommands
 -----------
+``dtd-properties check MODULE:FACTORY [--report DIR] [--baseline FILE] [--update-baseline] [--confidence C] [--seed N]``
+    The property suite on a user's own model and data (:class:`properties.Subject`,
+    :mod:`properties.subject_cli`): pytest with ``--dtd-subject``.
 ``dtd-properties conform MODULE:FACTORY [MODULE:FACTORY ...] [--report DIR] [--baseline FILE] [--update-baseline]``
     Run the conformance kit (:mod:`properties.conformance`) on the LRP
     implementations the factories return: pytest on the kit's test module
@@ -22,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .subject_cli import add_check_command
+
 __all__ = ["main", "parser"]
 
 #: exit code of usage errors (argparse's own)
@@ -40,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
     conform.add_argument("implementations", nargs="+", metavar="MODULE:FACTORY")
     _common(conform, "conformance-baseline.json")
     conform.set_defaults(run=_conform)
+    add_check_command(commands)
     return top
 
 

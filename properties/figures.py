@@ -180,6 +180,8 @@ def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[f
                 ax.set_yticks(range(len(plot["rows"])))
                 ax.set_yticklabels(plot["rows"])
                 ax.set_ylabel(plot.get("ylabel", ""))
+            elif plot["kind"] == "image_grid":
+                ax = _image_grid(fig, plot)
             else:
                 raise ValueError(f"unknown plot kind {plot['kind']!r}")
             ax.set_title(plot["title"])
@@ -190,3 +192,39 @@ def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[f
             return buffer.getvalue()
         finally:
             plt.close(fig)
+
+
+def _image_grid(fig, plot: Mapping):
+    """Rows of images (inputs in grey, relevance-like columns on a symmetric red-blue scale), the title above them."""
+    import numpy as np
+
+    rows, columns = plot["rows"], plot["columns"]
+    fig.clf()
+    fig.set_size_inches(1.9 * len(columns) + 0.6, 1.7 * max(1, len(rows)) + 0.6)
+    axes = np.array(fig.subplots(max(1, len(rows)), len(columns), squeeze=False))
+    for r, entry in enumerate(rows):
+        for c, image in enumerate(entry["images"]):
+            values = np.asarray(image, dtype=float)
+            axis = axes[r, c]
+            if c == 0:
+                axis.imshow(values, cmap="gray_r")
+                axis.set_ylabel(entry["label"], fontsize=7)
+            else:
+                limit = float(np.abs(values).max()) or 1.0
+                axis.imshow(values, cmap="bwr", vmin=-limit, vmax=limit)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if r == 0:
+                axis.set_title(columns[c], fontsize=8)
+    fig.suptitle(plot["title"], fontsize=9)
+    return _Untitled()
+
+
+class _Untitled:
+    """Stands in for the single axes of the other plot kinds: a grid's title is the figure's own."""
+
+    def set_title(self, *args, **kwargs):
+        pass
+
+    def set_xlabel(self, *args, **kwargs):
+        pass

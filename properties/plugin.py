@@ -73,13 +73,15 @@ from .keys import RateKey, describe
 from .stats import DEFAULT_CONFIDENCE, Rate
 
 # the options, the marker and the fixtures (one registration, whoever loads this module)
-pytest_plugins = ["dtd_properties_pytest"]
+pytest_plugins = ["dtd_properties_pytest", "properties.subject_plugin"]
 
 __all__ = ["PropertyReport", "Store"]
 
 DEFAULT_BASELINE = Path(__file__).with_name("baseline.json")
 #: the baseline of ``--dtd-implementation`` runs, in the directory pytest is run from
 CONFORMANCE_BASELINE = "conformance-baseline.json"
+#: the baseline of ``--dtd-subject`` runs (users' models), in the directory pytest is run from
+SUBJECT_BASELINE = "dtd-properties-baseline.json"
 _STORE_KEY = pytest.StashKey["Store"]()
 _RECORDER_KEY = pytest.StashKey["PropertyReport"]()
 #: the largest --property-seed: a 32-bit seed, with room for the offsets the tests add to it
@@ -209,6 +211,15 @@ class PropertyReport:
         self._plot(file, {"kind": "bars", "title": title, "xlabel": xlabel, "caption": caption,
                           "rows": list(rows), "labels": list(labels)})
 
+    def images(self, file: str, title: str, rows: Sequence[Mapping], columns: Sequence[str], *, caption: str = "") -> None:
+        """A grid of images: one row per ``{"label": str, "images": [2-D lists, one per column]}``, columns titled ``columns``."""
+        for entry in rows:
+            if len(entry["images"]) != len(columns):
+                raise ValueError(f"images: row {entry.get('label')!r} has {len(entry['images'])} images for {len(columns)} columns")
+        self._plot(file, {"kind": "image_grid", "title": title, "caption": caption, "columns": list(columns),
+                          "rows": [{"label": str(entry["label"]), "images": [[[float(v) for v in line] for line in image] for image in entry["images"]]}
+                                   for entry in rows]})
+
     def _plot(self, file: str, spec: dict) -> None:
         if not file.endswith(".png") or "/" in file:
             raise ValueError(f"plot file must be a bare name ending in .png, got {file!r}")
@@ -231,8 +242,13 @@ def store(config) -> Store:
 
 def recorder(request) -> PropertyReport:
     """A :class:`PropertyReport` for the requesting test (the ``property_report`` fixture)."""
-    made = PropertyReport(store(request.config), request.node.nodeid, gate=_update_mode(request.config) is None)
-    request.node.stash[_RECORDER_KEY] = made
+    return recorder_for(request.node)
+
+
+def recorder_for(item) -> PropertyReport:
+    """A :class:`PropertyReport` for a test item (also one that takes no fixtures, such as a user's subject)."""
+    made = PropertyReport(store(item.config), item.nodeid, gate=_update_mode(item.config) is None)
+    item.stash[_RECORDER_KEY] = made
     return made
 
 
@@ -257,10 +273,12 @@ def _report_directory(config) -> Path:
 
 
 def _user_run(config) -> Optional[str]:
-    """Where a user's run (their implementations or subjects) gates: ``./conformance-baseline.json`` unless
+    """Where a user's run (their implementations or subjects) gates: ``./conformance-baseline.json`` or
+    ``./dtd-properties-baseline.json`` unless
     ``--property-baseline`` names another file; None for a run of the project's own suite."""
-    if config.getoption("--dtd-implementation"):
-        return str(Path(config.invocation_params.dir) / CONFORMANCE_BASELINE)
+    for option, name in (("--dtd-implementation", CONFORMANCE_BASELINE), ("--dtd-subject", SUBJECT_BASELINE)):
+        if config.getoption(option):
+            return str(Path(config.invocation_params.dir) / name)
     return None
 
 
@@ -268,7 +286,7 @@ def pytest_configure(config):
     if _STORE_KEY in config.stash:
         return
     user_baseline = _user_run(config)
-    if user_baseline is not None:
+    if user_baseline is not None and config.getoption("--dtd-implementation"):
         # the user's implementations: collect the kit's test module, gate on the user's baseline (never ours)
         suite = str(Path(__file__).with_name("conformance_suite.py"))
         if suite not in config.args:

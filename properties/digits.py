@@ -1,0 +1,146 @@
+"""Trained networks for the suite: an MLP and a small CNN on scikit-learn's 8x8 digits.
+
+The property suite's other networks are random; DTD's users have trained
+ones.  These two are trained here, deterministically and in a few seconds on
+a CPU, on the 1797 images of :func:`sklearn.datasets.load_digits` (bundled
+with scikit-learn, no download):
+
+* inputs are the 8x8 grey levels divided by 16, so every pixel lies in
+  ``[0, 1]`` (non-negative: z+ applies at the input, and ``zB(0, 1)`` is the
+  data's box);
+* a fixed split: a permutation drawn from a local generator seeded with
+  :data:`SPLIT_SEED`, the first :data:`N_TEST` images held out;
+* parameters initialised from a local ``torch.Generator`` (the modules are
+  built inside ``torch.random.fork_rng`` so their default init does not
+  touch the caller's RNG, then overwritten), full-batch Adam for a fixed
+  number of steps on one thread (restored afterwards): two trainings give
+  bit-identical weights, whatever the machine's core count.
+
+Nothing here reads or changes torch's global RNG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from dtd.validation import check_seed
+
+__all__ = ["DigitsData", "load_digits", "digits_mlp", "digits_cnn", "TrainedModel", "accuracy", "SPLIT_SEED", "N_TEST"]
+
+#: seed of the fixed train/test permutation
+SPLIT_SEED = 0
+#: images held out for testing (the rest train)
+N_TEST = 497
+#: the images' shape, channels first
+IMAGE_SHAPE = (1, 8, 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitsData:
+    """The split digits, float32.
+
+    Attributes
+    ----------
+    train_x, test_x
+        ``(n, 1, 8, 8)`` images in ``[0, 1]``.
+    train_y, test_y
+        ``(n,)`` int64 labels 0-9.
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def load_digits() -> DigitsData:
+    """scikit-learn's bundled 8x8 digits, scaled to ``[0, 1]`` and split by :data:`SPLIT_SEED`."""
+    from sklearn.datasets import load_digits as _load
+
+    bunch = _load()
+    x = torch.tensor(bunch.data, dtype=torch.float32).reshape(-1, *IMAGE_SHAPE) / 16.0
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(SPLIT_SEED))
+    test, train = order[:N_TEST], order[N_TEST:]
+    return DigitsData(x[train], y[train], x[test], y[test])
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """A trained classifier (in eval mode) and its held-out accuracy."""
+
+    model: nn.Sequential
+    test_accuracy: float
+    data: DigitsData
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of ``x`` whose argmax logit is ``y``."""
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).double().mean())
+
+
+def _initialise(model: nn.Sequential, generator: torch.Generator) -> None:
+    """He-uniform weights and zero biases for every Linear/Conv2d, drawn from ``generator``."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                fan_in = module.weight[0].numel()
+                bound = math.sqrt(6.0 / fan_in)
+                module.weight.copy_(torch.rand(module.weight.shape, generator=generator) * 2 * bound - bound)
+                module.bias.zero_()
+
+
+def _train(build, seed: int, *, steps: int, learning_rate: float) -> TrainedModel:
+    seed = check_seed(seed)
+    data = load_digits()
+    with torch.random.fork_rng(devices=[]):  # the modules' default init draws from the global RNG: keep it
+        model = build()
+    _initialise(model, torch.Generator().manual_seed(seed))
+    train_x, test_x = data.train_x, data.test_x
+    optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    loss_fn = nn.CrossEntropyLoss()
+    threads = torch.get_num_threads()
+    # one thread: the summation order (so every bit of the weights) does not depend on the machine's core
+    # count, and these small matrices train fastest unthreaded on a busy machine; the caller's setting returns
+    torch.set_num_threads(1)
+    try:
+        model.train()
+        for _ in range(steps):  # full batch: no shuffling, nothing random
+            optimiser.zero_grad()
+            loss_fn(model(train_x), data.train_y).backward()
+            optimiser.step()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return TrainedModel(model, accuracy(model, test_x, data.test_y), data)
+
+
+def digits_mlp(seed: int = 0) -> TrainedModel:
+    """``Flatten, Linear(64, 32), ReLU, Linear(32, 16), ReLU, Linear(16, 10)``.
+
+    Input ``(n, 1, 8, 8)`` like the CNN's (so reports show its relevance as
+    images).  Full-batch Adam, 300 steps.
+    """
+    build = lambda: nn.Sequential(  # noqa: E731
+        nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10)
+    )
+    return _train(build, seed, steps=300, learning_rate=0.01)
+
+
+def digits_cnn(seed: int = 0) -> TrainedModel:
+    """``Conv2d(1, 6, 3, padding=1), ReLU, AvgPool2d(2), Conv2d(6, 8, 3), ReLU, Flatten, Linear(32, 10)``.
+
+    Input ``(n, 1, 8, 8)``: 6x8x8 after the first conv, 6x4x4 after pooling,
+    8x2x2 after the second conv.  Full-batch Adam, 200 steps.
+    """
+    build = lambda: nn.Sequential(  # noqa: E731
+        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 10)
+    )
+    return _train(build, seed, steps=200, learning_rate=0.02)

@@ -1,0 +1,443 @@
+"""A user's model and data as a subject of the property suite.
+
+:class:`Subject` holds a trained model, the points to explain and the rules
+to judge; :func:`evaluate` asks DTD's questions of it -- the seed notebook's
+questions at every layer's roots, conservation, the relevance accounting and
+in-region root existence by exact LP -- and returns rates with intervals
+clustered by point, counts and plot data; :meth:`SubjectResult.record`
+writes them into the property report (``subject.{name}.{rule}.layer{k}.{outcome}``).
+The model is lowered once into a :class:`dtd.ReLUNetwork`
+(:meth:`~dtd.ReLUNetwork.from_sequential`); everything downstream is the
+suite's own machinery, unchanged.
+
+Which roots are counted
+-----------------------
+Every rate of a layer's roots counts the *valid roots of neurons that carry
+relevance* (``R_j != 0``): a neuron without relevance gets the trivial root
+``a``, which says nothing about DTD (the seed notebook counts them; its rates
+are therefore higher).  ``root_exists`` counts, among the relevance-carrying
+neurons, those whose root exists.  With ``neurons_per_point=K`` each point
+contributes ``K`` uniformly drawn neurons of each layer
+(:func:`properties.checks.root_outcomes`), so the rates estimate the
+exhaustive ones; intervals are clustered by point either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+import dtd
+from dtd import rules as R
+from dtd.validation import check_int, check_seed
+
+from .checks import draw_neurons, root_outcomes
+from .keys import OUTCOMES, RateKey, describe
+from .stats import DEFAULT_CONFIDENCE, Rate
+from .thresholds import CONSERVED_SHARE
+
+__all__ = ["Subject", "SubjectResult", "evaluate", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "HEATMAP_POINTS"]
+
+#: the root questions of every layer, in report order (fields of :class:`properties.checks.RootOutcomes`)
+ROOT_QUESTIONS = ("zero_output", "output_unchanged", "gradient_match", "region_match", "in_domain")
+#: points (the first of each subject) whose roots get an exact in-region LP per layer and rule
+REGION_POINTS = 12
+#: relevance-carrying neurons drawn per such point and layer for the LP (each LP is a dense HiGHS solve)
+REGION_NEURONS = 6
+#: points shown in the relevance heatmaps of image inputs
+HEATMAP_POINTS = 6
+
+_NAME = re.compile(r"^[A-Za-z0-9_+\-]+$")
+
+OutputsLike = Union[str, int, Sequence[int], torch.Tensor]
+
+
+class Subject:
+    """A model, the points to explain and the rules to judge it with.
+
+    Parameters
+    ----------
+    name
+        The subject's name in rate names (``subject.{name}....``): letters,
+        digits, ``_``, ``+``, ``-``; no dots.
+    model
+        An ``nn.Sequential`` that :meth:`dtd.ReLUNetwork.from_sequential`
+        lowers (Linear/ReLU; with the lowering of convolutions, pooling,
+        batch norm, dropout and flatten: small CNNs), in eval mode.  Lowered
+        once, here; never modified.
+    inputs
+        ``(N, *input_shape)`` floating tensor of the points to explain
+        (``(N, D)`` for an MLP, ``(N, C, H, W)`` for a CNN).  Copied.
+    outputs
+        Which output to explain at each point: ``"predicted"`` (each point's
+        argmax), an int (the same output everywhere), or a sequence / 1-D
+        integer tensor of ``N`` output indices.  Points whose explained
+        output is not positive carry no relevance and are left out
+        (:attr:`n_dropped`); a ``ValueError`` if none is left.
+    rules
+        The rules to judge, each a rule name (``"z+"``, ``"w2"``, ...), a
+        variant label of :func:`dtd.rules.variants` (``"gamma1"``;
+        ``"zB"``: zB at the input, z+ above), a :class:`dtd.rules.Rule`
+        object, or a ``(label, rule or list of per-layer rules)`` pair.  The
+        label names the rule in the report.
+    input_box
+        ``(low, high)``: the box the data live in (numbers or per-feature
+        1-D tensors).  The ``zB`` recipe uses it at the input (default: the
+        smallest ``[0, ceil(max)]`` box holding the inputs); inputs outside
+        it are a ``ValueError``.
+    neurons_per_point
+        ``K``: neurons drawn per point and layer for the root questions
+        (None: every neuron).
+    max_points
+        Explain at most this many points (the first eligible ones).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        *,
+        outputs: OutputsLike = "predicted",
+        rules: Sequence = ("z+",),
+        input_box: Optional[tuple] = None,
+        neurons_per_point: Optional[int] = 64,
+        max_points: Optional[int] = None,
+    ):
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
+        if not _NAME.match(name):
+            raise ValueError(
+                f"name {name!r} must be a non-empty name of letters, digits, '_', '+' or '-' "
+                "(no dots: dots separate the parts of a rate's name); e.g. 'my_model'"
+            )
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module (an nn.Sequential), got {type(model).__name__}")
+        if not isinstance(inputs, torch.Tensor):
+            raise TypeError(f"inputs must be a torch.Tensor of shape (N, *input_shape), got {type(inputs).__name__}")
+        if not inputs.dtype.is_floating_point:
+            raise TypeError(f"inputs must be a floating tensor, got dtype {inputs.dtype}")
+        if inputs.dim() < 2:
+            raise ValueError(f"inputs must have shape (N, *input_shape) with a batch dimension, got shape {tuple(inputs.shape)}")
+        if inputs.shape[0] == 0:
+            raise ValueError(f"inputs hold no point (shape {tuple(inputs.shape)}); give at least one point to explain")
+        if not bool(torch.isfinite(inputs).all()):
+            raise ValueError("inputs hold NaN or inf values")
+        if max_points is not None:
+            max_points = check_int(max_points, "max_points", minimum=1)
+        if neurons_per_point is not None:
+            neurons_per_point = check_int(neurons_per_point, "neurons_per_point", minimum=1)
+        self.name = name
+        self.model = model
+        self.neurons_per_point = neurons_per_point
+        self.max_points = max_points
+        x = inputs.detach().clone()
+        self.input_shape = tuple(x.shape[1:])
+        # lowered once; from_sequential refuses what it cannot lower exactly (TypeError/ValueError naming the module)
+        self.network = _lower(model, self.input_shape)
+        if self.network.dtype != x.dtype:
+            raise TypeError(f"inputs are {x.dtype} but the model's parameters are {self.network.dtype}; convert one of them")
+        with torch.no_grad():
+            logits = self.network(x)
+        explained = _explained_outputs(outputs, logits)
+        value = logits.gather(1, explained.unsqueeze(1)).squeeze(1)
+        keep = (value > 0).nonzero().squeeze(1)
+        if keep.numel() == 0:
+            raise ValueError(
+                f"no point has a positive explained output (outputs={_show_outputs(outputs)}, {x.shape[0]} points, "
+                f"largest explained output {float(value.max()):.4g}): DTD explains a positive output; choose other "
+                "points or outputs"
+            )
+        if max_points is not None:
+            keep = keep[:max_points]
+        self.n_dropped = int(x.shape[0] - (value > 0).sum())
+        self.inputs = x[keep]
+        self.outputs = explained[keep]
+        self.input_box = _check_box(input_box, self.inputs)
+        self.rules = tuple(_resolve_rules(rules, self.inputs.flatten(1), self.network.n_layers, self.input_box))
+        for label, rule in self.rules:
+            try:  # the rules' domains (z+ and gamma need inputs >= 0 at every layer), up front
+                dtd.decompose.checked_activations(self.network, self.inputs, int(self.outputs[0]), dtd.LinearRoots(rule))
+            except ValueError as error:
+                hint = ""
+                if bool((self.inputs < 0).any()):
+                    hint = " (inputs with negative values: use 'zB' with the data's box, input_box=(low, high), or ('w2_first', ...) at the input)"
+                raise ValueError(f"rule {label!r} cannot explain these inputs: {error}{hint}") from None
+
+    def __repr__(self) -> str:
+        labels = [label for label, _ in self.rules]
+        return f"Subject({self.name!r}, {len(self.inputs)} points of shape {self.input_shape}, rules={labels})"
+
+
+def _lower(model: nn.Module, input_shape: tuple) -> dtd.ReLUNetwork:
+    if len(input_shape) == 1 or "input_shape" not in inspect.signature(dtd.ReLUNetwork.from_sequential).parameters:
+        # an MLP; or, before the lowering of conv/pool layers, a Sequential that starts with nn.Flatten
+        return dtd.ReLUNetwork.from_sequential(model)
+    return dtd.ReLUNetwork.from_sequential(model, input_shape=input_shape)
+
+
+def _show_outputs(outputs) -> str:
+    if isinstance(outputs, torch.Tensor):
+        return f"tensor of shape {tuple(outputs.shape)}"
+    return repr(outputs) if isinstance(outputs, (str, int)) else f"{type(outputs).__name__} of {len(outputs)}"
+
+
+def _explained_outputs(outputs: OutputsLike, logits: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` int64 output index per point."""
+    n, n_out = logits.shape
+    if isinstance(outputs, str):
+        if outputs != "predicted":
+            raise ValueError(f"outputs must be 'predicted', an int or a sequence of ints, got {outputs!r}")
+        return logits.argmax(1)
+    if isinstance(outputs, bool):
+        raise TypeError(f"outputs must be 'predicted', an int or a sequence of ints, got {outputs!r}")
+    if isinstance(outputs, int):
+        if not 0 <= outputs < n_out:
+            raise ValueError(f"outputs must be an output index in [0, {n_out - 1}], got {outputs}")
+        return torch.full((n,), outputs, dtype=torch.int64, device=logits.device)
+    if isinstance(outputs, torch.Tensor):
+        if outputs.dtype.is_floating_point or outputs.dtype == torch.bool or outputs.dim() != 1:
+            raise TypeError(f"outputs as a tensor must be a 1-D integer tensor, got dtype {outputs.dtype}, shape {tuple(outputs.shape)}")
+        values = outputs.detach().to(dtype=torch.int64, device=logits.device).clone()
+    elif isinstance(outputs, Sequence):
+        if any(isinstance(o, bool) or not isinstance(o, int) for o in outputs):
+            raise TypeError(f"outputs as a sequence must hold ints, got {list(outputs)[:5]}...")
+        values = torch.tensor(list(outputs), dtype=torch.int64, device=logits.device)
+    else:
+        raise TypeError(f"outputs must be 'predicted', an int or a sequence of ints, got {type(outputs).__name__}")
+    if values.shape[0] != n:
+        raise ValueError(f"outputs holds {values.shape[0]} indices for {n} points; give one per point")
+    if values.numel() and (int(values.min()) < 0 or int(values.max()) >= n_out):
+        raise ValueError(f"every entry of outputs must be in [0, {n_out - 1}], got values in [{int(values.min())}, {int(values.max())}]")
+    return values
+
+
+def _check_box(box, inputs: torch.Tensor):
+    if box is None:
+        return None
+    if not isinstance(box, (tuple, list)) or len(box) != 2:
+        raise TypeError(f"input_box must be a (low, high) pair, got {box!r}")
+    rule = R.ZB(*box)  # checks the bounds' types, finiteness and low <= high
+    flat = inputs.flatten(1).double()
+    low, high = rule.low.to(flat.device), rule.high.to(flat.device)
+    if bool((flat < low).any() | (flat > high).any()):
+        raise ValueError(f"inputs lie outside input_box: values in [{float(flat.min()):g}, {float(flat.max()):g}]")
+    return tuple(box)
+
+
+def _resolve_rules(rules, x_flat: torch.Tensor, n_layers: int, box) -> list[tuple[str, object]]:
+    """``[(label, rule or per-layer rules)]`` from the user's specification."""
+    if isinstance(rules, (str, R.Rule)):
+        rules = [rules]
+    if not isinstance(rules, Sequence) or len(rules) == 0:
+        raise ValueError(f"rules must be a non-empty sequence of rules, got {rules!r}")
+    variants = {v.label: v for entry in R.registered() for v in entry.variants}
+    resolved = []
+    for spec in rules:
+        if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
+            label, rule = spec
+            rule = [R.Rule.ensure(r) for r in rule] if isinstance(rule, (list, tuple)) else R.Rule.ensure(rule)
+        elif isinstance(spec, str):
+            label = spec
+            if spec == "zB":
+                low, high = box if box is not None else (0.0, R.ZB.for_data(x_flat).high.item())
+                rule = [R.ZB(low, high)] + [R.ZPlus()] * (n_layers - 1)
+            elif spec in variants:
+                rule = variants[spec].rules_for(x_flat, n_layers)
+            else:
+                rule = R.Rule.ensure(spec)
+        elif isinstance(spec, R.Rule):
+            label = next((v.label for v in variants.values() if v.rules_for(x_flat, n_layers) == spec), type(spec).name)
+            rule = spec
+        else:
+            raise TypeError(f"every rule must be a name, a dtd.rules.Rule or a (label, rule) pair, got {type(spec).__name__} {spec!r}")
+        if not _NAME.match(label):
+            raise ValueError(f"rule label {label!r} must be letters, digits, '_', '+' or '-' (no dots)")
+        if label in (l for l, _ in resolved):
+            raise ValueError(f"rule label {label!r} appears twice in rules")
+        resolved.append((label, rule))
+    return resolved
+
+
+# --------------------------------------------------------------------------- evaluation
+@dataclasses.dataclass
+class SubjectResult:
+    """What :func:`evaluate` found: rates (with descriptions), counts and plot data."""
+
+    subject: Subject
+    rates: dict  # RateKey -> (Rate, description)
+    counts: dict  # label -> number
+    histograms: list  # (file, title, series, xlabel, caption)
+    image_grids: list  # (file, title, rows, columns, caption)
+
+    def record(self, property_report, *, summary: bool = True) -> None:
+        """Write everything into the property report (rates are gated by the run's baseline)."""
+        for key, (rate, description) in self.rates.items():
+            show = summary and key.outcome in ("conserved", "gradient_match", "region_match") and key.layer in (None, 0)
+            property_report.rate(key, rate, description, summary=show)
+        for label, value in self.counts.items():
+            property_report.count(label, value)
+        for file, title, series, xlabel, caption in self.histograms:
+            property_report.histogram(file, title, series, xlabel=xlabel, caption=caption)
+        for file, title, rows, columns, caption in self.image_grids:
+            property_report.images(file, title, rows, columns, caption=caption)
+
+
+def _file(subject: str, label: str, what: str) -> str:
+    return f"subject_{subject}_{label.replace('+', 'plus')}_{what}.png"
+
+
+def _progress(total: int, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency; a missing bar is no error
+        return None
+    return tqdm(total=total, desc=desc, unit="step", disable=None, leave=False)
+
+
+def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> SubjectResult:
+    """Ask DTD's questions of ``subject``: every rule, every layer.
+
+    Parameters
+    ----------
+    subject
+        The subject.
+    seed
+        Seeds the local generator of the neuron draws (same seed, same rates).
+    confidence
+        Of every interval.
+
+    Returns
+    -------
+    SubjectResult
+        Rates ``subject.{name}.{rule}.layer{k}.{outcome}`` for the outcomes
+        of :data:`ROOT_QUESTIONS`, ``root_exists`` and ``region_root_exists``,
+        ``subject.{name}.{rule}.conserved``, the accounting as counts, the
+        notebook's histograms and, for image inputs, relevance heatmaps.
+    """
+    if not isinstance(subject, Subject):
+        raise TypeError(f"subject must be a properties.Subject, got {type(subject).__name__}")
+    seed = check_seed(seed)
+    net, name = subject.network, subject.name
+    classes = sorted(set(subject.outputs.tolist()))
+    groups = [(c, (subject.outputs == c).nonzero().squeeze(1)) for c in classes]
+    rates: dict = {}
+    counts: dict = {}
+    histograms, grids = [], []
+    bar = _progress(len(subject.rules) * len(groups) * net.n_layers, f"subject {name}")
+    tail = (f"{subject.neurons_per_point} neurons drawn per point and layer" if subject.neurons_per_point
+            else "every neuron") + f", {len(subject.inputs)} points, intervals clustered by point"
+    try:
+        with torch.no_grad():
+            for label, rule in subject.rules:
+                generator = torch.Generator().manual_seed(seed)
+                clusters: dict[tuple, list] = {}
+                conserved, relevance_sum, f_x = [], [], []
+                books: dict[tuple, float] = {}
+                diffs, f_all, grad_means = [], [], []
+                relevance = torch.empty(subject.inputs.shape, dtype=subject.inputs.dtype)
+                region_left = REGION_POINTS
+                for c, index in groups:
+                    x = subject.inputs[index]
+                    dec = dtd.train_free(net, x, root_finder=dtd.LinearRoots(rule), output=c)
+                    relevance[index] = dec.relevance.reshape(x.shape)
+                    total = dec.relevance.reshape(len(x), -1).sum(1)
+                    conserved.append((total - dec.output_value).abs() <= CONSERVED_SHARE * dec.output_value)
+                    relevance_sum.append(total)
+                    f_x.append(dec.output_value)
+                    for acc in dtd.accounting(net, dec).layers:
+                        for field in ("upper", "conserved", "lost", "bias_share"):
+                            books[(acc.index, field)] = books.get((acc.index, field), 0.0) + float(getattr(acc, field).sum())
+                    n_region = min(region_left, len(x))
+                    region_left -= n_region
+                    for k in range(net.n_layers):
+                        out = root_outcomes(net, dec, layer=k, neurons=subject.neurons_per_point,
+                                            generator=generator if subject.neurons_per_point else None)
+                        counted = out.valid & out.carries_relevance
+                        for outcome in ROOT_QUESTIONS:
+                            holds = getattr(out, outcome) & counted
+                            clusters.setdefault((k, outcome), []).extend(zip(holds.sum(1).tolist(), counted.sum(1).tolist()))
+                        clusters.setdefault((k, "root_exists"), []).extend(
+                            zip((out.valid & out.carries_relevance).sum(1).tolist(), out.carries_relevance.sum(1).tolist()))
+                        if k == 0:
+                            diffs.append((out.output_at_input.unsqueeze(1) - out.output_at_root)[counted])
+                            f_all.append(out.output_at_input)
+                            grad_means.append((out.gradient_mean_abs_difference * counted).sum(1) / counted.sum(1).clamp_min(1))
+                        if n_region:
+                            clusters.setdefault((k, "region_root_exists"), []).extend(
+                                _region_roots(net, dec, k, c, n_region, generator))
+                        if bar is not None:
+                            bar.update()
+                for (k, outcome), pairs in clusters.items():
+                    key = RateKey("subject", outcome, subject=name, rule=label, layer=k)
+                    if outcome == "region_root_exists":
+                        how = (f"relevance-carrying neurons, the first {REGION_POINTS} points x {REGION_NEURONS} drawn neurons "
+                               "per layer, one exact LP each")
+                    elif outcome == "root_exists":
+                        how = f"among relevance-carrying neurons, {tail}"
+                    else:
+                        how = f"valid roots of relevance-carrying neurons, {tail}"
+                    rates[key] = (Rate.from_clusters(pairs, confidence), f"{describe(key)} [{how}]")
+                held = torch.cat(conserved)
+                key = RateKey("subject", "conserved", subject=name, rule=label)
+                rates[key] = (Rate(int(held.sum()), int(held.numel()), confidence),
+                              f"subject {name}, rule {label}: {OUTCOMES['conserved']} (points)")
+                n_points = len(subject.inputs)
+                for (k, field), value in sorted(books.items()):
+                    counts[f"subject {name}, {label}, layer {k}: mean {field.replace('_', ' ')} relevance (dtd.accounting)"] = value / n_points
+                ratio = torch.cat(relevance_sum) / torch.cat(f_x)
+                counts[f"subject {name}, {label}: mean sum_i R_i / f(x)"] = float(ratio.mean())
+                histograms.append((
+                    _file(name, label, "output_difference"),
+                    f"Subject {name}, first-layer {label} roots: f(x) - f(root), beside f(x)",
+                    {"f(x) - f(root), every counted root": torch.cat(diffs).tolist(), "f(x), every point": torch.cat(f_all).tolist()},
+                    "value", "The notebook's first histogram on this subject: a root that zeroed the output would give f(x) - f(root) = f(x).",
+                ))
+                histograms.append((
+                    _file(name, label, "gradient_difference"),
+                    f"Subject {name}, first-layer {label} roots: mean |grad f(root) - grad f(x)| per point",
+                    {"mean over the point's counted roots and input dimensions": torch.cat(grad_means).tolist()},
+                    "mean absolute gradient difference", "The notebook's second histogram; 0: every root lies in the input's linear region.",
+                ))
+                if len(subject.input_shape) >= 2:
+                    grids.append(_heatmaps(subject, label, relevance))
+    finally:
+        if bar is not None:
+            bar.close()
+    counts[f"subject {name}: points explained"] = len(subject.inputs)
+    counts[f"subject {name}: points left out (explained output <= 0)"] = subject.n_dropped
+    return SubjectResult(subject, rates, counts, histograms, grids)
+
+
+def _region_roots(net, dec, k: int, output: int, n_points: int, generator: torch.Generator) -> list[tuple[int, int]]:
+    """Per point ``(found, tried)``: in-region roots by exact LP for a few drawn relevance-carrying neurons."""
+    lay = dec.layers[k]
+    upper = lay.upper_relevance[:n_points]
+    drawn = draw_neurons(n_points, upper.shape[1], upper.shape[1], generator)
+    # keep the first REGION_NEURONS relevance-carrying neurons in the random order: a uniform draw among them
+    carrying = (upper != 0).gather(1, drawn)
+    rank = carrying.cumsum(1)
+    pick = torch.zeros_like(upper, dtype=torch.bool).scatter(1, drawn, carrying & (rank <= REGION_NEURONS))
+    # the LP of neuron j depends on R_j alone: neurons without relevance are trivial (no LP)
+    found = dtd.RegionRoots("l1").find(net, k, lay.input[:n_points], torch.where(pick, upper, torch.zeros_like(upper)), output=output)
+    return list(zip((found.valid & pick).sum(1).tolist(), pick.sum(1).tolist()))
+
+
+def _heatmaps(subject: Subject, label: str, relevance: torch.Tensor):
+    """Inputs beside their relevance, for the first few points (channels averaged / summed)."""
+    n = min(HEATMAP_POINTS, len(subject.inputs))
+    shape = subject.input_shape
+    rows = []
+    for i in range(n):
+        image = subject.inputs[i].reshape(shape)
+        heat = relevance[i].reshape(shape)
+        if len(shape) == 3:
+            image, heat = image.mean(0), heat.sum(0)
+        rows.append({"label": f"point {i}, output {int(subject.outputs[i])}", "images": [image.tolist(), heat.tolist()]})
+    return (_file(subject.name, label, "heatmaps"), f"Subject {subject.name}: {label} relevance beside the input", rows,
+            ["input", f"relevance ({label})"], "Each row: one explained point (its input, then its input relevance; red positive, blue negative).")

@@ -1,0 +1,83 @@
+"""``dtd-properties check MODULE:FACTORY``: the property suite on a user's own model, from the shell.
+
+A thin shell over pytest and the report plugin (one report format, one
+baseline format, one gate): ``check`` runs ``pytest -m properties
+--dtd-subject MODULE:FACTORY`` on the subjects alone -- none of the current
+directory's tests -- and returns pytest's exit status (0: no rate
+inconsistent with the baseline; 1: a regression; 4: a usage error such as a
+factory that cannot be imported).
+
+``add_check_command(subparsers)`` adds the subcommand to the console
+script's argparse parser; ``run_check(args)`` runs it.  ``python -m
+properties.subject_cli check ...`` works without the console script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+__all__ = ["add_check_command", "run_check", "pytest_arguments", "main"]
+
+
+def add_check_command(subparsers) -> argparse.ArgumentParser:
+    """Add ``check`` to an ``argparse`` subparsers object; returns its parser."""
+    parser = subparsers.add_parser(
+        "check",
+        help="judge DTD's promises on your own model and data (a Subject factory)",
+        description="Evaluate the Subject(s) returned by MODULE:FACTORY (MODULE importable from the current directory, as "
+        "python -m would) and write the property report; gate on --baseline when it exists.",
+    )
+    parser.add_argument("factory", metavar="MODULE:FACTORY", help="a function returning a properties.Subject or a list of them")
+    parser.add_argument("--report", default="property-report", metavar="DIR", help="report directory (default: property-report)")
+    parser.add_argument(
+        "--baseline", default=None, metavar="FILE",
+        help="your baseline (default: ./dtd-properties-baseline.json; absent: every rate is new and nothing fails)",
+    )
+    parser.add_argument("--update-baseline", action="store_true", help="write this run's rates into the baseline instead of gating on it")
+    parser.add_argument("--confidence", type=float, default=None, metavar="C", help="confidence of every interval (default: 0.99)")
+    parser.add_argument("--seed", type=int, default=None, metavar="N", help="seed of the neuron draws (default: 0)")
+    parser.set_defaults(run=run_check)
+    return parser
+
+
+def pytest_arguments(args: argparse.Namespace, collect_from: str) -> list[str]:
+    """The pytest command line ``check`` runs (``collect_from``: a directory without tests)."""
+    argv = [
+        collect_from, "-p", "properties.plugin", "-p", "no:cacheprovider", "-m", "properties", "-q",
+        "--rootdir", collect_from, "--dtd-subject", args.factory, "--property-report", str(Path(args.report).resolve()),
+    ]
+    if args.baseline is not None:
+        argv += ["--property-baseline", str(Path(args.baseline).resolve())]
+    if args.update_baseline:
+        argv.append("--update-baseline")
+    if args.confidence is not None:
+        argv += ["--property-confidence", str(args.confidence)]
+    if args.seed is not None:
+        argv += ["--property-seed", str(args.seed)]
+    return argv
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Run ``check`` with parsed arguments; pytest's exit status."""
+    import pytest
+
+    # collect from an empty directory: only the subjects run, never the tests around the user's module;
+    # the factory is still imported from the current directory (the plugin's --dtd-subject does that)
+    with tempfile.TemporaryDirectory(prefix="dtd-properties-check-") as empty:
+        return int(pytest.main(pytest_arguments(args, empty)))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m properties.subject_cli check ...`` (the console script wires :func:`add_check_command` itself)."""
+    parser = argparse.ArgumentParser(prog="dtd-properties")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_check_command(subparsers)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

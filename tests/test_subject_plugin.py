@@ -1,0 +1,136 @@
+"""A user's subjects from pytest (--dtd-subject) and from the check command: same rows, the user's baseline, clear errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import pytest
+
+from properties.subject_cli import add_check_command, pytest_arguments
+from properties.subject_plugin import USER_BASELINE, load_subjects
+
+USER_MODULE = '''
+import torch
+from torch import nn
+from properties import Subject
+
+
+def _model():
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        model = nn.Sequential(nn.Linear(5, 9), nn.ReLU(), nn.Linear(9, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.6)
+        model[-1].bias.add_(0.5)
+    return model.eval(), torch.rand(25, 5, generator=generator)
+
+
+def subjects():
+    model, x = _model()
+    return [Subject("tiny", model, x, neurons_per_point=4), Subject("tiny_w2", model, x, rules=("w2",), outputs=0)]
+
+
+def one():
+    model, x = _model()
+    return Subject("one", model, x)
+
+
+def number():
+    return 3
+
+
+def empty_list():
+    return []
+
+
+def empty_inputs():
+    model, x = _model()
+    return Subject("empty", model, x[:0])
+
+
+def no_positive_output():
+    model, x = _model()
+    with torch.no_grad():
+        model[-1].bias.fill_(-50.0)
+    return Subject("negative", model, x)
+
+
+not_callable = 3
+'''
+
+
+@pytest.fixture
+def user_dir(pytester, monkeypatch):
+    pytester.makepyfile(usermod=USER_MODULE)
+    monkeypatch.chdir(pytester.path)
+    monkeypatch.syspath_prepend(str(pytester.path))
+    yield pytester
+    sys.modules.pop("usermod", None)
+
+
+def _rows(path):
+    rows = json.loads(path.read_text())["properties"]
+    return {r["name"]: {k: r[k] for k in ("successes", "trials", "rate", "ci_low", "ci_high", "status", "description")} for r in rows}
+
+
+def test_dtd_subject_and_check_command_write_the_same_rows(user_dir):
+    pytester = user_dir
+    via_pytest = pytester.runpytest_subprocess("-p", "properties.plugin", "-p", "no:cacheprovider", "-m", "properties",
+                                               "--dtd-subject", "usermod:subjects", "--property-report", "from_pytest")
+    via_pytest.assert_outcomes(passed=2)
+    parser = argparse.ArgumentParser()
+    args = add_check_command(parser.add_subparsers()).parse_args(["usermod:subjects", "--report", "from_check"])
+    command = pytester.run(sys.executable, "-m", "properties.subject_cli", "check", "usermod:subjects", "--report", "from_check")
+    assert command.ret == 0, command.stdout.str() + command.stderr.str()
+    assert pytest_arguments(args, "EMPTY")[:1] == ["EMPTY"]
+    rows = _rows(pytester.path / "from_pytest" / "report.json")
+    assert rows == _rows(pytester.path / "from_check" / "report.json")
+    assert {name.split(".")[1] for name in rows} == {"tiny", "tiny_w2"}
+    assert "subject.tiny.z+.layer0.gradient_match" in rows and "subject.tiny_w2.w2.conserved" in rows
+    # no baseline of the user's: every rate is new, nothing about the project's baseline is said
+    assert {r["status"] for r in rows.values()} == {"new"}
+    assert "baseline rate(s) were not measured" not in via_pytest.stdout.str() + command.stdout.str()
+
+
+def test_a_users_run_gates_on_the_users_baseline(user_dir):
+    pytester = user_dir
+    run = lambda *extra: pytester.run(sys.executable, "-m", "properties.subject_cli", "check", "usermod:one", *extra)  # noqa: E731
+    assert run("--update-baseline").ret == 0
+    baseline = json.loads((pytester.path / USER_BASELINE).read_text())["properties"]
+    assert set(baseline) and all(name.startswith("subject.one.") for name in baseline)
+    again = run()
+    assert again.ret == 0
+    assert {r["status"] for r in _rows(pytester.path / "property-report" / "report.json").values()} == {"ok"}
+    # a baseline that disagrees fails the run
+    name = "subject.one.z+.conserved"
+    baseline[name].update(rate=0.0, ci_low=0.0, ci_high=0.0, successes=0)
+    (pytester.path / USER_BASELINE).write_text(json.dumps({"properties": baseline}))
+    failed = run()
+    assert failed.ret == 1 and name in failed.stdout.str()
+
+
+@pytest.mark.parametrize(
+    "spec, error, match",
+    [
+        ("usermod", ValueError, "expected MODULE:FACTORY"),
+        ("no_such_module:subjects", ValueError, "cannot import module 'no_such_module'"),
+        ("usermod:missing", ValueError, "has no attribute 'missing'; expected a function"),
+        ("usermod:not_callable", TypeError, "not a function"),
+        ("usermod:number", TypeError, "returned int; expected a properties.Subject"),
+        ("usermod:empty_list", ValueError, "empty list"),
+        ("usermod:empty_inputs", ValueError, "usermod:empty_inputs failed: inputs hold no point"),
+        ("usermod:no_positive_output", ValueError, "no point has a positive explained output"),
+    ],
+)
+def test_bad_factories_name_what_was_given_and_expected(user_dir, spec, error, match):
+    with pytest.raises(error, match=match):
+        load_subjects(spec, directory=user_dir.path)
+
+
+def test_a_bad_factory_is_a_usage_error_of_the_command(user_dir):
+    result = user_dir.run(sys.executable, "-m", "properties.subject_cli", "check", "usermod:missing")
+    assert result.ret == 4
+    assert "has no attribute 'missing'" in result.stdout.str() + result.stderr.str()
