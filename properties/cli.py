@@ -64,7 +64,7 @@ def _conform(args: argparse.Namespace) -> int:
     for spec in args.implementations:
         try:
             conformance.load_implementations(spec)
-        except (ImportError, AttributeError, TypeError, ValueError) as error:
+        except (TypeError, ValueError) as error:
             print(f"dtd-properties conform: {error}", file=sys.stderr)
             return USAGE
     suite = Path(conformance.__file__).with_name("conformance_suite.py")

@@ -45,9 +45,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import torch
@@ -60,6 +57,7 @@ from dtd.tolerances import equation_rtol
 from dtd.validation import check_int, check_number
 
 from .agreement import stabilizer_bound
+from .factories import load_factory
 from .keys import RateKey
 from .thresholds import ROUNDING64
 from .stats import Rate, Tally
@@ -223,48 +221,9 @@ def conformance_name(implementation: Union[Implementation, str], prop: str, subs
 
 # ------------------------------------------------------------------------------------------------ loading
 def load_implementations(spec: str) -> list[Implementation]:
-    """Import ``MODULE:FACTORY`` (``MODULE`` importable from the current directory) and call the factory.
-
-    The factory returns one :class:`Implementation` or a list of them (names
-    unique).  Raises ``ValueError`` for a malformed spec, a duplicate name or
-    an empty list, ``ImportError`` when the module is not found,
-    ``AttributeError`` when the factory is missing, ``TypeError`` when it is
-    not callable or returns something else.
-    """
-    if not isinstance(spec, str):
-        raise TypeError(f"an implementation spec must be a str 'MODULE:FACTORY', got {type(spec).__name__} {spec!r}")
-    module_name, colon, factory_name = spec.partition(":")
-    if not colon or not module_name or not factory_name or ":" in factory_name:
-        raise ValueError(f"expected MODULE:FACTORY (e.g. mymod:implementations), got {spec!r}")
-    here = str(Path.cwd())
-    if here not in sys.path and "" not in sys.path:
-        sys.path.insert(0, here)  # as `python -m` does
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name and module_name.startswith(error.name):
-            raise ImportError(f"module {module_name!r} of {spec!r} was not found from {here} "
-                              f"(expected a file {module_name.replace('.', '/')}.py or a package there)") from None
-        raise
-    try:
-        factory = getattr(module, factory_name)
-    except AttributeError:
-        public = sorted(n for n in vars(module) if not n.startswith("_"))
-        raise AttributeError(f"module {module_name!r} has no attribute {factory_name!r} (spec {spec!r}); "
-                             f"it defines: {public}") from None
-    if not callable(factory):
-        raise TypeError(f"{spec} must be a callable returning Implementation(s), got {type(factory).__name__}")
-    made = factory()
-    items = [made] if isinstance(made, Implementation) else made
-    if not isinstance(items, (list, tuple)) or not all(isinstance(i, Implementation) for i in items):
-        raise TypeError(f"{spec}() must return a properties.Implementation or a list of them, got "
-                        f"{type(made).__name__} {made!r:.200}")
-    if not items:
-        raise ValueError(f"{spec}() returned no implementation")
-    names = [i.name for i in items]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{spec}() returned duplicate implementation names: {names}")
-    return list(items)
+    """The :class:`Implementation` (s) that ``MODULE:FACTORY`` returns (``MODULE`` importable from the current
+    directory); errors as :func:`properties.factories.load_factory` raises them."""
+    return load_factory(spec, Implementation)
 
 
 # ------------------------------------------------------------------------------------------------ populations

@@ -22,14 +22,12 @@ Registered by :mod:`properties.plugin` (its ``pytest_plugins``).
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
+from .factories import load_factory
 from .plugin import SUBJECT_BASELINE
 from .subject import Subject, evaluate
 
@@ -44,50 +42,9 @@ _SUBJECTS_KEY = pytest.StashKey[list]()
 
 
 def load_subjects(spec: str, *, directory: Optional[Path] = None) -> list[Subject]:
-    """Import ``MODULE:FACTORY`` and call the factory; its Subject(s) as a list.
-
-    ``MODULE`` is imported with ``directory`` (default: the current one)
-    first on ``sys.path``, as ``python -m`` does.  Every failure is a
-    ``ValueError``/``TypeError`` naming what was given and what was expected.
-    """
-    if not isinstance(spec, str):
-        raise TypeError(f"a subject factory must be given as 'MODULE:FACTORY' (a str), got {type(spec).__name__}")
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ValueError(f"expected MODULE:FACTORY (e.g. 'my_model:subjects'), got {spec!r}")
-    directory = str(Path(directory or os.getcwd()).resolve())
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        raise ValueError(
-            f"cannot import module {module_name!r} of {spec!r}: {error}; MODULE must be importable from {directory} "
-            "(a file MODULE.py there, or a dotted module path), as with python -m"
-        ) from None
-    try:
-        factory = getattr(module, attribute)
-    except AttributeError:
-        raise ValueError(
-            f"module {module_name!r} ({getattr(module, '__file__', '?')}) has no attribute {attribute!r}; expected a function "
-            "returning a properties.Subject or a list of them"
-        ) from None
-    if not callable(factory):
-        raise TypeError(f"{spec} is a {type(factory).__name__}, not a function; expected a function returning a properties.Subject or a list of them")
-    try:
-        made = factory()
-    except (TypeError, ValueError) as error:
-        raise type(error)(f"factory {spec} failed: {error}") from error
-    subjects = [made] if isinstance(made, Subject) else made
-    if not isinstance(subjects, (list, tuple)) or not all(isinstance(s, Subject) for s in subjects):
-        got = type(made).__name__ if not isinstance(made, (list, tuple)) else f"a {type(made).__name__} holding {sorted({type(s).__name__ for s in made})}"
-        raise TypeError(f"factory {spec} returned {got}; expected a properties.Subject or a list of Subjects")
-    if not subjects:
-        raise ValueError(f"factory {spec} returned an empty list; expected at least one properties.Subject")
-    names = [s.name for s in subjects]
-    if len(set(names)) != len(names):
-        raise ValueError(f"factory {spec} returned subjects with the same name: {names}; names must differ (they name the rates)")
-    return list(subjects)
+    """The :class:`Subject` (s) that ``MODULE:FACTORY`` returns, ``MODULE`` imported from ``directory`` (default: the
+    current one) as ``python -m`` does; errors as :func:`properties.factories.load_factory` raises them."""
+    return load_factory(spec, Subject, directory=directory)
 
 
 class SubjectItem(pytest.Item):
