@@ -41,7 +41,7 @@ from .keys import OUTCOMES, RateKey, describe
 from .stats import DEFAULT_CONFIDENCE, Rate
 from .thresholds import CONSERVED_SHARE
 
-__all__ = ["Subject", "SubjectResult", "evaluate", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "HEATMAP_POINTS"]
+__all__ = ["Subject", "SubjectResult", "evaluate", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "REGION_LP_ENTRIES", "HEATMAP_POINTS"]
 
 #: the root questions of every layer, in report order (fields of :class:`properties.checks.RootOutcomes`)
 ROOT_QUESTIONS = ("zero_output", "output_unchanged", "gradient_match", "region_match", "in_domain")
@@ -49,6 +49,11 @@ ROOT_QUESTIONS = ("zero_output", "output_unchanged", "gradient_match", "region_m
 REGION_POINTS = 12
 #: relevance-carrying neurons drawn per such point and layer for the LP (each LP is a dense HiGHS solve)
 REGION_NEURONS = 6
+#: cap on the LP work per layer, in constraint-matrix entries summed over the LPs (rows: every neuron of the
+#: layers >= k; columns: the layer's inputs): wide layers get fewer points and neurons; a layer whose single
+#: LP exceeds it gets none (its region_root_exists is not measured and a count says so): one dense LP of a
+#: 28x28 CNN's second conv layer (6272 inputs, 3146 rows) takes ~4 GB in the solver
+REGION_LP_ENTRIES = 8_000_000
 #: points shown in the relevance heatmaps of image inputs
 HEATMAP_POINTS = 6
 
@@ -341,7 +346,12 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
                 books: dict[tuple, float] = {}
                 diffs, f_all, grad_means = [], [], []
                 relevance = torch.empty(subject.inputs.shape, dtype=subject.inputs.dtype)
-                region_left = REGION_POINTS
+                lp_plan = {k: _lp_plan(net, k) for k in range(net.n_layers)}
+                for k, (points, _) in lp_plan.items():
+                    if points == 0:
+                        counts[f"subject {name}, {label}, layer {k}: region_root_exists not measured (one LP exceeds "
+                               f"REGION_LP_ENTRIES = {REGION_LP_ENTRIES:,} constraint entries)"] = 0
+                region_left = {k: points for k, (points, _) in lp_plan.items()}
                 for c, index in groups:
                     x = subject.inputs[index]
                     dec = dtd.train_free(net, x, root_finder=dtd.LinearRoots(rule), output=c)
@@ -353,9 +363,9 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
                     for acc in dtd.accounting(net, dec).layers:
                         for field in ("upper", "conserved", "lost", "bias_share"):
                             books[(acc.index, field)] = books.get((acc.index, field), 0.0) + float(getattr(acc, field).sum())
-                    n_region = min(region_left, len(x))
-                    region_left -= n_region
                     for k in range(net.n_layers):
+                        n_region = min(region_left[k], len(x))
+                        region_left[k] -= n_region
                         out = root_outcomes(net, dec, layer=k, neurons=subject.neurons_per_point,
                                             generator=generator if subject.neurons_per_point else None)
                         counted = out.valid & out.carries_relevance
@@ -370,14 +380,15 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
                             grad_means.append((out.gradient_mean_abs_difference * counted).sum(1) / counted.sum(1).clamp_min(1))
                         if n_region:
                             clusters.setdefault((k, "region_root_exists"), []).extend(
-                                _region_roots(net, dec, k, c, n_region, generator))
+                                _region_roots(net, dec, k, c, n_region, lp_plan[k][1], generator))
                         if bar is not None:
                             bar.update()
                 for (k, outcome), pairs in clusters.items():
                     key = RateKey("subject", outcome, subject=name, rule=label, layer=k)
                     if outcome == "region_root_exists":
-                        how = (f"relevance-carrying neurons, the first {REGION_POINTS} points x {REGION_NEURONS} drawn neurons "
-                               "per layer, one exact LP each")
+                        points, neurons = lp_plan[k]
+                        how = (f"relevance-carrying neurons, the first {points} points x {neurons} drawn neurons "
+                               "at this layer, one exact LP each")
                     elif outcome == "root_exists":
                         how = f"among relevance-carrying neurons, {tail}"
                     else:
@@ -414,15 +425,25 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
     return SubjectResult(subject, rates, counts, histograms, grids)
 
 
-def _region_roots(net, dec, k: int, output: int, n_points: int, generator: torch.Generator) -> list[tuple[int, int]]:
+def _lp_plan(net: dtd.ReLUNetwork, k: int) -> tuple[int, int]:
+    """``(points, neurons per point)`` of layer ``k``'s exact LPs within :data:`REGION_LP_ENTRIES`."""
+    entries = (sum(net.sizes[k + 1 :]) + 1) * net.sizes[k]  # one LP's constraint matrix
+    lps = REGION_LP_ENTRIES // entries
+    if lps == 0:
+        return 0, 0
+    neurons = min(REGION_NEURONS, lps)
+    return min(REGION_POINTS, lps // neurons), neurons
+
+
+def _region_roots(net, dec, k: int, output: int, n_points: int, n_neurons: int, generator: torch.Generator) -> list[tuple[int, int]]:
     """Per point ``(found, tried)``: in-region roots by exact LP for a few drawn relevance-carrying neurons."""
     lay = dec.layers[k]
     upper = lay.upper_relevance[:n_points]
     drawn = draw_neurons(n_points, upper.shape[1], upper.shape[1], generator)
-    # keep the first REGION_NEURONS relevance-carrying neurons in the random order: a uniform draw among them
+    # keep the first n_neurons relevance-carrying neurons in the random order: a uniform draw among them
     carrying = (upper != 0).gather(1, drawn)
     rank = carrying.cumsum(1)
-    pick = torch.zeros_like(upper, dtype=torch.bool).scatter(1, drawn, carrying & (rank <= REGION_NEURONS))
+    pick = torch.zeros_like(upper, dtype=torch.bool).scatter(1, drawn, carrying & (rank <= n_neurons))
     # the LP of neuron j depends on R_j alone: neurons without relevance are trivial (no LP)
     found = dtd.RegionRoots("l1").find(net, k, lay.input[:n_points], torch.where(pick, upper, torch.zeros_like(upper)), output=output)
     return list(zip((found.valid & pick).sum(1).tolist(), pick.sum(1).tolist()))
