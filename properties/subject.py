@@ -25,7 +25,6 @@ exhaustive ones; intervals are clustered by point either way.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import re
 from typing import Optional, Sequence, Union
 
@@ -180,9 +179,7 @@ class Subject:
 
 
 def _lower(model: nn.Module, input_shape: tuple) -> dtd.ReLUNetwork:
-    if len(input_shape) == 1 or "input_shape" not in inspect.signature(dtd.ReLUNetwork.from_sequential).parameters:
-        # an MLP; or, before the lowering of conv/pool layers, a Sequential that starts with nn.Flatten
-        return dtd.ReLUNetwork.from_sequential(model)
+    """The model lowered exactly into a :class:`dtd.ReLUNetwork` taking inputs of ``input_shape``."""
     return dtd.ReLUNetwork.from_sequential(model, input_shape=input_shape)
 
 

@@ -8,11 +8,9 @@ the seed notebook's questions (``subject.digits_mlp.*``, ``subject.digits_cnn.*`
 
 from __future__ import annotations
 
-import inspect
 
 import pytest
 
-import dtd
 from properties import digits
 from properties.subject import Subject, evaluate
 
@@ -21,7 +19,6 @@ pytestmark = pytest.mark.properties
 #: held-out points explained per network
 N_POINTS = 200
 RULES = ("z+", "zB")
-LOWERING = "input_shape" in inspect.signature(dtd.ReLUNetwork.from_sequential).parameters
 
 
 def _judge(property_report, name, trained):
@@ -36,6 +33,5 @@ def test_digits_mlp(property_report):
     _judge(property_report, "digits_mlp", digits.digits_mlp())
 
 
-@pytest.mark.skipif(not LOWERING, reason="needs the lowering of Conv2d/AvgPool2d (ReLUNetwork.from_sequential(..., input_shape=...))")
 def test_digits_cnn(property_report):
     _judge(property_report, "digits_cnn", digits.digits_cnn())

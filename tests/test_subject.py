@@ -156,12 +156,8 @@ def test_rule_specifications():
     assert isinstance(zb[0], dtd.rules.ZB) and float(zb[0].high) == 1.0 and all(isinstance(r, dtd.rules.ZPlus) for r in zb[1:])
 
 
-def test_image_inputs_get_heatmaps_once_lowering_lands():
-    """A CNN subject needs ReLUNetwork.from_sequential(model, input_shape=...) (the lowering of issue 11)."""
-    import inspect
-
-    if "input_shape" not in inspect.signature(dtd.ReLUNetwork.from_sequential).parameters:
-        pytest.skip("the lowering of conv/pool layers (from_sequential(..., input_shape=...)) is not merged on this branch")
+def test_image_inputs_get_heatmaps():
+    """A CNN subject (lowered with its input shape) gets a grid of relevance heatmaps beside its inputs."""
     with torch.random.fork_rng(devices=[]):
         model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8, 3)).eval()
     generator = torch.Generator().manual_seed(0)
