@@ -78,6 +78,8 @@ def caption(plot: Mapping, confidence: Optional[float]) -> str:
     text = plot.get("caption", "").strip()
     if plot["kind"] == "histogram":
         note = f"Counts on a log scale (tails visible); raw values of this run, no interval (the rates carry {level} intervals)."
+    elif plot["kind"] == "image_grid":
+        note = f"Single explained points, no interval (the rates carry {level} intervals)."
     else:
         note = f"Error bars and brackets: {level} confidence intervals (Wilson; clustered where the rate is)."
     return f"{text} {note}".strip()
