@@ -184,13 +184,24 @@ def _agreement(rows: _Rows) -> list[Answer]:
     return out
 
 
+#: a subject's answer shows its conservation and these questions of its first layer (the notebook's own layer)
+_SUBJECT_FIRST_LAYER = ("zero_output", "gradient_match", "region_root_exists")
+
+
 def _users(rows: _Rows, family: str, noun: str) -> list[Answer]:
+    """One answer per subject or implementation: every property it was measured on (an implementation), or its
+    conservation and the first layer's main questions (a subject), each with its rate."""
     out = []
     subjects = sorted({k.subject for k, _ in rows.where(family=family)}, key=natural_key)
     for subject in subjects:
-        pairs = [(k.outcome if k.rule is None else f"{k.rule} {k.outcome}", r)
-                 for k, r in rows.where(family=family, subject=subject, layer=None, neuron=None)
-                 if k.unit in (None, "roots") and k.subset in (None, "all")]
+        pairs = []
+        for k, r in rows.where(family=family, subject=subject, neuron=None):
+            if k.unit not in (None, "roots"):
+                continue
+            if family == "subject" and not (k.layer is None or (k.layer == 0 and k.outcome in _SUBJECT_FIRST_LAYER)):
+                continue
+            parts = (k.rule, None if k.layer is None else f"layer {k.layer}", k.outcome, k.subset)
+            pairs.append((" ".join(str(p) for p in parts if p is not None), r))
         answer = _spread(f"How does {noun} {subject} fare?", pairs, "trials", "property")
         if answer is not None:
             out.append(answer)
