@@ -330,3 +330,15 @@ def test_rows_fixed_by_design_are_listed_in_reading_order():
                                              "notebook.layer3.walk_roots.gradient_match",
                                              "region.gamma1.gradient_match.midpoint", "region.gamma10.gradient_match.midpoint",
                                              "region.z+.gradient_match.midpoint"]
+
+
+def test_an_implementations_answer_shows_every_property_including_each_population():
+    K = RateKey
+    rows = [
+        _row(K("conformance", "finite", subject="lib"), 50, 50),
+        _row(K("conformance", "equals_dtd", subject="lib", subset="bias_negative"), 50, 50),
+        _row(K("conformance", "equals_dtd", subject="lib", subset="bias_positive"), 10, 50),
+    ]
+    answer = next(a for a in summarize(rows, CONFIDENCE).answers if "implementation lib" in a.question)
+    assert answer.verdict == "Sometimes" and "equals_dtd bias_positive 20.00 %" in answer.detail
+    assert "conformance.lib.equals_dtd.bias_positive" in answer.names
