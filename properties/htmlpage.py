@@ -177,8 +177,10 @@ def _glossary() -> str:
 def html_page(rows: Sequence[Mapping], plots: Sequence[Mapping], images: Mapping[str, bytes], config: Mapping, summary: Summary) -> str:
     """The whole ``report.html``; ``images`` maps each plot's file name to its PNG bytes."""
     measured, fixed = split_by_design(rows)
-    nav = " · ".join(f'<a href="#{a}">{t}</a>' for a, t in (("glance", "rules at a glance"), ("figures", "figures"), ("rates", "every rate"),
-                                                             ("by-design-rates", "fixed by design"), ("run", "the run"), ("glossary", "glossary")))
+    present = (("glance", "rules at a glance", summary.glance is not None), ("figures", "figures", bool(plots)),
+               ("rates", "every rate", True), ("by-design-rates", "fixed by design", bool(fixed)), ("run", "the run", True),
+               ("glossary", "glossary", True))
+    nav = " · ".join(f'<a href="#{a}">{t}</a>' for a, t, shown in present if shown)  # only sections the page has
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>DTD property report</title>'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head><body>'

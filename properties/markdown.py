@@ -150,10 +150,11 @@ def markdown(rows: Sequence[Mapping], plots: Sequence[Mapping], config: Mapping,
     out = ["# DTD property report", "", reading_guide(config.get("confidence")), "", "## Answers", ""]
     out += _answers(summary) + [""]
     out += _glance(summary)
-    contents = [f"[{s.title}](#{_slug(s.title)})" for s in parts]
+    # in the order they follow, and only those this report has
+    contents = (["[Figures](#figures)"] if plots else []) + [f"[{s.title}](#{_slug(s.title)})" for s in parts]
     if fixed:
         contents.append(f"[Rates fixed by design](#{_slug('Rates fixed by design')})")
-    out += ["Sections: " + " · ".join(contents + ["[Figures](#figures)", "[The run](#the-run)", "[Glossary](#glossary)"]), ""]
+    out += ["Sections: " + " · ".join(contents + ["[The run](#the-run)", "[Glossary](#glossary)"]), ""]
     out += _figures(plots)
     for section in parts:
         out += [f"## {section.title}", ""]

@@ -342,3 +342,14 @@ def test_an_implementations_answer_shows_every_property_including_each_populatio
     answer = next(a for a in summarize(rows, CONFIDENCE).answers if "implementation lib" in a.question)
     assert answer.verdict == "Sometimes" and "equals_dtd bias_positive 20.00 %" in answer.detail
     assert "conformance.lib.equals_dtd.bias_positive" in answer.names
+
+
+def test_every_navigation_link_has_its_target():
+    """A user's subject-only run has no rules-at-a-glance table nor fixed-by-design rows: no link may point at them."""
+    rows = [_row(RateKey("subject", "zero_output", subject="mine", rule="z+", layer=0), 3, 50)]
+    files = render_report(rows, [], {"confidence": CONFIDENCE})
+    for name in ("report.md", "report.html"):
+        text = files[name].decode()
+        targets = set(re.findall(r'id="([^"]+)"', text)) | {m.lower().replace(" ", "-") for m in re.findall(r"^#+ (.+)$", text, re.M)}
+        links = set(re.findall(r'href="#([^"]+)"', text)) | set(re.findall(r"\]\(#([^)]+)\)", text))
+        assert links and links <= targets, f"{name}: dead links {sorted(links - targets)}"
