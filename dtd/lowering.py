@@ -285,7 +285,10 @@ def _output_shape(name: str, module: nn.Module, affine: _Affine, shape: tuple[in
     try:
         probe = affine.affine(torch.zeros((1,) + shape, dtype=torch.float64, device=device))
     except RuntimeError as error:
-        raise ValueError(f"{_describe(name, module)} cannot take activations of shape {shape}: {error}") from None
+        hint = ""
+        if isinstance(module, nn.Conv2d) and len(shape) == 4:
+            hint = f"; input_shape is one input's shape, without the batch dimension (e.g. {shape[1:]})"
+        raise ValueError(f"{_describe(name, module)} cannot take activations of shape {shape}: {error}{hint}") from None
     return tuple(probe.shape[1:])
 
 

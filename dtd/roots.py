@@ -97,11 +97,21 @@ class LinearRoots(RootFinder):
     def check(self, net) -> None:
         if isinstance(self.rules, tuple) and len(self.rules) != net.n_layers:
             raise ValueError(
-                f"got {len(self.rules)} rules for a network with {net.n_layers} layers; give one rule per layer"
+                f"got {len(self.rules)} rules for a network with {net.n_layers} layers; give one rule per layer "
+                f"(net.n_layers; a lowered model has one layer per ReLU, plus a last one without), e.g. "
+                f"[dtd.rules.ZB(low, high)] + ['z+'] * {net.n_layers - 1}"
             )
 
     def check_domain(self, k, a):
-        self.rule(k).check_domain(a)
+        try:
+            self.rule(k).check_domain(a)
+        except ValueError as error:  # say which layer's inputs, and that DTD's recipes change the rule above the input
+            where = "the network's input" if k == 0 else f"the activations entering layer {k}"
+            hint = "" if k == 0 else (
+                "; a rule for the input's domain (zB's box, or z+/gamma for x >= 0) is meant for layer 0: pass one rule "
+                "per layer, e.g. rule=[dtd.rules.ZB(low, high)] + ['z+'] * (net.n_layers - 1)"
+            )
+            raise ValueError(f"layer {k} ({where}): {error}{hint}") from None
 
     def find(self, net, k, a, relevance, *, output=0):
         eps = denominator_eps(a.dtype) if self.eps is None else self.eps

@@ -452,7 +452,7 @@ class ZB(Rule):
         if bool(outside.any()):
             raise ValueError(
                 f"rule {self!r} needs inputs in [low, high], but {int(outside.sum())} value(s) lie outside "
-                f"(input range [{float(a.min()):.3g}, {float(a.max()):.3g}]); pass dtd.rules.ZB(low, high) with the data's bounds"
+                f"(their range [{float(a.min()):.3g}, {float(a.max()):.3g}]); pass dtd.rules.ZB(low, high) with the data's bounds"
             )
 
     def direction_terms(self, weight):

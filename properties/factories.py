@@ -26,7 +26,8 @@ def load_factory(spec: str, expected: type, *, directory: Optional[Path] = None)
     that cannot be imported, a missing attribute, an empty list or repeated
     names, and ``TypeError`` for a factory that is not callable or returns
     anything else -- each naming what was given and what was expected.  An
-    error raised by the factory itself propagates with the spec prefixed.
+    error raised by the factory itself comes back as a ``ValueError`` (a
+    ``TypeError`` stays one) naming the spec and the original error.
     """
     what = f"properties.{expected.__name__}"
     if not isinstance(spec, str):
@@ -58,6 +59,8 @@ def load_factory(spec: str, expected: type, *, directory: Optional[Path] = None)
         made = factory()
     except (TypeError, ValueError) as error:
         raise type(error)(f"factory {spec} failed: {error}") from error
+    except Exception as error:  # the user's own code failed: a usage error naming it, not a crash of the runner
+        raise ValueError(f"factory {spec} raised {type(error).__name__}: {error}") from error
     items = [made] if isinstance(made, expected) else made
     if not isinstance(items, (list, tuple)) or not all(isinstance(item, expected) for item in items):
         got = (type(made).__name__ if not isinstance(made, (list, tuple))

@@ -165,3 +165,14 @@ def test_suite_call_sites_refuse():
         strategies.CaseSpace(depth=True)
     with pytest.raises(TypeError, match="min_output must be a number"):
         strategies.CaseSpace(min_output="0")
+
+
+def test_a_box_rule_above_the_input_names_the_layer_and_the_recipe():
+    first, second = nn.Linear(4, 5), nn.Linear(5, 3)
+    with torch.no_grad():
+        first.weight.fill_(1.0)  # hidden activations up to 4, outside zB's default box [0, 1]
+        first.bias.zero_()
+    net = dtd.ReLUNetwork.from_sequential(nn.Sequential(first, nn.ReLU(), second))
+    with pytest.raises(ValueError, match=r"layer 1 \(the activations entering layer 1\): rule ZB.*\[dtd.rules.ZB\(low, high\)\] \+ \['z\+'\]"):
+        dtd.train_free(net, X, rule="zB")
+    dtd.train_free(net, X, rule=[R.ZB(0, 1), "z+"])  # the recipe the message names works

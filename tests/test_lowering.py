@@ -566,3 +566,9 @@ def test_a_linear_relu_model_in_train_mode_stays_in_train_mode():
     _assert_same_snapshot(before, _snapshot(model))
     assert model.training
     _assert_same_forward(net, model, _inputs((3,)))
+
+
+def test_an_input_shape_with_the_batch_dimension_is_named_as_such():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 2)).eval()
+    with pytest.raises(ValueError, match=r"without the batch dimension \(e.g. \(3, 16, 16\)\)"):
+        dtd.ReLUNetwork.from_sequential(model, input_shape=(1, 3, 16, 16))

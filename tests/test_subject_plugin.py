@@ -58,6 +58,10 @@ def no_positive_output():
     return Subject("negative", model, x)
 
 
+def crashes():
+    raise RuntimeError("the data file is missing")
+
+
 not_callable = 3
 '''
 
@@ -123,6 +127,7 @@ def test_a_users_run_gates_on_the_users_baseline(user_dir):
         ("usermod:empty_list", ValueError, "empty list"),
         ("usermod:empty_inputs", ValueError, "usermod:empty_inputs failed: inputs hold no point"),
         ("usermod:no_positive_output", ValueError, "no point has a positive explained output"),
+        ("usermod:crashes", ValueError, "factory usermod:crashes raised RuntimeError: the data file is missing"),
     ],
 )
 def test_bad_factories_name_what_was_given_and_expected(user_dir, spec, error, match):
@@ -130,7 +135,10 @@ def test_bad_factories_name_what_was_given_and_expected(user_dir, spec, error, m
         load_subjects(spec, directory=user_dir.path)
 
 
-def test_a_bad_factory_is_a_usage_error_of_the_command(user_dir):
-    result = user_dir.run(sys.executable, "-m", "properties.subject_cli", "check", "usermod:missing")
+@pytest.mark.parametrize("factory, message", [("usermod:missing", "has no attribute 'missing'"),
+                                              ("usermod:crashes", "raised RuntimeError: the data file is missing")])
+def test_a_bad_factory_is_a_usage_error_of_the_command(user_dir, factory, message):
+    result = user_dir.run(sys.executable, "-m", "properties.subject_cli", "check", factory)
     assert result.ret == 4
-    assert "has no attribute 'missing'" in result.stdout.str() + result.stderr.str()
+    output = result.stdout.str() + result.stderr.str()
+    assert message in output and "INTERNALERROR" not in output
