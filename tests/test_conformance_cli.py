@@ -62,9 +62,9 @@ def _cli(cwd, *args):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("nosuch:implementations", "module 'nosuch' of 'nosuch:implementations' was not found"),
-    ("usermod:missing", "module 'usermod' has no attribute 'missing'"),
-    ("usermod:not_a_list", "usermod:not_a_list() must return a properties.Implementation or a list of them, got dict"),
+    ("nosuch:implementations", "cannot import module 'nosuch' of 'nosuch:implementations'"),
+    ("usermod:missing", "has no attribute 'missing'; expected a function returning a properties.Implementation"),
+    ("usermod:not_a_list", "factory usermod:not_a_list returned dict; expected a properties.Implementation or a list of them"),
     ("usermod", "expected MODULE:FACTORY"),
 ])
 def test_a_bad_factory_is_a_usage_error_naming_what_was_given(user_dir, spec, message):
