@@ -20,6 +20,7 @@ from .progress import progress
 from .regions import LPStatus, RegionLP, edge_steps, region_constraints
 from .rootsets import ExplicitRoots, RegionRootSet, RootSet, WalkRootSet
 from .rules import Rule, RuleLike
+from .threads import one_thread
 from .tolerances import DIVISION_GUARD, denominator_eps, region_slack
 from .validation import SEED_LIMIT, check_bool, check_int, check_number, check_probability, check_seed
 
@@ -384,12 +385,8 @@ class MetropolisHastingsRoots(_InRegionFinder):
         rows = sum(net.sizes[k + 1 :])
         if a.shape[0] * self.n_chains * max(rows, a.shape[1]) > SERIAL_WALK_ELEMENTS:
             return self._walk(net, k, a, relevance, output)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with one_thread():
             return self._walk(net, k, a, relevance, output)
-        finally:
-            torch.set_num_threads(threads)
 
     def _walk(self, net, k, a, relevance, output):
         a64 = a.detach().to(torch.float64).cpu()

@@ -53,6 +53,7 @@ from torch import nn
 import dtd
 from dtd import rules as R
 from dtd.network import ReLUNetwork
+from dtd.threads import one_thread
 from dtd.tolerances import equation_rtol
 from dtd.validation import check_int, check_number
 
@@ -537,12 +538,8 @@ def run(impl: Implementation, *, seed: int = 0, networks: int = NETWORKS, points
         raise TypeError(f"impl must be a properties.Implementation, got {type(impl).__name__}")
     networks = check_int(networks, "networks", minimum=2)
     points = check_int(points, "points", minimum=2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: intra-op threads only add overhead (10x CPU on a busy machine)
-    try:
+    with one_thread():  # tiny tensors: intra-op threads only add overhead (10x CPU on a busy machine)
         return _run(impl, seed, networks, points, confidence, shrink_failures)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(impl: Implementation, seed: int, networks: int, points: int, confidence: float, shrink_failures: bool) -> ConformanceResult:

@@ -27,6 +27,7 @@ import math
 import torch
 from torch import nn
 
+from dtd.threads import one_thread
 from dtd.validation import check_seed
 
 __all__ = ["DigitsData", "load_digits", "digits_mlp", "digits_cnn", "TrainedModel", "accuracy", "SPLIT_SEED", "N_TEST"]
@@ -104,18 +105,14 @@ def _train(build, seed: int, *, steps: int, learning_rate: float) -> TrainedMode
     train_x, test_x = data.train_x, data.test_x
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
     loss_fn = nn.CrossEntropyLoss()
-    threads = torch.get_num_threads()
     # one thread: the summation order (so every bit of the weights) does not depend on the machine's core
     # count, and these small matrices train fastest unthreaded on a busy machine; the caller's setting returns
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         model.train()
         for _ in range(steps):  # full batch: no shuffling, nothing random
             optimiser.zero_grad()
             loss_fn(model(train_x), data.train_y).backward()
             optimiser.step()
-    finally:
-        torch.set_num_threads(threads)
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
