@@ -65,6 +65,11 @@ class Accounting:
                 f"{acc.index:>5} {float(acc.upper.mean()):>10.4g} {float(acc.conserved.mean()):>10.4g} {float(acc.lost.mean()):>10.4g} "
                 f"{float(acc.residual.abs().mean()):>10.2g} {float(acc.trivial_roots.float().mean()):>8.2f} {float(acc.bias_share.mean()):>11.4g}"
             )
+        lines.append(
+            "means over the batch; upper: sum_j R_j from the layer above; conserved: sum_i R_i passed on; lost: R_j of "
+            "neurons without a root; residual: |upper - lost - conserved| (rounding); trivial: neurons with R_j = 0 "
+            "per point; bias share: what LRP-0 with the bias kept would hand the biases"
+        )
         return "\n".join(lines)
 
 
