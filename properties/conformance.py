@@ -59,7 +59,7 @@ from dtd.validation import check_int, check_number
 
 from .agreement import stabilizer_bound
 from .factories import load_factory
-from .keys import RateKey
+from .keys import OUTCOMES, SUBSETS, RateKey
 from .thresholds import ROUNDING64
 from .stats import Rate, Tally
 
@@ -96,23 +96,12 @@ SHRINK_BUDGET = 60
 POPULATIONS = ("bias_free", "bias_negative", "bias_positive")
 
 #: every property, with what its rate counts (report descriptions)
-PROPERTIES = {
-    "equals_dtd": "points whose input relevance equals dtd.train_free with the claimed rule within the stabiliser bound "
-                  "(points whose relevant denominators exceed twice the stabiliser)",
-    "conservation": "points with |sum R - f(x)| <= 1e-6 |f(x)| + the stabiliser bound's sum",
-    "positivity": "points whose relevance is >= 0 everywhere (z+ rules, x >= 0, all three populations)",
-    "gradient_x_input": "points whose relevance equals gradient x input (LRP-0, bias-free networks, denominators above 2 stabilisers)",
-    "batch_independent": "points whose relevance is the same in the batch, in the reversed batch and alone (first points)",
-    "no_side_effects": "calls (one per network) after which model parameters/grads/requires_grad, buffers, hooks, "
-                       "training flags, grad mode and x are unchanged and a second call returns the same relevance",
-    "finite": "points (with zero entries, and an all-zero row) whose relevance is finite",
-    "dtype_device": "calls whose result has the input's dtype and device",
-}
+#: the properties the kit measures, in report order (each one's one-line text: :data:`properties.keys.OUTCOMES`)
+PROPERTIES = ("equals_dtd", "conservation", "positivity", "gradient_x_input", "batch_independent", "no_side_effects",
+              "finite", "dtype_device")
 _SUBSETS = {"equals_dtd": POPULATIONS, "conservation": ("bias_free", "bias_negative")}
 #: properties without a subset that are measured on one population only
 _ONLY_ON = {"gradient_x_input": "bias_free"}
-_POPULATION_TEXT = {"bias_free": "bias-free networks", "bias_negative": "networks with biases <= 0",
-                    "bias_positive": "networks with a positive bias"}
 
 Attribute = Callable[[nn.Sequential, torch.Tensor, int], torch.Tensor]
 RulesLike = Union[R.RuleLike, Sequence[R.RuleLike]]
@@ -564,8 +553,8 @@ def _run(impl: Implementation, seed: int, networks: int, points: int, confidence
         row = str(key)
         keys[row] = key
         rates[row] = tally.rate(row, confidence)
-        where = f", {_POPULATION_TEXT[subset]}" if subset else ""
-        descriptions[row] = f"{impl.name} (claims {_rule_text(impl)}): {PROPERTIES[prop]}{where}"
+        where = f", {SUBSETS[subset]}" if subset else ""
+        descriptions[row] = f"{impl.name} (claims {_rule_text(impl)}): {OUTCOMES[prop]}{where}"
         if row in first_failure and shrink_failures:
             case, population_name, _ = first_failure[row]
             examples[row] = describe_failure(impl, shrink(impl, case, population_name, prop), prop)

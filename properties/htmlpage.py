@@ -13,9 +13,9 @@ import base64
 from html import escape
 from typing import Mapping, Optional, Sequence
 
-from .markdown import GLOSSARY, RUN_SETTINGS, interval, percent, reading_guide
+from .markdown import GLOSSARY, RUN_SETTINGS, reading_guide
 from .sections import sections, split_by_design
-from .summary import Summary, format_rate
+from .summary import Summary, format_rate, interval, percent
 
 __all__ = ["html_page"]
 

@@ -46,15 +46,17 @@ OUTCOMES: dict[str, str] = {
     "points": "points whose input relevance equals the library's within the stabiliser bound",
     "conditioned": "points whose every relevant denominator exceeds twice the stabiliser (and has a DTD root)",
     "agree_where_conditioned": "conditioned points that agree within the bound",
-    # the conformance kit's properties of an implementation
-    "equals_dtd": "points whose relevance equals dtd.train_free with the claimed rule within the stabiliser bound",
-    "conservation": "points whose input relevance sums to f(x) within 1e-6 relative",
-    "positivity": "points whose input relevance is >= 0 (z+ and gamma, inputs >= 0)",
-    "gradient_x_input": "points whose LRP-0 relevance equals gradient x input (bias-free networks)",
-    "batch_independent": "points whose relevance does not depend on their batch mates",
-    "no_side_effects": "calls that leave the model, its hooks and flags and x unchanged and repeat their result",
-    "finite": "points whose relevance is finite (inputs with zeros, dead neurons and zero rows included)",
-    "dtype_device": "calls whose result has x's dtype and device",
+    # the conformance kit's properties of an implementation (properties.conformance)
+    "equals_dtd": "points whose input relevance equals dtd.train_free with the claimed rule within the stabiliser bound "
+                  "(points whose relevant denominators exceed twice the stabiliser)",
+    "conservation": "points with |sum R - f(x)| <= 1e-6 |f(x)| + the stabiliser bound's sum",
+    "positivity": "points whose relevance is >= 0 everywhere (z+ rules, x >= 0, all three populations)",
+    "gradient_x_input": "points whose relevance equals gradient x input (LRP-0, bias-free networks, denominators above 2 stabilisers)",
+    "batch_independent": "points whose relevance is the same in the batch, in the reversed batch and alone (first points)",
+    "no_side_effects": "calls (one per network) after which model parameters/grads/requires_grad, buffers, hooks, "
+                       "training flags, grad mode and x are unchanged and a second call returns the same relevance",
+    "finite": "points (with zero entries, and an all-zero row) whose relevance is finite",
+    "dtype_device": "calls whose result has the input's dtype and device",
 }
 
 #: what is counted: one root per (point, neuron), or a point when all its considered roots satisfy the outcome
@@ -66,8 +68,8 @@ SUBSETS = {
     "relevant": "valid roots of neurons carrying relevance (R_j != 0)",
     "at_root": "judged at the root itself (relu'(0) = 0 on the region's boundary)",
     "midpoint": "judged halfway between root and input (inputs strictly inside their region; must be 100 %)",
-    "bias_free": "networks without biases",
-    "bias_negative": "networks whose biases are all <= 0",
+    "bias_free": "bias-free networks",
+    "bias_negative": "networks with biases <= 0",
     "bias_positive": "networks with a positive bias",
 }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Mapping, Optional, Sequence
 
 from .sections import sections, split_by_design
-from .summary import Summary, format_rate
+from .summary import Summary, format_rate, interval, percent
 
 __all__ = ["markdown", "GLOSSARY", "RUN_SETTINGS", "reading_guide", "percent", "interval"]
 
@@ -41,14 +41,6 @@ GLOSSARY = {
 #: config entries that describe how the run was made (the rest are measured counts)
 RUN_SETTINGS = ("confidence", "seed", "hypothesis_profile", "baseline", "update_baseline", "torch", "python", "seconds")
 _HIDDEN = ("hypothesis_max_examples", "hypothesis_derandomize")
-
-
-def percent(value: Optional[float]) -> str:
-    return "—" if value is None else f"{100 * value:.2f} %"
-
-
-def interval(low: Optional[float], high: Optional[float]) -> str:
-    return "—" if low is None else f"[{100 * low:.2f}, {100 * high:.2f}]"
 
 
 def _cell(text: str) -> str:

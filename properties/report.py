@@ -20,7 +20,11 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 from .keys import RateKey
+from . import figures
+from .htmlpage import html_page
+from .markdown import markdown
 from .sections import row_key
+from .summary import interval, summarize
 from .stats import Rate, compare
 
 __all__ = [
@@ -196,11 +200,8 @@ def write_baseline(path: Path, rows: Iterable[Mapping], owners: Mapping[str, str
 
 
 def _percent(value: Optional[float]) -> str:
+    """The terminal table's compact ``"42.16%"`` (fixed-width columns)."""
     return "—" if value is None else f"{100 * value:.2f}%"
-
-
-def _interval(low: Optional[float], high: Optional[float]) -> str:
-    return "—" if low is None else f"[{100 * low:.2f}, {100 * high:.2f}]"
 
 
 def format_table(rows: Iterable[Mapping]) -> list[str]:
@@ -211,7 +212,7 @@ def format_table(rows: Iterable[Mapping]) -> list[str]:
     for r in rows:
         base = r["baseline"]
         lines.append(
-            f"{r['name']:<{width}}  {_percent(r['rate']):>8}  {_interval(r['ci_low'], r['ci_high']):>18}  "
+            f"{r['name']:<{width}}  {_percent(r['rate']):>8}  {interval(r['ci_low'], r['ci_high']):>18}  "
             f"{r['trials']:>9}  {_percent(base['rate'] if base else None):>8}  {r['status']}"
         )
     return lines
@@ -232,11 +233,6 @@ def render_report(rows: list[Mapping], plots: list[Mapping], config: Mapping) ->
     A ``bars`` plot whose rates are all 0 % or all 100 % becomes a sentence
     (its ``report.json`` entry has ``"file": None`` and ``"text"``).
     """
-    from . import figures
-    from .htmlpage import html_page
-    from .markdown import markdown
-    from .summary import summarize
-
     rows = sorted(rows, key=lambda r: r["name"])
     confidence = config.get("confidence")
     by_name = {r["name"]: r for r in rows}

@@ -28,7 +28,7 @@ from typing import Optional
 import pytest
 
 from .factories import load_factory
-from .plugin import SUBJECT_BASELINE
+from .plugin import SUBJECT_BASELINE, recorder_for
 from .subject import Subject, evaluate
 
 __all__ = ["load_subjects", "SubjectItem", "USER_BASELINE", "DEFAULT_SUBJECT_SEED"]
@@ -57,8 +57,6 @@ class SubjectItem(pytest.Item):
         self.add_marker("properties")
 
     def runtest(self) -> None:
-        from .plugin import recorder_for
-
         recorder = recorder_for(self)
         seed = self.config.getoption("--property-seed")
         result = evaluate(self.subject, seed=DEFAULT_SUBJECT_SEED if seed is None else seed, confidence=recorder.confidence)

@@ -47,15 +47,21 @@ class Summary:
     confidence: Optional[float]
 
 
-def _pct(value: Optional[float]) -> str:
+def percent(value: Optional[float]) -> str:
+    """``"42.16 %"``, or a dash without data."""
     return "—" if value is None else f"{100 * value:.2f} %"
+
+
+def interval(low: Optional[float], high: Optional[float]) -> str:
+    """``"[39.10, 45.27]"`` in percent, or a dash without data."""
+    return "—" if low is None else f"[{100 * low:.2f}, {100 * high:.2f}]"
 
 
 def format_rate(row: Mapping) -> str:
     """``"42.16 % [39.10, 45.27]"``: the rate and its interval, in percent."""
     if row.get("rate") is None:
         return "no data (0 trials)"
-    return f"{_pct(row['rate'])} [{100 * row['ci_low']:.2f}, {100 * row['ci_high']:.2f}]"
+    return f"{percent(row['rate'])} {interval(row['ci_low'], row['ci_high'])}"
 
 
 def _verdict(row: Mapping) -> str:
@@ -139,9 +145,9 @@ def _spread(question: str, pairs: list[tuple[str, Mapping]], what: str, by: str)
     if len(pairs) == 1:
         return Answer(question, verdict, f"{format_rate(low[1])} of {what} ({low[0]})", [low[1]["name"]])
     if low[1]["rate"] == high[1]["rate"]:
-        head = f"{_pct(low[1]['rate'])} of {what} for each {by}"
+        head = f"{percent(low[1]['rate'])} of {what} for each {by}"
     else:
-        head = f"from {_pct(low[1]['rate'])} ({low[0]}) to {_pct(high[1]['rate'])} ({high[0]}) of {what}, by {by}"
+        head = f"from {percent(low[1]['rate'])} ({low[0]}) to {percent(high[1]['rate'])} ({high[0]}) of {what}, by {by}"
     by_label = sorted(pairs, key=lambda p: natural_key(p[0]))
     return Answer(question, verdict, f"{head}. Each: {_listing(by_label)}", [r["name"] for _, r in by_label])
 
