@@ -8,16 +8,24 @@
 torch.Size([100, 10])
 """
 
-from . import lowering, progress, regions, roots, rootsets, rules, tolerances, validation
+from . import fx_lowering, graph, lowering, operators, progress, regions, roots, rootsets, rules, tolerances, validation
 from .accounting import Accounting, accounting
 from .decompose import Decomposition, LayerDecomposition, train_free
 from .full_backward import FullBackward, FullBackwardLayer, estimate_cost, full_backward
+from .graph import GraphNetwork
+from .graph_decompose import GraphDecomposition, OperatorRoots
 from .network import ReLUNetwork
 from .roots import LinearRoots, MetropolisHastingsRoots, RegionRoots, RegionSamplingRoots, RootFinder
 from .rules import Rule
 
 __all__ = [
     "ReLUNetwork",
+    "GraphNetwork",
+    "GraphDecomposition",
+    "OperatorRoots",
+    "graph",
+    "operators",
+    "fx_lowering",
     "Rule",
     "rules",
     "roots",

@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .graph import GraphNetwork
 from .network import ReLUNetwork, output_column
 from .roots import LinearRoots, RootFinder
 from .rootsets import RootSet
@@ -132,8 +133,8 @@ def checked_activations(net: ReLUNetwork, x: torch.Tensor, output: int, root_fin
     """
     if not isinstance(net, ReLUNetwork):
         raise TypeError(
-            f"net must be a dtd.ReLUNetwork, got {type(net).__name__}; wrap an nn.Sequential with "
-            "ReLUNetwork.from_sequential"
+            f"net must be a dtd.ReLUNetwork or dtd.GraphNetwork, got {type(net).__name__}; lower a model with "
+            "ReLUNetwork.from_module(model, input_shape) (any piecewise-linear nn.Module) or ReLUNetwork.from_sequential"
         )
     if not isinstance(root_finder, RootFinder):
         raise TypeError(f"root_finder must be a dtd.roots.RootFinder, got {type(root_finder).__name__}")
@@ -161,7 +162,7 @@ def checked_activations(net: ReLUNetwork, x: torch.Tensor, output: int, root_fin
 
 
 def train_free(
-    net: ReLUNetwork,
+    net: "ReLUNetwork | GraphNetwork",
     x: torch.Tensor,
     *,
     rule: Union[RuleLike, Sequence[RuleLike], None] = None,
@@ -215,6 +216,10 @@ def train_free(
         root_finder = LinearRoots("z+" if rule is None else rule)
     elif rule is not None:
         raise ValueError("give either rule or root_finder, not both (pass the rule to the root finder)")
+    if isinstance(net, GraphNetwork):
+        from .graph_decompose import graph_train_free
+
+        return graph_train_free(net, x, output, root_finder)
     output, activations = checked_activations(net, x, output, root_finder)
 
     with torch.no_grad():

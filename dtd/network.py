@@ -13,6 +13,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import nn
 
+from .graph import GraphNetwork
 from .lowering import DEFAULT_MEMORY_BUDGET, lower_sequential
 from .validation import check_finite_layer, check_int, check_number, check_seed
 
@@ -260,6 +261,61 @@ class ReLUNetwork(nn.Module):
             linears.append(linear)
         final_relu = lowered.layers[-1].relu
         return cls(linears, final_relu=final_relu, flatten_input=lowered.flatten_input, input_shape=lowered.input_shape)
+
+    @classmethod
+    def from_module(
+        cls,
+        model: nn.Module,
+        input_shape: Sequence[int],
+        *,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    ) -> "ReLUNetwork | GraphNetwork":
+        """Lower any piecewise-linear ``nn.Module`` exactly: traced with ``torch.fx`` into affine operators, ReLUs and max pools.
+
+        Convolutions, pooling, batch norm (folded), residual ``+``, ``torch.cat``
+        and the rest listed in :mod:`dtd.fx_lowering` become a
+        :class:`~dtd.graph.GraphNetwork` whose DTD layers are matrix-free
+        operators (a convolution stays a convolution; memory grows with the
+        activations, not with ``D x J``).  A model that lowers to a chain of
+        Linear layers and ReLUs (an MLP) comes back as a dense
+        :class:`ReLUNetwork`, as :meth:`from_sequential` builds it.
+
+        Parameters
+        ----------
+        model
+            Any ``nn.Module`` whose forward ``torch.fx`` can trace; in eval
+            mode where that matters.  Never modified; nothing is shared.
+        input_shape
+            One input's shape without the batch dimension, e.g. ``(3, 224, 224)``.
+        memory_budget
+            Largest dense float64 matrix (bytes) an affine map that has no exact
+            operator form may be folded into (default 1 GiB).
+
+        Raises
+        ------
+        TypeError
+            A module or operation that is not piecewise linear (named, with the
+            reason and the fix), a subclass of an accepted module, hooks, a
+            model that ``torch.fx`` cannot trace (what to do is in the message).
+        ValueError
+            Batch norm / dropout in training mode, shapes that do not match,
+            a dense fallback above ``memory_budget``.
+        """
+        from .fx_lowering import lower_module
+
+        graph = lower_module(model, input_shape, memory_budget=memory_budget)
+        chain = graph.as_dense_chain()
+        if chain is None:
+            return graph
+        weights, biases, final_relu = chain
+        linears = []
+        for weight, bias in zip(weights, biases):
+            linear = nn.Linear(weight.shape[1], weight.shape[0], device="meta")
+            linear.weight = nn.Parameter(weight.clone())
+            linear.bias = nn.Parameter(bias.clone())
+            linears.append(linear)
+        shape = tuple(graph.input_shape)
+        return cls(linears, final_relu=final_relu, input_shape=shape if len(shape) > 1 else None, flatten_input=len(shape) > 1)
 
     def to_sequential(self, *, bias: bool = True) -> nn.Sequential:
         """An independent ``nn.Sequential`` copy (``Linear``, ``ReLU``, ...) computing the same function.

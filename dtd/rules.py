@@ -30,7 +30,7 @@ from .tolerances import equation_rtol
 from .validation import check_number, overflow_error
 
 __all__ = [
-    "Rule", "ZPlus", "WSquare", "Gamma", "LRP0", "ZB", "Pinv", "RuleLike",
+    "Rule", "Terms", "WEIGHTED", "ZPlus", "WSquare", "Gamma", "LRP0", "ZB", "Pinv", "RuleLike",
     "Variant", "RuleEntry", "register", "replicates", "registered", "variants", "entry_for", "SWEEPS",
 ]
 
@@ -62,6 +62,14 @@ class Rule(abc.ABC):
         per-neuron constants; this lets the shared step work with matrix
         products instead of ``(batch, J, D)`` tensors.
         """
+
+    def terms(self) -> "Terms":
+        """The direction ``v_j = a * P_j + Q_j`` in terms of the weight's element-wise indicators (see :class:`Terms`).
+
+        The form every operator layer (:mod:`dtd.operators`) computes a rule
+        with; :meth:`direction_terms` is the same direction as dense matrices.
+        """
+        raise TypeError(f"{type(self).__name__} has no per-neuron direction in operator form")
 
     def direction(self, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Search direction ``v`` ``(batch, J, D)`` for activations ``a``
@@ -140,6 +148,26 @@ def _show(value) -> str:
 
 
 RuleLike = Union[str, Rule]
+
+
+#: the weight each indicator is multiplied into: ``W * 1 = W``, ``W * 1[W >= 0] = W+``, ``W * 1[W < 0] = W-``, ``W * W = W^2``
+WEIGHTED = {"ind": "W", "ind_ge": "pos", "ind_lt": "neg", "W": "square"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Terms:
+    """A neuron rule's direction as indicators of the weight: ``v_j = a * P_j + Q_j`` with
+
+    ``P = sum(coef * I_kind for kind, coef in p)`` and ``Q = sum(I_kind * value for kind, value in q)``,
+    where ``I_ind = 1`` on the operator's structure, ``I_ind_ge = 1[W >= 0]``,
+    ``I_ind_lt = 1[W < 0]`` and ``I_W = W`` itself; ``value`` is a number or a
+    per-input-feature tensor.  Then ``W * P`` and ``W * Q`` are sums of the
+    modified operators ``W``, ``W+``, ``W-``, ``W^2`` (:data:`WEIGHTED`), so
+    denominators and relevances need no ``(J, D)`` matrix.
+    """
+
+    p: tuple = ()
+    q: tuple = ()
 
 
 # --------------------------------------------------------------------------- the registry
@@ -312,6 +340,9 @@ class ZPlus(Rule):
     def direction_terms(self, weight):
         return _positive_weights(weight), None
 
+    def terms(self):
+        return Terms(p=(("ind_ge", 1.0),))
+
 
 @register(
     variants=[
@@ -329,6 +360,9 @@ class WSquare(Rule):
 
     def direction_terms(self, weight):
         return None, weight
+
+    def terms(self):
+        return Terms(q=(("W", 1.0),))
 
 
 @register(
@@ -362,6 +396,9 @@ class Gamma(Rule):
     def direction_terms(self, weight):
         return 1 + self.gamma * _positive_weights(weight), None
 
+    def terms(self):
+        return Terms(p=(("ind", 1.0), ("ind_ge", self.gamma)))
+
     def params(self) -> dict[str, Any]:
         return {"gamma": self.gamma}
 
@@ -382,6 +419,9 @@ class LRP0(Rule):
 
     def direction_terms(self, weight):
         return torch.ones_like(weight), None
+
+    def terms(self):
+        return Terms(p=(("ind", 1.0),))
 
 
 @register(
@@ -459,6 +499,9 @@ class ZB(Rule):
         low, high = self._bounds(weight, weight.shape[1])
         shift = torch.where(weight >= 0, low, high)  # (J, D)
         return torch.ones_like(weight), -shift
+
+    def terms(self):
+        return Terms(p=(("ind", 1.0),), q=(("ind_ge", -self.low), ("ind_lt", -self.high)))
 
     def params(self) -> dict[str, Any]:
         return {"low": self._value(self.low), "high": self._value(self.high)}

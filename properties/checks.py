@@ -9,11 +9,12 @@ Nothing here loops over points or neurons.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
 import torch
 
-from dtd import Decomposition, ReLUNetwork
+from dtd import Decomposition, GraphDecomposition, GraphNetwork, OperatorRoots, ReLUNetwork
 from dtd.regions import region_pre_activations
 from dtd.rootsets import AffineRoots, RootSet
 from dtd.rootsets import root_equation_residual as _residual
@@ -225,6 +226,8 @@ def root_outcomes(
     """
     if not isinstance(dec, Decomposition):
         raise TypeError(f"dec must be a dtd.Decomposition, got {type(dec).__name__}")
+    if isinstance(net, GraphNetwork):
+        return _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, generator)
     net.check_layer(layer)
     output = net.check_output(dec.output if output is None else output, dec.layers[0].input.shape[0])
     atol = check_number(atol, "atol", minimum=0.0)
@@ -287,6 +290,83 @@ def root_outcomes(
     )
 
 
+def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, generator) -> RootOutcomes:
+    """:func:`root_outcomes` on a :class:`dtd.GraphNetwork`: ``f_k`` recomputes what depends on layer ``k``'s input.
+
+    The region is the ReLU pattern and the argmax pattern of the deciding
+    non-linearities (:meth:`dtd.GraphNetwork.deciding`); a root whose argmax
+    differs from the input's is still in the closure when the value at the
+    input's argmax ties its window's maximum within ``pattern_tol``.
+    """
+    if not isinstance(dec, GraphDecomposition):
+        raise TypeError("the decomposition is not one of a graph network (train_free on this GraphNetwork gives one)")
+    net.check_layer(layer)
+    output = net.check_output(dec.output if output is None else output, dec.x.shape[0])
+    atol = check_number(atol, "atol", minimum=0.0)
+    lay = dec.layers[layer]
+    if lay.input.shape[1] != net.in_features(layer):
+        raise ValueError("the decomposition does not belong to this network (layer widths differ)")
+    n_points, width = lay.input.shape
+    drawn = None
+    if neurons is not None:
+        neurons = check_int(neurons, "neurons", minimum=1)
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"neurons={neurons} needs generator=torch.Generator(...), got {type(generator).__name__}")
+        drawn = draw_neurons(n_points, lay.root_valid.shape[1], neurons, generator, device=lay.input.device)
+    elif generator is not None:
+        raise ValueError("generator is only used with neurons=K (sampled neurons); pass neurons or drop generator")
+    n_roots = lay.root_valid.shape[1] if drawn is None else drawn.shape[1]
+    _, live = net._downstream(layer)
+    per_root = 4 * (width + sum(math.prod(node.shape) for node in live)) * lay.input.element_size()
+    chunk = max(1, check_int(memory_budget, "memory_budget", minimum=1) // (per_root * max(1, n_roots)))
+    tol = pattern_tol(lay.input.dtype)
+    base = net.run(dec.x)
+    dtype, device = lay.input.dtype, lay.input.device
+    f_a = torch.empty(n_points, dtype=dtype, device=device)
+    f_r, gmax, gmean = (torch.zeros(n_points, n_roots, dtype=dtype, device=device) for _ in range(3))
+    region, domain = (torch.empty(n_points, n_roots, dtype=torch.bool, device=device) for _ in range(2))
+    for start in range(0, n_points, chunk):
+        stop = min(n_points, start + chunk)
+        index = drawn[start:stop] if drawn is not None else torch.arange(n_roots, device=device).expand(stop - start, n_roots)
+        roots = selected_roots(lay.root_set, start, stop, index)
+        points = torch.arange(start, stop, device=device)
+        out_a = output[start:stop] if isinstance(output, torch.Tensor) else output
+        at_input = net.evaluate_roots(layer, lay.input[start:stop], points, base, out_a, threshold=tol)
+        rows = points.repeat_interleave(n_roots)
+        out_r = out_a.repeat_interleave(n_roots) if isinstance(out_a, torch.Tensor) else out_a
+        local = rows - start
+        at_root = net.evaluate_roots(layer, roots.reshape(-1, width), rows, base, out_r, threshold=tol,
+                                     reference_argmax=at_input.argmax.index_select(0, local))
+        f_a[start:stop] = at_input.value
+        f_r[start:stop] = at_root.value.reshape(-1, n_roots)
+        z_a, z_r = at_input.relu.index_select(0, local), at_root.relu
+        same = _all_last((z_r > tol) == (z_a > tol)) & _all_last(at_root.argmax == at_input.argmax.index_select(0, local))
+        crossed = _any_last(((z_r > tol) & (z_a < -tol)) | ((z_r < -tol) & (z_a > tol)))
+        ties = _all_last(at_root.window_gap <= tol)
+        region[start:stop] = (same | (~crossed & ties)).reshape(-1, n_roots)
+        diff = (at_root.gradient - at_input.gradient.index_select(0, local)).abs()
+        diff = torch.where(same.unsqueeze(1), torch.zeros_like(diff), diff)
+        gmax[start:stop] = diff.amax(-1).reshape(-1, n_roots)
+        gmean[start:stop] = diff.mean(-1).reshape(-1, n_roots)
+        domain[start:stop] = _all_last(roots >= -atol)
+    return RootOutcomes(
+        layer=layer,
+        atol=float(atol),
+        output_at_input=f_a,
+        output_at_root=f_r,
+        gradient_difference=gmax,
+        gradient_mean_abs_difference=gmean,
+        zero_output=f_r.abs() <= atol,
+        output_unchanged=(f_a.unsqueeze(1) - f_r) < atol,
+        gradient_match=gmax <= atol,
+        region_match=region,
+        in_domain=domain,
+        valid=lay.root_valid if drawn is None else lay.root_valid.gather(1, drawn),
+        carries_relevance=lay.carries_relevance if drawn is None else lay.carries_relevance.gather(1, drawn),
+        neurons=drawn,
+    )
+
+
 def draw_neurons(n_points: int, n_neurons: int, k: int, generator: torch.Generator, *, device=None) -> torch.Tensor:
     """``(n_points, min(k, n_neurons))`` neuron indices, per point ``k`` distinct ones drawn uniformly.
 
@@ -304,6 +384,8 @@ def selected_roots(root_set: RootSet, start: int, stop: int, index: torch.Tensor
     Closed-form roots are built for the drawn neurons only; other root sets
     are built for the chunk and then picked.
     """
+    if isinstance(root_set, OperatorRoots):
+        return root_set.selected(start, stop, index)
     if isinstance(root_set, AffineRoots):
         a = root_set.input[start:stop].unsqueeze(1)
         direction = torch.zeros(index.shape + (a.shape[-1],), dtype=a.dtype, device=a.device)

@@ -1,0 +1,474 @@
+"""Graph networks: affine operators between ReLUs and max poolings.
+
+:meth:`dtd.ReLUNetwork.from_module` lowers any piecewise-linear model into a
+:class:`GraphNetwork`, a list of nodes in topological order:
+
+* :class:`InputNode` -- the network's input ``x`` (node 0);
+* :class:`AffineNode` -- a **DTD layer**: one affine map between
+  non-linearities, ``z = sum_b A_b(h_b) + c``, whose branches ``b`` read
+  activations ``h_b`` (the input, a ReLU's or a max pooling's output) through
+  operators ``A_b`` (:mod:`dtd.operators`).  Its input ``a`` is the
+  concatenation of the branch inputs (flattened, in branch order), its weight
+  the block row ``[A_1, A_2, ...]``: a skip connection's identity is a weight
+  like any other.  A source read by two branches appears twice in ``a``.
+* :class:`ReLUNode` and :class:`MaxPoolNode` -- the non-linearities.  Inside
+  a linear region a max pooling selects one input per window (its argmax),
+  so the region of an input is its ReLU pattern *and* its argmax pattern.
+
+Semantics shared by every computation on a graph:
+
+* relevance reaching an activation from several consumers is summed;
+* a ReLU passes relevance unchanged; a max pool passes each output's
+  relevance to its argmax input (overlapping windows add up);
+* ``f_k(root)``: the network's output when the activations entering layer
+  ``k`` are replaced by the root's parts and everything downstream of them is
+  recomputed, every other activation kept at its value for the input.  For a
+  chain this is the network from layer ``k`` up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .operators import Chain, Dense, Reshape
+from .validation import check_finite_layer, check_int
+
+__all__ = [
+    "InputNode",
+    "AffineNode",
+    "ReLUNode",
+    "MaxPoolNode",
+    "Branch",
+    "GraphNetwork",
+    "RootEvaluation",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class InputNode:
+    id: int
+    shape: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Branch:
+    """One summand ``A_b(h_b)`` of an affine node: the source node's id and the operator."""
+
+    source: int
+    op: Chain
+
+
+@dataclasses.dataclass(frozen=True)
+class AffineNode:
+    """A DTD layer: ``z = sum_b branches[b].op(h_b) + bias``; ``bias`` has the node's ``shape``.
+
+    ``modules`` names the model's modules folded into it (``"layer1.0.conv2"``,
+    ``"layer1.0.bn2"``, ...); ``name`` is the first signed one (the layer's name in reports).
+    """
+
+    id: int
+    shape: tuple
+    branches: tuple
+    bias: torch.Tensor
+    name: str
+    modules: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class ReLUNode:
+    id: int
+    shape: tuple
+    source: int
+    name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxPoolNode:
+    """A max pooling over the last one or two dimensions (``F.max_pool1d/2d`` arguments, or an adaptive one)."""
+
+    id: int
+    shape: tuple
+    source: int
+    dim: int
+    kernel_size: tuple = ()
+    stride: tuple = ()
+    padding: tuple = ()
+    dilation: tuple = ()
+    ceil_mode: bool = False
+    output_size: Optional[tuple] = None  # adaptive max pooling
+    name: str = ""
+
+    def pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(values, argmax)``: the pooled values and each window's argmax (flat index within its channel plane)."""
+        if self.output_size is not None:
+            function = F.adaptive_max_pool1d if self.dim == 1 else F.adaptive_max_pool2d
+            return function(x, self.output_size, return_indices=True)
+        function = F.max_pool1d if self.dim == 1 else F.max_pool2d
+        return function(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True)
+
+
+Node = Union[InputNode, AffineNode, ReLUNode, MaxPoolNode]
+
+
+def _planes(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``(batch, C, spatial...)`` as ``(batch, C, prod(spatial))`` (max pooling's index space)."""
+    return t.reshape(t.shape[0], -1, math.prod(t.shape[-dim:]))
+
+
+def scatter_argmax(values: torch.Tensor, argmax: torch.Tensor, source_shape: tuple, dim: int) -> torch.Tensor:
+    """Route ``values`` (a max pool's output shape) to the argmax inputs (``source_shape``), adding where windows overlap."""
+    out = values.new_zeros((values.shape[0],) + tuple(source_shape))
+    _planes(out, dim).scatter_add_(2, _planes(argmax, dim), _planes(values, dim))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RootEvaluation:
+    """What :meth:`GraphNetwork.evaluate_roots` finds at ``M`` roots of one layer.
+
+    value : ``(M,)`` ``f_k(root)``; gradient : ``(M, D_k)`` ``d f_k / d a`` with
+    ``relu'(z) = 1[z > threshold]``; relu : ``(M, R)`` pre-activations of the
+    deciding ReLUs side by side; argmax : ``(M, P)`` the deciding max pools'
+    argmax indices side by side; window_gap : ``(M, P)`` how far the value
+    at the *reference* argmax lies below each window's maximum (0 where it is
+    the maximum), when reference argmaxes were given.
+    """
+
+    value: torch.Tensor
+    gradient: Optional[torch.Tensor]
+    relu: torch.Tensor
+    argmax: torch.Tensor
+    window_gap: Optional[torch.Tensor]
+
+
+class GraphNetwork(nn.Module):
+    """A piecewise-linear network as a graph of affine operators, ReLUs and max poolings (see the module docstring).
+
+    Built by :meth:`dtd.ReLUNetwork.from_module`.  The DTD layers are the
+    affine nodes in topological order: ``layers[k]`` is layer ``k`` (``k = 0``
+    reads the input); the last one computes the output.
+
+    Attributes
+    ----------
+    input_shape
+        ``x``'s shape without the batch dimension.
+    final_relu
+        Whether the output is the last affine node's ReLU.
+    """
+
+    def __init__(self, nodes: Sequence[Node], output: int, *, final_relu: bool, input_shape: Sequence[int]):
+        super().__init__()
+        self.nodes = list(nodes)
+        self.output_node = output
+        self.final_relu = bool(final_relu)
+        self.input_shape = tuple(input_shape)
+        self.layer_ids = [node.id for node in self.nodes if isinstance(node, AffineNode)]
+        self._layer_of = {node_id: k for k, node_id in enumerate(self.layer_ids)}
+        self.consumers: dict[int, list[int]] = {node.id: [] for node in self.nodes}
+        for node in self.nodes:
+            for source in self.sources(node):
+                self.consumers[source].append(node.id)
+        tensors = [t for node in self.nodes if isinstance(node, AffineNode) for b in node.branches for t in b.op.tensors()]
+        tensors += [node.bias for node in self.nodes if isinstance(node, AffineNode)]
+        self._dtype = tensors[0].dtype if tensors else torch.get_default_dtype()
+        self._device = tensors[0].device if tensors else torch.device("cpu")
+
+    # ------------------------------------------------------------------ structure
+    @staticmethod
+    def sources(node: Node) -> list[int]:
+        if isinstance(node, AffineNode):
+            return [b.source for b in node.branches]
+        if isinstance(node, (ReLUNode, MaxPoolNode)):
+            return [node.source]
+        return []
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_ids)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def layer(self, k: int) -> AffineNode:
+        """The affine node of DTD layer ``k``."""
+        self.check_layer(k)
+        return self.nodes[self.layer_ids[k]]
+
+    def layer_names(self) -> list[str]:
+        """Each layer's name: its first module with weights (``"features.0"``, ``"layer1.0.conv2"``, ``"fc"``)."""
+        return [self.nodes[i].name for i in self.layer_ids]
+
+    def in_features(self, k: int) -> int:
+        """``D_k``: the size of layer ``k``'s input (its branches' inputs side by side)."""
+        return sum(b.op.in_features for b in self.layer(k).branches)
+
+    def out_features_of(self, k: int) -> int:
+        """``J_k``: layer ``k``'s number of neurons."""
+        return math.prod(self.layer(k).shape)
+
+    @property
+    def out_features(self) -> int:
+        return math.prod(self.nodes[self.layer_ids[-1]].shape)
+
+    @property
+    def in_size(self) -> int:
+        return math.prod(self.input_shape)
+
+    def check_layer(self, k, name: str = "layer") -> int:
+        check_int(k, name)
+        if not 0 <= k < self.n_layers:
+            raise ValueError(f"{name} must be in [0, {self.n_layers - 1}] for a {self.n_layers}-layer network, got {k}")
+        return k
+
+    def check_output(self, output, batch: Optional[int] = None):
+        """``output``: an int in ``[0, out_features)`` or a ``(batch,)`` integer tensor (as :meth:`ReLUNetwork.check_output`)."""
+        from .network import ReLUNetwork
+
+        return ReLUNetwork.check_output(self, output, batch)
+
+    def check_parameters(self) -> None:
+        for node in self.nodes:
+            if isinstance(node, AffineNode):
+                for t in [node.bias] + [t for b in node.branches for t in b.op.tensors()]:
+                    if not bool(torch.isfinite(t).all()):
+                        raise ValueError(f"layer {self._layer_of[node.id]} ({node.name}) holds NaN or infinite parameters")
+
+    def check_input(self, x, *, name: str = "x") -> torch.Tensor:
+        """``x`` validated as ``(batch, *input_shape)`` (a flat ``(batch, prod(input_shape))`` is reshaped); never modified."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() == 2 and x.shape[1] == self.in_size and len(self.input_shape) > 1:
+            x = x.reshape((x.shape[0],) + self.input_shape)
+        if tuple(x.shape[1:]) != self.input_shape or x.dim() < 2:
+            raise ValueError(
+                f"{name} must have shape (batch, {', '.join(map(str, self.input_shape))}) "
+                f"(or (batch, {self.in_size})), got {tuple(x.shape)}"
+            )
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+        if x.dtype != self.dtype:
+            raise TypeError(f"{name} has dtype {x.dtype} but the network is {self.dtype}; convert one of them")
+        if x.device != self.device:
+            raise ValueError(f"{name} is on {x.device} but the network is on {self.device}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains {int((~torch.isfinite(x)).sum())} NaN or infinite value(s)")
+        return x.detach()
+
+    def as_dense_chain(self) -> Optional[tuple[list, list, bool]]:
+        """``(weights, biases, final_relu)`` when the graph is an MLP (each layer one Linear on the previous ReLU), else None."""
+        weights, biases = [], []
+        previous = 0
+        for k, node_id in enumerate(self.layer_ids):
+            node = self.nodes[node_id]
+            if len(node.branches) != 1 or node.branches[0].source != previous:
+                return None
+            ops = node.branches[0].op.ops
+            dense = [op for op in ops if isinstance(op, Dense)]
+            if len(dense) != 1 or any(not isinstance(op, (Dense, Reshape)) for op in ops) or len(node.shape) != 1:
+                return None
+            if k > 0 and len(ops) != 1:
+                return None
+            weights.append(dense[0].weight)
+            biases.append(node.bias)
+            consumers = self.consumers[node_id]
+            if k < self.n_layers - 1:
+                if len(consumers) != 1 or not isinstance(self.nodes[consumers[0]], ReLUNode):
+                    return None
+                previous = consumers[0]
+        return weights, biases, self.final_relu
+
+    # ------------------------------------------------------------------ evaluation
+    def _affine(self, node: AffineNode, values: dict) -> torch.Tensor:
+        z = None
+        for branch in node.branches:
+            part = branch.op.forward(values[branch.source])
+            z = part if z is None else z + part
+        return z + node.bias
+
+    def run(self, x: torch.Tensor) -> tuple[dict, dict]:
+        """Every node's value at ``x`` ``(batch, *input_shape)``: ``(values, argmaxes)`` keyed by node id.
+
+        An affine node's value is its pre-activation; a max pool's argmax
+        (flat index in its source's channel plane) is in ``argmaxes``.  A layer
+        whose pre-activations overflow the dtype is a ``ValueError`` naming it.
+        """
+        values: dict = {0: x}
+        argmax: dict = {}
+        with torch.no_grad():
+            for node in self.nodes[1:]:
+                self._compute(node, values, argmax)
+        return values, argmax
+
+    def _compute(self, node: Node, values: dict, argmax: dict) -> None:
+        if isinstance(node, AffineNode):
+            values[node.id] = check_finite_layer(self._affine(node, values), self._layer_of[node.id], "its pre-activations")
+        elif isinstance(node, ReLUNode):
+            values[node.id] = torch.relu(values[node.source])
+        else:
+            values[node.id], argmax[node.id] = node.pool(values[node.source])
+
+    def output_of(self, values: dict) -> torch.Tensor:
+        """``net(x)`` ``(batch, out_features)`` from :meth:`run`'s values."""
+        z = values[self.layer_ids[-1]].flatten(1)
+        return torch.relu(z) if self.final_relu else z
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``net(x)``: ``(batch, *input_shape)`` -> ``(batch, out_features)``."""
+        if x.dim() == 2 and len(self.input_shape) > 1:
+            x = x.reshape((x.shape[0],) + self.input_shape)
+        return self.output_of(self.run(x)[0])
+
+    def layer_input(self, values: dict, k: int) -> torch.Tensor:
+        """``a``: layer ``k``'s branch inputs flattened side by side, ``(batch, D_k)``."""
+        return torch.cat([values[b.source].flatten(1) for b in self.layer(k).branches], dim=1)
+
+    def split_input(self, k: int, a: torch.Tensor) -> list[torch.Tensor]:
+        """The inverse of :meth:`layer_input`: ``a`` ``(batch, D_k)`` as one tensor per branch in its source's shape."""
+        parts, start = [], 0
+        for branch in self.layer(k).branches:
+            n = branch.op.in_features
+            parts.append(a[:, start : start + n].reshape((a.shape[0],) + tuple(branch.op.in_shape)))
+            start += n
+        return parts
+
+    # ------------------------------------------------------------------ f_k at roots
+    def _downstream(self, k: int) -> tuple[set, list]:
+        """``(overridden, live)``: layer ``k``'s sources, and the nodes ``f_k`` recomputes, in topological order.
+
+        Live nodes depend on an overridden source and feed the output along a
+        path that does not pass through another overridden node.
+        """
+        overridden = {b.source for b in self.layer(k).branches}
+        depends = set(overridden)
+        for node in self.nodes:
+            if node.id not in overridden and any(s in depends for s in self.sources(node)):
+                depends.add(node.id)
+        needed = {self.layer_ids[-1]}
+        for node in reversed(self.nodes):
+            if node.id in needed and node.id not in overridden:
+                needed.update(self.sources(node))
+        live = [node for node in self.nodes if node.id in depends and node.id in needed and node.id not in overridden]
+        return overridden, live
+
+    def deciding(self, k: int) -> tuple[list[int], list[int]]:
+        """The non-linearities deciding the region of ``f_k``: ``(relu node ids, max pool node ids)`` (the output's ReLU included)."""
+        _, live = self._downstream(k)
+        relus = [n.id for n in live if isinstance(n, ReLUNode)]
+        pools = [n.id for n in live if isinstance(n, MaxPoolNode)]
+        return relus, pools
+
+    def evaluate_roots(
+        self,
+        k: int,
+        roots: torch.Tensor,
+        point: torch.Tensor,
+        base: tuple[dict, dict],
+        output: Union[int, torch.Tensor],
+        *,
+        threshold: float = 0.0,
+        gradient: bool = True,
+        reference_argmax: Optional[torch.Tensor] = None,
+    ) -> RootEvaluation:
+        """``f_k``, its gradient and the deciding patterns at roots ``(M, D_k)`` of layer ``k``.
+
+        ``point`` ``(M,)`` says which input each root belongs to (the rows of
+        ``base = run(x)``): activations that do not depend on layer ``k``'s
+        input are taken from there.  ``output``: an int or ``(M,)`` per-row
+        explained outputs.  ``threshold``: ``relu'(z) = 1[z > threshold]`` in
+        the gradient and the output's ReLU.  ``reference_argmax`` ``(M, P)``:
+        argmaxes (as :attr:`RootEvaluation.argmax`) at which the window gap
+        is measured.
+        """
+        values_x, argmax_x = base
+        overridden, live = self._downstream(k)
+        values: dict = {}
+        argmax: dict = {}
+        for source, part in zip([b.source for b in self.layer(k).branches], self.split_input(k, roots)):
+            values[source] = part
+        live_ids = {n.id for n in live}
+
+        def value(node_id):
+            if node_id not in values:
+                values[node_id] = values_x[node_id].index_select(0, point)
+            return values[node_id]
+
+        with torch.no_grad():
+            for node in live:
+                for s in self.sources(node):
+                    value(s)
+                self._compute(node, values, argmax)
+        top = values[self.layer_ids[-1]].flatten(1)
+        column = top.gather(1, output.reshape(-1, 1)).squeeze(1) if isinstance(output, torch.Tensor) else top[:, output]
+        f = torch.relu(column) if self.final_relu else column
+        relu_ids = [n.id for n in live if isinstance(n, ReLUNode)]
+        pool_ids = [n.id for n in live if isinstance(n, MaxPoolNode)]
+        relu_z = [values[self.nodes[i].source].flatten(1) for i in relu_ids]
+        if self.final_relu:
+            relu_z.append(column.unsqueeze(1))
+        relu = torch.cat(relu_z, 1) if relu_z else top[:, :0]
+        argmaxes = torch.cat([argmax[i].flatten(1) for i in pool_ids], 1) if pool_ids else top[:, :0].long()
+        gap = None
+        if reference_argmax is not None:
+            gaps = []
+            start = 0
+            for i in pool_ids:
+                node = self.nodes[i]
+                n = argmax[i][0].numel()
+                ref = reference_argmax[:, start : start + n].reshape(argmax[i].shape)
+                src = _planes(values[node.source], node.dim)
+                at_ref = src.gather(2, _planes(ref, node.dim)).reshape(values[i].shape)
+                gaps.append((values[i] - at_ref).flatten(1))
+                start += n
+            gap = torch.cat(gaps, 1) if gaps else top[:, :0]
+        grad = None
+        if gradient:
+            grad = self._gradient(k, live, values, argmax, output, column, threshold, overridden, live_ids)
+        return RootEvaluation(f, grad, relu, argmaxes, gap)
+
+    def _gradient(self, k, live, values, argmax, output, column, threshold, overridden, live_ids) -> torch.Tensor:
+        """``d f_k / d a`` ``(M, D_k)``: the backward pass of masks, transposed operators and argmax routing."""
+        last = self.nodes[self.layer_ids[-1]]
+        rows = column.shape[0]
+        seed = column.new_zeros(rows, math.prod(last.shape))
+        idx = output.reshape(-1, 1) if isinstance(output, torch.Tensor) else torch.full((rows, 1), output, device=column.device)
+        scale = (column > threshold).to(column.dtype) if self.final_relu else torch.ones_like(column)
+        seed.scatter_(1, idx, scale.unsqueeze(1))
+        grads: dict = {last.id: seed.reshape((rows,) + tuple(last.shape))}
+        with torch.no_grad():
+            for node in reversed(live):
+                g = grads.pop(node.id, None)
+                if g is None:
+                    continue
+                if isinstance(node, AffineNode):
+                    for branch in node.branches:
+                        if branch.source in live_ids or branch.source in overridden:
+                            self._add(grads, branch.source, branch.op.transpose(g))
+                elif isinstance(node, ReLUNode):
+                    self._add(grads, node.source, g * (values[node.source] > threshold).to(g.dtype))
+                else:
+                    shape = values[node.source].shape[1:]
+                    self._add(grads, node.source, scatter_argmax(g, argmax[node.id], shape, node.dim))
+            parts = []
+            for branch in self.layer(k).branches:
+                g = grads.get(branch.source)
+                parts.append(torch.zeros(rows, branch.op.in_features, dtype=column.dtype, device=column.device) if g is None else g.flatten(1))
+            return check_finite_layer(torch.cat(parts, 1), k, "the input gradient's entries")
+
+    @staticmethod
+    def _add(grads: dict, node_id: int, g: torch.Tensor) -> None:
+        grads[node_id] = g if node_id not in grads else grads[node_id] + g
+
+    def __repr__(self) -> str:
+        names = ", ".join(self.layer_names())
+        return f"GraphNetwork(input_shape={self.input_shape}, {self.n_layers} layers: {names}; final_relu={self.final_relu})"

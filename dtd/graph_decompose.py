@@ -1,0 +1,263 @@
+"""Train-free DTD on a :class:`~dtd.graph.GraphNetwork`, matrix-free.
+
+Relevance walks the graph backwards, in reverse topological order: the
+output's affine node gets ``R_j = f(x)`` for the explained output (0 for the
+others); a ReLU passes its relevance to its input unchanged; a max pool to the
+argmax input of each window (overlapping windows add up); an affine node (a
+DTD layer) applies its rule (:mod:`dtd.rules`) and hands each branch's input
+its share.  An activation read by several consumers sums what they hand it.
+
+A rule is applied through its :class:`~dtd.rules.Terms`: the denominators
+``w_j . v_j = ((W * P) a)_j + ((W * Q) 1)_j`` and the input relevances
+``R_i = a_i ((W * P)^T t)_i + ((W * Q)^T t)_i`` are sums of the layer's
+modified operators (``W``, ``W+``, ``W-``, ``W^2``) applied forward and
+transposed, so no ``(J, D)`` matrix and no ``(batch, J, D)`` root tensor is
+formed.  Roots are built only for the neurons asked for
+(:meth:`OperatorRoots.selected`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+
+from .graph import AffineNode, GraphNetwork, MaxPoolNode, ReLUNode, scatter_argmax
+from .rootsets import RootSet
+from .rules import WEIGHTED, Pinv, Rule
+from .tolerances import denominator_eps
+from .validation import check_finite_layer, overflow_error
+
+__all__ = ["OperatorRoots", "GraphDecomposition", "graph_train_free", "ROOT_ELEMENTS_LIMIT"]
+
+#: Largest number of root coordinates (points x neurons x D) :meth:`OperatorRoots.roots` materialises at once;
+#: beyond it, judge sampled neurons (:meth:`OperatorRoots.selected`, ``root_outcomes(..., neurons=K)``).
+ROOT_ELEMENTS_LIMIT = 1 << 27
+
+
+def _q_parts(net: GraphNetwork, k: int, value, like: torch.Tensor) -> list[torch.Tensor]:
+    """A ``Terms.q`` value (a number or a ``(D_k,)`` per-feature tensor) as one tensor per branch, in its source's shape."""
+    node = net.layer(k)
+    if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() > 1:
+        if value.numel() != net.in_features(k):
+            raise ValueError(f"a per-feature bound has {value.numel()} entries but layer {k} has {net.in_features(k)} inputs")
+        flat = value.to(dtype=like.dtype, device=like.device).unsqueeze(0)
+        return [part.squeeze(0) for part in net.split_input(k, flat)]
+    number = float(value) if not isinstance(value, torch.Tensor) else float(value.reshape(()))
+    return [torch.full(tuple(b.op.in_shape), number, dtype=like.dtype, device=like.device) for b in node.branches]
+
+
+class OperatorRoots(RootSet):
+    """The roots ``root_j = a - t_j (a * P_j + Q_j)`` of one graph layer, built on demand.
+
+    ``t`` ``(batch, J)`` is 0 where the root is invalid; ``P``, ``Q`` are the
+    rule's :class:`~dtd.rules.Terms` over the layer's operators.
+    """
+
+    def __init__(self, net: GraphNetwork, k: int, rule: Rule, a: torch.Tensor, t: torch.Tensor, valid: torch.Tensor,
+                 relevance: torch.Tensor):
+        self.net, self.k, self.rule = net, k, rule
+        self.input, self.t, self.valid, self._relevance = a, t, valid, relevance
+
+    def directions(self, start: int, stop: int, index: torch.Tensor) -> torch.Tensor:
+        """``v_j`` ``(stop - start, K, D)`` of the neurons ``index`` ``(stop - start, K)`` of the points ``start:stop``."""
+        terms = self.rule.terms()
+        node = self.net.layer(self.k)
+        n, kk = index.shape
+        a = self.input[start:stop]
+        rows = n * kk
+        onehot = a.new_zeros(rows, self.valid.shape[1])
+        onehot[torch.arange(rows, device=a.device), index.reshape(-1)] = 1.0
+        onehot = onehot.reshape((rows,) + tuple(node.shape))
+        a_parts = self.net.split_input(self.k, a.repeat_interleave(kk, dim=0))
+        parts = []
+        for b, branch in enumerate(node.branches):
+            a_b = a_parts[b]
+            v = None
+            for kind, coef in terms.p:
+                term = coef * branch.op.modified(kind).transpose(onehot)
+                v = term if v is None else v + term
+            v = a_b * v if v is not None else torch.zeros_like(a_b)
+            for kind, value in terms.q:
+                q_b = _q_parts(self.net, self.k, value, a)[b]
+                indicator = branch.op.modified(kind).transpose(onehot)
+                v = v + indicator * q_b
+            parts.append(v.reshape(rows, -1))
+        return torch.cat(parts, 1).reshape(n, kk, -1)
+
+    def selected(self, start: int, stop: int, index: torch.Tensor) -> torch.Tensor:
+        """Roots ``(stop - start, K, D)`` of the neurons ``index`` ``(stop - start, K)`` of the points ``start:stop``."""
+        a = self.input[start:stop].unsqueeze(1)
+        t = self.t[start:stop].gather(1, index).unsqueeze(-1)
+        return a - t * self.directions(start, stop, index)
+
+    def roots(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+        stop = self.input.shape[0] if stop is None else stop
+        n, j, d = stop - start, self.valid.shape[1], self.input.shape[1]
+        if n * j * d > ROOT_ELEMENTS_LIMIT:
+            raise ValueError(
+                f"layer {self.k} has {j} neurons on {d} inputs: the roots of {n} point(s) would hold {n * j * d:,} values; "
+                "judge sampled neurons instead (root_outcomes(..., neurons=K) or OperatorRoots.selected)"
+            )
+        index = torch.arange(j, device=self.input.device).unsqueeze(0).expand(n, j)
+        return self.selected(start, stop, index)
+
+    def relevance(self, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``R_i`` of the layer's inputs ``(batch, D)`` (computed with the operators; ``weight`` is not needed)."""
+        return self._relevance
+
+
+def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list, relevance: torch.Tensor, eps: float):
+    """The rule at layer ``k``: ``(t, valid, relevance per branch)`` for branch inputs ``parts`` and upper relevance ``(N, *shape)``."""
+    if isinstance(rule, Pinv):
+        raise TypeError(
+            f"the pinv rule needs layer {k}'s dense matrix ({net.out_features_of(k)} x {net.in_features(k)}); on a graph "
+            "network use a neuron rule (z+, w2, gamma, x, zB), or lower an MLP with from_sequential"
+        )
+    terms = rule.terms()
+    node = net.layer(k)
+    like = parts[0]
+    z = None
+    for b, branch in enumerate(node.branches):
+        for kind, coef in terms.p:
+            term = branch.op.modified(WEIGHTED[kind]).forward(parts[b])
+            term = term if coef == 1.0 else coef * term
+            z = term if z is None else z + term
+        for kind, value in terms.q:
+            q_b = _q_parts(net, k, value, like)[b].unsqueeze(0)
+            term = branch.op.modified(WEIGHTED[kind]).forward(q_b)
+            z = term if z is None else z + term
+    n = relevance.shape[0]
+    z = z.expand((n,) + tuple(node.shape)).reshape(n, -1)
+    if not bool(torch.isfinite(z).all()):
+        raise overflow_error(k, like.dtype, f"the {rule!r} denominators w_j . v_j")
+    r = relevance.reshape(n, -1)
+    carries = r != 0
+    valid = (z.abs() > eps) | ~carries
+    use = valid & carries
+    t = torch.where(use, r / torch.where(use, z, torch.ones_like(z)), torch.zeros_like(r))
+    t_shaped = t.reshape((n,) + tuple(node.shape))
+    lower = []
+    for b, branch in enumerate(node.branches):
+        back = None
+        for kind, coef in terms.p:
+            term = branch.op.modified(WEIGHTED[kind]).transpose(t_shaped)
+            term = term if coef == 1.0 else coef * term
+            back = term if back is None else back + term
+        result = parts[b] * back if back is not None else torch.zeros_like(parts[b])
+        for kind, value in terms.q:
+            q_b = _q_parts(net, k, value, like)[b]
+            result = result + q_b * branch.op.modified(WEIGHTED[kind]).transpose(t_shaped)
+        lower.append(check_finite_layer(result, k, "the input relevances"))
+    return t, valid, lower
+
+
+def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) -> "GraphDecomposition":
+    """:func:`dtd.train_free` on a graph network (called from there; arguments already chosen)."""
+    from .decompose import HALF_PRECISION, LayerDecomposition, edge_shape
+    from .roots import LinearRoots
+
+    if not isinstance(root_finder, LinearRoots):
+        raise TypeError(
+            f"{type(root_finder).__name__} needs the dense layers of a ReLUNetwork; on a graph network (from_module) "
+            "DTD's closed-form roots are used: pass rule= (or LinearRoots(...))"
+        )
+    if isinstance(output, str):
+        if output != "predicted":
+            raise ValueError(f"output must be an int, a (batch,) integer tensor or 'predicted', got {output!r}")
+    else:
+        output = net.check_output(output)
+    net.check_parameters()
+    if net.dtype in HALF_PRECISION:
+        raise TypeError(
+            f"the network is {net.dtype}: decompositions are not computed in half precision (the root equations "
+            "and relevance sums lose too many digits); convert the model with .float() / .double()"
+        )
+    shape = edge_shape(x) if isinstance(x, torch.Tensor) else None
+    x = net.check_input(x).clone()
+    root_finder.check(net)
+    values, argmax = net.run(x)
+    top = net.output_of(values)
+    if isinstance(output, str):
+        output = top.argmax(1)
+    output = net.check_output(output, x.shape[0])
+    eps = root_finder.eps if root_finder.eps is not None else denominator_eps(x.dtype)
+    with torch.no_grad():
+        start = torch.zeros_like(top)
+        if isinstance(output, torch.Tensor):
+            column = output.unsqueeze(1)
+            start.scatter_(1, column, top.gather(1, column))
+        else:
+            start[:, output] = top[:, output]
+        last = net.nodes[net.layer_ids[-1]]
+        relevance: dict = {last.id: start.reshape((x.shape[0],) + tuple(last.shape))}
+
+        def add(node_id, r):
+            relevance[node_id] = r if node_id not in relevance else relevance[node_id] + r
+
+        layers = {}
+        for node in reversed(net.nodes[1:]):
+            r = relevance.pop(node.id, None)
+            if r is None:
+                r = torch.zeros((x.shape[0],) + tuple(node.shape), dtype=x.dtype, device=x.device)
+            if isinstance(node, ReLUNode):
+                add(node.source, r)
+            elif isinstance(node, MaxPoolNode):
+                add(node.source, scatter_argmax(r, argmax[node.id], tuple(values[node.source].shape[1:]), node.dim))
+            elif isinstance(node, AffineNode):
+                k = net.layer_ids.index(node.id)
+                parts = [values[b.source] for b in node.branches]
+                a = torch.cat([p.flatten(1) for p in parts], 1)
+                root_finder.check_domain(k, a)
+                rule = root_finder.rule(k)
+                t, valid, lower = operator_step(net, k, rule, parts, r, eps)
+                for branch, part in zip(node.branches, lower):
+                    add(branch.source, part)
+                flat_lower = torch.cat([p.flatten(1) for p in lower], 1)
+                upper = r.reshape(x.shape[0], -1)
+                layers[k] = LayerDecomposition(
+                    index=k,
+                    method=root_finder.describe(k),
+                    input=a,
+                    upper_relevance=upper,
+                    root_set=OperatorRoots(net, k, rule, a, t, valid, flat_lower),
+                    root_valid=valid,
+                    carries_relevance=upper != 0,
+                    relevance=flat_lower,
+                )
+        input_relevance = relevance.get(0, torch.zeros_like(x))
+    top_value = top.gather(1, output.unsqueeze(1)).squeeze(1) if isinstance(output, torch.Tensor) else top[:, output]
+    return GraphDecomposition(
+        layers=tuple(layers[k] for k in range(net.n_layers)),
+        output=output,
+        output_value=top_value.clone(),
+        input_shape=shape if shape is not None else (tuple(net.input_shape) if len(net.input_shape) > 1 else None),
+        input_relevance=input_relevance.reshape(x.shape[0], -1),
+        x=x,
+    )
+
+
+from .decompose import Decomposition as _Decomposition  # noqa: E402  (decompose imports this module lazily)
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphDecomposition(_Decomposition):
+    """A :class:`~dtd.Decomposition` of a graph network.
+
+    ``layers[k]`` is DTD layer ``k`` with flat tensors (``input`` ``(batch, D_k)``
+    the branch inputs side by side, ``upper_relevance`` ``(batch, J_k)``).
+    ``input_relevance`` ``(batch, prod(input_shape))`` sums what every layer
+    reading the input handed it (a skip from the input included);
+    :attr:`relevance` shows it in ``x``'s shape.  ``x`` is the explained input (a copy).
+    """
+
+    input_relevance: torch.Tensor = dataclasses.field(default=None, kw_only=True)
+    x: torch.Tensor = dataclasses.field(default=None, kw_only=True)
+
+    @property
+    def relevance(self) -> torch.Tensor:
+        flat = self.input_relevance
+        if self.input_shape is None:
+            return flat
+        return flat.reshape((flat.shape[0],) + tuple(self.input_shape))
