@@ -310,9 +310,10 @@ class GraphNetwork(nn.Module):
                 self._compute(node, values, argmax)
         return values, argmax
 
-    def _compute(self, node: Node, values: dict, argmax: dict) -> None:
+    def _compute(self, node: Node, values: dict, argmax: dict, check: bool = True) -> None:
         if isinstance(node, AffineNode):
-            values[node.id] = check_finite_layer(self._affine(node, values), self._layer_of[node.id], "its pre-activations")
+            z = self._affine(node, values)
+            values[node.id] = check_finite_layer(z, self._layer_of[node.id], "its pre-activations") if check else z
         elif isinstance(node, ReLUNode):
             values[node.id] = torch.relu(values[node.source])
         else:
@@ -343,7 +344,7 @@ class GraphNetwork(nn.Module):
         return parts
 
     # ------------------------------------------------------------------ f_k at roots
-    def _downstream(self, k: int) -> tuple[set, list]:
+    def live_nodes(self, k: int) -> tuple[set, list]:
         """``(overridden, live)``: layer ``k``'s sources, and the nodes ``f_k`` recomputes, in topological order.
 
         Live nodes depend on an overridden source and feed the output along a
@@ -363,7 +364,7 @@ class GraphNetwork(nn.Module):
 
     def deciding(self, k: int) -> tuple[list[int], list[int]]:
         """The non-linearities deciding the region of ``f_k``: ``(relu node ids, max pool node ids)`` (the output's ReLU included)."""
-        _, live = self._downstream(k)
+        _, live = self.live_nodes(k)
         relus = [n.id for n in live if isinstance(n, ReLUNode)]
         pools = [n.id for n in live if isinstance(n, MaxPoolNode)]
         return relus, pools
@@ -371,7 +372,7 @@ class GraphNetwork(nn.Module):
     def evaluate_roots(
         self,
         k: int,
-        roots: torch.Tensor,
+        roots: Optional[torch.Tensor],
         point: torch.Tensor,
         base: tuple[dict, dict],
         output: Union[int, torch.Tensor],
@@ -382,6 +383,9 @@ class GraphNetwork(nn.Module):
     ) -> RootEvaluation:
         """``f_k``, its gradient and the deciding patterns at roots ``(M, D_k)`` of layer ``k``.
 
+        ``roots=None`` evaluates at the inputs themselves (``point`` selects
+        them): every value is read from ``base``, only the gradient is computed.
+
         ``point`` ``(M,)`` says which input each root belongs to (the rows of
         ``base = run(x)``): activations that do not depend on layer ``k``'s
         input are taken from there.  ``output``: an int or ``(M,)`` per-row
@@ -391,12 +395,18 @@ class GraphNetwork(nn.Module):
         is measured.
         """
         values_x, argmax_x = base
-        overridden, live = self._downstream(k)
+        overridden, live = self.live_nodes(k)
         values: dict = {}
         argmax: dict = {}
-        for source, part in zip([b.source for b in self.layer(k).branches], self.split_input(k, roots)):
-            values[source] = part
         live_ids = {n.id for n in live}
+        if roots is None:  # the inputs themselves: every value is the input's, nothing to recompute
+            for node_id in live_ids | overridden:
+                values[node_id] = values_x[node_id].index_select(0, point)
+                if node_id in argmax_x:
+                    argmax[node_id] = argmax_x[node_id].index_select(0, point)
+        else:
+            for source, part in zip([b.source for b in self.layer(k).branches], self.split_input(k, roots)):
+                values[source] = part
 
         def value(node_id):
             if node_id not in values:
@@ -407,7 +417,8 @@ class GraphNetwork(nn.Module):
             for node in live:
                 for s in self.sources(node):
                     value(s)
-                self._compute(node, values, argmax)
+                if roots is not None:
+                    self._compute(node, values, argmax, check=False)
         top = values[self.layer_ids[-1]].flatten(1)
         column = top.gather(1, output.reshape(-1, 1)).squeeze(1) if isinstance(output, torch.Tensor) else top[:, output]
         f = torch.relu(column) if self.final_relu else column

@@ -235,6 +235,7 @@ def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) ->
         input_shape=shape if shape is not None else (tuple(net.input_shape) if len(net.input_shape) > 1 else None),
         input_relevance=input_relevance.reshape(x.shape[0], -1),
         x=x,
+        activations=(values, argmax),
     )
 
 
@@ -249,11 +250,14 @@ class GraphDecomposition(_Decomposition):
     the branch inputs side by side, ``upper_relevance`` ``(batch, J_k)``).
     ``input_relevance`` ``(batch, prod(input_shape))`` sums what every layer
     reading the input handed it (a skip from the input included);
-    :attr:`relevance` shows it in ``x``'s shape.  ``x`` is the explained input (a copy).
+    :attr:`relevance` shows it in ``x``'s shape.  ``x`` is the explained input (a copy),
+    ``activations`` every node's value there (as :meth:`~dtd.graph.GraphNetwork.run`).
     """
 
     input_relevance: torch.Tensor = dataclasses.field(default=None, kw_only=True)
     x: torch.Tensor = dataclasses.field(default=None, kw_only=True)
+    #: every node's value at ``x`` and every max pool's argmax (:meth:`GraphNetwork.run`), kept for the checks
+    activations: tuple = dataclasses.field(default=None, kw_only=True, repr=False, compare=False)
 
     @property
     def relevance(self) -> torch.Tensor:

@@ -179,6 +179,7 @@ class Dense(Operator):
             raise ValueError(f"a dense operator needs a (J, D) weight, got shape {tuple(weight.shape)}")
         self.weight = weight
         self.in_shape, self.out_shape = (weight.shape[1],), (weight.shape[0],)
+        self._modified: dict = {}
 
     def forward(self, x):
         return F.linear(x, self.weight)
@@ -187,7 +188,9 @@ class Dense(Operator):
         return y @ self.weight
 
     def modified(self, kind):
-        return Dense(_signed_modification(self.weight, _check_kind(kind)))
+        if kind not in self._modified:
+            self._modified[kind] = Dense(_signed_modification(self.weight, _check_kind(kind)))
+        return self._modified[kind]
 
     def to(self, dtype, device=None):
         return Dense(self.weight.to(dtype=dtype, device=device))
@@ -205,15 +208,17 @@ class Conv(Operator):
 
     signed = True
 
-    def __init__(self, weight, in_shape, *, stride, padding, dilation, groups):
+    def __init__(self, weight, in_shape, *, stride, padding, dilation, groups, out_shape=None):
         self.weight = weight
         self.dim = weight.dim() - 2
         if self.dim not in (1, 2):
             raise ValueError(f"only 1-d and 2-d convolutions are supported, got a {self.dim}-d kernel")
         self.stride, self.padding, self.dilation, self.groups = tuple(stride), tuple(padding), tuple(dilation), int(groups)
         self.in_shape = tuple(in_shape)
-        probe = self._conv(torch.zeros((1,) + self.in_shape, dtype=weight.dtype, device=weight.device), weight)
-        self.out_shape = tuple(probe.shape[1:])
+        if out_shape is None:
+            out_shape = self._conv(torch.zeros((1,) + self.in_shape, dtype=weight.dtype, device="meta"), weight.to("meta")).shape[1:]
+        self.out_shape = tuple(out_shape)
+        self._modified: dict = {}
 
     def _conv(self, x, weight):
         conv = F.conv1d if self.dim == 1 else F.conv2d
@@ -227,10 +232,13 @@ class Conv(Operator):
         return grad((y.shape[0],) + self.in_shape, self.weight, y, self.stride, self.padding, self.dilation, self.groups)
 
     def _with(self, weight) -> "Conv":
-        return Conv(weight, self.in_shape, stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+        return Conv(weight, self.in_shape, stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
+                    out_shape=self.out_shape)
 
     def modified(self, kind):
-        return self._with(_signed_modification(self.weight, _check_kind(kind)))
+        if kind not in self._modified:  # a kernel-sized tensor per kind, kept: DTD asks for the same ones at every call
+            self._modified[kind] = self._with(_signed_modification(self.weight, _check_kind(kind)))
+        return self._modified[kind]
 
     def to(self, dtype, device=None):
         return self._with(self.weight.to(dtype=dtype, device=device))
@@ -381,6 +389,7 @@ class Chain(Operator):
         self.signed = any(op.signed for op in ops)
         self.column_sparse = all(op.column_sparse for op in ops)
         self.row_sparse = all(op.row_sparse for op in ops)
+        self._modified: dict = {}
 
     def n_signed(self) -> int:
         return sum(op.signed for op in self.ops)
@@ -414,6 +423,11 @@ class Chain(Operator):
 
     def modified(self, kind):
         kind = _check_kind(kind)
+        if kind not in self._modified:
+            self._modified[kind] = self._modify(kind)
+        return self._modified[kind]
+
+    def _modify(self, kind):
         if not self.exact_modifications():
             raise ValueError("this chain's entries are not single products: its modified operators are not the chain's modifications")
         if not self.signed and kind in ("neg", "ind_lt"):

@@ -316,11 +316,11 @@ def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, 
     elif generator is not None:
         raise ValueError("generator is only used with neurons=K (sampled neurons); pass neurons or drop generator")
     n_roots = lay.root_valid.shape[1] if drawn is None else drawn.shape[1]
-    _, live = net._downstream(layer)
+    _, live = net.live_nodes(layer)
     per_root = 4 * (width + sum(math.prod(node.shape) for node in live)) * lay.input.element_size()
     chunk = max(1, check_int(memory_budget, "memory_budget", minimum=1) // (per_root * max(1, n_roots)))
     tol = pattern_tol(lay.input.dtype)
-    base = net.run(dec.x)
+    base = dec.activations if dec.activations is not None else net.run(dec.x)
     dtype, device = lay.input.dtype, lay.input.device
     f_a = torch.empty(n_points, dtype=dtype, device=device)
     f_r, gmax, gmean = (torch.zeros(n_points, n_roots, dtype=dtype, device=device) for _ in range(3))
@@ -331,7 +331,7 @@ def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, 
         roots = selected_roots(lay.root_set, start, stop, index)
         points = torch.arange(start, stop, device=device)
         out_a = output[start:stop] if isinstance(output, torch.Tensor) else output
-        at_input = net.evaluate_roots(layer, lay.input[start:stop], points, base, out_a, threshold=tol)
+        at_input = net.evaluate_roots(layer, None, points, base, out_a, threshold=tol)
         rows = points.repeat_interleave(n_roots)
         out_r = out_a.repeat_interleave(n_roots) if isinstance(out_a, torch.Tensor) else out_a
         local = rows - start

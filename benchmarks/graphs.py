@@ -1,0 +1,163 @@
+"""``python -m benchmarks.graphs [--size 224] [--out DIR]``: DTD on real-size torchvision models, zennit beside it.
+
+Each model runs in a fresh process (its peak RSS is its own, including the
+~300 MiB of Python and torch).  Random weights with randomised batch-norm
+statistics (no download), float32, 2 points.  Reported, per model:
+
+* ``lower_s``: :meth:`dtd.ReLUNetwork.from_module`;
+* ``train_free_s``: z+ relevance of the explained output, every layer;
+  ``zennit_s``: zennit's ``ZPlus(zero_params="bias")`` on Conv2d/Linear of the
+  *original* model (with its ``ResNetCanonizer`` / ``VGGCanonizer`` merging
+  batch norms), the same question; ``train_free_over_zennit``;
+* ``roots_s`` (``--roots``): every root question at every layer for ``K``
+  sampled neurons per point (:func:`properties.checks.root_outcomes`);
+  ``floor_s``: the bare forward and backward of the same roots through what
+  depends on each layer's input (autograd over the graph's own operators,
+  nothing else); ``roots_over_floor``;
+* ``peak_rss_mb``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def _model(name: str):
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, name)()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model.eval()
+
+
+def _zennit_seconds(model, x, output: int) -> float:
+    from zennit.composites import LayerMapComposite
+    from zennit.rules import ZPlus
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
+    canonizer = ResNetCanonizer() if hasattr(model, "layer1") else VGGCanonizer()
+    rule = ZPlus(zero_params="bias")
+    composite = LayerMapComposite(layer_map=[(torch.nn.Conv2d, rule), (torch.nn.Linear, rule)], canonizers=[canonizer])
+    xx = x.clone().requires_grad_(True)
+    start = time.perf_counter()
+    with composite.context(model) as modified:
+        out = modified(xx)
+        seed = torch.zeros_like(out)
+        seed[:, output] = out[:, output]
+        torch.autograd.grad(out, xx, seed)
+    return time.perf_counter() - start
+
+
+def _floor_seconds(net, dec, roots_by_layer, points_by_layer, output) -> float:
+    """Forward and backward of the same roots through the nodes that depend on each layer's input (plain autograd)."""
+    from dtd.graph import AffineNode, ReLUNode
+
+    base, _ = net.run(dec.x)
+    start = time.perf_counter()
+    for k, (roots, point) in enumerate(zip(roots_by_layer, points_by_layer)):
+        _, live = net.live_nodes(k)
+        with torch.enable_grad():
+            values = {}
+            parts = [p.requires_grad_(True) for p in net.split_input(k, roots.clone())]
+            for b, p in zip(net.layer(k).branches, parts):
+                values[b.source] = p
+            for node in live:
+                for s in net.sources(node):
+                    if s not in values:
+                        values[s] = base[s].index_select(0, point)
+                if isinstance(node, AffineNode):
+                    values[node.id] = sum(b.op.forward(values[b.source]) for b in node.branches) + node.bias
+                elif isinstance(node, ReLUNode):
+                    values[node.id] = torch.relu(values[node.source])
+                else:
+                    values[node.id] = node.pool(values[node.source])[0]
+            out = values[net.layer_ids[-1]].flatten(1)[:, output]
+            torch.autograd.grad(out.sum(), parts, allow_unused=True)
+    return time.perf_counter() - start
+
+
+def measure(name: str, size: int, roots: bool, neurons: int) -> dict:
+    import dtd
+    from benchmarks.workloads import peak_rss_mb
+    from properties.checks import root_outcomes
+
+    model = _model(name)
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    net = dtd.ReLUNetwork.from_module(model, (3, size, size))
+    lower = time.perf_counter() - start
+    with torch.no_grad():
+        output = int(model(x)[0].argmax())
+    start = time.perf_counter()
+    dec = dtd.train_free(net, x, rule="z+", output=output)
+    train_free = time.perf_counter() - start
+    zennit = _zennit_seconds(model, x, output)
+    result = {"model": name, "input": [3, size, size], "points": 2, "layers": net.n_layers, "lower_s": lower,
+              "train_free_s": train_free, "zennit_s": zennit, "train_free_over_zennit": train_free / zennit}
+    if roots:
+        from properties.checks import selected_roots
+
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(0)
+        kept = []
+        for k in range(net.n_layers):
+            outcomes = root_outcomes(net, dec, layer=k, neurons=neurons, generator=generator)
+            kept.append(outcomes.neurons)
+        result["roots_s"] = time.perf_counter() - start
+        roots_by_layer = [selected_roots(dec.layers[k].root_set, 0, 2, kept[k]).reshape(-1, net.in_features(k)) for k in range(net.n_layers)]
+        points = [torch.arange(2).repeat_interleave(kept[k].shape[1]) for k in range(net.n_layers)]
+        result["floor_s"] = _floor_seconds(net, dec, roots_by_layer, points, output)
+        result["roots_over_floor"] = result["roots_s"] / result["floor_s"]
+        result["neurons"] = neurons
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.graphs", description=__doc__)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--models", nargs="+", default=["resnet18", "vgg16"])
+    parser.add_argument("--roots", nargs="*", default=["resnet18"], help="models whose root questions are timed")
+    parser.add_argument("--neurons", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.models:
+        spec = json.dumps({"name": name, "size": args.size, "roots": name in args.roots, "neurons": args.neurons})
+        done = subprocess.run([sys.executable, "-m", "benchmarks.graphs", "--one", spec], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{name}: {done.stderr[-2000:]}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "graphs.json").write_text(json.dumps({"size": args.size, "rows": rows}, indent=2) + "\n")
+    print("| model | input | lower (s) | z+ train_free (s) | zennit ZPlus (s) | ratio | root questions (s) | floor (s) | ratio | peak RSS (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        roots = (f"{r['roots_s']:.1f} | {r['floor_s']:.1f} | {r['roots_over_floor']:.2f}x" if "roots_s" in r else "– | – | –")
+        print(f"| {r['model']} | {'x'.join(map(str, r['input']))} | {r['lower_s']:.1f} | {r['train_free_s']:.2f} | "
+              f"{r['zennit_s']:.2f} | {r['train_free_over_zennit']:.2f}x | {roots} | {r['peak_rss_mb']:.0f} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--one":
+        spec = json.loads(sys.argv[2])
+        print(json.dumps(measure(spec["name"], spec["size"], spec["roots"], spec["neurons"])))
+    else:
+        main()
