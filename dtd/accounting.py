@@ -13,6 +13,7 @@ import dataclasses
 import torch
 
 from .decompose import Decomposition
+from .graph import GraphNetwork
 from .network import ReLUNetwork
 from .validation import check_finite_layer
 
@@ -73,26 +74,31 @@ class Accounting:
         return "\n".join(lines)
 
 
-def accounting(net: ReLUNetwork, dec: Decomposition) -> Accounting:
+def accounting(net: "ReLUNetwork | GraphNetwork", dec: Decomposition) -> Accounting:
     """Split each layer's upper relevance, per point, into what it passed on, what it lost and the bias share.
 
     Raises ``ValueError`` naming the layer and dtype where a pre-activation or
     bias share overflows (never a NaN table).
     """
-    if not isinstance(net, ReLUNetwork):
-        raise TypeError(f"net must be a dtd.ReLUNetwork, got {type(net).__name__}")
+    graph = isinstance(net, GraphNetwork)
+    if not isinstance(net, ReLUNetwork) and not graph:
+        raise TypeError(f"net must be a dtd.ReLUNetwork or dtd.GraphNetwork, got {type(net).__name__}")
     if not isinstance(dec, Decomposition):
         raise TypeError(f"dec must be a dtd.Decomposition, got {type(dec).__name__}")
-    if len(dec.layers) != net.n_layers or dec.layers[0].input.shape[1] != net.in_features:
+    width = net.in_features(0) if graph else net.in_features
+    if len(dec.layers) != net.n_layers or dec.layers[0].input.shape[1] != width or (graph and dec.activations is None):
         raise ValueError("the decomposition does not belong to this network")
     layers = []
     with torch.no_grad():
         for lay in dec.layers:
             k = lay.index
             upper = lay.upper_relevance
-            z = lay.input @ net.weight(k).T + net.bias(k)
+            if graph:  # the pre-activation train_free computed, and the node's bias (its branches' constants summed)
+                z, bias = dec.activations[0][net.layer_ids[k]].flatten(1), net.layer(k).bias.flatten()
+            else:
+                z, bias = lay.input @ net.weight(k).T + net.bias(k), net.bias(k)
             nonzero = z != 0
-            share = torch.where(nonzero, upper * net.bias(k) / torch.where(nonzero, z, torch.ones_like(z)), torch.zeros_like(z))
+            share = torch.where(nonzero, upper * bias / torch.where(nonzero, z, torch.ones_like(z)), torch.zeros_like(z))
             check_finite_layer(z, k, "its pre-activations")
             check_finite_layer(share, k, "the bias shares R_j b_j / z_j")
             total, lost, conserved = upper.sum(1), lay.lost_relevance, lay.relevance.sum(1)

@@ -124,7 +124,9 @@ def edge_shape(x: torch.Tensor) -> Optional[tuple[int, ...]]:
     return tuple(x.shape[1:]) if x.dim() > 2 else None
 
 
-def checked_activations(net: ReLUNetwork, x: torch.Tensor, output: int, root_finder: RootFinder) -> tuple[int, list[torch.Tensor]]:
+def checked_activations(
+    net: ReLUNetwork, x: torch.Tensor, output: "int | torch.Tensor | str", root_finder: RootFinder
+) -> tuple["int | torch.Tensor", list[torch.Tensor]]:
     """Validate a decomposition's arguments; return the output index and the activations (every layer's input, then the output).
 
     The activations start with a copy of ``x``, so nothing the decomposition

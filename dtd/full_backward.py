@@ -142,7 +142,7 @@ class _Upper:
 
 
 class _Recursion:
-    def __init__(self, net: ReLUNetwork, finder: RootFinder, output: int):
+    def __init__(self, net: ReLUNetwork, finder: RootFinder, output: "int | torch.Tensor"):
         self.net, self.finder, self.output = net, finder, output
         self.evaluations = [0] * net.n_layers
         self.reused = 0

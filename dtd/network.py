@@ -522,7 +522,7 @@ class ReLUNetwork(nn.Module):
         zs = self.pre_activations(x, from_layer=from_layer)
         return [z > 0 if self.has_relu(from_layer + i) else torch.ones_like(z, dtype=torch.bool) for i, z in enumerate(zs)]
 
-    def output_value(self, x: torch.Tensor, output: int, *, from_layer: int = 0) -> torch.Tensor:
+    def output_value(self, x: torch.Tensor, output: "int | torch.Tensor", *, from_layer: int = 0) -> torch.Tensor:
         """``f_k(x)``: output neuron ``output`` (an int, or one per row) of the layers ``from_layer ...``, shape ``(batch,)``."""
         return self.output_from_pre_activations(self.pre_activations(x, from_layer=from_layer), output)
 
@@ -541,7 +541,7 @@ class ReLUNetwork(nn.Module):
             check_finite_layer(z, from_layer + offset, "its pre-activations")
         return zs
 
-    def input_gradient(self, x: torch.Tensor, output: int, *, from_layer: int = 0) -> torch.Tensor:
+    def input_gradient(self, x: torch.Tensor, output: "int | torch.Tensor", *, from_layer: int = 0) -> torch.Tensor:
         """Exact gradient ``d f_k / d a_k`` at every row of ``x``: ``(batch, D_k)``.
 
         Closed form of the piecewise-linear network: masks times weights,
@@ -552,7 +552,7 @@ class ReLUNetwork(nn.Module):
         return self.evaluate(x, output, from_layer=from_layer)[2]
 
     def evaluate(
-        self, x: torch.Tensor, output: int, *, from_layer: int = 0
+        self, x: torch.Tensor, output: "int | torch.Tensor", *, from_layer: int = 0
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """One pass for everything the property checks need at the rows of ``x``.
 
@@ -566,7 +566,7 @@ class ReLUNetwork(nn.Module):
         return zs, value, self.gradient_from_pre_activations(zs, output, from_layer=from_layer)
 
     def gradient_from_pre_activations(
-        self, zs: list[torch.Tensor], output: int, *, from_layer: int = 0, threshold: float = 0.0
+        self, zs: list[torch.Tensor], output: "int | torch.Tensor", *, from_layer: int = 0, threshold: float = 0.0
     ) -> torch.Tensor:
         """``d f_k / d a_k`` ``(batch, D_k)`` from the pre-activations of layers ``from_layer ...``.
 

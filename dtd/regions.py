@@ -104,7 +104,7 @@ class RegionConstraints:
     output_row: int
 
 
-def region_constraints(net, a: torch.Tensor, layer: int, output: int) -> RegionConstraints:
+def region_constraints(net, a: torch.Tensor, layer: int, output: "int | torch.Tensor") -> RegionConstraints:
     """Affine maps of every deciding pre-activation at the inputs ``a`` ``(batch, D_k)`` of layer ``layer``.
 
     The rows are those of :func:`deciding_layers`; a last layer without

@@ -60,7 +60,7 @@ class RootFinder(abc.ABC):
         """Raise ``ValueError`` if the input ``a`` of layer ``k`` is outside the finder's domain."""
 
     @abc.abstractmethod
-    def find(self, net, k: int, a: torch.Tensor, relevance: torch.Tensor, *, output: int) -> RootSet:
+    def find(self, net, k: int, a: torch.Tensor, relevance: torch.Tensor, *, output: "int | torch.Tensor") -> RootSet:
         """The roots of every (point, neuron) of layer ``k`` for the explained ``output``
         (use :class:`~dtd.rootsets.ExplicitRoots` to return a ``(batch, J_k, D_k)`` tensor)."""
 

@@ -174,7 +174,7 @@ def root_outcomes(
     dec: Decomposition,
     *,
     layer: int = 0,
-    output: Optional[int] = None,
+    output: "int | torch.Tensor | None" = None,
     atol: float = PROPERTY_ATOL,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     neurons: Optional[int] = None,
@@ -442,7 +442,7 @@ class SegmentOutcomes:
 
 
 def segment_outcomes(
-    net: ReLUNetwork, a: torch.Tensor, roots: torch.Tensor, *, layer: int, output: int, atol: float = PROPERTY_ATOL
+    net: ReLUNetwork, a: torch.Tensor, roots: torch.Tensor, *, layer: int, output: "int | torch.Tensor", atol: float = PROPERTY_ATOL
 ) -> SegmentOutcomes:
     """The promises of a root in the closure of the input's region, judged without a hinge convention.
 
