@@ -29,7 +29,7 @@ from .rules import WEIGHTED, Pinv, Rule
 from .tolerances import denominator_eps
 from .validation import check_finite_layer, overflow_error
 
-__all__ = ["OperatorRoots", "GraphDecomposition", "graph_train_free", "ROOT_ELEMENTS_LIMIT"]
+__all__ = ["OperatorRoots", "GraphDecomposition", "graph_train_free", "check_domains", "ROOT_ELEMENTS_LIMIT"]
 
 #: Largest number of root coordinates (points x neurons x D) :meth:`OperatorRoots.roots` materialises at once;
 #: beyond it, judge sampled neurons (:meth:`OperatorRoots.selected`, ``root_outcomes(..., neurons=K)``).
@@ -151,6 +151,15 @@ def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list, relevance:
             result = result + q_b * branch.op.modified(WEIGHTED[kind]).transpose(t_shaped)
         lower.append(check_finite_layer(result, k, "the input relevances"))
     return t, valid, lower
+
+
+def check_domains(net: GraphNetwork, x: torch.Tensor, root_finder) -> None:
+    """Raise the ``ValueError`` a decomposition of ``x`` would raise for activations outside the finder's domains."""
+    x = net.check_input(x)
+    root_finder.check(net)
+    values, _ = net.run(x)
+    for k in range(net.n_layers):
+        root_finder.check_domain(k, net.layer_input(values, k))
 
 
 def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) -> "GraphDecomposition":

@@ -70,10 +70,14 @@ class Subject:
         The subject's name in rate names (``subject.{name}....``): letters,
         digits, ``_``, ``+``, ``-``; no dots.
     model
-        An ``nn.Sequential`` that :meth:`dtd.ReLUNetwork.from_sequential`
-        lowers (Linear/ReLU; with the lowering of convolutions, pooling,
-        batch norm, dropout and flatten: small CNNs), in eval mode.  Lowered
-        once, here; never modified.
+        Any piecewise-linear ``nn.Module`` in eval mode: an ``nn.Sequential``
+        that :meth:`dtd.ReLUNetwork.from_sequential` lowers densely within
+        its memory budget (MLPs, small CNNs of Conv2d/AvgPool2d/BatchNorm/ReLU)
+        is lowered that way, with every question including the exact LP
+        existence rates; any other model (max pooling, residual blocks,
+        torchvision VGG/ResNet, layers too large to hold densely) through the
+        graph engine, :meth:`dtd.ReLUNetwork.from_module` (every question
+        except the LP existence rates).  Lowered once, here; never modified.
     inputs
         ``(N, *input_shape)`` floating tensor of the points to explain
         (``(N, D)`` for an MLP, ``(N, C, H, W)`` for a CNN).  Copied.
@@ -166,7 +170,10 @@ class Subject:
         self.rules = tuple(_resolve_rules(rules, self.inputs.flatten(1), self.network.n_layers, self.input_box))
         for label, rule in self.rules:
             try:  # the rules' domains (z+ and gamma need inputs >= 0 at every layer), up front
-                dtd.decompose.checked_activations(self.network, self.inputs, int(self.outputs[0]), dtd.LinearRoots(rule))
+                if isinstance(self.network, dtd.GraphNetwork):
+                    dtd.graph_decompose.check_domains(self.network, self.inputs, dtd.LinearRoots(rule))
+                else:
+                    dtd.decompose.checked_activations(self.network, self.inputs, int(self.outputs[0]), dtd.LinearRoots(rule))
             except ValueError as error:
                 hint = ""
                 if bool((self.inputs < 0).any()):
@@ -178,9 +185,20 @@ class Subject:
         return f"Subject({self.name!r}, {len(self.inputs)} points of shape {self.input_shape}, rules={labels})"
 
 
-def _lower(model: nn.Module, input_shape: tuple) -> dtd.ReLUNetwork:
-    """The model lowered exactly into a :class:`dtd.ReLUNetwork` taking inputs of ``input_shape``."""
-    return dtd.ReLUNetwork.from_sequential(model, input_shape=input_shape)
+def _lower(model: nn.Module, input_shape: tuple) -> "dtd.ReLUNetwork | dtd.GraphNetwork":
+    """The model lowered exactly: densely by ``from_sequential`` where it can, else by the graph engine (``from_module``).
+
+    A Sequential that ``from_sequential`` refuses only for what the graph
+    engine handles (max pooling, a dense layer above its memory budget, a
+    module it does not fold) goes to ``from_module``, which raises its own
+    clear error for what is not piecewise linear.
+    """
+    if type(model) is nn.Sequential:
+        try:
+            return dtd.ReLUNetwork.from_sequential(model, input_shape=input_shape)
+        except (TypeError, ValueError):
+            pass
+    return dtd.ReLUNetwork.from_module(model, input_shape)
 
 
 def _show_outputs(outputs) -> str:
@@ -344,11 +362,15 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
                 diffs, f_all, grad_means = [], [], []
                 relevance = torch.empty(subject.inputs.shape, dtype=subject.inputs.dtype)
                 lp_plan = {k: _lp_plan(net, k) for k in range(net.n_layers)}
+                if isinstance(net, dtd.GraphNetwork):
+                    counts[f"subject {name}, {label}: region_root_exists not measured (the exact in-region LPs need the "
+                           "dense layers of from_sequential; this model was lowered by the graph engine)"] = 0
+                    lp_plan = {}
                 for k, (points, _) in lp_plan.items():
                     if points == 0:
                         counts[f"subject {name}, {label}, layer {k}: region_root_exists not measured (one LP exceeds "
                                f"REGION_LP_ENTRIES = {REGION_LP_ENTRIES:,} constraint entries)"] = 0
-                region_left = {k: points for k, (points, _) in lp_plan.items()}
+                region_left = {k: lp_plan.get(k, (0, 0))[0] for k in range(net.n_layers)}
                 for c, index in groups:
                     x = subject.inputs[index]
                     dec = dtd.train_free(net, x, root_finder=dtd.LinearRoots(rule), output=c)
@@ -417,13 +439,18 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
     finally:
         if bar is not None:
             bar.close()
+    if isinstance(net, dtd.GraphNetwork):
+        for k, layer_name in enumerate(net.layer_names()):
+            counts[f"subject {name}: layer {k} is the model's {layer_name!r} (graph engine)"] = k
     counts[f"subject {name}: points explained"] = len(subject.inputs)
     counts[f"subject {name}: points left out (explained output <= 0)"] = subject.n_dropped
     return SubjectResult(subject, rates, counts, histograms, grids)
 
 
 def _lp_plan(net: dtd.ReLUNetwork, k: int) -> tuple[int, int]:
-    """``(points, neurons per point)`` of layer ``k``'s exact LPs within :data:`REGION_LP_ENTRIES`."""
+    """``(points, neurons per point)`` of layer ``k``'s exact LPs within :data:`REGION_LP_ENTRIES` (none on a graph network)."""
+    if isinstance(net, dtd.GraphNetwork):
+        return 0, 0
     entries = (sum(net.sizes[k + 1 :]) + 1) * net.sizes[k]  # one LP's constraint matrix
     lps = REGION_LP_ENTRIES // entries
     if lps == 0:
