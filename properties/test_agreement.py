@@ -26,7 +26,7 @@ import dtd
 from dtd import rules as R
 from properties import agreement as ag
 from properties.keys import OUTCOMES, RateKey
-from properties.stats import Tally
+from properties.stats import Rate, Tally
 from properties.strategies import cases, sample_cases, variants
 from properties.thresholds import ROUNDING64
 
@@ -151,3 +151,64 @@ def test_agreement_rates(property_report, property_report_seed):
     for label in RECIPES:
         rate = tally.rate(RateKey("agreement", "agree_where_conditioned", subject="zennit", rule=label), property_report.confidence)
         assert rate.successes == rate.trials, f"{label}: {rate.trials - rate.successes} conditioned point(s) disagree with zennit"
+
+
+#: points of the residual-sum comparison, and where they agree: relative to the point's largest relevance
+RESNET_POINTS = 8
+RESNET_AGREEMENT_RTOL = 1e-6
+
+
+def test_resnet_sums_break_agreement_with_zennit(property_report):
+    """DTD's one layer per residual sum against zennit's ``ResNetCanonizer`` with ``Norm`` on the sum (two steps).
+
+    DTD treats ``relu(bn2(conv2(h)) + x)`` as one layer whose input is ``[h, x]``
+    (the skip's identity is a weight like any other), so z+ shares the block's
+    relevance between the branches by their positive contributions.  zennit
+    applies z+ inside the branch and then splits the sum's relevance by each
+    branch's (signed) output (``Norm``).  Both conserve; they differ wherever
+    the branch and the skip are not proportional.  Rate: the share of points
+    where the two agree (torchvision's BasicBlock ResNet with one block per
+    stage, random weights and batch-norm statistics, float64, 16x16 inputs).
+    """
+    import torchvision
+    from torch import nn
+    from zennit.composites import LayerMapComposite
+    from zennit.layer import Sum
+    from zennit.rules import Norm, ZPlus
+    from zennit.torchvision import ResNetCanonizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(property_report.seed)
+        model = torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=10)
+    generator = torch.Generator().manual_seed(property_report.seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.2)
+                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    model = model.eval().double()
+    x = torch.rand(RESNET_POINTS, 3, 16, 16, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+    dec = dtd.train_free(dtd.ReLUNetwork.from_module(model, (3, 16, 16)), x, rule="z+", output=predicted)
+    rule = ZPlus(zero_params="bias", stabilizer=1e-300)
+    composite = LayerMapComposite(layer_map=[(nn.Conv2d, rule), (nn.Linear, rule), (Sum, Norm(stabilizer=1e-300))],
+                                  canonizers=[ResNetCanonizer()])
+    xx = x.clone().requires_grad_(True)
+    with composite.context(model) as modified:
+        out = modified(xx)
+        seed = torch.zeros_like(out).scatter_(1, predicted.unsqueeze(1), out.gather(1, predicted.unsqueeze(1)))
+        (theirs,) = torch.autograd.grad(out, xx, seed)
+    ours, theirs = dec.relevance.flatten(1), theirs.flatten(1)
+    scale = ours.abs().amax(1)
+    agree = (ours - theirs).abs().amax(1) <= RESNET_AGREEMENT_RTOL * scale
+    key = RateKey("agreement", "points", subject="breaks", rule="zplus_resnet_sum")
+    property_report.rate(key, Rate(int(agree.sum()), RESNET_POINTS, property_report.confidence),
+                         "z+ vs zennit ResNetCanonizer + ZPlus + Norm on the sum, torchvision BasicBlock ResNet: "
+                         f"{OUTCOMES[key.outcome]}")
+    cosine = torch.nn.functional.cosine_similarity(ours, theirs)
+    property_report.count("median cosine of z+ (DTD) and zennit's two-step residual sum (BasicBlock ResNet)", float(cosine.median()))
+    # DTD's one-layer sum conserves what its roots pass on: the difference is where the sum's relevance goes
+    lost = sum(layer.lost_relevance for layer in dec.layers)
+    assert torch.allclose(ours.sum(1), dec.output_value - lost, rtol=1e-9, atol=1e-12)
+    assert bool(torch.isfinite(theirs).all())
