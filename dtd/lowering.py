@@ -73,11 +73,12 @@ _NOT_PIECEWISE_LINEAR = (
 # why a module DTD cannot analyse is refused, and the fix where one exists
 _REFUSALS: dict[type, str] = {
     nn.MaxPool2d: (
-        "max pooling selects inputs by comparing them, so the network's linear regions are no longer ReLU "
-        "patterns and DTD's ReLU-region analysis does not apply; use nn.AvgPool2d (an affine map) instead"
+        "max pooling is piecewise linear (inside a linear region it selects one input per window), but its region is "
+        "an argmax pattern, which the dense ReLU layers of from_sequential cannot hold; lower the model with "
+        "dtd.ReLUNetwork.from_module(model, input_shape) (the graph engine), or use nn.AvgPool2d"
     ),
-    nn.MaxPool1d: "max pooling is not a ReLU non-linearity; use average pooling",
-    nn.AdaptiveMaxPool2d: "max pooling is not a ReLU non-linearity; use average pooling",
+    nn.MaxPool1d: "max pooling needs the graph engine: use dtd.ReLUNetwork.from_module(model, input_shape)",
+    nn.AdaptiveMaxPool2d: "max pooling needs the graph engine: use dtd.ReLUNetwork.from_module(model, input_shape)",
     nn.LeakyReLU: (
         "its negative slope changes every DTD rule's root (the rules assume relu(z) = 0 below the hinge); "
         "use nn.ReLU"
@@ -221,8 +222,9 @@ def _check_module(name: str, module: nn.Module) -> None:
         )
     accepted = ", ".join(f"nn.{t.__name__}" for t in (nn.ReLU,) + AFFINE_MODULES)
     raise TypeError(
-        f"{_describe(name, module)} is not supported: {_NOT_PIECEWISE_LINEAR}, and from_sequential lowers only "
-        f"(nested) nn.Sequential containers of {accepted}"
+        f"{_describe(name, module)} is not supported by from_sequential, which lowers only (nested) nn.Sequential "
+        f"containers of {accepted}; dtd.ReLUNetwork.from_module(model, input_shape) lowers any piecewise-linear model "
+        "(adaptive pooling, Conv1d, max pooling, residual blocks, ...)"
     )
 
 
@@ -440,7 +442,10 @@ def lower_sequential(
                 f"from_sequential expects an nn.Sequential itself, got the subclass {type(model).__name__} "
                 "(its forward may compute something else); rebuild it as nn.Sequential(*model)"
             )
-        raise TypeError(f"from_sequential expects nn.Sequential, got {type(model).__name__}")
+        raise TypeError(
+            f"from_sequential expects nn.Sequential, got {type(model).__name__}; lower any other model (a ResNet, a module "
+            "with a residual +, ...) with dtd.ReLUNetwork.from_module(model, input_shape)"
+        )
     input_shape = _check_input_shape(input_shape)
     memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
     _check_global_hooks()
