@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .graph import GraphNetwork
+from .graph import GraphNetwork, dense_only
 from .network import ReLUNetwork, output_column
 from .roots import LinearRoots, RootFinder
 from .rootsets import RootSet
@@ -133,6 +133,7 @@ def checked_activations(
     returns aliases the caller's tensor.  Raises the ``TypeError`` /
     ``ValueError`` documented in :func:`train_free`.
     """
+    dense_only(net, "this decomposition")
     if not isinstance(net, ReLUNetwork):
         raise TypeError(
             f"net must be a dtd.ReLUNetwork or dtd.GraphNetwork, got {type(net).__name__}; lower a model with "

@@ -49,6 +49,7 @@ from typing import Optional
 import torch
 
 from .decompose import Decomposition, LayerDecomposition, checked_activations, edge_shape
+from .graph import dense_only
 from .network import ReLUNetwork
 from .roots import RootFinder
 from .rootsets import ExplicitRoots
@@ -123,6 +124,7 @@ def estimate_cost(net: ReLUNetwork, n_points: int) -> int:
     output carries relevance); the bound is ``sum_k N_k``.  Neurons without
     relevance or without a valid root and repeated rows make the real count smaller.
     """
+    dense_only(net, "estimate_cost")
     if not isinstance(net, ReLUNetwork):
         raise TypeError(f"net must be a dtd.ReLUNetwork, got {type(net).__name__}")
     total, level = 0, check_int(n_points, "n_points", minimum=0)
@@ -287,6 +289,7 @@ def full_backward(
     """
     if budget is not None:
         check_int(budget, "budget", minimum=1)
+    dense_only(net, "full_backward")
     output, activations = checked_activations(net, x, output, root_finder)
     estimate = estimate_cost(net, activations[0].shape[0])
     if budget is not None and estimate > budget:

@@ -40,6 +40,7 @@ from .operators import Chain, Dense, Reshape
 from .validation import check_finite_layer, check_int
 
 __all__ = [
+    "dense_only",
     "InputNode",
     "AffineNode",
     "ReLUNode",
@@ -48,6 +49,16 @@ __all__ = [
     "GraphNetwork",
     "RootEvaluation",
 ]
+
+
+def dense_only(net, what: str) -> None:
+    """``TypeError`` when ``net`` is a :class:`GraphNetwork`: ``what`` needs the dense layers of a ``ReLUNetwork``."""
+    if isinstance(net, GraphNetwork):
+        raise TypeError(
+            f"{what} needs the dense layers of a dtd.ReLUNetwork, but this network was lowered by the graph engine "
+            "(ReLUNetwork.from_module); on a GraphNetwork use dtd.train_free with rule= (closed-form roots), "
+            "dtd.accounting and properties.checks.root_outcomes, or lower an MLP or a small CNN with from_sequential"
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ import highspy
 import numpy as np
 import torch
 
+from .graph import dense_only
 from .network import output_column
 from .tolerances import DIVISION_GUARD, LP_FEASIBILITY_TOL, region_slack
 from .validation import check_bool
@@ -111,6 +112,7 @@ def region_constraints(net, a: torch.Tensor, layer: int, output: "int | torch.Te
     ReLU adds the explained output's row with sign 0 (no constraint), so
     ``z_out`` is always available at ``output_row``.
     """
+    dense_only(net, "region_constraints")
     net.check_layer(layer)
     output = net.check_output(output, a.shape[0])
     a = a.detach().to(torch.float64)
@@ -265,6 +267,7 @@ def region_output_root(net, x: torch.Tensor, *, layer: int = 0, output: int = 0,
     (:class:`LPStatus` values); ``roots`` holds the input where no such
     point exists.
     """
+    dense_only(net, "region_output_root")
     net.check_layer(layer)
     net.check_output(output)
     check_bool(nonnegative, "nonnegative")

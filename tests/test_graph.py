@@ -357,3 +357,13 @@ def test_finders_that_need_dense_layers_are_refused_on_graphs(built):
         dtd.train_free(net, x, rule="pinv")
     with pytest.raises(TypeError, match="RegionRoots needs the dense layers"):
         dtd.train_free(net, x, root_finder=dtd.RegionRoots())
+
+
+def test_what_needs_dense_layers_says_so_on_a_graph(built):
+    model, shape = built("residual")
+    net = dtd.ReLUNetwork.from_module(model, shape)
+    x = _inputs(shape, n=1, dtype=torch.float32)
+    for call in (lambda: dtd.full_backward(net, x, root_finder=dtd.LinearRoots()), lambda: dtd.estimate_cost(net, 10),
+                 lambda: dtd.regions.region_output_root(net, x)):
+        with pytest.raises(TypeError, match="needs the dense layers of a dtd.ReLUNetwork.*from_module"):
+            call()
