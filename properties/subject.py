@@ -38,7 +38,7 @@ from dtd.validation import check_int, check_seed
 from .checks import draw_neurons, root_outcomes
 from .keys import OUTCOMES, RateKey, describe
 from .stats import DEFAULT_CONFIDENCE, Rate
-from .thresholds import CONSERVED_SHARE
+from .thresholds import CONSERVED_SHARE, ZERO_OUTPUT_ULPS, zero_output_tolerance
 
 __all__ = ["Subject", "SubjectResult", "evaluate", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "REGION_LP_ENTRIES", "HEATMAP_POINTS"]
 
@@ -388,8 +388,10 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
                         out = root_outcomes(net, dec, layer=k, neurons=subject.neurons_per_point,
                                             generator=generator if subject.neurons_per_point else None)
                         counted = out.valid & out.carries_relevance
+                        # |f(root)| judged up to the rounding of f(x) in the model's dtype (thresholds.ZERO_OUTPUT_ULPS)
+                        zero = out.output_at_root.abs() <= zero_output_tolerance(out.output_at_input).unsqueeze(1)
                         for outcome in ROOT_QUESTIONS:
-                            holds = getattr(out, outcome) & counted
+                            holds = (zero if outcome == "zero_output" else getattr(out, outcome)) & counted
                             clusters.setdefault((k, outcome), []).extend(zip(holds.sum(1).tolist(), counted.sum(1).tolist()))
                         clusters.setdefault((k, "root_exists"), []).extend(
                             zip((out.valid & out.carries_relevance).sum(1).tolist(), out.carries_relevance.sum(1).tolist()))
@@ -410,6 +412,9 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
                                "at this layer, one exact LP each")
                     elif outcome == "root_exists":
                         how = f"among relevance-carrying neurons, {tail}"
+                    elif outcome == "zero_output":
+                        how = (f"valid roots of relevance-carrying neurons, |f(root)| <= max(1e-6, {ZERO_OUTPUT_ULPS:g} ulp "
+                               f"of |f(x)|), {tail}")
                     else:
                         how = f"valid roots of relevance-carrying neurons, {tail}"
                     rates[key] = (Rate.from_clusters(pairs, confidence), f"{describe(key)} [{how}]")

@@ -7,11 +7,24 @@ choices of what counts as "holds".
 
 from __future__ import annotations
 
-__all__ = ["PROPERTY_ATOL", "CONSERVED_SHARE", "ROUNDING64", "CONDITIONING_FACTOR", "NEARER_RTOL", "NEARER_ATOL"]
+__all__ = ["PROPERTY_ATOL", "ZERO_OUTPUT_ULPS", "zero_output_tolerance", "CONSERVED_SHARE", "ROUNDING64", "CONDITIONING_FACTOR", "NEARER_RTOL", "NEARER_ATOL"]
 
 #: absolute tolerance of the seed notebook's questions ("output unchanged", "gradient differs"): the paper's
 #: number, applied as given so that our rates answer the same questions
 PROPERTY_ATOL: float = 1e-6
+
+#: a subject's zero-output question allows the rounding of f(x) itself: this many units in the last place of
+#: |f(x)| in the model's dtype (a float32 logit of 12.7 is only known to ~1e-6 and its recomputation at a root sums
+#: terms of that size), and never less than PROPERTY_ATOL; the notebook's rows keep the paper's absolute 1e-6
+ZERO_OUTPUT_ULPS: float = 64.0
+
+
+def zero_output_tolerance(f_x):
+    """``max(PROPERTY_ATOL, ZERO_OUTPUT_ULPS * eps(dtype) * |f(x)|)`` per point, for a tensor ``f(x)`` ``(batch,)``."""
+    import torch
+
+    return (ZERO_OUTPUT_ULPS * torch.finfo(f_x.dtype).eps * f_x.abs()).clamp_min(PROPERTY_ATOL)
+
 
 #: full-backward DTD (and a subject's decomposition) counts a point as conserving when |f(x) - sum_i R_i| is at
 #: most this share of f(x): 1 % separates "conserves up to rounding and small losses" from "loses relevance"
