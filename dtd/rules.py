@@ -31,7 +31,7 @@ from .validation import check_number, overflow_error
 
 __all__ = [
     "Rule", "Terms", "WEIGHTED", "ZPlus", "WSquare", "Gamma", "LRP0", "ZB", "Pinv", "RuleLike",
-    "Variant", "RuleEntry", "register", "replicates", "registered", "variants", "entry_for", "SWEEPS",
+    "RuleEntry", "register", "registered", "entry_for",
 ]
 
 
@@ -171,49 +171,9 @@ class Terms:
 
 
 # --------------------------------------------------------------------------- the registry
-#: the suite's sweeps a variant can take part in
-SWEEPS = ("generated", "region", "agreement", "must_hold", "reference")
-
-#: how a variant builds its rule(s) for a batch of inputs ``x`` ``(batch, D_0)`` and a network of ``n_layers`` layers
-Maker = Callable[[torch.Tensor, int], Union["Rule", list["Rule"]]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    """One parameter setting of a rule, as the suite's sweeps run it.
-
-    Attributes
-    ----------
-    label
-        Its name in rate names and reports (no dots: ``"gamma0_1"`` for gamma = 0.1).
-    make
-        ``make(x, n_layers)``: the rule, or one rule per layer (a recipe such as zB at the input and z+ above).
-    sweeps
-        Which of :data:`SWEEPS` run it.
-    input_layer_only
-        The recipe differs from z+ only at the input layer, so only layer 0 is reported.
-    """
-
-    label: str
-    make: Maker
-    sweeps: frozenset
-    input_layer_only: bool = False
-
-    def __post_init__(self):
-        if "." in self.label or not self.label:
-            raise ValueError(f"a variant label must be non-empty and hold no dots, got {self.label!r}")
-        unknown = set(self.sweeps) - set(SWEEPS)
-        if unknown:
-            raise ValueError(f"unknown sweep(s) {sorted(unknown)}; known: {SWEEPS}")
-        object.__setattr__(self, "sweeps", frozenset(self.sweeps))
-
-    def rules_for(self, x: torch.Tensor, n_layers: int) -> Union["Rule", list["Rule"]]:
-        return self.make(x, n_layers)
-
-
 @dataclasses.dataclass
 class RuleEntry:
-    """Everything the project knows about one rule class, declared where the class is.
+    """What the library knows about one rule class, declared where the class is.
 
     Attributes
     ----------
@@ -223,33 +183,21 @@ class RuleEntry:
         Further names :meth:`Rule.ensure` accepts.
     default
         The rule :meth:`Rule.ensure` builds from a name.
-    variants
-        Parameter settings the suite sweeps (:class:`Variant`).
-    zennit, captum
-        ``counterpart(rule) -> (class name, keyword arguments)`` of the library's LRP rule that equals this
-        DTD rule on networks whose biases are <= 0 (inputs >= 0), or None.  Data only: the libraries are imported
-        by whoever builds the object (:mod:`properties.agreement`).
-    replica
-        The slow, obviously-correct re-implementation the tests compare against, registered from the tests
-        with :func:`replicates` (None until then).
+
+    What the property suite sweeps and which other libraries' rules equal a
+    rule is the suite's knowledge, declared in :mod:`properties.variants`.
     """
 
     cls: type
     aliases: tuple[str, ...] = ()
     default: Optional[Callable[[], "Rule"]] = None
-    variants: tuple[Variant, ...] = ()
-    zennit: Optional[Callable[["Rule"], tuple[str, dict]]] = None
-    captum: Optional[Callable[["Rule"], tuple[str, dict]]] = None
-    replica: Optional[Callable[..., Any]] = None
-    replica_is_layer_rule: bool = False
 
 
 _REGISTRY: dict[type, RuleEntry] = {}
 
 
-def register(*, aliases: Sequence[str] = (), default: Optional[Callable[[], "Rule"]] = None, variants: Sequence[Variant] = (),
-             zennit=None, captum=None):
-    """Class decorator: declare a rule's names, swept variants and library counterparts (see :class:`RuleEntry`)."""
+def register(*, aliases: Sequence[str] = (), default: Optional[Callable[[], "Rule"]] = None):
+    """Class decorator: declare a rule's names for :meth:`Rule.ensure` (see :class:`RuleEntry`)."""
 
     def decorate(cls):
         if not (isinstance(cls, type) and issubclass(cls, Rule)) or not cls.name:
@@ -258,28 +206,8 @@ def register(*, aliases: Sequence[str] = (), default: Optional[Callable[[], "Rul
         clash = taken & {cls.name, *aliases}
         if clash:
             raise ValueError(f"rule name(s) {sorted(clash)} of {cls.__name__} are already registered")
-        labels = {v.label for entry in _REGISTRY.values() if entry.cls is not cls for v in entry.variants}
-        if labels & {v.label for v in variants}:
-            raise ValueError(f"variant label(s) {sorted(labels & {v.label for v in variants})} are already registered")
-        previous = _REGISTRY.get(cls)
-        _REGISTRY[cls] = RuleEntry(cls, tuple(aliases), default or cls, tuple(variants), zennit, captum,
-                                   previous.replica if previous else None, previous.replica_is_layer_rule if previous else False)
+        _REGISTRY[cls] = RuleEntry(cls, tuple(aliases), default or cls)
         return cls
-
-    return decorate
-
-
-def replicates(cls: type, *, layer_rule: bool = False):
-    """Decorator for the tests: register the slow reference of rule class ``cls``.
-
-    A neuron rule's replica is ``direction(rule, a, w_j) -> v_j`` (numpy, one neuron); a layer rule's
-    (``layer_rule=True``) is ``roots(rule, a, W, R) -> (roots (J, D), valid (J,))``.
-    """
-
-    def decorate(function):
-        entry_for(cls).replica = function
-        entry_for(cls).replica_is_layer_rule = layer_rule
-        return function
 
     return decorate
 
@@ -303,32 +231,11 @@ def entry_for(rule: Union["Rule", type]) -> RuleEntry:
         raise KeyError(f"{cls.__name__} is not a registered rule (decorate it with dtd.rules.register)") from None
 
 
-def variants(sweep: str) -> list[Variant]:
-    """The variants that ``sweep`` (one of :data:`SWEEPS`) runs, in registration order."""
-    if sweep not in SWEEPS:
-        raise ValueError(f"unknown sweep {sweep!r}; known: {SWEEPS}")
-    return [v for entry in _REGISTRY.values() for v in entry.variants if sweep in v.sweeps]
-
-
-def _fixed(rule_factory: Callable[[], "Rule"]) -> Maker:
-    """A variant that uses the same rule at every layer, whatever the data."""
-    return lambda x, n_layers: rule_factory()
-
-
-def _at_input(rule_factory: Callable[[torch.Tensor], "Rule"]) -> Maker:
-    """DTD's recipe for an input layer that differs: ``rule_factory(x)`` at layer 0, z+ above."""
-    return lambda x, n_layers: [rule_factory(x)] + [ZPlus()] * (n_layers - 1)
-
-
 def _positive_weights(weight: torch.Tensor) -> torch.Tensor:
     return (weight >= 0).to(weight.dtype)
 
 
-@register(
-    variants=[Variant("z+", _fixed(lambda: ZPlus()), frozenset(SWEEPS))],
-    zennit=lambda rule: ("ZPlus", {}),
-    captum=lambda rule: ("Alpha1_Beta0_Rule", {"set_bias_to_zero": True}),
-)
+@register()
 class ZPlus(Rule):
     """``z+``: ``v_j = a * 1[w_j >= 0]``; equals LRP-alpha1-beta0 on bias-negative nets."""
 
@@ -344,15 +251,7 @@ class ZPlus(Rule):
         return Terms(p=(("ind_ge", 1.0),))
 
 
-@register(
-    variants=[
-        Variant("w2", _fixed(lambda: WSquare()), {"generated", "region", "must_hold", "reference"}),
-        # above the input layer w2 hands relevance to inactive neurons, which an LRP backward pass stops at their
-        # ReLU: the libraries' WSquare equals DTD's only at the input layer
-        Variant("w2_first", _at_input(lambda x: WSquare()), {"agreement"}, input_layer_only=True),
-    ],
-    zennit=lambda rule: ("WSquare", {"zero_params": "bias"}),
-)
+@register()
 class WSquare(Rule):
     """``w2``: ``v_j = w_j``; the root may leave the domain ``a >= 0``."""
 
@@ -365,20 +264,7 @@ class WSquare(Rule):
         return Terms(q=(("W", 1.0),))
 
 
-@register(
-    default=lambda: Gamma(),
-    variants=[
-        Variant("gamma0_1", _fixed(lambda: Gamma(0.1)), {"generated", "must_hold"}),
-        Variant("gamma1", _fixed(lambda: Gamma(1.0)), {"generated", "region", "must_hold"}),
-        Variant("gamma10", _fixed(lambda: Gamma(10.0)), {"generated", "must_hold"}),
-        Variant("gamma0_25", _fixed(lambda: Gamma(0.25)), {"agreement"}),
-        Variant("gamma4", _fixed(lambda: Gamma(4.0)), {"agreement"}),
-        Variant("gamma0", _fixed(lambda: Gamma(0.0)), {"reference"}),
-        Variant("gamma0_5", _fixed(lambda: Gamma(0.5)), {"reference"}),
-        Variant("gamma100", _fixed(lambda: Gamma(100.0)), {"reference"}),
-    ],
-    zennit=lambda rule: ("Gamma", {"gamma": rule.gamma, "zero_params": "bias"}),
-)
+@register(default=lambda: Gamma())
 class Gamma(Rule):
     """``gamma``: ``v_j = a * (1 + gamma 1[w_j >= 0])``, so ``w.v = sum a (w + gamma w+)``.
 
@@ -403,11 +289,7 @@ class Gamma(Rule):
         return {"gamma": self.gamma}
 
 
-@register(
-    aliases=("0",),
-    variants=[Variant("x", _fixed(lambda: LRP0()), frozenset(SWEEPS))],
-    zennit=lambda rule: ("Epsilon", {"zero_params": "bias"}),
-)
+@register(aliases=("0",))
 class LRP0(Rule):
     """``x`` (alias ``0``): ``v_j = a``; equals LRP-0 with the bias ignored.
 
@@ -424,14 +306,7 @@ class LRP0(Rule):
         return Terms(p=(("ind", 1.0),))
 
 
-@register(
-    variants=[
-        # DTD's recipe for bounded inputs: zB with the data's box at the input, z+ above
-        Variant("zB", _at_input(lambda x: ZB.for_data(x)), {"generated", "agreement", "must_hold"}, input_layer_only=True),
-        Variant("zB_box", _fixed(lambda: ZB(0.0, 1000.0)), {"reference"}),
-    ],
-    zennit=lambda rule: ("ZBox", {"low": rule.low, "high": rule.high}),
-)
+@register()
 class ZB(Rule):
     """``zB``: ``v_j = a - low * 1[w_j >= 0] - high * 1[w_j < 0]``, for inputs in ``[low, high]``.
 
@@ -507,7 +382,7 @@ class ZB(Rule):
         return {"low": self._value(self.low), "high": self._value(self.high)}
 
 
-@register(variants=[Variant("pinv", _fixed(lambda: Pinv()), {"must_hold", "reference"})])
+@register()
 class Pinv(Rule):
     """``pinv``: one root per layer, ``root = a - pinv(W) R``.
 

@@ -38,6 +38,8 @@ from torch import nn
 
 from dtd import rules as R
 
+from .variants import counterpart_of
+
 __all__ = [
     "ZENNIT_STABILIZER",
     "CAPTUM_STABILIZER",
@@ -72,14 +74,11 @@ def _require(package: str, extra: str = "test"):
 
 def counterpart(rule: R.Rule, library: str) -> tuple[str, dict]:
     """``(class name, keyword arguments)`` of ``library``'s rule (``"zennit"`` or ``"captum"``) that equals
-    ``rule`` on bias-negative networks, as declared where the rule is registered (:mod:`dtd.rules`)."""
-    try:
-        declared = getattr(R.entry_for(rule), library)
-    except KeyError:
-        declared = None
-    if declared is None:
-        raise ValueError(f"no {library} counterpart for {rule!r} (declare one where the rule is registered)")
-    return declared(rule)
+    ``rule`` on bias-negative networks, as declared in :mod:`properties.variants`."""
+    found = counterpart_of(rule, library)
+    if found is None:
+        raise ValueError(f"no {library} counterpart for {rule!r} (declare one with properties.variants.declare)")
+    return found
 
 
 def zennit_rule(rule: R.Rule):

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from dtd import ReLUNetwork, rules as R
 from dtd.network import INITS
 from dtd.validation import check_int, check_number, check_seed
+from . import variants as V
 
 __all__ = ["networks", "nonnegative_inputs", "rules", "variants", "cases", "sample_cases", "CaseSpace", "Case", "SEED_MAX"]
 
@@ -104,19 +105,19 @@ def nonnegative_inputs(draw, net: ReLUNetwork, *, n: Bounds = (1, 64), output: i
     return x
 
 
-def variants(sweep: str = "must_hold") -> st.SearchStrategy[R.Variant]:
-    """One of the registered rule variants that ``sweep`` runs (see :func:`dtd.rules.variants`).
+def variants(sweep: str = "must_hold") -> st.SearchStrategy[V.Variant]:
+    """One of the registered rule variants that ``sweep`` runs (see :func:`properties.variants.variants`).
 
     Build its rule(s) for a case with ``variant.make(case.x, case.net.n_layers)``.  Shrinks towards the
     first registered variant (z+).
     """
-    return st.sampled_from(R.variants(sweep))
+    return st.sampled_from(V.variants(sweep))
 
 
 def rules(*, include_pinv: bool = False) -> st.SearchStrategy[R.Rule]:
     """One of the registered neuron rules as the must-hold sweep runs them (z+, w2, gamma 0.1/1/10, x), and
     optionally pinv; variants that need the data (zB) are left to :func:`variants`.  Shrinks towards z+."""
-    options = [v.make(None, 1) for v in R.variants("must_hold") if not v.input_layer_only]
+    options = [v.make(None, 1) for v in V.variants("must_hold") if not v.input_layer_only]
     return st.sampled_from([rule for rule in options if include_pinv or not isinstance(rule, R.Pinv)])
 
 

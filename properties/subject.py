@@ -35,6 +35,7 @@ import dtd
 from dtd import rules as R
 from dtd.validation import check_int, check_seed
 
+from . import variants as V
 from .checks import draw_neurons, root_outcomes
 from .keys import OUTCOMES, RateKey, describe
 from .stats import DEFAULT_CONFIDENCE, Rate
@@ -89,7 +90,7 @@ class Subject:
         (:attr:`n_dropped`); a ``ValueError`` if none is left.
     rules
         The rules to judge, each a rule name (``"z+"``, ``"w2"``, ...), a
-        variant label of :func:`dtd.rules.variants` (``"gamma1"``;
+        variant label of :func:`properties.variants.variants` (``"gamma1"``;
         ``"zB"``: zB at the input, z+ above), a :class:`dtd.rules.Rule`
         object, or a ``(label, rule or list of per-layer rules)`` pair.  The
         label names the rule in the report.
@@ -256,7 +257,7 @@ def _resolve_rules(rules, x_flat: torch.Tensor, n_layers: int, box) -> list[tupl
         rules = [rules]
     if not isinstance(rules, Sequence) or len(rules) == 0:
         raise ValueError(f"rules must be a non-empty sequence of rules, got {rules!r}")
-    variants = {v.label: v for entry in R.registered() for v in entry.variants}
+    variants = {v.label: v for entry in V.declared() for v in entry.variants}
     resolved = []
     for spec in rules:
         if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 import dtd
 from dtd import rules as R
 from properties import agreement as ag
+from properties import variants as V
 from properties.keys import OUTCOMES, RateKey
 from properties.stats import Rate, Tally
 from properties.strategies import cases, sample_cases, variants
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.properties
 #: the rule variants compared with zennit (from the registry: every variant of the "agreement" sweep; zB and
 #: w2 as DTD's recipes, at the input and z+ above, since above the input w2 hands relevance to inactive neurons,
 #: which an LRP backward pass stops at their ReLU)
-RECIPES = {variant.label: variant for variant in R.variants("agreement")}
+RECIPES = {variant.label: variant for variant in V.variants("agreement")}
 NEGATIVE_BIAS = dict(init="dtd", n=(1, 16))
 
 

@@ -1,6 +1,6 @@
 """DTD's promises measured over generated networks, per rule and per layer.
 
-Every rule variant the registry marks for the ``generated`` sweep (:func:`dtd.rules.variants`) runs on the same
+Every rule variant the registry marks for the ``generated`` sweep (:func:`properties.variants.variants`) runs on the same
 cases, drawn uniformly and independently with :func:`properties.strategies.sample_cases` (network structure,
 weight seed, explained output, inputs with ``f(x) > 0``; see that function for the population).  i.i.d. draws
 rather than hypothesis's example generation, whose mutations and near-duplicates would make the rates depend on
@@ -19,6 +19,7 @@ from tqdm import tqdm
 import dtd
 from dtd import rules as R
 from properties.checks import RootOutcomes, root_outcomes
+from properties import variants as V
 from properties.keys import RateKey
 from properties.stats import Tally
 from properties.strategies import sample_cases
@@ -32,9 +33,9 @@ POINTS_PER_NETWORK = 64
 SUBSETS = {"all": True, "relevant": False}
 
 
-def sweep_variants() -> list[R.Variant]:
+def sweep_variants() -> list[V.Variant]:
     """The rule variants of this sweep, from the registry (a newly registered rule joins by naming the sweep)."""
-    return R.variants("generated")
+    return V.variants("generated")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def generated_cases(property_report_seed):
     return sample_cases(count, seed=property_report_seed, n=POINTS_PER_NETWORK)
 
 
-def sweep(variant: R.Variant, generated) -> tuple[Tally, int]:
+def sweep(variant: V.Variant, generated) -> tuple[Tally, int]:
     """Tally every outcome of every valid root of ``variant`` over the ``generated`` cases, keyed by :class:`RateKey`."""
     tally = Tally()
     n_roots = 0

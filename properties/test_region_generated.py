@@ -26,6 +26,7 @@ from hypothesis import settings
 import dtd
 from dtd import rules as R
 from properties.checks import root_outcomes, segment_outcomes, with_roots
+from properties import variants as V
 from properties.keys import RateKey
 from properties.stats import Tally
 from properties.strategies import sample_cases
@@ -48,7 +49,7 @@ def test_region_roots_over_generated_networks(property_report, property_report_s
     generated = sample_cases(REGION_FACTOR * settings.default.max_examples, seed=property_report_seed + 303, **REGION_SPACE)
     tally = Tally()
     ratios = []
-    variants = R.variants("region")
+    variants = V.variants("region")
     for case in generated:
         tally.new_cluster()
         activations = case.net.activations(case.x)

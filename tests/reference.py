@@ -28,7 +28,29 @@ def forward_activations(params, x_row):
 
 
 # ----------------------------------------------------------------------------- replicas, one per rule
-# Registered with the rule registry (dtd.rules.replicates): a newly registered rule adds its replica here.
+# A newly registered rule adds its replica here (replicates(Class)); the tests find it by the rule's class.
+
+#: rule class -> (replica, is a layer rule)
+REPLICAS: dict = {}
+
+
+def replicates(cls: type, *, layer_rule: bool = False):
+    """Register the slow reference of rule class ``cls``.
+
+    A neuron rule's replica is ``direction(rule, a, w_j) -> v_j`` (numpy, one neuron); a layer rule's
+    (``layer_rule=True``) is ``roots(rule, a, W, R) -> (roots (J, D), valid (J,))``.
+    """
+
+    def decorate(function):
+        REPLICAS[cls] = (function, layer_rule)
+        return function
+
+    return decorate
+
+
+def unreplicate(cls: type) -> None:
+    """Forget a replica (for tests that register a temporary rule)."""
+    REPLICAS.pop(cls, None)
 
 
 def _elementwise(choose):
@@ -44,14 +66,14 @@ def _bound(value, i):
     return float(value[i]) if value.dim() == 1 else float(value)
 
 
-R.replicates(R.ZPlus)(_elementwise(lambda rule, a, w, i: a if w >= 0 else 0.0))
-R.replicates(R.WSquare)(_elementwise(lambda rule, a, w, i: w))
-R.replicates(R.Gamma)(_elementwise(lambda rule, a, w, i: a * (1.0 + rule.gamma) if w >= 0 else a))
-R.replicates(R.LRP0)(_elementwise(lambda rule, a, w, i: a))
-R.replicates(R.ZB)(_elementwise(lambda rule, a, w, i: a - _bound(rule.low, i) if w >= 0 else a - _bound(rule.high, i)))
+replicates(R.ZPlus)(_elementwise(lambda rule, a, w, i: a if w >= 0 else 0.0))
+replicates(R.WSquare)(_elementwise(lambda rule, a, w, i: w))
+replicates(R.Gamma)(_elementwise(lambda rule, a, w, i: a * (1.0 + rule.gamma) if w >= 0 else a))
+replicates(R.LRP0)(_elementwise(lambda rule, a, w, i: a))
+replicates(R.ZB)(_elementwise(lambda rule, a, w, i: a - _bound(rule.low, i) if w >= 0 else a - _bound(rule.high, i)))
 
 
-@R.replicates(R.Pinv, layer_rule=True)
+@replicates(R.Pinv, layer_rule=True)
 def _pinv(rule, a, w, upper):
     """One root for the layer, ``a - pinv(W) R``; a neuron's root is valid where its root equation holds."""
     n_out, n_in = w.shape
@@ -67,19 +89,19 @@ def _pinv(rule, a, w, upper):
 
 def direction(rule, a, w_j):
     """The root direction v_j of one neuron, from the rule's registered replica."""
-    entry = R.entry_for(rule)
-    if entry.replica is None or entry.replica_is_layer_rule:
+    replica, layer_rule = REPLICAS.get(type(rule), (None, False))
+    if replica is None or layer_rule:
         raise NotImplementedError(f"no neuron replica registered for {rule!r}")
-    return entry.replica(rule, a, w_j)
+    return replica(rule, a, w_j)
 
 
 def layer_roots(rule, a, w, upper, eps):
     """Roots ``(J, D)`` and validity ``(J,)`` of one layer at one point, neuron by neuron (or the layer rule's replica)."""
-    entry = R.entry_for(rule)
-    if entry.replica is None:
-        raise NotImplementedError(f"no replica registered for {rule!r}: add one with dtd.rules.replicates in tests/reference.py")
-    if entry.replica_is_layer_rule:
-        return entry.replica(rule, a, w, upper)
+    replica, layer_rule = REPLICAS.get(type(rule), (None, False))
+    if replica is None:
+        raise NotImplementedError(f"no replica registered for {rule!r}: add one with replicates(...) in tests/reference.py")
+    if layer_rule:
+        return replica(rule, a, w, upper)
     n_out, n_in = w.shape
     roots, valid = np.zeros((n_out, n_in)), np.zeros(n_out, dtype=bool)
     for j in range(n_out):

@@ -1,4 +1,5 @@
-"""The rule registry: one declaration makes a rule known to Rule.ensure, the sweeps, the agreement and the reference tests."""
+"""A new rule in three declarations: its class (dtd.rules.register, for Rule.ensure), what the suite runs of it
+(properties.variants.declare: the sweeps, the agreement check) and its slow replica (tests/reference.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 import dtd
 from dtd import rules as R
 from properties import agreement as ag
+from properties import variants as V
 from properties.keys import RateKey
 from properties.strategies import sample_cases
 from properties import test_generated
@@ -26,13 +28,16 @@ class _Toy(R.Rule):
 
 @pytest.fixture
 def toy_rule():
-    """Register the toy rule in one place (its class, its variant and its replica) for the duration of a test."""
-    R.register(variants=[R.Variant("toy", lambda x, n_layers: _Toy(), {"generated", "reference"})])(_Toy)
-    R.replicates(_Toy)(reference._elementwise(lambda rule, a, w, i: a * 2.0 if w < 0 else a))
+    """Register the toy rule (its class, its variant and its replica) for the duration of a test."""
+    R.register()(_Toy)
+    V.declare(_Toy, variants=[V.Variant("toy", lambda x, n_layers: _Toy(), {"generated", "reference"})])
+    reference.replicates(_Toy)(reference._elementwise(lambda rule, a, w, i: a * 2.0 if w < 0 else a))
     try:
         yield _Toy
     finally:
         R.unregister(_Toy)
+        V.undeclare(_Toy)
+        reference.unreplicate(_Toy)
 
 
 def test_a_registered_rule_reaches_ensure_the_sweep_and_the_reference_test(toy_rule):
@@ -48,7 +53,7 @@ def test_a_registered_rule_reaches_ensure_the_sweep_and_the_reference_test(toy_r
 
 
 def test_unregistered_after_the_test():
-    assert "toy" not in [v.label for v in R.variants("generated")]
+    assert "toy" not in [v.label for v in V.variants("generated")]
     with pytest.raises(ValueError, match="unknown rule 'toy'"):
         R.Rule.ensure("toy")
 
@@ -63,11 +68,15 @@ def test_registry_refuses_duplicate_names_and_bad_labels():
     with pytest.raises(ValueError, match="already registered"):
         R.register()(Clash)
     with pytest.raises(ValueError, match="no dots"):
-        R.Variant("gamma0.1", lambda x, n: R.Gamma(0.1), {"generated"})
+        V.Variant("gamma0.1", lambda x, n: R.Gamma(0.1), {"generated"})
     with pytest.raises(ValueError, match="unknown sweep"):
-        R.Variant("g", lambda x, n: R.Gamma(0.1), {"nightly"})
+        V.Variant("g", lambda x, n: R.Gamma(0.1), {"nightly"})
     with pytest.raises(ValueError, match="unknown sweep"):
-        R.variants("nightly")
+        V.variants("nightly")
+    with pytest.raises(ValueError, match="already declared"):
+        V.declare(R.Gamma, variants=[V.Variant("z+", lambda x, n: R.Gamma(0.1), {"generated"})])
+    with pytest.raises(KeyError, match="not a registered rule"):
+        V.declare(Clash)
 
 
 def test_zennit_counterparts_come_from_the_registry():
@@ -81,7 +90,7 @@ def test_zennit_counterparts_come_from_the_registry():
 
 def test_variants_build_rules_for_the_data():
     x = torch.tensor([[0.0, 2.3], [1.0, 0.5]], dtype=torch.float64)
-    recipe = next(v for v in R.variants("generated") if v.label == "zB").make(x, 3)
+    recipe = next(v for v in V.variants("generated") if v.label == "zB").make(x, 3)
     assert isinstance(recipe[0], R.ZB) and float(recipe[0].high) == 3.0 and recipe[1:] == [R.ZPlus(), R.ZPlus()]
     net = dtd.ReLUNetwork.random([2, 3, 2, 1], seed=0, dtype=torch.float64)
     dtd.train_free(net, x, rule=recipe)

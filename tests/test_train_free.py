@@ -11,13 +11,14 @@ import dtd
 from dtd import rules as R
 from dtd.tolerances import denominator_eps
 from properties import checks
+from properties import variants as V
 from tests import reference
 
 ATOL64 = 1e-10  # float64, batched vs looped: summation order only (relevances are O(1..10))
 
 def reference_rules() -> list:
     """Every rule variant the registry marks for the reference tests, as pytest params (a new rule joins there)."""
-    return [pytest.param(v.make(None, 1), id=v.label) for v in R.variants("reference")]
+    return [pytest.param(v.make(None, 1), id=v.label) for v in V.variants("reference")]
 
 
 RULES = reference_rules()
@@ -59,8 +60,8 @@ def test_rule_matches_reference(rule, sizes, seed):
 
 def test_every_registered_rule_has_a_replica_and_a_reference_variant():
     for entry in R.registered():
-        assert entry.replica is not None, f"{entry.cls.__name__} has no slow replica in tests/reference.py"
-        assert any("reference" in v.sweeps for v in entry.variants), f"{entry.cls.__name__} has no reference variant"
+        assert entry.cls in reference.REPLICAS, f"{entry.cls.__name__} has no slow replica in tests/reference.py"
+        assert any("reference" in v.sweeps for v in V.suite_entry(entry.cls).variants), f"{entry.cls.__name__} has no reference variant"
 
 
 def test_per_layer_rules_match_reference():
