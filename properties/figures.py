@@ -192,7 +192,8 @@ def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[f
                 raise ValueError(f"unknown plot kind {plot['kind']!r}")
             ax.set_title(plot["title"])
             ax.set_xlabel(plot.get("xlabel", ""))
-            fig.tight_layout()
+            if plot["kind"] != "lines":  # the lines' panels lay themselves out around a legend below them
+                fig.tight_layout()
             buffer = io.BytesIO()
             fig.savefig(buffer, format="png", metadata={"Software": None})
             return buffer.getvalue()
@@ -229,6 +230,7 @@ def _image_grid(fig, plot: Mapping):
 def _lines(fig, plot: Mapping):
     """Panels side by side (two per row), one line per series with its interval as a band; the title above them."""
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     panels = plot["panels"]
     columns = min(2, max(1, len(panels)))
@@ -248,13 +250,15 @@ def _lines(fig, plot: Mapping):
         if panel.get("ylim"):
             axis.set_ylim(*panel["ylim"])
         axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     for axis in axes[len(panels):]:
         axis.set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(plot["title"], fontsize=9)
-    fig.subplots_adjust(bottom=0.1 + 0.04 * rows, top=0.9, hspace=0.45)
+    inches = fig.get_size_inches()[1]
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.95 / inches, top=1 - 0.55 / inches, hspace=0.5, wspace=0.22)
     return _Untitled()
 
 

@@ -15,8 +15,9 @@ and its runner-up), at points where both outputs are positive; pair
 :data:`properties.thresholds.INSENSITIVE_COSINE`; a point whose relevance is
 all zero (no cosine) is left out and counted.
 
-* :func:`depth_sweep`: generated networks (``dtd`` init, every layer
-  :data:`WIDTH` wide, :data:`OUTPUTS` outputs) of each depth 1-10, every
+* :func:`depth_sweep`: generated networks (torch's default init, every layer
+  :data:`WIDTH` wide, :data:`OUTPUTS` outputs, outputs 0 and 1 both positive
+  at one of the drawn inputs at least) of each depth 1-10, every
   rule variant of the ``generated`` sweep; rates clustered by network;
   ``insensitivity.{rule}.depth{d}.{pair}.insensitive``.
 * :func:`vgg16_simulation`: the paper's simulation -- random matrices with
@@ -58,6 +59,8 @@ WIDTH = 16
 INIT = "torch"
 #: outputs of the generated networks (the ``outputs`` pair explains outputs 0 and 1)
 OUTPUTS = 4
+#: redraws of a generated network whose outputs 0 and 1 are never both positive
+MAX_REDRAWS = 200
 #: VGG-16's backward shapes: the input's 3 channels, each conv layer's channels, the classifier's widths
 #: (the paper's simulation multiplies one random matrix per layer, of these consecutive sizes)
 VGG16_WIDTHS = (3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512, 4096, 4096, 1000)
@@ -80,10 +83,25 @@ class SweepResult:
     dropped: int  # points of the outputs pair left out: output 0 or 1 not positive
 
 
-def _networks(depth: int, count: int, seed: int) -> list[dtd.ReLUNetwork]:
+def _networks(depth: int, count: int, n_points: int, seed: int):
+    """``count`` (network, inputs) pairs of one depth whose outputs 0 and 1 are both positive at one input at least
+    (the ``outputs`` pair needs such points; a draw without is redrawn, at most :data:`MAX_REDRAWS` times a network)."""
     rng = np.random.default_rng([seed, depth])
-    return [dtd.ReLUNetwork.random([WIDTH] * depth + [OUTPUTS], int(s), init=INIT, dtype=torch.float64)
-            for s in rng.integers(0, 2**31 - 1, size=count)]
+    generator = torch.Generator().manual_seed(seed * 1000 + depth)
+    found = []
+    while len(found) < count:
+        for _ in range(MAX_REDRAWS):
+            net = dtd.ReLUNetwork.random([WIDTH] * depth + [OUTPUTS], int(rng.integers(0, 2**31 - 1)), init=INIT,
+                                         dtype=torch.float64)
+            x = torch.rand(n_points, WIDTH, generator=generator, dtype=torch.float64)
+            with torch.no_grad():
+                y = net(x)
+            if bool(((y[:, 0] > 0) & (y[:, 1] > 0)).any()):
+                found.append((net, x, y))
+                break
+        else:
+            raise ValueError(f"no depth-{depth} network with outputs 0 and 1 positive at a common input in {MAX_REDRAWS} draws")
+    return found
 
 
 def depth_sweep(*, n_networks: int, n_points: int, seed: int, depths: Sequence[int] = DEPTHS,
@@ -113,11 +131,8 @@ def depth_sweep(*, n_networks: int, n_points: int, seed: int, depths: Sequence[i
 
 
 def _sweep_depth(result: SweepResult, depth: int, n_networks: int, n_points: int, seed: int, variants) -> None:
-    generator = torch.Generator().manual_seed(seed * 1000 + int(depth))
-    for net in _networks(int(depth), n_networks, seed):
-        x = torch.rand(n_points, WIDTH, generator=generator, dtype=torch.float64)
-        with torch.no_grad():
-            y = net(x)
+    generator = torch.Generator().manual_seed(seed * 1000 + 500 + depth)
+    for net, x, y in _networks(depth, n_networks, n_points, seed):
         live = (y[:, 0] > 0) & (y[:, 1] > 0)
         result.dropped += int((~live).sum())
         random_top = torch.rand(2, n_points, OUTPUTS, generator=generator, dtype=torch.float64)
@@ -171,7 +186,7 @@ def sweep_findings(result: SweepResult, *, confidence: float = DEFAULT_CONFIDENC
     found.counts["insensitivity: points left out of the outputs pair (output 0 or 1 not positive)"] = result.dropped
     found.plots.append(("lines", (FIGURE, "Class insensitivity with depth, generated networks", panels),
                         {"xlabel": "depth (layers)", "caption": (
-                            f"Generated networks (dtd init, width {WIDTH}, {OUTPUTS} outputs), per depth and rule: the median cosine "
+                            f"Generated networks (torch init, width {WIDTH}, {OUTPUTS} outputs), per depth and rule: the median cosine "
                             "of the two input relevances of a point (band: cluster-bootstrap interval over networks) and the share "
                             f"of points with cosine >= {INSENSITIVE_COSINE:g} (band: Wilson interval clustered by network).")}))
     return found

@@ -362,7 +362,7 @@ _POPULATION = {
     "agreement": "generated networks",
     "subject": "subject",
     "conformance": "implementation",
-    "insensitivity": "generated networks (dtd init, fixed width)",
+    "insensitivity": "generated networks (torch init, width 16, 4 outputs)",
     "invariance": "generated networks (i.i.d., depth 1-5, width 1-24)",
     "randomisation": "subject",
 }
