@@ -184,7 +184,7 @@ def test_gradient_x_input_equals_captum():
     x = torch.rand(6, 4, generator=_generator(), dtype=torch.float64)
     outputs = torch.tensor([0, 1, 2, 0, 1, 2])
     ours = randomisation.gradient_x_input(model, x, outputs)
-    theirs = attr.InputXGradient(_model().double()).attribute(x.clone(), target=outputs)
+    theirs = attr.InputXGradient(_model().double()).attribute(x.clone().requires_grad_(True), target=outputs).detach()
     assert torch.allclose(ours, theirs, atol=ATOL64, rtol=0)
     assert not x.requires_grad
 
@@ -208,3 +208,23 @@ def test_the_opening_puts_the_papers_claim_beside_the_measured_rates():
     assert claims.opening("invariance", rows).startswith("Kindermans") and "w2 100.00 %" in claims.opening("invariance", rows)
     assert "not measured" in claims.opening("randomisation", rows)
     assert claims.opening("generated", rows) is None
+
+
+def test_a_lines_figure_renders_deterministically_and_the_report_opens_the_findings_with_the_claim(tmp_path):
+    from properties import figures
+    from properties.report import render_report
+    from properties.stats import Rate
+
+    plot = {"file": "f.png", "kind": "lines", "title": "t", "xlabel": "depth", "caption": "c", "panels": [
+        {"title": "p", "ylabel": "y", "ylim": [0, 1], "series": {"z+": {"x": [1, 2], "y": [0.2, 0.9], "low": [0.1, 0.8], "high": [0.3, 1.0]}}}]}
+    first = figures.render(plot, {}, 0.99)
+    assert first.startswith(b"\x89PNG") and first == figures.render(plot, {}, 0.99)
+    assert "Bands: 99 % confidence intervals" in figures.caption(plot, 0.99)
+    key = RateKey("insensitivity", "insensitive", rule="z+", depth=8, pair="outputs")
+    row = {"name": str(key), "key": key.to_dict(), "description": "d", "status": "new", "baseline": None,
+           **Rate(9, 10).to_dict()}
+    files = render_report([row], [plot], {"confidence": 0.99})
+    text = files["report.md"].decode()
+    section = text.index("## Class insensitivity with depth")
+    assert text.index("Sixt, Granz & Landgraf", section) < text.index("| name |", section)
+    assert "z+ 90.00 %" in text and "The field's findings" in files["report.html"].decode()
