@@ -29,7 +29,6 @@ inputs' per-feature mean.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional, Sequence
 
 import torch
@@ -132,11 +131,6 @@ def _pairs(net, moved, x, c, output, label, rule) -> torch.Tensor:
     return unchanged(before, after)
 
 
-@dataclasses.dataclass
-class _Sweep:
-    clusters: dict  # label -> [(unchanged, points)] per network
-
-
 def invariance_sweep(cases: Sequence, *, seed: int, confidence: float = DEFAULT_CONFIDENCE,
                      variants: Optional[Sequence[R.Variant]] = None) -> Findings:
     """``invariance.{rule}.unchanged`` over generated ``cases`` (each a :class:`properties.strategies.Case`).
@@ -196,11 +190,15 @@ def subject_invariance(subject, *, confidence: float = DEFAULT_CONFIDENCE) -> Fi
     c = x.mean(0).double()  # in the inputs' dtype, so x + c and the shifted box round alike
     rules = list(subject.rules)
     labels = {label for label, _ in rules}
-    for label, rule in (("x", R.LRP0()), ("w2_first", [R.WSquare()] + [R.ZPlus()] * (net.n_layers - 1)),
-                        (UNSHIFTED, [R.ZB.for_data(x)] + [R.ZPlus()] * (net.n_layers - 1))):
+    contrasts = [("x", R.LRP0()), ("w2_first", [R.WSquare()] + [R.ZPlus()] * (net.n_layers - 1))]
+    found = Findings()
+    if float(x.min()) >= 0:  # the unshifted box [0, ceil(max)] needs non-negative data
+        contrasts.append((UNSHIFTED, [R.ZB.for_data(x)] + [R.ZPlus()] * (net.n_layers - 1)))
+    else:
+        found.counts[f"invariance, subject {name}: {UNSHIFTED} not measured (inputs with negative values)"] = 0
+    for label, rule in contrasts:
         if label not in labels:
             rules.append((label, rule))
-    found = Findings()
     with one_thread(), torch.no_grad():
         moved = shifted_network(net, c)
         for label, rule in rules:

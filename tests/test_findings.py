@@ -228,3 +228,25 @@ def test_a_lines_figure_renders_deterministically_and_the_report_opens_the_findi
     section = text.index("## Class insensitivity with depth")
     assert text.index("Sixt, Granz & Landgraf", section) < text.index("| name |", section)
     assert "z+ 90.00 %" in text and "The field's findings" in files["report.html"].decode()
+
+
+def test_a_users_subject_gets_every_family_and_keeps_its_model():
+    from properties.findings import evaluate_findings
+    from properties.subject import Subject
+
+    model = _model()
+    with torch.no_grad():
+        model[4].bias.add_(1.0)  # positive outputs to explain
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(30, 4, generator=_generator(2)) * 2 - 1  # negative inputs: w2 only, no unshifted zB box
+    subject = Subject("signed", model, x, rules=("w2",))
+    found = evaluate_findings(subject, seed=0)
+    families = {key.family for key in found.rates}
+    assert families == {"insensitivity", "invariance", "randomisation"}
+    assert RateKey("invariance", "unchanged", subject="signed", rule="w2") in found.rates
+    assert found.rates[RateKey("invariance", "unchanged", subject="signed", rule="w2")][0].rate == 1.0
+    assert not any(key.rule == invariance.UNSHIFTED for key in found.rates)
+    assert any("not measured" in label for label in found.counts)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    with pytest.raises(TypeError, match="findings must be True or False"):
+        Subject("bad", model, x, rules=("w2",), findings="no")
