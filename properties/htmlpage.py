@@ -114,7 +114,7 @@ def _figures(plots: Sequence[Mapping], images: Mapping[str, bytes]) -> str:
 
 def _findings(rows: Sequence[Mapping]) -> str:
     """The findings' families: each paper's claim beside the run's answer (only families with rows)."""
-    paragraphs = [(section.title, opening(section.family, section.rows)) for section in sections(rows) if section.family]
+    paragraphs = [(section.title, opening(section.family, rows)) for section in sections(rows) if section.family]
     paragraphs = [(title, text) for title, text in paragraphs if text]
     if not paragraphs:
         return ""
@@ -197,6 +197,6 @@ def html_page(rows: Sequence[Mapping], plots: Sequence[Mapping], images: Mapping
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head><body>'
         f'<h1>DTD property report</h1><p class="guide">{reading_guide(config.get("confidence"), _link)}</p><p>{nav}</p>'
         f'<h2 id="answers">Answers</h2>{_answers(summary)}{_glance(summary)}{_figures(plots, images)}'
-        f"{_findings(measured)}{_rates_table(measured)}{_fixed_table(fixed)}{_run(config)}{_glossary()}"
+        f"{_findings(rows)}{_rates_table(measured)}{_fixed_table(fixed)}{_run(config)}{_glossary()}"
         f"<script>{_JS}</script></body></html>\n"
     )

@@ -428,6 +428,9 @@ def by_design(key: RateKey, top_layer: int = SEED_TOP_LAYER) -> Optional[str]:
     if key.outcome == "gradient_match" and key.subset == "midpoint":
         return ("100 % by the in-region finders' contract: a root inside the input's region keeps the gradient "
                 "halfway to the input (asserted by the test that records it)")
+    if key.family == "invariance" and key.subject is None and key.rule in ("w2", "zB"):
+        return ("100 % by construction: the rule's direction at the input does not change under the compensated shift "
+                "(w2 reads no input; zB's box moves with it), asserted by properties/test_invariance.py")
     if key.family == "agreement" and key.subject == "zennit" and key.outcome == "agree_where_conditioned":
         return "100 % on bias-negative networks: every well-conditioned point agrees with zennit (asserted)"
     top_gradient = key.family == "notebook" and key.layer == top_layer and key.outcome == "gradient_match"

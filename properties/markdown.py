@@ -151,7 +151,7 @@ def markdown(rows: Sequence[Mapping], plots: Sequence[Mapping], config: Mapping,
     out += _figures(plots)
     for section in parts:
         out += [f"## {section.title}", ""]
-        claim = opening(section.family, section.rows) if section.family else None
+        claim = opening(section.family, rows) if section.family else None  # all rows: fixed ones are answers too
         if claim:  # the findings' sections open with the paper's claim and the run's answer
             out += [claim, ""]
         for title, members in section.parts:

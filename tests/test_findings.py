@@ -250,3 +250,19 @@ def test_a_users_subject_gets_every_family_and_keeps_its_model():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     with pytest.raises(TypeError, match="findings must be True or False"):
         Subject("bad", model, x, rules=("w2",), findings="no")
+
+
+def test_the_invariant_rules_rates_are_fixed_by_design_and_still_answer_the_claim():
+    from properties.keys import by_design
+    from properties.report import render_report
+
+    assert by_design(RateKey("invariance", "unchanged", rule="w2")) and by_design(RateKey("invariance", "unchanged", rule="zB"))
+    assert by_design(RateKey("invariance", "unchanged", rule="z+")) is None
+    assert by_design(RateKey("invariance", "unchanged", subject="mine", rule="zB")) is None  # a user's label says nothing
+    rows = []
+    for rule, rate in (("w2", Rate(10, 10)), ("z+", Rate(1, 10))):
+        key = RateKey("invariance", "unchanged", rule=rule)
+        rows.append({"name": str(key), "key": key.to_dict(), "description": "d", "status": "new", "baseline": None, **rate.to_dict()})
+    text = render_report(rows, [], {"confidence": 0.99})["report.md"].decode()
+    opening = text[text.index("## Input invariance"):]
+    assert "w2 100.00 %" in opening.split("\n\n")[1] and "z+ 10.00 %" in opening.split("\n\n")[1]
