@@ -221,17 +221,16 @@ def vgg16_simulation(*, runs: int, seed: int, confidence: float = DEFAULT_CONFID
         per_depth = {d: [] for d in range(1, depth + 1)}
         clusters = []
         for _ in range(runs):
-            classes = torch.randperm(widths[-1], generator=generator)[:columns]
             vectors = None
             for d, l in enumerate(range(depth - 1, -1, -1), start=1):
                 shape = (widths[l], widths[l + 1]) if vectors is not None else (widths[l], columns)
                 draw = torch.rand if kind == "nonnegative" else torch.randn
-                matrix = draw(*shape, generator=generator)  # the top matrix: only the explained classes' columns
+                # the top matrix: only the explained classes' columns (i.i.d., so any `columns` of them alike)
+                matrix = draw(*shape, generator=generator)
                 vectors = matrix if vectors is None else matrix @ vectors
                 vectors = vectors / vectors.norm(dim=0, keepdim=True).clamp_min(1e-30)  # direction only: no overflow
                 gram = (vectors.T.double() @ vectors.double()).clamp(-1, 1)
                 per_depth[d].append(gram[upper[0], upper[1]])
-            del classes
             final = per_depth[depth][-1]
             clusters.append((int((final >= INSENSITIVE_COSINE).sum()), int(final.numel())))
         key = RateKey("insensitivity", "insensitive", subject="vgg16_simulation", depth=depth, pair="columns", subset=kind)

@@ -33,7 +33,7 @@ from dtd.validation import check_int, check_seed
 
 from .findings import Findings, relevance_from_top
 from .keys import RateKey, describe
-from .similarity import median_interval, spearman, ssim
+from .similarity import spearman, ssim
 from .stats import DEFAULT_CONFIDENCE, Rate
 from .thresholds import SIMILAR_SPEARMAN, SIMILAR_SSIM
 
@@ -132,14 +132,12 @@ def subject_randomisation(subject, *, seed: int = 0, confidence: float = DEFAULT
                 key = RateKey("randomisation", "rank_similar", subject=name, rule=label, randomised=n)
                 rate = Rate.from_mask(rho >= SIMILAR_SPEARMAN, judged, confidence=confidence)
                 found.add(key, rate, describe(key) + f" [{int(judged.sum())} of {len(x)} points judged]")
-                median, low, high = median_interval([rho[judged]], confidence)
-                if median is not None:
-                    for panel, values in (("spearman", (median, None, None)), ("share", (rate.rate, *rate.interval))):
+                if bool(judged.any()):
+                    median = float(rho[judged].median())
+                    for panel, values in (("spearman", (median, median, median)), ("share", (rate.rate, *rate.interval))):
                         line = lines[panel][label]
-                        line["x"].append(n)
-                        line["y"].append(values[0])
-                        line["low"].append(values[1] if values[1] is not None else values[0])
-                        line["high"].append(values[2] if values[2] is not None else values[0])
+                        for part, value in zip(("x", "y", "low", "high"), (n, *values)):
+                            line[part].append(value)
                 if images:
                     s = ssim(_images(original[label], shape), _images(relevance, shape), data_range=2.0)
                     key = key.replace(outcome="ssim_similar")
