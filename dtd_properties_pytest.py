@@ -38,6 +38,9 @@ Options
 ``--dtd-subject MODULE:FACTORY``
     Judge a user's model and data (:class:`properties.Subject`, repeatable);
     the baseline defaults to ``./dtd-properties-baseline.json`` (absent: every rate new).
+``--dtd-no-findings``
+    With ``--dtd-subject``: leave out the subjects' ``insensitivity``,
+    ``invariance`` and ``randomisation`` rows (as ``Subject(..., findings=False)``).
 ``--property-seed N``
     Seed of the i.i.d. samples of generated networks, an integer in
     ``[0, 2**32 - 1]``.  Default: 0 under a derandomized hypothesis profile
@@ -96,6 +99,9 @@ def pytest_addoption(parser) -> None:
     group.addoption("--dtd-subject", action="append", default=None, metavar="MODULE:FACTORY",
                     help="judge the properties.Subject(s) a user's factory returns (repeatable); the baseline then "
                          "defaults to ./dtd-properties-baseline.json")
+    group.addoption("--dtd-no-findings", action="store_true", default=False,
+                    help="with --dtd-subject: skip the insensitivity, invariance and randomisation rows of the subjects "
+                         "(for large models)")
     group.addoption("--property-seed", type=int, default=None, metavar="N",
                     help="seed of the sampled networks, in [0, 2**32 - 1] (default: 0 under a derandomized "
                          "hypothesis profile, else random)")

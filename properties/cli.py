@@ -2,7 +2,7 @@
 
 Subcommands
 -----------
-``dtd-properties check MODULE:FACTORY [--report DIR] [--baseline FILE] [--update-baseline] [--confidence C] [--seed N]``
+``dtd-properties check MODULE:FACTORY [--report DIR] [--baseline FILE] [--update-baseline] [--confidence C] [--seed N] [--no-findings]``
     The property suite on a user's own model and data (:class:`properties.Subject`,
     :mod:`properties.subject_cli`): pytest with ``--dtd-subject``.
 ``dtd-properties conform MODULE:FACTORY [MODULE:FACTORY ...] [--report DIR] [--baseline FILE] [--update-baseline]``

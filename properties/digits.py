@@ -21,7 +21,9 @@ Nothing here reads or changes torch's global RNG.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import math
 
 import torch
@@ -119,11 +121,25 @@ def _train(build, seed: int, *, steps: int, learning_rate: float) -> TrainedMode
     return TrainedModel(model, accuracy(model, test_x, data.test_y), data)
 
 
+def _cached(train):
+    """Train once per seed and process (the suite's families share the digits models); every call gets its own deep
+    copy of the model, so no caller can change what another one judges."""
+    trained = functools.lru_cache(maxsize=None)(train)
+
+    @functools.wraps(train)
+    def fresh(seed: int = 0) -> TrainedModel:
+        result = trained(check_seed(seed))
+        return dataclasses.replace(result, model=copy.deepcopy(result.model))
+
+    return fresh
+
+
+@_cached
 def digits_mlp(seed: int = 0) -> TrainedModel:
     """``Flatten, Linear(64, 32), ReLU, Linear(32, 16), ReLU, Linear(16, 10)``.
 
     Input ``(n, 1, 8, 8)`` like the CNN's (so reports show its relevance as
-    images).  Full-batch Adam, 300 steps.
+    images).  Full-batch Adam, 300 steps.  Trained once per seed and process.
     """
     build = lambda: nn.Sequential(  # noqa: E731
         nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10)
@@ -131,11 +147,12 @@ def digits_mlp(seed: int = 0) -> TrainedModel:
     return _train(build, seed, steps=300, learning_rate=0.01)
 
 
+@_cached
 def digits_cnn(seed: int = 0) -> TrainedModel:
     """``Conv2d(1, 6, 3, padding=1), ReLU, AvgPool2d(2), Conv2d(6, 8, 3), ReLU, Flatten, Linear(32, 10)``.
 
     Input ``(n, 1, 8, 8)``: 6x8x8 after the first conv, 6x4x4 after pooling,
-    8x2x2 after the second conv.  Full-batch Adam, 200 steps.
+    8x2x2 after the second conv.  Full-batch Adam, 200 steps.  Trained once per seed and process.
     """
     build = lambda: nn.Sequential(  # noqa: E731
         nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 10)

@@ -80,6 +80,8 @@ def caption(plot: Mapping, confidence: Optional[float]) -> str:
         note = f"Counts on a log scale (tails visible); raw values of this run, no interval (the rates carry {level} intervals)."
     elif plot["kind"] == "image_grid":
         note = f"Single explained points, no interval (the rates carry {level} intervals)."
+    elif plot["kind"] == "lines":
+        note = f"Bands: {level} confidence intervals (their method in the caption)."
     else:
         note = f"Error bars and brackets: {level} confidence intervals (Wilson; clustered where the rate is)."
     return f"{text} {note}".strip()
@@ -184,11 +186,14 @@ def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[f
                 ax.set_ylabel(plot.get("ylabel", ""))
             elif plot["kind"] == "image_grid":
                 ax = _image_grid(fig, plot)
+            elif plot["kind"] == "lines":
+                ax = _lines(fig, plot)
             else:
                 raise ValueError(f"unknown plot kind {plot['kind']!r}")
             ax.set_title(plot["title"])
             ax.set_xlabel(plot.get("xlabel", ""))
-            fig.tight_layout()
+            if plot["kind"] != "lines":  # the lines' panels lay themselves out around a legend below them
+                fig.tight_layout()
             buffer = io.BytesIO()
             fig.savefig(buffer, format="png", metadata={"Software": None})
             return buffer.getvalue()
@@ -219,6 +224,41 @@ def _image_grid(fig, plot: Mapping):
             if r == 0:
                 axis.set_title(columns[c], fontsize=8)
     fig.suptitle(plot["title"], fontsize=9)
+    return _Untitled()
+
+
+def _lines(fig, plot: Mapping):
+    """Panels side by side (two per row), one line per series with its interval as a band; the title above them."""
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    panels = plot["panels"]
+    columns = min(2, max(1, len(panels)))
+    rows = (len(panels) + columns - 1) // columns
+    fig.clf()
+    fig.set_size_inches(5.2 * columns + 0.4, 3.4 * rows + 0.8)
+    axes = np.array(fig.subplots(rows, columns, squeeze=False)).reshape(-1)
+    colours = {}
+    for axis, panel in zip(axes, panels):
+        for label, line in panel["series"].items():
+            colour = colours.setdefault(label, f"C{len(colours) % 10}")
+            axis.plot(line["x"], line["y"], marker="o", markersize=3, label=label, color=colour)
+            axis.fill_between(line["x"], line["low"], line["high"], alpha=0.18, color=colour, linewidth=0)
+        axis.set_title(panel["title"], fontsize=8)
+        axis.set_ylabel(panel.get("ylabel", ""))
+        axis.set_xlabel(plot.get("xlabel", ""))
+        if panel.get("ylim"):
+            axis.set_ylim(*panel["ylim"])
+        axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for axis in axes[len(panels):]:
+        axis.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=8, frameon=False)
+    fig.suptitle(plot["title"], fontsize=9)
+    inches = fig.get_size_inches()[1]
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.95 / inches, top=1 - 0.55 / inches, hspace=0.5, wspace=0.22)
     return _Untitled()
 
 

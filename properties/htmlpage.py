@@ -13,6 +13,7 @@ import base64
 from html import escape
 from typing import Mapping, Optional, Sequence
 
+from .claims import opening
 from .markdown import GLOSSARY, RUN_SETTINGS, reading_guide
 from .sections import sections, split_by_design
 from .summary import Summary, format_rate, interval, percent
@@ -111,6 +112,16 @@ def _figures(plots: Sequence[Mapping], images: Mapping[str, bytes]) -> str:
     return "".join(out)
 
 
+def _findings(rows: Sequence[Mapping]) -> str:
+    """The findings' families: each paper's claim beside the run's answer (only families with rows)."""
+    paragraphs = [(section.title, opening(section.family, rows)) for section in sections(rows) if section.family]
+    paragraphs = [(title, text) for title, text in paragraphs if text]
+    if not paragraphs:
+        return ""
+    return ('<h2 id="findings">The field\'s findings</h2>'
+            + "".join(f"<p><b>{escape(title)}.</b> {escape(text)}</p>" for title, text in paragraphs))
+
+
 def _sort_value(value: Optional[float]) -> str:
     return "" if value is None else repr(float(value))
 
@@ -186,6 +197,6 @@ def html_page(rows: Sequence[Mapping], plots: Sequence[Mapping], images: Mapping
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head><body>'
         f'<h1>DTD property report</h1><p class="guide">{reading_guide(config.get("confidence"), _link)}</p><p>{nav}</p>'
         f'<h2 id="answers">Answers</h2>{_answers(summary)}{_glance(summary)}{_figures(plots, images)}'
-        f"{_rates_table(measured)}{_fixed_table(fixed)}{_run(config)}{_glossary()}"
+        f"{_findings(rows)}{_rates_table(measured)}{_fixed_table(fixed)}{_run(config)}{_glossary()}"
         f"<script>{_JS}</script></body></html>\n"
     )

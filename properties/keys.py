@@ -19,12 +19,14 @@ import dataclasses
 import re
 from typing import Optional
 
-from .thresholds import CONSERVED_SHARE, PROPERTY_ATOL
+from .thresholds import (CONSERVED_SHARE, INSENSITIVE_COSINE, INVARIANT_RTOL, PROPERTY_ATOL, SIMILAR_SPEARMAN,
+                         SIMILAR_SSIM)
 
-__all__ = ["RateKey", "FAMILIES", "OUTCOMES", "UNITS", "SUBSETS", "FINDERS", "describe"]
+__all__ = ["RateKey", "FAMILIES", "OUTCOMES", "UNITS", "SUBSETS", "FINDERS", "PAIRS", "describe"]
 
 #: report sections, in reading order
-FAMILIES = ("notebook", "generated", "region", "full_backward", "agreement", "subject", "conformance")
+FAMILIES = ("notebook", "generated", "region", "full_backward", "agreement", "subject", "conformance",
+            "insensitivity", "invariance", "randomisation")
 
 _ATOL = f"{PROPERTY_ATOL:g}"
 
@@ -57,6 +59,21 @@ OUTCOMES: dict[str, str] = {
                        "training flags, grad mode and x are unchanged and a second call returns the same relevance",
     "finite": "points (with zero entries, and an all-zero row) whose relevance is finite",
     "dtype_device": "calls whose result has the input's dtype and device",
+    # the field's other findings (properties.insensitivity, properties.invariance, properties.randomisation)
+    "insensitive": f"points whose two input relevances (see the pair) have cosine similarity >= {INSENSITIVE_COSINE:g}",
+    "unchanged": f"points whose input relevance is unchanged (max |R' - R| <= {INVARIANT_RTOL:g} max |R|) when the inputs "
+                 "are shifted by c and the first layer's bias by -W c",
+    "rank_similar": f"points whose input relevance keeps Spearman rank correlation >= {SIMILAR_SPEARMAN:g} with the original "
+                    "model's after the top layers are re-initialised",
+    "ssim_similar": f"image points whose input relevance keeps SSIM >= {SIMILAR_SSIM:g} with the original model's after the "
+                    "top layers are re-initialised",
+}
+
+#: the compared pair of an ``insensitivity`` rate
+PAIRS = {
+    "outputs": "two different explained outputs of the same point",
+    "random": "two random non-negative relevance vectors injected at the top layer",
+    "columns": "two columns of the random matrix product (the paper's simulation)",
 }
 
 #: what is counted: one root per (point, neuron), or a point when all its considered roots satisfy the outcome
@@ -71,6 +88,8 @@ SUBSETS = {
     "bias_free": "bias-free networks",
     "bias_negative": "networks with biases <= 0",
     "bias_positive": "networks with a positive bias",
+    "nonnegative": "random matrices with i.i.d. uniform [0, 1) entries",
+    "gaussian": "random matrices with i.i.d. standard normal entries",
 }
 
 #: root finders named in keys, per family
@@ -84,8 +103,11 @@ FINDERS = {
 #: subjects that are network populations of our own, not a user's: how a key names them
 SEED = "seed"
 
-_FIELDS = ("family", "subject", "rule", "finder", "layer", "neuron", "outcome", "unit", "subset")
+_FIELDS = ("family", "subject", "rule", "finder", "layer", "neuron", "outcome", "unit", "subset", "depth", "randomised", "pair")
 _WORD = re.compile(r"^[A-Za-z0-9_+\-]+$")
+#: the numbered parts of a name: field -> its token's prefix (``depth8``, ``top2``); a subject or rule cannot look like one
+_NUMBERED = {"depth": "depth", "randomised": "top"}
+_RESERVED = re.compile(r"^(?:depth|top)\d+$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +135,13 @@ class RateKey:
         ``"roots"`` or ``"points"`` (see :data:`UNITS`); None where the family implies it.
     subset
         See :data:`SUBSETS`.
+    depth
+        Number of layers of the generated networks (``insensitivity``) or of
+        multiplied matrices (the simulation); ``depth{d}`` in the name.
+    randomised
+        Number of top layers re-initialised (``randomisation``); ``top{n}`` in the name.
+    pair
+        What two relevances an ``insensitivity`` rate compares (see :data:`PAIRS`).
     """
 
     family: str
@@ -124,6 +153,9 @@ class RateKey:
     neuron: Optional[int] = None
     unit: Optional[str] = None
     subset: Optional[str] = None
+    depth: Optional[int] = None
+    randomised: Optional[int] = None
+    pair: Optional[str] = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -137,6 +169,14 @@ class RateKey:
                     f"{name} {value!r} of a rate key must be a non-empty name of letters, digits, '_', '+' or '-' "
                     "(no dots: dots separate the parts of a rate's name)"
                 )
+            if value is not None and _RESERVED.match(value):
+                raise ValueError(f"{name} {value!r} of a rate key looks like a depth or randomised-layers part (depth<d>, top<n>); rename it")
+        for name in ("depth", "randomised"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
+        if self.pair is not None and self.pair not in PAIRS:
+            raise ValueError(f"unknown pair {self.pair!r}; known: {sorted(PAIRS)}")
         for name in ("layer", "neuron"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -191,6 +231,20 @@ _LAYOUTS: dict[str, list[tuple]] = {
     "agreement": [(("lit", "agreement"), ("field", "subject"), ("field", "rule"), ("field", "outcome"))],
     "subject": [(("lit", "subject"), ("field", "subject"), ("field", "rule?"), ("field", "place?"), ("field", "outcome"), ("field", "unit?"), ("field", "subset?"))],
     "conformance": [(("lit", "conformance"), ("field", "subject"), ("field", "outcome"), ("field", "subset?"))],
+    # insensitivity.z+.depth8.outputs.insensitive; insensitivity.digits_mlp.z+.random.insensitive;
+    # insensitivity.vgg16_simulation.depth16.columns.insensitive.nonnegative
+    "insensitivity": [
+        (("lit", "insensitivity"), ("field", "rule"), ("field", "depth?"), ("field", "pair"), ("field", "outcome")),
+        (("lit", "insensitivity"), ("field", "subject"), ("field", "rule"), ("field", "pair"), ("field", "outcome")),
+        (("lit", "insensitivity"), ("field", "subject"), ("field", "depth?"), ("field", "pair"), ("field", "outcome"), ("field", "subset")),
+    ],
+    # invariance.z+.unchanged; invariance.digits_mlp.zB.unchanged
+    "invariance": [
+        (("lit", "invariance"), ("field", "rule"), ("field", "outcome")),
+        (("lit", "invariance"), ("field", "subject"), ("field", "rule"), ("field", "outcome")),
+    ],
+    # randomisation.digits_cnn.z+.top2.rank_similar
+    "randomisation": [(("lit", "randomisation"), ("field", "subject"), ("field", "rule"), ("field", "randomised"), ("field", "outcome"))],
 }
 
 
@@ -245,6 +299,9 @@ def _render(key: RateKey, layout) -> list[str]:
                     parts.append(f"layer{key.layer}")
                 elif key.neuron is not None:
                     parts.append(f"neuron{key.neuron}")
+            elif name in _NUMBERED:
+                if getattr(key, name) is not None:
+                    parts.append(f"{_NUMBERED[name]}{getattr(key, name)}")
             elif getattr(key, name) is not None and not (name == "subject" and key.family == "notebook"):
                 parts.append(str(getattr(key, name)))
     return parts
@@ -255,6 +312,11 @@ def _token_value(name: str, token: str, family: str):
     if name == "place":
         found = re.fullmatch(r"(layer|neuron)(\d+)", token)
         return None if found is None else (found.group(1), int(found.group(2)))
+    if name in _NUMBERED:
+        found = re.fullmatch(_NUMBERED[name] + r"(\d+)", token)
+        return None if found is None or int(found.group(1)) < 1 else int(found.group(1))
+    if name == "pair":
+        return token if token in PAIRS else None
     if name == "outcome":
         return token if token in OUTCOMES else None
     if name == "unit":
@@ -263,7 +325,7 @@ def _token_value(name: str, token: str, family: str):
         return token if token in SUBSETS else None
     if name == "finder":
         return token if token in FINDERS.get(family, {}) else None
-    return token if _WORD.match(token) and token not in FAMILIES else None
+    return token if _WORD.match(token) and token not in FAMILIES and not _RESERVED.match(token) else None
 
 
 def _match(layout, tokens: list[str], at: int, fields: dict) -> Optional[dict]:
@@ -300,6 +362,9 @@ _POPULATION = {
     "agreement": "generated networks",
     "subject": "subject",
     "conformance": "implementation",
+    "insensitivity": "generated networks (torch init, width 16, 4 outputs)",
+    "invariance": "generated networks (i.i.d., depth 1-5, width 1-24)",
+    "randomisation": "subject",
 }
 
 
@@ -307,8 +372,8 @@ def describe(key: RateKey) -> str:
     """One line saying exactly what ``key``'s rate counts, composed from its fields."""
     if key.family == "full_backward" and key.subject == SEED:
         where = "seed network, full_backward"
-    elif key.family in ("subject", "conformance"):
-        where = f"{_POPULATION[key.family]} {key.subject}"
+    elif key.family in ("subject", "conformance", "randomisation") or (key.family in ("insensitivity", "invariance") and key.subject):
+        where = f"{_POPULATION['subject']} {key.subject}"
     elif key.family == "agreement":
         where = f"{key.rule} vs {key.subject}, {_POPULATION['agreement']}"
     else:
@@ -322,6 +387,12 @@ def describe(key: RateKey) -> str:
         parts.append(f"layer {key.layer} (judged with f_{key.layer})")
     if key.neuron is not None:
         parts.append(f"first-layer hidden neuron {key.neuron}")
+    if key.depth is not None:
+        parts.append(f"depth {key.depth}")
+    if key.randomised is not None:
+        parts.append(f"top {key.randomised} layer(s) re-initialised")
+    if key.pair is not None:
+        parts.append(f"pair: {PAIRS[key.pair]}")
     if key.unit is not None:
         parts.append(UNITS[key.unit])
     if key.subset is not None:
@@ -357,6 +428,9 @@ def by_design(key: RateKey, top_layer: int = SEED_TOP_LAYER) -> Optional[str]:
     if key.outcome == "gradient_match" and key.subset == "midpoint":
         return ("100 % by the in-region finders' contract: a root inside the input's region keeps the gradient "
                 "halfway to the input (asserted by the test that records it)")
+    if key.family == "invariance" and key.subject is None and key.rule in ("w2", "zB"):
+        return ("100 % by construction: the rule's direction at the input does not change under the compensated shift "
+                "(w2 reads no input; zB's box moves with it), asserted by properties/test_invariance.py")
     if key.family == "agreement" and key.subject == "zennit" and key.outcome == "agree_where_conditioned":
         return "100 % on bias-negative networks: every well-conditioned point agrees with zennit (asserted)"
     top_gradient = key.family == "notebook" and key.layer == top_layer and key.outcome == "gradient_match"

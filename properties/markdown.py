@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
+from .claims import opening
 from .sections import sections, split_by_design
 from .summary import Summary, format_rate, interval, percent
 
@@ -150,6 +151,9 @@ def markdown(rows: Sequence[Mapping], plots: Sequence[Mapping], config: Mapping,
     out += _figures(plots)
     for section in parts:
         out += [f"## {section.title}", ""]
+        claim = opening(section.family, rows) if section.family else None  # all rows: fixed ones are answers too
+        if claim:  # the findings' sections open with the paper's claim and the run's answer
+            out += [claim, ""]
         for title, members in section.parts:
             if title:
                 out += [f"### {section.title} — {title}", ""]

@@ -220,6 +220,21 @@ class PropertyReport:
                           "rows": [{"label": str(entry["label"]), "images": [[[float(v) for v in line] for line in image] for image in entry["images"]]}
                                    for entry in rows]})
 
+    def lines(self, file: str, title: str, panels: Sequence[Mapping], *, xlabel: str = "", caption: str = "") -> None:
+        """Line plots side by side: each panel ``{"title", "ylabel", "ylim" (optional), "series": {label: {"x", "y",
+        "low", "high"}}}``, one line per series with its interval as a band (``low``/``high`` as long as ``x``)."""
+        cleaned = []
+        for panel in panels:
+            series = {}
+            for label, line in panel["series"].items():
+                lengths = {len(line[part]) for part in ("x", "y", "low", "high")}
+                if len(lengths) != 1:
+                    raise ValueError(f"lines: series {label!r} of panel {panel.get('title')!r} needs x, y, low, high of one length")
+                series[str(label)] = {part: [float(v) for v in line[part]] for part in ("x", "y", "low", "high")}
+            cleaned.append({"title": str(panel.get("title", "")), "ylabel": str(panel.get("ylabel", "")),
+                            "ylim": [float(v) for v in panel["ylim"]] if panel.get("ylim") else None, "series": series})
+        self._plot(file, {"kind": "lines", "title": title, "xlabel": xlabel, "caption": caption, "panels": cleaned})
+
     def _plot(self, file: str, spec: dict) -> None:
         if not file.endswith(".png") or "/" in file:
             raise ValueError(f"plot file must be a bare name ending in .png, got {file!r}")

@@ -30,6 +30,9 @@ FAMILY_TITLES = {
     "agreement": "Agreement with zennit and captum",
     "subject": "Your subjects",
     "conformance": "Your implementations (conformance)",
+    "insensitivity": "Class insensitivity with depth (Sixt et al. 2020)",
+    "invariance": "Input invariance (Kindermans et al. 2019)",
+    "randomisation": "Cascading parameter randomisation (Adebayo et al. 2018)",
 }
 
 _NUMBER = re.compile(r"(\d+(?:_\d+)?)")
@@ -69,9 +72,11 @@ def _place(key: RateKey) -> tuple:
 
 
 def row_order(key: RateKey) -> tuple:
-    """Natural order of rows inside one section: subject, rule, finder, place, then outcome, unit and subset in their declared order."""
+    """Natural order of rows inside one section: subject, rule, finder, place (depth, randomised layers, pair), then outcome,
+    unit and subset in their declared order."""
     return (
         natural_key(key.subject), natural_key(key.rule), natural_key(key.finder), _place(key),
+        key.depth or 0, key.randomised or 0, key.pair or "",
         _OUTCOME_ORDER.get(key.outcome, len(_OUTCOME_ORDER)),
         -1 if key.unit is None else _UNIT_ORDER.get(key.unit, len(_UNIT_ORDER)),
         -1 if key.subset is None else _SUBSET_ORDER.get(key.subset, len(_SUBSET_ORDER)),
@@ -92,7 +97,21 @@ def _group(key: RateKey) -> tuple[tuple, str]:
         return (0, natural_key(key.rule)), f"rule {key.rule}"
     if key.family == "full_backward":
         return ((0, ()), "seed network") if key.subject == SEED else ((1, ()), "generated networks")
+    if key.family in _FINDINGS:
+        return _finding_group(key)
     return (0, natural_key(key.subject)), str(key.subject)
+
+
+_FINDINGS = ("insensitivity", "invariance", "randomisation")
+
+
+def _finding_group(key: RateKey) -> tuple[tuple, str]:
+    """Parts of the findings' sections: generated networks first, then the simulation, then each subject."""
+    if key.subject is None:
+        return (0, ()), "generated networks"
+    if key.subject == "vgg16_simulation":
+        return (1, ()), "the paper's simulation (random matrices, VGG-16 shapes)"
+    return (2, natural_key(key.subject)), f"subject {key.subject}"
 
 
 @dataclasses.dataclass

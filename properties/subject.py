@@ -104,6 +104,11 @@ class Subject:
         (None: every neuron).
     max_points
         Explain at most this many points (the first eligible ones).
+    findings
+        Whether ``dtd-properties check`` / ``--dtd-subject`` also measures the
+        field's findings on this subject (``insensitivity``, ``invariance``,
+        ``randomisation``: :func:`properties.findings.evaluate_findings`);
+        ``False`` for a model too large for them.
     """
 
     def __init__(
@@ -117,6 +122,7 @@ class Subject:
         input_box: Optional[tuple] = None,
         neurons_per_point: Optional[int] = 64,
         max_points: Optional[int] = None,
+        findings: bool = True,
     ):
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
@@ -141,6 +147,9 @@ class Subject:
             max_points = check_int(max_points, "max_points", minimum=1)
         if neurons_per_point is not None:
             neurons_per_point = check_int(neurons_per_point, "neurons_per_point", minimum=1)
+        if not isinstance(findings, bool):
+            raise TypeError(f"findings must be True or False, got {findings!r}")
+        self.findings = findings
         self.name = name
         self.model = model
         self.neurons_per_point = neurons_per_point

@@ -39,6 +39,8 @@ def add_check_command(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--update-baseline", action="store_true", help="write this run's rates into the baseline instead of gating on it")
     parser.add_argument("--confidence", type=float, default=None, metavar="C", help="confidence of every interval (default: 0.99)")
     parser.add_argument("--seed", type=int, default=None, metavar="N", help="seed of the neuron draws (default: 0)")
+    parser.add_argument("--no-findings", action="store_true",
+                        help="skip the insensitivity, invariance and randomisation rows (for large models)")
     parser.set_defaults(run=run_check)
     return parser
 
@@ -57,6 +59,8 @@ def pytest_arguments(args: argparse.Namespace, collect_from: str) -> list[str]:
         argv += ["--property-confidence", str(args.confidence)]
     if args.seed is not None:
         argv += ["--property-seed", str(args.seed)]
+    if getattr(args, "no_findings", False):
+        argv.append("--dtd-no-findings")
     return argv
 
 

@@ -5,7 +5,9 @@ as ``python -m`` would import it) that returns one :class:`properties.Subject`
 or a list of them.  Each subject becomes one test item, marked
 ``properties``, that evaluates it (:func:`properties.subject.evaluate`) and
 records its rates, counts and plots into the property report -- the same
-report, baseline and gate as the suite's own rates.
+report, baseline and gate as the suite's own rates -- and, unless the subject
+says ``findings=False`` or the run ``--dtd-no-findings``, the field's
+findings on it (:func:`properties.findings.evaluate_findings`).
 
 A user's run gates on the user's baseline only: unless
 ``--property-baseline FILE`` is given, ``--dtd-subject`` switches the
@@ -28,6 +30,7 @@ from typing import Optional
 import pytest
 
 from .factories import load_factory
+from .findings import evaluate_findings
 from .plugin import SUBJECT_BASELINE, recorder_for
 from .subject import Subject, evaluate
 
@@ -59,8 +62,11 @@ class SubjectItem(pytest.Item):
     def runtest(self) -> None:
         recorder = recorder_for(self)
         seed = self.config.getoption("--property-seed")
-        result = evaluate(self.subject, seed=DEFAULT_SUBJECT_SEED if seed is None else seed, confidence=recorder.confidence)
+        seed = DEFAULT_SUBJECT_SEED if seed is None else seed
+        result = evaluate(self.subject, seed=seed, confidence=recorder.confidence)
         result.record(recorder)
+        if self.subject.findings and not self.config.getoption("--dtd-no-findings"):
+            evaluate_findings(self.subject, seed=seed, confidence=recorder.confidence).record(recorder)
 
     def reportinfo(self):
         return self.spec, None, f"subject {self.subject.name} ({self.spec})"

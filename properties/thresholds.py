@@ -7,7 +7,9 @@ choices of what counts as "holds".
 
 from __future__ import annotations
 
-__all__ = ["PROPERTY_ATOL", "ZERO_OUTPUT_ULPS", "zero_output_tolerance", "CONSERVED_SHARE", "ROUNDING64", "CONDITIONING_FACTOR", "NEARER_RTOL", "NEARER_ATOL"]
+__all__ = ["PROPERTY_ATOL", "ZERO_OUTPUT_ULPS", "zero_output_tolerance", "CONSERVED_SHARE", "ROUNDING64",
+           "CONDITIONING_FACTOR", "NEARER_RTOL", "NEARER_ATOL", "INSENSITIVE_COSINE", "INVARIANT_RTOL", "SIMILAR_SPEARMAN",
+           "SIMILAR_SSIM"]
 
 #: absolute tolerance of the seed notebook's questions ("output unchanged", "gradient differs"): the paper's
 #: number, applied as given so that our rates answer the same questions
@@ -42,3 +44,16 @@ CONDITIONING_FACTOR: float = 2.0
 #: L1 distances come from different float64 computations (an LP and a closed form)
 NEARER_RTOL: float = 1e-9
 NEARER_ATOL: float = 1e-12
+
+#: two input relevances with cosine similarity at or above this are "the same explanation" (class-insensitive):
+#: Sixt, Granz & Landgraf (2020) call explanations converged when their cosine approaches 1
+INSENSITIVE_COSINE: float = 0.99
+
+#: a shifted input's relevance is "unchanged" when max |R' - R| is at most this share of max |R|: far above the
+#: float32 rounding of the shifted network's first layer (b - W c), far below what a rule that reads a changes
+INVARIANT_RTOL: float = 1e-4
+
+#: after re-initialising top layers, an explanation "still looks the same" when its Spearman rank correlation
+#: (or SSIM, for images) with the original model's is at least this (Adebayo et al. 2018 read such values as failures)
+SIMILAR_SPEARMAN: float = 0.9
+SIMILAR_SSIM: float = 0.9

@@ -14,16 +14,25 @@ MIN_ACCURACY = 0.9
 def test_trained_digits_networks_are_accurate_and_reproducible(make):
     rng_before = torch.get_rng_state()
     threads = torch.get_num_threads()
-    first = make()
+    first = make.__wrapped__()  # a real training (make() trains once per process, then hands out copies)
     assert torch.equal(torch.get_rng_state(), rng_before), "training touched torch's global RNG"
     assert torch.get_num_threads() == threads
     assert first.test_accuracy >= MIN_ACCURACY
     # the accuracy is the model's, recomputed here
     assert first.test_accuracy == digits.accuracy(first.model, first.data.test_x, first.data.test_y)
     assert not first.model.training
-    second = make()
+    second = make()  # the process's cached training: another training than first's
     for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
         assert torch.equal(a, b), f"{name} differs between two trainings"
+
+
+def test_cached_digits_models_are_independent_copies():
+    first, second = digits.digits_mlp(), digits.digits_mlp()
+    assert first.model is not second.model
+    with torch.no_grad():
+        first.model[1].weight.add_(1.0)
+    assert not torch.equal(first.model[1].weight, second.model[1].weight)
+    assert torch.equal(digits.digits_mlp().model[1].weight, second.model[1].weight)
 
 
 def test_digits_data_are_a_fixed_split_in_the_unit_box():

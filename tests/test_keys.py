@@ -38,6 +38,15 @@ def test_every_baseline_name_round_trips():
         ("agreement.zennit.w2_first.conditioned", dict(family="agreement", subject="zennit", rule="w2_first", outcome="conditioned")),
         ("subject.digits_cnn.z+.layer1.zero_output", dict(family="subject", subject="digits_cnn", rule="z+", layer=1, outcome="zero_output")),
         ("conformance.my_lrp.equals_dtd.bias_free", dict(family="conformance", subject="my_lrp", outcome="equals_dtd", subset="bias_free")),
+        ("insensitivity.z+.depth8.outputs.insensitive", dict(family="insensitivity", rule="z+", depth=8, pair="outputs", outcome="insensitive")),
+        ("insensitivity.digits_mlp.x.random.insensitive",
+         dict(family="insensitivity", subject="digits_mlp", rule="x", pair="random", outcome="insensitive")),
+        ("insensitivity.vgg16_simulation.depth16.columns.insensitive.gaussian",
+         dict(family="insensitivity", subject="vgg16_simulation", depth=16, pair="columns", outcome="insensitive", subset="gaussian")),
+        ("invariance.zB_unshifted.unchanged", dict(family="invariance", rule="zB_unshifted", outcome="unchanged")),
+        ("invariance.digits_cnn.w2_first.unchanged", dict(family="invariance", subject="digits_cnn", rule="w2_first", outcome="unchanged")),
+        ("randomisation.digits_cnn.grad_x_input.top3.ssim_similar",
+         dict(family="randomisation", subject="digits_cnn", rule="grad_x_input", randomised=3, outcome="ssim_similar")),
     ],
 )
 def test_parse_gives_the_fields(name, fields):
@@ -57,6 +66,13 @@ def test_parse_gives_the_fields(name, fields):
         (dict(family="notebook", outcome="zero_output", layer=1, neuron=2), "not both"),
         (dict(family="generated", outcome="zero_output"), "no name layout"),
         (dict(family="agreement", outcome="points", subject="zennit", rule="z+", layer=0), "no name layout"),
+        (dict(family="insensitivity", outcome="insensitive", rule="depth3", pair="outputs"), "looks like a depth"),
+        (dict(family="randomisation", outcome="rank_similar", subject="top2", rule="z+", randomised=1), "looks like a depth"),
+        (dict(family="insensitivity", outcome="insensitive", rule="z+", depth=0, pair="outputs"), "depth must be"),
+        (dict(family="randomisation", outcome="rank_similar", subject="m", rule="z+", randomised=True), "randomised must be"),
+        (dict(family="insensitivity", outcome="insensitive", rule="z+", pair="classes"), "unknown pair"),
+        (dict(family="insensitivity", outcome="insensitive", rule="z+"), "no name layout"),
+        (dict(family="generated", outcome="zero_output", rule="z+", depth=2), "no name layout"),
     ],
 )
 def test_bad_keys_are_refused(fields, message):
@@ -64,7 +80,9 @@ def test_bad_keys_are_refused(fields, message):
         RateKey(**fields)
 
 
-@pytest.mark.parametrize("name", ["", "z+", "notebook.layerX.zero_output", "region.z+.gradient_match.sideways", "agreement.zennit.z+"])
+@pytest.mark.parametrize("name", ["", "z+", "notebook.layerX.zero_output", "region.z+.gradient_match.sideways", "agreement.zennit.z+",
+                                  "insensitivity.z+.depth0.outputs.insensitive", "randomisation.m.z+.top.rank_similar",
+                                  "insensitivity.z+.depth3.depth4.outputs.insensitive"])
 def test_names_no_family_fits_are_refused(name):
     with pytest.raises(ValueError, match="no rate name"):
         RateKey.parse(name)

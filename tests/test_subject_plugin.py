@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from properties.keys import RateKey
 from properties.subject_cli import add_check_command, pytest_arguments
 from properties.subject_plugin import USER_BASELINE, load_subjects
 
@@ -36,6 +37,11 @@ def subjects():
 def one():
     model, x = _model()
     return Subject("one", model, x)
+
+
+def quiet():
+    model, x = _model()
+    return [Subject("loud", model, x), Subject("quiet", model, x, findings=False)]
 
 
 def number():
@@ -104,7 +110,7 @@ def test_a_users_run_gates_on_the_users_baseline(user_dir):
     run = lambda *extra: pytester.run(sys.executable, "-m", "properties.subject_cli", "check", "usermod:one", *extra)  # noqa: E731
     assert run("--update-baseline").ret == 0
     baseline = json.loads((pytester.path / USER_BASELINE).read_text())["properties"]
-    assert set(baseline) and all(name.startswith("subject.one.") for name in baseline)
+    assert set(baseline) and all(RateKey.parse(name).subject == "one" for name in baseline)
     again = run()
     assert again.ret == 0
     assert {r["status"] for r in _rows(pytester.path / "property-report" / "report.json").values()} == {"ok"}
@@ -142,3 +148,17 @@ def test_a_bad_factory_is_a_usage_error_of_the_command(user_dir, factory, messag
     assert result.ret == 4
     output = result.stdout.str() + result.stderr.str()
     assert message in output and "INTERNALERROR" not in output
+
+
+def test_findings_rows_come_with_a_subject_unless_switched_off(user_dir):
+    pytester = user_dir
+    run = lambda *extra: pytester.run(sys.executable, "-m", "properties.subject_cli", "check", "usermod:quiet", *extra)  # noqa: E731
+    assert run("--report", "with").ret == 0
+    families = {}
+    for name in _rows(pytester.path / "with" / "report.json"):
+        key = RateKey.parse(name)
+        families.setdefault(key.subject, set()).add(key.family)
+    assert families["loud"] == {"subject", "insensitivity", "invariance", "randomisation"}
+    assert families["quiet"] == {"subject"}  # Subject(..., findings=False)
+    assert run("--report", "without", "--no-findings").ret == 0
+    assert {RateKey.parse(name).family for name in _rows(pytester.path / "without" / "report.json")} == {"subject"}
