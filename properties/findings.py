@@ -124,6 +124,10 @@ def evaluate_findings(subject, *, seed: int = 0, confidence: float = DEFAULT_CON
     from . import insensitivity, invariance, randomisation
 
     result = Findings()
+    if isinstance(subject.network, dtd.GraphNetwork):
+        result.counts[f"subject {subject.name}: insensitivity, invariance and randomisation not measured (they run "
+                      "on the dense layers of from_sequential; this model was lowered by the graph engine)"] = 0
+        return result
     result.extend(insensitivity.subject_insensitivity(subject, seed=seed, confidence=confidence))
     result.extend(invariance.subject_invariance(subject, confidence=confidence))
     result.extend(randomisation.subject_randomisation(subject, seed=seed, confidence=confidence))

@@ -38,6 +38,8 @@ import torch
 
 import dtd
 from dtd import rules as R
+
+from . import variants as V
 from dtd.threads import one_thread
 from dtd.validation import check_int, check_seed
 
@@ -122,7 +124,7 @@ def depth_sweep(*, n_networks: int, n_points: int, seed: int, depths: Sequence[i
     n_networks = check_int(n_networks, "n_networks", minimum=1)
     n_points = check_int(n_points, "n_points", minimum=1)
     seed = check_seed(seed)
-    variants = R.variants("generated") if variants is None else list(variants)
+    variants = V.variants("generated") if variants is None else list(variants)
     result = SweepResult({}, {}, {}, 0)
     with one_thread():  # tiny matrices: threads only contend (10x slower on a busy 2-core machine)
         for depth in depths:

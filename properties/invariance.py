@@ -36,6 +36,8 @@ from torch import nn
 
 import dtd
 from dtd import rules as R
+
+from . import variants as V
 from dtd.threads import one_thread
 from dtd.validation import check_seed
 
@@ -141,7 +143,7 @@ def invariance_sweep(cases: Sequence, *, seed: int, confidence: float = DEFAULT_
     sweep (zB: its box shifted with the data), plus :data:`UNSHIFTED`;
     clustered by network.
     """
-    variants = R.variants("generated") if variants is None else list(variants)
+    variants = V.variants("generated") if variants is None else list(variants)
     generator = torch.Generator().manual_seed(check_seed(seed))
     clusters: dict = {}
     labels = [v.label for v in variants] + [UNSHIFTED]
@@ -153,7 +155,7 @@ def invariance_sweep(cases: Sequence, *, seed: int, confidence: float = DEFAULT_
             for variant in variants:
                 held = _pairs(case.net, moved, x, c, case.output, variant.label, variant.make(x, case.net.n_layers))
                 clusters.setdefault(variant.label, []).append((int(held.sum()), held.numel()))
-            zb = next(v for v in R.variants("generated") if v.label == "zB").make(x, case.net.n_layers)
+            zb = next(v for v in V.variants("generated") if v.label == "zB").make(x, case.net.n_layers)
             held = _pairs(case.net, moved, x, c, case.output, UNSHIFTED, zb)
             clusters.setdefault(UNSHIFTED, []).append((int(held.sum()), held.numel()))
     found = Findings()
