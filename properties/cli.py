@@ -85,7 +85,7 @@ def _pytest(targets: list[str], args: argparse.Namespace) -> int:
         *(["--property-baseline", args.baseline] if args.baseline is not None else []),
         "--property-seed", str(args.seed),
         "-q",
-        *(["--update-baseline"] if args.update_baseline else []),
+        *(["--property-update-baseline"] if args.update_baseline else []),
     ]
     return int(pytest.main(argv))
 

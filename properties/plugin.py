@@ -12,9 +12,9 @@ Options
 -------
 ``--property-report DIR``
     Where ``report.json``, ``report.md`` and the plots go (default ``property-report``).
-``--update-baseline``
+``--property-update-baseline`` (``--update-baseline`` where this module is loaded explicitly)
     Rewrite the baseline with this run's rates instead of gating on them.
-``--update-baseline-partial``
+``--property-update-baseline-partial`` (``--update-baseline-partial``)
     The same, and after a failed or interrupted run too, for the tests that passed.
 ``--property-baseline FILE``
     The baseline to gate on (default: ``properties/baseline.json``).
@@ -29,6 +29,13 @@ Options
     in ``[0, 2**32 - 1]``.  Default: 0 under a derandomized hypothesis profile
     (``ci``, ``thorough``), else a fresh random seed, printed in the report so
     a run can be repeated.
+
+The short spellings ``--update-baseline`` / ``--update-baseline-partial``
+exist only in the suite's own runs: they are registered here when a run
+loads this module itself (``-p properties.plugin``, ``pytest_plugins`` in a
+conftest, the console script) and not when the entry point activates it
+for a project that merely uses a fixture or a ``--property-*`` option, so
+that project's own ``--update-baseline`` keeps working.
 
 A test records rates with ``property_report.rate(name, Rate, description)``.
 Each recorded rate is compared with the baseline at once; a rate whose
@@ -52,8 +59,15 @@ What a run leaves behind
 * ``--update-baseline`` rewrites the baseline only when the run completed and
   every test passed; otherwise the file stays byte for byte as it was.
   ``--update-baseline-partial`` merges the rates of the tests that passed
-  into the old baseline whatever happened to the others.
-* Every file gets the permissions of ``open(path, "w")`` under the umask.
+  into the old baseline whatever happened to the others.  The update reads,
+  merges and writes the baseline under a lock (concurrent runs keep each
+  other's entries); the report directory is replaced under a lock too.
+* A report or baseline that cannot be written at the end (a full disk, a
+  read-only or immutable file) leaves the old file as it was; the rates
+  table is shown, the note names the path and the error, and the run exits
+  with :data:`WRITE_FAILED`.
+* New files get the permissions of ``open(path, "w")`` under the umask; a
+  rewritten baseline keeps its mode; links are written through.
 """
 
 from __future__ import annotations
@@ -228,6 +242,17 @@ class PropertyReport:
 
 
 # --------------------------------------------------------------------------- hooks
+def pytest_addoption(parser, pluginmanager) -> None:
+    """The short spellings of the update options, in the suite's own runs only (see the module docstring)."""
+    if _entry().activating():
+        return
+    group = parser.getgroup("properties")
+    group.addoption("--update-baseline", action="store_true", default=None, dest="property_update_baseline",
+                    help="the suite's own runs: --property-update-baseline")
+    group.addoption("--update-baseline-partial", action="store_true", default=None,
+                    dest="property_update_baseline_partial", help="the suite's own runs: --property-update-baseline-partial")
+
+
 def _entry():
     """The entry-point module (imported here, after pytest registered it, so its asserts stay rewritable)."""
     import dtd_properties_pytest
@@ -254,9 +279,9 @@ def recorder_for(item) -> PropertyReport:
 
 def _update_mode(config) -> Optional[str]:
     """``"partial"``, ``"full"`` or None (gate on the baseline)."""
-    if config.getoption("--update-baseline-partial"):
+    if config.getoption("property_update_baseline_partial"):
         return "partial"
-    return "full" if config.getoption("--update-baseline") else None
+    return "full" if config.getoption("property_update_baseline") else None
 
 
 def _baseline_path(config) -> Path:
@@ -354,7 +379,8 @@ def pytest_runtest_makereport(item, call):
             f"{len(recorder.regressions)} rate(s) inconsistent with the baseline "
             f"({_baseline_path(item.config)}):\n  "
             + "\n  ".join(recorder.regressions)
-            + "\nIf the change is intended, rerun with --update-baseline and commit the baseline."
+            + "\nIf the change is intended, rerun with --update-baseline (plain pytest: --property-update-baseline) and "
+            "commit the baseline."
         )
     store(item.config).track(report)
 
@@ -416,7 +442,8 @@ def pytest_sessionfinish(session, exitstatus):
     else:
         why = incomplete or f"exit status {int(exitstatus)}: a test failed or errored"
         run.notes.append(f"baseline NOT rewritten ({why}): {path} is unchanged; fix the run and repeat, or use "
-                         f"--update-baseline-partial to keep the rates of the tests that passed")
+                         f"--update-baseline-partial (plain pytest: --property-update-baseline-partial) to keep the rates of the "
+                         f"tests that passed")
 
 
 def _write_report(config, run: Store, incomplete: Optional[str], exitstatus) -> None:

@@ -52,7 +52,7 @@ def pytest_arguments(args: argparse.Namespace, collect_from: str) -> list[str]:
     if args.baseline is not None:
         argv += ["--property-baseline", str(Path(args.baseline).resolve())]
     if args.update_baseline:
-        argv.append("--update-baseline")
+        argv.append("--property-update-baseline")
     if args.confidence is not None:
         argv += ["--property-confidence", str(args.confidence)]
     if args.seed is not None:
