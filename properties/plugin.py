@@ -327,6 +327,9 @@ def pytest_configure(config):
             check_int(seed, "--property-seed", minimum=0, maximum=SEED_MAXIMUM)
     except ValueError as error:
         raise pytest.UsageError(f"{error}: --property-seed must be in [0, 2**32 - 1]") from None
+    timeout = config.getoption("property_call_timeout")
+    if timeout is not None and not timeout > 0:
+        raise pytest.UsageError(f"--property-call-timeout must be > 0 seconds, got {timeout:g}")
     update = _update_mode(config)
     path = _baseline_path(config)
     try:

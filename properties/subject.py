@@ -36,7 +36,7 @@ from dtd import rules as R
 from dtd.validation import check_int, check_seed
 
 from .checks import draw_neurons, root_outcomes
-from .keys import OUTCOMES, RateKey, describe
+from .keys import OUTCOMES, RateKey, check_name, describe
 from .stats import DEFAULT_CONFIDENCE, Rate
 from .thresholds import CONSERVED_SHARE
 
@@ -113,13 +113,7 @@ class Subject:
         neurons_per_point: Optional[int] = 64,
         max_points: Optional[int] = None,
     ):
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
-        if not _NAME.match(name):
-            raise ValueError(
-                f"name {name!r} must be a non-empty name of letters, digits, '_', '+' or '-' "
-                "(no dots: dots separate the parts of a rate's name); e.g. 'my_model'"
-            )
+        check_name(name, "name")  # the suite's one name rule (RateKey, Implementation)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (an nn.Sequential), got {type(model).__name__}")
         if not isinstance(inputs, torch.Tensor):
