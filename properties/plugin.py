@@ -96,6 +96,8 @@ DEFAULT_BASELINE = Path(__file__).with_name("baseline.json")
 CONFORMANCE_BASELINE = "conformance-baseline.json"
 #: the baseline of ``--dtd-subject`` runs (users' models), in the directory pytest is run from
 SUBJECT_BASELINE = "dtd-properties-baseline.json"
+#: the exit status of a run whose report or baseline could not be written (the rates table is still shown)
+WRITE_FAILED = pytest.ExitCode.INTERNAL_ERROR
 _STORE_KEY = pytest.StashKey["Store"]()
 _RECORDER_KEY = pytest.StashKey["PropertyReport"]()
 #: the largest --property-seed: a 32-bit seed, with room for the offsets the tests add to it
@@ -427,26 +429,48 @@ def pytest_sessionfinish(session, exitstatus):
         return
     incomplete = _incomplete(session, exitstatus)
     if run.rows or run.plots:
-        _write_report(config, run, incomplete, exitstatus)
+        try:
+            _write_report(config, run, incomplete, exitstatus)
+        except OSError as error:  # a full disk, a lock held too long, ...: say so, keep the rates table, fail the run
+            run.written_to = None
+            run.notes.append(f"report NOT written: {_os_error(error, _report_directory(config))}; the previous report "
+                             f"is as it was")
+            session.exitstatus = WRITE_FAILED
     update = _update_mode(config)
     if update is None or not run.rows:
         return
     path = _baseline_path(config)
     if incomplete is None and exitstatus == pytest.ExitCode.OK:
-        _report.write_baseline(path, run.rows.values(), run.owner, _report.read_baseline(path, missing_ok=True))
-        run.notes.append(f"baseline rewritten: {path}")
+        rows, owners, done = list(run.rows.values()), run.owner, f"baseline rewritten: {path}"
     elif update == "partial":
         owners = {name: test for name, test in run.owner.items() if test in run.completed}
         rows = [r for r in run.rows.values() if r["name"] in owners]
-        _report.write_baseline(path, rows, owners, _report.read_baseline(path, missing_ok=True))
         tests = len(set(owners.values()))
-        run.notes.append(f"baseline partially updated: {path} (the {len(rows)} rates of the {tests} test(s) that passed; "
-                         f"every other entry as it was)")
+        done = (f"baseline partially updated: {path} (the {len(rows)} rates of the {tests} test(s) that passed; "
+                f"every other entry as it was)")
+    else:
+        rows = None
+    if rows is not None:
+        try:  # read, merge and write under the baseline's lock: a concurrent run's entries are kept
+            _report.update_baseline(path, rows, owners)
+            run.notes.append(done)
+        except (OSError, ValueError) as error:
+            problem = _os_error(error, path) if isinstance(error, OSError) else str(error)
+            run.notes.append(f"baseline NOT rewritten: {problem}; {path} is as it was")
+            session.exitstatus = WRITE_FAILED
     else:
         why = incomplete or f"exit status {int(exitstatus)}: a test failed or errored"
         run.notes.append(f"baseline NOT rewritten ({why}): {path} is unchanged; fix the run and repeat, or use "
                          f"--update-baseline-partial (plain pytest: --property-update-baseline-partial) to keep the rates of the "
                          f"tests that passed")
+
+
+def _os_error(error: OSError, path: Path) -> str:
+    """``PATH: [Errno 28] No space left on device`` (the path the error names, else ``path``)."""
+    if isinstance(error, TimeoutError) and error.errno is None:  # filelock.Timeout
+        return f"{path}: another run held its lock for more than {_report.LOCK_TIMEOUT:g} s ({error})"
+    at = f" (at {error.filename})" if error.filename and str(error.filename) != str(path) else ""
+    return f"{path}: [Errno {error.errno}] {error.strerror or error}{at}"
 
 
 def _write_report(config, run: Store, incomplete: Optional[str], exitstatus) -> None:
@@ -494,7 +518,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "regression", "new")}
         terminalreporter.write_line(
             f"{len(rows)} rates ({counts['ok']} ok, {counts['regression']} regression, {counts['new']} new); "
-            f"{len(rows) - len(shown)} more rows and the plots in {run.written_to}"
+            f"{len(rows) - len(shown)} more rows and the plots in {run.written_to or 'no report (not written, see below)'}"
         )
         unmeasured = sorted(set(run.baseline) - set(run.rows))
         if unmeasured:
