@@ -288,8 +288,9 @@ def test_concurrent_updates_with_slow_renames_keep_both_runs_rows_and_reports(tm
                          ids=["full-disk", "immutable-baseline"])
 def test_a_file_that_cannot_be_written_at_the_end_is_named_and_fails_the_run(tmp_path, fault, broken):
     _project(tmp_path)
-    first = _pytest(tmp_path, "-p", "properties.plugin", "--property-baseline", "baseline.json", "--update-baseline")
-    assert first.returncode == 0, first.stdout + first.stderr
+    report.write_baseline(tmp_path / "baseline.json", _rows("a.rate", "b.rate"),
+                          {"a.rate": "test_inner.py::test_a", "b.rate": "test_inner.py::test_b"}, {})
+    report.replace_report(tmp_path / "property-report", _rows("a.rate", "b.rate"), [], {"confidence": 0.99})
     before = _files(tmp_path)
     result = _pytest(tmp_path, "-p", "properties.plugin", "--property-baseline", "baseline.json", "--update-baseline",
                      FAIL_RENAME=fault, A="9")
@@ -332,26 +333,30 @@ def test_an_immutable_baseline_is_a_usage_error_at_start_up(tmp_path, monkeypatc
 
 
 # --------------------------------------------------------------------------- item 6: factory modules that do not import
-@pytest.mark.parametrize("source, expected", [
-    ("def subjects(:\n    pass\n", r"broken_\w+\.py, line 1: SyntaxError: "),
-    ("import os\n\nraise RuntimeError('no data here')\n", r"broken_\w+\.py, line 3: RuntimeError: no data here"),
-], ids=["syntax-error", "raises-at-import"])
-def test_a_factory_module_that_fails_to_import_is_a_usage_error_with_file_and_line(tmp_path, source, expected):
-    name = f"broken_{abs(hash(source)) % 10**6}"
+#: a factory module that cannot be imported -> the message naming file, line and error; the command that shows it
+BROKEN_MODULES = {
+    "syntax-error": ("def subjects(:\n    pass\n", r"broken_syntax\.py, line 1: SyntaxError: ", "conform"),
+    "raises-at-import": ("import os\n\nraise RuntimeError('no data here')\n",
+                         r"broken_raises\.py, line 3: RuntimeError: no data here", "check"),
+}
+#: the README's usage-error exit codes of the two commands
+USAGE_CODES = {"conform": 2, "check": 4}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_MODULES))
+def test_a_factory_module_that_fails_to_import_is_a_usage_error_with_file_and_line(tmp_path, case):
+    source, expected, command = BROKEN_MODULES[case]
+    name = "broken_" + case.split("-")[0]
     (tmp_path / f"{name}.py").write_text(source)
     with pytest.raises(ValueError, match=expected):
         load_factory(f"{name}:subjects", Subject, directory=tmp_path)
     sys.modules.pop(name, None)
-    cli = [sys.executable, "-m", "properties.cli"]
-    conform = subprocess.run([*cli, "conform", f"{name}:implementations"], cwd=tmp_path, env=_env(), capture_output=True,
-                             text=True, timeout=INNER_TIMEOUT_S)
-    check = subprocess.run([*cli, "check", f"{name}:subjects"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                           timeout=INNER_TIMEOUT_S)
-    for result, code in ((conform, 2), (check, 4)):  # the README's usage-error codes of the two commands
-        output = result.stdout + result.stderr
-        assert result.returncode == code, output
-        assert "INTERNALERROR" not in output and "Traceback" not in output
-        assert f"{name}.py, line" in output
+    result = subprocess.run([sys.executable, "-m", "properties.cli", command, f"{name}:subjects"], cwd=tmp_path, env=_env(),
+                            capture_output=True, text=True, timeout=INNER_TIMEOUT_S)
+    output = result.stdout + result.stderr
+    assert result.returncode == USAGE_CODES[command], output
+    assert "INTERNALERROR" not in output and "Traceback" not in output
+    assert f"{name}.py, line" in output
 
 
 # --------------------------------------------------------------------------- item 7: one name rule
@@ -375,10 +380,9 @@ def test_a_path_component_too_long_is_a_problem_not_a_crash(tmp_path):
     with pytest.raises(ValueError, match=f"cannot be read: .*errno {errno.ENAMETOOLONG}"):
         report.read_baseline(long)
     (tmp_path / "test_plain.py").write_text("def test_nothing():\n    pass\n")
-    for option in ("--property-report", "--property-baseline"):
-        result = _pytest(tmp_path, "-p", "properties.plugin", option, "x" * 300)
-        assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
-        assert f"errno {errno.ENAMETOOLONG}" in result.stderr and "INTERNALERROR" not in result.stderr
+    result = _pytest(tmp_path, "-p", "properties.plugin", "--property-report", "x" * 300)  # was INTERNALERROR, rc 3
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
+    assert f"errno {errno.ENAMETOOLONG}" in result.stderr and "INTERNALERROR" not in result.stderr
 
 
 # --------------------------------------------------------------------------- item 9: one raising input, slow calls
