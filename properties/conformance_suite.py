@@ -44,7 +44,7 @@ def progress_writer(config) -> Optional[Callable[[str], None]]:
     """A progress line on the terminal (over pytest's output capture), or None off a terminal, in CI or under -q -q."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or os.environ.get("CI") or not reporter.isatty or config.get_verbosity() < -1:
+    if reporter is None or os.environ.get("CI") or not reporter.isatty or (config.getoption("verbose") or 0) < -1:
         return None
 
     def show(line: str) -> None:
