@@ -446,3 +446,38 @@ def test_an_out_of_range_seed_is_a_usage_error_naming_seed(tmp_path, command):
 
 def _rows(*names):
     return [report.row(name, Rate(3, 10), f"{name}: demo", None) for name in names]
+
+
+class _Reporter:
+    def __init__(self, tty: bool):
+        self.isatty = tty
+        self.written: list[str] = []
+
+    def write(self, text: str, flush: bool = False) -> None:
+        self.written.append(text)
+
+
+class _Config:
+    def __init__(self, reporter: _Reporter, verbose: int = 0):
+        self.pluginmanager = self
+        self._reporter, self._verbose = reporter, verbose
+
+    def get_plugin(self, name: str):
+        return self._reporter if name == "terminalreporter" else None
+
+    def getoption(self, name: str):
+        return self._verbose
+
+
+def test_the_progress_line_shows_on_a_terminal_only(monkeypatch):
+    from properties.conformance_suite import progress_writer
+
+    monkeypatch.delenv("CI", raising=False)
+    terminal = _Reporter(tty=True)
+    show = progress_writer(_Config(terminal))
+    show("conformance slow: network 3/60 (bias_free), 12 calls, 40 s")
+    assert terminal.written and terminal.written[0].startswith("\rconformance slow: network 3/60")
+    assert progress_writer(_Config(_Reporter(tty=False))) is None  # piped, a log file
+    assert progress_writer(_Config(_Reporter(tty=True), verbose=-2)) is None  # -qq
+    monkeypatch.setenv("CI", "1")
+    assert progress_writer(_Config(_Reporter(tty=True))) is None
