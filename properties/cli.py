@@ -27,12 +27,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from dtd_properties_pytest import DEFAULT_CALL_TIMEOUT
-
 from .subject_cli import add_check_command, seed_argument
 
 __all__ = ["main", "parser"]
 
+#: the default of --call-timeout (``properties.conformance.DEFAULT_CALL_TIMEOUT``; not imported here: that imports torch)
+DEFAULT_CALL_TIMEOUT = 120.0
 #: exit code of usage errors (argparse's own)
 USAGE = 2
 #: pytest's exit code of usage errors (``pytest.ExitCode.USAGE_ERROR``)

@@ -75,8 +75,6 @@ from dtd.threads import one_thread
 from dtd.tolerances import equation_rtol
 from dtd.validation import check_int, check_number
 
-from dtd_properties_pytest import DEFAULT_CALL_TIMEOUT
-
 from .agreement import stabilizer_bound
 from .factories import load_factory
 from .keys import OUTCOMES, SUBSETS, RateKey, check_name
@@ -290,6 +288,10 @@ def _unchanged(before: tuple, after: tuple) -> bool:
     return bool(same)
 
 
+#: seconds one call of an implementation may take by default (generous: a call takes milliseconds); the same number
+#: as ``dtd_properties_pytest.DEFAULT_CALL_TIMEOUT`` and ``properties.cli.DEFAULT_CALL_TIMEOUT``, which must not import
+#: this module before pytest has registered the entry point (a test keeps the three equal)
+DEFAULT_CALL_TIMEOUT = 120.0
 #: seed of torch's global RNG at the start of every call (the clean state's RNG)
 CALL_RNG_SEED = 0
 #: the global torch state each call starts clean in and is checked for afterwards, as named in counterexamples

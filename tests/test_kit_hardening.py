@@ -481,3 +481,10 @@ def test_the_progress_line_shows_on_a_terminal_only(monkeypatch):
     assert progress_writer(_Config(_Reporter(tty=True), verbose=-2)) is None  # -qq
     monkeypatch.setenv("CI", "1")
     assert progress_writer(_Config(_Reporter(tty=True))) is None
+
+
+def test_the_default_call_timeout_is_one_number():
+    import dtd_properties_pytest
+    from properties import cli
+
+    assert dtd_properties_pytest.DEFAULT_CALL_TIMEOUT == C.DEFAULT_CALL_TIMEOUT == cli.DEFAULT_CALL_TIMEOUT
