@@ -19,13 +19,13 @@ Options
 -------
 ``--property-report DIR``
     Where ``report.json``, ``report.md`` and the plots go (default ``property-report``).
-``--update-baseline``
+``--property-update-baseline``
     Rewrite the baseline with this run's rates instead of gating on them; only
     when the run completes with every test passed (else the baseline is left
     byte for byte as it was).
-``--update-baseline-partial``
-    Like ``--update-baseline``, but also after a failed or interrupted run:
-    the rates of the tests that completed (passed) are merged into the old
+``--property-update-baseline-partial``
+    Like ``--property-update-baseline``, but also after a failed or interrupted
+    run: the rates of the tests that completed (passed) are merged into the old
     baseline; every other entry stays as it was.
 ``--property-baseline FILE``
     The baseline to gate on (default: ``properties/baseline.json``); it must
@@ -45,6 +45,18 @@ Options
     Seed of the i.i.d. samples of generated networks, an integer in
     ``[0, 2**32 - 1]``.  Default: 0 under a derandomized hypothesis profile
     (``ci``, ``thorough``), else a fresh random seed, printed in the report.
+``--property-call-timeout S``
+    The conformance kit's limit on one call of an implementation, in seconds
+    (default :data:`DEFAULT_CALL_TIMEOUT`); a call that takes longer fails
+    the property it was made for.
+
+Every option this module registers starts with ``--property-`` or
+``--dtd-``: it is registered in the pytest runs of every project of the
+environment, whose own conftest may register ``--update-baseline``.  The
+short spellings ``--update-baseline`` and ``--update-baseline-partial`` are
+registered by :mod:`properties.plugin` only when a run loads it itself
+(``-p properties.plugin``, a conftest's ``pytest_plugins``, the
+``dtd-properties`` console script), never when this module activates it.
 """
 
 from __future__ import annotations
@@ -53,21 +65,25 @@ import secrets
 
 import pytest
 
-__all__ = ["property_report", "property_report_seed", "activate", "random_seed", "OPTIONS", "HEAVY_PLUGIN"]
+__all__ = ["property_report", "property_report_seed", "activate", "activating", "random_seed", "OPTIONS", "HEAVY_PLUGIN",
+           "DEFAULT_CALL_TIMEOUT"]
 
 #: the suite's plugin module, registered under this name
 HEAVY_PLUGIN = "properties.plugin"
 #: option name -> argparse destination; any of them given explicitly activates the suite
 OPTIONS = {
     "--property-report": "property_report",
-    "--update-baseline": "update_baseline",
-    "--update-baseline-partial": "update_baseline_partial",
+    "--property-update-baseline": "property_update_baseline",
+    "--property-update-baseline-partial": "property_update_baseline_partial",
     "--property-baseline": "property_baseline",
     "--property-confidence": "property_confidence",
     "--property-seed": "property_seed",
     "--dtd-implementation": "dtd_implementation",
     "--dtd-subject": "dtd_subject",
+    "--property-call-timeout": "property_call_timeout",
 }
+#: the conformance kit's default limit on one call of an implementation, in seconds (generous: a call takes ms)
+DEFAULT_CALL_TIMEOUT = 120.0
 #: the key of a worker's records in xdist's ``workeroutput``
 WORKER_OUTPUT = "property_records"
 #: ``workerinput`` keys: the controller's seed, and a random fallback for non-derandomized runs
@@ -83,12 +99,14 @@ def pytest_addoption(parser) -> None:
     group.addoption("--property-report", default=None, metavar="DIR",
                     help="directory of report.json, report.md and plots (default: property-report); an interrupted "
                          "run leaves it as it was and writes DIR.partial.json instead")
-    group.addoption("--update-baseline", action="store_true", default=None,
+    # explicit dests: properties.plugin may have registered the short spellings onto them already
+    group.addoption("--property-update-baseline", action="store_true", default=None, dest="property_update_baseline",
                     help="rewrite the baseline with this run's rates instead of gating on them; only when every test "
                          "passed and the run completed (else the baseline stays as it was)")
-    group.addoption("--update-baseline-partial", action="store_true", default=None,
-                    help="like --update-baseline, but after a failed or interrupted run too: merge the rates of the "
-                         "tests that passed into the old baseline, keep every other entry")
+    group.addoption("--property-update-baseline-partial", action="store_true", default=None,
+                    dest="property_update_baseline_partial",
+                    help="like --property-update-baseline, but after a failed or interrupted run too: merge the rates "
+                         "of the tests that passed into the old baseline, keep every other entry")
     group.addoption("--property-baseline", default=None, metavar="FILE",
                     help="baseline file to gate on (default: properties/baseline.json); must exist unless updating")
     group.addoption("--property-confidence", type=float, default=None, metavar="C",
@@ -105,6 +123,9 @@ def pytest_addoption(parser) -> None:
     group.addoption("--property-seed", type=int, default=None, metavar="N",
                     help="seed of the sampled networks, in [0, 2**32 - 1] (default: 0 under a derandomized "
                          "hypothesis profile, else random)")
+    group.addoption("--property-call-timeout", type=float, default=None, metavar="S",
+                    help=f"conformance kit: the longest one call of an implementation may take, in seconds (default "
+                         f"{DEFAULT_CALL_TIMEOUT:g}); a slower call fails the property it was made for")
 
 
 def pytest_configure(config) -> None:
@@ -113,14 +134,31 @@ def pytest_configure(config) -> None:
         activate(config)
 
 
+_activating = False
+
+
+def activating() -> bool:
+    """Whether :func:`activate` is registering the suite's plugin right now (after the command line was parsed).
+
+    :mod:`properties.plugin` then leaves out the short option spellings,
+    which another project's conftest may own.
+    """
+    return _activating
+
+
 def activate(config):
     """The suite's plugin module, imported and registered on first use (idempotent)."""
+    global _activating
     manager = config.pluginmanager
     plugin = manager.get_plugin(HEAVY_PLUGIN)
     if plugin is None:
         if manager.is_blocked(HEAVY_PLUGIN):
             raise pytest.UsageError(f"the property suite is used but its plugin is disabled (-p no:{HEAVY_PLUGIN})")
-        manager.import_plugin(HEAVY_PLUGIN)
+        _activating = True
+        try:
+            manager.import_plugin(HEAVY_PLUGIN)
+        finally:
+            _activating = False
         plugin = manager.get_plugin(HEAVY_PLUGIN)
     return plugin
 

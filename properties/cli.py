@@ -5,14 +5,16 @@ Subcommands
 ``dtd-properties check MODULE:FACTORY [--report DIR] [--baseline FILE] [--update-baseline] [--confidence C] [--seed N] [--no-findings]``
     The property suite on a user's own model and data (:class:`properties.Subject`,
     :mod:`properties.subject_cli`): pytest with ``--dtd-subject``.
-``dtd-properties conform MODULE:FACTORY [MODULE:FACTORY ...] [--report DIR] [--baseline FILE] [--update-baseline]``
+``dtd-properties conform MODULE:FACTORY [MODULE:FACTORY ...] [--report DIR] [--baseline FILE] [--update-baseline] [--seed N] [--call-timeout S]``
     Run the conformance kit (:mod:`properties.conformance`) on the LRP
     implementations the factories return: pytest on the kit's test module
     with ``--dtd-implementation``.  One report format, one baseline format,
     one gate: the same plugin as ``pytest -m properties``.
 
 Exit codes: pytest's (0 all passed, 1 a rate regressed against the
-baseline, ...), 2 for usage errors (a bad factory included).  Each
+baseline, 3 the report or the baseline could not be written: the message
+names the path and the error), 2 for usage errors (a bad factory, a module
+that does not import, a bad option value included).  Each
 subcommand is a function ``_<name>(args) -> int`` registered in
 :func:`parser`, so adding one is a small change.
 """
@@ -25,12 +27,16 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .subject_cli import add_check_command
+from .subject_cli import add_check_command, seed_argument
 
 __all__ = ["main", "parser"]
 
+#: the default of --call-timeout (``properties.conformance.DEFAULT_CALL_TIMEOUT``; not imported here: that imports torch)
+DEFAULT_CALL_TIMEOUT = 120.0
 #: exit code of usage errors (argparse's own)
 USAGE = 2
+#: pytest's exit code of usage errors (``pytest.ExitCode.USAGE_ERROR``)
+PYTEST_USAGE = 4
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,6 +50,9 @@ def parser() -> argparse.ArgumentParser:
                     "from the current directory; FACTORY returns a properties.Implementation or a list of them).")
     conform.add_argument("implementations", nargs="+", metavar="MODULE:FACTORY")
     _common(conform, "conformance-baseline.json")
+    conform.add_argument("--call-timeout", type=_seconds, default=None, metavar="S",
+                         help="the longest one call of an implementation may take, in seconds (default: "
+                              f"{DEFAULT_CALL_TIMEOUT:g}); a slower call fails the property it was made for")
     conform.set_defaults(run=_conform)
     add_check_command(commands)
     return top
@@ -55,7 +64,18 @@ def _common(sub: argparse.ArgumentParser, baseline: str) -> None:
                      help=f"your baseline to gate on (default: ./{baseline}, where an absent file means every rate is "
                           "new; a FILE named here must exist unless --update-baseline creates it)")
     sub.add_argument("--update-baseline", action="store_true", help="write this run's rates to the baseline instead of gating")
-    sub.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the generated networks (default 0: reproducible)")
+    sub.add_argument("--seed", type=seed_argument, default=0, metavar="N",
+                     help="seed of the generated networks, in [0, 2**32 - 1] (default 0: reproducible)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
 
 
 def _conform(args: argparse.Namespace) -> int:
@@ -69,7 +89,11 @@ def _conform(args: argparse.Namespace) -> int:
             return USAGE
     suite = Path(conformance.__file__).with_name("conformance_suite.py")
     options = [f"--dtd-implementation={spec}" for spec in args.implementations]
-    return _pytest([str(suite), *options], args)
+    if args.call_timeout is not None:
+        options.append(f"--property-call-timeout={args.call_timeout}")
+    code = _pytest([str(suite), *options], args)
+    # pytest's usage error (4: a report or baseline path that cannot be used, ...) is this command's usage error
+    return USAGE if code == PYTEST_USAGE else code
 
 
 def _pytest(targets: list[str], args: argparse.Namespace) -> int:
@@ -85,7 +109,7 @@ def _pytest(targets: list[str], args: argparse.Namespace) -> int:
         *(["--property-baseline", args.baseline] if args.baseline is not None else []),
         "--property-seed", str(args.seed),
         "-q",
-        *(["--update-baseline"] if args.update_baseline else []),
+        *(["--property-update-baseline"] if args.update_baseline else []),
     ]
     return int(pytest.main(argv))
 

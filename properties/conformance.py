@@ -29,12 +29,25 @@ Properties (one trial per point unless said otherwise)
 ``no_side_effects``
     One trial per network: after the call the model's parameters (values,
     ``requires_grad``, ``grad``), buffers, hooks (module and global) and
-    ``training`` flags, the grad mode, and ``x`` (values, ``requires_grad``)
-    are unchanged, and a second call returns the same relevance.
+    ``training`` flags and ``x`` (values, ``requires_grad``) are unchanged, a
+    second call returns the same relevance, and no call on that network
+    changed torch's global state (below).
 ``finite``
     No NaN or inf for inputs with zero entries and an all-zero row.
 ``dtype_device``
     One trial per call: the result has ``x``'s dtype and device.
+
+Every call runs in a clean global torch state, restored afterwards
+(:mod:`properties.callstate`, :data:`GLOBAL_STATE`): default dtype float32, default device cpu, grad mode
+on, anomaly detection off, deterministic algorithms off, the kit's thread
+count (1 under :func:`run`) and torch's global RNG seeded with
+:data:`CALL_RNG_SEED`.  A change the implementation makes to any of them is a
+``no_side_effects`` failure of that network, named in its counterexample
+(``torch default dtype float32 -> float64``), and undone before the next call,
+so it never leaks into the next call's or the next implementation's rows.
+A call that raises (or exceeds the per-call time limit) fails the property
+it was made for, with the exception in the counterexample; the other
+properties keep their rows.
 
 The populations: ``bias_free`` (torch init, biases removed), ``bias_negative``
 (the ``"dtd"`` init: every bias <= 0), ``bias_positive`` (torch init, some
@@ -45,6 +58,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import time
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import torch
@@ -58,8 +73,9 @@ from dtd.tolerances import equation_rtol
 from dtd.validation import check_int, check_number
 
 from .agreement import stabilizer_bound
+from .callstate import CALL_RNG_SEED, GLOBAL_STATE, CallTimeout, clean_global_state, time_limit
 from .factories import load_factory
-from .keys import OUTCOMES, SUBSETS, RateKey
+from .keys import OUTCOMES, SUBSETS, RateKey, check_name
 from .thresholds import ROUNDING64
 from .stats import Rate, Tally
 
@@ -78,6 +94,9 @@ __all__ = [
     "NETWORKS",
     "POINTS",
     "CONSERVATION_RTOL",
+    "GLOBAL_STATE",
+    "CALL_RNG_SEED",
+    "DEFAULT_CALL_TIMEOUT",
 ]
 
 #: networks per population (the same for every implementation; 3 populations)
@@ -108,12 +127,8 @@ RulesLike = Union[R.RuleLike, Sequence[R.RuleLike]]
 
 
 def _check_name(name) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"an implementation name must be a str, got {type(name).__name__} {name!r}")
-    if not name or "." in name or any(c.isspace() for c in name):
-        raise ValueError(f"an implementation name must be non-empty without dots or spaces (it becomes part of "
-                         f"the rate names conformance.NAME.PROPERTY), got {name!r}; use e.g. {name.replace('.', '_').strip() or 'mylib_zplus'!r}")
-    return name
+    """The suite's one name rule (:func:`properties.keys.check_name`): rows are ``conformance.NAME.PROPERTY``."""
+    return check_name(name, "an implementation name")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,18 +286,54 @@ def _unchanged(before: tuple, after: tuple) -> bool:
     return bool(same)
 
 
-class _Caller:
-    """Calls one implementation on fresh model copies, checking the result's type and shape once."""
+#: seconds one call of an implementation may take by default (generous: a call takes milliseconds); the same number
+#: as ``dtd_properties_pytest.DEFAULT_CALL_TIMEOUT`` and ``properties.cli.DEFAULT_CALL_TIMEOUT``, which must not import
+#: this module before pytest has registered the entry point (a test keeps the three equal)
+DEFAULT_CALL_TIMEOUT = 120.0
+class CallFailed(Exception):
+    """An implementation's call raised or exceeded the time limit (the message says which, with the error)."""
 
-    def __init__(self, impl: Implementation):
+
+class _Caller:
+    """Calls one implementation on fresh model copies, each call in a clean global state and under a time limit.
+
+    ``calls`` records per returned result whether its dtype and device are
+    ``x``'s; ``changes`` every change a call made to the global state;
+    ``errors`` every call that raised (both as text).  A call that raised
+    raises :class:`CallFailed`; a result of the wrong type or shape raises a
+    ``TypeError`` / ``ValueError`` naming the implementation (its contract).
+    """
+
+    def __init__(self, impl: Implementation, call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT,
+                 on_call: Optional[Callable[[], None]] = None):
         self.impl = impl
+        self.call_timeout = call_timeout
+        self.on_call = on_call
         self.calls: list[bool] = []
+        self.changes: list[str] = []
+        self.errors: list[str] = []
 
     def __call__(self, net: ReLUNetwork, x: torch.Tensor, output: int, *, watch: bool = False):
         model = net.to_sequential()
         x_in = x.clone()
         before = _snapshot(model, x_in) if watch else None
-        result = self.impl.attribute(model, x_in, output)
+        try:
+            with clean_global_state() as changes:
+                try:
+                    with time_limit(self.call_timeout):
+                        result = self.impl.attribute(model, x_in, output)
+                except CallTimeout:
+                    raise CallFailed(f"the call took longer than the limit of {self.call_timeout:g} s "
+                                     f"(--property-call-timeout / conform --call-timeout)") from None
+                except Exception as error:
+                    raise CallFailed(f"{type(error).__name__}: {error}") from error
+        except CallFailed as failed:
+            self.errors.append(f"raised on x of shape {tuple(x.shape)}: {failed}")
+            raise
+        finally:
+            self.changes += changes
+            if self.on_call is not None:
+                self.on_call()
         if not isinstance(result, torch.Tensor):
             raise TypeError(f"implementation {self.impl.name!r} returned {type(result).__name__}; "
                             f"attribute(model, x, output) must return a torch.Tensor shaped like x {tuple(x.shape)}")
@@ -329,7 +380,10 @@ def evaluate_case(impl: Implementation, case: Case, population_name: str, *, onl
                   caller: Optional[_Caller] = None, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-point outcomes ``{property: (holds, counted)}`` of one case (``property`` without the population).
 
-    ``only`` restricts the work to some properties (the shrinker's use).
+    ``only`` restricts the work to some properties (the shrinker's use).  A
+    call that raises (:class:`CallFailed`) fails the properties it was made
+    for on this case; a change of the global state by any call fails
+    ``no_side_effects``.
     """
     caller = caller or _Caller(impl)
     wanted = {p for p, s in impl.properties() if (s is None and _ONLY_ON.get(p, population_name) == population_name) or s == population_name}
@@ -340,17 +394,28 @@ def evaluate_case(impl: Implementation, case: Case, population_name: str, *, onl
     n = x.shape[0]
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     ones = torch.ones(n, dtype=torch.bool)
-    calls_before = len(caller.calls)
+    nowhere = torch.zeros(n, dtype=torch.bool)
+    calls_before, changes_before = len(caller.calls), len(caller.changes)
+    side_effects_ok = True
     needs_main = wanted & {"equals_dtd", "conservation", "positivity", "gradient_x_input", "batch_independent", "no_side_effects"}
     if needs_main or "dtype_device" in wanted:
-        relevance, dtype, unchanged = caller(net, x, output, watch="no_side_effects" in wanted)
         rules = impl.rules_for(net.n_layers)
         dec = dtd.train_free(net, x, rule=rules, output=output)
         f = dec.output_value
-        scale = torch.maximum(f.abs(), dec.relevance.abs().amax(1))
-        allowance = _allowance(dtype, scale)
         if wanted & {"equals_dtd", "conservation", "gradient_x_input"}:
             bound, conditioned = stabilizer_bound(net, dec, rules, impl.stabilizer)
+        try:
+            relevance, dtype, unchanged = caller(net, x, output, watch="no_side_effects" in wanted)
+        except CallFailed:  # every property of this call fails on this case; the others are measured
+            for prop in needs_main:
+                counted = conditioned if prop in ("equals_dtd", "gradient_x_input") else ones
+                out[prop] = (nowhere, counted) if prop != "no_side_effects" else (torch.tensor([False]), torch.tensor([True]))
+            relevance = None
+    else:
+        relevance = None
+    if relevance is not None:
+        scale = torch.maximum(f.abs(), dec.relevance.abs().amax(1))
+        allowance = _allowance(dtype, scale)
         if "equals_dtd" in wanted:
             agree = ((relevance - dec.relevance).abs() <= bound + allowance).all(1)
             out["equals_dtd"] = (agree, conditioned)
@@ -364,20 +429,33 @@ def evaluate_case(impl: Implementation, case: Case, population_name: str, *, onl
             out["gradient_x_input"] = (((relevance - expected).abs() <= bound + allowance).all(1), conditioned)
         if "batch_independent" in wanted:
             order = torch.arange(n - 1, -1, -1)
-            reversed_, _, _ = caller(net, x[order], output)
-            holds = _same(reversed_[order], relevance, allowance)
-            for i in range(min(ALONE_ROWS, n)):
-                alone, _, _ = caller(net, x[i:i + 1], output)
-                holds[i] &= bool(_same(alone, relevance[i:i + 1], allowance[i:i + 1])[0])
+            try:
+                reversed_, _, _ = caller(net, x[order], output)
+                holds = _same(reversed_[order], relevance, allowance)
+                for i in range(min(ALONE_ROWS, n)):
+                    alone, _, _ = caller(net, x[i:i + 1], output)
+                    holds[i] &= bool(_same(alone, relevance[i:i + 1], allowance[i:i + 1])[0])
+            except CallFailed:
+                holds = nowhere
             out["batch_independent"] = (holds, ones)
         if "no_side_effects" in wanted:
-            again, _, _ = caller(net, x, output)
-            ok = bool(unchanged) and bool(_same(again, relevance, allowance).all())
-            out["no_side_effects"] = (torch.tensor([ok]), torch.tensor([True]))
+            try:
+                again, _, _ = caller(net, x, output)
+                side_effects_ok = bool(unchanged) and bool(_same(again, relevance, allowance).all())
+            except CallFailed:
+                side_effects_ok = False
     if "finite" in wanted:
         special = _with_zeros(x, seed)
-        relevance, _, _ = caller(net, special, output)
-        out["finite"] = (torch.isfinite(relevance).all(1), torch.ones(special.shape[0], dtype=torch.bool))
+        try:
+            relevance, _, _ = caller(net, special, output)
+            finite = torch.isfinite(relevance).all(1)
+        except CallFailed:
+            finite = torch.zeros(special.shape[0], dtype=torch.bool)
+        out["finite"] = (finite, torch.ones(special.shape[0], dtype=torch.bool))
+    if "no_side_effects" in wanted and "no_side_effects" not in out:
+        # any call on this network that changed torch's global state counts, not only the watched one
+        ok = side_effects_ok and len(caller.changes) == changes_before
+        out["no_side_effects"] = (torch.tensor([ok]), torch.tensor([True]))
     if "dtype_device" in wanted:
         calls = caller.calls[calls_before:]
         out["dtype_device"] = (torch.tensor(calls, dtype=torch.bool), torch.ones(len(calls), dtype=torch.bool))
@@ -396,15 +474,16 @@ def _network(weights: list[torch.Tensor], biases: list[torch.Tensor], final_relu
     return ReLUNetwork(layers, final_relu=final_relu)
 
 
-def _fails(impl: Implementation, case: Case, population_name: str, prop: str) -> bool:
+def _fails(impl: Implementation, case: Case, population_name: str, prop: str, call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT) -> bool:
     try:
-        holds, counted = evaluate_case(impl, case, population_name, only={prop})[prop]
+        holds, counted = evaluate_case(impl, case, population_name, only={prop}, caller=_Caller(impl, call_timeout))[prop]
     except (ValueError, TypeError):
         return False
     return bool((counted & ~holds).any())
 
 
-def shrink(impl: Implementation, case: "Case", population_name: str, prop: str, budget: int = SHRINK_BUDGET) -> "Case":
+def shrink(impl: Implementation, case: "Case", population_name: str, prop: str, budget: int = SHRINK_BUDGET, *,
+           call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT) -> "Case":
     """A small case on which ``prop`` still fails: fewer points, neurons, inputs, outputs; rounded weights.
 
     Greedy: every step is kept only if the property still fails; at most
@@ -418,9 +497,9 @@ def shrink(impl: Implementation, case: "Case", population_name: str, prop: str, 
         if spent[0] >= budget:
             return False
         spent[0] += 1
-        return _fails(impl, candidate, population_name, prop)
+        return _fails(impl, candidate, population_name, prop, call_timeout)
 
-    holds, counted = evaluate_case(impl, case, population_name, only={prop})[prop]
+    holds, counted = evaluate_case(impl, case, population_name, only={prop}, caller=_Caller(impl, call_timeout))[prop]
     bad = torch.nonzero(counted & ~holds).flatten().tolist()
     if prop not in ("no_side_effects", "dtype_device"):
         rows = [bad[0]] if bad else [0]
@@ -480,21 +559,31 @@ def shrink(impl: Implementation, case: "Case", population_name: str, prop: str, 
     return case
 
 
-def describe_failure(impl: Implementation, case: Case, prop: str) -> str:
-    """The counterexample's network, inputs, the implementation's relevance and DTD's."""
+def describe_failure(impl: Implementation, case: Case, prop: str, call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT) -> str:
+    """The counterexample's network and inputs, the implementation's relevance (or the error it raised, or what
+    it changed in torch's global state) and DTD's.  ``finite`` shows the input with zeros it was judged on."""
     from .strategies import Case
 
     x = _in_domain(impl, case.x)
+    if prop == "finite":
+        x = _with_zeros(x, 0)  # the input evaluate_case (and so the shrinker) judged it on
     lines = [f"{impl.name} ({prop}), claimed rule {list(impl.rules_for(case.net.n_layers))}:",
              Case(case.net, x, case.output).describe()]
+    caller = _Caller(impl, call_timeout)
     try:
-        relevance, dtype, _ = _Caller(impl)(case.net, x, case.output)
         dec = dtd.train_free(case.net, x, rule=impl.rules_for(case.net.n_layers), output=case.output)
         lines.append(f"  f(x) = {dec.output_value.tolist()}")
-        lines.append(f"  implementation R = {relevance.tolist()} ({dtype})")
+        try:
+            relevance, dtype, unchanged = caller(case.net, x, case.output, watch=prop == "no_side_effects")
+            lines.append(f"  implementation R = {relevance.tolist()} ({dtype})")
+            if unchanged is False:
+                lines.append("  the call changed the model or x (parameters, requires_grad, grad, buffers, hooks, training or x)")
+        except CallFailed as failed:
+            lines.append(f"  the implementation raised: {failed}")
         lines.append(f"  dtd.train_free R = {dec.relevance.tolist()}")
     except Exception as error:  # the description must not hide the row it explains
         lines.append(f"  (could not re-run: {type(error).__name__}: {error})")
+    lines += [f"  the call changed torch's global state (the kit restored it): {change}" for change in caller.changes]
     return "\n".join(lines)
 
 
@@ -514,31 +603,61 @@ class ConformanceResult:
         return [name for name, rate in self.rates.items() if rate.successes < rate.trials]
 
 
+#: seconds between two progress lines of :func:`run`
+PROGRESS_INTERVAL = 1.0
+
+
 def run(impl: Implementation, *, seed: int = 0, networks: int = NETWORKS, points: int = POINTS,
-        confidence: float = 0.99, shrink_failures: bool = True) -> ConformanceResult:
+        confidence: float = 0.99, shrink_failures: bool = True, call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT,
+        progress: Optional[Callable[[str], None]] = None) -> ConformanceResult:
     """Measure every property of ``impl`` on ``networks`` generated networks per population.
 
     Rates are clustered by network.  With ``shrink_failures`` each failing
-    property gets a shrunk counterexample (:func:`shrink`).  Runs with one
-    torch thread (restored afterwards): on these tiny tensors intra-op
-    threads cost far more than they give.
+    property gets a shrunk counterexample (:func:`shrink`; not after a call
+    timed out: shrinking would repeat the slow calls).  ``call_timeout``:
+    seconds one call may take (None: no limit); a slower call fails the
+    property it was made for.  ``progress`` receives a line of text at most
+    every :data:`PROGRESS_INTERVAL` seconds (where the sweep is, calls and
+    seconds so far).  Every call runs in a clean global torch state (see the
+    module docstring).  Runs with one torch thread (restored afterwards): on
+    these tiny tensors intra-op threads cost far more than they give.
     """
     if not isinstance(impl, Implementation):
         raise TypeError(f"impl must be a properties.Implementation, got {type(impl).__name__}")
     networks = check_int(networks, "networks", minimum=2)
     points = check_int(points, "points", minimum=2)
+    if call_timeout is not None:
+        call_timeout = check_number(call_timeout, "call_timeout", minimum=0.0)
+        if call_timeout <= 0:
+            raise ValueError(f"call_timeout must be > 0 seconds (or None for no limit), got {call_timeout!r}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable (str) -> None or None, got {type(progress).__name__}")
     with one_thread():  # tiny tensors: intra-op threads only add overhead (10x CPU on a busy machine)
-        return _run(impl, seed, networks, points, confidence, shrink_failures)
+        return _run(impl, seed, networks, points, confidence, shrink_failures, call_timeout, progress)
 
 
-def _run(impl: Implementation, seed: int, networks: int, points: int, confidence: float, shrink_failures: bool) -> ConformanceResult:
+def _run(impl: Implementation, seed: int, networks: int, points: int, confidence: float, shrink_failures: bool,
+         call_timeout: Optional[float], progress: Optional[Callable[[str], None]]) -> ConformanceResult:
     tally = Tally()
     first_failure: dict[str, tuple[Case, str, str]] = {}
     measured = impl.properties()
-    for name in POPULATIONS:
+    started = time.monotonic()
+    where = {"text": "starting", "shown": -math.inf}
+
+    def on_call() -> None:
+        now = time.monotonic()
+        if progress is not None and now - where["shown"] >= PROGRESS_INTERVAL:
+            where["shown"] = now
+            progress(f"conformance {impl.name}: {where['text']}, {len(caller.calls) + len(caller.errors)} calls, "
+                     f"{now - started:.0f} s")
+
+    caller = _Caller(impl, call_timeout, on_call)
+    total = networks * len(POPULATIONS)
+    for position, name in enumerate(POPULATIONS):
         for index, case in enumerate(population(name, networks, points, seed)):
+            where["text"] = f"network {position * networks + index + 1}/{total} ({name})"
             tally.new_cluster()
-            outcomes = evaluate_case(impl, case, name, seed=seed + index)
+            outcomes = evaluate_case(impl, case, name, seed=seed + index, caller=caller)
             for prop, (holds, counted) in outcomes.items():
                 subset = name if prop in _SUBSETS else None
                 row = conformance_name(impl, prop, subset)
@@ -547,17 +666,20 @@ def _run(impl: Implementation, seed: int, networks: int, points: int, confidence
                     size = sum(p.numel() for p in case.net.parameters())
                     if row not in first_failure or size < first_failure[row][2]:
                         first_failure[row] = (case, name, size)
+    timed_out = any("longer than the limit" in error for error in caller.errors)
     rates, descriptions, examples, keys = {}, {}, {}, {}
     for prop, subset in measured:
         key = conformance_key(impl, prop, subset)
         row = str(key)
         keys[row] = key
         rates[row] = tally.rate(row, confidence)
-        where = f", {SUBSETS[subset]}" if subset else ""
-        descriptions[row] = f"{impl.name} (claims {_rule_text(impl)}): {OUTCOMES[prop]}{where}"
+        where_text = f", {SUBSETS[subset]}" if subset else ""
+        descriptions[row] = f"{impl.name} (claims {_rule_text(impl)}): {OUTCOMES[prop]}{where_text}"
         if row in first_failure and shrink_failures:
             case, population_name, _ = first_failure[row]
-            examples[row] = describe_failure(impl, shrink(impl, case, population_name, prop), prop)
+            where["text"] = f"shrinking the counterexample of {prop}"
+            small = case if timed_out else shrink(impl, case, population_name, prop, call_timeout=call_timeout)
+            examples[row] = describe_failure(impl, small, prop, call_timeout)
     return ConformanceResult(impl, rates, descriptions, examples, keys)
 
 

@@ -10,6 +10,10 @@ test only when it is inconsistent with the baseline (a user's own, see
 
 from __future__ import annotations
 
+import os
+import shutil
+from typing import Callable, Optional
+
 import pytest
 
 from properties import conformance
@@ -36,6 +40,27 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("implementation", found, ids=[impl.name for impl in found])
 
 
-def test_conformance(implementation, property_report, property_report_seed):
-    result = conformance.run(implementation, seed=property_report_seed, confidence=property_report.confidence)
+def progress_writer(config) -> Optional[Callable[[str], None]]:
+    """A progress line on the terminal (over pytest's output capture), or None off a terminal, in CI or under -q -q."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or os.environ.get("CI") or not reporter.isatty or (config.getoption("verbose") or 0) < -1:
+        return None
+
+    def show(line: str) -> None:
+        width = max(20, shutil.get_terminal_size().columns - 1)
+        if capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write("\r" + line[:width].ljust(width) + "\r", flush=True)
+        else:
+            reporter.write("\r" + line[:width].ljust(width) + "\r", flush=True)
+
+    return show
+
+
+def test_conformance(implementation, property_report, property_report_seed, request):
+    timeout = request.config.getoption("property_call_timeout")
+    timeout = conformance.DEFAULT_CALL_TIMEOUT if timeout is None else timeout  # > 0: checked at start-up
+    result = conformance.run(implementation, seed=property_report_seed, confidence=property_report.confidence,
+                             call_timeout=timeout, progress=progress_writer(request.config))
     conformance.record(property_report, result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -41,10 +42,20 @@ def load_factory(spec: str, expected: type, *, directory: Optional[Path] = None)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
+        if error.name is not None and error.name != module_name and not module_name.startswith(error.name + "."):
+            raise ValueError(f"importing module {module_name!r} of {spec!r} failed: {_where(error)}ModuleNotFoundError: "
+                             f"{error} (a module it imports is not installed)") from None
         raise ValueError(
             f"cannot import module {module_name!r} of {spec!r}: {error}; MODULE must be importable from {here} "
             f"(a file {module_name.replace('.', '/')}.py or a package there), as with python -m"
         ) from None
+    except SyntaxError as error:  # the user's file: a usage error showing file, line and the error, not a crash
+        line = f"\n    {error.text.rstrip()}" if error.text else ""
+        raise ValueError(f"cannot import module {module_name!r} of {spec!r}: {error.filename}, line {error.lineno}: "
+                         f"{type(error).__name__}: {error.msg}{line}") from None
+    except Exception as error:  # raised while the module ran at import
+        raise ValueError(f"importing module {module_name!r} of {spec!r} failed: {_where(error)}"
+                         f"{type(error).__name__}: {error}") from None
     try:
         factory = getattr(module, attribute)
     except AttributeError:
@@ -72,3 +83,12 @@ def load_factory(spec: str, expected: type, *, directory: Optional[Path] = None)
     if len(set(names)) != len(names):
         raise ValueError(f"factory {spec} returned {expected.__name__}s with the same name: {names}; names must differ (they name the rates)")
     return list(items)
+
+
+def _where(error: BaseException) -> str:
+    """``FILE, line N: `` of the innermost frame of ``error`` that lies outside Python's import machinery."""
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__) if "importlib" not in frame.filename]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f"{frame.filename}, line {frame.lineno}: "

@@ -22,7 +22,7 @@ from typing import Optional
 from .thresholds import (CONSERVED_SHARE, INSENSITIVE_COSINE, INVARIANT_RTOL, PROPERTY_ATOL, SIMILAR_SPEARMAN,
                          SIMILAR_SSIM)
 
-__all__ = ["RateKey", "FAMILIES", "OUTCOMES", "UNITS", "SUBSETS", "FINDERS", "PAIRS", "describe"]
+__all__ = ["RateKey", "FAMILIES", "OUTCOMES", "UNITS", "SUBSETS", "FINDERS", "PAIRS", "describe", "check_name"]
 
 #: report sections, in reading order
 FAMILIES = ("notebook", "generated", "region", "full_backward", "agreement", "subject", "conformance",
@@ -108,6 +108,32 @@ _WORD = re.compile(r"^[A-Za-z0-9_+\-]+$")
 #: the numbered parts of a name: field -> its token's prefix (``depth8``, ``top2``); a subject or rule cannot look like one
 _NUMBERED = {"depth": "depth", "randomised": "top"}
 _RESERVED = re.compile(r"^(?:depth|top)\d+$")
+
+
+def check_name(value, what: str = "name") -> str:
+    """``value`` if it may name a subject or an implementation inside rate names, else a clear error.
+
+    The one name rule of the suite (:class:`RateKey`, :class:`properties.Subject`,
+    :class:`properties.Implementation`): a non-empty ``str`` of letters, digits,
+    ``_``, ``+`` and ``-``.  Dots would split the rate's name; ``/``, ``|``,
+    spaces and markup would break file names, tables and the report.
+
+    Raises
+    ------
+    TypeError
+        ``value`` is not a ``str``.
+    ValueError
+        It breaks the rule; the message suggests a name that keeps it.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__} {value!r}")
+    if not _WORD.match(value):
+        suggestion = re.sub(r"[^A-Za-z0-9_+\-]+", "_", value).strip("_") or "my_name"
+        raise ValueError(
+            f"{what} {value!r} must be a non-empty name of letters, digits, '_', '+' or '-' (no dots: dots separate "
+            f"the parts of a rate's name; no spaces, '/', '|' or markup either); e.g. {suggestion!r}"
+        )
+    return value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,8 @@ apart from the measured findings.
 
 from __future__ import annotations
 
+import html
+
 from typing import Mapping, Optional, Sequence
 
 from .claims import opening
@@ -120,7 +122,7 @@ def _figures(plots: Sequence[Mapping]) -> list[str]:
 
 
 def _run(config: Mapping) -> list[str]:
-    settings = [f"{key} {config[key]}" for key in RUN_SETTINGS if key in config]
+    settings = [f"{key} {html.escape(str(config[key]))}" for key in RUN_SETTINGS if key in config]  # paths: no raw HTML
     counts = {k: v for k, v in config.items() if k not in RUN_SETTINGS and k not in _HIDDEN}
     out = ["## The run", "", "Settings: " + "; ".join(settings) + "." if settings else ""]
     if counts:

@@ -12,9 +12,9 @@ Options
 -------
 ``--property-report DIR``
     Where ``report.json``, ``report.md`` and the plots go (default ``property-report``).
-``--update-baseline``
+``--property-update-baseline`` (``--update-baseline`` where this module is loaded explicitly)
     Rewrite the baseline with this run's rates instead of gating on them.
-``--update-baseline-partial``
+``--property-update-baseline-partial`` (``--update-baseline-partial``)
     The same, and after a failed or interrupted run too, for the tests that passed.
 ``--property-baseline FILE``
     The baseline to gate on (default: ``properties/baseline.json``).
@@ -29,6 +29,13 @@ Options
     in ``[0, 2**32 - 1]``.  Default: 0 under a derandomized hypothesis profile
     (``ci``, ``thorough``), else a fresh random seed, printed in the report so
     a run can be repeated.
+
+The short spellings ``--update-baseline`` / ``--update-baseline-partial``
+exist only in the suite's own runs: they are registered here when a run
+loads this module itself (``-p properties.plugin``, ``pytest_plugins`` in a
+conftest, the console script) and not when the entry point activates it
+for a project that merely uses a fixture or a ``--property-*`` option, so
+that project's own ``--update-baseline`` keeps working.
 
 A test records rates with ``property_report.rate(name, Rate, description)``.
 Each recorded rate is compared with the baseline at once; a rate whose
@@ -52,8 +59,15 @@ What a run leaves behind
 * ``--update-baseline`` rewrites the baseline only when the run completed and
   every test passed; otherwise the file stays byte for byte as it was.
   ``--update-baseline-partial`` merges the rates of the tests that passed
-  into the old baseline whatever happened to the others.
-* Every file gets the permissions of ``open(path, "w")`` under the umask.
+  into the old baseline whatever happened to the others.  The update reads,
+  merges and writes the baseline under a lock (concurrent runs keep each
+  other's entries); the report directory is replaced under a lock too.
+* A report or baseline that cannot be written at the end (a full disk, a
+  read-only or immutable file) leaves the old file as it was; the rates
+  table is shown, the note names the path and the error, and the run exits
+  with :data:`WRITE_FAILED`.
+* New files get the permissions of ``open(path, "w")`` under the umask; a
+  rewritten baseline keeps its mode; links are written through.
 """
 
 from __future__ import annotations
@@ -82,6 +96,8 @@ DEFAULT_BASELINE = Path(__file__).with_name("baseline.json")
 CONFORMANCE_BASELINE = "conformance-baseline.json"
 #: the baseline of ``--dtd-subject`` runs (users' models), in the directory pytest is run from
 SUBJECT_BASELINE = "dtd-properties-baseline.json"
+#: the exit status of a run whose report or baseline could not be written (the rates table is still shown)
+WRITE_FAILED = pytest.ExitCode.INTERNAL_ERROR
 _STORE_KEY = pytest.StashKey["Store"]()
 _RECORDER_KEY = pytest.StashKey["PropertyReport"]()
 #: the largest --property-seed: a 32-bit seed, with room for the offsets the tests add to it
@@ -243,6 +259,17 @@ class PropertyReport:
 
 
 # --------------------------------------------------------------------------- hooks
+def pytest_addoption(parser, pluginmanager) -> None:
+    """The short spellings of the update options, in the suite's own runs only (see the module docstring)."""
+    if _entry().activating():
+        return
+    group = parser.getgroup("properties")
+    group.addoption("--update-baseline", action="store_true", default=None, dest="property_update_baseline",
+                    help="the suite's own runs: --property-update-baseline")
+    group.addoption("--update-baseline-partial", action="store_true", default=None,
+                    dest="property_update_baseline_partial", help="the suite's own runs: --property-update-baseline-partial")
+
+
 def _entry():
     """The entry-point module (imported here, after pytest registered it, so its asserts stay rewritable)."""
     import dtd_properties_pytest
@@ -269,9 +296,9 @@ def recorder_for(item) -> PropertyReport:
 
 def _update_mode(config) -> Optional[str]:
     """``"partial"``, ``"full"`` or None (gate on the baseline)."""
-    if config.getoption("--update-baseline-partial"):
+    if config.getoption("property_update_baseline_partial"):
         return "partial"
-    return "full" if config.getoption("--update-baseline") else None
+    return "full" if config.getoption("property_update_baseline") else None
 
 
 def _baseline_path(config) -> Path:
@@ -317,6 +344,9 @@ def pytest_configure(config):
             check_int(seed, "--property-seed", minimum=0, maximum=SEED_MAXIMUM)
     except ValueError as error:
         raise pytest.UsageError(f"{error}: --property-seed must be in [0, 2**32 - 1]") from None
+    timeout = config.getoption("property_call_timeout")
+    if timeout is not None and not timeout > 0:
+        raise pytest.UsageError(f"--property-call-timeout must be > 0 seconds, got {timeout:g}")
     update = _update_mode(config)
     path = _baseline_path(config)
     try:
@@ -369,7 +399,8 @@ def pytest_runtest_makereport(item, call):
             f"{len(recorder.regressions)} rate(s) inconsistent with the baseline "
             f"({_baseline_path(item.config)}):\n  "
             + "\n  ".join(recorder.regressions)
-            + "\nIf the change is intended, rerun with --update-baseline and commit the baseline."
+            + "\nIf the change is intended, rerun with --update-baseline (plain pytest: --property-update-baseline) and "
+            "commit the baseline."
         )
     store(item.config).track(report)
 
@@ -413,25 +444,48 @@ def pytest_sessionfinish(session, exitstatus):
         return
     incomplete = _incomplete(session, exitstatus)
     if run.rows or run.plots:
-        _write_report(config, run, incomplete, exitstatus)
+        try:
+            _write_report(config, run, incomplete, exitstatus)
+        except OSError as error:  # a full disk, a lock held too long, ...: say so, keep the rates table, fail the run
+            run.written_to = None
+            run.notes.append(f"report NOT written: {_os_error(error, _report_directory(config))}; the previous report "
+                             f"is as it was")
+            session.exitstatus = WRITE_FAILED
     update = _update_mode(config)
     if update is None or not run.rows:
         return
     path = _baseline_path(config)
     if incomplete is None and exitstatus == pytest.ExitCode.OK:
-        _report.write_baseline(path, run.rows.values(), run.owner, _report.read_baseline(path, missing_ok=True))
-        run.notes.append(f"baseline rewritten: {path}")
+        rows, owners, done = list(run.rows.values()), run.owner, f"baseline rewritten: {path}"
     elif update == "partial":
         owners = {name: test for name, test in run.owner.items() if test in run.completed}
         rows = [r for r in run.rows.values() if r["name"] in owners]
-        _report.write_baseline(path, rows, owners, _report.read_baseline(path, missing_ok=True))
         tests = len(set(owners.values()))
-        run.notes.append(f"baseline partially updated: {path} (the {len(rows)} rates of the {tests} test(s) that passed; "
-                         f"every other entry as it was)")
+        done = (f"baseline partially updated: {path} (the {len(rows)} rates of the {tests} test(s) that passed; "
+                f"every other entry as it was)")
+    else:
+        rows = None
+    if rows is not None:
+        try:  # read, merge and write under the baseline's lock: a concurrent run's entries are kept
+            _report.update_baseline(path, rows, owners)
+            run.notes.append(done)
+        except (OSError, ValueError) as error:
+            problem = _os_error(error, path) if isinstance(error, OSError) else str(error)
+            run.notes.append(f"baseline NOT rewritten: {problem}; {path} is as it was")
+            session.exitstatus = WRITE_FAILED
     else:
         why = incomplete or f"exit status {int(exitstatus)}: a test failed or errored"
         run.notes.append(f"baseline NOT rewritten ({why}): {path} is unchanged; fix the run and repeat, or use "
-                         f"--update-baseline-partial to keep the rates of the tests that passed")
+                         f"--update-baseline-partial (plain pytest: --property-update-baseline-partial) to keep the rates of the "
+                         f"tests that passed")
+
+
+def _os_error(error: OSError, path: Path) -> str:
+    """``PATH: [Errno 28] No space left on device`` (the path the error names, else ``path``)."""
+    if isinstance(error, TimeoutError) and error.errno is None:  # filelock.Timeout
+        return f"{path}: another run held its lock for more than {_report.LOCK_TIMEOUT:g} s ({error})"
+    at = f" (at {error.filename})" if error.filename and str(error.filename) != str(path) else ""
+    return f"{path}: [Errno {error.errno}] {error.strerror or error}{at}"
 
 
 def _write_report(config, run: Store, incomplete: Optional[str], exitstatus) -> None:
@@ -479,7 +533,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "regression", "new")}
         terminalreporter.write_line(
             f"{len(rows)} rates ({counts['ok']} ok, {counts['regression']} regression, {counts['new']} new); "
-            f"{len(rows) - len(shown)} more rows and the plots in {run.written_to}"
+            f"{len(rows) - len(shown)} more rows and the plots in {run.written_to or 'no report (not written, see below)'}"
         )
         unmeasured = sorted(set(run.baseline) - set(run.rows))
         if unmeasured:

@@ -6,11 +6,17 @@
 the figures from :mod:`properties.figures`); :func:`write_report` writes them.
 Each row is one measured rate (see :func:`row`); rows are sorted by name, so
 a serial run and a ``pytest -n 2`` run write the same ``properties`` section.
-Every file is written atomically (temporary file, then rename).
+Every file is written atomically (temporary file, then rename), through
+symbolic links (in the link target's directory: the link stays a link); a
+rewritten file keeps its mode.  :func:`update_baseline` and
+:func:`replace_report` hold a lock (:func:`lock`, the ``filelock`` package)
+so that concurrent runs neither lose each other's baseline entries nor
+break each other's report swap.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -18,6 +24,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
+
+import filelock
 
 from .keys import RateKey
 from . import figures
@@ -29,8 +37,12 @@ from .stats import Rate, compare
 
 __all__ = [
     "row", "write_report", "render_report", "replace_report", "write_partial_report", "partial_report_path", "read_baseline",
-    "write_baseline", "writable_problem", "format_table", "table_legend", "row_key", "BASELINE_KEYS", "MANIFEST",
+    "write_baseline", "update_baseline", "writable_problem", "format_table", "table_legend", "row_key", "BASELINE_KEYS",
+    "MANIFEST", "lock", "LOCK_TIMEOUT",
 ]
+
+#: seconds a run waits for another run's lock on the baseline or the report directory before giving up
+LOCK_TIMEOUT = 600.0
 
 #: what a baseline entry keeps of a row
 BASELINE_KEYS = ("rate", "ci_low", "ci_high", "successes", "trials", "confidence", "interval")
@@ -56,18 +68,43 @@ def _file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def _target(path: Path) -> Path:
+    """Where writing ``path`` really goes: the end of its chain of symbolic links (also a dangling one's target)."""
+    return Path(os.path.realpath(path))
+
+
+def lock(path: Path) -> filelock.FileLock:
+    """The lock of ``path`` (a baseline file or a report directory): ``.NAME.lock`` beside the link's target.
+
+    Acquiring it waits up to :data:`LOCK_TIMEOUT` seconds for another run,
+    then raises ``filelock.Timeout`` (a ``TimeoutError``, so an ``OSError``).
+    """
+    target = _target(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(str(target.parent / f".{target.name}.lock"), timeout=LOCK_TIMEOUT)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary sibling and a rename.
 
     A reader (or an interrupted run) sees the old file or the new one, never
-    a mixture; the new file gets the umask's permissions, not mkstemp's 0600.
+    a mixture.  A symbolic link is written through: the temporary file lies
+    in the target's directory and replaces the target.  A new file gets the
+    umask's permissions (not mkstemp's 0600); a rewritten one keeps its mode.
     """
+    path = _target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = _file_mode()
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
-            os.fchmod(stream.fileno(), _file_mode())
+            stream.flush()
+            os.fsync(stream.fileno())  # a full disk shows up here, before the old file is replaced
+            os.fchmod(stream.fileno(), mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -139,9 +176,13 @@ def read_baseline(path: Path, *, missing_ok: bool = False) -> dict[str, dict]:
         and the field.
     """
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError as error:  # e.g. a name too long for the file system
+        raise ValueError(f"baseline {path} cannot be read: {error.strerror} (errno {error.errno})") from None
+    if is_dir:
         raise ValueError(f"baseline {path} is a directory, not a baseline file")
-    if not path.exists():
+    if not exists:
         if missing_ok:
             return {}
         raise ValueError(f"baseline {path} does not exist (a typo? --update-baseline creates it)")
@@ -165,9 +206,32 @@ def writable_problem(path: Path, *, directory: bool) -> Optional[str]:
 
     Nothing is created: the nearest existing ancestor must be a directory the
     process may write into, and ``path`` itself, if it exists, must be of the
-    expected kind (and writable, for a directory).
+    expected kind (and writable, for a directory; not immutable or on a
+    read-only file system, for a file).  A symbolic link is judged by its
+    target (where the write goes); a path the file system cannot hold (a
+    name too long) is a problem naming the error.
     """
-    path = Path(path)
+    given = Path(path)
+    try:
+        return _writable_problem(_target(given), given, directory)
+    except OSError as error:
+        return f"{given}: {error.strerror} (errno {error.errno})"
+
+
+def _writable_problem(path: Path, given: Path, directory: bool) -> Optional[str]:
+    if path != given.absolute() and given.is_symlink():
+        shown = f"{given} (a link to {path})"
+    else:
+        shown = str(given)
+    if not directory and path.is_file():
+        try:
+            os.close(os.open(path, os.O_WRONLY))
+        except PermissionError as error:
+            if error.errno == errno.EPERM:  # EACCES is only the mode: the file is replaced, and keeps its mode
+                return f"{shown} cannot be replaced: {error.strerror} (errno {error.errno}; an immutable file? chattr -i)"
+        except OSError as error:
+            if error.errno == errno.EROFS:
+                return f"{shown} lies on a read-only file system"
     if path.exists():
         if directory and not path.is_dir():
             return f"{path} exists and is not a directory"
@@ -197,6 +261,17 @@ def write_baseline(path: Path, rows: Iterable[Mapping], owners: Mapping[str, str
     for r in rows:
         entries[r["name"]] = {**{key: r[key] for key in BASELINE_KEYS}, "test": owners[r["name"]]}
     _atomic_write(Path(path), _dumps({"properties": dict(sorted(entries.items()))}))
+
+
+def update_baseline(path: Path, rows: Iterable[Mapping], owners: Mapping[str, str]) -> None:
+    """Merge ``rows`` into the baseline at ``path`` under its :func:`lock`: read, merge (:func:`write_baseline`), write.
+
+    Two runs updating one baseline at once each keep the other's entries.
+    Raises ``ValueError`` when the file on disk is no valid baseline (the
+    start-up check read it before), ``OSError`` when it cannot be written.
+    """
+    with lock(path):
+        write_baseline(path, rows, owners, read_baseline(path, missing_ok=True))
 
 
 def _percent(value: Optional[float]) -> str:
@@ -305,7 +380,17 @@ def replace_report(directory: Path, rows: list[Mapping], plots: list[Mapping], c
     the umask's permissions.  A partial report of an earlier interrupted run
     (:func:`partial_report_path`) is removed: this report supersedes it.
     """
-    directory = Path(directory)
+    with lock(directory):
+        _replace_report(_target(Path(directory)), rows, plots, config)
+    partial = partial_report_path(directory)
+    try:
+        if json.loads(partial.read_text()).get("partial") is True:
+            partial.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _replace_report(directory: Path, rows: list[Mapping], plots: list[Mapping], config: Mapping) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.new-"))
     try:
@@ -338,12 +423,6 @@ def replace_report(directory: Path, rows: list[Mapping], plots: list[Mapping], c
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    partial = partial_report_path(directory)
-    try:
-        if json.loads(partial.read_text()).get("partial") is True:
-            partial.unlink()
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def write_partial_report(directory: Path, rows: list[Mapping], config: Mapping, reason: str) -> Path:

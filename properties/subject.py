@@ -37,7 +37,7 @@ from dtd.validation import check_int, check_seed
 
 from . import variants as V
 from .checks import draw_neurons, root_outcomes
-from .keys import OUTCOMES, RateKey, describe
+from .keys import OUTCOMES, RateKey, check_name, describe
 from .stats import DEFAULT_CONFIDENCE, Rate
 from .thresholds import CONSERVED_SHARE, ZERO_OUTPUT_ULPS, zero_output_tolerance
 
@@ -124,13 +124,7 @@ class Subject:
         max_points: Optional[int] = None,
         findings: bool = True,
     ):
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
-        if not _NAME.match(name):
-            raise ValueError(
-                f"name {name!r} must be a non-empty name of letters, digits, '_', '+' or '-' "
-                "(no dots: dots separate the parts of a rate's name); e.g. 'my_model'"
-            )
+        check_name(name, "name")  # the suite's one name rule (RateKey, Implementation)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (an nn.Sequential), got {type(model).__name__}")
         if not isinstance(inputs, torch.Tensor):

@@ -19,7 +19,21 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-__all__ = ["add_check_command", "run_check", "pytest_arguments", "main"]
+__all__ = ["add_check_command", "run_check", "pytest_arguments", "main", "seed_argument"]
+
+#: the largest seed (the plugin's --property-seed range)
+SEED_MAXIMUM = 2**32 - 1
+
+
+def seed_argument(text: str) -> int:
+    """``--seed N``: an integer in ``[0, 2**32 - 1]`` (argparse then names ``--seed`` and exits 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32 - 1], got {text!r}") from None
+    if not 0 <= value <= SEED_MAXIMUM:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32 - 1], got {value}")
+    return value
 
 
 def add_check_command(subparsers) -> argparse.ArgumentParser:
@@ -38,7 +52,7 @@ def add_check_command(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--update-baseline", action="store_true", help="write this run's rates into the baseline instead of gating on it")
     parser.add_argument("--confidence", type=float, default=None, metavar="C", help="confidence of every interval (default: 0.99)")
-    parser.add_argument("--seed", type=int, default=None, metavar="N", help="seed of the neuron draws (default: 0)")
+    parser.add_argument("--seed", type=seed_argument, default=None, metavar="N", help="seed of the neuron draws (default: 0)")
     parser.add_argument("--no-findings", action="store_true",
                         help="skip the insensitivity, invariance and randomisation rows (for large models)")
     parser.set_defaults(run=run_check)
@@ -54,7 +68,7 @@ def pytest_arguments(args: argparse.Namespace, collect_from: str) -> list[str]:
     if args.baseline is not None:
         argv += ["--property-baseline", str(Path(args.baseline).resolve())]
     if args.update_baseline:
-        argv.append("--update-baseline")
+        argv.append("--property-update-baseline")
     if args.confidence is not None:
         argv += ["--property-confidence", str(args.confidence)]
     if args.seed is not None:

@@ -76,7 +76,7 @@ def test_a_bad_factory_is_a_usage_error_naming_what_was_given(user_dir, spec, me
 def test_a_dotted_name_is_a_usage_error(user_dir):
     result = _cli(user_dir, "conform", "usermod:dotted")
     assert result.returncode == 2
-    assert "without dots" in result.stderr and "'user.zplus'" in result.stderr
+    assert "no dots" in result.stderr and "'user.zplus'" in result.stderr
 
 
 def test_no_subcommand_is_a_usage_error(user_dir):

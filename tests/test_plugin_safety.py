@@ -210,7 +210,7 @@ def test_replace_report_swaps_the_directory_and_removes_only_its_own_stale_files
     (directory / "mine.txt").write_text("kept")
     report.replace_report(directory, _rows("a"), [], {"confidence": 0.99})  # one-by-one path (a foreign file)
     assert {p.name for p in directory.iterdir()} == {"report.json", "report.md", "report.html", "mine.txt", report.MANIFEST}
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging directory left
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".out.lock"]  # no staging directory left
 
 
 def test_replace_report_failing_while_rendering_leaves_the_old_report(tmp_path):
@@ -220,7 +220,7 @@ def test_replace_report_failing_while_rendering_leaves_the_old_report(tmp_path):
     with pytest.raises(ValueError, match="unknown plot kind"):
         report.replace_report(directory, _rows("a", "b"), [{**_plot("b.png"), "kind": "pie"}], {"confidence": 0.99})
     assert _snapshot(directory) == before
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]  # the (empty) lock file stays
 
 
 @pytest.mark.parametrize("where", ["file", "under_file"])
