@@ -57,6 +57,8 @@ OUTCOMES: dict[str, str] = {
                        "training flags, grad mode and x are unchanged and a second call returns the same relevance",
     "finite": "points (with zero entries, and an all-zero row) whose relevance is finite",
     "dtype_device": "calls whose result has the input's dtype and device",
+    "equals_claim": "points whose input relevance equals the slow reference of the library rule the implementation claims "
+                    "(properties.claims: bias kept, the library's stabiliser)",
 }
 
 #: what is counted: one root per (point, neuron), or a point when all its considered roots satisfy the outcome
