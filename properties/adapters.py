@@ -231,10 +231,17 @@ def zennit_model_attribute(model: nn.Module, x: torch.Tensor, output: int, first
             return Norm()
         return mapped.get(id(module))
 
-    canonizers = ([SequentialMergeBatchNorm()] if merge_batch_norm else []) + ([BasicBlockCanonizer()] if sum_module else [])
+    from .architectures import BasicBlock
+
+    kinds = {type(m) for m in model.modules()}
+    canonizers = ([SequentialMergeBatchNorm()] if merge_batch_norm and kinds & {nn.BatchNorm1d, nn.BatchNorm2d} else []) + (
+        [BasicBlockCanonizer()] if sum_module and BasicBlock in kinds else [])
     composite = Composite(module_map=module_map, canonizers=canonizers)
-    with torch.no_grad():
-        n_out = model(x[:1]).shape[1]
+    if isinstance(affine[-1], nn.Linear):
+        n_out = affine[-1].out_features
+    else:
+        with torch.no_grad():
+            n_out = model(x[:1]).shape[1]
     onehot = torch.zeros(n_out, dtype=x.dtype, device=x.device)
     onehot[output] = 1
     with Gradient(model=model, composite=composite) as attributor:

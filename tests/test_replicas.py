@@ -171,9 +171,10 @@ def test_captum_zplus_on_a_cnn_without_batch_norm_equals_the_replica():
 def test_the_model_adapters_equal_the_mlp_adapters_on_mlps():
     net = dtd.ReLUNetwork.random([10, 10, 10, 10, 2], seed=2, dtype=torch.float64)
     x = net.sample_inputs(16, output=0, seed=0)
-    for rule in (R.ZPlus(), R.LRP0(), R.Gamma(0.25)):
-        old = adapters.zennit_attribute(net.to_sequential(), x, 0, [rule] * net.n_layers)
-        new = adapters.zennit_model_attribute(net.to_sequential(), x, 0, rule, rule)
+    for first, rule in ((R.ZPlus(), R.ZPlus()), (R.LRP0(), R.LRP0()), (R.Gamma(0.25), R.Gamma(0.25)),
+                        (R.WSquare(), R.ZPlus()), (R.ZB(0.0, adapters.ZBOX_HIGH), R.ZPlus())):
+        old = adapters.zennit_attribute(net.to_sequential(), x, 0, [first] + [rule] * (net.n_layers - 1))
+        new = adapters.zennit_model_attribute(net.to_sequential(), x, 0, first, rule)
         assert torch.equal(old, new)
     make = lambda: __import__("captum.attr._utils.lrp_rules", fromlist=["x"]).Alpha1_Beta0_Rule(set_bias_to_zero=True)  # noqa: E731
     assert torch.equal(adapters.captum_attribute(net.to_sequential(), x, 0, make),
