@@ -71,6 +71,10 @@ __all__ = [
     "nonnegative_images",
     "live_inputs",
     "affine_units",
+    "ModelCase",
+    "sample_cases",
+    "smaller_specs",
+    "shrink_case",
     "MEAN_SCALE",
     "VAR_RANGE",
     "SCALE_RANGE",
@@ -653,3 +657,169 @@ def to_code(model: nn.Module, *, max_numbers: int = MAX_LITERAL_NUMBERS) -> str:
     lines.append(f"model.load_state_dict({{\n    {entries},\n}})")
     lines.append("model.eval()")
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ cases
+@dataclasses.dataclass(frozen=True)
+class ModelCase:
+    """A generated model, non-negative inputs ``x`` ``(n, *input_shape)`` with a live explained ``output``."""
+
+    generated: GeneratedModel
+    x: torch.Tensor
+    output: int
+
+    @property
+    def model(self) -> nn.Module:
+        return self.generated.model
+
+    def code(self) -> str:
+        """Python that rebuilds the model (parameters as literals, or the builder call for large models), ``x`` and ``output``."""
+        try:
+            model = to_code(self.model)
+        except ValueError:
+            model = self.generated.code()
+        return (model + f"x = torch.tensor({self.x.tolist()!r}, dtype={self.x.dtype})\n"
+                f"output = {self.output}\n")
+
+    def describe(self) -> str:
+        """One header line (architecture, spec, population, seed) and :meth:`code`."""
+        g = self.generated
+        return (f"{g.architecture} {g.spec!r}, population {g.population}, seed {g.seed}, output {self.output}, "
+                f"{self.x.shape[0]} input(s); to rebuild:\n" + self.code())
+
+
+def _case(g: GeneratedModel, points: int, seed: int, min_output: float) -> Optional[ModelCase]:
+    """The model's most often live output and ``points`` inputs on which it exceeds ``min_output``, or None."""
+    with torch.no_grad():
+        y = g.model(nonnegative_images(256, g.input_shape, seed=seed, dtype=g.dtype))
+    alive = (y > min_output).sum(0)
+    output = int(alive.argmax())
+    if int(alive[output]) == 0:
+        return None
+    try:
+        x = live_inputs(g.model, g.input_shape, points, output=output, seed=seed + 1, min_output=min_output, max_draws=4)
+    except ValueError:
+        return None
+    return ModelCase(g, x, output)
+
+
+def sample_cases(architecture: str, population: str, count: int, *, points: int, seed: int, min_output: float = 0.0,
+                 max_tries: int = 20, **bounds) -> list[ModelCase]:
+    """``count`` i.i.d. :class:`ModelCase` s of one architecture and population: models with a live output.
+
+    Each model is drawn by :func:`sample_models` (``bounds`` as there); its
+    explained output is the one most often above ``min_output`` on 256 draws
+    of :func:`nonnegative_images`, and ``points`` inputs with that output above
+    ``min_output`` are kept.  A dead model is redrawn (so the population is
+    "models with a live output"); more than ``max_tries`` redraws in a row is
+    a ``ValueError``.  Reproducible from ``seed``; torch's global RNG untouched.
+    """
+    _check_population(population)
+    check_int(count, "count", minimum=0)
+    check_int(points, "points", minimum=1)
+    check_number(min_output, "min_output")
+    generator = torch.Generator().manual_seed(check_seed(seed))
+    out: list[ModelCase] = []
+    while len(out) < count:
+        for _ in range(check_int(max_tries, "max_tries", minimum=1)):
+            draw_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+            (g,) = sample_models(architecture, 1, seed=draw_seed, population=population, **bounds)
+            case = _case(g, points, draw_seed, min_output)
+            if case is not None:
+                out.append(case)
+                break
+        else:
+            raise ValueError(f"no {architecture} of population {population} with a live output in {max_tries} draws")
+    return out
+
+
+def smaller_specs(spec: Spec) -> list[Spec]:
+    """Specs one step simpler than ``spec``, simplest first: one stage / block fewer, a smaller image, fewer
+    channels, no pooling in a stage, the GAP head, stride 1, one output fewer (only valid specs)."""
+    candidates: list = []
+
+    def attempt(make):
+        try:
+            candidates.append(make())
+        except (ValueError, TypeError):
+            pass
+
+    if isinstance(spec, CNNSpec):
+        for i in range(len(spec.channels)):
+            if len(spec.channels) > 1:
+                attempt(lambda i=i: dataclasses.replace(spec, channels=spec.channels[:i] + spec.channels[i + 1:],
+                                                        pools=spec.pools[:i] + spec.pools[i + 1:]))
+        for size in (spec.image_size // 2, spec.image_size - 1):
+            if 1 <= size < spec.image_size:
+                attempt(lambda size=size: dataclasses.replace(spec, image_size=size))
+        for i, c in enumerate(spec.channels):
+            if c > 1:
+                attempt(lambda i=i: dataclasses.replace(spec, channels=spec.channels[:i] + (spec.channels[i] - 1,) + spec.channels[i + 1:]))
+        for i, pool in enumerate(spec.pools):
+            if pool != "none":
+                attempt(lambda i=i: dataclasses.replace(spec, pools=spec.pools[:i] + ("none",) + spec.pools[i + 1:]))
+        if spec.head != "gap":
+            attempt(lambda: dataclasses.replace(spec, head="gap"))
+    else:
+        for i in range(len(spec.blocks)):
+            if len(spec.blocks) > 1:
+                attempt(lambda i=i: dataclasses.replace(spec, blocks=spec.blocks[:i] + spec.blocks[i + 1:]))
+        for size in (spec.image_size // 2, spec.image_size - 1):
+            if 1 <= size < spec.image_size:
+                attempt(lambda size=size: dataclasses.replace(spec, image_size=size))
+        if spec.stem > 1:
+            attempt(lambda: dataclasses.replace(spec, stem=spec.stem - 1))
+        for i, (c, stride) in enumerate(spec.blocks):
+            if c > 1:
+                attempt(lambda i=i, c=c, stride=stride: dataclasses.replace(spec, blocks=spec.blocks[:i] + ((c - 1, stride),) + spec.blocks[i + 1:]))
+            if stride > 1:
+                attempt(lambda i=i, c=c: dataclasses.replace(spec, blocks=spec.blocks[:i] + ((c, 1),) + spec.blocks[i + 1:]))
+    if spec.outputs > 1:
+        attempt(lambda: dataclasses.replace(spec, outputs=spec.outputs - 1))
+    return candidates
+
+
+#: seeds tried per smaller spec while shrinking (the case's own first, then 0, 1, ...)
+SHRINK_SEEDS = 4
+
+
+def shrink_case(case: ModelCase, fails, *, budget: int = 60) -> ModelCase:
+    """A smaller :class:`ModelCase` on which ``fails(case) -> bool`` still holds (greedy, at most ``budget`` calls).
+
+    First a single input (the first failing one, tried alone), then repeatedly
+    the first of :func:`smaller_specs` that, rebuilt with the case's own seed
+    or one of :data:`SHRINK_SEEDS` - 1 others (same population) and given live
+    inputs, still fails.  Shrinks towards fewer stages / blocks, smaller
+    images, fewer channels, no pooling.
+    """
+    check_int(budget, "budget", minimum=0)
+    spent = [0]
+
+    def still(candidate: ModelCase) -> bool:
+        if spent[0] >= budget:
+            return False
+        spent[0] += 1
+        try:
+            return bool(fails(candidate))
+        except (ValueError, TypeError):
+            return False
+
+    for i in range(case.x.shape[0]):
+        candidate = ModelCase(case.generated, case.x[i:i + 1], case.output)
+        if still(candidate):
+            case = candidate
+            break
+    n = case.x.shape[0]
+    improved = True
+    while improved and spent[0] < budget:
+        improved = False
+        g = case.generated
+        for spec in smaller_specs(g.spec):
+            for seed in dict.fromkeys([g.seed] + list(range(SHRINK_SEEDS - 1))):
+                candidate = _case(_generated(spec, seed, g.population, g.dtype), n, seed, 0.0)
+                if candidate is not None and still(candidate):
+                    case, improved = candidate, True
+                    break
+            if improved or spent[0] >= budget:
+                break
+    return case

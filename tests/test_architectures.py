@@ -232,3 +232,38 @@ def test_live_inputs_have_a_live_output_or_a_clear_error():
     with pytest.raises(ValueError, match="out of range"):
         A.live_inputs(g.model, g.input_shape, 2, output=99, seed=0)
     assert math.isfinite(float(x.sum()))
+
+
+@pytest.mark.parametrize("architecture", A.ARCHITECTURES)
+def test_sample_cases_have_live_outputs_and_print_as_code(architecture):
+    cases = A.sample_cases(architecture, "bias_negative", 3, points=4, seed=0)
+    again = A.sample_cases(architecture, "bias_negative", 3, points=4, seed=0)
+    for case, same in zip(cases, again):
+        assert case.generated.population == "bias_negative" and case.x.shape == (4, *case.generated.input_shape)
+        with torch.no_grad():
+            assert bool((case.model(case.x)[:, case.output] > 0).all())
+        assert torch.equal(case.x, same.x) and case.output == same.output
+        namespace: dict = {}
+        with torch.random.fork_rng(devices=[]):
+            exec(compile(case.code(), "<printed case>", "exec"), namespace)
+        assert torch.equal(namespace["x"], case.x) and namespace["output"] == case.output
+        with torch.no_grad():
+            assert torch.equal(namespace["model"](namespace["x"]), case.model(case.x))
+        assert case.describe().startswith(f"{architecture} ")
+
+
+def test_shrink_case_finds_a_small_model_that_still_fails():
+    case = next(c for c in A.sample_cases("cnn", "bias_free", 12, points=5, seed=1, depth=2, channels=(2, 4), image_size=(6, 8))
+                if "max" in c.generated.spec.pools)
+
+    def has_max_pool(c):  # the "failure": the model max-pools
+        return any(isinstance(m, nn.MaxPool2d) for m in c.model.modules())
+
+    small = A.shrink_case(case, has_max_pool, budget=200)
+    assert has_max_pool(small) and small.x.shape[0] == 1
+    assert small.generated.spec.channels == (1,) and small.generated.spec.image_size == 2
+    assert bool((small.model(small.x)[:, small.output] > 0).all())
+    resnet = A.sample_cases("resnet", "bias_positive", 1, points=3, seed=0, depth=2, channels=(2, 3))[0]
+    tiny = A.shrink_case(resnet, lambda c: True, budget=200)
+    assert len(tiny.generated.spec.blocks) == 1 and tiny.generated.spec.stem == 1 and tiny.x.shape[0] == 1
+    assert A.shrink_case(resnet, lambda c: False, budget=5) is resnet
