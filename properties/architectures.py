@@ -24,8 +24,9 @@ channel; a Linear's bias):
 
 ``bias_free``
     Convolutions and the head without bias; each batch norm's ``bias`` is set
-    to ``running_mean * weight / sqrt(running_var + eps)`` so ``s = 0``: the
-    model is positively homogeneous (``f(2x) = 2 f(x)``, ``f(0) = 0``).
+    to ``running_mean * weight / sqrt(running_var + eps)`` so ``s = 0`` up to
+    float rounding (``|s|`` about 1e-17 in float64): the model is positively
+    homogeneous (``f(2x) = 2 f(x)``, ``f(0) = 0``) up to rounding.
 ``bias_negative``
     Every ``s <= 0`` (convolution biases ``<= 0`` too).
 ``bias_positive``
@@ -81,6 +82,7 @@ __all__ = [
     "NEGATIVE_SCALE_SHARE",
     "BIAS_SCALE",
     "MAX_LITERAL_NUMBERS",
+    "LIVE_OUTPUT",
 ]
 
 POPULATIONS = ("bias_free", "bias_negative", "bias_positive")
@@ -100,6 +102,8 @@ SCALE_RANGE = (0.5, 1.5)
 NEGATIVE_SCALE_SHARE = 0.25
 #: biases (and folded shifts) are drawn up to this times 1/sqrt(fan_in)
 BIAS_SCALE = 1.0
+#: an explained output counts as live above this (a bias-free model's output can be ~1e-17 from rounding alone)
+LIVE_OUTPUT = 1e-6
 #: :func:`to_code` refuses models with more numbers than this (use :func:`builder_code`)
 MAX_LITERAL_NUMBERS = 20_000
 
@@ -703,12 +707,13 @@ def _case(g: GeneratedModel, points: int, seed: int, min_output: float) -> Optio
     return ModelCase(g, x, output)
 
 
-def sample_cases(architecture: str, population: str, count: int, *, points: int, seed: int, min_output: float = 0.0,
+def sample_cases(architecture: str, population: str, count: int, *, points: int, seed: int, min_output: float = LIVE_OUTPUT,
                  max_tries: int = 20, **bounds) -> list[ModelCase]:
     """``count`` i.i.d. :class:`ModelCase` s of one architecture and population: models with a live output.
 
     Each model is drawn by :func:`sample_models` (``bounds`` as there); its
-    explained output is the one most often above ``min_output`` on 256 draws
+    explained output is the one most often above ``min_output`` (default
+    :data:`LIVE_OUTPUT`: not alive by rounding alone) on 256 draws
     of :func:`nonnegative_images`, and ``points`` inputs with that output above
     ``min_output`` are kept.  A dead model is redrawn (so the population is
     "models with a live output"); more than ``max_tries`` redraws in a row is
@@ -816,7 +821,7 @@ def shrink_case(case: ModelCase, fails, *, budget: int = 60) -> ModelCase:
         g = case.generated
         for spec in smaller_specs(g.spec):
             for seed in dict.fromkeys([g.seed] + list(range(SHRINK_SEEDS - 1))):
-                candidate = _case(_generated(spec, seed, g.population, g.dtype), n, seed, 0.0)
+                candidate = _case(_generated(spec, seed, g.population, g.dtype), n, seed, LIVE_OUTPUT)
                 if candidate is not None and still(candidate):
                     case, improved = candidate, True
                     break

@@ -241,7 +241,7 @@ def test_sample_cases_have_live_outputs_and_print_as_code(architecture):
     for case, same in zip(cases, again):
         assert case.generated.population == "bias_negative" and case.x.shape == (4, *case.generated.input_shape)
         with torch.no_grad():
-            assert bool((case.model(case.x)[:, case.output] > 0).all())
+            assert bool((case.model(case.x)[:, case.output] > A.LIVE_OUTPUT).all())
         assert torch.equal(case.x, same.x) and case.output == same.output
         namespace: dict = {}
         with torch.random.fork_rng(devices=[]):
@@ -262,7 +262,7 @@ def test_shrink_case_finds_a_small_model_that_still_fails():
     small = A.shrink_case(case, has_max_pool, budget=200)
     assert has_max_pool(small) and small.x.shape[0] == 1
     assert small.generated.spec.channels == (1,) and small.generated.spec.image_size == 2
-    assert bool((small.model(small.x)[:, small.output] > 0).all())
+    assert bool((small.model(small.x)[:, small.output] > A.LIVE_OUTPUT).all())
     resnet = A.sample_cases("resnet", "bias_positive", 1, points=3, seed=0, depth=2, channels=(2, 3))[0]
     tiny = A.shrink_case(resnet, lambda c: True, budget=200)
     assert len(tiny.generated.spec.blocks) == 1 and tiny.generated.spec.stem == 1 and tiny.x.shape[0] == 1
