@@ -631,8 +631,8 @@ def to_code(model: nn.Module, *, max_numbers: int = MAX_LITERAL_NUMBERS) -> str:
     ``model`` is an ``nn.Sequential`` of the leaf modules :func:`build` uses
     (pure torch code) or a :class:`ResidualNet` (the code imports it).  The
     code defines ``model`` in eval mode; its forward equals ``model``'s bit for
-    bit (floats print exactly).  Constructing the modules draws torch's
-    default init from the global RNG before the literals overwrite it.
+    bit (floats print exactly).  It builds the modules inside
+    ``torch.random.fork_rng``, so running it leaves torch's global RNG as it was.
     ``ValueError`` above ``max_numbers`` parameters and buffers: print
     :func:`builder_code` instead.
     """
@@ -656,6 +656,10 @@ def to_code(model: nn.Module, *, max_numbers: int = MAX_LITERAL_NUMBERS) -> str:
     else:
         raise TypeError(f"to_code prints an nn.Sequential or a ResidualNet, not {type(model).__name__}")
     dtype = next(iter(state.values())).dtype if state else torch.float32
+    # constructing modules draws their default init from torch's global RNG: the pasted code keeps it unchanged
+    built = lines.pop()
+    lines.append("with torch.random.fork_rng(devices=[]):")
+    lines += ["    " + line for line in built.splitlines()]
     lines.append(f"model = model.to({dtype})")
     entries = ",\n    ".join(f"{name!r}: {_literal(t)}" for name, t in state.items())
     lines.append(f"model.load_state_dict({{\n    {entries},\n}})")
