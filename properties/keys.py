@@ -73,6 +73,13 @@ SUBSETS = {
     "bias_free": "bias-free networks",
     "bias_negative": "networks with biases <= 0",
     "bias_positive": "networks with a positive bias",
+    # the conformance kit's CNN and residual-net populations (properties.architectures)
+    "cnn_bias_free": "bias-free CNNs (batch norm, max/average/global pooling)",
+    "cnn_bias_negative": "CNNs whose folded shifts are all <= 0",
+    "cnn_bias_positive": "CNNs with a positive folded shift",
+    "resnet_bias_free": "bias-free residual nets (bare + blocks, batch norm, global pooling)",
+    "resnet_bias_negative": "residual nets whose folded shifts are all <= 0",
+    "resnet_bias_positive": "residual nets with a positive folded shift",
 }
 
 #: root finders named in keys, per family

@@ -226,3 +226,13 @@ def test_the_replica_refuses_what_it_does_not_model():
     with pytest.raises(ValueError, match="output 5 out of range"):
         replicas.zplus(model, torch.ones(1, 2), 5)
     assert math.isfinite(float(replicas.zplus(model, torch.zeros(1, 2), 0).sum()))
+
+
+def test_on_the_kits_mlp_populations_the_replica_passes_and_only_the_batch_mutant_fails():
+    """On MLPs there is no batch norm, pooling or skip: the three structural mutants are the replica there."""
+    from properties import conformance
+
+    for impl in [replicas.replica_implementation()] + replicas.mutant_implementations():
+        result = conformance.run(impl, seed=0, networks=3, points=5, shrink_failures=False)
+        expected = [f"conformance.{impl.name}.batch_independent"] if impl.name == "mutant_batch_stabilizer" else []
+        assert result.failing() == expected, impl.name
