@@ -87,7 +87,7 @@ def test_the_replica_equals_dtd_zplus_on_mlps():
 
 @pytest.mark.parametrize("architecture", A.ARCHITECTURES)
 def test_the_replica_conserves_on_bias_free_models(architecture):
-    for g, x, output in _cases(architecture, 4, seed=3, population="bias_free"):
+    for g, x, output in _cases(architecture, 3, seed=3, population="bias_free", image_size=(2, 6)):
         relevance = replicas.zplus(g.model, x, output)
         with torch.no_grad():
             f = g.model(x)[:, output]
@@ -97,7 +97,7 @@ def test_the_replica_conserves_on_bias_free_models(architecture):
 
 def test_zennit_zplus_on_bias_free_cnns_with_max_pooling_equals_the_replica():
     # bn_eps = 0: zennit's merge leaves the batch norm computing x / sqrt(1 + eps) (see properties.adapters)
-    cases = _cases("cnn", 6, seed=2, population="bias_free", bn_eps=0.0, image_size=(4, 8))
+    cases = _cases("cnn", 4, seed=2, population="bias_free", bn_eps=0.0, image_size=(4, 6))
     assert any("max" in g.spec.pools for g, _, _ in cases) and any("avg" in g.spec.pools for g, _, _ in cases)
     zennit_zplus = next(i for i in adapters.zennit_implementations() if i.name == "zennit_zplus")
     for g, x, output in cases:
@@ -114,7 +114,7 @@ def test_zennit_zplus_on_bias_free_cnns_with_max_pooling_equals_the_replica():
 def test_zennit_zplus_on_residual_nets_splits_sums_by_their_outputs():
     """With the Sum canonizer zennit equals the replica's ``proportional`` split, without it the doubled ``both``;
     DTD's joint z+ over the block row differs from either (the limitation properties.adapters documents)."""
-    for g, x, output in _cases("resnet", 4, seed=2, population="bias_free", bn_eps=0.0):
+    for g, x, output in _cases("resnet", 2, seed=2, population="bias_free", bn_eps=0.0, image_size=(2, 5)):
         with_sum = adapters.zennit_model_attribute(g.model, x, output, R.ZPlus(), R.ZPlus())
         bare = adapters.zennit_model_attribute(g.model, x, output, R.ZPlus(), R.ZPlus(), sum_module=False)
         like_zennit = dict(stabilizer=adapters.ZENNIT_STABILIZER, pooling_nodes=True)
