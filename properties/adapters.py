@@ -25,6 +25,33 @@ Adapters (name: library rule on the Linear layers -> claimed DTD rule, stabilise
 
 (zennit's ``Epsilon`` needs a non-zero epsilon: 1e-6 is its own default
 stabiliser, so "Epsilon(0)" is LRP-0 up to the stabiliser the kit allows for.)
+
+CNNs and residual nets (:mod:`properties.architectures`): every adapter above
+runs on any model of Conv2d/BatchNorm2d/ReLU/pooling/Flatten/Linear modules and
+on :class:`~properties.architectures.ResidualNet` (:func:`zennit_model_attribute`,
+:func:`captum_model_attribute`), the library set up as its documentation says:
+
+* zennit: the claimed rule on every ``Conv2d`` and ``Linear`` (the first one
+  gets the input rule), ``Norm()`` on average pooling (zennit's composites'
+  choice), max pooling's own gradient (relevance to the argmax); batch norm
+  merged into the convolution before it by ``SequentialMergeBatchNorm``; each
+  :class:`~properties.architectures.BasicBlock`'s bare ``+`` replaced by
+  zennit's ``Sum`` module with ``Norm()`` (:class:`BasicBlockCanonizer`, the
+  :class:`zennit.torchvision.ResNetCanonizer` way for torchvision's blocks).
+  Two limitations are zennit's and show up in the kit: its merge leaves the
+  batch norm computing ``x / sqrt(1 + eps)`` (a relative change of ``eps / 2``
+  per batch norm; the populations' ``bn_eps`` decides whether it matters), and
+  ``Sum`` + ``Norm`` splits a block's relevance by the branches' *outputs*
+  before z+ runs inside each branch, while DTD's z+ sees the sum as one layer
+  with the block row ``[W_h, W_x]`` (the two agree only when a branch's output
+  is its own z+ denominator, e.g. non-negative weights and no shift);
+* captum: the rule on every ``Conv2d`` and ``Linear``, captum's defaults on
+  the other layers (``EpsilonRule`` on batch norm -- captum merges nothing --,
+  pooling and ``AdaptiveAvgPool2d``), ``EpsilonRule(1e-9)`` on ``Flatten``
+  (which captum has no default for; its ``IdentityRule`` fails on a change of shape).  A bare ``+`` is invisible to captum's hooks:
+  both branches receive the full relevance (captum asks for its
+  ``Addition_Module`` instead), so captum's results on residual nets double
+  the shortcut's share.
 """
 
 from __future__ import annotations
@@ -49,6 +76,9 @@ __all__ = [
     "zennit_attribute",
     "captum_attribute",
     "zennit_implementations",
+    "zennit_model_attribute",
+    "captum_model_attribute",
+    "BasicBlockCanonizer",
     "captum_implementations",
     "shipped_implementations",
 ]
@@ -139,15 +169,117 @@ def _per_layer(model: nn.Module, first: R.Rule, rest: R.Rule) -> list[R.Rule]:
     return [first] + [rest] * (len(_linears(model)) - 1)
 
 
+def _affine_modules(model: nn.Module) -> list[nn.Module]:
+    """The model's ``Conv2d`` and ``Linear`` modules in the order ``named_modules`` visits them (forward order here)."""
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def BasicBlockCanonizer():
+    """A zennit canonizer that gives every :class:`properties.architectures.BasicBlock` a zennit ``Sum`` module.
+
+    While it is applied, the block's forward stacks its two branches and sums
+    them with ``Sum`` (so a rule can be attached to the sum); removing it
+    restores the bare ``+``.  What zennit's ``ResNetBasicBlockCanonizer`` does
+    for torchvision's ``BasicBlock``.
+    """
+    _require("zennit")
+    from zennit.canonizers import AttributeCanonizer
+    from zennit.layer import Sum
+
+    from .architectures import BasicBlock
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(self.canonizer_sum(torch.stack([identity, out], dim=-1)))
+
+    def attributes(name, module):
+        if isinstance(module, BasicBlock):
+            return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
+        return None
+
+    return AttributeCanonizer(attributes)
+
+
+def zennit_model_attribute(model: nn.Module, x: torch.Tensor, output: int, first: R.Rule, rest: R.Rule, *,
+                           merge_batch_norm: bool = True, sum_module: bool = True) -> torch.Tensor:
+    """zennit's input relevance, shaped like ``x``, on an MLP, CNN or residual net.
+
+    ``zennit_rule(first)`` on the first ``Conv2d``/``Linear``, ``zennit_rule(rest)``
+    on the others, ``Norm()`` on average pooling and on residual sums; with
+    ``merge_batch_norm`` zennit's ``SequentialMergeBatchNorm``, with
+    ``sum_module`` :func:`BasicBlockCanonizer` (switching either off is a
+    mistake users make; the kit's tests use them as such).  The relevance
+    entering the top is the explained output's value.  zennit undoes its
+    canonizers and hooks after the call.
+    """
+    _require("zennit")
+    from zennit.attribution import Gradient
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.core import Composite
+    from zennit.layer import Sum
+    from zennit.rules import Norm
+
+    affine = _affine_modules(model)
+    if not affine:
+        raise ValueError("the model has no Conv2d or Linear module to attach a rule to")
+    mapped = {id(m): zennit_rule(first if i == 0 else rest) for i, m in enumerate(affine)}
+
+    def module_map(ctx, name, module):
+        if isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, Sum)):
+            return Norm()
+        return mapped.get(id(module))
+
+    from .architectures import BasicBlock
+
+    kinds = {type(m) for m in model.modules()}
+    canonizers = ([SequentialMergeBatchNorm()] if merge_batch_norm and kinds & {nn.BatchNorm1d, nn.BatchNorm2d} else []) + (
+        [BasicBlockCanonizer()] if sum_module and BasicBlock in kinds else [])
+    composite = Composite(module_map=module_map, canonizers=canonizers)
+    if isinstance(affine[-1], nn.Linear):
+        n_out = affine[-1].out_features
+    else:
+        with torch.no_grad():
+            n_out = model(x[:1]).shape[1]
+    onehot = torch.zeros(n_out, dtype=x.dtype, device=x.device)
+    onehot[output] = 1
+    with Gradient(model=model, composite=composite) as attributor:
+        _, relevance = attributor(x.detach().clone(), lambda out: onehot * out)
+    return relevance.detach()
+
+
+def captum_model_attribute(model: nn.Module, x: torch.Tensor, output: int, make_rule) -> torch.Tensor:
+    """captum's ``LRP`` with ``make_rule()`` on every ``Conv2d``/``Linear`` and ``EpsilonRule`` on ``Flatten``.
+
+    Shaped like ``x``.  The other layers keep captum's defaults; ``LRP``
+    removes the rules and hooks after the call.
+    """
+    _require("captum")
+    from captum.attr import LRP
+    from captum.attr._utils.lrp_rules import EpsilonRule
+
+    for module in _affine_modules(model):
+        module.rule = make_rule()
+    for module in model.modules():
+        if isinstance(module, nn.Flatten):
+            module.rule = EpsilonRule(CAPTUM_STABILIZER)  # x R / (x + eps sign x): R up to the stabiliser
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
+        return LRP(model).attribute(x.detach().clone().requires_grad_(True), target=output).detach()
+
+
 def zennit_implementations() -> list:
-    """zennit's ZPlus, Epsilon (bias zeroed), Gamma(0.25), WSquare (input layer) and ZBox (input layer) adapters."""
+    """zennit's ZPlus, Epsilon (bias zeroed), Gamma(0.25), WSquare (input layer) and ZBox (input layer) adapters.
+
+    Each runs on MLPs, CNNs and residual nets (:func:`zennit_model_attribute`).
+    """
     zb = R.ZB(0.0, ZBOX_HIGH)
 
     def uniform(rule):
-        return lambda model, x, output: zennit_attribute(model, x, output, _per_layer(model, rule, rule))
+        return lambda model, x, output: zennit_model_attribute(model, x, output, rule, rule)
 
     def first(rule):
-        return lambda model, x, output: zennit_attribute(model, x, output, _per_layer(model, rule, R.ZPlus()))
+        return lambda model, x, output: zennit_model_attribute(model, x, output, rule, R.ZPlus())
 
     return [
         _implementation("zennit_zplus", uniform(R.ZPlus()), R.ZPlus(), ZENNIT_STABILIZER),
@@ -159,7 +291,8 @@ def zennit_implementations() -> list:
 
 
 def captum_implementations() -> list:
-    """captum's ``LRP`` with Alpha1_Beta0 (bias zeroed), Epsilon and Gamma(0.25) (bias zeroed) on every Linear."""
+    """captum's ``LRP`` with Alpha1_Beta0 (bias zeroed), Epsilon and Gamma(0.25) (bias zeroed) on every Linear
+    and Conv2d (:func:`captum_model_attribute`: MLPs, CNNs, residual nets)."""
 
     def rule(name, **kwargs):
         def make():
@@ -169,7 +302,7 @@ def captum_implementations() -> list:
         return make
 
     def attribute(make_rule):
-        return lambda model, x, output: captum_attribute(model, x, output, make_rule)
+        return lambda model, x, output: captum_model_attribute(model, x, output, make_rule)
 
     return [
         _implementation("captum_zplus", attribute(rule("Alpha1_Beta0_Rule", set_bias_to_zero=True)), R.ZPlus(), CAPTUM_STABILIZER),

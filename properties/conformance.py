@@ -36,6 +36,11 @@ Properties (one trial per point unless said otherwise)
     No NaN or inf for inputs with zero entries and an all-zero row.
 ``dtype_device``
     One trial per call: the result has ``x``'s dtype and device.
+``equals_claim.{bias_free, bias_negative, bias_positive}``
+    Only for an implementation with ``claims``: the relevance equals the
+    claimed library rule's slow reference (:func:`properties.claims.reference`)
+    within :data:`properties.claims.CLAIM_RTOL` of the point's largest relevance
+    (plus rounding).
 
 Every call runs in a clean global torch state, restored afterwards
 (:mod:`properties.callstate`, :data:`GLOBAL_STATE`): default dtype float32, default device cpu, grad mode
@@ -117,8 +122,8 @@ POPULATIONS = ("bias_free", "bias_negative", "bias_positive")
 #: every property, with what its rate counts (report descriptions)
 #: the properties the kit measures, in report order (each one's one-line text: :data:`properties.keys.OUTCOMES`)
 PROPERTIES = ("equals_dtd", "conservation", "positivity", "gradient_x_input", "batch_independent", "no_side_effects",
-              "finite", "dtype_device")
-_SUBSETS = {"equals_dtd": POPULATIONS, "conservation": ("bias_free", "bias_negative")}
+              "finite", "dtype_device", "equals_claim")
+_SUBSETS = {"equals_dtd": POPULATIONS, "conservation": ("bias_free", "bias_negative"), "equals_claim": POPULATIONS}
 #: properties without a subset that are measured on one population only
 _ONLY_ON = {"gradient_x_input": "bias_free"}
 
@@ -155,6 +160,11 @@ class Implementation:
     stabilizer
         The ``epsilon`` the implementation adds to denominators
         (``d + epsilon sign(d)``; default 1e-6); the kit's tolerance follows it.
+    claims
+        Optionally the library rule the implementation promises, bias
+        included (a :mod:`properties.claims` rule such as ``Epsilon(1e-9)`` or
+        ``ZPlus("positive")``, or a ``[first, rest]`` pair): adds the
+        ``equals_claim`` rows, judged against the claim's slow reference.
     """
 
     name: str
@@ -162,6 +172,7 @@ class Implementation:
     rule: RulesLike
     seed: str = "value"
     stabilizer: float = 1e-6
+    claims: object = None
 
     def __post_init__(self):
         _check_name(self.name)
@@ -182,6 +193,10 @@ class Implementation:
         if self.seed not in ("value", "one"):
             raise ValueError(f"Implementation {self.name!r}: seed must be 'value' or 'one', got {self.seed!r}")
         object.__setattr__(self, "stabilizer", check_number(self.stabilizer, "stabilizer", minimum=0.0))
+        if self.claims is not None:
+            from .claims import ensure_claims
+
+            object.__setattr__(self, "claims", ensure_claims(self.claims))
 
     def rules_for(self, depth: int) -> list[R.Rule]:
         """The claimed rule of each of ``depth`` layers (the last listed rule repeats upwards)."""
@@ -206,6 +221,8 @@ class Implementation:
         out: list[tuple[str, Optional[str]]] = []
         for prop in PROPERTIES:
             if (prop == "positivity" and not self.positive_rules) or (prop == "gradient_x_input" and not self.lrp0):
+                continue
+            if prop == "equals_claim" and self.claims is None:
                 continue
             out += [(prop, s) for s in _SUBSETS[prop]] if prop in _SUBSETS else [(prop, None)]
         return out
@@ -376,6 +393,16 @@ def _with_zeros(x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.cat([x * keep.to(x), torch.zeros_like(x[:1])])
 
 
+def _equals_claim(impl: Implementation, net: ReLUNetwork, x: torch.Tensor, output: int, relevance: torch.Tensor,
+                  allowance: torch.Tensor) -> torch.Tensor:
+    """Per point: ``relevance`` equals ``impl.claims``' reference on a fresh copy of the model."""
+    from .claims import CLAIM_RTOL
+
+    expected = impl.claims.reference(net.to_sequential(), x, output)  # starts from f(x), as the kit's (scaled) result
+    scale = expected.abs().amax(1, keepdim=True)
+    return ((relevance - expected).abs() <= CLAIM_RTOL * scale + allowance).all(1)
+
+
 def evaluate_case(impl: Implementation, case: Case, population_name: str, *, only: Optional[set] = None,
                   caller: Optional[_Caller] = None, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-point outcomes ``{property: (holds, counted)}`` of one case (``property`` without the population).
@@ -394,10 +421,16 @@ def evaluate_case(impl: Implementation, case: Case, population_name: str, *, onl
     n = x.shape[0]
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     ones = torch.ones(n, dtype=torch.bool)
+<<<<<<< HEAD
     nowhere = torch.zeros(n, dtype=torch.bool)
     calls_before, changes_before = len(caller.calls), len(caller.changes)
     side_effects_ok = True
     needs_main = wanted & {"equals_dtd", "conservation", "positivity", "gradient_x_input", "batch_independent", "no_side_effects"}
+=======
+    calls_before = len(caller.calls)
+    needs_main = wanted & {"equals_dtd", "conservation", "positivity", "gradient_x_input", "batch_independent", "no_side_effects",
+                           "equals_claim"}
+>>>>>>> archs
     if needs_main or "dtype_device" in wanted:
         rules = impl.rules_for(net.n_layers)
         dec = dtd.train_free(net, x, rule=rules, output=output)
@@ -438,6 +471,8 @@ def evaluate_case(impl: Implementation, case: Case, population_name: str, *, onl
             except CallFailed:
                 holds = nowhere
             out["batch_independent"] = (holds, ones)
+        if "equals_claim" in wanted:
+            out["equals_claim"] = (_equals_claim(impl, net, x, output, relevance, allowance), ones)
         if "no_side_effects" in wanted:
             try:
                 again, _, _ = caller(net, x, output)

@@ -1,7 +1,9 @@
-"""Trained networks for the suite: an MLP and a small CNN on scikit-learn's 8x8 digits.
+"""Trained networks for the suite: an MLP, CNNs and a small ResNet on scikit-learn's 8x8 digits.
 
 The property suite's other networks are random; DTD's users have trained
-ones.  These two are trained here, deterministically and in a few seconds on
+ones.  These are trained here (:func:`digits_mlp`, :func:`digits_cnn` with
+average pooling, :func:`digits_maxpool` with max pooling, :func:`digits_resnet`
+with batch norm and residual blocks), deterministically and in a few seconds on
 a CPU, on the 1797 images of :func:`sklearn.datasets.load_digits` (bundled
 with scikit-learn, no download):
 
@@ -16,7 +18,9 @@ with scikit-learn, no download):
   number of steps on one thread (restored afterwards): two trainings give
   bit-identical weights, whatever the machine's core count.
 
-Nothing here reads or changes torch's global RNG.
+Nothing here reads or changes torch's global RNG.  :func:`digits_maxpool` and
+:func:`digits_resnet` train once per process and seed (cached) and hand every
+caller its own copy.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from torch import nn
 from dtd.threads import one_thread
 from dtd.validation import check_seed
 
-__all__ = ["DigitsData", "load_digits", "digits_mlp", "digits_cnn", "TrainedModel", "accuracy", "SPLIT_SEED", "N_TEST"]
+__all__ = ["DigitsData", "load_digits", "digits_mlp", "digits_cnn", "digits_maxpool", "digits_resnet", "TrainedModel", "accuracy",
+           "SPLIT_SEED", "N_TEST"]
 
 #: seed of the fixed train/test permutation
 SPLIT_SEED = 0
@@ -76,7 +81,7 @@ def load_digits() -> DigitsData:
 class TrainedModel:
     """A trained classifier (in eval mode) and its held-out accuracy."""
 
-    model: nn.Sequential
+    model: nn.Module
     test_accuracy: float
     data: DigitsData
 
@@ -87,7 +92,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x).argmax(1) == y).double().mean())
 
 
-def _initialise(model: nn.Sequential, generator: torch.Generator) -> None:
+def _initialise(model: nn.Module, generator: torch.Generator) -> None:
     """He-uniform weights and zero biases for every Linear/Conv2d, drawn from ``generator``."""
     with torch.no_grad():
         for module in model.modules():
@@ -95,7 +100,8 @@ def _initialise(model: nn.Sequential, generator: torch.Generator) -> None:
                 fan_in = module.weight[0].numel()
                 bound = math.sqrt(6.0 / fan_in)
                 module.weight.copy_(torch.rand(module.weight.shape, generator=generator) * 2 * bound - bound)
-                module.bias.zero_()
+                if module.bias is not None:
+                    module.bias.zero_()
 
 
 def _train(build, seed: int, *, steps: int, learning_rate: float) -> TrainedModel:
@@ -158,3 +164,55 @@ def digits_cnn(seed: int = 0) -> TrainedModel:
         nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 10)
     )
     return _train(build, seed, steps=200, learning_rate=0.02)
+
+
+def _maxpool_cnn() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, stride=2),
+        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, stride=2),
+        nn.Flatten(), nn.Linear(8 * 2 * 2, 10),
+    )
+
+
+def _resnet() -> nn.Module:
+    from .architectures import ResidualNet
+
+    return ResidualNet(1, 4, [(4, 1), (8, 2)], 10)
+
+
+#: name -> (builder, steps, learning rate) of the cached trainings
+_CACHED = {"maxpool": (_maxpool_cnn, 80, 0.03), "resnet": (_resnet, 100, 0.03)}
+
+
+@functools.lru_cache(maxsize=None)
+def _trained(name: str, seed: int) -> TrainedModel:
+    build, steps, learning_rate = _CACHED[name]
+    return _train(build, seed, steps=steps, learning_rate=learning_rate)
+
+
+def _copy(trained: TrainedModel) -> TrainedModel:
+    return dataclasses.replace(trained, model=copy.deepcopy(trained.model))
+
+
+def digits_maxpool(seed: int = 0) -> TrainedModel:
+    """``Conv2d(1, 6, 3, padding=1), ReLU, MaxPool2d(2), Conv2d(6, 8, 3, padding=1), ReLU, MaxPool2d(2), Flatten,
+    Linear(32, 10)``.
+
+    Input ``(n, 1, 8, 8)``: 6x8x8, pooled to 6x4x4, 8x4x4, pooled to 8x2x2.
+    Full-batch Adam, 80 steps; trained once per process and seed, every call
+    returns its own copy of the model.
+    """
+    return _copy(_trained("maxpool", check_seed(seed)))
+
+
+def digits_resnet(seed: int = 0) -> TrainedModel:
+    """A :class:`properties.architectures.ResidualNet`: stem ``Conv2d(1, 4, 3), BatchNorm2d, ReLU``, a block
+    4 -> 4 (identity shortcut), a block 4 -> 8 with stride 2 (1x1-conv + batch-norm shortcut), global average
+    pooling, ``Linear(8, 10)``; each block ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`` with a bare ``+``.
+
+    Input ``(n, 1, 8, 8)``.  Batch norm trains on full-batch statistics (its
+    running statistics follow them, momentum 0.1); the model is returned in
+    eval mode.  Full-batch Adam, 100 steps; trained once per process and seed,
+    every call returns its own copy.
+    """
+    return _copy(_trained("resnet", check_seed(seed)))

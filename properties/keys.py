@@ -59,6 +59,8 @@ OUTCOMES: dict[str, str] = {
                        "training flags, grad mode and x are unchanged and a second call returns the same relevance",
     "finite": "points (with zero entries, and an all-zero row) whose relevance is finite",
     "dtype_device": "calls whose result has the input's dtype and device",
+    "equals_claim": "points whose input relevance equals the slow reference of the library rule the implementation claims "
+                    "(properties.claims: bias kept, the library's stabiliser)",
     # the field's other findings (properties.insensitivity, properties.invariance, properties.randomisation)
     "insensitive": f"points whose two input relevances (see the pair) have cosine similarity >= {INSENSITIVE_COSINE:g}",
     "unchanged": f"points whose input relevance is unchanged (max |R' - R| <= {INVARIANT_RTOL:g} max |R|) when the inputs "
@@ -90,6 +92,13 @@ SUBSETS = {
     "bias_positive": "networks with a positive bias",
     "nonnegative": "random matrices with i.i.d. uniform [0, 1) entries",
     "gaussian": "random matrices with i.i.d. standard normal entries",
+    # the conformance kit's CNN and residual-net populations (properties.architectures)
+    "cnn_bias_free": "bias-free CNNs (batch norm, max/average/global pooling)",
+    "cnn_bias_negative": "CNNs whose folded shifts are all <= 0",
+    "cnn_bias_positive": "CNNs with a positive folded shift",
+    "resnet_bias_free": "bias-free residual nets (bare + blocks, batch norm, global pooling)",
+    "resnet_bias_negative": "residual nets whose folded shifts are all <= 0",
+    "resnet_bias_positive": "residual nets with a positive folded shift",
 }
 
 #: root finders named in keys, per family

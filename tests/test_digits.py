@@ -50,3 +50,45 @@ def test_digits_rejects_a_bad_seed():
         digits.digits_mlp("0")
     with pytest.raises(ValueError, match="seed"):
         digits.digits_mlp(-1)
+
+
+@pytest.mark.parametrize("name, make", [("maxpool", digits.digits_maxpool), ("resnet", digits.digits_resnet)])
+def test_trained_maxpool_cnn_and_resnet_are_accurate_reproducible_and_cached(name, make):
+    from torch import nn
+
+    rng_before = torch.get_rng_state()
+    threads = torch.get_num_threads()
+    first = make()
+    assert torch.equal(torch.get_rng_state(), rng_before), "training touched torch's global RNG"
+    assert torch.get_num_threads() == threads
+    assert first.test_accuracy >= MIN_ACCURACY, f"{name}: held-out accuracy {first.test_accuracy:.3f}"
+    assert first.test_accuracy == digits.accuracy(first.model, first.data.test_x, first.data.test_y)
+    assert not first.model.training
+    kinds = {type(m) for m in first.model.modules()}
+    assert (nn.MaxPool2d in kinds) == (name == "maxpool")
+    if name == "resnet":
+        assert {nn.BatchNorm2d, nn.AdaptiveAvgPool2d} <= kinds
+        blocks = list(first.model.blocks)
+        assert [b.downsample is None for b in blocks] == [True, False]  # an identity and a 1x1-conv shortcut
+        bn = first.model.stem.bn
+        assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))  # trained statistics
+    # cached: a second call trains nothing and returns an equal, independent copy
+    second = make()
+    assert second.model is not first.model
+    for (key, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), key
+    with torch.no_grad():
+        next(second.model.parameters()).add_(1.0)
+    assert not torch.equal(next(make().model.parameters()), next(second.model.parameters()))
+    # deterministic: two fresh trainings (not the cache; a few steps of the same code) give the same bits
+    build, _, learning_rate = digits._CACHED[name]
+    one, two = (digits._train(build, 0, steps=3, learning_rate=learning_rate) for _ in range(2))
+    for (key, a), (_, b) in zip(one.model.state_dict().items(), two.model.state_dict().items()):
+        assert torch.equal(a, b), f"{key} differs between two trainings"
+
+
+def test_cached_trainings_reject_a_bad_seed():
+    with pytest.raises(TypeError, match="seed"):
+        digits.digits_resnet("0")
+    with pytest.raises(ValueError, match="seed"):
+        digits.digits_maxpool(-1)
