@@ -421,16 +421,11 @@ def evaluate_case(impl: Implementation, case: Case, population_name: str, *, onl
     n = x.shape[0]
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     ones = torch.ones(n, dtype=torch.bool)
-<<<<<<< HEAD
     nowhere = torch.zeros(n, dtype=torch.bool)
     calls_before, changes_before = len(caller.calls), len(caller.changes)
     side_effects_ok = True
-    needs_main = wanted & {"equals_dtd", "conservation", "positivity", "gradient_x_input", "batch_independent", "no_side_effects"}
-=======
-    calls_before = len(caller.calls)
     needs_main = wanted & {"equals_dtd", "conservation", "positivity", "gradient_x_input", "batch_independent", "no_side_effects",
                            "equals_claim"}
->>>>>>> archs
     if needs_main or "dtype_device" in wanted:
         rules = impl.rules_for(net.n_layers)
         dec = dtd.train_free(net, x, rule=rules, output=output)

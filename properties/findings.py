@@ -12,7 +12,7 @@
 
 The families themselves live in :mod:`properties.insensitivity`,
 :mod:`properties.invariance` and :mod:`properties.randomisation`; the
-papers' claims the report opens each section with in :mod:`properties.claims`.
+papers' claims the report opens each section with in :mod:`properties.papers`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import base64
 from html import escape
 from typing import Mapping, Optional, Sequence
 
-from .claims import opening
+from .papers import opening
 from .markdown import GLOSSARY, RUN_SETTINGS, reading_guide
 from .sections import sections, split_by_design
 from .summary import Summary, format_rate, interval, percent

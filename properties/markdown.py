@@ -12,7 +12,7 @@ import html
 
 from typing import Mapping, Optional, Sequence
 
-from .claims import opening
+from .papers import opening
 from .sections import sections, split_by_design
 from .summary import Summary, format_rate, interval, percent
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import dtd
 from dtd import rules as R
-from properties import claims, invariance, randomisation
+from properties import invariance, papers, randomisation
 from properties.findings import Findings, relevance_from_top
 from properties.keys import RateKey
 from properties.similarity import average_ranks, cosine, median_interval, spearman, ssim
@@ -202,12 +202,12 @@ def test_the_opening_puts_the_papers_claim_beside_the_measured_rates():
     rows = [{"name": "insensitivity.z+.depth8.outputs.insensitive", "rate": 0.971, "ci_low": 0.95, "ci_high": 0.984},
             {"name": "insensitivity.x.depth8.outputs.insensitive", "rate": 0.032, "ci_low": 0.01, "ci_high": 0.06},
             {"name": "invariance.w2.unchanged", "rate": 1.0, "ci_low": 0.99, "ci_high": 1.0}]
-    text = claims.opening("insensitivity", rows)
+    text = papers.opening("insensitivity", rows)
     assert text.startswith("Sixt, Granz & Landgraf") and "z+ 97.10 % [95.00, 98.40]" in text and "x 3.20 %" in text
     assert "depth 8" in text and "invariance" not in text
-    assert claims.opening("invariance", rows).startswith("Kindermans") and "w2 100.00 %" in claims.opening("invariance", rows)
-    assert "not measured" in claims.opening("randomisation", rows)
-    assert claims.opening("generated", rows) is None
+    assert papers.opening("invariance", rows).startswith("Kindermans") and "w2 100.00 %" in papers.opening("invariance", rows)
+    assert "not measured" in papers.opening("randomisation", rows)
+    assert papers.opening("generated", rows) is None
 
 
 def test_a_lines_figure_renders_deterministically_and_the_report_opens_the_findings_with_the_claim(tmp_path):
