@@ -1,10 +1,13 @@
 """``report.html``: one self-contained page (inline CSS and JS, PNGs as data URIs, no external resource).
 
-The page holds the answers-first summary, the rules at a glance, the figures
-and a filterable, sortable table of every measured rate (name, description,
-rate, interval, baseline, status; regressions highlighted), then the rates
-fixed by design in a table of their own, the run and the glossary.  It opens
-offline: nothing on it refers to another file or to a URL.
+The page opens with the gate's verdict (linking the offending rows), then the
+changes since the baseline, the answers, the implementation x property
+matrix and the subjects' layer x question grids (cells coloured by rate, the
+interval on hover and below, breaks outlined, the relevance accounting as a
+stacked bar per layer), the rules at a glance, the figures and a filterable,
+sortable table of every measured rate (regressions highlighted), then the
+rates fixed by design in a table of their own, the run and the glossary.  It
+opens offline: nothing on it refers to another file or to a URL.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import base64
 from html import escape
 from typing import Mapping, Optional, Sequence
 
-from .markdown import GLOSSARY, RUN_SETTINGS, reading_guide
+from .markdown import GLOSSARY, RUN_SETTINGS, VERDICT_LINKS, moved, reading_guide, setting
 from .sections import sections, split_by_design
-from .summary import Summary, format_rate, interval, percent
+from .summary import Summary, format_rate, interval, percent, row_anchor, scale_word
+from .tables import Matrix, SubjectGrid, implementation_matrix, is_break, subject_grids
 
 __all__ = ["html_page"]
 
@@ -34,6 +38,16 @@ figcaption{font-size:.85em;color:#444;max-width:760px}
 .controls{margin:.6em 0;display:flex;gap:1em;align-items:center;flex-wrap:wrap}.controls input[type=search]{width:28em;padding:.3em}
 .section-row td{background:#fafafa;font-weight:600}pre{background:#f6f6f6;padding:.5em;overflow:auto;font-size:.85em}
 details summary{cursor:pointer;color:#555}.count{color:#555}
+.verdict-line{font-size:1.15em;padding:.5em .8em;border-radius:4px;margin:.4em 0}.verdict-line.pass{background:#e3f4e8;color:#0a5a22}
+.verdict-line.fail{background:#fde2e1;color:#8a0018}.verdict-line a{color:inherit}.verdict-line .offenders{font-size:.8em;font-weight:400}
+ul.answers ul{margin:.1em 0 .3em 0}.cause{color:#8a4b00;font-size:.92em}
+table.heat td.cell{text-align:center;white-space:nowrap;font-variant-numeric:tabular-nums;min-width:6.5em}
+table.heat td.cell small{display:block;color:#333;font-size:.8em}table.heat td.break{outline:2px solid #b00020;outline-offset:-2px;font-weight:700}
+table.heat td.na{color:#888;background:#f7f7f7;text-align:center}table.heat{width:auto}table.heat th{cursor:default}
+.legend-swatch{display:inline-block;width:1.2em;height:.8em;vertical-align:middle;border:1px solid #ccc}
+.stack{display:flex;width:11em;height:.9em;border:1px solid #bbb;background:#fff}.stack span{display:block;height:100%}
+.stack .passed{background:#4c9a5b}.stack .lost{background:#c0392b}.bias{height:.35em;background:#8e7cc3;margin-top:2px}
+tr:target td{box-shadow:inset 0 0 0 2px #1f6feb}
 """
 
 _JS = """
@@ -71,16 +85,131 @@ def _link(anchor: str, text: Optional[str] = None) -> str:
     return f'<a href="#{anchor}">{escape(text or GLOSSARY[anchor][0])}</a>'
 
 
-def _answers(summary: Summary) -> str:
-    items = []
-    for a in summary.answers:
-        names = ", ".join(f"<code>{escape(n)}</code>" for n in a.names[:8]) + (f" and {len(a.names) - 8} more" if len(a.names) > 8 else "")
-        items.append(f'<li><b>{escape(a.question)}</b> <span class="verdict">{escape(a.verdict)}</span>: {escape(a.detail)}.'
-                     + (f" ({names})" if names else "") + "</li>")
+#: the colour scale of rate cells: (share, RGB), interpolated linearly (red at 0, amber at 50 %, green at 100 %)
+_COLOURS = ((0.0, (244, 199, 195)), (0.5, (255, 236, 179)), (1.0, (200, 230, 201)))
+
+
+def rate_colour(rate: Optional[float]) -> str:
+    """The background of a cell holding ``rate`` (a CSS ``rgb(...)``)."""
+    if rate is None:
+        return "#f7f7f7"
+    for (low, a), (high, b) in zip(_COLOURS, _COLOURS[1:]):
+        if rate <= high:
+            t = (rate - low) / (high - low)
+            return "rgb({},{},{})".format(*(round(x + t * (y - x)) for x, y in zip(a, b)))
+    return "rgb({},{},{})".format(*_COLOURS[-1][1])
+
+
+def _row_link(name: str) -> str:
+    return f'<a href="#{row_anchor(name)}"><code>{escape(name)}</code></a>'
+
+
+def _verdict(summary: Summary) -> str:
     gate = summary.gate
-    style = "gate-bad" if "regression" in gate.verdict else "gate-ok"
-    items.append(f'<li><b>{escape(gate.question)}</b> <span class="verdict {style}">{escape(gate.verdict)}</span>: {escape(gate.detail)}.</li>')
+    offenders = []
+    for status, names in gate.failing.items():
+        more = f" and {len(names) - VERDICT_LINKS} more" if len(names) > VERDICT_LINKS else ""
+        offenders.append(f"{escape(status)}: " + ", ".join(_row_link(n) for n in names[:VERDICT_LINKS]) + more)
+    listed = f'<div class="offenders">{"<br>".join(offenders)}</div>' if offenders else ""
+    return f'<div id="verdict" class="verdict-line {"pass" if gate.passed else "fail"}"><b>{escape(gate.verdict)}</b>{listed}</div>'
+
+
+def _changes(summary: Summary) -> str:
+    if not summary.changes:
+        return ""
+    body = "".join(
+        f'<tr class="{escape(r["status"])}"><td>{_row_link(r["name"])}</td><td class="num">{escape(format_rate(r))}</td>'
+        f'<td class="num">{escape(format_rate(r["baseline"]))}</td>'
+        f'<td class="num">{100 * (r["rate"] - r["baseline"]["rate"]):+.2f} points</td><td class="status">{escape(r["status"])}</td></tr>'
+        for r in summary.changes)
+    return (f'<h2 id="changes">Changes since the baseline</h2><p>{moved(len(summary.changes))} whose rate moved most '
+            "(failing rows first); rate [interval] in %.</p>"
+            f'<table><thead><tr><th>name</th><th>now</th><th>baseline</th><th>change</th><th>status</th></tr></thead><tbody>{body}</tbody></table>')
+
+
+def _answer_line(a) -> str:
+    causes = "".join(f'<div class="cause">{escape(c)}</div>' for c in a.causes)
+    return f'<span class="verdict">{escape(a.verdict)}</span>: {escape(a.detail)}.{causes}'
+
+
+def _answers(summary: Summary) -> str:
+    items, last = [], None
+    for a in summary.answers:
+        if a.label is None:
+            items.append(f"<li><b>{escape(a.question)}</b> {_answer_line(a)}</li>")
+        else:
+            if a.question != last:
+                items.append(f"<li><b>{escape(a.question)}</b><ul>")
+            items.append(f"<li>{escape(a.label)}: {_answer_line(a)}</li>")
+        following = summary.answers[summary.answers.index(a) + 1] if a is not summary.answers[-1] else None
+        if a.label is not None and (following is None or following.question != a.question or following.label is None):
+            items.append("</ul></li>")
+        last = a.question
     return '<ul class="answers">' + "".join(items) + "</ul>"
+
+
+def _heat_cell(r: Optional[Mapping]) -> str:
+    """A table cell coloured by the row's rate, its interval on hover and below; breaks outlined; n/a without a row."""
+    if r is None:
+        return '<td class="na" title="the property does not apply">n/a</td>'
+    if r.get("rate") is None:
+        return '<td class="na" title="0 trials">no data</td>'
+    tip = f"{r['name']}: {format_rate(r)}, {r['successes']} / {r['trials']} trials, {r['status']}"
+    style = "cell break" if is_break(r) else "cell"
+    return (f'<td class="{style}" style="background:{rate_colour(r["rate"])}" title="{escape(tip)}">'
+            f'<a href="#{row_anchor(r["name"])}" style="color:inherit;text-decoration:none">{percent(r["rate"])}'
+            f"<small>{interval(r['ci_low'], r['ci_high'])}</small></a></td>")
+
+
+def _colour_legend() -> str:
+    swatches = " ".join(f'<span class="legend-swatch" style="background:{rate_colour(v)}"></span> {100 * v:g} %' for v in (0, 0.25, 0.5, 0.75, 1))
+    return f'<p class="count">Cell colour by rate: {swatches}; outlined: a break (a failing trial); hover a cell for its counts.</p>'
+
+
+def _matrix(matrix: Optional[Matrix]) -> str:
+    if matrix is None:
+        return ""
+    head = "".join(f"<th>{escape(Matrix.title(c))}</th>" for c in matrix.columns)
+    body = "".join(f"<tr><td>{escape(name)}</td>" + "".join(_heat_cell(matrix.cells[name][c]) for c in matrix.columns) + "</tr>"
+                   for name in matrix.implementations)
+    return ('<h2 id="implementations">Implementations x properties</h2><p>Each cell: the share of trials in which the property '
+            "held, its interval below; n/a: the property does not apply to the implementation's rule.</p>" + _colour_legend()
+            + f'<table class="heat"><thead><tr><th>implementation</th>{head}</tr></thead><tbody>{body}</tbody></table>')
+
+
+def _stack(grid: SubjectGrid, layer: int) -> str:
+    shares = grid.shares(layer)
+    if shares is None:
+        return "<td>—</td>"
+    passed, lost, bias = (max(0.0, min(1.0, shares[k])) for k in ("passed on", "lost (no root)", "bias share"))
+    tip = "; ".join(f"{label} {100 * value:.1f} %" for label, value in shares.items())
+    return (f'<td title="{escape(tip)}"><div class="stack"><span class="passed" style="width:{100 * passed:.1f}%"></span>'
+            f'<span class="lost" style="width:{100 * lost:.1f}%"></span></div>'
+            f'<div class="bias" style="width:{11 * abs(bias):.2f}em"></div><small>{escape(tip)}</small></td>')
+
+
+def _grids(grids: list, config: Mapping) -> str:
+    if not grids:
+        return ""
+    out = ['<h2 id="subject-grids">Subjects: layers x questions</h2><p>Per subject and rule: the share of the valid roots of '
+           "relevance-carrying neurons for which each question holds, per layer; the bar: where the relevance reaching the layer "
+           'went (<span class="legend-swatch" style="background:#4c9a5b"></span> passed on, '
+           '<span class="legend-swatch" style="background:#c0392b"></span> lost to missing roots; the thin '
+           '<span class="legend-swatch" style="background:#8e7cc3"></span> line: the bias share LRP-0 with biases would keep).</p>'
+           + _colour_legend()]
+    yours = set(config.get("your_subjects") or ())
+    for grid in grids:
+        out.append(f"<h3>Subject {escape(grid.subject)}{' (yours)' if grid.subject in yours else ''}, rule {escape(grid.rule)}</h3>")
+        if grid.conserved is not None:
+            out.append(f"<p>Conservation: <b>{escape(scale_word(grid.conserved))}</b>, {escape(format_rate(grid.conserved))} "
+                       f"of {grid.conserved['trials']} points.</p>")
+        head = "".join(f"<th>{escape(q)}</th>" for q in grid.questions)
+        body = "".join(
+            f"<tr><td>{k}{(' <small>' + escape(grid.names[k]) + '</small>') if grid.names.get(k) else ''}</td>"
+            + "".join(_heat_cell(grid.cells[k][q]) for q in grid.questions) + _stack(grid, k) + "</tr>"
+            for k in grid.layers)
+        out.append(f'<table class="heat"><thead><tr><th>layer</th>{head}<th>relevance from above</th></tr></thead><tbody>{body}</tbody></table>')
+    return "".join(out)
 
 
 def _glance(summary: Summary) -> str:
@@ -121,7 +250,7 @@ def _example(r: Mapping) -> str:
     return f"<details><summary>counterexample</summary><pre>{escape(str(r['example']))}</pre></details>"
 
 
-def _rates_table(rows: Sequence[Mapping]) -> str:
+def _rates_table(rows: Sequence[Mapping], causes: Mapping) -> str:
     found = sections(rows)
     head = "".join(f"<th>{h}</th>" for h in ("section", "name", "description", "rate", "interval", "successes / trials", "baseline", "status"))
     body = []
@@ -130,9 +259,10 @@ def _rates_table(rows: Sequence[Mapping]) -> str:
             where = section.family or "other"
             for r in members:
                 base = r.get("baseline") or {}
+                why = "".join(f'<div class="cause">{escape(c)}</div>' for c in causes.get(r["name"], []))
                 body.append(
-                    f'<tr class="{escape(r["status"])}" data-status="{escape(r["status"])}" data-section="{escape(where)}"><td>{escape(where)}</td>'
-                    f"<td><code>{escape(r['name'])}</code></td><td>{escape(r['description'])}{_example(r)}</td>"
+                    f'<tr class="{escape(r["status"])}" data-status="{escape(r["status"])}" data-section="{escape(where)}" id="{row_anchor(r["name"])}"><td>{escape(where)}</td>'
+                    f"<td><code>{escape(r['name'])}</code></td><td>{escape(r['description'])}{why}{_example(r)}</td>"
                     f'<td class="num" data-sort="{_sort_value(r["rate"])}">{percent(r["rate"])}</td>'
                     f'<td class="num" data-sort="{_sort_value(r["ci_low"])}">{interval(r["ci_low"], r["ci_high"])}</td>'
                     f'<td class="num" data-sort="{r["trials"]}">{r["successes"]} / {r["trials"]}</td>'
@@ -152,7 +282,7 @@ def _fixed_table(fixed: Sequence) -> str:
     if not fixed:
         return ""
     rows = "".join(
-        f'<tr class="{escape(r["status"])}"><td><code>{escape(r["name"])}</code></td><td class="num" data-sort="{_sort_value(r["rate"])}">{percent(r["rate"])}</td>'
+        f'<tr class="{escape(r["status"])}" id="{row_anchor(r["name"])}"><td><code>{escape(r["name"])}</code></td><td class="num" data-sort="{_sort_value(r["rate"])}">{percent(r["rate"])}</td>'
         f'<td class="num">{interval(r["ci_low"], r["ci_high"])}</td><td>{escape(reason)}{_example(r)}</td><td class="status">{escape(r["status"])}</td></tr>'
         for r, reason in fixed
     )
@@ -162,7 +292,7 @@ def _fixed_table(fixed: Sequence) -> str:
 
 
 def _run(config: Mapping) -> str:
-    settings = "; ".join(f"{escape(k)} {escape(str(config[k]))}" for k in RUN_SETTINGS if k in config)
+    settings = "; ".join(escape(setting(config, k)) for k in RUN_SETTINGS if k in config)
     counts = "".join(f"<tr><td>{escape(k)}</td><td class='num'>{escape(str(v))}</td></tr>" for k, v in sorted(config.items())
                      if k not in RUN_SETTINGS and not k.startswith("hypothesis_"))
     table = f'<table class="sortable"><thead><tr><th>measured quantity (not gated)</th><th>value</th></tr></thead><tbody>{counts}</tbody></table>' if counts else ""
@@ -175,17 +305,23 @@ def _glossary() -> str:
 
 
 def html_page(rows: Sequence[Mapping], plots: Sequence[Mapping], images: Mapping[str, bytes], config: Mapping, summary: Summary) -> str:
-    """The whole ``report.html``; ``images`` maps each plot's file name to its PNG bytes."""
+    """The whole ``report.html``; ``images`` maps each plot's file name to its PNG bytes.  The verdict comes first."""
     measured, fixed = split_by_design(rows)
-    present = (("glance", "rules at a glance", summary.glance is not None), ("figures", "figures", bool(plots)),
+    matrix = implementation_matrix(measured)
+    grids = subject_grids(measured, config)
+    present = (("changes", "changes since the baseline", bool(summary.changes)), ("answers", "answers", True),
+               ("implementations", "implementations x properties", matrix is not None),
+               ("subject-grids", "subjects: layers x questions", bool(grids)),
+               ("glance", "rules at a glance", summary.glance is not None), ("figures", "figures", bool(plots)),
                ("rates", "every rate", True), ("by-design-rates", "fixed by design", bool(fixed)), ("run", "the run", True),
                ("glossary", "glossary", True))
     nav = " · ".join(f'<a href="#{a}">{t}</a>' for a, t, shown in present if shown)  # only sections the page has
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>DTD property report</title>'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head><body>'
-        f'<h1>DTD property report</h1><p class="guide">{reading_guide(config.get("confidence"), _link)}</p><p>{nav}</p>'
-        f'<h2 id="answers">Answers</h2>{_answers(summary)}{_glance(summary)}{_figures(plots, images)}'
-        f"{_rates_table(measured)}{_fixed_table(fixed)}{_run(config)}{_glossary()}"
+        f'<h1>DTD property report</h1>{_verdict(summary)}<p class="guide">{reading_guide(config.get("confidence"), _link)}</p><p>{nav}</p>'
+        f'{_changes(summary)}<h2 id="answers">Answers</h2>{_answers(summary)}{_matrix(matrix)}{_grids(grids, config)}'
+        f"{_glance(summary)}{_figures(plots, images)}"
+        f"{_rates_table(measured, summary.causes)}{_fixed_table(fixed)}{_run(config)}{_glossary()}"
         f"<script>{_JS}</script></body></html>\n"
     )

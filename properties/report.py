@@ -247,7 +247,7 @@ def render_report(rows: list[Mapping], plots: list[Mapping], config: Mapping) ->
         else:  # the sentence states the rates' interval; the caption keeps only what the chart would have shown
             entry.update(file=None, text=sentence, caption=plot.get("caption", ""))
         entries.append(entry)
-    summary = summarize(rows, confidence)
+    summary = summarize(rows, confidence, config)
     files["report.json"] = _dumps({"properties": rows, "plots": entries, "config": dict(config)})
     files["report.md"] = markdown(rows, entries, config, summary).encode()
     files["report.html"] = html_page(rows, entries, files, config, summary).encode()

@@ -28,8 +28,8 @@ FAMILY_TITLES = {
     "region": "In-region roots (exact LP and sampling)",
     "full_backward": "Full backward (recursive DTD)",
     "agreement": "Agreement with zennit and captum",
-    "subject": "Your subjects",
-    "conformance": "Your implementations (conformance)",
+    "subject": "Subjects",
+    "conformance": "Implementations (conformance)",
 }
 
 _NUMBER = re.compile(r"(\d+(?:_\d+)?)")

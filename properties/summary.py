@@ -1,33 +1,68 @@
 """The report's answers-first summary, generated from the rows (never hand-written numbers).
 
-:func:`summarize` turns the rows of a run into the questions DTD's theory
-raises, each answered with the rate, its interval and the rows it comes
-from; the run's gate result; and the rules-at-a-glance table (rows: rules;
-columns: zero output, gradient match, region match, in-region root exists,
-conservation).  Rows are found by their :class:`~properties.keys.RateKey`
-fields only.  A family without rows contributes no sentence, so the same
-summary serves our sweeps and a user's ``subject`` / ``conformance`` run.
-"""
+:func:`summarize` turns the rows of a run into
 
+* the **verdict** (:class:`Gate`): the gate's result in one line, with the
+  names of the offending rows;
+* the **changes since the baseline** (:func:`changes`): the rows whose rate
+  moved most;
+* the **answers**: one short sentence per question, each with one rate and
+  its interval and a word of :data:`SCALE` decided from the interval
+  (:func:`scale_word`); a low rate that another row explains carries the
+  cause (:attr:`Answer.causes`);
+* the rules-at-a-glance table (rows: rules; columns: zero output, gradient
+  match, region match, in-region root exists, conservation).
+
+Rows are found by their :class:`~properties.keys.RateKey` fields only.  A
+family without rows contributes no sentence, so the same summary serves our
+sweeps and a user's ``subject`` / ``conformance`` run.
+"""
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Iterable, Mapping, Optional
 
 from .keys import FINDERS, SEED, RateKey
 from .sections import natural_key, row_key, split_by_design
 
-__all__ = ["Answer", "Glance", "Summary", "summarize", "format_rate", "GLANCE_COLUMNS"]
+__all__ = ["Answer", "Gate", "Glance", "Summary", "summarize", "format_rate", "scale_word", "changes", "causes",
+           "row_anchor", "GLANCE_COLUMNS", "SCALE", "LOW_RATE", "CHANGES_SHOWN", "FAILING_STATUSES"]
 
 
 @dataclasses.dataclass
 class Answer:
-    """One question answered: ``verdict`` (a word or two), ``detail`` (rates with intervals), the rows' names."""
+    """One question answered with one rate.
+
+    ``verdict``: a word of :data:`SCALE` (two where the interval straddles);
+    ``detail``: the rate, its interval and what was counted; ``names``: the
+    row(s) it comes from; ``label``: which rule / finder / layer, where one
+    question has an answer per label; ``causes``: sentences naming another
+    row that explains a low rate.
+    """
 
     question: str
     verdict: str
     detail: str
     names: list
+    label: Optional[str] = None
+    causes: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Gate:
+    """The gate's result: ``verdict`` in one line, the offending rows by status, the new rows."""
+
+    verdict: str
+    passed: bool
+    failing: dict  # status -> [row names], failing statuses only
+    new: list
+    total: int
+
+    @property
+    def names(self) -> list:
+        """Every offending row, then the new ones."""
+        return [n for names in self.failing.values() for n in names] + self.new
 
 
 @dataclasses.dataclass
@@ -42,9 +77,11 @@ class Glance:
 @dataclasses.dataclass
 class Summary:
     answers: list
-    gate: Answer
+    gate: Gate
     glance: Optional[Glance]
     confidence: Optional[float]
+    changes: list = dataclasses.field(default_factory=list)
+    causes: dict = dataclasses.field(default_factory=dict)
 
 
 def percent(value: Optional[float]) -> str:
@@ -64,18 +101,65 @@ def format_rate(row: Mapping) -> str:
     return f"{percent(row['rate'])} {interval(row['ci_low'], row['ci_high'])}"
 
 
-def _verdict(row: Mapping) -> str:
-    if not row.get("trials"):
+# --------------------------------------------------------------------------- the scale of words
+#: the words for a share, from the interval: (word, the band of shares it names, exclusive upper end);
+#: "Never" and "Always" are kept for 0 successes and for every trial
+SCALE = (
+    ("Almost never", 0.0, 0.05),
+    ("Rarely", 0.05, 0.25),
+    ("Sometimes", 0.25, 0.75),
+    ("Often", 0.75, 0.95),
+    ("Almost always", 0.95, 1.0),
+)
+#: how the glossary states the scale (one line per word)
+SCALE_TEXT = (
+    ("Never", "0 successes"),
+    ("Almost never", "the interval's upper bound is below 5 %"),
+    ("Rarely", "the interval lies below 25 %"),
+    ("Sometimes", "the interval lies within 25-75 %"),
+    ("Often", "the interval lies above 75 %"),
+    ("Almost always", "the interval's lower bound is above 95 %"),
+    ("Always", "every trial"),
+)
+
+
+def _band(share: float, *, upper: bool) -> int:
+    """Index in :data:`SCALE` of the band holding ``share`` (an upper bound on a band's edge belongs below it)."""
+    for i, (_, low, high) in enumerate(SCALE):
+        if (low < share <= high) if upper else (low <= share < high):
+            return i
+    return 0 if share <= 0 else len(SCALE) - 1
+
+
+def scale_word(row: Mapping) -> str:
+    """The word of :data:`SCALE` for ``row``'s rate, decided from its interval.
+
+    ``"Never"`` for 0 successes, ``"Always"`` for every trial; otherwise the
+    bands of the interval's ends: one word where both ends fall in the same
+    band, two (``"Rarely to sometimes"``) where the interval straddles bands.
+    ``"Not measured"`` without trials.
+    """
+    if not row.get("trials") or row.get("rate") is None:
         return "Not measured"
     if row["successes"] == 0:
         return "Never"
     if row["successes"] == row["trials"]:
         return "Always"
-    if row["ci_low"] >= 0.99:
-        return "Almost always"
-    if row["ci_high"] <= 0.01:
-        return "Almost never"
-    return "Sometimes"
+    low, high = _band(row["ci_low"], upper=False), _band(row["ci_high"], upper=True)
+    if low == high:
+        return SCALE[low][0]
+    return f"{SCALE[low][0]} to {SCALE[high][0].lower()}"
+
+
+_verdict = scale_word
+
+#: a rate below this share is "low": the summary looks for another row that explains it
+LOW_RATE = 0.95
+
+
+def row_anchor(name: str) -> str:
+    """The HTML id of a rate's row in report.md and report.html (links from the verdict and the changes)."""
+    return "rate-" + re.sub(r"[^A-Za-z0-9_-]", lambda m: {"+": "plus", ".": "--"}.get(m.group(), "-"), name)
 
 
 def _normal(key: RateKey) -> RateKey:
@@ -108,14 +192,10 @@ class _Rows:
         return {k.family for k, _ in self.keyed}
 
 
-def _one(question: str, row: Optional[Mapping], what: str) -> Optional[Answer]:
+def _one(question: str, row: Optional[Mapping], what: str, label: Optional[str] = None) -> Optional[Answer]:
     if row is None:
         return None
-    return Answer(question, _verdict(row), f"{format_rate(row)} of {row['trials']} {what}", [row["name"]])
-
-
-def _listing(pairs: list[tuple[str, Mapping]]) -> str:
-    return "; ".join(f"{label} {format_rate(r)}" for label, r in pairs)
+    return Answer(question, scale_word(row), f"{format_rate(row)} of {row['trials']} {what}", [row["name"]], label)
 
 
 def _notebook(rows: _Rows) -> list[Answer]:
@@ -133,34 +213,18 @@ def _notebook(rows: _Rows) -> list[Answer]:
     return [a for a in out if a is not None]
 
 
-def _spread(question: str, pairs: list[tuple[str, Mapping]], what: str, by: str) -> Optional[Answer]:
-    """One answer over several rates (``pairs`` of label and row): their range, then each with its interval."""
-    pairs = [(label, r) for label, r in pairs if r.get("rate") is not None]
-    if not pairs:
-        return None
-    ordered = sorted(pairs, key=lambda p: (p[1]["rate"], natural_key(p[0])))
-    low, high = ordered[0], ordered[-1]
-    verdicts = {_verdict(r) for _, r in pairs}
-    verdict = verdicts.pop() if len(verdicts) == 1 else "Sometimes"
-    if len(pairs) == 1:
-        return Answer(question, verdict, f"{format_rate(low[1])} of {what} ({low[0]})", [low[1]["name"]])
-    if low[1]["rate"] == high[1]["rate"]:
-        head = f"{percent(low[1]['rate'])} of {what} for each {by}"
-    else:
-        head = f"from {percent(low[1]['rate'])} ({low[0]}) to {percent(high[1]['rate'])} ({high[0]}) of {what}, by {by}"
-    by_label = sorted(pairs, key=lambda p: natural_key(p[0]))
-    return Answer(question, verdict, f"{head}. Each: {_listing(by_label)}", [r["name"] for _, r in by_label])
+def _per_label(question: str, pairs: list[tuple[str, Mapping]], what: str) -> list[Answer]:
+    """One answer per label (rule, finder, layer) of one question: never a range over several rates."""
+    pairs = sorted(((label, r) for label, r in pairs if r.get("rate") is not None), key=lambda p: natural_key(p[0]))
+    return [_one(question, r, what, label) for label, r in pairs]
 
 
 def _region(rows: _Rows) -> list[Answer]:
     exists = [(k.rule, r) for k, r in rows.where(family="region", finder=None, layer=None, outcome="root_exists")]
     output = [(f"layer {k.layer}", r) for k, r in rows.where(family="region", rule=None, outcome="output_root")]
-    out = [
-        _spread("Over generated networks, does a valid Taylor root exist inside the input's linear region (exact LP)?",
-                exists, "relevant (point, neuron) pairs", "rule"),
-        _spread("Does the input's region of f_k contain any point with f_k = 0?", output, "points", "layer"),
-    ]
-    return [a for a in out if a is not None]
+    return (_per_label("Over generated networks, does a valid Taylor root exist inside the input's linear region (exact LP)?",
+                       exists, "relevant (point, neuron) pairs")
+            + _per_label("Does the input's region of f_k contain any point with f_k = 0?", output, "points"))
 
 
 def _full_backward(rows: _Rows) -> list[Answer]:
@@ -168,9 +232,7 @@ def _full_backward(rows: _Rows) -> list[Answer]:
     for subject, where in ((SEED, "the seed network"), (None, "generated networks")):
         pairs = [(FINDERS["full_backward"].get(k.finder, k.finder), r)
                  for k, r in rows.where(family="full_backward", subject=subject, layer=None, outcome="conserved")]
-        answer = _spread(f"Does full_backward conserve relevance on {where} (sum_i R_i within 1 % of f(x))?", pairs, "points", "root finder")
-        if answer is not None:
-            out.append(answer)
+        out += _per_label(f"Does full_backward conserve relevance on {where} (sum_i R_i within 1 % of f(x))?", pairs, "points")
     return out
 
 
@@ -184,48 +246,141 @@ def _agreement(rows: _Rows) -> list[Answer]:
     for subject in subjects:
         pairs = [(k.rule, r) for k, r in rows.where(family="agreement", subject=subject, outcome="points")]
         library = _LIBRARIES.get(subject, subject)
-        answer = _spread(f"Does dtd.train_free equal {library} point by point (within the stabiliser bound)?", pairs, "points", "rule")
-        if answer is not None:
-            out.append(answer)
+        out += _per_label(f"Does dtd.train_free equal {library} point by point (within the stabiliser bound)?", pairs, "points")
     return out
 
 
-#: a subject's answer shows its conservation and these questions of its first layer (the notebook's own layer)
-_SUBJECT_FIRST_LAYER = ("zero_output", "gradient_match", "region_root_exists")
-
-
-def _users(rows: _Rows, family: str, noun: str) -> list[Answer]:
-    """One answer per subject or implementation: every property it was measured on (an implementation), or its
-    conservation and the first layer's main questions (a subject), each with its rate."""
+def _subjects(rows: _Rows) -> list[Answer]:
+    """Per subject and rule: conservation (points) and the first layer's gradient match, each its own sentence."""
     out = []
-    subjects = sorted({k.subject for k, _ in rows.where(family=family)}, key=natural_key)
-    for subject in subjects:
-        pairs = []
-        for k, r in rows.where(family=family, subject=subject, neuron=None):
-            if k.unit not in (None, "roots"):
-                continue
-            if family == "subject" and not (k.layer is None or (k.layer == 0 and k.outcome in _SUBJECT_FIRST_LAYER)):
-                continue
-            parts = (k.rule, None if k.layer is None else f"layer {k.layer}", k.outcome, k.subset)
-            pairs.append((" ".join(str(p) for p in parts if p is not None), r))
-        answer = _spread(f"How does {noun} {subject} fare?", pairs, "trials", "property")
-        if answer is not None:
-            out.append(answer)
+    for subject in sorted({k.subject for k, _ in rows.where(family="subject")}, key=natural_key):
+        for rule in sorted({k.rule for k, _ in rows.where(family="subject", subject=subject)}, key=natural_key):
+            out += [a for a in (
+                _one(f"Does {rule} conserve relevance on subject {subject} (sum_i R_i within 1 % of f(x))?",
+                     rows.get(family="subject", subject=subject, rule=rule, outcome="conserved"), "points"),
+                _one(f"Do {rule} roots of subject {subject}'s first layer keep the input's gradient?",
+                     rows.get(family="subject", subject=subject, rule=rule, layer=0, outcome="gradient_match"), "roots"),
+            ) if a is not None]
     return out
 
 
-def _gate(all_rows: list[Mapping]) -> Answer:
-    regressions = [r["name"] for r in all_rows if r["status"] == "regression"]
+def _implementations(rows: _Rows) -> list[Answer]:
+    """Per implementation: how many properties always hold, and the weakest one's rate (the matrix has every cell)."""
+    out = []
+    for subject in sorted({k.subject for k, _ in rows.where(family="conformance")}, key=natural_key):
+        pairs = [(k, r) for k, r in rows.where(family="conformance", subject=subject) if r.get("rate") is not None]
+        if not pairs:
+            continue
+        held = sum(r["successes"] == r["trials"] for _, r in pairs)
+        key, weakest = min(pairs, key=lambda p: (p[1]["rate"], natural_key(str(p[0]))))
+        where = key.outcome + ("" if key.subset is None else f" ({key.subset})")
+        question = f"Does implementation {subject} keep DTD's promises?"
+        if held == len(pairs):
+            detail = f"every property held in every trial ({len(pairs)} properties; lowest interval: {where} {format_rate(weakest)})"
+        else:
+            detail = (f"{held} of {len(pairs)} properties held in every trial; weakest: {where} {format_rate(weakest)} "
+                      f"of {weakest['trials']} trials")
+        out.append(Answer(question, scale_word(weakest), detail, [weakest["name"]]))
+    return out
+
+
+# --------------------------------------------------------------------------- the verdict and what changed
+#: statuses that fail the gate, and how the verdict counts them (singular, plural)
+FAILING_STATUSES = {"regression": ("regression", "regressions"), "below_floor": ("below a required floor", "below a required floor")}
+#: how many moved rows "Changes since the baseline" shows
+CHANGES_SHOWN = 10
+
+
+def _gate(all_rows: list[Mapping]) -> Gate:
+    """The gate's one-line verdict: ok, or how many rows fail it by status; the new rows (no baseline entry) pass."""
+    failing: dict[str, list] = {}
+    for r in sorted(all_rows, key=lambda r: natural_key(r["name"])):
+        if r["status"] not in ("ok", "new"):
+            failing.setdefault(r["status"], []).append(r["name"])
     new = [r["name"] for r in all_rows if r["status"] == "new"]
     ok = sum(r["status"] == "ok" for r in all_rows)
-    if regressions:
-        verdict = f"{len(regressions)} regression{'s' * (len(regressions) != 1)}"
-    elif new:
-        verdict = f"ok, {len(new)} new"
+    new_part = f"; {len(new)} new (no baseline entry)" if new else ""
+    if failing:
+        counts = []
+        for status, names in failing.items():
+            one, many = FAILING_STATUSES.get(status, (status, status))
+            counts.append(f"{len(names)} {one if len(names) == 1 else many}")
+        verdict = f"Gate: FAILED — {', '.join(counts)} ({len(all_rows)} rates, {ok} consistent with the baseline{new_part})"
     else:
-        verdict = "ok"
-    detail = f"{len(all_rows)} rates: {ok} consistent with the baseline, {len(regressions)} regression(s), {len(new)} new (no baseline entry)"
-    return Answer("Is every rate consistent with the baseline?", verdict, detail, regressions + new)
+        verdict = f"Gate: ok — {ok} of {len(all_rows)} rates consistent with the baseline{new_part}"
+    return Gate(verdict, not failing, failing, new, len(all_rows))
+
+
+def changes(rows: Iterable[Mapping], limit: int = CHANGES_SHOWN) -> list[Mapping]:
+    """The rows whose rate moved most against the baseline: failing rows first, then by the size of the move.
+
+    Rows without a baseline entry (or without data) and rows that did not
+    move are left out; at most ``limit`` rows.
+    """
+    moved = []
+    for r in rows:
+        base = r.get("baseline") or {}
+        if r.get("rate") is None or base.get("rate") is None:
+            continue
+        delta = r["rate"] - base["rate"]
+        if delta == 0 and r["status"] in ("ok", "new"):
+            continue
+        moved.append((r["status"] in ("ok", "new"), -abs(delta), natural_key(r["name"]), r))
+    return [r for *_, r in sorted(moved, key=lambda m: m[:3])][:limit]
+
+
+# --------------------------------------------------------------------------- causes
+#: the accounting counts a subject run records (properties.subject), by layer: how to read them back
+_ACCOUNT = re.compile(r"^subject (?P<subject>\S+), (?P<rule>\S+), layer (?P<layer>\d+): mean (?P<field>.+) relevance \(dtd\.accounting\)$")
+
+
+def accounting_counts(config: Mapping) -> dict:
+    """``{(subject, rule): {layer: {field: mean per point}}}`` from the run's counts (fields: upper, conserved, lost, bias share)."""
+    out: dict = {}
+    for label, value in config.items():
+        found = _ACCOUNT.match(str(label))
+        if found and isinstance(value, (int, float)):
+            out.setdefault((found["subject"], found["rule"]), {}).setdefault(int(found["layer"]), {})[found["field"]] = float(value)
+    return out
+
+
+def causes(rows: Iterable[Mapping], config: Optional[Mapping] = None) -> dict[str, list[str]]:
+    """For low rates that another row explains: ``{row name: [sentence, ...]}``.
+
+    * a subject's (or full backward's) conservation below :data:`LOW_RATE`
+      while roots are missing at some layer: that layer's ``root_exists`` and
+      the relevance lost there (the subject's accounting);
+    * a subject's ``zero_output`` below :data:`LOW_RATE` whose row judged at
+      the dtype-scaled tolerance (subset ``dtype_scaled``) is higher: the
+      rounding of ``f(x)``, with that share.
+    """
+    indexed = _Rows(rows)
+    books = accounting_counts(config or {})
+    out: dict[str, list[str]] = {}
+    for key, r in indexed.keyed:
+        if r.get("rate") is None or r["rate"] >= LOW_RATE:
+            continue
+        found = []
+        if key.outcome == "conserved" and key.family in ("subject", "full_backward"):
+            fields = dict(family="subject", subject=key.subject, rule=key.rule) if key.family == "subject" else \
+                dict(family="full_backward", subject=key.subject, finder=key.finder)
+            missing = sorted(((k.layer, m) for k, m in indexed.where(outcome="root_exists", **fields)
+                              if k.layer is not None and m.get("rate") is not None and m["rate"] < 1), key=lambda p: p[0])
+            account = books.get((key.subject, key.rule), {})
+            for layer, m in missing:
+                lost = account.get(layer, {})
+                share = ""
+                if lost.get("upper"):
+                    share = f"; {100 * lost.get('lost', 0.0) / lost['upper']:.1f} % of the relevance reaching layer {layer} is lost there"
+                found.append(f"← root_exists at layer {layer} is {format_rate(m)}: neurons without a root lose their relevance{share}")
+        if key.outcome == "zero_output" and key.family == "subject" and key.subset is None:
+            scaled = indexed.get(**{**{f: getattr(key, f) for f in ("family", "subject", "rule", "layer", "unit")}, "outcome": "zero_output",
+                                     "subset": "dtype_scaled"})
+            if scaled is not None and scaled.get("rate") is not None and scaled["rate"] > r["rate"]:
+                found.append(f"← rounding of f(x): at a tolerance scaled to the dtype and |f(x)| the share is {format_rate(scaled)}")
+        if found:
+            out[r["name"]] = found
+    return out
 
 
 #: the rules-at-a-glance columns: title and the key of a rule's cell (None: the rule has no such rate)
@@ -246,8 +401,11 @@ def _glance(rows: _Rows) -> Optional[Glance]:
     return Glance(rules, list(GLANCE_COLUMNS), cells)
 
 
-def summarize(rows: Iterable[Mapping], confidence: Optional[float] = None) -> Summary:
-    """The answers-first summary of ``rows`` (report rows; rows fixed by construction are left out of the answers)."""
+def summarize(rows: Iterable[Mapping], confidence: Optional[float] = None, config: Optional[Mapping] = None) -> Summary:
+    """The answers-first summary of ``rows`` (report rows; rows fixed by construction are left out of the answers).
+
+    ``config``: the run's config (its accounting counts name the causes of low conservation).
+    """
     all_rows = list(rows)
     measured, _ = split_by_design(all_rows)
     indexed = _Rows(measured)
@@ -262,7 +420,10 @@ def summarize(rows: Iterable[Mapping], confidence: Optional[float] = None) -> Su
     if "agreement" in families:
         answers += _agreement(indexed)
     if "subject" in families:
-        answers += _users(indexed, "subject", "subject")
+        answers += _subjects(indexed)
     if "conformance" in families:
-        answers += _users(indexed, "conformance", "implementation")
-    return Summary(answers, _gate(all_rows), _glance(indexed), confidence)
+        answers += _implementations(indexed)
+    explained = causes(measured, config)
+    for answer in answers:
+        answer.causes = [c for name in answer.names for c in explained.get(name, [])]
+    return Summary(answers, _gate(all_rows), _glance(indexed), confidence, changes(all_rows), explained)
