@@ -19,9 +19,9 @@ import dataclasses
 import re
 from typing import Optional
 
-from .thresholds import CONSERVED_SHARE, PROPERTY_ATOL
+from .thresholds import CONSERVED_SHARE, PROPERTY_ATOL, ROUNDING_ULPS
 
-__all__ = ["RateKey", "FAMILIES", "OUTCOMES", "UNITS", "SUBSETS", "FINDERS", "describe"]
+__all__ = ["RateKey", "FAMILIES", "OUTCOMES", "UNITS", "SUBSETS", "FINDERS", "describe", "layer_names_label", "LAYER_NAMES_SEPARATOR"]
 
 #: report sections, in reading order
 FAMILIES = ("notebook", "generated", "region", "full_backward", "agreement", "subject", "conformance")
@@ -68,6 +68,7 @@ SUBSETS = {
     "relevant": "valid roots of neurons carrying relevance (R_j != 0)",
     "at_root": "judged at the root itself (relu'(0) = 0 on the region's boundary)",
     "midpoint": "judged halfway between root and input (inputs strictly inside their region; must be 100 %)",
+    "dtype_scaled": f"judged with the tolerance {PROPERTY_ATOL:g} + {ROUNDING_ULPS} eps(dtype) |f(x)| (what rounding of f(x) alone can leave)",
     "bias_free": "bias-free networks",
     "bias_negative": "networks with biases <= 0",
     "bias_positive": "networks with a positive bias",
@@ -80,6 +81,15 @@ FINDERS = {
     "region": {"sampled": "RegionSamplingRoots(64)"},
     "full_backward": {"z+": "LinearRoots(z+)", "sampled": "RegionSamplingRoots"},
 }
+
+#: how a subject's layer names are joined in its config entry (:func:`layer_names_label`)
+LAYER_NAMES_SEPARATOR = " | "
+
+
+def layer_names_label(subject: str) -> str:
+    """The config entry under which a subject run records its layers' module names (``"0: 0 Linear | 1: 2 Linear"``)."""
+    return f"subject {subject}: layers (model modules)"
+
 
 #: subjects that are network populations of our own, not a user's: how a key names them
 SEED = "seed"

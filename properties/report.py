@@ -22,14 +22,14 @@ from typing import Iterable, Mapping, Optional
 from .keys import RateKey
 from . import figures
 from .htmlpage import html_page
-from .markdown import markdown
+from .markdown import VERDICT_LINKS, markdown
 from .sections import row_key
-from .summary import interval, summarize
+from .summary import changes, format_rate, interval, summarize
 from .stats import Rate, compare
 
 __all__ = [
     "row", "write_report", "render_report", "replace_report", "write_partial_report", "partial_report_path", "read_baseline",
-    "write_baseline", "writable_problem", "format_table", "table_legend", "row_key", "BASELINE_KEYS", "MANIFEST",
+    "write_baseline", "writable_problem", "format_table", "table_legend", "row_key", "BASELINE_KEYS", "MANIFEST", "verdict_lines", "TERMINAL_CHANGES",
 ]
 
 #: what a baseline entry keeps of a row
@@ -223,6 +223,25 @@ def table_legend(confidence: Optional[float] = None) -> str:
     level = "" if confidence is None else f"{100 * confidence:g} % "
     return (f"rate: share of trials that satisfy the property; interval: its {level}confidence interval in %; trials: roots or "
             "points counted; baseline: the rate in the baseline file; status: ok | regression (intervals do not overlap) | new (no baseline entry)")
+
+
+#: how many moved rows the terminal's verdict lists
+TERMINAL_CHANGES = 5
+
+
+def verdict_lines(rows: Iterable[Mapping], written_to: Optional[str] = None) -> list[str]:
+    """The terminal summary's first lines: the gate's verdict, the offending rows, the rows that moved most."""
+    rows = list(rows)
+    gate = summarize(rows).gate
+    where = "" if written_to is None else f" (see {written_to})"
+    lines = [gate.verdict + where]
+    for status, names in gate.failing.items():
+        lines.append(f"  {status}: " + ", ".join(names[:VERDICT_LINKS]) + (f" and {len(names) - VERDICT_LINKS} more" if len(names) > VERDICT_LINKS else ""))
+    moved = changes(rows, TERMINAL_CHANGES)
+    if moved:
+        lines.append("  moved most against the baseline: " + "; ".join(
+            f"{r['name']} {format_rate(r)} (baseline {format_rate(r['baseline'])})" for r in moved))
+    return lines
 
 
 def render_report(rows: list[Mapping], plots: list[Mapping], config: Mapping) -> dict[str, bytes]:

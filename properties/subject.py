@@ -36,11 +36,12 @@ from dtd import rules as R
 from dtd.validation import check_int, check_seed
 
 from .checks import draw_neurons, root_outcomes
-from .keys import OUTCOMES, RateKey, describe
+from .keys import LAYER_NAMES_SEPARATOR, OUTCOMES, RateKey, describe, layer_names_label
 from .stats import DEFAULT_CONFIDENCE, Rate
-from .thresholds import CONSERVED_SHARE
+from .thresholds import CONSERVED_SHARE, PROPERTY_ATOL, ROUNDING_ULPS
 
-__all__ = ["Subject", "SubjectResult", "evaluate", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "REGION_LP_ENTRIES", "HEATMAP_POINTS"]
+__all__ = ["Subject", "SubjectResult", "evaluate", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "REGION_LP_ENTRIES", "HEATMAP_POINTS",
+           "layer_names", "check_model"]
 
 #: the root questions of every layer, in report order (fields of :class:`properties.checks.RootOutcomes`)
 ROOT_QUESTIONS = ("zero_output", "output_unchanged", "gradient_match", "region_match", "in_domain")
@@ -178,6 +179,44 @@ class Subject:
         return f"Subject({self.name!r}, {len(self.inputs)} points of shape {self.input_shape}, rules={labels})"
 
 
+#: modules that end a DTD layer, and modules that carry no layer of their own
+_BOUNDARY = (nn.ReLU,)
+_SHAPE_ONLY = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
+
+
+def layer_names(model: nn.Module, n_layers: int) -> Optional[list[str]]:
+    """The model's modules behind each DTD layer (``"0 Linear"``, ``"3 AvgPool2d + 4 Conv2d"``), or None.
+
+    A layer is the affine modules between two ReLUs (shape-only modules
+    left out); None where the grouping does not give ``n_layers`` layers
+    (a model the lowering reads differently).
+    """
+    leaves = [(name, module) for name, module in model.named_modules() if not list(module.children())]
+    groups, current = [], []
+    for name, module in leaves:
+        if isinstance(module, _BOUNDARY):
+            groups.append(current)
+            current = []
+        elif not isinstance(module, _SHAPE_ONLY):
+            current.append(f"{name} {type(module).__name__}")
+    groups.append(current)
+    groups = [g for g in groups if g]
+    return [" + ".join(g) for g in groups] if len(groups) == n_layers else None
+
+
+def check_model(model: nn.Module, input_shape: Sequence[int]) -> dtd.ReLUNetwork:
+    """Lower ``model`` as :class:`Subject` will, so a factory can refuse a model before it trains it.
+
+    Call it on the untrained model at the top of a factory; it raises the
+    ``TypeError`` / ``ValueError`` that ``Subject(...)`` would raise after
+    training (naming the module DTD cannot lower) and returns the lowered
+    network otherwise.  The model is not changed.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (an nn.Sequential), got {type(model).__name__}")
+    return _lower(model, tuple(int(n) for n in input_shape))
+
+
 def _lower(model: nn.Module, input_shape: tuple) -> dtd.ReLUNetwork:
     """The model lowered exactly into a :class:`dtd.ReLUNetwork` taking inputs of ``input_shape``."""
     return dtd.ReLUNetwork.from_sequential(model, input_shape=input_shape)
@@ -284,6 +323,9 @@ class SubjectResult:
             property_report.rate(key, rate, description, summary=show)
         for label, value in self.counts.items():
             property_report.count(label, value)
+        names = layer_names(self.subject.model, self.subject.network.n_layers)
+        if names is not None:
+            property_report.note(layer_names_label(self.subject.name), LAYER_NAMES_SEPARATOR.join(f"{k}: {n}" for k, n in enumerate(names)))
         for file, title, series, xlabel, caption in self.histograms:
             property_report.histogram(file, title, series, xlabel=xlabel, caption=caption)
         for file, title, rows, columns, caption in self.image_grids:
@@ -371,6 +413,10 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
                             clusters.setdefault((k, outcome), []).extend(zip(holds.sum(1).tolist(), counted.sum(1).tolist()))
                         clusters.setdefault((k, "root_exists"), []).extend(
                             zip((out.valid & out.carries_relevance).sum(1).tolist(), out.carries_relevance.sum(1).tolist()))
+                        if k == net.n_layers - 1:
+                            tolerance = PROPERTY_ATOL + ROUNDING_ULPS * torch.finfo(x.dtype).eps * out.output_at_input.abs()
+                            scaled = (out.output_at_root.abs() <= tolerance.unsqueeze(1)) & counted
+                            clusters.setdefault((k, "zero_output_scaled"), []).extend(zip(scaled.sum(1).tolist(), counted.sum(1).tolist()))
                         if k == 0:
                             diffs.append((out.output_at_input.unsqueeze(1) - out.output_at_root)[counted])
                             f_all.append(out.output_at_input)
@@ -381,6 +427,10 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
                         if bar is not None:
                             bar.update()
                 for (k, outcome), pairs in clusters.items():
+                    if outcome == "zero_output_scaled":
+                        key = RateKey("subject", "zero_output", subject=name, rule=label, layer=k, subset="dtype_scaled")
+                        rates[key] = (Rate.from_clusters(pairs, confidence), f"{describe(key)} [valid roots of relevance-carrying neurons, {tail}]")
+                        continue
                     key = RateKey("subject", outcome, subject=name, rule=label, layer=k)
                     if outcome == "region_root_exists":
                         points, neurons = lp_plan[k]

@@ -19,23 +19,15 @@ import dataclasses
 import re
 from typing import Iterable, Mapping, Optional
 
-from .keys import OUTCOMES, SUBSETS
+from .keys import LAYER_NAMES_SEPARATOR, OUTCOMES, SUBSETS, layer_names_label
 from .sections import natural_key, row_key
 from .summary import accounting_counts
 
-__all__ = ["Matrix", "SubjectGrid", "implementation_matrix", "subject_grids", "is_break", "layer_names_label",
-           "SUBJECT_QUESTIONS", "LAYER_NAMES_SEPARATOR"]
+__all__ = ["Matrix", "SubjectGrid", "implementation_matrix", "subject_grids", "is_break", "SUBJECT_QUESTIONS"]
 
 #: the questions of a subject's grid, in column order (those a run measured are shown)
 SUBJECT_QUESTIONS = ("root_exists", "zero_output", "output_unchanged", "gradient_match", "region_match", "in_domain",
                      "region_root_exists")
-#: how a subject's layer names are joined in its config entry (:func:`layer_names_label`)
-LAYER_NAMES_SEPARATOR = " | "
-
-
-def layer_names_label(subject: str) -> str:
-    """The config entry under which a subject run records its layers' module names (joined by :data:`LAYER_NAMES_SEPARATOR`)."""
-    return f"subject {subject}: layers (model modules)"
 
 
 def is_break(row: Optional[Mapping]) -> bool:

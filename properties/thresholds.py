@@ -7,7 +7,7 @@ choices of what counts as "holds".
 
 from __future__ import annotations
 
-__all__ = ["PROPERTY_ATOL", "CONSERVED_SHARE", "ROUNDING64", "CONDITIONING_FACTOR", "NEARER_RTOL", "NEARER_ATOL"]
+__all__ = ["PROPERTY_ATOL", "CONSERVED_SHARE", "ROUNDING64", "CONDITIONING_FACTOR", "NEARER_RTOL", "NEARER_ATOL", "ROUNDING_ULPS"]
 
 #: absolute tolerance of the seed notebook's questions ("output unchanged", "gradient differs"): the paper's
 #: number, applied as given so that our rates answer the same questions
@@ -29,3 +29,7 @@ CONDITIONING_FACTOR: float = 2.0
 #: L1 distances come from different float64 computations (an LP and a closed form)
 NEARER_RTOL: float = 1e-9
 NEARER_ATOL: float = 1e-12
+
+#: a subject's top-layer zero_output is also judged at ``PROPERTY_ATOL + ROUNDING_ULPS * eps(dtype) * |f(x)|``
+#: (subset ``dtype_scaled``): what the rounding of a logit f(x) alone can leave of a root that zeroes it exactly
+ROUNDING_ULPS: int = 8
