@@ -41,7 +41,8 @@ details summary{cursor:pointer;color:#555}.count{color:#555}
 .verdict-line{font-size:1.15em;padding:.5em .8em;border-radius:4px;margin:.4em 0}.verdict-line.pass{background:#e3f4e8;color:#0a5a22}
 .verdict-line.fail{background:#fde2e1;color:#8a0018}.verdict-line a{color:inherit}.verdict-line .offenders{font-size:.8em;font-weight:400}
 ul.answers ul{margin:.1em 0 .3em 0}.cause{color:#8a4b00;font-size:.92em}
-table.heat td.cell{text-align:center;white-space:nowrap;font-variant-numeric:tabular-nums;min-width:6.5em}
+table.heat td.cell{text-align:center;white-space:nowrap;font-variant-numeric:tabular-nums;min-width:4.8em;font-size:.92em}
+table.heat th{font-size:.85em;font-weight:600}
 table.heat td.cell small{display:block;color:#333;font-size:.8em}table.heat td.break{outline:2px solid #b00020;outline-offset:-2px;font-weight:700}
 table.heat td.na{color:#888;background:#f7f7f7;text-align:center}table.heat{width:auto}table.heat th{cursor:default}
 .legend-swatch{display:inline-block;width:1.2em;height:.8em;vertical-align:middle;border:1px solid #ccc}
@@ -148,22 +149,24 @@ def _answers(summary: Summary) -> str:
     return '<ul class="answers">' + "".join(items) + "</ul>"
 
 
-def _heat_cell(r: Optional[Mapping]) -> str:
-    """A table cell coloured by the row's rate, its interval on hover and below; breaks outlined; n/a without a row."""
+def _heat_cell(r: Optional[Mapping], breaks: bool = True) -> str:
+    """A table cell coloured by the row's rate, its interval on hover and below; breaks outlined (where a property must
+    hold: ``breaks``); n/a without a row."""
     if r is None:
         return '<td class="na" title="the property does not apply">n/a</td>'
     if r.get("rate") is None:
         return '<td class="na" title="0 trials">no data</td>'
     tip = f"{r['name']}: {format_rate(r)}, {r['successes']} / {r['trials']} trials, {r['status']}"
-    style = "cell break" if is_break(r) else "cell"
+    style = "cell break" if breaks and is_break(r) else "cell"
     return (f'<td class="{style}" style="background:{rate_colour(r["rate"])}" title="{escape(tip)}">'
             f'<a href="#{row_anchor(r["name"])}" style="color:inherit;text-decoration:none">{percent(r["rate"])}'
             f"<small>{interval(r['ci_low'], r['ci_high'])}</small></a></td>")
 
 
-def _colour_legend() -> str:
+def _colour_legend(breaks: bool = True) -> str:
     swatches = " ".join(f'<span class="legend-swatch" style="background:{rate_colour(v)}"></span> {100 * v:g} %' for v in (0, 0.25, 0.5, 0.75, 1))
-    return f'<p class="count">Cell colour by rate: {swatches}; outlined: a break (a failing trial); hover a cell for its counts.</p>'
+    outlined = "; outlined: a break (a failing trial)" if breaks else ""
+    return f'<p class="count">Cell colour by rate: {swatches}{outlined}; hover a cell for its counts.</p>'
 
 
 def _matrix(matrix: Optional[Matrix]) -> str:
@@ -188,7 +191,12 @@ def _stack(grid: SubjectGrid, layer: int) -> str:
             f'<div class="bias" style="width:{11 * abs(bias):.2f}em"></div><small>{escape(tip)}</small></td>')
 
 
-def _grids(grids: list, config: Mapping) -> str:
+def _causes_of(names, causes: Mapping) -> str:
+    found = [(n, c) for n in names for c in causes.get(n, [])]
+    return "".join(f'<div class="cause"><code>{escape(n)}</code> {escape(c)}</div>' for n, c in found)
+
+
+def _grids(grids: list, config: Mapping, causes: Mapping) -> str:
     if not grids:
         return ""
     out = ['<h2 id="subject-grids">Subjects: layers x questions</h2><p>Per subject and rule: the share of the valid roots of '
@@ -196,19 +204,21 @@ def _grids(grids: list, config: Mapping) -> str:
            'went (<span class="legend-swatch" style="background:#4c9a5b"></span> passed on, '
            '<span class="legend-swatch" style="background:#c0392b"></span> lost to missing roots; the thin '
            '<span class="legend-swatch" style="background:#8e7cc3"></span> line: the bias share LRP-0 with biases would keep).</p>'
-           + _colour_legend()]
+           + _colour_legend(breaks=False)]
     yours = set(config.get("your_subjects") or ())
     for grid in grids:
         out.append(f"<h3>Subject {escape(grid.subject)}{' (yours)' if grid.subject in yours else ''}, rule {escape(grid.rule)}</h3>")
         if grid.conserved is not None:
             out.append(f"<p>Conservation: <b>{escape(scale_word(grid.conserved))}</b>, {escape(format_rate(grid.conserved))} "
                        f"of {grid.conserved['trials']} points.</p>")
+            out.append(_causes_of([grid.conserved["name"]], causes))
         head = "".join(f"<th>{escape(q)}</th>" for q in grid.questions)
         body = "".join(
             f"<tr><td>{k}{(' <small>' + escape(grid.names[k]) + '</small>') if grid.names.get(k) else ''}</td>"
-            + "".join(_heat_cell(grid.cells[k][q]) for q in grid.questions) + _stack(grid, k) + "</tr>"
+            + "".join(_heat_cell(grid.cells[k][q], breaks=False) for q in grid.questions) + _stack(grid, k) + "</tr>"
             for k in grid.layers)
         out.append(f'<table class="heat"><thead><tr><th>layer</th>{head}<th>relevance from above</th></tr></thead><tbody>{body}</tbody></table>')
+        out.append(_causes_of([r["name"] for k in grid.layers for r in grid.cells[k].values() if r is not None], causes))
     return "".join(out)
 
 
@@ -320,7 +330,7 @@ def html_page(rows: Sequence[Mapping], plots: Sequence[Mapping], images: Mapping
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>DTD property report</title>'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head><body>'
         f'<h1>DTD property report</h1>{_verdict(summary)}<p class="guide">{reading_guide(config.get("confidence"), _link)}</p><p>{nav}</p>'
-        f'{_changes(summary)}<h2 id="answers">Answers</h2>{_answers(summary)}{_matrix(matrix)}{_grids(grids, config)}'
+        f'{_changes(summary)}<h2 id="answers">Answers</h2>{_answers(summary)}{_matrix(matrix)}{_grids(grids, config, summary.causes)}'
         f"{_glance(summary)}{_figures(plots, images)}"
         f"{_rates_table(measured, summary.causes)}{_fixed_table(fixed)}{_run(config)}{_glossary()}"
         f"<script>{_JS}</script></body></html>\n"

@@ -196,7 +196,7 @@ def _bar_text(shares: Optional[dict]) -> str:
     return "; ".join(f"{label} {100 * value:.1f} %" for label, value in shares.items())
 
 
-def _grids(grids: list[SubjectGrid], config: Mapping) -> list[str]:
+def _grids(grids: list[SubjectGrid], config: Mapping, causes: Mapping) -> list[str]:
     if not grids:
         return []
     out = ["## Subjects: layers x questions", "",
@@ -207,6 +207,7 @@ def _grids(grids: list[SubjectGrid], config: Mapping) -> list[str]:
         out += [f"### Subject {grid.subject}{' (yours)' if mine else ''}, rule {grid.rule}", ""]
         if grid.conserved is not None:
             out += [f"Conservation: **{scale_word(grid.conserved)}**, {format_rate(grid.conserved)} of {grid.conserved['trials']} points.", ""]
+            out += [f"- `{grid.conserved['name']}` {c}" for c in causes.get(grid.conserved["name"], [])] + [""] * bool(causes.get(grid.conserved["name"]))
         out += ["| layer | " + " | ".join(grid.questions) + " | relevance from above |", "|---" * (len(grid.questions) + 2) + "|"]
         for k in grid.layers:
             name = f"{k}" + (f" ({_cell(grid.names[k])})" if grid.names.get(k) else "")
@@ -214,6 +215,8 @@ def _grids(grids: list[SubjectGrid], config: Mapping) -> list[str]:
                      for r in (grid.cells[k][q] for q in grid.questions)]
             out.append(f"| {name} | " + " | ".join(cells) + f" | {_bar_text(grid.shares(k))} |")
         out.append("")
+        explained = [(r["name"], c) for k in grid.layers for r in grid.cells[k].values() if r is not None for c in causes.get(r["name"], [])]
+        out += [f"- `{n}` {c}" for n, c in explained] + [""] * bool(explained)
     return out
 
 
@@ -292,7 +295,7 @@ def markdown(rows: Sequence[Mapping], plots: Sequence[Mapping], config: Mapping,
     out = ["# DTD property report"] + verdict(summary) + [reading_guide(config.get("confidence")), ""]
     out += _changes(summary)
     out += ["## Answers", ""] + _answers(summary) + [""]
-    out += _matrix(matrix) + _grids(grids, config) + _glance(summary)
+    out += _matrix(matrix) + _grids(grids, config, summary.causes) + _glance(summary)
     titles = [section_title(s, config) for s in parts]
     # in the order they follow, and only those this report has
     contents = (["[Figures](#figures)"] if plots else []) + [f"[{t}](#{_slug(t)})" for t in titles]

@@ -8,27 +8,8 @@ module loads that one (``pytest_plugins``), so ``-p properties.plugin`` or a
 conftest's ``pytest_plugins = ["properties.plugin"]`` works with or without
 the installed entry point and registers every option once.
 
-Options
--------
-``--property-report DIR``
-    Where ``report.json``, ``report.md`` and the plots go (default ``property-report``).
-``--update-baseline``
-    Rewrite the baseline with this run's rates instead of gating on them.
-``--update-baseline-partial``
-    The same, and after a failed or interrupted run too, for the tests that passed.
-``--property-baseline FILE``
-    The baseline to gate on (default: ``properties/baseline.json``).
-``--property-confidence C``
-    Confidence of every interval (default 0.99).
-``--dtd-implementation MODULE:FACTORY``
-    Run the conformance kit (:mod:`properties.conformance`) on these LRP
-    implementations (repeatable); unless ``--property-baseline`` is given,
-    gate on ``./conformance-baseline.json``.
-``--property-seed N``
-    Seed of the i.i.d. samples of generated networks (``property_report.seed``),
-    in ``[0, 2**32 - 1]``.  Default: 0 under a derandomized hypothesis profile
-    (``ci``, ``thorough``), else a fresh random seed, printed in the report so
-    a run can be repeated.
+The options are described once, by their help texts in
+:mod:`dtd_properties_pytest` (``pytest --help``, group "DTD property suite").
 
 A test records rates with ``property_report.rate(name, Rate, description)``.
 Each recorded rate is compared with the baseline at once; a rate whose

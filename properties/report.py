@@ -226,7 +226,7 @@ def table_legend(confidence: Optional[float] = None) -> str:
 
 
 #: how many moved rows the terminal's verdict lists
-TERMINAL_CHANGES = 5
+TERMINAL_CHANGES = 3
 
 
 def verdict_lines(rows: Iterable[Mapping], written_to: Optional[str] = None) -> list[str]:
@@ -239,8 +239,8 @@ def verdict_lines(rows: Iterable[Mapping], written_to: Optional[str] = None) -> 
         lines.append(f"  {status}: " + ", ".join(names[:VERDICT_LINKS]) + (f" and {len(names) - VERDICT_LINKS} more" if len(names) > VERDICT_LINKS else ""))
     moved = changes(rows, TERMINAL_CHANGES)
     if moved:
-        lines.append("  moved most against the baseline: " + "; ".join(
-            f"{r['name']} {format_rate(r)} (baseline {format_rate(r['baseline'])})" for r in moved))
+        lines.append("  moved most against the baseline:")
+        lines += [f"    {r['name']}: {format_rate(r)}, baseline {format_rate(r['baseline'])} ({r['status']})" for r in moved]
     return lines
 
 

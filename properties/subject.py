@@ -373,6 +373,7 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
     rates: dict = {}
     counts: dict = {}
     histograms, grids = [], []
+    relevances = []  # (rule label, (N, *input_shape) relevance) of image inputs, for one heatmap grid per subject
     bar = _progress(len(subject.rules) * len(groups) * net.n_layers, f"subject {name}")
     tail = (f"{subject.neurons_per_point} neurons drawn per point and layer" if subject.neurons_per_point
             else "every neuron") + f", {len(subject.inputs)} points, intervals clustered by point"
@@ -463,10 +464,12 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
                     "mean absolute gradient difference", "The notebook's second histogram; 0: every root lies in the input's linear region.",
                 ))
                 if len(subject.input_shape) >= 2:
-                    grids.append(_heatmaps(subject, label, relevance))
+                    relevances.append((label, relevance))
     finally:
         if bar is not None:
             bar.close()
+    if relevances:
+        grids.append(_heatmaps(subject, relevances))
     counts[f"subject {name}: points explained"] = len(subject.inputs)
     counts[f"subject {name}: points left out (explained output <= 0)"] = subject.n_dropped
     return SubjectResult(subject, rates, counts, histograms, grids)
@@ -496,16 +499,19 @@ def _region_roots(net, dec, k: int, output: int, n_points: int, n_neurons: int, 
     return list(zip((found.valid & pick).sum(1).tolist(), pick.sum(1).tolist()))
 
 
-def _heatmaps(subject: Subject, label: str, relevance: torch.Tensor):
-    """Inputs beside their relevance, for the first few points (channels averaged / summed)."""
+def _heatmaps(subject: Subject, relevances: list):
+    """Inputs beside their relevance under every rule, for the first few points (channels averaged / summed)."""
     n = min(HEATMAP_POINTS, len(subject.inputs))
     shape = subject.input_shape
     rows = []
     for i in range(n):
         image = subject.inputs[i].reshape(shape)
-        heat = relevance[i].reshape(shape)
+        heats = [relevance[i].reshape(shape) for _, relevance in relevances]
         if len(shape) == 3:
-            image, heat = image.mean(0), heat.sum(0)
-        rows.append({"label": f"point {i}, output {int(subject.outputs[i])}", "images": [image.tolist(), heat.tolist()]})
-    return (_file(subject.name, label, "heatmaps"), f"Subject {subject.name}: {label} relevance beside the input", rows,
-            ["input", f"relevance ({label})"], "Each row: one explained point (its input, then its input relevance; red positive, blue negative).")
+            image, heats = image.mean(0), [heat.sum(0) for heat in heats]
+        rows.append({"label": f"point {i}, output {int(subject.outputs[i])}", "images": [image.tolist()] + [h.tolist() for h in heats]})
+    labels = [label for label, _ in relevances]
+    return (f"subject_{subject.name}_heatmaps.png", f"Subject {subject.name}: relevance beside the input ({', '.join(labels)})", rows,
+            ["input"] + [f"relevance ({label})" for label in labels],
+            "Each row: one explained point, its input, then its input relevance under each rule on one scale per row centred at 0 "
+            "(red positive, blue negative, white 0; the colour bar ends the row).")

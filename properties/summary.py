@@ -273,14 +273,16 @@ def _implementations(rows: _Rows) -> list[Answer]:
             continue
         held = sum(r["successes"] == r["trials"] for _, r in pairs)
         key, weakest = min(pairs, key=lambda p: (p[1]["rate"], natural_key(str(p[0]))))
-        where = key.outcome + ("" if key.subset is None else f" ({key.subset})")
+        where = key.outcome + ("" if key.subset is None else f" ({key.subset.replace('_', ' ')})")
         question = f"Does implementation {subject} keep DTD's promises?"
-        if held == len(pairs):
-            detail = f"every property held in every trial ({len(pairs)} properties; lowest interval: {where} {format_rate(weakest)})"
+        broken = len(pairs) - held
+        if not broken:
+            verdict = "Yes"
+            detail = f"every one of its {len(pairs)} properties held in every trial"
         else:
-            detail = (f"{held} of {len(pairs)} properties held in every trial; weakest: {where} {format_rate(weakest)} "
-                      f"of {weakest['trials']} trials")
-        out.append(Answer(question, scale_word(weakest), detail, [weakest["name"]]))
+            verdict = f"No, {broken} of {len(pairs)} properties break"
+            detail = f"the weakest, {where}, holds {scale_word(weakest).lower()}: {format_rate(weakest)} of {weakest['trials']} trials"
+        out.append(Answer(question, verdict, detail, [weakest["name"]]))
     return out
 
 
