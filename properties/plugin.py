@@ -451,7 +451,7 @@ def _yours(config, run: Store) -> dict:
     yours = {"your_subjects": set(), "your_implementations": set()}
     for name, r in run.rows.items():
         key, owner = r.get("key") or {}, run.owner.get(name, "")
-        if key.get("family") == "subject" and owner.startswith("subject["):
+        if key.get("family") == "subject" and owner.lstrip(":").startswith("subject["):  # a SubjectItem (no file of tests)
             yours["your_subjects"].add(key["subject"])
         elif key.get("family") == "conformance" and kit in owner:
             yours["your_implementations"].add(key["subject"])

@@ -309,7 +309,7 @@ def _gate(all_rows: list[Mapping]) -> Gate:
             counts.append(f"{len(names)} {one if len(names) == 1 else many}")
         verdict = f"Gate: FAILED — {', '.join(counts)} ({len(all_rows)} rates, {ok} consistent with the baseline{new_part})"
     else:
-        verdict = f"Gate: ok — {ok} of {len(all_rows)} rates consistent with the baseline{new_part}"
+        verdict = f"Gate: ok — {len(all_rows)} rate{'s' * (len(all_rows) != 1)}: {ok} consistent with the baseline{new_part}"
     return Gate(verdict, not failing, failing, new, len(all_rows))
 
 

@@ -426,7 +426,7 @@ def test_the_verdict_comes_first_and_links_the_offending_rows():
     top = page.split('<p class="guide">')[0]
     assert 'class="verdict-line fail"' in top and f'href="#{anchor}"' in top and f'id="{anchor}"' in page
     ok = _render(_run_rows())["report.md"].decode().split("\n\n")[1]
-    assert ok.startswith("**Gate: ok — 0 of")
+    assert ok.startswith(f"**Gate: ok — {len(_run_rows())} rates: 0 consistent with the baseline; {len(_run_rows())} new")
 
 
 def test_changes_since_the_baseline_put_failures_first_then_the_largest_moves():

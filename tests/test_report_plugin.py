@@ -24,7 +24,7 @@ def test_terminal_legend_and_html_path_and_a_subject_only_report(pytester):
                                            "--property-report", "out")
     result.assert_outcomes(passed=1)
     # the verdict is the section's first line
-    result.stdout.fnmatch_lines(["*DTD property rates*", "Gate: ok — 0 of 1 rates consistent with the baseline; 1 new*(see out/report.md)",
+    result.stdout.fnmatch_lines(["*DTD property rates*", "Gate: ok — 1 rate: 0 consistent with the baseline; 1 new*(see out/report.md)",
                                  "name *rate*", "subject.mynet.z+.zero_output*6.00%*new",
                                  "rate: share of trials*99 % confidence interval*status: ok | regression*",
                                  "*1 rates (0 ok, 0 regression, 1 new)*", "report: out/report.html*"])

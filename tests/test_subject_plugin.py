@@ -97,6 +97,12 @@ def test_dtd_subject_and_check_command_write_the_same_rows(user_dir):
     # no baseline of the user's: every rate is new, nothing about the project's baseline is said
     assert {r["status"] for r in rows.values()} == {"new"}
     assert "baseline rate(s) were not measured" not in via_pytest.stdout.str() + command.stdout.str()
+    # the subjects came from --dtd-subject: the report calls them the user's, and says which seed drew the neurons
+    report = json.loads((pytester.path / "from_check" / "report.json").read_text())
+    assert report["config"]["your_subjects"] == ["tiny", "tiny_w2"] and report["config"]["neuron_draw_seed"] == 0
+    markdown = (pytester.path / "from_check" / "report.md").read_text()
+    assert "## Your subjects" in markdown and "### Subject tiny (yours), rule z+" in markdown
+    assert "neuron-draw seed (subjects' sampled neurons) 0" in markdown
 
 
 def test_a_users_run_gates_on_the_users_baseline(user_dir):
