@@ -70,6 +70,8 @@ def setting(config: Mapping, key: str) -> str:
     value = config[key]
     if key == "hypothesis_profile" and value == "default":
         value = "default (hypothesis's own settings: none of the suite's profiles dev, ci, thorough is loaded outside this repository)"
+    elif isinstance(value, bool):
+        value = "yes" if value else "no"
     elif isinstance(value, (list, tuple)):
         value = ", ".join(str(v) for v in value) or "none"
     return f"{SETTING_LABELS.get(key, key)} {value}"
