@@ -4,9 +4,10 @@ The report's modules live in :mod:`properties.report` and the console
 script's in :mod:`properties.cli`; ``import properties.summary`` (or
 ``from properties import figures``) gives the very module object of the new
 place, and ``python -m properties.subject_cli check ...`` runs the new
-module's ``main``.  The finder sits at the end of ``sys.meta_path`` and
-answers only for the names in :data:`MOVED`, and only where no file of the
-old name exists, so it changes nothing for any other import.
+module's ``main``.  The finder sits at the front of ``sys.meta_path`` (so
+that no stale copy of an old file, e.g. an editable install of an older
+checkout, wins) and answers only for the names in :data:`MOVED`, so it
+changes nothing for any other import.
 """
 
 from __future__ import annotations
@@ -60,6 +61,6 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Put the finder at the end of ``sys.meta_path`` (once)."""
+    """Put the finder at the front of ``sys.meta_path`` (once)."""
     if not any(isinstance(finder, _Finder) for finder in sys.meta_path):
-        sys.meta_path.append(_Finder())
+        sys.meta_path.insert(0, _Finder())
