@@ -39,10 +39,13 @@ class _Alias(importlib.abc.Loader):
         self.new = new
 
     def create_module(self, spec):
-        return importlib.import_module(self.new)
+        module = importlib.import_module(self.new)
+        self.spec = module.__spec__  # the import machinery sets the alias spec on it next: restored in exec_module
+        return module
 
-    def exec_module(self, module) -> None:  # the new module is imported and executed already
-        pass
+    def exec_module(self, module) -> None:
+        """The new module is imported and executed already; give it back its own spec."""
+        module.__spec__ = self.spec
 
     def get_code(self, name: str):
         """What ``python -m OLD`` runs: the new module's ``main`` with the command-line arguments."""

@@ -27,7 +27,9 @@ def test_an_old_name_is_the_new_module_itself(monkeypatch):
 
 def test_every_moved_name_imports_as_its_new_module():
     for old, new in _moved.MOVED.items():
-        assert importlib.import_module(old) is importlib.import_module(new), old
+        module = importlib.import_module(old)
+        assert module is importlib.import_module(new), old
+        assert module.__spec__.name == module.__name__ == new  # the module keeps its own identity
     from properties import figures, summary
 
     assert figures is importlib.import_module(_moved.MOVED["properties.figures"])
