@@ -4,7 +4,7 @@ Subcommands
 -----------
 ``dtd-properties check MODULE:FACTORY [--report DIR] [--baseline FILE] [--update-baseline] [--confidence C] [--seed N]``
     The property suite on a user's own model and data (:class:`properties.Subject`,
-    :mod:`properties.subject_cli`): pytest with ``--dtd-subject``.
+    :mod:`properties.cli.check`): pytest with ``--dtd-subject``.
 ``dtd-properties conform MODULE:FACTORY [MODULE:FACTORY ...] [--report DIR] [--baseline FILE] [--update-baseline] [--confidence C] [--seed N]``
     Run the conformance kit (:mod:`properties.conformance`) on the LRP
     implementations the factories return: pytest on the kit's test module
@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .subject_cli import add_check_command
+from .check import add_check_command
 
 __all__ = ["main", "parser", "version"]
 

@@ -19,13 +19,13 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
-from .keys import RateKey
+from ..keys import RateKey
 from . import figures
 from .htmlpage import html_page
 from .markdown import VERDICT_LINKS, markdown
 from .sections import row_key
 from .summary import changes, format_rate, interval, summarize
-from .stats import Rate, compare
+from ..stats import Rate, compare
 
 __all__ = [
     "row", "write_report", "render_report", "replace_report", "write_partial_report", "partial_report_path", "read_baseline",
