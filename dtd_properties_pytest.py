@@ -17,38 +17,8 @@ suite:
 
 Options
 -------
-``--property-report DIR``
-    Where ``report.json``, ``report.md`` and the plots go (default ``property-report``).
-``--property-update-baseline``
-    Rewrite the baseline with this run's rates instead of gating on them; only
-    when the run completes with every test passed (else the baseline is left
-    byte for byte as it was).
-``--property-update-baseline-partial``
-    Like ``--property-update-baseline``, but also after a failed or interrupted
-    run: the rates of the tests that completed (passed) are merged into the old
-    baseline; every other entry stays as it was.
-``--property-baseline FILE``
-    The baseline to gate on (default: ``properties/baseline.json``); it must
-    exist unless the baseline is being updated.
-``--property-confidence C``
-    Confidence of every interval (default 0.99).
-``--dtd-implementation MODULE:FACTORY``
-    Run the conformance kit on a user's LRP implementations (repeatable); the
-    baseline defaults to ``./conformance-baseline.json`` (absent: every rate new).
-``--dtd-subject MODULE:FACTORY``
-    Judge a user's model and data (:class:`properties.Subject`, repeatable);
-    the baseline defaults to ``./dtd-properties-baseline.json`` (absent: every rate new).
-``--dtd-no-findings``
-    With ``--dtd-subject``: leave out the subjects' ``insensitivity``,
-    ``invariance`` and ``randomisation`` rows (as ``Subject(..., findings=False)``).
-``--property-seed N``
-    Seed of the i.i.d. samples of generated networks, an integer in
-    ``[0, 2**32 - 1]``.  Default: 0 under a derandomized hypothesis profile
-    (``ci``, ``thorough``), else a fresh random seed, printed in the report.
-``--property-call-timeout S``
-    The conformance kit's limit on one call of an implementation, in seconds
-    (default :data:`DEFAULT_CALL_TIMEOUT`); a call that takes longer fails
-    the property it was made for.
+Registered by :func:`pytest_addoption` below; its help texts are the one
+description of every option (``pytest --help``, group "DTD property suite").
 
 Every option this module registers starts with ``--property-`` or
 ``--dtd-``: it is registered in the pytest runs of every project of the
@@ -108,7 +78,8 @@ def pytest_addoption(parser) -> None:
                     help="like --property-update-baseline, but after a failed or interrupted run too: merge the rates "
                          "of the tests that passed into the old baseline, keep every other entry")
     group.addoption("--property-baseline", default=None, metavar="FILE",
-                    help="baseline file to gate on (default: properties/baseline.json); must exist unless updating")
+                    help="baseline file to gate on (default: properties/baseline.json; ./conformance-baseline.json or "
+                         "./dtd-properties-baseline.json with --dtd-implementation / --dtd-subject); must exist unless updating")
     group.addoption("--property-confidence", type=float, default=None, metavar="C",
                     help="confidence of every interval (default: 0.99)")
     group.addoption("--dtd-implementation", action="append", default=None, metavar="MODULE:FACTORY",
@@ -121,8 +92,8 @@ def pytest_addoption(parser) -> None:
                     help="with --dtd-subject: skip the insensitivity, invariance and randomisation rows of the subjects "
                          "(for large models)")
     group.addoption("--property-seed", type=int, default=None, metavar="N",
-                    help="seed of the sampled networks, in [0, 2**32 - 1] (default: 0 under a derandomized "
-                         "hypothesis profile, else random)")
+                    help="seed of the sampled networks and of the subjects' neuron draws, in [0, 2**32 - 1] (default: 0 "
+                         "under a derandomized hypothesis profile and for subjects, else random; the report names it)")
     group.addoption("--property-call-timeout", type=float, default=None, metavar="S",
                     help=f"conformance kit: the longest one call of an implementation may take, in seconds (default "
                          f"{DEFAULT_CALL_TIMEOUT:g}); a slower call fails the property it was made for")

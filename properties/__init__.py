@@ -6,7 +6,11 @@ and ``properties.Implementation`` (an LRP implementation under test,
 pytest plugin or importing the package stays light.
 """
 
+from ._moved import install as _install_moved_names
+
 __all__ = ["Subject", "Implementation"]
+
+_install_moved_names()  # properties.summary, properties.subject_cli, ...: the modules' old names (see properties._moved)
 
 
 def __getattr__(name: str):

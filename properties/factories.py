@@ -17,6 +17,11 @@ from typing import Optional
 __all__ = ["load_factory"]
 
 
+#: the hint an error raised inside a factory ends with: how to refuse a model before training it
+_EARLIER = ("; to find a model DTD cannot lower before training it, call properties.subject.check_model(model, input_shape) "
+            "at the top of the factory")
+
+
 def load_factory(spec: str, expected: type, *, directory: Optional[Path] = None) -> list:
     """Import ``MODULE:FACTORY`` and call the factory; the ``expected`` object(s) it returns, as a list.
 
@@ -69,9 +74,9 @@ def load_factory(spec: str, expected: type, *, directory: Optional[Path] = None)
     try:
         made = factory()
     except (TypeError, ValueError) as error:
-        raise type(error)(f"factory {spec} failed: {error}") from error
+        raise type(error)(f"factory {spec} ran (its training, if any, is done) and then failed: {error}{_EARLIER if expected.__name__ == 'Subject' else ''}") from error
     except Exception as error:  # the user's own code failed: a usage error naming it, not a crash of the runner
-        raise ValueError(f"factory {spec} raised {type(error).__name__}: {error}") from error
+        raise ValueError(f"factory {spec} ran and raised {type(error).__name__}: {error}") from error
     items = [made] if isinstance(made, expected) else made
     if not isinstance(items, (list, tuple)) or not all(isinstance(item, expected) for item in items):
         got = (type(made).__name__ if not isinstance(made, (list, tuple))

@@ -22,7 +22,8 @@ from typing import Optional
 from .thresholds import (CONSERVED_SHARE, INSENSITIVE_COSINE, INVARIANT_RTOL, PROPERTY_ATOL, SIMILAR_SPEARMAN,
                          SIMILAR_SSIM)
 
-__all__ = ["RateKey", "FAMILIES", "OUTCOMES", "UNITS", "SUBSETS", "FINDERS", "PAIRS", "describe", "check_name"]
+__all__ = ["RateKey", "FAMILIES", "OUTCOMES", "UNITS", "SUBSETS", "FINDERS", "PAIRS", "describe", "check_name",
+           "layer_names_label", "LAYER_NAMES_SEPARATOR"]
 
 #: report sections, in reading order
 FAMILIES = ("notebook", "generated", "region", "full_backward", "agreement", "subject", "conformance",
@@ -108,6 +109,15 @@ FINDERS = {
     "region": {"sampled": "RegionSamplingRoots(64)"},
     "full_backward": {"z+": "LinearRoots(z+)", "sampled": "RegionSamplingRoots"},
 }
+
+#: how a subject's layer names are joined in its config entry (:func:`layer_names_label`)
+LAYER_NAMES_SEPARATOR = " | "
+
+
+def layer_names_label(subject: str) -> str:
+    """The config entry under which a subject run records its layers' module names (``"0: 0 Linear | 1: 2 Linear"``)."""
+    return f"subject {subject}: layers (model modules)"
+
 
 #: subjects that are network populations of our own, not a user's: how a key names them
 SEED = "seed"

@@ -12,7 +12,7 @@ import dataclasses
 from typing import Iterable, Mapping, Optional
 
 from .keys import RateKey
-from .summary import format_rate
+from .report.summary import format_rate
 
 __all__ = ["Claim", "CLAIMS", "opening", "QUOTED_DEPTH"]
 

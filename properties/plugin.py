@@ -8,27 +8,8 @@ module loads that one (``pytest_plugins``), so ``-p properties.plugin`` or a
 conftest's ``pytest_plugins = ["properties.plugin"]`` works with or without
 the installed entry point and registers every option once.
 
-Options
--------
-``--property-report DIR``
-    Where ``report.json``, ``report.md`` and the plots go (default ``property-report``).
-``--property-update-baseline`` (``--update-baseline`` where this module is loaded explicitly)
-    Rewrite the baseline with this run's rates instead of gating on them.
-``--property-update-baseline-partial`` (``--update-baseline-partial``)
-    The same, and after a failed or interrupted run too, for the tests that passed.
-``--property-baseline FILE``
-    The baseline to gate on (default: ``properties/baseline.json``).
-``--property-confidence C``
-    Confidence of every interval (default 0.99).
-``--dtd-implementation MODULE:FACTORY``
-    Run the conformance kit (:mod:`properties.conformance`) on these LRP
-    implementations (repeatable); unless ``--property-baseline`` is given,
-    gate on ``./conformance-baseline.json``.
-``--property-seed N``
-    Seed of the i.i.d. samples of generated networks (``property_report.seed``),
-    in ``[0, 2**32 - 1]``.  Default: 0 under a derandomized hypothesis profile
-    (``ci``, ``thorough``), else a fresh random seed, printed in the report so
-    a run can be repeated.
+The options are described once, by their help texts in
+:mod:`dtd_properties_pytest` (``pytest --help``, group "DTD property suite").
 
 The short spellings ``--update-baseline`` / ``--update-baseline-partial``
 exist only in the suite's own runs: they are registered here when a run
@@ -214,6 +195,13 @@ class PropertyReport:
         """An informational number for the report's config table (not gated): ints as they are, floats to 6 digits."""
         self._store.claim("count:" + label, self._nodeid)
         self._store.counts[label] = value if isinstance(value, int) else float(f"{float(value):.6g}")
+
+    def note(self, label: str, text: str) -> None:
+        """A line of text for the report's config (not gated), e.g. a subject's layer names."""
+        if not isinstance(text, str):
+            raise TypeError(f"note {label!r} must be a str, got {type(text).__name__}")
+        self._store.claim("count:" + label, self._nodeid)
+        self._store.counts[label] = text
 
     def histogram(self, file: str, title: str, series: Mapping[str, Sequence[float]], *, xlabel: str = "", caption: str = "", bins: int = 30) -> None:
         """A histogram plot of one or more value series (drawn over each other)."""
@@ -505,6 +493,7 @@ def _write_report(config, run: Store, incomplete: Optional[str], exitstatus) -> 
         "torch": torch.__version__,
         "python": platform.python_version(),
         "seconds": round(time.time() - run.started, 1),
+        **_yours(config, run),
         **dict(sorted(run.counts.items())),
     }
     directory = _report_directory(config)
@@ -519,6 +508,33 @@ def _write_report(config, run: Store, incomplete: Optional[str], exitstatus) -> 
         run.notes.append(f"partial report ({incomplete}): {run.written_to}; {_relative(directory, start)} is left as it was")
 
 
+def _yours(config, run: Store) -> dict:
+    """Which seed drew the subjects' neurons, and which subjects and implementations the user brought (by the tests that
+    recorded them: ``--dtd-subject`` items and the kit's ``--dtd-implementation`` module)."""
+    out = {}
+    subjects = sorted({r["key"]["subject"] for r in run.rows.values() if (r.get("key") or {}).get("family") == "subject"})
+    if subjects:
+        seed = config.getoption("--property-seed")
+        out["neuron_draw_seed"] = _entry_subject_seed() if seed is None else seed
+    ours = Path(__file__).with_name("test_conformance.py").name  # the shipped adapters' rows (the kit's own run)
+    handed = bool(config.getoption("--dtd-implementation"))
+    yours = {"your_subjects": set(), "your_implementations": set()}
+    for name, r in run.rows.items():
+        key, owner = r.get("key") or {}, run.owner.get(name, "")
+        if key.get("family") == "subject" and owner.lstrip(":").startswith("subject["):  # a SubjectItem (no file of tests)
+            yours["your_subjects"].add(key["subject"])
+        elif key.get("family") == "conformance" and handed and ours not in owner:
+            yours["your_implementations"].add(key["subject"])
+    out.update({label: sorted(names) for label, names in yours.items() if names})
+    return out
+
+
+def _entry_subject_seed() -> int:
+    from .subject_plugin import DEFAULT_SUBJECT_SEED
+
+    return DEFAULT_SUBJECT_SEED
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     run: Optional[Store] = config.stash.get(_STORE_KEY, None)
     if run is None or _is_worker(config):
@@ -527,6 +543,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         rows = sorted(run.rows.values(), key=lambda r: r["name"])
         shown = [r for r in rows if r["name"] in run.summary or r["status"] != "ok"]
         terminalreporter.section("DTD property rates")
+        for line in _report.verdict_lines(rows, run.written_to):
+            terminalreporter.write_line(line)
         for line in _report.format_table(shown):
             terminalreporter.write_line(line)
         terminalreporter.write_line(_report.table_legend(run.confidence))

@@ -37,11 +37,12 @@ from dtd.validation import check_int, check_seed
 
 from . import variants as V
 from .checks import draw_neurons, root_outcomes
-from .keys import OUTCOMES, RateKey, check_name, describe
+from .keys import LAYER_NAMES_SEPARATOR, OUTCOMES, RateKey, check_name, describe, layer_names_label
 from .stats import DEFAULT_CONFIDENCE, Rate
 from .thresholds import CONSERVED_SHARE, ZERO_OUTPUT_ULPS, zero_output_tolerance
 
-__all__ = ["Subject", "SubjectResult", "evaluate", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "REGION_LP_ENTRIES", "HEATMAP_POINTS"]
+__all__ = ["Subject", "SubjectResult", "evaluate", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "REGION_LP_ENTRIES", "HEATMAP_POINTS",
+           "layer_names", "check_model"]
 
 #: the root questions of every layer, in report order (fields of :class:`properties.checks.RootOutcomes`)
 ROOT_QUESTIONS = ("zero_output", "output_unchanged", "gradient_match", "region_match", "in_domain")
@@ -189,6 +190,44 @@ class Subject:
         return f"Subject({self.name!r}, {len(self.inputs)} points of shape {self.input_shape}, rules={labels})"
 
 
+#: modules that end a DTD layer, and modules that carry no layer of their own
+_BOUNDARY = (nn.ReLU,)
+_SHAPE_ONLY = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
+
+
+def layer_names(model: nn.Module, n_layers: int) -> Optional[list[str]]:
+    """The model's modules behind each DTD layer (``"0 Linear"``, ``"3 AvgPool2d + 4 Conv2d"``), or None.
+
+    A layer is the affine modules between two ReLUs (shape-only modules
+    left out); None where the grouping does not give ``n_layers`` layers
+    (a model the lowering reads differently).
+    """
+    leaves = [(name, module) for name, module in model.named_modules() if not list(module.children())]
+    groups, current = [], []
+    for name, module in leaves:
+        if isinstance(module, _BOUNDARY):
+            groups.append(current)
+            current = []
+        elif not isinstance(module, _SHAPE_ONLY):
+            current.append(f"{name} {type(module).__name__}")
+    groups.append(current)
+    groups = [g for g in groups if g]
+    return [" + ".join(g) for g in groups] if len(groups) == n_layers else None
+
+
+def check_model(model: nn.Module, input_shape: Sequence[int]) -> "dtd.ReLUNetwork | dtd.GraphNetwork":
+    """Lower ``model`` as :class:`Subject` will, so a factory can refuse a model before it trains it.
+
+    Call it on the untrained model at the top of a factory; it raises the
+    ``TypeError`` / ``ValueError`` that ``Subject(...)`` would raise after
+    training (naming the module DTD cannot lower) and returns the lowered
+    network otherwise.  The model is not changed.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (an nn.Sequential), got {type(model).__name__}")
+    return _lower(model, tuple(int(n) for n in input_shape))
+
+
 def _lower(model: nn.Module, input_shape: tuple) -> "dtd.ReLUNetwork | dtd.GraphNetwork":
     """The model lowered exactly: densely by ``from_sequential`` where it can, else by the graph engine (``from_module``).
 
@@ -306,6 +345,10 @@ class SubjectResult:
             property_report.rate(key, rate, description, summary=show)
         for label, value in self.counts.items():
             property_report.count(label, value)
+        network = self.subject.network
+        names = network.layer_names() if isinstance(network, dtd.GraphNetwork) else layer_names(self.subject.model, network.n_layers)
+        if names is not None:
+            property_report.note(layer_names_label(self.subject.name), LAYER_NAMES_SEPARATOR.join(f"{k}: {n}" for k, n in enumerate(names)))
         for file, title, series, xlabel, caption in self.histograms:
             property_report.histogram(file, title, series, xlabel=xlabel, caption=caption)
         for file, title, rows, columns, caption in self.image_grids:
@@ -353,6 +396,7 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
     rates: dict = {}
     counts: dict = {}
     histograms, grids = [], []
+    relevances = []  # (rule label, (N, *input_shape) relevance) of image inputs, for one heatmap grid per subject
     bar = _progress(len(subject.rules) * len(groups) * net.n_layers, f"subject {name}")
     tail = (f"{subject.neurons_per_point} neurons drawn per point and layer" if subject.neurons_per_point
             else "every neuron") + f", {len(subject.inputs)} points, intervals clustered by point"
@@ -444,13 +488,12 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
                     "mean absolute gradient difference", "The notebook's second histogram; 0: every root lies in the input's linear region.",
                 ))
                 if len(subject.input_shape) >= 2:
-                    grids.append(_heatmaps(subject, label, relevance))
+                    relevances.append((label, relevance))
     finally:
         if bar is not None:
             bar.close()
-    if isinstance(net, dtd.GraphNetwork):
-        for k, layer_name in enumerate(net.layer_names()):
-            counts[f"subject {name}: layer {k} is the model's {layer_name!r} (graph engine)"] = k
+    if relevances:
+        grids.append(_heatmaps(subject, relevances))
     counts[f"subject {name}: points explained"] = len(subject.inputs)
     counts[f"subject {name}: points left out (explained output <= 0)"] = subject.n_dropped
     return SubjectResult(subject, rates, counts, histograms, grids)
@@ -482,16 +525,19 @@ def _region_roots(net, dec, k: int, output: int, n_points: int, n_neurons: int, 
     return list(zip((found.valid & pick).sum(1).tolist(), pick.sum(1).tolist()))
 
 
-def _heatmaps(subject: Subject, label: str, relevance: torch.Tensor):
-    """Inputs beside their relevance, for the first few points (channels averaged / summed)."""
+def _heatmaps(subject: Subject, relevances: list):
+    """Inputs beside their relevance under every rule, for the first few points (channels averaged / summed)."""
     n = min(HEATMAP_POINTS, len(subject.inputs))
     shape = subject.input_shape
     rows = []
     for i in range(n):
         image = subject.inputs[i].reshape(shape)
-        heat = relevance[i].reshape(shape)
+        heats = [relevance[i].reshape(shape) for _, relevance in relevances]
         if len(shape) == 3:
-            image, heat = image.mean(0), heat.sum(0)
-        rows.append({"label": f"point {i}, output {int(subject.outputs[i])}", "images": [image.tolist(), heat.tolist()]})
-    return (_file(subject.name, label, "heatmaps"), f"Subject {subject.name}: {label} relevance beside the input", rows,
-            ["input", f"relevance ({label})"], "Each row: one explained point (its input, then its input relevance; red positive, blue negative).")
+            image, heats = image.mean(0), [heat.sum(0) for heat in heats]
+        rows.append({"label": f"point {i}, output {int(subject.outputs[i])}", "images": [image.tolist()] + [h.tolist() for h in heats]})
+    labels = [label for label, _ in relevances]
+    return (f"subject_{subject.name}_heatmaps.png", f"Subject {subject.name}: relevance beside the input ({', '.join(labels)})", rows,
+            ["input"] + [f"relevance ({label})" for label in labels],
+            "Each row: one explained point, its input, then its input relevance under each rule on one scale per row centred at 0 "
+            "(red positive, blue negative, white 0; the colour bar ends the row).")

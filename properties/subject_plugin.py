@@ -82,7 +82,7 @@ def pytest_collection_modifyitems(session, config, items):
         try:
             subjects = load_subjects(spec, directory=Path(config.invocation_params.dir))
         except (TypeError, ValueError) as error:
-            raise pytest.UsageError(f"--dtd-subject {spec}: {error}") from None
+            raise pytest.UsageError(f"subject factory {spec}: {error}") from None
         for subject in subjects:
             if subject.name in seen:
                 raise pytest.UsageError(f"subject name {subject.name!r} comes from both {seen[subject.name]} and {spec}")

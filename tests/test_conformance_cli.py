@@ -93,9 +93,23 @@ def test_conform_writes_the_report_and_the_users_own_baseline(user_dir):
     baseline = json.loads((user_dir / "conformance-baseline.json").read_text())["properties"]
     assert set(baseline) == set(rows)
     assert (ROOT / "properties" / "baseline.json").read_bytes() == shipped  # never our baseline
-    again = _cli(user_dir, "conform", "usermod:implementations", "--report", "out")
+    again = _cli(user_dir, "conform", "usermod:implementations", "--report", "out", "--confidence", "0.95")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert {r["status"] for r in json.loads((user_dir / "out" / "report.json").read_text())["properties"]} == {"ok"}
+    report = json.loads((user_dir / "out" / "report.json").read_text())
+    assert {r["status"] for r in report["properties"]} == {"ok"}
+    # conform takes --confidence as check does; the report names the user's implementations
+    assert report["config"]["confidence"] == 0.95 and {r["confidence"] for r in report["properties"]} == {0.95}
+    assert report["config"]["your_implementations"] == ["user_zplus"]
+    lines = again.stdout.splitlines()
+    section = next(i for i, line in enumerate(lines) if "DTD property rates" in line)
+    assert lines[section + 1].startswith("Gate: ok")  # the verdict is the summary's first line
+
+
+def test_version_is_printed(user_dir):
+    from properties.cli import version
+
+    result = _cli(user_dir, "--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"dtd-properties {version()}"
 
 
 def test_pytest_option_runs_the_kit_and_lists_counterexamples(user_dir):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from html import escape
 from html.parser import HTMLParser
 
 import pytest
@@ -13,7 +14,8 @@ from properties import figures
 from properties.keys import SEED_TOP_LAYER, RateKey, by_design
 from properties.report import render_report, row, table_legend
 from properties.sections import OTHER, natural_key, row_key, sections, split_by_design
-from properties.summary import format_rate, summarize
+from properties.summary import SCALE_TEXT, changes, format_rate, row_anchor, scale_word, summarize
+from properties.tables import implementation_matrix, subject_grids
 
 CONFIDENCE = 0.99
 CONFIG = {"confidence": CONFIDENCE, "seed": 0, "hypothesis_profile": "ci", "hypothesis_max_examples": 30,
@@ -65,9 +67,9 @@ def _answer(summary, fragment):
 
 def test_summary_sentence_follows_the_rate():
     never = _answer(summarize(_run_rows(0)), "set the explained output to zero")
-    some = _answer(summarize(_run_rows(2500)), "set the explained output to zero")
+    some = _answer(summarize(_run_rows(5000)), "set the explained output to zero")
     assert never.verdict == "Never" and never.detail.startswith("0.00 % [")
-    assert some.verdict == "Sometimes" and some.detail.startswith("25.00 % [")
+    assert some.verdict == "Sometimes" and some.detail.startswith("50.00 % [")
     assert never.detail != some.detail
     assert never.names == some.names == ["notebook.zero_output"]
 
@@ -93,11 +95,13 @@ def test_summary_leaves_out_rows_fixed_by_design_and_reports_the_gate():
     summary = summarize(rows)
     named = {n for a in summary.answers for n in a.names}
     assert "notebook.layer3.gradient_match.points" not in named
-    assert summary.gate.verdict == f"ok, {len(rows)} new" and len(summary.gate.names) == len(rows)  # fake rows have no baseline
+    assert summary.gate.passed and summary.gate.verdict.startswith("Gate: ok")  # fake rows have no baseline: all new
+    assert f"{len(rows)} new" in summary.gate.verdict and len(summary.gate.names) == len(rows)
     baseline = {"rate": 0.9, "ci_low": 0.89, "ci_high": 0.91}
     regressed = rows + [_row(RateKey("region", "root_exists", rule="w2"), 10, 100, baseline=baseline)]
     gate = summarize(regressed).gate
-    assert gate.verdict == "1 regression" and gate.names[0] == "region.w2.root_exists"
+    assert not gate.passed and gate.verdict.startswith("Gate: FAILED — 1 regression (")
+    assert gate.failing == {"regression": ["region.w2.root_exists"]} and gate.names[0] == "region.w2.root_exists"
 
 
 def test_rules_at_a_glance_cells_are_found_by_key():
@@ -113,16 +117,21 @@ def test_rules_at_a_glance_cells_are_found_by_key():
 def test_a_users_subject_run_gets_only_its_own_sections_and_sentences():
     rows = [_row(RateKey("subject", "zero_output", subject="mynet", rule="z+"), 3, 50),
             _row(RateKey("subject", "gradient_match", subject="mynet", rule="z+", layer=1), 40, 50)]
+    rows.append(_row(RateKey("subject", "conserved", subject="mynet", rule="z+"), 50, 50))
     summary = summarize(rows)
-    assert [a.question for a in summary.answers] == ["How does subject mynet fare?"]
+    assert [a.question for a in summary.answers] == ["Does z+ conserve relevance on subject mynet (sum_i R_i within 1 % of f(x))?"]
     assert summary.glance is None
     assert [s.family for s in sections(rows)] == ["subject"]
     files = _render(rows)
     markdown = files["report.md"].decode()
-    assert "## Your subjects" in markdown and "notebook" not in markdown.lower().split("## glossary")[0]
+    # the heading says what is there; "yours" only for subjects the run was handed (--dtd-subject)
+    assert "## Subjects" in markdown and "## Your subjects" not in markdown
+    assert "notebook" not in markdown.lower().split("## glossary")[0]
+    yours = render_report(rows, [], {**CONFIG, "your_subjects": ["mynet"]})["report.md"].decode()
+    assert "## Your subjects" in yours and "### Subject mynet (yours), rule z+" in yours
     assert not [name for name in files if name.endswith(".png")]  # nothing to compare across rules or layers
     conformance = [_row(RateKey("conformance", "equals_dtd", subject="mylrp"), 99, 100)]
-    assert [a.question for a in summarize(conformance).answers] == ["How does implementation mylrp fare?"]
+    assert [a.question for a in summarize(conformance).answers] == ["Does implementation mylrp keep DTD's promises?"]
 
 
 # --------------------------------------------------------------------------- sections and natural sort
@@ -284,7 +293,7 @@ def test_html_is_self_contained_and_lists_every_rate():
         assert f"<code>{r['name']}</code>" in page
     for r in measured:
         assert f"<code>{r['name']}</code>" in cells
-    assert re.search(r'<tr class="regression" data-status="regression" data-section="notebook"><td>notebook</td><td><code>notebook\.zero_output</code>', page)
+    assert re.search(r'<tr class="regression" data-status="regression" data-section="notebook" id="rate-notebook--zero_output"><td>notebook</td><td><code>notebook\.zero_output</code>', page)
     assert "&lt;b&gt;not markup&lt;/b&gt;" in page
 
 
@@ -340,8 +349,24 @@ def test_an_implementations_answer_shows_every_property_including_each_populatio
         _row(K("conformance", "equals_dtd", subject="lib", subset="bias_positive"), 10, 50),
     ]
     answer = next(a for a in summarize(rows, CONFIDENCE).answers if "implementation lib" in a.question)
-    assert answer.verdict == "Sometimes" and "equals_dtd bias_positive 20.00 %" in answer.detail
-    assert "conformance.lib.equals_dtd.bias_positive" in answer.names
+    # one rate per sentence: the weakest property, its word from its own interval (never a range over properties)
+    weakest = rows[2]
+    assert answer.names == ["conformance.lib.equals_dtd.bias_positive"] and answer.verdict == "No, 1 of 3 properties break"
+    assert answer.detail == f"the weakest, equals_dtd (bias positive), holds {scale_word(weakest).lower()}: {format_rate(weakest)} of 50 trials"
+    matrix = implementation_matrix(rows)
+    assert matrix.implementations == ["lib"] and matrix.columns == [("equals_dtd", "bias_negative"), ("equals_dtd", "bias_positive"),
+                                                                    ("finite", None)]
+    other = rows + [_row(K("conformance", "positivity", subject="other"), 5, 5)]
+    matrix = implementation_matrix(other)
+    assert matrix.cells["other"][("finite", None)] is None  # n/a: not measured for that implementation
+    assert matrix.cells["lib"][("positivity", None)] is None and matrix.cells["other"][("positivity", None)]["rate"] == 1.0
+    files = render_report(other, [], CONFIG)
+    markdown, page = files["report.md"].decode(), files["report.html"].decode()
+    assert "## Implementations x properties" in markdown
+    assert "| lib | 100.00 %<br>[" in markdown and "| **20.00 %<br>[" in markdown and "n/a" in markdown
+    table = page.split('id="implementations"')[1].split("</table>")[0]
+    assert table.count('class="cell break"') == 1 and table.count('class="na"') == 4 and "background:rgb(" in table
+    assert 'title="conformance.lib.equals_dtd.bias_positive: 20.00 % [' in table
 
 
 def test_every_navigation_link_has_its_target():
@@ -353,3 +378,93 @@ def test_every_navigation_link_has_its_target():
         targets = set(re.findall(r'id="([^"]+)"', text)) | {m.lower().replace(" ", "-") for m in re.findall(r"^#+ (.+)$", text, re.M)}
         links = set(re.findall(r'href="#([^"]+)"', text)) | set(re.findall(r"\]\(#([^)]+)\)", text))
         assert links and links <= targets, f"{name}: dead links {sorted(links - targets)}"
+
+
+# --------------------------------------------------------------------------- the words, the verdict, the changes, causes
+def _share(successes, trials):
+    return _row("demo.rate", successes, trials)
+
+
+@pytest.mark.parametrize("successes, trials, word", [
+    (0, 10, "Never"), (10, 10, "Always"), (1, 10000, "Almost never"), (1000, 10000, "Rarely"), (5000, 10000, "Sometimes"),
+    (8500, 10000, "Often"), (9990, 10000, "Almost always"),
+    (2, 10, "Almost never to sometimes"), (5, 20, "Rarely to sometimes"), (72, 100, "Sometimes to often"),
+])
+def test_the_word_is_decided_from_the_interval(successes, trials, word):
+    r = _share(successes, trials)
+    assert scale_word(r) == word, (r["ci_low"], r["ci_high"])
+
+
+def test_the_glossary_states_the_scale_and_the_answers_link_it():
+    files = _render(_run_rows())
+    for name in ("report.md", "report.html"):
+        text = files[name].decode()
+        for word, rule in SCALE_TEXT:
+            assert f"{word}: {rule}" in text or escape(f"{word}: {rule}") in text
+        assert "#scale" in text
+
+
+def test_every_answer_is_one_sentence_with_one_rate():
+    rows = _run_rows(17) + [_row(RateKey("region", "root_exists", rule="w2"), 10, 100)]
+    for answer in summarize(rows).answers:
+        assert len(answer.names) == 1 and answer.detail.count(" % [") == 1, answer  # one rate and its interval
+        word = scale_word({r["name"]: r for r in rows}[answer.names[0]])
+        assert answer.verdict == word or word.lower() in answer.detail
+    labels = [a.label for a in summarize(rows).answers if "inside the input's linear region" in a.question]
+    assert labels == ["w2", "z+"]
+
+
+def test_the_verdict_comes_first_and_links_the_offending_rows():
+    baseline = {"rate": 0.9, "ci_low": 0.89, "ci_high": 0.91}
+    rows = _run_rows() + [_row(RateKey("region", "root_exists", rule="w2"), 10, 100, baseline=baseline)]
+    files = _render(rows)
+    markdown, page = files["report.md"].decode(), files["report.html"].decode()
+    anchor = row_anchor("region.w2.root_exists")
+    first = markdown.split("\n\n")[1]
+    assert first.startswith("**Gate: FAILED — 1 regression") and f"(#{anchor})" in first
+    assert f'<a id="{anchor}"></a>`region.w2.root_exists`' in markdown
+    top = page.split('<p class="guide">')[0]
+    assert 'class="verdict-line fail"' in top and f'href="#{anchor}"' in top and f'id="{anchor}"' in page
+    ok = _render(_run_rows())["report.md"].decode().split("\n\n")[1]
+    assert ok.startswith(f"**Gate: ok — {len(_run_rows())} rates: 0 consistent with the baseline; {len(_run_rows())} new")
+
+
+def test_changes_since_the_baseline_put_failures_first_then_the_largest_moves():
+    def moved(name, successes, base_rate):
+        return _row(name, successes, 1000, baseline={"rate": base_rate, "ci_low": base_rate - 0.01, "ci_high": base_rate + 0.01})
+
+    rows = [moved("a.small", 505, 0.5), moved("b.large", 800, 0.5), moved("c.failing", 300, 0.5), moved("d.same", 500, 0.5),
+            _row("e.new", 1, 2)]
+    assert rows[2]["status"] == "regression" and rows[1]["status"] == "regression"
+    assert [r["name"] for r in changes(rows)] == ["b.large", "c.failing", "a.small"]
+    assert [r["name"] for r in changes(rows, 1)] == ["b.large"]
+    markdown = _render(rows)["report.md"].decode()
+    section = markdown.split("## Changes since the baseline")[1].split("## Answers")[0]
+    assert "| +30.00 points | **regression** |" in section and "| -20.00 points | **regression** |" in section
+    assert section.index("b.large") < section.index("c.failing") < section.index("a.small") and "d.same" not in section
+
+
+def test_a_low_conservation_names_the_layer_whose_roots_are_missing():
+    K = RateKey
+    rows = [_row(K("subject", "conserved", subject="cnn", rule="z+"), 9, 200),
+            _row(K("subject", "root_exists", subject="cnn", rule="z+", layer=0), 790, 1000),
+            _row(K("subject", "root_exists", subject="cnn", rule="z+", layer=1), 1000, 1000),
+            _row(K("subject", "zero_output", subject="cnn", rule="z+", layer=1), 52, 100)]
+    config = {**CONFIG, "subject cnn, z+, layer 0: mean upper relevance (dtd.accounting)": 10.0,
+              "subject cnn, z+, layer 0: mean lost relevance (dtd.accounting)": 0.37,
+              "subject cnn, z+, layer 0: mean conserved relevance (dtd.accounting)": 9.63,
+              "subject cnn: layers (model modules)": "0: 0 Conv2d | 1: 3 Linear"}
+    summary = summarize(rows, CONFIDENCE, config)
+    conserved = next(a for a in summary.answers if "conserve" in a.question)
+    assert conserved.causes == [f"← root_exists at layer 0 is {format_rate(rows[1])}: neurons without a root lose their relevance; "
+                                "3.7 % of the relevance reaching layer 0 is lost there"]
+    assert "subject.cnn.z+.layer1.zero_output" not in summary.causes  # judged up to f(x)'s rounding already
+    assert "subject.cnn.z+.layer1.root_exists" not in summary.causes
+    grid, = subject_grids(rows, config)
+    assert grid.layers == [0, 1] and grid.names == {0: "0 Conv2d", 1: "3 Linear"}
+    assert grid.shares(0) == pytest.approx({"passed on": 0.963, "lost (no root)": 0.037, "bias share": 0.0}) and grid.shares(1) is None
+    files = render_report(rows, [], config)
+    markdown, page = files["report.md"].decode(), files["report.html"].decode()
+    assert "| 0 (0 Conv2d) |" in markdown and "passed on 96.3 %; lost (no root) 3.7 %" in markdown
+    assert 'class="passed" style="width:96.3%"' in page and 'class="lost" style="width:3.7%"' in page
+    assert "← root_exists at layer 0" in page.split('id="rates"')[1]

@@ -23,13 +23,16 @@ def test_terminal_legend_and_html_path_and_a_subject_only_report(pytester):
     result = pytester.runpytest_subprocess("-p", "properties.plugin", "-p", "no:cacheprovider", "--property-baseline", "baseline.json",
                                            "--property-report", "out")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*DTD property rates*", "subject.mynet.z+.zero_output*6.00%*new",
+    # the verdict is the section's first line
+    result.stdout.fnmatch_lines(["*DTD property rates*", "Gate: ok — 1 rate: 0 consistent with the baseline; 1 new*(see out/report.md)",
+                                 "name *rate*", "subject.mynet.z+.zero_output*6.00%*new",
                                  "rate: share of trials*99 % confidence interval*status: ok | regression*",
                                  "*1 rates (0 ok, 0 regression, 1 new)*", "report: out/report.html*"])
     out = pytester.path / "out"
     report = json.loads((out / "report.json").read_text())
     assert [r["key"]["subject"] for r in report["properties"]] == ["mynet"]
     markdown = (out / "report.md").read_text()
-    assert "## Your subjects" in markdown and "How does subject mynet fare?" in markdown
+    # a test's subject rows are not "yours": only --dtd-subject's are
+    assert "## Subjects" in markdown and "## Your subjects" not in markdown and "### Subject mynet, rule z+" not in markdown
     assert "## The seed notebook" not in markdown and "## Rules at a glance" not in markdown
     assert "subject.mynet.z+.zero_output" in (out / "report.html").read_text()

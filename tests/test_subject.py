@@ -169,6 +169,32 @@ def test_image_inputs_get_heatmaps():
     assert len(result.image_grids) == 1
     file, _, rows, columns, _ = result.image_grids[0]
     assert len(rows[0]["images"]) == len(columns) == 2 and len(rows[0]["images"][1]) == 4
+    # every rule's relevance in one grid, side by side (one scale per row), not one grid per rule
+    both = evaluate(Subject("cnn", model, x, neurons_per_point=4, rules=("z+", "gamma1")))
+    assert len(both.image_grids) == 1
+    _, _, rows, columns, _ = both.image_grids[0]
+    assert columns == ["input", "relevance (z+)", "relevance (gamma1)"] and len(rows[0]["images"]) == 3
+
+
+def test_layers_are_named_by_the_models_modules():
+    from properties.subject import layer_names
+
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(32, 10))
+    assert layer_names(model, 3) == ["0 Conv2d", "2 AvgPool2d + 3 Conv2d", "6 Linear"]
+    assert layer_names(model, 2) is None  # the grouping disagrees with the lowering: no names rather than wrong ones
+
+
+def test_a_model_dtd_cannot_lower_is_refused_before_training():
+    from properties.subject import check_model
+
+    with torch.random.fork_rng(devices=[]):
+        model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises((TypeError, ValueError), match="Tanh"):
+        check_model(model, (4,))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert check_model(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), (4,)).n_layers == 1
 
 
 def test_image_inputs_get_a_heatmap_grid_that_the_report_renders(tmp_path):

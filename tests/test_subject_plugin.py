@@ -103,6 +103,12 @@ def test_dtd_subject_and_check_command_write_the_same_rows(user_dir):
     # no baseline of the user's: every rate is new, nothing about the project's baseline is said
     assert {r["status"] for r in rows.values()} == {"new"}
     assert "baseline rate(s) were not measured" not in via_pytest.stdout.str() + command.stdout.str()
+    # the subjects came from --dtd-subject: the report calls them the user's, and says which seed drew the neurons
+    report = json.loads((pytester.path / "from_check" / "report.json").read_text())
+    assert report["config"]["your_subjects"] == ["tiny", "tiny_w2"] and report["config"]["neuron_draw_seed"] == 0
+    markdown = (pytester.path / "from_check" / "report.md").read_text()
+    assert "## Your subjects" in markdown and "### Subject tiny (yours), rule z+" in markdown
+    assert "neuron-draw seed (subjects' sampled neurons) 0" in markdown
 
 
 def test_a_users_run_gates_on_the_users_baseline(user_dir):
@@ -131,9 +137,9 @@ def test_a_users_run_gates_on_the_users_baseline(user_dir):
         ("usermod:not_callable", TypeError, "not a function"),
         ("usermod:number", TypeError, "returned int; expected a properties.Subject"),
         ("usermod:empty_list", ValueError, "empty list"),
-        ("usermod:empty_inputs", ValueError, "usermod:empty_inputs failed: inputs hold no point"),
+        ("usermod:empty_inputs", ValueError, r"usermod:empty_inputs ran \(its training, if any, is done\) and then failed: inputs hold no point.*check_model"),
         ("usermod:no_positive_output", ValueError, "no point has a positive explained output"),
-        ("usermod:crashes", ValueError, "factory usermod:crashes raised RuntimeError: the data file is missing"),
+        ("usermod:crashes", ValueError, "factory usermod:crashes ran and raised RuntimeError: the data file is missing"),
     ],
 )
 def test_bad_factories_name_what_was_given_and_expected(user_dir, spec, error, match):
@@ -142,12 +148,13 @@ def test_bad_factories_name_what_was_given_and_expected(user_dir, spec, error, m
 
 
 @pytest.mark.parametrize("factory, message", [("usermod:missing", "has no attribute 'missing'"),
-                                              ("usermod:crashes", "raised RuntimeError: the data file is missing")])
+                                              ("usermod:crashes", "ran and raised RuntimeError: the data file is missing")])
 def test_a_bad_factory_is_a_usage_error_of_the_command(user_dir, factory, message):
     result = user_dir.run(sys.executable, "-m", "properties.subject_cli", "check", factory)
     assert result.ret == 4
     output = result.stdout.str() + result.stderr.str()
     assert message in output and "INTERNALERROR" not in output
+    assert "ERROR: --dtd-subject" not in output and f"subject factory {factory}:" in output  # the user typed no pytest option
 
 
 def test_findings_rows_come_with_a_subject_unless_switched_off(user_dir):

@@ -14,7 +14,7 @@ import dataclasses
 import re
 from typing import Iterable, Mapping, Optional
 
-from .keys import FAMILIES, OUTCOMES, SEED, SUBSETS, UNITS, RateKey, by_design
+from ..keys import FAMILIES, OUTCOMES, SEED, SUBSETS, UNITS, RateKey, by_design
 
 __all__ = ["row_key", "natural_key", "row_order", "Section", "sections", "split_by_design", "OTHER", "FAMILY_TITLES"]
 
@@ -28,8 +28,8 @@ FAMILY_TITLES = {
     "region": "In-region roots (exact LP and sampling)",
     "full_backward": "Full backward (recursive DTD)",
     "agreement": "Agreement with zennit and captum",
-    "subject": "Your subjects",
-    "conformance": "Your implementations (conformance)",
+    "subject": "Subjects",
+    "conformance": "Implementations (conformance)",
     "insensitivity": "Class insensitivity with depth (Sixt et al. 2020)",
     "invariance": "Input invariance (Kindermans et al. 2019)",
     "randomisation": "Cascading parameter randomisation (Adebayo et al. 2018)",

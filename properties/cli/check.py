@@ -9,7 +9,7 @@ factory that cannot be imported).
 
 ``add_check_command(subparsers)`` adds the subcommand to the console
 script's argparse parser; ``run_check(args)`` runs it.  ``python -m
-properties.subject_cli check ...`` works without the console script.
+properties.cli check ...`` works without the console script.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m properties.subject_cli check ...`` (the console script wires :func:`add_check_command` itself)."""
+    """``python -m properties.cli.check check ...`` (the console script wires :func:`add_check_command` itself)."""
     parser = argparse.ArgumentParser(prog="dtd-properties")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_check_command(subparsers)

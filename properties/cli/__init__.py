@@ -4,12 +4,14 @@ Subcommands
 -----------
 ``dtd-properties check MODULE:FACTORY [--report DIR] [--baseline FILE] [--update-baseline] [--confidence C] [--seed N] [--no-findings]``
     The property suite on a user's own model and data (:class:`properties.Subject`,
-    :mod:`properties.subject_cli`): pytest with ``--dtd-subject``.
-``dtd-properties conform MODULE:FACTORY [MODULE:FACTORY ...] [--report DIR] [--baseline FILE] [--update-baseline] [--seed N] [--call-timeout S]``
+    :mod:`properties.cli.check`): pytest with ``--dtd-subject``.
+``dtd-properties conform MODULE:FACTORY [MODULE:FACTORY ...] [--report DIR] [--baseline FILE] [--update-baseline] [--confidence C] [--seed N] [--call-timeout S]``
     Run the conformance kit (:mod:`properties.conformance`) on the LRP
     implementations the factories return: pytest on the kit's test module
     with ``--dtd-implementation``.  One report format, one baseline format,
     one gate: the same plugin as ``pytest -m properties``.
+
+``dtd-properties --version`` prints the installed version.
 
 Exit codes: pytest's (0 all passed, 1 a rate regressed against the
 baseline, 3 the report or the baseline could not be written: the message
@@ -27,9 +29,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .subject_cli import add_check_command, seed_argument
+from .check import add_check_command, seed_argument
 
-__all__ = ["main", "parser"]
+__all__ = ["main", "parser", "version"]
 
 #: the default of --call-timeout (``properties.conformance.DEFAULT_CALL_TIMEOUT``; not imported here: that imports torch)
 DEFAULT_CALL_TIMEOUT = 120.0
@@ -42,6 +44,7 @@ PYTEST_USAGE = 4
 def parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     top = argparse.ArgumentParser(prog="dtd-properties", description="DTD property suite: report, gate, conformance kit")
+    top.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     conform = commands.add_parser(
@@ -58,12 +61,23 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def version() -> str:
+    """The installed distribution's version (``"unknown"`` when running from a tree that is not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("dtd-properties")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _common(sub: argparse.ArgumentParser, baseline: str) -> None:
     sub.add_argument("--report", default="property-report", metavar="DIR", help="report directory (default: property-report)")
     sub.add_argument("--baseline", default=None, metavar="FILE",
                      help=f"your baseline to gate on (default: ./{baseline}, where an absent file means every rate is "
                           "new; a FILE named here must exist unless --update-baseline creates it)")
     sub.add_argument("--update-baseline", action="store_true", help="write this run's rates to the baseline instead of gating")
+    sub.add_argument("--confidence", type=float, default=None, metavar="C", help="confidence of every interval (default: 0.99)")
     sub.add_argument("--seed", type=seed_argument, default=0, metavar="N",
                      help="seed of the generated networks, in [0, 2**32 - 1] (default 0: reproducible)")
 
@@ -108,6 +122,7 @@ def _pytest(targets: list[str], args: argparse.Namespace) -> int:
         "--property-report", args.report,
         *(["--property-baseline", args.baseline] if args.baseline is not None else []),
         "--property-seed", str(args.seed),
+        *(["--property-confidence", str(args.confidence)] if args.confidence is not None else []),
         "-q",
         *(["--property-update-baseline"] if args.update_baseline else []),
     ]

@@ -192,24 +192,35 @@ def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[f
                 raise ValueError(f"unknown plot kind {plot['kind']!r}")
             ax.set_title(plot["title"])
             ax.set_xlabel(plot.get("xlabel", ""))
-            if plot["kind"] != "lines":  # the lines' panels lay themselves out around a legend below them
+            grid = plot["kind"] == "image_grid"
+            # a grid's colour bars do not fit tight_layout (its file is cropped to its content instead); the lines'
+            # panels lay themselves out around a legend below them
+            if not grid and plot["kind"] != "lines":
                 fig.tight_layout()
             buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", metadata={"Software": None})
+            fig.savefig(buffer, format="png", metadata={"Software": None}, bbox_inches="tight" if grid else None)
             return buffer.getvalue()
         finally:
             plt.close(fig)
 
 
 def _image_grid(fig, plot: Mapping):
-    """Rows of images (inputs in grey, relevance-like columns on a symmetric red-blue scale), the title above them."""
+    """Rows of images: the input in grey, then the relevance-like columns on one diverging scale per row.
+
+    The scale is centred at 0 (white; red positive, blue negative) and shared
+    by every relevance column of the row, so two rules' relevance of one point
+    compare at a glance; a colour bar ends each row.
+    """
     import numpy as np
 
     rows, columns = plot["rows"], plot["columns"]
     fig.clf()
-    fig.set_size_inches(1.9 * len(columns) + 0.6, 1.7 * max(1, len(rows)) + 0.6)
+    fig.set_size_inches(1.9 * len(columns) + 1.2, 1.7 * max(1, len(rows)) + 0.6)
     axes = np.array(fig.subplots(max(1, len(rows)), len(columns), squeeze=False))
     for r, entry in enumerate(rows):
+        relevance = [np.asarray(image, dtype=float) for image in entry["images"][1:]]
+        limit = max((float(np.abs(values).max()) for values in relevance), default=0.0) or 1.0
+        shown = None
         for c, image in enumerate(entry["images"]):
             values = np.asarray(image, dtype=float)
             axis = axes[r, c]
@@ -217,12 +228,14 @@ def _image_grid(fig, plot: Mapping):
                 axis.imshow(values, cmap="gray_r")
                 axis.set_ylabel(entry["label"], fontsize=7)
             else:
-                limit = float(np.abs(values).max()) or 1.0
-                axis.imshow(values, cmap="bwr", vmin=-limit, vmax=limit)
+                shown = axis.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit)
             axis.set_xticks([])
             axis.set_yticks([])
             if r == 0:
                 axis.set_title(columns[c], fontsize=8)
+        if shown is not None:
+            bar = fig.colorbar(shown, ax=list(axes[r, 1:]), fraction=0.05, pad=0.03)
+            bar.ax.tick_params(labelsize=6)
     fig.suptitle(plot["title"], fontsize=9)
     return _Untitled()
 

@@ -27,18 +27,18 @@ from typing import Iterable, Mapping, Optional
 
 import filelock
 
-from .keys import RateKey
+from ..keys import RateKey
 from . import figures
 from .htmlpage import html_page
-from .markdown import markdown
+from .markdown import VERDICT_LINKS, markdown
 from .sections import row_key
-from .summary import interval, summarize
-from .stats import Rate, compare
+from .summary import changes, format_rate, interval, summarize
+from ..stats import Rate, compare
 
 __all__ = [
     "row", "write_report", "render_report", "replace_report", "write_partial_report", "partial_report_path", "read_baseline",
     "write_baseline", "update_baseline", "writable_problem", "format_table", "table_legend", "row_key", "BASELINE_KEYS",
-    "MANIFEST", "lock", "LOCK_TIMEOUT",
+    "MANIFEST", "lock", "LOCK_TIMEOUT", "verdict_lines", "TERMINAL_CHANGES",
 ]
 
 #: seconds a run waits for another run's lock on the baseline or the report directory before giving up
@@ -300,6 +300,25 @@ def table_legend(confidence: Optional[float] = None) -> str:
             "points counted; baseline: the rate in the baseline file; status: ok | regression (intervals do not overlap) | new (no baseline entry)")
 
 
+#: how many moved rows the terminal's verdict lists
+TERMINAL_CHANGES = 3
+
+
+def verdict_lines(rows: Iterable[Mapping], written_to: Optional[str] = None) -> list[str]:
+    """The terminal summary's first lines: the gate's verdict, the offending rows, the rows that moved most."""
+    rows = list(rows)
+    gate = summarize(rows).gate
+    where = "" if written_to is None else f" (see {written_to})"
+    lines = [gate.verdict + where]
+    for status, names in gate.failing.items():
+        lines.append(f"  {status}: " + ", ".join(names[:VERDICT_LINKS]) + (f" and {len(names) - VERDICT_LINKS} more" if len(names) > VERDICT_LINKS else ""))
+    moved = changes(rows, TERMINAL_CHANGES)
+    if moved:
+        lines.append("  moved most against the baseline:")
+        lines += [f"    {r['name']}: {format_rate(r)}, baseline {format_rate(r['baseline'])} ({r['status']})" for r in moved]
+    return lines
+
+
 def render_report(rows: list[Mapping], plots: list[Mapping], config: Mapping) -> dict[str, bytes]:
     """Every file of the report by name: ``report.json``, ``report.md``, ``report.html`` and the PNGs.
 
@@ -322,7 +341,7 @@ def render_report(rows: list[Mapping], plots: list[Mapping], config: Mapping) ->
         else:  # the sentence states the rates' interval; the caption keeps only what the chart would have shown
             entry.update(file=None, text=sentence, caption=plot.get("caption", ""))
         entries.append(entry)
-    summary = summarize(rows, confidence)
+    summary = summarize(rows, confidence, config)
     files["report.json"] = _dumps({"properties": rows, "plots": entries, "config": dict(config)})
     files["report.md"] = markdown(rows, entries, config, summary).encode()
     files["report.html"] = html_page(rows, entries, files, config, summary).encode()
