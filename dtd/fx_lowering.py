@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .graph import AffineNode, Branch, GraphNetwork, InputNode, MaxPoolNode, ReLUNode
-from .lowering import _REFUSALS, DEFAULT_MEMORY_BUDGET, _check_global_hooks, _check_hooks, _check_input_shape
+from .lowering import (_REFUSALS, DEFAULT_MEMORY_BUDGET, _check_global_hooks, _check_hooks, _check_input_shape,
+                       _model_dtype_device)
 from .operators import Chain, Conv, Dense, Embed, Operator, Parallel, Pooling, Reshape, Scale
 from .validation import check_int
 
@@ -650,20 +651,6 @@ def _fold_scales(ops: list) -> list:
 
 
 # --------------------------------------------------------------------------- entry point
-def _model_dtype_device(model: nn.Module):
-    tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
-    dtypes = {t.dtype for t in tensors}
-    devices = {t.device for t in tensors}
-    if len(dtypes) > 1 or len(devices) > 1:
-        raise ValueError(
-            f"all parameters and buffers of the model must share one dtype and device, got {sorted(map(str, dtypes))} "
-            f"on {sorted(map(str, devices))}; convert the model with model.to(...)"
-        )
-    if not tensors:
-        return torch.get_default_dtype(), torch.device("cpu")
-    return tensors[0].dtype, tensors[0].device
-
-
 def _trace(model: nn.Module) -> torch.fx.GraphModule:
     try:
         return torch.fx.symbolic_trace(model)

@@ -235,14 +235,7 @@ def root_outcomes(
     if lay.input.shape[1] != net.layers[layer].in_features:
         raise ValueError("the decomposition does not belong to this network (layer widths differ)")
     n_points, width = lay.input.shape
-    drawn = None
-    if neurons is not None:
-        neurons = check_int(neurons, "neurons", minimum=1)
-        if not isinstance(generator, torch.Generator):
-            raise TypeError(f"neurons={neurons} needs generator=torch.Generator(...), got {type(generator).__name__}")
-        drawn = draw_neurons(n_points, lay.root_valid.shape[1], neurons, generator, device=lay.input.device)
-    elif generator is not None:
-        raise ValueError("generator is only used with neurons=K (sampled neurons); pass neurons or drop generator")
+    drawn = _drawn(lay, neurons, generator)
     n_roots = lay.root_valid.shape[1] if drawn is None else drawn.shape[1]
     chunk = chunk_points(net, layer, memory_budget, n_roots)
     tol = pattern_tol(lay.input.dtype)
@@ -272,22 +265,7 @@ def root_outcomes(
             gmax[start:stop].view(-1).index_copy_(0, idx, diff.amax(-1))
             gmean[start:stop].view(-1).index_copy_(0, idx, diff.mean(-1))
         domain[start:stop] = _all_last(roots >= -atol)
-    return RootOutcomes(
-        layer=layer,
-        atol=float(atol),
-        output_at_input=f_a,
-        output_at_root=f_r,
-        gradient_difference=gmax,
-        gradient_mean_abs_difference=gmean,
-        zero_output=f_r.abs() <= atol,
-        output_unchanged=(f_a.unsqueeze(1) - f_r) < atol,
-        gradient_match=gmax <= atol,
-        region_match=region,
-        in_domain=domain,
-        valid=lay.root_valid if drawn is None else lay.root_valid.gather(1, drawn),
-        carries_relevance=lay.carries_relevance if drawn is None else lay.carries_relevance.gather(1, drawn),
-        neurons=drawn,
-    )
+    return _assemble(layer, atol, lay, drawn, f_a, f_r, gmax, gmean, region, domain)
 
 
 def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, generator) -> RootOutcomes:
@@ -307,14 +285,7 @@ def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, 
     if lay.input.shape[1] != net.in_features(layer):
         raise ValueError("the decomposition does not belong to this network (layer widths differ)")
     n_points, width = lay.input.shape
-    drawn = None
-    if neurons is not None:
-        neurons = check_int(neurons, "neurons", minimum=1)
-        if not isinstance(generator, torch.Generator):
-            raise TypeError(f"neurons={neurons} needs generator=torch.Generator(...), got {type(generator).__name__}")
-        drawn = draw_neurons(n_points, lay.root_valid.shape[1], neurons, generator, device=lay.input.device)
-    elif generator is not None:
-        raise ValueError("generator is only used with neurons=K (sampled neurons); pass neurons or drop generator")
+    drawn = _drawn(lay, neurons, generator)
     n_roots = lay.root_valid.shape[1] if drawn is None else drawn.shape[1]
     _, live = net.live_nodes(layer)
     per_root = 4 * (width + sum(math.prod(node.shape) for node in live)) * lay.input.element_size()
@@ -349,6 +320,23 @@ def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, 
         gmax[start:stop] = diff.amax(-1).reshape(-1, n_roots)
         gmean[start:stop] = diff.mean(-1).reshape(-1, n_roots)
         domain[start:stop] = _all_last(roots >= -atol)
+    return _assemble(layer, atol, lay, drawn, f_a, f_r, gmax, gmean, region, domain)
+
+
+def _drawn(lay, neurons, generator) -> Optional[torch.Tensor]:
+    """The sampled neurons ``(batch, K)`` of ``root_outcomes(..., neurons=K, generator=...)``, or None for every neuron."""
+    if neurons is not None:
+        neurons = check_int(neurons, "neurons", minimum=1)
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"neurons={neurons} needs generator=torch.Generator(...), got {type(generator).__name__}")
+        return draw_neurons(lay.input.shape[0], lay.root_valid.shape[1], neurons, generator, device=lay.input.device)
+    if generator is not None:
+        raise ValueError("generator is only used with neurons=K (sampled neurons); pass neurons or drop generator")
+    return None
+
+
+def _assemble(layer, atol, lay, drawn, f_a, f_r, gmax, gmean, region, domain) -> RootOutcomes:
+    """The outcomes from what was measured at the inputs and the roots (dense or graph network alike)."""
     return RootOutcomes(
         layer=layer,
         atol=float(atol),
