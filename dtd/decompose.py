@@ -124,6 +124,23 @@ def edge_shape(x: torch.Tensor) -> Optional[tuple[int, ...]]:
     return tuple(x.shape[1:]) if x.dim() > 2 else None
 
 
+def check_output_and_precision(net, output, convert: str):
+    """``output`` checked (an int, a ``(batch,)`` tensor, or ``"predicted"`` kept as it is); the network's parameters
+    finite; half precision refused, ``convert`` saying how to convert.  Shared by the dense and the graph decomposition."""
+    if isinstance(output, str):
+        if output != "predicted":
+            raise ValueError(f"output must be an int, a (batch,) integer tensor or 'predicted', got {output!r}")
+    else:
+        output = net.check_output(output)
+    net.check_parameters()
+    if net.dtype in HALF_PRECISION:
+        raise TypeError(
+            f"the network is {net.dtype}: decompositions are not computed in half precision (the root equations "
+            f"and relevance sums lose too many digits); convert with {convert}"
+        )
+    return output
+
+
 def checked_activations(
     net: ReLUNetwork, x: torch.Tensor, output: "int | torch.Tensor | str", root_finder: RootFinder
 ) -> tuple["int | torch.Tensor", list[torch.Tensor]]:
@@ -141,17 +158,7 @@ def checked_activations(
         )
     if not isinstance(root_finder, RootFinder):
         raise TypeError(f"root_finder must be a dtd.roots.RootFinder, got {type(root_finder).__name__}")
-    if isinstance(output, str):
-        if output != "predicted":
-            raise ValueError(f"output must be an int, a (batch,) integer tensor or 'predicted', got {output!r}")
-    else:
-        output = net.check_output(output)
-    net.check_parameters()
-    if net.dtype in HALF_PRECISION:
-        raise TypeError(
-            f"the network is {net.dtype}: decompositions are not computed in half precision (the root equations "
-            "and relevance sums lose too many digits); convert with net.float() / x.float() (or .double())"
-        )
+    output = check_output_and_precision(net, output, "net.float() / x.float() (or .double())")
     x = net.check_input(x).clone()
     if isinstance(output, str):  # "predicted": each point's largest output
         with torch.no_grad():

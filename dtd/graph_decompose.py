@@ -164,7 +164,7 @@ def check_domains(net: GraphNetwork, x: torch.Tensor, root_finder) -> None:
 
 def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) -> "GraphDecomposition":
     """:func:`dtd.train_free` on a graph network (called from there; arguments already chosen)."""
-    from .decompose import HALF_PRECISION, LayerDecomposition, edge_shape
+    from .decompose import LayerDecomposition, check_output_and_precision, edge_shape
     from .roots import LinearRoots
 
     if not isinstance(root_finder, LinearRoots):
@@ -172,17 +172,7 @@ def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) ->
             f"{type(root_finder).__name__} needs the dense layers of a ReLUNetwork; on a graph network (from_module) "
             "DTD's closed-form roots are used: pass rule= (or LinearRoots(...))"
         )
-    if isinstance(output, str):
-        if output != "predicted":
-            raise ValueError(f"output must be an int, a (batch,) integer tensor or 'predicted', got {output!r}")
-    else:
-        output = net.check_output(output)
-    net.check_parameters()
-    if net.dtype in HALF_PRECISION:
-        raise TypeError(
-            f"the network is {net.dtype}: decompositions are not computed in half precision (the root equations "
-            "and relevance sums lose too many digits); convert the model with .float() / .double()"
-        )
+    output = check_output_and_precision(net, output, "the model's .float() / .double() (and x's)")
     shape = edge_shape(x) if isinstance(x, torch.Tensor) else None
     x = net.check_input(x).clone()
     root_finder.check(net)
