@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -392,11 +393,12 @@ def _resolve_rules(rules, x_flat: torch.Tensor, n_layers: int, box) -> list[tupl
 class SubjectResult:
     """What :func:`evaluate` found: rates (with descriptions), counts and plot data."""
 
-    subject: Subject
+    subject: str  # the subject's name
     rates: dict  # RateKey -> (Rate, description)
     counts: dict  # label -> number
     histograms: list  # (file, title, series, xlabel, caption)
     image_grids: list  # (file, title, rows, columns, caption)
+    layer_names: Optional[list] = None  # the model's modules behind each DTD layer, or None
 
     def record(self, property_report, *, summary: bool = True) -> None:
         """Write everything into the property report (rates are gated by the run's baseline)."""
@@ -405,10 +407,9 @@ class SubjectResult:
             property_report.rate(key, rate, description, summary=show)
         for label, value in self.counts.items():
             property_report.count(label, value)
-        network = self.subject.network
-        names = network.layer_names() if isinstance(network, dtd.GraphNetwork) else layer_names(self.subject.model, network.n_layers)
-        if names is not None:
-            property_report.note(layer_names_label(self.subject.name), LAYER_NAMES_SEPARATOR.join(f"{k}: {n}" for k, n in enumerate(names)))
+        if self.layer_names is not None:
+            property_report.note(layer_names_label(self.subject),
+                                 LAYER_NAMES_SEPARATOR.join(f"{k}: {n}" for k, n in enumerate(self.layer_names)))
         for file, title, series, xlabel, caption in self.histograms:
             property_report.histogram(file, title, series, xlabel=xlabel, caption=caption)
         for file, title, rows, columns, caption in self.image_grids:
@@ -437,9 +438,8 @@ class SubjectPart:
     between processes (pytest-xdist workers) without changing a bit.
     """
 
-    subject: str
+    info: dict  # what merging needs of the subject itself (:func:`_info`): name, rules, sizes, heatmap inputs
     index: int
-    n_parts: int
     n_points: int
     clusters: dict  # (rule label, layer, outcome) -> [(successes, trials) per point]
     conserved: dict  # rule label -> (points conserved, points)
@@ -447,27 +447,30 @@ class SubjectPart:
     ratios: dict  # rule label -> sum over the part's points of sum_i R_i / f(x)
     series: dict  # (rule label, series) -> values, for the histograms
     heat: dict  # rule label -> {point index: relevance as nested lists} for points < HEATMAP_POINTS
+    shown: dict = dataclasses.field(default_factory=dict)  # point index -> (input as nested lists, output) of those points
 
     def to_json(self) -> str:
         """The part as JSON text (floats written exactly)."""
         return json.dumps({
-            "subject": self.subject, "index": self.index, "n_parts": self.n_parts, "n_points": self.n_points,
+            "info": self.info, "index": self.index, "n_points": self.n_points,
             "clusters": [[list(key), pairs] for key, pairs in self.clusters.items()],
             "conserved": self.conserved, "books": [[list(key), value] for key, value in self.books.items()],
             "ratios": self.ratios, "series": [[list(key), values] for key, values in self.series.items()],
             "heat": {label: [[i, rel] for i, rel in rows.items()] for label, rows in self.heat.items()},
+            "shown": [[i, image, output] for i, (image, output) in self.shown.items()],
         })
 
     @classmethod
     def from_json(cls, text: str) -> "SubjectPart":
         data = json.loads(text)
         return cls(
-            data["subject"], data["index"], data["n_parts"], data["n_points"],
+            data["info"], data["index"], data["n_points"],
             {tuple(key): [tuple(p) for p in pairs] for key, pairs in data["clusters"]},
             {label: tuple(v) for label, v in data["conserved"].items()},
             {tuple(key): value for key, value in data["books"]}, data["ratios"],
             {tuple(key): values for key, values in data["series"]},
             {label: {int(i): rel for i, rel in rows} for label, rows in data["heat"].items()},
+            {int(i): (image, output) for i, image, output in data["shown"]},
         )
 
 
@@ -505,7 +508,10 @@ def evaluate_part(subject: Subject, index: int, *, seed: int = 0) -> SubjectPart
     net = subject.network
     inputs, outputs = subject.inputs[start:stop], subject.outputs[start:stop]
     groups = [(c, (outputs == c).nonzero().squeeze(1)) for c in sorted(set(outputs.tolist()))]
-    part = SubjectPart(subject.name, index, subject.n_parts, stop - start, {}, {}, {}, {}, {}, {})
+    part = SubjectPart(_info(subject), index, stop - start, {}, {}, {}, {}, {}, {})
+    if len(subject.input_shape) >= 2:
+        for i in range(start, min(stop, HEATMAP_POINTS)):
+            part.shown[i] = (subject.inputs[i].tolist(), int(subject.outputs[i]))
     lp_plan = {k: _lp_plan(net, k) for k in range(net.n_layers)}
     bar = _progress(len(subject.rules) * len(groups) * net.n_layers, f"subject {subject.name}" +
                     (f" part {index + 1}/{subject.n_parts}" if subject.n_parts > 1 else ""))
@@ -566,29 +572,52 @@ def evaluate_part(subject: Subject, index: int, *, seed: int = 0) -> SubjectPart
     return part
 
 
-def merge_parts(subject: Subject, parts: Sequence[SubjectPart], *, confidence: float = DEFAULT_CONFIDENCE) -> SubjectResult:
-    """The subject's result from every one of its parts (any order): clusters concatenated, counts and sums added.
+def _info(subject: Subject) -> dict:
+    """What :func:`merge_parts` needs of a subject, as JSON values (a controlling process never builds the subject)."""
+    net = subject.network
+    names = net.layer_names() if isinstance(net, dtd.GraphNetwork) else layer_names(subject.model, net.n_layers)
+    digest = hashlib.sha256()
+    for tensor in [subject.inputs, subject.outputs] + list(subject.model.state_dict().values()):
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {
+        "name": subject.name, "rules": [label for label, _ in subject.rules], "n_points": len(subject.inputs),
+        "n_dropped": subject.n_dropped, "neurons_per_point": subject.neurons_per_point,
+        "points_per_item": subject.points_per_item, "n_parts": subject.n_parts, "graph": isinstance(net, dtd.GraphNetwork),
+        "lp_plan": [list(_lp_plan(net, k)) for k in range(net.n_layers)], "input_shape": list(subject.input_shape),
+        "layer_names": names, "dtype": str(subject.inputs.dtype).replace("torch.", ""),
+        "fingerprint": digest.hexdigest(),  # the points, outputs and parameters: parts of one subject only
+    }
 
-    Raises ``ValueError`` unless ``parts`` holds each part of ``subject``
-    exactly once (as :attr:`Subject.n_parts` and the parts' names say).
+
+def merge_parts(parts: Sequence[SubjectPart], *, confidence: float = DEFAULT_CONFIDENCE) -> SubjectResult:
+    """A subject's result from every one of its parts (any order): clusters concatenated, counts and sums added.
+
+    Raises ``ValueError`` unless ``parts`` holds each part of one subject
+    exactly once (the parts say which subject and how many parts it has).
     """
-    if not isinstance(subject, Subject):
-        raise TypeError(f"subject must be a properties.Subject, got {type(subject).__name__}")
     parts = sorted(parts, key=lambda p: p.index)
+    if not parts or any(not isinstance(p, SubjectPart) for p in parts):
+        raise TypeError(f"parts must be a non-empty sequence of SubjectPart (from evaluate_part), got {parts!r:.80}")
+    info = parts[0].info
     indices = [p.index for p in parts]
-    if indices != list(range(subject.n_parts)) or any(p.subject != subject.name or p.n_parts != subject.n_parts for p in parts):
-        raise ValueError(f"subject {subject.name} has {subject.n_parts} part(s); got parts {indices} of "
-                         f"{sorted({(p.subject, p.n_parts) for p in parts})} (name, parts): give each part exactly once")
-    name, net = subject.name, subject.network
-    n_points = len(subject.inputs)
+    if any(p.info["name"] != info["name"] for p in parts) or indices != list(range(info["n_parts"])):
+        raise ValueError(f"subject {info['name']} has {info['n_parts']} part(s); got parts {indices} of "
+                         f"{sorted({p.info['name'] for p in parts})}: give each part of one subject exactly once")
+    if any(p.info != info for p in parts):
+        raise ValueError(f"the parts of subject {info['name']} come from different models or points (their fingerprints of "
+                         "the points, outputs and parameters differ): its factory must build the same subject in every "
+                         "process (load a checkpoint, or train with a fixed seed and thread count)")
+    subject = _Info(info)
+    name = subject.name
+    n_points = subject.n_points
     rates: dict = {}
     counts: dict = {}
     histograms = []
     tail = (f"{subject.neurons_per_point} neurons drawn per point and layer" if subject.neurons_per_point
             else "every neuron") + f", {n_points} points, intervals clustered by point"
-    lp_plan = {k: _lp_plan(net, k) for k in range(net.n_layers)}
-    for label, _ in subject.rules:
-        if isinstance(net, dtd.GraphNetwork):
+    lp_plan = {k: tuple(plan) for k, plan in enumerate(subject.lp_plan)}
+    for label in subject.rules:
+        if subject.graph:
             counts[f"subject {name}, {label}: region_root_exists not measured (the exact in-region LPs need the "
                    "dense layers of from_sequential; this model was lowered by the graph engine)"] = 0
         else:
@@ -638,13 +667,14 @@ def merge_parts(subject: Subject, parts: Sequence[SubjectPart], *, confidence: f
         ))
     grids = []
     if len(subject.input_shape) >= 2:
-        heat = {label: {i: rel for p in parts for i, rel in p.heat.get(label, {}).items()} for label, _ in subject.rules}
-        grids.append(_heatmaps(subject, heat))
+        heat = {label: {i: rel for p in parts for i, rel in p.heat.get(label, {}).items()} for label in subject.rules}
+        shown = {i: entry for p in parts for i, entry in p.shown.items()}
+        grids.append(_heatmaps(subject, heat, [shown[i] for i in sorted(shown)]))
     counts[f"subject {name}: points explained"] = n_points
     counts[f"subject {name}: points left out (explained output <= 0)"] = subject.n_dropped
     if subject.n_parts > 1:
         counts[f"subject {name}: parts (test items of at most {subject.points_per_item} points, tallies merged)"] = subject.n_parts
-    return SubjectResult(subject, rates, counts, histograms, grids)
+    return SubjectResult(name, rates, counts, histograms, grids, subject.layer_names)
 
 
 def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> SubjectResult:
@@ -674,8 +704,7 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
     if not isinstance(subject, Subject):
         raise TypeError(f"subject must be a properties.Subject, got {type(subject).__name__}")
     seed = check_seed(seed)
-    parts = [evaluate_part(subject, i, seed=seed) for i in range(subject.n_parts)]
-    return merge_parts(subject, parts, confidence=confidence)
+    return merge_parts([evaluate_part(subject, i, seed=seed) for i in range(subject.n_parts)], confidence=confidence)
 
 
 def _lp_plan(net: dtd.ReLUNetwork, k: int) -> tuple[int, int]:
@@ -704,20 +733,28 @@ def _region_roots(net, dec, k: int, output: int, n_points: int, n_neurons: int, 
     return list(zip((found.valid & pick).sum(1).tolist(), pick.sum(1).tolist()))
 
 
-def _heatmaps(subject: Subject, heat: dict):
+class _Info:
+    """:func:`_info`'s dict read as attributes."""
+
+    def __init__(self, info: dict):
+        self.__dict__.update(info)
+
+
+def _heatmaps(subject: "_Info", heat: dict, shown: list):
     """Inputs beside their relevance under every rule, for the first few points (channels averaged / summed).
 
-    ``heat``: rule label -> {point index: relevance (nested lists of the input's shape)} for the points shown.
+    ``heat``: rule label -> {point index: relevance (nested lists of the input's shape)} for the points shown;
+    ``shown``: their ``(input, output)`` in point order.
     """
-    n = min(HEATMAP_POINTS, len(subject.inputs))
-    shape = subject.input_shape
+    shape = tuple(subject.input_shape)
+    dtype = getattr(torch, subject.dtype)
     rows = []
-    for i in range(n):
-        image = subject.inputs[i].reshape(shape)
-        heats = [torch.tensor(rows_of[i], dtype=subject.inputs.dtype).reshape(shape) for rows_of in heat.values()]
+    for i, (image, output) in enumerate(shown):
+        image = torch.tensor(image, dtype=dtype).reshape(shape)
+        heats = [torch.tensor(rows_of[i], dtype=dtype).reshape(shape) for rows_of in heat.values()]
         if len(shape) == 3:
             image, heats = image.mean(0), [h.sum(0) for h in heats]
-        rows.append({"label": f"point {i}, output {int(subject.outputs[i])}", "images": [image.tolist()] + [h.tolist() for h in heats]})
+        rows.append({"label": f"point {i}, output {output}", "images": [image.tolist()] + [h.tolist() for h in heats]})
     labels = list(heat)
     return (f"subject_{subject.name}_heatmaps.png", f"Subject {subject.name}: relevance beside the input ({', '.join(labels)})", rows,
             ["input"] + [f"relevance ({label})" for label in labels],
