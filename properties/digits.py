@@ -14,7 +14,7 @@ with scikit-learn, no download):
   :data:`SPLIT_SEED`, the first :data:`N_TEST` images held out;
 * parameters initialised from a local ``torch.Generator`` (the modules are
   built inside ``torch.random.fork_rng`` so their default init does not
-  touch the caller's RNG, then overwritten), full-batch Adam for a fixed
+  touch the caller's RNG, then overwritten), Adam (full batch, or mini-batches in an order drawn from the same generator) for a fixed
   number of steps on one thread (restored afterwards): two trainings give
   bit-identical weights, whatever the machine's core count.
 
@@ -29,6 +29,7 @@ import copy
 import dataclasses
 import functools
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -104,12 +105,15 @@ def _initialise(model: nn.Module, generator: torch.Generator) -> None:
                     module.bias.zero_()
 
 
-def _train(build, seed: int, *, steps: int, learning_rate: float) -> TrainedModel:
+def _train(build, seed: int, *, steps: int, learning_rate: float, batch_size: Optional[int] = None) -> TrainedModel:
+    """Adam on the training digits: ``steps`` full-batch steps, or with ``batch_size`` ``steps`` epochs of mini-batches
+    (each epoch a permutation drawn from the same local generator as the initial weights)."""
     seed = check_seed(seed)
     data = load_digits()
     with torch.random.fork_rng(devices=[]):  # the modules' default init draws from the global RNG: keep it
         model = build()
-    _initialise(model, torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    _initialise(model, generator)
     train_x, test_x = data.train_x, data.test_x
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
     loss_fn = nn.CrossEntropyLoss()
@@ -117,10 +121,16 @@ def _train(build, seed: int, *, steps: int, learning_rate: float) -> TrainedMode
     # count, and these small matrices train fastest unthreaded on a busy machine; the caller's setting returns
     with one_thread():
         model.train()
-        for _ in range(steps):  # full batch: no shuffling, nothing random
-            optimiser.zero_grad()
-            loss_fn(model(train_x), data.train_y).backward()
-            optimiser.step()
+        for _ in range(steps):
+            if batch_size is None:  # full batch: no shuffling, nothing random
+                batches = [slice(None)]
+            else:
+                order = torch.randperm(train_x.shape[0], generator=generator)
+                batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+            for batch in batches:
+                optimiser.zero_grad()
+                loss_fn(model(train_x[batch]), data.train_y[batch]).backward()
+                optimiser.step()
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -180,14 +190,15 @@ def _resnet() -> nn.Module:
     return ResidualNet(1, 4, [(4, 1), (8, 2)], 10)
 
 
-#: name -> (builder, steps, learning rate) of the cached trainings
-_CACHED = {"maxpool": (_maxpool_cnn, 80, 0.03), "resnet": (_resnet, 100, 0.03)}
+#: name -> (builder, epochs, learning rate, batch size) of the cached trainings: mini-batches reach the accuracy
+#: of 100 full-batch steps in a fifth of the arithmetic (the suite trains these in every run)
+_CACHED = {"maxpool": (_maxpool_cnn, 8, 0.01, 64), "resnet": (_resnet, 10, 0.03, 64)}
 
 
 @functools.lru_cache(maxsize=None)
 def _trained(name: str, seed: int) -> TrainedModel:
-    build, steps, learning_rate = _CACHED[name]
-    return _train(build, seed, steps=steps, learning_rate=learning_rate)
+    build, epochs, learning_rate, batch_size = _CACHED[name]
+    return _train(build, seed, steps=epochs, learning_rate=learning_rate, batch_size=batch_size)
 
 
 def _copy(trained: TrainedModel) -> TrainedModel:
@@ -199,7 +210,7 @@ def digits_maxpool(seed: int = 0) -> TrainedModel:
     Linear(32, 10)``.
 
     Input ``(n, 1, 8, 8)``: 6x8x8, pooled to 6x4x4, 8x4x4, pooled to 8x2x2.
-    Full-batch Adam, 80 steps; trained once per process and seed, every call
+    Adam, 8 epochs of mini-batches of 64; trained once per process and seed, every call
     returns its own copy of the model.
     """
     return _copy(_trained("maxpool", check_seed(seed)))
@@ -210,9 +221,9 @@ def digits_resnet(seed: int = 0) -> TrainedModel:
     4 -> 4 (identity shortcut), a block 4 -> 8 with stride 2 (1x1-conv + batch-norm shortcut), global average
     pooling, ``Linear(8, 10)``; each block ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`` with a bare ``+``.
 
-    Input ``(n, 1, 8, 8)``.  Batch norm trains on full-batch statistics (its
+    Input ``(n, 1, 8, 8)``.  Batch norm trains on mini-batch statistics (its
     running statistics follow them, momentum 0.1); the model is returned in
-    eval mode.  Full-batch Adam, 100 steps; trained once per process and seed,
+    eval mode.  Adam, 10 epochs of mini-batches of 64; trained once per process and seed,
     every call returns its own copy.
     """
     return _copy(_trained("resnet", check_seed(seed)))

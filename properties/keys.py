@@ -101,6 +101,11 @@ SUBSETS = {
     "resnet_bias_negative": "residual nets whose folded shifts are all <= 0",
     "resnet_bias_positive": "residual nets with a positive folded shift",
 }
+# the generated sweep over graph networks (properties/test_generated_graphs.py): rows {rule}.{outcome}.{architecture}
+SUBSETS.update({
+    "cnn": "generated CNNs (properties.architectures: conv, batch norm with negative scales, avg / max pooling)",
+    "resnet": "generated residual nets (properties.architectures: bare + blocks, batch norm, global average pooling)",
+})
 
 #: root finders named in keys, per family
 FINDERS = {

@@ -6,9 +6,10 @@ questions at every layer's roots, conservation, the relevance accounting and
 in-region root existence by exact LP -- and returns rates with intervals
 clustered by point, counts and plot data; :meth:`SubjectResult.record`
 writes them into the property report (``subject.{name}.{rule}.layer{k}.{outcome}``).
-The model is lowered once into a :class:`dtd.ReLUNetwork`
-(:meth:`~dtd.ReLUNetwork.from_sequential`); everything downstream is the
-suite's own machinery, unchanged.
+The model is lowered once, densely (:meth:`~dtd.ReLUNetwork.from_sequential`)
+where it can be, else by the graph engine (:meth:`~dtd.ReLUNetwork.from_module`:
+max pooling, residual sums, any piecewise-linear module); everything
+downstream is the suite's own machinery, unchanged.
 
 Which roots are counted
 -----------------------
@@ -20,11 +21,26 @@ neurons, those whose root exists.  With ``neurons_per_point=K`` each point
 contributes ``K`` uniformly drawn neurons of each layer
 (:func:`properties.checks.root_outcomes`), so the rates estimate the
 exhaustive ones; intervals are clustered by point either way.
+
+Parts
+-----
+The points are evaluated in consecutive parts of at most
+``Subject(..., points_per_item=...)`` points (:func:`evaluate_part`); a part
+holds raw tallies only (per-point clusters, counts, sums, plot values), so
+:func:`merge_parts` gives exactly the rates and clustered intervals of
+:func:`evaluate`, whichever processes evaluated the parts
+(:mod:`properties.subject_plugin` makes each part a test item for
+pytest-xdist).  Part ``i`` draws its neurons from a generator seeded by the
+seed and ``i``; a subject of one part draws exactly as before parts existed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
+import math
 import re
 from typing import Optional, Sequence, Union
 
@@ -33,6 +49,7 @@ from torch import nn
 
 import dtd
 from dtd import rules as R
+from dtd.threads import one_thread
 from dtd.validation import check_int, check_seed
 
 from . import variants as V
@@ -41,7 +58,7 @@ from .keys import LAYER_NAMES_SEPARATOR, OUTCOMES, RateKey, check_name, describe
 from .stats import DEFAULT_CONFIDENCE, Rate
 from .thresholds import CONSERVED_SHARE, ZERO_OUTPUT_ULPS, zero_output_tolerance
 
-__all__ = ["Subject", "SubjectResult", "evaluate", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "REGION_LP_ENTRIES", "HEATMAP_POINTS",
+__all__ = ["Subject", "SubjectResult", "SubjectPart", "evaluate", "evaluate_part", "merge_parts", "ITEM_WORK", "SMALL_MODEL_ACTIVATIONS", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "REGION_LP_ENTRIES", "HEATMAP_POINTS",
            "layer_names", "check_model"]
 
 #: the root questions of every layer, in report order (fields of :class:`properties.checks.RootOutcomes`)
@@ -57,6 +74,14 @@ REGION_NEURONS = 6
 REGION_LP_ENTRIES = 8_000_000
 #: points shown in the relevance heatmaps of image inputs
 HEATMAP_POINTS = 6
+#: the work of one test item of a split subject (``points_per_item="auto"``), in activation entries the root
+#: questions compute: per point, rule and layer, the drawn roots times (the layer's input + every activation f_k
+#: recomputes); sized so that an item stays well under a minute on a busy 2-core machine (the digits ResNet,
+#: 2 rules, 64 neurons: 0.44 million entries per point and rule, 225 points per item, about 0.08 s per point here;
+#: a torchvision ResNet-18 at 224x224 with 16 neurons gets one point per item)
+ITEM_WORK = 200_000_000
+#: a model whose activations of one point hold at most this many entries is evaluated on one intra-op thread
+SMALL_MODEL_ACTIVATIONS = 100_000
 
 _NAME = re.compile(r"^[A-Za-z0-9_+\-]+$")
 
@@ -110,6 +135,16 @@ class Subject:
         field's findings on this subject (``insensitivity``, ``invariance``,
         ``randomisation``: :func:`properties.findings.evaluate_findings`);
         ``False`` for a model too large for them.
+    points_per_item
+        The points are evaluated in parts of at most this many
+        (:meth:`part_range`); ``--dtd-subject`` makes each part one test
+        item, so ``pytest -n auto`` and pytest-xdist's ``--tx`` hosts share
+        one subject, and merges their raw tallies (:func:`merge_parts`) into
+        the rates a serial run reports.  ``"auto"`` (default): as many points
+        as :data:`ITEM_WORK` allows for this model, rules and neurons; None:
+        one part.  The neuron draws of a part depend on the seed and the
+        part's index, so the rates of a subject depend on its split (not on
+        how its parts are spread over processes).
     """
 
     def __init__(
@@ -124,6 +159,7 @@ class Subject:
         neurons_per_point: Optional[int] = 64,
         max_points: Optional[int] = None,
         findings: bool = True,
+        points_per_item: "int | str | None" = "auto",
     ):
         check_name(name, "name")  # the suite's one name rule (RateKey, Implementation)
         if not isinstance(model, nn.Module):
@@ -185,6 +221,32 @@ class Subject:
                     hint = " (inputs with negative values: use 'zB' with the data's box, input_box=(low, high), or ('w2_first', ...) at the input)"
                 raise ValueError(f"rule {label!r} cannot explain these inputs: {error}{hint}") from None
 
+        if points_per_item == "auto":
+            points_per_item = _auto_points_per_item(self.network, len(self.rules), neurons_per_point)
+        elif points_per_item is not None:
+            if isinstance(points_per_item, str):
+                raise ValueError(f"points_per_item must be a positive int, 'auto' or None, got {points_per_item!r}")
+            points_per_item = check_int(points_per_item, "points_per_item", minimum=1)
+        #: points per part (test item); None: one part
+        self.points_per_item = points_per_item
+
+    @property
+    def n_parts(self) -> int:
+        """How many parts (test items of ``--dtd-subject``) the points are evaluated in."""
+        if self.points_per_item is None:
+            return 1
+        return max(1, -(-len(self.inputs) // self.points_per_item))
+
+    def part_range(self, index: int) -> tuple[int, int]:
+        """``(start, stop)``: the points of part ``index`` (consecutive, in the order of :attr:`inputs`)."""
+        index = check_int(index, "index", minimum=0)
+        if index >= self.n_parts:
+            raise ValueError(f"subject {self.name} has {self.n_parts} part(s); index must be in [0, {self.n_parts - 1}], got {index}")
+        if self.points_per_item is None:
+            return 0, len(self.inputs)
+        start = index * self.points_per_item
+        return start, min(len(self.inputs), start + self.points_per_item)
+
     def __repr__(self) -> str:
         labels = [label for label, _ in self.rules]
         return f"Subject({self.name!r}, {len(self.inputs)} points of shape {self.input_shape}, rules={labels})"
@@ -242,6 +304,18 @@ def _lower(model: nn.Module, input_shape: tuple) -> "dtd.ReLUNetwork | dtd.Graph
         except (TypeError, ValueError):
             pass
     return dtd.ReLUNetwork.from_module(model, input_shape)
+
+
+def _auto_points_per_item(net, n_rules: int, neurons: Optional[int]) -> int:
+    """Points per part within :data:`ITEM_WORK`: per point, rule and layer, the roots times what ``f_k`` recomputes."""
+    work = 0
+    for k in range(net.n_layers):
+        if isinstance(net, dtd.GraphNetwork):
+            width, above, n_neurons = net.in_features(k), sum(math.prod(n.shape) for n in net.live_nodes(k)[1]), net.out_features_of(k)
+        else:
+            width, above, n_neurons = net.sizes[k], sum(net.sizes[k + 1 :]), net.sizes[k + 1]
+        work += min(n_neurons, neurons or n_neurons) * (width + above)
+    return max(1, ITEM_WORK // max(1, n_rules * work))
 
 
 def _show_outputs(outputs) -> str:
@@ -332,11 +406,12 @@ def _resolve_rules(rules, x_flat: torch.Tensor, n_layers: int, box) -> list[tupl
 class SubjectResult:
     """What :func:`evaluate` found: rates (with descriptions), counts and plot data."""
 
-    subject: Subject
+    subject: str  # the subject's name
     rates: dict  # RateKey -> (Rate, description)
     counts: dict  # label -> number
     histograms: list  # (file, title, series, xlabel, caption)
     image_grids: list  # (file, title, rows, columns, caption)
+    layer_names: Optional[list] = None  # the model's modules behind each DTD layer, or None
 
     def record(self, property_report, *, summary: bool = True) -> None:
         """Write everything into the property report (rates are gated by the run's baseline)."""
@@ -345,10 +420,9 @@ class SubjectResult:
             property_report.rate(key, rate, description, summary=show)
         for label, value in self.counts.items():
             property_report.count(label, value)
-        network = self.subject.network
-        names = network.layer_names() if isinstance(network, dtd.GraphNetwork) else layer_names(self.subject.model, network.n_layers)
-        if names is not None:
-            property_report.note(layer_names_label(self.subject.name), LAYER_NAMES_SEPARATOR.join(f"{k}: {n}" for k, n in enumerate(names)))
+        if self.layer_names is not None:
+            property_report.note(layer_names_label(self.subject),
+                                 LAYER_NAMES_SEPARATOR.join(f"{k}: {n}" for k, n in enumerate(self.layer_names)))
         for file, title, series, xlabel, caption in self.histograms:
             property_report.histogram(file, title, series, xlabel=xlabel, caption=caption)
         for file, title, rows, columns, caption in self.image_grids:
@@ -367,69 +441,118 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="step", disable=None, leave=False)
 
 
-def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> SubjectResult:
-    """Ask DTD's questions of ``subject``: every rule, every layer.
+@dataclasses.dataclass
+class SubjectPart:
+    """The raw tallies of one part of a subject's points (:func:`evaluate_part`), merged exactly by :func:`merge_parts`.
 
-    Parameters
-    ----------
-    subject
-        The subject.
-    seed
-        Seeds the local generator of the neuron draws (same seed, same rates).
-    confidence
-        Of every interval.
+    Everything is a count, a sum or a list of values, never a rate, so the
+    rates and clustered intervals of merged parts are exactly those of
+    :func:`evaluate`.  :meth:`to_json` / :meth:`from_json` carry a part
+    between processes (pytest-xdist workers) without changing a bit.
+    """
 
-    Returns
-    -------
-    SubjectResult
-        Rates ``subject.{name}.{rule}.layer{k}.{outcome}`` for the outcomes
-        of :data:`ROOT_QUESTIONS`, ``root_exists`` and ``region_root_exists``,
-        ``subject.{name}.{rule}.conserved``, the accounting as counts, the
-        notebook's histograms and, for image inputs, relevance heatmaps.
+    info: dict  # what merging needs of the subject itself (:func:`_info`): name, rules, sizes, heatmap inputs
+    index: int
+    n_points: int
+    clusters: dict  # (rule label, layer, outcome) -> [(successes, trials) per point]
+    conserved: dict  # rule label -> (points conserved, points)
+    books: dict  # (rule label, layer, field) -> relevance summed over the part's points
+    ratios: dict  # rule label -> sum over the part's points of sum_i R_i / f(x)
+    series: dict  # (rule label, series) -> values, for the histograms
+    heat: dict  # rule label -> {point index: relevance as nested lists} for points < HEATMAP_POINTS
+    shown: dict = dataclasses.field(default_factory=dict)  # point index -> (input as nested lists, output) of those points
+
+    def to_json(self) -> str:
+        """The part as JSON text (floats written exactly)."""
+        return json.dumps({
+            "info": self.info, "index": self.index, "n_points": self.n_points,
+            "clusters": [[list(key), pairs] for key, pairs in self.clusters.items()],
+            "conserved": self.conserved, "books": [[list(key), value] for key, value in self.books.items()],
+            "ratios": self.ratios, "series": [[list(key), values] for key, values in self.series.items()],
+            "heat": {label: [[i, rel] for i, rel in rows.items()] for label, rows in self.heat.items()},
+            "shown": [[i, image, output] for i, (image, output) in self.shown.items()],
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> "SubjectPart":
+        data = json.loads(text)
+        return cls(
+            data["info"], data["index"], data["n_points"],
+            {tuple(key): [tuple(p) for p in pairs] for key, pairs in data["clusters"]},
+            {label: tuple(v) for label, v in data["conserved"].items()},
+            {tuple(key): value for key, value in data["books"]}, data["ratios"],
+            {tuple(key): values for key, values in data["series"]},
+            {label: {int(i): rel for i, rel in rows} for label, rows in data["heat"].items()},
+            {int(i): (image, output) for i, image, output in data["shown"]},
+        )
+
+
+def _part_seed(seed: int, index: int) -> int:
+    """The neuron draws' seed of part ``index`` (part 0: ``seed`` itself, so an unsplit subject draws as before)."""
+    return (seed + index * _PART_SEED_STRIDE) % 2**63
+
+
+#: spacing of the parts' draw seeds (a prime: parts of nearby seeds do not share draws)
+_PART_SEED_STRIDE = 1_000_003
+
+
+def _threads(net):
+    """One intra-op thread for a model of small activations (torch's threads only contend there: 11x slower on a busy
+    2-core machine for the digits ResNet), the caller's setting otherwise."""
+    sizes = net.sizes if isinstance(net, dtd.ReLUNetwork) else [math.prod(node.shape) for node in net.nodes if hasattr(node, "shape")]
+    return one_thread() if sum(sizes) <= SMALL_MODEL_ACTIVATIONS else contextlib.nullcontext()
+
+
+def evaluate_part(subject: Subject, index: int, *, seed: int = 0) -> SubjectPart:
+    """Ask DTD's questions of part ``index`` of ``subject``'s points (:meth:`Subject.part_range`): raw tallies.
+
+    The neuron draws of part ``i`` come from a generator seeded by ``seed``
+    and ``i`` alone, so a part gives the same tallies in any process and
+    order; :func:`merge_parts` turns the parts into the subject's result.
     """
     if not isinstance(subject, Subject):
         raise TypeError(f"subject must be a properties.Subject, got {type(subject).__name__}")
     seed = check_seed(seed)
-    net, name = subject.network, subject.name
-    classes = sorted(set(subject.outputs.tolist()))
-    groups = [(c, (subject.outputs == c).nonzero().squeeze(1)) for c in classes]
-    rates: dict = {}
-    counts: dict = {}
-    histograms, grids = [], []
-    relevances = []  # (rule label, (N, *input_shape) relevance) of image inputs, for one heatmap grid per subject
-    bar = _progress(len(subject.rules) * len(groups) * net.n_layers, f"subject {name}")
-    tail = (f"{subject.neurons_per_point} neurons drawn per point and layer" if subject.neurons_per_point
-            else "every neuron") + f", {len(subject.inputs)} points, intervals clustered by point"
+    index = check_int(index, "index", minimum=0)
+    if index >= subject.n_parts:
+        raise ValueError(f"subject {subject.name} has {subject.n_parts} part(s) (points_per_item={subject.points_per_item}); "
+                         f"index must be in [0, {subject.n_parts - 1}], got {index}")
+    start, stop = subject.part_range(index)
+    net = subject.network
+    inputs, outputs = subject.inputs[start:stop], subject.outputs[start:stop]
+    groups = [(c, (outputs == c).nonzero().squeeze(1)) for c in sorted(set(outputs.tolist()))]
+    part = SubjectPart(_info(subject), index, stop - start, {}, {}, {}, {}, {}, {})
+    if len(subject.input_shape) >= 2:
+        for i in range(start, min(stop, HEATMAP_POINTS)):
+            part.shown[i] = (subject.inputs[i].tolist(), int(subject.outputs[i]))
+    lp_plan = {k: _lp_plan(net, k) for k in range(net.n_layers)}
+    bar = _progress(len(subject.rules) * len(groups) * net.n_layers, f"subject {subject.name}" +
+                    (f" part {index + 1}/{subject.n_parts}" if subject.n_parts > 1 else ""))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _threads(net):
             for label, rule in subject.rules:
-                generator = torch.Generator().manual_seed(seed)
-                clusters: dict[tuple, list] = {}
-                conserved, relevance_sum, f_x = [], [], []
-                books: dict[tuple, float] = {}
-                diffs, f_all, grad_means = [], [], []
-                relevance = torch.empty(subject.inputs.shape, dtype=subject.inputs.dtype)
-                lp_plan = {k: _lp_plan(net, k) for k in range(net.n_layers)}
-                if isinstance(net, dtd.GraphNetwork):
-                    counts[f"subject {name}, {label}: region_root_exists not measured (the exact in-region LPs need the "
-                           "dense layers of from_sequential; this model was lowered by the graph engine)"] = 0
-                    lp_plan = {}
-                for k, (points, _) in lp_plan.items():
-                    if points == 0:
-                        counts[f"subject {name}, {label}, layer {k}: region_root_exists not measured (one LP exceeds "
-                               f"REGION_LP_ENTRIES = {REGION_LP_ENTRIES:,} constraint entries)"] = 0
-                region_left = {k: lp_plan.get(k, (0, 0))[0] for k in range(net.n_layers)}
-                for c, index in groups:
-                    x = subject.inputs[index]
+                generator = torch.Generator().manual_seed(_part_seed(seed, index))
+                conserved = [0, 0]
+                ratio = 0.0
+                heat = part.heat.setdefault(label, {}) if len(subject.input_shape) >= 2 else None
+                # the exact LPs go to the subject's first points: this part's share of them, per layer
+                region_left = {k: min(stop - start, max(0, points - start)) for k, (points, _) in lp_plan.items()}
+                for c, where in groups:
+                    x = inputs[where]
                     dec = dtd.train_free(net, x, root_finder=dtd.LinearRoots(rule), output=c)
-                    relevance[index] = dec.relevance.reshape(x.shape)
+                    if heat is not None:
+                        for row, i in enumerate((where + start).tolist()):
+                            if i < HEATMAP_POINTS:
+                                heat[i] = dec.relevance[row].reshape(x.shape[1:]).tolist()
                     total = dec.relevance.reshape(len(x), -1).sum(1)
-                    conserved.append((total - dec.output_value).abs() <= CONSERVED_SHARE * dec.output_value)
-                    relevance_sum.append(total)
-                    f_x.append(dec.output_value)
+                    held = (total - dec.output_value).abs() <= CONSERVED_SHARE * dec.output_value
+                    conserved[0] += int(held.sum())
+                    conserved[1] += int(held.numel())
+                    ratio += float((total / dec.output_value).double().sum())
                     for acc in dtd.accounting(net, dec).layers:
                         for field in ("upper", "conserved", "lost", "bias_share"):
-                            books[(acc.index, field)] = books.get((acc.index, field), 0.0) + float(getattr(acc, field).sum())
+                            key = (label, acc.index, field)
+                            part.books[key] = part.books.get(key, 0.0) + float(getattr(acc, field).sum())
                     for k in range(net.n_layers):
                         n_region = min(region_left[k], len(x))
                         region_left[k] -= n_region
@@ -440,63 +563,161 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
                         zero = out.output_at_root.abs() <= zero_output_tolerance(out.output_at_input).unsqueeze(1)
                         for outcome in ROOT_QUESTIONS:
                             holds = (zero if outcome == "zero_output" else getattr(out, outcome)) & counted
-                            clusters.setdefault((k, outcome), []).extend(zip(holds.sum(1).tolist(), counted.sum(1).tolist()))
-                        clusters.setdefault((k, "root_exists"), []).extend(
-                            zip((out.valid & out.carries_relevance).sum(1).tolist(), out.carries_relevance.sum(1).tolist()))
+                            part.clusters.setdefault((label, k, outcome), []).extend(
+                                zip(holds.sum(1).tolist(), counted.sum(1).tolist()))
+                        part.clusters.setdefault((label, k, "root_exists"), []).extend(
+                            zip(counted.sum(1).tolist(), out.carries_relevance.sum(1).tolist()))
                         if k == 0:
-                            diffs.append((out.output_at_input.unsqueeze(1) - out.output_at_root)[counted])
-                            f_all.append(out.output_at_input)
-                            grad_means.append((out.gradient_mean_abs_difference * counted).sum(1) / counted.sum(1).clamp_min(1))
+                            diffs = (out.output_at_input.unsqueeze(1) - out.output_at_root)[counted]
+                            means = (out.gradient_mean_abs_difference * counted).sum(1) / counted.sum(1).clamp_min(1)
+                            for name, values in (("diffs", diffs), ("f_x", out.output_at_input), ("gradient", means)):
+                                part.series.setdefault((label, name), []).extend(values.tolist())
                         if n_region:
-                            clusters.setdefault((k, "region_root_exists"), []).extend(
+                            part.clusters.setdefault((label, k, "region_root_exists"), []).extend(
                                 _region_roots(net, dec, k, c, n_region, lp_plan[k][1], generator))
                         if bar is not None:
                             bar.update()
-                for (k, outcome), pairs in clusters.items():
-                    key = RateKey("subject", outcome, subject=name, rule=label, layer=k)
-                    if outcome == "region_root_exists":
-                        points, neurons = lp_plan[k]
-                        how = (f"relevance-carrying neurons, the first {points} points x {neurons} drawn neurons "
-                               "at this layer, one exact LP each")
-                    elif outcome == "root_exists":
-                        how = f"among relevance-carrying neurons, {tail}"
-                    elif outcome == "zero_output":
-                        how = (f"valid roots of relevance-carrying neurons, |f(root)| <= max(1e-6, {ZERO_OUTPUT_ULPS:g} ulp "
-                               f"of |f(x)|), {tail}")
-                    else:
-                        how = f"valid roots of relevance-carrying neurons, {tail}"
-                    rates[key] = (Rate.from_clusters(pairs, confidence), f"{describe(key)} [{how}]")
-                held = torch.cat(conserved)
-                key = RateKey("subject", "conserved", subject=name, rule=label)
-                rates[key] = (Rate(int(held.sum()), int(held.numel()), confidence),
-                              f"subject {name}, rule {label}: {OUTCOMES['conserved']} (points)")
-                n_points = len(subject.inputs)
-                for (k, field), value in sorted(books.items()):
-                    counts[f"subject {name}, {label}, layer {k}: mean {field.replace('_', ' ')} relevance (dtd.accounting)"] = value / n_points
-                ratio = torch.cat(relevance_sum) / torch.cat(f_x)
-                counts[f"subject {name}, {label}: mean sum_i R_i / f(x)"] = float(ratio.mean())
-                histograms.append((
-                    _file(name, label, "output_difference"),
-                    f"Subject {name}, first-layer {label} roots: f(x) - f(root), beside f(x)",
-                    {"f(x) - f(root), every counted root": torch.cat(diffs).tolist(), "f(x), every point": torch.cat(f_all).tolist()},
-                    "value", "The notebook's first histogram on this subject: a root that zeroed the output would give f(x) - f(root) = f(x).",
-                ))
-                histograms.append((
-                    _file(name, label, "gradient_difference"),
-                    f"Subject {name}, first-layer {label} roots: mean |grad f(root) - grad f(x)| per point",
-                    {"mean over the point's counted roots and input dimensions": torch.cat(grad_means).tolist()},
-                    "mean absolute gradient difference", "The notebook's second histogram; 0: every root lies in the input's linear region.",
-                ))
-                if len(subject.input_shape) >= 2:
-                    relevances.append((label, relevance))
+                part.conserved[label] = tuple(conserved)
+                part.ratios[label] = ratio
     finally:
         if bar is not None:
             bar.close()
-    if relevances:
-        grids.append(_heatmaps(subject, relevances))
-    counts[f"subject {name}: points explained"] = len(subject.inputs)
+    return part
+
+
+def _info(subject: Subject) -> dict:
+    """What :func:`merge_parts` needs of a subject, as JSON values (a controlling process never builds the subject)."""
+    net = subject.network
+    names = net.layer_names() if isinstance(net, dtd.GraphNetwork) else layer_names(subject.model, net.n_layers)
+    digest = hashlib.sha256()
+    for tensor in [subject.inputs, subject.outputs] + list(subject.model.state_dict().values()):
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {
+        "name": subject.name, "rules": [label for label, _ in subject.rules], "n_points": len(subject.inputs),
+        "n_dropped": subject.n_dropped, "neurons_per_point": subject.neurons_per_point,
+        "points_per_item": subject.points_per_item, "n_parts": subject.n_parts, "graph": isinstance(net, dtd.GraphNetwork),
+        "lp_plan": [list(_lp_plan(net, k)) for k in range(net.n_layers)], "input_shape": list(subject.input_shape),
+        "layer_names": names, "dtype": str(subject.inputs.dtype).replace("torch.", ""),
+        "fingerprint": digest.hexdigest(),  # the points, outputs and parameters: parts of one subject only
+    }
+
+
+def merge_parts(parts: Sequence[SubjectPart], *, confidence: float = DEFAULT_CONFIDENCE) -> SubjectResult:
+    """A subject's result from every one of its parts (any order): clusters concatenated, counts and sums added.
+
+    Raises ``ValueError`` unless ``parts`` holds each part of one subject
+    exactly once (the parts say which subject and how many parts it has).
+    """
+    parts = sorted(parts, key=lambda p: p.index)
+    if not parts or any(not isinstance(p, SubjectPart) for p in parts):
+        raise TypeError(f"parts must be a non-empty sequence of SubjectPart (from evaluate_part), got {parts!r:.80}")
+    info = parts[0].info
+    indices = [p.index for p in parts]
+    if any(p.info["name"] != info["name"] for p in parts) or indices != list(range(info["n_parts"])):
+        raise ValueError(f"subject {info['name']} has {info['n_parts']} part(s); got parts {indices} of "
+                         f"{sorted({p.info['name'] for p in parts})}: give each part of one subject exactly once")
+    if any(p.info != info for p in parts):
+        raise ValueError(f"the parts of subject {info['name']} come from different models or points (their fingerprints of "
+                         "the points, outputs and parameters differ): its factory must build the same subject in every "
+                         "process (load a checkpoint, or train with a fixed seed and thread count)")
+    subject = _Info(info)
+    name = subject.name
+    n_points = subject.n_points
+    rates: dict = {}
+    counts: dict = {}
+    histograms = []
+    tail = (f"{subject.neurons_per_point} neurons drawn per point and layer" if subject.neurons_per_point
+            else "every neuron") + f", {n_points} points, intervals clustered by point"
+    lp_plan = {k: tuple(plan) for k, plan in enumerate(subject.lp_plan)}
+    for label in subject.rules:
+        if subject.graph:
+            counts[f"subject {name}, {label}: region_root_exists not measured (the exact in-region LPs need the "
+                   "dense layers of from_sequential; this model was lowered by the graph engine)"] = 0
+        else:
+            for k, (points, _) in lp_plan.items():
+                if points == 0:
+                    counts[f"subject {name}, {label}, layer {k}: region_root_exists not measured (one LP exceeds "
+                           f"REGION_LP_ENTRIES = {REGION_LP_ENTRIES:,} constraint entries)"] = 0
+        keys = [key for key in parts[0].clusters if key[0] == label]
+        for _, k, outcome in keys:
+            pairs = [pair for p in parts for pair in p.clusters.get((label, k, outcome), [])]
+            key = RateKey("subject", outcome, subject=name, rule=label, layer=k)
+            if outcome == "region_root_exists":
+                points, neurons = lp_plan[k]
+                how = (f"relevance-carrying neurons, the first {points} points x {neurons} drawn neurons "
+                       "at this layer, one exact LP each")
+            elif outcome == "root_exists":
+                how = f"among relevance-carrying neurons, {tail}"
+            elif outcome == "zero_output":
+                how = (f"valid roots of relevance-carrying neurons, |f(root)| <= max(1e-6, {ZERO_OUTPUT_ULPS:g} ulp "
+                       f"of |f(x)|), {tail}")
+            else:
+                how = f"valid roots of relevance-carrying neurons, {tail}"
+            rates[key] = (Rate.from_clusters(pairs, confidence), f"{describe(key)} [{how}]")
+        key = RateKey("subject", "conserved", subject=name, rule=label)
+        held = [sum(p.conserved[label][i] for p in parts) for i in (0, 1)]
+        rates[key] = (Rate(held[0], held[1], confidence), f"subject {name}, rule {label}: {OUTCOMES['conserved']} (points)")
+        books: dict = {}
+        for p in parts:
+            for (rule_label, k, field), value in p.books.items():
+                if rule_label == label:
+                    books[(k, field)] = books.get((k, field), 0.0) + value
+        for (k, field), value in sorted(books.items()):
+            counts[f"subject {name}, {label}, layer {k}: mean {field.replace('_', ' ')} relevance (dtd.accounting)"] = value / n_points
+        counts[f"subject {name}, {label}: mean sum_i R_i / f(x)"] = sum(p.ratios[label] for p in parts) / n_points
+        series = {what: [v for p in parts for v in p.series.get((label, what), [])] for what in ("diffs", "f_x", "gradient")}
+        histograms.append((
+            _file(name, label, "output_difference"),
+            f"Subject {name}, first-layer {label} roots: f(x) - f(root), beside f(x)",
+            {"f(x) - f(root), every counted root": series["diffs"], "f(x), every point": series["f_x"]},
+            "value", "The notebook's first histogram on this subject: a root that zeroed the output would give f(x) - f(root) = f(x).",
+        ))
+        histograms.append((
+            _file(name, label, "gradient_difference"),
+            f"Subject {name}, first-layer {label} roots: mean |grad f(root) - grad f(x)| per point",
+            {"mean over the point's counted roots and input dimensions": series["gradient"]},
+            "mean absolute gradient difference", "The notebook's second histogram; 0: every root lies in the input's linear region.",
+        ))
+    grids = []
+    if len(subject.input_shape) >= 2:
+        heat = {label: {i: rel for p in parts for i, rel in p.heat.get(label, {}).items()} for label in subject.rules}
+        shown = {i: entry for p in parts for i, entry in p.shown.items()}
+        grids.append(_heatmaps(subject, heat, [shown[i] for i in sorted(shown)]))
+    counts[f"subject {name}: points explained"] = n_points
     counts[f"subject {name}: points left out (explained output <= 0)"] = subject.n_dropped
-    return SubjectResult(subject, rates, counts, histograms, grids)
+    if subject.n_parts > 1:
+        counts[f"subject {name}: parts (test items of at most {subject.points_per_item} points, tallies merged)"] = subject.n_parts
+    return SubjectResult(name, rates, counts, histograms, grids, subject.layer_names)
+
+
+def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> SubjectResult:
+    """Ask DTD's questions of ``subject``: every rule, every layer.
+
+    Parameters
+    ----------
+    subject
+        The subject.
+    seed
+        Seeds the local generators of the neuron draws (same seed, same rates).
+    confidence
+        Of every interval.
+
+    Returns
+    -------
+    SubjectResult
+        Rates ``subject.{name}.{rule}.layer{k}.{outcome}`` for the outcomes
+        of :data:`ROOT_QUESTIONS`, ``root_exists`` and ``region_root_exists``,
+        ``subject.{name}.{rule}.conserved``, the accounting as counts, the
+        notebook's histograms and, for image inputs, relevance heatmaps.
+        The subject's parts (:attr:`Subject.n_parts`) are evaluated one
+        after another and merged: ``merge_parts([evaluate_part(subject, i,
+        seed=seed) for i in range(subject.n_parts)])``, exactly what a run
+        that spreads the parts over processes reports.
+    """
+    if not isinstance(subject, Subject):
+        raise TypeError(f"subject must be a properties.Subject, got {type(subject).__name__}")
+    seed = check_seed(seed)
+    return merge_parts([evaluate_part(subject, i, seed=seed) for i in range(subject.n_parts)], confidence=confidence)
 
 
 def _lp_plan(net: dtd.ReLUNetwork, k: int) -> tuple[int, int]:
@@ -525,18 +746,29 @@ def _region_roots(net, dec, k: int, output: int, n_points: int, n_neurons: int, 
     return list(zip((found.valid & pick).sum(1).tolist(), pick.sum(1).tolist()))
 
 
-def _heatmaps(subject: Subject, relevances: list):
-    """Inputs beside their relevance under every rule, for the first few points (channels averaged / summed)."""
-    n = min(HEATMAP_POINTS, len(subject.inputs))
-    shape = subject.input_shape
+class _Info:
+    """:func:`_info`'s dict read as attributes."""
+
+    def __init__(self, info: dict):
+        self.__dict__.update(info)
+
+
+def _heatmaps(subject: "_Info", heat: dict, shown: list):
+    """Inputs beside their relevance under every rule, for the first few points (channels averaged / summed).
+
+    ``heat``: rule label -> {point index: relevance (nested lists of the input's shape)} for the points shown;
+    ``shown``: their ``(input, output)`` in point order.
+    """
+    shape = tuple(subject.input_shape)
+    dtype = getattr(torch, subject.dtype)
     rows = []
-    for i in range(n):
-        image = subject.inputs[i].reshape(shape)
-        heats = [relevance[i].reshape(shape) for _, relevance in relevances]
+    for i, (image, output) in enumerate(shown):
+        image = torch.tensor(image, dtype=dtype).reshape(shape)
+        heats = [torch.tensor(rows_of[i], dtype=dtype).reshape(shape) for rows_of in heat.values()]
         if len(shape) == 3:
-            image, heats = image.mean(0), [heat.sum(0) for heat in heats]
-        rows.append({"label": f"point {i}, output {int(subject.outputs[i])}", "images": [image.tolist()] + [h.tolist() for h in heats]})
-    labels = [label for label, _ in relevances]
+            image, heats = image.mean(0), [h.sum(0) for h in heats]
+        rows.append({"label": f"point {i}, output {output}", "images": [image.tolist()] + [h.tolist() for h in heats]})
+    labels = list(heat)
     return (f"subject_{subject.name}_heatmaps.png", f"Subject {subject.name}: relevance beside the input ({', '.join(labels)})", rows,
             ["input"] + [f"relevance ({label})" for label in labels],
             "Each row: one explained point, its input, then its input relevance under each rule on one scale per row centred at 0 "

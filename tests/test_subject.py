@@ -59,6 +59,9 @@ def _inputs(n=30, d=6, seed=1, dtype=torch.float32):
         (dict(max_points=1.5), TypeError, "max_points"),
         (dict(input_box=(0.0, 0.5)), ValueError, "outside input_box"),
         (dict(input_box=3), TypeError, "input_box"),
+        (dict(points_per_item=0), ValueError, "points_per_item"),
+        (dict(points_per_item="many"), ValueError, "points_per_item"),
+        (dict(points_per_item=2.5), TypeError, "points_per_item"),
     ],
 )
 def test_subject_rejects_bad_arguments(kwargs, error, match):
@@ -244,3 +247,93 @@ def test_zero_output_of_a_large_float32_logit_is_judged_up_to_its_rounding():
     counted = out.valid & out.carries_relevance
     assert float(out.output_at_root.abs()[counted].max()) > PROPERTY_ATOL
     assert bool((zero_output_tolerance(out.output_at_input) > PROPERTY_ATOL).all())
+
+
+def _maxpool_subject(**kwargs):
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 3)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.6)
+        model[-1].bias.add_(0.5)
+    x = torch.rand(11, 1, 4, 4, generator=generator)
+    return model, x, Subject("split", model, x, rules=("z+", "zB"), input_box=(0.0, 1.0), neurons_per_point=3, **kwargs)
+
+
+def _same(a, b):
+    """Two results agree in every rate (successes, trials, clusters, interval), count, histogram and heatmap."""
+    assert a.rates.keys() == b.rates.keys()
+    for key, (rate, description) in a.rates.items():
+        other, other_description = b.rates[key]
+        assert (rate.successes, rate.trials, rate.clusters, rate.interval) == (other.successes, other.trials, other.clusters,
+                                                                               other.interval), key
+        assert description == other_description
+    assert a.histograms == b.histograms and a.image_grids == b.image_grids and a.layer_names == b.layer_names
+
+
+def test_a_split_subjects_parts_merge_into_exactly_the_rates_of_evaluate():
+    """Parts evaluated apart, carried as JSON and merged in any order give evaluate()'s result bit for bit; and part i
+    is, cluster for cluster, an unsplit subject of part i's points drawn with part i's seed (the obvious reference)."""
+    from properties.subject import SubjectPart, _part_seed, evaluate_part, merge_parts
+
+    model, x, subject = _maxpool_subject(points_per_item=4)
+    assert subject.n_parts == 3 and [subject.part_range(i) for i in range(3)] == [(0, 4), (4, 8), (8, len(subject.inputs))]
+    whole = evaluate(subject, seed=5)
+    parts = [SubjectPart.from_json(evaluate_part(subject, i, seed=5).to_json()) for i in (2, 0, 1)]
+    merged = merge_parts(parts)
+    _same(whole, merged)
+    assert whole.counts == merged.counts
+    clusters = {key: [] for key in whole.rates}
+    totals = {key: [0, 0] for key in whole.rates}
+    for i in range(subject.n_parts):
+        start, stop = subject.part_range(i)
+        alone = Subject("split", model, subject.inputs[start:stop], outputs=subject.outputs[start:stop], rules=("z+", "zB"),
+                        input_box=(0.0, 1.0), neurons_per_point=3, points_per_item=None)
+        for key, (rate, _) in evaluate(alone, seed=_part_seed(5, i)).rates.items():
+            clusters[key].extend(rate.clusters or ())
+            totals[key] = [totals[key][0] + rate.successes, totals[key][1] + rate.trials]
+    for key, (rate, _) in whole.rates.items():
+        assert rate.clusters == (tuple(clusters[key]) if key.outcome != "conserved" else None), key
+        assert [rate.successes, rate.trials] == totals[key], key
+    # one part (points_per_item=None or larger than the points) draws with the seed itself, as before splitting existed
+    _same(evaluate(Subject("split", model, x, rules=("z+", "zB"), input_box=(0.0, 1.0), neurons_per_point=3,
+                           points_per_item=None), seed=5),
+          evaluate(Subject("split", model, x, rules=("z+", "zB"), input_box=(0.0, 1.0), neurons_per_point=3,
+                           points_per_item=100), seed=5))
+
+
+def test_merging_refuses_missing_repeated_and_foreign_parts():
+    from properties.subject import evaluate_part, merge_parts
+
+    model, x, subject = _maxpool_subject(points_per_item=4)
+    parts = [evaluate_part(subject, i) for i in range(subject.n_parts)]
+    with pytest.raises(ValueError, match="exactly once"):
+        merge_parts(parts[:2])
+    with pytest.raises(ValueError, match="exactly once"):
+        merge_parts(parts + parts[:1])
+    with pytest.raises(TypeError, match="SubjectPart"):
+        merge_parts([])
+    with torch.no_grad():
+        model[0].bias.add_(0.01)  # another process's factory built another model
+    other = Subject("split", model, x, rules=("z+", "zB"), input_box=(0.0, 1.0), neurons_per_point=3, points_per_item=4)
+    with pytest.raises(ValueError, match="same subject in every process"):
+        merge_parts(parts[:2] + [evaluate_part(other, 2)])
+    with pytest.raises(ValueError, match=r"index must be in \[0, 2\]"):
+        evaluate_part(subject, 3)
+
+
+def test_points_per_item_auto_bounds_the_work_of_an_item():
+    from properties.subject import ITEM_WORK, _auto_points_per_item
+
+    _, _, subject = _maxpool_subject()
+    assert subject.n_parts == 1 and subject.points_per_item == _auto_points_per_item(subject.network, 2, 3)
+    # the work model: per point, rule and layer, the drawn roots times (the layer's input + what f_k recomputes)
+    net = subject.network
+    per_point = sum(min(3, net.out_features_of(k)) * (net.in_features(k) + sum(n.numel() if hasattr(n, "numel") else
+                    __import__("math").prod(n.shape) for n in net.live_nodes(k)[1])) for k in range(net.n_layers))
+    assert subject.points_per_item == ITEM_WORK // (2 * per_point)
+    dense = Subject("tiny", _mlp(), _inputs(), neurons_per_point=None)
+    sizes = dense.network.sizes
+    work = sum(sizes[k + 1] * (sizes[k] + sum(sizes[k + 1 :])) for k in range(len(sizes) - 1))
+    assert dense.points_per_item == ITEM_WORK // work

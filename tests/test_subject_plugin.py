@@ -169,3 +169,70 @@ def test_findings_rows_come_with_a_subject_unless_switched_off(user_dir):
     assert families["quiet"] == {"subject"}  # Subject(..., findings=False)
     assert run("--report", "without", "--no-findings").ret == 0
     assert {RateKey.parse(name).family for name in _rows(pytester.path / "without" / "report.json")} == {"subject"}
+
+
+SPLIT_MODULE = '''
+import os
+import torch
+from torch import nn
+from properties import Subject
+
+CALLS = "factory_calls.txt"
+
+
+def split():
+    with open(CALLS, "a") as calls:  # one line per call of the factory (its "training"), with the process id
+        calls.write(f"{os.getpid()}\\\\n")
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.6)
+        model[-1].bias.add_(0.5)
+    x = torch.rand(9, 1, 4, 4, generator=generator)
+    return Subject("split", model.eval(), x, rules=("z+", "zB"), input_box=(0.0, 1.0), neurons_per_point=3,
+                   points_per_item=2, findings=False)
+'''
+
+
+def _rates(path):
+    rows = json.loads(path.read_text())["properties"]
+    return {r["name"]: (r["successes"], r["trials"], r["ci_low"], r["ci_high"], r["status"]) for r in rows}
+
+
+def test_a_split_subject_under_xdist_reports_what_a_serial_run_does(pytester, monkeypatch):
+    """Five parts spread over two xdist workers: the merged rows equal the serial run's and evaluate()'s, every
+    interval included; the factory ran once per process (once serially, once per worker, never in the controller)."""
+    from properties.subject import evaluate
+
+    pytester.makepyfile(splitmod=SPLIT_MODULE.replace("\\\\n", "\\n"))
+    monkeypatch.chdir(pytester.path)
+    monkeypatch.syspath_prepend(str(pytester.path))
+    common = ("-p", "properties.plugin", "-p", "no:cacheprovider", "-m", "properties", "--dtd-subject", "splitmod:split")
+    serial = pytester.runpytest(*common, "-p", "no:xdist", "--property-report", "serial")  # in this process
+    serial.assert_outcomes(passed=5)
+    calls = pytester.path / "factory_calls.txt"
+    assert len(calls.read_text().split()) == 1
+    calls.unlink()
+    parallel = pytester.runpytest_subprocess(*common, "-n", "2", "--property-report", "parallel")
+    parallel.assert_outcomes(passed=5)
+    pids = calls.read_text().split()
+    assert len(pids) == len(set(pids)) == 2, pids  # one call in each worker
+    rows = _rates(pytester.path / "serial" / "report.json")
+    assert rows == _rates(pytester.path / "parallel" / "report.json")
+    import splitmod
+
+    subject = splitmod.split()
+    assert subject.n_parts == 5
+    expected = evaluate(subject)
+    assert {str(key) for key in expected.rates} == set(rows)
+    for key, (rate, _) in expected.rates.items():
+        low, high = rate.interval
+        assert rows[str(key)][:4] == (rate.successes, rate.trials, low, high), key
+    report = json.loads((pytester.path / "parallel" / "report.json").read_text())
+    assert report["config"]["your_subjects"] == ["split"]
+    # a part deselected: the subject reports no rates and the summary says why
+    partial = pytester.runpytest(*common, "-p", "no:xdist", "--property-report", "partial", "-k", "not part3")
+    partial.assert_outcomes(passed=4, deselected=1)
+    assert "subject split: 4 of its 5 parts ran" in partial.stdout.str()
