@@ -169,3 +169,34 @@ def test_findings_rows_come_with_a_subject_unless_switched_off(user_dir):
     assert families["quiet"] == {"subject"}  # Subject(..., findings=False)
     assert run("--report", "without", "--no-findings").ret == 0
     assert {RateKey.parse(name).family for name in _rows(pytester.path / "without" / "report.json")} == {"subject"}
+
+
+def _check(capsys, *args):
+    """``dtd-properties check ARGS`` in this process: (exit code, stdout + stderr)."""
+    from properties.cli import main
+
+    try:
+        code = main(["check", *args])
+    except SystemExit as stop:  # argparse's usage errors
+        code = stop.code
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_check_require_gates_a_first_run_on_absolute_floors(user_dir, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the console puts the current directory first
+    # no baseline of the user's (a first run: every rate new), yet a floor fails the run where a rate is below it
+    code, out = _check(capsys, "usermod:one", "--no-findings", "--report", "floors", "--require", "subject.one.*>=1")
+    assert code == 1, out
+    rows = _rows(user_dir.path / "floors" / "report.json")
+    below = sorted(name for name, r in rows.items() if r["rate"] is None or r["rate"] < 1)
+    assert below, "the tiny subject has a rate below 100 % to gate on"
+    assert sorted(name for name, r in rows.items() if r["status"] == "below_floor") == below
+    assert {r["status"] for name, r in rows.items() if name not in below} == {"new"}
+    assert f"{below[0]}: " in out and "below the floor --require 'subject.one.*>=1'" in out
+    # a pattern that matches nothing (a typo in the subject's name) is a usage error naming it and some rates
+    code, out = _check(capsys, "usermod:one", "--no-findings", "--report", "typo", "--require", "subject.onee.*>=0.5")
+    assert code == 4 and "'subject.onee.*>=0.5'" in out and "matches no rate" in out and "subject.one." in out
+    # bad syntax: argparse's usage error, before anything runs
+    code, out = _check(capsys, "usermod:one", "--require", "subject.one.*>0.5")
+    assert code == 2 and "argument --require" in out and "PATTERN>=VALUE" in out
