@@ -25,6 +25,14 @@ interval does not overlap the baseline's fails the test that recorded it
 worker ships its records to the controller, which merges them and writes the
 report, so ``-n 2`` gives the same report as a serial run.
 
+Absolute gates (:mod:`properties.gates`), with or without a baseline and also
+while updating it: a ``conformance`` row of a property every implementation
+must satisfy (:data:`properties.gates.MUST_HOLD`) below 100 %, and a row below
+a floor ``--property-require 'PATTERN>=VALUE'`` (its point estimate), get the
+status ``below_floor`` and fail the test that recorded them, naming the floor
+and the rate.  A floor whose pattern matches no row of a completed run is a
+usage error (exit status 4, the note names the pattern and some rows).
+
 What a run leaves behind
 ------------------------
 * Start-up checks (``pytest.UsageError`` before any test runs): the baseline
