@@ -202,3 +202,19 @@ def test_conform_require_matching_no_rate_is_a_usage_error(user_dir, capsys):
     assert code == 2, out + err
     assert "'conformance.mylib_*.equals_dtd.*>=0.99'" in out and "matches no rate of this run" in out
     assert "conformance.user_zplus." in out  # some rates that exist
+
+
+def test_pytest_option_fails_a_first_run_on_a_must_hold_property_and_on_a_floor(user_dir, pytester):
+    pytester.chdir()
+    os.chdir(user_dir)
+    sys.path.insert(0, str(user_dir))
+    result = pytester.runpytest_inprocess("-p", "properties.plugin", "-p", "no:cacheprovider", "-m", "properties",
+                                          "--dtd-implementation", "usermod:nan", "--dtd-implementation", "usermod:implementations",
+                                          "--property-require", "conformance.user_zplus.equals_dtd.*>=1",
+                                          "--property-report", "rep")
+    # no baseline (a first run): the NaN implementation fails on finite alone; the correct one meets its floor
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*FAILED*test_conformance?user_nan?*below a required floor*"])
+    statuses = {r["name"]: r["status"] for r in json.loads((user_dir / "rep" / "report.json").read_text())["properties"]}
+    assert statuses["conformance.user_nan.finite"] == "below_floor"
+    assert {s for name, s in statuses.items() if name.startswith("conformance.user_zplus.")} == {"new"}
