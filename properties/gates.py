@@ -33,12 +33,14 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
+import os
+import re
 from typing import Iterable, Mapping, Optional, Sequence
 
 from .keys import RateKey
 
 __all__ = ["MUST_HOLD", "BELOW_FLOOR", "Floor", "parse_floor", "parse_floors", "must_hold", "failed_floors",
-           "unmatched", "FLOOR_FORM"]
+           "unmatched", "nearest", "FLOOR_FORM"]
 
 #: conformance properties every implementation must satisfy in every trial (even on a first run, without a baseline)
 MUST_HOLD = ("no_side_effects", "finite", "dtype_device", "batch_independent")
@@ -116,3 +118,14 @@ def unmatched(floors: Sequence[Floor], names: Iterable[str]) -> list[Floor]:
     """The floors that match none of ``names``."""
     names = list(names)
     return [floor for floor in floors if not any(floor.matches(name) for name in names)]
+
+
+def nearest(floor: Floor, names: Iterable[str], count: int) -> list[str]:
+    """Up to ``count`` of ``names`` whose start agrees longest with the pattern's fixed start (before its first
+    wildcard), then by name: the rows a mistyped floor most likely meant."""
+    head = re.split(r"[*?\[]", floor.pattern, maxsplit=1)[0]
+
+    def agreed(name: str) -> int:
+        return len(os.path.commonprefix([head, name]))
+
+    return sorted(names, key=lambda name: (-agreed(name), name))[:count]

@@ -468,8 +468,7 @@ def pytest_sessionfinish(session, exitstatus):
         config.workeroutput[_entry().WORKER_OUTPUT] = run.to_json()
         return
     incomplete = _incomplete(session, exitstatus)
-    if incomplete is None and run.floors:
-        _check_floors_matched(session, run)
+    floors_matched = incomplete is not None or _check_floors_matched(session, run)
     if run.rows or run.plots:
         try:
             _write_report(config, run, incomplete, exitstatus)
@@ -482,7 +481,7 @@ def pytest_sessionfinish(session, exitstatus):
     if update is None or not run.rows:
         return
     path = _baseline_path(config)
-    if incomplete is None and exitstatus == pytest.ExitCode.OK:
+    if incomplete is None and exitstatus == pytest.ExitCode.OK and floors_matched:
         rows, owners, done = list(run.rows.values()), run.owner, f"baseline rewritten: {path}"
     elif update == "partial":
         owners = {name: test for name, test in run.owner.items() if test in run.completed}
@@ -501,7 +500,8 @@ def pytest_sessionfinish(session, exitstatus):
             run.notes.append(f"baseline NOT rewritten: {problem}; {path} is as it was")
             session.exitstatus = WRITE_FAILED
     else:
-        why = incomplete or f"exit status {int(exitstatus)}: a test failed or errored"
+        why = incomplete or (f"exit status {int(exitstatus)}: a test failed or errored" if exitstatus != pytest.ExitCode.OK
+                             else "a --require floor matches no rate")
         run.notes.append(f"baseline NOT rewritten ({why}): {path} is unchanged; fix the run and repeat, or use "
                          f"--update-baseline-partial (plain pytest: --property-update-baseline-partial) to keep the rates of the "
                          f"tests that passed")
@@ -511,17 +511,20 @@ def pytest_sessionfinish(session, exitstatus):
 FLOOR_EXAMPLES = 5
 
 
-def _check_floors_matched(session, run: Store) -> None:
-    """A floor whose pattern matches no rate of a completed run checked nothing: a usage error (exit status 4)."""
+def _check_floors_matched(session, run: Store) -> bool:
+    """Whether every floor matched a rate; one that matches none of a completed run's checked nothing: a usage error
+    (exit status 4), the note naming it and the rates whose names come nearest its fixed start."""
     missing = gates.unmatched(run.floors, run.rows)
     if not missing:
-        return
-    names = sorted(run.rows)
-    some = ", ".join(names[:FLOOR_EXAMPLES]) + (f" (and {len(names) - FLOOR_EXAMPLES} more)" if len(names) > FLOOR_EXAMPLES else "")
+        return True
     for floor in missing:
+        names = gates.nearest(floor, run.rows, FLOOR_EXAMPLES)
+        more = len(run.rows) - len(names)
+        some = ", ".join(names) + (f" (and {more} more)" if more > 0 else "")
         run.notes.append(f"usage error: the floor '{floor.text}' (--property-require, --require of dtd-properties): the pattern {floor.pattern!r} matches no rate of this run "
-                         f"(rates: {some or 'none were recorded'})")
+                         f"(nearest rates: {some or 'none were recorded'})")
     session.exitstatus = pytest.ExitCode.USAGE_ERROR
+    return False
 
 
 def _os_error(error: OSError, path: Path) -> str:

@@ -145,7 +145,18 @@ def test_a_floor_that_matches_no_rate_is_a_usage_error_naming_it_and_some_rates(
     result = kit("--property-require", "conformance.mylib_*.equals_dtd.*>=0.99")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stdout.fnmatch_lines(["*usage error: the floor 'conformance.mylib_*.equals_dtd.*>=0.99'*matches no rate of this run "
-                                 "(rates: conformance.mylib.equals_dtd.bias_free, *"])
+                                 "(nearest rates: conformance.mylib.equals_dtd.bias_free, conformance.mylib.finite, *"])
+    # nor is the baseline written when the floor was mistyped
+    updated = kit("--property-require", "conformance.mylib_*.equals_dtd.*>=0.99", update=True)
+    assert updated.ret == pytest.ExitCode.USAGE_ERROR and not (pytester.path / "baseline.json").exists()
+    updated.stdout.fnmatch_lines(["*baseline NOT rewritten (a --require floor matches no rate)*"])
+
+
+def test_the_nearest_rates_share_the_patterns_fixed_start():
+    names = ["agreement.zennit.z+.points", "conformance.mylib.finite", "conformance.other.finite", "conformance.mylib.equals_dtd.bias_free"]
+    floor = gates.parse_floor("conformance.mylib_*.equals_dtd.*>=0.99")
+    assert gates.nearest(floor, names, 2) == ["conformance.mylib.equals_dtd.bias_free", "conformance.mylib.finite"]
+    assert gates.nearest(gates.parse_floor("*>=0.5"), names, 1) == ["agreement.zennit.z+.points"]
 
 
 def test_bad_floor_syntax_is_a_usage_error_at_start(pytester, kit):
