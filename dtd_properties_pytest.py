@@ -51,6 +51,7 @@ OPTIONS = {
     "--dtd-implementation": "dtd_implementation",
     "--dtd-subject": "dtd_subject",
     "--property-call-timeout": "property_call_timeout",
+    "--property-require": "property_require",
 }
 #: the conformance kit's default limit on one call of an implementation, in seconds (generous: a call takes ms)
 DEFAULT_CALL_TIMEOUT = 120.0
@@ -97,6 +98,11 @@ def pytest_addoption(parser) -> None:
     group.addoption("--property-call-timeout", type=float, default=None, metavar="S",
                     help=f"conformance kit: the longest one call of an implementation may take, in seconds (default "
                          f"{DEFAULT_CALL_TIMEOUT:g}); a slower call fails the property it was made for")
+    group.addoption("--property-require", action="append", default=None, metavar="PATTERN>=VALUE",
+                    help="an absolute floor (repeatable): every rate whose name matches the glob PATTERN must have a "
+                         "point estimate >= VALUE (in [0, 1]), e.g. 'conformance.mylib_*.equals_dtd.*>=0.99'; a rate "
+                         "below it fails its test (status below_floor), with or without a baseline; a PATTERN that "
+                         "matches no rate of the run is a usage error (properties.gates)")
 
 
 def pytest_configure(config) -> None:

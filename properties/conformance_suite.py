@@ -3,9 +3,14 @@
 Not collected by name (it does not match ``test_*.py``): the plugin adds it to
 the collected paths when ``--dtd-implementation MODULE:FACTORY`` is given, so
 it runs from any repository where ``dtd-properties`` is installed.  One test
-per implementation records its ``conformance.{name}.*`` rows; a rate fails its
-test only when it is inconsistent with the baseline (a user's own, see
-``--property-baseline``; without one every rate is ``new``).
+per implementation records its ``conformance.{name}.*`` rows.  A rate fails its
+test when it is inconsistent with the baseline (a user's own, see
+``--property-baseline``; without one every rate is ``new``) and, from the first
+run on, when a property every implementation must satisfy
+(:data:`properties.gates.MUST_HOLD`: ``no_side_effects``, ``finite``,
+``dtype_device``, ``batch_independent``) held in fewer than every trial, or
+when a rate is below a floor ``--property-require 'PATTERN>=VALUE'``
+(:mod:`properties.gates`; the plugin applies both to every row it records).
 """
 
 from __future__ import annotations

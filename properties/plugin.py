@@ -25,6 +25,14 @@ interval does not overlap the baseline's fails the test that recorded it
 worker ships its records to the controller, which merges them and writes the
 report, so ``-n 2`` gives the same report as a serial run.
 
+Absolute gates (:mod:`properties.gates`), with or without a baseline and also
+while updating it: a ``conformance`` row of a property every implementation
+must satisfy (:data:`properties.gates.MUST_HOLD`) below 100 %, and a row below
+a floor ``--property-require 'PATTERN>=VALUE'`` (its point estimate), get the
+status ``below_floor`` and fail the test that recorded them, naming the floor
+and the rate.  A floor whose pattern matches no row of a completed run is a
+usage error (exit status 4, the note names the pattern and some rows).
+
 What a run leaves behind
 ------------------------
 * Start-up checks (``pytest.UsageError`` before any test runs): the baseline
@@ -63,6 +71,7 @@ import pytest
 
 from dtd.validation import check_int, check_probability
 
+from . import gates
 from . import report as _report
 from .keys import RateKey, describe
 from .stats import DEFAULT_CONFIDENCE, Rate
@@ -88,8 +97,10 @@ SEED_MAXIMUM = 2**32 - 1
 class Store:
     """Everything recorded in this process: rows, plots, terminal-summary names."""
 
-    def __init__(self, baseline: Mapping[str, Mapping], confidence: float, seed: int):
+    def __init__(self, baseline: Mapping[str, Mapping], confidence: float, seed: int,
+                 floors: Sequence[gates.Floor] = ()):
         self.baseline = dict(baseline)
+        self.floors = list(floors)  # --property-require (properties.gates), besides the must-hold properties
         self.confidence = confidence
         self.seed = seed
         self.rows: dict[str, dict] = {}
@@ -139,6 +150,7 @@ class PropertyReport:
         self._nodeid = nodeid
         self._gate = gate
         self.regressions: list[str] = []
+        self.below_floor: list[str] = []  # rows failing an absolute gate (properties.gates): also while updating
 
     @property
     def confidence(self) -> float:
@@ -173,6 +185,7 @@ class PropertyReport:
             description = description or describe(key)
         elif not isinstance(name, str):
             raise TypeError(f"name must be a str or a properties.keys.RateKey, got {type(name).__name__}")
+        gate_key = key if key is not None else _parsed(name)
         if not description:
             raise ValueError(f"property {name!r} needs a description of what it counts")
         self._store.claim(name, self._nodeid)
@@ -181,6 +194,12 @@ class PropertyReport:
             if not isinstance(example, str):
                 raise TypeError(f"example of {name!r} must be a str, got {type(example).__name__}")
             entry["example"] = example
+        failed = gates.failed_floors(entry, gate_key, self._store.floors)
+        if failed:
+            entry["status"] = gates.BELOW_FLOOR
+            entry["floor"] = failed
+            self.below_floor.append(f"{name}: {_report.format_rate(entry)} of {entry['trials']} trials -- " + "; ".join(failed))
+            summary = True
         self._store.rows[name] = entry
         if summary:
             self._store.summary.add(name)
@@ -256,6 +275,14 @@ def pytest_addoption(parser, pluginmanager) -> None:
                     help="the suite's own runs: --property-update-baseline")
     group.addoption("--update-baseline-partial", action="store_true", default=None,
                     dest="property_update_baseline_partial", help="the suite's own runs: --property-update-baseline-partial")
+
+
+def _parsed(name: str) -> Optional[RateKey]:
+    """The key of a name recorded as a string, where it is one (the absolute gates read its fields)."""
+    try:
+        return RateKey.parse(name)
+    except ValueError:
+        return None
 
 
 def _entry():
@@ -351,7 +378,11 @@ def pytest_configure(config):
             problem = _report.writable_problem(path, directory=False)
             if problem:
                 raise pytest.UsageError(f"--property-baseline cannot be updated: {problem}")
-    config.stash[_STORE_KEY] = Store(baseline, confidence, _sweep_seed(config))
+    try:
+        floors = gates.parse_floors(config.getoption("property_require"))
+    except ValueError as error:
+        raise pytest.UsageError(f"--property-require: {error}") from None
+    config.stash[_STORE_KEY] = Store(baseline, confidence, _sweep_seed(config), floors)
     if _is_worker(config):
         # xdist workers share the machine's cores: without this, torch's
         # intra-op threads of all workers oversubscribe them (4x slower on 2 cores)
@@ -381,15 +412,21 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     recorder: Optional[PropertyReport] = item.stash.get(_RECORDER_KEY, None)
-    if call.when == "call" and report.passed and recorder is not None and recorder.regressions:
+    if call.when == "call" and report.passed and recorder is not None and (recorder.regressions or recorder.below_floor):
+        parts = []
+        if recorder.below_floor:
+            parts.append(f"{len(recorder.below_floor)} rate(s) below a required floor (with or without a baseline):\n  "
+                         + "\n  ".join(recorder.below_floor))
+        if recorder.regressions:
+            parts.append(
+                f"{len(recorder.regressions)} rate(s) inconsistent with the baseline "
+                f"({_baseline_path(item.config)}):\n  "
+                + "\n  ".join(recorder.regressions)
+                + "\nIf the change is intended, rerun with --update-baseline (plain pytest: --property-update-baseline) and "
+                "commit the baseline."
+            )
         report.outcome = "failed"
-        report.longrepr = (
-            f"{len(recorder.regressions)} rate(s) inconsistent with the baseline "
-            f"({_baseline_path(item.config)}):\n  "
-            + "\n  ".join(recorder.regressions)
-            + "\nIf the change is intended, rerun with --update-baseline (plain pytest: --property-update-baseline) and "
-            "commit the baseline."
-        )
+        report.longrepr = "\n".join(parts)
     store(item.config).track(report)
 
 
@@ -431,6 +468,7 @@ def pytest_sessionfinish(session, exitstatus):
         config.workeroutput[_entry().WORKER_OUTPUT] = run.to_json()
         return
     incomplete = _incomplete(session, exitstatus)
+    floors_matched = incomplete is not None or _check_floors_matched(session, run)
     if run.rows or run.plots:
         try:
             _write_report(config, run, incomplete, exitstatus)
@@ -443,7 +481,7 @@ def pytest_sessionfinish(session, exitstatus):
     if update is None or not run.rows:
         return
     path = _baseline_path(config)
-    if incomplete is None and exitstatus == pytest.ExitCode.OK:
+    if incomplete is None and exitstatus == pytest.ExitCode.OK and floors_matched:
         rows, owners, done = list(run.rows.values()), run.owner, f"baseline rewritten: {path}"
     elif update == "partial":
         owners = {name: test for name, test in run.owner.items() if test in run.completed}
@@ -462,10 +500,31 @@ def pytest_sessionfinish(session, exitstatus):
             run.notes.append(f"baseline NOT rewritten: {problem}; {path} is as it was")
             session.exitstatus = WRITE_FAILED
     else:
-        why = incomplete or f"exit status {int(exitstatus)}: a test failed or errored"
+        why = incomplete or (f"exit status {int(exitstatus)}: a test failed or errored" if exitstatus != pytest.ExitCode.OK
+                             else "a --require floor matches no rate")
         run.notes.append(f"baseline NOT rewritten ({why}): {path} is unchanged; fix the run and repeat, or use "
                          f"--update-baseline-partial (plain pytest: --property-update-baseline-partial) to keep the rates of the "
                          f"tests that passed")
+
+
+#: how many of the run's rate names a floor that matches none of them lists
+FLOOR_EXAMPLES = 5
+
+
+def _check_floors_matched(session, run: Store) -> bool:
+    """Whether every floor matched a rate; one that matches none of a completed run's checked nothing: a usage error
+    (exit status 4), the note naming it and the rates whose names come nearest its fixed start."""
+    missing = gates.unmatched(run.floors, run.rows)
+    if not missing:
+        return True
+    for floor in missing:
+        names = gates.nearest(floor, run.rows, FLOOR_EXAMPLES)
+        more = len(run.rows) - len(names)
+        some = ", ".join(names) + (f" (and {more} more)" if more > 0 else "")
+        run.notes.append(f"usage error: the floor '{floor.text}' (--property-require, --require of dtd-properties): the pattern {floor.pattern!r} matches no rate of this run "
+                         f"(nearest rates: {some or 'none were recorded'})")
+    session.exitstatus = pytest.ExitCode.USAGE_ERROR
+    return False
 
 
 def _os_error(error: OSError, path: Path) -> str:
@@ -548,9 +607,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for line in _report.format_table(shown):
             terminalreporter.write_line(line)
         terminalreporter.write_line(_report.table_legend(run.confidence))
-        counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "regression", "new")}
+        counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "regression", gates.BELOW_FLOOR, "new")}
         terminalreporter.write_line(
-            f"{len(rows)} rates ({counts['ok']} ok, {counts['regression']} regression, {counts['new']} new); "
+            f"{len(rows)} rates ({counts['ok']} ok, {counts['regression']} regression, {counts['new']} new"
+            f"{f', {counts[gates.BELOW_FLOOR]} below a floor' if counts[gates.BELOW_FLOOR] else ''}); "
             f"{len(rows) - len(shown)} more rows and the plots in {run.written_to or 'no report (not written, see below)'}"
         )
         unmeasured = sorted(set(run.baseline) - set(run.rows))

@@ -1,10 +1,12 @@
 """Nothing leaks between implementations, nothing is lost on shared or full disks (issue 20, items 1-10).
 
 One test (or a few) per item; each failed on the code before the change.
-End-to-end runs are throw-away pytest sessions in subprocesses; the file
-system's faults (slow renames, a full disk, an immutable baseline) are
-injected by the inner project's conftest, which wraps ``os.replace`` and
-``os.rename``.
+End-to-end runs are throw-away pytest sessions in this process (pytester's
+in-process runs, the console's ``main``) where nothing global is at stake;
+in subprocesses where it is: the file system's faults (slow renames, a full
+disk, an immutable baseline) are injected by the inner project's conftest,
+which wraps ``os.replace`` and ``os.rename`` for the whole process, and the
+concurrent updates need two processes.
 """
 
 from __future__ import annotations
@@ -152,23 +154,32 @@ def test_a_linked_baseline_and_a_dangling_report_link_are_written_through(tmp_pa
     assert {r["name"] for r in json.loads((dangling / "report.json").read_text())["properties"]} == {"a", "b"}
 
 
-def test_update_baseline_through_a_link_end_to_end(tmp_path):
-    _project(tmp_path)
+def test_update_baseline_through_a_link_end_to_end(pytester):
+    tmp_path = pytester.path
+    (tmp_path / "test_inner.py").write_text(INNER_TESTS)  # no fault injection: this run may share the process
     (tmp_path / "shared").mkdir()
     (tmp_path / "shared" / "b.json").write_text('{"properties": {}}\n')
     (tmp_path / "link.json").symlink_to(Path("shared") / "b.json")
     (tmp_path / "dang").symlink_to("out/rep")
-    result = _pytest(tmp_path, "-p", "properties.plugin", "--property-baseline", "link.json", "--update-baseline",
-                     "--property-report", "dang", "-k", "test_a")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "baseline rewritten" in result.stdout
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:xdist", "-p", "properties.plugin",
+                                          "--property-baseline", "link.json", "--update-baseline", "--property-report", "dang",
+                                          "-k", "test_a")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    assert "baseline rewritten" in result.stdout.str()
     assert (tmp_path / "link.json").is_symlink() and (tmp_path / "dang").is_symlink()
     assert set(json.loads((tmp_path / "shared" / "b.json").read_text())["properties"]) == {"a.rate"}
     assert (tmp_path / "out" / "rep" / "report.json").is_file()
 
 
 # --------------------------------------------------------------------------- item 3: the prefix, and the clash
-def test_a_projects_own_update_baseline_option_still_starts_beside_the_entry_point(tmp_path, installed):  # noqa: F811
+def _inprocess(pytester, *args: str):
+    """``pytest ARGS`` in pytester's directory, in this process: (exit code, stdout, stderr)."""
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:xdist", *args)
+    return int(result.ret), result.stdout.str(), result.stderr.str()
+
+
+def test_a_projects_own_update_baseline_option_still_starts_beside_the_entry_point(pytester, installed):  # noqa: F811
+    tmp_path = pytester.path
     (tmp_path / "conftest.py").write_text(
         'def pytest_addoption(parser):\n'
         '    parser.addoption("--update-baseline", action="store_true", default=False, help="this project\'s own")\n')
@@ -178,25 +189,25 @@ def test_a_projects_own_update_baseline_option_still_starts_beside_the_entry_poi
         "    property_report.rate('mine.rate', Rate(1, 2), 'mine: demo')\n"
         "    assert request.config.getoption('--update-baseline') is True\n")
     (tmp_path / "b.json").write_text('{"properties": {}}\n')
-    own = _pytest(tmp_path, "--update-baseline", "--property-baseline", "b.json", "--property-report", "rep")
-    assert own.returncode == 0, own.stdout + own.stderr
-    assert "already used" not in own.stderr and "already added" not in own.stderr
+    code, out, err = _inprocess(pytester, "--update-baseline", "--property-baseline", "b.json", "--property-report", "rep")
+    assert code == 0, out + err
+    assert "already used" not in err and "already added" not in err
     assert [r["name"] for r in json.loads((tmp_path / "rep" / "report.json").read_text())["properties"]] == ["mine.rate"]
     assert json.loads((tmp_path / "b.json").read_text()) == {"properties": {}}  # the project's option is not ours
-    suite = _pytest(tmp_path, "--update-baseline", "--property-update-baseline", "--property-baseline", "b.json",
-                    "--property-report", "rep")
-    assert suite.returncode == 0, suite.stdout + suite.stderr
+    code, out, err = _inprocess(pytester, "--update-baseline", "--property-update-baseline", "--property-baseline", "b.json",
+                                "--property-report", "rep")
+    assert code == 0, out + err
     assert set(json.loads((tmp_path / "b.json").read_text())["properties"]) == {"mine.rate"}
 
 
-def test_the_entry_point_alone_registers_no_short_spelling(tmp_path, installed):  # noqa: F811
-    (tmp_path / "test_plain.py").write_text("def test_nothing():\n    pass\n")
-    result = _pytest(tmp_path, "--update-baseline")
-    assert result.returncode == pytest.ExitCode.USAGE_ERROR
-    assert "unrecognized arguments: --update-baseline" in result.stderr
-    helped = _pytest(tmp_path, "--help")
-    assert "--property-update-baseline-partial" in helped.stdout and "--property-call-timeout" in helped.stdout
-    assert "  --update-baseline " not in helped.stdout
+def test_the_entry_point_alone_registers_no_short_spelling(pytester, installed):  # noqa: F811
+    (pytester.path / "test_plain.py").write_text("def test_nothing():\n    pass\n")
+    code, _, err = _inprocess(pytester, "--update-baseline")
+    assert code == pytest.ExitCode.USAGE_ERROR
+    assert "unrecognized arguments: --update-baseline" in err
+    _, helped, _ = _inprocess(pytester, "--help")
+    assert "--property-update-baseline-partial" in helped and "--property-call-timeout" in helped
+    assert "  --update-baseline " not in helped
 
 
 # --------------------------------------------------------------------------- items 4, 5: concurrent runs, full disks
@@ -343,18 +354,38 @@ BROKEN_MODULES = {
 USAGE_CODES = {"conform": 2, "check": 4}
 
 
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    """``dtd-properties ARGS`` in this process (the current directory the user's): (exit code, stdout + stderr)."""
+    from properties.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as stop:  # argparse's usage errors
+        code = stop.code
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.fixture
+def user_directory(tmp_path, monkeypatch):
+    """``tmp_path`` as the current directory; the console's sys.path entry undone afterwards."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    return tmp_path
+
+
 @pytest.mark.parametrize("case", sorted(BROKEN_MODULES))
-def test_a_factory_module_that_fails_to_import_is_a_usage_error_with_file_and_line(tmp_path, case):
+def test_a_factory_module_that_fails_to_import_is_a_usage_error_with_file_and_line(user_directory, capsys, case):
+    tmp_path = user_directory
     source, expected, command = BROKEN_MODULES[case]
     name = "broken_" + case.split("-")[0]
     (tmp_path / f"{name}.py").write_text(source)
     with pytest.raises(ValueError, match=expected):
         load_factory(f"{name}:subjects", Subject, directory=tmp_path)
     sys.modules.pop(name, None)
-    result = subprocess.run([sys.executable, "-m", "properties.cli", command, f"{name}:subjects"], cwd=tmp_path, env=_env(),
-                            capture_output=True, text=True, timeout=INNER_TIMEOUT_S)
-    output = result.stdout + result.stderr
-    assert result.returncode == USAGE_CODES[command], output
+    code, output = _cli(capsys, command, f"{name}:subjects")
+    sys.modules.pop(name, None)
+    assert code == USAGE_CODES[command], output
     assert "INTERNALERROR" not in output and "Traceback" not in output
     assert f"{name}.py, line" in output
 
@@ -379,10 +410,13 @@ def test_a_path_component_too_long_is_a_problem_not_a_crash(tmp_path):
     assert f"errno {errno.ENAMETOOLONG}" in report.writable_problem(long / "b.json", directory=False)
     with pytest.raises(ValueError, match=f"cannot be read: .*errno {errno.ENAMETOOLONG}"):
         report.read_baseline(long)
-    (tmp_path / "test_plain.py").write_text("def test_nothing():\n    pass\n")
-    result = _pytest(tmp_path, "-p", "properties.plugin", "--property-report", "x" * 300)  # was INTERNALERROR, rc 3
-    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
-    assert f"errno {errno.ENAMETOOLONG}" in result.stderr and "INTERNALERROR" not in result.stderr
+
+
+def test_a_report_path_too_long_is_a_usage_error(pytester):
+    (pytester.path / "test_plain.py").write_text("def test_nothing():\n    pass\n")
+    code, out, err = _inprocess(pytester, "-p", "properties.plugin", "--property-report", "x" * 300)  # was INTERNALERROR, rc 3
+    assert code == pytest.ExitCode.USAGE_ERROR, out + err
+    assert f"errno {errno.ENAMETOOLONG}" in err and "INTERNALERROR" not in err
 
 
 # --------------------------------------------------------------------------- item 9: one raising input, slow calls
@@ -436,12 +470,11 @@ def test_report_md_escapes_html_in_paths(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["conform", "check"])
-def test_an_out_of_range_seed_is_a_usage_error_naming_seed(tmp_path, command):
-    result = subprocess.run([sys.executable, "-m", "properties.cli", command, "mod:factory", "--seed", "-1"], cwd=tmp_path,
-                            env=_env(), capture_output=True, text=True, timeout=INNER_TIMEOUT_S)
-    assert result.returncode == 2
-    assert "argument --seed: must be an integer in [0, 2**32 - 1], got -1" in result.stderr
-    assert "--property-seed" not in result.stderr
+def test_an_out_of_range_seed_is_a_usage_error_naming_seed(user_directory, capsys, command):
+    code, output = _cli(capsys, command, "mod:factory", "--seed", "-1")
+    assert code == 2
+    assert "argument --seed: must be an integer in [0, 2**32 - 1], got -1" in output
+    assert "--property-seed" not in output
 
 
 def _rows(*names):

@@ -1,4 +1,4 @@
-"""The property plugin end to end, in throw-away pytest runs (pytester)."""
+"""The property plugin end to end, in throw-away pytest runs (pytester, in this process: nothing here needs a fresh one)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ pytestmark = pytest.mark.properties
 def test_demo(property_report):
     successes = int(os.environ.get("DEMO_SUCCESSES", "50"))
     property_report.rate("demo.rate", Rate(successes, 100, property_report.confidence), "demo: successes of 100 trials", summary=True)
-    property_report.bars("demo_bars.png", "Demo", ["demo.rate"], ["demo"])
-    property_report.histogram("demo_hist.png", "Demo values", {"values": [0.1, 0.2, 0.2, 0.9]})
+    if os.environ.get("DEMO_PLOTS"):  # rendering PNGs costs seconds a run: only where a test looks at them
+        property_report.bars("demo_bars.png", "Demo", ["demo.rate"], ["demo"])
+        property_report.histogram("demo_hist.png", "Demo values", {"values": [0.1, 0.2, 0.2, 0.9]})
     if os.environ.get("DEMO_EXTRA"):
         property_report.rate("demo.extra", Rate(1, 2), "demo: recorded only when asked")
 
@@ -30,17 +31,22 @@ def test_clustered(property_report, cluster):
 @pytest.fixture
 def inner(pytester, monkeypatch):
     monkeypatch.delenv("DEMO_SUCCESSES", raising=False)
+    monkeypatch.delenv("DEMO_PLOTS", raising=False)
     pytester.makepyfile(test_inner=INNER_TESTS)
     (pytester.path / "baseline.json").write_text('{"properties": {}}\n')
 
-    def run(*args, successes=None, extra=False):
+    def run(*args, successes=None, extra=False, plots=False):
+        if plots:
+            monkeypatch.setenv("DEMO_PLOTS", "1")
+        else:
+            monkeypatch.delenv("DEMO_PLOTS", raising=False)
         if successes is not None:
             monkeypatch.setenv("DEMO_SUCCESSES", str(successes))
         if extra:
             monkeypatch.setenv("DEMO_EXTRA", "1")
         else:
             monkeypatch.delenv("DEMO_EXTRA", raising=False)
-        return pytester.runpytest_subprocess("-p", "properties.plugin", "-p", "no:cacheprovider",
+        return pytester.runpytest_inprocess("-p", "properties.plugin", "-p", "no:cacheprovider",
                                              "--property-baseline", "baseline.json", *args)
 
     return run
@@ -93,7 +99,7 @@ def test_update_baseline_drops_rates_a_test_no_longer_records(pytester, inner):
 
 
 def test_report_files_appear_and_parse(pytester, inner):
-    result = inner("--property-report", "out")
+    result = inner("--property-report", "out", plots=True)
     result.assert_outcomes(passed=5)
     report = _report(pytester, "out")
     names = [r["name"] for r in report["properties"]]
@@ -111,25 +117,26 @@ def test_report_files_appear_and_parse(pytester, inner):
 
 
 def test_xdist_report_equals_serial(pytester, inner):
-    inner("--property-report", "serial").assert_outcomes(passed=5)
-    inner("--property-report", "parallel", "-n", "2").assert_outcomes(passed=5)
+    inner("--property-report", "serial", plots=True).assert_outcomes(passed=5)
+    inner("--property-report", "parallel", "-n", "2", plots=True).assert_outcomes(passed=5)
     serial, parallel = _report(pytester, "serial"), _report(pytester, "parallel")
     assert len(serial["properties"]) == 5
     assert serial["properties"] == parallel["properties"]
     assert serial["plots"] == parallel["plots"]
+    assert {"demo_bars.png", "demo_hist.png"} <= {p["file"] for p in serial["plots"]}
 
 
 def test_no_report_without_records(pytester):
     pytester.makepyfile(test_plain="def test_nothing():\n    assert 1 + 1 == 2\n")
-    pytester.runpytest_subprocess("-p", "properties.plugin").assert_outcomes(passed=1)
+    pytester.runpytest_inprocess("-p", "properties.plugin").assert_outcomes(passed=1)
     assert not (pytester.path / "property-report").exists()
 
 
 def test_bad_options_are_usage_errors(pytester):
     pytester.makepyfile(test_plain="def test_nothing():\n    pass\n")
     (pytester.path / "broken.json").write_text("{not json")
-    result = pytester.runpytest_subprocess("-p", "properties.plugin", "--property-baseline", "broken.json")
+    result = pytester.runpytest_inprocess("-p", "properties.plugin", "--property-baseline", "broken.json")
     assert result.ret != 0
     result.stderr.fnmatch_lines(["*baseline broken.json is not valid JSON*"])
-    result = pytester.runpytest_subprocess("-p", "properties.plugin", "--property-confidence", "1.5")
+    result = pytester.runpytest_inprocess("-p", "properties.plugin", "--property-confidence", "1.5")
     result.stderr.fnmatch_lines(["*--property-confidence must be in (0, 1)*"])

@@ -125,7 +125,8 @@ def test_options_are_listed_in_an_unrelated_projects_help(tmp_path, installed):
     result = _pytest(tmp_path, "--help")
     assert result.returncode == 0, result.stderr
     for option in ("--property-report", "--property-update-baseline", "--property-update-baseline-partial",
-                   "--property-baseline", "--property-confidence", "--property-seed", "--property-call-timeout"):
+                   "--property-baseline", "--property-confidence", "--property-seed", "--property-call-timeout",
+                   "--property-require"):
         assert option in result.stdout
 
 

@@ -1,7 +1,8 @@
 """What the property plugin leaves behind: the baseline, the report, start-up errors, file modes.
 
-Runs of throw-away pytest sessions (pytester); the interruption test sends
-SIGINT to a real subprocess pytest in the middle of a test.
+Runs of throw-away pytest sessions (pytester, in this process); the
+interruption tests send SIGINT to a real subprocess pytest in the middle of a
+test (the one thing here that needs a process of its own).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ READY_TIMEOUT_S = 120
 
 @pytest.fixture
 def project(pytester, monkeypatch):
-    """A project with two property tests; ``run(*args, **env)`` runs it in a subprocess."""
+    """A project with two property tests; ``run(*args, **env)`` runs it in this process (xdist's workers are processes)."""
     for name in ("FIRST", "SECOND", "SECOND_A", "PLOT"):
         monkeypatch.delenv(name, raising=False)
     pytester.makepyfile(test_inner=INNER_TESTS)
@@ -66,7 +67,7 @@ def project(pytester, monkeypatch):
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         try:
-            return pytester.runpytest_subprocess("-p", "properties.plugin", "-p", "no:cacheprovider",
+            return pytester.runpytest_inprocess("-p", "properties.plugin", "-p", "no:cacheprovider",
                                                  "--property-baseline", "baseline.json", *args)
         finally:
             for name in env:
@@ -228,7 +229,7 @@ def test_unwritable_report_path_is_a_usage_error_at_start_up(pytester, where):
     pytester.makepyfile(test_plain="def test_nothing():\n    pass\n")
     (pytester.path / "taken").write_text("a file")
     target = {"file": "taken", "under_file": "taken/sub"}[where]
-    result = pytester.runpytest_subprocess("-p", "properties.plugin", "--property-report", target)
+    result = pytester.runpytest_inprocess("-p", "properties.plugin", "--property-report", target)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--property-report cannot be written: *taken*"])
     result.stdout.no_fnmatch_line("*passed*")  # before the run
@@ -241,7 +242,7 @@ def test_read_only_report_directory_is_a_usage_error_at_start_up(pytester):
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        result = pytester.runpytest_subprocess("-p", "properties.plugin", "--property-report", "locked/report")
+        result = pytester.runpytest_inprocess("-p", "properties.plugin", "--property-report", "locked/report")
     finally:
         locked.chmod(0o755)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -313,12 +314,12 @@ def test_baseline_path_errors_are_usage_errors_at_start_up(pytester):
     for option, message in [("typo.json", "*baseline typo.json does not exist*"),
                             ("a_directory", "*baseline a_directory is a directory*"),
                             ("bad.json", "*baseline bad.json: entry 'demo.bad': field 'rate' must be a number in [[]0, 1]*")]:
-        result = pytester.runpytest_subprocess("-p", "properties.plugin", "--property-baseline", option)
+        result = pytester.runpytest_inprocess("-p", "properties.plugin", "--property-baseline", option)
         assert result.ret == pytest.ExitCode.USAGE_ERROR, option
         result.stderr.fnmatch_lines([message])
         result.stderr.no_fnmatch_line("*INTERNALERROR*")
     # --update-baseline creates a missing baseline (nothing recorded here, so nothing is written)
-    created = pytester.runpytest_subprocess("-p", "properties.plugin", "--property-baseline", "typo.json", "--update-baseline")
+    created = pytester.runpytest_inprocess("-p", "properties.plugin", "--property-baseline", "typo.json", "--update-baseline")
     assert created.ret == pytest.ExitCode.OK
 
 
@@ -326,7 +327,7 @@ def test_baseline_path_errors_are_usage_errors_at_start_up(pytester):
 @pytest.mark.parametrize("seed", ["-1", str(2**32), str(2**64)])
 def test_out_of_range_seed_is_a_usage_error_at_start_up(pytester, seed):
     pytester.makepyfile(test_plain="def test_nothing():\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "properties.plugin", "--property-seed", seed)
+    result = pytester.runpytest_inprocess("-p", "properties.plugin", "--property-seed", seed)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*--property-seed must be *, got {seed}*"])
 

@@ -429,6 +429,30 @@ def test_the_verdict_comes_first_and_links_the_offending_rows():
     assert ok.startswith(f"**Gate: ok — {len(_run_rows())} rates: 0 consistent with the baseline; {len(_run_rows())} new")
 
 
+def test_a_row_below_a_floor_fails_the_verdict_and_says_which_floor_everywhere():
+    from properties import gates
+    from properties.report import verdict_lines
+
+    key = RateKey("conformance", "finite", subject="mylib", subset="cnn_bias_negative")
+    failing = _row(key, 97, 100)
+    reasons = gates.failed_floors(failing, key, [gates.parse_floor("conformance.mylib.*>=0.99")])
+    assert len(reasons) == 2  # the must-hold property and the user's floor
+    failing.update(status=gates.BELOW_FLOOR, floor=reasons)
+    rows = _run_rows() + [failing]
+    files = _render(rows)
+    markdown, page = files["report.md"].decode(), files["report.html"].decode()
+    first = markdown.split("\n\n")[1]
+    assert first.startswith("**Gate: FAILED — 1 below a required floor") and f"(#{row_anchor(failing['name'])})" in first
+    assert "**below_floor**" in markdown and "below the floor --require 'conformance.mylib.*&gt;=0.99'" not in markdown
+    assert "below the floor --require 'conformance.mylib.*>=0.99'" in markdown
+    assert f'<tr class="below_floor" data-status="below_floor"' in page
+    assert escape("below the floor --require 'conformance.mylib.*>=0.99'") in page
+    lines = verdict_lines(rows)
+    assert lines[0].startswith("Gate: FAILED — 1 below a required floor")
+    assert any(line.strip().startswith(f"{failing['name']}: 97.00 % [") and "finite must hold in every trial" in line for line in lines)
+    assert "below_floor" in table_legend(CONFIDENCE)
+
+
 def test_changes_since_the_baseline_put_failures_first_then_the_largest_moves():
     def moved(name, successes, base_rate):
         return _row(name, successes, 1000, baseline={"rate": base_rate, "ci_low": base_rate - 0.01, "ci_high": base_rate + 0.01})

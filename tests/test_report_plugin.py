@@ -20,8 +20,8 @@ def test_subject(property_report):
 def test_terminal_legend_and_html_path_and_a_subject_only_report(pytester):
     pytester.makepyfile(test_inner=INNER)
     (pytester.path / "baseline.json").write_text('{"properties": {}}\n')  # a user's empty baseline: every rate new
-    result = pytester.runpytest_subprocess("-p", "properties.plugin", "-p", "no:cacheprovider", "--property-baseline", "baseline.json",
-                                           "--property-report", "out")
+    result = pytester.runpytest_inprocess("-p", "properties.plugin", "-p", "no:cacheprovider", "--property-baseline", "baseline.json",
+                                          "--property-report", "out")
     result.assert_outcomes(passed=1)
     # the verdict is the section's first line
     result.stdout.fnmatch_lines(["*DTD property rates*", "Gate: ok — 1 rate: 0 consistent with the baseline; 1 new*(see out/report.md)",

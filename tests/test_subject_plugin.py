@@ -86,10 +86,23 @@ def _rows(path):
     return {r["name"]: {k: r[k] for k in ("successes", "trials", "rate", "ci_low", "ci_high", "status", "description")} for r in rows}
 
 
+def _check(capsys, *args):
+    """``dtd-properties check ARGS`` in this process: (exit code, stdout + stderr)."""
+    from properties.cli import main
+
+    try:
+        code = main(["check", *args])
+    except SystemExit as stop:  # argparse's usage errors
+        code = stop.code
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
 def test_dtd_subject_and_check_command_write_the_same_rows(user_dir):
     pytester = user_dir
-    via_pytest = pytester.runpytest_subprocess("-p", "properties.plugin", "-p", "no:cacheprovider", "-m", "properties",
-                                               "--dtd-subject", "usermod:subjects", "--property-report", "from_pytest")
+    # pytest in this process, the console in a process of its own (`python -m` works as a program): the same rows
+    via_pytest = pytester.runpytest_inprocess("-p", "properties.plugin", "-p", "no:cacheprovider", "-m", "properties",
+                                              "--dtd-subject", "usermod:subjects", "--property-report", "from_pytest")
     via_pytest.assert_outcomes(passed=2)
     parser = argparse.ArgumentParser()
     args = add_check_command(parser.add_subparsers()).parse_args(["usermod:subjects", "--report", "from_check"])
@@ -111,21 +124,21 @@ def test_dtd_subject_and_check_command_write_the_same_rows(user_dir):
     assert "neuron-draw seed (subjects' sampled neurons) 0" in markdown
 
 
-def test_a_users_run_gates_on_the_users_baseline(user_dir):
+def test_a_users_run_gates_on_the_users_baseline(user_dir, capsys, monkeypatch):
     pytester = user_dir
-    run = lambda *extra: pytester.run(sys.executable, "-m", "properties.subject_cli", "check", "usermod:one", *extra)  # noqa: E731
-    assert run("--update-baseline").ret == 0
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the console puts the current directory first
+    run = lambda *extra: _check(capsys, "usermod:one", "--no-findings", *extra)  # noqa: E731  (the subject's rows gate alike)
+    assert run("--update-baseline")[0] == 0
     baseline = json.loads((pytester.path / USER_BASELINE).read_text())["properties"]
     assert set(baseline) and all(RateKey.parse(name).subject == "one" for name in baseline)
-    again = run()
-    assert again.ret == 0
+    assert run()[0] == 0
     assert {r["status"] for r in _rows(pytester.path / "property-report" / "report.json").values()} == {"ok"}
     # a baseline that disagrees fails the run
     name = "subject.one.z+.conserved"
     baseline[name].update(rate=0.0, ci_low=0.0, ci_high=0.0, successes=0)
     (pytester.path / USER_BASELINE).write_text(json.dumps({"properties": baseline}))
-    failed = run()
-    assert failed.ret == 1 and name in failed.stdout.str()
+    code, out = run()
+    assert code == 1 and name in out
 
 
 @pytest.mark.parametrize(
@@ -149,25 +162,26 @@ def test_bad_factories_name_what_was_given_and_expected(user_dir, spec, error, m
 
 @pytest.mark.parametrize("factory, message", [("usermod:missing", "has no attribute 'missing'"),
                                               ("usermod:crashes", "ran and raised RuntimeError: the data file is missing")])
-def test_a_bad_factory_is_a_usage_error_of_the_command(user_dir, factory, message):
-    result = user_dir.run(sys.executable, "-m", "properties.subject_cli", "check", factory)
-    assert result.ret == 4
-    output = result.stdout.str() + result.stderr.str()
+def test_a_bad_factory_is_a_usage_error_of_the_command(user_dir, capsys, monkeypatch, factory, message):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    code, output = _check(capsys, factory)
+    assert code == 4
     assert message in output and "INTERNALERROR" not in output
     assert "ERROR: --dtd-subject" not in output and f"subject factory {factory}:" in output  # the user typed no pytest option
 
 
-def test_findings_rows_come_with_a_subject_unless_switched_off(user_dir):
+def test_findings_rows_come_with_a_subject_unless_switched_off(user_dir, capsys, monkeypatch):
     pytester = user_dir
-    run = lambda *extra: pytester.run(sys.executable, "-m", "properties.subject_cli", "check", "usermod:quiet", *extra)  # noqa: E731
-    assert run("--report", "with").ret == 0
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    run = lambda *extra: _check(capsys, "usermod:quiet", *extra)[0]  # noqa: E731
+    assert run("--report", "with") == 0
     families = {}
     for name in _rows(pytester.path / "with" / "report.json"):
         key = RateKey.parse(name)
         families.setdefault(key.subject, set()).add(key.family)
     assert families["loud"] == {"subject", "insensitivity", "invariance", "randomisation"}
     assert families["quiet"] == {"subject"}  # Subject(..., findings=False)
-    assert run("--report", "without", "--no-findings").ret == 0
+    assert run("--report", "without", "--no-findings") == 0
     assert {RateKey.parse(name).family for name in _rows(pytester.path / "without" / "report.json")} == {"subject"}
 
 
@@ -236,3 +250,22 @@ def test_a_split_subject_under_xdist_reports_what_a_serial_run_does(pytester, mo
     partial = pytester.runpytest(*common, "-p", "no:xdist", "--property-report", "partial", "-k", "not part3")
     partial.assert_outcomes(passed=4, deselected=1)
     assert "subject split: 4 of its 5 parts ran" in partial.stdout.str()
+
+
+def test_check_require_gates_a_first_run_on_absolute_floors(user_dir, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the console puts the current directory first
+    # no baseline of the user's (a first run: every rate new), yet a floor fails the run where a rate is below it
+    code, out = _check(capsys, "usermod:one", "--no-findings", "--report", "floors", "--require", "subject.one.*>=1")
+    assert code == 1, out
+    rows = _rows(user_dir.path / "floors" / "report.json")
+    below = sorted(name for name, r in rows.items() if r["rate"] is None or r["rate"] < 1)
+    assert below, "the tiny subject has a rate below 100 % to gate on"
+    assert sorted(name for name, r in rows.items() if r["status"] == "below_floor") == below
+    assert {r["status"] for name, r in rows.items() if name not in below} == {"new"}
+    assert f"{below[0]}: " in out and "below the floor --require 'subject.one.*>=1'" in out
+    # a pattern that matches nothing (a typo in the subject's name) is a usage error naming it and some rates
+    code, out = _check(capsys, "usermod:one", "--no-findings", "--report", "typo", "--require", "subject.onee.*>=0.5")
+    assert code == 4 and "'subject.onee.*>=0.5'" in out and "matches no rate" in out and "subject.one." in out
+    # bad syntax: argparse's usage error, before anything runs
+    code, out = _check(capsys, "usermod:one", "--require", "subject.one.*>0.5")
+    assert code == 2 and "argument --require" in out and "PATTERN>=VALUE" in out

@@ -2,10 +2,10 @@
 
 Subcommands
 -----------
-``dtd-properties check MODULE:FACTORY [--report DIR] [--baseline FILE] [--update-baseline] [--confidence C] [--seed N] [--no-findings]``
+``dtd-properties check MODULE:FACTORY [--report DIR] [--baseline FILE] [--update-baseline] [--confidence C] [--seed N] [--no-findings] [--require PATTERN>=VALUE ...]``
     The property suite on a user's own model and data (:class:`properties.Subject`,
     :mod:`properties.cli.check`): pytest with ``--dtd-subject``.
-``dtd-properties conform MODULE:FACTORY [MODULE:FACTORY ...] [--report DIR] [--baseline FILE] [--update-baseline] [--confidence C] [--seed N] [--call-timeout S]``
+``dtd-properties conform MODULE:FACTORY [MODULE:FACTORY ...] [--report DIR] [--baseline FILE] [--update-baseline] [--confidence C] [--seed N] [--call-timeout S] [--require PATTERN>=VALUE ...]``
     Run the conformance kit (:mod:`properties.conformance`) on the LRP
     implementations the factories return: pytest on the kit's test module
     with ``--dtd-implementation``.  One report format, one baseline format,
@@ -13,10 +13,16 @@ Subcommands
 
 ``dtd-properties --version`` prints the installed version.
 
+Gates: a rate inconsistent with the baseline; with or without a baseline, a
+conformance property every implementation must satisfy
+(:data:`properties.gates.MUST_HOLD`) below 100 %; and a rate below a floor
+``--require 'PATTERN>=VALUE'`` (repeatable; :mod:`properties.gates`).
+
 Exit codes: pytest's (0 all passed, 1 a rate regressed against the
-baseline, 3 the report or the baseline could not be written: the message
+baseline or fell below a floor, 3 the report or the baseline could not be written: the message
 names the path and the error), 2 for usage errors (a bad factory, a module
-that does not import, a bad option value included).  Each
+that does not import, a bad option value included, a ``--require`` pattern
+that matches no rate of the run).  Each
 subcommand is a function ``_<name>(args) -> int`` registered in
 :func:`parser`, so adding one is a small change.
 """
@@ -29,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .check import add_check_command, seed_argument
+from .check import add_check_command, add_require_argument, require_options, seed_argument
 
 __all__ = ["main", "parser", "version"]
 
@@ -56,6 +62,7 @@ def parser() -> argparse.ArgumentParser:
     conform.add_argument("--call-timeout", type=_seconds, default=None, metavar="S",
                          help="the longest one call of an implementation may take, in seconds (default: "
                               f"{DEFAULT_CALL_TIMEOUT:g}); a slower call fails the property it was made for")
+    add_require_argument(conform)
     conform.set_defaults(run=_conform)
     add_check_command(commands)
     return top
@@ -105,6 +112,7 @@ def _conform(args: argparse.Namespace) -> int:
     options = [f"--dtd-implementation={spec}" for spec in args.implementations]
     if args.call_timeout is not None:
         options.append(f"--property-call-timeout={args.call_timeout}")
+    options += require_options(args)
     code = _pytest([str(suite), *options], args)
     # pytest's usage error (4: a report or baseline path that cannot be used, ...) is this command's usage error
     return USAGE if code == PYTEST_USAGE else code

@@ -4,8 +4,9 @@ A thin shell over pytest and the report plugin (one report format, one
 baseline format, one gate): ``check`` runs ``pytest -m properties
 --dtd-subject MODULE:FACTORY`` on the subjects alone -- none of the current
 directory's tests -- and returns pytest's exit status (0: no rate
-inconsistent with the baseline; 1: a regression; 4: a usage error such as a
-factory that cannot be imported).
+inconsistent with the baseline and none below a ``--require`` floor; 1: a
+regression or a rate below a floor; 4: a usage error such as a factory that
+cannot be imported, or a ``--require`` pattern that matches no rate).
 
 ``add_check_command(subparsers)`` adds the subcommand to the console
 script's argparse parser; ``run_check(args)`` runs it.  ``python -m
@@ -19,7 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-__all__ = ["add_check_command", "run_check", "pytest_arguments", "main", "seed_argument"]
+__all__ = ["add_check_command", "run_check", "pytest_arguments", "main", "seed_argument", "floor_argument", "add_require_argument",
+           "REQUIRE_HELP"]
 
 #: the largest seed (the plugin's --property-seed range)
 SEED_MAXIMUM = 2**32 - 1
@@ -34,6 +36,35 @@ def seed_argument(text: str) -> int:
     if not 0 <= value <= SEED_MAXIMUM:
         raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32 - 1], got {value}")
     return value
+
+
+def floor_argument(text: str) -> str:
+    """``--require PATTERN>=VALUE``: checked by :func:`properties.gates.parse_floor` (argparse then names ``--require``
+    and exits 2 with the accepted form)."""
+    from properties.gates import parse_floor
+
+    try:
+        parse_floor(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+#: the help of ``--require`` (``check`` and ``conform``)
+REQUIRE_HELP = ("an absolute floor, repeatable: every rate whose name matches the glob PATTERN must have a rate (the point "
+                "estimate) >= VALUE in [0, 1], e.g. 'conformance.mylib_*.equals_dtd.*>=0.99'; a rate below it fails the "
+                "run, with or without a baseline; a PATTERN that matches no rate is a usage error")
+
+
+def add_require_argument(parser: argparse.ArgumentParser) -> None:
+    """``--require PATTERN>=VALUE`` (repeatable), passed on as pytest's ``--property-require``."""
+    parser.add_argument("--require", action="append", type=floor_argument, default=None, metavar="PATTERN>=VALUE",
+                        help=REQUIRE_HELP)
+
+
+def require_options(args: argparse.Namespace) -> list[str]:
+    """The pytest options of ``args.require``."""
+    return [f"--property-require={text}" for text in getattr(args, "require", None) or ()]
 
 
 def add_check_command(subparsers) -> argparse.ArgumentParser:
@@ -55,6 +86,7 @@ def add_check_command(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=seed_argument, default=None, metavar="N", help="seed of the neuron draws (default: 0)")
     parser.add_argument("--no-findings", action="store_true",
                         help="skip the insensitivity, invariance and randomisation rows (for large models)")
+    add_require_argument(parser)
     parser.set_defaults(run=run_check)
     return parser
 
@@ -75,7 +107,7 @@ def pytest_arguments(args: argparse.Namespace, collect_from: str) -> list[str]:
         argv += ["--property-seed", str(args.seed)]
     if getattr(args, "no_findings", False):
         argv.append("--dtd-no-findings")
-    return argv
+    return argv + require_options(args)
 
 
 def run_check(args: argparse.Namespace) -> int:

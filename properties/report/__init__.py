@@ -297,7 +297,8 @@ def table_legend(confidence: Optional[float] = None) -> str:
     """One line explaining the columns of :func:`format_table`."""
     level = "" if confidence is None else f"{100 * confidence:g} % "
     return (f"rate: share of trials that satisfy the property; interval: its {level}confidence interval in %; trials: roots or "
-            "points counted; baseline: the rate in the baseline file; status: ok | regression (intervals do not overlap) | new (no baseline entry)")
+            "points counted; baseline: the rate in the baseline file; status: ok | regression (intervals do not overlap) | "
+            "below_floor (a must-hold property below 100 % or a rate below a --require floor) | new (no baseline entry)")
 
 
 #: how many moved rows the terminal's verdict lists
@@ -310,8 +311,12 @@ def verdict_lines(rows: Iterable[Mapping], written_to: Optional[str] = None) -> 
     gate = summarize(rows).gate
     where = "" if written_to is None else f" (see {written_to})"
     lines = [gate.verdict + where]
+    by_name = {r["name"]: r for r in rows}
     for status, names in gate.failing.items():
         lines.append(f"  {status}: " + ", ".join(names[:VERDICT_LINKS]) + (f" and {len(names) - VERDICT_LINKS} more" if len(names) > VERDICT_LINKS else ""))
+        if status == "below_floor":  # which floor each row failed, with its rate
+            lines += [f"    {name}: {format_rate(by_name[name])} of {by_name[name]['trials']} trials -- "
+                      + "; ".join(by_name[name].get("floor") or ["below a floor"]) for name in names[:VERDICT_LINKS]]
     moved = changes(rows, TERMINAL_CHANGES)
     if moved:
         lines.append("  moved most against the baseline:")

@@ -32,7 +32,7 @@ ul.answers li{margin:.35em 0}ul.answers code{font-size:.85em;color:#555}td code{
 table{border-collapse:collapse;font-size:.85em;width:100%;table-layout:auto}table.rates td:nth-child(2){min-width:16em}th,td{border:1px solid #ddd;padding:.25em .45em;text-align:left;vertical-align:top}
 th{background:#f3f3f5;cursor:pointer;user-select:none;position:sticky;top:0}th.sorted-asc:after{content:" \\25B2"}th.sorted-desc:after{content:" \\25BC"}
 td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
-tr.regression td{background:#fde2e1}tr.regression td.status{color:#b00020;font-weight:700}tr.new td.status{color:#8a5a00;font-weight:600}
+tr.regression td,tr.below_floor td{background:#fde2e1}tr.regression td.status,tr.below_floor td.status{color:#b00020;font-weight:700}tr.new td.status{color:#8a5a00;font-weight:600}
 .gate-ok{color:#0a7a2f}.gate-bad{color:#b00020}
 figure{margin:1em 0;display:inline-block;vertical-align:top;max-width:100%}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.85em;color:#444;max-width:760px}
@@ -280,7 +280,7 @@ def _rates_table(rows: Sequence[Mapping], causes: Mapping) -> str:
             where = section.family or "other"
             for r in members:
                 base = r.get("baseline") or {}
-                why = "".join(f'<div class="cause">{escape(c)}</div>' for c in causes.get(r["name"], []))
+                why = "".join(f'<div class="cause">{escape(c)}</div>' for c in [*r.get("floor", ()), *causes.get(r["name"], [])])
                 body.append(
                     f'<tr class="{escape(r["status"])}" data-status="{escape(r["status"])}" data-section="{escape(where)}" id="{row_anchor(r["name"])}"><td>{escape(where)}</td>'
                     f"<td><code>{escape(r['name'])}</code></td><td>{escape(r['description'])}{why}{_example(r)}</td>"
@@ -291,11 +291,11 @@ def _rates_table(rows: Sequence[Mapping], causes: Mapping) -> str:
                     f'<td class="status">{escape(r["status"])}</td></tr>'
                 )
     controls = ('<div class="controls"><input type="search" id="filter-text" placeholder="filter: words in name, section or description">'
-                '<label>status <select id="filter-status"><option value="">any</option><option>ok</option><option>regression</option>'
+                '<label>status <select id="filter-status"><option value="">any</option><option>ok</option><option>regression</option><option>below_floor</option>'
                 '<option>new</option></select></label><label>section <select id="filter-section"><option value="">any</option>'
                 + "".join(f"<option>{escape(s.family or 'other')}</option>" for s in found)
                 + '</select></label><span class="count" id="filter-count"></span></div>')
-    return (f'<h2 id="rates">Every measured rate</h2><p>Click a column to sort; type words to filter, or pick a status or section. Regressions are highlighted.</p>{controls}'
+    return (f'<h2 id="rates">Every measured rate</h2><p>Click a column to sort; type words to filter, or pick a status or section. Regressions and rows below a floor are highlighted.</p>{controls}'
             f'<table class="sortable rates"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
 
 

@@ -37,6 +37,10 @@ GLOSSARY = {
     "interval": ("interval method", "wilson: the Wilson score interval for independent trials. wilson-clustered: the Wilson "
                                     "interval on the effective sample size trials / deff (see design effect). A rate is a "
                                     "regression when its interval and the baseline's do not overlap."),
+    "below-floor": ("below_floor", "An absolute gate, with or without a baseline: a conformance property every implementation "
+                                   "must satisfy (no_side_effects, finite, dtype_device, batch_independent; "
+                                   "properties.gates.MUST_HOLD) held in fewer than every trial, or a rate's point estimate "
+                                   "is below a floor the run requires (--require 'PATTERN>=VALUE'). It fails the run."),
     "scale": ("the words for a rate", "Every answer's word is decided from the rate's interval: "
                                       + "; ".join(f"{word}: {rule}" for word, rule in SCALE_TEXT)
                                       + ". Where the interval straddles two of these bands the answer says both (\"Rarely to sometimes\")."),
@@ -242,7 +246,7 @@ def _row_line(r: Mapping, causes: Mapping) -> str:
     base = r.get("baseline")
     method = r["interval"] + (f", {r['clusters']} clusters, deff {r['design_effect']:.2f}" if r.get("clusters") else "")
     status = f"**{r['status']}**" if r["status"] not in ("ok", "new") else r["status"]
-    why = "".join(f"<br>{_cell(c)}" for c in causes.get(r["name"], []))
+    why = "".join(f"<br>{_cell(c)}" for c in [*r.get("floor", ()), *causes.get(r["name"], [])])
     return (f'| <a id="{row_anchor(r["name"])}"></a>`{r["name"]}` | {percent(r["rate"])} | {interval(r["ci_low"], r["ci_high"])} | '
             f"{r['successes']} / {r['trials']} | {method} | {percent(base['rate'] if base else None)} | {status} | "
             f"{_cell(r['description'])}{why} |")

@@ -32,7 +32,7 @@ SUBJECT_QUESTIONS = ("root_exists", "zero_output", "output_unchanged", "gradient
 
 def is_break(row: Optional[Mapping]) -> bool:
     """A cell where the property failed at least once (or a regression)."""
-    return row is not None and (row.get("status") == "regression" or (bool(row.get("trials")) and row["successes"] < row["trials"]))
+    return row is not None and (row.get("status") in ("regression", "below_floor") or (bool(row.get("trials")) and row["successes"] < row["trials"]))
 
 
 @dataclasses.dataclass
