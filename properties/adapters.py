@@ -81,6 +81,7 @@ __all__ = [
     "BasicBlockCanonizer",
     "captum_implementations",
     "shipped_implementations",
+    "ARCHITECTURES",
 ]
 
 #: zennit's default stabiliser: denominators become ``d + 1e-6 sign(d)``
@@ -159,10 +160,14 @@ def captum_attribute(model: nn.Module, x: torch.Tensor, output: int, make_rule) 
         return LRP(model).attribute(x.detach().clone().requires_grad_(True), target=output).detach()
 
 
+#: the architectures every shipped adapter is measured on (:data:`properties.conformance.ARCHITECTURES`)
+ARCHITECTURES = ("mlp", "cnn", "resnet")
+
+
 def _implementation(name, attribute, rule, stabilizer):
     from .conformance import Implementation
 
-    return Implementation(name, attribute, rule, seed="value", stabilizer=stabilizer)
+    return Implementation(name, attribute, rule, seed="value", stabilizer=stabilizer, architectures=ARCHITECTURES)
 
 
 def _per_layer(model: nn.Module, first: R.Rule, rest: R.Rule) -> list[R.Rule]:

@@ -100,6 +100,9 @@ SUBSETS = {
     "resnet_bias_free": "bias-free residual nets (bare + blocks, batch norm, global pooling)",
     "resnet_bias_negative": "residual nets whose folded shifts are all <= 0",
     "resnet_bias_positive": "residual nets with a positive folded shift",
+    # a conformance property judged on every population of one architecture (conformance.{name}.finite.cnn)
+    "cnn": "CNNs of every bias population (batch norm, max/average/global pooling)",
+    "resnet": "residual nets of every bias population (bare + blocks, batch norm, global pooling)",
 }
 
 #: root finders named in keys, per family
