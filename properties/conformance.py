@@ -619,41 +619,83 @@ def _dense_weight(net, k: int) -> torch.Tensor:
 
 
 def _graph_stabilizer_bound(net, dec, rules: Sequence[R.Rule], epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`properties.agreement.stabilizer_bound` on a graph network: the same per-layer bound, routed through the
-    graph as relevance is (summed over consumers, through ReLUs unchanged, through max pools to the argmax)."""
+    """:func:`properties.agreement.stabilizer_bound` on a graph network, routed through the graph as relevance is
+    (summed over consumers, through ReLUs unchanged, through max pools to the argmax).
+
+    A library sees pooling as layers of their own and stabilises their
+    divisions too (zennit's ``Norm`` on average pooling, captum's
+    ``EpsilonRule`` on every pooling): an average pooling folded into a DTD
+    layer and a max pooling each add ``delta_q = epsilon / (|p_q| - epsilon)``
+    at their outputs ``p_q`` (the relevance ``R`` through them moves by at most
+    ``|R| delta_q``, its error ``E`` grows by ``1 + delta_q``); an output
+    within twice ``epsilon`` of 0 that is not 0 leaves the point unconditioned.
+    """
     from dtd.graph import AffineNode, MaxPoolNode, ReLUNode, scatter_argmax
+    from dtd.operators import Pooling
 
     values, argmax = dec.activations
     n = dec.output_value.shape[0]
     conditioned = torch.ones(n, dtype=torch.bool, device=dec.output_value.device)
     margin = CONDITIONING_FACTOR * epsilon
     errors: dict = {}
+    relevance: dict = {}  # DTD's relevance reaching each node
 
-    def add(node_id, e):
-        errors[node_id] = e if node_id not in errors else errors[node_id] + e
+    def add(store, node_id, t):
+        store[node_id] = t if node_id not in store else store[node_id] + t
+
+    def delta(p: torch.Tensor) -> torch.Tensor:
+        """``delta_q`` of pooled values ``p`` ``(N, ...)``; 0 where ``p = 0`` (nothing passes); marks close calls."""
+        nonlocal conditioned
+        close = (p != 0) & (p.abs() <= margin)
+        conditioned &= ~close.reshape(n, -1).any(1)
+        safe = torch.where(p.abs() > margin, p.abs(), torch.ones_like(p))
+        return torch.where(p.abs() > margin, epsilon / (safe - epsilon), torch.zeros_like(p))
 
     for node in reversed(net.nodes[1:]):
+        shape = (n,) + tuple(node.shape)
         e = errors.pop(node.id, None)
-        if e is None:
-            e = torch.zeros((n,) + tuple(node.shape), dtype=net.dtype, device=net.device)
+        e = torch.zeros(shape, dtype=net.dtype, device=net.device) if e is None else e
+        r = relevance.pop(node.id, None)
+        r = torch.zeros(shape, dtype=net.dtype, device=net.device) if r is None else r
         if isinstance(node, ReLUNode):
-            add(node.source, e)
+            add(errors, node.source, e)
+            add(relevance, node.source, r)
         elif isinstance(node, MaxPoolNode):
-            add(node.source, scatter_argmax(e, argmax[node.id], tuple(values[node.source].shape[1:]), node.dim))
+            d = delta(values[node.id])
+            source_shape = tuple(values[node.source].shape[1:])
+            add(errors, node.source, scatter_argmax(e * (1 + d) + r.abs() * d, argmax[node.id], source_shape, node.dim))
+            add(relevance, node.source, scatter_argmax(r, argmax[node.id], source_shape, node.dim))
         elif isinstance(node, AffineNode):
             k = net.layer_ids.index(node.id)
             layer = dec.layers[k]
             w = _dense_weight(net, k)
             v = rules[k].direction(layer.input, w)  # (N, J, D)
-            d = (v * w).sum(-1)
+            dd = (v * w).sum(-1)
             carrying = layer.carries_relevance
-            conditioned &= ~(carrying & ((d.abs() <= margin) | ~layer.root_valid)).any(1)
-            safe = torch.where(carrying & (d.abs() > margin), d, torch.ones_like(d))
-            delta = torch.where(carrying, epsilon / (safe.abs() - epsilon), torch.zeros_like(d))
+            conditioned &= ~(carrying & ((dd.abs() <= margin) | ~layer.root_valid)).any(1)
+            safe = torch.where(carrying & (dd.abs() > margin), dd, torch.ones_like(dd))
+            delta_j = torch.where(carrying, epsilon / (safe.abs() - epsilon), torch.zeros_like(dd))
             weight = (w * v).abs() / safe.abs().unsqueeze(-1) * carrying.unsqueeze(-1)
-            lower = torch.einsum("njd,nj->nd", weight, e.reshape(n, -1) * (1 + delta) + layer.upper_relevance.abs() * delta)
-            for branch, part in zip(node.branches, net.split_input(k, lower)):
-                add(branch.source, part)
+            lower = torch.einsum("njd,nj->nd", weight, e.reshape(n, -1) * (1 + delta_j) + layer.upper_relevance.abs() * delta_j)
+            parts = zip(node.branches, net.split_input(k, lower), net.split_input(k, layer.relevance))
+            for branch, part, r_part in parts:
+                # the average poolings read first (one or two: a pool, then global pooling): stabilised divisions
+                # of their own; a factor prod (1 + delta) at the inputs bounds their joint change
+                ops = list(branch.op.ops) if hasattr(branch.op, "ops") else [branch.op]
+                a, factor, done = values[branch.source], None, []
+                for op in ops:
+                    if not isinstance(op, Pooling):
+                        break
+                    a = op.forward(a)
+                    d_in = op.modified("ind").transpose(delta(a))  # each input gets its window's delta
+                    for before in reversed(done):
+                        d_in = before.modified("ind").transpose(d_in)
+                    done.append(op)
+                    factor = 1 + d_in if factor is None else factor * (1 + d_in)
+                if factor is not None:
+                    part = part * factor + r_part.abs() * (factor - 1)
+                add(errors, branch.source, part)
+                add(relevance, branch.source, r_part)
     bound = errors.get(0, torch.zeros((n,) + tuple(net.input_shape), dtype=net.dtype, device=net.device))
     return _flat(bound), conditioned
 
