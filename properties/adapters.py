@@ -27,7 +27,8 @@ Adapters (name: library rule on the Linear layers -> claimed DTD rule, stabilise
 stabiliser, so "Epsilon(0)" is LRP-0 up to the stabiliser the kit allows for.)
 
 CNNs and residual nets (:mod:`properties.architectures`): every adapter above
-runs on any model of Conv2d/BatchNorm2d/ReLU/pooling/Flatten/Linear modules and
+has ``architectures=ARCHITECTURES`` (MLPs, CNNs, residual nets: the kit measures
+its CNN and ResNet rows too) and runs on any model of Conv2d/BatchNorm2d/ReLU/pooling/Flatten/Linear modules and
 on :class:`~properties.architectures.ResidualNet` (:func:`zennit_model_attribute`,
 :func:`captum_model_attribute`), the library set up as its documentation says:
 

@@ -55,7 +55,7 @@ OUTCOMES: dict[str, str] = {
     "conservation": "points with |sum R - f(x)| <= 1e-6 |f(x)| + the stabiliser bound's sum",
     "positivity": "points whose relevance is >= 0 everywhere (z+ rules, x >= 0, all three populations)",
     "gradient_x_input": "points whose relevance equals gradient x input (LRP-0, bias-free networks, denominators above 2 stabilisers)",
-    "batch_independent": "points whose relevance is the same in the batch, in the reversed batch and alone (first points)",
+    "batch_independent": "points whose relevance is the same in the batch and in half of it (other batch mates, reversed order)",
     "no_side_effects": "calls (one per network) after which model parameters/grads/requires_grad, buffers, hooks, "
                        "training flags, grad mode and x are unchanged and a second call returns the same relevance",
     "finite": "points (with zero entries, and an all-zero row) whose relevance is finite",
