@@ -155,9 +155,9 @@ POINTS = 56
 ARCHITECTURES = ("mlp", "cnn", "resnet")
 #: networks per population of the CNNs and residual nets (each call of a library on them costs far more than on an
 #: MLP: fewer networks keep the kit a few seconds per architecture)
-IMAGE_NETWORKS = {"cnn": 3, "resnet": 2}
+IMAGE_NETWORKS = {"cnn": 2, "resnet": 2}
 #: points per CNN / residual net
-IMAGE_POINTS = {"cnn": 6, "resnet": 4}
+IMAGE_POINTS = {"cnn": 4, "resnet": 4}
 #: the bounds of the generated CNNs and residual nets (:func:`properties.architectures.sample_models`)
 IMAGE_SPACE = dict(in_channels=(1, 2), channels=(1, 4), depth=(1, 2), image_size=(2, 8), outputs=(1, 3))
 #: architectures whose models the claim references (:func:`properties.claims.reference`) take: not residual nets

@@ -246,8 +246,8 @@ IMAGE_DEFECTS = {
     "mutant_residual_both": ("equals_dtd.resnet_", "conservation.resnet_"),
     "mutant_batch_stabilizer": ("batch_independent.cnn", "batch_independent.resnet"),
 }
-#: a small sweep of the kit's CNN and residual-net populations (the kit's own numbers of networks)
-IMAGE_SWEEP = dict(seed=0, networks=2, points=2, image_points=4)
+#: a small sweep of the kit's CNN and residual-net populations (3 networks per population: max pooling in each)
+IMAGE_SWEEP = dict(seed=0, networks=2, points=2, image_networks=3, image_points=4)
 
 
 def _image_run(impl):
