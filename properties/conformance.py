@@ -95,6 +95,7 @@ bias > 0); on CNNs and residual nets the same three for the folded shifts
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import functools
@@ -170,7 +171,7 @@ CASE_SPACE = dict(depth=(1, 4), width=(1, 16), input_size=(1, 16), outputs=(1, 4
 #: how many evaluations the counterexample shrinker may spend per property
 SHRINK_BUDGET = 60
 #: the same on a CNN or residual net (each evaluation builds, lowers and explains a new model: fewer steps)
-IMAGE_SHRINK_BUDGET = 8
+IMAGE_SHRINK_BUDGET = 6
 
 POPULATIONS = ("bias_free", "bias_negative", "bias_positive")
 
@@ -417,8 +418,22 @@ def _small_image_cases(architecture: str, name: str, seed: int) -> tuple:
     return tuple((case, _lower(case)) for case in cases)
 
 
+#: lowered networks of recently seen image models, by ``id`` (the model is kept with it, so its id is not reused;
+#: the kit never changes a model it lowered: every call gets a copy)
+_LOWERED: "collections.OrderedDict[int, tuple]" = collections.OrderedDict()
+_LOWERED_SIZE = 64
+
+
 def _lower(case):
-    return ReLUNetwork.from_module(case.model, case.generated.input_shape)
+    found = _LOWERED.get(id(case.model))
+    if found is not None and found[0] is case.model:
+        _LOWERED.move_to_end(id(case.model))
+        return found[1]
+    net = ReLUNetwork.from_module(case.model, case.generated.input_shape)
+    _LOWERED[id(case.model)] = (case.model, net)
+    while len(_LOWERED) > _LOWERED_SIZE:
+        _LOWERED.popitem(last=False)
+    return net
 
 
 @dataclasses.dataclass(frozen=True)
