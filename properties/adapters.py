@@ -27,7 +27,8 @@ Adapters (name: library rule on the Linear layers -> claimed DTD rule, stabilise
 stabiliser, so "Epsilon(0)" is LRP-0 up to the stabiliser the kit allows for.)
 
 CNNs and residual nets (:mod:`properties.architectures`): every adapter above
-runs on any model of Conv2d/BatchNorm2d/ReLU/pooling/Flatten/Linear modules and
+has ``architectures=ARCHITECTURES`` (MLPs, CNNs, residual nets: the kit measures
+its CNN and ResNet rows too) and runs on any model of Conv2d/BatchNorm2d/ReLU/pooling/Flatten/Linear modules and
 on :class:`~properties.architectures.ResidualNet` (:func:`zennit_model_attribute`,
 :func:`captum_model_attribute`), the library set up as its documentation says:
 
@@ -81,6 +82,7 @@ __all__ = [
     "BasicBlockCanonizer",
     "captum_implementations",
     "shipped_implementations",
+    "ARCHITECTURES",
 ]
 
 #: zennit's default stabiliser: denominators become ``d + 1e-6 sign(d)``
@@ -159,10 +161,14 @@ def captum_attribute(model: nn.Module, x: torch.Tensor, output: int, make_rule) 
         return LRP(model).attribute(x.detach().clone().requires_grad_(True), target=output).detach()
 
 
+#: the architectures every shipped adapter is measured on (:data:`properties.conformance.ARCHITECTURES`)
+ARCHITECTURES = ("mlp", "cnn", "resnet")
+
+
 def _implementation(name, attribute, rule, stabilizer):
     from .conformance import Implementation
 
-    return Implementation(name, attribute, rule, seed="value", stabilizer=stabilizer)
+    return Implementation(name, attribute, rule, seed="value", stabilizer=stabilizer, architectures=ARCHITECTURES)
 
 
 def _per_layer(model: nn.Module, first: R.Rule, rest: R.Rule) -> list[R.Rule]:

@@ -55,7 +55,7 @@ OUTCOMES: dict[str, str] = {
     "conservation": "points with |sum R - f(x)| <= 1e-6 |f(x)| + the stabiliser bound's sum",
     "positivity": "points whose relevance is >= 0 everywhere (z+ rules, x >= 0, all three populations)",
     "gradient_x_input": "points whose relevance equals gradient x input (LRP-0, bias-free networks, denominators above 2 stabilisers)",
-    "batch_independent": "points whose relevance is the same in the batch, in the reversed batch and alone (first points)",
+    "batch_independent": "points whose relevance is the same in the batch and in half of it (other batch mates, reversed order)",
     "no_side_effects": "calls (one per network) after which model parameters/grads/requires_grad, buffers, hooks, "
                        "training flags, grad mode and x are unchanged and a second call returns the same relevance",
     "finite": "points (with zero entries, and an all-zero row) whose relevance is finite",
@@ -100,6 +100,9 @@ SUBSETS = {
     "resnet_bias_free": "bias-free residual nets (bare + blocks, batch norm, global pooling)",
     "resnet_bias_negative": "residual nets whose folded shifts are all <= 0",
     "resnet_bias_positive": "residual nets with a positive folded shift",
+    # a conformance property judged on every population of one architecture (conformance.{name}.finite.cnn)
+    "cnn": "CNNs of every bias population (batch norm, max/average/global pooling)",
+    "resnet": "residual nets of every bias population (bare + blocks, batch norm, global pooling)",
 }
 # the generated sweep over graph networks (properties/test_generated_graphs.py): rows {rule}.{outcome}.{architecture}
 SUBSETS.update({

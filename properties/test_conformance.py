@@ -1,8 +1,9 @@
 """The conformance kit on the shipped adapters: zennit's and captum's LRP rules (:mod:`properties.adapters`).
 
 Every adapter is judged on the same generated networks (3 populations x
-:data:`properties.conformance.NETWORKS`, :data:`~properties.conformance.POINTS`
-points each); its rows ``conformance.{adapter}.{property}[.{subset}]`` are gated
+:data:`properties.conformance.NETWORKS` MLPs, :data:`~properties.conformance.POINTS`
+points each, and :data:`~properties.conformance.IMAGE_NETWORKS` CNNs and residual
+nets with :data:`~properties.conformance.IMAGE_POINTS` points); its rows ``conformance.{adapter}.{property}[.{subset}]`` are gated
 by ``properties/baseline.json``.  Where a property breaks, the report lists a
 shrunk counterexample.  These are rates: a break is a finding about the
 library, not a failure of this suite.

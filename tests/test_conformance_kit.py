@@ -7,6 +7,8 @@ and must fail exactly the properties meant to catch it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -201,3 +203,90 @@ def test_the_report_shows_each_counterexample_with_its_rate(tmp_path):
     assert markdown.index("Counterexample of `conformance.a.finite`:") < markdown.index("W0 = [[1.0]]")
     assert markdown.count("Counterexample of `") == 1  # only the row that has one
     assert "W0 = [[1.0]]" in (tmp_path / "report.html").read_text()
+
+
+# ------------------------------------------------------------------------------------------------ architectures
+def _dtd_zplus(model, x, output, *, rescale_by_batch=False):
+    """DTD's own z+ on the model it is handed (MLP or image model); ``rescale_by_batch`` multiplies every row by
+    ``f(x_i) / mean_batch f`` -- a result that depends on its batch mates at every point."""
+    net = dtd.ReLUNetwork.from_module(model, tuple(x.shape[1:]))
+    relevance = dtd.train_free(net, x, rule="z+", output=output).relevance
+    if rescale_by_batch:
+        with torch.no_grad():
+            f = model(x)[:, output]
+        relevance = relevance * (f / f.mean()).reshape((-1,) + (1,) * (x.dim() - 1))
+    return relevance
+
+
+def test_architectures_are_validated_and_name_their_rows():
+    impl = Implementation("z", _dtd_zplus, "z+")
+    assert impl.architectures == ("mlp",)
+    mlp_rows = [C.conformance_name(impl, p, s) for p, s in impl.properties()]
+    assert mlp_rows == ["conformance.z.equals_dtd.bias_free", "conformance.z.equals_dtd.bias_negative",
+                        "conformance.z.equals_dtd.bias_positive", "conformance.z.conservation.bias_free",
+                        "conformance.z.conservation.bias_negative", "conformance.z.positivity",
+                        "conformance.z.batch_independent", "conformance.z.no_side_effects", "conformance.z.finite",
+                        "conformance.z.dtype_device"]
+    every = Implementation("z", _dtd_zplus, "z+", architectures=("mlp", "cnn", "resnet"))
+    rows = [C.conformance_name(every, p, s) for p, s in every.properties()]
+    assert rows[:len(mlp_rows)] == mlp_rows
+    assert "conformance.z.equals_dtd.cnn_bias_negative" in rows and "conformance.z.conservation.resnet_bias_free" in rows
+    assert {"conformance.z.finite.cnn", "conformance.z.batch_independent.resnet", "conformance.z.positivity.cnn"} <= set(rows)
+    lrp0 = Implementation("e", _dtd_zplus, "x", architectures=("cnn", "resnet"), claims=__import__("properties.claims").claims.Epsilon(1e-9))
+    rows0 = [C.conformance_name(lrp0, p, s) for p, s in lrp0.properties()]
+    assert "conformance.e.gradient_x_input.cnn_bias_free" in rows0 and "conformance.e.equals_claim.cnn_bias_positive" in rows0
+    assert not any("equals_claim.resnet" in r for r in rows0), "the claim references do not model residual sums"
+    assert len(rows0) == len(set(rows0))
+    with pytest.raises(TypeError, match="architectures must be a tuple"):
+        Implementation("z", _dtd_zplus, "z+", architectures="cnn")
+    with pytest.raises(ValueError, match=r"unknown architecture 'vit'; known: \('mlp', 'cnn', 'resnet'\)"):
+        Implementation("z", _dtd_zplus, "z+", architectures=("mlp", "vit"))
+    with pytest.raises(ValueError, match="at least one"):
+        Implementation("z", _dtd_zplus, "z+", architectures=())
+    with pytest.raises(ValueError, match="twice"):
+        Implementation("z", _dtd_zplus, "z+", architectures=("cnn", "cnn"))
+
+
+#: the old check (the batch reversed, the first point alone) passes every point but the first of each network
+OLD_METHOD_FLOOR = 1 - 1 / SWEEP["points"]
+
+
+def test_batch_independence_is_judged_at_every_point():
+    sweep = dict(SWEEP, networks=3, image_networks=2, image_points=4)
+    honest = C.run(Implementation("honest", _dtd_zplus, "z+", stabilizer=0.0, architectures=("mlp", "cnn")), **sweep)
+    rescaled = C.run(Implementation("rescaled", lambda m, x, o: _dtd_zplus(m, x, o, rescale_by_batch=True), "z+",
+                                    stabilizer=0.0, architectures=("mlp", "cnn")), **sweep)
+    for suffix in ("", ".cnn"):
+        kept = honest.rates[f"conformance.honest.batch_independent{suffix}"]
+        assert kept.trials > 0 and kept.successes == kept.trials
+        rate = rescaled.rates[f"conformance.rescaled.batch_independent{suffix}"]
+        # on bias-free and bias <= 0 networks every point's relevance is non-zero (it sums to at least f(x) > 0), so
+        # the rescaling moves it at every point: 0 %; with a positive bias a point may have no relevance at all (a
+        # dead network: f is the bias), and a zero relevance honestly does not depend on its batch mates
+        per_population = len(rate.clusters) // 3
+        assert rate.trials > 0 and all(ok == 0 for ok, _ in rate.clusters[:2 * per_population]), rate
+        assert rate.successes / rate.trials < OLD_METHOD_FLOOR / 2, rate
+    assert honest.failing() == []
+
+
+def test_an_image_counterexample_is_pasteable_code_that_reproduces_the_failure():
+    from properties import replicas
+
+    mutant = dataclasses.replace(next(i for i in replicas.mutant_implementations() if i.name == "mutant_bn_unmerged"),
+                                 architectures=("cnn",))
+    result = C.run(mutant, seed=0, networks=2, points=2, image_networks=2, image_points=4)
+    row = "conformance.mutant_bn_unmerged.equals_dtd.cnn_bias_negative"
+    assert result.rates[row].successes < result.rates[row].trials
+    text = result.examples[row]
+    namespace: dict = {}
+    exec(text, namespace)  # the whole counterexample is Python: code, then the relevances as comments
+    model, x, output = namespace["model"], namespace["x"], namespace["output"]
+    assert isinstance(model, nn.Sequential) and x.shape[0] == 1 and x.dim() == 4
+    theirs = mutant.attribute(model, x, output)
+    ours = dtd.train_free(dtd.ReLUNetwork.from_module(model, tuple(x.shape[1:])), x, rule="z+", output=output).relevance
+    assert float((theirs - ours).abs().max()) > 1e-3 * float(ours.abs().max())  # the failure, reproduced
+    assert f"# implementation R = {theirs.tolist()}" in text and f"# dtd.train_free R = {ours.tolist()}" in text
+    # shrunk: no larger than the smallest failing network of the sweep
+    sizes = [sum(p.numel() for p in case.model.parameters())
+             for case in C.image_population("cnn", "bias_negative", 2, 4, 0)]
+    assert sum(p.numel() for p in model.parameters()) <= min(sizes)

@@ -236,3 +236,68 @@ def test_on_the_kits_mlp_populations_the_replica_passes_and_only_the_batch_mutan
         result = conformance.run(impl, seed=0, networks=3, points=5, shrink_failures=False)
         expected = [f"conformance.{impl.name}.batch_independent"] if impl.name == "mutant_batch_stabilizer" else []
         assert result.failing() == expected, impl.name
+
+
+# ------------------------------------------------------------------------------------------------ the kit on images
+#: which rows each structural defect must break on the kit's image populations, and which it must leave alone
+IMAGE_DEFECTS = {
+    "mutant_bn_unmerged": ("equals_dtd.cnn_", "equals_dtd.resnet_"),
+    "mutant_max_as_average": ("equals_dtd.cnn_",),
+    "mutant_residual_both": ("equals_dtd.resnet_", "conservation.resnet_"),
+    "mutant_batch_stabilizer": ("batch_independent.cnn", "batch_independent.resnet"),
+}
+#: a small sweep of the kit's CNN and residual-net populations (3 networks per population: max pooling in each)
+IMAGE_SWEEP = dict(seed=0, networks=2, points=2, image_networks=3, image_points=4)
+
+
+def _image_run(impl):
+    import dataclasses
+
+    from properties import conformance
+
+    return conformance.run(dataclasses.replace(impl, architectures=("cnn", "resnet")), **IMAGE_SWEEP)
+
+
+def test_the_honest_replica_passes_the_kit_on_cnns_and_residual_nets():
+    result = _image_run(replicas.replica_implementation())
+    assert result.failing() == []
+    assert any(".cnn_bias_negative" in row for row in result.rates) and any(".resnet_bias_free" in row for row in result.rates)
+    # with zennit's stabiliser and pooling as nodes of their own, claiming that stabiliser: the graph's bound holds
+    from properties.conformance import Implementation
+
+    stabilised = Implementation("replica_stabilised", lambda m, x, o: replicas.zplus(m, x, o, stabilizer=1e-6, pooling_nodes=True),
+                                "z+", stabilizer=1e-6)
+    result = _image_run(stabilised)
+    assert [row for row in result.failing() if ".equals_dtd." in row or ".conservation." in row] == []
+
+
+@pytest.mark.parametrize("name", sorted(IMAGE_DEFECTS))
+def test_the_kit_catches_each_defect_on_cnns_and_residual_nets(name):
+    result = _image_run(_mutant(name))
+    prefix = f"conformance.{name}."
+    failing = {row[len(prefix):] for row in result.failing()}
+    for caught_by in IMAGE_DEFECTS[name]:
+        rows = [row for row in failing if row.startswith(caught_by)]
+        assert rows, f"{name}: no {caught_by}* row below 100 % (failing: {sorted(failing)})"
+        for row in rows:
+            assert result.examples[prefix + row], f"{name}: {row} has no counterexample"
+    if name == "mutant_max_as_average":  # a max pool handled as average changes nothing without max pooling
+        assert not any(row.startswith(("equals_dtd.resnet", "conservation.resnet")) for row in failing)
+    if name == "mutant_residual_both":
+        assert not any(".cnn" in "." + row for row in failing)
+    if name == "mutant_batch_stabilizer":  # inside the claimed stabiliser: only batch independence breaks
+        assert all(row.startswith("batch_independent.") for row in failing)
+
+
+def test_zennit_on_cnns_without_batch_norm_eps_equals_dtd():
+    """The kit's break of zennit on CNNs is its batch-norm merge (x / sqrt(1 + eps)): with ``bn_eps = 0`` it agrees."""
+    from properties import conformance
+
+    zennit_zplus = next(i for i in adapters.zennit_implementations() if i.name == "zennit_zplus")
+    for population in ("bias_free", "bias_negative"):
+        for case in A.sample_cases("cnn", population, 3, points=4, seed=7, bn_eps=0.0, image_size=(2, 6)):
+            holds, counted = conformance.evaluate_case(zennit_zplus, case, population, only={"equals_dtd"})["equals_dtd"]
+            assert bool(holds[counted].all()), case.describe()
+        eps_cases = A.sample_cases("cnn", population, 3, points=4, seed=7, image_size=(2, 6))  # torch's eps: 1e-5
+        broken = [conformance.evaluate_case(zennit_zplus, c, population, only={"equals_dtd"})["equals_dtd"] for c in eps_cases]
+        assert any(bool((counted & ~holds).any()) for holds, counted in broken)
