@@ -100,15 +100,13 @@ SUBSETS = {
     "resnet_bias_free": "bias-free residual nets (bare + blocks, batch norm, global pooling)",
     "resnet_bias_negative": "residual nets whose folded shifts are all <= 0",
     "resnet_bias_positive": "residual nets with a positive folded shift",
-    # a conformance property judged on every population of one architecture (conformance.{name}.finite.cnn)
-    "cnn": "CNNs of every bias population (batch norm, max/average/global pooling)",
-    "resnet": "residual nets of every bias population (bare + blocks, batch norm, global pooling)",
+    # every bias population of one architecture: a conformance property judged on all of them
+    # (conformance.{name}.finite.cnn) and the generated sweep over graph networks ({rule}.{outcome}.cnn)
+    "cnn": "generated CNNs of every bias population (properties.architectures: conv, batch norm with negative scales, "
+           "max / average / global pooling)",
+    "resnet": "generated residual nets of every bias population (properties.architectures: bare + blocks, batch norm, "
+              "global average pooling)",
 }
-# the generated sweep over graph networks (properties/test_generated_graphs.py): rows {rule}.{outcome}.{architecture}
-SUBSETS.update({
-    "cnn": "generated CNNs (properties.architectures: conv, batch norm with negative scales, avg / max pooling)",
-    "resnet": "generated residual nets (properties.architectures: bare + blocks, batch norm, global average pooling)",
-})
 
 #: root finders named in keys, per family
 FINDERS = {
