@@ -11,7 +11,8 @@ Reported, per model:
 * ``train_free_s``: z+ relevance of the explained output, every layer;
   ``zennit_s``: zennit's ``ZPlus(zero_params="bias")`` on Conv2d/Linear of the
   *original* model (with its ``ResNetCanonizer`` / ``VGGCanonizer`` merging
-  batch norms), the same question; ``train_free_over_zennit``;
+  batch norms, and ``Norm`` on the canonizer's residual sums), the same
+  question; ``train_free_over_zennit``;
   ``relevance_difference``: ``max |R_dtd - R_zennit| / max |R_dtd|`` over the
   input (0 up to rounding where the two define the same relevance: VGG;
   a ResNet's residual sums and its average pooling are one DTD layer with the
@@ -56,14 +57,22 @@ def _model(name: str):
 
 
 def _zennit_relevance(model, x, output: int) -> torch.Tensor:
-    """zennit's z+ (``ZPlus(zero_params="bias")`` on every Conv2d and Linear, its canonizer merging batch norms) of ``x``."""
+    """zennit's z+ (``ZPlus(zero_params="bias")`` on every Conv2d and Linear, its canonizer merging batch norms, ``Norm``
+    on a ResNet's residual sums -- without it each sum hands both branches the whole relevance) of ``x``."""
     from zennit.composites import LayerMapComposite
     from zennit.rules import ZPlus
     from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
-    canonizer = ResNetCanonizer() if hasattr(model, "layer1") else VGGCanonizer()
+    from zennit.layer import Sum
+    from zennit.rules import Norm
+
     rule = ZPlus(zero_params="bias")
-    composite = LayerMapComposite(layer_map=[(torch.nn.Conv2d, rule), (torch.nn.Linear, rule)], canonizers=[canonizer])
+    layer_map = [(torch.nn.Conv2d, rule), (torch.nn.Linear, rule)]
+    if hasattr(model, "layer1"):  # the canonizer's residual Sum shares relevance by its inputs' shares (Norm), as zennit's composites do
+        canonizer, layer_map = ResNetCanonizer(), [(Sum, Norm())] + layer_map
+    else:
+        canonizer = VGGCanonizer()
+    composite = LayerMapComposite(layer_map=layer_map, canonizers=[canonizer])
     xx = x.clone().requires_grad_(True)
     with composite.context(model) as modified:
         out = modified(xx)
@@ -183,6 +192,8 @@ def main(argv=None) -> None:
     parser.add_argument("--neurons", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--merge", action="store_true",
+                        help="update these models' rows of OUT/graphs.json (a row keeps its root-question columns when they are not re-timed)")
     args = parser.parse_args(argv)
     rows = []
     for name in args.models:
@@ -196,7 +207,17 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     from benchmarks.__main__ import _machine
 
-    (args.out / "graphs.json").write_text(json.dumps({"machine": _machine(), "size": args.size, "rows": rows}, indent=2) + "\n")
+    path = args.out / "graphs.json"
+    if args.merge and path.exists():
+        known = {r["model"]: r for r in json.loads(path.read_text())["rows"]}
+        for r in rows:
+            old = known.get(r["model"], {})
+            kept = {key: value for key, value in old.items() if key.startswith(("roots_", "floor_")) or key == "neurons"}
+            if "roots_s" not in r and kept:
+                r.update(kept, roots_run="earlier", peak_rss_mb=max(r["peak_rss_mb"], old["peak_rss_mb"]))
+            known[r["model"]] = r
+        rows = list(known.values())
+    path.write_text(json.dumps({"machine": _machine(), "size": args.size, "rows": rows}, indent=2) + "\n")
     print(table(rows))
 
 
