@@ -117,7 +117,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 _BEGIN, _END = "<!-- benchmark-table -->", "<!-- /benchmark-table -->"
 
 
-def markdown(results: dict) -> str:
+def markdown(results: dict, directory: Path = RESULTS) -> str:
     """The README's tables, from a results.json."""
     s = results["seed_experiment"]
     lines = [
@@ -144,6 +144,7 @@ def markdown(results: dict) -> str:
             f"| {r['axis']} | {r['value'] or ''} | {'-'.join(map(str, r['sizes']))} | {r['n']:,} | {r['points_per_s']:,.0f} | "
             f"{r['roots_per_s']:,.0f} | {r['seconds']:.2f} | {r['peak_rss_mb']:,.0f} MiB |"
         )
+    lines += real_size_lines(directory)
     lp = results.get("region_roots")
     if lp:
         lines += [
@@ -162,6 +163,36 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def real_size_lines(directory: Path = RESULTS) -> list[str]:
+    """The real-size tables (``graphs.json`` of :mod:`benchmarks.graphs`, ``subjects.json`` of :mod:`benchmarks.subjects`)."""
+    from benchmarks.graphs import table
+
+    lines = []
+    graphs = directory / "graphs.json"
+    if graphs.exists():
+        data = json.loads(graphs.read_text())
+        rows = data["rows"]
+        repeats = rows[0].get("repeats", 1) if rows else 1
+        neurons = next((r["neurons"] for r in rows if "neurons" in r), None)
+        lines += [
+            "",
+            f"Real-size models (`python -m benchmarks.graphs --size {data['size']} --repeats {repeats}`; {data.get('machine', 'this machine')}; "
+            f"each model in a fresh process, medians of {repeats} after a warm-up, both sides of a ratio timed alternately"
+            + (f"; root questions: every question at every layer, {neurons} sampled neurons per point" if neurons else "") + "):",
+            "",
+            table(rows),
+        ]
+    subjects = directory / "subjects.json"
+    if subjects.exists():
+        rows = json.loads(subjects.read_text())["rows"]
+        lines += ["", "`dtd-properties check` on benchmark subjects (`python -m benchmarks.subjects NAME`, one fresh process each; "
+                  "the time includes start-up and imports):", "",
+                  "| factory | seconds | peak RSS (MiB) | exit status |", "|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| `benchmarks.subject_factories:{r['factory']}` | {r['seconds']:.1f} | {r['peak_rss_mib']:,} | {r['status']} |")
+    return lines
+
+
 def update_readme(results: dict, readme: Path = README) -> None:
     """Replace the README's benchmark section (between its markers) with :func:`markdown`."""
     text = readme.read_text()
@@ -174,10 +205,24 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller N everywhere (about a minute)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results.json and scaling.png go")
     parser.add_argument("--readme", action="store_true", help="only rewrite README.md's benchmark tables from OUT/results.json")
+    parser.add_argument("--tables", action="store_true", help="only print the tables of OUT (results, graphs and subjects JSON)")
+    parser.add_argument("--seed-only", action="store_true", help="re-measure only the seed experiment into OUT/results.json")
     args = parser.parse_args(argv)
     if args.readme:
         update_readme(json.loads((args.out / "results.json").read_text()))
         print(f"README.md tables rewritten from {args.out / 'results.json'}")
+        return
+    if args.tables:
+        print(markdown(json.loads((args.out / "results.json").read_text()), args.out))
+        return
+    if args.seed_only:  # re-measure the seed experiment; every other section stays as the last full run wrote it
+        path = args.out / "results.json"
+        results = json.loads(path.read_text())
+        torch.set_grad_enabled(True)
+        results["seed_experiment"] = seed_experiment(repeats=31, reference_points=100)
+        results["seed_machine"] = _machine()
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(markdown(results, args.out))
         return
     torch.set_grad_enabled(True)
     print(f"machine: {_machine()}")
@@ -206,6 +251,7 @@ def main(argv=None) -> None:
     (args.out / "results.json").write_text(json.dumps({"machine": _machine(), "quick": args.quick, "seed_experiment": seed, "scaling": points, "region_roots": lp, "region_sampling": rs}, indent=2) + "\n")
     plot(points, args.out / "scaling.png")
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'scaling.png'}")
+    print("\n".join(real_size_lines(args.out)))
 
 
 if __name__ == "__main__":

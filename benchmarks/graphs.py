@@ -1,19 +1,29 @@
-"""``python -m benchmarks.graphs [--size 224] [--out DIR]``: DTD on real-size torchvision models, zennit beside it.
+"""``python -m benchmarks.graphs [--size 224] [--repeats 3] [--out DIR]``: DTD on real-size torchvision models, zennit beside it.
 
 Each model runs in a fresh process (its peak RSS is its own, including the
-~300 MiB of Python and torch).  Random weights with randomised batch-norm
-statistics (no download), float32, 2 points.  Reported, per model:
+~500 MiB of Python and torch).  Random weights with randomised batch-norm
+statistics (no download), float32, 2 points.  Times are medians over
+``--repeats`` calls after one warm-up call; the two sides of each ratio are
+timed alternately in the same process, so load on the machine hits both.
+Reported, per model:
 
-* ``lower_s``: :meth:`dtd.ReLUNetwork.from_module`;
+* ``lower_s``: :meth:`dtd.ReLUNetwork.from_module` (once, cold);
 * ``train_free_s``: z+ relevance of the explained output, every layer;
   ``zennit_s``: zennit's ``ZPlus(zero_params="bias")`` on Conv2d/Linear of the
   *original* model (with its ``ResNetCanonizer`` / ``VGGCanonizer`` merging
-  batch norms), the same question; ``train_free_over_zennit``;
+  batch norms, and ``Norm`` on the canonizer's residual sums), the same
+  question; ``train_free_over_zennit``;
+  ``relevance_difference``: ``max |R_dtd - R_zennit| / max |R_dtd|`` over the
+  input (0 up to rounding where the two define the same relevance: VGG;
+  a ResNet's residual sums and its average pooling are one DTD layer with the
+  ``fc``, which zennit splits into steps, so there they differ);
 * ``roots_s`` (``--roots``): every root question at every layer for ``K``
   sampled neurons per point (:func:`properties.checks.root_outcomes`);
-  ``floor_s``: the bare forward and backward of the same roots through what
-  depends on each layer's input (autograd over the graph's own operators,
-  nothing else); ``roots_over_floor``;
+  ``floor_s``: the bare batched forward and backward of the same roots
+  through what depends on each layer's input (autograd over the graph's own
+  operators -- the model's convolutions with batch norms folded -- nothing
+  else: no roots built, no inputs evaluated, no patterns compared);
+  ``roots_over_floor``;
 * ``peak_rss_mb``.
 """
 
@@ -46,22 +56,40 @@ def _model(name: str):
     return model.eval()
 
 
-def _zennit_seconds(model, x, output: int) -> float:
+def _zennit_relevance(model, x, output: int) -> torch.Tensor:
+    """zennit's z+ (``ZPlus(zero_params="bias")`` on every Conv2d and Linear, its canonizer merging batch norms, ``Norm``
+    on a ResNet's residual sums -- without it each sum hands both branches the whole relevance) of ``x``."""
     from zennit.composites import LayerMapComposite
     from zennit.rules import ZPlus
     from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
-    canonizer = ResNetCanonizer() if hasattr(model, "layer1") else VGGCanonizer()
+    from zennit.layer import Sum
+    from zennit.rules import Norm
+
     rule = ZPlus(zero_params="bias")
-    composite = LayerMapComposite(layer_map=[(torch.nn.Conv2d, rule), (torch.nn.Linear, rule)], canonizers=[canonizer])
+    layer_map = [(torch.nn.Conv2d, rule), (torch.nn.Linear, rule)]
+    if hasattr(model, "layer1"):  # the canonizer's residual Sum shares relevance by its inputs' shares (Norm), as zennit's composites do
+        canonizer, layer_map = ResNetCanonizer(), [(Sum, Norm())] + layer_map
+    else:
+        canonizer = VGGCanonizer()
+    composite = LayerMapComposite(layer_map=layer_map, canonizers=[canonizer])
     xx = x.clone().requires_grad_(True)
-    start = time.perf_counter()
     with composite.context(model) as modified:
         out = modified(xx)
         seed = torch.zeros_like(out)
         seed[:, output] = out[:, output]
-        torch.autograd.grad(out, xx, seed)
-    return time.perf_counter() - start
+        (relevance,) = torch.autograd.grad(out, xx, seed)
+    return relevance
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def _median(values):
+    return sorted(values)[len(values) // 2]
 
 
 def _floor_seconds(net, dec, roots_by_layer, points_by_layer, output) -> float:
@@ -92,72 +120,110 @@ def _floor_seconds(net, dec, roots_by_layer, points_by_layer, output) -> float:
     return time.perf_counter() - start
 
 
-def measure(name: str, size: int, roots: bool, neurons: int) -> dict:
-    import dtd
-    from benchmarks.workloads import peak_rss_mb
+def _roots_seconds(net, dec, neurons: int):
+    """Every root question at every layer for ``neurons`` sampled neurons per point: (seconds, drawn neurons per layer)."""
     from properties.checks import root_outcomes
 
+    generator = torch.Generator().manual_seed(0)
+    kept = []
+    start = time.perf_counter()
+    for k in range(net.n_layers):
+        kept.append(root_outcomes(net, dec, layer=k, neurons=neurons, generator=generator).neurons)
+    return time.perf_counter() - start, kept
+
+
+def measure(name: str, size: int, roots: bool, neurons: int, repeats: int) -> dict:
+    import dtd
+    from benchmarks.workloads import peak_rss_mb
+    from properties.checks import selected_roots
+
+    torch.set_grad_enabled(True)
     model = _model(name)
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    start = time.perf_counter()
-    net = dtd.ReLUNetwork.from_module(model, (3, size, size))
-    lower = time.perf_counter() - start
+    lower, net = _timed(lambda: dtd.ReLUNetwork.from_module(model, (3, size, size)))
     with torch.no_grad():
         output = int(model(x)[0].argmax())
-    start = time.perf_counter()
+    train_free, zennit = [], []
+    for _ in range(repeats + 1):  # the first round warms both up and is not counted
+        train_free.append(_timed(lambda: dtd.train_free(net, x, rule="z+", output=output))[0])
+        zennit.append(_timed(lambda: _zennit_relevance(model, x, output))[0])
     dec = dtd.train_free(net, x, rule="z+", output=output)
-    train_free = time.perf_counter() - start
-    zennit = _zennit_seconds(model, x, output)
-    result = {"model": name, "input": [3, size, size], "points": 2, "layers": net.n_layers, "lower_s": lower,
-              "train_free_s": train_free, "zennit_s": zennit, "train_free_over_zennit": train_free / zennit}
+    theirs = _zennit_relevance(model, x, output)
+    ours = dec.relevance
+    result = {"model": name, "input": [3, size, size], "points": 2, "layers": net.n_layers, "repeats": repeats,
+              "lower_s": lower, "train_free_s": _median(train_free[1:]), "zennit_s": _median(zennit[1:]),
+              "relevance_difference": float((ours - theirs).abs().max() / ours.abs().max())}
+    result["train_free_over_zennit"] = result["train_free_s"] / result["zennit_s"]
+    result["train_free_peak_rss_mb"] = peak_rss_mb()
     if roots:
-        from properties.checks import selected_roots
-
-        start = time.perf_counter()
-        generator = torch.Generator().manual_seed(0)
-        kept = []
-        for k in range(net.n_layers):
-            outcomes = root_outcomes(net, dec, layer=k, neurons=neurons, generator=generator)
-            kept.append(outcomes.neurons)
-        result["roots_s"] = time.perf_counter() - start
-        roots_by_layer = [selected_roots(dec.layers[k].root_set, 0, 2, kept[k]).reshape(-1, net.in_features(k)) for k in range(net.n_layers)]
-        points = [torch.arange(2).repeat_interleave(kept[k].shape[1]) for k in range(net.n_layers)]
-        result["floor_s"] = _floor_seconds(net, dec, roots_by_layer, points, output)
+        seconds, floors = [], []
+        for _ in range(repeats):  # root questions and their floor alternately
+            t, kept = _roots_seconds(net, dec, neurons)
+            seconds.append(t)
+            roots_by_layer = [selected_roots(dec.layers[k].root_set, 0, 2, kept[k]).reshape(-1, net.in_features(k)) for k in range(net.n_layers)]
+            points = [torch.arange(2).repeat_interleave(kept[k].shape[1]) for k in range(net.n_layers)]
+            floors.append(_floor_seconds(net, dec, roots_by_layer, points, output))
+            del roots_by_layer
+        result.update(roots_s=_median(seconds), floor_s=_median(floors), neurons=neurons,
+                      roots_s_all=seconds, floor_s_all=floors)
         result["roots_over_floor"] = result["roots_s"] / result["floor_s"]
-        result["neurons"] = neurons
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 
 
+def table(rows: list[dict]) -> str:
+    """The markdown table of ``rows`` (graphs.json's)."""
+    lines = ["| model | input | layers | lower (s) | z+ `train_free` (s) | zennit `ZPlus` (s) | ratio | relevance difference | "
+             "root questions (s) | floor (s) | ratio | peak RSS (MiB) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        roots = (f"{r['roots_s']:.1f} | {r['floor_s']:.1f} | {r['roots_over_floor']:.2f}x" if "roots_s" in r else "– | – | –")
+        lines.append(f"| {r['model']} | {'x'.join(map(str, r['input']))}, {r['points']} points | {r['layers']} | {r['lower_s']:.1f} | "
+                     f"{r['train_free_s']:.2f} | {r['zennit_s']:.2f} | {r['train_free_over_zennit']:.2f}x | "
+                     f"{r['relevance_difference']:.1e} | {roots} | {r['peak_rss_mb']:,.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.graphs", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.graphs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--models", nargs="+", default=["resnet18", "vgg16"])
     parser.add_argument("--roots", nargs="*", default=["resnet18"], help="models whose root questions are timed")
     parser.add_argument("--neurons", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--merge", action="store_true",
+                        help="update these models' rows of OUT/graphs.json (a row keeps its root-question columns when they are not re-timed)")
     args = parser.parse_args(argv)
     rows = []
     for name in args.models:
-        spec = json.dumps({"name": name, "size": args.size, "roots": name in args.roots, "neurons": args.neurons})
+        spec = json.dumps({"name": name, "size": args.size, "roots": name in args.roots, "neurons": args.neurons,
+                           "repeats": args.repeats})
         done = subprocess.run([sys.executable, "-m", "benchmarks.graphs", "--one", spec], capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{name}: {done.stderr[-2000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]))
+        print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "graphs.json").write_text(json.dumps({"size": args.size, "rows": rows}, indent=2) + "\n")
-    print("| model | input | lower (s) | z+ train_free (s) | zennit ZPlus (s) | ratio | root questions (s) | floor (s) | ratio | peak RSS (MiB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        roots = (f"{r['roots_s']:.1f} | {r['floor_s']:.1f} | {r['roots_over_floor']:.2f}x" if "roots_s" in r else "– | – | –")
-        print(f"| {r['model']} | {'x'.join(map(str, r['input']))} | {r['lower_s']:.1f} | {r['train_free_s']:.2f} | "
-              f"{r['zennit_s']:.2f} | {r['train_free_over_zennit']:.2f}x | {roots} | {r['peak_rss_mb']:.0f} |")
+    from benchmarks.__main__ import _machine
+
+    path = args.out / "graphs.json"
+    if args.merge and path.exists():
+        known = {r["model"]: r for r in json.loads(path.read_text())["rows"]}
+        for r in rows:
+            old = known.get(r["model"], {})
+            kept = {key: value for key, value in old.items() if key.startswith(("roots_", "floor_")) or key == "neurons"}
+            if "roots_s" not in r and kept:
+                r.update(kept, roots_run="earlier", peak_rss_mb=max(r["peak_rss_mb"], old["peak_rss_mb"]))
+            known[r["model"]] = r
+        rows = list(known.values())
+    path.write_text(json.dumps({"machine": _machine(), "size": args.size, "rows": rows}, indent=2) + "\n")
+    print(table(rows))
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--one":
         spec = json.loads(sys.argv[2])
-        print(json.dumps(measure(spec["name"], spec["size"], spec["roots"], spec["neurons"])))
+        print(json.dumps(measure(spec["name"], spec["size"], spec["roots"], spec["neurons"], spec.get("repeats", 3))))
     else:
         main()

@@ -38,3 +38,15 @@ def wide_cnn():
         model[-1].bias.fill_(0.5)
     x = torch.rand(N_WIDE, 1, 28, 28, generator=generator)
     return Subject("bench_wide_cnn", model, x, rules=("z+",), neurons_per_point=64)
+
+
+N_RESNET = 4
+
+
+def resnet18_224():
+    """torchvision resnet18 (random weights, randomised batch-norm statistics: :func:`benchmarks.graphs._model`) at
+    3x224x224, 4 points in [0, 1], z+, 16 neurons per point and layer; the findings are off (a model this size)."""
+    from benchmarks.graphs import _model
+
+    x = torch.rand(N_RESNET, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    return Subject("bench_resnet18_224", _model("resnet18"), x, rules=("z+",), neurons_per_point=16, findings=False)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .operators import Chain, Dense, Reshape
-from .validation import check_finite_layer, check_int
+from .validation import all_finite, check_finite_layer, check_int
 
 __all__ = [
     "dense_only",
@@ -48,6 +48,7 @@ __all__ = [
     "Branch",
     "GraphNetwork",
     "RootEvaluation",
+    "RootComparison",
 ]
 
 
@@ -158,6 +159,38 @@ class RootEvaluation:
     window_gap: Optional[torch.Tensor]
 
 
+@dataclasses.dataclass(frozen=True)
+class RootComparison:
+    """What :meth:`GraphNetwork.compare_roots` finds at ``M`` roots against their inputs, each ``(M,)``.
+
+    value : ``f_k(root)``; same : the root's deciding pattern (ReLU states
+    and argmaxes) is the input's; in_closure : no deciding ReLU is clearly
+    on at one and clearly off at the other, and every window's value at the
+    input's argmax ties its maximum (the root lies in the closure of the
+    input's region); gradient_max, gradient_mean : max and mean of ``|grad
+    f_k(root) - grad f_k(a)|`` (0 where ``same``).
+    """
+
+    value: torch.Tensor
+    same: torch.Tensor
+    in_closure: torch.Tensor
+    gradient_max: torch.Tensor
+    gradient_mean: torch.Tensor
+
+
+# Boolean reductions over the last dimension: uint8 min/max is several times faster than Tensor.all/any on CPU
+def _all_last(mask: torch.Tensor) -> torch.Tensor:
+    if mask.shape[-1] == 0:
+        return torch.ones(mask.shape[:-1], dtype=torch.bool, device=mask.device)
+    return mask.view(torch.uint8).amin(-1).bool()
+
+
+def _any_last(mask: torch.Tensor) -> torch.Tensor:
+    if mask.shape[-1] == 0:
+        return torch.zeros(mask.shape[:-1], dtype=torch.bool, device=mask.device)
+    return mask.view(torch.uint8).amax(-1).bool()
+
+
 class GraphNetwork(nn.Module):
     """A piecewise-linear network as a graph of affine operators, ReLUs and max poolings (see the module docstring).
 
@@ -252,7 +285,7 @@ class GraphNetwork(nn.Module):
         for node in self.nodes:
             if isinstance(node, AffineNode):
                 for t in [node.bias] + [t for b in node.branches for t in b.op.tensors()]:
-                    if not bool(torch.isfinite(t).all()):
+                    if not all_finite(t):
                         raise ValueError(f"layer {self._layer_of[node.id]} ({node.name}) holds NaN or infinite parameters")
 
     def check_input(self, x, *, name: str = "x") -> torch.Tensor:
@@ -272,7 +305,7 @@ class GraphNetwork(nn.Module):
             raise TypeError(f"{name} has dtype {x.dtype} but the network is {self.dtype}; convert one of them")
         if x.device != self.device:
             raise ValueError(f"{name} is on {x.device} but the network is on {self.device}")
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise ValueError(f"{name} contains {int((~torch.isfinite(x)).sum())} NaN or infinite value(s)")
         return x.detach()
 
@@ -458,6 +491,92 @@ class GraphNetwork(nn.Module):
             grad = self._gradient(k, live, values, argmax, output, column, threshold, overridden, live_ids)
         return RootEvaluation(f, grad, relu, argmaxes, gap)
 
+    def compare_roots(
+        self,
+        k: int,
+        roots: torch.Tensor,
+        points: torch.Tensor,
+        base: tuple[dict, dict],
+        output: Union[int, torch.Tensor],
+        at_input: RootEvaluation,
+        *,
+        threshold: float,
+    ) -> RootComparison:
+        """``f_k`` at ``n_roots`` roots per point and how each root's region and gradient compare with its input's.
+
+        ``roots`` ``(P * n_roots, D_k)``, point-major: rows ``p * n_roots ...
+        (p + 1) * n_roots - 1`` are roots of ``points[p]`` (``points`` ``(P,)``
+        rows of ``base = run(x)``); ``at_input`` is :meth:`evaluate_roots` at
+        those inputs (``roots=None``); ``output`` an int or ``(P * n_roots,)``.
+        ``threshold`` is both ``relu'(z) = 1[z > threshold]`` and the pattern
+        tolerance: a neuron is on where ``z > threshold``, off where ``z <
+        -threshold``.  What :meth:`evaluate_roots` returns side by side (every
+        deciding pre-activation) is compared one non-linearity at a time
+        against the input's, broadcast over its roots, and the gradient's
+        backward pass runs only for roots whose pattern differs from the
+        input's (the gradient is a function of the pattern: elsewhere it is
+        the input's exactly).
+        """
+        values_x, argmax_x = base
+        overridden, live = self.live_nodes(k)
+        live_ids = {n.id for n in live}
+        n_points = points.shape[0]
+        rows = roots.shape[0]
+        if rows % n_points:
+            raise ValueError(f"{rows} roots cannot be split evenly over {n_points} points")
+        n_roots = rows // n_points
+        point = points.repeat_interleave(n_roots)
+        values: dict = dict(zip([b.source for b in self.layer(k).branches], self.split_input(k, roots)))
+        argmax: dict = {}
+        with torch.no_grad():
+            for node in live:
+                for s in self.sources(node):
+                    if s not in values:
+                        values[s] = values_x[s].index_select(0, point)
+                self._compute(node, values, argmax, check=False)
+            top = values[self.layer_ids[-1]].flatten(1)
+            column = top.gather(1, output.reshape(-1, 1)).squeeze(1) if isinstance(output, torch.Tensor) else top[:, output]
+            f = torch.relu(column) if self.final_relu else column
+            same = torch.ones(rows, dtype=torch.bool, device=roots.device)
+            crossed = torch.zeros(rows, dtype=torch.bool, device=roots.device)
+            ties = torch.ones(rows, dtype=torch.bool, device=roots.device)
+
+            def compare(z_r, z_a):  # (rows, n) at the roots against (P, n) at their inputs
+                z_r = z_r.reshape(n_points, n_roots, -1)
+                z_a = z_a.reshape(n_points, 1, -1)
+                on_r, on_a = z_r > threshold, z_a > threshold
+                same.logical_and_(_all_last(on_r == on_a).reshape(rows))
+                crossed.logical_or_(_any_last((on_r & (z_a < -threshold)) | ((z_r < -threshold) & on_a)).reshape(rows))
+
+            for node in live:
+                if isinstance(node, ReLUNode):
+                    compare(values[node.source].flatten(1), values_x[node.source].index_select(0, points).flatten(1))
+            if self.final_relu:
+                input_column = at_input.relu[:, -1:]
+                compare(column.unsqueeze(1), input_column)
+            for node in live:
+                if isinstance(node, MaxPoolNode):
+                    reference = argmax_x[node.id].index_select(0, points)
+                    same.logical_and_(_all_last(argmax[node.id].reshape(n_points, n_roots, -1) == reference.reshape(n_points, 1, -1)).reshape(rows))
+                    ref = reference.repeat_interleave(n_roots, dim=0)
+                    at_ref = _planes(values[node.source], node.dim).gather(2, _planes(ref, node.dim)).reshape(values[node.id].shape)
+                    ties.logical_and_(_all_last((values[node.id] - at_ref).flatten(1) <= threshold))
+        gmax = torch.zeros(rows, dtype=roots.dtype, device=roots.device)
+        gmean = torch.zeros_like(gmax)
+        idx = (~same).nonzero().squeeze(1)
+        if idx.numel():
+            sub = {}
+            for node in live:
+                if isinstance(node, ReLUNode):
+                    sub[node.source] = values[node.source].index_select(0, idx)
+            sub_argmax = {i: a.index_select(0, idx) for i, a in argmax.items()}
+            sub_output = output.index_select(0, idx) if isinstance(output, torch.Tensor) else output
+            g_r = self._gradient(k, live, sub, sub_argmax, sub_output, column.index_select(0, idx), threshold, overridden, live_ids)
+            diff = (g_r - at_input.gradient.index_select(0, idx // n_roots)).abs()
+            gmax.index_copy_(0, idx, diff.amax(-1))
+            gmean.index_copy_(0, idx, diff.mean(-1))
+        return RootComparison(f, same, same | (~crossed & ties), gmax, gmean)
+
     def _gradient(self, k, live, values, argmax, output, column, threshold, overridden, live_ids) -> torch.Tensor:
         """``d f_k / d a`` ``(M, D_k)``: the backward pass of masks, transposed operators and argmax routing."""
         last = self.nodes[self.layer_ids[-1]]
@@ -479,7 +598,7 @@ class GraphNetwork(nn.Module):
                 elif isinstance(node, ReLUNode):
                     self._add(grads, node.source, g * (values[node.source] > threshold).to(g.dtype))
                 else:
-                    shape = values[node.source].shape[1:]
+                    shape = self.nodes[node.source].shape
                     self._add(grads, node.source, scatter_argmax(g, argmax[node.id], shape, node.dim))
             parts = []
             for branch in self.layer(k).branches:

@@ -27,7 +27,7 @@ from .graph import AffineNode, GraphNetwork, MaxPoolNode, ReLUNode, scatter_argm
 from .rootsets import RootSet
 from .rules import WEIGHTED, Pinv, Rule
 from .tolerances import denominator_eps
-from .validation import check_finite_layer, overflow_error
+from .validation import all_finite, check_finite_layer, overflow_error
 
 __all__ = ["OperatorRoots", "GraphDecomposition", "graph_train_free", "check_domains", "ROOT_ELEMENTS_LIMIT"]
 
@@ -130,7 +130,7 @@ def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list, relevance:
             z = term if z is None else z + term
     n = relevance.shape[0]
     z = z.expand((n,) + tuple(node.shape)).reshape(n, -1)
-    if not bool(torch.isfinite(z).all()):
+    if not all_finite(z):
         raise overflow_error(k, like.dtype, f"the {rule!r} denominators w_j . v_j")
     r = relevance.reshape(n, -1)
     carries = r != 0

@@ -21,6 +21,7 @@ __all__ = [
     "check_probability",
     "check_seed",
     "check_finite_layer",
+    "all_finite",
     "overflow_error",
     "SEED_LIMIT",
 ]
@@ -96,8 +97,21 @@ def overflow_error(layer: Optional[int], dtype: torch.dtype, what: str) -> Value
     return ValueError(f"{where} overflows {kind}: {what} are not finite; {fix}")
 
 
+def all_finite(values: torch.Tensor) -> bool:
+    """Whether every entry of ``values`` is finite.
+
+    One sum answers the common case (NaN and inf survive a sum, so a finite
+    sum means finite entries; it is several times cheaper than an
+    element-wise ``isfinite``); only a sum that is not finite -- a bad entry,
+    or finite entries whose sum overflows -- is settled entry by entry.
+    """
+    if math.isfinite(values.sum().item()):
+        return True
+    return bool(torch.isfinite(values).all())
+
+
 def check_finite_layer(values: torch.Tensor, layer: Optional[int], what: str) -> torch.Tensor:
-    """``values`` itself; :func:`overflow_error` unless every entry is finite (one reduction)."""
-    if not bool(torch.isfinite(values).all()):
+    """``values`` itself; :func:`overflow_error` unless every entry is finite (:func:`all_finite`)."""
+    if not all_finite(values):
         raise overflow_error(layer, values.dtype, what)
     return values

@@ -303,22 +303,13 @@ def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, 
         points = torch.arange(start, stop, device=device)
         out_a = output[start:stop] if isinstance(output, torch.Tensor) else output
         at_input = net.evaluate_roots(layer, None, points, base, out_a, threshold=tol)
-        rows = points.repeat_interleave(n_roots)
         out_r = out_a.repeat_interleave(n_roots) if isinstance(out_a, torch.Tensor) else out_a
-        local = rows - start
-        at_root = net.evaluate_roots(layer, roots.reshape(-1, width), rows, base, out_r, threshold=tol,
-                                     reference_argmax=at_input.argmax.index_select(0, local))
+        at_root = net.compare_roots(layer, roots.reshape(-1, width), points, base, out_r, at_input, threshold=tol)
         f_a[start:stop] = at_input.value
         f_r[start:stop] = at_root.value.reshape(-1, n_roots)
-        z_a, z_r = at_input.relu.index_select(0, local), at_root.relu
-        same = _all_last((z_r > tol) == (z_a > tol)) & _all_last(at_root.argmax == at_input.argmax.index_select(0, local))
-        crossed = _any_last(((z_r > tol) & (z_a < -tol)) | ((z_r < -tol) & (z_a > tol)))
-        ties = _all_last(at_root.window_gap <= tol)
-        region[start:stop] = (same | (~crossed & ties)).reshape(-1, n_roots)
-        diff = (at_root.gradient - at_input.gradient.index_select(0, local)).abs()
-        diff = torch.where(same.unsqueeze(1), torch.zeros_like(diff), diff)
-        gmax[start:stop] = diff.amax(-1).reshape(-1, n_roots)
-        gmean[start:stop] = diff.mean(-1).reshape(-1, n_roots)
+        region[start:stop] = at_root.in_closure.reshape(-1, n_roots)
+        gmax[start:stop] = at_root.gradient_max.reshape(-1, n_roots)
+        gmean[start:stop] = at_root.gradient_mean.reshape(-1, n_roots)
         domain[start:stop] = _all_last(roots >= -atol)
     return _assemble(layer, atol, lay, drawn, f_a, f_r, gmax, gmean, region, domain)
 

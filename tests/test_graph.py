@@ -293,6 +293,53 @@ def test_the_input_itself_is_in_its_region_with_its_gradient(built):
         assert _relative(ev.value, outcomes.output_at_input) <= 1e-12
 
 
+@pytest.mark.parametrize("name", ["residual", "sequential_cnn", "two_branches"])
+def test_compare_roots_equals_the_patterns_and_gradients_of_evaluate_roots(built, name):
+    """The comparison one non-linearity at a time, with the backward pass only where the pattern moved, against
+    every deciding pre-activation and argmax side by side and every root's full gradient (:meth:`evaluate_roots`)."""
+    model, shape = built(name)
+    net = dtd.ReLUNetwork.from_module(copy.deepcopy(model).double(), shape)
+    x = _inputs(shape, n=3, seed=5)
+    base = net.run(x)
+    tol = 1e-9
+    g = torch.Generator().manual_seed(1)
+    n_roots = 4
+    moved = 0
+    for k in range(net.n_layers):
+        a = net.layer_input(base[0], k)
+        points = torch.arange(3)
+        rows = points.repeat_interleave(n_roots)
+        # no move, small moves (mostly the same pattern) and large ones (patterns and argmaxes change)
+        scale = torch.tensor([0.0, 1e-3, 0.3, 1.0], dtype=torch.float64).repeat(3).unsqueeze(1)
+        roots = a.index_select(0, rows) + scale * torch.randn(rows.shape[0], a.shape[1], generator=g, dtype=torch.float64)
+        at_input = net.evaluate_roots(k, None, points, base, 0, threshold=tol)
+        full = net.evaluate_roots(k, roots, rows, base, 0, threshold=tol, reference_argmax=at_input.argmax.index_select(0, rows))
+        fast = net.compare_roots(k, roots, points, base, 0, at_input, threshold=tol)
+        z_a, z_r = at_input.relu.index_select(0, rows), full.relu
+        same = ((z_r > tol) == (z_a > tol)).all(1) & (full.argmax == at_input.argmax.index_select(0, rows)).all(1)
+        crossed = (((z_r > tol) & (z_a < -tol)) | ((z_r < -tol) & (z_a > tol))).any(1)
+        closure = same | (~crossed & (full.window_gap <= tol).all(1))
+        diff = (full.gradient - at_input.gradient.index_select(0, rows)).abs()
+        assert torch.equal(fast.value, full.value)
+        assert torch.equal(fast.same, same) and torch.equal(fast.in_closure, closure)
+        assert bool(same[::n_roots].all())  # the unmoved root is its input
+        assert float((fast.gradient_max - torch.where(same, 0.0, diff.amax(1))).abs().max()) <= 1e-12
+        assert float((fast.gradient_mean - torch.where(same, 0.0, diff.mean(1))).abs().max()) <= 1e-12
+        # where the pattern is the input's, so is the gradient (what lets compare_roots skip the backward pass)
+        assert float(torch.where(same.unsqueeze(1), diff, torch.zeros_like(diff)).max()) <= 1e-12
+        moved += int((~same).sum())
+    assert moved > 0  # the large moves change some pattern: the backward pass ran
+
+
+def test_all_finite_is_the_element_wise_test():
+    from dtd.validation import all_finite
+
+    assert all_finite(torch.tensor([3e38, 3e38]))  # finite entries whose float32 sum overflows
+    assert not all_finite(torch.tensor([1.0, float("nan")])) and not all_finite(torch.tensor([float("inf"), -float("inf")]))
+    assert not all_finite(torch.tensor([float("-inf"), 1.0], dtype=torch.float64))
+    assert all_finite(torch.zeros(0)) and all_finite(torch.randn(5, 7))
+
+
 # --------------------------------------------------------------------------- refusals
 class _Smooth(nn.Module):
     def __init__(self):
