@@ -17,7 +17,7 @@ from .graph import GraphNetwork
 from .lowering import DEFAULT_MEMORY_BUDGET, lower_sequential
 from .validation import check_finite_layer, check_int, check_number, check_seed
 
-__all__ = ["ReLUNetwork", "INITS", "output_column"]
+__all__ = ["ReLUNetwork", "INITS", "output_column", "linear_copy"]
 
 #: Weight initialisations understood by :meth:`ReLUNetwork.random`.
 INITS = ("dtd", "torch")
@@ -30,6 +30,24 @@ _DTD_INIT_FACTOR = 1.4
 _MAX_DRAWS_PER_ROW = 1000
 # ... and evaluates candidates in batches whose activations take at most this many bytes.
 _SAMPLING_BATCH_BYTES = 64 << 20
+
+
+def linear_copy(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    """An ``nn.Linear`` whose parameters are copies of ``weight`` ``(out, in)`` and ``bias`` ``(out,)``.
+
+    Built without ``nn.Linear.__init__``, whose random initialisation (thrown away here) would draw from torch's
+    global RNG; ``nn.utils.skip_init`` avoids the draw but costs about 1 ms a layer (a meta-device module moved to
+    an empty one), and the conformance kit makes thousands of these copies.  The module is an ordinary
+    ``nn.Linear`` in training mode (``in_features``, ``out_features``, ``weight``, ``bias``; ``repr``, ``forward``
+    and ``state_dict`` as usual), its parameters on ``weight``'s dtype and device.
+    """
+    out_features, in_features = weight.shape
+    layer = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(layer)
+    layer.in_features, layer.out_features = int(in_features), int(out_features)
+    layer.weight = nn.Parameter(weight.detach().clone())
+    layer.bias = nn.Parameter(bias.detach().to(weight).clone())
+    return layer
 
 
 def output_column(values: torch.Tensor, output: "int | torch.Tensor") -> torch.Tensor:
@@ -328,12 +346,9 @@ class ReLUNetwork(nn.Module):
         """
         modules: list[nn.Module] = [nn.Flatten()] if self.flatten_input else []
         for k, layer in enumerate(self.layers):
-            # skip_init: no initialisation, so torch's global RNG is not drawn from
-            copy = nn.utils.skip_init(nn.Linear, layer.in_features, layer.out_features, dtype=self.dtype, device=self.device)
-            with torch.no_grad():
-                copy.weight.copy_(layer.weight)
-                copy.bias.copy_(self.bias(k) if bias else torch.zeros_like(copy.bias))
-            modules.append(copy)
+            # no initialisation, so torch's global RNG is not drawn from
+            b = self.bias(k)
+            modules.append(linear_copy(layer.weight, b if bias else torch.zeros_like(b)))
             if self.has_relu(k):
                 modules.append(nn.ReLU())
         return nn.Sequential(*modules)

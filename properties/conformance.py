@@ -108,7 +108,7 @@ from torch import nn
 
 import dtd
 from dtd import rules as R
-from dtd.network import ReLUNetwork
+from dtd.network import ReLUNetwork, linear_copy
 from dtd.threads import one_thread
 from dtd.tolerances import equation_rtol
 from dtd.validation import check_int, check_number
@@ -830,14 +830,7 @@ def evaluate_case(impl: Implementation, case, population_name: str, *, only: Opt
 
 # ------------------------------------------------------------------------------------------------ shrinking
 def _network(weights: list[torch.Tensor], biases: list[torch.Tensor], final_relu: bool) -> ReLUNetwork:
-    layers = []
-    for w, b in zip(weights, biases):
-        layer = nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], dtype=w.dtype, device=w.device)  # no global RNG
-        with torch.no_grad():
-            layer.weight.copy_(w)
-            layer.bias.copy_(b)
-        layers.append(layer)
-    return ReLUNetwork(layers, final_relu=final_relu)
+    return ReLUNetwork([linear_copy(w, b) for w, b in zip(weights, biases)], final_relu=final_relu)  # no global RNG
 
 
 def _fails(impl: Implementation, case, population_name: str, prop: str, call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT) -> bool:

@@ -194,3 +194,36 @@ def test_sample_inputs_impossible_bound_says_acceptance_rate():
     net = dtd.ReLUNetwork.random([10, 10, 10, 10, 2], seed=2)
     with pytest.raises(ValueError, match="acceptance rate"):
         net.sample_inputs(5, output=0, min_output=1e9, seed=0)
+
+
+# --------------------------------------------------------------------------- copies for other libraries
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_linear_copy_is_an_ordinary_linear_holding_copies(dtype):
+    weight = torch.randn(3, 5, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    bias = torch.randn(3, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    state = torch.random.get_rng_state()
+    layer = dtd.network.linear_copy(weight, bias)
+    assert torch.equal(torch.random.get_rng_state(), state)  # no draw from the global RNG
+    reference_layer = nn.Linear(5, 3, dtype=dtype)  # built the usual way, then given the same parameters
+    with torch.no_grad():
+        reference_layer.weight.copy_(weight)
+        reference_layer.bias.copy_(bias)
+    x = torch.rand(4, 5, dtype=dtype)
+    assert torch.equal(layer(x), reference_layer(x))
+    assert repr(layer) == repr(reference_layer) and layer.training
+    assert layer.state_dict().keys() == reference_layer.state_dict().keys()
+    assert all(p.requires_grad and p.dtype == dtype for p in layer.parameters())
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+        layer.bias.add_(1.0)
+    assert torch.equal(weight, reference_layer.weight) and torch.equal(bias, reference_layer.bias)  # nothing shared
+
+
+def test_to_sequential_draws_nothing_from_the_global_rng_and_computes_the_network():
+    net = dtd.ReLUNetwork.random([4, 6, 2], seed=0, dtype=torch.float64)
+    state = torch.random.get_rng_state()
+    model = net.to_sequential()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    x = torch.rand(5, 4, dtype=torch.float64)
+    assert torch.equal(model(x), net(x))
+    assert torch.equal(net.to_sequential(bias=False)[0].bias, torch.zeros(6, dtype=torch.float64))
