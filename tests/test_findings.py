@@ -37,7 +37,7 @@ def test_cosine_equals_a_per_row_loop_and_flags_zero_rows():
 
 
 def test_average_ranks_and_spearman_equal_scipy():
-    stats = pytest.importorskip("scipy.stats")
+    from scipy import stats  # a test dependency (pyproject's test extra)
     g = _generator()
     a = torch.randint(0, 4, (8, 12), generator=g).double()  # many ties, as relevance of zero pixels has
     b = torch.randn(8, 12, generator=g, dtype=torch.float64)
@@ -53,7 +53,7 @@ def test_average_ranks_and_spearman_equal_scipy():
 
 
 def test_ssim_equals_scikit_image():
-    metrics = pytest.importorskip("skimage.metrics")
+    from skimage import metrics  # a test dependency (pyproject's test extra)
     g = _generator()
     a = torch.rand(4, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
     b = (a + 0.3 * torch.randn(4, 8, 8, generator=g, dtype=torch.float64)).clamp(-1, 1)
@@ -179,7 +179,7 @@ def test_randomised_copy_replaces_only_the_top_modules_and_never_the_model():
 
 
 def test_gradient_x_input_equals_captum():
-    attr = pytest.importorskip("captum.attr")
+    from captum import attr  # a test dependency (pyproject's test extra)
     model = _model().double()
     x = torch.rand(6, 4, generator=_generator(), dtype=torch.float64)
     outputs = torch.tensor([0, 1, 2, 0, 1, 2])

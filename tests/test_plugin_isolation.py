@@ -68,7 +68,9 @@ def _write(directory: Path, files: dict[str, str]) -> None:
 def _pytest(directory: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m pytest`` in ``directory``, seeing only the installed packages."""
     ignored = ("PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD")
-    env = {key: value for key, value in os.environ.items() if key not in ignored}
+    # nor what an xdist worker running this test sets for itself (PYTEST_XDIST_WORKER would name the inner controller)
+    env = {key: value for key, value in os.environ.items()
+           if key not in ignored and not key.startswith("PYTEST_XDIST") and key != "PYTEST_CURRENT_TEST"}
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=directory, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
