@@ -16,6 +16,12 @@ output stays positive in the randomised model (DTD explains a positive
 output) and whose two maps are not constant.  Gradient x input (autograd on
 the randomised copy itself) is the contrast row ``grad_x_input``.
 
+Each ``n`` is measured on :data:`COPIES` independently re-initialised copies
+(copy ``c`` drawn from a generator seeded with ``seed * COPIES + c``), each
+copy a cluster of the rate: which weights one re-initialisation happens to
+draw moves these rates far more than which points are judged, so a rate from
+one copy would not be reproduced by another seed.
+
 Rows ``randomisation.{subject}.{rule}.top{n}.{rank_similar|ssim_similar}``.
 """
 
@@ -41,6 +47,9 @@ __all__ = ["parameterised_modules", "randomised_copy", "gradient_x_input", "subj
 
 #: label of the contrast row
 CONTRAST = "grad_x_input"
+#: randomised copies per number of re-initialised modules, each a cluster of the rates: a rate's variation across
+#: re-initialisations is part of its interval, so another seed (other copies) gives a consistent rate
+COPIES = 4
 _PARAMETERISED = (nn.Linear, nn.Conv2d)
 
 
@@ -102,6 +111,11 @@ def _images(relevance: torch.Tensor, shape: tuple) -> torch.Tensor:
     return (relevance / torch.where(scale > 0, scale, torch.ones_like(scale))).reshape(-1, *shape)
 
 
+def _clustered(outcomes, confidence: float) -> Rate:
+    """The rate of ``(holds, judged)`` masks, one cluster per randomised copy."""
+    return Rate.from_clusters([(int((h & j).sum()), int(j.sum())) for h, j in outcomes], confidence)
+
+
 def subject_randomisation(subject, *, seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> Findings:
     """``randomisation.{name}.{rule}.top{n}.*`` for ``n`` = 1 .. every parameterised module, the subject's rules and ``grad_x_input``."""
     name, model = subject.name, subject.model
@@ -118,32 +132,44 @@ def subject_randomisation(subject, *, seed: int = 0, confidence: float = DEFAULT
         original[CONTRAST] = gradient_x_input(model, x, outputs).flatten(1)
         lines = {"spearman": {label: {"x": [], "y": [], "low": [], "high": []} for label in labels},
                  "share": {label: {"x": [], "y": [], "low": [], "high": []} for label in labels}}
+        seed = check_seed(seed)
         for n in range(1, len(modules) + 1):
-            generator = torch.Generator().manual_seed(check_seed(seed))
-            changed = randomised_copy(model, n, generator)
-            net = dtd.ReLUNetwork.from_sequential(changed, input_shape=shape)
-            now = {label: _dtd_relevance(net, x, outputs, rule) for label, rule in subject.rules}
-            positive = next(iter(now.values()))[1] if now else torch.ones(len(x), dtype=torch.bool)
-            now[CONTRAST] = (gradient_x_input(changed, x, outputs).flatten(1), positive)
+            rho_of = {label: [] for label in labels}  # per copy: (rho, judged)
+            ssim_of = {label: [] for label in labels}
+            positive_points = 0
+            for c in range(COPIES):
+                # copy c of every n starts from the same state (cascading: top n extends top n - 1)
+                generator = torch.Generator().manual_seed(seed * COPIES + c)
+                changed = randomised_copy(model, n, generator)
+                net = dtd.ReLUNetwork.from_sequential(changed, input_shape=shape)
+                now = {label: _dtd_relevance(net, x, outputs, rule) for label, rule in subject.rules}
+                positive = next(iter(now.values()))[1] if now else torch.ones(len(x), dtype=torch.bool)
+                now[CONTRAST] = (gradient_x_input(changed, x, outputs).flatten(1), positive)
+                positive_points += int(positive.sum())
+                for label in labels:
+                    relevance, _ = now[label]
+                    rho, defined = spearman(original[label], relevance)
+                    rho_of[label].append((rho, defined & positive))
+                    if images:
+                        s = ssim(_images(original[label], shape), _images(relevance, shape), data_range=2.0)
+                        ssim_of[label].append((s, defined & positive))
             for label in labels:
-                relevance, _ = now[label]
-                rho, defined = spearman(original[label], relevance)
-                judged = defined & positive
+                judged_points = sum(int(j.sum()) for _, j in rho_of[label])
                 key = RateKey("randomisation", "rank_similar", subject=name, rule=label, randomised=n)
-                rate = Rate.from_mask(rho >= SIMILAR_SPEARMAN, judged, confidence=confidence)
-                found.add(key, rate, describe(key) + f" [{int(judged.sum())} of {len(x)} points judged]")
-                if bool(judged.any()):
-                    median = float(rho[judged].median())
+                rate = _clustered([(r >= SIMILAR_SPEARMAN, j) for r, j in rho_of[label]], confidence)
+                found.add(key, rate, describe(key) + f" [{judged_points} of {COPIES} x {len(x)} point-copies judged]")
+                if judged_points:
+                    median = float(torch.cat([r[j] for r, j in rho_of[label]]).median())
                     for panel, values in (("spearman", (median, median, median)), ("share", (rate.rate, *rate.interval))):
                         line = lines[panel][label]
                         for part, value in zip(("x", "y", "low", "high"), (n, *values)):
                             line[part].append(value)
                 if images:
-                    s = ssim(_images(original[label], shape), _images(relevance, shape), data_range=2.0)
                     key = key.replace(outcome="ssim_similar")
-                    found.add(key, Rate.from_mask(s >= SIMILAR_SSIM, judged, confidence=confidence),
-                              describe(key) + f" [{int(judged.sum())} of {len(x)} points judged]")
-            found.counts[f"randomisation, subject {name}, top {n}: points whose explained output stays positive"] = int(positive.sum())
+                    found.add(key, _clustered([(v >= SIMILAR_SSIM, j) for v, j in ssim_of[label]], confidence),
+                              describe(key) + f" [{judged_points} of {COPIES} x {len(x)} point-copies judged]")
+            found.counts[f"randomisation, subject {name}, top {n}: point-copies whose explained output stays positive "
+                         f"(of {COPIES} x {len(x)})"] = positive_points
     found.plots.append(("lines", (f"randomisation_{name}.png", f"Cascading randomisation, subject {name}", [
         {"title": "median Spearman rank correlation with the original", "ylabel": "Spearman", "ylim": [-1.05, 1.05],
          "series": lines["spearman"]},
