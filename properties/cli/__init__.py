@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .check import add_check_command, add_require_argument, require_options, seed_argument
+from .check import QUIET_REWRITE, add_check_command, add_require_argument, require_options, seed_argument
 
 __all__ = ["main", "parser", "version"]
 
@@ -126,6 +126,7 @@ def _pytest(targets: list[str], args: argparse.Namespace) -> int:
         "-p", "properties.plugin",
         "-p", "no:cacheprovider",
         "--noconftest",  # only the kit runs: neither the user's conftest files nor a source checkout's apply
+        *QUIET_REWRITE,
         "--rootdir", os.getcwd(),
         "--property-report", args.report,
         *(["--property-baseline", args.baseline] if args.baseline is not None else []),

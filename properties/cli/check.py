@@ -91,10 +91,15 @@ def add_check_command(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+#: this console imported the plugin module before pytest could mark it for assertion rewriting; the warning pytest
+#: prints about that (once per run, thrice for conform) is about this console, not about the user's code
+QUIET_REWRITE = ("-W", "ignore::pytest.PytestAssertRewriteWarning")
+
+
 def pytest_arguments(args: argparse.Namespace, collect_from: str) -> list[str]:
     """The pytest command line ``check`` runs (``collect_from``: a directory without tests)."""
     argv = [
-        collect_from, "-p", "properties.plugin", "-p", "no:cacheprovider", "-m", "properties", "-q",
+        collect_from, "-p", "properties.plugin", "-p", "no:cacheprovider", "-m", "properties", "-q", *QUIET_REWRITE,
         "--rootdir", collect_from, "--dtd-subject", args.factory, "--property-report", str(Path(args.report).resolve()),
     ]
     if args.baseline is not None:
