@@ -529,7 +529,11 @@ def _conv(module, shape, where):
         raise _Refused(f"{where} pads with mode {module.padding_mode!r}; only zero padding is lowered")
     dim = 1 if isinstance(module, nn.Conv1d) else 2
     if len(shape) != dim + 1 or shape[0] != module.in_channels:
-        raise ValueError(f"{where} expects {module.in_channels} channels of {dim}-d data, got activations of shape {shape}")
+        hint = ""
+        if len(shape) == dim + 2 and shape[1] == module.in_channels:
+            hint = (f"; that looks like a batch dimension in front: input_shape is one input's shape without it "
+                    f"(x.shape[1:], e.g. {tuple(shape[1:])})")
+        raise ValueError(f"{where} expects {module.in_channels} channels of {dim}-d data, got activations of shape {shape}{hint}")
     padding = module.padding
     if isinstance(padding, str):
         if padding == "valid":

@@ -380,8 +380,11 @@ def test_training_mode_and_missing_shapes_are_value_errors():
         dtd.ReLUNetwork.from_module(model, (1, 5, 5))
     with pytest.raises(TypeError, match="input_shape"):
         dtd.ReLUNetwork.from_module(model.eval(), None)
-    with pytest.raises(ValueError, match="expects 1 channels"):
+    with pytest.raises(ValueError, match="expects 1 channels") as refused:
         dtd.ReLUNetwork.from_module(model.eval(), (3, 5, 5))
+    assert "batch dimension" not in str(refused.value)
+    with pytest.raises(ValueError, match=r"expects 1 channels.*batch dimension.*x.shape\[1:\], e.g. \(1, 5, 5\)"):
+        dtd.ReLUNetwork.from_module(model.eval(), (4, 1, 5, 5))  # x.shape passed whole
 
 
 def test_a_map_without_an_exact_operator_form_is_folded_or_refused_by_size():
