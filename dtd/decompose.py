@@ -5,6 +5,11 @@ relevance is ``R_j = f(x)`` for the explained output neuron (0 for the
 others); each layer finds a root per neuron, hands its inputs
 ``R_i = sum_j w_ji (a - root_j)_i`` over the valid roots, and that becomes the
 upper relevance of the layer below -- all evaluated at the real activations.
+
+There is one engine: :func:`dtd.graph_decompose.decompose` walks a
+:class:`~dtd.graph.GraphNetwork`, and a :class:`~dtd.network.ReLUNetwork` runs
+on it as its chain of Linear operators (:meth:`~dtd.network.ReLUNetwork.graph`);
+this module validates the arguments and holds the result types.
 """
 
 from __future__ import annotations
@@ -15,11 +20,10 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .graph import GraphNetwork, dense_only
-from .network import ReLUNetwork, output_column
+from .network import ReLUNetwork
 from .roots import LinearRoots, RootFinder
 from .rootsets import RootSet
 from .rules import RuleLike
-from .validation import check_finite_layer
 
 __all__ = ["LayerDecomposition", "Decomposition", "train_free", "HALF_PRECISION"]
 
@@ -141,14 +145,13 @@ def check_output_and_precision(net, output, convert: str):
     return output
 
 
-def checked_activations(
+def checked_arguments(
     net: ReLUNetwork, x: torch.Tensor, output: "int | torch.Tensor | str", root_finder: RootFinder
-) -> tuple["int | torch.Tensor", list[torch.Tensor]]:
-    """Validate a decomposition's arguments; return the output index and the activations (every layer's input, then the output).
+) -> tuple["int | torch.Tensor | str", torch.Tensor]:
+    """Validate a decomposition's arguments: ``(output, x)``, ``output`` checked against ``x``'s batch (``"predicted"`` kept).
 
-    The activations start with a copy of ``x``, so nothing the decomposition
-    returns aliases the caller's tensor.  Raises the ``TypeError`` /
-    ``ValueError`` documented in :func:`train_free`.
+    ``x`` comes back validated as ``(batch, D_0)`` (not copied); raises the
+    ``TypeError`` / ``ValueError`` documented in :func:`train_free`.
     """
     dense_only(net, "this decomposition")
     if not isinstance(net, ReLUNetwork):
@@ -159,12 +162,27 @@ def checked_activations(
     if not isinstance(root_finder, RootFinder):
         raise TypeError(f"root_finder must be a dtd.roots.RootFinder, got {type(root_finder).__name__}")
     output = check_output_and_precision(net, output, "net.float() / x.float() (or .double())")
-    x = net.check_input(x).clone()
+    x = net.check_input(x)
+    if not isinstance(output, str):
+        output = net.check_output(output, x.shape[0])
+    root_finder.check(net)
+    return output, x
+
+
+def checked_activations(
+    net: ReLUNetwork, x: torch.Tensor, output: "int | torch.Tensor | str", root_finder: RootFinder
+) -> tuple["int | torch.Tensor", list[torch.Tensor]]:
+    """Validate a decomposition's arguments; return the output index and the activations (every layer's input, then the output).
+
+    The activations start with a copy of ``x``, so nothing the decomposition
+    returns aliases the caller's tensor.  Raises the ``TypeError`` /
+    ``ValueError`` documented in :func:`train_free`.
+    """
+    output, x = checked_arguments(net, x, output, root_finder)
+    x = x.clone()
     if isinstance(output, str):  # "predicted": each point's largest output
         with torch.no_grad():
-            output = net(x).argmax(1)
-    output = net.check_output(output, x.shape[0])
-    root_finder.check(net)
+            output = net.check_output(net(x).argmax(1), x.shape[0])
     activations = net.activations(x)
     for k in range(net.n_layers):
         root_finder.check_domain(k, activations[k])
@@ -230,34 +248,9 @@ def train_free(
         from .graph_decompose import graph_train_free
 
         return graph_train_free(net, x, output, root_finder)
-    output, activations = checked_activations(net, x, output, root_finder)
+    from .graph_decompose import decompose
 
-    with torch.no_grad():
-        top = activations[-1]
-        relevance = torch.zeros_like(top)
-        if isinstance(output, torch.Tensor):
-            column = output.unsqueeze(1)
-            relevance.scatter_(1, column, top.gather(1, column))
-        else:
-            relevance[:, output] = top[:, output]
-        layers: list[LayerDecomposition] = []
-        for k in range(net.n_layers - 1, -1, -1):
-            a = activations[k]
-            root_set = root_finder.find(net, k, a, relevance, output=output)
-            lower = check_finite_layer(root_set.relevance(net.weight(k)), k, "the input relevances")
-            layers.append(
-                LayerDecomposition(
-                    index=k,
-                    method=root_finder.describe(k),
-                    input=a,
-                    upper_relevance=relevance,
-                    root_set=root_set,
-                    root_valid=root_set.valid,
-                    carries_relevance=relevance != 0,
-                    relevance=lower,
-                )
-            )
-            relevance = lower
-    return Decomposition(
-        layers=tuple(reversed(layers)), output=output, output_value=output_column(top, output).clone(), input_shape=edge_shape(x)
-    )
+    shape = edge_shape(x) if isinstance(x, torch.Tensor) else None
+    output, x = checked_arguments(net, x, output, root_finder)
+    return decompose(net.graph(), x.clone(), output, root_finder, finder_net=net, input_shape=shape)
+

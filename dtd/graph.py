@@ -223,6 +223,33 @@ class GraphNetwork(nn.Module):
         self._dtype = tensors[0].dtype if tensors else torch.get_default_dtype()
         self._device = tensors[0].device if tensors else torch.device("cpu")
 
+    @classmethod
+    def chain(
+        cls, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], *, final_relu: bool, input_shape: Sequence[int],
+        names: Optional[Sequence[str]] = None,
+    ) -> "GraphNetwork":
+        """An MLP as a graph: Linear ``k`` (a :class:`~dtd.operators.Dense` operator on ``weights[k]``) then a ReLU.
+
+        The tensors are used as given (not copied); a multi-dimensional
+        ``input_shape`` is flattened by the first layer.  This is how a
+        :class:`dtd.ReLUNetwork` runs on the engine (:meth:`dtd.ReLUNetwork.graph`).
+        """
+        input_shape = tuple(input_shape)
+        nodes: list = [InputNode(0, input_shape)]
+        previous = 0
+        last = len(weights) - 1
+        for k, (weight, bias) in enumerate(zip(weights, biases)):
+            name = names[k] if names is not None else f"layers.{k}"
+            ops = [Dense(weight)]
+            if k == 0 and len(input_shape) > 1:
+                ops.insert(0, Reshape(input_shape, (weight.shape[1],)))
+            affine = AffineNode(len(nodes), (weight.shape[0],), (Branch(previous, Chain(ops)),), bias, name, (name,))
+            nodes.append(affine)
+            if k < last:
+                nodes.append(ReLUNode(len(nodes), (weight.shape[0],), affine.id, name))
+                previous = nodes[-1].id
+        return cls(nodes, nodes[-1].id, final_relu=final_relu, input_shape=input_shape)
+
     # ------------------------------------------------------------------ structure
     @staticmethod
     def sources(node: Node) -> list[int]:
@@ -334,6 +361,11 @@ class GraphNetwork(nn.Module):
 
     # ------------------------------------------------------------------ evaluation
     def _affine(self, node: AffineNode, values: dict) -> torch.Tensor:
+        if len(node.branches) == 1 and len(node.shape) == 1:
+            branch = node.branches[0]
+            weight = branch.op.flat_weight()
+            if weight is not None:  # a Linear: the bias added in the product, as nn.Linear computes it
+                return torch.addmm(node.bias, values[branch.source].flatten(1), weight.T)
         z = None
         for branch in node.branches:
             part = branch.op.forward(values[branch.source])
@@ -375,8 +407,11 @@ class GraphNetwork(nn.Module):
         return self.output_of(self.run(x)[0])
 
     def layer_input(self, values: dict, k: int) -> torch.Tensor:
-        """``a``: layer ``k``'s branch inputs flattened side by side, ``(batch, D_k)``."""
-        return torch.cat([values[b.source].flatten(1) for b in self.layer(k).branches], dim=1)
+        """``a``: layer ``k``'s branch inputs flattened side by side, ``(batch, D_k)`` (a view of the one source of a single-branch layer)."""
+        branches = self.layer(k).branches
+        if len(branches) == 1:
+            return values[branches[0].source].flatten(1)
+        return torch.cat([values[b.source].flatten(1) for b in branches], dim=1)
 
     def split_input(self, k: int, a: torch.Tensor) -> list[torch.Tensor]:
         """The inverse of :meth:`layer_input`: ``a`` ``(batch, D_k)`` as one tensor per branch in its source's shape."""
@@ -541,19 +576,22 @@ class GraphNetwork(nn.Module):
             crossed = torch.zeros(rows, dtype=torch.bool, device=roots.device)
             ties = torch.ones(rows, dtype=torch.bool, device=roots.device)
 
-            def compare(z_r, z_a):  # (rows, n) at the roots against (P, n) at their inputs
-                z_r = z_r.reshape(n_points, n_roots, -1)
-                z_a = z_a.reshape(n_points, 1, -1)
-                on_r, on_a = z_r > threshold, z_a > threshold
-                same.logical_and_(_all_last(on_r == on_a).reshape(rows))
-                crossed.logical_or_(_any_last((on_r & (z_a < -threshold)) | ((z_r < -threshold) & on_a)).reshape(rows))
-
-            for node in live:
-                if isinstance(node, ReLUNode):
-                    compare(values[node.source].flatten(1), values_x[node.source].index_select(0, points).flatten(1))
+            # every ReLU's pre-activation (and the output's, under a final ReLU) at the roots and at their inputs
+            pairs = [(values[node.source].flatten(1), values_x[node.source].index_select(0, points).flatten(1))
+                     for node in live if isinstance(node, ReLUNode)]
             if self.final_relu:
-                input_column = at_input.relu[:, -1:]
-                compare(column.unsqueeze(1), input_column)
+                pairs.append((column.unsqueeze(1), at_input.relu[:, -1:]))
+            for z_r, z_a in pairs:  # (rows, n) at the roots against (P, n) at their inputs
+                on_r = (z_r > threshold).reshape(n_points, n_roots, -1)
+                on_a = (z_a > threshold).reshape(n_points, 1, -1)
+                same.logical_and_(_all_last(on_r == on_a).reshape(rows))
+            moved = (~same).nonzero().squeeze(1)
+            if moved.numel():  # a neuron clearly on at one and clearly off at the other: only where the pattern moved
+                crossed_moved = torch.zeros(moved.shape[0], dtype=torch.bool, device=roots.device)
+                for z_r, z_a in pairs:
+                    z_r, z_a = z_r.index_select(0, moved), z_a.index_select(0, moved // n_roots)
+                    crossed_moved.logical_or_(_any_last(((z_r > threshold) & (z_a < -threshold)) | ((z_r < -threshold) & (z_a > threshold))))
+                crossed.index_copy_(0, moved, crossed_moved)
             for node in live:
                 if isinstance(node, MaxPoolNode):
                     reference = argmax_x[node.id].index_select(0, points)

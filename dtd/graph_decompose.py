@@ -29,7 +29,7 @@ from .rules import WEIGHTED, Pinv, Rule
 from .tolerances import denominator_eps
 from .validation import all_finite, check_finite_layer, overflow_error
 
-__all__ = ["OperatorRoots", "GraphDecomposition", "graph_train_free", "check_domains", "ROOT_ELEMENTS_LIMIT"]
+__all__ = ["OperatorRoots", "GraphDecomposition", "graph_train_free", "decompose", "check_domains", "ROOT_ELEMENTS_LIMIT"]
 
 #: Largest number of root coordinates (points x neurons x D) :meth:`OperatorRoots.roots` materialises at once;
 #: beyond it, judge sampled neurons (:meth:`OperatorRoots.selected`, ``root_outcomes(..., neurons=K)``).
@@ -61,35 +61,35 @@ class OperatorRoots(RootSet):
         self.input, self.t, self.valid, self._relevance = a, t, valid, relevance
 
     def directions(self, start: int, stop: int, index: torch.Tensor) -> torch.Tensor:
-        """``v_j`` ``(stop - start, K, D)`` of the neurons ``index`` ``(stop - start, K)`` of the points ``start:stop``."""
+        """``v_j`` ``(stop - start, K, D)`` of the neurons ``index`` of the points ``start:stop``.
+
+        ``index`` is ``(stop - start, K)``, or ``(1, K)``: the same neurons for every point.
+        """
         terms = self.rule.terms()
         node = self.net.layer(self.k)
-        n, kk = index.shape
         a = self.input[start:stop]
-        rows = n * kk
-        onehot = a.new_zeros(rows, self.valid.shape[1])
-        onehot[torch.arange(rows, device=a.device), index.reshape(-1)] = 1.0
-        onehot = onehot.reshape((rows,) + tuple(node.shape))
-        a_parts = self.net.split_input(self.k, a.repeat_interleave(kk, dim=0))
+        n, kk = a.shape[0], index.shape[1]
+        a_parts = self.net.split_input(self.k, a)
         parts = []
         for b, branch in enumerate(node.branches):
-            a_b = a_parts[b]
+            a_b = a_parts[b].unsqueeze(1)  # (n, 1, *in_shape) against the rows (n or 1, K, *in_shape)
             v = None
             for kind, coef in terms.p:
-                term = coef * branch.op.modified(kind).transpose(onehot)
+                term = branch.op.modified(kind).rows(index, a.dtype)
+                term = term if coef == 1.0 else coef * term
                 v = term if v is None else v + term
-            v = a_b * v if v is not None else torch.zeros_like(a_b)
+            v = a_b * v if v is not None else torch.zeros((n, kk) + a_b.shape[2:], dtype=a.dtype, device=a.device)
             for kind, value in terms.q:
                 q_b = _q_parts(self.net, self.k, value, a)[b]
-                indicator = branch.op.modified(kind).transpose(onehot)
-                v = v + indicator * q_b
-            parts.append(v.reshape(rows, -1))
-        return torch.cat(parts, 1).reshape(n, kk, -1)
+                v = v + branch.op.modified(kind).rows(index, a.dtype) * q_b
+            parts.append(v.reshape(n, kk, -1))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 2)
 
     def selected(self, start: int, stop: int, index: torch.Tensor) -> torch.Tensor:
-        """Roots ``(stop - start, K, D)`` of the neurons ``index`` ``(stop - start, K)`` of the points ``start:stop``."""
+        """Roots ``(stop - start, K, D)`` of the neurons ``index`` ``(stop - start, K)`` (or ``(1, K)``) of the points ``start:stop``."""
         a = self.input[start:stop].unsqueeze(1)
-        t = self.t[start:stop].gather(1, index).unsqueeze(-1)
+        t = self.t[start:stop]
+        t = (t.gather(1, index) if index.shape[0] == t.shape[0] else t.index_select(1, index[0])).unsqueeze(-1)
         return a - t * self.directions(start, stop, index)
 
     def roots(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
@@ -100,8 +100,7 @@ class OperatorRoots(RootSet):
                 f"layer {self.k} has {j} neurons on {d} inputs: the roots of {n} point(s) would hold {n * j * d:,} values; "
                 "judge sampled neurons instead (root_outcomes(..., neurons=K) or OperatorRoots.selected)"
             )
-        index = torch.arange(j, device=self.input.device).unsqueeze(0).expand(n, j)
-        return self.selected(start, stop, index)
+        return self.selected(start, stop, torch.arange(j, device=self.input.device).unsqueeze(0))
 
     def relevance(self, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``R_i`` of the layer's inputs ``(batch, D)`` (computed with the operators; ``weight`` is not needed)."""
@@ -164,7 +163,7 @@ def check_domains(net: GraphNetwork, x: torch.Tensor, root_finder) -> None:
 
 def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) -> "GraphDecomposition":
     """:func:`dtd.train_free` on a graph network (called from there; arguments already chosen)."""
-    from .decompose import LayerDecomposition, check_output_and_precision, edge_shape
+    from .decompose import check_output_and_precision, edge_shape
     from .roots import LinearRoots
 
     if not isinstance(root_finder, LinearRoots):
@@ -175,13 +174,63 @@ def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) ->
     output = check_output_and_precision(net, output, "the model's .float() / .double() (and x's)")
     shape = edge_shape(x) if isinstance(x, torch.Tensor) else None
     x = net.check_input(x).clone()
+    if not isinstance(output, str):
+        output = net.check_output(output, x.shape[0])
     root_finder.check(net)
+    input_shape = shape if shape is not None else (tuple(net.input_shape) if len(net.input_shape) > 1 else None)
+    return decompose(net, x, output, root_finder, finder_net=net, input_shape=input_shape)
+
+
+def _operator_rule(root_finder, k: int) -> Optional[Rule]:
+    """Layer ``k``'s rule when it is applied through the operators (a neuron rule with :meth:`~dtd.rules.Rule.terms`), else None."""
+    from .roots import LinearRoots
+
+    if not isinstance(root_finder, LinearRoots):
+        return None
+    rule = root_finder.rule(k)
+    try:
+        rule.terms()
+    except TypeError:  # a layer rule (pinv) or a rule given only as dense matrices: the finder's dense step
+        return None
+    return rule
+
+
+def _dense_weight(finder_net, k: int, what: str) -> torch.Tensor:
+    """Layer ``k``'s ``(J, D)`` matrix for a finder's dense step; a ``TypeError`` saying ``what`` needs it where there is none."""
+    weight = getattr(finder_net, "weight", None)
+    if weight is None:
+        raise TypeError(
+            f"{what} needs layer {k}'s dense matrix ({finder_net.out_features_of(k)} x "
+            f"{finder_net.in_features(k)}); on a graph network use a neuron rule (z+, w2, gamma, x, zB), "
+            "or lower an MLP with from_sequential"
+        )
+    return weight(k)
+
+
+def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder_net, input_shape) -> "GraphDecomposition":
+    """The engine's train-free walk over ``net`` (every network's: a :class:`dtd.ReLUNetwork` runs as its chain graph).
+
+    ``x`` is validated and owned, ``output`` checked (an int, a ``(batch,)``
+    tensor, or ``"predicted"``) and ``root_finder.check`` done.  Neuron rules
+    of a :class:`~dtd.roots.LinearRoots` are applied through the layer's
+    operators (:func:`operator_step`); any other finder (and a layer rule)
+    gets ``finder_net`` -- the network the caller passed -- and the layer's
+    inputs flat, as :meth:`~dtd.roots.RootFinder.find` documents, and its
+    root set's relevance is taken with the layer's dense matrix.
+    ``input_shape`` is the decomposition's (the explained ``x``'s shape).
+    """
+    from .decompose import LayerDecomposition
+    from .roots import LinearRoots
+
     values, argmax = net.run(x)
     top = net.output_of(values)
     if isinstance(output, str):
-        output = top.argmax(1)
-    output = net.check_output(output, x.shape[0])
-    eps = root_finder.eps if root_finder.eps is not None else denominator_eps(x.dtype)
+        output = net.check_output(top.argmax(1), x.shape[0])
+    inputs = [net.layer_input(values, k) for k in range(net.n_layers)]
+    for k in range(net.n_layers):
+        root_finder.check_domain(k, inputs[k])
+    eps = root_finder.eps if getattr(root_finder, "eps", None) is not None else denominator_eps(x.dtype)
+    n = x.shape[0]
     with torch.no_grad():
         start = torch.zeros_like(top)
         if isinstance(output, torch.Tensor):
@@ -190,7 +239,7 @@ def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) ->
         else:
             start[:, output] = top[:, output]
         last = net.nodes[net.layer_ids[-1]]
-        relevance: dict = {last.id: start.reshape((x.shape[0],) + tuple(last.shape))}
+        relevance: dict = {last.id: start.reshape((n,) + tuple(last.shape))}
 
         def add(node_id, r):
             relevance[node_id] = r if node_id not in relevance else relevance[node_id] + r
@@ -199,28 +248,36 @@ def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) ->
         for node in reversed(net.nodes[1:]):
             r = relevance.pop(node.id, None)
             if r is None:
-                r = torch.zeros((x.shape[0],) + tuple(node.shape), dtype=x.dtype, device=x.device)
+                r = torch.zeros((n,) + tuple(node.shape), dtype=x.dtype, device=x.device)
             if isinstance(node, ReLUNode):
                 add(node.source, r)
             elif isinstance(node, MaxPoolNode):
                 add(node.source, scatter_argmax(r, argmax[node.id], tuple(values[node.source].shape[1:]), node.dim))
             elif isinstance(node, AffineNode):
                 k = net.layer_ids.index(node.id)
-                parts = [values[b.source] for b in node.branches]
-                a = torch.cat([p.flatten(1) for p in parts], 1)
-                root_finder.check_domain(k, a)
-                rule = root_finder.rule(k)
-                t, valid, lower = operator_step(net, k, rule, parts, r, eps)
+                a = inputs[k]
+                upper = r.reshape(n, -1)
+                rule = _operator_rule(root_finder, k)
+                if rule is not None:
+                    parts = [values[b.source] for b in node.branches]
+                    t, valid, lower = operator_step(net, k, rule, parts, r, eps)
+                    flat_lower = torch.cat([p.flatten(1) for p in lower], 1)
+                    root_set = OperatorRoots(net, k, rule, a, t, valid, flat_lower)
+                else:
+                    what = f"the {root_finder.rule(k).name} rule" if isinstance(root_finder, LinearRoots) else type(root_finder).__name__
+                    weight = _dense_weight(finder_net, k, what)
+                    root_set = root_finder.find(finder_net, k, a, upper, output=output)
+                    flat_lower = check_finite_layer(root_set.relevance(weight), k, "the input relevances")
+                    lower = net.split_input(k, flat_lower)
+                    valid = root_set.valid
                 for branch, part in zip(node.branches, lower):
                     add(branch.source, part)
-                flat_lower = torch.cat([p.flatten(1) for p in lower], 1)
-                upper = r.reshape(x.shape[0], -1)
                 layers[k] = LayerDecomposition(
                     index=k,
                     method=root_finder.describe(k),
                     input=a,
                     upper_relevance=upper,
-                    root_set=OperatorRoots(net, k, rule, a, t, valid, flat_lower),
+                    root_set=root_set,
                     root_valid=valid,
                     carries_relevance=upper != 0,
                     relevance=flat_lower,
@@ -231,8 +288,8 @@ def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) ->
         layers=tuple(layers[k] for k in range(net.n_layers)),
         output=output,
         output_value=top_value.clone(),
-        input_shape=shape if shape is not None else (tuple(net.input_shape) if len(net.input_shape) > 1 else None),
-        input_relevance=input_relevance.reshape(x.shape[0], -1),
+        input_shape=input_shape,
+        input_relevance=input_relevance.reshape(n, -1),
         x=x,
         activations=(values, argmax),
     )

@@ -353,6 +353,22 @@ class ReLUNetwork(nn.Module):
                 modules.append(nn.ReLU())
         return nn.Sequential(*modules)
 
+    def graph(self) -> GraphNetwork:
+        """This network on the engine every DTD computation runs on: a :class:`~dtd.graph.GraphNetwork` chain.
+
+        One :class:`~dtd.operators.Dense` operator per Linear, sharing this
+        network's parameter tensors (detached, not copied), a ReLU after every
+        layer but the last (``final_relu`` says whether the output has one).
+        Built anew on each call (a few small objects), so it always computes
+        with the parameters' current values.  Its input is flat ``(batch, D_0)``.
+        """
+        return GraphNetwork.chain(
+            [self.weight(k) for k in range(self.n_layers)],
+            [self.bias(k) for k in range(self.n_layers)],
+            final_relu=self.final_relu,
+            input_shape=(self.in_features,),
+        )
+
     # ------------------------------------------------------------------ structure
     @property
     def n_layers(self) -> int:

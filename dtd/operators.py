@@ -113,6 +113,22 @@ class Operator:
         """The operator with element-wise modified entries (one of :data:`KINDS`)."""
         raise NotImplementedError
 
+    def rows(self, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows ``index`` of the matrix: ``(*index.shape, *in_shape)`` (``W^T`` of one-hot outputs in ``dtype``).
+
+        ``index`` holds flat output indices.  Operators that hold their matrix
+        (:class:`Dense`) gather the rows directly; the others transpose one-hot
+        vectors, which gives the same entries exactly (one non-zero product per sum).
+        """
+        onehot = torch.zeros(index.numel(), self.out_features, dtype=dtype, device=index.device)
+        onehot[torch.arange(index.numel(), device=index.device), index.reshape(-1)] = 1.0
+        rows = self.transpose(onehot.reshape((index.numel(),) + tuple(self.out_shape)))
+        return rows.reshape(tuple(index.shape) + tuple(self.in_shape))
+
+    def flat_weight(self) -> Optional[torch.Tensor]:
+        """The ``(J, D)`` matrix on flat inputs when the operator holds it as one (a Linear, possibly after a flatten), else None."""
+        return None
+
     def to(self, dtype: torch.dtype, device=None) -> "Operator":
         """A copy in ``dtype`` on ``device`` (operators without tensors return themselves)."""
         return self
@@ -186,6 +202,12 @@ class Dense(Operator):
 
     def transpose(self, y):
         return y @ self.weight
+
+    def rows(self, index, dtype):
+        return self.weight[index]
+
+    def flat_weight(self):
+        return self.weight
 
     def modified(self, kind):
         if kind not in self._modified:
@@ -420,6 +442,18 @@ class Chain(Operator):
         for op in reversed(self.ops):
             y = op.transpose(y)
         return y
+
+    def rows(self, index, dtype):
+        weight = self.flat_weight()
+        if weight is None:
+            return super().rows(index, dtype)
+        return weight[index].reshape(tuple(index.shape) + tuple(self.in_shape))
+
+    def flat_weight(self):
+        """A chain of reshapes ending in a Linear: the Linear's matrix (on the flattened input), else None."""
+        if isinstance(self.ops[-1], Dense) and all(isinstance(op, Reshape) for op in self.ops[:-1]):
+            return self.ops[-1].weight
+        return None
 
     def modified(self, kind):
         kind = _check_kind(kind)

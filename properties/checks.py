@@ -2,7 +2,9 @@
 
 All roots of all points of one layer are evaluated in one batched pass
 through ``f_k`` (streamed over chunks of points to bound memory): outputs,
-exact gradients (closed form, masks times weights) and ReLU patterns.
+exact gradients (closed form: masks, transposed operators and argmax routing)
+and the deciding patterns.  Every network is judged on the one engine, a
+:class:`dtd.GraphNetwork` (a :class:`dtd.ReLUNetwork` as its chain graph).
 Nothing here loops over points or neurons.
 """
 
@@ -15,7 +17,7 @@ from typing import Optional
 import torch
 
 from dtd import Decomposition, GraphDecomposition, GraphNetwork, OperatorRoots, ReLUNetwork
-from dtd.graph import _all_last, _any_last  # boolean reductions over the last dimension (uint8 min/max)
+from dtd.graph import _all_last  # a boolean reduction over the last dimension (uint8 min)
 from dtd.regions import region_pre_activations
 from dtd.rootsets import AffineRoots, RootSet
 from dtd.rootsets import root_equation_residual as _residual
@@ -116,48 +118,25 @@ class RootOutcomes:
         return (values | ~mask).all(1), mask.any(1)
 
 
-def chunk_points(net: ReLUNetwork, layer: int, memory_budget: int, n_roots: Optional[int] = None) -> int:
+def chunk_points(net: "ReLUNetwork | GraphNetwork", layer: int, memory_budget: int, n_roots: Optional[int] = None) -> int:
     """How many points' roots of ``layer`` fit ``memory_budget`` bytes at once.
 
     A point holds ``n_roots`` roots (default ``J``, every neuron), each
-    needing its ``D`` coordinates and the pre-activations of every layer
-    above, about four times over while the outcomes are formed.
+    needing its ``D`` coordinates and the value of every node ``f_k``
+    recomputes (:meth:`dtd.GraphNetwork.live_nodes`), about four times over
+    while the outcomes are formed.
     """
     check_int(memory_budget, "memory_budget", minimum=1)
-    sizes = net.sizes
-    n_roots = sizes[layer + 1] if n_roots is None else n_roots
-    per_point = 4 * max(1, n_roots) * (sizes[layer] + sum(sizes[layer + 1 :])) * net.weight(0).element_size()
-    return max(1, memory_budget // per_point)
-
-
-def _compare_regions(zs_r, zs_a, net, layer, output, n_roots):
-    # ``output``: (per-point outputs of the input rows, of the root rows); ints for one output
-    """``(same_gradient, in_closure)``, each ``(points, n_roots)``.
-
-    ``same_gradient``: the roots' active sets ``z > tol`` equal the input's
-    (the gradient is a function of them); ``in_closure``: no neuron is
-    clearly active on one side and clearly inactive on the other.
-    """
-    tol = pattern_tol(zs_a[0].dtype)
-    z_a = region_pre_activations(net, zs_a, layer, output[0]).unsqueeze(1)
-    z_r = region_pre_activations(net, zs_r, layer, output[1])
-    # explicit sizes: the top layer of a network without a final ReLU decides no region (0 columns)
-    z_r = z_r.reshape(z_a.shape[0], n_roots, z_r.shape[1])
-    r_pos, a_pos = z_r > tol, z_a > tol
-    same = _all_last(r_pos == a_pos)
-    # a root with the input's active set is in the closure; test only the others
-    closure = same.clone()
-    idx = (~same).reshape(-1).nonzero().squeeze(1)
-    if idx.numel():
-        z_sub = z_r.reshape(-1, z_r.shape[-1]).index_select(0, idx)
-        a_sub = z_a.squeeze(1).index_select(0, idx // n_roots)
-        crossed = ((z_sub > tol) & (a_sub < -tol)) | ((z_sub < -tol) & (a_sub > tol))
-        closure.view(-1).index_copy_(0, idx, ~_any_last(crossed))
-    return same, closure
+    graph = net.graph() if isinstance(net, ReLUNetwork) else net
+    n_roots = graph.out_features_of(layer) if n_roots is None else n_roots
+    _, live = graph.live_nodes(layer)
+    element = torch.empty((), dtype=graph.dtype).element_size()
+    per_root = 4 * (graph.in_features(layer) + sum(math.prod(node.shape) for node in live)) * element
+    return max(1, memory_budget // (per_root * max(1, n_roots)))
 
 
 def root_outcomes(
-    net: ReLUNetwork,
+    net: "ReLUNetwork | GraphNetwork",
     dec: Decomposition,
     *,
     layer: int = 0,
@@ -213,46 +192,14 @@ def root_outcomes(
     """
     if not isinstance(dec, Decomposition):
         raise TypeError(f"dec must be a dtd.Decomposition, got {type(dec).__name__}")
+    if isinstance(net, ReLUNetwork):
+        net.check_layer(layer)
+        if len(dec.layers) != net.n_layers or dec.layers[layer].input.shape[1] != net.layers[layer].in_features:
+            raise ValueError("the decomposition does not belong to this network (layer widths differ)")
+        return _graph_root_outcomes(net.graph(), dec, layer, output, atol, memory_budget, neurons, generator)
     if isinstance(net, GraphNetwork):
         return _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, generator)
-    net.check_layer(layer)
-    output = net.check_output(dec.output if output is None else output, dec.layers[0].input.shape[0])
-    atol = check_number(atol, "atol", minimum=0.0)
-    lay = dec.layers[layer]
-    if lay.input.shape[1] != net.layers[layer].in_features:
-        raise ValueError("the decomposition does not belong to this network (layer widths differ)")
-    n_points, width = lay.input.shape
-    drawn = _drawn(lay, neurons, generator)
-    n_roots = lay.root_valid.shape[1] if drawn is None else drawn.shape[1]
-    chunk = chunk_points(net, layer, memory_budget, n_roots)
-    tol = pattern_tol(lay.input.dtype)
-    # results are filled in place, chunk by chunk (no list of pieces to concatenate)
-    dtype, device = lay.input.dtype, lay.input.device
-    f_a = torch.empty(n_points, dtype=dtype, device=device)
-    f_r, gmax, gmean = (torch.zeros(n_points, n_roots, dtype=dtype, device=device) for _ in range(3))
-    region, domain = (torch.empty(n_points, n_roots, dtype=torch.bool, device=device) for _ in range(2))
-    for start in range(0, n_points, chunk):
-        stop = min(n_points, start + chunk)
-        roots = lay.root_chunk(start, stop) if drawn is None else selected_roots(lay.root_set, start, stop, drawn[start:stop])
-        zs_a = net.pre_activations(lay.input[start:stop], from_layer=layer)
-        zs_r = net.pre_activations(roots.reshape(-1, width), from_layer=layer)
-        out_a, out_r = output, output
-        if isinstance(output, torch.Tensor):  # each point's own output, repeated for its roots
-            out_a = output[start:stop]
-            out_r = out_a.repeat_interleave(n_roots)
-        f_a[start:stop] = net.output_from_pre_activations(zs_a, out_a)
-        f_r[start:stop] = net.output_from_pre_activations(zs_r, out_r).reshape(-1, n_roots)
-        g_a = net.gradient_from_pre_activations(zs_a, out_a, from_layer=layer, threshold=tol)
-        same, region[start:stop] = _compare_regions(zs_r, zs_a, net, layer, (out_a, out_r), n_roots)
-        idx = (~same).reshape(-1).nonzero().squeeze(1)
-        if idx.numel():
-            out_idx = out_r.index_select(0, idx) if isinstance(out_r, torch.Tensor) else out_r
-            g_r = net.gradient_from_pre_activations([z.index_select(0, idx) for z in zs_r], out_idx, from_layer=layer, threshold=tol)
-            diff = (g_r - g_a.index_select(0, idx // n_roots)).abs()
-            gmax[start:stop].view(-1).index_copy_(0, idx, diff.amax(-1))
-            gmean[start:stop].view(-1).index_copy_(0, idx, diff.mean(-1))
-        domain[start:stop] = _all_last(roots >= -atol)
-    return _assemble(layer, atol, lay, drawn, f_a, f_r, gmax, gmean, region, domain)
+    raise TypeError(f"net must be a dtd.ReLUNetwork or dtd.GraphNetwork, got {type(net).__name__}")
 
 
 def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, generator) -> RootOutcomes:
@@ -263,10 +210,10 @@ def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, 
     differs from the input's is still in the closure when the value at the
     input's argmax ties its window's maximum within ``pattern_tol``.
     """
-    if not isinstance(dec, GraphDecomposition):
+    if not isinstance(dec, GraphDecomposition) and len(net.consumers[0]) != 1:
         raise TypeError("the decomposition is not one of a graph network (train_free on this GraphNetwork gives one)")
     net.check_layer(layer)
-    output = net.check_output(dec.output if output is None else output, dec.x.shape[0])
+    output = net.check_output(dec.output if output is None else output, dec.layers[0].input.shape[0])
     atol = check_number(atol, "atol", minimum=0.0)
     lay = dec.layers[layer]
     if lay.input.shape[1] != net.in_features(layer):
@@ -274,19 +221,16 @@ def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, 
     n_points, width = lay.input.shape
     drawn = _drawn(lay, neurons, generator)
     n_roots = lay.root_valid.shape[1] if drawn is None else drawn.shape[1]
-    _, live = net.live_nodes(layer)
-    per_root = 4 * (width + sum(math.prod(node.shape) for node in live)) * lay.input.element_size()
-    chunk = max(1, check_int(memory_budget, "memory_budget", minimum=1) // (per_root * max(1, n_roots)))
+    chunk = chunk_points(net, layer, memory_budget, n_roots)
     tol = pattern_tol(lay.input.dtype)
-    base = dec.activations if dec.activations is not None else net.run(dec.x)
+    base = _base(net, dec)
     dtype, device = lay.input.dtype, lay.input.device
     f_a = torch.empty(n_points, dtype=dtype, device=device)
     f_r, gmax, gmean = (torch.zeros(n_points, n_roots, dtype=dtype, device=device) for _ in range(3))
     region, domain = (torch.empty(n_points, n_roots, dtype=torch.bool, device=device) for _ in range(2))
     for start in range(0, n_points, chunk):
         stop = min(n_points, start + chunk)
-        index = drawn[start:stop] if drawn is not None else torch.arange(n_roots, device=device).expand(stop - start, n_roots)
-        roots = selected_roots(lay.root_set, start, stop, index)
+        roots = lay.root_chunk(start, stop) if drawn is None else selected_roots(lay.root_set, start, stop, drawn[start:stop])
         points = torch.arange(start, stop, device=device)
         out_a = output[start:stop] if isinstance(output, torch.Tensor) else output
         at_input = net.evaluate_roots(layer, None, points, base, out_a, threshold=tol)
@@ -299,6 +243,15 @@ def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, 
         gmean[start:stop] = at_root.gradient_mean.reshape(-1, n_roots)
         domain[start:stop] = _all_last(roots >= -atol)
     return _assemble(layer, atol, lay, drawn, f_a, f_r, gmax, gmean, region, domain)
+
+
+def _base(net: GraphNetwork, dec: Decomposition) -> tuple[dict, dict]:
+    """Every node's value at the decomposition's inputs (:meth:`dtd.GraphNetwork.run`): kept by the decomposition, else recomputed."""
+    if isinstance(dec, GraphDecomposition):
+        return dec.activations if dec.activations is not None else net.run(dec.x)
+    # a decomposition built elsewhere (a full backward, a replaced layer) of a network whose input only layer 0 reads
+    x = dec.layers[0].input
+    return net.run(x.reshape((x.shape[0],) + tuple(net.input_shape)))
 
 
 def _drawn(lay, neurons, generator) -> Optional[torch.Tensor]:
