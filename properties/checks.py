@@ -18,11 +18,10 @@ import torch
 
 from dtd import Decomposition, GraphDecomposition, GraphNetwork, OperatorRoots, ReLUNetwork
 from dtd.graph import _all_last  # a boolean reduction over the last dimension (uint8 min)
-from dtd.regions import region_pre_activations
 from dtd.rootsets import AffineRoots, RootSet
 from dtd.rootsets import root_equation_residual as _residual
 from dtd.tolerances import EQUATION_SCALE_FLOOR, pattern_tol
-from dtd.validation import check_int, check_number
+from dtd.validation import check_finite_layer, check_int, check_number
 
 from .thresholds import PROPERTY_ATOL
 
@@ -361,7 +360,8 @@ class SegmentOutcomes:
 
 
 def segment_outcomes(
-    net: ReLUNetwork, a: torch.Tensor, roots: torch.Tensor, *, layer: int, output: "int | torch.Tensor", atol: float = PROPERTY_ATOL
+    net: "ReLUNetwork | GraphNetwork", a: torch.Tensor, roots: torch.Tensor, *, layer: int, output: "int | torch.Tensor",
+    atol: float = PROPERTY_ATOL, base: Optional[tuple[dict, dict]] = None,
 ) -> SegmentOutcomes:
     """The promises of a root in the closure of the input's region, judged without a hinge convention.
 
@@ -374,16 +374,42 @@ def segment_outcomes(
     first-order Taylor expansion at the root is exact: ``f_k(a) = f_k(root) +
     grad f_k(a) . (a - root)``.  Both can fail only if the root lies outside
     the region.  ``a`` is ``(batch, D)``, ``roots`` ``(batch, J, D)``.
+
+    Computed on the engine (:meth:`dtd.GraphNetwork.evaluate_roots`, torch's
+    ``relu'(0) = 0``).  On a graph network whose ``f_k`` reads activations
+    other than layer ``k``'s input (a skip from below), pass ``base``, the
+    values at the points (``dec.activations``); ``f_k`` must have no max pool
+    (the interior here is a ReLU notion: use ``root_outcomes``' ``region_match``).
     """
+    graph = net.graph() if isinstance(net, ReLUNetwork) else net
+    if not isinstance(graph, GraphNetwork):
+        raise TypeError(f"net must be a dtd.ReLUNetwork or dtd.GraphNetwork, got {type(net).__name__}")
+    graph.check_layer(layer)
     n, j, d = roots.shape
-    output = net.check_output(output, n)
+    output = graph.check_output(output, n)
+    relus, pools = graph.deciding(layer)
+    if pools:
+        raise TypeError(
+            f"segment_outcomes judges ReLU regions, but f_{layer} of this network has {len(pools)} max pool(s); "
+            "judge its roots with root_outcomes (region_match compares the argmax pattern too)"
+        )
+    overridden, live = graph.live_nodes(layer)
+    reads_more = any(s not in overridden and s not in {m.id for m in live} for node in live for s in graph.sources(node))
+    if base is None:
+        if reads_more:
+            raise ValueError(f"f_{layer} reads activations below layer {layer} (a skip): pass base=dec.activations")
+        base = ({}, {})
     per_root = output.repeat_interleave(j) if isinstance(output, torch.Tensor) else output
-    zs, f_a, grad_a = net.evaluate(a, output, from_layer=layer)
-    interior = (region_pre_activations(net, zs, layer, output).abs() > pattern_tol(a.dtype)).all(1)
+    points = torch.arange(n, device=a.device)
+    at_a = graph.evaluate_roots(layer, a, points, base, output)
+    check_finite_layer(at_a.value, layer, "f_k at the inputs")
+    interior = (at_a.relu.abs() > pattern_tol(a.dtype)).all(1)
     flat_roots = roots.reshape(n * j, d)
     mid = (a.unsqueeze(1) + roots).reshape(n * j, d) / 2
-    grad_mid = net.input_gradient(mid, per_root, from_layer=layer).reshape(n, j, d)
+    point_of_root = points.repeat_interleave(j)
+    grad_mid = graph.evaluate_roots(layer, mid, point_of_root, base, per_root).gradient.reshape(n, j, d)
+    grad_a = at_a.gradient
     match = ((grad_mid - grad_a.unsqueeze(1)).abs() <= atol).all(-1)
-    f_root = net.output_value(flat_roots, per_root, from_layer=layer).reshape(n, j)
+    f_root = graph.evaluate_roots(layer, flat_roots, point_of_root, base, per_root, gradient=False).value.reshape(n, j)
     predicted = ((a.unsqueeze(1) - roots) * grad_a.unsqueeze(1)).sum(-1)
-    return SegmentOutcomes(interior, match, (f_a.unsqueeze(1) - f_root - predicted).abs())
+    return SegmentOutcomes(interior, match, (at_a.value.unsqueeze(1) - f_root - predicted).abs())

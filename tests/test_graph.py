@@ -17,7 +17,7 @@ from torch import nn
 
 import dtd
 from dtd.fx_lowering import lower_module
-from properties.checks import RootOutcomes, root_outcomes
+from properties.checks import RootOutcomes, root_outcomes, segment_outcomes
 
 from .graph_models import MODELS, Residual, seeded, vgg_features_net
 
@@ -417,3 +417,65 @@ def test_what_needs_dense_layers_says_so_on_a_graph(built):
                  lambda: dtd.regions.region_output_root(net, x)):
         with pytest.raises(TypeError, match="needs the dense layers of a dtd.ReLUNetwork.*from_module"):
             call()
+
+
+def _small_cnn() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3, stride=2), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(2 * 2 * 2, 3)).double()
+
+
+def test_segment_outcomes_on_a_graph_equal_those_of_the_dense_network_of_the_same_model():
+    """from_sequential folds the CNN into dense layers, from_module keeps convolutions: at the same roots the segment checks agree.
+
+    (The two give different z+ roots: a convolution's root moves only its receptive field, a dense layer's every input.)"""
+    model = seeded(_small_cnn)
+    dense = dtd.ReLUNetwork.from_sequential(model, input_shape=(2, 6, 6))
+    graph = dtd.ReLUNetwork.from_module(model, (2, 6, 6))
+    assert isinstance(graph, dtd.GraphNetwork) and isinstance(dense, dtd.ReLUNetwork)
+    x = _inputs((2, 6, 6), n=5, seed=3)
+    dec_d, dec_g = dtd.train_free(dense, x, rule="z+", output=1), dtd.train_free(graph, x, rule="z+", output=1)
+    for k in range(dense.n_layers):
+        lay_d, lay_g = dec_d.layers[k], dec_g.layers[k]
+        assert float((lay_d.input - lay_g.input).abs().max()) <= 1e-12
+        seg_d = segment_outcomes(dense, lay_d.input, lay_g.roots, layer=k, output=1)
+        seg_g = segment_outcomes(graph, lay_g.input, lay_g.roots, layer=k, output=1, base=dec_g.activations)
+        assert torch.equal(seg_g.interior, seg_d.interior)
+        assert torch.equal(seg_g.midpoint_gradient_match, seg_d.midpoint_gradient_match)
+        assert float((seg_g.taylor_residual - seg_d.taylor_residual).abs().max()) <= 1e-9
+
+
+def test_segment_outcomes_say_what_a_graph_needs():
+    model, shape = seeded(Residual), (3, 8, 8)
+    net = dtd.ReLUNetwork.from_module(model.double(), shape)
+    dec = dtd.train_free(net, _inputs(shape, n=2), rule="z+")
+    lay = dec.layers[2]  # conv2 + the skip: its f_k ends in the max pool
+    with pytest.raises(TypeError, match="max pool.*root_outcomes"):
+        segment_outcomes(net, lay.input, lay.roots, layer=2, output=0, base=dec.activations)
+    net = dtd.ReLUNetwork.from_module(seeded(_LongSkip).double(), (2, 6, 6))
+    dec = dtd.train_free(net, _inputs((2, 6, 6), n=3), rule="z+")
+    lay = dec.layers[2]  # conv2: its f_k adds h0, computed below it
+    with pytest.raises(ValueError, match="pass base=dec.activations"):
+        segment_outcomes(net, lay.input, lay.roots, layer=2, output=0)
+    seg = segment_outcomes(net, lay.input, lay.roots, layer=2, output=0, base=dec.activations)
+    # the closed-form z+ roots of a layer lie in the input's region far more often than not; where a root is in the
+    # region, the first-order expansion from it is exact -- with the skip's h0 held at the input's values
+    region = root_outcomes(net, dec, layer=2).region_match & lay.root_valid
+    assert bool(region.any())
+    assert float(seg.taylor_residual[region].max()) <= 1e-9
+
+
+class _LongSkip(nn.Module):
+    """``fc(relu(conv3(h2) + h0))`` with ``h2 = relu(conv2(relu(conv1(h0))))``: layer 2's ``f_k`` reads ``h0`` from below."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv0 = nn.Conv2d(2, 2, 3, padding=1)
+        self.conv1 = nn.Conv2d(2, 2, 3, padding=1)
+        self.conv2 = nn.Conv2d(2, 2, 3, padding=1)
+        self.conv3 = nn.Conv2d(2, 2, 3, padding=1)
+        self.fc = nn.Linear(2 * 36, 2)
+
+    def forward(self, x):
+        h0 = torch.relu(self.conv0(x))
+        h2 = torch.relu(self.conv2(torch.relu(self.conv1(h0))))
+        return self.fc(torch.relu(self.conv3(h2) + h0).flatten(1))
