@@ -178,6 +178,15 @@ class RootComparison:
     gradient_mean: torch.Tensor
 
 
+def _rows_of(points: torch.Tensor):
+    """A function taking the rows ``points`` of a tensor: a slice (a view, no copy) when they are one ascending run."""
+    n = points.numel()
+    if n and int(points[-1]) - int(points[0]) == n - 1 and (n == 1 or bool((points[1:] > points[:-1]).all())):
+        start = int(points[0])
+        return lambda t: t[start : start + n]
+    return lambda t: t.index_select(0, points)
+
+
 # Boolean reductions over the last dimension: uint8 min/max is several times faster than Tensor.all/any on CPU
 def _all_last(mask: torch.Tensor) -> torch.Tensor:
     if mask.shape[-1] == 0:
@@ -189,6 +198,11 @@ def _any_last(mask: torch.Tensor) -> torch.Tensor:
     if mask.shape[-1] == 0:
         return torch.zeros(mask.shape[:-1], dtype=torch.bool, device=mask.device)
     return mask.view(torch.uint8).amax(-1).bool()
+
+
+#: Pre-activation entries at the roots (all deciding ReLUs together) up to which :meth:`GraphNetwork.compare_roots`
+#: compares the patterns side by side in one pass instead of one non-linearity at a time
+SMALL_PATTERNS = 1 << 21
 
 
 class GraphNetwork(nn.Module):
@@ -478,18 +492,19 @@ class GraphNetwork(nn.Module):
         values: dict = {}
         argmax: dict = {}
         live_ids = {n.id for n in live}
+        take = _rows_of(point)
         if roots is None:  # the inputs themselves: every value is the input's, nothing to recompute
             for node_id in live_ids | overridden:
-                values[node_id] = values_x[node_id].index_select(0, point)
+                values[node_id] = take(values_x[node_id])
                 if node_id in argmax_x:
-                    argmax[node_id] = argmax_x[node_id].index_select(0, point)
+                    argmax[node_id] = take(argmax_x[node_id])
         else:
             for source, part in zip([b.source for b in self.layer(k).branches], self.split_input(k, roots)):
                 values[source] = part
 
         def value(node_id):
             if node_id not in values:
-                values[node_id] = values_x[node_id].index_select(0, point)
+                values[node_id] = take(values_x[node_id])
             return values[node_id]
 
         with torch.no_grad():
@@ -577,10 +592,14 @@ class GraphNetwork(nn.Module):
             ties = torch.ones(rows, dtype=torch.bool, device=roots.device)
 
             # every ReLU's pre-activation (and the output's, under a final ReLU) at the roots and at their inputs
-            pairs = [(values[node.source].flatten(1), values_x[node.source].index_select(0, points).flatten(1))
+            at_points = _rows_of(points)
+            pairs = [(values[node.source].flatten(1), at_points(values_x[node.source]).flatten(1))
                      for node in live if isinstance(node, ReLUNode)]
             if self.final_relu:
                 pairs.append((column.unsqueeze(1), at_input.relu[:, -1:]))
+            if len(pairs) > 1 and sum(z_r.numel() for z_r, _ in pairs) <= SMALL_PATTERNS:  # one comparison of them side by side
+                # at the inputs that is at_input.relu: the same pre-activations in the same order
+                pairs = [(torch.cat([z_r for z_r, _ in pairs], 1), at_input.relu)]
             for z_r, z_a in pairs:  # (rows, n) at the roots against (P, n) at their inputs
                 on_r = (z_r > threshold).reshape(n_points, n_roots, -1)
                 on_a = (z_a > threshold).reshape(n_points, 1, -1)
@@ -594,7 +613,7 @@ class GraphNetwork(nn.Module):
                 crossed.index_copy_(0, moved, crossed_moved)
             for node in live:
                 if isinstance(node, MaxPoolNode):
-                    reference = argmax_x[node.id].index_select(0, points)
+                    reference = at_points(argmax_x[node.id])
                     same.logical_and_(_all_last(argmax[node.id].reshape(n_points, n_roots, -1) == reference.reshape(n_points, 1, -1)).reshape(rows))
                     ref = reference.repeat_interleave(n_roots, dim=0)
                     at_ref = _planes(values[node.source], node.dim).gather(2, _planes(ref, node.dim)).reshape(values[node.id].shape)
@@ -642,7 +661,7 @@ class GraphNetwork(nn.Module):
             for branch in self.layer(k).branches:
                 g = grads.get(branch.source)
                 parts.append(torch.zeros(rows, branch.op.in_features, dtype=column.dtype, device=column.device) if g is None else g.flatten(1))
-            return check_finite_layer(torch.cat(parts, 1), k, "the input gradient's entries")
+            return check_finite_layer(parts[0] if len(parts) == 1 else torch.cat(parts, 1), k, "the input gradient's entries")
 
     @staticmethod
     def _add(grads: dict, node_id: int, g: torch.Tensor) -> None:

@@ -261,7 +261,7 @@ def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder
                 if rule is not None:
                     parts = [values[b.source] for b in node.branches]
                     t, valid, lower = operator_step(net, k, rule, parts, r, eps)
-                    flat_lower = torch.cat([p.flatten(1) for p in lower], 1)
+                    flat_lower = lower[0].flatten(1) if len(lower) == 1 else torch.cat([p.flatten(1) for p in lower], 1)
                     root_set = OperatorRoots(net, k, rule, a, t, valid, flat_lower)
                 else:
                     what = f"the {root_finder.rule(k).name} rule" if isinstance(root_finder, LinearRoots) else type(root_finder).__name__
