@@ -222,20 +222,28 @@ class GraphNetwork(nn.Module):
 
     def __init__(self, nodes: Sequence[Node], output: int, *, final_relu: bool, input_shape: Sequence[int]):
         super().__init__()
-        self.nodes = list(nodes)
-        self.output_node = output
-        self.final_relu = bool(final_relu)
-        self.input_shape = tuple(input_shape)
-        self.layer_ids = [node.id for node in self.nodes if isinstance(node, AffineNode)]
-        self._layer_of = {node_id: k for k, node_id in enumerate(self.layer_ids)}
-        self.consumers: dict[int, list[int]] = {node.id: [] for node in self.nodes}
-        for node in self.nodes:
+        nodes = list(nodes)
+        layer_ids = [node.id for node in nodes if isinstance(node, AffineNode)]
+        consumers: dict[int, list[int]] = {node.id: [] for node in nodes}
+        for node in nodes:
             for source in self.sources(node):
-                self.consumers[source].append(node.id)
-        tensors = [t for node in self.nodes if isinstance(node, AffineNode) for b in node.branches for t in b.op.tensors()]
-        tensors += [node.bias for node in self.nodes if isinstance(node, AffineNode)]
-        self._dtype = tensors[0].dtype if tensors else torch.get_default_dtype()
-        self._device = tensors[0].device if tensors else torch.device("cpu")
+                consumers[source].append(node.id)
+        tensors = [t for node in nodes if isinstance(node, AffineNode) for b in node.branches for t in b.op.tensors()]
+        tensors += [node.bias for node in nodes if isinstance(node, AffineNode)]
+        # plain attributes (no parameters, buffers or modules among them): set without nn.Module's per-attribute checks,
+        # which were most of the cost of building the chain graph of a small ReLUNetwork on every call
+        self.__dict__.update(
+            nodes=nodes,
+            output_node=output,
+            final_relu=bool(final_relu),
+            input_shape=tuple(input_shape),
+            layer_ids=layer_ids,
+            _layer_of={node_id: k for k, node_id in enumerate(layer_ids)},
+            consumers=consumers,
+            _dtype=tensors[0].dtype if tensors else torch.get_default_dtype(),
+            _device=tensors[0].device if tensors else torch.device("cpu"),
+            _live={},
+        )
 
     @classmethod
     def chain(
@@ -441,8 +449,10 @@ class GraphNetwork(nn.Module):
         """``(overridden, live)``: layer ``k``'s sources, and the nodes ``f_k`` recomputes, in topological order.
 
         Live nodes depend on an overridden source and feed the output along a
-        path that does not pass through another overridden node.
+        path that does not pass through another overridden node.  Computed once per layer (the graph does not change).
         """
+        if k in self._live:
+            return self._live[k]
         overridden = {b.source for b in self.layer(k).branches}
         depends = set(overridden)
         for node in self.nodes:
@@ -452,8 +462,9 @@ class GraphNetwork(nn.Module):
         for node in reversed(self.nodes):
             if node.id in needed and node.id not in overridden:
                 needed.update(self.sources(node))
-        live = [node for node in self.nodes if node.id in depends and node.id in needed and node.id not in overridden]
-        return overridden, live
+        live = tuple(node for node in self.nodes if node.id in depends and node.id in needed and node.id not in overridden)
+        self._live[k] = (frozenset(overridden), live)
+        return self._live[k]
 
     def deciding(self, k: int) -> tuple[list[int], list[int]]:
         """The non-linearities deciding the region of ``f_k``: ``(relu node ids, max pool node ids)`` (the output's ReLU included)."""

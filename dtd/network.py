@@ -362,9 +362,10 @@ class ReLUNetwork(nn.Module):
         Built anew on each call (a few small objects), so it always computes
         with the parameters' current values.  Its input is flat ``(batch, D_0)``.
         """
+        layers = list(self.layers)
         return GraphNetwork.chain(
-            [self.weight(k) for k in range(self.n_layers)],
-            [self.bias(k) for k in range(self.n_layers)],
+            [layer.weight.detach() for layer in layers],
+            [layer.bias.detach() if layer.bias is not None else layer.weight.new_zeros(layer.out_features).detach() for layer in layers],
             final_relu=self.final_relu,
             input_shape=(self.in_features,),
         )
