@@ -14,11 +14,19 @@ modified operators (``W``, ``W+``, ``W-``, ``W^2``) applied forward and
 transposed, so no ``(J, D)`` matrix and no ``(batch, J, D)`` root tensor is
 formed.  Roots are built only for the neurons asked for
 (:meth:`OperatorRoots.selected`).
+
+Any other root finder (the in-region ones: ``RegionRoots``,
+``RegionSamplingRoots``, ``MetropolisHastingsRoots``) is given the layer's
+input ``a`` and upper relevance flat, returns its roots ``(batch, J, D)``,
+and the input relevances ``R_i = sum_j w_ji (a - root_j)_i`` use the layer's
+dense weight (:meth:`GraphNetwork.weight`, refused above
+:data:`dtd.graph.DENSE_LAYER_LIMIT`), split back onto the branches.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Optional
 
 import torch
@@ -153,6 +161,15 @@ def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list, relevance:
     return t, valid, lower
 
 
+def _takes_base(root_finder) -> bool:
+    """Whether the finder's ``find`` accepts ``base=`` (:meth:`GraphNetwork.run`'s values at the explained points)."""
+    try:
+        parameters = inspect.signature(root_finder.find).parameters
+    except (TypeError, ValueError):
+        return False
+    return "base" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
 def check_domains(net: GraphNetwork, x: torch.Tensor, root_finder) -> None:
     """Raise the ``ValueError`` a decomposition of ``x`` would raise for activations outside the finder's domains."""
     x = net.check_input(x)
@@ -163,15 +180,20 @@ def check_domains(net: GraphNetwork, x: torch.Tensor, root_finder) -> None:
 
 
 def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) -> "GraphDecomposition":
-    """:func:`dtd.train_free` on a graph network (called from there; arguments already chosen)."""
+    """:func:`dtd.train_free` on a graph network (called from there; arguments already chosen).
+
+    :class:`~dtd.roots.LinearRoots` runs matrix-free (:func:`operator_step`);
+    any other finder through its ``find`` (see the module docstring), with
+    ``base=`` (every node's value at ``x``) when its ``find`` takes it.
+    """
     from .decompose import LayerDecomposition, check_output_and_precision, edge_shape
     from .roots import LinearRoots
 
-    if not isinstance(root_finder, LinearRoots):
-        raise TypeError(
-            f"{type(root_finder).__name__} needs the dense layers of a ReLUNetwork; on a graph network (from_module) "
-            "DTD's closed-form roots are used: pass rule= (or LinearRoots(...))"
-        )
+    from .roots import RootFinder
+
+    if not isinstance(root_finder, RootFinder):
+        raise TypeError(f"root_finder must be a dtd.roots.RootFinder, got {type(root_finder).__name__}")
+    closed_form = isinstance(root_finder, LinearRoots)
     output = check_output_and_precision(net, output, "the model's .float() / .double() (and x's)")
     shape = edge_shape(x) if isinstance(x, torch.Tensor) else None
     x = net.check_input(x).clone()
@@ -181,7 +203,9 @@ def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) ->
     if isinstance(output, str):
         output = top.argmax(1)
     output = net.check_output(output, x.shape[0])
-    eps = root_finder.eps if root_finder.eps is not None else denominator_eps(x.dtype)
+    eps = (root_finder.eps if root_finder.eps is not None else denominator_eps(x.dtype)) if closed_form else None
+    # a finder that takes base= (the in-region ones) gets every node's value at x: activations skipping past a layer
+    finder_kwargs = {"base": (values, argmax)} if not closed_form and _takes_base(root_finder) else {}
     with torch.no_grad():
         start = torch.zeros_like(top)
         if isinstance(output, torch.Tensor):
@@ -209,18 +233,25 @@ def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) ->
                 parts = [values[b.source] for b in node.branches]
                 a = torch.cat([p.flatten(1) for p in parts], 1)
                 root_finder.check_domain(k, a)
-                rule = root_finder.rule(k)
-                t, valid, lower = operator_step(net, k, rule, parts, r, eps)
+                upper = r.reshape(x.shape[0], -1)
+                if closed_form:  # matrix-free: the rule through the layer's modified operators
+                    rule = root_finder.rule(k)
+                    t, valid, lower = operator_step(net, k, rule, parts, r, eps)
+                    flat_lower = torch.cat([p.flatten(1) for p in lower], 1)
+                    root_set = OperatorRoots(net, k, rule, a, t, valid, flat_lower)
+                else:  # any other finder: its roots (batch, J, D) and R_i = sum_j w_ji (a - root_j)_i with the dense weight
+                    root_set = root_finder.find(net, k, a, upper, output=output, **finder_kwargs)
+                    flat_lower = check_finite_layer(root_set.relevance(net.weight(k)), k, "the input relevances")
+                    valid = root_set.valid
+                    lower = net.split_input(k, flat_lower)
                 for branch, part in zip(node.branches, lower):
                     add(branch.source, part)
-                flat_lower = torch.cat([p.flatten(1) for p in lower], 1)
-                upper = r.reshape(x.shape[0], -1)
                 layers[k] = LayerDecomposition(
                     index=k,
                     method=root_finder.describe(k),
                     input=a,
                     upper_relevance=upper,
-                    root_set=OperatorRoots(net, k, rule, a, t, valid, flat_lower),
+                    root_set=root_set,
                     root_valid=valid,
                     carries_relevance=upper != 0,
                     relevance=flat_lower,

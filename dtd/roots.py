@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .progress import progress
-from .regions import LPStatus, RegionLP, edge_steps, region_constraints
+from .regions import LPStatus, RegionLP, base_rows, edge_steps, region_constraints, region_rows
 from .rootsets import ExplicitRoots, RegionRootSet, RootSet, WalkRootSet
 from .rules import Rule, RuleLike
 from .threads import one_thread
@@ -127,7 +127,15 @@ class LinearRoots(RootFinder):
 
 
 class _InRegionFinder(RootFinder):
-    """Shared by the finders that search the input's region: the domain ``root >= 0`` when ``nonnegative``."""
+    """Shared by the finders that search the input's region: the domain ``root >= 0`` when ``nonnegative``.
+
+    They serve a :class:`~dtd.ReLUNetwork` and a :class:`~dtd.GraphNetwork`
+    alike (there the region is the ReLU and argmax pattern; layers whose
+    dense weight or region rows exceed :data:`dtd.graph.DENSE_LAYER_LIMIT`
+    are refused).  ``find``'s ``base``: on a graph, :meth:`GraphNetwork.run`
+    at the same points (``dtd.train_free`` passes it), for activations that
+    skip past layer ``k``.
+    """
 
     nonnegative: bool = True
 
@@ -136,6 +144,25 @@ class _InRegionFinder(RootFinder):
             raise ValueError(
                 f"{type(self).__name__}(nonnegative=True) needs non-negative inputs; layer {k}'s minimum is {float(a.min()):.3g}"
             )
+
+
+def _region_chunk(net, k: int, a: torch.Tensor, output, base) -> int:
+    """Points whose region rows are built at once: all of them on a dense network (as always); on a graph as
+    many as fit :data:`dtd.graph.DENSE_LAYER_LIMIT` together (at least one)."""
+    from . import graph
+
+    if not isinstance(net, graph.GraphNetwork):
+        return a.shape[0]
+    per_point = 8 * region_rows(net, k) * a.shape[1]
+    return max(1, graph.DENSE_LAYER_LIMIT // per_point)
+
+
+def _chunk_output(output, start: int, stop: int):
+    return output[start:stop] if isinstance(output, torch.Tensor) else output
+
+
+def _chunk_region(net, k, a, output, base, start, stop):
+    return region_constraints(net, a[start:stop], k, _chunk_output(output, start, stop), base=base_rows(base, start, stop))
 
 
 class RegionRoots(_InRegionFinder):
@@ -164,27 +191,34 @@ class RegionRoots(_InRegionFinder):
         self.norm = norm
         self.nonnegative = check_bool(nonnegative, "nonnegative")
 
-    def find(self, net, k, a, relevance, *, output=0):
+    def find(self, net, k, a, relevance, *, output=0, base=None):
         slack = region_slack(a.dtype)
-        region = region_constraints(net, a, k, output)
+        n_points, n_neurons = relevance.shape
+        chunk = _region_chunk(net, k, a, output, base)
+        if chunk >= n_points:
+            regions = [(0, n_points, region_constraints(net, a, k, output, base=base))]
+        else:  # a graph layer whose region rows for every point at once would pass the dense limit: chunks of points
+            regions = ((start, min(n_points, start + chunk)) for start in range(0, n_points, chunk))
+            regions = ((start, stop, _chunk_region(net, k, a, output, base, start, stop)) for start, stop in regions)
         weight = net.weight(k).to(torch.float64).cpu().numpy()
         a64 = a.detach().to(torch.float64).cpu().numpy()
         r64 = relevance.detach().to(torch.float64).cpu().numpy()
-        A, c, sign = (t.cpu().numpy() for t in (region.A, region.c, region.sign))
-        n_points, n_neurons = r64.shape
         roots = np.repeat(a64[:, None, :], n_neurons, axis=1)
         status = np.full((n_points, n_neurons), LPStatus.TRIVIAL, dtype=np.int8)  # trivial unless solved below
         with progress(n_points, f"RegionRoots layer {k}") as bar:
-            for n in range(n_points):
-                carrying = np.nonzero(r64[n])[0]
-                if carrying.size:
-                    lp = RegionLP(a64[n], A[n], c[n], sign[n], norm=self.norm, nonnegative=self.nonnegative, slack=slack)
-                    for j in carrying:
-                        code, point = lp.nearest(weight[j], float(weight[j] @ a64[n] - r64[n, j]))
-                        status[n, j] = code
-                        if point is not None:
-                            roots[n, j] = point
-                bar.update(1)
+            for start, stop, region in regions:
+                A, c, sign = (t.cpu().numpy() for t in (region.A, region.c, region.sign))
+                for n in range(start, stop):
+                    carrying = np.nonzero(r64[n])[0]
+                    if carrying.size:
+                        i = n - start
+                        lp = RegionLP(a64[n], A[i], c[i], sign[i], norm=self.norm, nonnegative=self.nonnegative, slack=slack)
+                        for j in carrying:
+                            code, point = lp.nearest(weight[j], float(weight[j] @ a64[n] - r64[n, j]))
+                            status[n, j] = code
+                            if point is not None:
+                                roots[n, j] = point
+                    bar.update(1)
         status_t = torch.from_numpy(status).to(a.device)
         valid = (status_t == LPStatus.SOLVED) | (status_t == LPStatus.TRIVIAL)
         return RegionRootSet(a, torch.from_numpy(roots).to(dtype=a.dtype, device=a.device), valid, status_t)
@@ -261,12 +295,12 @@ class RegionSamplingRoots(_InRegionFinder):
             return -1
         return max(16, (self.memory_budget // per_point) // 16 * 16)
 
-    def find(self, net, k, a, relevance, *, output=0):
+    def find(self, net, k, a, relevance, *, output=0, base=None):
         a64 = a.detach().to(torch.float64).cpu()
         r64 = relevance.detach().to(torch.float64).cpu()
         w = net.weight(k).to(torch.float64).cpu()
         n_points, width = a64.shape
-        n_rows = sum(net.sizes[layer + 1] for layer in range(k, net.n_layers))
+        n_rows = region_rows(net, k)
         chunk = self.chunk_points(n_rows, w.shape[0], width)
         chunk = n_points if chunk < 0 else chunk
         generator = torch.Generator().manual_seed(_layer_seed(self.seed, k))
@@ -277,13 +311,15 @@ class RegionSamplingRoots(_InRegionFinder):
             for start in range(0, n_points, chunk):
                 stop = min(n_points, start + chunk)
                 d = self.directions(stop - start, width, k, generator)
-                roots[start:stop], valid[start:stop] = self._search(net, k, a64[start:stop], r64[start:stop], w, d, output, slack)
+                roots[start:stop], valid[start:stop] = self._search(
+                    net, k, a64[start:stop], r64[start:stop], w, d, _chunk_output(output, start, stop), slack, base_rows(base, start, stop)
+                )
                 bar.update(stop - start)
         return ExplicitRoots(a, roots.to(dtype=a.dtype, device=a.device), valid.to(a.device))
 
-    def _search(self, net, k, a64, r64, w, d, output, slack):
+    def _search(self, net, k, a64, r64, w, d, output, slack, base=None):
         """Roots ``(n, J, D)`` and validity ``(n, J)`` of the points ``a64`` ``(n, D)`` along the rays ``d`` ``(n, K, D)``."""
-        region = region_constraints(net, a64, k, output)
+        region = region_constraints(net, a64, k, output, base=base)
         if self.nonnegative:  # rays that leave a zero coordinate downwards would stop at once: reflect them
             d = torch.where((a64 <= 0).unsqueeze(1), d.abs(), d)
         # region rows along the ray: g + s h >= -slack with g = sign (A a + c), h = sign A d
@@ -381,18 +417,18 @@ class MetropolisHastingsRoots(_InRegionFinder):
         median = distance.nanmedian(dim=1).values
         return torch.where(torch.isfinite(median) & (median > 0), median, torch.ones_like(median))
 
-    def find(self, net, k, a, relevance, *, output=0):
-        rows = sum(net.sizes[k + 1 :])
+    def find(self, net, k, a, relevance, *, output=0, base=None):
+        rows = region_rows(net, k)
         if a.shape[0] * self.n_chains * max(rows, a.shape[1]) > SERIAL_WALK_ELEMENTS:
-            return self._walk(net, k, a, relevance, output)
+            return self._walk(net, k, a, relevance, output, base)
         with one_thread():
-            return self._walk(net, k, a, relevance, output)
+            return self._walk(net, k, a, relevance, output, base)
 
-    def _walk(self, net, k, a, relevance, output):
+    def _walk(self, net, k, a, relevance, output, base=None):
         a64 = a.detach().to(torch.float64).cpu()
         r64 = relevance.detach().to(torch.float64).cpu()
         w = net.weight(k).to(torch.float64).cpu()
-        region = region_constraints(net, a64, k, output)
+        region = region_constraints(net, a64, k, output, base=base)
         A = region.sign.unsqueeze(-1) * region.A  # (N, M, D): inside iff A r + sc >= -slack (sign 0: a zero row, no constraint)
         sc = region.sign * region.c
         slack = region_slack(a.dtype)
