@@ -80,8 +80,9 @@ def dense_only(net, what: str) -> None:
     if isinstance(net, GraphNetwork):
         raise TypeError(
             f"{what} needs the dense layers of a dtd.ReLUNetwork, but this network was lowered by the graph engine "
-            "(ReLUNetwork.from_module); on a GraphNetwork use dtd.train_free with rule= (closed-form roots), "
-            "dtd.accounting and properties.checks.root_outcomes, or lower an MLP or a small CNN with from_sequential"
+            "(ReLUNetwork.from_module); on a GraphNetwork use dtd.train_free with rule= (closed-form roots) or an "
+            "in-region root finder (up to dtd.graph.DENSE_LAYER_LIMIT), dtd.accounting and properties.checks.root_outcomes, "
+            "or lower an MLP or a small CNN with from_sequential"
         )
 
 

@@ -170,7 +170,6 @@ def _window_reference(node: MaxPoolNode, source: torch.Tensor, argmax: torch.Ten
             else:
                 start = o[d] * node.stride[d] - node.padding[d]
                 ranges.append([e for e in (start + t * node.dilation[d] for t in range(node.kernel_size[d])) if 0 <= e < spatial_in[d]])
-        elements = [int(np.ravel_multi_index(e, spatial_in)) for e in np.ndindex(*[len(r) for r in ranges])]
         elements = [int(np.ravel_multi_index(tuple(r[i] for r, i in zip(ranges, idx)), spatial_in))
                     for idx in np.ndindex(*[len(r) for r in ranges])]
         p = int(np.ravel_multi_index(o, spatial_out))
