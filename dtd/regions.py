@@ -121,8 +121,9 @@ class RegionConstraints:
     explained output's row in ``M`` (``z_out(r) = A[:, output_row] r + c[:, output_row]``).
     blocks : on a graph network, ``(kind, node id, start, stop)`` per group of
     rows in order -- ``"relu"`` (the ReLU's pre-activations), ``"max pool"``
-    (``z[argmax] - z[e]`` for every output and window slot ``e``, slot-major
-    within each output; sign 0 where ``e`` is the argmax or no element),
+    (``z[argmax] - z[e]`` for every output and each other element ``e`` of
+    its window, in window order: ``K - 1`` rows per output for windows of
+    up to ``K`` elements, sign 0 on the slots a smaller window lacks),
     ``"output"``; empty for a :class:`~dtd.ReLUNetwork`.
     """
 
@@ -138,19 +139,13 @@ def region_rows(net, layer: int) -> int:
 
     A :class:`~dtd.ReLUNetwork`: every neuron of the layers ``>= k``
     (``sum(net.sizes[k + 1:])``).  A graph network: every deciding ReLU's
-    neurons, every deciding max pool's outputs times its largest window, and
+    neurons, every deciding max pool's outputs times one less than its largest window, and
     the last layer's neurons -- on a chain of Linear layers the same count.
     """
     if not isinstance(net, GraphNetwork):
         return sum(net.sizes[layer + 1 :])
     _, live = net.live_nodes(layer)
-    rows = net.out_features
-    for node in live:
-        if isinstance(node, ReLUNode):
-            rows += math.prod(node.shape)
-        elif isinstance(node, MaxPoolNode):
-            rows += math.prod(node.shape) * pool_windows(node, net.nodes[node.source].shape).shape[1]
-    return rows
+    return _graph_region_rows(net, live) - 1 + net.out_features
 
 
 def base_rows(base: Optional[tuple], start: int, stop: int) -> Optional[tuple]:
@@ -235,7 +230,7 @@ def _graph_region_rows(net: GraphNetwork, live: list) -> int:
         if isinstance(node, ReLUNode):
             rows += math.prod(node.shape)
         elif isinstance(node, MaxPoolNode):
-            rows += math.prod(node.shape) * pool_windows(node, net.nodes[node.source].shape).shape[1]
+            rows += math.prod(node.shape) * (pool_windows(node, net.nodes[node.source].shape).shape[1] - 1)
     return rows
 
 
@@ -338,9 +333,12 @@ def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, ou
                 c_out = c3.gather(2, chosen)
                 others = windows.unsqueeze(0).unsqueeze(0).expand(n, channels, P, K)
                 keep = (others >= 0) & (others != chosen.unsqueeze(-1))  # (N, C, P, K)
-                flat = others.clamp_min(0).reshape(n, channels, P * K)
-                A_e = A4.gather(2, flat.unsqueeze(-1).expand(-1, -1, -1, d)).reshape(n, channels, P, K, d)
-                c_e = c3.gather(2, flat).reshape(n, channels, P, K)
+                # the window's other elements first, in window order: K - 1 slots (the argmax is in its window)
+                order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)[..., : K - 1]
+                others, keep = others.gather(-1, order), keep.gather(-1, order)
+                flat = others.clamp_min(0).reshape(n, channels, P * (K - 1))
+                A_e = A4.gather(2, flat.unsqueeze(-1).expand(-1, -1, -1, d)).reshape(n, channels, P, K - 1, d)
+                c_e = c3.gather(2, flat).reshape(n, channels, P, K - 1)
                 weight = keep.to(torch.float64)
                 add("max pool", node.id, ((A_out.unsqueeze(3) - A_e) * weight.unsqueeze(-1)).reshape(n, -1, d),
                     ((c_out.unsqueeze(3) - c_e) * weight).reshape(n, -1), weight.reshape(n, -1))

@@ -11,6 +11,7 @@ relevances ``R_i = sum_j w_ji (a - root_j)_i`` conserve ``sum_j R_j``.
 from __future__ import annotations
 
 import abc
+import math
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -146,15 +147,24 @@ class _InRegionFinder(RootFinder):
             )
 
 
+def _is_graph(net) -> bool:
+    from .graph import GraphNetwork
+
+    return isinstance(net, GraphNetwork)
+
+
+def _dense_limit() -> int:
+    from . import graph
+
+    return graph.DENSE_LAYER_LIMIT
+
+
 def _region_chunk(net, k: int, a: torch.Tensor, output, base) -> int:
     """Points whose region rows are built at once: all of them on a dense network (as always); on a graph as
     many as fit :data:`dtd.graph.DENSE_LAYER_LIMIT` together (at least one)."""
-    from . import graph
-
-    if not isinstance(net, graph.GraphNetwork):
+    if not _is_graph(net):
         return a.shape[0]
-    per_point = 8 * region_rows(net, k) * a.shape[1]
-    return max(1, graph.DENSE_LAYER_LIMIT // per_point)
+    return max(1, _dense_limit() // (8 * region_rows(net, k) * a.shape[1]))
 
 
 def _chunk_output(output, start: int, stop: int):
@@ -257,7 +267,10 @@ class RegionSamplingRoots(_InRegionFinder):
     memory_budget
         Bytes the work tensors of one chunk of points may take; points are
         processed in chunks (a multiple of 16 points), so memory stays flat
-        in the batch size.  The roots are identical for every budget.
+        in the batch size.  The roots are identical for every budget.  On a
+        graph network a chunk's region rows ``(points, M, D)`` also fit
+        :data:`dtd.graph.DENSE_LAYER_LIMIT` (a chunk then holds whole
+        blocks of 16 normal values, as few points as that allows).
 
     Notes
     -----
@@ -303,6 +316,10 @@ class RegionSamplingRoots(_InRegionFinder):
         n_rows = region_rows(net, k)
         chunk = self.chunk_points(n_rows, w.shape[0], width)
         chunk = n_points if chunk < 0 else chunk
+        if _is_graph(net):  # the region's rows (points, M, D) too; whole blocks of 16 normal values per chunk
+            step = 16 // math.gcd(16, self.n_directions * width)
+            fit = (_dense_limit() // max(1, 8 * n_rows * width)) // step * step
+            chunk = min(chunk, max(step, fit))
         generator = torch.Generator().manual_seed(_layer_seed(self.seed, k))
         slack = region_slack(a.dtype)
         roots = torch.empty(n_points, w.shape[0], width, dtype=torch.float64)
@@ -389,6 +406,10 @@ class MetropolisHastingsRoots(_InRegionFinder):
     threads costs more than such operations, and on a machine where another
     process takes a core it made the walk ~17x slower (72 s instead of 4 s
     for 50 points).  Long walks show a progress bar on a terminal.
+
+    On a graph network, points whose region rows together would exceed
+    :data:`dtd.graph.DENSE_LAYER_LIMIT` walk in chunks, one after another,
+    continuing one generator's stream (reproducible for the same batch).
     """
 
     def __init__(
@@ -418,13 +439,30 @@ class MetropolisHastingsRoots(_InRegionFinder):
         return torch.where(torch.isfinite(median) & (median > 0), median, torch.ones_like(median))
 
     def find(self, net, k, a, relevance, *, output=0, base=None):
+        n_points = a.shape[0]
+        chunk = _region_chunk(net, k, a, output, base)
+        if chunk >= n_points:
+            return self._walk_here(net, k, a, relevance, output, base)
+        # a graph layer whose region rows for every point at once would pass the dense limit: the points walk in
+        # chunks, one after another, continuing one generator's stream
+        generator = torch.Generator().manual_seed(_layer_seed(self.seed, k))
+        parts = [
+            self._walk_here(net, k, a[start:stop], relevance[start:stop], _chunk_output(output, start, stop),
+                            base_rows(base, start, stop), generator)
+            for start, stop in ((s, min(n_points, s + chunk)) for s in range(0, n_points, chunk))
+        ]
+        return WalkRootSet(a, torch.cat([p.roots() for p in parts]), torch.cat([p.valid for p in parts]),
+                           torch.cat([p.acceptance for p in parts]))
+
+    def _walk_here(self, net, k, a, relevance, output, base, generator=None):
+        """:meth:`_walk`, on one intra-op thread while its tensors are small (see the class notes)."""
         rows = region_rows(net, k)
         if a.shape[0] * self.n_chains * max(rows, a.shape[1]) > SERIAL_WALK_ELEMENTS:
-            return self._walk(net, k, a, relevance, output, base)
+            return self._walk(net, k, a, relevance, output, base, generator)
         with one_thread():
-            return self._walk(net, k, a, relevance, output, base)
+            return self._walk(net, k, a, relevance, output, base, generator)
 
-    def _walk(self, net, k, a, relevance, output, base=None):
+    def _walk(self, net, k, a, relevance, output, base=None, generator=None):
         a64 = a.detach().to(torch.float64).cpu()
         r64 = relevance.detach().to(torch.float64).cpu()
         w = net.weight(k).to(torch.float64).cpu()
@@ -432,7 +470,8 @@ class MetropolisHastingsRoots(_InRegionFinder):
         A = region.sign.unsqueeze(-1) * region.A  # (N, M, D): inside iff A r + sc >= -slack (sign 0: a zero row, no constraint)
         sc = region.sign * region.c
         slack = region_slack(a.dtype)
-        generator = torch.Generator().manual_seed(_layer_seed(self.seed, k))
+        if generator is None:
+            generator = torch.Generator().manual_seed(_layer_seed(self.seed, k))
         n, d = a64.shape
         chains = self.n_chains
         scale = self._scale(w, r64)  # (N,)

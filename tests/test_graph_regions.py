@@ -154,13 +154,14 @@ def test_region_roots_on_a_cnn_equal_those_of_its_dense_lowering(norm):
 
 # --------------------------------------------------------------------------- region rows against the network
 def _window_reference(node: MaxPoolNode, source: torch.Tensor, argmax: torch.Tensor) -> torch.Tensor:
-    """``z[argmax] - z[e]`` per output and window slot, by explicit loops over the pooling's parameters (slot order:
-    the kernel's, row-major; missing elements give 0) -- independent of :func:`dtd.graph.pool_windows`."""
+    """``z[argmax] - z[e]`` per output for each other element ``e`` of its window, by explicit loops over the
+    pooling's parameters (window order: the kernel's, row-major; ``K - 1`` slots, missing ones 0) -- independent
+    of :func:`dtd.graph.pool_windows`."""
     n, channels = source.shape[:2]
-    spatial_in, spatial_out = source.shape[2:], node.shape[1:]
+    spatial_in, spatial_out = tuple(source.shape[2:]), tuple(node.shape[1:])
     plane_in = source.reshape(n, channels, -1)
     chosen = argmax.reshape(n, channels, -1)
-    rows = []
+    windows = []
     for o in np.ndindex(*spatial_out):
         ranges = []
         for d in range(node.dim):
@@ -170,16 +171,18 @@ def _window_reference(node: MaxPoolNode, source: torch.Tensor, argmax: torch.Ten
             else:
                 start = o[d] * node.stride[d] - node.padding[d]
                 ranges.append([e for e in (start + t * node.dilation[d] for t in range(node.kernel_size[d])) if 0 <= e < spatial_in[d]])
-        elements = [int(np.ravel_multi_index(tuple(r[i] for r, i in zip(ranges, idx)), spatial_in))
-                    for idx in np.ndindex(*[len(r) for r in ranges])]
-        p = int(np.ravel_multi_index(o, spatial_out))
-        at_max = plane_in.gather(2, chosen[:, :, p : p + 1]).squeeze(2)  # (n, C)
-        rows.append([at_max - plane_in[:, :, e] for e in elements])
-    size = max(len(r) for r in rows)
-    out = torch.zeros(n, channels, len(rows), size, dtype=source.dtype)
-    for p, row in enumerate(rows):
-        for slot, value in enumerate(row):
-            out[:, :, p, slot] = value
+        windows.append([int(np.ravel_multi_index(tuple(r[i] for r, i in zip(ranges, idx)), spatial_in))
+                        for idx in np.ndindex(*[len(r) for r in ranges])])
+    slots = max(len(w) for w in windows) - 1
+    out = torch.zeros(n, channels, len(windows), slots, dtype=source.dtype)
+    for i in range(n):
+        for ch in range(channels):
+            for p, window in enumerate(windows):
+                top = int(chosen[i, ch, p])
+                assert top in window
+                others = [e for e in window if e != top]
+                for slot, e in enumerate(others):
+                    out[i, ch, p, slot] = plane_in[i, ch, top] - plane_in[i, ch, e]
     return out.reshape(n, -1)
 
 
@@ -232,9 +235,12 @@ def test_region_rows_are_the_networks_pre_activations_and_window_gaps_inside_the
                 else:
                     expected = values[node_id].flatten(1).gather(1, output.unsqueeze(1))
                 got = z_r[:, start:stop]
-                if kind == "max pool":  # slots without an element, and the argmax's own, are rows of zeros
+                if kind == "max pool":  # slots a smaller window lacks are rows of zeros
                     got = got * (region.sign[:, start:stop] != 0)
                     expected = expected * (region.sign[:, start:stop] != 0)
+                assert got.shape == expected.shape
+                if got.shape[1] == 0:  # windows of one element: no comparison to make
+                    continue
                 scale_ = expected.abs().max().clamp_min(1.0)
                 error = ((got - expected).abs().amax(1) / scale_)[inside]
                 assert bool((error <= EXACT_RTOL).all()), f"layer {k}, {kind} node {node_id}: {error.max():.3g}"
@@ -319,16 +325,44 @@ def test_sampling_finders_on_a_max_pool_cnn_keep_the_region(finder):
     assert all(bool((lay.root_valid & lay.carries_relevance).any()) for lay in dec.layers)
 
 
-def test_region_sampling_chunks_on_a_graph_equal_one_pass():
+def test_chunked_searches_on_a_graph_equal_one_pass(monkeypatch):
+    """RegionSampling's memory budget, and the dense limit on the region rows of several points, only chunk the work."""
     net, shape = _graph("residual")
     x = _inputs(shape, 20, seed=6)
     dec = dtd.train_free(net, x)
-    lay = dec.layers[2]
-    whole = dtd.RegionSamplingRoots(8, seed=1).find(net, 2, lay.input, lay.upper_relevance, output=dec.output, base=dec.activations)
-    small = dtd.RegionSamplingRoots(8, seed=1, memory_budget=1)  # 16 points per chunk
-    chunked = small.find(net, 2, lay.input, lay.upper_relevance, output=dec.output, base=dec.activations)
-    assert torch.equal(whole.valid, chunked.valid)
-    assert torch.allclose(whole.roots(), chunked.roots(), atol=1e-12, rtol=0)
+    k = 2
+    lay = dec.layers[k]
+    args = (net, k, lay.input, lay.upper_relevance)
+    kwargs = dict(output=dec.output, base=dec.activations)
+    whole = dtd.RegionSamplingRoots(8, seed=1).find(*args, **kwargs)
+    by_budget = dtd.RegionSamplingRoots(8, seed=1, memory_budget=1).find(*args, **kwargs)  # 16 points per chunk
+    few = dtd.train_free(net, x[:6])
+    walk_args = (net, k, few.layers[k].input, few.layers[k].upper_relevance)
+    walk_kwargs = dict(output=few.output, base=few.activations)
+    walk = dtd.MetropolisHastingsRoots(4, 10, seed=1).find(*walk_args, **walk_kwargs)
+    _check_walk(net, few, k, walk)
+    # room for the region rows of 3 points at a time
+    monkeypatch.setattr(dtd.graph, "DENSE_LAYER_LIMIT", 3 * 8 * region_rows(net, k) * net.in_features(k))
+    by_limit = dtd.RegionSamplingRoots(8, seed=1).find(*args, **kwargs)
+    for chunked in (by_budget, by_limit):
+        assert torch.equal(whole.valid, chunked.valid)
+        assert torch.allclose(whole.roots(), chunked.roots(), atol=1e-12, rtol=0)
+    walked = dtd.MetropolisHastingsRoots(4, 10, seed=1).find(*walk_args, **walk_kwargs)  # two chunks of 3 points
+    assert torch.equal(walked.valid, dtd.MetropolisHastingsRoots(4, 10, seed=1).find(*walk_args, **walk_kwargs).valid)
+    _check_walk(net, few, k, walked)
+
+
+def _check_walk(net, dec, k, roots):
+    """Walk roots of layer ``k`` of ``dec``'s points: on their equations and inside the region."""
+    lay = dec.layers[k]
+    valid = roots.valid & lay.carries_relevance
+    assert bool(valid.any())
+    delta = lay.input.unsqueeze(1) - roots.roots()
+    residual = dtd.rootsets.root_equation_residual(delta, net.weight(k), lay.upper_relevance)
+    assert bool((residual[valid] <= equation_rtol(torch.float64)).all())
+    region = region_constraints(net, lay.input, k, dec.output, base=dec.activations)
+    z = torch.einsum("nmd,njd->njm", region.A, roots.roots()) + region.c.unsqueeze(1)
+    assert bool(((region.sign.unsqueeze(1) * z)[valid] >= -2 * region_slack(torch.float64)).all())
 
 
 def test_region_output_root_on_a_graph_zeroes_the_output_inside_the_region():
