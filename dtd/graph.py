@@ -29,6 +29,7 @@ Semantics shared by every computation on a graph:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Optional, Sequence, Union
 
@@ -163,7 +164,13 @@ def pool_windows(node: "MaxPoolNode", source_shape: tuple) -> torch.Tensor:
     ``K`` is the largest window; windows clipped by the padding (or an
     adaptive pooling's uneven split) hold fewer indices, padded with -1.  A
     max pooling's output is the maximum of its source over these indices.
+    Built once per pooling and source shape (do not modify the result).
     """
+    return _pool_windows(node, tuple(source_shape))
+
+
+@functools.lru_cache(maxsize=256)
+def _pool_windows(node: "MaxPoolNode", source_shape: tuple) -> torch.Tensor:
     dim = node.dim
     in_sizes = tuple(source_shape[-dim:])
     out_sizes = tuple(node.shape[-dim:])
