@@ -55,6 +55,7 @@ __all__ = [
     "RegionConstraints",
     "region_constraints",
     "region_rows",
+    "check_dense_limits",
     "base_rows",
     "edge_steps",
     "RegionLP",
@@ -146,6 +147,25 @@ def region_rows(net, layer: int) -> int:
         return sum(net.sizes[layer + 1 :])
     _, live = net.live_nodes(layer)
     return _graph_region_rows(net, live) - 1 + net.out_features
+
+
+def check_dense_limits(net) -> None:
+    """Raise the ``ValueError`` a decomposition with an in-region finder would meet at its first layer above
+    :data:`dtd.graph.DENSE_LAYER_LIMIT` (its weight or its region's rows; layers in the order DTD visits them, the
+    output's first), before any work is done; a :class:`~dtd.ReLUNetwork` has no limit."""
+    if not isinstance(net, GraphNetwork):
+        return
+    limit = _graph.DENSE_LAYER_LIMIT
+    for k in reversed(range(net.n_layers)):
+        d = net.in_features(k)
+        if net.out_features_of(k) * d * 8 > limit:
+            raise dense_limit_error(net, k, "its weight", net.out_features_of(k), d)
+        m = _graph_region_rows(net, net.live_nodes(k)[1])
+        if m * d * 8 > limit:
+            raise dense_limit_error(net, k, _REGION_WHAT.format(k=k), m, d)
+
+
+_REGION_WHAT = "the region of f_{k} (its deciding ReLUs, max-pool windows and output)"
 
 
 def base_rows(base: Optional[tuple], start: int, stop: int) -> Optional[tuple]:
@@ -245,7 +265,7 @@ def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, ou
     live_ids = {node.id for node in live}
     m = _graph_region_rows(net, live)
     if m * d * 8 > _graph.DENSE_LAYER_LIMIT:
-        raise dense_limit_error(net, layer, f"the region of f_{layer} (its deciding ReLUs, max-pool windows and output)", m, d)
+        raise dense_limit_error(net, layer, _REGION_WHAT.format(k=layer), m, d)
     constants = sorted({s for node in live for s in net.sources(node) if s not in overridden and s not in live_ids})
     if constants and base is None:
         raise ValueError(

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .progress import progress
-from .regions import LPStatus, RegionLP, base_rows, edge_steps, region_constraints, region_rows
+from .regions import LPStatus, RegionLP, base_rows, check_dense_limits, edge_steps, region_constraints, region_rows
 from .rootsets import ExplicitRoots, RegionRootSet, RootSet, WalkRootSet
 from .rules import Rule, RuleLike
 from .threads import one_thread
@@ -139,6 +139,11 @@ class _InRegionFinder(RootFinder):
     """
 
     nonnegative: bool = True
+
+    def check(self, net) -> None:
+        """On a graph network: every layer's weight and region rows fit :data:`dtd.graph.DENSE_LAYER_LIMIT`
+        (:func:`dtd.regions.check_dense_limits`), so a refusal comes before any linear program or walk."""
+        check_dense_limits(net)
 
     def check_domain(self, k, a):
         if self.nonnegative and float(a.min()) < 0:

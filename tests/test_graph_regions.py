@@ -414,6 +414,27 @@ def test_region_rows_above_the_dense_limit_are_refused(monkeypatch):
         region_constraints(net, a, 0, 0, base=base)
 
 
+def test_a_layer_above_the_limit_is_refused_before_any_linear_program(monkeypatch):
+    net, shape = _graph("residual")
+    x = _inputs(shape, 1)
+    rows = [region_rows(net, k) - net.out_features + 1 for k in range(net.n_layers)]  # the output's one row
+    region_bytes = [m * net.in_features(k) * 8 for k, m in enumerate(rows)]
+    k = max(range(net.n_layers), key=region_bytes.__getitem__)
+    limit = region_bytes[k] - 1  # every weight and every other region fits, not this one
+    assert all(b <= limit for j, b in enumerate(region_bytes) if j != k)
+    assert all(net.out_features_of(j) * net.in_features(j) * 8 <= limit for j in range(net.n_layers))
+    monkeypatch.setattr(dtd.graph, "DENSE_LAYER_LIMIT", limit)
+
+    def no_lp(*args, **kwargs):
+        raise AssertionError("a linear program was built before the refusal")
+
+    monkeypatch.setattr(dtd.roots, "RegionLP", no_lp)
+    name = net.layer_names()[k]
+    for finder in (dtd.RegionRoots(), dtd.RegionSamplingRoots(8), dtd.MetropolisHastingsRoots(2, 2)):
+        with pytest.raises(ValueError, match=rf"layer {k} \('{name}'\): the region of f_{k} .* {rows[k]:,} x {net.in_features(k)} matrix"):
+            dtd.train_free(net, x, root_finder=finder)
+
+
 # --------------------------------------------------------------------------- the LP rows
 def _dense_lp_rows(a, A, c, sign, norm, slack):
     """RegionLP's rows as they were built before: a dense matrix, its non-zeros read row by row."""
@@ -440,9 +461,11 @@ def test_sparse_lp_rows_equal_the_dense_construction(norm):
     net, shape = _graph("sequential_cnn")
     x = _inputs(shape, 1)
     base = net.run(x)
-    for k in (0, 1):
-        a = net.layer_input(base[0], k)
-        region = region_constraints(net, a, k, 0, base=base)
+    regions = [(net.layer_input(base[0], k), region_constraints(net, net.layer_input(base[0], k), k, 0, base=base)) for k in (0, 1)]
+    seed = dtd.ReLUNetwork.random([10, 10, 10, 10, 2], seed=2, dtype=torch.float64)  # the notebook's rows too
+    points = seed.sample_inputs(3, output=0, min_output=0.1, seed=0)
+    regions += [(a, region_constraints(seed, a, k, 0)) for k, a in enumerate(seed.activations(points)[:-1])]
+    for a, region in regions:
         args = (a[0].numpy(), region.A[0].numpy(), region.c[0].numpy(), region.sign[0].numpy())
         want = _dense_lp_rows(*args, norm, 1e-9)
         got = lp_rows(*args, norm=norm, slack=1e-9)
