@@ -107,7 +107,7 @@ def test_chain_graph_regions_equal_the_dense_engines_bit_for_bit():
                 assert got.output_row == want.output_row
 
 
-FINDERS = [dtd.RegionRoots("l1"), dtd.RegionRoots("linf"), dtd.RegionSamplingRoots(32, seed=1), dtd.MetropolisHastingsRoots(4, 30, seed=1)]
+FINDERS = [dtd.RegionRoots("l1"), dtd.RegionRoots("linf"), dtd.RegionSamplingRoots(32, seed=1), dtd.MetropolisHastingsRoots(4, 15, seed=1)]
 
 
 @pytest.mark.parametrize("finder", FINDERS, ids=lambda f: f.describe(0))
@@ -134,7 +134,7 @@ def test_region_roots_on_a_cnn_equal_those_of_its_dense_lowering(norm):
     dense = dtd.ReLUNetwork.from_sequential(model, input_shape=(2, 6, 6))
     graph = dtd.ReLUNetwork.from_module(model, (2, 6, 6))
     assert isinstance(graph, dtd.GraphNetwork) and graph.n_layers == dense.n_layers
-    x = _inputs((2, 6, 6), 3, seed=1)
+    x = _inputs((2, 6, 6), 2, seed=1)
     finder = dtd.RegionRoots(norm)
     reference = dtd.train_free(dense, x, root_finder=finder)
     solved = 0
