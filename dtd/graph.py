@@ -29,6 +29,7 @@ Semantics shared by every computation on a graph:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Optional, Sequence, Union
 
@@ -40,6 +41,8 @@ from .operators import Chain, Dense, Reshape
 from .validation import all_finite, check_finite_layer, check_int
 
 __all__ = [
+    "DENSE_LAYER_LIMIT",
+    "dense_limit_error",
     "dense_only",
     "InputNode",
     "AffineNode",
@@ -52,13 +55,35 @@ __all__ = [
 ]
 
 
+#: Largest dense float64 matrix, in bytes (per point), that the in-region root finders may build for one layer of a
+#: :class:`GraphNetwork`: its weight ``(J_k, D_k)`` (:meth:`GraphNetwork.weight`) and its region's rows ``(M, D_k)``
+#: (:func:`dtd.regions.region_constraints`).  256 MiB: a 16-channel 16x16 convolution (4096 x 4096, 128 MiB) fits,
+#: a 32-channel 32x32 one (32768 x 32768, 8 GiB) is refused with :func:`dense_limit_error`.  Read at every call, so
+#: ``dtd.graph.DENSE_LAYER_LIMIT = ...`` raises it where the memory is there.
+DENSE_LAYER_LIMIT = 256 << 20
+
+
+def dense_limit_error(net, k: int, what: str, rows: int, cols: int) -> ValueError:
+    """The ``ValueError`` for a dense ``rows x cols`` float64 matrix of layer ``k`` above :data:`DENSE_LAYER_LIMIT`."""
+    needed = rows * cols * 8
+    return ValueError(
+        f"layer {k} ({net.layer_names()[k]!r}): {what} is a dense {rows:,} x {cols:,} matrix, {needed:,} bytes "
+        f"({needed / 2**30:.2f} GiB) as float64, above dtd.graph.DENSE_LAYER_LIMIT = {DENSE_LAYER_LIMIT:,} bytes "
+        f"({DENSE_LAYER_LIMIT / 2**20:.0f} MiB) per point; the in-region root finders (RegionRoots, RegionSamplingRoots, "
+        "MetropolisHastingsRoots) need it. On this layer use DTD's closed-form roots (dtd.train_free(net, x, rule=...)), "
+        "which stay matrix-free, and judge sampled neurons with properties.checks.root_outcomes(..., neurons=K); or raise "
+        "dtd.graph.DENSE_LAYER_LIMIT where the memory is there"
+    )
+
+
 def dense_only(net, what: str) -> None:
     """``TypeError`` when ``net`` is a :class:`GraphNetwork`: ``what`` needs the dense layers of a ``ReLUNetwork``."""
     if isinstance(net, GraphNetwork):
         raise TypeError(
             f"{what} needs the dense layers of a dtd.ReLUNetwork, but this network was lowered by the graph engine "
-            "(ReLUNetwork.from_module); on a GraphNetwork use dtd.train_free with rule= (closed-form roots), "
-            "dtd.accounting and properties.checks.root_outcomes, or lower an MLP or a small CNN with from_sequential"
+            "(ReLUNetwork.from_module); on a GraphNetwork use dtd.train_free with rule= (closed-form roots) or an "
+            "in-region root finder (up to dtd.graph.DENSE_LAYER_LIMIT), dtd.accounting and properties.checks.root_outcomes, "
+            "or lower an MLP or a small CNN with from_sequential"
         )
 
 
@@ -131,6 +156,79 @@ Node = Union[InputNode, AffineNode, ReLUNode, MaxPoolNode]
 def _planes(t: torch.Tensor, dim: int) -> torch.Tensor:
     """``(batch, C, spatial...)`` as ``(batch, C, prod(spatial))`` (max pooling's index space)."""
     return t.reshape(t.shape[0], -1, math.prod(t.shape[-dim:]))
+
+
+def pool_windows(node: "MaxPoolNode", source_shape: tuple) -> torch.Tensor:
+    """Each output's window: ``(prod(out spatial), K)`` flat indices into the source's channel plane, ``-1`` for none.
+
+    ``K`` is the largest window; windows clipped by the padding (or an
+    adaptive pooling's uneven split) hold fewer indices, padded with -1.  A
+    max pooling's output is the maximum of its source over these indices.
+    Built once per pooling and source shape (do not modify the result).
+    """
+    return _pool_windows(node, tuple(source_shape))
+
+
+@functools.lru_cache(maxsize=256)
+def _pool_windows(node: "MaxPoolNode", source_shape: tuple) -> torch.Tensor:
+    dim = node.dim
+    in_sizes = tuple(source_shape[-dim:])
+    out_sizes = tuple(node.shape[-dim:])
+    per_dim = []
+    for d in range(dim):
+        n_in, n_out = in_sizes[d], out_sizes[d]
+        if node.output_size is not None:  # adaptive: [floor(o n_in / n_out), ceil((o + 1) n_in / n_out))
+            windows = [list(range((o * n_in) // n_out, -((-(o + 1) * n_in) // n_out))) for o in range(n_out)]
+        else:
+            k, s, p, dil = node.kernel_size[d], node.stride[d], node.padding[d], node.dilation[d]
+            windows = [[e for e in (o * s - p + t * dil for t in range(k)) if 0 <= e < n_in] for o in range(n_out)]
+        per_dim.append(windows)
+    if dim == 1:
+        flat = per_dim[0]
+    else:
+        width = in_sizes[1]
+        flat = [[i * width + j for i in rows for j in cols] for rows in per_dim[0] for cols in per_dim[1]]
+    size = max(len(w) for w in flat)
+    return torch.tensor([w + [-1] * (size - len(w)) for w in flat], dtype=torch.int64).reshape(len(flat), size)
+
+
+def dense_weight(op) -> Optional[torch.Tensor]:
+    """The ``(J, D)`` weight of an operator that is one Linear between reshapes (flat, it *is* that matrix), else None."""
+    if isinstance(op, Dense):
+        return op.weight
+    if isinstance(op, Chain):
+        dense = [o for o in op.ops if isinstance(o, Dense)]
+        if len(dense) == 1 and all(isinstance(o, (Dense, Reshape)) for o in op.ops):
+            return dense[0].weight
+    return None
+
+
+def operator_matrix(op, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """An operator's ``(out_features, in_features)`` matrix, matrix-free: its own weight for a Linear, else unit
+    vectors pushed through it (the outputs' back through the transpose when there are fewer of them), in chunks.
+
+    Every entry of the lowered operators is a single product of their entries
+    (:mod:`dtd.operators`), so pushing a unit vector reproduces it exactly.
+    """
+    weight = dense_weight(op)
+    if weight is not None:
+        return weight.to(dtype=dtype, device=device)
+    d_in, d_out = op.in_features, op.out_features
+    matrix = torch.empty(d_out, d_in, dtype=dtype, device=device)
+    backwards = d_out <= d_in
+    n, shape = (d_out, op.out_shape) if backwards else (d_in, op.in_shape)
+    chunk = max(1, min(n, (64 << 20) // (8 * max(d_in, d_out))))
+    with torch.no_grad():
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            basis = torch.zeros(stop - start, n, dtype=dtype, device=device)
+            basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+            basis = basis.reshape((stop - start,) + tuple(shape))
+            if backwards:
+                matrix[start:stop] = op.transpose(basis).reshape(stop - start, d_in)
+            else:
+                matrix[:, start:stop] = op.forward(basis).reshape(stop - start, d_out).T
+    return matrix
 
 
 def scatter_argmax(values: torch.Tensor, argmax: torch.Tensor, source_shape: tuple, dim: int) -> torch.Tensor:
@@ -243,6 +341,8 @@ class GraphNetwork(nn.Module):
             _dtype=tensors[0].dtype if tensors else torch.get_default_dtype(),
             _device=tensors[0].device if tensors else torch.device("cpu"),
             _live={},
+            _weights={},  # layer -> its dense block row, built on first use (GraphNetwork.weight)
+            _float64={},  # affine node id -> its branches' operators in float64 (the region's maps)
         )
 
     @classmethod
@@ -317,6 +417,39 @@ class GraphNetwork(nn.Module):
     @property
     def in_size(self) -> int:
         return math.prod(self.input_shape)
+
+    def weight(self, k: int) -> torch.Tensor:
+        """Layer ``k``'s weight ``(J_k, D_k)`` as a dense matrix: the block row ``[A_1, A_2, ...]`` over its branches.
+
+        Columns follow :meth:`layer_input` (branch inputs flattened side by
+        side); rows the node's flattened output.  A Linear's block is its
+        weight itself; other operators' blocks are built matrix-free
+        (:func:`operator_matrix`) once and kept.  Used by the in-region root
+        finders; DTD's closed-form roots never need it.  Do not modify it.
+
+        Raises ``ValueError`` (:func:`dense_limit_error`) when the matrix, as
+        float64, would exceed :data:`DENSE_LAYER_LIMIT` bytes.
+        """
+        self.check_layer(k)
+        if k not in self._weights:
+            rows, cols = self.out_features_of(k), self.in_features(k)
+            if rows * cols * 8 > DENSE_LAYER_LIMIT:
+                raise dense_limit_error(self, k, "its weight", rows, cols)
+            blocks = [operator_matrix(b.op, self.dtype, self.device) for b in self.layer(k).branches]
+            self._weights[k] = blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
+        return self._weights[k]
+
+    def bias(self, k: int) -> torch.Tensor:
+        """Layer ``k``'s bias ``(J_k,)``: the node's bias flattened (a view)."""
+        return self.layer(k).bias.reshape(-1)
+
+    def float64_operators(self, node: "AffineNode") -> list:
+        """The node's branch operators in float64 (themselves in a float64 network; converted copies kept otherwise)."""
+        if self._dtype == torch.float64:
+            return [b.op for b in node.branches]
+        if node.id not in self._float64:
+            self._float64[node.id] = [b.op.to(torch.float64) for b in node.branches]
+        return self._float64[node.id]
 
     def check_layer(self, k, name: str = "layer") -> int:
         check_int(k, name)

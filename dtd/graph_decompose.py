@@ -14,18 +14,26 @@ modified operators (``W``, ``W+``, ``W-``, ``W^2``) applied forward and
 transposed, so no ``(J, D)`` matrix and no ``(batch, J, D)`` root tensor is
 formed.  Roots are built only for the neurons asked for
 (:meth:`OperatorRoots.selected`).
+
+Any other root finder (the in-region ones: ``RegionRoots``,
+``RegionSamplingRoots``, ``MetropolisHastingsRoots``) is given the layer's
+input ``a`` and upper relevance flat, returns its roots ``(batch, J, D)``,
+and the input relevances ``R_i = sum_j w_ji (a - root_j)_i`` use the layer's
+dense weight (:meth:`GraphNetwork.weight`, refused above
+:data:`dtd.graph.DENSE_LAYER_LIMIT`), split back onto the branches.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Optional
 
 import torch
 
 from .graph import AffineNode, GraphNetwork, MaxPoolNode, ReLUNode, scatter_argmax
 from .rootsets import RootSet
-from .rules import WEIGHTED, Pinv, Rule
+from .rules import WEIGHTED, Rule
 from .tolerances import denominator_eps
 from .validation import all_finite, check_finite_layer, overflow_error
 
@@ -109,11 +117,6 @@ class OperatorRoots(RootSet):
 
 def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list, relevance: torch.Tensor, eps: float):
     """The rule at layer ``k``: ``(t, valid, relevance per branch)`` for branch inputs ``parts`` and upper relevance ``(N, *shape)``."""
-    if isinstance(rule, Pinv):
-        raise TypeError(
-            f"the pinv rule needs layer {k}'s dense matrix ({net.out_features_of(k)} x {net.in_features(k)}); on a graph "
-            "network use a neuron rule (z+, w2, gamma, x, zB), or lower an MLP with from_sequential"
-        )
     terms = rule.terms()
     node = net.layer(k)
     like = parts[0]
@@ -152,6 +155,15 @@ def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list, relevance:
     return t, valid, lower
 
 
+def _takes_base(root_finder) -> bool:
+    """Whether the finder's ``find`` accepts ``base=`` (:meth:`GraphNetwork.run`'s values at the explained points)."""
+    try:
+        parameters = inspect.signature(root_finder.find).parameters
+    except (TypeError, ValueError):
+        return False
+    return "base" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
 def check_domains(net: GraphNetwork, x: torch.Tensor, root_finder) -> None:
     """Raise the ``ValueError`` a decomposition of ``x`` would raise for activations outside the finder's domains."""
     x = net.check_input(x)
@@ -162,15 +174,17 @@ def check_domains(net: GraphNetwork, x: torch.Tensor, root_finder) -> None:
 
 
 def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) -> "GraphDecomposition":
-    """:func:`dtd.train_free` on a graph network (called from there; arguments already chosen)."""
-    from .decompose import check_output_and_precision, edge_shape
-    from .roots import LinearRoots
+    """:func:`dtd.train_free` on a graph network (called from there; arguments already chosen).
 
-    if not isinstance(root_finder, LinearRoots):
-        raise TypeError(
-            f"{type(root_finder).__name__} needs the dense layers of a ReLUNetwork; on a graph network (from_module) "
-            "DTD's closed-form roots are used: pass rule= (or LinearRoots(...))"
-        )
+    :class:`~dtd.roots.LinearRoots` runs matrix-free (:func:`operator_step`);
+    any other finder through its ``find`` (see :func:`decompose`), with
+    ``base=`` (every node's value at ``x``) when its ``find`` takes it.
+    """
+    from .decompose import check_output_and_precision, edge_shape
+    from .roots import RootFinder
+
+    if not isinstance(root_finder, RootFinder):
+        raise TypeError(f"root_finder must be a dtd.roots.RootFinder, got {type(root_finder).__name__}")
     output = check_output_and_precision(net, output, "the model's .float() / .double() (and x's)")
     shape = edge_shape(x) if isinstance(x, torch.Tensor) else None
     x = net.check_input(x).clone()
@@ -195,18 +209,6 @@ def _operator_rule(root_finder, k: int) -> Optional[Rule]:
     return rule
 
 
-def _dense_weight(finder_net, k: int, what: str) -> torch.Tensor:
-    """Layer ``k``'s ``(J, D)`` matrix for a finder's dense step; a ``TypeError`` saying ``what`` needs it where there is none."""
-    weight = getattr(finder_net, "weight", None)
-    if weight is None:
-        raise TypeError(
-            f"{what} needs layer {k}'s dense matrix ({finder_net.out_features_of(k)} x "
-            f"{finder_net.in_features(k)}); on a graph network use a neuron rule (z+, w2, gamma, x, zB), "
-            "or lower an MLP with from_sequential"
-        )
-    return weight(k)
-
-
 def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder_net, input_shape) -> "GraphDecomposition":
     """The engine's train-free walk over ``net`` (every network's: a :class:`dtd.ReLUNetwork` runs as its chain graph).
 
@@ -220,7 +222,6 @@ def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder
     ``input_shape`` is the decomposition's (the explained ``x``'s shape).
     """
     from .decompose import LayerDecomposition
-    from .roots import LinearRoots
 
     values, argmax = net.run(x)
     top = net.output_of(values)
@@ -231,6 +232,8 @@ def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder
         root_finder.check_domain(k, inputs[k])
     eps = root_finder.eps if getattr(root_finder, "eps", None) is not None else denominator_eps(x.dtype)
     n = x.shape[0]
+    # a finder on a graph that takes base= (the in-region ones) gets every node's value at x: activations skipping past a layer
+    finder_kwargs = {"base": (values, argmax)} if isinstance(finder_net, GraphNetwork) and _takes_base(root_finder) else {}
     with torch.no_grad():
         start = torch.zeros_like(top)
         if isinstance(output, torch.Tensor):
@@ -264,9 +267,8 @@ def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder
                     flat_lower = lower[0].flatten(1) if len(lower) == 1 else torch.cat([p.flatten(1) for p in lower], 1)
                     root_set = OperatorRoots(net, k, rule, a, t, valid, flat_lower)
                 else:
-                    what = f"the {root_finder.rule(k).name} rule" if isinstance(root_finder, LinearRoots) else type(root_finder).__name__
-                    weight = _dense_weight(finder_net, k, what)
-                    root_set = root_finder.find(finder_net, k, a, upper, output=output)
+                    weight = finder_net.weight(k)  # a graph's dense block row: refused above dtd.graph.DENSE_LAYER_LIMIT
+                    root_set = root_finder.find(finder_net, k, a, upper, output=output, **finder_kwargs)
                     flat_lower = check_finite_layer(root_set.relevance(weight), k, "the input relevances")
                     lower = net.split_input(k, flat_lower)
                     valid = root_set.valid

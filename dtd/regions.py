@@ -7,6 +7,16 @@ fixed) every pre-activation is affine in the layer-``k`` input ``r``:
 the layers ``>= k`` and the explained output neuron; other output neurons do
 not enter ``f``), with ``sign = +1`` for neurons active at the input and
 ``-1`` for inactive ones.
+
+On a :class:`~dtd.graph.GraphNetwork` the region of ``f_k`` is the input's
+ReLU pattern *and* argmax pattern of the non-linearities ``f_k`` recomputes
+(:meth:`~dtd.graph.GraphNetwork.deciding`): every deciding ReLU's
+pre-activation is a row as above, and every window of a deciding max pool
+adds ``z[argmax] - z[e] >= 0`` for each other element ``e`` of the window
+(its argmax at the input stays a maximum).  Activations that ``f_k`` keeps
+(a skip from below layer ``k``) are constants of ``c``.  These rows are dense
+``(M, D_k)`` matrices per point, refused above
+:data:`dtd.graph.DENSE_LAYER_LIMIT`.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import enum
+import math
 import os
 import sys
 import threading
@@ -23,17 +34,27 @@ import highspy
 import numpy as np
 import torch
 
-from .graph import dense_only
-from .network import output_column
+from . import graph as _graph
+from .graph import (
+    AffineNode,
+    GraphNetwork,
+    MaxPoolNode,
+    ReLUNode,
+    dense_limit_error,
+    dense_weight,
+    pool_windows,
+)
+from .network import ReLUNetwork
 from .tolerances import DIVISION_GUARD, LP_FEASIBILITY_TOL, region_slack
 from .validation import check_bool
 
 __all__ = [
     "LPStatus",
-    "deciding_layers",
-    "region_pre_activations",
     "RegionConstraints",
     "region_constraints",
+    "region_rows",
+    "check_dense_limits",
+    "base_rows",
     "edge_steps",
     "RegionLP",
     "region_output_root",
@@ -57,29 +78,6 @@ class LPStatus(enum.IntEnum):
         return "solver failed" if self is LPStatus.FAILED else self.name.lower()
 
 
-def deciding_layers(net, layer: int) -> list[int]:
-    """The layers whose ReLU states decide the linear region of ``f_k`` (``k = layer``), lowest first.
-
-    Every hidden layer ``>= k`` (all its neurons: each has a ReLU) and the
-    last layer when it has a ReLU -- of that layer only the explained output
-    neuron decides (other output neurons do not enter ``f``).  A last layer
-    without ReLU has no state and is left out.
-    """
-    return [k for k in range(layer, net.n_layers) if net.has_relu(k)]
-
-
-def region_pre_activations(net, zs: list[torch.Tensor], layer: int, output: "int | torch.Tensor") -> torch.Tensor:
-    """The deciding pre-activations (:func:`deciding_layers`) side by side: ``(rows, M)``.
-
-    ``zs`` are the pre-activations of layers ``layer ...`` (as
-    :meth:`~dtd.ReLUNetwork.pre_activations`), each ``(rows, J)``; ``output``
-    an int or a ``(rows,)`` tensor of per-row explained outputs.
-    """
-    last = net.n_layers - 1
-    parts = [output_column(zs[k - layer], output).unsqueeze(1) if k == last else zs[k - layer] for k in deciding_layers(net, layer)]
-    return torch.cat(parts, dim=1) if parts else zs[0][:, :0]
-
-
 def edge_steps(g: torch.Tensor, h: torch.Tensor, slack: float) -> torch.Tensor:
     """Per region row ``g + s h >= -slack`` along a move: the step ``s`` where it is reached (inf if it never is).
 
@@ -97,53 +95,233 @@ class RegionConstraints:
     ----------------------------------------
     A : ``(batch, M, D)``; c, sign : ``(batch, M)``; output_row : index of the
     explained output's row in ``M`` (``z_out(r) = A[:, output_row] r + c[:, output_row]``).
+    blocks : on a graph network, ``(kind, node id, start, stop)`` per group of
+    rows in order -- ``"relu"`` (the ReLU's pre-activations), ``"max pool"``
+    (``z[argmax] - z[e]`` for every output and each other element ``e`` of
+    its window, in window order: ``K - 1`` rows per output for windows of
+    up to ``K`` elements, sign 0 on the slots a smaller window lacks),
+    ``"output"``; empty for a :class:`~dtd.ReLUNetwork`.
     """
 
     A: torch.Tensor
     c: torch.Tensor
     sign: torch.Tensor
     output_row: int
+    blocks: tuple = ()
 
 
-def region_constraints(net, a: torch.Tensor, layer: int, output: "int | torch.Tensor") -> RegionConstraints:
+def region_rows(net, layer: int) -> int:
+    """How many region rows the finders budget for at layer ``layer`` (work chunks, the walk's threading).
+
+    A :class:`~dtd.ReLUNetwork`: every neuron of the layers ``>= k``
+    (``sum(net.sizes[k + 1:])``).  A graph network: every deciding ReLU's
+    neurons, every deciding max pool's outputs times one less than its largest window, and
+    the last layer's neurons -- on a chain of Linear layers the same count.
+    """
+    if not isinstance(net, GraphNetwork):
+        return sum(net.sizes[layer + 1 :])
+    _, live = net.live_nodes(layer)
+    return _graph_region_rows(net, live) - 1 + net.out_features
+
+
+def check_dense_limits(net) -> None:
+    """Raise the ``ValueError`` a decomposition with an in-region finder would meet at its first layer above
+    :data:`dtd.graph.DENSE_LAYER_LIMIT` (its weight or its region's rows; layers in the order DTD visits them, the
+    output's first), before any work is done; a :class:`~dtd.ReLUNetwork` has no limit."""
+    if not isinstance(net, GraphNetwork):
+        return
+    limit = _graph.DENSE_LAYER_LIMIT
+    for k in reversed(range(net.n_layers)):
+        d = net.in_features(k)
+        if net.out_features_of(k) * d * 8 > limit:
+            raise dense_limit_error(net, k, "its weight", net.out_features_of(k), d)
+        m = _graph_region_rows(net, net.live_nodes(k)[1])
+        if m * d * 8 > limit:
+            raise dense_limit_error(net, k, _REGION_WHAT.format(k=k), m, d)
+
+
+_REGION_WHAT = "the region of f_{k} (its deciding ReLUs, max-pool windows and output)"
+
+
+def base_rows(base: Optional[tuple], start: int, stop: int) -> Optional[tuple]:
+    """The rows ``start:stop`` of :meth:`GraphNetwork.run`'s ``(values, argmax)`` (views), or None."""
+    if base is None:
+        return None
+    values, argmax = base
+    return {i: v[start:stop] for i, v in values.items()}, {i: v[start:stop] for i, v in argmax.items()}
+
+
+def region_constraints(
+    net, a: torch.Tensor, layer: int, output: "int | torch.Tensor", *, base: Optional[tuple] = None
+) -> RegionConstraints:
     """Affine maps of every deciding pre-activation at the inputs ``a`` ``(batch, D_k)`` of layer ``layer``.
 
-    The rows are those of :func:`deciding_layers`; a last layer without
-    ReLU adds the explained output's row with sign 0 (no constraint), so
-    ``z_out`` is always available at ``output_row``.
+    The rows are every deciding ReLU's pre-activation (for an MLP: every
+    neuron of the layers ``>= k`` but the last, whose explained output decides
+    when it has a ReLU); a last layer without ReLU adds the explained output's
+    row with sign 0 (no constraint), so ``z_out`` is always available at
+    ``output_row``.  A :class:`~dtd.ReLUNetwork` is computed as its chain graph.
+
+    On a :class:`~dtd.graph.GraphNetwork` (see the module docstring) the rows
+    are the deciding ReLUs' pre-activations and max pools' window comparisons
+    in topological order, then the output's row.  ``base``: ``net.run(x)`` at
+    the same points (rows of ``a``), needed when ``f_k`` reads activations
+    that do not depend on layer ``k``'s input (a skip from below it); its max
+    pools' argmaxes are then the input's pattern (else ``a`` is run forward).
+    ``ValueError`` (:func:`dtd.graph.dense_limit_error`) when the rows,
+    ``M x D_k`` per point as float64, exceed :data:`dtd.graph.DENSE_LAYER_LIMIT`.
     """
-    dense_only(net, "region_constraints")
+    if isinstance(net, ReLUNetwork):  # one engine: an MLP's region is its chain graph's (the same rows, bit for bit)
+        net.check_layer(layer)
+        net.check_output(output, a.shape[0])
+        net = net.graph()
+    return _graph_region_constraints(net, a, layer, output, base)
+
+
+def _push(op, A: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The affine map ``(A, c)`` of an activation pushed through a branch operator: ``(op A, op c)``.
+
+    A Linear composes as the dense engine does (``einsum`` over the rows, ``c @ W^T``), bit for bit;
+    other operators take the map's ``D`` columns as a batch through their ``forward``.
+    """
+    w = dense_weight(op)
+    if w is not None:
+        return torch.einsum("ij,njd->nid", w, A), c @ w.T
+    n, _, d = A.shape
+    columns = A.permute(0, 2, 1).reshape((n * d,) + tuple(op.in_shape))
+    A_out = op.forward(columns).reshape(n, d, -1).permute(0, 2, 1)
+    return A_out, op.forward(c.reshape((n,) + tuple(op.in_shape))).reshape(n, -1)
+
+
+def _graph_region_rows(net: GraphNetwork, live: list) -> int:
+    rows = 1
+    for node in live:
+        if isinstance(node, ReLUNode):
+            rows += math.prod(node.shape)
+        elif isinstance(node, MaxPoolNode):
+            rows += math.prod(node.shape) * (pool_windows(node, net.nodes[node.source].shape).shape[1] - 1)
+    return rows
+
+
+def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, output, base) -> RegionConstraints:
+    """:func:`region_constraints` on a graph network: the affine maps of ``f_k``'s live nodes, composed in order."""
     net.check_layer(layer)
     output = net.check_output(output, a.shape[0])
-    a = a.detach().to(torch.float64)
-    deciding = set(deciding_layers(net, layer))
-    last = net.n_layers - 1
-    rows = torch.arange(a.shape[0], device=a.device)
-    # the explained output's row of every point (a per-point output picks each point's own)
-    explained = output.to(a.device) if isinstance(output, torch.Tensor) else torch.full_like(rows, output)
-    rows_a, rows_c, rows_s = [], [], []
-    A = net.weight(layer).to(torch.float64).unsqueeze(0).expand(a.shape[0], -1, -1)  # (N, J, D)
-    c = net.bias(layer).to(torch.float64).unsqueeze(0).expand(a.shape[0], -1)
-    z = c + torch.einsum("njd,nd->nj", A, a)
-    output_row = -1
-    for k in range(layer, net.n_layers):
-        if k == last:  # the explained output's row; a constraint only if it has a ReLU
-            output_row = sum(r.shape[1] for r in rows_a)
-            rows_a.append(A[rows, explained].unsqueeze(1))
-            rows_c.append(c[rows, explained].unsqueeze(1))
-            sign = torch.where(z[rows, explained] > 0, 1.0, -1.0).to(torch.float64).unsqueeze(1)
-            rows_s.append(sign if k in deciding else torch.zeros_like(sign))  # a zero sign makes the row no constraint
-        elif k in deciding:
-            rows_a.append(A)
-            rows_c.append(c)
-            rows_s.append(torch.where(z > 0, 1.0, -1.0).to(torch.float64))
-        if k < last:
-            active = (z > 0).to(torch.float64)
-            w = net.weight(k + 1).to(torch.float64)
-            A = torch.einsum("ij,njd->nid", w, active.unsqueeze(-1) * A)
-            c = (active * c) @ w.T + net.bias(k + 1).to(torch.float64)
-            z = c + torch.einsum("njd,nd->nj", A, a)
-    return RegionConstraints(torch.cat(rows_a, 1), torch.cat(rows_c, 1), torch.cat(rows_s, 1), output_row)
+    n, d = a.shape
+    if d != net.in_features(layer):
+        raise ValueError(f"a must be layer {layer}'s inputs (batch, {net.in_features(layer)}), got {tuple(a.shape)}")
+    overridden, live = net.live_nodes(layer)
+    live_ids = {node.id for node in live}
+    m = _graph_region_rows(net, live)
+    if m * d * 8 > _graph.DENSE_LAYER_LIMIT:
+        raise dense_limit_error(net, layer, _REGION_WHAT.format(k=layer), m, d)
+    constants = sorted({s for node in live for s in net.sources(node) if s not in overridden and s not in live_ids})
+    if constants and base is None:
+        raise ValueError(
+            f"the region of layer {layer} ({net.layer_names()[layer]!r}) reads activations that do not depend on its input "
+            f"(nodes {constants}: a skip from below the layer); pass base=net.run(x) for the same points"
+        )
+    if base is not None and any(base[0][i].shape[0] != n for i in constants):
+        raise ValueError(f"base holds the values of {base[0][0].shape[0]} points but a has {n} rows; give both for the same points")
+    a_net = a.detach()
+    a = a_net.to(torch.float64)
+    node_k = net.layer(layer)
+    pools = [node for node in live if isinstance(node, MaxPoolNode)]
+    argmax: dict = {}
+    if pools:  # the input's argmax pattern: the network's own at these points
+        if base is not None and all(p.id in base[1] for p in pools):
+            argmax = {p.id: base[1][p.id] for p in pools}
+        else:
+            values = dict(zip([b.source for b in node_k.branches], net.split_input(layer, a_net.to(net.dtype))))
+            with torch.no_grad():
+                for node in live:
+                    for s in net.sources(node):
+                        if s not in values:
+                            values[s] = base[0][s]
+                    net._compute(node, values, argmax, check=False)
+    offsets, start = {}, 0
+    for branch in node_k.branches:
+        offsets[branch.source] = (start, branch.op.in_features)
+        start += branch.op.in_features
+    maps: dict = {}  # node id -> (A (n, size, d), c (n, size)) of its value
+    z_of: dict = {}  # affine node id -> its pre-activations at a, from the map
+    rows_a, rows_c, rows_s, blocks = [], [], [], []
+    count = 0
+
+    def add(kind, node_id, A, c, sign):
+        nonlocal count
+        rows_a.append(A)
+        rows_c.append(c)
+        rows_s.append(sign)
+        blocks.append((kind, node_id, count, count + A.shape[1]))
+        count += A.shape[1]
+
+    def source_map(s):
+        if s not in maps:  # an overridden source read past layer k (a skip): its part of r
+            first, size = offsets[s]
+            select = a.new_zeros(size, d)
+            select[:, first : first + size] = torch.eye(size, dtype=a.dtype, device=a.device)
+            maps[s] = (select.unsqueeze(0).expand(n, -1, -1), a.new_zeros(n, size))
+        return maps[s]
+
+    with torch.no_grad():
+        for node in live:
+            if isinstance(node, AffineNode):
+                if node.id == node_k.id:
+                    A = net.weight(layer).to(torch.float64).unsqueeze(0).expand(n, -1, -1)  # (N, J, D)
+                    c = net.bias(layer).to(torch.float64).unsqueeze(0).expand(n, -1)
+                else:
+                    A, c = None, None
+                    for branch, op in zip(node.branches, net.float64_operators(node)):
+                        if branch.source in live_ids or branch.source in overridden:
+                            A_b, c_b = _push(op, *source_map(branch.source))
+                            A = A_b if A is None else A + A_b
+                        else:
+                            c_b = op.forward(base[0][branch.source].to(torch.float64)).reshape(n, -1)
+                        c = c_b if c is None else c + c_b
+                    c = c + node.bias.to(torch.float64).reshape(1, -1)
+                maps[node.id] = (A, c)
+                z_of[node.id] = c + torch.einsum("njd,nd->nj", A, a)
+            elif isinstance(node, ReLUNode):
+                A, c = source_map(node.source)
+                z = z_of[node.source] if node.source in z_of else c + torch.einsum("njd,nd->nj", A, a)
+                add("relu", node.id, A, c, torch.where(z > 0, 1.0, -1.0).to(torch.float64))
+                active = (z > 0).to(torch.float64)
+                maps[node.id] = (active.unsqueeze(-1) * A, active * c)
+            else:
+                A, c = source_map(node.source)
+                source_shape = net.nodes[node.source].shape
+                windows = pool_windows(node, source_shape).to(a.device)  # (P, K)
+                plane = math.prod(source_shape[-node.dim :])
+                channels = A.shape[1] // plane
+                P, K = windows.shape
+                A4 = A.reshape(n, channels, plane, d)
+                c3 = c.reshape(n, channels, plane)
+                chosen = argmax[node.id].reshape(n, channels, P)
+                A_out = A4.gather(2, chosen.unsqueeze(-1).expand(-1, -1, -1, d))  # (N, C, P, D)
+                c_out = c3.gather(2, chosen)
+                others = windows.unsqueeze(0).unsqueeze(0).expand(n, channels, P, K)
+                keep = (others >= 0) & (others != chosen.unsqueeze(-1))  # (N, C, P, K)
+                # the window's other elements first, in window order: K - 1 slots (the argmax is in its window)
+                order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)[..., : K - 1]
+                others, keep = others.gather(-1, order), keep.gather(-1, order)
+                flat = others.clamp_min(0).reshape(n, channels, P * (K - 1))
+                A_e = A4.gather(2, flat.unsqueeze(-1).expand(-1, -1, -1, d)).reshape(n, channels, P, K - 1, d)
+                c_e = c3.gather(2, flat).reshape(n, channels, P, K - 1)
+                weight = keep.to(torch.float64)
+                add("max pool", node.id, ((A_out.unsqueeze(3) - A_e) * weight.unsqueeze(-1)).reshape(n, -1, d),
+                    ((c_out.unsqueeze(3) - c_e) * weight).reshape(n, -1), weight.reshape(n, -1))
+                maps[node.id] = (A_out.reshape(n, -1, d), c_out.reshape(n, -1))
+        last = net.layer_ids[-1]
+        A, c = maps[last]
+        z = z_of[last]
+        rows = torch.arange(n, device=a.device)
+        explained = output.to(a.device) if isinstance(output, torch.Tensor) else torch.full_like(rows, output)
+        sign = torch.where(z[rows, explained] > 0, 1.0, -1.0).to(torch.float64).unsqueeze(1)
+        output_row = count
+        add("output", last, A[rows, explained].unsqueeze(1), c[rows, explained].unsqueeze(1),
+            sign if net.final_relu else torch.zeros_like(sign))
+    return RegionConstraints(torch.cat(rows_a, 1), torch.cat(rows_c, 1), torch.cat(rows_s, 1), output_row, tuple(blocks))
 
 
 _BANNER_LOCK = threading.Lock()
@@ -183,6 +361,33 @@ def _flush_c_stdout() -> None:
         pass
 
 
+def lp_rows(a: np.ndarray, A_region: np.ndarray, c_region: np.ndarray, sign: np.ndarray, *, norm: str, slack: float):
+    """:class:`RegionLP`'s rows in compressed sparse row form: ``(n_rows, lower, upper, starts, index, value)``.
+
+    Columns ``r`` (``D``) then the distance variables ``u`` (``D`` for L1,
+    one for L-infinity).  Rows: the region's (``sign != 0``; ``sign * A r >=
+    -sign * c - slack``), ``r - u <= a``, ``-r - u <= -a``, and the equality
+    row (every ``r`` coefficient 1, rewritten per solve).  Zero coefficients
+    are left out; within a row, columns ascend.  Built from the non-zeros
+    only, so memory grows with them, not with ``(M + 2D) x 2D``.
+    """
+    d = a.shape[0]
+    inf = highspy.kHighsInf
+    keep = sign != 0
+    region = sign[keep, None] * A_region[keep]
+    nonzero = region != 0
+    i = np.arange(d)
+    distance = d + i if norm == "l1" else np.full(d, d)
+    pairs = np.stack([i, distance], 1).reshape(-1)
+    counts = np.concatenate([nonzero.sum(1), np.full(2 * d, 2), [d]])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+    index = np.concatenate([np.nonzero(nonzero)[1], pairs, pairs, i]).astype(np.int32)
+    value = np.concatenate([region[nonzero], np.tile([1.0, -1.0], d), np.tile([-1.0, -1.0], d), np.ones(d)]).astype(np.float64)
+    lower = np.concatenate([-(sign[keep] * c_region[keep]) - slack, np.full(2 * d, -inf), [0.0]])
+    upper = np.concatenate([np.full(int(keep.sum()), inf), a, -a, [0.0]])
+    return counts.shape[0], lower, upper, starts, index, value
+
+
 class RegionLP:
     """Nearest points to ``a`` in one region's closure, one linear program per equality constraint.
 
@@ -215,18 +420,8 @@ class RegionLP:
             raise ValueError(f"norm must be 'l1' or 'linf', got {norm!r}")
         d = a.shape[0]
         inf = highspy.kHighsInf
-        keep = sign != 0
         extra = d if norm == "l1" else 1
-        eye = np.eye(d)
-        distance = -eye if norm == "l1" else -np.ones((d, 1))
-        rows = np.vstack([
-            np.hstack([sign[keep, None] * A_region[keep], np.zeros((int(keep.sum()), extra))]),
-            np.hstack([eye, distance]),  # r - u <= a
-            np.hstack([-eye, distance]),  # -r - u <= -a
-            np.concatenate([np.ones(d), np.zeros(extra)])[None],  # equality row, rewritten per solve
-        ])
-        lower = np.concatenate([-(sign[keep] * c_region[keep]) - slack, np.full(2 * d, -inf), [0.0]])
-        upper = np.concatenate([np.full(int(keep.sum()), inf), a, -a, [0.0]])
+        n_rows, lower, upper, starts, index, value = lp_rows(a, A_region, c_region, sign, norm=norm, slack=slack)
         h = _new_highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("primal_feasibility_tolerance", LP_FEASIBILITY_TOL)
@@ -235,10 +430,8 @@ class RegionLP:
         col_lower = np.concatenate([np.full(d, 0.0 if nonnegative else -inf), np.zeros(extra)])
         empty_i, empty_f = np.array([], dtype=np.int32), np.array([], dtype=np.float64)
         h.addCols(d + extra, cost, col_lower, np.full(d + extra, inf), 0, empty_i, empty_i, empty_f)
-        nonzero = rows != 0
-        starts = np.concatenate([[0], np.cumsum(nonzero.sum(1))[:-1]]).astype(np.int32)
-        h.addRows(rows.shape[0], lower, upper, int(nonzero.sum()), starts, np.nonzero(nonzero)[1].astype(np.int32), rows[nonzero])
-        self._h, self._d, self._eq_row = h, d, rows.shape[0] - 1
+        h.addRows(n_rows, lower, upper, int(value.shape[0]), starts, index, value)
+        self._h, self._d, self._eq_row = h, d, n_rows - 1
         self._optimal = highspy.HighsModelStatus.kOptimal
         self._infeasible = highspy.HighsModelStatus.kInfeasible
 
@@ -263,16 +456,27 @@ def region_output_root(net, x: torch.Tensor, *, layer: int = 0, output: int = 0,
     it in the closure of its region (up to a tenth of ``pattern_tol``; and ``>= 0`` if ``nonnegative``) with
     ``z_out = 0`` -- where ``f_k = relu(z_out)`` reaches zero.
 
+    On a :class:`~dtd.graph.GraphNetwork` ``x`` is the network's input
+    ``(batch, *input_shape)`` (what layer ``k`` reads is computed from it,
+    with every activation ``f_k`` keeps), the region is its ReLU and argmax
+    pattern (:func:`region_constraints`) and the roots are layer ``k``'s
+    inputs ``(batch, D_k)``.
+
     Returns ``(exists (batch,) bool, roots (batch, D), status (batch,) int8)``
     (:class:`LPStatus` values); ``roots`` holds the input where no such
     point exists.
     """
-    dense_only(net, "region_output_root")
     net.check_layer(layer)
     net.check_output(output)
     check_bool(nonnegative, "nonnegative")
-    x = net.check_input(x, from_layer=layer)
-    region = region_constraints(net, x, layer, output)
+    if isinstance(net, GraphNetwork):
+        x = net.check_input(x)
+        base = net.run(x)
+        x = net.layer_input(base[0], layer)
+        region = region_constraints(net, x, layer, output, base=base)
+    else:
+        x = net.check_input(x, from_layer=layer)
+        region = region_constraints(net, x, layer, output)
     slack = region_slack(x.dtype)
     A, c, sign = (t.cpu().numpy() for t in (region.A, region.c, region.sign))
     a64 = x.to(torch.float64).cpu().numpy()

@@ -11,13 +11,14 @@ relevances ``R_i = sum_j w_ji (a - root_j)_i`` conserve ``sum_j R_j``.
 from __future__ import annotations
 
 import abc
+import math
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from .progress import progress
-from .regions import LPStatus, RegionLP, edge_steps, region_constraints
+from .regions import LPStatus, RegionLP, base_rows, check_dense_limits, edge_steps, region_constraints, region_rows
 from .rootsets import ExplicitRoots, RegionRootSet, RootSet, WalkRootSet
 from .rules import Rule, RuleLike
 from .threads import one_thread
@@ -127,15 +128,56 @@ class LinearRoots(RootFinder):
 
 
 class _InRegionFinder(RootFinder):
-    """Shared by the finders that search the input's region: the domain ``root >= 0`` when ``nonnegative``."""
+    """Shared by the finders that search the input's region: the domain ``root >= 0`` when ``nonnegative``.
+
+    They serve a :class:`~dtd.ReLUNetwork` and a :class:`~dtd.GraphNetwork`
+    alike (there the region is the ReLU and argmax pattern; layers whose
+    dense weight or region rows exceed :data:`dtd.graph.DENSE_LAYER_LIMIT`
+    are refused).  ``find``'s ``base``: on a graph, :meth:`GraphNetwork.run`
+    at the same points (``dtd.train_free`` passes it), for activations that
+    skip past layer ``k``.
+    """
 
     nonnegative: bool = True
+
+    def check(self, net) -> None:
+        """On a graph network: every layer's weight and region rows fit :data:`dtd.graph.DENSE_LAYER_LIMIT`
+        (:func:`dtd.regions.check_dense_limits`), so a refusal comes before any linear program or walk."""
+        check_dense_limits(net)
 
     def check_domain(self, k, a):
         if self.nonnegative and float(a.min()) < 0:
             raise ValueError(
                 f"{type(self).__name__}(nonnegative=True) needs non-negative inputs; layer {k}'s minimum is {float(a.min()):.3g}"
             )
+
+
+def _is_graph(net) -> bool:
+    from .graph import GraphNetwork
+
+    return isinstance(net, GraphNetwork)
+
+
+def _dense_limit() -> int:
+    from . import graph
+
+    return graph.DENSE_LAYER_LIMIT
+
+
+def _region_chunk(net, k: int, a: torch.Tensor, output, base) -> int:
+    """Points whose region rows are built at once: all of them on a dense network (as always); on a graph as
+    many as fit :data:`dtd.graph.DENSE_LAYER_LIMIT` together (at least one)."""
+    if not _is_graph(net):
+        return a.shape[0]
+    return max(1, _dense_limit() // (8 * region_rows(net, k) * a.shape[1]))
+
+
+def _chunk_output(output, start: int, stop: int):
+    return output[start:stop] if isinstance(output, torch.Tensor) else output
+
+
+def _chunk_region(net, k, a, output, base, start, stop):
+    return region_constraints(net, a[start:stop], k, _chunk_output(output, start, stop), base=base_rows(base, start, stop))
 
 
 class RegionRoots(_InRegionFinder):
@@ -164,27 +206,34 @@ class RegionRoots(_InRegionFinder):
         self.norm = norm
         self.nonnegative = check_bool(nonnegative, "nonnegative")
 
-    def find(self, net, k, a, relevance, *, output=0):
+    def find(self, net, k, a, relevance, *, output=0, base=None):
         slack = region_slack(a.dtype)
-        region = region_constraints(net, a, k, output)
+        n_points, n_neurons = relevance.shape
+        chunk = _region_chunk(net, k, a, output, base)
+        if chunk >= n_points:
+            regions = [(0, n_points, region_constraints(net, a, k, output, base=base))]
+        else:  # a graph layer whose region rows for every point at once would pass the dense limit: chunks of points
+            regions = ((start, min(n_points, start + chunk)) for start in range(0, n_points, chunk))
+            regions = ((start, stop, _chunk_region(net, k, a, output, base, start, stop)) for start, stop in regions)
         weight = net.weight(k).to(torch.float64).cpu().numpy()
         a64 = a.detach().to(torch.float64).cpu().numpy()
         r64 = relevance.detach().to(torch.float64).cpu().numpy()
-        A, c, sign = (t.cpu().numpy() for t in (region.A, region.c, region.sign))
-        n_points, n_neurons = r64.shape
         roots = np.repeat(a64[:, None, :], n_neurons, axis=1)
         status = np.full((n_points, n_neurons), LPStatus.TRIVIAL, dtype=np.int8)  # trivial unless solved below
         with progress(n_points, f"RegionRoots layer {k}") as bar:
-            for n in range(n_points):
-                carrying = np.nonzero(r64[n])[0]
-                if carrying.size:
-                    lp = RegionLP(a64[n], A[n], c[n], sign[n], norm=self.norm, nonnegative=self.nonnegative, slack=slack)
-                    for j in carrying:
-                        code, point = lp.nearest(weight[j], float(weight[j] @ a64[n] - r64[n, j]))
-                        status[n, j] = code
-                        if point is not None:
-                            roots[n, j] = point
-                bar.update(1)
+            for start, stop, region in regions:
+                A, c, sign = (t.cpu().numpy() for t in (region.A, region.c, region.sign))
+                for n in range(start, stop):
+                    carrying = np.nonzero(r64[n])[0]
+                    if carrying.size:
+                        i = n - start
+                        lp = RegionLP(a64[n], A[i], c[i], sign[i], norm=self.norm, nonnegative=self.nonnegative, slack=slack)
+                        for j in carrying:
+                            code, point = lp.nearest(weight[j], float(weight[j] @ a64[n] - r64[n, j]))
+                            status[n, j] = code
+                            if point is not None:
+                                roots[n, j] = point
+                    bar.update(1)
         status_t = torch.from_numpy(status).to(a.device)
         valid = (status_t == LPStatus.SOLVED) | (status_t == LPStatus.TRIVIAL)
         return RegionRootSet(a, torch.from_numpy(roots).to(dtype=a.dtype, device=a.device), valid, status_t)
@@ -223,7 +272,10 @@ class RegionSamplingRoots(_InRegionFinder):
     memory_budget
         Bytes the work tensors of one chunk of points may take; points are
         processed in chunks (a multiple of 16 points), so memory stays flat
-        in the batch size.  The roots are identical for every budget.
+        in the batch size.  The roots are identical for every budget.  On a
+        graph network a chunk's region rows ``(points, M, D)`` also fit
+        :data:`dtd.graph.DENSE_LAYER_LIMIT` (a chunk then holds whole
+        blocks of 16 normal values, as few points as that allows).
 
     Notes
     -----
@@ -261,14 +313,18 @@ class RegionSamplingRoots(_InRegionFinder):
             return -1
         return max(16, (self.memory_budget // per_point) // 16 * 16)
 
-    def find(self, net, k, a, relevance, *, output=0):
+    def find(self, net, k, a, relevance, *, output=0, base=None):
         a64 = a.detach().to(torch.float64).cpu()
         r64 = relevance.detach().to(torch.float64).cpu()
         w = net.weight(k).to(torch.float64).cpu()
         n_points, width = a64.shape
-        n_rows = sum(net.sizes[layer + 1] for layer in range(k, net.n_layers))
+        n_rows = region_rows(net, k)
         chunk = self.chunk_points(n_rows, w.shape[0], width)
         chunk = n_points if chunk < 0 else chunk
+        if _is_graph(net):  # the region's rows (points, M, D) too; whole blocks of 16 normal values per chunk
+            step = 16 // math.gcd(16, self.n_directions * width)
+            fit = (_dense_limit() // max(1, 8 * n_rows * width)) // step * step
+            chunk = min(chunk, max(step, fit))
         generator = torch.Generator().manual_seed(_layer_seed(self.seed, k))
         slack = region_slack(a.dtype)
         roots = torch.empty(n_points, w.shape[0], width, dtype=torch.float64)
@@ -277,13 +333,15 @@ class RegionSamplingRoots(_InRegionFinder):
             for start in range(0, n_points, chunk):
                 stop = min(n_points, start + chunk)
                 d = self.directions(stop - start, width, k, generator)
-                roots[start:stop], valid[start:stop] = self._search(net, k, a64[start:stop], r64[start:stop], w, d, output, slack)
+                roots[start:stop], valid[start:stop] = self._search(
+                    net, k, a64[start:stop], r64[start:stop], w, d, _chunk_output(output, start, stop), slack, base_rows(base, start, stop)
+                )
                 bar.update(stop - start)
         return ExplicitRoots(a, roots.to(dtype=a.dtype, device=a.device), valid.to(a.device))
 
-    def _search(self, net, k, a64, r64, w, d, output, slack):
+    def _search(self, net, k, a64, r64, w, d, output, slack, base=None):
         """Roots ``(n, J, D)`` and validity ``(n, J)`` of the points ``a64`` ``(n, D)`` along the rays ``d`` ``(n, K, D)``."""
-        region = region_constraints(net, a64, k, output)
+        region = region_constraints(net, a64, k, output, base=base)
         if self.nonnegative:  # rays that leave a zero coordinate downwards would stop at once: reflect them
             d = torch.where((a64 <= 0).unsqueeze(1), d.abs(), d)
         # region rows along the ray: g + s h >= -slack with g = sign (A a + c), h = sign A d
@@ -353,6 +411,10 @@ class MetropolisHastingsRoots(_InRegionFinder):
     threads costs more than such operations, and on a machine where another
     process takes a core it made the walk ~17x slower (72 s instead of 4 s
     for 50 points).  Long walks show a progress bar on a terminal.
+
+    On a graph network, points whose region rows together would exceed
+    :data:`dtd.graph.DENSE_LAYER_LIMIT` walk in chunks, one after another,
+    continuing one generator's stream (reproducible for the same batch).
     """
 
     def __init__(
@@ -381,22 +443,40 @@ class MetropolisHastingsRoots(_InRegionFinder):
         median = distance.nanmedian(dim=1).values
         return torch.where(torch.isfinite(median) & (median > 0), median, torch.ones_like(median))
 
-    def find(self, net, k, a, relevance, *, output=0):
-        rows = sum(net.sizes[k + 1 :])
-        if a.shape[0] * self.n_chains * max(rows, a.shape[1]) > SERIAL_WALK_ELEMENTS:
-            return self._walk(net, k, a, relevance, output)
-        with one_thread():
-            return self._walk(net, k, a, relevance, output)
+    def find(self, net, k, a, relevance, *, output=0, base=None):
+        n_points = a.shape[0]
+        chunk = _region_chunk(net, k, a, output, base)
+        if chunk >= n_points:
+            return self._walk_here(net, k, a, relevance, output, base)
+        # a graph layer whose region rows for every point at once would pass the dense limit: the points walk in
+        # chunks, one after another, continuing one generator's stream
+        generator = torch.Generator().manual_seed(_layer_seed(self.seed, k))
+        parts = [
+            self._walk_here(net, k, a[start:stop], relevance[start:stop], _chunk_output(output, start, stop),
+                            base_rows(base, start, stop), generator)
+            for start, stop in ((s, min(n_points, s + chunk)) for s in range(0, n_points, chunk))
+        ]
+        return WalkRootSet(a, torch.cat([p.roots() for p in parts]), torch.cat([p.valid for p in parts]),
+                           torch.cat([p.acceptance for p in parts]))
 
-    def _walk(self, net, k, a, relevance, output):
+    def _walk_here(self, net, k, a, relevance, output, base, generator=None):
+        """:meth:`_walk`, on one intra-op thread while its tensors are small (see the class notes)."""
+        rows = region_rows(net, k)
+        if a.shape[0] * self.n_chains * max(rows, a.shape[1]) > SERIAL_WALK_ELEMENTS:
+            return self._walk(net, k, a, relevance, output, base, generator)
+        with one_thread():
+            return self._walk(net, k, a, relevance, output, base, generator)
+
+    def _walk(self, net, k, a, relevance, output, base=None, generator=None):
         a64 = a.detach().to(torch.float64).cpu()
         r64 = relevance.detach().to(torch.float64).cpu()
         w = net.weight(k).to(torch.float64).cpu()
-        region = region_constraints(net, a64, k, output)
+        region = region_constraints(net, a64, k, output, base=base)
         A = region.sign.unsqueeze(-1) * region.A  # (N, M, D): inside iff A r + sc >= -slack (sign 0: a zero row, no constraint)
         sc = region.sign * region.c
         slack = region_slack(a.dtype)
-        generator = torch.Generator().manual_seed(_layer_seed(self.seed, k))
+        if generator is None:
+            generator = torch.Generator().manual_seed(_layer_seed(self.seed, k))
         n, d = a64.shape
         chains = self.n_chains
         scale = self._scale(w, r64)  # (N,)

@@ -27,6 +27,37 @@ def forward_activations(params, x_row):
     return acts
 
 
+def region_constraints(net, a_row, layer, output):
+    """The closure of one point's region of ``f_k`` on an MLP, written out: ``(A, c, sign, output_row)``.
+
+    Layer by layer with the ReLU states at ``a_row`` fixed: ``z_l = A_l r + c_l`` with
+    ``A_k = W_k``, ``c_k = b_k`` and ``A_{l+1} = W_{l+1} diag(active_l) A_l``,
+    ``c_{l+1} = W_{l+1} (active_l * c_l) + b_{l+1}``.  Rows: every hidden layer's
+    neurons (sign +1 active, -1 inactive), then the explained output's (sign 0 without a final ReLU).
+    """
+    params = layer_params(net)
+    a_row = np.asarray(a_row, dtype=np.float64)
+    w, b, _ = params[layer]
+    A, c = w.copy(), b.copy()
+    rows_a, rows_c, rows_s = [], [], []
+    for k in range(layer, len(params)):
+        z = A @ a_row + c
+        if k == len(params) - 1:
+            output_row = sum(len(r) for r in rows_s)
+            rows_a.append(A[output:output + 1])
+            rows_c.append(c[output:output + 1])
+            rows_s.append(np.array([(1.0 if z[output] > 0 else -1.0) if params[k][2] else 0.0]))
+        else:
+            rows_a.append(A)
+            rows_c.append(c)
+            rows_s.append(np.where(z > 0, 1.0, -1.0))
+            active = (z > 0).astype(np.float64)
+            w_next, b_next, _ = params[k + 1]
+            A = w_next @ (active[:, None] * A)
+            c = w_next @ (active * c) + b_next
+    return np.vstack(rows_a), np.concatenate(rows_c), np.concatenate(rows_s), output_row
+
+
 # ----------------------------------------------------------------------------- replicas, one per rule
 # A newly registered rule adds its replica here (replicates(Class)); the tests find it by the rule's class.
 

@@ -399,13 +399,24 @@ def test_a_map_without_an_exact_operator_form_is_folded_or_refused_by_size():
         dtd.ReLUNetwork.from_module(model, (1, 6, 6), memory_budget=1000)
 
 
-def test_finders_that_need_dense_layers_are_refused_on_graphs(built):
+def test_pinv_and_in_region_finders_above_the_dense_limit_are_refused_on_graphs(built, monkeypatch):
     model, shape = built("residual")
     net = dtd.ReLUNetwork.from_module(model, shape)
     x = _inputs(shape, n=1, dtype=torch.float32)
-    with pytest.raises(TypeError, match="pinv rule needs layer"):
+    # pinv and the in-region finders work on graphs up to dtd.graph.DENSE_LAYER_LIMIT (a layer's dense block row);
+    # pinv's shared root solves each layer's root equations W (a - root) = R where the block row has full row rank
+    dec = dtd.train_free(net, x, rule="pinv")
+    for k, lay in enumerate(dec.layers):
+        delta = lay.input - lay.root_set.roots()[:, 0]
+        reached = delta @ net.weight(k).T
+        assert bool(((reached - lay.upper_relevance).abs() <= 1e-4 * lay.upper_relevance.abs().amax().clamp_min(1))[lay.root_valid].all())
+    # above it, the cap names layer, size and fix (a network lowered anew: a block row, once built, is kept)
+    net = dtd.ReLUNetwork.from_module(model, shape)
+    monkeypatch.setattr(dtd.graph, "DENSE_LAYER_LIMIT", 1000)
+    with pytest.raises(ValueError, match=r"layer 3 \('fc'\): its weight is a dense 4 x 64 matrix"):
         dtd.train_free(net, x, rule="pinv")
-    with pytest.raises(TypeError, match="RegionRoots needs the dense layers"):
+    with pytest.raises(ValueError, match=r"layer 3 \('fc'\): its weight is a dense 4 x 64 matrix, 2,048 bytes.*"
+                                         r"DENSE_LAYER_LIMIT = 1,000 bytes.*rule=.*root_outcomes\(\.\.\., neurons=K\)"):
         dtd.train_free(net, x, root_finder=dtd.RegionRoots())
 
 
@@ -413,8 +424,7 @@ def test_what_needs_dense_layers_says_so_on_a_graph(built):
     model, shape = built("residual")
     net = dtd.ReLUNetwork.from_module(model, shape)
     x = _inputs(shape, n=1, dtype=torch.float32)
-    for call in (lambda: dtd.full_backward(net, x, root_finder=dtd.LinearRoots()), lambda: dtd.estimate_cost(net, 10),
-                 lambda: dtd.regions.region_output_root(net, x)):
+    for call in (lambda: dtd.full_backward(net, x, root_finder=dtd.LinearRoots()), lambda: dtd.estimate_cost(net, 10)):
         with pytest.raises(TypeError, match="needs the dense layers of a dtd.ReLUNetwork.*from_module"):
             call()
 
