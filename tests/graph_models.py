@@ -73,6 +73,29 @@ class TwoBranches(nn.Module):
         return self.fc(h.view(h.size(0), -1))
 
 
+class SkipPastALayer(nn.Module):
+    """``relu(conv3(relu(conv2(relu(conv1(h0))))) + h0)`` with ``h0 = relu(conv0(x))``, then a 2x2 max pool (``pool``)
+    and a Linear: for conv2's layer, ``h0`` is an activation ``f_k`` keeps (it skips past the layer).
+
+    ``side`` is the input's height and width.
+    """
+
+    def __init__(self, channels: int = 3, side: int = 4, pool: bool = True):
+        super().__init__()
+        self.pool = pool
+        self.conv0 = nn.Conv2d(2, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv3 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.fc = nn.Linear(channels * (side // 2 if pool else side) ** 2, 3)
+
+    def forward(self, x):
+        h0 = F.relu(self.conv0(x))
+        h = F.relu(self.conv2(F.relu(self.conv1(h0))))
+        h = F.relu(self.conv3(h) + h0)
+        return self.fc((F.max_pool2d(h, 2) if self.pool else h).flatten(1))
+
+
 def sequential_cnn() -> nn.Sequential:
     """BN before and after convolutions, max and adaptive average pooling, dropout, a Linear head."""
     return nn.Sequential(

@@ -19,7 +19,7 @@ import dtd
 from dtd.fx_lowering import lower_module
 from properties.checks import RootOutcomes, root_outcomes, segment_outcomes
 
-from .graph_models import MODELS, Residual, seeded, vgg_features_net
+from .graph_models import MODELS, Residual, SkipPastALayer, seeded, vgg_features_net
 
 #: relative error of a lowered forward against the model's
 FORWARD_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -461,7 +461,7 @@ def test_segment_outcomes_say_what_a_graph_needs():
     lay = dec.layers[2]  # conv2 + the skip: its f_k ends in the max pool
     with pytest.raises(TypeError, match="max pool.*root_outcomes"):
         segment_outcomes(net, lay.input, lay.roots, layer=2, output=0, base=dec.activations)
-    net = dtd.ReLUNetwork.from_module(seeded(_LongSkip).double(), (2, 6, 6))
+    net = dtd.ReLUNetwork.from_module(seeded(lambda: SkipPastALayer(channels=2, side=6, pool=False)).double(), (2, 6, 6))
     dec = dtd.train_free(net, _inputs((2, 6, 6), n=3), rule="z+")
     lay = dec.layers[2]  # conv2: its f_k adds h0, computed below it
     with pytest.raises(ValueError, match="pass base=dec.activations"):
@@ -472,20 +472,3 @@ def test_segment_outcomes_say_what_a_graph_needs():
     region = root_outcomes(net, dec, layer=2).region_match & lay.root_valid
     assert bool(region.any())
     assert float(seg.taylor_residual[region].max()) <= 1e-9
-
-
-class _LongSkip(nn.Module):
-    """``fc(relu(conv3(h2) + h0))`` with ``h2 = relu(conv2(relu(conv1(h0))))``: layer 2's ``f_k`` reads ``h0`` from below."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv0 = nn.Conv2d(2, 2, 3, padding=1)
-        self.conv1 = nn.Conv2d(2, 2, 3, padding=1)
-        self.conv2 = nn.Conv2d(2, 2, 3, padding=1)
-        self.conv3 = nn.Conv2d(2, 2, 3, padding=1)
-        self.fc = nn.Linear(2 * 36, 2)
-
-    def forward(self, x):
-        h0 = torch.relu(self.conv0(x))
-        h2 = torch.relu(self.conv2(torch.relu(self.conv1(h0))))
-        return self.fc(torch.relu(self.conv3(h2) + h0).flatten(1))

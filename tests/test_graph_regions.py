@@ -27,7 +27,7 @@ from dtd.tolerances import equation_rtol, pattern_tol, region_slack
 from properties.checks import root_equation_residual, root_outcomes
 
 from . import reference
-from .graph_models import MODELS, seeded
+from .graph_models import MODELS, SkipPastALayer, seeded
 
 #: float64 agreement of two exact computations (composed maps against the forward, dense against graph lowering)
 EXACT_RTOL = 1e-10
@@ -42,24 +42,6 @@ def _inputs(shape, n, seed=0):
 def _graph(name):
     build, shape = MODELS[name]
     return dtd.ReLUNetwork.from_module(seeded(build).double(), shape), shape
-
-
-class SkipPastALayer(nn.Module):
-    """``relu(conv3(relu(conv2(relu(conv1(h0))))) + h0)`` with ``h0 = relu(conv0(x))``: for conv2's layer, ``h0`` is kept."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv0 = nn.Conv2d(2, 3, 3, padding=1)
-        self.conv1 = nn.Conv2d(3, 3, 3, padding=1)
-        self.conv2 = nn.Conv2d(3, 3, 3, padding=1)
-        self.conv3 = nn.Conv2d(3, 3, 3, padding=1)
-        self.fc = nn.Linear(3 * 2 * 2, 3)
-
-    def forward(self, x):
-        h0 = F.relu(self.conv0(x))
-        h = F.relu(self.conv2(F.relu(self.conv1(h0))))
-        h = F.relu(self.conv3(h) + h0)
-        return self.fc(F.max_pool2d(h, 2).flatten(1))
 
 
 def _small_cnn():
