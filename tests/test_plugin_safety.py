@@ -95,7 +95,10 @@ def _interrupted_run(directory: Path, *options: str) -> tuple[int, str]:
     inner = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "properties.plugin", "-p", "no:cacheprovider", "-p", "no:xdist",
          "--property-baseline", "baseline.json", *options],
-        cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # a run started in the background (`cmd &`, nohup) inherits SIGINT ignored, and Python then installs no
+        # KeyboardInterrupt handler: give the inner run the default disposition, as a terminal's Ctrl-C finds it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not (directory / "ready").exists():
