@@ -70,7 +70,8 @@ def dense_limit_error(net, k: int, what: str, rows: int, cols: int) -> ValueErro
         f"layer {k} ({net.layer_names()[k]!r}): {what} is a dense {rows:,} x {cols:,} matrix, {needed:,} bytes "
         f"({needed / 2**30:.2f} GiB) as float64, above dtd.graph.DENSE_LAYER_LIMIT = {DENSE_LAYER_LIMIT:,} bytes "
         f"({DENSE_LAYER_LIMIT / 2**20:.0f} MiB) per point; the in-region root finders (RegionRoots, RegionSamplingRoots, "
-        "MetropolisHastingsRoots) need it. On this layer use DTD's closed-form roots (dtd.train_free(net, x, rule=...)), "
+        "MetropolisHastingsRoots) and the layer rule pinv need it. On this layer use DTD's closed-form neuron rules "
+        "(dtd.train_free(net, x, rule='z+'), or w2, gamma, x, zB), "
         "which stay matrix-free, and judge sampled neurons with properties.checks.root_outcomes(..., neurons=K); or raise "
         "dtd.graph.DENSE_LAYER_LIMIT where the memory is there"
     )
