@@ -193,17 +193,6 @@ def _pool_windows(node: "MaxPoolNode", source_shape: tuple) -> torch.Tensor:
     return torch.tensor([w + [-1] * (size - len(w)) for w in flat], dtype=torch.int64).reshape(len(flat), size)
 
 
-def dense_weight(op) -> Optional[torch.Tensor]:
-    """The ``(J, D)`` weight of an operator that is one Linear between reshapes (flat, it *is* that matrix), else None."""
-    if isinstance(op, Dense):
-        return op.weight
-    if isinstance(op, Chain):
-        dense = [o for o in op.ops if isinstance(o, Dense)]
-        if len(dense) == 1 and all(isinstance(o, (Dense, Reshape)) for o in op.ops):
-            return dense[0].weight
-    return None
-
-
 def operator_matrix(op, dtype: torch.dtype, device=None) -> torch.Tensor:
     """An operator's ``(out_features, in_features)`` matrix, matrix-free: its own weight for a Linear, else unit
     vectors pushed through it (the outputs' back through the transpose when there are fewer of them), in chunks.
@@ -211,7 +200,7 @@ def operator_matrix(op, dtype: torch.dtype, device=None) -> torch.Tensor:
     Every entry of the lowered operators is a single product of their entries
     (:mod:`dtd.operators`), so pushing a unit vector reproduces it exactly.
     """
-    weight = dense_weight(op)
+    weight = op.flat_weight()
     if weight is not None:
         return weight.to(dtype=dtype, device=device)
     d_in, d_out = op.in_features, op.out_features

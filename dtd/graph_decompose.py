@@ -257,7 +257,7 @@ def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder
             elif isinstance(node, MaxPoolNode):
                 add(node.source, scatter_argmax(r, argmax[node.id], tuple(values[node.source].shape[1:]), node.dim))
             elif isinstance(node, AffineNode):
-                k = net.layer_ids.index(node.id)
+                k = net._layer_of[node.id]
                 a = inputs[k]
                 upper = r.reshape(n, -1)
                 rule = _operator_rule(root_finder, k)

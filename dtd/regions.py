@@ -41,7 +41,6 @@ from .graph import (
     MaxPoolNode,
     ReLUNode,
     dense_limit_error,
-    dense_weight,
     pool_windows,
 )
 from .network import ReLUNetwork
@@ -184,7 +183,7 @@ def _push(op, A: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     A Linear composes as the dense engine does (``einsum`` over the rows, ``c @ W^T``), bit for bit;
     other operators take the map's ``D`` columns as a batch through their ``forward``.
     """
-    w = dense_weight(op)
+    w = op.flat_weight()
     if w is not None:
         return torch.einsum("ij,njd->nid", w, A), c @ w.T
     n, _, d = A.shape

@@ -623,16 +623,6 @@ def _equals_claim(impl: Implementation, subject: _Subject, x: torch.Tensor, outp
     return ((relevance - expected).abs() <= CLAIM_RTOL * scale + allowance).all(1)
 
 
-def _dense_weight(net, k: int) -> torch.Tensor:
-    """Layer ``k``'s block row ``[A_1, A_2, ...]`` of a graph network as a dense ``(J, D)`` matrix (the kit's models are small)."""
-    parts = []
-    for branch in net.layer(k).branches:
-        size = branch.op.in_features
-        basis = torch.eye(size, dtype=net.dtype, device=net.device).reshape((size,) + tuple(branch.op.in_shape))
-        parts.append(branch.op.forward(basis).reshape(size, -1).T)
-    return torch.cat(parts, 1)
-
-
 def _graph_stabilizer_bound(net, dec, rules: Sequence[R.Rule], epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`properties.agreement.stabilizer_bound` on a graph network, routed through the graph as relevance is
     (summed over consumers, through ReLUs unchanged, through max pools to the argmax).
@@ -683,7 +673,7 @@ def _graph_stabilizer_bound(net, dec, rules: Sequence[R.Rule], epsilon: float) -
         elif isinstance(node, AffineNode):
             k = net.layer_ids.index(node.id)
             layer = dec.layers[k]
-            w = _dense_weight(net, k)
+            w = net.weight(k)
             v = rules[k].direction(layer.input, w)  # (N, J, D)
             dd = (v * w).sum(-1)
             carrying = layer.carries_relevance
