@@ -138,7 +138,7 @@ def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list, relevance:
     carries = r != 0
     valid = (z.abs() > eps) | ~carries
     use = valid & carries
-    t = torch.where(use, r / torch.where(use, z, torch.ones_like(z)), torch.zeros_like(r))
+    t = torch.where(use, r / z, 0.0)  # r / z where the root exists; what the division gives elsewhere is discarded
     t_shaped = t.reshape((n,) + tuple(node.shape))
     lower = []
     for b, branch in enumerate(node.branches):

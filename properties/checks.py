@@ -129,7 +129,7 @@ def chunk_points(net: "ReLUNetwork | GraphNetwork", layer: int, memory_budget: i
     graph = net.graph() if isinstance(net, ReLUNetwork) else net
     n_roots = graph.out_features_of(layer) if n_roots is None else n_roots
     _, live = graph.live_nodes(layer)
-    element = torch.empty((), dtype=graph.dtype).element_size()
+    element = graph.dtype.itemsize
     per_root = 4 * (graph.in_features(layer) + sum(math.prod(node.shape) for node in live)) * element
     return max(1, memory_budget // (per_root * max(1, n_roots)))
 
