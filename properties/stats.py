@@ -12,7 +12,15 @@ Interval methods
     ``C/(C-1) * sum_c (s_c - p t_c)^2 / T^2``, gives a design effect
     ``deff = var_clustered / (p (1 - p) / T)``; the Wilson interval is then
     computed on the effective sample size ``T / max(1, deff)``.  It needs at
-    least two clusters; with ``p`` at 0 or 1 the design effect is taken as 1.
+    least two clusters.  With ``p`` at 0 or 1 every cluster agrees and the
+    spread inside clusters cannot be estimated (the variance above is 0), so
+    the interval takes the largest design effect clusters of these sizes can
+    have, that of clusters which pass or fail as a whole (intra-cluster
+    correlation 1): ``deff = sum_c t_c^2 / T``, i.e. ``T^2 / sum_c t_c^2``
+    effective trials (the number of clusters when they are equally large).
+    An all-pass row over three networks is then ``100 % [31.1, 100]``, not
+    ``[99.9, 100]``: another seed whose one network fails must not read as a
+    regression.
 ``none``
     No trials: no rate and no interval (never a NaN).
 
@@ -150,8 +158,10 @@ class Rate:
     def design_effect(self) -> float:
         """Variance inflation from clustering (1 for independent trials)."""
         p = self.rate
-        if self.method != "wilson-clustered" or p in (0.0, 1.0):
+        if self.method != "wilson-clustered":
             return 1.0
+        if p in (0.0, 1.0):  # no spread to estimate: clusters that pass or fail as a whole (the module docstring)
+            return max(1.0, sum(t * t for _, t in self.clusters) / self.trials)
         n_clusters = len(self.clusters)
         spread = sum((s - p * t) ** 2 for s, t in self.clusters)
         clustered = n_clusters / (n_clusters - 1) * spread / self.trials**2

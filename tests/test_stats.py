@@ -61,6 +61,30 @@ def test_clustered_interval_uses_the_design_effect():
     assert low_c <= low_i and high_c >= high_i
 
 
+def test_all_pass_and_all_fail_clusters_count_as_whole_clusters():
+    """At p = 0 or 1 the spread inside clusters is unknown: the interval is that of clusters passing or failing
+    as a whole, T^2 / sum t_c^2 effective trials (the number of clusters when they are equally large)."""
+    three = Rate.from_clusters([(400, 400), (350, 350), (250, 250)])
+    assert three.design_effect == pytest.approx((400**2 + 350**2 + 250**2) / 1000)
+    assert three.effective_trials == pytest.approx(1000**2 / (400**2 + 350**2 + 250**2))
+    assert three.interval == pytest.approx(wilson_interval(three.effective_trials, three.effective_trials, 0.99))
+    equal = Rate.from_clusters([(0, 8)] * 5)
+    assert equal.effective_trials == pytest.approx(5.0)
+    assert equal.interval == pytest.approx(Rate(0, 5).interval)
+    # by hand at 99 % (z = 2.5758293, n = 3): centre 2.105816 / 3.211632 = 0.655682, half 0.802031 * 0.429303 = 0.344316
+    assert Rate.from_clusters([(10, 10)] * 3).interval == pytest.approx((0.311366, 1.0), abs=1e-5)  # the hand digits round at 1e-6
+    # single-trial clusters are independent trials: no inflation
+    assert Rate.from_clusters([(1, 1)] * 50).interval == Rate(50, 50).interval
+    # the seed-robustness this buys: one failing network of three is not a regression against an all-pass baseline
+    failing = Rate.from_clusters([(400, 400), (350, 350), (0, 250)])
+    row = lambda r: {"rate": r.rate, "ci_low": r.interval[0], "ci_high": r.interval[1]}
+    assert compare(row(failing), row(three)) == "ok"
+    # while a real drop against many clusters still is one
+    many = Rate.from_clusters([(20, 20)] * 40)
+    dropped = Rate.from_clusters([(20, 20)] * 20 + [(0, 20)] * 20)
+    assert compare(row(dropped), row(many)) == "regression"
+
+
 def test_from_mask_and_tally_agree():
     holds = torch.tensor([[True, False, True], [True, True, True], [False, False, True]])
     counted = torch.tensor([[True, True, False], [True, True, True], [True, False, True]])
