@@ -177,6 +177,9 @@ POPULATIONS = ("bias_free", "bias_negative", "bias_positive")
 
 #: every property, with what its rate counts (report descriptions)
 #: the properties the kit measures, in report order (each one's one-line text: :data:`properties.keys.OUTCOMES`)
+#: the properties judged only at points whose relevant denominators exceed twice the stabiliser (on the few points of
+#: an image population that set can be empty under some seeds: such a row then has no data)
+CONDITIONED = ("equals_dtd", "gradient_x_input")
 PROPERTIES = ("equals_dtd", "conservation", "positivity", "gradient_x_input", "batch_independent", "no_side_effects",
               "finite", "dtype_device", "equals_claim")
 _SUBSETS = {"equals_dtd": POPULATIONS, "conservation": ("bias_free", "bias_negative"), "equals_claim": POPULATIONS}
@@ -763,7 +766,7 @@ def evaluate_case(impl: Implementation, case, population_name: str, *, only: Opt
             relevance, dtype, unchanged = caller(subject, x, output, watch="no_side_effects" in wanted)
         except CallFailed:  # every property of this call fails on this case; the others are measured
             for prop in needs_main:
-                counted = conditioned if prop in ("equals_dtd", "gradient_x_input") else ones
+                counted = conditioned if prop in CONDITIONED else ones
                 out[prop] = (nowhere, counted) if prop != "no_side_effects" else (torch.tensor([False]), torch.tensor([True]))
             relevance = None
     else:

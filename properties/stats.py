@@ -11,8 +11,11 @@ Interval methods
     (linearised, "sandwich") variance of the ratio estimator,
     ``C/(C-1) * sum_c (s_c - p t_c)^2 / T^2``, gives a design effect
     ``deff = var_clustered / (p (1 - p) / T)``; the Wilson interval is then
-    computed on the effective sample size ``T / max(1, deff)``.  It needs at
-    least two clusters.  With ``p`` at 0 or 1 every cluster agrees and the
+    computed on the effective sample size ``T / max(1, deff)``, with the
+    quantile of Student's t with ``C - 1`` degrees of freedom instead of the
+    normal's: the variance was estimated from ``C`` cluster totals, and with
+    six networks the normal quantile (2.58 at 99 %) would claim far more than
+    the data holds (t: 4.03).  It needs at least two clusters.  With ``p`` at 0 or 1 every cluster agrees and the
     spread inside clusters cannot be estimated (the variance above is 0), so
     the interval takes the largest design effect clusters of these sizes can
     have, that of clusters which pass or fail as a whole (intra-cluster
@@ -38,6 +41,7 @@ unchanged implementation reproduces the baseline exactly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from statistics import NormalDist
 from typing import Mapping, Optional, Sequence
@@ -46,7 +50,7 @@ import torch
 
 from dtd.validation import check_int, check_probability
 
-__all__ = ["Rate", "Tally", "compare", "STATUSES", "DEFAULT_CONFIDENCE"]
+__all__ = ["Rate", "Tally", "compare", "t_quantile", "STATUSES", "DEFAULT_CONFIDENCE"]
 
 DEFAULT_CONFIDENCE = 0.99
 
@@ -58,9 +62,62 @@ def _check_confidence(confidence: float) -> float:
     return check_probability(confidence, "confidence")
 
 
-def wilson_interval(successes: float, trials: float, confidence: float) -> tuple[float, float]:
-    """Wilson score interval; ``trials`` may be fractional (an effective sample size)."""
-    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+def _incomplete_beta(x: float, a: float, b: float) -> float:
+    """The regularised incomplete beta function ``I_x(a, b)`` (continued fraction, modified Lentz)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast below the mean; use the symmetry above it
+        return 1.0 - _incomplete_beta(1.0 - x, b, a)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 500):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return front * f
+
+
+@functools.lru_cache(maxsize=1024)
+def t_quantile(probability: float, df: float) -> float:
+    """The ``probability`` quantile (> 0.5) of Student's t with ``df`` degrees of freedom.
+
+    ``P(T > t) = I_{df / (df + t^2)}(df / 2, 1 / 2) / 2`` is solved for ``t``
+    by bisection on ``x = df / (df + t^2)`` (to float precision).
+    """
+    tail = 2.0 * (1.0 - probability)
+    low, high = 0.0, 1.0
+    for _ in range(200):
+        mid = (low + high) / 2
+        if _incomplete_beta(mid, df / 2, 0.5) < tail:
+            low = mid
+        else:
+            high = mid
+        if high - low <= 1e-17:
+            break
+    x = (low + high) / 2
+    return math.sqrt(df * (1.0 - x) / x)
+
+
+def wilson_interval(successes: float, trials: float, confidence: float, df: Optional[float] = None) -> tuple[float, float]:
+    """Wilson score interval; ``trials`` may be fractional (an effective sample size).
+
+    The quantile is the normal's, or Student's t with ``df`` degrees of
+    freedom when the variance behind ``trials`` was estimated from few
+    clusters (``wilson-clustered``: ``df`` = clusters - 1).
+    """
+    probability = 1 - (1 - confidence) / 2
+    z = NormalDist().inv_cdf(probability) if df is None else t_quantile(probability, df)
     p = successes / trials
     denominator = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denominator
@@ -177,7 +234,16 @@ class Rate:
         if not self.trials:
             return None, None
         n = self.effective_trials
-        return wilson_interval(self.rate * n, n, self.confidence)
+        return wilson_interval(self.rate * n, n, self.confidence, df=self.degrees_of_freedom)
+
+    @property
+    def degrees_of_freedom(self) -> Optional[float]:
+        """Of the interval's quantile: ``clusters - 1`` where the design effect was estimated from the clusters'
+        spread (Student's t), None where the normal quantile applies (independent trials; an all-pass or all-fail
+        rate, whose whole-cluster bound estimates nothing)."""
+        if self.method != "wilson-clustered" or self.rate in (0.0, 1.0):
+            return None
+        return float(len(self.clusters) - 1)
 
     def to_dict(self) -> dict:
         low, high = self.interval
@@ -204,12 +270,17 @@ def compare(row: Mapping, baseline: Optional[Mapping]) -> str:
     """``new`` without a baseline entry, ``regression`` when the intervals do not overlap, else ``ok``.
 
     Both arguments are mappings with ``rate``, ``ci_low``, ``ci_high`` (as
-    :meth:`Rate.to_dict` writes them); ``None`` values mean "no data".
+    :meth:`Rate.to_dict` writes them); ``None`` values mean "no data".  A
+    side without data has no interval to contradict the other (it says
+    nothing about the rate, like an interval ``[0, 1]``): ``ok``.  That
+    happens to an unchanged implementation under another seed when a small
+    judged subset comes out empty (the kit's ``equals_dtd.resnet_bias_positive``
+    judges 6 to 8 points under seed 0 and none under seeds 2 and 3).
     """
     if baseline is None:
         return "new"
     if row.get("rate") is None or baseline.get("rate") is None:
-        return "ok" if row.get("rate") is None and baseline.get("rate") is None else "regression"
+        return "ok"
     disjoint = row["ci_low"] > baseline["ci_high"] or row["ci_high"] < baseline["ci_low"]
     return "regression" if disjoint else "ok"
 

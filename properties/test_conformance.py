@@ -26,4 +26,14 @@ def test_shipped_adapter_conformance(implementation, property_report, property_r
     conformance.record(property_report, result)
     # the kit itself: every property was measured on every population it applies to
     assert set(result.rates) == {conformance.conformance_name(implementation, p, s) for p, s in implementation.properties()}
-    assert all(rate.trials > 0 for rate in result.rates.values())
+    # a property judged where DTD's own denominators clear the stabiliser (CONDITIONED) may find no such point among
+    # the few points of an image population under some seeds (equals_dtd.resnet_bias_positive: 6 of 8 under seed 0,
+    # none under seeds 2 and 3); every other row judges every point, and each conditioned property judges some point
+    for prop, subset in implementation.properties():
+        if prop not in conformance.CONDITIONED:
+            row = conformance.conformance_name(implementation, prop, subset)
+            assert result.rates[row].trials > 0, f"{row}: no point judged"
+    for prop in set(conformance.CONDITIONED) & {p for p, _ in implementation.properties()}:
+        judged = sum(result.rates[conformance.conformance_name(implementation, p, s)].trials
+                     for p, s in implementation.properties() if p == prop)
+        assert judged > 0, f"{implementation.name}: {prop} judged no point on any population"
