@@ -33,10 +33,15 @@ GLOSSARY = {
                                              "did), .relevant exclude them."),
     "design-effect": ("design effect (deff)", "How much clustering (roots of one point, points of one network) inflates the "
                                              "variance over independent trials: the interval uses the effective sample size "
-                                             "trials / deff, deff estimated from the cluster-robust variance over the clusters."),
+                                             "trials / deff, deff estimated from the cluster-robust variance over the clusters; "
+                                             "a rate of 0 % or 100 % has no spread to estimate and takes the largest deff "
+                                             "clusters of its sizes can have (clusters passing or failing as a whole: "
+                                             "sum t_c^2 / trials)."),
     "interval": ("interval method", "wilson: the Wilson score interval for independent trials. wilson-clustered: the Wilson "
-                                    "interval on the effective sample size trials / deff (see design effect). A rate is a "
-                                    "regression when its interval and the baseline's do not overlap."),
+                                    "interval on the effective sample size trials / deff (see design effect), with the "
+                                    "quantile of Student's t on clusters - 1 degrees of freedom where deff was estimated. "
+                                    "A rate is a regression when its interval and the baseline's do not overlap; a rate "
+                                    "without data contradicts no baseline."),
     "below-floor": ("below_floor", "An absolute gate, with or without a baseline: a conformance property every implementation "
                                    "must satisfy (no_side_effects, finite, dtype_device, batch_independent; "
                                    "properties.gates.MUST_HOLD) held in fewer than every trial, or a rate's point estimate "
