@@ -774,6 +774,11 @@ def evaluate_case(impl: Implementation, case, population_name: str, *, only: Opt
     if relevance is not None:
         scale = torch.maximum(f.abs(), expected_relevance.abs().amax(1))
         allowance = _allowance(dtype, scale)
+        # the implementation against itself (another batch, a second call): its rounding is of the size of its own
+        # values, which a near-zero denominator can make far larger than DTD's (seed 9: |R| = 67 against 0.08, two
+        # batches 1.0e-11 apart, 1.5e-13 of the values); non-finite entries are matched as they are (_same)
+        own = relevance.abs().nan_to_num(0.0, posinf=0.0, neginf=0.0).amax(1)
+        self_allowance = _allowance(dtype, torch.maximum(scale, own.to(scale.dtype)))
         if "equals_dtd" in wanted:
             agree = ((relevance - expected_relevance).abs() <= bound + allowance).all(1)
             out["equals_dtd"] = (agree, conditioned)
@@ -791,7 +796,7 @@ def evaluate_case(impl: Implementation, case, population_name: str, *, only: Opt
             try:
                 for rows in _split_batches(n):
                     again, _, _ = caller(subject, x[rows], output)
-                    holds[rows] &= _same(again, relevance[rows], allowance[rows])
+                    holds[rows] &= _same(again, relevance[rows], self_allowance[rows])
             except CallFailed:
                 holds = nowhere
             out["batch_independent"] = (holds, ones)
@@ -800,7 +805,7 @@ def evaluate_case(impl: Implementation, case, population_name: str, *, only: Opt
         if "no_side_effects" in wanted:
             try:
                 again, _, _ = caller(subject, x, output)
-                side_effects_ok = bool(unchanged) and bool(_same(again, relevance, allowance).all())
+                side_effects_ok = bool(unchanged) and bool(_same(again, relevance, self_allowance).all())
             except CallFailed:
                 side_effects_ok = False
     if "finite" in wanted:
