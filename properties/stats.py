@@ -15,8 +15,9 @@ Interval methods
     quantile of Student's t with ``C - 1`` degrees of freedom instead of the
     normal's: the variance was estimated from ``C`` cluster totals, and with
     six networks the normal quantile (2.58 at 99 %) would claim far more than
-    the data holds (t: 4.03).  It needs at least two clusters.  With ``p`` at 0 or 1 every cluster agrees and the
-    spread inside clusters cannot be estimated (the variance above is 0), so
+    the data holds (t: 4.03).  It needs at least two clusters.  With ``p`` at
+    0 or 1 every cluster agrees and the spread inside clusters cannot be
+    estimated (the variance above is 0), so
     the interval takes the largest design effect clusters of these sizes can
     have, that of clusters which pass or fail as a whole (intra-cluster
     correlation 1): ``deff = sum_c t_c^2 / T``, i.e. ``T^2 / sum_c t_c^2``
@@ -50,7 +51,7 @@ import torch
 
 from dtd.validation import check_int, check_probability
 
-__all__ = ["Rate", "Tally", "compare", "t_quantile", "STATUSES", "DEFAULT_CONFIDENCE"]
+__all__ = ["Rate", "Tally", "compare", "interval_quantile", "t_quantile", "STATUSES", "DEFAULT_CONFIDENCE"]
 
 DEFAULT_CONFIDENCE = 0.99
 
@@ -109,6 +110,12 @@ def t_quantile(probability: float, df: float) -> float:
     return math.sqrt(df * (1.0 - x) / x)
 
 
+def interval_quantile(confidence: float, df: Optional[float] = None) -> float:
+    """The two-sided interval's quantile at ``confidence``: the normal's, or Student's t with ``df`` degrees of freedom."""
+    probability = 1 - (1 - confidence) / 2
+    return NormalDist().inv_cdf(probability) if df is None else t_quantile(probability, df)
+
+
 def wilson_interval(successes: float, trials: float, confidence: float, df: Optional[float] = None) -> tuple[float, float]:
     """Wilson score interval; ``trials`` may be fractional (an effective sample size).
 
@@ -116,8 +123,7 @@ def wilson_interval(successes: float, trials: float, confidence: float, df: Opti
     freedom when the variance behind ``trials`` was estimated from few
     clusters (``wilson-clustered``: ``df`` = clusters - 1).
     """
-    probability = 1 - (1 - confidence) / 2
-    z = NormalDist().inv_cdf(probability) if df is None else t_quantile(probability, df)
+    z = interval_quantile(confidence, df)
     p = successes / trials
     denominator = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denominator

@@ -7,13 +7,13 @@ random-matrix simulation with VGG-16's backward shapes, and the trained digits s
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 
 import pytest
 from hypothesis import settings
 
 from properties import digits, insensitivity
 from properties.keys import RateKey
+from properties.stats import interval_quantile
 from properties.subject import Subject
 
 pytestmark = pytest.mark.properties
@@ -31,7 +31,7 @@ def _runs_to_separate(confidence: float) -> int:
     An all-pass (all-fail) rate over ``n`` runs counts them as ``n`` trials (properties.stats); the Wilson intervals
     of ``n / n`` and ``0 / n`` are disjoint when ``n > z^2``, ``z`` the interval's normal quantile (99 %: 6.6 -> 7).
     """
-    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    z = interval_quantile(confidence)
     return math.floor(z * z) + 1
 SUBJECT_POINTS = 200
 

@@ -93,8 +93,9 @@ def test_all_pass_and_all_fail_clusters_count_as_whole_clusters():
     equal = Rate.from_clusters([(0, 8)] * 5)
     assert equal.effective_trials == pytest.approx(5.0)
     assert equal.interval == pytest.approx(Rate(0, 5).interval)
-    # by hand at 99 % (z = 2.5758293, n = 3): centre 2.105816 / 3.211632 = 0.655682, half 0.802031 * 0.429303 = 0.344316
-    assert Rate.from_clusters([(10, 10)] * 3).interval == pytest.approx((0.311366, 1.0), abs=1e-5)  # the hand digits round at 1e-6
+    # by hand at 99 % (z = 2.5758293, n = 3): centre 2.105816 / 3.211632 = 0.655682, half 0.802031 * 0.429303
+    # = 0.344316 (the hand digits round at 1e-6)
+    assert Rate.from_clusters([(10, 10)] * 3).interval == pytest.approx((0.311366, 1.0), abs=1e-5)
     # single-trial clusters are independent trials: no inflation
     assert Rate.from_clusters([(1, 1)] * 50).interval == Rate(50, 50).interval
     # the seed-robustness this buys: one failing network of three is not a regression against an all-pass baseline
