@@ -8,7 +8,7 @@
 torch.Size([100, 10])
 """
 
-from . import fx_lowering, graph, graph_decompose, lowering, operators, progress, regions, roots, rootsets, rules, tolerances, validation
+from . import graph, graph_decompose, lowering, operators, progress, regions, roots, rootsets, rules, tolerances, validation
 from .accounting import Accounting, accounting
 from .decompose import Decomposition, LayerDecomposition, train_free
 from .full_backward import FullBackward, FullBackwardLayer, estimate_cost, full_backward
@@ -25,7 +25,6 @@ __all__ = [
     "OperatorRoots",
     "graph",
     "operators",
-    "fx_lowering",
     "Rule",
     "rules",
     "roots",

@@ -21,6 +21,7 @@ import torch
 
 from .graph import GraphNetwork, dense_only
 from .network import ReLUNetwork
+from .outputs import OutputLike, explain, is_weights
 from .roots import LinearRoots, RootFinder
 from .rootsets import RootSet
 from .rules import RuleLike
@@ -102,7 +103,7 @@ class Decomposition:
     """
 
     layers: tuple[LayerDecomposition, ...]
-    output: Union[int, torch.Tensor]  # the explained output, or (batch,) per-point outputs
+    output: Union[int, torch.Tensor]  # the explained output: an index, (batch,) per-point indices, or output weights
     output_value: torch.Tensor  # (batch,) f(x) of the explained output
     input_shape: Optional[tuple[int, ...]] = dataclasses.field(default=None, kw_only=True)
 
@@ -194,7 +195,7 @@ def train_free(
     x: torch.Tensor,
     *,
     rule: Union[RuleLike, Sequence[RuleLike], None] = None,
-    output: Union[int, torch.Tensor, str] = 0,
+    output: OutputLike = 0,
     root_finder: Optional[RootFinder] = None,
 ) -> Decomposition:
     """Train-free DTD of output ``output`` of ``net`` at the points ``x``.
@@ -213,11 +214,14 @@ def train_free(
         layer first.  Default ``"z+"``.  Shorthand for
         ``root_finder=LinearRoots(rule)``; give one of the two.
     output
-        Index of the explained output neuron; or one per point, a
-        ``(batch,)`` integer tensor; or ``"predicted"``, each point's argmax
-        of the network output.  An int gives exactly the results it always
-        gave; per-point outputs give each point the results its own int
-        output would give.
+        What to explain (:mod:`dtd.outputs`): the index of an output
+        element (an int into the flattened output, or a tuple into its
+        shape: ``(class, row, col)`` of a segmentation map); one per point, a
+        ``(batch,)`` integer tensor; ``"predicted"``, each point's largest
+        class; or a floating-point tensor ``w`` of the per-point output's
+        shape, explaining ``sum(w * y)`` (a class's mask): the top layer then
+        has one neuron (``net.explaining(w)``) and :attr:`Decomposition.output`
+        holds ``w``.  :attr:`Decomposition.output_value` is what was explained.
     root_finder
         Where to expand each neuron (default: closed-form roots of ``rule``).
 
@@ -244,13 +248,20 @@ def train_free(
         root_finder = LinearRoots("z+" if rule is None else rule)
     elif rule is not None:
         raise ValueError("give either rule or root_finder, not both (pass the rule to the root finder)")
-    if isinstance(net, GraphNetwork):
+    if not isinstance(net, (ReLUNetwork, GraphNetwork)):
+        checked_arguments(net, x, output, root_finder)  # the TypeError naming what net must be
+    explained, index = explain(net, output)
+    if isinstance(explained, GraphNetwork):
         from .graph_decompose import graph_train_free
 
-        return graph_train_free(net, x, output, root_finder)
-    from .graph_decompose import decompose
+        dec = graph_train_free(explained, x, index, root_finder)
+    else:
+        from .graph_decompose import decompose
 
-    shape = edge_shape(x) if isinstance(x, torch.Tensor) else None
-    output, x = checked_arguments(net, x, output, root_finder)
-    return decompose(net.graph(), x.clone(), output, root_finder, finder_net=net, input_shape=shape)
+        shape = edge_shape(x) if isinstance(x, torch.Tensor) else None
+        index, x = checked_arguments(explained, x, index, root_finder)
+        dec = decompose(explained.graph(), x.clone(), index, root_finder, finder_net=explained, input_shape=shape)
+    if is_weights(output):  # the decomposition of sum(w * y): its record says so
+        dec = dataclasses.replace(dec, output=output.detach().clone())
+    return dec
 

@@ -51,6 +51,7 @@ import torch
 from .decompose import Decomposition, LayerDecomposition, checked_activations, edge_shape
 from .graph import dense_only
 from .network import ReLUNetwork
+from .outputs import explain, is_weights
 from .roots import RootFinder
 from .rootsets import ExplicitRoots
 from .tolerances import pattern_tol
@@ -262,9 +263,10 @@ def full_backward(
     Parameters
     ----------
     net, x, output
-        As for :func:`~dtd.decompose.train_free` (not modified); per-point
-        outputs (a ``(batch,)`` tensor or ``"predicted"``) run the recursion
-        once per distinct output on its points and put the rows back in order.
+        As for :func:`~dtd.decompose.train_free` (not modified; an index
+        tuple or output weights too); per-point outputs (a ``(batch,)``
+        tensor or ``"predicted"``) run the recursion once per distinct output
+        on its points and put the rows back in order.
     root_finder
         Where each neuron's relevance function is expanded, at every level of
         the recursion (e.g. ``dtd.LinearRoots("z+")``,
@@ -290,6 +292,12 @@ def full_backward(
     if budget is not None:
         check_int(budget, "budget", minimum=1)
     dense_only(net, "full_backward")
+    weights = output if is_weights(output) else None
+    if isinstance(net, ReLUNetwork):
+        net, output = explain(net, output)  # weights: the network of sum(w * y); a tuple: its flat index
+    if weights is not None:
+        result = full_backward(net, x, root_finder=root_finder, output=output, budget=budget)
+        return dataclasses.replace(result, output=weights.detach().clone())
     output, activations = checked_activations(net, x, output, root_finder)
     estimate = estimate_cost(net, activations[0].shape[0])
     if budget is not None and estimate > budget:

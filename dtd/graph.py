@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .operators import Chain, Dense, Reshape
+from .outputs import check_output, check_weights
 from .validation import all_finite, check_finite_layer, check_int
 
 __all__ = [
@@ -128,7 +129,15 @@ class ReLUNode:
 
 @dataclasses.dataclass(frozen=True)
 class MaxPoolNode:
-    """A max pooling over the last one or two dimensions (``F.max_pool1d/2d`` arguments, or an adaptive one)."""
+    """A max pooling over the last one or two dimensions (``F.max_pool1d/2d`` arguments, or an adaptive one).
+
+    ``signs`` (one ``+1`` / ``-1`` per index of the first non-batch axis, or
+    None for all ``+1``) make some slices *min* poolings: ``s * max(s * x)``.
+    The lowering pools the ReLU units of a monotone activation this way --
+    ``maxpool(leaky_relu(z)) = maxpool(relu(z)) - a * minpool(relu(-z))`` -- so
+    the layer after it reads non-negative inputs.  Either way each window
+    selects one input (its arg), and the region is that pattern.
+    """
 
     id: int
     shape: tuple
@@ -141,14 +150,32 @@ class MaxPoolNode:
     ceil_mode: bool = False
     output_size: Optional[tuple] = None  # adaptive max pooling
     name: str = ""
+    signs: Optional[tuple] = None  # per index of the first non-batch axis: +1 max pooling, -1 min pooling
+
+    def oriented(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` times the signs along its first non-batch axis (``t`` itself without signs)."""
+        if self.signs is None:
+            return t
+        s = torch.tensor(self.signs, dtype=t.dtype, device=t.device)
+        return t * s.reshape((-1,) + (1,) * (t.dim() - 2))
 
     def pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(values, argmax)``: the pooled values and each window's argmax (flat index within its channel plane)."""
+        """``(values, argmax)``: the pooled values and each window's arg (flat index within its channel plane)."""
+        x = self.oriented(x)
+        lead = tuple(x.shape[1 : x.dim() - self.dim])
+        if len(lead) != 1:  # channels over several axes (a pooling of stacked units): pooled as one axis
+            x = x.reshape((x.shape[0], -1) + tuple(x.shape[x.dim() - self.dim :]))
         if self.output_size is not None:
             function = F.adaptive_max_pool1d if self.dim == 1 else F.adaptive_max_pool2d
-            return function(x, self.output_size, return_indices=True)
-        function = F.max_pool1d if self.dim == 1 else F.max_pool2d
-        return function(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True)
+            values, index = function(x, self.output_size, return_indices=True)
+        else:
+            function = F.max_pool1d if self.dim == 1 else F.max_pool2d
+            values, index = function(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                                     return_indices=True)
+        if len(lead) != 1:
+            values = values.reshape((values.shape[0],) + lead + tuple(values.shape[2:]))
+            index = index.reshape(values.shape)
+        return self.oriented(values), index
 
 
 Node = Union[InputNode, AffineNode, ReLUNode, MaxPoolNode]
@@ -448,10 +475,43 @@ class GraphNetwork(nn.Module):
         return k
 
     def check_output(self, output, batch: Optional[int] = None):
-        """``output``: an int in ``[0, out_features)`` or a ``(batch,)`` integer tensor (as :meth:`ReLUNetwork.check_output`)."""
-        from .network import ReLUNetwork
+        """``output``: an int in ``[0, out_features)``, an index tuple into :attr:`output_shape` (its flat index) or a
+        ``(batch,)`` integer tensor (:func:`dtd.outputs.check_output`)."""
+        return check_output(self, output, batch)
 
-        return ReLUNetwork.check_output(self, output, batch)
+    @property
+    def output_shape(self) -> tuple:
+        """The per-point output's shape (``(classes,)``, ``(classes, height, width)``, ...); :meth:`forward` flattens it."""
+        return tuple(self.nodes[self.layer_ids[-1]].shape)
+
+    def explaining(self, weights: torch.Tensor) -> "GraphNetwork":
+        """The network whose one output is ``sum(weights * y)`` over this network's per-point output ``y``.
+
+        The weights are absorbed into the top layer (the output is linear in
+        it): each of its branches becomes the one row ``w^T A_b``, computed in
+        float64 by pushing ``w`` back through ``A_b``, and its bias ``w . b``.
+        Under a final ReLU a new one-neuron layer reads the ReLU instead.  The
+        other layers are shared with this network.  ``weights`` has
+        :attr:`output_shape` (or is flat).
+        """
+        w = check_weights(self, weights)
+        w64 = w.to(torch.float64).reshape(1, -1)
+        top = self.nodes[self.layer_ids[-1]]
+        nodes = list(self.nodes)
+        if self.final_relu:
+            relu = ReLUNode(len(nodes), top.shape, top.id, top.name)
+            nodes.append(relu)
+            row = Chain([Reshape(top.shape, (math.prod(top.shape),)), Dense(w64.to(self.dtype))])
+            nodes.append(AffineNode(len(nodes), (1,), (Branch(relu.id, row),), torch.zeros(1, dtype=self.dtype, device=self.device),
+                                    top.name, top.modules))
+            return GraphNetwork(nodes, nodes[-1].id, final_relu=False, input_shape=self.input_shape)
+        branches = []
+        for branch, op in zip(top.branches, self.float64_operators(top)):
+            row = op.transpose(w64.reshape((1,) + tuple(top.shape))).reshape(1, -1)
+            branches.append(Branch(branch.source, Chain([Reshape(op.in_shape, (op.in_features,)), Dense(row.to(self.dtype))])))
+        bias = (w64.reshape(-1) * top.bias.to(torch.float64).reshape(-1)).sum().reshape(1).to(self.dtype)
+        nodes[top.id] = AffineNode(top.id, (1,), tuple(branches), bias, top.name, top.modules)
+        return GraphNetwork(nodes, top.id, final_relu=False, input_shape=self.input_shape)
 
     def check_parameters(self) -> None:
         for node in self.nodes:
@@ -667,7 +727,7 @@ class GraphNetwork(nn.Module):
                 ref = reference_argmax[:, start : start + n].reshape(argmax[i].shape)
                 src = _planes(values[node.source], node.dim)
                 at_ref = src.gather(2, _planes(ref, node.dim)).reshape(values[i].shape)
-                gaps.append((values[i] - at_ref).flatten(1))
+                gaps.append(node.oriented(values[i] - at_ref).flatten(1))
                 start += n
             gap = torch.cat(gaps, 1) if gaps else top[:, :0]
         grad = None
@@ -751,7 +811,7 @@ class GraphNetwork(nn.Module):
                     same.logical_and_(_all_last(argmax[node.id].reshape(n_points, n_roots, -1) == reference.reshape(n_points, 1, -1)).reshape(rows))
                     ref = reference.repeat_interleave(n_roots, dim=0)
                     at_ref = _planes(values[node.source], node.dim).gather(2, _planes(ref, node.dim)).reshape(values[node.id].shape)
-                    ties.logical_and_(_all_last((values[node.id] - at_ref).flatten(1) <= threshold))
+                    ties.logical_and_(_all_last(node.oriented(values[node.id] - at_ref).flatten(1) <= threshold))
         gmax = torch.zeros(rows, dtype=roots.dtype, device=roots.device)
         gmean = torch.zeros_like(gmax)
         idx = (~same).nonzero().squeeze(1)

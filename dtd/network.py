@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .graph import GraphNetwork
-from .lowering import DEFAULT_MEMORY_BUDGET, lower_sequential
+from .outputs import check_output, check_weights
+from .lowering import DEFAULT_MEMORY_BUDGET, lower_module, lower_sequential
 from .validation import check_finite_layer, check_int, check_number, check_seed
 
 __all__ = ["ReLUNetwork", "INITS", "output_column", "linear_copy"]
@@ -223,19 +224,18 @@ class ReLUNetwork(nn.Module):
         *,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> "ReLUNetwork":
-        """Lower a (nested) ``nn.Sequential`` exactly into a ReLU network that owns its parameters.
+        """Lower an ``nn.Sequential`` exactly into a ReLU network of dense layers that owns its parameters.
 
-        Accepted (exact types; see :mod:`dtd.lowering`): ``nn.Linear``,
-        ``nn.ReLU``, ``nn.Conv2d`` (``groups=1``; any stride, padding, padding
-        mode, dilation; with or without bias), ``nn.AvgPool2d``,
-        ``nn.Flatten``, ``nn.Unflatten``, ``nn.Identity``, ``nn.Dropout``
-        (``1d``/``2d`` too) and ``nn.BatchNorm1d/2d`` -- dropout and batch
-        norm in eval mode.  Consecutive affine modules without a ReLU between
-        them (pooling then convolution, batch norm then Linear, ...) are
-        folded into one dense affine layer, computed exactly (float64, then
-        the model's dtype); every ReLU ends a layer, and a trailing affine
-        map without ReLU is the last layer (``final_relu=False``).  The
-        network's forward equals the model's on the flattened output.
+        The model goes through the one lowering every model takes
+        (:mod:`dtd.lowering`: captured with ``torch.export``, every operation
+        checked), and each affine map between two ReLUs -- convolutions (any
+        dimension, groups, padding mode), pooling, batch norm in eval mode,
+        upsampling, reshapes, ... -- is folded into one dense layer, computed
+        exactly (float64, then the model's dtype).  Every ReLU-type hinge
+        ends a layer (a ReLU6 or a leaky ReLU as the ReLU units of
+        :mod:`dtd.lowering.aten`), and a trailing affine map without one is
+        the last layer (``final_relu=False``).  The network's forward equals
+        the model's on the flattened output.
 
         The network holds copies: ``model`` is never modified (parameters,
         buffers, modes, hooks, ``requires_grad``) and shares no storage with
@@ -244,12 +244,13 @@ class ReLUNetwork(nn.Module):
         Parameters
         ----------
         model
-            The ``nn.Sequential`` (containers may nest).
+            An ``nn.Sequential`` (containers may nest).
         input_shape
             The input's shape without the batch dimension, e.g. ``(1, 8, 8)``;
-            required when the model starts with a convolution, pooling or 2-d
-            batch norm.  The network then accepts ``x`` of shape
-            ``(batch, *input_shape)`` (and flat ``(batch, D_0)``).
+            required unless the first module with weights is an ``nn.Linear``
+            (after an optional ``nn.Flatten``) or an ``nn.BatchNorm1d``.  The
+            network then accepts ``x`` of shape ``(batch, *input_shape)`` (and
+            flat ``(batch, D_0)``).
         memory_budget
             Largest dense float64 matrix, in bytes, a folded layer may need
             (default 1 GiB); a larger one is refused before it is allocated.
@@ -257,14 +258,14 @@ class ReLUNetwork(nn.Module):
         Raises
         ------
         TypeError
-            A module DTD's ReLU-region analysis does not cover (named, e.g.
-            ``'features.3'``, with the reason and the fix), a subclass of an
-            accepted module, a module with forward hooks or pre-hooks, a ReLU
-            that follows no affine module.
+            Not an ``nn.Sequential``; an operation DTD's ReLU-region analysis
+            does not cover (named with its module, e.g. ``'silu' in module
+            '3' (SiLU)``, with the reason); max pooling or a skip connection
+            (they need :meth:`from_module`'s graph).
         ValueError
-            Batch norm or dropout in training mode (call ``model.eval()``),
-            ``Conv2d`` with ``groups != 1``, ``input_shape`` missing or not
-            matching, a folded layer above ``memory_budget``.
+            Batch norm or dropout in training mode (call ``model.eval()``), a
+            batch norm without running statistics, ``input_shape`` missing or
+            not fitting the model, a folded layer above ``memory_budget``.
         """
         lowered = lower_sequential(model, input_shape, memory_budget=memory_budget)
         linears = []
@@ -283,28 +284,40 @@ class ReLUNetwork(nn.Module):
     @classmethod
     def from_module(
         cls,
-        model: nn.Module,
-        input_shape: Sequence[int],
+        model: "nn.Module | torch.export.ExportedProgram",
+        input_shape: Optional[Sequence[int]] = None,
         *,
+        select=None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> "ReLUNetwork | GraphNetwork":
-        """Lower any piecewise-linear ``nn.Module`` exactly: traced with ``torch.fx`` into affine operators, ReLUs and max pools.
+        """Lower any piecewise-linear model exactly, from the graph ``torch.export`` captures (:mod:`dtd.lowering`).
 
-        Convolutions, pooling, batch norm (folded), residual ``+``, ``torch.cat``
-        and the rest listed in :mod:`dtd.fx_lowering` become a
+        The model is exported at ``input_shape`` (shape-dependent Python
+        resolved), and every ATen operation of its graph is lowered by what it
+        is: convolutions (any dimension, transposed, grouped), Linear, batch
+        norm (folded), pooling, upsampling, reshapes, permutes, slices,
+        ``cat``, paddings, residual ``+`` ... become a
         :class:`~dtd.graph.GraphNetwork` whose DTD layers are matrix-free
-        operators (a convolution stays a convolution; memory grows with the
-        activations, not with ``D x J``).  A model that lowers to a chain of
-        Linear layers and ReLUs (an MLP) comes back as a dense
-        :class:`ReLUNetwork`, as :meth:`from_sequential` builds it.
+        operators; ReLU, ReLU6 / hardtanh, leaky ReLU / PReLU, ``abs``,
+        ``clamp`` become ReLU units and max pooling stays winner-take-all.  A
+        model that lowers to a chain of Linear layers and ReLUs (an MLP) comes
+        back as a dense :class:`ReLUNetwork`, as :meth:`from_sequential` builds it.
 
         Parameters
         ----------
         model
-            Any ``nn.Module`` whose forward ``torch.fx`` can trace; in eval
-            mode where that matters.  Never modified; nothing is shared.
+            Any ``nn.Module`` ``torch.export`` can capture (or an
+            ``ExportedProgram``); in eval mode where that matters.  Never
+            modified; nothing is shared.
         input_shape
-            One input's shape without the batch dimension, e.g. ``(3, 224, 224)``.
+            One input's shape without the batch dimension, e.g. ``(3, 224, 224)``
+            (optional for an ``ExportedProgram``).
+        select
+            Which output to explain when the model returns several: a key
+            (``"logits"`` of a dict or Hugging Face ``ModelOutput``), an index
+            (of a tuple), a path of those (``("out", 0)``), or a callable
+            applied to the output (``lambda out: out["out"]``).  Not needed
+            for a model returning one tensor.
         memory_budget
             Largest dense float64 matrix (bytes) an affine map that has no exact
             operator form may be folded into (default 1 GiB).
@@ -312,16 +325,16 @@ class ReLUNetwork(nn.Module):
         Raises
         ------
         TypeError
-            A module or operation that is not piecewise linear (named, with the
-            reason and the fix), a subclass of an accepted module, hooks, a
-            model that ``torch.fx`` cannot trace (what to do is in the message).
+            An operation that is not piecewise linear, named as the graph
+            holds it with the module it came from (``'silu' in module
+            'act1' (SiLU)``) and why; a model ``torch.export`` cannot capture
+            (what to try is in the message).
         ValueError
-            Batch norm / dropout in training mode, shapes that do not match,
-            a dense fallback above ``memory_budget``.
+            Batch norm / dropout in training mode, an ``input_shape`` the model
+            does not run at, a ``select`` that names no output (the outputs are
+            listed), a dense fallback above ``memory_budget``.
         """
-        from .fx_lowering import lower_module
-
-        graph = lower_module(model, input_shape, memory_budget=memory_budget)
+        graph = lower_module(model, input_shape, select=select, memory_budget=memory_budget)
         chain = graph.as_dense_chain()
         if chain is None:
             return graph
@@ -441,29 +454,39 @@ class ReLUNetwork(nn.Module):
         return k
 
     def check_output(self, output, batch: Optional[int] = None) -> "int | torch.Tensor":
-        """``output`` checked: an int in range, or a ``(batch,)`` integer tensor of per-point output indices.
+        """``output`` checked: an int in range, a 1-tuple ``(class,)``, or a ``(batch,)`` integer tensor of per-point
+        output indices (:func:`dtd.outputs.check_output`).
 
         A tensor is returned as int64 on the network's device; ``batch``
         (when given) is the number of points it must index.
         """
-        if isinstance(output, torch.Tensor):
-            if output.dtype.is_floating_point or output.dtype.is_complex or output.dtype == torch.bool or output.dim() != 1:
-                raise TypeError(
-                    f"output as a tensor must be a 1-D integer tensor of per-point output indices, got dtype {output.dtype}, "
-                    f"shape {tuple(output.shape)}"
-                )
-            if batch is not None and output.shape[0] != batch:
-                raise ValueError(f"output holds {output.shape[0]} per-point indices for {batch} points; give one per point")
-            if output.numel() and (int(output.min()) < 0 or int(output.max()) >= self.out_features):
-                raise ValueError(
-                    f"every per-point output must be in [0, {self.out_features - 1}], got values in [{int(output.min())}, {int(output.max())}]"
-                )
-            return output.detach().to(dtype=torch.int64, device=self.device)
-        if isinstance(output, bool) or not isinstance(output, int):
-            raise TypeError(f"output must be an int or a (batch,) integer tensor, got {output!r}")
-        if not 0 <= output < self.out_features:
-            raise ValueError(f"output must be in [0, {self.out_features - 1}], got {output}")
-        return output
+        return check_output(self, output, batch)
+
+    @property
+    def output_shape(self) -> tuple:
+        """The per-point output's shape: ``(out_features,)``."""
+        return (self.out_features,)
+
+    def explaining(self, weights: torch.Tensor) -> "ReLUNetwork":
+        """The network whose one output is ``sum(weights * net(x))`` (``weights`` ``(out_features,)``).
+
+        Without a final ReLU the last layer becomes ``w^T W``, ``w . b``
+        (computed in float64); under one, a new last layer ``(1, out_features)``
+        with the weights reads it.  The other layers are this network's own
+        (shared, not copied).
+        """
+        w = check_weights(self, weights).to(torch.float64)
+        layers = list(self.layers)
+        last = layers[-1]
+        if self.final_relu:
+            extra = linear_copy(w.reshape(1, -1).to(self.dtype), torch.zeros(1, dtype=self.dtype, device=self.device))
+            layers.append(extra)
+        else:
+            weight = (w.reshape(1, -1) @ last.weight.detach().to(torch.float64)).to(self.dtype)
+            bias = (w * self.bias(len(layers) - 1).detach().to(torch.float64)).sum().reshape(1).to(self.dtype)
+            layers[-1] = linear_copy(weight, bias)
+        shape = self.input_shape
+        return ReLUNetwork(layers, final_relu=False, flatten_input=self.flatten_input, input_shape=shape)
 
     def check_input(self, x, *, from_layer: int = 0, name: str = "x") -> torch.Tensor:
         """Validate a batch for layer ``from_layer`` and return it as ``(batch, D_k)``.

@@ -25,12 +25,25 @@ and padding, are no entries at all, so a root never moves an input its
 neuron does not see).
 
 An operator is a *primitive* (:class:`Dense`, :class:`Conv`, :class:`Scale`,
-a pooling, a reshape, ...) or a :class:`Chain` of primitives.  A chain's
-modified matrix is the chain of its primitives' modified operators only when
-every entry of the product is a single product of entries (one path from
-each input to each output) and at most one primitive is signed; the lowering
-(:mod:`dtd.graph`) folds batch norms into convolutions and falls back to a
-dense matrix otherwise, so every chain it builds satisfies this.
+:class:`Multiply`, a pooling, an interpolation, an index map such as a
+reshape, a permutation, a slice or a padding, ...) or a :class:`Chain` of
+primitives.  A chain's modified matrix is the chain of its primitives'
+modified operators only when every entry of the product is a single product
+of entries and at most one primitive is signed: one path from each input to
+each output (:meth:`Chain.single_path`), or one path along the channel axis
+and one along the other axes when every primitive acts on only one of them
+(a 1x1 convolution then a bilinear upsampling: :meth:`Chain.kronecker_path`).
+The lowering (:mod:`dtd.lowering`) rewrites chains into that form where the
+composite has one (batch norms folded, a nearest upsampling then a
+convolution as one transposed convolution, ...) and falls back to a dense
+matrix otherwise, so every chain it builds satisfies this.
+
+Flags every operator carries for that check: ``signed``, ``row_sparse``
+(every output reads at most one input), ``column_sparse`` (every input feeds
+at most one output), ``channel_only`` (mixes only the first non-batch axis,
+the same map at every other position: a 1x1 convolution, a per-channel
+scale) and ``spatial_only`` (the same map for every index of the first axis,
+which it keeps: pooling, upsampling, padding).
 
 Shapes: an operator maps ``(batch, *in_shape)`` to ``(batch, *out_shape)``;
 its bias is not part of it (the graph's affine node holds one bias for the sum
@@ -51,13 +64,18 @@ __all__ = [
     "Dense",
     "Conv",
     "Scale",
+    "Multiply",
     "Pooling",
+    "Interpolation",
+    "IndexMap",
     "Reshape",
     "Embed",
+    "Narrow",
     "Zero",
     "Chain",
     "Parallel",
     "vjp",
+    "single_path",
 ]
 
 #: the element-wise modifications every operator can apply (see the module docstring)
@@ -94,6 +112,12 @@ class Operator:
         pooling, global mean, a per-channel scale).
     row_sparse
         Every output reads at most one input (reshape, a per-channel scale).
+    channel_only, spatial_only
+        Acts only along the first non-batch axis (the same map at every other
+        position), or only along the others (the same map for every index of
+        the first axis, whose length it keeps); see the module docstring.
+    modifiable
+        Whether :meth:`modified` is available (a signed interpolation's is not).
     """
 
     in_shape: tuple
@@ -101,6 +125,9 @@ class Operator:
     signed: bool = False
     column_sparse: bool = False
     row_sparse: bool = False
+    channel_only: bool = False
+    spatial_only: bool = False
+    modifiable: bool = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -186,15 +213,25 @@ def _signed_modification(weight: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 class Dense(Operator):
-    """``y = x W^T`` on flat activations: ``weight`` ``(J, D)``, every input connected to every output."""
+    """``y = x W^T`` along the last axis: ``weight`` ``(J, D)``, every input of a row connected to every output.
+
+    ``in_shape`` defaults to ``(D,)`` (flat activations, a Linear after a
+    flatten); a longer one, ``(..., D)``, applies the weight to the last axis
+    at every other position (``nn.Linear`` on a tensor with more dimensions).
+    """
 
     signed = True
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, in_shape: Optional[Sequence[int]] = None):
         if weight.dim() != 2:
             raise ValueError(f"a dense operator needs a (J, D) weight, got shape {tuple(weight.shape)}")
         self.weight = weight
-        self.in_shape, self.out_shape = (weight.shape[1],), (weight.shape[0],)
+        self.in_shape = (weight.shape[1],) if in_shape is None else tuple(in_shape)
+        if self.in_shape[-1] != weight.shape[1]:
+            raise ValueError(f"a ({weight.shape[0]}, {weight.shape[1]}) weight cannot act on activations of shape {self.in_shape}")
+        self.out_shape = self.in_shape[:-1] + (weight.shape[0],)
+        self.flat = len(self.in_shape) == 1
+        self.channel_only = self.flat
         self._modified: dict = {}
 
     def forward(self, x):
@@ -204,58 +241,101 @@ class Dense(Operator):
         return y @ self.weight
 
     def rows(self, index, dtype):
-        return self.weight[index]
+        if self.flat:
+            return self.weight[index]
+        return super().rows(index, dtype)
 
     def flat_weight(self):
-        return self.weight
+        return self.weight if self.flat else None
+
+    def _with(self, weight) -> "Dense":
+        return Dense(weight, self.in_shape)
 
     def modified(self, kind):
         if kind not in self._modified:
-            self._modified[kind] = Dense(_signed_modification(self.weight, _check_kind(kind)))
+            self._modified[kind] = self._with(_signed_modification(self.weight, _check_kind(kind)))
         return self._modified[kind]
 
     def to(self, dtype, device=None):
-        return Dense(self.weight.to(dtype=dtype, device=device))
+        return self._with(self.weight.to(dtype=dtype, device=device))
 
     def tensors(self):
         return [self.weight]
 
 
-class Conv(Operator):
-    """A 1-d or 2-d convolution without bias (zero padding), any stride, dilation and groups.
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+_CONV_INPUT = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
 
-    ``weight`` ``(C_out, C_in / groups, *kernel)``; padding as ints.  The
-    transpose is the convolution's input gradient (no dense matrix).
+
+class Conv(Operator):
+    """A 1-d, 2-d or 3-d convolution without bias (zero padding), any stride, dilation and groups; or its transpose.
+
+    ``weight`` ``(C_out, C_in / groups, *kernel)`` for a convolution,
+    ``(C_in, C_out / groups, *kernel)`` for a transposed one (``transposed=True``,
+    as ``nn.ConvTranspose2d`` holds it); padding as ints.  Every (input,
+    output) pair is joined by at most one kernel entry, so the modified
+    operators are the same convolution with a modified kernel.  The transpose
+    of a convolution is its input gradient, that of a transposed convolution
+    the convolution itself (no dense matrix).
     """
 
     signed = True
 
-    def __init__(self, weight, in_shape, *, stride, padding, dilation, groups, out_shape=None):
-        self.weight = weight
+    def __init__(self, weight, in_shape, *, stride, padding, dilation, groups, transposed: bool = False,
+                 output_padding=None, out_shape=None):
+        self.weight = weight.contiguous()  # a sliced or composed kernel: torch's convolutions are slow on strided ones
         self.dim = weight.dim() - 2
-        if self.dim not in (1, 2):
-            raise ValueError(f"only 1-d and 2-d convolutions are supported, got a {self.dim}-d kernel")
-        self.stride, self.padding, self.dilation, self.groups = tuple(stride), tuple(padding), tuple(dilation), int(groups)
+        if self.dim not in (1, 2, 3):
+            raise ValueError(f"only 1-d, 2-d and 3-d convolutions are supported, got a {self.dim}-d kernel")
+        def tup(v):
+            return tuple(int(e) for e in v) if isinstance(v, (tuple, list)) else (int(v),) * self.dim
+        self.stride, self.padding, self.dilation, self.groups = tup(stride), tup(padding), tup(dilation), int(groups)
+        self.transposed = bool(transposed)
+        self.output_padding = tup(0 if output_padding is None else output_padding)
         self.in_shape = tuple(in_shape)
         if out_shape is None:
-            out_shape = self._conv(torch.zeros((1,) + self.in_shape, dtype=weight.dtype, device="meta"), weight.to("meta")).shape[1:]
+            probe = torch.zeros((1,) + self.in_shape, dtype=weight.dtype, device="meta")
+            out_shape = self._apply(probe, weight.to("meta")).shape[1:]
         self.out_shape = tuple(out_shape)
+        kernel = tuple(weight.shape[2:])
+        self.pointwise = all(k == 1 for k in kernel) and all(s == 1 for s in self.stride) and not any(self.padding) \
+            and not any(self.output_padding)
+        self.channel_only = self.pointwise
         self._modified: dict = {}
 
-    def _conv(self, x, weight):
-        conv = F.conv1d if self.dim == 1 else F.conv2d
-        return conv(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
+    def _apply(self, x, weight):
+        if self.transposed:
+            return _CONV_TRANSPOSE[self.dim](x, weight, None, self.stride, self.padding, self.output_padding, self.groups,
+                                             self.dilation)
+        return _CONV[self.dim](x, weight, None, self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, x):
-        return self._conv(x, self.weight)
+        return self._apply(x, self.weight)
 
     def transpose(self, y):
-        grad = torch.nn.grad.conv1d_input if self.dim == 1 else torch.nn.grad.conv2d_input
-        return grad((y.shape[0],) + self.in_shape, self.weight, y, self.stride, self.padding, self.dilation, self.groups)
+        if self.transposed:
+            return _CONV[self.dim](y, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        return _CONV_INPUT[self.dim]((y.shape[0],) + self.in_shape, self.weight, y, self.stride, self.padding, self.dilation,
+                                     self.groups)
 
     def _with(self, weight) -> "Conv":
         return Conv(weight, self.in_shape, stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
-                    out_shape=self.out_shape)
+                    transposed=self.transposed, output_padding=self.output_padding, out_shape=self.out_shape)
+
+    def full_weight(self) -> torch.Tensor:
+        """The kernel of a convolution (not transposed) with ``groups = 1``: the grouped kernel as a block diagonal."""
+        if self.transposed:
+            raise ValueError("full_weight is defined for convolutions, not transposed ones")
+        if self.groups == 1:
+            return self.weight
+        out_c, in_per_group = self.weight.shape[:2]
+        out_per_group = out_c // self.groups
+        full = self.weight.new_zeros((out_c, in_per_group * self.groups) + tuple(self.weight.shape[2:]))
+        for g in range(self.groups):
+            full[g * out_per_group:(g + 1) * out_per_group, g * in_per_group:(g + 1) * in_per_group] = \
+                self.weight[g * out_per_group:(g + 1) * out_per_group]
+        return full
 
     def modified(self, kind):
         if kind not in self._modified:  # a kernel-sized tensor per kind, kept: DTD asks for the same ones at every call
@@ -272,13 +352,18 @@ class Conv(Operator):
 class Scale(Operator):
     """A per-channel scale ``y = x * s`` (batch norm's linear part): ``scale`` ``(C,)`` over ``(C, ...)``."""
 
-    column_sparse = row_sparse = True
+    column_sparse = row_sparse = channel_only = spatial_only = True
 
     def __init__(self, scale: torch.Tensor, shape: Sequence[int]):
         self.scale = scale
         self.in_shape = self.out_shape = tuple(shape)
         self.signed = bool((scale < 0).any())
         self._view = (-1,) + (1,) * (len(self.in_shape) - 1)
+
+    @property
+    def uniform(self) -> bool:
+        """Every channel has the same factor (a multiplication by a number)."""
+        return bool((self.scale == self.scale[0]).all())
 
     def forward(self, x):
         return x * self.scale.reshape(self._view)
@@ -296,6 +381,34 @@ class Scale(Operator):
         return [self.scale]
 
 
+class Multiply(Operator):
+    """An element-wise product ``y = x * m`` with a constant ``m`` of the activations' shape (a diagonal matrix)."""
+
+    column_sparse = row_sparse = True
+
+    def __init__(self, factor: torch.Tensor, shape: Sequence[int]):
+        self.in_shape = self.out_shape = tuple(shape)
+        if tuple(factor.shape) != self.in_shape:
+            raise ValueError(f"an element-wise factor of shape {tuple(factor.shape)} does not fit activations of shape {self.in_shape}")
+        self.factor = factor
+        self.signed = bool((factor < 0).any())
+
+    def forward(self, x):
+        return x * self.factor
+
+    def transpose(self, y):
+        return y * self.factor
+
+    def modified(self, kind):
+        return Multiply(_signed_modification(self.factor, _check_kind(kind)), self.in_shape)
+
+    def to(self, dtype, device=None):
+        return Multiply(self.factor.to(dtype=dtype, device=device), self.in_shape)
+
+    def tensors(self):
+        return [self.factor]
+
+
 class Pooling(Operator):
     """A non-negative map whose every output is a weighted sum of its window with one weight: ``y_j = m_j * base(x)_j``.
 
@@ -306,10 +419,12 @@ class Pooling(Operator):
     is the weight every input of output ``j``'s window has in ``base``.
     """
 
-    def __init__(self, base, in_shape, out_shape, entry: torch.Tensor, *, column_sparse: bool, multiplier=None, name: str = ""):
+    def __init__(self, base, in_shape, out_shape, entry: torch.Tensor, *, column_sparse: bool, multiplier=None, name: str = "",
+                 spatial_only: bool = False):
         self.base, self.entry, self.multiplier, self.name = base, entry, multiplier, name
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.column_sparse = column_sparse
+        self.spatial_only = spatial_only
 
     def forward(self, x):
         y = self.base(x)
@@ -321,7 +436,7 @@ class Pooling(Operator):
     def _times(self, factor) -> "Pooling":
         multiplier = factor if self.multiplier is None else self.multiplier * factor
         return Pooling(self.base, self.in_shape, self.out_shape, self.entry, column_sparse=self.column_sparse,
-                       multiplier=multiplier, name=self.name)
+                       multiplier=multiplier, name=self.name, spatial_only=self.spatial_only)
 
     def modified(self, kind):
         kind = _check_kind(kind)
@@ -334,7 +449,7 @@ class Pooling(Operator):
             return self._times(current)
         # ind, ind_ge: 1 on the window, i.e. base / entry (the multiplier dropped)
         return Pooling(self.base, self.in_shape, self.out_shape, self.entry, column_sparse=self.column_sparse,
-                       multiplier=1.0 / self.entry, name=self.name)
+                       multiplier=1.0 / self.entry, name=self.name, spatial_only=self.spatial_only)
 
     def to(self, dtype, device=None):
         def convert(t):
@@ -342,10 +457,108 @@ class Pooling(Operator):
 
         return Pooling(self.base, self.in_shape, self.out_shape, convert(self.entry), column_sparse=self.column_sparse,
                        multiplier=convert(self.multiplier) if isinstance(self.multiplier, torch.Tensor) else self.multiplier,
-                       name=self.name)
+                       name=self.name, spatial_only=self.spatial_only)
 
     def tensors(self):
         return [self.entry]
+
+
+def _axis_product(x: torch.Tensor, matrices: Sequence[tuple[int, torch.Tensor]], transpose: bool = False) -> torch.Tensor:
+    """``x`` with each ``(axis, A)`` applied along that non-batch axis (``A`` ``(n_out, n_in)``; ``A^T`` when transposing)."""
+    for axis, matrix in matrices:
+        moved = x.movedim(axis + 1, -1)
+        moved = moved @ (matrix if transpose else matrix.T)
+        x = moved.movedim(-1, axis + 1)
+    return x
+
+
+class Interpolation(Operator):
+    """A separable non-negative map: along each listed axis a matrix ``A_d`` (linear, bilinear, trilinear upsampling).
+
+    ``y = (A_1 (x) A_2 (x) ...) x`` over the axes after the first (the
+    channels are kept).  ``base`` is the model's own function (used for the
+    map itself, so its values round as the model's do); the matrices, found
+    by the lowering from ``base`` on a basis, give the modified operators:
+    ``square`` squares every ``A_d`` (an entry is a product of one entry per
+    axis), ``ind`` / ``ind_ge`` replace them by their non-zero pattern.
+    ``signed=True`` (bicubic weights) makes it unmodifiable: a chain holding
+    it is folded densely.
+    """
+
+    spatial_only = True
+
+    def __init__(self, base, in_shape, out_shape, matrices: Sequence[tuple[int, torch.Tensor]], *, signed: bool = False,
+                 name: str = ""):
+        self.base, self.matrices, self.name = base, [(int(a), m) for a, m in matrices], name
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        self.signed = signed
+        self.modifiable = not signed
+        self.row_sparse = all(bool(((m != 0).sum(1) <= 1).all()) for _, m in self.matrices)
+        self.column_sparse = all(bool(((m != 0).sum(0) <= 1).all()) for _, m in self.matrices)
+
+    def forward(self, x):
+        return self.base(x) if self.base is not None else _axis_product(x, self.matrices)
+
+    def transpose(self, y):
+        if self.base is not None:
+            return vjp(self.base, self.in_shape, y)
+        return _axis_product(y, list(reversed(self.matrices)), transpose=True)
+
+    def modified(self, kind):
+        kind = _check_kind(kind)
+        if self.signed:
+            raise ValueError(f"{self.name or 'this interpolation'} has negative weights: its modified operators are not available")
+        if kind in ("W", "pos"):
+            return self
+        if kind in ("neg", "ind_lt"):
+            return Zero(self.in_shape, self.out_shape)
+        if kind == "square":
+            matrices = [(a, m * m) for a, m in self.matrices]
+        else:  # ind, ind_ge: the non-zero pattern
+            matrices = [(a, (m != 0).to(m.dtype)) for a, m in self.matrices]
+        return Interpolation(None, self.in_shape, self.out_shape, matrices, name=self.name)
+
+    def to(self, dtype, device=None):
+        return Interpolation(self.base, self.in_shape, self.out_shape, [(a, m.to(dtype=dtype, device=device)) for a, m in self.matrices],
+                             signed=self.signed, name=self.name)
+
+    def tensors(self):
+        return [m for _, m in self.matrices]
+
+
+class IndexMap(Operator):
+    """A parameter-free map whose every output copies one input or is 0 (entries 0 or 1, at most one per row).
+
+    Permutations, transposes, slices, selections, flips, rolls, paddings
+    (zero, reflect, replicate, circular), repeats, broadcasts, pixel
+    shuffles, nearest-neighbour resampling: ``function`` is the model's own
+    operation on ``(batch, *in_shape)``, its transpose is the function's
+    vector-Jacobian product (or ``transpose_function`` where one is given).
+    ``injective``: every input feeds at most one output (a permutation, a
+    slice, a zero padding; not a repeat or a reflect padding).  Every
+    modification is the map itself, or zero for the negative parts.
+    """
+
+    row_sparse = True
+
+    def __init__(self, function, in_shape, out_shape, *, injective: bool, name: str = "", spatial_only: bool = False,
+                 channel_only: bool = False, transpose_function=None):
+        self.function, self.transpose_function, self.name = function, transpose_function, name
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        self.column_sparse = bool(injective)
+        self.spatial_only, self.channel_only = spatial_only, channel_only
+
+    def forward(self, x):
+        return self.function(x)
+
+    def transpose(self, y):
+        if self.transpose_function is not None:
+            return self.transpose_function(y)
+        return vjp(self.function, self.in_shape, y)
+
+    def modified(self, kind):
+        kind = _check_kind(kind)
+        return Zero(self.in_shape, self.out_shape) if kind in ("neg", "ind_lt") else self
 
 
 class Reshape(Operator):
@@ -357,6 +570,10 @@ class Reshape(Operator):
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         if math.prod(self.in_shape) != math.prod(self.out_shape):
             raise ValueError(f"cannot reshape {self.in_shape} into {self.out_shape}")
+        # only the identity acts on one axis group; a reshape that keeps the first axis keeps the channels apart
+        self.channel_only = self.in_shape == self.out_shape
+        self.spatial_only = self.channel_only or (len(self.in_shape) > 1 and len(self.out_shape) > 1
+                                                  and self.in_shape[0] == self.out_shape[0])
 
     def forward(self, x):
         return x.reshape((x.shape[0],) + self.out_shape)
@@ -376,6 +593,7 @@ class Embed(Operator):
 
     def __init__(self, in_shape, out_shape, dim: int, start: int):
         self.in_shape, self.out_shape, self.dim, self.start = tuple(in_shape), tuple(out_shape), dim, start
+        self.channel_only, self.spatial_only = dim == 0, dim > 0
 
     def forward(self, x):
         out = x.new_zeros((x.shape[0],) + self.out_shape)
@@ -388,6 +606,42 @@ class Embed(Operator):
     def modified(self, kind):
         kind = _check_kind(kind)
         return Zero(self.in_shape, self.out_shape) if kind in ("neg", "ind_lt") else self
+
+
+class Narrow(Operator):
+    """Take ``[start, start + length)`` of dimension ``dim`` (the adjoint of :class:`Embed`; a slice of a split)."""
+
+    column_sparse = row_sparse = True
+
+    def __init__(self, in_shape, dim: int, start: int, length: int):
+        self.in_shape, self.dim, self.start, self.length = tuple(in_shape), int(dim), int(start), int(length)
+        out = list(self.in_shape)
+        out[self.dim] = self.length
+        self.out_shape = tuple(out)
+        self.channel_only, self.spatial_only = self.dim == 0, self.dim > 0
+
+    def forward(self, x):
+        return x.narrow(self.dim + 1, self.start, self.length)
+
+    def transpose(self, y):
+        out = y.new_zeros((y.shape[0],) + self.in_shape)
+        out.narrow(self.dim + 1, self.start, self.length).copy_(y)
+        return out
+
+    def modified(self, kind):
+        kind = _check_kind(kind)
+        return Zero(self.in_shape, self.out_shape) if kind in ("neg", "ind_lt") else self
+
+
+def single_path(flags: Sequence[tuple[bool, bool]]) -> bool:
+    """Whether a chain of maps with ``(row_sparse, column_sparse)`` flags joins every (input, output) pair by at most one path.
+
+    True when, for some position ``m``, every map before it feeds each input
+    into at most one output and every map after it reads each output from at
+    most one input.
+    """
+    n = len(flags)
+    return any(all(col for _, col in flags[:m]) and all(row for row, _ in flags[m + 1:]) for m in range(n))
 
 
 class Chain(Operator):
@@ -411,27 +665,31 @@ class Chain(Operator):
         self.signed = any(op.signed for op in ops)
         self.column_sparse = all(op.column_sparse for op in ops)
         self.row_sparse = all(op.row_sparse for op in ops)
+        self.channel_only = all(op.channel_only for op in ops)
+        self.spatial_only = all(op.spatial_only for op in ops)
+        self.modifiable = all(op.modifiable for op in ops)
         self._modified: dict = {}
 
     def n_signed(self) -> int:
         return sum(op.signed for op in self.ops)
 
     def single_path(self) -> bool:
-        """Every (input, output) pair is joined by at most one path of non-zero entries.
+        """Every (input, output) pair is joined by at most one path of non-zero entries (see :func:`single_path`)."""
+        return single_path([(op.row_sparse, op.column_sparse) for op in self.ops])
 
-        True when, for some primitive ``m``, every primitive before it feeds
-        each input into at most one output (column-sparse) and every one after
-        it reads each output from at most one input (row-sparse).
-        """
-        n = len(self.ops)
-        for m in range(n):
-            if all(op.column_sparse for op in self.ops[:m]) and all(op.row_sparse for op in self.ops[m + 1 :]):
-                return True
-        return False
+    def kronecker_path(self) -> bool:
+        """Every primitive acts on the channels only or on the other axes only, and each of the two axis groups is
+        joined by at most one path: every entry of the product is one channel path's product times one spatial path's."""
+        if not all(op.channel_only or op.spatial_only for op in self.ops):
+            return False
+        channel = [(True, True) if op.spatial_only else (op.row_sparse, op.column_sparse) for op in self.ops]
+        spatial = [(True, True) if op.channel_only else (op.row_sparse, op.column_sparse) for op in self.ops]
+        return single_path(channel) and single_path(spatial)
 
     def exact_modifications(self) -> bool:
-        """Whether :meth:`modified` is exact for this chain (one path, at most one signed primitive)."""
-        return self.single_path() and self.n_signed() <= 1
+        """Whether :meth:`modified` is exact for this chain (one path per entry, at most one signed primitive)."""
+        return (all(op.modifiable for op in self.ops) and self.n_signed() <= 1
+                and (self.single_path() or self.kronecker_path()))
 
     def forward(self, x):
         for op in self.ops:
@@ -482,29 +740,33 @@ class Chain(Operator):
 
 
 class Parallel(Operator):
-    """Chains reading one input whose outputs are disjoint slices (the parts of a ``torch.cat`` of maps of one activation).
+    """Chains reading one input whose every (input, output) pair belongs to one chain, summed.
 
-    ``y = sum_m chains[m](x)``; each ends in an :class:`Embed` into its own
-    slice, so every entry of the sum is an entry of one chain and the
-    modified operator is the sum of the chains' modified operators.
+    Any two chains write disjoint slices of the output (each ends in an
+    :class:`Embed`: the parts of a ``torch.cat`` of maps of one activation) or
+    read disjoint slices of the input (each starts with a :class:`Narrow`: the
+    units of a ReLU6 or a leaky ReLU read by one layer).  ``y = sum_m chains[m](x)``;
+    every entry of the sum is an entry of one chain, so the modified operator
+    is the sum of the chains' modified operators.
     """
 
     def __init__(self, chains: Sequence[Chain]):
         chains = list(chains)
-        slices = []
-        for chain in chains:
-            last = chain.ops[-1]
-            if not isinstance(last, Embed):
-                raise ValueError("a parallel operator's chains must each end in an Embed (a slice of a torch.cat)")
-            slices.append((last.dim, last.start, last.start + last.in_shape[last.dim]))
-        if len({(c.in_shape, c.out_shape) for c in chains}) != 1 or len({d for d, _, _ in slices}) != 1:
-            raise ValueError("a parallel operator's chains must share their input and output shapes and concatenation axis")
-        ordered = sorted(slices, key=lambda s: s[1])
-        if any(prev[2] > nxt[1] for prev, nxt in zip(ordered[:-1], ordered[1:])):
-            raise ValueError("a parallel operator's chains must write disjoint slices")
+        if len({(c.in_shape, c.out_shape) for c in chains}) != 1:
+            raise ValueError("a parallel operator's chains must share their input and output shapes")
+        outputs = [(c.ops[-1].dim, c.ops[-1].start, c.ops[-1].start + c.ops[-1].in_shape[c.ops[-1].dim])
+                   if isinstance(c.ops[-1], Embed) else None for c in chains]
+        inputs = [(c.ops[0].dim, c.ops[0].start, c.ops[0].start + c.ops[0].length)
+                  if isinstance(c.ops[0], Narrow) else None for c in chains]
+        for i in range(len(chains)):
+            for j in range(i + 1, len(chains)):
+                if not (_apart(outputs[i], outputs[j]) or _apart(inputs[i], inputs[j])):
+                    raise ValueError("a parallel operator's chains must each write disjoint slices of the output or read "
+                                     "disjoint slices of the input")
         self.chains = chains
         self.in_shape, self.out_shape = chains[0].in_shape, chains[0].out_shape
         self.signed = any(c.signed for c in chains)
+        self.modifiable = all(c.modifiable for c in chains)
 
     def exact_modifications(self) -> bool:
         return all(c.exact_modifications() for c in self.chains)
@@ -516,7 +778,8 @@ class Parallel(Operator):
         return sum(c.transpose(y) for c in self.chains)
 
     def modified(self, kind):
-        return Parallel([c.modified(kind) if not isinstance(c.modified(kind), Zero) else _ZeroChain(c) for c in self.chains])
+        parts = [c.modified(kind) for c in self.chains]
+        return Parallel([_ZeroChain(c) if isinstance(p, Zero) else p for c, p in zip(self.chains, parts)])
 
     def to(self, dtype, device=None):
         return Parallel([c.to(dtype, device) for c in self.chains])
@@ -529,7 +792,16 @@ class Parallel(Operator):
         return [op for c in self.chains for op in c.ops]
 
 
+def _apart(a, b) -> bool:
+    """Whether two ``(dim, start, stop)`` slices (None: not a slice) lie along one dimension without overlapping."""
+    if a is None or b is None or a[0] != b[0]:
+        return False
+    return a[2] <= b[1] or b[2] <= a[1]
+
+
 def _ZeroChain(chain: Chain) -> Chain:
-    """A chain computing zero that keeps ``chain``'s final slice (so a :class:`Parallel` of it stays well-formed)."""
-    last = chain.ops[-1]
-    return Chain([Zero(chain.in_shape, last.in_shape), last])
+    """A chain computing zero that keeps ``chain``'s first or final slice (so a :class:`Parallel` of it stays well-formed)."""
+    first, last = chain.ops[0], chain.ops[-1]
+    if isinstance(last, Embed):
+        return Chain([Zero(chain.in_shape, last.in_shape), last])
+    return Chain([first, Zero(first.out_shape, chain.out_shape)])

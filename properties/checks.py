@@ -18,6 +18,7 @@ import torch
 
 from dtd import Decomposition, GraphDecomposition, GraphNetwork, OperatorRoots, ReLUNetwork
 from dtd.graph import _all_last  # a boolean reduction over the last dimension (uint8 min)
+from dtd.outputs import explain
 from dtd.rootsets import AffineRoots, RootSet
 from dtd.rootsets import root_equation_residual as _residual
 from dtd.tolerances import EQUATION_SCALE_FLOOR, pattern_tol
@@ -155,8 +156,10 @@ def root_outcomes(
         ``k``; roots live in the input space of layer ``k`` and are judged
         with ``f_k``, the network from layer ``k`` up to the output.
     output
-        The explained output (default: the decomposition's): an int or a
-        ``(batch,)`` tensor of per-point outputs.
+        The explained output (default: the decomposition's): an int, an
+        index tuple, a ``(batch,)`` tensor of per-point outputs, or output
+        weights (:mod:`dtd.outputs`; the network is then
+        ``net.explaining(weights)``, as in :func:`dtd.train_free`).
     atol
         Tolerance of the questions (default the notebook's 1e-6).
     memory_budget
@@ -191,6 +194,8 @@ def root_outcomes(
     """
     if not isinstance(dec, Decomposition):
         raise TypeError(f"dec must be a dtd.Decomposition, got {type(dec).__name__}")
+    if isinstance(net, (ReLUNetwork, GraphNetwork)):
+        net, output = explain(net, dec.output if output is None else output)
     if isinstance(net, ReLUNetwork):
         net.check_layer(layer)
         if len(dec.layers) != net.n_layers or dec.layers[layer].input.shape[1] != net.layers[layer].in_features:
@@ -381,9 +386,10 @@ def segment_outcomes(
     values at the points (``dec.activations``); ``f_k`` must have no max pool
     (the interior here is a ReLU notion: use ``root_outcomes``' ``region_match``).
     """
-    graph = net.graph() if isinstance(net, ReLUNetwork) else net
-    if not isinstance(graph, GraphNetwork):
+    if not isinstance(net, (ReLUNetwork, GraphNetwork)):
         raise TypeError(f"net must be a dtd.ReLUNetwork or dtd.GraphNetwork, got {type(net).__name__}")
+    net, output = explain(net, output)
+    graph = net.graph() if isinstance(net, ReLUNetwork) else net
     graph.check_layer(layer)
     n, j, d = roots.shape
     output = graph.check_output(output, n)

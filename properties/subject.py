@@ -49,6 +49,7 @@ from torch import nn
 
 import dtd
 from dtd import rules as R
+from dtd.outputs import is_weights
 from dtd.threads import one_thread
 from dtd.validation import check_int, check_seed
 
@@ -85,7 +86,7 @@ SMALL_MODEL_ACTIVATIONS = 100_000
 
 _NAME = re.compile(r"^[A-Za-z0-9_+\-]+$")
 
-OutputsLike = Union[str, int, Sequence[int], torch.Tensor]
+OutputsLike = Union[str, int, tuple, Sequence[int], torch.Tensor]
 
 
 class Subject:
@@ -110,10 +111,19 @@ class Subject:
         (``(N, D)`` for an MLP, ``(N, C, H, W)`` for a CNN).  Copied.
     outputs
         Which output to explain at each point: ``"predicted"`` (each point's
-        argmax), an int (the same output everywhere), or a sequence / 1-D
-        integer tensor of ``N`` output indices.  Points whose explained
-        output is not positive carry no relevance and are left out
+        argmax of a ``(N, classes)`` output), an int (the same flattened
+        output everywhere), a tuple index into the per-point output's shape
+        (``(class, row, col)`` of a segmentation map: a tuple whose length is
+        the output's number of dimensions is always such an index), a list
+        / 1-D integer tensor of ``N`` output indices, or a floating tensor of
+        the per-point output's shape: weights ``w`` explaining ``sum(w * y)``
+        at every point (a class's mask; :mod:`dtd.outputs`).  Points whose
+        explained output is not positive carry no relevance and are left out
         (:attr:`n_dropped`); a ``ValueError`` if none is left.
+    select
+        Which of the model's outputs to explain when it returns several (a
+        dict, a tuple, a Hugging Face ``ModelOutput``): a key, an index, a
+        path or a callable, as :meth:`dtd.ReLUNetwork.from_module` takes it.
     rules
         The rules to judge, each a rule name (``"z+"``, ``"w2"``, ...), a
         variant label of :func:`properties.variants.variants` (``"gamma1"``;
@@ -154,6 +164,7 @@ class Subject:
         inputs: torch.Tensor,
         *,
         outputs: OutputsLike = "predicted",
+        select=None,
         rules: Sequence = ("z+",),
         input_box: Optional[tuple] = None,
         neurons_per_point: Optional[int] = 64,
@@ -187,10 +198,23 @@ class Subject:
         self.max_points = max_points
         x = inputs.detach().clone()
         self.input_shape = tuple(x.shape[1:])
-        # lowered once; from_sequential refuses what it cannot lower exactly (TypeError/ValueError naming the module)
-        self.network = _lower(model, self.input_shape)
+        # lowered once; the lowering refuses what it cannot lower exactly (TypeError/ValueError naming the operation)
+        self.network = _lower(model, self.input_shape, select)
         if self.network.dtype != x.dtype:
             raise TypeError(f"inputs are {x.dtype} but the model's parameters are {self.network.dtype}; convert one of them")
+        #: the output weights explained at every point (None: an index)
+        self.output_weights: Optional[torch.Tensor] = None
+        if is_weights(outputs):
+            self.network = self.network.explaining(outputs)  # one output: sum(w * y)
+            self.output_weights = outputs.detach().clone()
+            outputs = 0
+        elif isinstance(outputs, tuple) and len(outputs) == len(self.network.output_shape):
+            outputs = self.network.check_output(outputs)  # an index into the output's shape: its flat index
+        if isinstance(outputs, str) and outputs == "predicted" and len(self.network.output_shape) != 1:
+            raise ValueError(
+                f"outputs='predicted' takes each point's largest class of a (N, classes) output; this model's output per "
+                f"point has shape {tuple(self.network.output_shape)}: give an index tuple (class, row, col) or weights"
+            )
         with torch.no_grad():
             logits = self.network(x)
         explained = _explained_outputs(outputs, logits)
@@ -277,7 +301,7 @@ def layer_names(model: nn.Module, n_layers: int) -> Optional[list[str]]:
     return [" + ".join(g) for g in groups] if len(groups) == n_layers else None
 
 
-def check_model(model: nn.Module, input_shape: Sequence[int]) -> "dtd.ReLUNetwork | dtd.GraphNetwork":
+def check_model(model: nn.Module, input_shape: Sequence[int], select=None) -> "dtd.ReLUNetwork | dtd.GraphNetwork":
     """Lower ``model`` as :class:`Subject` will, so a factory can refuse a model before it trains it.
 
     Call it on the untrained model at the top of a factory; it raises the
@@ -287,23 +311,23 @@ def check_model(model: nn.Module, input_shape: Sequence[int]) -> "dtd.ReLUNetwor
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (an nn.Sequential), got {type(model).__name__}")
-    return _lower(model, tuple(int(n) for n in input_shape))
+    return _lower(model, tuple(int(n) for n in input_shape), select)
 
 
-def _lower(model: nn.Module, input_shape: tuple) -> "dtd.ReLUNetwork | dtd.GraphNetwork":
+def _lower(model: nn.Module, input_shape: tuple, select=None) -> "dtd.ReLUNetwork | dtd.GraphNetwork":
     """The model lowered exactly: densely by ``from_sequential`` where it can, else by the graph engine (``from_module``).
 
     A Sequential that ``from_sequential`` refuses only for what the graph
     engine handles (max pooling, a dense layer above its memory budget, a
-    module it does not fold) goes to ``from_module``, which raises its own
-    clear error for what is not piecewise linear.
+    skip connection) goes to ``from_module``, which raises its own clear
+    error for what is not piecewise linear.
     """
-    if type(model) is nn.Sequential:
+    if type(model) is nn.Sequential and select is None:
         try:
             return dtd.ReLUNetwork.from_sequential(model, input_shape=input_shape)
         except (TypeError, ValueError):
             pass
-    return dtd.ReLUNetwork.from_module(model, input_shape)
+    return dtd.ReLUNetwork.from_module(model, input_shape, select=select)
 
 
 def _auto_points_per_item(net, n_rules: int, neurons: Optional[int]) -> int:
@@ -590,7 +614,8 @@ def _info(subject: Subject) -> dict:
     net = subject.network
     names = net.layer_names() if isinstance(net, dtd.GraphNetwork) else layer_names(subject.model, net.n_layers)
     digest = hashlib.sha256()
-    for tensor in [subject.inputs, subject.outputs] + list(subject.model.state_dict().values()):
+    weights = [subject.output_weights] if subject.output_weights is not None else []
+    for tensor in [subject.inputs, subject.outputs] + weights + list(subject.model.state_dict().values()):
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return {
         "name": subject.name, "rules": [label for label, _ in subject.rules], "n_points": len(subject.inputs),

@@ -116,6 +116,14 @@ def vgg_features_net() -> nn.Sequential:
     return nn.Sequential(torchvision.models.vgg11().features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(), nn.Linear(512, 10))
 
 
+def leaky_pools() -> nn.Sequential:
+    """Max poolings of monotone piecewise-linear activations: the units are pooled (min pooling for relu(-z))."""
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4),
+        nn.ReLU6(), nn.AdaptiveMaxPool2d((2, 1)), nn.Flatten(), nn.Linear(8, 3),
+    )
+
+
 #: name -> (builder, input shape)
 MODELS = {
     "vgg11": (lambda: torchvision.models.vgg11(num_classes=10), (3, 32, 32)),
@@ -126,4 +134,5 @@ MODELS = {
     "two_branches": (lambda: TwoBranches(), (2, 6, 6)),
     "sequential_cnn": (sequential_cnn, (3, 8, 8)),
     "conv1d": (conv1d_net, (2, 12)),
+    "leaky_pools": (leaky_pools, (2, 8, 8)),
 }

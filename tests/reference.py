@@ -6,9 +6,43 @@ einsum, nothing shared with :mod:`dtd` except the network's weights.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
+import torch
+from torch import nn
 
 from dtd import rules as R
+
+
+def linear_part(module: nn.Module) -> nn.Module:
+    """A float64 copy of a conv / batch norm / Linear with every additive constant removed (the model's own code)."""
+    copy_ = copy.deepcopy(module).double()
+    with torch.no_grad():
+        if getattr(copy_, "bias", None) is not None:
+            copy_.bias.zero_()
+        if isinstance(copy_, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            copy_.running_mean.zero_()
+    return copy_
+
+
+def dense_matrix(function, in_shape) -> np.ndarray:
+    """The matrix ``(D_out, D_in)`` of a linear ``function`` by pushing each basis vector through it."""
+    d = int(np.prod(in_shape))
+    basis = torch.eye(d, dtype=torch.float64).reshape((d,) + tuple(in_shape))
+    with torch.no_grad():
+        return function(basis).reshape(d, -1).T.numpy()
+
+
+def zplus_step(a: np.ndarray, W: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """One z+ step for one point, neuron by neuron: ``R_i = sum_j a_i w+_ji R_j / sum_i a_i w+_ji``."""
+    out = np.zeros_like(a)
+    for j in range(W.shape[0]):
+        wp = np.maximum(W[j], 0)
+        z = float(a @ wp)
+        if R[j] != 0 and abs(z) > 1e-12:
+            out += a * wp * R[j] / z
+    return out
 
 
 def layer_params(net):

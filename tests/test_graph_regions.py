@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dtd
-from dtd.fx_lowering import lower_module
+from dtd.lowering import lower_module
 from dtd.graph import DENSE_LAYER_LIMIT, MaxPoolNode, ReLUNode, pool_windows
 from dtd.regions import lp_rows, region_constraints, region_output_root, region_rows
 from dtd.tolerances import equation_rtol, pattern_tol, region_slack
@@ -144,9 +144,11 @@ def test_region_roots_on_a_cnn_equal_those_of_its_dense_lowering(norm):
 def _window_reference(node: MaxPoolNode, source: torch.Tensor, argmax: torch.Tensor) -> torch.Tensor:
     """``z[argmax] - z[e]`` per output for each other element ``e`` of its window, by explicit loops over the
     pooling's parameters (window order: the kernel's, row-major; ``K - 1`` slots, missing ones 0) -- independent
-    of :func:`dtd.graph.pool_windows`."""
-    n, channels = source.shape[:2]
-    spatial_in, spatial_out = tuple(source.shape[2:]), tuple(node.shape[1:])
+    of :func:`dtd.graph.pool_windows`.  A min pooling's slice (``node.signs`` -1) has ``z[e] - z[argmin]``."""
+    n = source.shape[0]
+    spatial_in, spatial_out = tuple(source.shape[-node.dim :]), tuple(node.shape[-node.dim :])
+    channels = int(np.prod(source.shape[1 : source.dim() - node.dim]))
+    signs = [1.0] * channels if node.signs is None else [s for s in node.signs for _ in range(channels // len(node.signs))]
     plane_in = source.reshape(n, channels, -1)
     chosen = argmax.reshape(n, channels, -1)
     windows = []
@@ -170,7 +172,7 @@ def _window_reference(node: MaxPoolNode, source: torch.Tensor, argmax: torch.Ten
                 assert top in window
                 others = [e for e in window if e != top]
                 for slot, e in enumerate(others):
-                    out[i, ch, p, slot] = plane_in[i, ch, top] - plane_in[i, ch, e]
+                    out[i, ch, p, slot] = signs[ch] * (plane_in[i, ch, top] - plane_in[i, ch, e])
     return out.reshape(n, -1)
 
 
@@ -187,7 +189,7 @@ def _forward_at(net, k, r, base, points):
     return values, argmax
 
 
-@pytest.mark.parametrize("name", ["residual", "sequential_cnn", "two_branches", "conv1d", "skip_past"])
+@pytest.mark.parametrize("name", ["residual", "sequential_cnn", "two_branches", "conv1d", "skip_past", "leaky_pools"])
 def test_region_rows_are_the_networks_pre_activations_and_window_gaps_inside_the_region(name):
     if name == "skip_past":
         shape = (2, 4, 4)
@@ -287,7 +289,7 @@ def _check_roots(net, dec, atol=1e-12):
     assert solved > 0
 
 
-@pytest.mark.parametrize("name", ["residual", "sequential_cnn", "skip_past"])
+@pytest.mark.parametrize("name", ["residual", "sequential_cnn", "skip_past", "leaky_pools"])
 def test_region_roots_on_max_pool_and_residual_graphs_keep_the_region(name):
     if name == "skip_past":
         net, shape = dtd.ReLUNetwork.from_module(seeded(SkipPastALayer).double(), (2, 4, 4)), (2, 4, 4)

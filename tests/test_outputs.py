@@ -86,7 +86,9 @@ def test_region_finders_and_full_backward_take_per_point_outputs(case):
 @pytest.mark.parametrize(
     "output, error, match",
     [
-        (torch.zeros(16), TypeError, "integer tensor"),
+        (torch.zeros(16), ValueError, r"output weights must have the per-point output's shape \(3,\)"),
+        (torch.zeros(16, dtype=torch.bool), TypeError, "integer tensor"),
+        ((1, 2), ValueError, r"output=\(1, 2\) has 2 indices but the network's output per point has shape \(3,\)"),
         (torch.zeros(3, dtype=torch.int64), ValueError, "3 per-point indices for 16 points"),
         (torch.full((16,), 3), ValueError, r"\[0, 2\]"),
         ("argmax", ValueError, "'predicted'"),
