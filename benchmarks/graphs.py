@@ -122,7 +122,7 @@ def _floor_seconds(net, dec, roots_by_layer, points_by_layer, output) -> float:
 
 def _roots_seconds(net, dec, neurons: int):
     """Every root question at every layer for ``neurons`` sampled neurons per point: (seconds, drawn neurons per layer)."""
-    from properties.checks import root_outcomes
+    from properties.measure.checks import root_outcomes
 
     generator = torch.Generator().manual_seed(0)
     kept = []
@@ -135,7 +135,7 @@ def _roots_seconds(net, dec, neurons: int):
 def measure(name: str, size: int, roots: bool, neurons: int, repeats: int) -> dict:
     import dtd
     from benchmarks.workloads import peak_rss_mb
-    from properties.checks import selected_roots
+    from properties.measure.checks import selected_roots
 
     torch.set_grad_enabled(True)
     model = _model(name)

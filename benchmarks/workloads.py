@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import dtd
-from properties.checks import DEFAULT_MEMORY_BUDGET, root_outcomes
+from properties.measure.checks import DEFAULT_MEMORY_BUDGET, root_outcomes
 
 SEED_SIZES = [10, 10, 10, 10, 2]
 

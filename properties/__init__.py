@@ -15,7 +15,7 @@ _install_moved_names()  # properties.summary, properties.subject_cli, ...: the m
 
 def __getattr__(name: str):
     if name == "Subject":
-        from .subject import Subject
+        from .subjects.subject import Subject
 
         return Subject
     if name == "Implementation":

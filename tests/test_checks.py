@@ -7,9 +7,9 @@ import torch
 
 import dtd
 from dtd.tolerances import pattern_tol
-from properties.checks import chunk_points, draw_neurons, root_outcomes
-from properties.stats import Rate
-from properties.thresholds import PROPERTY_ATOL
+from properties.measure.checks import chunk_points, draw_neurons, root_outcomes
+from properties.measure.stats import Rate
+from properties.measure.thresholds import PROPERTY_ATOL
 
 ATOL64 = 1e-12
 

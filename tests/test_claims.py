@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 import dtd
-from properties import architectures as A
-from properties import claims as C
+from properties.generate import architectures as A
+from properties.conformance import claims as C
 from properties import conformance as K
-from properties.adapters import CAPTUM_STABILIZER, ZENNIT_STABILIZER
+from properties.conformance.adapters import CAPTUM_STABILIZER, ZENNIT_STABILIZER
 
 #: the reference and the library compute the same divisions in another order; relative to the point's largest |R|
 LIBRARY_RTOL = 1e-9
@@ -192,7 +192,7 @@ def test_claims_reject_bad_arguments():
 
 def test_the_kit_judges_an_implementation_by_its_claim():
     """captum's EpsilonRule claims LRP-epsilon with the bias: it equals its claim everywhere, DTD only without biases."""
-    from properties.adapters import captum_model_attribute
+    from properties.conformance.adapters import captum_model_attribute
 
     make = _captum_rule("EpsilonRule", {})
     impl = K.Implementation("captum_eps_claim", lambda m, x, o: captum_model_attribute(m, x, o, make), "x",

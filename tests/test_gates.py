@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from properties import gates
-from properties.keys import RateKey
+from properties.measure import gates
+from properties.measure.keys import RateKey
 
 
 # --------------------------------------------------------------------------- parsing

@@ -15,9 +15,9 @@ from torch import nn
 
 import dtd
 from dtd import rules as R
-from properties import adapters, replicas
-from properties import architectures as A
-from properties.thresholds import ROUNDING64
+from properties.conformance import adapters, replicas
+from properties.generate import architectures as A
+from properties.measure.thresholds import ROUNDING64
 
 #: the replica with zennit's stabiliser and pooling nodes computes zennit's divisions: rounding only
 ZENNIT_RTOL = 1e-9

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from properties.keys import RateKey
+from properties.measure.keys import RateKey
 from properties.subject_cli import add_check_command, pytest_arguments
-from properties.subject_plugin import USER_BASELINE, load_subjects
+from properties.plugin.subjects import USER_BASELINE, load_subjects
 
 USER_MODULE = '''
 import torch
@@ -218,7 +218,7 @@ def _rates(path):
 def test_a_split_subject_under_xdist_reports_what_a_serial_run_does(pytester, monkeypatch):
     """Five parts spread over two xdist workers: the merged rows equal the serial run's and evaluate()'s, every
     interval included; the factory ran once per process (once serially, once per worker, never in the controller)."""
-    from properties.subject import evaluate
+    from properties.subjects.subject import evaluate
 
     pytester.makepyfile(splitmod=SPLIT_MODULE.replace("\\\\n", "\\n"))
     monkeypatch.chdir(pytester.path)

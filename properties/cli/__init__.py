@@ -108,7 +108,7 @@ def _conform(args: argparse.Namespace) -> int:
         except (TypeError, ValueError) as error:
             print(f"dtd-properties conform: {error}", file=sys.stderr)
             return USAGE
-    suite = Path(conformance.__file__).with_name("conformance_suite.py")
+    suite = Path(conformance.__file__).with_name("pytest_module.py")
     options = [f"--dtd-implementation={spec}" for spec in args.implementations]
     if args.call_timeout is not None:
         options.append(f"--property-call-timeout={args.call_timeout}")

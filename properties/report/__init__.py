@@ -27,13 +27,13 @@ from typing import Iterable, Mapping, Optional
 
 import filelock
 
-from ..keys import RateKey
+from ..measure.keys import RateKey
 from . import figures
 from .htmlpage import html_page
 from .markdown import VERDICT_LINKS, markdown
 from .sections import row_key
 from .summary import changes, format_rate, interval, summarize
-from ..stats import Rate, compare
+from ..measure.stats import Rate, compare
 
 __all__ = [
     "row", "write_report", "render_report", "replace_report", "write_partial_report", "partial_report_path", "read_baseline",

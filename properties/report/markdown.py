@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from typing import Mapping, Optional, Sequence
 
-from ..papers import opening
+from .papers import opening
 from .sections import sections, split_by_design
 from .summary import SCALE_TEXT, Summary, format_rate, interval, percent, row_anchor, scale_word
 from .tables import Matrix, SubjectGrid, implementation_matrix, is_break, subject_grids

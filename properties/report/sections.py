@@ -14,7 +14,7 @@ import dataclasses
 import re
 from typing import Iterable, Mapping, Optional
 
-from ..keys import FAMILIES, OUTCOMES, SEED, SUBSETS, UNITS, RateKey, by_design
+from ..measure.keys import FAMILIES, OUTCOMES, SEED, SUBSETS, UNITS, RateKey, by_design
 
 __all__ = ["row_key", "natural_key", "row_order", "Section", "sections", "split_by_design", "OTHER", "FAMILY_TITLES"]
 

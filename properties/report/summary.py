@@ -23,7 +23,7 @@ import dataclasses
 import re
 from typing import Iterable, Mapping, Optional
 
-from ..keys import FINDERS, SEED, RateKey
+from ..measure.keys import FINDERS, SEED, RateKey
 from .sections import natural_key, row_key, split_by_design
 
 __all__ = ["Answer", "Gate", "Glance", "Summary", "summarize", "format_rate", "scale_word", "changes", "causes",

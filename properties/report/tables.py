@@ -19,7 +19,7 @@ import dataclasses
 import re
 from typing import Iterable, Mapping, Optional
 
-from ..keys import LAYER_NAMES_SEPARATOR, OUTCOMES, SUBSETS, layer_names_label
+from ..measure.keys import LAYER_NAMES_SEPARATOR, OUTCOMES, SUBSETS, layer_names_label
 from .sections import natural_key, row_key
 from .summary import accounting_counts
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from properties import adapters, conformance
+from properties.conformance import adapters
+from properties import conformance
 
 pytestmark = pytest.mark.properties
 

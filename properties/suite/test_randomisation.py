@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from properties import digits, randomisation
-from properties.keys import RateKey
-from properties.subject import Subject
+from properties.subjects import digits
+from properties.findings import randomisation
+from properties.measure.keys import RateKey
+from properties.subjects.subject import Subject
 
 pytestmark = pytest.mark.properties
 

@@ -30,10 +30,11 @@ from hypothesis import strategies as st
 
 import dtd
 from dtd import rules as R
-from properties import digits, invariance
-from properties.keys import RateKey
-from properties.strategies import cases, sample_cases
-from properties.subject import Subject
+from properties.subjects import digits
+from properties.findings import invariance
+from properties.measure.keys import RateKey
+from properties.generate.strategies import cases, sample_cases
+from properties.subjects.subject import Subject
 
 pytestmark = pytest.mark.properties
 

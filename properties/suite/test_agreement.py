@@ -24,12 +24,12 @@ from hypothesis import strategies as st
 
 import dtd
 from dtd import rules as R
-from properties import agreement as ag
-from properties import variants as V
-from properties.keys import OUTCOMES, RateKey
-from properties.stats import Rate, Tally
-from properties.strategies import cases, sample_cases, variants
-from properties.thresholds import ROUNDING64
+from properties.conformance import agreement as ag
+from properties.generate import variants as V
+from properties.measure.keys import OUTCOMES, RateKey
+from properties.measure.stats import Rate, Tally
+from properties.generate.strategies import cases, sample_cases, variants
+from properties.measure.thresholds import ROUNDING64
 
 pytestmark = pytest.mark.properties
 

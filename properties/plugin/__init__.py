@@ -71,17 +71,17 @@ import pytest
 
 from dtd.validation import check_int, check_probability
 
-from . import gates
-from . import report as _report
-from .keys import RateKey, describe
-from .stats import DEFAULT_CONFIDENCE, Rate
+from ..measure import gates
+from .. import report as _report
+from ..measure.keys import RateKey, describe
+from ..measure.stats import DEFAULT_CONFIDENCE, Rate
 
 # the options, the marker and the fixtures (one registration, whoever loads this module)
-pytest_plugins = ["dtd_properties_pytest", "properties.subject_plugin"]
+pytest_plugins = ["dtd_properties_pytest", "properties.plugin.subjects"]
 
 __all__ = ["PropertyReport", "Store"]
 
-DEFAULT_BASELINE = Path(__file__).with_name("baseline.json")
+DEFAULT_BASELINE = Path(__file__).parent.parent / "baseline.json"
 #: the baseline of ``--dtd-implementation`` runs, in the directory pytest is run from
 CONFORMANCE_BASELINE = "conformance-baseline.json"
 #: the baseline of ``--dtd-subject`` runs (users' models), in the directory pytest is run from
@@ -345,7 +345,7 @@ def pytest_configure(config):
     user_baseline = _user_run(config)
     if user_baseline is not None and config.getoption("--dtd-implementation"):
         # the user's implementations: collect the kit's test module, gate on the user's baseline (never ours)
-        suite = str(Path(__file__).with_name("conformance_suite.py"))
+        suite = str(Path(__file__).parent.parent / "conformance" / "pytest_module.py")
         if suite not in config.args:
             config.args.append(suite)
     confidence = config.getoption("--property-confidence")
@@ -589,7 +589,7 @@ def _yours(config, run: Store) -> dict:
 
 
 def _entry_subject_seed() -> int:
-    from .subject_plugin import DEFAULT_SUBJECT_SEED
+    from .subjects import DEFAULT_SUBJECT_SEED
 
     return DEFAULT_SUBJECT_SEED
 

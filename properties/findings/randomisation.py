@@ -37,11 +37,11 @@ import dtd
 from dtd.threads import one_thread
 from dtd.validation import check_int, check_seed
 
-from .findings import Findings, relevance_from_top
-from .keys import RateKey, describe
+from . import Findings, relevance_from_top
+from ..measure.keys import RateKey, describe
 from .similarity import spearman, ssim
-from .stats import DEFAULT_CONFIDENCE, Rate
-from .thresholds import SIMILAR_SPEARMAN, SIMILAR_SSIM
+from ..measure.stats import DEFAULT_CONFIDENCE, Rate
+from ..measure.thresholds import SIMILAR_SPEARMAN, SIMILAR_SSIM
 
 __all__ = ["parameterised_modules", "randomised_copy", "gradient_x_input", "subject_randomisation", "CONTRAST"]
 

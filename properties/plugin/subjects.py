@@ -43,10 +43,10 @@ from typing import Optional
 
 import pytest
 
-from .factories import load_factory
-from .findings import evaluate_findings
-from .plugin import SUBJECT_BASELINE, PropertyReport, _update_mode, recorder_for, store
-from .subject import Subject, SubjectPart, evaluate, evaluate_part, merge_parts
+from ..usercode.factories import load_factory
+from ..findings import evaluate_findings
+from . import SUBJECT_BASELINE, PropertyReport, _update_mode, recorder_for, store
+from ..subjects.subject import Subject, SubjectPart, evaluate, evaluate_part, merge_parts
 
 __all__ = ["load_subjects", "SubjectItem", "SubjectPartItem", "USER_BASELINE", "DEFAULT_SUBJECT_SEED", "WORKER_PARTS"]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Mapping, Optional
 
-from .keys import RateKey
-from .report.summary import format_rate
+from ..measure.keys import RateKey
+from .summary import format_rate
 
 __all__ = ["Claim", "CLAIMS", "opening", "QUOTED_DEPTH"]
 

@@ -248,7 +248,7 @@ def zplus(model: nn.Module, x: torch.Tensor, output: int, *, merge_batch_norm: b
     on the defects listed in the module docstring.  Slow: every affine node
     is a dense matrix.
     """
-    from .architectures import ResidualNet
+    from ..generate.architectures import ResidualNet
 
     opts = _Options(merge_batch_norm, max_pool, residual, batch_stabilizer, stabilizer, pooling_nodes)
     if not isinstance(x, torch.Tensor):
@@ -299,14 +299,14 @@ MUTANT_DEFECTS = {
 
 def replica_implementation():
     """:func:`zplus` without defects as a :class:`properties.conformance.Implementation` (claims z+, stabiliser 0)."""
-    from .conformance import Implementation
+    from . import Implementation
 
     return Implementation("replica_zplus", lambda model, x, output: zplus(model, x, output), "z+", stabilizer=0.0)
 
 
 def mutant_implementations() -> list:
     """One :class:`properties.conformance.Implementation` per entry of :data:`MUTANT_DEFECTS`, each claiming z+."""
-    from .conformance import Implementation
+    from . import Implementation
 
     def make(defect):
         return lambda model, x, output: zplus(model, x, output, **defect)

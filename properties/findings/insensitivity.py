@@ -39,15 +39,15 @@ import torch
 import dtd
 from dtd import rules as R
 
-from . import variants as V
+from ..generate import variants as V
 from dtd.threads import one_thread
 from dtd.validation import check_int, check_seed
 
-from .findings import Findings, relevance_from_top
-from .keys import RateKey, describe
+from . import Findings, relevance_from_top
+from ..measure.keys import RateKey, describe
 from .similarity import cosine, median_interval
-from .stats import DEFAULT_CONFIDENCE, Rate
-from .thresholds import INSENSITIVE_COSINE
+from ..measure.stats import DEFAULT_CONFIDENCE, Rate
+from ..measure.thresholds import INSENSITIVE_COSINE
 
 __all__ = ["DEPTHS", "WIDTH", "OUTPUTS", "VGG16_WIDTHS", "SIMULATION", "SweepResult", "depth_sweep", "vgg16_simulation",
            "subject_insensitivity", "FIGURE", "SIMULATION_FIGURE"]

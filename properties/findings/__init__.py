@@ -25,8 +25,8 @@ import torch
 import dtd
 from dtd.decompose import checked_activations
 
-from .keys import RateKey
-from .stats import DEFAULT_CONFIDENCE, Rate
+from ..measure.keys import RateKey
+from ..measure.stats import DEFAULT_CONFIDENCE, Rate
 
 __all__ = ["relevance_from_top", "rule_list", "Findings", "evaluate_findings"]
 

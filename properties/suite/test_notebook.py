@@ -14,10 +14,10 @@ import pytest
 
 import dtd
 from dtd.tolerances import equation_rtol
-from properties.checks import root_outcomes, segment_outcomes, with_roots
-from properties.keys import OUTCOMES, RateKey
-from properties.stats import Rate
-from properties.thresholds import CONSERVED_SHARE, PROPERTY_ATOL
+from properties.measure.checks import root_outcomes, segment_outcomes, with_roots
+from properties.measure.keys import OUTCOMES, RateKey
+from properties.measure.stats import Rate
+from properties.measure.thresholds import CONSERVED_SHARE, PROPERTY_ATOL
 
 pytestmark = pytest.mark.properties
 

@@ -114,14 +114,14 @@ from dtd.tolerances import equation_rtol
 from dtd.validation import check_int, check_number
 
 from .agreement import stabilizer_bound
-from .callstate import CALL_RNG_SEED, GLOBAL_STATE, CallTimeout, clean_global_state, time_limit
-from .factories import load_factory
-from .keys import OUTCOMES, SUBSETS, RateKey, check_name
-from .thresholds import CONDITIONING_FACTOR, ROUNDING64
-from .stats import Rate, Tally
+from ..usercode.callstate import CALL_RNG_SEED, GLOBAL_STATE, CallTimeout, clean_global_state, time_limit
+from ..usercode.factories import load_factory
+from ..measure.keys import OUTCOMES, SUBSETS, RateKey, check_name
+from ..measure.thresholds import CONDITIONING_FACTOR, ROUNDING64
+from ..measure.stats import Rate, Tally
 
 if TYPE_CHECKING:  # strategies imports hypothesis: loaded when networks are drawn, not when a user module imports the kit
-    from .strategies import Case
+    from ..generate.strategies import Case
 
 __all__ = [
     "Implementation",
@@ -356,7 +356,7 @@ def load_implementations(spec: str) -> list[Implementation]:
 @functools.lru_cache(maxsize=4)
 def population(name: str, count: int, points: int, seed: int) -> tuple[Case, ...]:
     """``count`` i.i.d. cases of one population (cached: every implementation sees the same)."""
-    from .strategies import Case, sample_cases
+    from ..generate.strategies import Case, sample_cases
 
     if name not in POPULATIONS:
         raise ValueError(f"unknown population {name!r}; known: {POPULATIONS}")
@@ -385,7 +385,7 @@ def population(name: str, count: int, points: int, seed: int) -> tuple[Case, ...
 def image_population(architecture: str, name: str, count: int, points: int, seed: int) -> tuple:
     """``count`` i.i.d. :class:`properties.architectures.ModelCase` s (CNNs or residual nets) of one population, each
     with ``points`` inputs on which its explained output is live (cached: every implementation sees the same)."""
-    from .architectures import sample_cases
+    from ..generate.architectures import sample_cases
 
     if architecture not in ("cnn", "resnet"):
         raise ValueError(f"unknown image architecture {architecture!r}; known: ('cnn', 'resnet')")
@@ -414,7 +414,7 @@ def _small_image_cases(architecture: str, name: str, seed: int) -> tuple:
     A universal break (a library's batch-norm merge, its residual sum) fails
     on them too: one evaluation each instead of a shrinking search.
     """
-    from .architectures import sample_cases
+    from ..generate.architectures import sample_cases
 
     offset = {"bias_free": 71, "bias_negative": 72, "bias_positive": 73}[name] + (0 if architecture == "cnn" else 500)
     cases = sample_cases(architecture, name, SMALL_IMAGE_CASES, points=1, seed=seed * 1000 + offset, **SMALL_IMAGE_SPACE)
@@ -849,7 +849,7 @@ def shrink(impl: Implementation, case: "Case", population_name: str, prop: str, 
     by :func:`properties.architectures.shrink_case` instead: one input, then
     fewer stages / blocks, smaller images, fewer channels, no pooling.
     """
-    from .strategies import Case
+    from ..generate.strategies import Case
 
     if _architecture_of(case) != "mlp":
         return _shrink_image(impl, case, population_name, prop, budget, call_timeout)
@@ -927,7 +927,7 @@ def _shrink_image(impl: Implementation, case, population_name: str, prop: str, b
     """A small CNN / residual net of ``case``'s population on which ``prop`` fails: one of the population's smallest
     models (:data:`SMALL_IMAGE_SPACE`) when one fails, else ``case`` shrunk by
     :func:`properties.architectures.shrink_case` (at most :data:`IMAGE_SHRINK_BUDGET` evaluations)."""
-    from .architectures import shrink_case
+    from ..generate.architectures import shrink_case
 
     architecture, population = _architecture_of(case), _population_of(_architecture_of(case), population_name)
     if prop not in ("batch_independent",):  # one input cannot depend on batch mates
@@ -945,7 +945,7 @@ def _shrink_image(impl: Implementation, case, population_name: str, prop: str, b
 def describe_failure(impl: Implementation, case: Case, prop: str, call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT) -> str:
     """The counterexample's network and inputs, the implementation's relevance (or the error it raised, or what
     it changed in torch's global state) and DTD's.  ``finite`` shows the input with zeros it was judged on."""
-    from .strategies import Case
+    from ..generate.strategies import Case
 
     x = _in_domain(impl, case.x)
     if prop == "finite":
@@ -955,7 +955,7 @@ def describe_failure(impl: Implementation, case: Case, prop: str, call_timeout: 
     if subject.model is None:
         lines = [f"{impl.name} ({prop}), claimed rule {list(rules)}:", Case(case.net, x, case.output).describe()]
     else:
-        from .architectures import ModelCase
+        from ..generate.architectures import ModelCase
 
         names = subject.net.layer_names() if hasattr(subject.net, "layer_names") else [str(k) for k in range(len(rules))]
         per_layer = ", ".join(f"{name}: {rule!r}" for name, rule in zip(names, rules))

@@ -35,7 +35,7 @@ from dtd import rules as R
 from dtd.network import ReLUNetwork
 
 from .adapters import CAPTUM_STABILIZER, ZENNIT_STABILIZER, captum_attribute, counterpart, zennit_attribute, zennit_rule
-from .thresholds import CONDITIONING_FACTOR, ROUNDING64
+from ..measure.thresholds import CONDITIONING_FACTOR, ROUNDING64
 
 __all__ = [
     "ZENNIT_STABILIZER",

@@ -66,7 +66,7 @@ from torch import nn
 
 from dtd import rules as R
 
-from .variants import counterpart_of
+from ..generate.variants import counterpart_of
 
 __all__ = [
     "ZENNIT_STABILIZER",
@@ -166,7 +166,7 @@ ARCHITECTURES = ("mlp", "cnn", "resnet")
 
 
 def _implementation(name, attribute, rule, stabilizer):
-    from .conformance import Implementation
+    from . import Implementation
 
     return Implementation(name, attribute, rule, seed="value", stabilizer=stabilizer, architectures=ARCHITECTURES)
 
@@ -192,7 +192,7 @@ def BasicBlockCanonizer():
     from zennit.canonizers import AttributeCanonizer
     from zennit.layer import Sum
 
-    from .architectures import BasicBlock
+    from ..generate.architectures import BasicBlock
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -236,7 +236,7 @@ def zennit_model_attribute(model: nn.Module, x: torch.Tensor, output: int, first
             return Norm()
         return mapped.get(id(module))
 
-    from .architectures import BasicBlock
+    from ..generate.architectures import BasicBlock
 
     kinds = {type(m) for m in model.modules()}
     canonizers = ([SequentialMergeBatchNorm()] if merge_batch_norm and kinds & {nn.BatchNorm1d, nn.BatchNorm2d} else []) + (

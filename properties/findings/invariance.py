@@ -37,14 +37,14 @@ from torch import nn
 import dtd
 from dtd import rules as R
 
-from . import variants as V
+from ..generate import variants as V
 from dtd.threads import one_thread
 from dtd.validation import check_seed
 
-from .findings import Findings, rule_list
-from .keys import RateKey, describe
-from .stats import DEFAULT_CONFIDENCE, Rate
-from .thresholds import INVARIANT_RTOL
+from . import Findings, rule_list
+from ..measure.keys import RateKey, describe
+from ..measure.stats import DEFAULT_CONFIDENCE, Rate
+from ..measure.thresholds import INVARIANT_RTOL
 
 __all__ = ["shifted_network", "shifted_rules", "relevance_change", "unchanged", "invariance_sweep", "subject_invariance",
            "UNSHIFTED", "FIGURE", "INVARIANT_BY_CONSTRUCTION"]

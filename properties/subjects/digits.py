@@ -185,7 +185,7 @@ def _maxpool_cnn() -> nn.Sequential:
 
 
 def _resnet() -> nn.Module:
-    from .architectures import ResidualNet
+    from ..generate.architectures import ResidualNet
 
     return ResidualNet(1, 4, [(4, 1), (8, 2)], 10)
 

@@ -11,10 +11,11 @@ import math
 import pytest
 from hypothesis import settings
 
-from properties import digits, insensitivity
-from properties.keys import RateKey
-from properties.stats import interval_quantile
-from properties.subject import Subject
+from properties.subjects import digits
+from properties.findings import insensitivity
+from properties.measure.keys import RateKey
+from properties.measure.stats import interval_quantile
+from properties.subjects.subject import Subject
 
 pytestmark = pytest.mark.properties
 

@@ -18,11 +18,11 @@ from tqdm import tqdm
 
 import dtd
 from dtd import rules as R
-from properties.checks import RootOutcomes, root_outcomes
-from properties import variants as V
-from properties.keys import RateKey
-from properties.stats import Tally
-from properties.strategies import sample_cases
+from properties.measure.checks import RootOutcomes, root_outcomes
+from properties.generate import variants as V
+from properties.measure.keys import RateKey
+from properties.measure.stats import Tally
+from properties.generate.strategies import sample_cases
 
 pytestmark = pytest.mark.properties
 

@@ -28,13 +28,13 @@ from hypothesis import settings
 
 import dtd
 from dtd.threads import one_thread
-from properties import variants as V
-from properties.architectures import ARCHITECTURES, POPULATIONS, sample_cases
-from properties.checks import root_outcomes
-from properties.keys import OUTCOMES, SUBSETS, RateKey
-from properties.stats import Tally
-from properties.subject import ROOT_QUESTIONS
-from properties.thresholds import CONSERVED_SHARE
+from properties.generate import variants as V
+from properties.generate.architectures import ARCHITECTURES, POPULATIONS, sample_cases
+from properties.measure.checks import root_outcomes
+from properties.measure.keys import OUTCOMES, SUBSETS, RateKey
+from properties.measure.stats import Tally
+from properties.subjects.subject import ROOT_QUESTIONS
+from properties.measure.thresholds import CONSERVED_SHARE
 
 pytestmark = pytest.mark.properties
 

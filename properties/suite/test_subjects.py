@@ -17,9 +17,9 @@ from __future__ import annotations
 import pytest
 
 import dtd
-from properties import digits
-from properties.keys import LAYER_NAMES_SEPARATOR, RateKey, layer_names_label
-from properties.subject import ROOT_QUESTIONS, Subject, evaluate
+from properties.subjects import digits
+from properties.measure.keys import LAYER_NAMES_SEPARATOR, RateKey, layer_names_label
+from properties.subjects.subject import ROOT_QUESTIONS, Subject, evaluate
 
 pytestmark = pytest.mark.properties
 

@@ -52,11 +52,11 @@ from dtd import rules as R
 from dtd.threads import one_thread
 from dtd.validation import check_int, check_seed
 
-from . import variants as V
-from .checks import draw_neurons, root_outcomes
-from .keys import LAYER_NAMES_SEPARATOR, OUTCOMES, RateKey, check_name, describe, layer_names_label
-from .stats import DEFAULT_CONFIDENCE, Rate
-from .thresholds import CONSERVED_SHARE, ZERO_OUTPUT_ULPS, zero_output_tolerance
+from ..generate import variants as V
+from ..measure.checks import draw_neurons, root_outcomes
+from ..measure.keys import LAYER_NAMES_SEPARATOR, OUTCOMES, RateKey, check_name, describe, layer_names_label
+from ..measure.stats import DEFAULT_CONFIDENCE, Rate
+from ..measure.thresholds import CONSERVED_SHARE, ZERO_OUTPUT_ULPS, zero_output_tolerance
 
 __all__ = ["Subject", "SubjectResult", "SubjectPart", "evaluate", "evaluate_part", "merge_parts", "ITEM_WORK", "SMALL_MODEL_ACTIVATIONS", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "REGION_LP_ENTRIES", "HEATMAP_POINTS",
            "layer_names", "check_model"]
