@@ -113,7 +113,7 @@ from dtd.threads import one_thread
 from dtd.tolerances import equation_rtol
 from dtd.validation import check_int, check_number
 
-from .agreement import stabilizer_bound
+from .stabilizer import stabilizer_bound
 from ..usercode.callstate import CALL_RNG_SEED, GLOBAL_STATE, CallTimeout, clean_global_state, time_limit
 from ..usercode.factories import load_factory
 from ..measure.keys import OUTCOMES, SUBSETS, RateKey, check_name

@@ -67,6 +67,7 @@ from torch import nn
 from dtd import rules as R
 
 from ..generate.variants import counterpart_of
+from . import Implementation
 
 __all__ = [
     "ZENNIT_STABILIZER",
@@ -166,8 +167,6 @@ ARCHITECTURES = ("mlp", "cnn", "resnet")
 
 
 def _implementation(name, attribute, rule, stabilizer):
-    from . import Implementation
-
     return Implementation(name, attribute, rule, seed="value", stabilizer=stabilizer, architectures=ARCHITECTURES)
 
 

@@ -54,6 +54,8 @@ from torch import nn
 
 from dtd.validation import check_bool, check_int, check_number
 
+from . import Implementation
+
 __all__ = ["zplus", "RESIDUAL_MODES", "MAX_POOL_MODES", "mutant_implementations", "replica_implementation", "MUTANT_DEFECTS"]
 
 RESIDUAL_MODES = ("joint", "both", "proportional")
@@ -299,15 +301,11 @@ MUTANT_DEFECTS = {
 
 def replica_implementation():
     """:func:`zplus` without defects as a :class:`properties.conformance.Implementation` (claims z+, stabiliser 0)."""
-    from . import Implementation
-
     return Implementation("replica_zplus", lambda model, x, output: zplus(model, x, output), "z+", stabilizer=0.0)
 
 
 def mutant_implementations() -> list:
     """One :class:`properties.conformance.Implementation` per entry of :data:`MUTANT_DEFECTS`, each claiming z+."""
-    from . import Implementation
-
     def make(defect):
         return lambda model, x, output: zplus(model, x, output, **defect)
 
