@@ -1,114 +1,27 @@
-"""Shared machinery of the field's other findings (insensitivity, invariance, randomisation) and their subject rows.
+"""The field's other findings about LRP / DTD, measured with intervals, and their rows for a user's subject.
 
-* :func:`relevance_from_top`: train-free DTD from an arbitrary top-layer
-  relevance (``train_free`` starts from ``f(x)`` of one output), through the
-  public root-finder contract (:meth:`dtd.RootFinder.find` and the root
-  set's ``relevance``); equals ``dtd.train_free`` for a one-hot top.
-* :class:`Findings`: the rates, counts and plots a family measured, with
-  :meth:`Findings.record` writing them into the property report.
-* :func:`evaluate_findings`: the three families on a user's
-  :class:`properties.Subject` (switched off by ``Subject(..., findings=False)``
-  or ``dtd-properties check --no-findings``).
+* :mod:`.insensitivity` -- class insensitivity with depth (Sixt, Granz & Landgraf 2020);
+* :mod:`.invariance` -- input invariance (Kindermans et al. 2019);
+* :mod:`.randomisation` -- cascading parameter randomisation (Adebayo et al. 2018);
+* :mod:`.similarity` -- how alike two explanations are (cosine, Spearman, SSIM) and a clustered median interval;
+* :mod:`.common` -- what the families share: :func:`relevance_from_top` (DTD from any top-layer relevance),
+  :func:`rule_list` and :class:`Findings` (the rates, counts and plots a family measured);
+* :func:`evaluate_findings` (here): the three families on a user's :class:`properties.Subject`
+  (switched off by ``Subject(..., findings=False)`` or ``dtd-properties check --no-findings``).
 
-The families themselves live in :mod:`properties.insensitivity`,
-:mod:`properties.invariance` and :mod:`properties.randomisation`; the
-papers' claims the report opens each section with in :mod:`properties.papers`.
+The papers' claims the report opens each family's section with are the
+report's (:mod:`properties.report.papers`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Sequence, Union
-
-import torch
-
 import dtd
-from dtd.decompose import checked_activations
 
-from ..measure.keys import RateKey
-from ..measure.stats import DEFAULT_CONFIDENCE, Rate
+from ..measure.stats import DEFAULT_CONFIDENCE
+from . import insensitivity, invariance, randomisation
+from .common import Findings, relevance_from_top, rule_list
 
 __all__ = ["relevance_from_top", "rule_list", "Findings", "evaluate_findings"]
-
-RuleSpec = Union[dtd.Rule, Sequence[dtd.Rule]]
-
-
-def rule_list(rule: RuleSpec, n_layers: int) -> list:
-    """One rule object per layer, first layer first (a single rule repeated)."""
-    if isinstance(rule, (list, tuple)):
-        rules = [dtd.Rule.ensure(r) for r in rule]
-        if len(rules) != n_layers:
-            raise ValueError(f"{len(rules)} per-layer rules for a network of {n_layers} layers")
-        return rules
-    return [dtd.Rule.ensure(rule)] * n_layers
-
-
-def relevance_from_top(net: dtd.ReLUNetwork, x: torch.Tensor, top: torch.Tensor, rule: RuleSpec) -> torch.Tensor:
-    """Input relevance of train-free DTD started from ``top`` at the top layer's outputs.
-
-    Parameters
-    ----------
-    net
-        The network (not modified).
-    x
-        ``(N, D_0)`` inputs, or ``(N, *net.input_shape)``.
-    top
-        ``(N, J_{L-1})`` relevance of the top layer's output neurons (for
-        ``train_free(..., output=c)`` this is ``f_c(x)`` in column ``c``, 0
-        elsewhere).
-    rule
-        One rule for every layer or one per layer (objects or names).
-
-    Returns
-    -------
-    torch.Tensor
-        ``(N, D_0)`` input relevance, in the network's dtype.
-    """
-    finder = dtd.LinearRoots(rule_list(rule, net.n_layers))
-    _, activations = checked_activations(net, x, 0, finder)
-    if not isinstance(top, torch.Tensor) or top.shape != activations[-1].shape:
-        raise ValueError(f"top must be a tensor of shape {tuple(activations[-1].shape)} (points, top-layer outputs), got "
-                         f"{tuple(top.shape) if isinstance(top, torch.Tensor) else type(top).__name__}")
-    relevance = top.to(activations[-1].dtype)
-    with torch.no_grad():
-        for k in range(net.n_layers - 1, -1, -1):
-            root_set = finder.find(net, k, activations[k], relevance, output=0)
-            relevance = root_set.relevance(net.weight(k))
-    return relevance
-
-
-@dataclasses.dataclass
-class Findings:
-    """What one family measured: ``rates`` (key -> (Rate, description)), ``counts`` and ``plots``.
-
-    ``plots`` holds ``(method, args, kwargs)`` for the property report's
-    plot methods (``lines``, ``bars``).
-    """
-
-    rates: dict = dataclasses.field(default_factory=dict)
-    counts: dict = dataclasses.field(default_factory=dict)
-    plots: list = dataclasses.field(default_factory=list)
-
-    def add(self, key: RateKey, rate: Rate, description: str) -> None:
-        if key in self.rates:
-            raise ValueError(f"rate {key} measured twice")
-        self.rates[key] = (rate, description)
-
-    def extend(self, other: "Findings") -> "Findings":
-        for key, (rate, description) in other.rates.items():
-            self.add(key, rate, description)
-        self.counts.update(other.counts)
-        self.plots.extend(other.plots)
-        return self
-
-    def record(self, property_report, *, summary=lambda key: False) -> None:
-        """Write everything into ``property_report``; ``summary(key)`` picks the rows of the terminal table."""
-        for key, (rate, description) in self.rates.items():
-            property_report.rate(key, rate, description, summary=summary(key))
-        for label, value in self.counts.items():
-            property_report.count(label, value)
-        for method, args, kwargs in self.plots:
-            getattr(property_report, method)(*args, **kwargs)
 
 
 def evaluate_findings(subject, *, seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> Findings:
@@ -121,8 +34,6 @@ def evaluate_findings(subject, *, seed: int = 0, confidence: float = DEFAULT_CON
     ``w2_first``, ``grad_x_input``).  The subject's model is never touched
     (the randomisation works on a deep copy).
     """
-    from . import insensitivity, invariance, randomisation
-
     result = Findings()
     if isinstance(subject.network, dtd.GraphNetwork):
         result.counts[f"subject {subject.name}: insensitivity, invariance and randomisation not measured (they run "

@@ -43,7 +43,7 @@ from ..generate import variants as V
 from dtd.threads import one_thread
 from dtd.validation import check_int, check_seed
 
-from . import Findings, relevance_from_top
+from .common import Findings, relevance_from_top
 from ..measure.keys import RateKey, describe
 from .similarity import cosine, median_interval
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate

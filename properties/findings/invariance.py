@@ -41,7 +41,7 @@ from ..generate import variants as V
 from dtd.threads import one_thread
 from dtd.validation import check_seed
 
-from . import Findings, rule_list
+from .common import Findings, rule_list
 from ..measure.keys import RateKey, describe
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate
 from ..measure.thresholds import INVARIANT_RTOL

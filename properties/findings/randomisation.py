@@ -37,7 +37,7 @@ import dtd
 from dtd.threads import one_thread
 from dtd.validation import check_int, check_seed
 
-from . import Findings, relevance_from_top
+from .common import Findings, relevance_from_top
 from ..measure.keys import RateKey, describe
 from .similarity import spearman, ssim
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate
