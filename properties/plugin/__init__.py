@@ -86,6 +86,8 @@ DEFAULT_BASELINE = Path(__file__).parent.parent / "baseline.json"
 CONFORMANCE_BASELINE = "conformance-baseline.json"
 #: the baseline of ``--dtd-subject`` runs (users' models), in the directory pytest is run from
 SUBJECT_BASELINE = "dtd-properties-baseline.json"
+#: seed of the neuron draws of ``--dtd-subject`` runs when ``--property-seed`` is not given (a user's run repeats exactly)
+DEFAULT_SUBJECT_SEED = 0
 #: the exit status of a run whose report or baseline could not be written (the rates table is still shown)
 WRITE_FAILED = pytest.ExitCode.INTERNAL_ERROR
 _STORE_KEY = pytest.StashKey["Store"]()
@@ -574,7 +576,7 @@ def _yours(config, run: Store) -> dict:
     subjects = sorted({r["key"]["subject"] for r in run.rows.values() if (r.get("key") or {}).get("family") == "subject"})
     if subjects:
         seed = config.getoption("--property-seed")
-        out["neuron_draw_seed"] = _entry_subject_seed() if seed is None else seed
+        out["neuron_draw_seed"] = DEFAULT_SUBJECT_SEED if seed is None else seed
     ours = Path(__file__).with_name("test_conformance.py").name  # the shipped adapters' rows (the kit's own run)
     handed = bool(config.getoption("--dtd-implementation"))
     yours = {"your_subjects": set(), "your_implementations": set()}
@@ -586,12 +588,6 @@ def _yours(config, run: Store) -> dict:
             yours["your_implementations"].add(key["subject"])
     out.update({label: sorted(names) for label, names in yours.items() if names})
     return out
-
-
-def _entry_subject_seed() -> int:
-    from .subjects import DEFAULT_SUBJECT_SEED
-
-    return DEFAULT_SUBJECT_SEED
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

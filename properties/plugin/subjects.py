@@ -45,15 +45,13 @@ import pytest
 
 from ..usercode.factories import load_factory
 from ..findings import evaluate_findings
-from . import SUBJECT_BASELINE, PropertyReport, _update_mode, recorder_for, store
+from . import DEFAULT_SUBJECT_SEED, SUBJECT_BASELINE, PropertyReport, _update_mode, recorder_for, store
 from ..subjects.subject import Subject, SubjectPart, evaluate, evaluate_part, merge_parts
 
 __all__ = ["load_subjects", "SubjectItem", "SubjectPartItem", "USER_BASELINE", "DEFAULT_SUBJECT_SEED", "WORKER_PARTS"]
 
 #: a user's baseline, in the directory pytest (or ``dtd-properties check``) runs in
 USER_BASELINE = SUBJECT_BASELINE
-#: seed of the neuron draws when ``--property-seed`` is not given
-DEFAULT_SUBJECT_SEED = 0
 
 #: the key of a pytest-xdist worker's output that carries its subjects' parts to the controller
 WORKER_PARTS = "dtd_subject_parts"
