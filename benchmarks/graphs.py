@@ -205,7 +205,7 @@ def main(argv=None) -> None:
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    from benchmarks.__main__ import _machine
+    from benchmarks.workloads import machine
 
     path = args.out / "graphs.json"
     if args.merge and path.exists():
@@ -217,7 +217,7 @@ def main(argv=None) -> None:
                 r.update(kept, roots_run="earlier", peak_rss_mb=max(r["peak_rss_mb"], old["peak_rss_mb"]))
             known[r["model"]] = r
         rows = list(known.values())
-    path.write_text(json.dumps({"machine": _machine(), "size": args.size, "rows": rows}, indent=2) + "\n")
+    path.write_text(json.dumps({"machine": machine(), "size": args.size, "rows": rows}, indent=2) + "\n")
     print(table(rows))
 
 
