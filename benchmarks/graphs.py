@@ -18,7 +18,7 @@ Reported, per model:
   a ResNet's residual sums and its average pooling are one DTD layer with the
   ``fc``, which zennit splits into steps, so there they differ);
 * ``roots_s`` (``--roots``): every root question at every layer for ``K``
-  sampled neurons per point (:func:`properties.checks.root_outcomes`);
+  sampled neurons per point (:func:`properties.measure.checks.root_outcomes`);
   ``floor_s``: the bare batched forward and backward of the same roots
   through what depends on each layer's input (autograd over the graph's own
   operators -- the model's convolutions with batch norms folded -- nothing

@@ -1,6 +1,6 @@
 """The DTD property-verification suite: strategies, checks, statistics, report, users' subjects and the conformance kit.
 
-``properties.Subject`` (a user's model and data, :mod:`properties.subject`)
+``properties.Subject`` (a user's model and data, :mod:`properties.subjects.subject`)
 and ``properties.Implementation`` (an LRP implementation under test,
 :mod:`properties.conformance`) are imported on first use, so loading the
 pytest plugin or importing the package stays light.
@@ -10,7 +10,7 @@ from ._moved import install as _install_moved_names
 
 __all__ = ["Subject", "Implementation"]
 
-_install_moved_names()  # properties.summary, properties.subject_cli, ...: the modules' old names (see properties._moved)
+_install_moved_names()  # properties.report.summary, properties.cli.check, ...: the modules' old names (see properties._moved)
 
 
 def __getattr__(name: str):

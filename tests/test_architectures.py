@@ -1,4 +1,4 @@
-"""properties.architectures: CNNs and residual nets, their bias populations, strategies and printed code."""
+"""properties.generate.architectures: CNNs and residual nets, their bias populations, strategies and printed code."""
 
 from __future__ import annotations
 

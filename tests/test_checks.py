@@ -1,4 +1,4 @@
-"""properties.checks against a per-root autograd loop, and chunking equality."""
+"""properties.measure.checks against a per-root autograd loop, and chunking equality."""
 
 from __future__ import annotations
 

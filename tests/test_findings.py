@@ -212,7 +212,7 @@ def test_the_opening_puts_the_papers_claim_beside_the_measured_rates():
 
 
 def test_a_lines_figure_renders_deterministically_and_the_report_opens_the_findings_with_the_claim(tmp_path):
-    from properties import figures
+    from properties.report import figures
     from properties.report import render_report
     from properties.measure.stats import Rate
 

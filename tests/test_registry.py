@@ -1,5 +1,5 @@
 """A new rule in three declarations: its class (dtd.rules.register, for Rule.ensure), what the suite runs of it
-(properties.variants.declare: the sweeps, the agreement check) and its slow replica (tests/reference.py)."""
+(properties.generate.variants.declare: the sweeps, the agreement check) and its slow replica (tests/reference.py)."""
 
 from __future__ import annotations
 

@@ -10,12 +10,12 @@ from html.parser import HTMLParser
 
 import pytest
 
-from properties import figures
+from properties.report import figures
 from properties.measure.keys import SEED_TOP_LAYER, RateKey, by_design
 from properties.report import render_report, row, table_legend
-from properties.sections import OTHER, natural_key, row_key, sections, split_by_design
-from properties.summary import SCALE_TEXT, changes, format_rate, row_anchor, scale_word, summarize
-from properties.tables import implementation_matrix, subject_grids
+from properties.report.sections import OTHER, natural_key, row_key, sections, split_by_design
+from properties.report.summary import SCALE_TEXT, changes, format_rate, row_anchor, scale_word, summarize
+from properties.report.tables import implementation_matrix, subject_grids
 
 CONFIDENCE = 0.99
 CONFIG = {"confidence": CONFIDENCE, "seed": 0, "hypothesis_profile": "ci", "hypothesis_max_examples": 30,

@@ -1,4 +1,4 @@
-"""properties.stats: Wilson intervals, clustering, the no-data state, the gate."""
+"""properties.measure.stats: Wilson intervals, clustering, the no-data state, the gate."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""properties.strategies: what they generate, and the arguments they refuse."""
+"""properties.generate.strategies: what they generate, and the arguments they refuse."""
 
 from __future__ import annotations
 

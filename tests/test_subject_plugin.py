@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from properties.measure.keys import RateKey
-from properties.subject_cli import add_check_command, pytest_arguments
+from properties.cli.check import add_check_command, pytest_arguments
 from properties.plugin.subjects import USER_BASELINE, load_subjects
 
 USER_MODULE = '''
@@ -106,7 +106,7 @@ def test_dtd_subject_and_check_command_write_the_same_rows(user_dir):
     via_pytest.assert_outcomes(passed=2)
     parser = argparse.ArgumentParser()
     args = add_check_command(parser.add_subparsers()).parse_args(["usermod:subjects", "--report", "from_check"])
-    command = pytester.run(sys.executable, "-m", "properties.subject_cli", "check", "usermod:subjects", "--report", "from_check")
+    command = pytester.run(sys.executable, "-m", "properties.cli", "check", "usermod:subjects", "--report", "from_check")
     assert command.ret == 0, command.stdout.str() + command.stderr.str()
     assert pytest_arguments(args, "EMPTY")[:1] == ["EMPTY"]
     rows = _rows(pytester.path / "from_pytest" / "report.json")

@@ -15,8 +15,8 @@ Subcommands
 
 Gates: a rate inconsistent with the baseline; with or without a baseline, a
 conformance property every implementation must satisfy
-(:data:`properties.gates.MUST_HOLD`) below 100 %; and a rate below a floor
-``--require 'PATTERN>=VALUE'`` (repeatable; :mod:`properties.gates`).
+(:data:`properties.measure.gates.MUST_HOLD`) below 100 %; and a rate below a floor
+``--require 'PATTERN>=VALUE'`` (repeatable; :mod:`properties.measure.gates`).
 
 Exit codes: pytest's (0 all passed, 1 a rate regressed against the
 baseline or fell below a floor, 3 the report or the baseline could not be written: the message

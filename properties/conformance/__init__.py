@@ -2,7 +2,7 @@
 
 An :class:`Implementation` wraps someone's LRP code as a black box,
 ``attribute(model, x, output) -> relevance``.  :func:`run` generates ReLU
-networks and non-negative inputs (:func:`properties.strategies.sample_cases`),
+networks and non-negative inputs (:func:`properties.generate.strategies.sample_cases`),
 calls the implementation on a fresh ``nn.Sequential`` copy each time, and
 measures how often each property holds; :func:`record` puts the rates, and
 for every failing property a shrunk minimal counterexample, into the
@@ -12,7 +12,7 @@ by :func:`conformance_name` (the one place that builds them).
 Architectures
 -------------
 ``Implementation(..., architectures=("mlp", "cnn", "resnet"))`` (default
-``("mlp",)``) adds CNNs and residual nets (:mod:`properties.architectures`:
+``("mlp",)``) adds CNNs and residual nets (:mod:`properties.generate.architectures`:
 convolutions, batch norm with non-trivial statistics and negative scales,
 2x2 stride-2 max / average pooling, global average pooling, residual blocks
 with a bare ``+``): per population :data:`IMAGE_NETWORKS` networks with
@@ -28,10 +28,10 @@ Rows put the architecture into the subset (:func:`subset_of`):
 property judged on every population is ``{property}.cnn`` /
 ``{property}.resnet`` (``finite.cnn``, ``batch_independent.resnet``).  The MLP
 rows keep their names.  ``equals_claim`` is measured on MLPs and CNNs only:
-the claim references (:func:`properties.claims.reference`) take an
+the claim references (:func:`properties.conformance.claims.reference`) take an
 ``nn.Sequential`` and do not model a residual sum (:data:`CLAIM_ARCHITECTURES`).
 A failing CNN / residual net shrinks to one of the population's smallest
-models that fails too, else by :func:`properties.architectures.shrink_case`
+models that fails too, else by :func:`properties.generate.architectures.shrink_case`
 (fewer stages / blocks, smaller images, fewer channels), and prints as Python
 that rebuilds the model, ``x`` and ``output`` exactly, followed by both
 relevances as comments (paste it whole).
@@ -40,7 +40,7 @@ Properties (one trial per point unless said otherwise)
 ------------------------------------------------------
 ``equals_dtd.{bias_free, bias_negative, bias_positive}``
     The input relevance equals ``dtd.train_free`` with the claimed rule
-    within :func:`properties.agreement.stabilizer_bound` of the
+    within :func:`properties.conformance.agreement.stabilizer_bound` of the
     implementation's stabiliser (plus rounding), at points whose relevant
     denominators exceed twice the stabiliser (on a graph network the same
     bound, routed through the graph).
@@ -71,12 +71,12 @@ Properties (one trial per point unless said otherwise)
     One trial per call: the result has ``x``'s dtype and device.
 ``equals_claim.{bias_free, bias_negative, bias_positive}``
     Only for an implementation with ``claims``: the relevance equals the
-    claimed library rule's slow reference (:func:`properties.claims.reference`)
-    within :data:`properties.claims.CLAIM_RTOL` of the point's largest relevance
+    claimed library rule's slow reference (:func:`properties.conformance.claims.reference`)
+    within :data:`properties.conformance.claims.CLAIM_RTOL` of the point's largest relevance
     (plus rounding).
 
 Every call runs in a clean global torch state, restored afterwards
-(:mod:`properties.callstate`, :data:`GLOBAL_STATE`): default dtype float32, default device cpu, grad mode
+(:mod:`properties.usercode.callstate`, :data:`GLOBAL_STATE`): default dtype float32, default device cpu, grad mode
 on, anomaly detection off, deterministic algorithms off, the kit's thread
 count (1 under :func:`run`) and torch's global RNG seeded with
 :data:`CALL_RNG_SEED`.  A change the implementation makes to any of them is a
@@ -90,7 +90,7 @@ properties keep their rows.
 The populations: ``bias_free`` (torch init, biases removed), ``bias_negative``
 (the ``"dtd"`` init: every bias <= 0), ``bias_positive`` (torch init, some
 bias > 0); on CNNs and residual nets the same three for the folded shifts
-(:mod:`properties.architectures`).  Every implementation is judged on the same networks.
+(:mod:`properties.generate.architectures`).  Every implementation is judged on the same networks.
 """
 
 from __future__ import annotations
@@ -151,18 +151,18 @@ __all__ = [
 NETWORKS = 20
 #: points per network
 POINTS = 56
-#: the architectures the kit generates: ReLU MLPs (:mod:`properties.strategies`), CNNs and residual nets
-#: (:mod:`properties.architectures`)
+#: the architectures the kit generates: ReLU MLPs (:mod:`properties.generate.strategies`), CNNs and residual nets
+#: (:mod:`properties.generate.architectures`)
 ARCHITECTURES = ("mlp", "cnn", "resnet")
 #: networks per population of the CNNs and residual nets (each call of a library on them costs far more than on an
 #: MLP: fewer networks keep the kit a few seconds per architecture)
 IMAGE_NETWORKS = {"cnn": 2, "resnet": 2}
 #: points per CNN / residual net
 IMAGE_POINTS = {"cnn": 4, "resnet": 4}
-#: the bounds of the generated CNNs and residual nets (:func:`properties.architectures.sample_models`)
+#: the bounds of the generated CNNs and residual nets (:func:`properties.generate.architectures.sample_models`)
 IMAGE_SPACE = dict(in_channels=(1, 2), channels=(1, 4), depth=(1, 2), image_size=(2, 8), outputs=(1, 3))
-#: architectures whose models the claim references (:func:`properties.claims.reference`) take: not residual nets
-#: (``equals_claim`` is not measured there)
+#: architectures whose models the claim references (:func:`properties.conformance.claims.reference`) take: not
+#: residual nets (``equals_claim`` is not measured there)
 CLAIM_ARCHITECTURES = ("mlp", "cnn")
 #: relative tolerance of conservation (before the stabiliser's own allowance)
 CONSERVATION_RTOL = 1e-6
@@ -176,7 +176,7 @@ IMAGE_SHRINK_BUDGET = 6
 POPULATIONS = ("bias_free", "bias_negative", "bias_positive")
 
 #: every property, with what its rate counts (report descriptions)
-#: the properties the kit measures, in report order (each one's one-line text: :data:`properties.keys.OUTCOMES`)
+#: the properties the kit measures, in report order (each one's one-line text: :data:`properties.measure.keys.OUTCOMES`)
 #: the properties judged only at points whose relevant denominators exceed twice the stabiliser (on the few points of
 #: an image population that set can be empty under some seeds: such a row then has no data)
 CONDITIONED = ("equals_dtd", "gradient_x_input")
@@ -191,7 +191,8 @@ RulesLike = Union[R.RuleLike, Sequence[R.RuleLike]]
 
 
 def _check_name(name) -> str:
-    """The suite's one name rule (:func:`properties.keys.check_name`): rows are ``conformance.NAME.PROPERTY``."""
+    """The suite's one name rule (:func:`properties.measure.keys.check_name`): rows are
+    ``conformance.NAME.PROPERTY``."""
     return check_name(name, "an implementation name")
 
 
@@ -221,13 +222,13 @@ class Implementation:
         (``d + epsilon sign(d)``; default 1e-6); the kit's tolerance follows it.
     claims
         Optionally the library rule the implementation promises, bias
-        included (a :mod:`properties.claims` rule such as ``Epsilon(1e-9)`` or
+        included (a :mod:`properties.conformance.claims` rule such as ``Epsilon(1e-9)`` or
         ``ZPlus("positive")``, or a ``[first, rest]`` pair): adds the
         ``equals_claim`` rows, judged against the claim's slow reference.
     architectures
         The kinds of models the kit hands ``attribute`` (:data:`ARCHITECTURES`;
         default ``("mlp",)``): ``"cnn"`` and ``"resnet"`` add rows judged on
-        :mod:`properties.architectures`' original ``nn.Module`` s (convolutions,
+        :mod:`properties.generate.architectures`' original ``nn.Module`` s (convolutions,
         batch norm, max / average / global pooling, residual blocks with a bare
         ``+``), ``x`` in image shape ``(N, C, H, W)``; the claimed per-layer
         rules map onto the DTD layers of the model's graph in graph order
@@ -333,7 +334,7 @@ def _layout(impl: "Implementation", architecture: str) -> list[tuple[str, Option
 
 
 def conformance_key(implementation: Union[Implementation, str], prop: str, subset: Optional[str] = None) -> RateKey:
-    """The :class:`~properties.keys.RateKey` of a property's rate (family ``conformance``, subject the implementation)."""
+    """The :class:`~properties.measure.keys.RateKey` of a property's rate (family ``conformance``, subject the implementation)."""
     name = _check_name(implementation.name if isinstance(implementation, Implementation) else implementation)
     if prop not in PROPERTIES:
         raise ValueError(f"unknown conformance property {prop!r}; known: {sorted(PROPERTIES)}")
@@ -348,7 +349,7 @@ def conformance_name(implementation: Union[Implementation, str], prop: str, subs
 # ------------------------------------------------------------------------------------------------ loading
 def load_implementations(spec: str) -> list[Implementation]:
     """The :class:`Implementation` (s) that ``MODULE:FACTORY`` returns (``MODULE`` importable from the current
-    directory); errors as :func:`properties.factories.load_factory` raises them."""
+    directory); errors as :func:`properties.usercode.factories.load_factory` raises them."""
     return load_factory(spec, Implementation)
 
 
@@ -383,8 +384,9 @@ def population(name: str, count: int, points: int, seed: int) -> tuple[Case, ...
 
 @functools.lru_cache(maxsize=8)
 def image_population(architecture: str, name: str, count: int, points: int, seed: int) -> tuple:
-    """``count`` i.i.d. :class:`properties.architectures.ModelCase` s (CNNs or residual nets) of one population, each
-    with ``points`` inputs on which its explained output is live (cached: every implementation sees the same)."""
+    """``count`` i.i.d. :class:`properties.generate.architectures.ModelCase` s (CNNs or residual nets) of one
+    population, each with ``points`` inputs on which its explained output is live (cached: every implementation sees
+    the same)."""
     from ..generate.architectures import sample_cases
 
     if architecture not in ("cnn", "resnet"):
@@ -472,7 +474,7 @@ class _Subject:
 
 
 def _subject(case, net=None) -> _Subject:
-    """The :class:`_Subject` of an MLP :class:`~properties.strategies.Case` or an image :class:`~properties.architectures.ModelCase`."""
+    """The :class:`_Subject` of an MLP :class:`~properties.generate.strategies.Case` or an image :class:`~properties.generate.architectures.ModelCase`."""
     generated = getattr(case, "generated", None)
     if generated is None:
         return _Subject(case.net, case.x, case.output, "mlp")
@@ -627,8 +629,8 @@ def _equals_claim(impl: Implementation, subject: _Subject, x: torch.Tensor, outp
 
 
 def _graph_stabilizer_bound(net, dec, rules: Sequence[R.Rule], epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`properties.agreement.stabilizer_bound` on a graph network, routed through the graph as relevance is
-    (summed over consumers, through ReLUs unchanged, through max pools to the argmax).
+    """:func:`properties.conformance.stabilizer.stabilizer_bound` on a graph network, routed through the graph as
+    relevance is (summed over consumers, through ReLUs unchanged, through max pools to the argmax).
 
     A library sees pooling as layers of their own and stabilises their
     divisions too (zennit's ``Norm`` on average pooling, captum's
@@ -727,8 +729,8 @@ def evaluate_case(impl: Implementation, case, population_name: str, *, only: Opt
                   caller: Optional[_Caller] = None, seed: int = 0, net=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-point outcomes ``{property: (holds, counted)}`` of one case (``property`` without the population).
 
-    ``case``: an MLP :class:`~properties.strategies.Case` or a CNN / residual-net
-    :class:`~properties.architectures.ModelCase` (``population_name`` then
+    ``case``: an MLP :class:`~properties.generate.strategies.Case` or a CNN / residual-net
+    :class:`~properties.generate.architectures.ModelCase` (``population_name`` then
     ``"bias_negative"`` or ``"cnn_bias_negative"``; ``net`` its lowered
     network, if already at hand).  ``only`` restricts the work to some
     properties (the shrinker's use).  A call that raises
@@ -845,8 +847,8 @@ def shrink(impl: Implementation, case: "Case", population_name: str, prop: str, 
 
     Greedy: every step is kept only if the property still fails; at most
     ``budget`` evaluations.  The result is 1-minimal in the neurons tried.
-    A CNN or residual-net :class:`~properties.architectures.ModelCase` shrinks
-    by :func:`properties.architectures.shrink_case` instead: one input, then
+    A CNN or residual-net :class:`~properties.generate.architectures.ModelCase` shrinks
+    by :func:`properties.generate.architectures.shrink_case` instead: one input, then
     fewer stages / blocks, smaller images, fewer channels, no pooling.
     """
     from ..generate.strategies import Case
@@ -926,7 +928,7 @@ def _shrink_image(impl: Implementation, case, population_name: str, prop: str, b
                   call_timeout: Optional[float]):
     """A small CNN / residual net of ``case``'s population on which ``prop`` fails: one of the population's smallest
     models (:data:`SMALL_IMAGE_SPACE`) when one fails, else ``case`` shrunk by
-    :func:`properties.architectures.shrink_case` (at most :data:`IMAGE_SHRINK_BUDGET` evaluations)."""
+    :func:`properties.generate.architectures.shrink_case` (at most :data:`IMAGE_SHRINK_BUDGET` evaluations)."""
     from ..generate.architectures import shrink_case
 
     architecture, population = _architecture_of(case), _population_of(_architecture_of(case), population_name)

@@ -3,7 +3,7 @@
 Each adapter is a :class:`properties.conformance.Implementation` whose
 ``attribute(model, x, output)`` runs the library on the ``nn.Sequential``
 the kit hands it and claims the DTD rule the library's rule equals on
-bias-negative networks (see :mod:`properties.agreement`).  The libraries are
+bias-negative networks (see :mod:`properties.conformance.agreement`).  The libraries are
 imported when an adapter is *called*, so building the list needs neither;
 a missing library is an ``ImportError`` naming the package to install.
 
@@ -26,17 +26,17 @@ Adapters (name: library rule on the Linear layers -> claimed DTD rule, stabilise
 (zennit's ``Epsilon`` needs a non-zero epsilon: 1e-6 is its own default
 stabiliser, so "Epsilon(0)" is LRP-0 up to the stabiliser the kit allows for.)
 
-CNNs and residual nets (:mod:`properties.architectures`): every adapter above
+CNNs and residual nets (:mod:`properties.generate.architectures`): every adapter above
 has ``architectures=ARCHITECTURES`` (MLPs, CNNs, residual nets: the kit measures
 its CNN and ResNet rows too) and runs on any model of Conv2d/BatchNorm2d/ReLU/pooling/Flatten/Linear modules and
-on :class:`~properties.architectures.ResidualNet` (:func:`zennit_model_attribute`,
+on :class:`~properties.generate.architectures.ResidualNet` (:func:`zennit_model_attribute`,
 :func:`captum_model_attribute`), the library set up as its documentation says:
 
 * zennit: the claimed rule on every ``Conv2d`` and ``Linear`` (the first one
   gets the input rule), ``Norm()`` on average pooling (zennit's composites'
   choice), max pooling's own gradient (relevance to the argmax); batch norm
   merged into the convolution before it by ``SequentialMergeBatchNorm``; each
-  :class:`~properties.architectures.BasicBlock`'s bare ``+`` replaced by
+  :class:`~properties.generate.architectures.BasicBlock`'s bare ``+`` replaced by
   zennit's ``Sum`` module with ``Norm()`` (:class:`BasicBlockCanonizer`, the
   :class:`zennit.torchvision.ResNetCanonizer` way for torchvision's blocks).
   Two limitations are zennit's and show up in the kit: its merge leaves the
@@ -107,10 +107,11 @@ def _require(package: str, extra: str = "test"):
 
 def counterpart(rule: R.Rule, library: str) -> tuple[str, dict]:
     """``(class name, keyword arguments)`` of ``library``'s rule (``"zennit"`` or ``"captum"``) that equals
-    ``rule`` on bias-negative networks, as declared in :mod:`properties.variants`."""
+    ``rule`` on bias-negative networks, as declared in :mod:`properties.generate.variants`."""
     found = counterpart_of(rule, library)
     if found is None:
-        raise ValueError(f"no {library} counterpart for {rule!r} (declare one with properties.variants.declare)")
+        raise ValueError(f"no {library} counterpart for {rule!r} (declare one with "
+                         "properties.generate.variants.declare)")
     return found
 
 
@@ -180,7 +181,7 @@ def _affine_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def BasicBlockCanonizer():
-    """A zennit canonizer that gives every :class:`properties.architectures.BasicBlock` a zennit ``Sum`` module.
+    """A zennit canonizer that gives every :class:`properties.generate.architectures.BasicBlock` a ``Sum`` module.
 
     While it is applied, the block's forward stacks its two branches and sums
     them with ``Sum`` (so a rule can be attached to the sum); removing it
@@ -317,5 +318,6 @@ def captum_implementations() -> list:
 
 
 def shipped_implementations() -> list:
-    """Every shipped adapter (a ``dtd-properties conform`` factory: ``properties.adapters:shipped_implementations``)."""
+    """Every shipped adapter (a ``dtd-properties conform`` factory:
+    ``properties.conformance.adapters:shipped_implementations``)."""
     return zennit_implementations() + captum_implementations()

@@ -187,8 +187,8 @@ def ensure_claims(value: ClaimsLike) -> Claims:
         return Claims(value, value)
     if isinstance(value, Sequence) and not isinstance(value, str) and len(value) in (1, 2) and all(isinstance(c, Claim) for c in value):
         return Claims(value[0], value[-1])
-    raise TypeError(f"claims must be a properties.claims rule (Epsilon, ZPlus, AlphaBeta, Flat), a [first, rest] pair "
-                    f"of them or a Claims, got {value!r}")
+    raise TypeError(f"claims must be a properties.conformance.claims rule (Epsilon, ZPlus, AlphaBeta, Flat), a "
+                    f"[first, rest] pair of them or a Claims, got {value!r}")
 
 
 def _conv_matrix(conv: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Size]:

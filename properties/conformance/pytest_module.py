@@ -7,10 +7,10 @@ per implementation records its ``conformance.{name}.*`` rows.  A rate fails its
 test when it is inconsistent with the baseline (a user's own, see
 ``--property-baseline``; without one every rate is ``new``) and, from the first
 run on, when a property every implementation must satisfy
-(:data:`properties.gates.MUST_HOLD`: ``no_side_effects``, ``finite``,
+(:data:`properties.measure.gates.MUST_HOLD`: ``no_side_effects``, ``finite``,
 ``dtype_device``, ``batch_independent``) held in fewer than every trial, or
 when a rate is below a floor ``--property-require 'PATTERN>=VALUE'``
-(:mod:`properties.gates`; the plugin applies both to every row it records).
+(:mod:`properties.measure.gates`; the plugin applies both to every row it records).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 :func:`zplus` explains the *original* model (an ``nn.Sequential`` of
 ``Conv2d``/``BatchNorm2d``/``ReLU``/``MaxPool2d``/``AvgPool2d``/
 ``AdaptiveAvgPool2d``/``Flatten``/``Linear``, or a
-:class:`properties.architectures.ResidualNet`) the way train-free DTD's z+
+:class:`properties.generate.architectures.ResidualNet`) the way train-free DTD's z+
 does on the graph of affine operators, in float64 and with dense matrices:
 
 * an affine node is a maximal run of affine modules between non-linearities
@@ -213,7 +213,7 @@ def _max_pool_backward(a: torch.Tensor, pool: nn.MaxPool2d, relevance: torch.Ten
 
 
 def _block_backward(block, u: torch.Tensor, relevance: torch.Tensor, opts: _Options) -> tuple[torch.Tensor, torch.Tensor]:
-    """A :class:`~properties.architectures.BasicBlock` on input ``u``: ``(its output, the relevance of u)``."""
+    """A :class:`~properties.generate.architectures.BasicBlock` on input ``u``: ``(its output, the relevance of u)``."""
     first = _Tape([block.conv1, block.bn1, block.relu1], u, opts)
     h = first.output
     main = [block.conv2, block.bn2]
@@ -277,7 +277,7 @@ def zplus(model: nn.Module, x: torch.Tensor, output: int, *, merge_batch_norm: b
         tape = _Tape(leaves, a, opts)
         relevance = tape.backward(_top(tape.output, output), opts)
     else:
-        raise TypeError(f"model must be an nn.Sequential or a properties.architectures.ResidualNet, got {type(model).__name__}")
+        raise TypeError(f"model must be an nn.Sequential or a properties.generate.architectures.ResidualNet, got {type(model).__name__}")
     return relevance.to(x.dtype)
 
 

@@ -44,7 +44,7 @@ def stabilizer_bound(net: ReLUNetwork, dec, rules: Union[R.Rule, Sequence[R.Rule
     Returns ``(bound (batch, D_0), conditioned (batch,))``: ``conditioned`` is
     False for points where some neuron carrying relevance has ``|d_j| <= 2
     epsilon`` or no DTD root (the stabiliser then decides the result: the
-    agreement is not expected there; the margin is :data:`~properties.thresholds.CONDITIONING_FACTOR`).
+    agreement is not expected there; the margin is :data:`~properties.measure.thresholds.CONDITIONING_FACTOR`).
     """
     rules = per_layer_rules(net, rules)
     n = dec.output_value.shape[0]

@@ -12,7 +12,7 @@ and its runner-up), at points where both outputs are positive; pair
 ``random``: the relevance of two random non-negative vectors (i.i.d. uniform
 ``[0, 1)``) injected at the top layer, at every point.  A point is
 ``insensitive`` when the cosine is at least
-:data:`properties.thresholds.INSENSITIVE_COSINE`; a point whose relevance is
+:data:`properties.measure.thresholds.INSENSITIVE_COSINE`; a point whose relevance is
 all zero (no cosine) is left out and counted.
 
 * :func:`depth_sweep`: generated networks (torch's default init, every layer
@@ -205,7 +205,7 @@ def vgg16_simulation(*, runs: int, seed: int, confidence: float = DEFAULT_CONFID
     ``columns`` distinct unit vectors of the top (classes): after ``d``
     matrices each class has a column of the product of the top ``d``.  Every
     pair of those columns is compared; the rate row counts the pairs with
-    cosine at least :data:`~properties.thresholds.INSENSITIVE_COSINE` after
+    cosine at least :data:`~properties.measure.thresholds.INSENSITIVE_COSINE` after
     all matrices (clustered by run), the figure the median cosine by depth.
     """
     runs = check_int(runs, "runs", minimum=1)

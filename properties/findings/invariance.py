@@ -22,7 +22,7 @@ with the rule's direction ``v_j``:
 :func:`shifted_network` builds the compensated network from copies (the
 caller's network is never touched), :func:`shifted_rules` the rules that go
 with it; :func:`invariance_sweep` measures the share of points whose relevance
-is unchanged (:data:`properties.thresholds.INVARIANT_RTOL`) over generated
+is unchanged (:data:`properties.measure.thresholds.INVARIANT_RTOL`) over generated
 networks, :func:`subject_invariance` on a trained subject with ``c`` its
 inputs' per-feature mean.
 """
@@ -135,7 +135,7 @@ def _pairs(net, moved, x, c, output, label, rule) -> torch.Tensor:
 
 def invariance_sweep(cases: Sequence, *, seed: int, confidence: float = DEFAULT_CONFIDENCE,
                      variants: Optional[Sequence[R.Variant]] = None) -> Findings:
-    """``invariance.{rule}.unchanged`` over generated ``cases`` (each a :class:`properties.strategies.Case`).
+    """``invariance.{rule}.unchanged`` over generated ``cases`` (each a :class:`properties.generate.strategies.Case`).
 
     Per case a shift ``c`` with i.i.d. uniform ``[0, 1)`` entries (so shifted
     inputs stay non-negative: z+ and gamma apply), drawn from a local

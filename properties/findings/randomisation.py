@@ -8,10 +8,10 @@ i.i.d. uniform in ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]`` (the bound of
 torch's default initialisation), from a local generator -- and each point's
 input relevance for the same explained output is compared with the original
 model's: ``rank_similar`` when the Spearman rank correlation is at least
-:data:`~properties.thresholds.SIMILAR_SPEARMAN`; for images ``ssim_similar``
+:data:`~properties.measure.thresholds.SIMILAR_SPEARMAN`; for images ``ssim_similar``
 when the SSIM of the two maps, each scaled by its largest ``|R|`` to
 ``[-1, 1]`` (data range 2), is at least
-:data:`~properties.thresholds.SIMILAR_SSIM`.  Judged: points whose explained
+:data:`~properties.measure.thresholds.SIMILAR_SSIM`.  Judged: points whose explained
 output stays positive in the randomised model (DTD explains a positive
 output) and whose two maps are not constant.  Gradient x input (autograd on
 the randomised copy itself) is the contrast row ``grad_x_input``.
@@ -49,8 +49,8 @@ __all__ = ["parameterised_modules", "randomised_copy", "gradient_x_input", "subj
 CONTRAST = "grad_x_input"
 #: randomised copies per number of re-initialised modules, each a cluster of the rates: a rate's variation across
 #: re-initialisations is part of its interval, so another seed (other copies) gives a consistent rate.  An all-pass or
-#: all-fail rate counts its copies as whole clusters (properties.stats: sum(t)^2 / sum(t^2) of them, fewer than the
-#: copies when they judge unequal numbers of points), so a 0 % contrast needs about 8 effective copies to bound its
+#: all-fail rate counts its copies as whole clusters (properties.measure.stats: sum(t)^2 / sum(t^2) of them, fewer than
+#: the copies when they judge unequal numbers of points), so a 0 % contrast needs about 8 effective copies to bound its
 #: interval below 50 % at 99 % (Wilson's upper bound of 0 of 8: 45.3 %); with 8 copies seed 7 had 7.3 and read 51.4 %
 COPIES = 12
 _PARAMETERISED = (nn.Linear, nn.Conv2d)

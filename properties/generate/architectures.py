@@ -595,7 +595,7 @@ def live_inputs(model: nn.Module, shape: Sequence[int], n: int, *, output: int, 
 def builder_code(spec: Spec, seed: int, population: str, *, dtype: torch.dtype = torch.float64) -> str:
     """Python that rebuilds ``build(spec, seed, population, dtype=dtype)`` (needs this package installed)."""
     return ("import torch\n"
-            "from properties.architectures import CNNSpec, ResNetSpec, build\n"
+            "from properties.generate.architectures import CNNSpec, ResNetSpec, build\n"
             f"model = build({spec!r}, seed={seed}, population={population!r}, dtype={dtype})\n")
 
 
@@ -622,7 +622,7 @@ def _module_code(module: nn.Module) -> str:
         return "nn.Flatten()"
     if isinstance(module, nn.ReLU):
         return "nn.ReLU()"
-    raise TypeError(f"to_code prints the modules of properties.architectures, not {type(module).__name__}")
+    raise TypeError(f"to_code prints the modules of properties.generate.architectures, not {type(module).__name__}")
 
 
 def to_code(model: nn.Module, *, max_numbers: int = MAX_LITERAL_NUMBERS) -> str:
@@ -647,7 +647,7 @@ def to_code(model: nn.Module, *, max_numbers: int = MAX_LITERAL_NUMBERS) -> str:
     if isinstance(model, ResidualNet):
         conv = model.stem.conv
         blocks = [(b.out_channels, b.stride) for b in model.blocks]
-        lines.append("from properties.architectures import ResidualNet")
+        lines.append("from properties.generate.architectures import ResidualNet")
         lines.append(f"model = ResidualNet({conv.in_channels}, {conv.out_channels}, {blocks!r}, {model.fc.out_features}, "
                      f"bn_eps={model.stem.bn.eps!r})")
     elif isinstance(model, nn.Sequential):

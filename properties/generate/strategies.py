@@ -106,7 +106,7 @@ def nonnegative_inputs(draw, net: ReLUNetwork, *, n: Bounds = (1, 64), output: i
 
 
 def variants(sweep: str = "must_hold") -> st.SearchStrategy[V.Variant]:
-    """One of the registered rule variants that ``sweep`` runs (see :func:`properties.variants.variants`).
+    """One of the registered rule variants that ``sweep`` runs (see :func:`properties.generate.variants.variants`).
 
     Build its rule(s) for a case with ``variant.make(case.x, case.net.n_layers)``.  Shrinks towards the
     first registered variant (z+).

@@ -9,7 +9,7 @@ library-only and its replicas in its tests:
 * the zennit / captum counterpart of a rule (the class name and keyword
   arguments of the library's LRP rule that equals it on networks whose biases
   are <= 0 and inputs >= 0), as data: the libraries are imported by
-  :mod:`properties.adapters`.
+  :mod:`properties.conformance.adapters`.
 
 Declare a new rule's with :func:`declare` (one call beside the built-in ones
 below, or from a plugin); the generated sweep, the region sweep, the must-hold

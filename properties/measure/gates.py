@@ -1,6 +1,6 @@
 """Absolute gates: what fails a run even without a baseline.
 
-The baseline gate (:func:`properties.stats.compare`) only fails a rate that
+The baseline gate (:func:`properties.measure.stats.compare`) only fails a rate that
 moved; on a first run every rate is ``new`` and nothing fails.  Two absolute
 gates hold from the first run on:
 
@@ -9,7 +9,7 @@ gates hold from the first run on:
   model and the input as they were, returns finite relevance, in the input's
   dtype and on its device, and one point's relevance does not depend on its
   batch mates.  A ``conformance`` row whose *outcome* (the property part of its
-  :class:`~properties.keys.RateKey`, whatever population or architecture
+  :class:`~properties.measure.keys.RateKey`, whatever population or architecture
   follows it: ``conformance.mylib.finite``, ``conformance.mylib.finite.cnn``,
   ...) is one of them fails below 100 %.
 * **Floors** a user requires (:class:`Floor`, ``PATTERN>=VALUE``): every row
@@ -106,8 +106,8 @@ def failed_floors(row: Mapping, key: Optional[RateKey], floors: Sequence[Floor])
     """Why ``row`` fails the absolute gates, one phrase per failed gate (empty: it passes them)."""
     out = []
     if must_hold(key) and not (row.get("trials") and row["successes"] == row["trials"]):
-        out.append(f"{key.outcome} must hold in every trial (properties.gates.MUST_HOLD: every implementation must "
-                   "satisfy it, with or without a baseline)")
+        out.append(f"{key.outcome} must hold in every trial (properties.measure.gates.MUST_HOLD: every implementation "
+                   "must satisfy it, with or without a baseline)")
     for floor in floors:
         if floor.matches(row["name"]) and not floor.holds(row):
             out.append(f"below the floor --require '{floor.text}' (the rate must be >= {100 * floor.minimum:g} %)")

@@ -61,8 +61,8 @@ OUTCOMES: dict[str, str] = {
     "finite": "points (with zero entries, and an all-zero row) whose relevance is finite",
     "dtype_device": "calls whose result has the input's dtype and device",
     "equals_claim": "points whose input relevance equals the slow reference of the library rule the implementation claims "
-                    "(properties.claims: bias kept, the library's stabiliser)",
-    # the field's other findings (properties.insensitivity, properties.invariance, properties.randomisation)
+                    "(properties.conformance.claims: bias kept, the library's stabiliser)",
+    # the field's other findings (properties.findings: insensitivity, invariance, randomisation)
     "insensitive": f"points whose two input relevances (see the pair) have cosine similarity >= {INSENSITIVE_COSINE:g}",
     "unchanged": f"points whose input relevance is unchanged (max |R' - R| <= {INVARIANT_RTOL:g} max |R|) when the inputs "
                  "are shifted by c and the first layer's bias by -W c",
@@ -93,7 +93,7 @@ SUBSETS = {
     "bias_positive": "networks with a positive bias",
     "nonnegative": "random matrices with i.i.d. uniform [0, 1) entries",
     "gaussian": "random matrices with i.i.d. standard normal entries",
-    # the conformance kit's CNN and residual-net populations (properties.architectures)
+    # the conformance kit's CNN and residual-net populations (properties.generate.architectures)
     "cnn_bias_free": "bias-free CNNs (batch norm, max/average/global pooling)",
     "cnn_bias_negative": "CNNs whose folded shifts are all <= 0",
     "cnn_bias_positive": "CNNs with a positive folded shift",
@@ -102,10 +102,10 @@ SUBSETS = {
     "resnet_bias_positive": "residual nets with a positive folded shift",
     # every bias population of one architecture: a conformance property judged on all of them
     # (conformance.{name}.finite.cnn) and the generated sweep over graph networks ({rule}.{outcome}.cnn)
-    "cnn": "generated CNNs of every bias population (properties.architectures: conv, batch norm with negative scales, "
-           "max / average / global pooling)",
-    "resnet": "generated residual nets of every bias population (properties.architectures: bare + blocks, batch norm, "
-              "global average pooling)",
+    "cnn": "generated CNNs of every bias population (properties.generate.architectures: conv, batch norm with negative "
+           "scales, max / average / global pooling)",
+    "resnet": "generated residual nets of every bias population (properties.generate.architectures: bare + blocks, "
+              "batch norm, global average pooling)",
 }
 
 #: root finders named in keys, per family
@@ -481,7 +481,7 @@ def by_design(key: RateKey, top_layer: int = SEED_TOP_LAYER) -> Optional[str]:
                 "halfway to the input (asserted by the test that records it)")
     if key.family == "invariance" and key.subject is None and key.rule in ("w2", "zB"):
         return ("100 % by construction: the rule's direction at the input does not change under the compensated shift "
-                "(w2 reads no input; zB's box moves with it), asserted by properties/test_invariance.py")
+                "(w2 reads no input; zB's box moves with it), asserted by properties/suite/test_invariance.py")
     if key.family == "agreement" and key.subject == "zennit" and key.outcome == "agree_where_conditioned":
         return "100 % on bias-negative networks: every well-conditioned point agrees with zennit (asserted)"
     top_gradient = key.family == "notebook" and key.layer == top_layer and key.outcome == "gradient_match"

@@ -25,9 +25,9 @@ interval does not overlap the baseline's fails the test that recorded it
 worker ships its records to the controller, which merges them and writes the
 report, so ``-n 2`` gives the same report as a serial run.
 
-Absolute gates (:mod:`properties.gates`), with or without a baseline and also
+Absolute gates (:mod:`properties.measure.gates`), with or without a baseline and also
 while updating it: a ``conformance`` row of a property every implementation
-must satisfy (:data:`properties.gates.MUST_HOLD`) below 100 %, and a row below
+must satisfy (:data:`properties.measure.gates.MUST_HOLD`) below 100 %, and a row below
 a floor ``--property-require 'PATTERN>=VALUE'`` (its point estimate), get the
 status ``below_floor`` and fail the test that recorded them, naming the floor
 and the rate.  A floor whose pattern matches no row of a completed run is a
@@ -86,7 +86,7 @@ DEFAULT_BASELINE = Path(__file__).parent.parent / "baseline.json"
 CONFORMANCE_BASELINE = "conformance-baseline.json"
 #: the baseline of ``--dtd-subject`` runs (users' models), in the directory pytest is run from
 SUBJECT_BASELINE = "dtd-properties-baseline.json"
-#: seed of the neuron draws of ``--dtd-subject`` runs when ``--property-seed`` is not given (a user's run repeats exactly)
+#: seed of the neuron draws of ``--dtd-subject`` runs without ``--property-seed`` (a user's run repeats exactly)
 DEFAULT_SUBJECT_SEED = 0
 #: the exit status of a run whose report or baseline could not be written (the rates table is still shown)
 WRITE_FAILED = pytest.ExitCode.INTERNAL_ERROR
@@ -102,7 +102,7 @@ class Store:
     def __init__(self, baseline: Mapping[str, Mapping], confidence: float, seed: int,
                  floors: Sequence[gates.Floor] = ()):
         self.baseline = dict(baseline)
-        self.floors = list(floors)  # --property-require (properties.gates), besides the must-hold properties
+        self.floors = list(floors)  # --property-require (properties.measure.gates), besides the must-hold properties
         self.confidence = confidence
         self.seed = seed
         self.rows: dict[str, dict] = {}
@@ -152,11 +152,11 @@ class PropertyReport:
         self._nodeid = nodeid
         self._gate = gate
         self.regressions: list[str] = []
-        self.below_floor: list[str] = []  # rows failing an absolute gate (properties.gates): also while updating
+        self.below_floor: list[str] = []  # rows failing an absolute gate (properties.measure.gates), also when updating
 
     @property
     def confidence(self) -> float:
-        """Confidence to build :class:`~properties.stats.Rate` s with."""
+        """Confidence to build :class:`~properties.measure.stats.Rate` s with."""
         return self._store.confidence
 
     @property
@@ -168,17 +168,17 @@ class PropertyReport:
              example: Optional[str] = None) -> dict:
         """Record one rate; returns its report row.
 
-        ``name`` is a :class:`~properties.keys.RateKey` (the suite's own
+        ``name`` is a :class:`~properties.measure.keys.RateKey` (the suite's own
         rates) or a dotted name.  ``description`` says in one line exactly
         what is counted; for a key it defaults to
-        :func:`properties.keys.describe`.  ``summary=True`` shows the row in
+        :func:`properties.measure.keys.describe`.  ``summary=True`` shows the row in
         the terminal table (every row is in ``report.md``).  ``example``: a
         counterexample (text) kept in the row as ``"example"`` and shown
         under "Counterexamples" in the report.  A rate inconsistent with the
         baseline fails the calling test unless the baseline is being updated.
         """
         if not isinstance(rate, Rate):
-            raise TypeError(f"rate must be a properties.stats.Rate, got {type(rate).__name__}")
+            raise TypeError(f"rate must be a properties.measure.stats.Rate, got {type(rate).__name__}")
         if rate.confidence != self.confidence:
             rate = Rate(rate.successes, rate.trials, self.confidence, rate.clusters)
         key = name if isinstance(name, RateKey) else None
@@ -186,7 +186,7 @@ class PropertyReport:
             name = str(key)
             description = description or describe(key)
         elif not isinstance(name, str):
-            raise TypeError(f"name must be a str or a properties.keys.RateKey, got {type(name).__name__}")
+            raise TypeError(f"name must be a str or a properties.measure.keys.RateKey, got {type(name).__name__}")
         gate_key = key if key is not None else _parsed(name)
         if not description:
             raise ValueError(f"property {name!r} needs a description of what it counts")

@@ -5,7 +5,7 @@ as ``python -m`` would import it) that returns one :class:`properties.Subject`
 or a list of them.  It is called once per process (each pytest-xdist worker
 calls it once; the controlling process never does).  Each subject becomes
 test items, marked ``properties``, that evaluate it
-(:func:`properties.subject.evaluate`) and record its rates, counts and plots
+(:func:`properties.subjects.subject.evaluate`) and record its rates, counts and plots
 into the property report -- the same report, baseline and gate as the
 suite's own rates -- and, unless the subject says ``findings=False`` or the
 run ``--dtd-no-findings``, the field's findings on it
@@ -13,10 +13,10 @@ run ``--dtd-no-findings``, the field's findings on it
 
 A subject of one part (:attr:`properties.Subject.n_parts`) is one item,
 ``subject[NAME]``.  A subject of several parts is one item per part,
-``subject[NAME.partI]`` (:func:`properties.subject.evaluate_part`), plus
+``subject[NAME.partI]`` (:func:`properties.subjects.subject.evaluate_part`), plus
 ``subject[NAME.findings]``; the parts' raw tallies are gathered (from every
 xdist worker, local or ``--tx`` remote) and merged at the end of the session
-(:func:`properties.subject.merge_parts`) into exactly the rates a serial run
+(:func:`properties.subjects.subject.merge_parts`) into exactly the rates a serial run
 reports, owned by ``subject[NAME]``.  A merged rate inconsistent with the
 baseline fails the run (exit status 1, named in the summary) rather than an
 item; a subject whose parts did not all run (deselected, failed,
@@ -62,7 +62,7 @@ _PARTS_KEY = pytest.StashKey[list]()  # (nodeid, SubjectPart JSON) of the parts 
 
 def load_subjects(spec: str, *, directory: Optional[Path] = None) -> list[Subject]:
     """The :class:`Subject` (s) that ``MODULE:FACTORY`` returns, ``MODULE`` imported from ``directory`` (default: the
-    current one) as ``python -m`` does; errors as :func:`properties.factories.load_factory` raises them."""
+    current one) as ``python -m`` does; errors as :func:`properties.usercode.factories.load_factory` raises them."""
     return load_factory(spec, Subject, directory=directory)
 
 

@@ -217,7 +217,7 @@ def digits_maxpool(seed: int = 0) -> TrainedModel:
 
 
 def digits_resnet(seed: int = 0) -> TrainedModel:
-    """A :class:`properties.architectures.ResidualNet`: stem ``Conv2d(1, 4, 3), BatchNorm2d, ReLU``, a block
+    """A :class:`properties.generate.architectures.ResidualNet`: stem ``Conv2d(1, 4, 3), BatchNorm2d, ReLU``, a block
     4 -> 4 (identity shortcut), a block 4 -> 8 with stride 2 (1x1-conv + batch-norm shortcut), global average
     pooling, ``Linear(8, 10)``; each block ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`` with a bare ``+``.
 

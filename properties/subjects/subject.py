@@ -19,7 +19,7 @@ relevance* (``R_j != 0``): a neuron without relevance gets the trivial root
 are therefore higher).  ``root_exists`` counts, among the relevance-carrying
 neurons, those whose root exists.  With ``neurons_per_point=K`` each point
 contributes ``K`` uniformly drawn neurons of each layer
-(:func:`properties.checks.root_outcomes`), so the rates estimate the
+(:func:`properties.measure.checks.root_outcomes`), so the rates estimate the
 exhaustive ones; intervals are clustered by point either way.
 
 Parts
@@ -29,7 +29,7 @@ The points are evaluated in consecutive parts of at most
 holds raw tallies only (per-point clusters, counts, sums, plot values), so
 :func:`merge_parts` gives exactly the rates and clustered intervals of
 :func:`evaluate`, whichever processes evaluated the parts
-(:mod:`properties.subject_plugin` makes each part a test item for
+(:mod:`properties.plugin.subjects` makes each part a test item for
 pytest-xdist).  Part ``i`` draws its neurons from a generator seeded by the
 seed and ``i``; a subject of one part draws exactly as before parts existed.
 """
@@ -61,7 +61,7 @@ from ..measure.thresholds import CONSERVED_SHARE, ZERO_OUTPUT_ULPS, zero_output_
 __all__ = ["Subject", "SubjectResult", "SubjectPart", "evaluate", "evaluate_part", "merge_parts", "ITEM_WORK", "SMALL_MODEL_ACTIVATIONS", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "REGION_LP_ENTRIES", "HEATMAP_POINTS",
            "layer_names", "check_model"]
 
-#: the root questions of every layer, in report order (fields of :class:`properties.checks.RootOutcomes`)
+#: the root questions of every layer, in report order (fields of :class:`properties.measure.checks.RootOutcomes`)
 ROOT_QUESTIONS = ("zero_output", "output_unchanged", "gradient_match", "region_match", "in_domain")
 #: points (the first of each subject) whose roots get an exact in-region LP per layer and rule
 REGION_POINTS = 12
@@ -116,7 +116,7 @@ class Subject:
         (:attr:`n_dropped`); a ``ValueError`` if none is left.
     rules
         The rules to judge, each a rule name (``"z+"``, ``"w2"``, ...), a
-        variant label of :func:`properties.variants.variants` (``"gamma1"``;
+        variant label of :func:`properties.generate.variants.variants` (``"gamma1"``;
         ``"zB"``: zB at the input, z+ above), a :class:`dtd.rules.Rule`
         object, or a ``(label, rule or list of per-layer rules)`` pair.  The
         label names the rule in the report.

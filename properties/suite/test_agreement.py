@@ -2,7 +2,7 @@
 
 Must-hold (``@given``, float64, networks with biases <= 0 -- the ``"dtd"``
 init -- and inputs >= 0): every rule's input relevance equals zennit's
-counterpart within :func:`properties.agreement.stabilizer_bound` (zennit adds
+counterpart within :func:`properties.conformance.agreement.stabilizer_bound` (zennit adds
 1e-6 to denominators, captum 1e-9) plus :data:`ROUNDING64`, at every point
 whose denominators are not of the stabiliser's size; and on bias-free
 networks the x-rule is gradient x input.

@@ -1,4 +1,5 @@
-"""The conformance kit on the shipped adapters: zennit's and captum's LRP rules (:mod:`properties.adapters`).
+"""The conformance kit on the shipped adapters: zennit's and captum's LRP rules
+(:mod:`properties.conformance.adapters`).
 
 Every adapter is judged on the same generated networks (3 populations x
 :data:`properties.conformance.NETWORKS` MLPs, :data:`~properties.conformance.POINTS`

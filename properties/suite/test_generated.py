@@ -1,7 +1,7 @@
 """DTD's promises measured over generated networks, per rule and per layer.
 
-Every rule variant the registry marks for the ``generated`` sweep (:func:`properties.variants.variants`) runs on the same
-cases, drawn uniformly and independently with :func:`properties.strategies.sample_cases` (network structure,
+Every rule variant the registry marks for the ``generated`` sweep (:func:`properties.generate.variants.variants`) runs on the same
+cases, drawn uniformly and independently with :func:`properties.generate.strategies.sample_cases` (network structure,
 weight seed, explained output, inputs with ``f(x) > 0``; see that function for the population).  i.i.d. draws
 rather than hypothesis's example generation, whose mutations and near-duplicates would make the rates depend on
 its heuristics.  Roots of layer ``k`` are judged with ``f_k``.  Rates are clustered by network: the interval
@@ -79,4 +79,4 @@ def test_rates_over_generated_networks(variant, property_report, generated_cases
     for key in tally.names():
         property_report.rate(key, tally.rate(key, property_report.confidence), summary=_in_summary(key))
     property_report.count(f"roots evaluated ({variant.label}, generated networks)", n_roots)
-    # the per-layer rates are drawn once for all rules, from the rows, by properties.figures (layers x rules)
+    # the per-layer rates are drawn once for all rules, from the rows, by properties.report.figures (layers x rules)

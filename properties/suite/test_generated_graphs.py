@@ -1,8 +1,8 @@
 """DTD's promises over generated CNNs and residual nets: how they fare with max pooling and skips.
 
-The MLP sweep (:mod:`properties.test_generated`) asks its questions of dense
+The MLP sweep (:mod:`properties.suite.test_generated`) asks its questions of dense
 chains only.  Here the rule variants :data:`RULES` (of the registry's ``generated`` sweep)
-run on i.i.d. models of :func:`properties.architectures.sample_cases`: small
+run on i.i.d. models of :func:`properties.generate.architectures.sample_cases`: small
 CNNs (convolutions, batch norm with non-trivial statistics including negative
 scales, 2x2 average and max pooling, a flatten or global-average head) and
 residual nets (a stem, one or two basic blocks summed with a bare ``+``,
@@ -14,7 +14,7 @@ the seed notebook's questions; a rate counts the valid roots of
 relevance-carrying neurons (``root_exists``: among relevance-carrying
 neurons), as the subjects do, pooled over layers and clustered by network.
 Rows ``{rule}.{outcome}.{architecture}`` (subsets ``cnn``, ``resnet`` of
-:data:`properties.keys.SUBSETS`) and ``{rule}.conserved.{architecture}``
+:data:`properties.measure.keys.SUBSETS`) and ``{rule}.conserved.{architecture}``
 (points).  :data:`NETWORKS_PER_POPULATION` networks per population and
 architecture under the ``ci`` profile (a few seconds); more under
 ``thorough``.

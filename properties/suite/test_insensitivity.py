@@ -1,4 +1,4 @@
-"""Class insensitivity with depth (Sixt, Granz & Landgraf 2020), measured: :mod:`properties.insensitivity`.
+"""Class insensitivity with depth (Sixt, Granz & Landgraf 2020), measured: :mod:`properties.findings.insensitivity`.
 
 Generated networks of every depth 1-10 (rates per rule, depth and pair, clustered by network), the paper's
 random-matrix simulation with VGG-16's backward shapes, and the trained digits subjects.
@@ -29,8 +29,8 @@ SIMULATION_DIVISOR = 15
 def _runs_to_separate(confidence: float) -> int:
     """Runs each simulation needs so that all-pass and all-fail rates over whole runs have disjoint intervals.
 
-    An all-pass (all-fail) rate over ``n`` runs counts them as ``n`` trials (properties.stats); the Wilson intervals
-    of ``n / n`` and ``0 / n`` are disjoint when ``n > z^2``, ``z`` the interval's normal quantile (99 %: 6.6 -> 7).
+    An all-pass (all-fail) rate over ``n`` runs counts them as ``n`` trials (properties.measure.stats); the Wilson
+    intervals of ``n / n`` and ``0 / n`` are disjoint when ``n > z^2``, ``z`` the interval's normal quantile (99 %: 6.6 -> 7).
     """
     z = interval_quantile(confidence)
     return math.floor(z * z) + 1

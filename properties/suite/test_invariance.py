@@ -1,7 +1,7 @@
 """Input invariance (Kindermans et al. 2019): must-hold for w2 and shifted zB, rates for every rule.
 
 The shift.  Inputs ``x`` become ``x + c``; the first layer's bias becomes ``b' = b - W c``
-(:func:`properties.invariance.shifted_network`).  Then ``z' = W (x + c) + b' = W x + b = z``: every
+(:func:`properties.findings.invariance.shifted_network`).  Then ``z' = W (x + c) + b' = W x + b = z``: every
 activation above the input, hence every layer's upper relevance down to the first layer's ``R_j``, is
 the original's (the layers above are untouched copies).
 

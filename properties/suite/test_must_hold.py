@@ -93,7 +93,7 @@ IN_REGION_FINDERS = {
 def test_in_region_roots_keep_the_gradient_along_their_segment(case, finder):
     """Every root an in-region finder returns: the gradient halfway to the input is the input's, and Taylor is exact.
 
-    Judged at points strictly inside their region (see properties.checks.segment_outcomes); the gradient at the
+    Judged at points strictly inside their region (see properties.measure.checks.segment_outcomes); the gradient at the
     root itself meets torch's relu'(0) = 0 on the region's boundary, where LP optima and top-layer roots lie.
     """
     dec = dtd.train_free(case.net, case.x, root_finder=IN_REGION_FINDERS[finder](), output=case.output)

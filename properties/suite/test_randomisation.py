@@ -1,4 +1,4 @@
-"""Cascading parameter randomisation (Adebayo et al. 2018) on the trained digits subjects: :mod:`properties.randomisation`."""
+"""Cascading parameter randomisation (Adebayo et al. 2018) on the trained digits subjects: :mod:`properties.findings.randomisation`."""
 
 from __future__ import annotations
 

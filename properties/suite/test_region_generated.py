@@ -1,6 +1,6 @@
 """In-region roots and full-backward DTD over generated networks, per rule and per layer.
 
-Cases are i.i.d. like the other sweeps (:func:`properties.strategies.sample_cases`), fewer and smaller:
+Cases are i.i.d. like the other sweeps (:func:`properties.generate.strategies.sample_cases`), fewer and smaller:
 every relevant (point, neuron) pair costs one exact LP.  For each rule, train-free DTD gives each layer's
 upper relevance; then
 

@@ -1,5 +1,5 @@
-"""Trained networks as subjects: the digits MLP, AvgPool CNN, MaxPool CNN and ResNet (:mod:`properties.digits`), judged
-like a user's model.
+"""Trained networks as subjects: the digits MLP, AvgPool CNN, MaxPool CNN and ResNet
+(:mod:`properties.subjects.digits`), judged like a user's model.
 
 Each is trained deterministically (once per process), then its first held-out
 digits are explained at their predicted class with z+ and with zB on the

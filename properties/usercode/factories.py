@@ -18,7 +18,7 @@ __all__ = ["load_factory"]
 
 
 #: the hint an error raised inside a factory ends with: how to refuse a model before training it
-_EARLIER = ("; to find a model DTD cannot lower before training it, call properties.subject.check_model(model, input_shape) "
+_EARLIER = ("; to find a model DTD cannot lower before training it, call properties.subjects.subject.check_model(model, input_shape) "
             "at the top of the factory")
 
 
