@@ -15,10 +15,12 @@ The graph is built from the source alone (``ast``; nothing is imported):
   anything outside the three packages, and modules named in strings (``importlib.import_module``,
   ``pytest_plugins``, ``-p properties.plugin``).
 
-A cycle fails the test of the package it passes through, naming each import that closes it
-(``file:line``).  ``dtd/`` still has circles that the rewrite of its lowering removes (``dtd/decompose.py``
-with ``dtd/graph_decompose.py``; ``dtd/fx_lowering.py``, ``dtd/graph.py`` and ``dtd/network.py``): its test is
-an expected failure until then (``strict=False``: it passes as soon as they are gone; then drop the mark).
+A cycle fails the test of the package it passes through, naming each import that closes it (``file:line``). The
+rooms of ``properties/`` (its subpackages) must not form a circle either, even where their modules do not:
+``measure/`` importing ``report/`` would, as ``report/`` reads ``measure/``'s keys. ``dtd/`` still has circles that
+the rewrite of its lowering removes (``dtd/decompose.py`` with ``dtd/graph_decompose.py``; ``dtd/fx_lowering.py``,
+``dtd/graph.py`` and ``dtd/network.py``): its test is an expected failure until then (``strict=False``: it passes
+as soon as they are gone; then drop the mark).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ PACKAGES = ("dtd", "properties", "benchmarks")
 TOP_LEVEL_MODULES = ("dtd_properties_pytest",)
 
 
-def module_files(root: Path, packages: Iterable[str] = PACKAGES, modules: Iterable[str] = TOP_LEVEL_MODULES) -> dict[str, Path]:
+def module_files(root: Path, packages: Iterable[str] = PACKAGES,
+                 modules: Iterable[str] = TOP_LEVEL_MODULES) -> dict[str, Path]:
     """Module name -> file, for every ``.py`` file of ``packages`` (a package is its ``__init__.py``)."""
     found = {}
     for package in packages:
@@ -180,11 +183,33 @@ def circles_through(package: str, root: Path = ROOT) -> list[str]:
     "dtd_properties_pytest",
     pytest.param("dtd", marks=pytest.mark.xfail(
         strict=False, reason="dtd/'s circles (decompose <-> graph_decompose; fx_lowering -> graph -> network -> "
-                             "fx_lowering) go with the rewrite of its lowering into dtd/lowering/; drop this mark then")),
+                             "fx_lowering) go with the rewrite of its lowering into dtd/lowering/; then drop this")),
 ])
 def test_no_import_circle(package):
     found = circles_through(package)
     assert not found, f"{len(found)} import circle(s) through {package}:\n  " + "\n  ".join(found)
+
+
+def room_of(module: str) -> str:
+    """``properties.measure.keys`` -> ``properties.measure``: the folder (room) of a module of properties/."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_circle_between_the_rooms_of_properties():
+    """The rooms depend on each other one way only: measure/ and generate/ on dtd alone, subjects/, findings/ and
+    conformance/ on those, report/ on measure/, plugin/ and cli/ on the rest (CONTRIBUTING.md)."""
+    files = module_files(ROOT)
+    rooms: dict[str, list[tuple[str, str]]] = {}
+    for name, targets in import_edges(files).items():
+        if not name.startswith("properties."):
+            continue
+        for target, line in targets:
+            if target.startswith("properties.") and room_of(target) != room_of(name):
+                rooms.setdefault(room_of(name), []).append((room_of(target), f"{files[name].relative_to(ROOT)}:{line}"))
+                rooms.setdefault(room_of(target), [])
+    found = [" -> ".join([f"{room} ({where})" for room, where in circle] + [circle[0][0]])
+             for circle, _ in cycles(rooms)]
+    assert not found, "circles between rooms of properties/:\n  " + "\n  ".join(found)
 
 
 # --------------------------------------------------------------------------- the checker itself
@@ -217,7 +242,8 @@ def test_a_package_importing_its_own_modules_and_type_checking_imports(tmp_path)
     })
     edges = import_edges(files)
     assert edges["pkg"] == [("pkg.a", 1), ("pkg.b", 2)]
-    assert [describe(c, files, tmp_path) for c in cycles(edges)] == ["pkg/a.py:3 -> pkg/b.py:1 -> pkg/c.py:1 -> pkg/a.py"]
+    expected = "pkg/a.py:3 -> pkg/b.py:1 -> pkg/c.py:1 -> pkg/a.py"
+    assert [describe(c, files, tmp_path) for c in cycles(edges)] == [expected]
     assert cycles(import_edges(_tree(tmp_path, {"pkg/a.py": "A = 1\n"}))) == []  # without the TYPE_CHECKING import
 
 
