@@ -102,7 +102,7 @@ def pytest_addoption(parser) -> None:
                     help="an absolute floor (repeatable): every rate whose name matches the glob PATTERN must have a "
                          "point estimate >= VALUE (in [0, 1]), e.g. 'conformance.mylib_*.equals_dtd.*>=0.99'; a rate "
                          "below it fails its test (status below_floor), with or without a baseline; a PATTERN that "
-                         "matches no rate of the run is a usage error (properties.gates)")
+                         "matches no rate of the run is a usage error (properties.measure.gates)")
 
 
 def pytest_configure(config) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +16,12 @@ from pathlib import Path
 import torch
 
 import dtd
+from benchmarks.graphs import table
 from benchmarks.workloads import (
     SEED_SIZES,
     fast_experiment,
     floor_experiment,
+    machine,
     median_seconds,
     reference_experiment,
     region_roots_lp_rates,
@@ -29,10 +29,6 @@ from benchmarks.workloads import (
 )
 
 RESULTS = Path(__file__).with_name("results")
-
-
-def _machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
 
 
 def seed_experiment(repeats: int, reference_points: int) -> dict:
@@ -107,7 +103,7 @@ def plot(results: list[dict], path: Path) -> None:
         twin.set_ylabel("peak RSS (MiB)", color="tab:red")
         twin.set_ylim(bottom=0)
         ax.set_title(f"seed experiment vs {name}")
-    fig.suptitle(f"train_free + root_outcomes of the first layer's roots ({_machine()})", fontsize=9)
+    fig.suptitle(f"train_free + root_outcomes of the first layer's roots ({machine()})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -165,8 +161,6 @@ def markdown(results: dict, directory: Path = RESULTS) -> str:
 
 def real_size_lines(directory: Path = RESULTS) -> list[str]:
     """The real-size tables (``graphs.json`` of :mod:`benchmarks.graphs`, ``subjects.json`` of :mod:`benchmarks.subjects`)."""
-    from benchmarks.graphs import table
-
     lines = []
     graphs = directory / "graphs.json"
     if graphs.exists():
@@ -220,12 +214,12 @@ def main(argv=None) -> None:
         results = json.loads(path.read_text())
         torch.set_grad_enabled(True)
         results["seed_experiment"] = seed_experiment(repeats=31, reference_points=100)
-        results["seed_machine"] = _machine()
+        results["seed_machine"] = machine()
         path.write_text(json.dumps(results, indent=2) + "\n")
         print(markdown(results, args.out))
         return
     torch.set_grad_enabled(True)
-    print(f"machine: {_machine()}")
+    print(f"machine: {machine()}")
 
     print("\nseed experiment: 1000 points, train-free z+ roots of layer 0, output and gradient at every root")
     seed = seed_experiment(repeats=11 if args.quick else 31, reference_points=20 if args.quick else 100)
@@ -248,7 +242,7 @@ def main(argv=None) -> None:
           f"{rs['reference_points_per_s']:,.2f} points/s; ratio {rs['speedup']:,.0f}")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"machine": _machine(), "quick": args.quick, "seed_experiment": seed, "scaling": points, "region_roots": lp, "region_sampling": rs}, indent=2) + "\n")
+    (args.out / "results.json").write_text(json.dumps({"machine": machine(), "quick": args.quick, "seed_experiment": seed, "scaling": points, "region_roots": lp, "region_sampling": rs}, indent=2) + "\n")
     plot(points, args.out / "scaling.png")
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'scaling.png'}")
     print("\n".join(real_size_lines(args.out)))

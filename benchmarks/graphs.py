@@ -18,7 +18,7 @@ Reported, per model:
   a ResNet's residual sums and its average pooling are one DTD layer with the
   ``fc``, which zennit splits into steps, so there they differ);
 * ``roots_s`` (``--roots``): every root question at every layer for ``K``
-  sampled neurons per point (:func:`properties.checks.root_outcomes`);
+  sampled neurons per point (:func:`properties.measure.checks.root_outcomes`);
   ``floor_s``: the bare batched forward and backward of the same roots
   through what depends on each layer's input (autograd over the graph's own
   operators -- the model's convolutions with batch norms folded -- nothing
@@ -122,7 +122,7 @@ def _floor_seconds(net, dec, roots_by_layer, points_by_layer, output) -> float:
 
 def _roots_seconds(net, dec, neurons: int):
     """Every root question at every layer for ``neurons`` sampled neurons per point: (seconds, drawn neurons per layer)."""
-    from properties.checks import root_outcomes
+    from properties.measure.checks import root_outcomes
 
     generator = torch.Generator().manual_seed(0)
     kept = []
@@ -135,7 +135,7 @@ def _roots_seconds(net, dec, neurons: int):
 def measure(name: str, size: int, roots: bool, neurons: int, repeats: int) -> dict:
     import dtd
     from benchmarks.workloads import peak_rss_mb
-    from properties.checks import selected_roots
+    from properties.measure.checks import selected_roots
 
     torch.set_grad_enabled(True)
     model = _model(name)
@@ -205,7 +205,7 @@ def main(argv=None) -> None:
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    from benchmarks.__main__ import _machine
+    from benchmarks.workloads import machine
 
     path = args.out / "graphs.json"
     if args.merge and path.exists():
@@ -217,7 +217,7 @@ def main(argv=None) -> None:
                 r.update(kept, roots_run="earlier", peak_rss_mb=max(r["peak_rss_mb"], old["peak_rss_mb"]))
             known[r["model"]] = r
         rows = list(known.values())
-    path.write_text(json.dumps({"machine": _machine(), "size": args.size, "rows": rows}, indent=2) + "\n")
+    path.write_text(json.dumps({"machine": machine(), "size": args.size, "rows": rows}, indent=2) + "\n")
     print(table(rows))
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from properties import Subject, digits
+from properties import Subject
+from properties.subjects import digits
 
 N_DIGITS = 200
 N_WIDE = 100

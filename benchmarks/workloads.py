@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import resource
 import sys
 import time
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 import dtd
-from properties.checks import DEFAULT_MEMORY_BUDGET, root_outcomes
+from properties.measure.checks import DEFAULT_MEMORY_BUDGET, root_outcomes
 
 SEED_SIZES = [10, 10, 10, 10, 2]
 
@@ -173,6 +175,12 @@ def region_roots_lp_rates(net: dtd.ReLUNetwork, x: torch.Tensor, reference_point
     reference = time.perf_counter() - start
     return {"lps": n_lp, "seconds": fast, "lps_per_s": n_lp / fast, "counts": counts,
             "reference_lps": n_ref, "reference_lps_per_s": n_ref / reference, "speedup": (n_lp / fast) / (n_ref / reference)}
+
+
+def machine() -> str:
+    """The machine a result was measured on, for the results files and the figures."""
+    return (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"Python {platform.python_version()}")
 
 
 def peak_rss_mb() -> float:

@@ -7,7 +7,7 @@ import torch
 
 import dtd
 from dtd import rules as R
-from properties import agreement as ag
+from properties.conformance import agreement as ag
 
 
 def _case():

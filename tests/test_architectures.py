@@ -1,4 +1,4 @@
-"""properties.architectures: CNNs and residual nets, their bias populations, strategies and printed code."""
+"""properties.generate.architectures: CNNs and residual nets, their bias populations, strategies and printed code."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from hypothesis import find, given, settings
 from torch import nn
 
-from properties import architectures as A
+from properties.generate import architectures as A
 
 #: float64 forward comparisons of two computations of the same model (different summation orders)
 FORWARD_ATOL64 = 1e-12

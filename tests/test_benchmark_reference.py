@@ -7,7 +7,7 @@ import torch
 import dtd
 from benchmarks.workloads import SEED_SIZES, reference_experiment
 from dtd.tolerances import pattern_tol
-from properties.checks import root_outcomes
+from properties.measure.checks import root_outcomes
 
 
 def test_reference_loop_equals_batched_outcomes():

@@ -1,4 +1,4 @@
-"""properties.checks against a per-root autograd loop, and chunking equality."""
+"""properties.measure.checks against a per-root autograd loop, and chunking equality."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import torch
 
 import dtd
 from dtd.tolerances import pattern_tol
-from properties.checks import chunk_points, draw_neurons, root_outcomes
-from properties.stats import Rate
-from properties.thresholds import PROPERTY_ATOL
+from properties.measure.checks import chunk_points, draw_neurons, root_outcomes
+from properties.measure.stats import Rate
+from properties.measure.thresholds import PROPERTY_ATOL
 
 ATOL64 = 1e-12
 

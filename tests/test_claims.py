@@ -1,5 +1,5 @@
-"""properties.claims: the libraries' own rules (bias kept) as slow references, checked against zennit and captum
-on the original models, and the conformance kit judging an implementation by its claim."""
+"""properties.conformance.claims: the libraries' own rules (bias kept) as slow references, checked against zennit and
+captum on the original models, and the conformance kit judging an implementation by its claim."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 import dtd
-from properties import architectures as A
-from properties import claims as C
+from properties.generate import architectures as A
+from properties.conformance import claims as C
 from properties import conformance as K
-from properties.adapters import CAPTUM_STABILIZER, ZENNIT_STABILIZER
+from properties.conformance.adapters import CAPTUM_STABILIZER, ZENNIT_STABILIZER
 
 #: the reference and the library compute the same divisions in another order; relative to the point's largest |R|
 LIBRARY_RTOL = 1e-9
@@ -106,7 +106,7 @@ def test_the_references_equal_zennit_on_mlps_with_biases(label, claim, make):
 @pytest.mark.parametrize("label, claim, make", ZENNIT_CLAIMS, ids=[c[0] for c in ZENNIT_CLAIMS])
 def test_the_references_equal_zennit_on_cnns_with_batch_norm_and_pooling(label, claim, make):
     # bias_positive CNNs: shifts of both signs, negative batch-norm scales, max/avg/global pooling; bn_eps = 0 so
-    # zennit's merge is exact (with eps it computes x / sqrt(1 + eps), see properties.adapters)
+    # zennit's merge is exact (with eps it computes x / sqrt(1 + eps), see properties.conformance.adapters)
     checked = 0
     for g in A.sample_models("cnn", 12, seed=8, population="bias_positive", bn_eps=0.0, image_size=(4, 6)):
         with torch.no_grad():
@@ -192,7 +192,7 @@ def test_claims_reject_bad_arguments():
 
 def test_the_kit_judges_an_implementation_by_its_claim():
     """captum's EpsilonRule claims LRP-epsilon with the bias: it equals its claim everywhere, DTD only without biases."""
-    from properties.adapters import captum_model_attribute
+    from properties.conformance.adapters import captum_model_attribute
 
     make = _captum_rule("EpsilonRule", {})
     impl = K.Implementation("captum_eps_claim", lambda m, x, o: captum_model_attribute(m, x, o, make), "x",

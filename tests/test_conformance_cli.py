@@ -165,7 +165,7 @@ def test_pytest_option_runs_the_kit_and_lists_counterexamples(user_dir, pytester
     assert "Counterexample of `conformance.user_zplus.equals_dtd.bias_positive`:" in markdown
 
 
-# --------------------------------------------------------------------------- gates on a first run (properties.gates)
+# ------------------------------------------------------------------- gates on a first run (properties.measure.gates)
 def test_a_first_conform_run_fails_when_a_must_hold_property_breaks(user_dir, capsys):
     code, out, err = _cli(capsys, "conform", "usermod:nan", "--report", "out")
     assert code == 1, out + err

@@ -16,7 +16,7 @@ from torch import nn
 import dtd
 from properties import conformance as C
 from properties.conformance import Implementation
-from properties.strategies import Case
+from properties.generate.strategies import Case
 
 #: a small sweep: every population, few networks (the rates' machinery is the same as the full run's)
 SWEEP = dict(seed=0, networks=6, points=8, shrink_failures=False)
@@ -195,7 +195,7 @@ def test_the_kit_leaves_torchs_global_rng_and_thread_count_alone():
 
 def test_the_report_shows_each_counterexample_with_its_rate(tmp_path):
     from properties import report
-    from properties.stats import Rate
+    from properties.measure.stats import Rate
 
     broken = {**report.row("conformance.a.finite", Rate(1, 2), "finite", None), "example": "W0 = [[1.0]]"}
     report.write_report(tmp_path, [broken, report.row("other.rate", Rate(2, 2), "other", None)], [], {"confidence": 0.99})
@@ -232,7 +232,7 @@ def test_architectures_are_validated_and_name_their_rows():
     assert rows[:len(mlp_rows)] == mlp_rows
     assert "conformance.z.equals_dtd.cnn_bias_negative" in rows and "conformance.z.conservation.resnet_bias_free" in rows
     assert {"conformance.z.finite.cnn", "conformance.z.batch_independent.resnet", "conformance.z.positivity.cnn"} <= set(rows)
-    lrp0 = Implementation("e", _dtd_zplus, "x", architectures=("cnn", "resnet"), claims=__import__("properties.claims").claims.Epsilon(1e-9))
+    lrp0 = Implementation("e", _dtd_zplus, "x", architectures=("cnn", "resnet"), claims=__import__("properties.conformance.claims").conformance.claims.Epsilon(1e-9))
     rows0 = [C.conformance_name(lrp0, p, s) for p, s in lrp0.properties()]
     assert "conformance.e.gradient_x_input.cnn_bias_free" in rows0 and "conformance.e.equals_claim.cnn_bias_positive" in rows0
     assert not any("equals_claim.resnet" in r for r in rows0), "the claim references do not model residual sums"
@@ -270,7 +270,7 @@ def test_batch_independence_is_judged_at_every_point():
 
 
 def test_an_image_counterexample_is_pasteable_code_that_reproduces_the_failure():
-    from properties import replicas
+    from properties.conformance import replicas
 
     mutant = dataclasses.replace(next(i for i in replicas.mutant_implementations() if i.name == "mutant_bn_unmerged"),
                                  architectures=("cnn",))

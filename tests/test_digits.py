@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from properties import digits
+from properties.subjects import digits
 
 MIN_ACCURACY = 0.9
 

@@ -8,11 +8,12 @@ from torch import nn
 
 import dtd
 from dtd import rules as R
-from properties import invariance, papers, randomisation
+from properties.findings import invariance, randomisation
+from properties.report import papers
 from properties.findings import Findings, relevance_from_top
-from properties.keys import RateKey
-from properties.similarity import average_ranks, cosine, median_interval, spearman, ssim
-from properties.stats import Rate
+from properties.measure.keys import RateKey
+from properties.findings.similarity import average_ranks, cosine, median_interval, spearman, ssim
+from properties.measure.stats import Rate
 
 #: float64 agreement of two computations of one quantity (summation order only)
 ATOL64 = 1e-10
@@ -211,9 +212,9 @@ def test_the_opening_puts_the_papers_claim_beside_the_measured_rates():
 
 
 def test_a_lines_figure_renders_deterministically_and_the_report_opens_the_findings_with_the_claim(tmp_path):
-    from properties import figures
+    from properties.report import figures
     from properties.report import render_report
-    from properties.stats import Rate
+    from properties.measure.stats import Rate
 
     plot = {"file": "f.png", "kind": "lines", "title": "t", "xlabel": "depth", "caption": "c", "panels": [
         {"title": "p", "ylabel": "y", "ylim": [0, 1], "series": {"z+": {"x": [1, 2], "y": [0.2, 0.9], "low": [0.1, 0.8], "high": [0.3, 1.0]}}}]}
@@ -232,7 +233,7 @@ def test_a_lines_figure_renders_deterministically_and_the_report_opens_the_findi
 
 def test_a_users_subject_gets_every_family_and_keeps_its_model():
     from properties.findings import evaluate_findings
-    from properties.subject import Subject
+    from properties.subjects.subject import Subject
 
     model = _model()
     with torch.no_grad():
@@ -253,7 +254,7 @@ def test_a_users_subject_gets_every_family_and_keeps_its_model():
 
 
 def test_the_invariant_rules_rates_are_fixed_by_design_and_still_answer_the_claim():
-    from properties.keys import by_design
+    from properties.measure.keys import by_design
     from properties.report import render_report
 
     assert by_design(RateKey("invariance", "unchanged", rule="w2")) and by_design(RateKey("invariance", "unchanged", rule="zB"))

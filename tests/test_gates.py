@@ -1,4 +1,4 @@
-"""The absolute gates (properties.gates): must-hold properties and --require floors, from the first run on.
+"""The absolute gates (properties.measure.gates): must-hold properties and --require floors, from the first run on.
 
 The plugin paths run in-process (pytester); the consoles' ``--require`` in
 tests/test_conformance_cli.py and tests/test_subject_plugin.py.
@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from properties import gates
-from properties.keys import RateKey
+from properties.measure import gates
+from properties.measure.keys import RateKey
 
 
 # --------------------------------------------------------------------------- parsing

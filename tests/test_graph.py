@@ -17,7 +17,7 @@ from torch import nn
 
 import dtd
 from dtd.lowering import lower_module
-from properties.checks import RootOutcomes, root_outcomes, segment_outcomes
+from properties.measure.checks import RootOutcomes, root_outcomes, segment_outcomes
 
 from .graph_models import MODELS, Residual, SkipPastALayer, seeded, vgg_features_net
 from .reference import dense_matrix, linear_part, zplus_step

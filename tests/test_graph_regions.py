@@ -24,7 +24,7 @@ from dtd.lowering import lower_module
 from dtd.graph import DENSE_LAYER_LIMIT, MaxPoolNode, ReLUNode, pool_windows
 from dtd.regions import lp_rows, region_constraints, region_output_root, region_rows
 from dtd.tolerances import equation_rtol, pattern_tol, region_slack
-from properties.checks import root_equation_residual, root_outcomes
+from properties.measure.checks import root_equation_residual, root_outcomes
 
 from . import reference
 from .graph_models import MODELS, SkipPastALayer, seeded

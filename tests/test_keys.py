@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from properties.keys import FAMILIES, OUTCOMES, RateKey, describe
+from properties.measure.keys import FAMILIES, OUTCOMES, RateKey, describe
 
 BASELINE = Path(__file__).resolve().parents[1] / "properties" / "baseline.json"
 

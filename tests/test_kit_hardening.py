@@ -27,10 +27,10 @@ import dtd
 from properties import Implementation, Subject
 from properties import conformance as C
 from properties import report
-from properties.factories import load_factory
-from properties.keys import RateKey
-from properties.stats import Rate
-from properties.strategies import Case
+from properties.usercode.factories import load_factory
+from properties.measure.keys import RateKey
+from properties.measure.stats import Rate
+from properties.generate.strategies import Case
 from tests.test_conformance_kit import lrp_zplus
 from tests.test_plugin_isolation import installed  # noqa: F401  (the fixture: the pytest11 entry point is installed)
 
@@ -503,7 +503,7 @@ class _Config:
 
 
 def test_the_progress_line_shows_on_a_terminal_only(monkeypatch):
-    from properties.conformance_suite import progress_writer
+    from properties.conformance.pytest_module import progress_writer
 
     monkeypatch.delenv("CI", raising=False)
     terminal = _Reporter(tty=True)

@@ -16,7 +16,7 @@ from torch import nn
 import dtd
 from dtd import lowering
 from dtd import rules as R
-from properties import agreement as ag
+from properties.conformance import agreement as ag
 
 #: the lowered network's forward vs the model's, relative to the largest output (issue 11)
 FORWARD_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}

@@ -445,7 +445,7 @@ def test_an_index_tuple_is_its_flat_index_and_weights_are_the_top_layer():
     masked = dtd.train_free(net, x, output=mask)
     with torch.no_grad():
         torch.testing.assert_close(masked.output_value, (model(x) * mask).sum((1, 2, 3)), rtol=1e-12, atol=0)
-    from properties.checks import root_outcomes
+    from properties.measure.checks import root_outcomes
 
     outcomes = root_outcomes(net, masked, layer=2)  # judged on the network of sum(w * y), as train_free explained it
     assert bool(outcomes.zero_output[outcomes.valid & outcomes.carries_relevance].all())

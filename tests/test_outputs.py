@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dtd
-from properties.checks import root_outcomes, segment_outcomes
+from properties.measure.checks import root_outcomes, segment_outcomes
 
 ATOL64 = 1e-12
 

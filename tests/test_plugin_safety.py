@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from properties import report
-from properties.stats import Rate
+from properties.measure.stats import Rate
 
 REPO = Path(__file__).resolve().parents[1]
 

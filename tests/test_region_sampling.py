@@ -8,7 +8,7 @@ import torch
 
 import dtd
 from benchmarks.workloads import region_sampling_reference
-from properties.checks import root_equation_residual, root_outcomes
+from properties.measure.checks import root_equation_residual, root_outcomes
 
 
 def _case(n=10):

@@ -8,7 +8,7 @@ from torch import nn
 
 import dtd
 from dtd.regions import region_constraints
-from properties.checks import root_equation_residual, root_outcomes
+from properties.measure.checks import root_equation_residual, root_outcomes
 
 LP_TOL = 1e-7  # HiGHS is asked for 1e-10 feasibility; constraints are checked with margin for O(10) magnitudes
 

@@ -1,5 +1,5 @@
 """A new rule in three declarations: its class (dtd.rules.register, for Rule.ensure), what the suite runs of it
-(properties.variants.declare: the sweeps, the agreement check) and its slow replica (tests/reference.py)."""
+(properties.generate.variants.declare: the sweeps, the agreement check) and its slow replica (tests/reference.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import torch
 
 import dtd
 from dtd import rules as R
-from properties import agreement as ag
-from properties import variants as V
-from properties.keys import RateKey
-from properties.strategies import sample_cases
-from properties import test_generated
+from properties.conformance import agreement as ag
+from properties.generate import variants as V
+from properties.measure.keys import RateKey
+from properties.generate.strategies import sample_cases
+from properties.suite import test_generated
 from tests import reference
 from tests import test_train_free
 

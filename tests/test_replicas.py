@@ -1,6 +1,6 @@
 """The z+ replica on CNNs and residual nets, the CNN adapters of zennit and captum, and the kit's mutants.
 
-The replica (:func:`properties.replicas.zplus`) is checked by hand on a tiny
+The replica (:func:`properties.conformance.replicas.zplus`) is checked by hand on a tiny
 model, against ``dtd.train_free`` on MLPs and against zennit on the original
 CNNs; the mutants each differ from it where their defect matters and only there.
 """
@@ -15,9 +15,9 @@ from torch import nn
 
 import dtd
 from dtd import rules as R
-from properties import adapters, replicas
-from properties import architectures as A
-from properties.thresholds import ROUNDING64
+from properties.conformance import adapters, replicas
+from properties.generate import architectures as A
+from properties.measure.thresholds import ROUNDING64
 
 #: the replica with zennit's stabiliser and pooling nodes computes zennit's divisions: rounding only
 ZENNIT_RTOL = 1e-9
@@ -96,7 +96,7 @@ def test_the_replica_conserves_on_bias_free_models(architecture):
 
 
 def test_zennit_zplus_on_bias_free_cnns_with_max_pooling_equals_the_replica():
-    # bn_eps = 0: zennit's merge leaves the batch norm computing x / sqrt(1 + eps) (see properties.adapters)
+    # bn_eps = 0: zennit's merge leaves the batch norm computing x / sqrt(1 + eps) (see properties.conformance.adapters)
     cases = _cases("cnn", 4, seed=2, population="bias_free", bn_eps=0.0, image_size=(4, 6))
     assert any("max" in g.spec.pools for g, _, _ in cases) and any("avg" in g.spec.pools for g, _, _ in cases)
     zennit_zplus = next(i for i in adapters.zennit_implementations() if i.name == "zennit_zplus")
@@ -113,7 +113,7 @@ def test_zennit_zplus_on_bias_free_cnns_with_max_pooling_equals_the_replica():
 
 def test_zennit_zplus_on_residual_nets_splits_sums_by_their_outputs():
     """With the Sum canonizer zennit equals the replica's ``proportional`` split, without it the doubled ``both``;
-    DTD's joint z+ over the block row differs from either (the limitation properties.adapters documents)."""
+    DTD's joint z+ over the block row differs from either (the limitation properties.conformance.adapters documents)."""
     for g, x, output in _cases("resnet", 2, seed=2, population="bias_free", bn_eps=0.0, image_size=(2, 5)):
         with_sum = adapters.zennit_model_attribute(g.model, x, output, R.ZPlus(), R.ZPlus())
         bare = adapters.zennit_model_attribute(g.model, x, output, R.ZPlus(), R.ZPlus(), sum_module=False)

@@ -10,12 +10,12 @@ from html.parser import HTMLParser
 
 import pytest
 
-from properties import figures
-from properties.keys import SEED_TOP_LAYER, RateKey, by_design
+from properties.report import figures
+from properties.measure.keys import SEED_TOP_LAYER, RateKey, by_design
 from properties.report import render_report, row, table_legend
-from properties.sections import OTHER, natural_key, row_key, sections, split_by_design
-from properties.summary import SCALE_TEXT, changes, format_rate, row_anchor, scale_word, summarize
-from properties.tables import implementation_matrix, subject_grids
+from properties.report.sections import OTHER, natural_key, row_key, sections, split_by_design
+from properties.report.summary import SCALE_TEXT, changes, format_rate, row_anchor, scale_word, summarize
+from properties.report.tables import implementation_matrix, subject_grids
 
 CONFIDENCE = 0.99
 CONFIG = {"confidence": CONFIDENCE, "seed": 0, "hypothesis_profile": "ci", "hypothesis_max_examples": 30,
@@ -24,7 +24,7 @@ CONFIG = {"confidence": CONFIDENCE, "seed": 0, "hypothesis_profile": "ci", "hypo
 
 def _row(name_or_key, successes, trials, *, baseline=None, keyed=True):
     """A report row as the plugin builds it (with the key's fields, or ``"key": None`` as for a plain name)."""
-    from properties.stats import Rate
+    from properties.measure.stats import Rate
 
     key = name_or_key if isinstance(name_or_key, RateKey) else None
     name = str(key) if key is not None else name_or_key
@@ -430,7 +430,7 @@ def test_the_verdict_comes_first_and_links_the_offending_rows():
 
 
 def test_a_row_below_a_floor_fails_the_verdict_and_says_which_floor_everywhere():
-    from properties import gates
+    from properties.measure import gates
     from properties.report import verdict_lines
 
     key = RateKey("conformance", "finite", subject="mylib", subset="cnn_bias_negative")

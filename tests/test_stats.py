@@ -1,4 +1,4 @@
-"""properties.stats: Wilson intervals, clustering, the no-data state, the gate."""
+"""properties.measure.stats: Wilson intervals, clustering, the no-data state, the gate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from properties.stats import Rate, Tally, compare, t_quantile, wilson_interval
+from properties.measure.stats import Rate, Tally, compare, t_quantile, wilson_interval
 
 # Wilson score intervals worked out by hand (z = 1.959964 for 95%):
 #   centre = (p + z^2/2n) / (1 + z^2/n), half = z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2)

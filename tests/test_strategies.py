@@ -1,4 +1,4 @@
-"""properties.strategies: what they generate, and the arguments they refuse."""
+"""properties.generate.strategies: what they generate, and the arguments they refuse."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import dtd
 from dtd import rules as R
-from properties.strategies import Case, cases, networks, nonnegative_inputs, rules
+from properties.generate.strategies import Case, cases, networks, nonnegative_inputs, rules
 
 
 @settings(max_examples=25)

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import dtd
-from properties.checks import root_outcomes
-from properties.keys import RateKey
-from properties.subject import ROOT_QUESTIONS, Subject, evaluate
-from properties.thresholds import CONSERVED_SHARE
+from properties.measure.checks import root_outcomes
+from properties.measure.keys import RateKey
+from properties.subjects.subject import ROOT_QUESTIONS, Subject, evaluate
+from properties.measure.thresholds import CONSERVED_SHARE
 
 
 def _mlp(seed=0, sizes=(6, 12, 8, 3), dtype=torch.float32, last_bias=0.0):
@@ -181,7 +181,7 @@ def test_image_inputs_get_heatmaps():
 
 
 def test_layers_are_named_by_the_models_modules():
-    from properties.subject import layer_names
+    from properties.subjects.subject import layer_names
 
     model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(), nn.Flatten(),
                           nn.Linear(32, 10))
@@ -190,7 +190,7 @@ def test_layers_are_named_by_the_models_modules():
 
 
 def test_a_model_dtd_cannot_lower_is_refused_before_training():
-    from properties.subject import check_model
+    from properties.subjects.subject import check_model
 
     with torch.random.fork_rng(devices=[]):
         model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
@@ -229,8 +229,8 @@ def test_image_inputs_get_a_heatmap_grid_that_the_report_renders(tmp_path):
 def test_zero_output_of_a_large_float32_logit_is_judged_up_to_its_rounding():
     """The top layer's root zeroes the explained logit exactly in exact arithmetic; in float32 a logit of ~500 is
     known only to ~3e-5, so the absolute 1e-6 of the notebook would report its rounding as a DTD failure."""
-    from properties.checks import root_outcomes
-    from properties.thresholds import PROPERTY_ATOL, zero_output_tolerance
+    from properties.measure.checks import root_outcomes
+    from properties.measure.thresholds import PROPERTY_ATOL, zero_output_tolerance
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -276,7 +276,7 @@ def _same(a, b):
 def test_a_split_subjects_parts_merge_into_exactly_the_rates_of_evaluate():
     """Parts evaluated apart, carried as JSON and merged in any order give evaluate()'s result bit for bit; and part i
     is, cluster for cluster, an unsplit subject of part i's points drawn with part i's seed (the obvious reference)."""
-    from properties.subject import SubjectPart, _part_seed, evaluate_part, merge_parts
+    from properties.subjects.subject import SubjectPart, _part_seed, evaluate_part, merge_parts
 
     model, x, subject = _maxpool_subject(points_per_item=4)
     assert subject.n_parts == 3 and [subject.part_range(i) for i in range(3)] == [(0, 4), (4, 8), (8, len(subject.inputs))]
@@ -305,7 +305,7 @@ def test_a_split_subjects_parts_merge_into_exactly_the_rates_of_evaluate():
 
 
 def test_merging_refuses_missing_repeated_and_foreign_parts():
-    from properties.subject import evaluate_part, merge_parts
+    from properties.subjects.subject import evaluate_part, merge_parts
 
     model, x, subject = _maxpool_subject(points_per_item=4)
     parts = [evaluate_part(subject, i) for i in range(subject.n_parts)]
@@ -325,7 +325,7 @@ def test_merging_refuses_missing_repeated_and_foreign_parts():
 
 
 def test_points_per_item_auto_bounds_the_work_of_an_item():
-    from properties.subject import ITEM_WORK, _auto_points_per_item
+    from properties.subjects.subject import ITEM_WORK, _auto_points_per_item
 
     _, _, subject = _maxpool_subject()
     assert subject.n_parts == 1 and subject.points_per_item == _auto_points_per_item(subject.network, 2, 3)

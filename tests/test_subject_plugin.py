@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from properties.keys import RateKey
-from properties.subject_cli import add_check_command, pytest_arguments
-from properties.subject_plugin import USER_BASELINE, load_subjects
+from properties.measure.keys import RateKey
+from properties.cli.check import add_check_command, pytest_arguments
+from properties.plugin.subjects import USER_BASELINE, load_subjects
 
 USER_MODULE = '''
 import torch
@@ -106,7 +106,7 @@ def test_dtd_subject_and_check_command_write_the_same_rows(user_dir):
     via_pytest.assert_outcomes(passed=2)
     parser = argparse.ArgumentParser()
     args = add_check_command(parser.add_subparsers()).parse_args(["usermod:subjects", "--report", "from_check"])
-    command = pytester.run(sys.executable, "-m", "properties.subject_cli", "check", "usermod:subjects", "--report", "from_check")
+    command = pytester.run(sys.executable, "-m", "properties.cli", "check", "usermod:subjects", "--report", "from_check")
     assert command.ret == 0, command.stdout.str() + command.stderr.str()
     assert pytest_arguments(args, "EMPTY")[:1] == ["EMPTY"]
     rows = _rows(pytester.path / "from_pytest" / "report.json")
@@ -218,7 +218,7 @@ def _rates(path):
 def test_a_split_subject_under_xdist_reports_what_a_serial_run_does(pytester, monkeypatch):
     """Five parts spread over two xdist workers: the merged rows equal the serial run's and evaluate()'s, every
     interval included; the factory ran once per process (once serially, once per worker, never in the controller)."""
-    from properties.subject import evaluate
+    from properties.subjects.subject import evaluate
 
     pytester.makepyfile(splitmod=SPLIT_MODULE.replace("\\\\n", "\\n"))
     monkeypatch.chdir(pytester.path)

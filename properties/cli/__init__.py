@@ -15,8 +15,8 @@ Subcommands
 
 Gates: a rate inconsistent with the baseline; with or without a baseline, a
 conformance property every implementation must satisfy
-(:data:`properties.gates.MUST_HOLD`) below 100 %; and a rate below a floor
-``--require 'PATTERN>=VALUE'`` (repeatable; :mod:`properties.gates`).
+(:data:`properties.measure.gates.MUST_HOLD`) below 100 %; and a rate below a floor
+``--require 'PATTERN>=VALUE'`` (repeatable; :mod:`properties.measure.gates`).
 
 Exit codes: pytest's (0 all passed, 1 a rate regressed against the
 baseline or fell below a floor, 3 the report or the baseline could not be written: the message
@@ -108,7 +108,7 @@ def _conform(args: argparse.Namespace) -> int:
         except (TypeError, ValueError) as error:
             print(f"dtd-properties conform: {error}", file=sys.stderr)
             return USAGE
-    suite = Path(conformance.__file__).with_name("conformance_suite.py")
+    suite = Path(conformance.__file__).with_name("pytest_module.py")
     options = [f"--dtd-implementation={spec}" for spec in args.implementations]
     if args.call_timeout is not None:
         options.append(f"--property-call-timeout={args.call_timeout}")

@@ -39,9 +39,9 @@ def seed_argument(text: str) -> int:
 
 
 def floor_argument(text: str) -> str:
-    """``--require PATTERN>=VALUE``: checked by :func:`properties.gates.parse_floor` (argparse then names ``--require``
-    and exits 2 with the accepted form)."""
-    from properties.gates import parse_floor
+    """``--require PATTERN>=VALUE``: checked by :func:`properties.measure.gates.parse_floor` (argparse then names
+    ``--require`` and exits 2 with the accepted form)."""
+    from properties.measure.gates import parse_floor
 
     try:
         parse_floor(text)

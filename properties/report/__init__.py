@@ -2,8 +2,8 @@
 
 ``report.json`` holds ``{"properties": [row, ...], "plots": [...], "config": {...}}``.
 :func:`render_report` builds every file's bytes (the text from
-:mod:`properties.summary`, :mod:`properties.markdown`, :mod:`properties.htmlpage`,
-the figures from :mod:`properties.figures`); :func:`write_report` writes them.
+:mod:`properties.report.summary`, :mod:`properties.report.markdown`, :mod:`properties.report.htmlpage`,
+the figures from :mod:`properties.report.figures`); :func:`write_report` writes them.
 Each row is one measured rate (see :func:`row`); rows are sorted by name, so
 a serial run and a ``pytest -n 2`` run write the same ``properties`` section.
 Every file is written atomically (temporary file, then rename), through
@@ -27,13 +27,13 @@ from typing import Iterable, Mapping, Optional
 
 import filelock
 
-from ..keys import RateKey
+from ..measure.keys import RateKey
 from . import figures
 from .htmlpage import html_page
 from .markdown import VERDICT_LINKS, markdown
 from .sections import row_key
 from .summary import changes, format_rate, interval, summarize
-from ..stats import Rate, compare
+from ..measure.stats import Rate, compare
 
 __all__ = [
     "row", "write_report", "render_report", "replace_report", "write_partial_report", "partial_report_path", "read_baseline",
@@ -328,7 +328,7 @@ def render_report(rows: list[Mapping], plots: list[Mapping], config: Mapping) ->
     """Every file of the report by name: ``report.json``, ``report.md``, ``report.html`` and the PNGs.
 
     ``plots`` are the recorded plot specs; the rule comparison and the
-    layers x rules figure are added from the rows (:func:`properties.figures.derived_plots`).
+    layers x rules figure are added from the rows (:func:`properties.report.figures.derived_plots`).
     A ``bars`` plot whose rates are all 0 % or all 100 % becomes a sentence
     (its ``report.json`` entry has ``"file": None`` and ``"text"``).
     """

@@ -16,7 +16,7 @@ import base64
 from html import escape
 from typing import Mapping, Optional, Sequence
 
-from ..papers import opening
+from .papers import opening
 from .markdown import GLOSSARY, RUN_SETTINGS, VERDICT_LINKS, moved, reading_guide, setting
 from .sections import sections, split_by_design
 from .summary import Summary, format_rate, interval, percent, row_anchor, scale_word

@@ -1,8 +1,8 @@
 """``report.md``: the verdict first, the changes since the baseline, the answers, the tables, every rate, the glossary.
 
-The text is generated from the rows (:mod:`properties.summary`), grouped and
-ordered by their keys (:mod:`properties.sections`); rows fixed by
-construction (:func:`properties.keys.by_design`) get a table of their own,
+The text is generated from the rows (:mod:`properties.report.summary`), grouped and
+ordered by their keys (:mod:`properties.report.sections`); rows fixed by
+construction (:func:`properties.measure.keys.by_design`) get a table of their own,
 apart from the measured findings.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from typing import Mapping, Optional, Sequence
 
-from ..papers import opening
+from .papers import opening
 from .sections import sections, split_by_design
 from .summary import SCALE_TEXT, Summary, format_rate, interval, percent, row_anchor, scale_word
 from .tables import Matrix, SubjectGrid, implementation_matrix, is_break, subject_grids
@@ -44,7 +44,7 @@ GLOSSARY = {
                                     "without data contradicts no baseline."),
     "below-floor": ("below_floor", "An absolute gate, with or without a baseline: a conformance property every implementation "
                                    "must satisfy (no_side_effects, finite, dtype_device, batch_independent; "
-                                   "properties.gates.MUST_HOLD) held in fewer than every trial, or a rate's point estimate "
+                                   "properties.measure.gates.MUST_HOLD) held in fewer than every trial, or a rate's point estimate "
                                    "is below a floor the run requires (--require 'PATTERN>=VALUE'). It fails the run."),
     "scale": ("the words for a rate", "Every answer's word is decided from the rate's interval: "
                                       + "; ".join(f"{word}: {rule}" for word, rule in SCALE_TEXT)

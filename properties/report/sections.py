@@ -1,8 +1,8 @@
 """Where a report row goes and in which order: the report's sections, from the rows' keys.
 
-Rows are grouped, sorted and selected by their :class:`~properties.keys.RateKey`
+Rows are grouped, sorted and selected by their :class:`~properties.measure.keys.RateKey`
 fields only (:func:`row_key`), never by testing the name string: sections
-follow :data:`properties.keys.FAMILIES`, then "Other rates" for a name no
+follow :data:`properties.measure.keys.FAMILIES`, then "Other rates" for a name no
 family's layout fits.  Inside a section rows sort *naturally* (``layer2``
 before ``layer10``; a rule label's number is read as a decimal, ``_`` for
 the point: ``gamma0_1 < gamma0_25 < gamma1 < gamma10``).
@@ -14,7 +14,7 @@ import dataclasses
 import re
 from typing import Iterable, Mapping, Optional
 
-from ..keys import FAMILIES, OUTCOMES, SEED, SUBSETS, UNITS, RateKey, by_design
+from ..measure.keys import FAMILIES, OUTCOMES, SEED, SUBSETS, UNITS, RateKey, by_design
 
 __all__ = ["row_key", "natural_key", "row_order", "Section", "sections", "split_by_design", "OTHER", "FAMILY_TITLES"]
 
@@ -156,7 +156,7 @@ def sections(rows: Iterable[Mapping]) -> list[Section]:
 
 
 def split_by_design(rows: Iterable[Mapping]) -> tuple[list, list[tuple[Mapping, str]]]:
-    """(measured rows, [(row, reason)] of rows fixed by construction in section order, see :func:`properties.keys.by_design`)."""
+    """(measured rows, [(row, reason)] of rows fixed by construction in section order, see :func:`properties.measure.keys.by_design`)."""
     measured, fixed = [], []
     for r in rows:
         key = row_key(r)

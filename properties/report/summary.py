@@ -13,7 +13,7 @@
 * the rules-at-a-glance table (rows: rules; columns: zero output, gradient
   match, region match, in-region root exists, conservation).
 
-Rows are found by their :class:`~properties.keys.RateKey` fields only.  A
+Rows are found by their :class:`~properties.measure.keys.RateKey` fields only.  A
 family without rows contributes no sentence, so the same summary serves our
 sweeps and a user's ``subject`` / ``conformance`` run.
 """
@@ -23,7 +23,7 @@ import dataclasses
 import re
 from typing import Iterable, Mapping, Optional
 
-from ..keys import FINDERS, SEED, RateKey
+from ..measure.keys import FINDERS, SEED, RateKey
 from .sections import natural_key, row_key, split_by_design
 
 __all__ = ["Answer", "Gate", "Glance", "Summary", "summarize", "format_rate", "scale_word", "changes", "causes",
@@ -332,7 +332,7 @@ def changes(rows: Iterable[Mapping], limit: int = CHANGES_SHOWN) -> list[Mapping
 
 
 # --------------------------------------------------------------------------- causes
-#: the accounting counts a subject run records (properties.subject), by layer: how to read them back
+#: the accounting counts a subject run records (properties.subjects.subject), by layer: how to read them back
 _ACCOUNT = re.compile(r"^subject (?P<subject>\S+), (?P<rule>\S+), layer (?P<layer>\d+): mean (?P<field>.+) relevance \(dtd\.accounting\)$")
 
 

@@ -1,7 +1,7 @@
 """The report's tables people look at rather than read: implementations x properties, and per subject layers x questions.
 
 Both are built from the rows' keys (never from name strings) and rendered by
-:mod:`properties.markdown` and :mod:`properties.htmlpage`:
+:mod:`properties.report.markdown` and :mod:`properties.report.htmlpage`:
 
 * :func:`implementation_matrix`: one row per implementation (``conformance``
   family), one column per property and population; a cell is a row, or None
@@ -19,7 +19,7 @@ import dataclasses
 import re
 from typing import Iterable, Mapping, Optional
 
-from ..keys import LAYER_NAMES_SEPARATOR, OUTCOMES, SUBSETS, layer_names_label
+from ..measure.keys import LAYER_NAMES_SEPARATOR, OUTCOMES, SUBSETS, layer_names_label
 from .sections import natural_key, row_key
 from .summary import accounting_counts
 
