@@ -13,7 +13,8 @@ from .accounting import Accounting, accounting
 from .decompose import Decomposition, LayerDecomposition, train_free
 from .full_backward import FullBackward, FullBackwardLayer, estimate_cost, full_backward
 from .graph import GraphNetwork
-from .graph_decompose import GraphDecomposition, OperatorRoots
+from .decomposition import GraphDecomposition
+from .graph_decompose import OperatorRoots
 from .network import ReLUNetwork
 from .roots import LinearRoots, MetropolisHastingsRoots, RegionRoots, RegionSamplingRoots, RootFinder
 from .rules import Rule

@@ -48,7 +48,8 @@ from typing import Optional
 
 import torch
 
-from .decompose import Decomposition, LayerDecomposition, checked_activations, edge_shape
+from .decompose import checked_activations
+from .decomposition import Decomposition, LayerDecomposition, edge_shape
 from .graph import dense_only
 from .network import ReLUNetwork
 from .outputs import explain, is_weights

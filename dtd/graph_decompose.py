@@ -31,7 +31,9 @@ from typing import Optional
 
 import torch
 
+from .decomposition import GraphDecomposition, LayerDecomposition, check_output_and_precision, edge_shape
 from .graph import AffineNode, GraphNetwork, MaxPoolNode, ReLUNode, scatter_argmax
+from .roots import LinearRoots, RootFinder
 from .rootsets import RootSet
 from .rules import WEIGHTED, Rule
 from .tolerances import denominator_eps
@@ -180,9 +182,6 @@ def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) ->
     any other finder through its ``find`` (see :func:`decompose`), with
     ``base=`` (every node's value at ``x``) when its ``find`` takes it.
     """
-    from .decompose import check_output_and_precision, edge_shape
-    from .roots import RootFinder
-
     if not isinstance(root_finder, RootFinder):
         raise TypeError(f"root_finder must be a dtd.roots.RootFinder, got {type(root_finder).__name__}")
     output = check_output_and_precision(net, output, "the model's .float() / .double() (and x's)")
@@ -197,8 +196,6 @@ def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) ->
 
 def _operator_rule(root_finder, k: int) -> Optional[Rule]:
     """Layer ``k``'s rule when it is applied through the operators (a neuron rule with :meth:`~dtd.rules.Rule.terms`), else None."""
-    from .roots import LinearRoots
-
     if not isinstance(root_finder, LinearRoots):
         return None
     rule = root_finder.rule(k)
@@ -221,8 +218,6 @@ def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder
     root set's relevance is taken with the layer's dense matrix.
     ``input_shape`` is the decomposition's (the explained ``x``'s shape).
     """
-    from .decompose import LayerDecomposition
-
     values, argmax = net.run(x)
     top = net.output_of(values)
     if isinstance(output, str):
@@ -295,31 +290,3 @@ def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder
         x=x,
         activations=(values, argmax),
     )
-
-
-from .decompose import Decomposition as _Decomposition  # noqa: E402  (decompose imports this module lazily)
-
-
-@dataclasses.dataclass(frozen=True)
-class GraphDecomposition(_Decomposition):
-    """A :class:`~dtd.Decomposition` of a graph network.
-
-    ``layers[k]`` is DTD layer ``k`` with flat tensors (``input`` ``(batch, D_k)``
-    the branch inputs side by side, ``upper_relevance`` ``(batch, J_k)``).
-    ``input_relevance`` ``(batch, prod(input_shape))`` sums what every layer
-    reading the input handed it (a skip from the input included);
-    :attr:`relevance` shows it in ``x``'s shape.  ``x`` is the explained input (a copy),
-    ``activations`` every node's value there (as :meth:`~dtd.graph.GraphNetwork.run`).
-    """
-
-    input_relevance: torch.Tensor = dataclasses.field(default=None, kw_only=True)
-    x: torch.Tensor = dataclasses.field(default=None, kw_only=True)
-    #: every node's value at ``x`` and every max pool's argmax (:meth:`GraphNetwork.run`), kept for the checks
-    activations: tuple = dataclasses.field(default=None, kw_only=True, repr=False, compare=False)
-
-    @property
-    def relevance(self) -> torch.Tensor:
-        flat = self.input_relevance
-        if self.input_shape is None:
-            return flat
-        return flat.reshape((flat.shape[0],) + tuple(self.input_shape))

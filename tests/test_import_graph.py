@@ -17,10 +17,7 @@ The graph is built from the source alone (``ast``; nothing is imported):
 
 A cycle fails the test of the package it passes through, naming each import that closes it (``file:line``). The
 rooms of ``properties/`` (its subpackages) must not form a circle either, even where their modules do not:
-``measure/`` importing ``report/`` would, as ``report/`` reads ``measure/``'s keys. ``dtd/`` still has circles that
-the rewrite of its lowering removes (``dtd/decompose.py`` with ``dtd/graph_decompose.py``; ``dtd/fx_lowering.py``,
-``dtd/graph.py`` and ``dtd/network.py``): its test is an expected failure until then (``strict=False``: it passes
-as soon as they are gone; then drop the mark).
+``measure/`` importing ``report/`` would, as ``report/`` reads ``measure/``'s keys.
 """
 
 from __future__ import annotations
@@ -181,9 +178,7 @@ def circles_through(package: str, root: Path = ROOT) -> list[str]:
     "properties",
     "benchmarks",
     "dtd_properties_pytest",
-    pytest.param("dtd", marks=pytest.mark.xfail(
-        strict=False, reason="dtd/'s circles (decompose <-> graph_decompose; fx_lowering -> graph -> network -> "
-                             "fx_lowering) go with the rewrite of its lowering into dtd/lowering/; then drop this")),
+    "dtd",
 ])
 def test_no_import_circle(package):
     found = circles_through(package)

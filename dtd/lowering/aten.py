@@ -56,7 +56,7 @@ from ..operators import Conv, Dense, Embed, IndexMap, Interpolation, Narrow, Poo
 from .build import Act, Builder, Lin, Refused, Unit, is_value, per_point
 from .capture import BATCH, display_name, operation_name
 
-__all__ = ["AFFINE", "PIECEWISE_LINEAR", "HANDLERS", "LIKE", "refusal", "training_mode", "training_refusal", "prepass_refusal", "expand_to", "bind"]
+__all__ = ["AFFINE", "PIECEWISE_LINEAR", "HANDLERS", "LIKE", "refusal", "training_mode", "training_refusal", "prepass_refusal", "bind"]
 
 Handler = Callable[[Builder, torch.fx.Node, dict], object]
 HANDLERS: dict[str, Handler] = {}
@@ -149,24 +149,13 @@ def _index_map(b: Builder, node, x, function, *, injective: bool, spatial_only: 
     return b.apply(x, op)
 
 
-def expand_to(b: Builder, x, shape: tuple, where: str):
-    """``x`` broadcast to per-point ``shape`` (an index map), as a ``+`` of differently shaped activations needs."""
-    if len(x.shape) != len(shape):
-        raise Refused(f"{where} broadcasts activations of shape {x.shape} against {shape} (different ranks)")
-    target = tuple(shape)
-    op = IndexMap(lambda t, target=target: t.expand((t.shape[0],) + target), x.shape, target,
-                  injective=x.shape == target, name="expand",
-                  spatial_only=len(target) > 1 and x.shape[0] == target[0])
-    return b.apply(x, op)
-
-
 @_handles("expand")
 def _expand(b, node, a):
     x = _value(b, node, a["self"])
     size = list(a["size"])
     if int(size[0]) not in (BATCH, -1) or len(size) != len(x.shape) + 1:
         raise Refused(f"{_where(b, node)} broadcasts along the batch dimension or adds leading dimensions")
-    return expand_to(b, x, shape_of(node), _where(b, node))
+    return b.expand(x, shape_of(node), _where(b, node))
 
 
 @_handles("permute")
@@ -748,7 +737,7 @@ def _neg(b, node, a):
 
 def _multiply(b, node, value, factor, out):
     if tuple(value.shape) != tuple(out):
-        value = expand_to(b, value, out, _where(b, node))
+        value = b.expand(value, out, _where(b, node))
     if not isinstance(factor, torch.Tensor):
         return b.scale(value, float(factor))
     f = _f64(factor)
@@ -914,7 +903,7 @@ def _extremum(b, node, a):
         return b.add(left, hinge, _where(b, node), out)
     value, const = (left, right) if is_value(left) else (right, left)
     if tuple(value.shape) != tuple(out):
-        value = expand_to(b, value, out, _where(b, node))
+        value = b.expand(value, out, _where(b, node))
     c = per_point(const, out, _where(b, node))
     return _clamp(b, node, value, c, None) if upper else _clamp(b, node, value, None, c)
 

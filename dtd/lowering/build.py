@@ -28,7 +28,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..graph import AffineNode, Branch, InputNode, MaxPoolNode, ReLUNode
-from ..operators import Chain, Embed, Multiply, Narrow, Operator, Parallel, Reshape, Scale, Zero
+from ..operators import Chain, Embed, IndexMap, Multiply, Narrow, Operator, Parallel, Reshape, Scale, Zero
 from .capture import BATCH, Captured
 from .compose import dense_bytes, dense_chain, describe_ops, merge_convolutions, simplify, size_text
 
@@ -159,15 +159,13 @@ class Builder:
         return self.lin(value) if op is None else self.apply(value, op, name)
 
     def add(self, left, right, where: str, shape: tuple) -> Lin:
-        """``left + right`` of per-point ``shape``: values (broadcast by the lowering's expand) and constants."""
-        from .aten import expand_to  # the broadcast is an index map built there
-
+        """``left + right`` of per-point ``shape``: values (broadcast to it by :meth:`expand`) and constants."""
         parts = []
         const = None
         for v in (left, right):
             if is_value(v):
                 if tuple(v.shape) != tuple(shape):
-                    v = expand_to(self, v, shape, where)
+                    v = self.expand(v, shape, where)
                 parts.append(self.lin(v))
             else:
                 c = per_point(v, shape, where)
@@ -178,6 +176,16 @@ class Builder:
         for c in consts:
             total = c.clone() if total is None else total + c
         return Lin(branches, total, tuple(shape))
+
+    def expand(self, value: Value, shape: tuple, where: str) -> Lin:
+        """``value`` broadcast to per-point ``shape`` (an index map): a ``+`` of differently shaped activations."""
+        if len(value.shape) != len(shape):
+            raise Refused(f"{where} broadcasts activations of shape {value.shape} against {shape} (different ranks)")
+        target = tuple(shape)
+        op = IndexMap(lambda t, target=target: t.expand((t.shape[0],) + target), value.shape, target,
+                      injective=tuple(value.shape) == target, name="expand",
+                      spatial_only=len(target) > 1 and value.shape[0] == target[0])
+        return self.apply(value, op)
 
     # ------------------------------------------------------------------ DTD layers
     def affine_node(self, lin: Lin, where: str) -> int:
