@@ -1,4 +1,11 @@
-"""``python -m benchmarks.graphs [--size 224] [--repeats 3] [--out DIR]``: DTD on real-size torchvision models, zennit beside it.
+"""``python -m benchmarks.graphs [--size 224] [--repeats 3] [--out DIR]``: DTD on real-size models, zennit beside it.
+
+Models: torchvision's by name (``resnet18``, ``vgg16``), timm's as ``timm:NAME``
+(``timm:resnet50``), segmentation_models_pytorch's as ``smp:ARCH`` (``smp:Unet``,
+resnet18 encoder, 2 classes); ``NAME@SIZE`` sets one model's input side
+(``smp:Unet@256``).  A classifier is explained at the first point's predicted
+class; a segmentation model over a mask (class 1 on the image's centre half:
+output weights, ``sum(w * y)``).
 
 Each model runs in a fresh process (its peak RSS is its own, including the
 ~500 MiB of Python and torch).  Random weights with randomised batch-norm
@@ -46,7 +53,16 @@ def _model(name: str):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = getattr(torchvision.models, name)()
+        if name.startswith("timm:"):
+            import timm
+
+            model = timm.create_model(name[5:], pretrained=False)
+        elif name.startswith("smp:"):
+            import segmentation_models_pytorch as smp
+
+            model = getattr(smp, name[4:])("resnet18", encoder_weights=None, classes=2)
+        else:
+            model = getattr(torchvision.models, name)()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in model.modules():
@@ -56,28 +72,34 @@ def _model(name: str):
     return model.eval()
 
 
-def _zennit_relevance(model, x, output: int) -> torch.Tensor:
-    """zennit's z+ (``ZPlus(zero_params="bias")`` on every Conv2d and Linear, its canonizer merging batch norms, ``Norm``
-    on a ResNet's residual sums -- without it each sum hands both branches the whole relevance) of ``x``."""
+def _zennit_relevance(model, x, output) -> torch.Tensor:
+    """zennit's z+ (``ZPlus(zero_params="bias")`` on every Conv2d and Linear, its canonizers merging batch norms, ``Norm``
+    on a torchvision ResNet's residual sums -- without it each sum hands both branches the whole relevance) of ``x``,
+    of output ``output`` (an int) or of ``sum(output * y)`` (a weight tensor)."""
+    from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.composites import LayerMapComposite
-    from zennit.rules import ZPlus
-    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
-
     from zennit.layer import Sum
-    from zennit.rules import Norm
+    from zennit.rules import Norm, ZPlus
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
     rule = ZPlus(zero_params="bias")
     layer_map = [(torch.nn.Conv2d, rule), (torch.nn.Linear, rule)]
-    if hasattr(model, "layer1"):  # the canonizer's residual Sum shares relevance by its inputs' shares (Norm), as zennit's composites do
-        canonizer, layer_map = ResNetCanonizer(), [(Sum, Norm())] + layer_map
-    else:
-        canonizer = VGGCanonizer()
-    composite = LayerMapComposite(layer_map=layer_map, canonizers=[canonizer])
+    torchvision_resnet = type(model).__module__.startswith("torchvision") and hasattr(model, "layer1")
+    if torchvision_resnet:  # the canonizer's residual Sum shares relevance by its inputs' shares (Norm), as zennit's composites do
+        canonizers, layer_map = [ResNetCanonizer()], [(Sum, Norm())] + layer_map
+    elif type(model).__module__.startswith("torchvision"):
+        canonizers = [VGGCanonizer()]
+    else:  # timm and smp: every batch norm right after a convolution among a module's children (conv1, bn1; or 0, 1)
+        canonizers = [SequentialMergeBatchNorm()]
+    composite = LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
     xx = x.clone().requires_grad_(True)
     with composite.context(model) as modified:
         out = modified(xx)
-        seed = torch.zeros_like(out)
-        seed[:, output] = out[:, output]
+        if isinstance(output, torch.Tensor):
+            seed = out * output
+        else:
+            seed = torch.zeros_like(out)
+            seed[:, output] = out[:, output]
         (relevance,) = torch.autograd.grad(out, xx, seed)
     return relevance
 
@@ -141,8 +163,15 @@ def measure(name: str, size: int, roots: bool, neurons: int, repeats: int) -> di
     model = _model(name)
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     lower, net = _timed(lambda: dtd.ReLUNetwork.from_module(model, (3, size, size)))
+    lower_peak = peak_rss_mb()
     with torch.no_grad():
-        output = int(model(x)[0].argmax())
+        y = model(x)
+    if y.dim() == 2:
+        output = int(y[0].argmax())
+    else:  # a segmentation map: class 1 over the centre half of the image
+        output = torch.zeros(y.shape[1:])
+        h, w = y.shape[2:]
+        output[1, h // 4 : h - h // 4, w // 4 : w - w // 4] = 1.0
     train_free, zennit = [], []
     for _ in range(repeats + 1):  # the first round warms both up and is not counted
         train_free.append(_timed(lambda: dtd.train_free(net, x, rule="z+", output=output))[0])
@@ -151,7 +180,8 @@ def measure(name: str, size: int, roots: bool, neurons: int, repeats: int) -> di
     theirs = _zennit_relevance(model, x, output)
     ours = dec.relevance
     result = {"model": name, "input": [3, size, size], "points": 2, "layers": net.n_layers, "repeats": repeats,
-              "lower_s": lower, "train_free_s": _median(train_free[1:]), "zennit_s": _median(zennit[1:]),
+              "lower_s": lower, "lower_peak_rss_mb": lower_peak,
+              "explained": "predicted class" if isinstance(output, int) else "mask (class 1, centre half)", "train_free_s": _median(train_free[1:]), "zennit_s": _median(zennit[1:]),
               "relevance_difference": float((ours - theirs).abs().max() / ours.abs().max())}
     result["train_free_over_zennit"] = result["train_free_s"] / result["zennit_s"]
     result["train_free_peak_rss_mb"] = peak_rss_mb()
@@ -162,7 +192,8 @@ def measure(name: str, size: int, roots: bool, neurons: int, repeats: int) -> di
             seconds.append(t)
             roots_by_layer = [selected_roots(dec.layers[k].root_set, 0, 2, kept[k]).reshape(-1, net.in_features(k)) for k in range(net.n_layers)]
             points = [torch.arange(2).repeat_interleave(kept[k].shape[1]) for k in range(net.n_layers)]
-            floors.append(_floor_seconds(net, dec, roots_by_layer, points, output))
+            floors.append(_floor_seconds(net.explaining(output) if isinstance(output, torch.Tensor) else net, dec,
+                                         roots_by_layer, points, 0 if isinstance(output, torch.Tensor) else output))
             del roots_by_layer
         result.update(roots_s=_median(seconds), floor_s=_median(floors), neurons=neurons,
                       roots_s_all=seconds, floor_s_all=floors)
@@ -177,7 +208,8 @@ def table(rows: list[dict]) -> str:
              "root questions (s) | floor (s) | ratio | peak RSS (MiB) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         roots = (f"{r['roots_s']:.1f} | {r['floor_s']:.1f} | {r['roots_over_floor']:.2f}x" if "roots_s" in r else "– | – | –")
-        lines.append(f"| {r['model']} | {'x'.join(map(str, r['input']))}, {r['points']} points | {r['layers']} | {r['lower_s']:.1f} | "
+        label = r["model"] + (" (a mask)" if "mask" in r.get("explained", "") else "")
+        lines.append(f"| {label} | {'x'.join(map(str, r['input']))}, {r['points']} points | {r['layers']} | {r['lower_s']:.1f} | "
                      f"{r['train_free_s']:.2f} | {r['zennit_s']:.2f} | {r['train_free_over_zennit']:.2f}x | "
                      f"{r['relevance_difference']:.1e} | {roots} | {r['peak_rss_mb']:,.0f} |")
     return "\n".join(lines)
@@ -196,9 +228,10 @@ def main(argv=None) -> None:
                         help="update these models' rows of OUT/graphs.json (a row keeps its root-question columns when they are not re-timed)")
     args = parser.parse_args(argv)
     rows = []
-    for name in args.models:
-        spec = json.dumps({"name": name, "size": args.size, "roots": name in args.roots, "neurons": args.neurons,
-                           "repeats": args.repeats})
+    for model in args.models:
+        name, _, size = model.partition("@")
+        spec = json.dumps({"name": name, "size": int(size) if size else args.size, "roots": model in args.roots,
+                           "neurons": args.neurons, "repeats": args.repeats})
         done = subprocess.run([sys.executable, "-m", "benchmarks.graphs", "--one", spec], capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{name}: {done.stderr[-2000:]}")

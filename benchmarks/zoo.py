@@ -100,7 +100,7 @@ _HF = ["resnet", "regnet", "mobilenet_v2", "convnext", "vit"]
 
 def all_models() -> list[dict]:
     entries = timm_models()
-    entries += [{"source": "torchvision", "family": name.rstrip("0123456789_").split("_")[0], "name": name}
+    entries += [{"source": "torchvision", "family": re.match(r"[a-z]+", name).group(0), "name": name}
                 for name in _TV_CLASSIFICATION]
     entries += [{"source": "torchvision segmentation", "family": name.split("_")[0], "name": name, "select": "out"}
                 for name in _TV_SEGMENTATION]

@@ -154,6 +154,7 @@ OPERATIONS = [
     ("split, chunk, unbind, narrow, cat, stack", lambda: Op(Fn(_pieces))),
     ("flip, roll, repeat", lambda: Op(Fn(lambda x: x.flip(3).roll(2, 2).repeat(1, 2, 1, 1)))),
     ("broadcast add", lambda: Op(Fn(lambda x: x + x.mean((2, 3), keepdim=True)))),
+    ("Tensor.unfold, F.unfold", lambda: Op(Fn(lambda x: x.unfold(3, 3, 2).flatten(3) + F.unfold(x, 3, padding=1).reshape(x.shape[0], 27, 6, 6)[:, :3]))),
     ("constant padding with a value", lambda: Op(Fn(lambda x: F.pad(x, (1, 2, 0, 1), value=0.5)))),
     ("negation, subtraction, division", lambda: Op(Fn(lambda x: -x - 1 + (x / 4) - 3 * x))),
     ("per-channel constants", lambda: Op(PerChannel())),

@@ -56,7 +56,7 @@ from ..operators import Conv, Dense, Embed, IndexMap, Interpolation, Narrow, Poo
 from .build import Act, Builder, Lin, Refused, Unit, is_value, per_point
 from .capture import BATCH, display_name, operation_name
 
-__all__ = ["AFFINE", "PIECEWISE_LINEAR", "HANDLERS", "LIKE", "refusal", "training_mode", "training_refusal", "prepass_refusal", "bind"]
+__all__ = ["AFFINE", "PIECEWISE_LINEAR", "HANDLERS", "LIKE", "IGNORED", "refusal", "training_mode", "training_refusal", "prepass_refusal", "bind"]
 
 Handler = Callable[[Builder, torch.fx.Node, dict], object]
 HANDLERS: dict[str, Handler] = {}
@@ -355,6 +355,25 @@ def _repeat(b, node, a):
         return x
     return _index_map(b, node, x, lambda t, r=tuple(repeats): t.repeat(r), injective=False,
                       spatial_only=len(repeats) > 2 and repeats[1] == 1)
+
+
+@_handles("unfold")
+def _unfold(b, node, a):
+    """``Tensor.unfold(dim, size, step)``: sliding windows of one axis as a new last axis (an index map)."""
+    x = _value(b, node, a["self"])
+    d = _dim(b, node, a["dimension"], len(x.shape) + 1)
+    size, step = int(a["size"]), int(a["step"])
+    return _index_map(b, node, x, lambda t, d=d, size=size, step=step: t.unfold(d, size, step), injective=step >= size,
+                      spatial_only=d > 1)
+
+
+@_handles("im2col")
+def _im2col(b, node, a):
+    """``F.unfold``: every window of a convolution's input as a column (an index map)."""
+    x = _value(b, node, a["self"])
+    params = [a["kernel_size"], a["dilation"], a["padding"], a["stride"]]
+    overlapping = any(s < k for s, k in zip(a["stride"], a["kernel_size"]))
+    return _index_map(b, node, x, lambda t, p=params: F.unfold(t, *p), injective=not overlapping)
 
 
 @_handles("index_select")
@@ -994,6 +1013,10 @@ _INDICES = _Indices()
 
 
 # --------------------------------------------------------------------------- classes and refusals
+#: operations of the graph that compute nothing the model returns (export's own shape and value assertions)
+IGNORED = frozenset(("_assert_tensor_metadata", "_assert_async", "_assert_scalar", "_functional_assert_async",
+                     "_functional_assert_scalar", "sym_constrain_range", "sym_constrain_range_for_size", "_print"))
+
 #: operations whose result is a constant of the input's shape (``zeros_like(x)``): they do not depend on its values
 LIKE = frozenset(("zeros_like", "ones_like", "full_like", "empty_like", "new_zeros", "new_ones", "new_full", "new_empty"))
 

@@ -10,7 +10,7 @@ import torch
 from torch.export.graph_signature import InputKind, OutputKind
 
 from ..graph import AffineNode, Branch, GraphNetwork, InputNode, ReLUNode
-from .aten import _INDICES, HANDLERS, LIKE, bind, prepass_refusal, refusal, training_refusal
+from .aten import _INDICES, HANDLERS, IGNORED, LIKE, bind, prepass_refusal, refusal, training_refusal
 from .build import Act, Builder, Lin, Refused, is_value
 from .capture import Captured, operation_name
 
@@ -25,7 +25,7 @@ def _depends(program) -> set:
         if node.op == "placeholder":
             if specs.get(node.name) == InputKind.USER_INPUT:
                 depends.add(node)
-        elif node.op == "call_function" and operation_name(node) not in LIKE:
+        elif node.op == "call_function" and operation_name(node) not in LIKE | IGNORED:
             if any(a in depends for a in node.all_input_nodes):
                 depends.add(node)
     return depends
@@ -106,6 +106,9 @@ def lower_captured(captured: Captured, input_shape: tuple, memory_budget: int) -
                 raise Refused(f"the model's graph takes an input of kind {spec.kind.name} ({node.name!r}); "
                               "DTD lowers models of one input tensor")
         elif node.op == "call_function":
+            if operation_name(node) in IGNORED:
+                env[node.name] = None
+                continue
             args, kwargs = _map(node.args, env), _map(node.kwargs, env)
             if node.target is operator.getitem:
                 container, index = args

@@ -15,6 +15,7 @@ judged on fewer points and sampled neurons (:data:`GRAPH_SUBJECTS`) to keep
 from __future__ import annotations
 
 import pytest
+import torch
 
 import dtd
 from properties.subjects import digits
@@ -71,3 +72,32 @@ def test_graph_subjects(property_report, name):
     # zB at the input takes every bit of relevance z+ leaves at the digits' zero border: conservation holds there
     zb = result.rates[RateKey("subject", "conserved", subject=name, rule="zB")][0]
     assert zb.successes == zb.trials == len(subject.inputs), f"{name}, zB: {zb}"
+
+
+#: the segmentation subjects: points and neurons (the U-Net's layers are small; its f_k recomputes up to 7 of them)
+SEGMENTATION_POINTS, SEGMENTATION_NEURONS = 100, 16
+#: the explained pixel (class 1, ink, near the digit's centre) and the region of the mask (the centre 4x4)
+INK_PIXEL, MASK_ROWS, MASK_COLS = (1, 3, 4), slice(2, 6), slice(2, 6)
+
+
+def test_segmentation_subjects(property_report):
+    """The digits U-Net (:func:`properties.subjects.digits.digits_unet`: leaky ReLUs, max pooling, a transposed
+    convolution, a nearest upsampling, skips by cat, a ReLU6), judged like a user's segmentation model: explained at
+    one pixel of the ink class (``subject.digits_unet_pixel.*``, the points whose logit there is positive) and over
+    the image's centre (``subject.digits_unet_mask.*``: output weights +1 on the ink logits and -1 on the background
+    logits of the centre 4x4, how much more ink than background the model sees there; the top layer is one neuron)."""
+    trained = digits.digits_unet()
+    assert trained.test_accuracy >= MIN_ACCURACY, f"digits_unet: held-out pixel accuracy {trained.test_accuracy:.3f}"
+    mask = torch.zeros(2, 8, 8)
+    mask[1, MASK_ROWS, MASK_COLS] = 1.0
+    mask[0, MASK_ROWS, MASK_COLS] = -1.0
+    for name, outputs in (("digits_unet_pixel", INK_PIXEL), ("digits_unet_mask", mask)):
+        subject = Subject(name, trained.model, trained.data.test_x[:SEGMENTATION_POINTS], outputs=outputs, rules=RULES,
+                          input_box=(0.0, 1.0), neurons_per_point=SEGMENTATION_NEURONS)
+        assert isinstance(subject.network, dtd.GraphNetwork)
+        assert subject.network.output_shape == ((2, 8, 8) if name.endswith("pixel") else (1,))
+        result = evaluate(subject, seed=property_report.seed, confidence=property_report.confidence)
+        result.record(property_report)
+        property_report.count(f"subject {name}: held-out pixel accuracy", trained.test_accuracy)
+        for label in RULES:
+            assert RateKey("subject", "conserved", subject=name, rule=label) in result.rates
