@@ -16,7 +16,9 @@ model mixes into another shows up as a size that is not 2.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
@@ -189,8 +191,21 @@ def _pick(tree, select) -> Any:
     return node
 
 
+@contextlib.contextmanager
+def _quiet_fake_tensors():
+    """torch logs an ERROR line for an operation that fails on fake tensors before it raises; the lowering reports the
+    failure itself (:func:`_export_error`), so that logger is silenced while exporting (and restored)."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _export(module: nn.Module, example: torch.Tensor, strict: bool) -> torch.export.ExportedProgram:
-    with torch.random.fork_rng(devices=[]), torch.no_grad():  # export draws from torch's global RNG
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), _quiet_fake_tensors():  # export draws from the global RNG
         program = torch.export.export(module, (example,), strict=strict)
         return program.run_decompositions({})
 
