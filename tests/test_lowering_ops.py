@@ -222,13 +222,13 @@ def _nearest(in_shape, s):
 
 def _bilinear(in_shape):
     out = (in_shape[0], in_shape[1] * 2, in_shape[2] * 2)
-    from dtd.lowering.aten import _axis_matrices
+    from dtd.lowering.linear import axis_matrices
     from dtd.operators import Interpolation
 
     def base(t):
         return F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)
 
-    return Interpolation(base, in_shape, out, _axis_matrices(base, in_shape, out), name="upsample_bilinear2d")
+    return Interpolation(base, in_shape, out, axis_matrices(base, in_shape, out), name="upsample_bilinear2d")
 
 
 COMPOSITES = [  # (what, original primitives): each is rewritten (or recognised) into an exact matrix-free form

@@ -10,7 +10,10 @@ import torch
 from torch.export.graph_signature import InputKind, OutputKind
 
 from ..graph import AffineNode, Branch, GraphNetwork, InputNode, ReLUNode
-from .aten import _INDICES, HANDLERS, IGNORED, LIKE, bind, prepass_refusal, refusal, training_refusal
+from . import linear as _linear  # noqa: F401  (registers the affine operations)
+from .aten import HANDLERS, IGNORED, LIKE, bind
+from .hinges import INDICES
+from .refusals import prepass_refusal, refusal, training_refusal
 from .build import Act, Builder, Lin, Refused, is_value
 from .capture import Captured, operation_name
 
@@ -113,7 +116,7 @@ def lower_captured(captured: Captured, input_shape: tuple, memory_budget: int) -
             if node.target is operator.getitem:
                 container, index = args
                 value = container[index]
-                if value is _INDICES:
+                if value is INDICES:
                     raise Refused(f"cannot lower {captured.where(node)}: it reads a max pooling's argmax indices "
                                   "(data-dependent positions)")
                 env[node.name] = value
