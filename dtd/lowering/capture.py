@@ -232,9 +232,9 @@ def _export_error(model: nn.Module, example: torch.Tensor, error: Exception, inp
     return TypeError(
         f"torch.export cannot capture {type(model).__name__} at input shape {input_shape} ({type(error).__name__}: "
         f"{first_line}). What to try: make forward's Python independent of tensor values (no `if x.sum() > 0:`; "
-        "torch.cond for a data-dependent branch), pass a wrapper module whose forward calls the model the way it "
-        "should be explained, or export it yourself (torch.export.export(model, (x,), strict=False)) and pass the "
-        "ExportedProgram to from_module"
+        "torch.cond for a data-dependent branch); pass a wrapper module whose forward calls the model the way it "
+        "should be explained; or export it yourself -- the lowering exports with strict=False, and "
+        "torch.export.export(model, (x,), strict=True) traces differently -- and pass the ExportedProgram to from_module"
     )
 
 
