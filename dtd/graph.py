@@ -15,6 +15,20 @@
   a linear region a max pooling selects one input per window (its argmax),
   so the region of an input is its ReLU pattern *and* its argmax pattern.
 
+Other piecewise-linear activations are ReLU units (:mod:`dtd.lowering`):
+``f(z) = c + sum_m s_m relu(sigma_m z + beta_m)``.  The layer before the
+activation computes every unit's pre-activation, stacked along a new first
+axis; one ReLU node follows; the layer after reads all the units.  For DTD
+that means: a ReLU6 layer is ``relu(z)`` and ``relu(z - 6)`` (the bias
+``-6`` of the second unit is a bias like any other), and the next layer reads
+``a = [relu(z), relu(z - 6)]`` with weights ``[W, -W]``; a leaky ReLU with
+slope ``s`` gives ``a = [relu(z), relu(-z)]`` with weights ``[W, -s W]``;
+``abs`` ``[W, W]``; ``hardtanh``, ``clamp`` and ``hardsigmoid`` are ReLU6's
+shape with other offsets and scales.  Every layer input stays non-negative,
+so z+ and gamma apply after these activations as after a ReLU; a max pooling
+of a non-decreasing one pools its units (``relu(-z)``'s by a min pooling:
+:attr:`MaxPoolNode.signs`).
+
 Semantics shared by every computation on a graph:
 
 * relevance reaching an activation from several consumers is summed;
