@@ -81,8 +81,9 @@ def test_trained_maxpool_cnn_and_resnet_are_accurate_reproducible_and_cached(nam
         next(second.model.parameters()).add_(1.0)
     assert not torch.equal(next(make().model.parameters()), next(second.model.parameters()))
     # deterministic: two fresh trainings (not the cache; a few steps of the same code) give the same bits
-    build, _, learning_rate, batch_size = digits._CACHED[name]
-    one, two = (digits._train(build, 0, steps=1, learning_rate=learning_rate, batch_size=batch_size) for _ in range(2))
+    build, _, learning_rate, batch_size, target = digits._CACHED[name]
+    one, two = (digits._train(build, 0, steps=1, learning_rate=learning_rate, batch_size=batch_size, target=target)
+                for _ in range(2))
     for (key, a), (_, b) in zip(one.model.state_dict().items(), two.model.state_dict().items()):
         assert torch.equal(a, b), f"{key} differs between two trainings"
 
@@ -92,3 +93,20 @@ def test_cached_trainings_reject_a_bad_seed():
         digits.digits_resnet("0")
     with pytest.raises(ValueError, match="seed"):
         digits.digits_maxpool(-1)
+
+
+def test_the_digits_unet_segments_ink_and_trains_reproducibly():
+    first = digits.digits_unet()
+    assert first.test_accuracy >= 0.95  # held-out pixel accuracy of the ink / background segmentation
+    x = first.data.test_x[:5]
+    with torch.no_grad():
+        out = first.model(x)
+    assert out.shape == (5, 2, 8, 8)
+    assert float((out.argmax(1) == digits.ink(x)).double().mean()) >= 0.9  # it segments the ink of these five too
+    second = digits.digits_unet()
+    assert second.model is not first.model
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()))
+    build, _, learning_rate, batch_size, target = digits._CACHED["unet"]
+    one, two = (digits._train(build, 0, steps=1, learning_rate=learning_rate, batch_size=batch_size, target=target)
+                for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(one.model.state_dict().values(), two.model.state_dict().values()))

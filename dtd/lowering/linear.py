@@ -307,6 +307,8 @@ def _pad(b, node, a):
     rank = len(x.shape) + 1
     if len(pad) // 2 > rank - 1:
         raise Refused(f"{where(b, node)} pads the batch dimension")
+    if not any(pad):  # a padding of nothing (TensorFlow-style 'same' padding before a 1x1 convolution): the identity
+        return x
     spatial = len(pad) // 2 <= rank - 2
     if mode == "constant":
         injective = True
