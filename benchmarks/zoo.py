@@ -19,9 +19,10 @@ One row per model, its ``status``:
 * ``refused: not piecewise linear`` -- a ``TypeError`` naming the operation
   (``reason``: ``silu``, ``layer_norm``, ``softmax``, a product of
   activations, ...) and its module;
-* ``refused: no exact form within the memory budget`` -- piecewise linear,
+* ``refused: no exact form within the limits`` -- piecewise linear,
   but an affine map whose modified weights have no matrix-free form and whose
-  dense matrix exceeds ``memory_budget`` (the default 1 GiB);
+  dense matrix exceeds ``memory_budget`` (the default 1 GiB) or would take more
+  than ``dtd.lowering.DENSE_WORK_LIMIT`` multiply-adds to compute;
 * ``refused: cannot be captured`` -- ``torch.export`` cannot capture the model;
 * ``failed`` -- anything else (an error of the lowering, a time-out): the
   list that must stay empty.
@@ -162,7 +163,7 @@ def classify(error: BaseException) -> tuple[str, str]:
     if isinstance(error, TypeError) and "torch.export cannot capture" in message:
         return "refused: cannot be captured", message[:300]
     if isinstance(error, ValueError) and "has no exact operator form" in message:
-        return "refused: no exact form within the memory budget", message[:300]
+        return "refused: no exact form within the limits", message[:300]
     return "failed", f"{type(error).__name__}: {message[:300]}"
 
 
@@ -233,13 +234,13 @@ def sweep(entries: list[dict], size: int, timeout: int) -> list[dict]:
 
 def coverage(rows: list[dict]) -> str:
     lowered = sum(r["status"] == "lowered" for r in rows)
-    budget = sum(r["status"] == "refused: no exact form within the memory budget" for r in rows)
+    budget = sum(r["status"] == "refused: no exact form within the limits" for r in rows)
     refused = sum(r["status"] == "refused: not piecewise linear" for r in rows)
     captured = sum(r["status"] == "refused: cannot be captured" for r in rows)
     failed = sum(r["status"] == "failed" for r in rows)
     inexact = sum(r["status"] == "lowered" and not r["difference"] <= 1e-8 for r in rows)
-    return (f"{len(rows)} models: {lowered} lowered of {lowered + budget} piecewise-linear ones ({budget} refused for "
-            f"memory_budget); {refused} refused by the operation that is not piecewise linear; {captured} torch.export "
+    return (f"{len(rows)} models: {lowered} lowered of {lowered + budget} piecewise-linear ones ({budget} without an exact "
+            f"form within memory_budget and DENSE_WORK_LIMIT); {refused} refused by the operation that is not piecewise linear; {captured} torch.export "
             f"cannot capture; {failed} failed; {inexact} lowered with a forward difference above 1e-8")
 
 

@@ -292,7 +292,7 @@ def test_dense_folds_take_the_shortcut_only_where_it_is_the_same_matrix():
     torch.testing.assert_close(fast, slow, rtol=FOLD_RTOL, atol=1e-12)
 
 
-def test_a_composite_without_an_exact_form_is_dense_within_the_budget_or_refused_naming_it():
+def test_a_composite_without_an_exact_form_is_dense_within_the_budget_or_refused_naming_it(monkeypatch):
     model = _seeded(lambda: Op(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Upsample(scale_factor=2, mode="bilinear")),
                                head=nn.Sequential(nn.ReLU(), nn.Flatten(), nn.Linear(3 * 144, 2))))
     net = lower_module(model, (3, 6, 6))
@@ -302,6 +302,11 @@ def test_a_composite_without_an_exact_form_is_dense_within_the_budget_or_refused
     with pytest.raises(ValueError, match=r"conv2d -> upsample_bilinear2d; modules 'stem', 'op\.0', 'op\.1'.*"
                                          r"108 inputs x 432 outputs.*memory_budget=1,000"):
         lower_module(model, (3, 6, 6), memory_budget=1000)
+    # and where the fold would take too long to compute (a limit read at every fold)
+    cost = compose.dense_work(Chain([_conv((3, 3, 3, 3), (3, 6, 6), 0, padding=1), _bilinear((3, 6, 6))]))
+    monkeypatch.setattr(dtd.lowering, "DENSE_WORK_LIMIT", cost // 2)
+    with pytest.raises(ValueError, match=r"108 inputs x 432 outputs\) would take about .* multiply-adds.*DENSE_WORK_LIMIT"):
+        lower_module(model, (3, 6, 6))
 
 
 # --------------------------------------------------------------------------- z+ against written-out references

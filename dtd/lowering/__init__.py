@@ -52,6 +52,7 @@ from .walk import build_network, lower_captured
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "DENSE_WORK_LIMIT",
     "FORWARD_CHECK_RTOL",
     "AffineLayer",
     "LoweredModel",
@@ -62,6 +63,11 @@ __all__ = [
 
 #: Largest dense matrix (bytes, float64) one affine map without an exact operator form may be folded into: 1 GiB.
 DEFAULT_MEMORY_BUDGET = 1 << 30
+
+#: Largest number of multiply-adds one dense fold may take (:func:`dtd.lowering.compose.dense_work`): about half a
+#: minute on two cores; a larger one is refused naming the modules (``dtd.lowering.DENSE_WORK_LIMIT = ...`` raises
+#: it, read at every fold).
+DENSE_WORK_LIMIT = 5 * 10**10
 
 #: Largest difference between the lowered network's output and the model's own on a random input, relative to the
 #: largest output, before the lowering reports itself wrong (float32 allows the rounding of a deep network's sums).

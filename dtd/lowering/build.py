@@ -30,7 +30,7 @@ import torch
 from ..graph import AffineNode, Branch, InputNode, MaxPoolNode, ReLUNode
 from ..operators import Chain, Embed, IndexMap, Multiply, Narrow, Operator, Parallel, Reshape, Scale, Zero
 from .capture import BATCH, Captured
-from .compose import dense_bytes, dense_chain, describe_ops, merge_convolutions, simplify, size_text
+from .compose import dense_bytes, dense_chain, dense_work, describe_ops, merge_convolutions, simplify, size_text
 
 __all__ = ["Act", "Lin", "Value", "Refused", "Builder", "Unit", "per_point", "is_value"]
 
@@ -216,25 +216,32 @@ class Builder:
         self._materialised[key] = (lin, node_id)  # the value is kept alive, so its id is not reused
         return node_id
 
-    def _too_large(self, what: str, names, where: str, n_in: int, n_out: int) -> ValueError:
+    def _dense_or_refused(self, op, what: str, names, where: str) -> Chain:
+        """``op`` folded into one dense matrix, or the ``ValueError`` saying why it cannot be (memory, time)."""
+        from . import DENSE_WORK_LIMIT  # read at every call: raised where the time is there
+
         listed = ", ".join(repr(n) for n in dict.fromkeys(names) if n and n != "skip") or "(no module)"
-        needed = n_in * n_out * 8
-        return ValueError(
-            f"the affine map before {where} ({what}; modules {listed}) has no exact operator form for DTD's modified "
-            f"weights (W+, W-, W*W: its entries are sums of several products of its parts'), and its dense matrix "
-            f"({n_in:,} inputs x {n_out:,} outputs) would need {size_text(needed)}, more than "
-            f"memory_budget={self.memory_budget:,}; pass a larger memory_budget= (where the memory is there), or put a "
-            "ReLU between the maps"
-        )
+        n_in, n_out = op.in_features, op.out_features
+        start = (f"the affine map before {where} ({what}; modules {listed}) has no exact operator form for DTD's "
+                 f"modified weights (W+, W-, W*W: its entries are sums of several products of its parts'), and its dense "
+                 f"matrix ({n_in:,} inputs x {n_out:,} outputs)")
+        needed = dense_bytes(op)
+        if needed > self.memory_budget:
+            raise ValueError(f"{start} would need {size_text(needed)}, more than memory_budget={self.memory_budget:,}; pass "
+                             "a larger memory_budget= (where the memory is there), or put a ReLU between the maps")
+        cost = dense_work(op)
+        if cost > DENSE_WORK_LIMIT:
+            raise ValueError(f"{start} would take about {cost:.2g} multiply-adds to compute, more than "
+                             f"dtd.lowering.DENSE_WORK_LIMIT = {DENSE_WORK_LIMIT:.2g}; raise it where the time is there, "
+                             "or put a ReLU between the maps")
+        return dense_chain(op, self.device)
 
     def chain(self, ops: Sequence[Operator], names: Sequence[str], where: str) -> Chain:
         """One branch's operators as a chain with exact modified forms (rewritten, or dense within ``memory_budget``)."""
         chain = Chain(simplify(ops))
         if chain.exact_modifications():
             return chain
-        if dense_bytes(chain) > self.memory_budget:
-            raise self._too_large(describe_ops(chain.ops), names, where, chain.in_features, chain.out_features)
-        return dense_chain(chain, self.device)
+        return self._dense_or_refused(chain, describe_ops(chain.ops), names, where)
 
     def merged(self, chains: list, names: list, where: str):
         """Several maps of one activation summed: one operator (its layer input holds the activation once)."""
@@ -247,11 +254,7 @@ class Builder:
         merged = merge_convolutions(chains)
         if merged is not None:
             return merged
-        summed = _Sum(chains)
-        if dense_bytes(summed) > self.memory_budget:
-            raise self._too_large("a sum of several maps of one activation", names, where, summed.in_features,
-                                  summed.out_features)
-        return dense_chain(summed, self.device)
+        return self._dense_or_refused(_Sum(chains), "a sum of several maps of one activation", names, where)
 
     # ------------------------------------------------------------------ non-linearities
     def source_of(self, value: Value, where: str) -> int:

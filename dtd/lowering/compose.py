@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from ..operators import Chain, Conv, Dense, Embed, IndexMap, Interpolation, Narrow, Operator, Pooling, Reshape, Scale, Zero
 
-__all__ = ["simplify", "merge_convolutions", "dense_chain", "dense_matrix", "dense_bytes", "describe_ops", "size_text"]
+__all__ = ["simplify", "merge_convolutions", "dense_chain", "dense_matrix", "dense_bytes", "dense_work", "work",
+           "describe_ops", "size_text"]
 
 
 def describe_ops(ops: Sequence[Operator]) -> str:
@@ -369,6 +370,58 @@ def dense_bytes(op: Operator) -> int:
     return op.in_features * op.out_features * 8
 
 
+def work(op: Operator) -> int:
+    """Multiply-adds of one application of ``op`` to one point (a convolution's kernel taps per output, ...)."""
+    if isinstance(op, Conv):
+        taps = math.prod(op.weight.shape[2:])
+        if op.transposed:
+            return op.in_features * (op.weight.shape[1]) * taps
+        return op.out_features * op.weight.shape[1] * taps
+    if isinstance(op, Dense):
+        return op.out_features * op.weight.shape[1]
+    if hasattr(op, "members"):  # a sum of chains
+        return sum(work(c) for c in op.members)
+    if hasattr(op, "chains"):
+        return sum(work(c) for c in op.chains)
+    if hasattr(op, "ops") and op.ops is not op:
+        return sum(work(o) for o in op.ops)
+    return op.in_features + op.out_features
+
+
+def dense_work(chain: Operator) -> int:
+    """Multiply-adds :func:`dense_matrix` spends on ``chain``: the cheaper of its ways (see there)."""
+    ops = getattr(chain, "ops", None)
+    options = [min(chain.in_features, chain.out_features) * work(chain)]
+    if ops is not None and not hasattr(chain, "chains") and not hasattr(chain, "members"):
+        last = len(ops) - 1
+        while last > 0 and isinstance(ops[last], Reshape):
+            last -= 1
+        if isinstance(ops[last], Dense) and ops[last].flat and last > 0:  # the Linear's rows pushed back through the rest
+            return ops[last].weight.shape[0] * sum(work(op) for op in ops[:last])
+        shortcut = _spatial_basis_work(ops)
+        if shortcut is not None:
+            options.append(shortcut)
+    return min(options)
+
+
+def _spatial_basis_work(ops: Sequence[Operator]) -> Optional[int]:
+    """Multiply-adds of :func:`_spatial_basis_through_convolution` on ``ops``, or None where it does not apply."""
+    m = next((k for k, op in enumerate(ops) if isinstance(op, Conv)), None)
+    if m is None or ops[m].transposed or not all(op.spatial_only and not op.signed for op in ops[:m]):
+        return None
+    conv = ops[m]
+    if len(conv.in_shape) < 2:
+        return None
+    channels = conv.in_shape[0]
+    first = ops[0].in_shape if m > 0 else conv.in_shape
+    if first[0] != channels:
+        return None
+    n_spatial = math.prod(first[1:])
+    rest = sum(work(op) for op in ops[m + 1 :])
+    return n_spatial * (conv.weight.shape[0] * channels * math.prod(conv.weight.shape[2:]) * math.prod(conv.out_shape[1:])
+                        + channels * rest + sum(work(op) for op in ops[:m]))
+
+
 def dense_chain(chain: Operator, device) -> Chain:
     """The chain as one dense matrix between reshapes (exact in float64; see :func:`dense_matrix`)."""
     return Chain([Reshape(chain.in_shape, (chain.in_features,)), Dense(dense_matrix(chain, device)),
@@ -396,7 +449,8 @@ def dense_matrix(chain: Operator, device) -> torch.Tensor:
                 weight = ops[last].weight
                 rows = weight.reshape((weight.shape[0],) + tuple(prefix.out_shape))
                 return prefix.transpose(rows).reshape(weight.shape[0], d_in)
-        if ops is not None and not hasattr(chain, "chains"):
+        shortcut = _spatial_basis_work(ops) if ops is not None and not hasattr(chain, "chains") else None
+        if shortcut is not None and shortcut < min(d_in, d_out) * work(chain):
             matrix = _spatial_basis_through_convolution(ops, device)
             if matrix is not None:
                 return matrix
