@@ -50,7 +50,17 @@ def _cell(text) -> str:
     """``text`` safe inside a Markdown table cell: pipes escaped outside code spans (Python-Markdown's tables keep a
     pipe inside backticks as it is, and would show the backslash of an escaped one)."""
     parts = re.split(r"(`+[^`]*`+)", str(text).replace("\n", " "))
-    return "".join(part if part.startswith("`") else part.replace("|", "\\|") for part in parts)
+    return "".join(part if part.startswith("`") else _plain(part) for part in parts)
+
+
+def _plain(text: str) -> str:
+    """Text outside code spans, with the characters Markdown would read as markup escaped (a glob's ``*``)."""
+    return re.sub(r"([|*_\[\]>])", r"\\\1", text).replace("<", "&lt;")
+
+
+def _options_table(header: list[str], rows: list[list[str]]) -> str:
+    """A table whose first column holds options: kept on one line by the site's CSS (``.dtd-options``)."""
+    return '<div class="dtd-options" markdown>\n\n' + _table(header, rows) + "\n\n</div>"
 
 
 def _code(text) -> str:
@@ -87,7 +97,7 @@ def _parser_section(parser: argparse.ArgumentParser, title: str, level: int) -> 
     rows = [_action_row(a) for a in parser._actions
             if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
     if rows:
-        lines += [_table(["argument", "what it does", "default"], rows), ""]
+        lines += [_options_table(["argument", "what it does", "default"], rows), ""]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             helps = {choice.dest: choice.help for choice in action._choices_actions}
@@ -143,10 +153,10 @@ def pytest_options() -> str:
     return "\n".join([
         "Registered in every pytest run of an environment where the package is installed (the `pytest11` entry "
         "point, module `dtd_properties_pytest`; `pytest --help`, group \"DTD property suite\"):", "",
-        _table(["option", "what it does"], _option_rows(entry.options)), "",
+        _options_table(["option", "what it does"], _option_rows(entry.options)), "",
         "Registered only where a run loads `properties.plugin` itself (`-p properties.plugin`, a conftest's "
         "`pytest_plugins`, this repository's own runs, the `dtd-properties` console script):", "",
-        _table(["option", "what it does"], _option_rows(suite.options)),
+        _options_table(["option", "what it does"], _option_rows(suite.options)),
     ])
 
 
@@ -223,25 +233,41 @@ def constants(module_name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- the lowering
+#: the refusal lists of :mod:`dtd.lowering.refusals`, and how the page names each
+REFUSED = {
+    "_SMOOTH": "smooth",
+    "_QUADRATIC": "piecewise quadratic",
+    "_NORMS": "normalisations by an input's own statistics",
+    "_SOFTMAX": "softmax and its relatives",
+    "_PRODUCTS": "products of two activations",
+    "_INDEXING": "data-dependent indexing",
+    "_DISCONTINUOUS": "discontinuous",
+    "_RANDOM": "random",
+}
+
+
 def aten_operations() -> str:
-    from dtd.lowering import aten
+    import dtd.lowering  # noqa: F401  (imports the handlers' modules, which register the operations)
+    from dtd.lowering import aten, refusals
 
     def listed(names) -> str:
         return ", ".join(_code(n) for n in sorted(names))
 
-    refused = [(name, value) for name, value in vars(aten).items()
-               if name in ("_SMOOTH", "_NORMS", "_SOFTMAX", "_QUADRATIC") and isinstance(value, tuple)]
+    affine, piecewise = aten.operations("affine"), aten.operations("piecewise linear")
+    if not affine or not piecewise:
+        raise ValueError("dtd.lowering.aten.operations() lists no affine or no piecewise-linear operation")
     lines = [
-        f"**Affine** ({len(aten.AFFINE)} operations, part of a DTD layer): {listed(aten.AFFINE)}.", "",
-        f"**Piecewise linear** ({len(aten.PIECEWISE_LINEAR)} operations, ReLU units or max pooling): "
-        f"{listed(aten.PIECEWISE_LINEAR)}.", "",
+        f"**Affine** ({len(affine)} operations, part of a DTD layer; `dtd.lowering.linear`): {listed(affine)}.", "",
+        f"**Piecewise linear** ({len(piecewise)} operations, ReLU units or max pooling; `dtd.lowering.hinges`): "
+        f"{listed(piecewise)}.", "",
         f"**Skipped** (they compute nothing): {listed(aten.IGNORED)}; **constants of the input's shape**: "
         f"{listed(aten.LIKE)}.", "",
     ]
-    words = {"_SMOOTH": "smooth", "_NORMS": "normalisations by an input's own statistics", "_SOFTMAX": "softmax and its "
-             "relatives", "_QUADRATIC": "piecewise quadratic"}
-    for name, value in refused:
-        lines += [f"**Refused, {words[name]}**: {listed(value)}.", ""]
+    found = [(words, getattr(refusals, name)) for name, words in REFUSED.items() if hasattr(refusals, name)]
+    if not found:
+        raise ValueError(f"dtd.lowering.refusals holds none of {sorted(REFUSED)}: update docs/tools/hooks.py")
+    for words, names in found:
+        lines += [f"**Refused, {words}** (`dtd.lowering.refusals`): {listed(names)}.", ""]
     lines.append("Any other operation that reads the input is refused too, by its name and module.")
     return "\n".join(lines)
 
