@@ -67,7 +67,8 @@ def test_every_bash_block_runs_or_is_marked_illustrative(page):
             continue
         commands = [c for c in code.splitlines() if c.strip() and not c.lstrip().startswith("#")]
         others = [c for c in commands if not c.startswith("dtd-properties ")]
-        assert not others, f"{_name(page)}:{line}: a bash block with {others[0]!r} runs nothing here: mark it {ILLUSTRATIVE}"
+        assert not others, (f"{_name(page)}:{line}: a bash block with {others[0]!r} runs nothing here: "
+                            f"mark it {ILLUSTRATIVE}")
         assert commands, f"{_name(page)}:{line}: an empty bash block"
 
 

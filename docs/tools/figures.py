@@ -65,7 +65,8 @@ def screenshot(html: Path, png: Path) -> bool:
     with tempfile.TemporaryDirectory() as profile:
         command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                   f"--user-data-dir={profile}", f"--window-size={WINDOW}", f"--screenshot={png}", html.resolve().as_uri()]
+                   f"--user-data-dir={profile}", f"--window-size={WINDOW}", f"--screenshot={png}",
+                   html.resolve().as_uri()]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
     return True
 

@@ -42,7 +42,9 @@ import re
 from pathlib import Path
 
 MARKER = re.compile(r"^<!-- generated: (?P<what>[a-z-]+)(?: (?P<argument>[\w.]+))? -->$", re.M)
-ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|attr|data|exc|obj|const):<code>(?P<tilde>~?)(?P<target>[^<]+)</code>")
+ROLE = re.compile(
+    r":(?:py:)?(?:class|func|meth|mod|attr|data|exc|obj|const):<code>(?P<tilde>~?)(?P<target>[^<]+)</code>"
+)
 
 
 # --------------------------------------------------------------------------------------------- markdown helpers
@@ -170,7 +172,8 @@ def _layout_text(layout) -> str:
             parts.append(f"[{slot[1]}]")
         else:
             name = slot[1].rstrip("?")
-            shown = {"place": "layer{k} | neuron{j}", "depth": "depth{d}", "randomised": "top{n}"}.get(name, "{" + name + "}")
+            special = {"place": "layer{k} | neuron{j}", "depth": "depth{d}", "randomised": "top{n}"}
+            shown = special.get(name, "{" + name + "}")
             parts.append(f"[{shown}]" if slot[1].endswith("?") else shown)
     return ".".join(parts).replace(".[", "[.")
 
@@ -197,7 +200,8 @@ def rate_vocabulary() -> str:
     lines = []
     for title, table in sections:
         lines += [f"#### {title}", "", _table(["word", "meaning"], [[_code(k), v] for k, v in table.items()]), ""]
-    finders = [[_code(family), _code(word), text] for family, words in keys.FINDERS.items() for word, text in words.items()]
+    finders = [[_code(family), _code(word), text]
+               for family, words in keys.FINDERS.items() for word, text in words.items()]
     lines += ["#### Root finders (`{finder}`)", "", _table(["family", "word", "root finder"], finders)]
     return "\n".join(lines)
 
