@@ -109,12 +109,13 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+#: the documentation page whose tables ``--docs`` rewrites (between the markers below)
+PERFORMANCE_PAGE = Path(__file__).resolve().parent.parent / "docs" / "explanation" / "performance.md"
 _BEGIN, _END = "<!-- benchmark-table -->", "<!-- /benchmark-table -->"
 
 
 def markdown(results: dict, directory: Path = RESULTS) -> str:
-    """The README's tables, from a results.json."""
+    """The performance page's tables, from a results.json."""
     s = results["seed_experiment"]
     lines = [
         f"Measured on {results['machine']} (this project's CI machine; shared and noisy, so read ratios rather than absolute times).",
@@ -187,24 +188,25 @@ def real_size_lines(directory: Path = RESULTS) -> list[str]:
     return lines
 
 
-def update_readme(results: dict, readme: Path = README) -> None:
-    """Replace the README's benchmark section (between its markers) with :func:`markdown`."""
-    text = readme.read_text()
+def update_page(results: dict, page: Path = PERFORMANCE_PAGE) -> None:
+    """Replace the performance page's benchmark section (between its markers) with :func:`markdown`."""
+    text = page.read_text()
     start, end = text.index(_BEGIN) + len(_BEGIN), text.index(_END)
-    readme.write_text(text[:start] + "\n" + markdown(results) + "\n" + text[end:])
+    page.write_text(text[:start] + "\n" + markdown(results) + "\n" + text[end:])
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller N everywhere (about a minute)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results.json and scaling.png go")
-    parser.add_argument("--readme", action="store_true", help="only rewrite README.md's benchmark tables from OUT/results.json")
+    parser.add_argument("--docs", "--readme", dest="docs", action="store_true",
+                        help="only rewrite the tables of docs/explanation/performance.md from OUT/results.json")
     parser.add_argument("--tables", action="store_true", help="only print the tables of OUT (results, graphs and subjects JSON)")
     parser.add_argument("--seed-only", action="store_true", help="re-measure only the seed experiment into OUT/results.json")
     args = parser.parse_args(argv)
-    if args.readme:
-        update_readme(json.loads((args.out / "results.json").read_text()))
-        print(f"README.md tables rewritten from {args.out / 'results.json'}")
+    if args.docs:
+        update_page(json.loads((args.out / "results.json").read_text()))
+        print(f"{PERFORMANCE_PAGE} tables rewritten from {args.out / 'results.json'}")
         return
     if args.tables:
         print(markdown(json.loads((args.out / "results.json").read_text()), args.out))
