@@ -15,7 +15,7 @@ import platform
 import resource
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

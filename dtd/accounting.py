@@ -74,7 +74,7 @@ class Accounting:
         return "\n".join(lines)
 
 
-def accounting(net: "ReLUNetwork | GraphNetwork", dec: Decomposition) -> Accounting:
+def accounting(net: ReLUNetwork | GraphNetwork, dec: Decomposition) -> Accounting:
     """Split each layer's upper relevance, per point, into what it passed on, what it lost and the bias share.
 
     Raises ``ValueError`` naming the layer and dtype where a pre-activation or

@@ -15,7 +15,7 @@ this module validates the arguments and holds the result types.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 
@@ -30,8 +30,8 @@ from .rules import RuleLike
 __all__ = ["LayerDecomposition", "Decomposition", "train_free", "HALF_PRECISION"]  # the records: dtd.decomposition
 
 def checked_arguments(
-    net: ReLUNetwork, x: torch.Tensor, output: "int | torch.Tensor | str", root_finder: RootFinder
-) -> tuple["int | torch.Tensor | str", torch.Tensor]:
+    net: ReLUNetwork, x: torch.Tensor, output: int | torch.Tensor | str, root_finder: RootFinder
+) -> tuple[int | torch.Tensor | str, torch.Tensor]:
     """Validate a decomposition's arguments: ``(output, x)``, ``output`` checked against ``x``'s batch (``"predicted"`` kept).
 
     ``x`` comes back validated as ``(batch, D_0)`` (not copied); raises the
@@ -54,8 +54,8 @@ def checked_arguments(
 
 
 def checked_activations(
-    net: ReLUNetwork, x: torch.Tensor, output: "int | torch.Tensor | str", root_finder: RootFinder
-) -> tuple["int | torch.Tensor", list[torch.Tensor]]:
+    net: ReLUNetwork, x: torch.Tensor, output: int | torch.Tensor | str, root_finder: RootFinder
+) -> tuple[int | torch.Tensor, list[torch.Tensor]]:
     """Validate a decomposition's arguments; return the output index and the activations (every layer's input, then the output).
 
     The activations start with a copy of ``x``, so nothing the decomposition
@@ -74,12 +74,12 @@ def checked_activations(
 
 
 def train_free(
-    net: "ReLUNetwork | GraphNetwork",
+    net: ReLUNetwork | GraphNetwork,
     x: torch.Tensor,
     *,
-    rule: Union[RuleLike, Sequence[RuleLike], None] = None,
+    rule: RuleLike | Sequence[RuleLike] | None = None,
     output: OutputLike = 0,
-    root_finder: Optional[RootFinder] = None,
+    root_finder: RootFinder | None = None,
 ) -> Decomposition:
     """Train-free DTD of output ``output`` of ``net`` at the points ``x``.
 

@@ -8,7 +8,6 @@ returns a :class:`Decomposition` too.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Union
 
 import torch
 
@@ -92,9 +91,9 @@ class Decomposition:
     """
 
     layers: tuple[LayerDecomposition, ...]
-    output: Union[int, torch.Tensor]  # the explained output: an index, (batch,) per-point indices, or output weights
+    output: int | torch.Tensor  # the explained output: an index, (batch,) per-point indices, or output weights
     output_value: torch.Tensor  # (batch,) f(x) of the explained output
-    input_shape: Optional[tuple[int, ...]] = dataclasses.field(default=None, kw_only=True)
+    input_shape: tuple[int, ...] | None = dataclasses.field(default=None, kw_only=True)
 
     @property
     def relevance(self) -> torch.Tensor:
@@ -113,7 +112,7 @@ class Decomposition:
         return sum(layer.n_invalid for layer in self.layers)
 
 
-def edge_shape(x: torch.Tensor) -> Optional[tuple[int, ...]]:
+def edge_shape(x: torch.Tensor) -> tuple[int, ...] | None:
     """The non-batch shape of an input ``x`` with more than two dimensions (None for ``(batch, D)``)."""
     return tuple(x.shape[1:]) if x.dim() > 2 else None
 

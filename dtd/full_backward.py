@@ -44,7 +44,6 @@ ReLU pattern; never a rounded or hashed float) are evaluated once.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import torch
 
@@ -146,7 +145,7 @@ class _Upper:
 
 
 class _Recursion:
-    def __init__(self, net: ReLUNetwork, finder: RootFinder, output: "int | torch.Tensor"):
+    def __init__(self, net: ReLUNetwork, finder: RootFinder, output: int | torch.Tensor):
         self.net, self.finder, self.output = net, finder, output
         self.evaluations = [0] * net.n_layers
         self.reused = 0
@@ -155,7 +154,7 @@ class _Recursion:
     def act(self, k: int, z: torch.Tensor) -> torch.Tensor:
         return torch.relu(z) if self.net.has_relu(k) else z
 
-    def act_slope(self, k: int, z: torch.Tensor, on_hinge: Optional[torch.Tensor]) -> torch.Tensor:
+    def act_slope(self, k: int, z: torch.Tensor, on_hinge: torch.Tensor | None) -> torch.Tensor:
         """``act'(z)`` of layer ``k``: 1 / 0 off the hinge; on it (``|z| <= pattern_tol``) ``on_hinge`` if given, else 0."""
         if not self.net.has_relu(k):
             return torch.ones_like(z)
@@ -163,7 +162,7 @@ class _Recursion:
             return (z > 0).to(z.dtype)
         return torch.where(z.abs() <= pattern_tol(z.dtype), on_hinge, z > 0).to(z.dtype)
 
-    def evaluate(self, k: int, h: torch.Tensor, direction: Optional[torch.Tensor] = None, record: bool = False) -> _Upper:
+    def evaluate(self, k: int, h: torch.Tensor, direction: torch.Tensor | None = None, record: bool = False) -> _Upper:
         """``Rel_k`` at the rows of ``h`` (inputs of layer ``k``; ``k = n_layers``: the network output).
 
         ``direction`` (rows like ``h``): where a ReLU sits exactly on its hinge,
@@ -198,7 +197,7 @@ class _Recursion:
         self.evaluations[k] += a.shape[0]
         return torch.cat(roots), torch.cat(valid)
 
-    def _forward(self, k: int, a: torch.Tensor, direction: Optional[torch.Tensor]):
+    def _forward(self, k: int, a: torch.Tensor, direction: torch.Tensor | None):
         """Layer ``k`` at ``a``: ``(z, act(z), slope act'(z), direction of the output)``."""
         w, b = self.net.weight(k), self.net.bias(k)
         z = check_finite_layer(a @ w.T + b, k, "its pre-activations")
@@ -206,7 +205,7 @@ class _Recursion:
         slope = self.act_slope(k, z, None if dz is None else dz > 0)
         return z, self.act(k, z), slope, None if dz is None else slope * dz
 
-    def _evaluate(self, k: int, a: torch.Tensor, direction: Optional[torch.Tensor], record: bool) -> _Upper:
+    def _evaluate(self, k: int, a: torch.Tensor, direction: torch.Tensor | None, record: bool) -> _Upper:
         w = self.net.weight(k)
         z, h, act_slope, dh = self._forward(k, a, direction)
         upper = self.evaluate(k + 1, h, dh, record)
@@ -256,8 +255,8 @@ def full_backward(
     x: torch.Tensor,
     *,
     root_finder: RootFinder,
-    output: "int | torch.Tensor | str" = 0,
-    budget: Optional[int] = DEFAULT_BUDGET,
+    output: int | torch.Tensor | str = 0,
+    budget: int | None = DEFAULT_BUDGET,
 ) -> FullBackward:
     """Full-backward (recursive) DTD of output ``output`` of ``net`` at the points ``x``.
 

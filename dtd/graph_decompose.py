@@ -25,9 +25,7 @@ dense weight (:meth:`GraphNetwork.weight`, refused above
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-from typing import Optional
 
 import torch
 
@@ -102,7 +100,7 @@ class OperatorRoots(RootSet):
         t = (t.gather(1, index) if index.shape[0] == t.shape[0] else t.index_select(1, index[0])).unsqueeze(-1)
         return a - t * self.directions(start, stop, index)
 
-    def roots(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+    def roots(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         stop = self.input.shape[0] if stop is None else stop
         n, j, d = stop - start, self.valid.shape[1], self.input.shape[1]
         if n * j * d > ROOT_ELEMENTS_LIMIT:
@@ -112,7 +110,7 @@ class OperatorRoots(RootSet):
             )
         return self.selected(start, stop, torch.arange(j, device=self.input.device).unsqueeze(0))
 
-    def relevance(self, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def relevance(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """``R_i`` of the layer's inputs ``(batch, D)`` (computed with the operators; ``weight`` is not needed)."""
         return self._relevance
 
@@ -175,7 +173,7 @@ def check_domains(net: GraphNetwork, x: torch.Tensor, root_finder) -> None:
         root_finder.check_domain(k, net.layer_input(values, k))
 
 
-def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) -> "GraphDecomposition":
+def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) -> GraphDecomposition:
     """:func:`dtd.train_free` on a graph network (called from there; arguments already chosen).
 
     :class:`~dtd.roots.LinearRoots` runs matrix-free (:func:`operator_step`);
@@ -194,7 +192,7 @@ def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) ->
     return decompose(net, x, output, root_finder, finder_net=net, input_shape=input_shape)
 
 
-def _operator_rule(root_finder, k: int) -> Optional[Rule]:
+def _operator_rule(root_finder, k: int) -> Rule | None:
     """Layer ``k``'s rule when it is applied through the operators (a neuron rule with :meth:`~dtd.rules.Rule.terms`), else None."""
     if not isinstance(root_finder, LinearRoots):
         return None
@@ -206,7 +204,7 @@ def _operator_rule(root_finder, k: int) -> Optional[Rule]:
     return rule
 
 
-def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder_net, input_shape) -> "GraphDecomposition":
+def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder_net, input_shape) -> GraphDecomposition:
     """The engine's train-free walk over ``net`` (every network's: a :class:`dtd.ReLUNetwork` runs as its chain graph).
 
     ``x`` is validated and owned, ``output`` checked (an int, a ``(batch,)``

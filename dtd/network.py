@@ -8,14 +8,14 @@ of the piecewise-linear function it computes.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
 from .graph import GraphNetwork
-from .outputs import check_output, check_weights
 from .lowering import DEFAULT_MEMORY_BUDGET, lower_module, lower_sequential
+from .outputs import check_output, check_weights
 from .validation import check_finite_layer, check_int, check_number, check_seed
 
 __all__ = ["ReLUNetwork", "INITS", "output_column", "linear_copy"]
@@ -51,7 +51,7 @@ def linear_copy(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
     return layer
 
 
-def output_column(values: torch.Tensor, output: "int | torch.Tensor") -> torch.Tensor:
+def output_column(values: torch.Tensor, output: int | torch.Tensor) -> torch.Tensor:
     """``values[:, output]`` ``(batch,)``: one column, or with a ``(batch,)`` index tensor each row's own."""
     if isinstance(output, torch.Tensor):
         return values.gather(1, output.unsqueeze(1)).squeeze(1)
@@ -101,7 +101,7 @@ class ReLUNetwork(nn.Module):
         *,
         final_relu: bool = True,
         flatten_input: bool = False,
-        input_shape: Optional[Sequence[int]] = None,
+        input_shape: Sequence[int] | None = None,
     ):
         super().__init__()
         layers = list(layers)
@@ -149,7 +149,7 @@ class ReLUNetwork(nn.Module):
                 )
         self.layers = nn.ModuleList(layers)
         self.final_relu = final_relu
-        self.input_shape: Optional[tuple[int, ...]] = input_shape
+        self.input_shape: tuple[int, ...] | None = input_shape
         self.flatten_input = bool(flatten_input) or (input_shape is not None and len(input_shape) > 1)
 
     # ------------------------------------------------------------------ constructors
@@ -161,8 +161,8 @@ class ReLUNetwork(nn.Module):
         *,
         init: str = "dtd",
         dtype: torch.dtype = torch.float32,
-        device: Optional[torch.device | str] = None,
-    ) -> "ReLUNetwork":
+        device: torch.device | str | None = None,
+    ) -> ReLUNetwork:
         """Build a random network bit-for-bit as the 2022 study's code does.
 
         Parameters
@@ -220,10 +220,10 @@ class ReLUNetwork(nn.Module):
     def from_sequential(
         cls,
         model: nn.Sequential,
-        input_shape: Optional[Sequence[int]] = None,
+        input_shape: Sequence[int] | None = None,
         *,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    ) -> "ReLUNetwork":
+    ) -> ReLUNetwork:
         """Lower an ``nn.Sequential`` exactly into a ReLU network of dense layers that owns its parameters.
 
         The model goes through the one lowering every model takes
@@ -284,12 +284,12 @@ class ReLUNetwork(nn.Module):
     @classmethod
     def from_module(
         cls,
-        model: "nn.Module | torch.export.ExportedProgram",
-        input_shape: Optional[Sequence[int]] = None,
+        model: nn.Module | torch.export.ExportedProgram,
+        input_shape: Sequence[int] | None = None,
         *,
         select=None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    ) -> "ReLUNetwork | GraphNetwork":
+    ) -> ReLUNetwork | GraphNetwork:
         """Lower any piecewise-linear model exactly, from the graph ``torch.export`` captures (:mod:`dtd.lowering`).
 
         The model is exported at ``input_shape`` (shape-dependent Python
@@ -424,7 +424,7 @@ class ReLUNetwork(nn.Module):
         """Whether layer ``k`` is followed by a ReLU."""
         return k < self.n_layers - 1 or self.final_relu
 
-    def subnetwork(self, from_layer: int) -> "ReLUNetwork":
+    def subnetwork(self, from_layer: int) -> ReLUNetwork:
         """``f_k``: the layers ``from_layer ...`` sharing this network's parameters."""
         self.check_layer(from_layer)
         return ReLUNetwork(list(self.layers)[from_layer:], final_relu=self.final_relu)
@@ -453,7 +453,7 @@ class ReLUNetwork(nn.Module):
             raise ValueError(f"{name} must be in [0, {self.n_layers - 1}] for a {self.n_layers}-layer network, got {k}")
         return k
 
-    def check_output(self, output, batch: Optional[int] = None) -> "int | torch.Tensor":
+    def check_output(self, output, batch: int | None = None) -> int | torch.Tensor:
         """``output`` checked: an int in range, a 1-tuple ``(class,)``, or a ``(batch,)`` integer tensor of per-point
         output indices (:func:`dtd.outputs.check_output`).
 
@@ -467,7 +467,7 @@ class ReLUNetwork(nn.Module):
         """The per-point output's shape: ``(out_features,)``."""
         return (self.out_features,)
 
-    def explaining(self, weights: torch.Tensor) -> "ReLUNetwork":
+    def explaining(self, weights: torch.Tensor) -> ReLUNetwork:
         """The network whose one output is ``sum(weights * net(x))`` (``weights`` ``(out_features,)``).
 
         Without a final ReLU the last layer becomes ``w^T W``, ``w . b``
@@ -577,11 +577,11 @@ class ReLUNetwork(nn.Module):
         zs = self.pre_activations(x, from_layer=from_layer)
         return [z > 0 if self.has_relu(from_layer + i) else torch.ones_like(z, dtype=torch.bool) for i, z in enumerate(zs)]
 
-    def output_value(self, x: torch.Tensor, output: "int | torch.Tensor", *, from_layer: int = 0) -> torch.Tensor:
+    def output_value(self, x: torch.Tensor, output: int | torch.Tensor, *, from_layer: int = 0) -> torch.Tensor:
         """``f_k(x)``: output neuron ``output`` (an int, or one per row) of the layers ``from_layer ...``, shape ``(batch,)``."""
         return self.output_from_pre_activations(self.pre_activations(x, from_layer=from_layer), output)
 
-    def output_from_pre_activations(self, zs: list[torch.Tensor], output: "int | torch.Tensor") -> torch.Tensor:
+    def output_from_pre_activations(self, zs: list[torch.Tensor], output: int | torch.Tensor) -> torch.Tensor:
         """The explained output ``(batch,)`` from pre-activations ``zs`` (as :meth:`pre_activations`; the last is used);
         ``output`` an int or a ``(batch,)`` tensor of per-row output indices."""
         z = output_column(zs[-1], output)
@@ -596,7 +596,7 @@ class ReLUNetwork(nn.Module):
             check_finite_layer(z, from_layer + offset, "its pre-activations")
         return zs
 
-    def input_gradient(self, x: torch.Tensor, output: "int | torch.Tensor", *, from_layer: int = 0) -> torch.Tensor:
+    def input_gradient(self, x: torch.Tensor, output: int | torch.Tensor, *, from_layer: int = 0) -> torch.Tensor:
         """Exact gradient ``d f_k / d a_k`` at every row of ``x``: ``(batch, D_k)``.
 
         Closed form of the piecewise-linear network: masks times weights,
@@ -607,7 +607,7 @@ class ReLUNetwork(nn.Module):
         return self.evaluate(x, output, from_layer=from_layer)[2]
 
     def evaluate(
-        self, x: torch.Tensor, output: "int | torch.Tensor", *, from_layer: int = 0
+        self, x: torch.Tensor, output: int | torch.Tensor, *, from_layer: int = 0
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """One pass for everything the property checks need at the rows of ``x``.
 
@@ -621,7 +621,7 @@ class ReLUNetwork(nn.Module):
         return zs, value, self.gradient_from_pre_activations(zs, output, from_layer=from_layer)
 
     def gradient_from_pre_activations(
-        self, zs: list[torch.Tensor], output: "int | torch.Tensor", *, from_layer: int = 0, threshold: float = 0.0
+        self, zs: list[torch.Tensor], output: int | torch.Tensor, *, from_layer: int = 0, threshold: float = 0.0
     ) -> torch.Tensor:
         """``d f_k / d a_k`` ``(batch, D_k)`` from the pre-activations of layers ``from_layer ...``.
 
@@ -649,8 +649,8 @@ class ReLUNetwork(nn.Module):
         *,
         output: int = 0,
         min_output: float = 0.0,
-        seed: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Draw ``n`` non-negative inputs with ``f(x) > min_output``.
 

@@ -28,7 +28,6 @@ import math
 import os
 import sys
 import threading
-from typing import Optional
 
 import highspy
 import numpy as np
@@ -142,7 +141,7 @@ def check_dense_limits(net) -> None:
 _REGION_WHAT = "the region of f_{k} (its deciding ReLUs, max-pool windows and output)"
 
 
-def base_rows(base: Optional[tuple], start: int, stop: int) -> Optional[tuple]:
+def base_rows(base: tuple | None, start: int, stop: int) -> tuple | None:
     """The rows ``start:stop`` of :meth:`GraphNetwork.run`'s ``(values, argmax)`` (views), or None."""
     if base is None:
         return None
@@ -151,7 +150,7 @@ def base_rows(base: Optional[tuple], start: int, stop: int) -> Optional[tuple]:
 
 
 def region_constraints(
-    net, a: torch.Tensor, layer: int, output: "int | torch.Tensor", *, base: Optional[tuple] = None
+    net, a: torch.Tensor, layer: int, output: int | torch.Tensor, *, base: tuple | None = None
 ) -> RegionConstraints:
     """Affine maps of every deciding pre-activation at the inputs ``a`` ``(batch, D_k)`` of layer ``layer``.
 
@@ -330,7 +329,7 @@ _BANNER_LOCK = threading.Lock()
 _banner_shown = False
 
 
-def _new_highs() -> "highspy.Highs":
+def _new_highs() -> highspy.Highs:
     """A ``highspy.Highs`` whose one-time start-up banner does not reach the caller's stdout.
 
     HiGHS prints its banner from C++ on file descriptor 1 when the process
@@ -437,7 +436,7 @@ class RegionLP:
         self._optimal = highspy.HighsModelStatus.kOptimal
         self._infeasible = highspy.HighsModelStatus.kInfeasible
 
-    def nearest(self, eq_lhs: np.ndarray, eq_rhs: float) -> tuple[LPStatus, Optional[np.ndarray]]:
+    def nearest(self, eq_lhs: np.ndarray, eq_rhs: float) -> tuple[LPStatus, np.ndarray | None]:
         """``(SOLVED, r)`` for the nearest feasible ``r``; ``(INFEASIBLE, None)`` or ``(FAILED, None)`` otherwise."""
         h = self._h
         for i in range(self._d):

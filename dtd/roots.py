@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ class RootFinder(abc.ABC):
         """Raise ``ValueError`` if the input ``a`` of layer ``k`` is outside the finder's domain."""
 
     @abc.abstractmethod
-    def find(self, net, k: int, a: torch.Tensor, relevance: torch.Tensor, *, output: "int | torch.Tensor") -> RootSet:
+    def find(self, net, k: int, a: torch.Tensor, relevance: torch.Tensor, *, output: int | torch.Tensor) -> RootSet:
         """The roots of every (point, neuron) of layer ``k`` for the explained ``output``
         (use :class:`~dtd.rootsets.ExplicitRoots` to return a ``(batch, J_k, D_k)`` tensor)."""
 
@@ -83,9 +83,9 @@ class LinearRoots(RootFinder):
         (default: :func:`dtd.tolerances.denominator_eps` of the dtype).
     """
 
-    def __init__(self, rule: Union[RuleLike, Sequence[RuleLike]] = "z+", *, eps: Optional[float] = None):
+    def __init__(self, rule: RuleLike | Sequence[RuleLike] = "z+", *, eps: float | None = None):
         if isinstance(rule, (str, Rule)):
-            self.rules: Union[Rule, tuple[Rule, ...]] = Rule.ensure(rule)
+            self.rules: Rule | tuple[Rule, ...] = Rule.ensure(rule)
         elif isinstance(rule, Sequence) and len(rule) > 0:
             self.rules = tuple(Rule.ensure(r) for r in rule)
         else:
@@ -289,7 +289,7 @@ class RegionSamplingRoots(_InRegionFinder):
         self.nonnegative = check_bool(nonnegative, "nonnegative")
         self.memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
 
-    def directions(self, n_points: int, width: int, layer: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def directions(self, n_points: int, width: int, layer: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """The unit directions ``(n_points, n_directions, width)`` (float64), reproducible per layer.
 
         ``generator``: continue the stream of an earlier call of the same layer
@@ -422,7 +422,7 @@ class MetropolisHastingsRoots(_InRegionFinder):
         n_chains: int = 16,
         n_steps: int = 200,
         *,
-        scale: Optional[float] = None,
+        scale: float | None = None,
         target_acceptance: float = 0.3,
         seed: int = 0,
         nonnegative: bool = True,

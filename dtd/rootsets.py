@@ -19,7 +19,6 @@ is the one measure of how well a root solves its root equation.
 from __future__ import annotations
 
 import abc
-from typing import Optional
 
 import torch
 
@@ -68,7 +67,7 @@ def root_equation_residual(delta: torch.Tensor, weight: torch.Tensor, relevance:
     return (reached - relevance).abs() / scale.clamp_min(EQUATION_SCALE_FLOOR)
 
 
-def affine_direction(a: torch.Tensor, p: Optional[torch.Tensor], q: Optional[torch.Tensor]) -> torch.Tensor:
+def affine_direction(a: torch.Tensor, p: torch.Tensor | None, q: torch.Tensor | None) -> torch.Tensor:
     """``v = a * P + Q`` ``(batch, J, D)`` for activations ``a`` ``(batch, D)``; None means zero."""
     if p is None:
         return q.unsqueeze(0).expand(a.shape[0], -1, -1)
@@ -85,7 +84,7 @@ class RootSet(abc.ABC):
     input: torch.Tensor
 
     @abc.abstractmethod
-    def roots(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+    def roots(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Roots ``(stop - start, J, D)`` of the points ``start:stop`` (a new tensor)."""
 
     def relevance(self, weight: torch.Tensor) -> torch.Tensor:
@@ -100,10 +99,10 @@ class AffineRoots(RootSet):
     ``t`` ``(batch, J)`` is 0 wherever the root is invalid.
     """
 
-    def __init__(self, a: torch.Tensor, t: torch.Tensor, valid: torch.Tensor, p: Optional[torch.Tensor], q: Optional[torch.Tensor]):
+    def __init__(self, a: torch.Tensor, t: torch.Tensor, valid: torch.Tensor, p: torch.Tensor | None, q: torch.Tensor | None):
         self.input, self.t, self.valid, self.p, self.q = a, t, valid, p, q
 
-    def roots(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+    def roots(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         a = self.input[start:stop]
         return a.unsqueeze(1) - self.t[start:stop].unsqueeze(-1) * affine_direction(a, self.p, self.q)
 
@@ -123,7 +122,7 @@ class SharedRoots(RootSet):
     def __init__(self, a: torch.Tensor, delta: torch.Tensor, valid: torch.Tensor):
         self.input, self.delta, self.valid = a, delta, valid
 
-    def roots(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+    def roots(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         root = self.input[start:stop] - self.delta[start:stop]
         return root.unsqueeze(1).expand(-1, self.valid.shape[1], -1).clone()
 
@@ -141,7 +140,7 @@ class ExplicitRoots(RootSet):
             )
         self.input, self._roots, self.valid = a, roots, valid
 
-    def roots(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+    def roots(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         return self._roots[start:stop].clone()
 
 

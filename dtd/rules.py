@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-def _nonnegative(a: torch.Tensor, rule: "Rule") -> None:
+def _nonnegative(a: torch.Tensor, rule: Rule) -> None:
     if float(a.min()) < 0:
         raise ValueError(
             f"rule {rule!r} needs non-negative activations, but the input holds {int((a < 0).sum())} negative "
@@ -55,7 +56,7 @@ class Rule(abc.ABC):
         """Raise ``ValueError`` if activations ``a`` ``(batch, D)`` violate the rule's domain."""
 
     @abc.abstractmethod
-    def direction_terms(self, weight: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def direction_terms(self, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(P, Q)``, each ``(J, D)`` or None for zero, with ``v_j = a * P_j + Q_j``.
 
         Every DTD neuron rule's direction is affine in the activations with
@@ -63,7 +64,7 @@ class Rule(abc.ABC):
         products instead of ``(batch, J, D)`` tensors.
         """
 
-    def terms(self) -> "Terms":
+    def terms(self) -> Terms:
         """The direction ``v_j = a * P_j + Q_j`` in terms of the weight's element-wise indicators (see :class:`Terms`).
 
         The form every operator layer (:mod:`dtd.operators`) computes a rule
@@ -77,7 +78,7 @@ class Rule(abc.ABC):
         return affine_direction(a, *self.direction_terms(weight))
 
     def root_set(
-        self, a: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor, eps: float, *, layer: Optional[int] = None
+        self, a: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor, eps: float, *, layer: int | None = None
     ) -> RootSet:
         """The roots of every neuron: the shared step of all neuron rules.
 
@@ -102,7 +103,7 @@ class Rule(abc.ABC):
         return AffineRoots(a, t, valid, p, q)
 
     @staticmethod
-    def ensure(value: "RuleLike") -> "Rule":
+    def ensure(value: RuleLike) -> Rule:
         """Turn a rule name into a rule object; rule objects pass through.
 
         ``"z+"`` -> :class:`ZPlus`, ``"w2"`` -> :class:`WSquare`,
@@ -147,7 +148,7 @@ def _show(value) -> str:
     return short if float(short) == value else repr(value)
 
 
-RuleLike = Union[str, Rule]
+RuleLike = str | Rule
 
 
 #: the weight each indicator is multiplied into: ``W * 1 = W``, ``W * 1[W >= 0] = W+``, ``W * 1[W < 0] = W-``, ``W * W = W^2``
@@ -190,13 +191,13 @@ class RuleEntry:
 
     cls: type
     aliases: tuple[str, ...] = ()
-    default: Optional[Callable[[], "Rule"]] = None
+    default: Callable[[], Rule] | None = None
 
 
 _REGISTRY: dict[type, RuleEntry] = {}
 
 
-def register(*, aliases: Sequence[str] = (), default: Optional[Callable[[], "Rule"]] = None):
+def register(*, aliases: Sequence[str] = (), default: Callable[[], Rule] | None = None):
     """Class decorator: declare a rule's names for :meth:`Rule.ensure` (see :class:`RuleEntry`)."""
 
     def decorate(cls):
@@ -222,7 +223,7 @@ def registered() -> list[RuleEntry]:
     return list(_REGISTRY.values())
 
 
-def entry_for(rule: Union["Rule", type]) -> RuleEntry:
+def entry_for(rule: Rule | type) -> RuleEntry:
     """The registry entry of a rule object or class (``KeyError`` naming it if it was never registered)."""
     cls = rule if isinstance(rule, type) else type(rule)
     try:
@@ -350,7 +351,7 @@ class ZB(Rule):
         return bound.item() if bound.dim() == 0 else tuple(bound.tolist())
 
     @classmethod
-    def for_data(cls, x: torch.Tensor, *, low: float = 0.0) -> "ZB":
+    def for_data(cls, x: torch.Tensor, *, low: float = 0.0) -> ZB:
         """A box ``[low, high]`` holding every row of ``x``: ``high`` is the batch's largest value rounded up (at least ``low + 1``)."""
         high = float(torch.ceil(x.max()).clamp_min(low + 1.0))
         return cls(low, high)

@@ -10,7 +10,6 @@ caller who passes it has made a mistake).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -30,7 +29,7 @@ __all__ = [
 SEED_LIMIT = 2**63 - 1
 
 
-def check_int(value, name: str, *, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
+def check_int(value, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """``value`` as an int; ``TypeError`` unless it is an int (not a bool), ``ValueError`` outside ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
@@ -45,8 +44,8 @@ def check_number(
     value,
     name: str,
     *,
-    minimum: Optional[float] = None,
-    maximum: Optional[float] = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
     strict_minimum: bool = False,
     strict_maximum: bool = False,
     finite: bool = True,
@@ -85,7 +84,7 @@ def check_seed(value, name: str = "seed") -> int:
     return check_int(value, name, minimum=0, maximum=SEED_LIMIT)
 
 
-def overflow_error(layer: Optional[int], dtype: torch.dtype, what: str) -> ValueError:
+def overflow_error(layer: int | None, dtype: torch.dtype, what: str) -> ValueError:
     """The error for values a computation produced that are no longer finite (overflow, or inf - inf).
 
     Names the layer and the dtype and says how to fix it; never return such
@@ -110,7 +109,7 @@ def all_finite(values: torch.Tensor) -> bool:
     return bool(torch.isfinite(values).all())
 
 
-def check_finite_layer(values: torch.Tensor, layer: Optional[int], what: str) -> torch.Tensor:
+def check_finite_layer(values: torch.Tensor, layer: int | None, what: str) -> torch.Tensor:
     """``values`` itself; :func:`overflow_error` unless every entry is finite (:func:`all_finite`)."""
     if not all_finite(values):
         raise overflow_error(layer, values.dtype, what)

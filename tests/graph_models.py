@@ -8,9 +8,9 @@ them is exercised with non-trivial values (negative scales included).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
-import torch.nn.functional as F
 
 
 def randomise_batch_norms(model: nn.Module, generator: torch.Generator) -> nn.Module:

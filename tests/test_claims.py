@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 import dtd
-from properties.generate import architectures as A
-from properties.conformance import claims as C
 from properties import conformance as K
+from properties.conformance import claims as C
 from properties.conformance.adapters import CAPTUM_STABILIZER, ZENNIT_STABILIZER
+from properties.generate import architectures as A
 
 #: the reference and the library compute the same divisions in another order; relative to the point's largest |R|
 LIBRARY_RTOL = 1e-9

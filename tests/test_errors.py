@@ -148,8 +148,8 @@ def test_call_sites_refuse(call, exception, message):
 
 
 def test_suite_call_sites_refuse():
-    from properties.measure import checks, stats
     from properties.generate import strategies
+    from properties.measure import checks, stats
 
     dec = dtd.train_free(NET, X)
     with pytest.raises(TypeError, match="atol must be a number"):

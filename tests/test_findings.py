@@ -8,12 +8,11 @@ from torch import nn
 
 import dtd
 from dtd import rules as R
-from properties.findings import invariance, randomisation
-from properties.report import papers
-from properties.findings import Findings, relevance_from_top
-from properties.measure.keys import RateKey
+from properties.findings import Findings, invariance, randomisation, relevance_from_top
 from properties.findings.similarity import average_ranks, cosine, median_interval, spearman, ssim
+from properties.measure.keys import RateKey
 from properties.measure.stats import Rate
+from properties.report import papers
 
 #: float64 agreement of two computations of one quantity (summation order only)
 ATOL64 = 1e-10
@@ -212,9 +211,8 @@ def test_the_opening_puts_the_papers_claim_beside_the_measured_rates():
 
 
 def test_a_lines_figure_renders_deterministically_and_the_report_opens_the_findings_with_the_claim(tmp_path):
-    from properties.report import figures
-    from properties.report import render_report
     from properties.measure.stats import Rate
+    from properties.report import figures, render_report
 
     plot = {"file": "f.png", "kind": "lines", "title": "t", "xlabel": "depth", "caption": "c", "panels": [
         {"title": "p", "ylabel": "y", "ylim": [0, 1], "series": {"z+": {"x": [1, 2], "y": [0.2, 0.9], "low": [0.1, 0.8], "high": [0.3, 1.0]}}}]}

@@ -16,12 +16,11 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import dtd
+from dtd.graph import DENSE_LAYER_LIMIT, MaxPoolNode, pool_windows
 from dtd.lowering import lower_module
-from dtd.graph import DENSE_LAYER_LIMIT, MaxPoolNode, ReLUNode, pool_windows
 from dtd.regions import lp_rows, region_constraints, region_output_root, region_rows
 from dtd.tolerances import equation_rtol, pattern_tol, region_slack
 from properties.measure.checks import root_equation_residual, root_outcomes

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 import dtd
-from dtd import progress, rules as R
+from dtd import progress
+from dtd import rules as R
 from dtd.regions import LPStatus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,7 +240,7 @@ def test_lp_status_values_and_count_keys():
 
 
 def test_root_sets_live_in_rootsets_and_stay_importable_from_roots():
-    from dtd import rootsets, roots
+    from dtd import roots, rootsets
 
     assert roots.RegionRootSet is rootsets.RegionRootSet and roots.WalkRootSet is rootsets.WalkRootSet
     assert rootsets.RegionRootSet.__module__ == "dtd.rootsets"

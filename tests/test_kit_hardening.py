@@ -24,13 +24,12 @@ import pytest
 import torch
 
 import dtd
-from properties import Implementation, Subject
+from properties import Implementation, Subject, report
 from properties import conformance as C
-from properties import report
-from properties.usercode.factories import load_factory
+from properties.generate.strategies import Case
 from properties.measure.keys import RateKey
 from properties.measure.stats import Rate
-from properties.generate.strategies import Case
+from properties.usercode.factories import load_factory
 from tests.test_conformance_kit import lrp_zplus
 from tests.test_plugin_isolation import installed  # noqa: F401  (the fixture: the pytest11 entry point is installed)
 

@@ -97,8 +97,8 @@ def test_warm_started_lp_equals_independent_linprog(norm, p):
     """RegionLP re-solves from the last basis; scipy's linprog solves each LP from scratch: same optima."""
     import numpy as np
 
-    from dtd.regions import RegionLP
     from benchmarks.workloads import region_lp_reference
+    from dtd.regions import RegionLP
 
     net, x = _case(n=15)
     dec = dtd.train_free(net, x)

@@ -10,9 +10,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from properties.report import figures
 from properties.measure.keys import SEED_TOP_LAYER, RateKey, by_design
-from properties.report import render_report, row, table_legend
+from properties.report import figures, render_report, row, table_legend
 from properties.report.sections import OTHER, natural_key, row_key, sections, split_by_design
 from properties.report.summary import SCALE_TEXT, changes, format_rate, row_anchor, scale_word, summarize
 from properties.report.tables import implementation_matrix, subject_grids
@@ -445,7 +444,7 @@ def test_a_row_below_a_floor_fails_the_verdict_and_says_which_floor_everywhere()
     assert first.startswith("**Gate: FAILED — 1 below a required floor") and f"(#{row_anchor(failing['name'])})" in first
     assert "**below_floor**" in markdown and "below the floor --require 'conformance.mylib.*&gt;=0.99'" not in markdown
     assert "below the floor --require 'conformance.mylib.*>=0.99'" in markdown
-    assert f'<tr class="below_floor" data-status="below_floor"' in page
+    assert '<tr class="below_floor" data-status="below_floor"' in page
     assert escape("below the floor --require 'conformance.mylib.*>=0.99'") in page
     lines = verdict_lines(rows)
     assert lines[0].startswith("Gate: FAILED — 1 below a required floor")

@@ -11,8 +11,8 @@ from torch import nn
 import dtd
 from properties.measure.checks import root_outcomes
 from properties.measure.keys import RateKey
-from properties.subjects.subject import ROOT_QUESTIONS, Subject, evaluate
 from properties.measure.thresholds import CONSERVED_SHARE
+from properties.subjects.subject import ROOT_QUESTIONS, Subject, evaluate
 
 
 def _mlp(seed=0, sizes=(6, 12, 8, 3), dtype=torch.float32, last_bias=0.0):

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from properties.measure.keys import RateKey
 from properties.cli.check import add_check_command, pytest_arguments
+from properties.measure.keys import RateKey
 from properties.plugin.subjects import USER_BASELINE, load_subjects
 
 USER_MODULE = '''

@@ -10,8 +10,8 @@ from torch import nn
 import dtd
 from dtd import rules as R
 from dtd.tolerances import denominator_eps
-from properties.measure import checks
 from properties.generate import variants as V
+from properties.measure import checks
 from tests import reference
 
 ATOL64 = 1e-10  # float64, batched vs looped: summation order only (relevances are O(1..10))

@@ -32,8 +32,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from .check import QUIET_REWRITE, add_check_command, add_require_argument, require_options, seed_argument
 
@@ -138,7 +138,7 @@ def _pytest(targets: list[str], args: argparse.Namespace) -> int:
     return int(pytest.main(argv))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dtd-properties``; returns the exit code."""
     args = parser().parse_args(argv)
     if os.getcwd() not in sys.path:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 __all__ = ["add_check_command", "run_check", "pytest_arguments", "main", "seed_argument", "floor_argument", "add_require_argument",
            "REQUIRE_HELP"]
@@ -125,7 +125,7 @@ def run_check(args: argparse.Namespace) -> int:
         return int(pytest.main(pytest_arguments(args, empty)))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m properties.cli.check check ...`` (the console script wires :func:`add_check_command` itself)."""
     parser = argparse.ArgumentParser(prog="dtd-properties")
     subparsers = parser.add_subparsers(dest="command", required=True)

@@ -101,7 +101,8 @@ import dataclasses
 import functools
 import math
 import time
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -113,12 +114,12 @@ from dtd.threads import one_thread
 from dtd.tolerances import equation_rtol
 from dtd.validation import check_int, check_number
 
-from .stabilizer import stabilizer_bound
+from ..measure.keys import OUTCOMES, SUBSETS, RateKey, check_name
+from ..measure.stats import Rate, Tally
+from ..measure.thresholds import CONDITIONING_FACTOR, ROUNDING64
 from ..usercode.callstate import CALL_RNG_SEED, GLOBAL_STATE, CallTimeout, clean_global_state, time_limit
 from ..usercode.factories import load_factory
-from ..measure.keys import OUTCOMES, SUBSETS, RateKey, check_name
-from ..measure.thresholds import CONDITIONING_FACTOR, ROUNDING64
-from ..measure.stats import Rate, Tally
+from .stabilizer import stabilizer_bound
 
 if TYPE_CHECKING:  # strategies imports hypothesis: loaded when networks are drawn, not when a user module imports the kit
     from ..generate.strategies import Case
@@ -187,7 +188,7 @@ _SUBSETS = {"equals_dtd": POPULATIONS, "conservation": ("bias_free", "bias_negat
 _ONLY_ON = {"gradient_x_input": "bias_free"}
 
 Attribute = Callable[[nn.Sequential, torch.Tensor, int], torch.Tensor]
-RulesLike = Union[R.RuleLike, Sequence[R.RuleLike]]
+RulesLike = R.RuleLike | Sequence[R.RuleLike]
 
 
 def _check_name(name) -> str:
@@ -286,7 +287,7 @@ class Implementation:
     def lrp0(self) -> bool:
         return all(isinstance(r, R.LRP0) for r in self.rule)
 
-    def properties(self) -> list[tuple[str, Optional[str]]]:
+    def properties(self) -> list[tuple[str, str | None]]:
         """The ``(property, subset)`` pairs measured for this implementation, architecture by architecture."""
         return [(prop, subset) for architecture in self.architectures for prop, subset, _ in _layout(self, architecture)]
 
@@ -306,7 +307,7 @@ def _check_architectures(value, name: str) -> tuple[str, ...]:
     return chosen
 
 
-def subset_of(architecture: str, prop: str, population: Optional[str]) -> Optional[str]:
+def subset_of(architecture: str, prop: str, population: str | None) -> str | None:
     """The subset of a row: the population on MLPs (``bias_negative``; None for a property judged on every
     population), ``{architecture}_{population}`` on CNNs and residual nets (``cnn_bias_negative``), and the
     architecture alone (``cnn``) for a property judged on all of its populations."""
@@ -315,7 +316,7 @@ def subset_of(architecture: str, prop: str, population: Optional[str]) -> Option
     return f"{architecture}_{population}" if population is not None else architecture
 
 
-def _layout(impl: "Implementation", architecture: str) -> list[tuple[str, Optional[str], Optional[str]]]:
+def _layout(impl: Implementation, architecture: str) -> list[tuple[str, str | None, str | None]]:
     """``(property, subset, population or None for all)`` measured on ``architecture``, in report order."""
     out = []
     for prop in PROPERTIES:
@@ -333,7 +334,7 @@ def _layout(impl: "Implementation", architecture: str) -> list[tuple[str, Option
     return out
 
 
-def conformance_key(implementation: Union[Implementation, str], prop: str, subset: Optional[str] = None) -> RateKey:
+def conformance_key(implementation: Implementation | str, prop: str, subset: str | None = None) -> RateKey:
     """The :class:`~properties.measure.keys.RateKey` of a property's rate (family ``conformance``, subject the implementation)."""
     name = _check_name(implementation.name if isinstance(implementation, Implementation) else implementation)
     if prop not in PROPERTIES:
@@ -341,7 +342,7 @@ def conformance_key(implementation: Union[Implementation, str], prop: str, subse
     return RateKey("conformance", prop, subject=name, subset=subset)
 
 
-def conformance_name(implementation: Union[Implementation, str], prop: str, subset: Optional[str] = None) -> str:
+def conformance_name(implementation: Implementation | str, prop: str, subset: str | None = None) -> str:
     """The report row of a property: ``conformance.{name}.{property}[.{subset}]``."""
     return str(conformance_key(implementation, prop, subset))
 
@@ -425,7 +426,7 @@ def _small_image_cases(architecture: str, name: str, seed: int) -> tuple:
 
 #: lowered networks of recently seen image models, by ``id`` (the model is kept with it, so its id is not reused;
 #: the kit never changes a model it lowered: every call gets a copy)
-_LOWERED: "collections.OrderedDict[int, tuple]" = collections.OrderedDict()
+_LOWERED: collections.OrderedDict[int, tuple] = collections.OrderedDict()
 _LOWERED_SIZE = 64
 
 
@@ -449,7 +450,7 @@ class _Subject:
     x: torch.Tensor
     output: int
     architecture: str
-    model: Optional[nn.Module] = None  # the original model (CNNs, residual nets); MLPs: ``net.to_sequential()``
+    model: nn.Module | None = None  # the original model (CNNs, residual nets); MLPs: ``net.to_sequential()``
 
     def fresh(self) -> nn.Module:
         """A copy of the model for one call (nothing shared with the kit's own)."""
@@ -544,8 +545,8 @@ class _Caller:
     ``TypeError`` / ``ValueError`` naming the implementation (its contract).
     """
 
-    def __init__(self, impl: Implementation, call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT,
-                 on_call: Optional[Callable[[], None]] = None):
+    def __init__(self, impl: Implementation, call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+                 on_call: Callable[[], None] | None = None):
         self.impl = impl
         self.call_timeout = call_timeout
         self.on_call = on_call
@@ -725,8 +726,8 @@ def _split_batches(n: int) -> list[torch.Tensor]:
     return [rows for rows in (torch.arange(half - 1, -1, -1), torch.arange(n - 1, half - 1, -1)) if rows.numel() > 0]
 
 
-def evaluate_case(impl: Implementation, case, population_name: str, *, only: Optional[set] = None,
-                  caller: Optional[_Caller] = None, seed: int = 0, net=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def evaluate_case(impl: Implementation, case, population_name: str, *, only: set | None = None,
+                  caller: _Caller | None = None, seed: int = 0, net=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-point outcomes ``{property: (holds, counted)}`` of one case (``property`` without the population).
 
     ``case``: an MLP :class:`~properties.generate.strategies.Case` or a CNN / residual-net
@@ -833,7 +834,7 @@ def _network(weights: list[torch.Tensor], biases: list[torch.Tensor], final_relu
     return ReLUNetwork([linear_copy(w, b) for w, b in zip(weights, biases)], final_relu=final_relu)  # no global RNG
 
 
-def _fails(impl: Implementation, case, population_name: str, prop: str, call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT) -> bool:
+def _fails(impl: Implementation, case, population_name: str, prop: str, call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> bool:
     try:
         holds, counted = evaluate_case(impl, case, population_name, only={prop}, caller=_Caller(impl, call_timeout))[prop]
     except (ValueError, TypeError):
@@ -841,8 +842,8 @@ def _fails(impl: Implementation, case, population_name: str, prop: str, call_tim
     return bool((counted & ~holds).any())
 
 
-def shrink(impl: Implementation, case: "Case", population_name: str, prop: str, budget: int = SHRINK_BUDGET, *,
-           call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT) -> "Case":
+def shrink(impl: Implementation, case: Case, population_name: str, prop: str, budget: int = SHRINK_BUDGET, *,
+           call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> Case:
     """A small case on which ``prop`` still fails: fewer points, neurons, inputs, outputs; rounded weights.
 
     Greedy: every step is kept only if the property still fails; at most
@@ -925,7 +926,7 @@ def shrink(impl: Implementation, case: "Case", population_name: str, prop: str, 
 
 
 def _shrink_image(impl: Implementation, case, population_name: str, prop: str, budget: int,
-                  call_timeout: Optional[float]):
+                  call_timeout: float | None):
     """A small CNN / residual net of ``case``'s population on which ``prop`` fails: one of the population's smallest
     models (:data:`SMALL_IMAGE_SPACE`) when one fails, else ``case`` shrunk by
     :func:`properties.generate.architectures.shrink_case` (at most :data:`IMAGE_SHRINK_BUDGET` evaluations)."""
@@ -944,7 +945,7 @@ def _shrink_image(impl: Implementation, case, population_name: str, prop: str, b
     return shrink_case(case, lambda c: _fails(impl, c, population_name, prop, call_timeout), budget=min(budget, IMAGE_SHRINK_BUDGET))
 
 
-def describe_failure(impl: Implementation, case: Case, prop: str, call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT) -> str:
+def describe_failure(impl: Implementation, case: Case, prop: str, call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> str:
     """The counterexample's network and inputs, the implementation's relevance (or the error it raised, or what
     it changed in torch's global state) and DTD's.  ``finite`` shows the input with zeros it was judged on."""
     from ..generate.strategies import Case
@@ -1007,9 +1008,9 @@ PROGRESS_INTERVAL = 1.0
 
 
 def run(impl: Implementation, *, seed: int = 0, networks: int = NETWORKS, points: int = POINTS,
-        confidence: float = 0.99, shrink_failures: bool = True, call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT,
-        progress: Optional[Callable[[str], None]] = None, image_networks: Optional[int] = None,
-        image_points: Optional[int] = None) -> ConformanceResult:
+        confidence: float = 0.99, shrink_failures: bool = True, call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        progress: Callable[[str], None] | None = None, image_networks: int | None = None,
+        image_points: int | None = None) -> ConformanceResult:
     """Measure every property of ``impl`` on ``networks`` generated networks per population.
 
     ``networks`` and ``points`` are the MLPs'; the CNNs and residual nets of
@@ -1054,7 +1055,7 @@ def _cases_of(architecture: str, name: str, count: int, points: int, seed: int) 
 
 
 def _run(impl: Implementation, seed: int, sizes: dict, confidence: float, shrink_failures: bool,
-         call_timeout: Optional[float], progress: Optional[Callable[[str], None]]) -> ConformanceResult:
+         call_timeout: float | None, progress: Callable[[str], None] | None) -> ConformanceResult:
     tally = Tally()
     first_failure: dict[str, tuple[Case, str, str]] = {}
     measured = impl.properties()

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -176,7 +176,7 @@ class Claims:
         return reference(model, x, output, self)
 
 
-ClaimsLike = Union[Claim, Claims, Sequence[Claim]]
+ClaimsLike = Claim | Claims | Sequence[Claim]
 
 
 def ensure_claims(value: ClaimsLike) -> Claims:
@@ -227,7 +227,7 @@ def _connectivity(module: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def reference(model: nn.Module, x: torch.Tensor, output: int, claims: ClaimsLike, *,
-              pooling_stabilizer: Optional[float] = None) -> torch.Tensor:
+              pooling_stabilizer: float | None = None) -> torch.Tensor:
     """The claimed rules' input relevance ``(batch, *input_shape)`` for ``model``'s output ``output`` at ``x``.
 
     ``model``: an ``nn.Sequential`` (nested ones too) of ``Linear``, ``Conv2d``

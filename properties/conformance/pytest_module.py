@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import pytest
 
@@ -45,7 +45,7 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("implementation", found, ids=[impl.name for impl in found])
 
 
-def progress_writer(config) -> Optional[Callable[[str], None]]:
+def progress_writer(config) -> Callable[[str], None] | None:
     """A progress line on the terminal (over pytest's output capture), or None off a terminal, in CI or under -q -q."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")

@@ -46,7 +46,7 @@ populations must find equal to ``dtd.train_free(..., rule="z+")``.
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -183,7 +183,7 @@ class _Tape:
                                     f"and ResidualNet, not {type(module).__name__}")
             self.output = flush(a)
 
-    def backward(self, relevance: torch.Tensor, opts: _Options, last: Optional[int] = None) -> torch.Tensor:
+    def backward(self, relevance: torch.Tensor, opts: _Options, last: int | None = None) -> torch.Tensor:
         steps = self.steps if last is None else self.steps[:last]
         for kind, a, what in reversed(steps):
             if kind == "affine":

@@ -15,7 +15,7 @@ build on these; :func:`properties.findings.evaluate_findings` runs them on a sub
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 
@@ -27,7 +27,7 @@ from ..measure.stats import Rate
 
 __all__ = ["relevance_from_top", "rule_list", "Findings", "RuleSpec"]
 
-RuleSpec = Union[dtd.Rule, Sequence[dtd.Rule]]
+RuleSpec = dtd.Rule | Sequence[dtd.Rule]
 
 
 def rule_list(rule: RuleSpec, n_layers: int) -> list:
@@ -91,7 +91,7 @@ class Findings:
             raise ValueError(f"rate {key} measured twice")
         self.rates[key] = (rate, description)
 
-    def extend(self, other: "Findings") -> "Findings":
+    def extend(self, other: Findings) -> Findings:
         for key, (rate, description) in other.rates.items():
             self.add(key, rate, description)
         self.counts.update(other.counts)

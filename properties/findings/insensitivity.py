@@ -31,23 +31,22 @@ all zero (no cosine) is left out and counted.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 import dtd
 from dtd import rules as R
-
-from ..generate import variants as V
 from dtd.threads import one_thread
 from dtd.validation import check_int, check_seed
 
-from .common import Findings, relevance_from_top
+from ..generate import variants as V
 from ..measure.keys import RateKey, describe
-from .similarity import cosine, median_interval
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate
 from ..measure.thresholds import INSENSITIVE_COSINE
+from .common import Findings, relevance_from_top
+from .similarity import cosine, median_interval
 
 __all__ = ["DEPTHS", "WIDTH", "OUTPUTS", "VGG16_WIDTHS", "SIMULATION", "SweepResult", "depth_sweep", "vgg16_simulation",
            "subject_insensitivity", "FIGURE", "SIMULATION_FIGURE"]
@@ -107,7 +106,7 @@ def _networks(depth: int, count: int, n_points: int, seed: int):
 
 
 def depth_sweep(*, n_networks: int, n_points: int, seed: int, depths: Sequence[int] = DEPTHS,
-                variants: Optional[Sequence[R.Variant]] = None) -> SweepResult:
+                variants: Sequence[R.Variant] | None = None) -> SweepResult:
     """Cosines of the two pairs for every rule variant on ``n_networks`` generated networks of each depth.
 
     Parameters

@@ -29,22 +29,21 @@ inputs' per-feature mean.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 import dtd
 from dtd import rules as R
-
-from ..generate import variants as V
 from dtd.threads import one_thread
 from dtd.validation import check_seed
 
-from .common import Findings, rule_list
+from ..generate import variants as V
 from ..measure.keys import RateKey, describe
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate
 from ..measure.thresholds import INVARIANT_RTOL
+from .common import Findings, rule_list
 
 __all__ = ["shifted_network", "shifted_rules", "relevance_change", "unchanged", "invariance_sweep", "subject_invariance",
            "UNSHIFTED", "FIGURE", "INVARIANT_BY_CONSTRUCTION"]
@@ -134,7 +133,7 @@ def _pairs(net, moved, x, c, output, label, rule) -> torch.Tensor:
 
 
 def invariance_sweep(cases: Sequence, *, seed: int, confidence: float = DEFAULT_CONFIDENCE,
-                     variants: Optional[Sequence[R.Variant]] = None) -> Findings:
+                     variants: Sequence[R.Variant] | None = None) -> Findings:
     """``invariance.{rule}.unchanged`` over generated ``cases`` (each a :class:`properties.generate.strategies.Case`).
 
     Per case a shift ``c`` with i.i.d. uniform ``[0, 1)`` entries (so shifted

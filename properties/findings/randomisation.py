@@ -37,11 +37,11 @@ import dtd
 from dtd.threads import one_thread
 from dtd.validation import check_int, check_seed
 
-from .common import Findings, relevance_from_top
 from ..measure.keys import RateKey, describe
-from .similarity import spearman, ssim
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate
 from ..measure.thresholds import SIMILAR_SPEARMAN, SIMILAR_SSIM
+from .common import Findings, relevance_from_top
+from .similarity import spearman, ssim
 
 __all__ = ["parameterised_modules", "randomised_copy", "gradient_x_input", "subject_randomisation", "CONTRAST"]
 

@@ -11,7 +11,7 @@ in ``tests/test_similarity.py``.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -128,7 +128,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float) -> torch.Tensor
 
 
 def median_interval(values: Sequence[torch.Tensor], confidence: float, *, seed: int = 0,
-                    resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[Optional[float], Optional[float], Optional[float]]:
+                    resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float | None, float | None, float | None]:
     """Median of all values with a percentile cluster-bootstrap interval (clusters resampled with replacement).
 
     Parameters

@@ -44,11 +44,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import OrderedDict
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
-from torch import nn
 from hypothesis import strategies as st
+from torch import nn
 
 from dtd.validation import check_int, check_number, check_seed
 
@@ -107,7 +107,7 @@ LIVE_OUTPUT = 1e-6
 #: :func:`to_code` refuses models with more numbers than this (use :func:`builder_code`)
 MAX_LITERAL_NUMBERS = 20_000
 
-Bounds = Union[int, tuple[int, int]]
+Bounds = int | tuple[int, int]
 
 
 def _bounds(value: Bounds, name: str, minimum: int = 1) -> tuple[int, int]:
@@ -129,7 +129,7 @@ def _check_population(population: str) -> str:
     return population
 
 
-def _populations(population: Union[str, Sequence[str]]) -> tuple[str, ...]:
+def _populations(population: str | Sequence[str]) -> tuple[str, ...]:
     chosen = (population,) if isinstance(population, str) else tuple(population)
     if not chosen:
         raise ValueError(f"population must be one of {POPULATIONS} or a non-empty sequence of them, got {population!r}")
@@ -248,7 +248,7 @@ class ResNetSpec:
         return (self.in_channels, self.image_size, self.image_size)
 
 
-Spec = Union[CNNSpec, ResNetSpec]
+Spec = CNNSpec | ResNetSpec
 
 
 # ------------------------------------------------------------------------------------------------ modules
@@ -270,7 +270,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.bn2 = nn.BatchNorm2d(out_channels, eps=bn_eps)
         if stride != 1 or in_channels != out_channels:
-            self.downsample: Optional[nn.Sequential] = nn.Sequential(
+            self.downsample: nn.Sequential | None = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride=stride), nn.BatchNorm2d(out_channels, eps=bn_eps))
         else:
             self.downsample = None
@@ -333,7 +333,7 @@ def _structure(spec: Spec, bias: bool) -> nn.Module:
     return nn.Sequential(OrderedDict(layers))
 
 
-def affine_units(model: nn.Module) -> list[tuple[str, nn.Module, Optional[nn.BatchNorm2d]]]:
+def affine_units(model: nn.Module) -> list[tuple[str, nn.Module, nn.BatchNorm2d | None]]:
     """``(name, conv_or_linear, batch_norm_or_None)`` of every Conv2d/Linear in forward order.
 
     A batch norm is paired with the Conv2d it directly follows among the
@@ -461,8 +461,8 @@ class _Space:
 
     @classmethod
     def of(cls, architecture: str, *, in_channels: Bounds = (1, 2), channels: Bounds = (1, 4), depth: Bounds = (1, 2),
-           image_size: Bounds = (2, 8), outputs: Bounds = (1, 3), population: Union[str, Sequence[str]] = POPULATIONS,
-           dtype: torch.dtype = torch.float64, bn_eps: float = 1e-5) -> "_Space":
+           image_size: Bounds = (2, 8), outputs: Bounds = (1, 3), population: str | Sequence[str] = POPULATIONS,
+           dtype: torch.dtype = torch.float64, bn_eps: float = 1e-5) -> _Space:
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
         return cls(architecture, _bounds(in_channels, "in_channels"), _bounds(channels, "channels"), _bounds(depth, "depth"),
@@ -696,7 +696,7 @@ class ModelCase:
                 f"{self.x.shape[0]} input(s); to rebuild:\n" + self.code())
 
 
-def _case(g: GeneratedModel, points: int, seed: int, min_output: float) -> Optional[ModelCase]:
+def _case(g: GeneratedModel, points: int, seed: int, min_output: float) -> ModelCase | None:
     """The model's most often live output and ``points`` inputs on which it exceeds ``min_output``, or None."""
     with torch.no_grad():
         y = g.model(nonnegative_images(256, g.input_shape, seed=seed, dtype=g.dtype))

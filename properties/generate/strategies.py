@@ -8,16 +8,18 @@ special values touches the shape of a network, never its weights.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from dtd import ReLUNetwork, rules as R
+from dtd import ReLUNetwork
+from dtd import rules as R
 from dtd.network import INITS
 from dtd.validation import check_int, check_number, check_seed
+
 from . import variants as V
 
 __all__ = ["networks", "nonnegative_inputs", "rules", "variants", "cases", "sample_cases", "CaseSpace", "Case", "SEED_MAX"]
@@ -25,7 +27,7 @@ __all__ = ["networks", "nonnegative_inputs", "rules", "variants", "cases", "samp
 #: seeds are drawn from [0, SEED_MAX]
 SEED_MAX = 2**31 - 1
 
-Bounds = Union[int, tuple[int, int]]
+Bounds = int | tuple[int, int]
 
 
 def _bounds(value: Bounds, name: str, minimum: int = 1) -> tuple[int, int]:
@@ -54,7 +56,7 @@ def networks(
     width: Bounds = (1, 24),
     input_size: Bounds = (1, 24),
     outputs: Bounds = (1, 4),
-    init: Union[str, Sequence[str]] = INITS,
+    init: str | Sequence[str] = INITS,
     dtype: torch.dtype = torch.float64,
 ) -> ReLUNetwork:
     """Random :class:`dtd.ReLUNetwork` s.
@@ -156,7 +158,7 @@ class CaseSpace:
     outputs: Bounds = (1, 4)
     n: Bounds = (1, 64)
     min_output: float = 0.0
-    init: Union[str, Sequence[str]] = INITS
+    init: str | Sequence[str] = INITS
     dtype: torch.dtype = torch.float64
 
     def __post_init__(self):
@@ -169,7 +171,7 @@ class CaseSpace:
         _check_dtype(self.dtype)
         check_number(self.min_output, "min_output")
 
-    def build(self, sizes: list[int], init: str, seed: int, output: int, n: int, input_seed: int) -> Optional[Case]:
+    def build(self, sizes: list[int], init: str, seed: int, output: int, n: int, input_seed: int) -> Case | None:
         """The case these draws describe, or None when ``output`` is dead (no input reaches ``min_output``)."""
         net = ReLUNetwork.random(sizes, seed, init=init, dtype=self.dtype)
         try:

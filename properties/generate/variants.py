@@ -20,7 +20,7 @@ properties, the agreement check and the reference tests read them with
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -32,7 +32,7 @@ __all__ = ["SWEEPS", "Variant", "SuiteEntry", "declare", "undeclare", "declared"
 SWEEPS = ("generated", "region", "agreement", "must_hold", "reference")
 
 #: how a variant builds its rule(s) for a batch of inputs ``x`` ``(batch, D_0)`` and a network of ``n_layers`` layers
-Maker = Callable[[torch.Tensor, int], Union[R.Rule, list]]
+Maker = Callable[[torch.Tensor, int], R.Rule | list]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +74,8 @@ class SuiteEntry:
 
     cls: type
     variants: tuple = ()
-    zennit: Optional[Callable] = None
-    captum: Optional[Callable] = None
+    zennit: Callable | None = None
+    captum: Callable | None = None
 
 
 _ENTRIES: dict[type, SuiteEntry] = {}
@@ -105,7 +105,7 @@ def declared() -> list[SuiteEntry]:
     return known + [e for c, e in _ENTRIES.items() if c not in order]
 
 
-def suite_entry(rule: Union[R.Rule, type]) -> SuiteEntry:
+def suite_entry(rule: R.Rule | type) -> SuiteEntry:
     """The declarations of a rule object or class (an empty entry when none were made)."""
     cls = rule if isinstance(rule, type) else type(rule)
     return _ENTRIES.get(cls, SuiteEntry(cls))
@@ -118,7 +118,7 @@ def variants(sweep: str) -> list[Variant]:
     return [v for entry in declared() for v in entry.variants if sweep in v.sweeps]
 
 
-def counterpart_of(rule: R.Rule, library: str) -> Optional[tuple[str, dict]]:
+def counterpart_of(rule: R.Rule, library: str) -> tuple[str, dict] | None:
     """``(class name, kwargs)`` of ``library``'s (``"zennit"`` / ``"captum"``) rule equal to ``rule``, or None."""
     declared_ = getattr(suite_entry(rule), library)
     return None if declared_ is None else declared_(rule)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
 
 import torch
 
@@ -98,7 +97,7 @@ class RootOutcomes:
     in_domain: torch.Tensor
     valid: torch.Tensor
     carries_relevance: torch.Tensor
-    neurons: Optional[torch.Tensor] = None
+    neurons: torch.Tensor | None = None
 
     #: the root-level boolean outcomes, in report order
     OUTCOMES = ("zero_output", "output_unchanged", "gradient_match", "region_match", "in_domain")
@@ -118,7 +117,7 @@ class RootOutcomes:
         return (values | ~mask).all(1), mask.any(1)
 
 
-def chunk_points(net: "ReLUNetwork | GraphNetwork", layer: int, memory_budget: int, n_roots: Optional[int] = None) -> int:
+def chunk_points(net: ReLUNetwork | GraphNetwork, layer: int, memory_budget: int, n_roots: int | None = None) -> int:
     """How many points' roots of ``layer`` fit ``memory_budget`` bytes at once.
 
     A point holds ``n_roots`` roots (default ``J``, every neuron), each
@@ -136,15 +135,15 @@ def chunk_points(net: "ReLUNetwork | GraphNetwork", layer: int, memory_budget: i
 
 
 def root_outcomes(
-    net: "ReLUNetwork | GraphNetwork",
+    net: ReLUNetwork | GraphNetwork,
     dec: Decomposition,
     *,
     layer: int = 0,
-    output: "int | torch.Tensor | None" = None,
+    output: int | torch.Tensor | None = None,
     atol: float = PROPERTY_ATOL,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    neurons: Optional[int] = None,
-    generator: Optional[torch.Generator] = None,
+    neurons: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> RootOutcomes:
     """Evaluate the DTD promises at every root (or a sample of roots) of layer ``layer`` of ``dec``.
 
@@ -258,7 +257,7 @@ def _base(net: GraphNetwork, dec: Decomposition) -> tuple[dict, dict]:
     return net.run(x.reshape((x.shape[0],) + tuple(net.input_shape)))
 
 
-def _drawn(lay, neurons, generator) -> Optional[torch.Tensor]:
+def _drawn(lay, neurons, generator) -> torch.Tensor | None:
     """The sampled neurons ``(batch, K)`` of ``root_outcomes(..., neurons=K, generator=...)``, or None for every neuron."""
     if neurons is not None:
         neurons = check_int(neurons, "neurons", minimum=1)
@@ -365,8 +364,8 @@ class SegmentOutcomes:
 
 
 def segment_outcomes(
-    net: "ReLUNetwork | GraphNetwork", a: torch.Tensor, roots: torch.Tensor, *, layer: int, output: "int | torch.Tensor",
-    atol: float = PROPERTY_ATOL, base: Optional[tuple[dict, dict]] = None,
+    net: ReLUNetwork | GraphNetwork, a: torch.Tensor, roots: torch.Tensor, *, layer: int, output: int | torch.Tensor,
+    atol: float = PROPERTY_ATOL, base: tuple[dict, dict] | None = None,
 ) -> SegmentOutcomes:
     """The promises of a root in the closure of the input's region, judged without a hinge convention.
 

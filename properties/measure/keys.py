@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Optional
 
-from .thresholds import (CONSERVED_SHARE, INSENSITIVE_COSINE, INVARIANT_RTOL, PROPERTY_ATOL, SIMILAR_SPEARMAN,
-                         SIMILAR_SSIM)
+from .thresholds import (
+    CONSERVED_SHARE,
+    INSENSITIVE_COSINE,
+    INVARIANT_RTOL,
+    PROPERTY_ATOL,
+    SIMILAR_SPEARMAN,
+    SIMILAR_SSIM,
+)
 
 __all__ = ["RateKey", "FAMILIES", "OUTCOMES", "UNITS", "SUBSETS", "FINDERS", "PAIRS", "describe", "check_name",
            "layer_names_label", "LAYER_NAMES_SEPARATOR"]
@@ -197,16 +202,16 @@ class RateKey:
 
     family: str
     outcome: str
-    subject: Optional[str] = None
-    rule: Optional[str] = None
-    finder: Optional[str] = None
-    layer: Optional[int] = None
-    neuron: Optional[int] = None
-    unit: Optional[str] = None
-    subset: Optional[str] = None
-    depth: Optional[int] = None
-    randomised: Optional[int] = None
-    pair: Optional[str] = None
+    subject: str | None = None
+    rule: str | None = None
+    finder: str | None = None
+    layer: int | None = None
+    neuron: int | None = None
+    unit: str | None = None
+    subset: str | None = None
+    depth: int | None = None
+    randomised: int | None = None
+    pair: str | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -245,7 +250,7 @@ class RateKey:
         return ".".join(_render(self, _layout_for(self)))
 
     @classmethod
-    def parse(cls, name: str) -> "RateKey":
+    def parse(cls, name: str) -> RateKey:
         """The key whose ``str`` is ``name`` (``ValueError`` if no family's layout fits)."""
         if not isinstance(name, str):
             raise TypeError(f"a rate name must be a str, got {type(name).__name__}")
@@ -263,7 +268,7 @@ class RateKey:
         """The non-empty fields (for ``report.json``)."""
         return {name: getattr(self, name) for name in _FIELDS if getattr(self, name) is not None}
 
-    def replace(self, **changes) -> "RateKey":
+    def replace(self, **changes) -> RateKey:
         return dataclasses.replace(self, **changes)
 
 
@@ -379,7 +384,7 @@ def _token_value(name: str, token: str, family: str):
     return token if _WORD.match(token) and token not in FAMILIES and not _RESERVED.match(token) else None
 
 
-def _match(layout, tokens: list[str], at: int, fields: dict) -> Optional[dict]:
+def _match(layout, tokens: list[str], at: int, fields: dict) -> dict | None:
     """Fields filled by matching ``layout`` against ``tokens[at:]`` (backtracking over optional slots)."""
     if not layout:
         return fields if at == len(tokens) else None
@@ -458,7 +463,7 @@ __all__ += ["by_design", "SEED_TOP_LAYER"]
 SEED_TOP_LAYER = 3
 
 
-def by_design(key: RateKey, top_layer: int = SEED_TOP_LAYER) -> Optional[str]:
+def by_design(key: RateKey, top_layer: int = SEED_TOP_LAYER) -> str | None:
     """Why ``key``'s rate is 0 % or 100 % by construction, or None for a measured finding.
 
     Parameters

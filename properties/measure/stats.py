@@ -44,8 +44,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Mapping, Sequence
 from statistics import NormalDist
-from typing import Mapping, Optional, Sequence
 
 import torch
 
@@ -110,13 +110,13 @@ def t_quantile(probability: float, df: float) -> float:
     return math.sqrt(df * (1.0 - x) / x)
 
 
-def interval_quantile(confidence: float, df: Optional[float] = None) -> float:
+def interval_quantile(confidence: float, df: float | None = None) -> float:
     """The two-sided interval's quantile at ``confidence``: the normal's, or Student's t with ``df`` degrees of freedom."""
     probability = 1 - (1 - confidence) / 2
     return NormalDist().inv_cdf(probability) if df is None else t_quantile(probability, df)
 
 
-def wilson_interval(successes: float, trials: float, confidence: float, df: Optional[float] = None) -> tuple[float, float]:
+def wilson_interval(successes: float, trials: float, confidence: float, df: float | None = None) -> tuple[float, float]:
     """Wilson score interval; ``trials`` may be fractional (an effective sample size).
 
     The quantile is the normal's, or Student's t with ``df`` degrees of
@@ -152,7 +152,7 @@ class Rate:
     successes: int
     trials: int
     confidence: float = DEFAULT_CONFIDENCE
-    clusters: Optional[tuple[tuple[int, int], ...]] = None
+    clusters: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self):
         for name in ("successes", "trials"):
@@ -170,7 +170,7 @@ class Rate:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_clusters(cls, pairs: Sequence[tuple[int, int]], confidence: float = DEFAULT_CONFIDENCE) -> "Rate":
+    def from_clusters(cls, pairs: Sequence[tuple[int, int]], confidence: float = DEFAULT_CONFIDENCE) -> Rate:
         """A clustered rate from per-cluster ``(successes, trials)``; empty clusters are dropped."""
         pairs = tuple((int(s), int(t)) for s, t in pairs if int(t) > 0)
         return cls(sum(s for s, _ in pairs), sum(t for _, t in pairs), confidence, pairs)
@@ -179,11 +179,11 @@ class Rate:
     def from_mask(
         cls,
         holds: torch.Tensor,
-        counted: Optional[torch.Tensor] = None,
+        counted: torch.Tensor | None = None,
         *,
-        cluster_dim: Optional[int] = None,
+        cluster_dim: int | None = None,
         confidence: float = DEFAULT_CONFIDENCE,
-    ) -> "Rate":
+    ) -> Rate:
         """Rate of ``holds`` over the entries where ``counted`` is True.
 
         With ``cluster_dim`` (e.g. 0 for ``(points, neurons)`` tensors) each
@@ -200,12 +200,12 @@ class Rate:
 
     # ------------------------------------------------------------------ values
     @property
-    def rate(self) -> Optional[float]:
+    def rate(self) -> float | None:
         """``successes / trials``, or None without data."""
         return self.successes / self.trials if self.trials else None
 
     @property
-    def n_clusters(self) -> Optional[int]:
+    def n_clusters(self) -> int | None:
         return None if self.clusters is None else len(self.clusters)
 
     @property
@@ -235,7 +235,7 @@ class Rate:
         return self.trials / self.design_effect
 
     @property
-    def interval(self) -> tuple[Optional[float], Optional[float]]:
+    def interval(self) -> tuple[float | None, float | None]:
         """``(low, high)`` at :attr:`confidence`; ``(None, None)`` without data."""
         if not self.trials:
             return None, None
@@ -243,7 +243,7 @@ class Rate:
         return wilson_interval(self.rate * n, n, self.confidence, df=self.degrees_of_freedom)
 
     @property
-    def degrees_of_freedom(self) -> Optional[float]:
+    def degrees_of_freedom(self) -> float | None:
         """Of the interval's quantile: ``clusters - 1`` where the design effect was estimated from the clusters'
         spread (Student's t), None where the normal quantile applies (independent trials; an all-pass or all-fail
         rate, whose whole-cluster bound estimates nothing)."""
@@ -272,7 +272,7 @@ class Rate:
         return f"{100 * self.rate:.2f}% [{100 * low:.2f}, {100 * high:.2f}] ({self.successes}/{self.trials})"
 
 
-def compare(row: Mapping, baseline: Optional[Mapping]) -> str:
+def compare(row: Mapping, baseline: Mapping | None) -> str:
     """``new`` without a baseline entry, ``regression`` when the intervals do not overlap, else ``ok``.
 
     Both arguments are mappings with ``rate``, ``ci_low``, ``ci_high`` (as
@@ -306,7 +306,7 @@ class Tally:
     def new_cluster(self) -> None:
         self._cluster += 1
 
-    def add(self, name: str, holds: torch.Tensor, counted: Optional[torch.Tensor] = None) -> None:
+    def add(self, name: str, holds: torch.Tensor, counted: torch.Tensor | None = None) -> None:
         counted = torch.ones_like(holds, dtype=torch.bool) if counted is None else counted
         pair = self._counts.setdefault(name, {}).setdefault(self._cluster, [0, 0])
         pair[0] += int((holds & counted).sum())

@@ -64,15 +64,15 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 import pytest
 
 from dtd.validation import check_int, check_probability
 
-from ..measure import gates
 from .. import report as _report
+from ..measure import gates
 from ..measure.keys import RateKey, describe
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate
 
@@ -109,8 +109,8 @@ class Store:
         self.plots: dict[str, dict] = {}
         self.summary: set[str] = set()
         self.counts: dict[str, float] = {}
-        self.written_to: Optional[str] = None  # report directory, once written
-        self.html_report: Optional[str] = None  # its report.html, once a complete report is written
+        self.written_to: str | None = None  # report directory, once written
+        self.html_report: str | None = None  # its report.html, once a complete report is written
         self.owner: dict[str, str] = {}
         self.started = time.time()
         self.failed: set[str] = set()  # tests with a phase that did not pass
@@ -164,8 +164,8 @@ class PropertyReport:
         """Seed for i.i.d. samples of generated cases (same in every xdist worker)."""
         return self._store.seed
 
-    def rate(self, name: "str | RateKey", rate: Rate, description: Optional[str] = None, *, summary: bool = False,
-             example: Optional[str] = None) -> dict:
+    def rate(self, name: str | RateKey, rate: Rate, description: str | None = None, *, summary: bool = False,
+             example: str | None = None) -> dict:
         """Record one rate; returns its report row.
 
         ``name`` is a :class:`~properties.measure.keys.RateKey` (the suite's own
@@ -279,7 +279,7 @@ def pytest_addoption(parser, pluginmanager) -> None:
                     dest="property_update_baseline_partial", help="the suite's own runs: --property-update-baseline-partial")
 
 
-def _parsed(name: str) -> Optional[RateKey]:
+def _parsed(name: str) -> RateKey | None:
     """The key of a name recorded as a string, where it is one (the absolute gates read its fields)."""
     try:
         return RateKey.parse(name)
@@ -311,7 +311,7 @@ def recorder_for(item) -> PropertyReport:
     return made
 
 
-def _update_mode(config) -> Optional[str]:
+def _update_mode(config) -> str | None:
     """``"partial"``, ``"full"`` or None (gate on the baseline)."""
     if config.getoption("property_update_baseline_partial"):
         return "partial"
@@ -331,7 +331,7 @@ def _report_directory(config) -> Path:
     return directory if directory.is_absolute() else Path(config.invocation_params.dir) / directory
 
 
-def _user_run(config) -> Optional[str]:
+def _user_run(config) -> str | None:
     """Where a user's run (their implementations or subjects) gates: ``./conformance-baseline.json`` or
     ``./dtd-properties-baseline.json`` unless
     ``--property-baseline`` names another file; None for a run of the project's own suite."""
@@ -413,7 +413,7 @@ def _sweep_seed(config) -> int:
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    recorder: Optional[PropertyReport] = item.stash.get(_RECORDER_KEY, None)
+    recorder: PropertyReport | None = item.stash.get(_RECORDER_KEY, None)
     if call.when == "call" and report.passed and recorder is not None and (recorder.regressions or recorder.below_floor):
         parts = []
         if recorder.below_floor:
@@ -450,7 +450,7 @@ def _is_worker(config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def _incomplete(session, exitstatus) -> Optional[str]:
+def _incomplete(session, exitstatus) -> str | None:
     """Why the run did not run every selected test to its end, or None."""
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         return "interrupted"
@@ -537,7 +537,7 @@ def _os_error(error: OSError, path: Path) -> str:
     return f"{path}: [Errno {error.errno}] {error.strerror or error}{at}"
 
 
-def _write_report(config, run: Store, incomplete: Optional[str], exitstatus) -> None:
+def _write_report(config, run: Store, incomplete: str | None, exitstatus) -> None:
     import hypothesis
     import torch
 
@@ -591,7 +591,7 @@ def _yours(config, run: Store) -> dict:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    run: Optional[Store] = config.stash.get(_STORE_KEY, None)
+    run: Store | None = config.stash.get(_STORE_KEY, None)
     if run is None or _is_worker(config):
         return
     if run.rows:

@@ -39,14 +39,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
-from ..usercode.factories import load_factory
 from ..findings import evaluate_findings
-from . import DEFAULT_SUBJECT_SEED, SUBJECT_BASELINE, PropertyReport, _update_mode, recorder_for, store
 from ..subjects.subject import Subject, SubjectPart, evaluate, evaluate_part, merge_parts
+from ..usercode.factories import load_factory
+from . import DEFAULT_SUBJECT_SEED, SUBJECT_BASELINE, PropertyReport, _update_mode, recorder_for, store
 
 __all__ = ["load_subjects", "SubjectItem", "SubjectPartItem", "USER_BASELINE", "DEFAULT_SUBJECT_SEED", "WORKER_PARTS"]
 
@@ -60,7 +59,7 @@ _SUBJECTS_KEY = pytest.StashKey[list]()
 _PARTS_KEY = pytest.StashKey[list]()  # (nodeid, SubjectPart JSON) of the parts this process evaluated or received
 
 
-def load_subjects(spec: str, *, directory: Optional[Path] = None) -> list[Subject]:
+def load_subjects(spec: str, *, directory: Path | None = None) -> list[Subject]:
     """The :class:`Subject` (s) that ``MODULE:FACTORY`` returns, ``MODULE`` imported from ``directory`` (default: the
     current one) as ``python -m`` does; errors as :func:`properties.usercode.factories.load_factory` raises them."""
     return load_factory(spec, Subject, directory=directory)

@@ -22,18 +22,18 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
 
 import filelock
 
 from ..measure.keys import RateKey
+from ..measure.stats import Rate, compare
 from . import figures
 from .htmlpage import html_page
 from .markdown import VERDICT_LINKS, markdown
 from .sections import row_key
 from .summary import changes, format_rate, interval, summarize
-from ..measure.stats import Rate, compare
 
 __all__ = [
     "row", "write_report", "render_report", "replace_report", "write_partial_report", "partial_report_path", "read_baseline",
@@ -48,7 +48,7 @@ LOCK_TIMEOUT = 600.0
 BASELINE_KEYS = ("rate", "ci_low", "ci_high", "successes", "trials", "confidence", "interval")
 
 
-def row(name: str, rate: Rate, description: str, baseline: Optional[Mapping], key: Optional[RateKey] = None) -> dict:
+def row(name: str, rate: Rate, description: str, baseline: Mapping | None, key: RateKey | None = None) -> dict:
     """One report row: the rate, its interval, the baseline entry, the gate's status and the key's fields
     (``"key"``: :meth:`RateKey.to_dict`, or None for a name recorded without a key)."""
     values = rate.to_dict()
@@ -120,7 +120,7 @@ def _dumps(obj) -> bytes:
 _BOUND_TOLERANCE = 1e-12
 
 
-def _entry_problem(entry) -> Optional[str]:
+def _entry_problem(entry) -> str | None:
     """What is wrong with one baseline entry (a field and why), or None."""
     if not isinstance(entry, dict):
         return f"must be an object with the fields {', '.join(BASELINE_KEYS)}, got {type(entry).__name__}"
@@ -201,7 +201,7 @@ def read_baseline(path: Path, *, missing_ok: bool = False) -> dict[str, dict]:
     return data["properties"]
 
 
-def writable_problem(path: Path, *, directory: bool) -> Optional[str]:
+def writable_problem(path: Path, *, directory: bool) -> str | None:
     """Why ``path`` (a directory to replace, or a file) cannot be written, or None.
 
     Nothing is created: the nearest existing ancestor must be a directory the
@@ -218,7 +218,7 @@ def writable_problem(path: Path, *, directory: bool) -> Optional[str]:
         return f"{given}: {error.strerror} (errno {error.errno})"
 
 
-def _writable_problem(path: Path, given: Path, directory: bool) -> Optional[str]:
+def _writable_problem(path: Path, given: Path, directory: bool) -> str | None:
     if path != given.absolute() and given.is_symlink():
         shown = f"{given} (a link to {path})"
     else:
@@ -274,7 +274,7 @@ def update_baseline(path: Path, rows: Iterable[Mapping], owners: Mapping[str, st
         write_baseline(path, rows, owners, read_baseline(path, missing_ok=True))
 
 
-def _percent(value: Optional[float]) -> str:
+def _percent(value: float | None) -> str:
     """The terminal table's compact ``"42.16%"`` (fixed-width columns)."""
     return "—" if value is None else f"{100 * value:.2f}%"
 
@@ -293,7 +293,7 @@ def format_table(rows: Iterable[Mapping]) -> list[str]:
     return lines
 
 
-def table_legend(confidence: Optional[float] = None) -> str:
+def table_legend(confidence: float | None = None) -> str:
     """One line explaining the columns of :func:`format_table`."""
     level = "" if confidence is None else f"{100 * confidence:g} % "
     return (f"rate: share of trials that satisfy the property; interval: its {level}confidence interval in %; trials: roots or "
@@ -305,7 +305,7 @@ def table_legend(confidence: Optional[float] = None) -> str:
 TERMINAL_CHANGES = 3
 
 
-def verdict_lines(rows: Iterable[Mapping], written_to: Optional[str] = None) -> list[str]:
+def verdict_lines(rows: Iterable[Mapping], written_to: str | None = None) -> list[str]:
     """The terminal summary's first lines: the gate's verdict, the offending rows, the rows that moved most."""
     rows = list(rows)
     gate = summarize(rows).gate

@@ -13,7 +13,7 @@ data (no timestamps or version strings in the file).
 from __future__ import annotations
 
 import io
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 from .sections import natural_key, row_key
 from .summary import GLANCE_COLUMNS
@@ -31,7 +31,7 @@ def _keyed(rows: list[Mapping]) -> list:
     return [(k, r) for k, r in ((row_key(r), r) for r in rows) if k is not None]
 
 
-def _overall(keyed: list, fields: Mapping) -> Optional[str]:
+def _overall(keyed: list, fields: Mapping) -> str | None:
     """Name of the row whose key has ``fields`` and no layer, neuron, finder or unit (None if absent)."""
     for k, r in keyed:
         if all(getattr(k, f) == v for f, v in fields.items()) and k.layer is None and k.neuron is None and k.finder is None and k.unit is None:
@@ -72,7 +72,7 @@ def derived_plots(rows: list[Mapping]) -> list[dict]:
     return out
 
 
-def caption(plot: Mapping, confidence: Optional[float]) -> str:
+def caption(plot: Mapping, confidence: float | None) -> str:
     """The plot's caption, ending with the confidence level of its intervals (or that it has none)."""
     level = "the run's" if confidence is None else f"{100 * confidence:g} %"
     text = plot.get("caption", "").strip()
@@ -91,7 +91,7 @@ def _bar_rows(plot: Mapping, by_name: Mapping[str, Mapping]) -> list[tuple[str, 
     return [(label, by_name[name]) for name, label in zip(plot["rows"], plot["labels"]) if name in by_name]
 
 
-def constant_sentence(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[float]) -> Optional[str]:
+def constant_sentence(plot: Mapping, by_name: Mapping[str, Mapping], confidence: float | None) -> str | None:
     """For a ``bars`` plot whose rates are all 0 % or all 100 %: the sentence that replaces the empty chart; else None."""
     if plot["kind"] != "bars":
         return None
@@ -111,14 +111,14 @@ def constant_sentence(plot: Mapping, by_name: Mapping[str, Mapping], confidence:
             f"({sum(r['trials'] for _, r in pairs)} trials in all; {tail}).")
 
 
-def _interval_errors(rows: list[Optional[Mapping]]):
+def _interval_errors(rows: list[Mapping | None]):
     rates = [100 * (r["rate"] or 0.0) if r else 0.0 for r in rows]
     low = [max(0.0, rate - 100 * (r["ci_low"] or 0.0)) if r else 0.0 for rate, r in zip(rates, rows)]
     high = [max(0.0, 100 * (r["ci_high"] or 0.0) - rate) if r else 0.0 for rate, r in zip(rates, rows)]
     return rates, [low, high]
 
 
-def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[float]) -> bytes:
+def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: float | None) -> bytes:
     """The plot as PNG bytes (identical bytes for identical data)."""
     import matplotlib
 

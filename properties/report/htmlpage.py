@@ -13,11 +13,11 @@ opens offline: nothing on it refers to another file or to a URL.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping, Sequence
 from html import escape
-from typing import Mapping, Optional, Sequence
 
-from .papers import opening
 from .markdown import GLOSSARY, RUN_SETTINGS, VERDICT_LINKS, moved, reading_guide, setting
+from .papers import opening
 from .sections import sections, split_by_design
 from .summary import Summary, format_rate, interval, percent, row_anchor, scale_word
 from .tables import Matrix, SubjectGrid, implementation_matrix, is_break, subject_grids
@@ -83,7 +83,7 @@ _JS = """
 """
 
 
-def _link(anchor: str, text: Optional[str] = None) -> str:
+def _link(anchor: str, text: str | None = None) -> str:
     return f'<a href="#{anchor}">{escape(text or GLOSSARY[anchor][0])}</a>'
 
 
@@ -91,7 +91,7 @@ def _link(anchor: str, text: Optional[str] = None) -> str:
 _COLOURS = ((0.0, (244, 199, 195)), (0.5, (255, 236, 179)), (1.0, (200, 230, 201)))
 
 
-def rate_colour(rate: Optional[float]) -> str:
+def rate_colour(rate: float | None) -> str:
     """The background of a cell holding ``rate`` (a CSS ``rgb(...)``)."""
     if rate is None:
         return "#f7f7f7"
@@ -150,7 +150,7 @@ def _answers(summary: Summary) -> str:
     return '<ul class="answers">' + "".join(items) + "</ul>"
 
 
-def _heat_cell(r: Optional[Mapping], breaks: bool = True) -> str:
+def _heat_cell(r: Mapping | None, breaks: bool = True) -> str:
     """A table cell coloured by the row's rate, its interval on hover and below; breaks outlined (where a property must
     hold: ``breaks``); n/a without a row."""
     if r is None:
@@ -170,7 +170,7 @@ def _colour_legend(breaks: bool = True) -> str:
     return f'<p class="count">Cell colour by rate: {swatches}{outlined}; hover a cell for its counts.</p>'
 
 
-def _matrix(matrix: Optional[Matrix]) -> str:
+def _matrix(matrix: Matrix | None) -> str:
     if matrix is None:
         return ""
     head = "".join(f"<th>{escape(Matrix.title(c))}</th>" for c in matrix.columns)
@@ -261,7 +261,7 @@ def _findings(rows: Sequence[Mapping]) -> str:
             + "".join(f"<p><b>{escape(title)}.</b> {escape(text)}</p>" for title, text in paragraphs))
 
 
-def _sort_value(value: Optional[float]) -> str:
+def _sort_value(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 

@@ -9,7 +9,7 @@ apart from the measured findings.
 from __future__ import annotations
 
 import html
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 from .papers import opening
 from .sections import sections, split_by_design
@@ -110,11 +110,11 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _link(anchor: str, text: Optional[str] = None) -> str:
+def _link(anchor: str, text: str | None = None) -> str:
     return f"[{text or GLOSSARY[anchor][0]}](#{anchor})"
 
 
-def reading_guide(confidence: Optional[float], link=_link) -> str:
+def reading_guide(confidence: float | None, link=_link) -> str:
     """One paragraph on how to read every rate, linking each glossary term at its first use."""
     level = "the run's" if confidence is None else f"{100 * confidence:g} %"
     return (
@@ -182,7 +182,7 @@ def _answers(summary: Summary) -> list[str]:
     return out
 
 
-def _matrix(matrix: Optional[Matrix]) -> list[str]:
+def _matrix(matrix: Matrix | None) -> list[str]:
     if matrix is None:
         return []
     out = ["## Implementations x properties", "",
@@ -203,7 +203,7 @@ def _matrix(matrix: Optional[Matrix]) -> list[str]:
     return out + [""]
 
 
-def _bar_text(shares: Optional[dict]) -> str:
+def _bar_text(shares: dict | None) -> str:
     if shares is None:
         return "—"
     return "; ".join(f"{label} {100 * value:.1f} %" for label, value in shares.items())

@@ -9,7 +9,7 @@ run's rows ("here: z+ 100.00 % [90.61, 100.00] of points at depth 8, x:
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
 
 from ..measure.keys import RateKey
 from .summary import format_rate
@@ -101,7 +101,7 @@ def _randomisation(keyed) -> list[str]:
 _ANSWERS = {"insensitivity": _insensitivity, "invariance": _invariance, "randomisation": _randomisation}
 
 
-def opening(family: str, rows: Iterable[Mapping]) -> Optional[str]:
+def opening(family: str, rows: Iterable[Mapping]) -> str | None:
     """The section's first paragraph: claim, citation, and the run's answer beside it; None for other families."""
     claim = CLAIMS.get(family)
     if claim is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
 
 from ..measure.keys import FAMILIES, OUTCOMES, SEED, SUBSETS, UNITS, RateKey, by_design
 
@@ -41,7 +41,7 @@ _UNIT_ORDER = {name: i for i, name in enumerate(UNITS)}
 _SUBSET_ORDER = {name: i for i, name in enumerate(SUBSETS)}
 
 
-def row_key(row: Mapping) -> Optional[RateKey]:
+def row_key(row: Mapping) -> RateKey | None:
     """The row's :class:`RateKey`: from ``row["key"]`` when present, else parsed from its name; None if no family fits."""
     fields = row.get("key")
     if fields:
@@ -55,7 +55,7 @@ def row_key(row: Mapping) -> Optional[RateKey]:
         return None
 
 
-def natural_key(text: Optional[str]) -> tuple:
+def natural_key(text: str | None) -> tuple:
     """Sort key reading digit runs as numbers (``"0_25"`` as 0.25); None sorts first."""
     if text is None:
         return ()
@@ -118,7 +118,7 @@ def _finding_group(key: RateKey) -> tuple[tuple, str]:
 class Section:
     """One section of the report: its family (None for "Other rates"), title and parts ``[(title, rows)]``."""
 
-    family: Optional[str]
+    family: str | None
     title: str
     parts: list
 
@@ -132,7 +132,7 @@ def sections(rows: Iterable[Mapping]) -> list[Section]:
 
     Only families with rows get a section.
     """
-    by_family: dict[Optional[str], list[tuple[RateKey, Mapping]]] = {}
+    by_family: dict[str | None, list[tuple[RateKey, Mapping]]] = {}
     other = []
     for r in rows:
         key = row_key(r)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
 
 from ..measure.keys import FINDERS, SEED, RateKey
 from .sections import natural_key, row_key, split_by_design
@@ -45,7 +45,7 @@ class Answer:
     verdict: str
     detail: str
     names: list
-    label: Optional[str] = None
+    label: str | None = None
     causes: list = dataclasses.field(default_factory=list)
 
 
@@ -78,18 +78,18 @@ class Glance:
 class Summary:
     answers: list
     gate: Gate
-    glance: Optional[Glance]
-    confidence: Optional[float]
+    glance: Glance | None
+    confidence: float | None
     changes: list = dataclasses.field(default_factory=list)
     causes: dict = dataclasses.field(default_factory=dict)
 
 
-def percent(value: Optional[float]) -> str:
+def percent(value: float | None) -> str:
     """``"42.16 %"``, or a dash without data."""
     return "—" if value is None else f"{100 * value:.2f} %"
 
 
-def interval(low: Optional[float], high: Optional[float]) -> str:
+def interval(low: float | None, high: float | None) -> str:
     """``"[39.10, 45.27]"`` in percent, or a dash without data."""
     return "—" if low is None else f"[{100 * low:.2f}, {100 * high:.2f}]"
 
@@ -179,7 +179,7 @@ class _Rows:
                 self.keyed.append((_normal(key), r))
                 self.by_key[_normal(key)] = r
 
-    def get(self, **fields) -> Optional[Mapping]:
+    def get(self, **fields) -> Mapping | None:
         try:
             return self.by_key.get(_normal(RateKey(**fields)))
         except ValueError:
@@ -192,7 +192,7 @@ class _Rows:
         return {k.family for k, _ in self.keyed}
 
 
-def _one(question: str, row: Optional[Mapping], what: str, label: Optional[str] = None) -> Optional[Answer]:
+def _one(question: str, row: Mapping | None, what: str, label: str | None = None) -> Answer | None:
     if row is None:
         return None
     return Answer(question, scale_word(row), f"{format_rate(row)} of {row['trials']} {what}", [row["name"]], label)
@@ -346,7 +346,7 @@ def accounting_counts(config: Mapping) -> dict:
     return out
 
 
-def causes(rows: Iterable[Mapping], config: Optional[Mapping] = None) -> dict[str, list[str]]:
+def causes(rows: Iterable[Mapping], config: Mapping | None = None) -> dict[str, list[str]]:
     """For low rates that another row explains: ``{row name: [sentence, ...]}``.
 
     * a subject's (or full backward's) conservation below :data:`LOW_RATE`
@@ -387,7 +387,7 @@ GLANCE_COLUMNS = {
 }
 
 
-def _glance(rows: _Rows) -> Optional[Glance]:
+def _glance(rows: _Rows) -> Glance | None:
     rules = sorted({k.rule for k, _ in rows.keyed if k.family in ("generated", "region") and k.rule is not None}, key=natural_key)
     if not rules:
         return None
@@ -395,7 +395,7 @@ def _glance(rows: _Rows) -> Optional[Glance]:
     return Glance(rules, list(GLANCE_COLUMNS), cells)
 
 
-def summarize(rows: Iterable[Mapping], confidence: Optional[float] = None, config: Optional[Mapping] = None) -> Summary:
+def summarize(rows: Iterable[Mapping], confidence: float | None = None, config: Mapping | None = None) -> Summary:
     """The answers-first summary of ``rows`` (report rows; rows fixed by construction are left out of the answers).
 
     ``config``: the run's config (its accounting counts name the causes of low conservation).

@@ -29,7 +29,6 @@ import copy
 import dataclasses
 import functools
 import math
-from typing import Optional
 
 import torch
 from torch import nn
@@ -112,7 +111,7 @@ def _initialise(model: nn.Module, generator: torch.Generator) -> None:
                     module.bias.zero_()
 
 
-def _train(build, seed: int, *, steps: int, learning_rate: float, batch_size: Optional[int] = None,
+def _train(build, seed: int, *, steps: int, learning_rate: float, batch_size: int | None = None,
            target=None) -> TrainedModel:
     """Adam on the training digits: ``steps`` full-batch steps, or with ``batch_size`` ``steps`` epochs of mini-batches
     (each epoch a permutation drawn from the same local generator as the initial weights).  ``target(x, y)``: what the
@@ -229,7 +228,7 @@ _CACHED = {"maxpool": (_maxpool_cnn, 8, 0.01, 64, None), "resnet": (_resnet, 10,
            "unet": (DigitsUNet, 6, 0.01, 64, lambda x, y: ink(x))}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trained(name: str, seed: int) -> TrainedModel:
     build, epochs, learning_rate, batch_size, target = _CACHED[name]
     return _train(build, seed, steps=epochs, learning_rate=learning_rate, batch_size=batch_size, target=target)

@@ -42,7 +42,7 @@ import hashlib
 import json
 import math
 import re
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -86,7 +86,7 @@ SMALL_MODEL_ACTIVATIONS = 100_000
 
 _NAME = re.compile(r"^[A-Za-z0-9_+\-]+$")
 
-OutputsLike = Union[str, int, tuple, Sequence[int], torch.Tensor]
+OutputsLike = str | int | tuple | Sequence[int] | torch.Tensor
 
 
 class Subject:
@@ -166,11 +166,11 @@ class Subject:
         outputs: OutputsLike = "predicted",
         select=None,
         rules: Sequence = ("z+",),
-        input_box: Optional[tuple] = None,
-        neurons_per_point: Optional[int] = 64,
-        max_points: Optional[int] = None,
+        input_box: tuple | None = None,
+        neurons_per_point: int | None = 64,
+        max_points: int | None = None,
         findings: bool = True,
-        points_per_item: "int | str | None" = "auto",
+        points_per_item: int | str | None = "auto",
     ):
         check_name(name, "name")  # the suite's one name rule (RateKey, Implementation)
         if not isinstance(model, nn.Module):
@@ -203,7 +203,7 @@ class Subject:
         if self.network.dtype != x.dtype:
             raise TypeError(f"inputs are {x.dtype} but the model's parameters are {self.network.dtype}; convert one of them")
         #: the output weights explained at every point (None: an index)
-        self.output_weights: Optional[torch.Tensor] = None
+        self.output_weights: torch.Tensor | None = None
         if is_weights(outputs):
             self.network = self.network.explaining(outputs)  # one output: sum(w * y)
             self.output_weights = outputs.detach().clone()
@@ -281,7 +281,7 @@ _BOUNDARY = (nn.ReLU,)
 _SHAPE_ONLY = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
 
 
-def layer_names(model: nn.Module, n_layers: int) -> Optional[list[str]]:
+def layer_names(model: nn.Module, n_layers: int) -> list[str] | None:
     """The model's modules behind each DTD layer (``"0 Linear"``, ``"3 AvgPool2d + 4 Conv2d"``), or None.
 
     A layer is the affine modules between two ReLUs (shape-only modules
@@ -301,7 +301,7 @@ def layer_names(model: nn.Module, n_layers: int) -> Optional[list[str]]:
     return [" + ".join(g) for g in groups] if len(groups) == n_layers else None
 
 
-def check_model(model: nn.Module, input_shape: Sequence[int], select=None) -> "dtd.ReLUNetwork | dtd.GraphNetwork":
+def check_model(model: nn.Module, input_shape: Sequence[int], select=None) -> dtd.ReLUNetwork | dtd.GraphNetwork:
     """Lower ``model`` as :class:`Subject` will, so a factory can refuse a model before it trains it.
 
     Call it on the untrained model at the top of a factory; it raises the
@@ -314,7 +314,7 @@ def check_model(model: nn.Module, input_shape: Sequence[int], select=None) -> "d
     return _lower(model, tuple(int(n) for n in input_shape), select)
 
 
-def _lower(model: nn.Module, input_shape: tuple, select=None) -> "dtd.ReLUNetwork | dtd.GraphNetwork":
+def _lower(model: nn.Module, input_shape: tuple, select=None) -> dtd.ReLUNetwork | dtd.GraphNetwork:
     """The model lowered exactly: densely by ``from_sequential`` where it can, else by the graph engine (``from_module``).
 
     A Sequential that ``from_sequential`` refuses only for what the graph
@@ -330,7 +330,7 @@ def _lower(model: nn.Module, input_shape: tuple, select=None) -> "dtd.ReLUNetwor
     return dtd.ReLUNetwork.from_module(model, input_shape, select=select)
 
 
-def _auto_points_per_item(net, n_rules: int, neurons: Optional[int]) -> int:
+def _auto_points_per_item(net, n_rules: int, neurons: int | None) -> int:
     """Points per part within :data:`ITEM_WORK`: per point, rule and layer, the roots times what ``f_k`` recomputes."""
     work = 0
     for k in range(net.n_layers):
@@ -435,7 +435,7 @@ class SubjectResult:
     counts: dict  # label -> number
     histograms: list  # (file, title, series, xlabel, caption)
     image_grids: list  # (file, title, rows, columns, caption)
-    layer_names: Optional[list] = None  # the model's modules behind each DTD layer, or None
+    layer_names: list | None = None  # the model's modules behind each DTD layer, or None
 
     def record(self, property_report, *, summary: bool = True) -> None:
         """Write everything into the property report (rates are gated by the run's baseline)."""
@@ -498,7 +498,7 @@ class SubjectPart:
         })
 
     @classmethod
-    def from_json(cls, text: str) -> "SubjectPart":
+    def from_json(cls, text: str) -> SubjectPart:
         data = json.loads(text)
         return cls(
             data["info"], data["index"], data["n_points"],
@@ -778,7 +778,7 @@ class _Info:
         self.__dict__.update(info)
 
 
-def _heatmaps(subject: "_Info", heat: dict, shown: list):
+def _heatmaps(subject: _Info, heat: dict, shown: list):
     """Inputs beside their relevance under every rule, for the first few points (channels averaged / summed).
 
     ``heat``: rule label -> {point index: relevance (nested lists of the input's shape)} for the points shown;

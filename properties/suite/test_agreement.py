@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import assume, given
-from hypothesis import settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import dtd
 from dtd import rules as R
 from properties.conformance import agreement as ag
 from properties.generate import variants as V
+from properties.generate.strategies import cases, sample_cases, variants
 from properties.measure.keys import OUTCOMES, RateKey
 from properties.measure.stats import Rate, Tally
-from properties.generate.strategies import cases, sample_cases, variants
 from properties.measure.thresholds import ROUNDING64
 
 pytestmark = pytest.mark.properties

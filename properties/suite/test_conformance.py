@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import pytest
 
-from properties.conformance import adapters
 from properties import conformance
+from properties.conformance import adapters
 
 pytestmark = pytest.mark.properties
 

@@ -17,12 +17,11 @@ from hypothesis import settings
 from tqdm import tqdm
 
 import dtd
-from dtd import rules as R
-from properties.measure.checks import RootOutcomes, root_outcomes
 from properties.generate import variants as V
+from properties.generate.strategies import sample_cases
+from properties.measure.checks import RootOutcomes, root_outcomes
 from properties.measure.keys import RateKey
 from properties.measure.stats import Tally
-from properties.generate.strategies import sample_cases
 
 pytestmark = pytest.mark.properties
 

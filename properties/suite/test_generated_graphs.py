@@ -33,8 +33,8 @@ from properties.generate.architectures import ARCHITECTURES, POPULATIONS, sample
 from properties.measure.checks import root_outcomes
 from properties.measure.keys import OUTCOMES, SUBSETS, RateKey
 from properties.measure.stats import Tally
-from properties.subjects.subject import ROOT_QUESTIONS
 from properties.measure.thresholds import CONSERVED_SHARE
+from properties.subjects.subject import ROOT_QUESTIONS
 
 pytestmark = pytest.mark.properties
 

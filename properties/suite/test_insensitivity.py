@@ -11,10 +11,10 @@ import math
 import pytest
 from hypothesis import settings
 
-from properties.subjects import digits
 from properties.findings import insensitivity
 from properties.measure.keys import RateKey
 from properties.measure.stats import interval_quantile
+from properties.subjects import digits
 from properties.subjects.subject import Subject
 
 pytestmark = pytest.mark.properties

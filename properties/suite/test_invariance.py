@@ -30,10 +30,10 @@ from hypothesis import strategies as st
 
 import dtd
 from dtd import rules as R
-from properties.subjects import digits
 from properties.findings import invariance
-from properties.measure.keys import RateKey
 from properties.generate.strategies import cases, sample_cases
+from properties.measure.keys import RateKey
+from properties.subjects import digits
 from properties.subjects.subject import Subject
 
 pytestmark = pytest.mark.properties

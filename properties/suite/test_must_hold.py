@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 import dtd
 from dtd.rootsets import root_equation_residual as root_equation_residual_of
 from dtd.tolerances import equation_rtol, pattern_tol
-from properties.measure.checks import conservation_residual, root_equation_residual, root_outcomes, segment_outcomes
 from properties.generate.strategies import cases, variants
+from properties.measure.checks import conservation_residual, root_equation_residual, root_outcomes, segment_outcomes
 
 pytestmark = pytest.mark.properties
 

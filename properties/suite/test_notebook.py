@@ -9,7 +9,6 @@ space).  Questions (3) "is the network output set to zero by the root?" and
 
 from __future__ import annotations
 
-
 import pytest
 
 import dtd

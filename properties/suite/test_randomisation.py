@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from properties.subjects import digits
 from properties.findings import randomisation
 from properties.measure.keys import RateKey
+from properties.subjects import digits
 from properties.subjects.subject import Subject
 
 pytestmark = pytest.mark.properties

@@ -24,12 +24,11 @@ import torch
 from hypothesis import settings
 
 import dtd
-from dtd import rules as R
-from properties.measure.checks import root_outcomes, segment_outcomes, with_roots
 from properties.generate import variants as V
+from properties.generate.strategies import sample_cases
+from properties.measure.checks import root_outcomes, segment_outcomes, with_roots
 from properties.measure.keys import RateKey
 from properties.measure.stats import Tally
-from properties.generate.strategies import sample_cases
 from properties.measure.thresholds import CONSERVED_SHARE, NEARER_ATOL, NEARER_RTOL, PROPERTY_ATOL
 
 pytestmark = pytest.mark.properties

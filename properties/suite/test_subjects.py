@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import dtd
-from properties.subjects import digits
 from properties.measure.keys import LAYER_NAMES_SEPARATOR, RateKey, layer_names_label
+from properties.subjects import digits
 from properties.subjects.subject import ROOT_QUESTIONS, Subject, evaluate
 
 pytestmark = pytest.mark.properties

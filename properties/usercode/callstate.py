@@ -20,7 +20,7 @@ import functools
 import signal
 import threading
 import time
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 
@@ -119,7 +119,7 @@ class CallTimeout(BaseException):
 
 
 @contextlib.contextmanager
-def time_limit(seconds: Optional[float]) -> Iterator[None]:
+def time_limit(seconds: float | None) -> Iterator[None]:
     """Interrupt the block after ``seconds`` (SIGALRM, in the main thread where no other alarm is set; elsewhere the
     time is checked when the block returns)."""
     if seconds is None:

@@ -12,7 +12,6 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Optional
 
 __all__ = ["load_factory"]
 
@@ -22,7 +21,7 @@ _EARLIER = ("; to find a model DTD cannot lower before training it, call propert
             "at the top of the factory")
 
 
-def load_factory(spec: str, expected: type, *, directory: Optional[Path] = None) -> list:
+def load_factory(spec: str, expected: type, *, directory: Path | None = None) -> list:
     """Import ``MODULE:FACTORY`` and call the factory; the ``expected`` object(s) it returns, as a list.
 
     ``MODULE`` is imported with ``directory`` (default: the current one)
