@@ -89,7 +89,7 @@ def plot(results: list[dict], path: Path) -> None:
 
     axes_names = ["N", "width", "depth", "input size"]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), dpi=100)
-    for ax, name in zip(axes, axes_names):
+    for ax, name in zip(axes, axes_names, strict=True):
         rows = [r for r in results if r["axis"] == name]
         xs = [r["value"] for r in rows]
         ax.plot(xs, [r["points_per_s"] for r in rows], "o-", color="tab:blue", label="points/s")

@@ -333,7 +333,7 @@ def _per_output(net: ReLUNetwork, x: torch.Tensor, root_finder: RootFinder, outp
     def merged(values):
         first = values[0]
         result = torch.empty((n,) + tuple(first.shape[1:]), dtype=first.dtype, device=first.device)
-        for (_, index), value in zip(groups, values):
+        for (_, index), value in zip(groups, values, strict=True):
             result[index] = value
         return result
 

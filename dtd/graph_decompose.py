@@ -265,7 +265,7 @@ def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder
                     flat_lower = check_finite_layer(root_set.relevance(weight), k, "the input relevances")
                     lower = net.split_input(k, flat_lower)
                     valid = root_set.valid
-                for branch, part in zip(node.branches, lower):
+                for branch, part in zip(node.branches, lower, strict=True):
                     add(branch.source, part)
                 layers[k] = LayerDecomposition(
                     index=k,

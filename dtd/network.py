@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -126,7 +127,7 @@ class ReLUNetwork(nn.Module):
                     f"layer {index} has forward hooks or pre-hooks, which could change its output while DTD reads "
                     "only its weight and bias; remove them"
                 )
-        for index, (lower, upper) in enumerate(zip(layers[:-1], layers[1:])):
+        for index, (lower, upper) in enumerate(pairwise(layers)):
             if lower.out_features != upper.in_features:
                 raise ValueError(
                     f"layer {index} has {lower.out_features} outputs but layer {index + 1} "
@@ -201,7 +202,7 @@ class ReLUNetwork(nn.Module):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            layers = [nn.Linear(n_in, n_out, dtype=torch.float32) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+            layers = [nn.Linear(n_in, n_out, dtype=torch.float32) for n_in, n_out in pairwise(sizes)]
         if init == "dtd":
             with torch.no_grad():
                 for layer in layers:
@@ -340,7 +341,7 @@ class ReLUNetwork(nn.Module):
             return graph
         weights, biases, final_relu = chain
         linears = []
-        for weight, bias in zip(weights, biases):
+        for weight, bias in zip(weights, biases, strict=True):
             linear = nn.Linear(weight.shape[1], weight.shape[0], device="meta")
             linear.weight = nn.Parameter(weight.clone())
             linear.bias = nn.Parameter(bias.clone())

@@ -230,7 +230,7 @@ def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, ou
         if base is not None and all(p.id in base[1] for p in pools):
             argmax = {p.id: base[1][p.id] for p in pools}
         else:
-            values = dict(zip([b.source for b in node_k.branches], net.split_input(layer, a_net.to(net.dtype))))
+            values = dict(zip([b.source for b in node_k.branches], net.split_input(layer, a_net.to(net.dtype)), strict=True))
             with torch.no_grad():
                 for node in live:
                     for s in net.sources(node):
@@ -270,7 +270,7 @@ def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, ou
                     c = net.bias(layer).to(torch.float64).unsqueeze(0).expand(n, -1)
                 else:
                     A, c = None, None
-                    for branch, op in zip(node.branches, net.float64_operators(node)):
+                    for branch, op in zip(node.branches, net.float64_operators(node), strict=True):
                         if branch.source in live_ids or branch.source in overridden:
                             A_b, c_b = _push(op, *source_map(branch.source))
                             A = A_b if A is None else A + A_b

@@ -54,10 +54,10 @@ def _layer_seed(seed: int, layer: int) -> int:
 class RootFinder(abc.ABC):
     """Finds the roots of every neuron of one layer, for a whole batch."""
 
-    def check(self, net) -> None:
+    def check(self, net) -> None:  # noqa: B027 -- a hook: by default a finder serves every network
         """Raise ``ValueError`` if the finder cannot serve ``net`` (called once per decomposition)."""
 
-    def check_domain(self, k: int, a: torch.Tensor) -> None:
+    def check_domain(self, k: int, a: torch.Tensor) -> None:  # noqa: B027 -- a hook: by default every input
         """Raise ``ValueError`` if the input ``a`` of layer ``k`` is outside the finder's domain."""
 
     @abc.abstractmethod

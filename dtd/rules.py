@@ -52,7 +52,7 @@ class Rule(abc.ABC):
     #: short name used in reports and accepted by :meth:`ensure`
     name: str = ""
 
-    def check_domain(self, a: torch.Tensor) -> None:
+    def check_domain(self, a: torch.Tensor) -> None:  # noqa: B027 -- a hook: by default every activation
         """Raise ``ValueError`` if activations ``a`` ``(batch, D)`` violate the rule's domain."""
 
     @abc.abstractmethod

@@ -42,7 +42,7 @@ def _slow_outcomes(net, dec, layer, output):
             result["f_root"][n, j] = f_r
             result["gmax"][n, j] = float((g_r - g_a).abs().max())
             same = True
-            for k, (zr, za) in enumerate(zip(p_r, p_a)):
+            for k, (zr, za) in enumerate(zip(p_r, p_a, strict=True)):
                 if not sub.has_relu(k):
                     continue
                 for i in range(len(za)):

@@ -35,7 +35,7 @@ def lrp_zplus(model: nn.Sequential, x: torch.Tensor, output: int, *, positive_bi
         explained = (output + 1) % a.shape[1] if wrong_output else output
         relevance = torch.zeros_like(a)
         relevance[:, explained] = a[:, explained]
-        for layer, a in zip(reversed(linears), reversed(inputs)):
+        for layer, a in zip(reversed(linears), reversed(inputs), strict=True):
             if in_place:  # "forgets to restore": clamps the caller's weights instead of a copy
                 layer.weight.clamp_(min=0)
             w = layer.weight.clamp(min=0)

@@ -170,7 +170,7 @@ def test_randomised_copy_replaces_only_the_top_modules_and_never_the_model():
         bound = 1 / 5**0.5
         assert float(clone[index].weight.detach().abs().max()) <= bound and float(clone[index].bias.detach().abs().max()) <= bound
     again = randomisation.randomised_copy(model, 2, _generator(5))
-    assert all(torch.equal(a, b) for a, b in zip(clone.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(clone.state_dict().values(), again.state_dict().values(), strict=True))
     # cascading: the top module gets the same draws whether one or two modules are re-initialised
     one = randomisation.randomised_copy(model, 1, _generator(5))
     assert torch.equal(one[4].weight, clone[4].weight)

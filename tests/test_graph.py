@@ -204,7 +204,7 @@ def test_sampled_roots_solve_their_root_equation(built, name):
         roots = layer.roots  # small layers: every neuron, (N, J, D)
         n, j, d = roots.shape
         parts = net.split_input(k, (layer.input.unsqueeze(1) - roots).reshape(n * j, d))
-        moved = sum(b.op.forward(p).flatten(1) for b, p in zip(net.layer(k).branches, parts)).reshape(n, j, j)
+        moved = sum(b.op.forward(p).flatten(1) for b, p in zip(net.layer(k).branches, parts, strict=True)).reshape(n, j, j)
         own = moved.diagonal(dim1=1, dim2=2)  # w_j . (a - root_j) for each neuron j
         residual = (own - layer.upper_relevance).abs()
         assert bool((residual[layer.root_valid] <= 1e-9 * layer.upper_relevance.abs().max().clamp_min(1)).all()), k
@@ -217,7 +217,7 @@ def _naive_f(net, x, k, roots, point, output):
     with torch.enable_grad():
         parts = [p.clone().requires_grad_(True) for p in net.split_input(k, roots)]
         sources = [b.source for b in net.layer(k).branches]
-        for s, p in zip(sources, parts):
+        for s, p in zip(sources, parts, strict=True):
             values[s] = p
         for node in net.nodes[1:]:
             if node.id in sources:
@@ -230,7 +230,7 @@ def _naive_f(net, x, k, roots, point, output):
                 values[node.id] = node.pool(values[node.source])[0]
         out = net.output_of(values)[:, output]
         grads = torch.autograd.grad(out.sum(), parts, allow_unused=True)
-    grad = torch.cat([(torch.zeros_like(p) if g is None else g).flatten(1) for g, p in zip(grads, parts)], 1)
+    grad = torch.cat([(torch.zeros_like(p) if g is None else g).flatten(1) for g, p in zip(grads, parts, strict=True)], 1)
     return out.detach(), grad
 
 

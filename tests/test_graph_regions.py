@@ -55,8 +55,8 @@ def test_weight_and_bias_are_the_layers_affine_map(name):
         node = net.layer(k)
         d = net.in_features(k)
 
-        def z(a):  # the layer's own affine computation of a flat input (its branches' operators and bias)
-            return net._affine(node, dict(zip([b.source for b in node.branches], net.split_input(k, a)))).flatten(1)
+        def z(a, node=node, k=k):  # the layer's own affine computation of a flat input (its branches' operators, bias)
+            return net._affine(node, dict(zip([b.source for b in node.branches], net.split_input(k, a), strict=True))).flatten(1)
 
         zero = z(torch.zeros(1, d, dtype=torch.float64))
         expected = z(torch.eye(d, dtype=torch.float64)) - zero  # row i: the map of unit vector i
@@ -105,7 +105,7 @@ def test_chain_graph_finders_equal_the_dense_finders_bit_for_bit(finder):
             want = dtd.train_free(dense, x, root_finder=finder, output=output)
             got = dtd.train_free(graph, x, root_finder=finder, output=output)
             assert torch.equal(got.relevance, want.relevance)
-            for lw, lg in zip(want.layers, got.layers):
+            for lw, lg in zip(want.layers, got.layers, strict=True):
                 assert torch.equal(lg.roots, lw.roots) and torch.equal(lg.root_valid, lw.root_valid)
                 assert torch.equal(lg.relevance, lw.relevance) and lg.method == lw.method
                 if isinstance(finder, dtd.RegionRoots):
@@ -160,7 +160,7 @@ def _window_reference(node: MaxPoolNode, source: torch.Tensor, argmax: torch.Ten
             else:
                 start = o[d] * node.stride[d] - node.padding[d]
                 ranges.append([e for e in (start + t * node.dilation[d] for t in range(node.kernel_size[d])) if 0 <= e < spatial_in[d]])
-        windows.append([int(np.ravel_multi_index(tuple(r[i] for r, i in zip(ranges, idx)), spatial_in))
+        windows.append([int(np.ravel_multi_index(tuple(r[i] for r, i in zip(ranges, idx, strict=True)), spatial_in))
                         for idx in np.ndindex(*[len(r) for r in ranges])])
     slots = max(len(w) for w in windows) - 1
     out = torch.zeros(n, channels, len(windows), slots, dtype=source.dtype)
@@ -178,7 +178,7 @@ def _window_reference(node: MaxPoolNode, source: torch.Tensor, argmax: torch.Ten
 def _forward_at(net, k, r, base, points):
     """Every live node's value at layer inputs ``r`` (the graph's own forward, other activations from ``base``)."""
     overridden, live = net.live_nodes(k)
-    values = dict(zip([b.source for b in net.layer(k).branches], net.split_input(k, r)))
+    values = dict(zip([b.source for b in net.layer(k).branches], net.split_input(k, r), strict=True))
     argmax: dict = {}
     for node in live:
         for s in net.sources(node):
@@ -459,5 +459,5 @@ def test_sparse_lp_rows_equal_the_dense_construction(norm):
         want = _dense_lp_rows(*args, norm, 1e-9)
         got = lp_rows(*args, norm=norm, slack=1e-9)
         assert got[0] == want[0]
-        for g, w in zip(got[1:], want[1:]):
+        for g, w in zip(got[1:], want[1:], strict=True):
             assert g.dtype == w.dtype and np.array_equal(g, w)

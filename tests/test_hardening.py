@@ -120,7 +120,7 @@ def test_results_do_not_alias_the_callers_x(decompose):
     roots = [layer.roots.clone() for layer in dec.layers]
     relevance = dec.relevance.clone()
     x.mul_(2)  # the caller reuses its buffer
-    assert all(torch.equal(r, layer.roots) for r, layer in zip(roots, dec.layers))
+    assert all(torch.equal(r, layer.roots) for r, layer in zip(roots, dec.layers, strict=True))
     assert torch.equal(relevance, dec.relevance)
     x_before = x.clone()
     dec.layers[0].input.add_(1)  # the caller writes into the result
@@ -194,7 +194,7 @@ def test_sampling_roots_are_identical_for_every_memory_budget():
     finder = dtd.RegionSamplingRoots(12, seed=3, memory_budget=1)
     assert finder.chunk_points(20, 10, 10) == 16
     chunked = dtd.train_free(net, x, root_finder=finder)
-    for a, b in zip(whole.layers, chunked.layers):
+    for a, b in zip(whole.layers, chunked.layers, strict=True):
         assert torch.equal(a.roots, b.roots) and torch.equal(a.root_valid, b.root_valid)
 
 

@@ -284,7 +284,7 @@ def test_concurrent_updates_with_slow_renames_keep_both_runs_rows_and_reports(tm
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for which in ("a", "b")]
     outputs = [run.communicate(timeout=INNER_TIMEOUT_S)[0] for run in runs]
-    for run, output in zip(runs, outputs):
+    for run, output in zip(runs, outputs, strict=True):
         assert run.returncode == 0, output
         assert "baseline rewritten" in output
     assert set(json.loads((tmp_path / "baseline.json").read_text())["properties"]) == {"a.rate", "b.rate"}

@@ -493,7 +493,7 @@ class Several(nn.Module):
 
 def test_select_picks_an_output_by_key_index_path_or_callable():
     for kind, selects in (("dict", ["logits", ("logits",), lambda out: out["logits"]]), ("tuple", [1, (1,), lambda out: out[1]])):
-        model = _seeded(lambda: Several(kind))
+        model = _seeded(lambda kind=kind: Several(kind))
         x = _inputs((2, 5, 5))
         for select in selects:
             net = dtd.ReLUNetwork.from_module(model, (2, 5, 5), select=select)

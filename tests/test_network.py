@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -26,7 +28,7 @@ class _SeedMLP(nn.Module):
 
     def __init__(self, sizes):
         super().__init__()
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (n_in, n_out) in enumerate(pairwise(sizes)):
             setattr(self, f"layer{i + 1}", _SeedLinearReLU(n_in, n_out))
 
     def init_weights(self):
@@ -97,7 +99,7 @@ def test_from_sequential_round_trips_and_copies_parameters():
     assert net.final_relu and net.sizes == [4, 6, 3]
     assert net.layers[0] is not seq[0] and torch.equal(net.weight(0), seq[0].weight)
     assert net.weight(0).data_ptr() != seq[0].weight.data_ptr()
-    assert all(torch.equal(a, b) for a, b in zip(before, seq.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, seq.parameters(), strict=True))
     assert len(list(seq.children())) == 4
 
 

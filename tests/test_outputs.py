@@ -34,7 +34,7 @@ def test_train_free_per_point_outputs_equal_each_point_alone(case, logits, rule)
         alone = dtd.train_free(net, x[i : i + 1], rule=rule, output=int(outputs[i]))
         assert torch.allclose(dec.relevance[i], alone.relevance[0], atol=ATOL64, rtol=0)
         assert torch.allclose(dec.output_value[i], alone.output_value[0], atol=ATOL64, rtol=0)
-        for lay, ref in zip(dec.layers, alone.layers):
+        for lay, ref in zip(dec.layers, alone.layers, strict=True):
             assert torch.equal(lay.root_valid[i], ref.root_valid[0])
             assert torch.allclose(lay.upper_relevance[i], ref.upper_relevance[0], atol=ATOL64, rtol=0)
     for k in range(net.n_layers):

@@ -60,7 +60,7 @@ def test_directions_are_reproducible_and_leave_the_global_rng_alone(make):
     a = dtd.train_free(net, x, root_finder=make())
     b = dtd.train_free(net, x, root_finder=make())
     assert torch.equal(torch.get_rng_state(), state)
-    assert all(torch.equal(la.roots, lb.roots) for la, lb in zip(a.layers, b.layers))
+    assert all(torch.equal(la.roots, lb.roots) for la, lb in zip(a.layers, b.layers, strict=True))
 
 
 @pytest.mark.parametrize(

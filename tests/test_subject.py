@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from itertools import pairwise
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ def _mlp(seed=0, sizes=(6, 12, 8, 3), dtype=torch.float32, last_bias=0.0):
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         layers = []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        for n_in, n_out in pairwise(sizes):
             layers += [nn.Linear(n_in, n_out, dtype=dtype), nn.ReLU()]
         model = nn.Sequential(*layers[:-1])
     with torch.no_grad():
@@ -197,7 +198,7 @@ def test_a_model_dtd_cannot_lower_is_refused_before_training():
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises((TypeError, ValueError), match="Tanh"):
         check_model(model, (4,))
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert check_model(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), (4,)).n_layers == 1
 
 

@@ -155,7 +155,7 @@ def test_nothing_is_mutated():
     x.requires_grad_(False)
     dtd.train_free(net, x, rule=R.Gamma(0.3))
     assert torch.equal(x, x_before) and not x.requires_grad
-    assert all(torch.equal(a, b) for a, b in zip(params_before, net.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(params_before, net.parameters(), strict=True))
     assert not any(m._forward_hooks or m._backward_hooks or m._forward_pre_hooks for m in net.modules())
 
 
@@ -163,7 +163,7 @@ def test_repeat_gives_identical_results():
     net, x = _case((10, 10, 10, 10, 2), seed=2)
     a = dtd.train_free(net, x)
     b = dtd.train_free(net, x)
-    for la, lb in zip(a.layers, b.layers):
+    for la, lb in zip(a.layers, b.layers, strict=True):
         assert torch.equal(la.roots, lb.roots) and torch.equal(la.relevance, lb.relevance)
 
 

@@ -370,7 +370,7 @@ def population(name: str, count: int, points: int, seed: int) -> tuple[Case, ...
         batch += 1
         if batch > 20:
             raise ValueError(f"could not draw {count} cases of population {name!r}")
-        for i, case in enumerate(sample_cases(count, seed=seed * 1000 + offset + 100 * batch, init=init, n=points, **CASE_SPACE)):
+        for case in sample_cases(count, seed=seed * 1000 + offset + 100 * batch, init=init, n=points, **CASE_SPACE):
             if name == "bias_free":  # the same weights without biases, on the points whose output stays alive
                 net = ReLUNetwork.from_sequential(case.net.to_sequential(bias=False))
                 alive = net.output_value(case.x, case.output) > 0
@@ -522,8 +522,8 @@ def _unchanged(before: tuple, after: tuple) -> bool:
     same = modules == modules2 and global_hooks == global_hooks2 and grad_mode == grad_mode2
     same &= x_rg == x_rg2 and x_nograd == x_nograd2 and torch.equal(x, x2)
     same &= [(n, rg, g) for n, _, rg, g in params] == [(n, rg, g) for n, _, rg, g in params2]
-    same &= len(params) == len(params2) and all(torch.equal(a[1], b[1]) for a, b in zip(params, params2))
-    same &= [n for n, _ in buffers] == [n for n, _ in buffers2] and all(torch.equal(a[1], b[1]) for a, b in zip(buffers, buffers2))
+    same &= len(params) == len(params2) and all(torch.equal(a[1], b[1]) for a, b in zip(params, params2, strict=True))
+    same &= [n for n, _ in buffers] == [n for n, _ in buffers2] and all(torch.equal(a[1], b[1]) for a, b in zip(buffers, buffers2, strict=True))
     return bool(same)
 
 
@@ -688,7 +688,7 @@ def _graph_stabilizer_bound(net, dec, rules: Sequence[R.Rule], epsilon: float) -
             delta_j = torch.where(carrying, epsilon / (safe.abs() - epsilon), torch.zeros_like(dd))
             weight = (w * v).abs() / safe.abs().unsqueeze(-1) * carrying.unsqueeze(-1)
             lower = torch.einsum("njd,nj->nd", weight, e.reshape(n, -1) * (1 + delta_j) + layer.upper_relevance.abs() * delta_j)
-            parts = zip(node.branches, net.split_input(k, lower), net.split_input(k, layer.relevance))
+            parts = zip(node.branches, net.split_input(k, lower), net.split_input(k, layer.relevance), strict=True)
             for branch, part, r_part in parts:
                 # the average poolings read first (one or two: a pool, then global pooling): stabilised divisions
                 # of their own; a factor prod (1 + delta) at the inputs bounds their joint change
@@ -831,7 +831,7 @@ def evaluate_case(impl: Implementation, case, population_name: str, *, only: set
 
 # ------------------------------------------------------------------------------------------------ shrinking
 def _network(weights: list[torch.Tensor], biases: list[torch.Tensor], final_relu: bool) -> ReLUNetwork:
-    return ReLUNetwork([linear_copy(w, b) for w, b in zip(weights, biases)], final_relu=final_relu)  # no global RNG
+    return ReLUNetwork([linear_copy(w, b) for w, b in zip(weights, biases, strict=True)], final_relu=final_relu)  # no global RNG
 
 
 def _fails(impl: Implementation, case, population_name: str, prop: str, call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> bool:
@@ -961,7 +961,7 @@ def describe_failure(impl: Implementation, case: Case, prop: str, call_timeout: 
         from ..generate.architectures import ModelCase
 
         names = subject.net.layer_names() if hasattr(subject.net, "layer_names") else [str(k) for k in range(len(rules))]
-        per_layer = ", ".join(f"{name}: {rule!r}" for name, rule in zip(names, rules))
+        per_layer = ", ".join(f"{name}: {rule!r}" for name, rule in zip(names, rules, strict=True))
         shown = ModelCase(case.generated, x, case.output)
         # every line is Python: the model, x and output as code, the rest as comments (paste it whole)
         lines = [f"# {impl.name} ({prop}), claimed rules per DTD layer {{{per_layer}}}",
@@ -1051,7 +1051,7 @@ def _cases_of(architecture: str, name: str, count: int, points: int, seed: int) 
     """``(case, lowered network or None)`` of one population of one architecture (cached, shared)."""
     if architecture == "mlp":
         return [(case, None) for case in population(name, count, points, seed)]
-    return list(zip(image_population(architecture, name, count, points, seed), _image_networks(architecture, name, count, points, seed)))
+    return list(zip(image_population(architecture, name, count, points, seed), _image_networks(architecture, name, count, points, seed), strict=True))
 
 
 def _run(impl: Implementation, seed: int, sizes: dict, confidence: float, shrink_failures: bool,

@@ -138,7 +138,7 @@ def zennit_attribute(model: nn.Module, x: torch.Tensor, output: int, rules: Sequ
     linears = _linears(model)
     if len(rules) != len(linears):
         raise ValueError(f"got {len(rules)} rules for a model with {len(linears)} Linear layers")
-    mapped = {id(m): zennit_rule(rule) for m, rule in zip(linears, rules)}
+    mapped = {id(m): zennit_rule(rule) for m, rule in zip(linears, rules, strict=True)}
     composite = Composite(module_map=lambda ctx, name, module: mapped.get(id(module)))
     onehot = torch.zeros(linears[-1].out_features, dtype=x.dtype, device=x.device)
     onehot[output] = 1

@@ -145,10 +145,10 @@ def _node(branches: list[tuple[torch.Tensor, list[nn.Module]]], relevance: torch
     if shares is None:
         d = sum(flat @ wp.T for flat, wp, _, _ in parts)
         ratio = opts.divide(upper, d)
-        for (flat, wp, _, _), (a, _) in zip(parts, branches):
+        for (flat, wp, _, _), (a, _) in zip(parts, branches, strict=True):
             out.append((flat * (ratio @ wp)).reshape(a.shape))
     else:
-        for (flat, wp, _, _), (a, group), share in zip(parts, branches, shares):
+        for (flat, wp, _, _), (a, group), share in zip(parts, branches, shares, strict=True):
             if not group:  # an identity shortcut: its share is its input's relevance
                 out.append(share.reshape(a.shape))
             else:
@@ -234,9 +234,9 @@ def _block_backward(block, u: torch.Tensor, relevance: torch.Tensor, opts: _Opti
         return output, None
     branches = [(main_inputs[-1], main_groups[-1]), (short_inputs[-1] if short_groups else u, short_groups[-1] if short_groups else [])]
     r_main, r_short = _node(branches, relevance, opts)
-    for inputs, group in zip(reversed(main_inputs[:-1]), reversed(main_groups[:-1])):
+    for inputs, group in zip(reversed(main_inputs[:-1]), reversed(main_groups[:-1]), strict=True):
         (r_main,) = _node([(inputs, group)], r_main, opts)
-    for inputs, group in zip(reversed(short_inputs[:-1]), reversed(short_groups[:-1])):
+    for inputs, group in zip(reversed(short_inputs[:-1]), reversed(short_groups[:-1]), strict=True):
         (r_short,) = _node([(inputs, group)], r_short, opts)
     return output, first.backward(r_main, opts) + r_short
 
@@ -269,7 +269,7 @@ def zplus(model: nn.Module, x: torch.Tensor, output: int, *, merge_batch_norm: b
         head = _Tape([model.pool, model.flatten, model.fc], h, opts)
         relevance = _top(head.output, output)
         relevance = head.backward(relevance, opts)
-        for block, u in zip(reversed(list(model.blocks)), reversed(inputs)):
+        for block, u in zip(reversed(list(model.blocks)), reversed(inputs), strict=True):
             _, relevance = _block_backward(block, u, relevance, opts)
         relevance = stem.backward(relevance, opts)
     elif isinstance(model, nn.Sequential):

@@ -174,7 +174,7 @@ def sweep_findings(result: SweepResult, *, confidence: float = DEFAULT_CONFIDENC
                 if median is not None:
                     for series, values in ((m, (median, low, high)), (s, (rate.rate, *rate.interval))):
                         series["x"].append(depth)
-                        for name, value in zip(("y", "low", "high"), values):
+                        for name, value in zip(("y", "low", "high"), values, strict=True):
                             series[name].append(value)
             medians[rule], shares[rule] = m, s
         what = "two explained outputs (0 and 1)" if pair == "outputs" else "two random non-negative top relevances"
@@ -223,8 +223,8 @@ def vgg16_simulation(*, runs: int, seed: int, confidence: float = DEFAULT_CONFID
         clusters = []
         for _ in range(runs):
             vectors = None
-            for d, l in enumerate(range(depth - 1, -1, -1), start=1):
-                shape = (widths[l], widths[l + 1]) if vectors is not None else (widths[l], columns)
+            for d, layer in enumerate(range(depth - 1, -1, -1), start=1):
+                shape = (widths[layer], widths[layer + 1]) if vectors is not None else (widths[layer], columns)
                 draw = torch.rand if kind == "nonnegative" else torch.randn
                 # the top matrix: only the explained classes' columns (i.i.d., so any `columns` of them alike)
                 matrix = draw(*shape, generator=generator)

@@ -165,7 +165,7 @@ def subject_randomisation(subject, *, seed: int = 0, confidence: float = DEFAULT
                     median = float(torch.cat([r[j] for r, j in rho_of[label]]).median())
                     for panel, values in (("spearman", (median, median, median)), ("share", (rate.rate, *rate.interval))):
                         line = lines[panel][label]
-                        for part, value in zip(("x", "y", "low", "high"), (n, *values)):
+                        for part, value in zip(("x", "y", "low", "high"), (n, *values), strict=True):
                             line[part].append(value)
                 if images:
                     key = key.replace(outcome="ssim_similar")

@@ -316,7 +316,7 @@ def _structure(spec: Spec, bias: bool) -> nn.Module:
         return model
     layers: list[tuple[str, nn.Module]] = []
     channels, size = spec.in_channels, spec.image_size
-    for i, (out, pool) in enumerate(zip(spec.channels, spec.pools)):
+    for i, (out, pool) in enumerate(zip(spec.channels, spec.pools, strict=True)):
         layers += [(f"conv{i}", nn.Conv2d(channels, out, 3, padding=1, bias=bias)), (f"bn{i}", nn.BatchNorm2d(out, eps=spec.bn_eps)),
                    (f"relu{i}", nn.ReLU())]
         if pool == "avg":

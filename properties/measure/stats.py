@@ -196,7 +196,7 @@ class Rate:
         dims = [d for d in range(holds.dim()) if d != cluster_dim]
         s = hits.sum(dims) if dims else hits.long()
         t = counted.sum(dims) if dims else counted.long()
-        return cls.from_clusters(list(zip(s.tolist(), t.tolist())), confidence)
+        return cls.from_clusters(list(zip(s.tolist(), t.tolist(), strict=True)), confidence)
 
     # ------------------------------------------------------------------ values
     @property

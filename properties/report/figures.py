@@ -88,7 +88,7 @@ def caption(plot: Mapping, confidence: float | None) -> str:
 
 
 def _bar_rows(plot: Mapping, by_name: Mapping[str, Mapping]) -> list[tuple[str, Mapping]]:
-    return [(label, by_name[name]) for name, label in zip(plot["rows"], plot["labels"]) if name in by_name]
+    return [(label, by_name[name]) for name, label in zip(plot["rows"], plot["labels"], strict=True) if name in by_name]
 
 
 def constant_sentence(plot: Mapping, by_name: Mapping[str, Mapping], confidence: float | None) -> str | None:
@@ -113,8 +113,8 @@ def constant_sentence(plot: Mapping, by_name: Mapping[str, Mapping], confidence:
 
 def _interval_errors(rows: list[Mapping | None]):
     rates = [100 * (r["rate"] or 0.0) if r else 0.0 for r in rows]
-    low = [max(0.0, rate - 100 * (r["ci_low"] or 0.0)) if r else 0.0 for rate, r in zip(rates, rows)]
-    high = [max(0.0, 100 * (r["ci_high"] or 0.0) - rate) if r else 0.0 for rate, r in zip(rates, rows)]
+    low = [max(0.0, rate - 100 * (r["ci_low"] or 0.0)) if r else 0.0 for rate, r in zip(rates, rows, strict=True)]
+    high = [max(0.0, 100 * (r["ci_high"] or 0.0) - rate) if r else 0.0 for rate, r in zip(rates, rows, strict=True)]
     return rates, [low, high]
 
 
@@ -252,7 +252,7 @@ def _lines(fig, plot: Mapping):
     fig.set_size_inches(5.2 * columns + 0.4, 3.4 * rows + 0.8)
     axes = np.array(fig.subplots(rows, columns, squeeze=False)).reshape(-1)
     colours = {}
-    for axis, panel in zip(axes, panels):
+    for axis, panel in zip(axes, panels, strict=True):
         for label, line in panel["series"].items():
             colour = colours.setdefault(label, f"C{len(colours) % 10}")
             axis.plot(line["x"], line["y"], marker="o", markersize=3, label=label, color=colour)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping, Sequence
 from html import escape
+from itertools import pairwise
 
 from .markdown import GLOSSARY, RUN_SETTINGS, VERDICT_LINKS, moved, reading_guide, setting
 from .papers import opening
@@ -95,10 +96,10 @@ def rate_colour(rate: float | None) -> str:
     """The background of a cell holding ``rate`` (a CSS ``rgb(...)``)."""
     if rate is None:
         return "#f7f7f7"
-    for (low, a), (high, b) in zip(_COLOURS, _COLOURS[1:]):
+    for (low, a), (high, b) in pairwise(_COLOURS):
         if rate <= high:
             t = (rate - low) / (high - low)
-            return "rgb({},{},{})".format(*(round(x + t * (y - x)) for x, y in zip(a, b)))
+            return "rgb({},{},{})".format(*(round(x + t * (y - x)) for x, y in zip(a, b, strict=True)))
     return "rgb({},{},{})".format(*_COLOURS[-1][1])
 
 
@@ -276,7 +277,7 @@ def _rates_table(rows: Sequence[Mapping], causes: Mapping) -> str:
     head = "".join(f"<th>{h}</th>" for h in ("section", "name", "description", "rate", "interval", "successes / trials", "baseline", "status"))
     body = []
     for section in found:
-        for part, members in section.parts:
+        for _, members in section.parts:
             where = section.family or "other"
             for r in members:
                 base = r.get("baseline") or {}

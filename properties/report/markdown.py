@@ -316,7 +316,7 @@ def markdown(rows: Sequence[Mapping], plots: Sequence[Mapping], config: Mapping,
         contents.append(f"[Rates fixed by design](#{_slug('Rates fixed by design')})")
     out += ["Sections: " + " · ".join(contents + ["[The run](#the-run)", "[Glossary](#glossary)"]), ""]
     out += _figures(plots)
-    for section, heading in zip(parts, titles):
+    for section, heading in zip(parts, titles, strict=True):
         out += [f"## {heading}", ""]
         claim = opening(section.family, rows) if section.family else None  # all rows: fixed ones are answers too
         if claim:  # the findings' sections open with the paper's claim and the run's answer

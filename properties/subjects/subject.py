@@ -419,7 +419,7 @@ def _resolve_rules(rules, x_flat: torch.Tensor, n_layers: int, box) -> list[tupl
             raise TypeError(f"every rule must be a name, a dtd.rules.Rule or a (label, rule) pair, got {type(spec).__name__} {spec!r}")
         if not _NAME.match(label):
             raise ValueError(f"rule label {label!r} must be letters, digits, '_', '+' or '-' (no dots)")
-        if label in (l for l, _ in resolved):
+        if label in (seen for seen, _ in resolved):
             raise ValueError(f"rule label {label!r} appears twice in rules")
         resolved.append((label, rule))
     return resolved
@@ -588,9 +588,9 @@ def evaluate_part(subject: Subject, index: int, *, seed: int = 0) -> SubjectPart
                         for outcome in ROOT_QUESTIONS:
                             holds = (zero if outcome == "zero_output" else getattr(out, outcome)) & counted
                             part.clusters.setdefault((label, k, outcome), []).extend(
-                                zip(holds.sum(1).tolist(), counted.sum(1).tolist()))
+                                zip(holds.sum(1).tolist(), counted.sum(1).tolist(), strict=True))
                         part.clusters.setdefault((label, k, "root_exists"), []).extend(
-                            zip(counted.sum(1).tolist(), out.carries_relevance.sum(1).tolist()))
+                            zip(counted.sum(1).tolist(), out.carries_relevance.sum(1).tolist(), strict=True))
                         if k == 0:
                             diffs = (out.output_at_input.unsqueeze(1) - out.output_at_root)[counted]
                             means = (out.gradient_mean_abs_difference * counted).sum(1) / counted.sum(1).clamp_min(1)
@@ -768,7 +768,7 @@ def _region_roots(net, dec, k: int, output: int, n_points: int, n_neurons: int, 
     pick = torch.zeros_like(upper, dtype=torch.bool).scatter(1, drawn, carrying & (rank <= n_neurons))
     # the LP of neuron j depends on R_j alone: neurons without relevance are trivial (no LP)
     found = dtd.RegionRoots("l1").find(net, k, lay.input[:n_points], torch.where(pick, upper, torch.zeros_like(upper)), output=output)
-    return list(zip((found.valid & pick).sum(1).tolist(), pick.sum(1).tolist()))
+    return list(zip((found.valid & pick).sum(1).tolist(), pick.sum(1).tolist(), strict=True))
 
 
 class _Info:

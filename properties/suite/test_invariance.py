@@ -94,7 +94,7 @@ def test_w2_and_shifted_zb_are_input_invariant(case, seed):
         if k:
             assert torch.equal(moved.bias(k), case.net.bias(k))
     scale = 1.0 + float(case.net.pre_activations(case.x)[0].abs().max())
-    for z, z_moved in zip(case.net.pre_activations(case.x), moved.pre_activations(case.x + c)):
+    for z, z_moved in zip(case.net.pre_activations(case.x), moved.pre_activations(case.x + c), strict=True):
         assert float((z - z_moved).abs().max()) <= INVARIANCE_RTOL64 * scale
     for k in range(1, case.net.n_layers):
         diff = float((before.layers[k].upper_relevance - after.layers[k].upper_relevance).abs().max())
