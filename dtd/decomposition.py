@@ -119,7 +119,8 @@ def edge_shape(x: torch.Tensor) -> tuple[int, ...] | None:
 
 def check_output_and_precision(net, output, convert: str):
     """``output`` checked (an int, a ``(batch,)`` tensor, or ``"predicted"`` kept as it is); the network's parameters
-    finite; half precision refused, ``convert`` saying how to convert.  Shared by the dense and the graph decomposition."""
+    finite; half precision refused, ``convert`` saying how to convert.  Shared by the dense and the graph
+    decomposition."""
     if isinstance(output, str):
         if output != "predicted":
             raise ValueError(f"output must be an int, a (batch,) integer tensor or 'predicted', got {output!r}")

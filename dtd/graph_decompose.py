@@ -225,7 +225,8 @@ def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder
         root_finder.check_domain(k, inputs[k])
     eps = root_finder.eps if getattr(root_finder, "eps", None) is not None else denominator_eps(x.dtype)
     n = x.shape[0]
-    # a finder on a graph that takes base= (the in-region ones) gets every node's value at x: activations skipping past a layer
+    # a finder on a graph that takes base= (the in-region ones) gets every node's value at x: activations skipping past
+    # a layer
     finder_kwargs = {"base": (values, argmax)} if isinstance(finder_net, GraphNetwork) and _takes_base(root_finder) else {}
     with torch.no_grad():
         start = torch.zeros_like(top)
@@ -260,7 +261,8 @@ def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder
                     flat_lower = lower[0].flatten(1) if len(lower) == 1 else torch.cat([p.flatten(1) for p in lower], 1)
                     root_set = OperatorRoots(net, k, rule, a, t, valid, flat_lower)
                 else:
-                    weight = finder_net.weight(k)  # a graph's dense block row: refused above dtd.graph.DENSE_LAYER_LIMIT
+                    # a graph's dense block row: refused above dtd.graph.DENSE_LAYER_LIMIT
+                    weight = finder_net.weight(k)
                     root_set = root_finder.find(finder_net, k, a, upper, output=output, **finder_kwargs)
                     flat_lower = check_finite_layer(root_set.relevance(weight), k, "the input relevances")
                     lower = net.split_input(k, flat_lower)

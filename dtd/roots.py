@@ -472,7 +472,8 @@ class MetropolisHastingsRoots(_InRegionFinder):
         r64 = relevance.detach().to(torch.float64).cpu()
         w = net.weight(k).to(torch.float64).cpu()
         region = region_constraints(net, a64, k, output, base=base)
-        A = region.sign.unsqueeze(-1) * region.A  # (N, M, D): inside iff A r + sc >= -slack (sign 0: a zero row, no constraint)
+        # (N, M, D): inside iff A r + sc >= -slack (sign 0: a zero row, no constraint)
+        A = region.sign.unsqueeze(-1) * region.A
         sc = region.sign * region.c
         slack = region_slack(a.dtype)
         if generator is None:

@@ -151,7 +151,8 @@ def _show(value) -> str:
 RuleLike = str | Rule
 
 
-#: the weight each indicator is multiplied into: ``W * 1 = W``, ``W * 1[W >= 0] = W+``, ``W * 1[W < 0] = W-``, ``W * W = W^2``
+#: the weight each indicator is multiplied into: ``W * 1 = W``, ``W * 1[W >= 0] = W+``, ``W * 1[W < 0] = W-``,
+#: ``W * W = W^2``
 WEIGHTED = {"ind": "W", "ind_ge": "pos", "ind_lt": "neg", "W": "square"}
 
 

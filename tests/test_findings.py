@@ -257,7 +257,8 @@ def test_the_invariant_rules_rates_are_fixed_by_design_and_still_answer_the_clai
 
     assert by_design(RateKey("invariance", "unchanged", rule="w2")) and by_design(RateKey("invariance", "unchanged", rule="zB"))
     assert by_design(RateKey("invariance", "unchanged", rule="z+")) is None
-    assert by_design(RateKey("invariance", "unchanged", subject="mine", rule="zB")) is None  # a user's label says nothing
+    # a user's label says nothing
+    assert by_design(RateKey("invariance", "unchanged", subject="mine", rule="zB")) is None
     rows = []
     for rule, rate in (("w2", Rate(10, 10)), ("z+", Rate(1, 10))):
         key = RateKey("invariance", "unchanged", rule=rule)

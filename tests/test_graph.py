@@ -129,7 +129,8 @@ def test_zplus_on_a_residual_net_equals_a_slow_dense_reference():
     block2 = (linear_part(m.conv2), linear_part(m.bn2))
     W0 = dense_matrix(stem, (3, 8, 8))
     W1 = dense_matrix(lambda v: block1[1](block1[0](v)), (4, 8, 8))
-    W2 = np.hstack([dense_matrix(lambda v: block2[1](block2[0](v)), (4, 8, 8)), np.eye(4 * 64)])  # [conv2 bn2 | identity skip]
+    # [conv2 bn2 | identity skip]
+    W2 = np.hstack([dense_matrix(lambda v: block2[1](block2[0](v)), (4, 8, 8)), np.eye(4 * 64)])
     head = linear_part(m.fc)
     W3 = dense_matrix(lambda v: head(v.mean((2, 3))), (4, 4, 4))
     for n in range(x.shape[0]):
@@ -407,7 +408,8 @@ def _small_cnn() -> nn.Sequential:
 def test_segment_outcomes_on_a_graph_equal_those_of_the_dense_network_of_the_same_model():
     """from_sequential folds the CNN into dense layers, from_module keeps convolutions: at the same roots the segment checks agree.
 
-    (The two give different z+ roots: a convolution's root moves only its receptive field, a dense layer's every input.)"""
+    (The two give different z+ roots: a convolution's root moves only its receptive field, a dense layer's every
+    input.)"""
     model = seeded(_small_cnn)
     dense = dtd.ReLUNetwork.from_sequential(model, input_shape=(2, 6, 6))
     graph = dtd.ReLUNetwork.from_module(model, (2, 6, 6))

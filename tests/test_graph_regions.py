@@ -114,7 +114,7 @@ def test_chain_graph_finders_equal_the_dense_finders_bit_for_bit(finder):
                     assert torch.equal(lg.root_set.acceptance, lw.root_set.acceptance)
 
 
-# --------------------------------------------------------------------------- a CNN: the dense lowering of the same function
+# ---------------------------------------------------------------------- a CNN: the dense lowering of the same function
 @pytest.mark.parametrize("norm", ["l1", "linf"])
 def test_region_roots_on_a_cnn_equal_those_of_its_dense_lowering(norm):
     model = seeded(_small_cnn).double()

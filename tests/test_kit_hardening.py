@@ -241,7 +241,8 @@ def test_b(property_report):
     _wait_for_the_others()
 '''
 
-#: the fault injection: every rename sleeps SLOW_RENAME seconds; FAIL_RENAME="ENOSPC:text" fails those whose target has text
+#: the fault injection: every rename sleeps SLOW_RENAME seconds; FAIL_RENAME="ENOSPC:text" fails
+#: those whose target has text
 INJECTION = '''
 import errno
 import os
@@ -413,7 +414,8 @@ def test_a_path_component_too_long_is_a_problem_not_a_crash(tmp_path):
 
 def test_a_report_path_too_long_is_a_usage_error(pytester):
     (pytester.path / "test_plain.py").write_text("def test_nothing():\n    pass\n")
-    code, out, err = _inprocess(pytester, "-p", "properties.plugin", "--property-report", "x" * 300)  # was INTERNALERROR, rc 3
+    # was INTERNALERROR, rc 3
+    code, out, err = _inprocess(pytester, "-p", "properties.plugin", "--property-report", "x" * 300)
     assert code == pytest.ExitCode.USAGE_ERROR, out + err
     assert f"errno {errno.ENAMETOOLONG}" in err and "INTERNALERROR" not in err
 

@@ -241,7 +241,7 @@ def test_decompositions_take_and_return_the_models_input_shape():
         dtd.train_free(net, _inputs((1, 4, 16), n=2))
 
 
-# --------------------------------------------------------------------------- agreement with zennit on the original model
+# ------------------------------------------------------------------------- agreement with zennit on the original model
 def _zennit_on_model(model, x, module_rules, output, canonizers=()):
     from zennit.attribution import Gradient
     from zennit.core import Composite

@@ -164,7 +164,8 @@ def test_rows_recorded_by_name_are_placed_like_keyed_rows():
     (RateKey("notebook", "gradient_match", layer=SEED_TOP_LAYER, unit="points"), True),
     (RateKey("notebook", "gradient_match", layer=SEED_TOP_LAYER, finder="region_roots"), True),
     (RateKey("notebook", "gradient_match", layer=SEED_TOP_LAYER - 1, unit="points"), False),
-    (RateKey("notebook", "gradient_match", layer=SEED_TOP_LAYER, unit="roots"), False),  # trivial roots of the other output match
+    # trivial roots of the other output match
+    (RateKey("notebook", "gradient_match", layer=SEED_TOP_LAYER, unit="roots"), False),
     (RateKey("notebook", "gradient_match", layer=0, finder="sampled_roots", subset="midpoint"), True),
     (RateKey("region", "gradient_match", rule="z+", subset="midpoint"), True),
     (RateKey("region", "gradient_match", rule="z+", subset="at_root"), False),
@@ -379,7 +380,7 @@ def test_every_navigation_link_has_its_target():
         assert links and links <= targets, f"{name}: dead links {sorted(links - targets)}"
 
 
-# --------------------------------------------------------------------------- the words, the verdict, the changes, causes
+# ------------------------------------------------------------------------- the words, the verdict, the changes, causes
 def _share(successes, trials):
     return _row("demo.rate", successes, trials)
 

@@ -167,7 +167,8 @@ def test_a_bad_factory_is_a_usage_error_of_the_command(user_dir, capsys, monkeyp
     code, output = _check(capsys, factory)
     assert code == 4
     assert message in output and "INTERNALERROR" not in output
-    assert "ERROR: --dtd-subject" not in output and f"subject factory {factory}:" in output  # the user typed no pytest option
+    # the user typed no pytest option
+    assert "ERROR: --dtd-subject" not in output and f"subject factory {factory}:" in output
 
 
 def test_findings_rows_come_with_a_subject_unless_switched_off(user_dir, capsys, monkeypatch):

@@ -2,14 +2,16 @@
 
 Subcommands
 -----------
-``dtd-properties check MODULE:FACTORY [--report DIR] [--baseline FILE] [--update-baseline] [--confidence C] [--seed N] [--no-findings] [--require PATTERN>=VALUE ...]``
+``dtd-properties check MODULE:FACTORY [OPTIONS]``
     The property suite on a user's own model and data (:class:`properties.Subject`,
-    :mod:`properties.cli.check`): pytest with ``--dtd-subject``.
-``dtd-properties conform MODULE:FACTORY [MODULE:FACTORY ...] [--report DIR] [--baseline FILE] [--update-baseline] [--confidence C] [--seed N] [--call-timeout S] [--require PATTERN>=VALUE ...]``
+    :mod:`properties.cli.check`): pytest with ``--dtd-subject``.  Options: ``[--report DIR] [--baseline FILE]
+    [--update-baseline] [--confidence C] [--seed N] [--no-findings] [--require PATTERN>=VALUE ...]``.
+``dtd-properties conform MODULE:FACTORY [MODULE:FACTORY ...] [OPTIONS]``
     Run the conformance kit (:mod:`properties.conformance`) on the LRP
     implementations the factories return: pytest on the kit's test module
     with ``--dtd-implementation``.  One report format, one baseline format,
-    one gate: the same plugin as ``pytest -m properties``.
+    one gate: the same plugin as ``pytest -m properties``.  Options: ``[--report DIR] [--baseline FILE]
+    [--update-baseline] [--confidence C] [--seed N] [--call-timeout S] [--require PATTERN>=VALUE ...]``.
 
 ``dtd-properties --version`` prints the installed version.
 
@@ -39,7 +41,8 @@ from .check import QUIET_REWRITE, add_check_command, add_require_argument, requi
 
 __all__ = ["main", "parser", "version"]
 
-#: the default of --call-timeout (``properties.conformance.DEFAULT_CALL_TIMEOUT``; not imported here: that imports torch)
+#: the default of --call-timeout (``properties.conformance.DEFAULT_CALL_TIMEOUT``; not imported
+#: here: that imports torch)
 DEFAULT_CALL_TIMEOUT = 120.0
 #: exit code of usage errors (argparse's own)
 USAGE = 2

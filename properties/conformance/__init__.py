@@ -121,7 +121,8 @@ from ..usercode.callstate import CALL_RNG_SEED, GLOBAL_STATE, CallTimeout, clean
 from ..usercode.factories import load_factory
 from .stabilizer import stabilizer_bound
 
-if TYPE_CHECKING:  # strategies imports hypothesis: loaded when networks are drawn, not when a user module imports the kit
+# strategies imports hypothesis: loaded when networks are drawn, not when a user module imports the kit
+if TYPE_CHECKING:
     from ..generate.strategies import Case
 
 __all__ = [
@@ -624,7 +625,8 @@ def _equals_claim(impl: Implementation, subject: _Subject, x: torch.Tensor, outp
     """Per point: ``relevance`` (flat) equals ``impl.claims``' reference on a fresh copy of the model."""
     from .claims import CLAIM_RTOL
 
-    expected = _flat(impl.claims.reference(subject.fresh(), x, output))  # starts from f(x), as the kit's (scaled) result
+    # starts from f(x), as the kit's (scaled) result
+    expected = _flat(impl.claims.reference(subject.fresh(), x, output))
     scale = expected.abs().amax(1, keepdim=True)
     return ((relevance - expected).abs() <= CLAIM_RTOL * scale + allowance).all(1)
 
@@ -831,7 +833,8 @@ def evaluate_case(impl: Implementation, case, population_name: str, *, only: set
 
 # ------------------------------------------------------------------------------------------------ shrinking
 def _network(weights: list[torch.Tensor], biases: list[torch.Tensor], final_relu: bool) -> ReLUNetwork:
-    return ReLUNetwork([linear_copy(w, b) for w, b in zip(weights, biases, strict=True)], final_relu=final_relu)  # no global RNG
+    # no global RNG
+    return ReLUNetwork([linear_copy(w, b) for w, b in zip(weights, biases, strict=True)], final_relu=final_relu)
 
 
 def _fails(impl: Implementation, case, population_name: str, prop: str, call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> bool:

@@ -135,7 +135,8 @@ SEED = "seed"
 
 _FIELDS = ("family", "subject", "rule", "finder", "layer", "neuron", "outcome", "unit", "subset", "depth", "randomised", "pair")
 _WORD = re.compile(r"^[A-Za-z0-9_+\-]+$")
-#: the numbered parts of a name: field -> its token's prefix (``depth8``, ``top2``); a subject or rule cannot look like one
+#: the numbered parts of a name: field -> its token's prefix (``depth8``, ``top2``); a subject or
+#: rule cannot look like one
 _NUMBERED = {"depth": "depth", "randomised": "top"}
 _RESERVED = re.compile(r"^(?:depth|top)\d+$")
 

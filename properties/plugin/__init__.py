@@ -582,7 +582,8 @@ def _yours(config, run: Store) -> dict:
     yours = {"your_subjects": set(), "your_implementations": set()}
     for name, r in run.rows.items():
         key, owner = r.get("key") or {}, run.owner.get(name, "")
-        if key.get("family") == "subject" and owner.lstrip(":").startswith("subject["):  # a SubjectItem (no file of tests)
+        # a SubjectItem (no file of tests)
+        if key.get("family") == "subject" and owner.lstrip(":").startswith("subject["):
             yours["your_subjects"].add(key["subject"])
         elif key.get("family") == "conformance" and handed and ours not in owner:
             yours["your_implementations"].add(key["subject"])

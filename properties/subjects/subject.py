@@ -484,7 +484,8 @@ class SubjectPart:
     ratios: dict  # rule label -> sum over the part's points of sum_i R_i / f(x)
     series: dict  # (rule label, series) -> values, for the histograms
     heat: dict  # rule label -> {point index: relevance as nested lists} for points < HEATMAP_POINTS
-    shown: dict = dataclasses.field(default_factory=dict)  # point index -> (input as nested lists, output) of those points
+    # point index -> (input as nested lists, output) of those points
+    shown: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         """The part as JSON text (floats written exactly)."""
