@@ -227,7 +227,8 @@ def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder
     n = x.shape[0]
     # a finder on a graph that takes base= (the in-region ones) gets every node's value at x: activations skipping past
     # a layer
-    finder_kwargs = {"base": (values, argmax)} if isinstance(finder_net, GraphNetwork) and _takes_base(root_finder) else {}
+    takes_base = isinstance(finder_net, GraphNetwork) and _takes_base(root_finder)
+    finder_kwargs = {"base": (values, argmax)} if takes_base else {}
     with torch.no_grad():
         start = torch.zeros_like(top)
         if isinstance(output, torch.Tensor):

@@ -308,8 +308,10 @@ def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, ou
                 c_e = c3.gather(2, flat).reshape(n, channels, P, K - 1)
                 weight = keep.to(torch.float64)
                 # z[arg] - z[e] >= 0 in a max pooling's windows, <= 0 in a min pooling's (MaxPoolNode.signs)
-                oriented = weight if node.signs is None else weight * torch.tensor(node.signs, dtype=torch.float64, device=a.device) \
-                    .repeat_interleave(channels // len(node.signs)).reshape(1, channels, 1, 1)
+                oriented = weight
+                if node.signs is not None:
+                    signs = torch.tensor(node.signs, dtype=torch.float64, device=a.device)
+                    oriented = weight * signs.repeat_interleave(channels // len(node.signs)).reshape(1, channels, 1, 1)
                 add("max pool", node.id, ((A_out.unsqueeze(3) - A_e) * oriented.unsqueeze(-1)).reshape(n, -1, d),
                     ((c_out.unsqueeze(3) - c_e) * oriented).reshape(n, -1), weight.reshape(n, -1))
                 maps[node.id] = (A_out.reshape(n, -1, d), c_out.reshape(n, -1))

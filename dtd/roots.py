@@ -505,7 +505,8 @@ class MetropolisHastingsRoots(_InRegionFinder):
             if not bool(better.any()):
                 return
             idx = nearest.indices.unsqueeze(-1).expand(-1, -1, d)  # (N, J, D)
-            chosen = torch.gather(start, 1, idx) + torch.gather(s, 1, nearest.indices.unsqueeze(1)).squeeze(1).unsqueeze(-1) * torch.gather(delta, 1, idx)
+            s_nearest = torch.gather(s, 1, nearest.indices.unsqueeze(1)).squeeze(1).unsqueeze(-1)  # (N, J, 1)
+            chosen = torch.gather(start, 1, idx) + s_nearest * torch.gather(delta, 1, idx)
             roots.copy_(torch.where(better.unsqueeze(-1), chosen, roots))
             best.copy_(torch.where(better, nearest.values, best))
 
@@ -533,9 +534,8 @@ class MetropolisHastingsRoots(_InRegionFinder):
             step = step * torch.exp(gain * (accept.to(torch.float64) - self.target_acceptance))
         bar.close()
         valid = ~carries | torch.isfinite(best)
-        return WalkRootSet(
-            a, roots.to(dtype=a.dtype, device=a.device), valid.to(a.device), (accepted.mean(1) / self.n_steps).to(a.device)
-        )
+        acceptance = (accepted.mean(1) / self.n_steps).to(a.device)
+        return WalkRootSet(a, roots.to(dtype=a.dtype, device=a.device), valid.to(a.device), acceptance)
 
     def describe(self, k: int) -> str:
         return f"MetropolisHastingsRoots(n_chains={self.n_chains}, n_steps={self.n_steps}, seed={self.seed})"

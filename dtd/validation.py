@@ -92,7 +92,10 @@ def overflow_error(layer: int | None, dtype: torch.dtype, what: str) -> ValueErr
     """
     where = "the network" if layer is None else f"layer {layer}"
     kind = str(dtype).replace("torch.", "")
-    fix = "rescale the weights, inputs or rule parameters" if dtype == torch.float64 else "use float64 or rescale the weights or inputs"
+    if dtype == torch.float64:
+        fix = "rescale the weights, inputs or rule parameters"
+    else:
+        fix = "use float64 or rescale the weights or inputs"
     return ValueError(f"{where} overflows {kind}: {what} are not finite; {fix}")
 
 
