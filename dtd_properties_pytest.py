@@ -35,8 +35,8 @@ import secrets
 
 import pytest
 
-__all__ = ["property_report", "property_report_seed", "activate", "activating", "random_seed", "OPTIONS", "HEAVY_PLUGIN",
-           "DEFAULT_CALL_TIMEOUT"]
+__all__ = ["property_report", "property_report_seed", "activate", "activating", "random_seed", "OPTIONS",
+           "HEAVY_PLUGIN", "DEFAULT_CALL_TIMEOUT"]
 
 #: the suite's plugin module, registered under this name
 HEAVY_PLUGIN = "properties.plugin"
@@ -79,8 +79,9 @@ def pytest_addoption(parser) -> None:
                     help="like --property-update-baseline, but after a failed or interrupted run too: merge the rates "
                          "of the tests that passed into the old baseline, keep every other entry")
     group.addoption("--property-baseline", default=None, metavar="FILE",
-                    help="baseline file to gate on (default: properties/baseline.json; ./conformance-baseline.json or "
-                         "./dtd-properties-baseline.json with --dtd-implementation / --dtd-subject); must exist unless updating")
+                    help="baseline file to gate on (default: properties/baseline.json; "
+                         "./conformance-baseline.json or ./dtd-properties-baseline.json with "
+                         "--dtd-implementation / --dtd-subject); must exist unless updating")
     group.addoption("--property-confidence", type=float, default=None, metavar="C",
                     help="confidence of every interval (default: 0.99)")
     group.addoption("--dtd-implementation", action="append", default=None, metavar="MODULE:FACTORY",
@@ -90,11 +91,12 @@ def pytest_addoption(parser) -> None:
                     help="judge the properties.Subject(s) a user's factory returns (repeatable); the baseline then "
                          "defaults to ./dtd-properties-baseline.json")
     group.addoption("--dtd-no-findings", action="store_true", default=False,
-                    help="with --dtd-subject: skip the insensitivity, invariance and randomisation rows of the subjects "
-                         "(for large models)")
+                    help="with --dtd-subject: skip the insensitivity, invariance "
+                         "and randomisation rows of the subjects (for large models)")
     group.addoption("--property-seed", type=int, default=None, metavar="N",
-                    help="seed of the sampled networks and of the subjects' neuron draws, in [0, 2**32 - 1] (default: 0 "
-                         "under a derandomized hypothesis profile and for subjects, else random; the report names it)")
+                    help="seed of the sampled networks and of the subjects' neuron draws, in [0, 2**32 - 1] (default: "
+                         "0 under a derandomized hypothesis profile and for subjects, else random; the report names "
+                         "it)")
     group.addoption("--property-call-timeout", type=float, default=None, metavar="S",
                     help=f"conformance kit: the longest one call of an implementation may take, in seconds (default "
                          f"{DEFAULT_CALL_TIMEOUT:g}); a slower call fails the property it was made for")

@@ -60,11 +60,15 @@ class Accounting:
 
     def summary(self) -> str:
         """A text table of the batch means, top layer first."""
-        lines = [f"{'layer':>5} {'upper':>10} {'conserved':>10} {'lost':>10} {'residual':>10} {'trivial':>8} {'bias share':>11}"]
+        lines = [
+            f"{'layer':>5} {'upper':>10} {'conserved':>10} {'lost':>10} {'residual':>10} {'trivial':>8} "
+            f"{'bias share':>11}"
+        ]
         for acc in reversed(self.layers):
             lines.append(
-                f"{acc.index:>5} {float(acc.upper.mean()):>10.4g} {float(acc.conserved.mean()):>10.4g} {float(acc.lost.mean()):>10.4g} "
-                f"{float(acc.residual.abs().mean()):>10.2g} {float(acc.trivial_roots.float().mean()):>8.2f} {float(acc.bias_share.mean()):>11.4g}"
+                f"{acc.index:>5} {float(acc.upper.mean()):>10.4g} {float(acc.conserved.mean()):>10.4g} "
+                f"{float(acc.lost.mean()):>10.4g} {float(acc.residual.abs().mean()):>10.2g} "
+                f"{float(acc.trivial_roots.float().mean()):>8.2f} {float(acc.bias_share.mean()):>11.4g}"
             )
         lines.append(
             "means over the batch; upper: sum_j R_j from the layer above; conserved: sum_i R_i passed on; lost: R_j of "
@@ -98,7 +102,8 @@ def accounting(net: ReLUNetwork | GraphNetwork, dec: Decomposition) -> Accountin
             else:
                 z, bias = lay.input @ net.weight(k).T + net.bias(k), net.bias(k)
             nonzero = z != 0
-            share = torch.where(nonzero, upper * bias / torch.where(nonzero, z, torch.ones_like(z)), torch.zeros_like(z))
+            share = torch.where(nonzero, upper * bias / torch.where(nonzero, z, torch.ones_like(z)),
+                                torch.zeros_like(z))
             check_finite_layer(z, k, "its pre-activations")
             check_finite_layer(share, k, "the bias shares R_j b_j / z_j")
             total, lost, conserved = upper.sum(1), lay.lost_relevance, lay.relevance.sum(1)

@@ -32,7 +32,8 @@ __all__ = ["LayerDecomposition", "Decomposition", "train_free", "HALF_PRECISION"
 def checked_arguments(
     net: ReLUNetwork, x: torch.Tensor, output: int | torch.Tensor | str, root_finder: RootFinder
 ) -> tuple[int | torch.Tensor | str, torch.Tensor]:
-    """Validate a decomposition's arguments: ``(output, x)``, ``output`` checked against ``x``'s batch (``"predicted"`` kept).
+    """Validate a decomposition's arguments: ``(output, x)``, ``output`` checked
+    against ``x``'s batch (``"predicted"`` kept).
 
     ``x`` comes back validated as ``(batch, D_0)`` (not copied); raises the
     ``TypeError`` / ``ValueError`` documented in :func:`train_free`.
@@ -40,8 +41,9 @@ def checked_arguments(
     dense_only(net, "this decomposition")
     if not isinstance(net, ReLUNetwork):
         raise TypeError(
-            f"net must be a dtd.ReLUNetwork or dtd.GraphNetwork, got {type(net).__name__}; lower a model with "
-            "ReLUNetwork.from_module(model, input_shape) (any piecewise-linear nn.Module) or ReLUNetwork.from_sequential"
+            f"net must be a dtd.ReLUNetwork or dtd.GraphNetwork, got {type(net).__name__}; "
+            "lower a model with ReLUNetwork.from_module(model, input_shape) (any "
+            "piecewise-linear nn.Module) or ReLUNetwork.from_sequential"
         )
     if not isinstance(root_finder, RootFinder):
         raise TypeError(f"root_finder must be a dtd.roots.RootFinder, got {type(root_finder).__name__}")
@@ -56,7 +58,8 @@ def checked_arguments(
 def checked_activations(
     net: ReLUNetwork, x: torch.Tensor, output: int | torch.Tensor | str, root_finder: RootFinder
 ) -> tuple[int | torch.Tensor, list[torch.Tensor]]:
-    """Validate a decomposition's arguments; return the output index and the activations (every layer's input, then the output).
+    """Validate a decomposition's arguments; return the output index and the
+    activations (every layer's input, then the output).
 
     The activations start with a copy of ``x``, so nothing the decomposition
     returns aliases the caller's tensor.  Raises the ``TypeError`` /

@@ -155,7 +155,8 @@ class _Recursion:
         return torch.relu(z) if self.net.has_relu(k) else z
 
     def act_slope(self, k: int, z: torch.Tensor, on_hinge: torch.Tensor | None) -> torch.Tensor:
-        """``act'(z)`` of layer ``k``: 1 / 0 off the hinge; on it (``|z| <= pattern_tol``) ``on_hinge`` if given, else 0."""
+        """``act'(z)`` of layer ``k``: 1 / 0 off the hinge; on it
+        (``|z| <= pattern_tol``) ``on_hinge`` if given, else 0."""
         if not self.net.has_relu(k):
             return torch.ones_like(z)
         if on_hinge is None:
@@ -213,7 +214,8 @@ class _Recursion:
         # R_j's slope in z_j at a; its first-order model vanishes where w_j . (a - r) = R_j / slope_j
         slope = upper.gradient * act_slope
         flat = (relevance != 0) & (slope == 0)  # R_j locally constant: it has no root
-        model = torch.where(slope != 0, relevance / torch.where(slope != 0, slope, torch.ones_like(slope)), torch.zeros_like(slope))
+        model = torch.where(slope != 0, relevance / torch.where(slope != 0, slope, torch.ones_like(slope)),
+                            torch.zeros_like(slope))
         roots, valid = self._find(k, a, model)
         valid = valid & ~flat
         pairs = ((relevance != 0) & valid).nonzero()  # (P, 2): point, neuron
@@ -226,7 +228,8 @@ class _Recursion:
         unresolved_pairs = at_root.relevance[rows, neuron]
         scale_pairs = at_root.gradient[rows, neuron] * root_slope[rows, neuron]
         grad = scale_pairs.unsqueeze(1) * w[neuron]  # (P, D)
-        lower = check_finite_layer(torch.zeros_like(a).index_add_(0, point, grad * (a[point] - root)), k, "the input relevances")
+        lower = check_finite_layer(torch.zeros_like(a).index_add_(0, point, grad * (a[point] - root)), k,
+                                   "the input relevances")
         # neurons without relevance expand at a itself (trivial root): their gradient is the slope there
         trivial = (relevance == 0).to(a.dtype)
         gradient = (slope * trivial) @ w
@@ -303,9 +306,10 @@ def full_backward(
     if budget is not None and estimate > budget:
         per_point = estimate_cost(net, 1)
         raise ValueError(
-            f"full_backward would pass up to {estimate:,} points to the root finder ({per_point:,} per input point "
-            f"on a network with layer widths {net.sizes}: the count grows like width^depth), above the budget of "
-            f"{budget:,}; explain fewer points (at most {budget // per_point:,}) or pass a larger budget= (None: no limit)"
+            f"full_backward would pass up to {estimate:,} points to the root finder "
+            f"({per_point:,} per input point on a network with layer widths {net.sizes}: the count "
+            f"grows like width^depth), above the budget of {budget:,}; explain fewer points (at "
+            f"most {budget // per_point:,}) or pass a larger budget= (None: no limit)"
         )
     if isinstance(output, torch.Tensor):
         return _per_output(net, activations[0], root_finder, output, estimate)
@@ -324,7 +328,9 @@ def full_backward(
     )
 
 
-def _per_output(net: ReLUNetwork, x: torch.Tensor, root_finder: RootFinder, output: torch.Tensor, estimate: int) -> FullBackward:
+def _per_output(
+    net: ReLUNetwork, x: torch.Tensor, root_finder: RootFinder, output: torch.Tensor, estimate: int
+) -> FullBackward:
     """Per-point outputs: one recursion per distinct output (rows identical across outputs are not shared)."""
     groups = [(int(c), (output == c).nonzero().squeeze(1)) for c in output.unique().tolist()]
     parts = [full_backward(net, x[index], root_finder=root_finder, output=c, budget=None) for c, index in groups]

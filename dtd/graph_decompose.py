@@ -37,7 +37,8 @@ from .rules import WEIGHTED, Rule
 from .tolerances import denominator_eps
 from .validation import all_finite, check_finite_layer, overflow_error
 
-__all__ = ["OperatorRoots", "GraphDecomposition", "graph_train_free", "decompose", "check_domains", "ROOT_ELEMENTS_LIMIT"]
+__all__ = ["OperatorRoots", "GraphDecomposition", "graph_train_free", "decompose", "check_domains",
+           "ROOT_ELEMENTS_LIMIT"]
 
 #: Largest number of root coordinates (points x neurons x D) :meth:`OperatorRoots.roots` materialises at once;
 #: beyond it, judge sampled neurons (:meth:`OperatorRoots.selected`, ``root_outcomes(..., neurons=K)``).
@@ -45,11 +46,13 @@ ROOT_ELEMENTS_LIMIT = 1 << 27
 
 
 def _q_parts(net: GraphNetwork, k: int, value, like: torch.Tensor) -> list[torch.Tensor]:
-    """A ``Terms.q`` value (a number or a ``(D_k,)`` per-feature tensor) as one tensor per branch, in its source's shape."""
+    """A ``Terms.q`` value (a number or a ``(D_k,)`` per-feature tensor) as one
+    tensor per branch, in its source's shape."""
     node = net.layer(k)
     if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() > 1:
         if value.numel() != net.in_features(k):
-            raise ValueError(f"a per-feature bound has {value.numel()} entries but layer {k} has {net.in_features(k)} inputs")
+            raise ValueError(f"a per-feature bound has {value.numel()} entries "
+                             f"but layer {k} has {net.in_features(k)} inputs")
         flat = value.to(dtype=like.dtype, device=like.device).unsqueeze(0)
         return [part.squeeze(0) for part in net.split_input(k, flat)]
     number = float(value) if not isinstance(value, torch.Tensor) else float(value.reshape(()))
@@ -94,7 +97,8 @@ class OperatorRoots(RootSet):
         return parts[0] if len(parts) == 1 else torch.cat(parts, 2)
 
     def selected(self, start: int, stop: int, index: torch.Tensor) -> torch.Tensor:
-        """Roots ``(stop - start, K, D)`` of the neurons ``index`` ``(stop - start, K)`` (or ``(1, K)``) of the points ``start:stop``."""
+        """Roots ``(stop - start, K, D)`` of the neurons ``index`` ``(stop - start, K)`` (or
+        ``(1, K)``) of the points ``start:stop``."""
         a = self.input[start:stop].unsqueeze(1)
         t = self.t[start:stop]
         t = (t.gather(1, index) if index.shape[0] == t.shape[0] else t.index_select(1, index[0])).unsqueeze(-1)
@@ -105,8 +109,9 @@ class OperatorRoots(RootSet):
         n, j, d = stop - start, self.valid.shape[1], self.input.shape[1]
         if n * j * d > ROOT_ELEMENTS_LIMIT:
             raise ValueError(
-                f"layer {self.k} has {j} neurons on {d} inputs: the roots of {n} point(s) would hold {n * j * d:,} values; "
-                "judge sampled neurons instead (root_outcomes(..., neurons=K) or OperatorRoots.selected)"
+                f"layer {self.k} has {j} neurons on {d} inputs: the roots of "
+                f"{n} point(s) would hold {n * j * d:,} values; judge sampled neurons "
+                "instead (root_outcomes(..., neurons=K) or OperatorRoots.selected)"
             )
         return self.selected(start, stop, torch.arange(j, device=self.input.device).unsqueeze(0))
 
@@ -116,7 +121,8 @@ class OperatorRoots(RootSet):
 
 
 def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list, relevance: torch.Tensor, eps: float):
-    """The rule at layer ``k``: ``(t, valid, relevance per branch)`` for branch inputs ``parts`` and upper relevance ``(N, *shape)``."""
+    """The rule at layer ``k``: ``(t, valid, relevance per branch)`` for branch inputs
+    ``parts`` and upper relevance ``(N, *shape)``."""
     terms = rule.terms()
     node = net.layer(k)
     like = parts[0]
@@ -193,7 +199,8 @@ def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) ->
 
 
 def _operator_rule(root_finder, k: int) -> Rule | None:
-    """Layer ``k``'s rule when it is applied through the operators (a neuron rule with :meth:`~dtd.rules.Rule.terms`), else None."""
+    """Layer ``k``'s rule when it is applied through the operators (a neuron rule with
+    :meth:`~dtd.rules.Rule.terms`), else None."""
     if not isinstance(root_finder, LinearRoots):
         return None
     rule = root_finder.rule(k)
@@ -204,7 +211,9 @@ def _operator_rule(root_finder, k: int) -> Rule | None:
     return rule
 
 
-def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder_net, input_shape) -> GraphDecomposition:
+def decompose(
+    net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder_net, input_shape
+) -> GraphDecomposition:
     """The engine's train-free walk over ``net`` (every network's: a :class:`dtd.ReLUNetwork` runs as its chain graph).
 
     ``x`` is validated and owned, ``output`` checked (an int, a ``(batch,)``

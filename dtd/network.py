@@ -142,7 +142,9 @@ class ReLUNetwork(nn.Module):
         if input_shape is not None:
             if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or len(input_shape) == 0:
                 raise TypeError(f"input_shape must be a non-empty tuple of ints, got {input_shape!r}")
-            input_shape = tuple(check_int(n, f"every entry of input_shape {tuple(input_shape)}", minimum=1) for n in input_shape)
+            input_shape = tuple(
+                check_int(n, f"every entry of input_shape {tuple(input_shape)}", minimum=1) for n in input_shape
+            )
             if math.prod(input_shape) != layers[0].in_features:
                 raise ValueError(
                     f"input_shape {input_shape} has {math.prod(input_shape)} entries but the first layer takes "
@@ -347,7 +349,8 @@ class ReLUNetwork(nn.Module):
             linear.bias = nn.Parameter(bias.clone())
             linears.append(linear)
         shape = tuple(graph.input_shape)
-        return cls(linears, final_relu=final_relu, input_shape=shape if len(shape) > 1 else None, flatten_input=len(shape) > 1)
+        return cls(linears, final_relu=final_relu, input_shape=shape if len(shape) > 1 else None,
+                   flatten_input=len(shape) > 1)
 
     def to_sequential(self, *, bias: bool = True) -> nn.Sequential:
         """An independent ``nn.Sequential`` copy (``Linear``, ``ReLU``, ...) computing the same function.
@@ -379,7 +382,8 @@ class ReLUNetwork(nn.Module):
         layers = list(self.layers)
         return GraphNetwork.chain(
             [layer.weight.detach() for layer in layers],
-            [layer.bias.detach() if layer.bias is not None else layer.weight.new_zeros(layer.out_features).detach() for layer in layers],
+            [layer.bias.detach() if layer.bias is not None
+             else layer.weight.new_zeros(layer.out_features).detach() for layer in layers],
             final_relu=self.final_relu,
             input_shape=(self.in_features,),
         )
@@ -576,10 +580,12 @@ class ReLUNetwork(nn.Module):
         reported as all-active: it is linear everywhere.
         """
         zs = self.pre_activations(x, from_layer=from_layer)
-        return [z > 0 if self.has_relu(from_layer + i) else torch.ones_like(z, dtype=torch.bool) for i, z in enumerate(zs)]
+        return [z > 0
+                if self.has_relu(from_layer + i) else torch.ones_like(z, dtype=torch.bool) for i, z in enumerate(zs)]
 
     def output_value(self, x: torch.Tensor, output: int | torch.Tensor, *, from_layer: int = 0) -> torch.Tensor:
-        """``f_k(x)``: output neuron ``output`` (an int, or one per row) of the layers ``from_layer ...``, shape ``(batch,)``."""
+        """``f_k(x)``: output neuron ``output`` (an int, or one per row) of the layers
+        ``from_layer ...``, shape ``(batch,)``."""
         return self.output_from_pre_activations(self.pre_activations(x, from_layer=from_layer), output)
 
     def output_from_pre_activations(self, zs: list[torch.Tensor], output: int | torch.Tensor) -> torch.Tensor:
@@ -640,7 +646,8 @@ class ReLUNetwork(nn.Module):
             else:
                 grad = self.weight(last)[output].expand(z_out.shape[0], -1).clone()
             for k in range(last - 1, from_layer - 1, -1):
-                grad = check_finite_layer((grad * (zs[k - from_layer] > threshold)) @ self.weight(k), k, "the input gradient's entries")
+                grad = check_finite_layer((grad * (zs[k - from_layer] > threshold)) @ self.weight(k), k,
+                                          "the input gradient's entries")
         return grad
 
     # ------------------------------------------------------------------ inputs

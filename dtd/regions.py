@@ -216,11 +216,12 @@ def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, ou
     constants = sorted({s for node in live for s in net.sources(node) if s not in overridden and s not in live_ids})
     if constants and base is None:
         raise ValueError(
-            f"the region of layer {layer} ({net.layer_names()[layer]!r}) reads activations that do not depend on its input "
-            f"(nodes {constants}: a skip from below the layer); pass base=net.run(x) for the same points"
+            f"the region of layer {layer} ({net.layer_names()[layer]!r}) reads activations that do not depend on "
+            f"its input (nodes {constants}: a skip from below the layer); pass base=net.run(x) for the same points"
         )
     if base is not None and any(base[0][i].shape[0] != n for i in constants):
-        raise ValueError(f"base holds the values of {base[0][0].shape[0]} points but a has {n} rows; give both for the same points")
+        raise ValueError(f"base holds the values of {base[0][0].shape[0]} points "
+                         f"but a has {n} rows; give both for the same points")
     a_net = a.detach()
     a = a_net.to(torch.float64)
     node_k = net.layer(layer)
@@ -230,7 +231,8 @@ def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, ou
         if base is not None and all(p.id in base[1] for p in pools):
             argmax = {p.id: base[1][p.id] for p in pools}
         else:
-            values = dict(zip([b.source for b in node_k.branches], net.split_input(layer, a_net.to(net.dtype)), strict=True))
+            values = dict(zip([b.source for b in node_k.branches], net.split_input(layer, a_net.to(net.dtype)),
+                              strict=True))
             with torch.no_grad():
                 for node in live:
                     for s in net.sources(node):
@@ -324,7 +326,8 @@ def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, ou
         output_row = count
         add("output", last, A[rows, explained].unsqueeze(1), c[rows, explained].unsqueeze(1),
             sign if net.final_relu else torch.zeros_like(sign))
-    return RegionConstraints(torch.cat(rows_a, 1), torch.cat(rows_c, 1), torch.cat(rows_s, 1), output_row, tuple(blocks))
+    return RegionConstraints(torch.cat(rows_a, 1), torch.cat(rows_c, 1), torch.cat(rows_s, 1), output_row,
+                             tuple(blocks))
 
 
 _BANNER_LOCK = threading.Lock()
@@ -385,7 +388,9 @@ def lp_rows(a: np.ndarray, A_region: np.ndarray, c_region: np.ndarray, sign: np.
     counts = np.concatenate([nonzero.sum(1), np.full(2 * d, 2), [d]])
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
     index = np.concatenate([np.nonzero(nonzero)[1], pairs, pairs, i]).astype(np.int32)
-    value = np.concatenate([region[nonzero], np.tile([1.0, -1.0], d), np.tile([-1.0, -1.0], d), np.ones(d)]).astype(np.float64)
+    value = np.concatenate([region[nonzero], np.tile([1.0, -1.0], d), np.tile([-1.0, -1.0], d), np.ones(d)]).astype(
+        np.float64
+    )
     lower = np.concatenate([-(sign[keep] * c_region[keep]) - slack, np.full(2 * d, -inf), [0.0]])
     upper = np.concatenate([np.full(int(keep.sum()), inf), a, -a, [0.0]])
     return counts.shape[0], lower, upper, starts, index, value
@@ -417,7 +422,8 @@ class RegionLP:
     """
 
     def __init__(
-        self, a: np.ndarray, A_region: np.ndarray, c_region: np.ndarray, sign: np.ndarray, *, norm: str, nonnegative: bool, slack: float = 0.0
+        self, a: np.ndarray, A_region: np.ndarray, c_region: np.ndarray, sign: np.ndarray, *, norm: str,
+        nonnegative: bool, slack: float = 0.0
     ):
         if norm not in ("l1", "linf"):
             raise ValueError(f"norm must be 'l1' or 'linf', got {norm!r}")
@@ -451,7 +457,8 @@ class RegionLP:
         return (LPStatus.INFEASIBLE if status == self._infeasible else LPStatus.FAILED), None
 
 
-def region_output_root(net, x: torch.Tensor, *, layer: int = 0, output: int = 0, norm: str = "l1", nonnegative: bool = True):
+def region_output_root(net, x: torch.Tensor, *, layer: int = 0, output: int = 0, norm: str = "l1",
+                       nonnegative: bool = True):
     """Does the input's linear region of ``f_k`` contain a point where the explained output is zero?
 
     The notebook's question 3 asked of the whole region instead of one root:

@@ -110,8 +110,8 @@ class LinearRoots(RootFinder):
         except ValueError as error:  # say which layer's inputs, and that DTD's recipes change the rule above the input
             where = "the network's input" if k == 0 else f"the activations entering layer {k}"
             hint = "" if k == 0 else (
-                "; a rule for the input's domain (zB's box, or z+/gamma for x >= 0) is meant for layer 0: pass one rule "
-                "per layer, e.g. rule=[dtd.rules.ZB(low, high)] + ['z+'] * (net.n_layers - 1)"
+                "; a rule for the input's domain (zB's box, or z+/gamma for x >= 0) is meant for layer 0: "
+                "pass one rule per layer, e.g. rule=[dtd.rules.ZB(low, high)] + ['z+'] * (net.n_layers - 1)"
             )
             raise ValueError(f"layer {k} ({where}): {error}{hint}") from None
 
@@ -148,7 +148,8 @@ class _InRegionFinder(RootFinder):
     def check_domain(self, k, a):
         if self.nonnegative and float(a.min()) < 0:
             raise ValueError(
-                f"{type(self).__name__}(nonnegative=True) needs non-negative inputs; layer {k}'s minimum is {float(a.min()):.3g}"
+                f"{type(self).__name__}(nonnegative=True) needs non-negative "
+                f"inputs; layer {k}'s minimum is {float(a.min()):.3g}"
             )
 
 
@@ -177,7 +178,8 @@ def _chunk_output(output, start: int, stop: int):
 
 
 def _chunk_region(net, k, a, output, base, start, stop):
-    return region_constraints(net, a[start:stop], k, _chunk_output(output, start, stop), base=base_rows(base, start, stop))
+    return region_constraints(net, a[start:stop], k, _chunk_output(output, start, stop),
+                              base=base_rows(base, start, stop))
 
 
 class RegionRoots(_InRegionFinder):
@@ -227,7 +229,8 @@ class RegionRoots(_InRegionFinder):
                     carrying = np.nonzero(r64[n])[0]
                     if carrying.size:
                         i = n - start
-                        lp = RegionLP(a64[n], A[i], c[i], sign[i], norm=self.norm, nonnegative=self.nonnegative, slack=slack)
+                        lp = RegionLP(a64[n], A[i], c[i], sign[i], norm=self.norm, nonnegative=self.nonnegative,
+                                      slack=slack)
                         for j in carrying:
                             code, point = lp.nearest(weight[j], float(weight[j] @ a64[n] - r64[n, j]))
                             status[n, j] = code
@@ -283,13 +286,16 @@ class RegionSamplingRoots(_InRegionFinder):
     :mod:`dtd.progress`).
     """
 
-    def __init__(self, n_directions: int = 256, *, seed: int = 0, nonnegative: bool = True, memory_budget: int = DEFAULT_MEMORY_BUDGET):
+    def __init__(self, n_directions: int = 256, *, seed: int = 0, nonnegative: bool = True,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET):
         self.n_directions = check_int(n_directions, "n_directions", minimum=1)
         self.seed = check_seed(seed)
         self.nonnegative = check_bool(nonnegative, "nonnegative")
         self.memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
 
-    def directions(self, n_points: int, width: int, layer: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def directions(
+        self, n_points: int, width: int, layer: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """The unit directions ``(n_points, n_directions, width)`` (float64), reproducible per layer.
 
         ``generator``: continue the stream of an earlier call of the same layer
@@ -301,7 +307,8 @@ class RegionSamplingRoots(_InRegionFinder):
         return d / d.norm(dim=-1, keepdim=True).clamp_min(DIVISION_GUARD)
 
     def chunk_points(self, n_rows: int, n_neurons: int, width: int) -> int:
-        """Points per chunk: the ``(points, rays, rows + neurons + width)`` float64 work tensors, about four times over, fit the budget.
+        """Points per chunk: the ``(points, rays, rows + neurons + width)`` float64 work
+        tensors, about four times over, fit the budget.
 
         A multiple of 16 points, so that drawing the directions chunk by chunk
         continues torch's normal stream exactly where one draw for all points
@@ -334,13 +341,15 @@ class RegionSamplingRoots(_InRegionFinder):
                 stop = min(n_points, start + chunk)
                 d = self.directions(stop - start, width, k, generator)
                 roots[start:stop], valid[start:stop] = self._search(
-                    net, k, a64[start:stop], r64[start:stop], w, d, _chunk_output(output, start, stop), slack, base_rows(base, start, stop)
+                    net, k, a64[start:stop], r64[start:stop], w, d, _chunk_output(output, start, stop), slack,
+                    base_rows(base, start, stop)
                 )
                 bar.update(stop - start)
         return ExplicitRoots(a, roots.to(dtype=a.dtype, device=a.device), valid.to(a.device))
 
     def _search(self, net, k, a64, r64, w, d, output, slack, base=None):
-        """Roots ``(n, J, D)`` and validity ``(n, J)`` of the points ``a64`` ``(n, D)`` along the rays ``d`` ``(n, K, D)``."""
+        """Roots ``(n, J, D)`` and validity ``(n, J)`` of the points ``a64``
+        ``(n, D)`` along the rays ``d`` ``(n, K, D)``."""
         region = region_constraints(net, a64, k, output, base=base)
         if self.nonnegative:  # rays that leave a zero coordinate downwards would stop at once: reflect them
             d = torch.where((a64 <= 0).unsqueeze(1), d.abs(), d)
@@ -349,7 +358,8 @@ class RegionSamplingRoots(_InRegionFinder):
         h = region.sign.unsqueeze(-1) * torch.einsum("nmd,nkd->nmk", region.A, d)  # (N, M, K)
         s_edge = edge_steps(g.unsqueeze(-1), h, slack).amin(1)  # (N, K)
         if self.nonnegative:
-            to_zero = torch.where(d < 0, a64.unsqueeze(1) / -d.clamp(max=-DIVISION_GUARD), torch.full_like(d, float("inf")))
+            to_zero = torch.where(d < 0, a64.unsqueeze(1) / -d.clamp(max=-DIVISION_GUARD),
+                                  torch.full_like(d, float("inf")))
             s_edge = torch.minimum(s_edge, to_zero.amin(-1))
         wd = torch.einsum("jd,nkd->njk", w, d)  # (N, J, K)
         s = -r64.unsqueeze(-1) / torch.where(wd != 0, wd, torch.ones_like(wd))
@@ -493,13 +503,18 @@ class MetropolisHastingsRoots(_InRegionFinder):
         carries = r64 != 0
 
         def record(start: torch.Tensor, end: torch.Tensor, ok: torch.Tensor) -> None:
-            """Keep, per neuron, the crossing of its hyperplane on segments start -> end (where ``ok``) nearest to ``a``."""
+            """Keep, per neuron, the crossing of its hyperplane on segments start
+            -> end (where ``ok``) nearest to ``a``."""
             delta = end - start
             w_delta = delta @ w.T
             s = (wa_r.unsqueeze(1) - start @ w.T) / torch.where(w_delta != 0, w_delta, torch.ones_like(w_delta))
             hit = ok.unsqueeze(-1) & (w_delta != 0) & (s >= 0) & (s <= 1) & carries.unsqueeze(1)  # (N, C, J)
             e = start - a64.unsqueeze(1)  # |e + s delta|^2 without building the points
-            dist2 = (e * e).sum(-1, keepdim=True) + 2 * s * (e * delta).sum(-1, keepdim=True) + s * s * (delta * delta).sum(-1, keepdim=True)
+            dist2 = (
+                (e * e).sum(-1, keepdim=True)
+                + 2 * s * (e * delta).sum(-1, keepdim=True)
+                + s * s * (delta * delta).sum(-1, keepdim=True)
+            )
             nearest = torch.where(hit, dist2, torch.full_like(s, float("inf"))).min(1)  # over chains: (N, J)
             better = nearest.values < best
             if not bool(better.any()):

@@ -99,7 +99,8 @@ class AffineRoots(RootSet):
     ``t`` ``(batch, J)`` is 0 wherever the root is invalid.
     """
 
-    def __init__(self, a: torch.Tensor, t: torch.Tensor, valid: torch.Tensor, p: torch.Tensor | None, q: torch.Tensor | None):
+    def __init__(self, a: torch.Tensor, t: torch.Tensor, valid: torch.Tensor, p: torch.Tensor | None,
+                 q: torch.Tensor | None):
         self.input, self.t, self.valid, self.p, self.q = a, t, valid, p, q
 
     def roots(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -134,7 +135,12 @@ class ExplicitRoots(RootSet):
     """Roots held as a ``(batch, J, D)`` tensor."""
 
     def __init__(self, a: torch.Tensor, roots: torch.Tensor, valid: torch.Tensor):
-        if roots.dim() != 3 or roots.shape[0] != a.shape[0] or roots.shape[2] != a.shape[1] or roots.shape[:2] != valid.shape:
+        if (
+            roots.dim() != 3
+            or roots.shape[0] != a.shape[0]
+            or roots.shape[2] != a.shape[1]
+            or roots.shape[:2] != valid.shape
+        ):
             raise ValueError(
                 f"roots must be (batch, J, D) = {(a.shape[0], valid.shape[1], a.shape[1])}, got {tuple(roots.shape)}"
             )

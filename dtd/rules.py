@@ -41,8 +41,8 @@ def _nonnegative(a: torch.Tensor, rule: Rule) -> None:
         raise ValueError(
             f"rule {rule!r} needs non-negative activations, but the input holds {int((a < 0).sum())} negative "
             f"value(s) (min {float(a.min()):.3g}); for inputs that can be negative use, at the input layer, "
-            "ZB(low, high) with your data's box (e.g. rule=[dtd.rules.ZB(float(x.min()), float(x.max())), 'z+', ...]) or 'w2' "
-            "(rule=['w2', 'z+', ...]); LRP0 ('x') also accepts them"
+            "ZB(low, high) with your data's box (e.g. rule=[dtd.rules.ZB(float(x.min()), float(x.max())), "
+            "'z+', ...]) or 'w2' (rule=['w2', 'z+', ...]); LRP0 ('x') also accepts them"
         )
 
 
@@ -99,7 +99,8 @@ class Rule(abc.ABC):
         carries = relevance != 0
         valid = (denominator.abs() > eps) | ~carries
         use = valid & carries
-        t = torch.where(use, relevance / torch.where(use, denominator, torch.ones_like(denominator)), torch.zeros_like(relevance))
+        t = torch.where(use, relevance / torch.where(use, denominator, torch.ones_like(denominator)),
+                        torch.zeros_like(relevance))
         return AffineRoots(a, t, valid, p, q)
 
     @staticmethod
@@ -204,7 +205,8 @@ def register(*, aliases: Sequence[str] = (), default: Callable[[], Rule] | None 
     def decorate(cls):
         if not (isinstance(cls, type) and issubclass(cls, Rule)) or not cls.name:
             raise TypeError(f"register() decorates Rule subclasses with a name, got {cls!r}")
-        taken = {name for entry in _REGISTRY.values() if entry.cls is not cls for name in (entry.cls.name, *entry.aliases)}
+        taken = {name for entry in _REGISTRY.values() if entry.cls is not cls
+                 for name in (entry.cls.name, *entry.aliases)}
         clash = taken & {cls.name, *aliases}
         if clash:
             raise ValueError(f"rule name(s) {sorted(clash)} of {cls.__name__} are already registered")
@@ -324,7 +326,8 @@ class ZB(Rule):
         if self.low.shape != self.high.shape and self.low.numel() > 1 and self.high.numel() > 1:
             raise ValueError(f"low and high have different shapes: {tuple(self.low.shape)} vs {tuple(self.high.shape)}")
         if bool((torch.as_tensor(self.low) > torch.as_tensor(self.high)).any()):
-            raise ValueError(f"low must be <= high everywhere, got low={self._show(self.low)}, high={self._show(self.high)}")
+            raise ValueError("low must be <= high everywhere, got "
+                             f"low={self._show(self.low)}, high={self._show(self.high)}")
 
     @staticmethod
     def _bound(value, name: str) -> torch.Tensor:
@@ -334,7 +337,8 @@ class ZB(Rule):
             value = torch.tensor(float(value), dtype=torch.float64)
         elif isinstance(value, torch.Tensor):
             if value.dim() > 1:
-                raise ValueError(f"{name} must be a number or a 1-D tensor (one bound per feature), got shape {tuple(value.shape)}")
+                raise ValueError(f"{name} must be a number or a 1-D tensor (one "
+                                 f"bound per feature), got shape {tuple(value.shape)}")
             value = value.detach().to(dtype=torch.float64, device="cpu").clone()
         else:
             raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
@@ -353,7 +357,8 @@ class ZB(Rule):
 
     @classmethod
     def for_data(cls, x: torch.Tensor, *, low: float = 0.0) -> ZB:
-        """A box ``[low, high]`` holding every row of ``x``: ``high`` is the batch's largest value rounded up (at least ``low + 1``)."""
+        """A box ``[low, high]`` holding every row of ``x``: ``high`` is the batch's largest
+        value rounded up (at least ``low + 1``)."""
         high = float(torch.ceil(x.max()).clamp_min(low + 1.0))
         return cls(low, high)
 
@@ -368,8 +373,9 @@ class ZB(Rule):
         outside = (a < low) | (a > high)
         if bool(outside.any()):
             raise ValueError(
-                f"rule {self!r} needs inputs in [low, high], but {int(outside.sum())} value(s) lie outside "
-                f"(their range [{float(a.min()):.3g}, {float(a.max()):.3g}]); pass dtd.rules.ZB(low, high) with the data's bounds"
+                f"rule {self!r} needs inputs in [low, high], but {int(outside.sum())} value(s) lie "
+                f"outside (their range [{float(a.min()):.3g}, {float(a.max()):.3g}]); pass "
+                "dtd.rules.ZB(low, high) with the data's bounds"
             )
 
     def direction_terms(self, weight):

@@ -30,7 +30,8 @@ SEED_LIMIT = 2**63 - 1
 
 
 def check_int(value, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    """``value`` as an int; ``TypeError`` unless it is an int (not a bool), ``ValueError`` outside ``[minimum, maximum]``."""
+    """``value`` as an int; ``TypeError`` unless it is an int (not a bool),
+    ``ValueError`` outside ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if minimum is not None and value < minimum:

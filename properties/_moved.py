@@ -98,7 +98,8 @@ def deprecation(old: str) -> str:
 
 
 class _Alias(importlib.abc.Loader):
-    """Loads an old name as the module of its new name (the same object), or runs the new module's ``main`` under ``-m``."""
+    """Loads an old name as the module of its new name (the same object), or runs
+    the new module's ``main`` under ``-m``."""
 
     def __init__(self, old: str, new: str):
         self.old = old

@@ -252,7 +252,8 @@ def test_sample_cases_have_live_outputs_and_print_as_code(architecture):
 
 
 def test_shrink_case_finds_a_small_model_that_still_fails():
-    case = next(c for c in A.sample_cases("cnn", "bias_free", 12, points=5, seed=1, depth=2, channels=(2, 4), image_size=(6, 8))
+    case = next(c for c in A.sample_cases("cnn", "bias_free", 12, points=5, seed=1, depth=2, channels=(2, 4),
+                                          image_size=(6, 8))
                 if "max" in c.generated.spec.pools)
 
     def has_max_pool(c):  # the "failure": the model max-pools

@@ -44,7 +44,8 @@ def _graph(name):
 
 
 def _small_cnn():
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(2 * 4 * 4, 3))
 
 
 # --------------------------------------------------------------------------- dense weights
@@ -56,7 +57,9 @@ def test_weight_and_bias_are_the_layers_affine_map(name):
         d = net.in_features(k)
 
         def z(a, node=node, k=k):  # the layer's own affine computation of a flat input (its branches' operators, bias)
-            return net._affine(node, dict(zip([b.source for b in node.branches], net.split_input(k, a), strict=True))).flatten(1)
+            return net._affine(
+                node, dict(zip([b.source for b in node.branches], net.split_input(k, a), strict=True))
+            ).flatten(1)
 
         zero = z(torch.zeros(1, d, dtype=torch.float64))
         expected = z(torch.eye(d, dtype=torch.float64)) - zero  # row i: the map of unit vector i
@@ -69,7 +72,8 @@ def test_weight_and_bias_are_the_layers_affine_map(name):
 
 # --------------------------------------------------------------------------- chains: the dense engine, bit for bit
 def _chains():
-    for sizes, final_relu in [([10, 10, 10, 10, 2], True), ([10, 10, 10, 10, 2], False), ([6, 4, 3], False), ([5, 7, 3], True)]:
+    for sizes, final_relu in [([10, 10, 10, 10, 2], True), ([10, 10, 10, 10, 2], False), ([6, 4, 3], False),
+                              ([5, 7, 3], True)]:
         dense = dtd.ReLUNetwork.random(sizes, seed=2).double()
         dense = dtd.ReLUNetwork(list(dense.layers), final_relu=final_relu)
         yield dense, lower_module(dense.to_sequential(), (sizes[0],))
@@ -90,11 +94,14 @@ def test_chain_graph_regions_equal_the_dense_engines_bit_for_bit():
                 for n in range(a.shape[0]):  # the slow reference, one point at a time, written out in numpy
                     o = int(output[n]) if isinstance(output, torch.Tensor) else output
                     A, c, sign, row = reference.region_constraints(dense, a[n].numpy(), k, o)
-                    assert np.allclose(got.A[n].numpy(), A, rtol=1e-12, atol=1e-12) and np.allclose(got.c[n].numpy(), c, rtol=1e-12, atol=1e-12)
+                    assert np.allclose(got.A[n].numpy(), A, rtol=1e-12, atol=1e-12) and np.allclose(
+                        got.c[n].numpy(), c, rtol=1e-12, atol=1e-12
+                    )
                     assert np.array_equal(got.sign[n].numpy(), sign) and got.output_row == row
 
 
-FINDERS = [dtd.RegionRoots("l1"), dtd.RegionRoots("linf"), dtd.RegionSamplingRoots(32, seed=1), dtd.MetropolisHastingsRoots(4, 15, seed=1)]
+FINDERS = [dtd.RegionRoots("l1"), dtd.RegionRoots("linf"), dtd.RegionSamplingRoots(32, seed=1),
+           dtd.MetropolisHastingsRoots(4, 15, seed=1)]
 
 
 @pytest.mark.parametrize("finder", FINDERS, ids=lambda f: f.describe(0))
@@ -147,7 +154,9 @@ def _window_reference(node: MaxPoolNode, source: torch.Tensor, argmax: torch.Ten
     n = source.shape[0]
     spatial_in, spatial_out = tuple(source.shape[-node.dim :]), tuple(node.shape[-node.dim :])
     channels = int(np.prod(source.shape[1 : source.dim() - node.dim]))
-    signs = [1.0] * channels if node.signs is None else [s for s in node.signs for _ in range(channels // len(node.signs))]
+    signs = (
+        [1.0] * channels if node.signs is None else [s for s in node.signs for _ in range(channels // len(node.signs))]
+    )
     plane_in = source.reshape(n, channels, -1)
     chosen = argmax.reshape(n, channels, -1)
     windows = []
@@ -159,7 +168,13 @@ def _window_reference(node: MaxPoolNode, source: torch.Tensor, argmax: torch.Ten
                 ranges.append(list(range(lo, hi)))
             else:
                 start = o[d] * node.stride[d] - node.padding[d]
-                ranges.append([e for e in (start + t * node.dilation[d] for t in range(node.kernel_size[d])) if 0 <= e < spatial_in[d]])
+                ranges.append(
+                    [
+                        e
+                        for e in (start + t * node.dilation[d] for t in range(node.kernel_size[d]))
+                        if 0 <= e < spatial_in[d]
+                    ]
+                )
         windows.append([int(np.ravel_multi_index(tuple(r[i] for r, i in zip(ranges, idx, strict=True)), spatial_in))
                         for idx in np.ndindex(*[len(r) for r in ranges])])
     slots = max(len(w) for w in windows) - 1
@@ -420,7 +435,9 @@ def test_a_layer_above_the_limit_is_refused_before_any_linear_program(monkeypatc
     monkeypatch.setattr(dtd.roots, "RegionLP", no_lp)
     name = net.layer_names()[k]
     for finder in (dtd.RegionRoots(), dtd.RegionSamplingRoots(8), dtd.MetropolisHastingsRoots(2, 2)):
-        with pytest.raises(ValueError, match=rf"layer {k} \('{name}'\): the region of f_{k} .* {rows[k]:,} x {net.in_features(k)} matrix"):
+        with pytest.raises(ValueError,
+                           match=rf"layer {k} \('{name}'\): the region of f_{k} .* "
+                                 rf"{rows[k]:,} x {net.in_features(k)} matrix"):
             dtd.train_free(net, x, root_finder=finder)
 
 
@@ -450,7 +467,10 @@ def test_sparse_lp_rows_equal_the_dense_construction(norm):
     net, shape = _graph("sequential_cnn")
     x = _inputs(shape, 1)
     base = net.run(x)
-    regions = [(net.layer_input(base[0], k), region_constraints(net, net.layer_input(base[0], k), k, 0, base=base)) for k in (0, 1)]
+    regions = [
+        (net.layer_input(base[0], k), region_constraints(net, net.layer_input(base[0], k), k, 0, base=base))
+        for k in (0, 1)
+    ]
     seed = dtd.ReLUNetwork.random([10, 10, 10, 10, 2], seed=2, dtype=torch.float64)  # the notebook's rows too
     points = seed.sample_inputs(3, output=0, min_output=0.1, seed=0)
     regions += [(a, region_constraints(seed, a, k, 0)) for k, a in enumerate(seed.activations(points)[:-1])]

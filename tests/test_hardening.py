@@ -43,7 +43,8 @@ OVERFLOW_CASES = [
     ("train_free", lambda: dtd.train_free(OVERFLOWING, _x(OVERFLOWING))),
     ("full_backward", lambda: dtd.full_backward(OVERFLOWING, _x(OVERFLOWING), root_finder=dtd.LinearRoots())),
     ("sampling finder", lambda: dtd.train_free(OVERFLOWING, _x(OVERFLOWING), root_finder=dtd.RegionSamplingRoots(8))),
-    ("walk finder", lambda: dtd.train_free(OVERFLOWING, _x(OVERFLOWING, 2), root_finder=dtd.MetropolisHastingsRoots(2, 3))),
+    ("walk finder", lambda: dtd.train_free(OVERFLOWING, _x(OVERFLOWING, 2),
+                                           root_finder=dtd.MetropolisHastingsRoots(2, 3))),
     ("input_gradient", lambda: OVERFLOWING.input_gradient(_x(OVERFLOWING), 0)),
 ]
 
@@ -98,7 +99,9 @@ def test_scaled_weights_in_float64_are_exact():
 def test_half_precision_is_refused_with_the_fix(dtype, which):
     net = _net(dtype)
     x = torch.full((3, 4), 6e4 if dtype == torch.float16 else 1.0, dtype=dtype)
-    call = dtd.train_free if which == "train_free" else lambda n, x: dtd.full_backward(n, x, root_finder=dtd.LinearRoots())
+    call = (
+        dtd.train_free if which == "train_free" else lambda n, x: dtd.full_backward(n, x, root_finder=dtd.LinearRoots())
+    )
     with pytest.raises(TypeError, match=r"not computed in half precision.*net\.float\(\)"):
         call(net, x)
 

@@ -122,7 +122,8 @@ def test_from_sequential_without_final_relu_and_with_flatten():
         (nn.Sequential(nn.Conv1d(1, 1, 1)), ValueError, r"'0' \(Conv1d\) needs the input's shape"),
         (nn.Sequential(nn.Linear(3, 3), nn.MaxPool1d(1)), TypeError, "max pooling.*from_module"),
         (nn.Sequential(), ValueError, "no affine module"),
-        (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(5, 2)), ValueError, "the model fails on an input of shape"),
+        (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(5, 2)), ValueError,
+         "the model fails on an input of shape"),
         (nn.ModuleList([nn.Linear(3, 3)]), TypeError, "nn.Sequential"),
     ],
 )

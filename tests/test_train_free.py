@@ -53,7 +53,8 @@ def assert_matches_reference(rule, sizes, seed):
 
 
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("sizes, seed", [((6, 5, 4, 3), 0), ((4, 8, 2), 1), ((10, 10, 10, 10, 2), 2), ((3, 2, 6, 2), 3)])
+@pytest.mark.parametrize("sizes, seed", [((6, 5, 4, 3), 0), ((4, 8, 2), 1), ((10, 10, 10, 10, 2), 2),
+                                         ((3, 2, 6, 2), 3)])
 def test_rule_matches_reference(rule, sizes, seed):
     assert_matches_reference(rule, sizes, seed)
 
@@ -61,7 +62,8 @@ def test_rule_matches_reference(rule, sizes, seed):
 def test_every_registered_rule_has_a_replica_and_a_reference_variant():
     for entry in R.registered():
         assert entry.cls in reference.REPLICAS, f"{entry.cls.__name__} has no slow replica in tests/reference.py"
-        assert any("reference" in v.sweeps for v in V.suite_entry(entry.cls).variants), f"{entry.cls.__name__} has no reference variant"
+        assert any("reference" in v.sweeps for v in V.suite_entry(entry.cls).variants), (f"{entry.cls.__name__} has "
+                                                                                         "no reference variant")
 
 
 def test_per_layer_rules_match_reference():

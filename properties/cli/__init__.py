@@ -52,7 +52,8 @@ PYTEST_USAGE = 4
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    top = argparse.ArgumentParser(prog="dtd-properties", description="DTD property suite: report, gate, conformance kit")
+    top = argparse.ArgumentParser(prog="dtd-properties",
+                                  description="DTD property suite: report, gate, conformance kit")
     top.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -82,12 +83,15 @@ def version() -> str:
 
 
 def _common(sub: argparse.ArgumentParser, baseline: str) -> None:
-    sub.add_argument("--report", default="property-report", metavar="DIR", help="report directory (default: property-report)")
+    sub.add_argument("--report", default="property-report", metavar="DIR",
+                     help="report directory (default: property-report)")
     sub.add_argument("--baseline", default=None, metavar="FILE",
                      help=f"your baseline to gate on (default: ./{baseline}, where an absent file means every rate is "
                           "new; a FILE named here must exist unless --update-baseline creates it)")
-    sub.add_argument("--update-baseline", action="store_true", help="write this run's rates to the baseline instead of gating")
-    sub.add_argument("--confidence", type=float, default=None, metavar="C", help="confidence of every interval (default: 0.99)")
+    sub.add_argument("--update-baseline", action="store_true",
+                     help="write this run's rates to the baseline instead of gating")
+    sub.add_argument("--confidence", type=float, default=None, metavar="C",
+                     help="confidence of every interval (default: 0.99)")
     sub.add_argument("--seed", type=seed_argument, default=0, metavar="N",
                      help="seed of the generated networks, in [0, 2**32 - 1] (default 0: reproducible)")
 

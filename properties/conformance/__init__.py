@@ -248,8 +248,8 @@ class Implementation:
     def __post_init__(self):
         _check_name(self.name)
         if not callable(self.attribute):
-            raise TypeError(f"Implementation {self.name!r}: attribute must be callable (model, x, output) -> relevance, "
-                            f"got {type(self.attribute).__name__}")
+            raise TypeError(f"Implementation {self.name!r}: attribute must be callable (model, "
+                            f"x, output) -> relevance, got {type(self.attribute).__name__}")
         if isinstance(self.rule, (str, R.Rule)):
             rules = (R.Rule.ensure(self.rule),)
         elif isinstance(self.rule, Sequence) and len(self.rule) > 0:
@@ -290,7 +290,8 @@ class Implementation:
 
     def properties(self) -> list[tuple[str, str | None]]:
         """The ``(property, subset)`` pairs measured for this implementation, architecture by architecture."""
-        return [(prop, subset) for architecture in self.architectures for prop, subset, _ in _layout(self, architecture)]
+        return [(prop, subset) for architecture in self.architectures
+                for prop, subset, _ in _layout(self, architecture)]
 
 
 def _check_architectures(value, name: str) -> tuple[str, ...]:
@@ -336,7 +337,8 @@ def _layout(impl: Implementation, architecture: str) -> list[tuple[str, str | No
 
 
 def conformance_key(implementation: Implementation | str, prop: str, subset: str | None = None) -> RateKey:
-    """The :class:`~properties.measure.keys.RateKey` of a property's rate (family ``conformance``, subject the implementation)."""
+    """The :class:`~properties.measure.keys.RateKey` of a property's rate (family
+    ``conformance``, subject the implementation)."""
     name = _check_name(implementation.name if isinstance(implementation, Implementation) else implementation)
     if prop not in PROPERTIES:
         raise ValueError(f"unknown conformance property {prop!r}; known: {sorted(PROPERTIES)}")
@@ -378,7 +380,9 @@ def population(name: str, count: int, points: int, seed: int) -> tuple[Case, ...
                 if int(alive.sum()) < 2:
                     continue
                 case = Case(net, case.x[alive], case.output)
-            elif name == "bias_positive" and not any(bool((case.net.bias(k) > 0).any()) for k in range(case.net.n_layers)):
+            elif name == "bias_positive" and not any(
+                bool((case.net.bias(k) > 0).any()) for k in range(case.net.n_layers)
+            ):
                 continue
             out.append(case)
     return tuple(out[:count])
@@ -421,7 +425,8 @@ def _small_image_cases(architecture: str, name: str, seed: int) -> tuple:
     from ..generate.architectures import sample_cases
 
     offset = {"bias_free": 71, "bias_negative": 72, "bias_positive": 73}[name] + (0 if architecture == "cnn" else 500)
-    cases = sample_cases(architecture, name, SMALL_IMAGE_CASES, points=1, seed=seed * 1000 + offset, **SMALL_IMAGE_SPACE)
+    cases = sample_cases(architecture, name, SMALL_IMAGE_CASES, points=1, seed=seed * 1000 + offset,
+                         **SMALL_IMAGE_SPACE)
     return tuple((case, _lower(case)) for case in cases)
 
 
@@ -476,7 +481,8 @@ class _Subject:
 
 
 def _subject(case, net=None) -> _Subject:
-    """The :class:`_Subject` of an MLP :class:`~properties.generate.strategies.Case` or an image :class:`~properties.generate.architectures.ModelCase`."""
+    """The :class:`_Subject` of an MLP :class:`~properties.generate.strategies.Case` or an image
+    :class:`~properties.generate.architectures.ModelCase`."""
     generated = getattr(case, "generated", None)
     if generated is None:
         return _Subject(case.net, case.x, case.output, "mlp")
@@ -504,7 +510,8 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ one call
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks")
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
 
 
 def _snapshot(model: nn.Module, x: torch.Tensor) -> tuple:
@@ -514,7 +521,16 @@ def _snapshot(model: nn.Module, x: torch.Tensor) -> tuple:
     params = [(n, p.detach().clone(), p.requires_grad, p.grad is None) for n, p in model.named_parameters()]
     buffers = [(n, b.detach().clone()) for n, b in model.named_buffers()]
     global_hooks = tuple(len(getattr(module_state, h, {}) or {}) for h in _GLOBAL_HOOKS)
-    return modules, params, buffers, global_hooks, torch.is_grad_enabled(), x.detach().clone(), x.requires_grad, x.grad is None
+    return (
+        modules,
+        params,
+        buffers,
+        global_hooks,
+        torch.is_grad_enabled(),
+        x.detach().clone(),
+        x.requires_grad,
+        x.grad is None,
+    )
 
 
 def _unchanged(before: tuple, after: tuple) -> bool:
@@ -524,7 +540,9 @@ def _unchanged(before: tuple, after: tuple) -> bool:
     same &= x_rg == x_rg2 and x_nograd == x_nograd2 and torch.equal(x, x2)
     same &= [(n, rg, g) for n, _, rg, g in params] == [(n, rg, g) for n, _, rg, g in params2]
     same &= len(params) == len(params2) and all(torch.equal(a[1], b[1]) for a, b in zip(params, params2, strict=True))
-    same &= [n for n, _ in buffers] == [n for n, _ in buffers2] and all(torch.equal(a[1], b[1]) for a, b in zip(buffers, buffers2, strict=True))
+    same &= [n for n, _ in buffers] == [n for n, _ in buffers2] and all(
+        torch.equal(a[1], b[1]) for a, b in zip(buffers, buffers2, strict=True)
+    )
     return bool(same)
 
 
@@ -556,7 +574,8 @@ class _Caller:
         self.errors: list[str] = []
 
     def __call__(self, subject: _Subject, x: torch.Tensor, output: int, *, watch: bool = False):
-        """``(relevance (N, D) flat in x's dtype, the result's dtype, unchanged or None)`` of one call on a fresh model."""
+        """``(relevance (N, D) flat in x's dtype, the result's dtype, unchanged or None)``
+        of one call on a fresh model."""
         model = subject.fresh()
         x_in = x.clone()
         before = _snapshot(model, x_in) if watch else None
@@ -689,7 +708,8 @@ def _graph_stabilizer_bound(net, dec, rules: Sequence[R.Rule], epsilon: float) -
             safe = torch.where(carrying & (dd.abs() > margin), dd, torch.ones_like(dd))
             delta_j = torch.where(carrying, epsilon / (safe.abs() - epsilon), torch.zeros_like(dd))
             weight = (w * v).abs() / safe.abs().unsqueeze(-1) * carrying.unsqueeze(-1)
-            lower = torch.einsum("njd,nj->nd", weight, e.reshape(n, -1) * (1 + delta_j) + layer.upper_relevance.abs() * delta_j)
+            lower = torch.einsum("njd,nj->nd", weight,
+                                 e.reshape(n, -1) * (1 + delta_j) + layer.upper_relevance.abs() * delta_j)
             parts = zip(node.branches, net.split_input(k, lower), net.split_input(k, layer.relevance), strict=True)
             for branch, part, r_part in parts:
                 # the average poolings read first (one or two: a pool, then global pooling): stabilised divisions
@@ -729,7 +749,8 @@ def _split_batches(n: int) -> list[torch.Tensor]:
 
 
 def evaluate_case(impl: Implementation, case, population_name: str, *, only: set | None = None,
-                  caller: _Caller | None = None, seed: int = 0, net=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                  caller: _Caller | None = None, seed: int = 0,
+                  net=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-point outcomes ``{property: (holds, counted)}`` of one case (``property`` without the population).
 
     ``case``: an MLP :class:`~properties.generate.strategies.Case` or a CNN / residual-net
@@ -758,8 +779,8 @@ def evaluate_case(impl: Implementation, case, population_name: str, *, only: set
     nowhere = torch.zeros(n, dtype=torch.bool)
     calls_before, changes_before = len(caller.calls), len(caller.changes)
     side_effects_ok = True
-    needs_main = wanted & {"equals_dtd", "conservation", "positivity", "gradient_x_input", "batch_independent", "no_side_effects",
-                           "equals_claim"}
+    needs_main = wanted & {"equals_dtd", "conservation", "positivity", "gradient_x_input", "batch_independent",
+                           "no_side_effects", "equals_claim"}
     if needs_main or "dtype_device" in wanted:
         rules = impl.rules_for(net.n_layers)
         dec = dtd.train_free(net, x, rule=rules, output=output)
@@ -772,7 +793,9 @@ def evaluate_case(impl: Implementation, case, population_name: str, *, only: set
         except CallFailed:  # every property of this call fails on this case; the others are measured
             for prop in needs_main:
                 counted = conditioned if prop in CONDITIONED else ones
-                out[prop] = (nowhere, counted) if prop != "no_side_effects" else (torch.tensor([False]), torch.tensor([True]))
+                out[prop] = (
+                    (nowhere, counted) if prop != "no_side_effects" else (torch.tensor([False]), torch.tensor([True]))
+                )
             relevance = None
     else:
         relevance = None
@@ -837,9 +860,11 @@ def _network(weights: list[torch.Tensor], biases: list[torch.Tensor], final_relu
     return ReLUNetwork([linear_copy(w, b) for w, b in zip(weights, biases, strict=True)], final_relu=final_relu)
 
 
-def _fails(impl: Implementation, case, population_name: str, prop: str, call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> bool:
+def _fails(impl: Implementation, case, population_name: str, prop: str,
+           call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> bool:
     try:
-        holds, counted = evaluate_case(impl, case, population_name, only={prop}, caller=_Caller(impl, call_timeout))[prop]
+        holds, counted = evaluate_case(impl, case, population_name, only={prop},
+                                       caller=_Caller(impl, call_timeout))[prop]
     except (ValueError, TypeError):
         return False
     return bool((counted & ~holds).any())
@@ -921,7 +946,8 @@ def shrink(impl: Implementation, case: Case, population_name: str, prop: str, bu
                 d += 1
     weights, biases = parts(case)
     for decimals in (1, 2, 3):
-        candidate = Case(_network([w.round(decimals=decimals) for w in weights], [b.round(decimals=decimals) for b in biases],
+        candidate = Case(_network([w.round(decimals=decimals) for w in weights],
+                                  [b.round(decimals=decimals) for b in biases],
                                   case.net.final_relu), case.x.round(decimals=decimals), case.output)
         if fails(candidate):
             return candidate
@@ -945,10 +971,12 @@ def _shrink_image(impl: Implementation, case, population_name: str, prop: str, b
                 continue
             if bool((counted & ~holds).any()):
                 return small
-    return shrink_case(case, lambda c: _fails(impl, c, population_name, prop, call_timeout), budget=min(budget, IMAGE_SHRINK_BUDGET))
+    return shrink_case(case, lambda c: _fails(impl, c, population_name, prop, call_timeout),
+                       budget=min(budget, IMAGE_SHRINK_BUDGET))
 
 
-def describe_failure(impl: Implementation, case: Case, prop: str, call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> str:
+def describe_failure(impl: Implementation, case: Case, prop: str,
+                     call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> str:
     """The counterexample's network and inputs, the implementation's relevance (or the error it raised, or what
     it changed in torch's global state) and DTD's.  ``finite`` shows the input with zeros it was judged on."""
     from ..generate.strategies import Case
@@ -963,7 +991,9 @@ def describe_failure(impl: Implementation, case: Case, prop: str, call_timeout: 
     else:
         from ..generate.architectures import ModelCase
 
-        names = subject.net.layer_names() if hasattr(subject.net, "layer_names") else [str(k) for k in range(len(rules))]
+        names = (
+            subject.net.layer_names() if hasattr(subject.net, "layer_names") else [str(k) for k in range(len(rules))]
+        )
         per_layer = ", ".join(f"{name}: {rule!r}" for name, rule in zip(names, rules, strict=True))
         shown = ModelCase(case.generated, x, case.output)
         # every line is Python: the model, x and output as code, the rest as comments (paste it whole)
@@ -980,13 +1010,15 @@ def describe_failure(impl: Implementation, case: Case, prop: str, call_timeout: 
             relevance, dtype, unchanged = caller(subject, x, subject.output, watch=prop == "no_side_effects")
             lines.append(f"{mark}implementation R = {shaped(relevance)} ({dtype})")
             if unchanged is False:
-                lines.append(f"{mark}the call changed the model or x (parameters, requires_grad, grad, buffers, hooks, training or x)")
+                lines.append(f"{mark}the call changed the model or x (parameters, "
+                             "requires_grad, grad, buffers, hooks, training or x)")
         except CallFailed as failed:
             lines.append(f"{mark}the implementation raised: {failed}")
         lines.append(f"{mark}dtd.train_free R = {shaped(dec.relevance)}")
     except Exception as error:  # the description must not hide the row it explains
         lines.append(f"{mark}(could not re-run: {type(error).__name__}: {error})")
-    lines += [f"{mark}the call changed torch's global state (the kit restored it): {change}" for change in caller.changes]
+    lines += [f"{mark}the call changed torch's global state (the kit restored it): {change}"
+              for change in caller.changes]
     return "\n".join(lines)
 
 
@@ -1043,7 +1075,11 @@ def run(impl: Implementation, *, seed: int = 0, networks: int = NETWORKS, points
         raise TypeError(f"progress must be callable (str) -> None or None, got {type(progress).__name__}")
     sizes = {"mlp": (networks, points)}
     for architecture in ("cnn", "resnet"):
-        count = IMAGE_NETWORKS[architecture] if image_networks is None else check_int(image_networks, "image_networks", minimum=2)
+        count = (
+            IMAGE_NETWORKS[architecture]
+            if image_networks is None
+            else check_int(image_networks, "image_networks", minimum=2)
+        )
         per = IMAGE_POINTS[architecture] if image_points is None else check_int(image_points, "image_points", minimum=2)
         sizes[architecture] = (count, per)
     with one_thread():  # tiny tensors: intra-op threads only add overhead (10x CPU on a busy machine)
@@ -1054,7 +1090,8 @@ def _cases_of(architecture: str, name: str, count: int, points: int, seed: int) 
     """``(case, lowered network or None)`` of one population of one architecture (cached, shared)."""
     if architecture == "mlp":
         return [(case, None) for case in population(name, count, points, seed)]
-    return list(zip(image_population(architecture, name, count, points, seed), _image_networks(architecture, name, count, points, seed), strict=True))
+    return list(zip(image_population(architecture, name, count, points, seed),
+                    _image_networks(architecture, name, count, points, seed), strict=True))
 
 
 def _run(impl: Implementation, seed: int, sizes: dict, confidence: float, shrink_failures: bool,
@@ -1081,7 +1118,8 @@ def _run(impl: Implementation, seed: int, sizes: dict, confidence: float, shrink
         for name in POPULATIONS:
             for index, (case, net) in enumerate(_cases_of(architecture, name, networks, points, seed)):
                 done += 1
-                where["text"] = f"network {done}/{total} ({name if architecture == 'mlp' else architecture + '_' + name})"
+                where["text"] = ("network "
+                                 f"{done}/{total} ({name if architecture == 'mlp' else architecture + '_' + name})")
                 tally.new_cluster()
                 outcomes = evaluate_case(impl, case, name, seed=seed + index, caller=caller, net=net)
                 for prop, (holds, counted) in outcomes.items():
@@ -1112,7 +1150,11 @@ def _run(impl: Implementation, seed: int, sizes: dict, confidence: float, shrink
             reused = shrunk.get((architecture, population_name))
             if timed_out:
                 small = case
-            elif architecture != "mlp" and reused is not None and _fails(impl, reused, population_name, prop, call_timeout):
+            elif (
+                architecture != "mlp"
+                and reused is not None
+                and _fails(impl, reused, population_name, prop, call_timeout)
+            ):
                 small = reused  # a CNN / residual net shrunk for another row of this population fails this one too
             else:
                 small = shrink(impl, case, population_name, prop, call_timeout=call_timeout)
@@ -1130,5 +1172,5 @@ def record(property_report, result: ConformanceResult) -> None:
     """Put ``result``'s rates (and counterexamples) into the property report, one row each."""
     for row, rate in result.rates.items():
         # the terminal table shows where an implementation breaks; every row is in the report
-        property_report.rate(result.keys.get(row, row), rate, result.descriptions[row], summary=rate.successes < rate.trials,
-                             example=result.examples.get(row))
+        property_report.rate(result.keys.get(row, row), rate, result.descriptions[row],
+                             summary=rate.successes < rate.trials, example=result.examples.get(row))

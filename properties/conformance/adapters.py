@@ -49,10 +49,9 @@ on :class:`~properties.generate.architectures.ResidualNet` (:func:`zennit_model_
 * captum: the rule on every ``Conv2d`` and ``Linear``, captum's defaults on
   the other layers (``EpsilonRule`` on batch norm -- captum merges nothing --,
   pooling and ``AdaptiveAvgPool2d``), ``EpsilonRule(1e-9)`` on ``Flatten``
-  (which captum has no default for; its ``IdentityRule`` fails on a change of shape).  A bare ``+`` is invisible to captum's hooks:
-  both branches receive the full relevance (captum asks for its
-  ``Addition_Module`` instead), so captum's results on residual nets double
-  the shortcut's share.
+  (which captum has no default for; its ``IdentityRule`` fails on a change of shape).  A bare ``+`` is invisible to
+  captum's hooks: both branches receive the full relevance (captum asks for its ``Addition_Module`` instead), so
+  captum's results on residual nets double the shortcut's share.
 """
 
 from __future__ import annotations
@@ -239,7 +238,8 @@ def zennit_model_attribute(model: nn.Module, x: torch.Tensor, output: int, first
     from ..generate.architectures import BasicBlock
 
     kinds = {type(m) for m in model.modules()}
-    canonizers = ([SequentialMergeBatchNorm()] if merge_batch_norm and kinds & {nn.BatchNorm1d, nn.BatchNorm2d} else []) + (
+    canonizers = ([SequentialMergeBatchNorm()] if merge_batch_norm
+                  and kinds & {nn.BatchNorm1d, nn.BatchNorm2d} else []) + (
         [BasicBlockCanonizer()] if sum_module and BasicBlock in kinds else [])
     composite = Composite(module_map=module_map, canonizers=canonizers)
     if isinstance(affine[-1], nn.Linear):
@@ -311,9 +311,12 @@ def captum_implementations() -> list:
         return lambda model, x, output: captum_model_attribute(model, x, output, make_rule)
 
     return [
-        _implementation("captum_zplus", attribute(rule("Alpha1_Beta0_Rule", set_bias_to_zero=True)), R.ZPlus(), CAPTUM_STABILIZER),
-        _implementation("captum_epsilon", attribute(rule("EpsilonRule", epsilon=CAPTUM_STABILIZER)), R.LRP0(), CAPTUM_STABILIZER),
-        _implementation("captum_gamma", attribute(rule("GammaRule", gamma=0.25, set_bias_to_zero=True)), R.Gamma(0.25), CAPTUM_STABILIZER),
+        _implementation("captum_zplus", attribute(rule("Alpha1_Beta0_Rule", set_bias_to_zero=True)), R.ZPlus(),
+                        CAPTUM_STABILIZER),
+        _implementation("captum_epsilon", attribute(rule("EpsilonRule", epsilon=CAPTUM_STABILIZER)), R.LRP0(),
+                        CAPTUM_STABILIZER),
+        _implementation("captum_gamma", attribute(rule("GammaRule", gamma=0.25, set_bias_to_zero=True)), R.Gamma(0.25),
+                        CAPTUM_STABILIZER),
     ]
 
 

@@ -105,7 +105,8 @@ _BIASES = ("positive", "all", "none")
 
 @dataclasses.dataclass(frozen=True)
 class ZPlus(Claim):
-    """z+ with the bias kept: ``"positive"`` part (zennit ``ZPlus``), ``"all"`` of it (captum ``Alpha1_Beta0_Rule``) or ``"none"``."""
+    """z+ with the bias kept: ``"positive"`` part (zennit ``ZPlus``), ``"all"`` of it (captum
+    ``Alpha1_Beta0_Rule``) or ``"none"``."""
 
     bias: str = "positive"
     stabilizer: float = 1e-6
@@ -135,7 +136,8 @@ class AlphaBeta(Claim):
         check_number(self.alpha, "alpha", minimum=0.0)
         check_number(self.beta, "beta", minimum=0.0)
         if abs(self.alpha - self.beta - 1.0) > 1e-12:
-            raise ValueError(f"alpha - beta must be 1 (relevance is conserved), got alpha={self.alpha}, beta={self.beta}")
+            raise ValueError("alpha - beta must be 1 (relevance is conserved), "
+                             f"got alpha={self.alpha}, beta={self.beta}")
         check_number(self.stabilizer, "stabilizer", minimum=0.0)
 
     def propagate(self, a, weight, bias, relevance, connectivity):
@@ -180,12 +182,18 @@ ClaimsLike = Claim | Claims | Sequence[Claim]
 
 
 def ensure_claims(value: ClaimsLike) -> Claims:
-    """A :class:`Claims` from a claim (every layer), a ``[first, rest]`` pair or a :class:`Claims`; ``TypeError`` otherwise."""
+    """A :class:`Claims` from a claim (every layer), a ``[first, rest]`` pair or a
+    :class:`Claims`; ``TypeError`` otherwise."""
     if isinstance(value, Claims):
         return value
     if isinstance(value, Claim):
         return Claims(value, value)
-    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) in (1, 2) and all(isinstance(c, Claim) for c in value):
+    if (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) in (1, 2)
+        and all(isinstance(c, Claim) for c in value)
+    ):
         return Claims(value[0], value[-1])
     raise TypeError(f"claims must be a properties.conformance.claims rule (Epsilon, ZPlus, AlphaBeta, Flat), a "
                     f"[first, rest] pair of them or a Claims, got {value!r}")
@@ -216,7 +224,8 @@ def _merged(model: nn.Module) -> list[nn.Module]:
 
 
 def _connectivity(module: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
-    """``(J, D)``: 1 where input ``i`` feeds output ``j`` (the conv with every weight 1, no bias, as zennit's Flat sees it)."""
+    """``(J, D)``: 1 where input ``i`` feeds output ``j`` (the conv with every weight
+    1, no bias, as zennit's Flat sees it)."""
     conv = module[0] if isinstance(module, nn.Sequential) else module
     ones = copy.deepcopy(conv)
     with torch.no_grad():
@@ -239,10 +248,14 @@ def reference(model: nn.Module, x: torch.Tensor, output: int, claims: ClaimsLike
     1e-6, captum's ``EpsilonRule()`` 1e-9).
     """
     claims = ensure_claims(claims)
-    pool_eps = claims.rest.stabilizer if pooling_stabilizer is None else check_number(pooling_stabilizer, "pooling_stabilizer", minimum=0.0)
+    pool_eps = (
+        claims.rest.stabilizer
+        if pooling_stabilizer is None
+        else check_number(pooling_stabilizer, "pooling_stabilizer", minimum=0.0)
+    )
     if not isinstance(model, nn.Sequential):
-        raise TypeError(f"the claim references take an nn.Sequential of Linear/Conv2d/BatchNorm2d/ReLU/pooling/Flatten, "
-                        f"got {type(model).__name__}")
+        raise TypeError("the claim references take an nn.Sequential of "
+                        f"Linear/Conv2d/BatchNorm2d/ReLU/pooling/Flatten, got {type(model).__name__}")
     check_int(output, "output", minimum=0)
     model = copy.deepcopy(model).double()
     a = x.detach().to(torch.float64)
@@ -253,7 +266,11 @@ def reference(model: nn.Module, x: torch.Tensor, output: int, claims: ClaimsLike
             if isinstance(module, (nn.Linear, nn.Conv2d, nn.Sequential)):
                 if isinstance(module, nn.Linear):
                     weight = module.weight.detach()
-                    bias = module.bias.detach() if module.bias is not None else torch.zeros(module.out_features, dtype=torch.float64)
+                    bias = (
+                        module.bias.detach()
+                        if module.bias is not None
+                        else torch.zeros(module.out_features, dtype=torch.float64)
+                    )
                     out_shape, connectivity = (module.out_features,), torch.ones_like(weight)
                 else:
                     weight, bias, out_shape = _conv_matrix(module, tuple(a.shape[1:]))
@@ -261,7 +278,8 @@ def reference(model: nn.Module, x: torch.Tensor, output: int, claims: ClaimsLike
                 tape.append(("affine", a, (weight, bias, connectivity, layer)))
                 layer += 1
                 a = (a.reshape(a.shape[0], -1) @ weight.T + bias).reshape(a.shape[0], *out_shape)
-            elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.Flatten, nn.ReLU, nn.Identity)):
+            elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.Flatten, nn.ReLU,
+                                     nn.Identity)):
                 tape.append(("module", a, module))
                 a = module(a)
             else:
@@ -274,7 +292,8 @@ def reference(model: nn.Module, x: torch.Tensor, output: int, claims: ClaimsLike
         n = a.shape[0]
         if kind == "affine":
             weight, bias, connectivity, k = what
-            lower = claims.for_layer(k).propagate(a.reshape(n, -1), weight, bias, relevance.reshape(n, -1), connectivity)
+            lower = claims.for_layer(k).propagate(a.reshape(n, -1), weight, bias, relevance.reshape(n, -1),
+                                                  connectivity)
             relevance = lower.reshape(a.shape)
         else:
             relevance = _through(what, a, relevance, pool_eps)

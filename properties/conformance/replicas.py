@@ -56,7 +56,8 @@ from dtd.validation import check_bool, check_int, check_number
 
 from . import Implementation
 
-__all__ = ["zplus", "RESIDUAL_MODES", "MAX_POOL_MODES", "mutant_implementations", "replica_implementation", "MUTANT_DEFECTS"]
+__all__ = ["zplus", "RESIDUAL_MODES", "MAX_POOL_MODES", "mutant_implementations", "replica_implementation",
+           "MUTANT_DEFECTS"]
 
 RESIDUAL_MODES = ("joint", "both", "proportional")
 MAX_POOL_MODES = ("max", "average")
@@ -124,7 +125,9 @@ class _Options:
         return torch.where(d != 0, relevance / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
 
 
-def _node(branches: list[tuple[torch.Tensor, list[nn.Module]]], relevance: torch.Tensor, opts: _Options) -> list[torch.Tensor]:
+def _node(
+    branches: list[tuple[torch.Tensor, list[nn.Module]]], relevance: torch.Tensor, opts: _Options
+) -> list[torch.Tensor]:
     """z+ through one affine node with one or more branches ``(input a_b, modules)``; the relevance of each input."""
     n = relevance.shape[0]
     upper = relevance.reshape(n, -1)
@@ -212,7 +215,9 @@ def _max_pool_backward(a: torch.Tensor, pool: nn.MaxPool2d, relevance: torch.Ten
     return a * spread
 
 
-def _block_backward(block, u: torch.Tensor, relevance: torch.Tensor, opts: _Options) -> tuple[torch.Tensor, torch.Tensor]:
+def _block_backward(
+    block, u: torch.Tensor, relevance: torch.Tensor, opts: _Options
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A :class:`~properties.generate.architectures.BasicBlock` on input ``u``: ``(its output, the relevance of u)``."""
     first = _Tape([block.conv1, block.bn1, block.relu1], u, opts)
     h = first.output
@@ -232,7 +237,8 @@ def _block_backward(block, u: torch.Tensor, relevance: torch.Tensor, opts: _Opti
         output = block.relu2(a + b)
     if relevance is None:
         return output, None
-    branches = [(main_inputs[-1], main_groups[-1]), (short_inputs[-1] if short_groups else u, short_groups[-1] if short_groups else [])]
+    branches = [(main_inputs[-1], main_groups[-1]), (short_inputs[-1] if short_groups else u,
+                                                     short_groups[-1] if short_groups else [])]
     r_main, r_short = _node(branches, relevance, opts)
     for inputs, group in zip(reversed(main_inputs[:-1]), reversed(main_groups[:-1]), strict=True):
         (r_main,) = _node([(inputs, group)], r_main, opts)
@@ -244,7 +250,8 @@ def _block_backward(block, u: torch.Tensor, relevance: torch.Tensor, opts: _Opti
 def zplus(model: nn.Module, x: torch.Tensor, output: int, *, merge_batch_norm: bool = True, max_pool: str = "max",
           residual: str = "joint", batch_stabilizer: float = 0.0, stabilizer: float = 0.0,
           pooling_nodes: bool = False) -> torch.Tensor:
-    """Train-free z+ relevance of ``model``'s logit ``output`` at ``x`` ``(batch, *input_shape)``, float64, shaped like ``x``.
+    """Train-free z+ relevance of ``model``'s logit ``output`` at ``x``
+    ``(batch, *input_shape)``, float64, shaped like ``x``.
 
     ``model`` is the original module (never modified); the keywords switch
     on the defects listed in the module docstring.  Slow: every affine node
@@ -277,7 +284,8 @@ def zplus(model: nn.Module, x: torch.Tensor, output: int, *, merge_batch_norm: b
         tape = _Tape(leaves, a, opts)
         relevance = tape.backward(_top(tape.output, output), opts)
     else:
-        raise TypeError(f"model must be an nn.Sequential or a properties.generate.architectures.ResidualNet, got {type(model).__name__}")
+        raise TypeError("model must be an nn.Sequential or a "
+                        f"properties.generate.architectures.ResidualNet, got {type(model).__name__}")
     return relevance.to(x.dtype)
 
 
@@ -309,4 +317,7 @@ def mutant_implementations() -> list:
     def make(defect):
         return lambda model, x, output: zplus(model, x, output, **defect)
 
-    return [Implementation(name, make(defect), "z+", stabilizer=stabilizer) for name, (defect, stabilizer) in MUTANT_DEFECTS.items()]
+    return [
+        Implementation(name, make(defect), "z+", stabilizer=stabilizer)
+        for name, (defect, stabilizer) in MUTANT_DEFECTS.items()
+    ]

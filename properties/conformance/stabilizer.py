@@ -32,7 +32,9 @@ def per_layer_rules(net: ReLUNetwork, rules: R.Rule | Sequence[R.Rule]) -> list[
     return rules
 
 
-def stabilizer_bound(net: ReLUNetwork, dec, rules: R.Rule | Sequence[R.Rule], epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+def stabilizer_bound(
+    net: ReLUNetwork, dec, rules: R.Rule | Sequence[R.Rule], epsilon: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """How far an LRP implementation with stabiliser ``epsilon`` may lie from train-free DTD.
 
     Per layer DTD hands ``R_i = sum_j c_ij R_j`` with ``c_ij = w_ji v_ji / d_j``;

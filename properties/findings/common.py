@@ -64,8 +64,8 @@ def relevance_from_top(net: dtd.ReLUNetwork, x: torch.Tensor, top: torch.Tensor,
     finder = dtd.LinearRoots(rule_list(rule, net.n_layers))
     _, activations = checked_activations(net, x, 0, finder)
     if not isinstance(top, torch.Tensor) or top.shape != activations[-1].shape:
-        raise ValueError(f"top must be a tensor of shape {tuple(activations[-1].shape)} (points, top-layer outputs), got "
-                         f"{tuple(top.shape) if isinstance(top, torch.Tensor) else type(top).__name__}")
+        raise ValueError(f"top must be a tensor of shape {tuple(activations[-1].shape)} (points, top-layer "
+                         f"outputs), got {tuple(top.shape) if isinstance(top, torch.Tensor) else type(top).__name__}")
     relevance = top.to(activations[-1].dtype)
     with torch.no_grad():
         for k in range(net.n_layers - 1, -1, -1):

@@ -101,7 +101,8 @@ def _networks(depth: int, count: int, n_points: int, seed: int):
                 found.append((net, x, y))
                 break
         else:
-            raise ValueError(f"no depth-{depth} network with outputs 0 and 1 positive at a common input in {MAX_REDRAWS} draws")
+            raise ValueError(f"no depth-{depth} network with outputs 0 and 1 "
+                             f"positive at a common input in {MAX_REDRAWS} draws")
     return found
 
 
@@ -179,17 +180,18 @@ def sweep_findings(result: SweepResult, *, confidence: float = DEFAULT_CONFIDENC
             medians[rule], shares[rule] = m, s
         what = "two explained outputs (0 and 1)" if pair == "outputs" else "two random non-negative top relevances"
         panels.append({"title": f"median cosine, {what}", "ylabel": "cosine", "ylim": [-1.05, 1.05], "series": medians})
-        panels.append({"title": f"insensitive share (cosine >= {INSENSITIVE_COSINE:g}), {what}", "ylabel": "share of points",
-                       "ylim": [-0.05, 1.05], "series": shares})
+        panels.append({"title": f"insensitive share (cosine >= {INSENSITIVE_COSINE:g}), {what}",
+                       "ylabel": "share of points", "ylim": [-0.05, 1.05], "series": shares})
     for (rule, pair), n in result.undefined.items():
         if n:
             found.counts[f"insensitivity, {rule}, {pair}: points left out (all-zero relevance)"] = n
     found.counts["insensitivity: points left out of the outputs pair (output 0 or 1 not positive)"] = result.dropped
     found.plots.append(("lines", (FIGURE, "Class insensitivity with depth, generated networks", panels),
                         {"xlabel": "depth (layers)", "caption": (
-                            f"Generated networks (torch init, width {WIDTH}, {OUTPUTS} outputs), per depth and rule: the median cosine "
-                            "of the two input relevances of a point (band: cluster-bootstrap interval over networks) and the share "
-                            f"of points with cosine >= {INSENSITIVE_COSINE:g} (band: Wilson interval clustered by network).")}))
+                            f"Generated networks (torch init, width {WIDTH}, {OUTPUTS} outputs), per depth "
+                            "and rule: the median cosine of the two input relevances of a point (band: "
+                            "cluster-bootstrap interval over networks) and the share of points with cosine "
+                            f">= {INSENSITIVE_COSINE:g} (band: Wilson interval clustered by network).")}))
     return found
 
 
@@ -234,11 +236,12 @@ def vgg16_simulation(*, runs: int, seed: int, confidence: float = DEFAULT_CONFID
                 per_depth[d].append(gram[upper[0], upper[1]])
             final = per_depth[depth][-1]
             clusters.append((int((final >= INSENSITIVE_COSINE).sum()), int(final.numel())))
-        key = RateKey("insensitivity", "insensitive", subject="vgg16_simulation", depth=depth, pair="columns", subset=kind)
+        key = RateKey("insensitivity", "insensitive", subject="vgg16_simulation", depth=depth, pair="columns",
+                      subset=kind)
         found.add(key, Rate.from_clusters(clusters, confidence),
-                  f"the paper's simulation, {SUBSETS_TEXT[kind]} with VGG-16's backward shapes {tuple(widths)}: pairs of "
-                  f"columns of the product of all {depth} matrices ({columns} classes, {runs} runs, clustered by run) "
-                  f"with cosine >= {INSENSITIVE_COSINE:g}")
+                  f"the paper's simulation, {SUBSETS_TEXT[kind]} with VGG-16's backward shapes "
+                  f"{tuple(widths)}: pairs of columns of the product of all {depth} matrices "
+                  f"({columns} classes, {runs} runs, clustered by run) with cosine >= {INSENSITIVE_COSINE:g}")
         line = {"x": [], "y": [], "low": [], "high": []}
         for d, values in per_depth.items():
             median, low, high = median_interval(values, confidence, seed=seed)
@@ -247,13 +250,15 @@ def vgg16_simulation(*, runs: int, seed: int, confidence: float = DEFAULT_CONFID
             line["low"].append(low)
             line["high"].append(high)
         series[kind] = line
-    found.plots.append(("lines", (SIMULATION_FIGURE, "The paper's simulation: random matrices with VGG-16's backward shapes",
+    found.plots.append(("lines", (SIMULATION_FIGURE,
+                                  "The paper's simulation: random matrices with VGG-16's backward shapes",
                                   [{"title": "median cosine of two columns of the product", "ylabel": "cosine",
                                     "ylim": [-1.05, 1.05], "series": series}]),
                         {"xlabel": "matrices multiplied from the top (depth)", "caption": (
-                            f"Products of the top d of {depth} random matrices of VGG-16's backward shapes; median over "
-                            f"pairs of {columns} columns and {runs} runs (band: bootstrap interval over runs). Non-negative "
-                            "entries (as z+'s backward maps) converge to one direction; Gaussian entries do not.")}))
+                            f"Products of the top d of {depth} random matrices of VGG-16's backward "
+                            f"shapes; median over pairs of {columns} columns and {runs} runs (band: "
+                            "bootstrap interval over runs). Non-negative entries (as z+'s backward "
+                            "maps) converge to one direction; Gaussian entries do not.")}))
     return found
 
 

@@ -45,8 +45,8 @@ from ..measure.stats import DEFAULT_CONFIDENCE, Rate
 from ..measure.thresholds import INVARIANT_RTOL
 from .common import Findings, rule_list
 
-__all__ = ["shifted_network", "shifted_rules", "relevance_change", "unchanged", "invariance_sweep", "subject_invariance",
-           "UNSHIFTED", "FIGURE", "INVARIANT_BY_CONSTRUCTION"]
+__all__ = ["shifted_network", "shifted_rules", "relevance_change", "unchanged", "invariance_sweep",
+           "subject_invariance", "UNSHIFTED", "FIGURE", "INVARIANT_BY_CONSTRUCTION"]
 
 #: label of the contrast row: zB with the shifted data's own box (not moved with the shift)
 UNSHIFTED = "zB_unshifted"
@@ -96,7 +96,8 @@ def _shift(c, width: int) -> torch.Tensor:
 
 
 def shifted_rules(rule, c: torch.Tensor, n_layers: int) -> list:
-    """The per-layer rules for the shifted network: a zB at the input gets bounds ``low + c, high + c``; the rest as given."""
+    """The per-layer rules for the shifted network: a zB at the input gets bounds
+    ``low + c, high + c``; the rest as given."""
     rules = rule_list(rule, n_layers)
     first = rules[0]
     if isinstance(first, R.ZB):
@@ -106,12 +107,14 @@ def shifted_rules(rule, c: torch.Tensor, n_layers: int) -> list:
 
 
 def relevance_change(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-    """``(N,)``: ``max_i |after - before|`` over ``max_i |before|`` per point (0 where both are 0, inf where only ``before`` is)."""
+    """``(N,)``: ``max_i |after - before|`` over ``max_i |before|`` per point (0 where both
+    are 0, inf where only ``before`` is)."""
     b, a = before.flatten(1).double(), after.flatten(1).double()
     change = (a - b).abs().amax(1)
     scale = b.abs().amax(1)
     ratio = change / torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.where(scale > 0, ratio, torch.where(change > 0, torch.full_like(ratio, float("inf")), torch.zeros_like(ratio)))
+    return torch.where(scale > 0, ratio, torch.where(change > 0, torch.full_like(ratio, float("inf")),
+                                                     torch.zeros_like(ratio)))
 
 
 def unchanged(before: torch.Tensor, after: torch.Tensor, rtol: float = INVARIANT_RTOL) -> torch.Tensor:
@@ -162,7 +165,8 @@ def invariance_sweep(cases: Sequence, *, seed: int, confidence: float = DEFAULT_
         key = RateKey("invariance", "unchanged", rule=label)
         found.add(key, Rate.from_clusters(clusters[label], confidence), describe(key) + _HOW.get(label, "") +
                   f" [{len(cases)} networks, c ~ U[0, 1) per feature, clustered by network]")
-    found.plots.append(_figure(FIGURE, "Input invariance per rule, generated networks", [str(RateKey("invariance", "unchanged", rule=l)) for l in labels], labels))
+    found.plots.append(_figure(FIGURE, "Input invariance per rule, generated networks",
+                               [str(RateKey("invariance", "unchanged", rule=label)) for label in labels], labels))
     return found
 
 
@@ -174,9 +178,9 @@ _HOW = {"zB": " (zB's box shifted with the data: unchanged by construction)",
 def _figure(file: str, title: str, rows: list, labels: list):
     return ("bars", (file, title, rows, labels), {
         "xlabel": "rule (at the input layer)",
-        "caption": ("Share of points whose input relevance is unchanged when the inputs are shifted by c and the first "
-                    "layer's bias by -W c (the same function). w2 and zB with shifted bounds are invariant by construction; "
-                    "rules whose direction reads the input are not.")})
+        "caption": ("Share of points whose input relevance is unchanged when the inputs are shifted by c "
+                    "and the first layer's bias by -W c (the same function). w2 and zB with shifted "
+                    "bounds are invariant by construction; rules whose direction reads the input are not.")})
 
 
 def subject_invariance(subject, *, confidence: float = DEFAULT_CONFIDENCE) -> Findings:
@@ -203,13 +207,15 @@ def subject_invariance(subject, *, confidence: float = DEFAULT_CONFIDENCE) -> Fi
     with one_thread(), torch.no_grad():
         moved = shifted_network(net, c)
         for label, rule in rules:
-            holds = torch.cat([_pairs(net, moved, x[index], c, int(cls), label, rule) for cls, index in _groups(subject.outputs)])
+            holds = torch.cat(
+                [_pairs(net, moved, x[index], c, int(cls), label, rule) for cls, index in _groups(subject.outputs)]
+            )
             key = RateKey("invariance", "unchanged", subject=name, rule=label)
             found.add(key, Rate(int(holds.sum()), holds.numel(), confidence),
                       describe(key) + _HOW.get(label, "") + " [c = the inputs' per-feature mean]")
     labels = [label for label, _ in rules]
-    found.plots.append(_figure(f"invariance_{name}.png", f"Input invariance per rule, subject {name}",
-                               [str(RateKey("invariance", "unchanged", subject=name, rule=l)) for l in labels], labels))
+    names = [str(RateKey("invariance", "unchanged", subject=name, rule=label)) for label in labels]
+    found.plots.append(_figure(f"invariance_{name}.png", f"Input invariance per rule, subject {name}", names, labels))
     return found
 
 

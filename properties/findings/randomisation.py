@@ -94,7 +94,9 @@ def gradient_x_input(model: nn.Module, x: torch.Tensor, outputs: torch.Tensor) -
     return (grad * leaf).detach()
 
 
-def _dtd_relevance(net: dtd.ReLUNetwork, x: torch.Tensor, outputs: torch.Tensor, rule) -> tuple[torch.Tensor, torch.Tensor]:
+def _dtd_relevance(
+    net: dtd.ReLUNetwork, x: torch.Tensor, outputs: torch.Tensor, rule
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(N, D)`` DTD relevance of each point's output and ``(N,)`` whether that output is positive."""
     flat = x.flatten(1)
     with torch.no_grad():
@@ -120,7 +122,8 @@ def _clustered(outcomes, confidence: float) -> Rate:
 
 
 def subject_randomisation(subject, *, seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> Findings:
-    """``randomisation.{name}.{rule}.top{n}.*`` for ``n`` = 1 .. every parameterised module, the subject's rules and ``grad_x_input``."""
+    """``randomisation.{name}.{rule}.top{n}.*`` for ``n`` = 1 .. every parameterised module, the
+    subject's rules and ``grad_x_input``."""
     name, model = subject.name, subject.model
     modules = parameterised_modules(model)
     found = Findings()
@@ -163,7 +166,8 @@ def subject_randomisation(subject, *, seed: int = 0, confidence: float = DEFAULT
                 found.add(key, rate, describe(key) + f" [{judged_points} of {COPIES} x {len(x)} point-copies judged]")
                 if judged_points:
                     median = float(torch.cat([r[j] for r, j in rho_of[label]]).median())
-                    for panel, values in (("spearman", (median, median, median)), ("share", (rate.rate, *rate.interval))):
+                    for panel, values in (("spearman", (median, median, median)),
+                                          ("share", (rate.rate, *rate.interval))):
                         line = lines[panel][label]
                         for part, value in zip(("x", "y", "low", "high"), (n, *values), strict=True):
                             line[part].append(value)
@@ -176,10 +180,10 @@ def subject_randomisation(subject, *, seed: int = 0, confidence: float = DEFAULT
     found.plots.append(("lines", (f"randomisation_{name}.png", f"Cascading randomisation, subject {name}", [
         {"title": "median Spearman rank correlation with the original", "ylabel": "Spearman", "ylim": [-1.05, 1.05],
          "series": lines["spearman"]},
-        {"title": f"share of points with Spearman >= {SIMILAR_SPEARMAN:g}", "ylabel": "share of points", "ylim": [-0.05, 1.05],
-         "series": lines["share"]},
+        {"title": f"share of points with Spearman >= {SIMILAR_SPEARMAN:g}", "ylabel": "share of points",
+         "ylim": [-0.05, 1.05], "series": lines["share"]},
     ]), {"xlabel": "top layers re-initialised", "caption": (
-        f"Subject {name}: the top n Linear/Conv2d modules of a copy re-initialised; each point's relevance compared with "
-        "the original model's (points whose explained output stays positive). Band of the share: Wilson interval; the "
-        "median has none drawn (one value per point). grad_x_input: gradient x input, the contrast.")}))
+        f"Subject {name}: the top n Linear/Conv2d modules of a copy re-initialised; each point's relevance compared "
+        "with the original model's (points whose explained output stays positive). Band of the share: Wilson "
+        "interval; the median has none drawn (one value per point). grad_x_input: gradient x input, the contrast.")}))
     return found

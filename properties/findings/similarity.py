@@ -110,7 +110,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float) -> torch.Tensor
     if not isinstance(data_range, (int, float)) or isinstance(data_range, bool) or not data_range > 0:
         raise ValueError(f"data_range must be a positive number, got {data_range!r}")
     if a.shape != b.shape or a.dim() not in (3, 4):
-        raise ValueError(f"ssim expects two (N, H, W) or (N, C, H, W) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError("ssim expects two (N, H, W) or (N, C, H, W) tensors of "
+                         f"one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     x, y = a.double(), b.double()
     if x.dim() == 3:
         x, y = x.unsqueeze(1), y.unsqueeze(1)

@@ -203,7 +203,8 @@ class CNNSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ResNetSpec:
-    """A residual net: stem ``Conv2d(3x3), BatchNorm2d, ReLU``, :class:`BasicBlock` s, ``AdaptiveAvgPool2d(1)``, ``Linear``.
+    """A residual net: stem ``Conv2d(3x3), BatchNorm2d, ReLU``, :class:`BasicBlock`
+    s, ``AdaptiveAvgPool2d(1)``, ``Linear``.
 
     Parameters
     ----------
@@ -288,10 +289,12 @@ class ResidualNet(nn.Module):
     ``blocks`` lists ``(out_channels, stride)`` per block; the parameters are torch's default init until overwritten.
     """
 
-    def __init__(self, in_channels: int, stem: int, blocks: Sequence[Sequence[int]], outputs: int = 2, bn_eps: float = 1e-5):
+    def __init__(self, in_channels: int, stem: int, blocks: Sequence[Sequence[int]], outputs: int = 2,
+                 bn_eps: float = 1e-5):
         super().__init__()
         self.stem = nn.Sequential(OrderedDict([
-            ("conv", nn.Conv2d(in_channels, stem, 3, padding=1)), ("bn", nn.BatchNorm2d(stem, eps=bn_eps)), ("relu", nn.ReLU())]))
+            ("conv", nn.Conv2d(in_channels, stem, 3, padding=1)), ("bn", nn.BatchNorm2d(stem, eps=bn_eps)),
+            ("relu", nn.ReLU())]))
         layers, channels = [], stem
         for out_channels, stride in blocks:
             layers.append(BasicBlock(channels, out_channels, stride, bn_eps))
@@ -317,8 +320,8 @@ def _structure(spec: Spec, bias: bool) -> nn.Module:
     layers: list[tuple[str, nn.Module]] = []
     channels, size = spec.in_channels, spec.image_size
     for i, (out, pool) in enumerate(zip(spec.channels, spec.pools, strict=True)):
-        layers += [(f"conv{i}", nn.Conv2d(channels, out, 3, padding=1, bias=bias)), (f"bn{i}", nn.BatchNorm2d(out, eps=spec.bn_eps)),
-                   (f"relu{i}", nn.ReLU())]
+        layers += [(f"conv{i}", nn.Conv2d(channels, out, 3, padding=1, bias=bias)),
+                   (f"bn{i}", nn.BatchNorm2d(out, eps=spec.bn_eps)), (f"relu{i}", nn.ReLU())]
         if pool == "avg":
             layers.append((f"pool{i}", nn.AvgPool2d(2, stride=2)))
         elif pool == "max":
@@ -327,7 +330,8 @@ def _structure(spec: Spec, bias: bool) -> nn.Module:
             size //= 2
         channels = out
     if spec.head == "gap":
-        layers += [("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(channels, spec.outputs, bias=bias))]
+        layers += [("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
+                   ("fc", nn.Linear(channels, spec.outputs, bias=bias))]
     else:
         layers += [("flatten", nn.Flatten()), ("fc", nn.Linear(channels * size * size, spec.outputs, bias=bias))]
     return nn.Sequential(OrderedDict(layers))
@@ -370,7 +374,8 @@ def _fill(model: nn.Module, population: str, generator: torch.Generator) -> None
             else:
                 shift = _uniform(out, -bias_bound, bias_bound, generator)
             own = None if module.bias is None else (
-                -_uniform(out, 0.0, bias_bound, generator) if population == "bias_negative" else _uniform(out, -bias_bound, bias_bound, generator))
+                -_uniform(out, 0.0, bias_bound, generator) if population == "bias_negative"
+                else _uniform(out, -bias_bound, bias_bound, generator))
             if bn is None:  # a Linear (or a conv without batch norm): its bias is the shift
                 if module.bias is not None:
                     module.bias.copy_(shift)
@@ -465,7 +470,8 @@ class _Space:
            dtype: torch.dtype = torch.float64, bn_eps: float = 1e-5) -> _Space:
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
-        return cls(architecture, _bounds(in_channels, "in_channels"), _bounds(channels, "channels"), _bounds(depth, "depth"),
+        return cls(architecture, _bounds(in_channels, "in_channels"), _bounds(channels, "channels"),
+                   _bounds(depth, "depth"),
                    _bounds(image_size, "image_size"), _bounds(outputs, "outputs"), _populations(population),
                    _check_dtype(dtype), check_number(bn_eps, "bn_eps", minimum=0.0))
 
@@ -482,7 +488,8 @@ class _Space:
                 current = current // 2 if pool != "none" else current
                 pools.append(pool)
             head = HEADS[pick("head", 0, len(HEADS) - 1)]
-            return CNNSpec(in_channels, size, tuple(channels), tuple(pools), head, pick("outputs", *self.outputs), self.bn_eps)
+            return CNNSpec(in_channels, size, tuple(channels), tuple(pools), head, pick("outputs", *self.outputs),
+                           self.bn_eps)
         stem = pick("channels", *self.channels)
         blocks = []
         for _ in range(depth):
@@ -648,8 +655,8 @@ def to_code(model: nn.Module, *, max_numbers: int = MAX_LITERAL_NUMBERS) -> str:
         conv = model.stem.conv
         blocks = [(b.out_channels, b.stride) for b in model.blocks]
         lines.append("from properties.generate.architectures import ResidualNet")
-        lines.append(f"model = ResidualNet({conv.in_channels}, {conv.out_channels}, {blocks!r}, {model.fc.out_features}, "
-                     f"bn_eps={model.stem.bn.eps!r})")
+        lines.append(f"model = ResidualNet({conv.in_channels}, {conv.out_channels}, "
+                     f"{blocks!r}, {model.fc.out_features}, bn_eps={model.stem.bn.eps!r})")
     elif isinstance(model, nn.Sequential):
         items = ",\n    ".join(f"({name!r}, {_module_code(m)})" for name, m in model.named_children())
         lines.append(f"model = nn.Sequential(OrderedDict([\n    {items},\n]))")
@@ -681,7 +688,8 @@ class ModelCase:
         return self.generated.model
 
     def code(self) -> str:
-        """Python that rebuilds the model (parameters as literals, or the builder call for large models), ``x`` and ``output``."""
+        """Python that rebuilds the model (parameters as literals, or the builder call
+        for large models), ``x`` and ``output``."""
         try:
             model = to_code(self.model)
         except ValueError:
@@ -705,14 +713,15 @@ def _case(g: GeneratedModel, points: int, seed: int, min_output: float) -> Model
     if int(alive[output]) == 0:
         return None
     try:
-        x = live_inputs(g.model, g.input_shape, points, output=output, seed=seed + 1, min_output=min_output, max_draws=4)
+        x = live_inputs(g.model, g.input_shape, points, output=output, seed=seed + 1, min_output=min_output,
+                        max_draws=4)
     except ValueError:
         return None
     return ModelCase(g, x, output)
 
 
-def sample_cases(architecture: str, population: str, count: int, *, points: int, seed: int, min_output: float = LIVE_OUTPUT,
-                 max_tries: int = 20, **bounds) -> list[ModelCase]:
+def sample_cases(architecture: str, population: str, count: int, *, points: int, seed: int,
+                 min_output: float = LIVE_OUTPUT, max_tries: int = 20, **bounds) -> list[ModelCase]:
     """``count`` i.i.d. :class:`ModelCase` s of one architecture and population: models with a live output.
 
     Each model is drawn by :func:`sample_models` (``bounds`` as there); its
@@ -763,7 +772,11 @@ def smaller_specs(spec: Spec) -> list[Spec]:
                 attempt(lambda size=size: dataclasses.replace(spec, image_size=size))
         for i, c in enumerate(spec.channels):
             if c > 1:
-                attempt(lambda i=i: dataclasses.replace(spec, channels=spec.channels[:i] + (spec.channels[i] - 1,) + spec.channels[i + 1:]))
+                attempt(
+                    lambda i=i: dataclasses.replace(
+                        spec, channels=spec.channels[:i] + (spec.channels[i] - 1,) + spec.channels[i + 1 :]
+                    )
+                )
         for i, pool in enumerate(spec.pools):
             if pool != "none":
                 attempt(lambda i=i: dataclasses.replace(spec, pools=spec.pools[:i] + ("none",) + spec.pools[i + 1:]))
@@ -780,9 +793,17 @@ def smaller_specs(spec: Spec) -> list[Spec]:
             attempt(lambda: dataclasses.replace(spec, stem=spec.stem - 1))
         for i, (c, stride) in enumerate(spec.blocks):
             if c > 1:
-                attempt(lambda i=i, c=c, stride=stride: dataclasses.replace(spec, blocks=spec.blocks[:i] + ((c - 1, stride),) + spec.blocks[i + 1:]))
+                attempt(
+                    lambda i=i, c=c, stride=stride: dataclasses.replace(
+                        spec, blocks=spec.blocks[:i] + ((c - 1, stride),) + spec.blocks[i + 1 :]
+                    )
+                )
             if stride > 1:
-                attempt(lambda i=i, c=c: dataclasses.replace(spec, blocks=spec.blocks[:i] + ((c, 1),) + spec.blocks[i + 1:]))
+                attempt(
+                    lambda i=i, c=c: dataclasses.replace(
+                        spec, blocks=spec.blocks[:i] + ((c, 1),) + spec.blocks[i + 1 :]
+                    )
+                )
     if spec.outputs > 1:
         attempt(lambda: dataclasses.replace(spec, outputs=spec.outputs - 1))
     return candidates

@@ -22,7 +22,8 @@ from dtd.validation import check_int, check_number, check_seed
 
 from . import variants as V
 
-__all__ = ["networks", "nonnegative_inputs", "rules", "variants", "cases", "sample_cases", "CaseSpace", "Case", "SEED_MAX"]
+__all__ = ["networks", "nonnegative_inputs", "rules", "variants", "cases", "sample_cases", "CaseSpace", "Case",
+           "SEED_MAX"]
 
 #: seeds are drawn from [0, SEED_MAX]
 SEED_MAX = 2**31 - 1
@@ -87,7 +88,9 @@ def networks(
 
 
 @st.composite
-def nonnegative_inputs(draw, net: ReLUNetwork, *, n: Bounds = (1, 64), output: int = 0, min_output: float = 0.0) -> torch.Tensor:
+def nonnegative_inputs(
+    draw, net: ReLUNetwork, *, n: Bounds = (1, 64), output: int = 0, min_output: float = 0.0
+) -> torch.Tensor:
     """``(n, D)`` inputs drawn like the seed's (``|N(0, I)|``) with ``f(x)[output] > min_output``.
 
     Rejects the example (``hypothesis.assume``) when the network's output
@@ -220,7 +223,11 @@ def sample_cases(count: int, *, seed: int, max_tries: int = 100, **bounds) -> li
     while len(result) < count:
         for _ in range(max_tries):
             depth = uniform(space.depth)
-            sizes = [uniform(space.input_size)] + [uniform(space.width) for _ in range(depth - 1)] + [uniform(space.outputs)]
+            sizes = (
+                [uniform(space.input_size)]
+                + [uniform(space.width) for _ in range(depth - 1)]
+                + [uniform(space.outputs)]
+            )
             init = space.init[int(rng.integers(len(space.init)))]
             net_seed, input_seed = (int(v) for v in rng.integers(0, SEED_MAX, size=2))
             case = space.build(sizes, init, net_seed, uniform((0, sizes[-1] - 1)), uniform(space.n), input_seed)

@@ -26,7 +26,8 @@ import torch
 
 from dtd import rules as R
 
-__all__ = ["SWEEPS", "Variant", "SuiteEntry", "declare", "undeclare", "declared", "suite_entry", "variants", "counterpart_of"]
+__all__ = ["SWEEPS", "Variant", "SuiteEntry", "declare", "undeclare", "declared", "suite_entry", "variants",
+           "counterpart_of"]
 
 #: the suite's sweeps a variant can take part in
 SWEEPS = ("generated", "region", "agreement", "must_hold", "reference")
@@ -70,7 +71,8 @@ class Variant:
 
 @dataclasses.dataclass(frozen=True)
 class SuiteEntry:
-    """A rule class's variants and its zennit / captum counterparts (``counterpart(rule) -> (class name, kwargs)`` or None)."""
+    """A rule class's variants and its zennit / captum counterparts
+    (``counterpart(rule) -> (class name, kwargs)`` or None)."""
 
     cls: type
     variants: tuple = ()
@@ -82,7 +84,8 @@ _ENTRIES: dict[type, SuiteEntry] = {}
 
 
 def declare(cls: type, *, variants: Sequence[Variant] = (), zennit=None, captum=None) -> None:
-    """Declare what the suite runs of rule class ``cls`` (registered in :mod:`dtd.rules`) and its library counterparts."""
+    """Declare what the suite runs of rule class ``cls`` (registered in
+    :mod:`dtd.rules`) and its library counterparts."""
     if not (isinstance(cls, type) and issubclass(cls, R.Rule)):
         raise TypeError(f"declare() takes a dtd.rules.Rule subclass, got {cls!r}")
     R.entry_for(cls)  # a KeyError naming it when the rule was never registered
@@ -174,7 +177,8 @@ declare(
     R.ZB,
     variants=[
         # DTD's recipe for bounded inputs: zB with the data's box at the input, z+ above
-        Variant("zB", _at_input(lambda x: R.ZB.for_data(x)), {"generated", "agreement", "must_hold"}, input_layer_only=True),
+        Variant("zB", _at_input(lambda x: R.ZB.for_data(x)), {"generated", "agreement", "must_hold"},
+                input_layer_only=True),
         Variant("zB_box", _fixed(lambda: R.ZB(0.0, 1000.0)), {"reference"}),
     ],
     zennit=lambda rule: ("ZBox", {"low": rule.low, "high": rule.high}),

@@ -233,7 +233,11 @@ def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, 
     region, domain = (torch.empty(n_points, n_roots, dtype=torch.bool, device=device) for _ in range(2))
     for start in range(0, n_points, chunk):
         stop = min(n_points, start + chunk)
-        roots = lay.root_chunk(start, stop) if drawn is None else selected_roots(lay.root_set, start, stop, drawn[start:stop])
+        roots = (
+            lay.root_chunk(start, stop)
+            if drawn is None
+            else selected_roots(lay.root_set, start, stop, drawn[start:stop])
+        )
         points = torch.arange(start, stop, device=device)
         out_a = output[start:stop] if isinstance(output, torch.Tensor) else output
         at_input = net.evaluate_roots(layer, None, points, base, out_a, threshold=tol)
@@ -249,7 +253,8 @@ def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, 
 
 
 def _base(net: GraphNetwork, dec: Decomposition) -> tuple[dict, dict]:
-    """Every node's value at the decomposition's inputs (:meth:`dtd.GraphNetwork.run`): kept by the decomposition, else recomputed."""
+    """Every node's value at the decomposition's inputs (:meth:`dtd.GraphNetwork.run`): kept
+    by the decomposition, else recomputed."""
     if isinstance(dec, GraphDecomposition):
         return dec.activations if dec.activations is not None else net.run(dec.x)
     # a decomposition built elsewhere (a full backward, a replaced layer) of a network whose input only layer 0 reads
@@ -258,7 +263,8 @@ def _base(net: GraphNetwork, dec: Decomposition) -> tuple[dict, dict]:
 
 
 def _drawn(lay, neurons, generator) -> torch.Tensor | None:
-    """The sampled neurons ``(batch, K)`` of ``root_outcomes(..., neurons=K, generator=...)``, or None for every neuron."""
+    """The sampled neurons ``(batch, K)`` of
+    ``root_outcomes(..., neurons=K, generator=...)``, or None for every neuron."""
     if neurons is not None:
         neurons = check_int(neurons, "neurons", minimum=1)
         if not isinstance(generator, torch.Generator):
@@ -342,9 +348,11 @@ def conservation_residual(dec: Decomposition, layer: int) -> torch.Tensor:
 
 
 def with_roots(dec: Decomposition, layer: int, root_set) -> Decomposition:
-    """``dec`` with layer ``layer``'s roots replaced by another finder's ``root_set`` (to judge them with the same checks)."""
+    """``dec`` with layer ``layer``'s roots replaced by another finder's ``root_set``
+    (to judge them with the same checks)."""
     layers = tuple(
-        dataclasses.replace(lay, root_set=root_set, root_valid=root_set.valid) if lay.index == layer else lay for lay in dec.layers
+        dataclasses.replace(lay, root_set=root_set, root_valid=root_set.valid) if lay.index == layer else lay
+        for lay in dec.layers
     )
     return dataclasses.replace(dec, layers=layers)
 
@@ -354,7 +362,8 @@ class SegmentOutcomes:
     """What an in-region root promises about the segment from it to the input (see :func:`segment_outcomes`).
 
     interior : ``(batch,)`` -- every deciding pre-activation of the input is farther than ``pattern_tol`` from 0
-    midpoint_gradient_match : ``(batch, J)`` -- ``grad f_k`` at ``(a + root) / 2`` equals ``grad f_k(a)`` (torch's ``relu'(0) = 0``)
+    midpoint_gradient_match : ``(batch, J)`` -- ``grad f_k`` at ``(a + root) / 2`` equals ``grad f_k(a)``
+        (torch's ``relu'(0) = 0``)
     taylor_residual : ``(batch, J)`` -- ``|f_k(a) - f_k(root) - grad f_k(a) . (a - root)|``
     """
 
@@ -399,7 +408,8 @@ def segment_outcomes(
             "judge its roots with root_outcomes (region_match compares the argmax pattern too)"
         )
     overridden, live = graph.live_nodes(layer)
-    reads_more = any(s not in overridden and s not in {m.id for m in live} for node in live for s in graph.sources(node))
+    reads_more = any(s not in overridden and s not in {m.id for m in live} for node in live
+                     for s in graph.sources(node))
     if base is None:
         if reads_more:
             raise ValueError(f"f_{layer} reads activations below layer {layer} (a skip): pass base=dec.activations")

@@ -88,7 +88,8 @@ def parse_floor(text: str) -> Floor:
         raise ValueError(f"floor {text!r}: {value!r} is not a number; the accepted form is {FLOOR_FORM}") from None
     if math.isnan(minimum) or not 0 <= minimum <= 1:
         hint = f" (a share, not a percentage: {minimum / 100:g} for {minimum:g} %)" if 1 < minimum <= 100 else ""
-        raise ValueError(f"floor {text!r}: the value {value} must lie in [0, 1]{hint}; the accepted form is {FLOOR_FORM}")
+        raise ValueError(f"floor {text!r}: the value {value} must lie in "
+                         f"[0, 1]{hint}; the accepted form is {FLOOR_FORM}")
     return Floor(pattern, minimum, text)
 
 

@@ -41,40 +41,45 @@ OUTCOMES: dict[str, str] = {
     "zero_output": f"|f_k(root)| <= {_ATOL}: the root sets the explained output to zero",
     "output_unchanged": f"f_k(a) - f_k(root) < {_ATOL}: the output did not drop (the notebook's printed number)",
     "gradient_match": f"max_i |grad f_k(root) - grad f_k(a)| <= {_ATOL}: the root has the input's gradient",
-    "region_match": "the root lies in the closure of the input's linear region of f_k (hidden ReLUs >= k and the explained output)",
+    "region_match": "the root lies in the closure of the input's linear region "
+                    "of f_k (hidden ReLUs >= k and the explained output)",
     "in_domain": f"root >= -{_ATOL} in every coordinate",
     "root_exists": "the root exists (closed form: |w.v| > eps or R_j = 0; in-region finders: a root was found)",
     "exists": "the finder found a root of the neuron inside the input's region",
-    "region_root_exists": "an exact LP finds a root (root equation, root >= 0) in the closure of the input's region of f_k",
+    "region_root_exists": "an exact LP finds a root (root equation, root "
+                          ">= 0) in the closure of the input's region of f_k",
     "region_output_root": "the input's region of f_k (closure, inputs >= 0) contains a point with f_k = 0 (exact LP)",
     "output_root": "the input's region of f_k (closure, inputs >= 0) contains a point with f_k = 0 (exact LP)",
-    "nearer_than_closed_form": "of pairs with both roots, the in-region root is no farther (L1) from the input than the closed-form root",
+    "nearer_than_closed_form": "of pairs with both roots, the in-region root is no "
+                               "farther (L1) from the input than the closed-form root",
     "conserved": f"the input relevance sums to f(x) within {100 * CONSERVED_SHARE:g} % of f(x)",
     "resolved": f"the upper decomposition re-applied at the forwarded root is 0: |R_j(root)| <= {_ATOL}",
     "points": "points whose input relevance equals the library's within the stabiliser bound",
     "conditioned": "points whose every relevant denominator exceeds twice the stabiliser (and has a DTD root)",
     "agree_where_conditioned": "conditioned points that agree within the bound",
     # the conformance kit's properties of an implementation (properties.conformance)
-    "equals_dtd": "points whose input relevance equals dtd.train_free with the claimed rule within the stabiliser bound "
-                  "(points whose relevant denominators exceed twice the stabiliser)",
+    "equals_dtd": "points whose input relevance equals dtd.train_free with the claimed rule within the "
+                  "stabiliser bound (points whose relevant denominators exceed twice the stabiliser)",
     "conservation": "points with |sum R - f(x)| <= 1e-6 |f(x)| + the stabiliser bound's sum",
     "positivity": "points whose relevance is >= 0 everywhere (z+ rules, x >= 0, all three populations)",
-    "gradient_x_input": "points whose relevance equals gradient x input (LRP-0, bias-free networks, denominators above 2 stabilisers)",
-    "batch_independent": "points whose relevance is the same in the batch and in half of it (other batch mates, reversed order)",
+    "gradient_x_input": "points whose relevance equals gradient x input (LRP-0, "
+                        "bias-free networks, denominators above 2 stabilisers)",
+    "batch_independent": "points whose relevance is the same in the batch and "
+                         "in half of it (other batch mates, reversed order)",
     "no_side_effects": "calls (one per network) after which model parameters/grads/requires_grad, buffers, hooks, "
                        "training flags, grad mode and x are unchanged and a second call returns the same relevance",
     "finite": "points (with zero entries, and an all-zero row) whose relevance is finite",
     "dtype_device": "calls whose result has the input's dtype and device",
-    "equals_claim": "points whose input relevance equals the slow reference of the library rule the implementation claims "
-                    "(properties.conformance.claims: bias kept, the library's stabiliser)",
+    "equals_claim": "points whose input relevance equals the slow reference of the library rule the "
+                    "implementation claims (properties.conformance.claims: bias kept, the library's stabiliser)",
     # the field's other findings (properties.findings: insensitivity, invariance, randomisation)
     "insensitive": f"points whose two input relevances (see the pair) have cosine similarity >= {INSENSITIVE_COSINE:g}",
-    "unchanged": f"points whose input relevance is unchanged (max |R' - R| <= {INVARIANT_RTOL:g} max |R|) when the inputs "
-                 "are shifted by c and the first layer's bias by -W c",
-    "rank_similar": f"points whose input relevance keeps Spearman rank correlation >= {SIMILAR_SPEARMAN:g} with the original "
-                    "model's after the top layers are re-initialised",
-    "ssim_similar": f"image points whose input relevance keeps SSIM >= {SIMILAR_SSIM:g} with the original model's after the "
-                    "top layers are re-initialised",
+    "unchanged": f"points whose input relevance is unchanged (max |R' - R| <= {INVARIANT_RTOL:g} max "
+                 "|R|) when the inputs are shifted by c and the first layer's bias by -W c",
+    "rank_similar": "points whose input relevance keeps Spearman rank correlation "
+                    f">= {SIMILAR_SPEARMAN:g} with the original model's after the top layers are re-initialised",
+    "ssim_similar": f"image points whose input relevance keeps SSIM >= {SIMILAR_SSIM:g} with "
+                    "the original model's after the top layers are re-initialised",
 }
 
 #: the compared pair of an ``insensitivity`` rate
@@ -133,7 +138,8 @@ def layer_names_label(subject: str) -> str:
 #: subjects that are network populations of our own, not a user's: how a key names them
 SEED = "seed"
 
-_FIELDS = ("family", "subject", "rule", "finder", "layer", "neuron", "outcome", "unit", "subset", "depth", "randomised", "pair")
+_FIELDS = ("family", "subject", "rule", "finder", "layer", "neuron", "outcome", "unit", "subset", "depth", "randomised",
+           "pair")
 _WORD = re.compile(r"^[A-Za-z0-9_+\-]+$")
 #: the numbered parts of a name: field -> its token's prefix (``depth8``, ``top2``); a subject or
 #: rule cannot look like one
@@ -227,7 +233,8 @@ class RateKey:
                     "(no dots: dots separate the parts of a rate's name)"
                 )
             if value is not None and _RESERVED.match(value):
-                raise ValueError(f"{name} {value!r} of a rate key looks like a depth or randomised-layers part (depth<d>, top<n>); rename it")
+                raise ValueError(f"{name} {value!r} of a rate key looks like a depth or "
+                                 "randomised-layers part (depth<d>, top<n>); rename it")
         for name in ("depth", "randomised"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -278,22 +285,28 @@ class RateKey:
 # a trailing "?" on the field name marks it optional.  ("lit?", text, field, value): an optional fixed
 # word that stands for field = value.  Each family lists its layouts; str() uses the first that fits.
 _LAYOUTS: dict[str, list[tuple]] = {
-    "notebook": [(("lit", "notebook"), ("field", "place?"), ("field", "finder?"), ("field", "outcome"), ("field", "unit?"), ("field", "subset?"))],
-    "generated": [(("field", "rule"), ("field", "place?"), ("field", "outcome"), ("field", "unit?"), ("field", "subset?"))],
+    "notebook": [(("lit", "notebook"), ("field", "place?"), ("field", "finder?"), ("field", "outcome"),
+                  ("field", "unit?"), ("field", "subset?"))],
+    "generated": [(("field", "rule"), ("field", "place?"), ("field", "outcome"), ("field", "unit?"),
+                   ("field", "subset?"))],
     "region": [
-        (("lit", "region"), ("field", "finder?"), ("field", "rule"), ("field", "place?"), ("field", "outcome"), ("field", "subset?")),
+        (("lit", "region"), ("field", "finder?"), ("field", "rule"), ("field", "place?"), ("field", "outcome"),
+         ("field", "subset?")),
         (("lit", "region"), ("field", "outcome"), ("field", "place")),  # region.output_root.layer{k}
     ],
-    "full_backward": [(("lit?", "notebook", "subject", SEED), ("lit", "full_backward"), ("field", "finder"), ("field", "place?"), ("field", "outcome"))],
+    "full_backward": [(("lit?", "notebook", "subject", SEED), ("lit", "full_backward"), ("field", "finder"),
+                       ("field", "place?"), ("field", "outcome"))],
     "agreement": [(("lit", "agreement"), ("field", "subject"), ("field", "rule"), ("field", "outcome"))],
-    "subject": [(("lit", "subject"), ("field", "subject"), ("field", "rule?"), ("field", "place?"), ("field", "outcome"), ("field", "unit?"), ("field", "subset?"))],
+    "subject": [(("lit", "subject"), ("field", "subject"), ("field", "rule?"), ("field", "place?"),
+                 ("field", "outcome"), ("field", "unit?"), ("field", "subset?"))],
     "conformance": [(("lit", "conformance"), ("field", "subject"), ("field", "outcome"), ("field", "subset?"))],
     # insensitivity.z+.depth8.outputs.insensitive; insensitivity.digits_mlp.z+.random.insensitive;
     # insensitivity.vgg16_simulation.depth16.columns.insensitive.nonnegative
     "insensitivity": [
         (("lit", "insensitivity"), ("field", "rule"), ("field", "depth?"), ("field", "pair"), ("field", "outcome")),
         (("lit", "insensitivity"), ("field", "subject"), ("field", "rule"), ("field", "pair"), ("field", "outcome")),
-        (("lit", "insensitivity"), ("field", "subject"), ("field", "depth?"), ("field", "pair"), ("field", "outcome"), ("field", "subset")),
+        (("lit", "insensitivity"), ("field", "subject"), ("field", "depth?"), ("field", "pair"), ("field", "outcome"),
+         ("field", "subset")),
     ],
     # invariance.z+.unchanged; invariance.digits_mlp.zB.unchanged
     "invariance": [
@@ -301,7 +314,8 @@ _LAYOUTS: dict[str, list[tuple]] = {
         (("lit", "invariance"), ("field", "subject"), ("field", "rule"), ("field", "outcome")),
     ],
     # randomisation.digits_cnn.z+.top2.rank_similar
-    "randomisation": [(("lit", "randomisation"), ("field", "subject"), ("field", "rule"), ("field", "randomised"), ("field", "outcome"))],
+    "randomisation": [(("lit", "randomisation"), ("field", "subject"), ("field", "rule"), ("field", "randomised"),
+                       ("field", "outcome"))],
 }
 
 
@@ -429,7 +443,9 @@ def describe(key: RateKey) -> str:
     """One line saying exactly what ``key``'s rate counts, composed from its fields."""
     if key.family == "full_backward" and key.subject == SEED:
         where = "seed network, full_backward"
-    elif key.family in ("subject", "conformance", "randomisation") or (key.family in ("insensitivity", "invariance") and key.subject):
+    elif key.family in ("subject", "conformance", "randomisation") or (
+        key.family in ("insensitivity", "invariance") and key.subject
+    ):
         where = f"{_POPULATION['subject']} {key.subject}"
     elif key.family == "agreement":
         where = f"{key.rule} vs {key.subject}, {_POPULATION['agreement']}"

@@ -111,7 +111,8 @@ def t_quantile(probability: float, df: float) -> float:
 
 
 def interval_quantile(confidence: float, df: float | None = None) -> float:
-    """The two-sided interval's quantile at ``confidence``: the normal's, or Student's t with ``df`` degrees of freedom."""
+    """The two-sided interval's quantile at ``confidence``: the normal's, or
+    Student's t with ``df`` degrees of freedom."""
     probability = 1 - (1 - confidence) / 2
     return NormalDist().inv_cdf(probability) if df is None else t_quantile(probability, df)
 

@@ -8,8 +8,8 @@ choices of what counts as "holds".
 from __future__ import annotations
 
 __all__ = ["PROPERTY_ATOL", "ZERO_OUTPUT_ULPS", "zero_output_tolerance", "CONSERVED_SHARE", "ROUNDING64",
-           "CONDITIONING_FACTOR", "NEARER_RTOL", "NEARER_ATOL", "INSENSITIVE_COSINE", "INVARIANT_RTOL", "SIMILAR_SPEARMAN",
-           "SIMILAR_SSIM"]
+           "CONDITIONING_FACTOR", "NEARER_RTOL", "NEARER_ATOL", "INSENSITIVE_COSINE", "INVARIANT_RTOL",
+           "SIMILAR_SPEARMAN", "SIMILAR_SSIM"]
 
 #: absolute tolerance of the seed notebook's questions ("output unchanged", "gradient differs"): the paper's
 #: number, applied as given so that our rates answer the same questions

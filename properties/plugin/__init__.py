@@ -200,15 +200,18 @@ class PropertyReport:
         if failed:
             entry["status"] = gates.BELOW_FLOOR
             entry["floor"] = failed
-            self.below_floor.append(f"{name}: {_report.format_rate(entry)} of {entry['trials']} trials -- " + "; ".join(failed))
+            self.below_floor.append(f"{name}: {_report.format_rate(entry)} of {entry['trials']} trials -- "
+                                    + "; ".join(failed))
             summary = True
         self._store.rows[name] = entry
         if summary:
             self._store.summary.add(name)
         if self._gate and entry["status"] == "regression":
             base = entry["baseline"]
-            now = "no data" if entry["rate"] is None else f"{100 * entry['rate']:.2f}% [{100 * entry['ci_low']:.2f}, {100 * entry['ci_high']:.2f}]"
-            was = "no data" if base["rate"] is None else f"{100 * base['rate']:.2f}% [{100 * base['ci_low']:.2f}, {100 * base['ci_high']:.2f}]"
+            now = "no data" if entry["rate"] is None else (f"{100 * entry['rate']:.2f}% [{100 * entry['ci_low']:.2f}, "
+                                                           f"{100 * entry['ci_high']:.2f}]")
+            was = "no data" if base["rate"] is None else (f"{100 * base['rate']:.2f}% [{100 * base['ci_low']:.2f}, "
+                                                          f"{100 * base['ci_high']:.2f}]")
             self.regressions.append(f"{name}: now {now}, baseline {was} -- the intervals do not overlap")
         return entry
 
@@ -224,26 +227,44 @@ class PropertyReport:
         self._store.claim("count:" + label, self._nodeid)
         self._store.counts[label] = text
 
-    def histogram(self, file: str, title: str, series: Mapping[str, Sequence[float]], *, xlabel: str = "", caption: str = "", bins: int = 30) -> None:
+    def histogram(self, file: str, title: str, series: Mapping[str, Sequence[float]], *, xlabel: str = "",
+                  caption: str = "", bins: int = 30) -> None:
         """A histogram plot of one or more value series (drawn over each other)."""
         self._plot(file, {"kind": "histogram", "title": title, "xlabel": xlabel, "caption": caption, "bins": bins,
                           "series": {label: [float(v) for v in values] for label, values in series.items()}})
 
-    def bars(self, file: str, title: str, rows: Sequence[str], labels: Sequence[str], *, xlabel: str = "", caption: str = "") -> None:
+    def bars(self, file: str, title: str, rows: Sequence[str], labels: Sequence[str], *, xlabel: str = "",
+             caption: str = "") -> None:
         """A bar chart of recorded rates (by row name) with their intervals."""
         if len(rows) != len(labels):
             raise ValueError("bars needs one label per row")
         self._plot(file, {"kind": "bars", "title": title, "xlabel": xlabel, "caption": caption,
                           "rows": list(rows), "labels": list(labels)})
 
-    def images(self, file: str, title: str, rows: Sequence[Mapping], columns: Sequence[str], *, caption: str = "") -> None:
-        """A grid of images: one row per ``{"label": str, "images": [2-D lists, one per column]}``, columns titled ``columns``."""
+    def images(self, file: str, title: str, rows: Sequence[Mapping], columns: Sequence[str], *,
+               caption: str = "") -> None:
+        """A grid of images: one row per
+        ``{"label": str, "images": [2-D lists, one per column]}``, columns titled ``columns``."""
         for entry in rows:
             if len(entry["images"]) != len(columns):
-                raise ValueError(f"images: row {entry.get('label')!r} has {len(entry['images'])} images for {len(columns)} columns")
-        self._plot(file, {"kind": "image_grid", "title": title, "caption": caption, "columns": list(columns),
-                          "rows": [{"label": str(entry["label"]), "images": [[[float(v) for v in line] for line in image] for image in entry["images"]]}
-                                   for entry in rows]})
+                raise ValueError(f"images: row {entry.get('label')!r} has "
+                                 f"{len(entry['images'])} images for {len(columns)} columns")
+        self._plot(
+            file,
+            {
+                "kind": "image_grid",
+                "title": title,
+                "caption": caption,
+                "columns": list(columns),
+                "rows": [
+                    {
+                        "label": str(entry["label"]),
+                        "images": [[[float(v) for v in line] for line in image] for image in entry["images"]],
+                    }
+                    for entry in rows
+                ],
+            },
+        )
 
     def lines(self, file: str, title: str, panels: Sequence[Mapping], *, xlabel: str = "", caption: str = "") -> None:
         """Line plots side by side: each panel ``{"title", "ylabel", "ylim" (optional), "series": {label: {"x", "y",
@@ -254,7 +275,8 @@ class PropertyReport:
             for label, line in panel["series"].items():
                 lengths = {len(line[part]) for part in ("x", "y", "low", "high")}
                 if len(lengths) != 1:
-                    raise ValueError(f"lines: series {label!r} of panel {panel.get('title')!r} needs x, y, low, high of one length")
+                    raise ValueError(f"lines: series {label!r} of panel "
+                                     f"{panel.get('title')!r} needs x, y, low, high of one length")
                 series[str(label)] = {part: [float(v) for v in line[part]] for part in ("x", "y", "low", "high")}
             cleaned.append({"title": str(panel.get("title", "")), "ylabel": str(panel.get("ylabel", "")),
                             "ylim": [float(v) for v in panel["ylim"]] if panel.get("ylim") else None, "series": series})
@@ -276,7 +298,8 @@ def pytest_addoption(parser, pluginmanager) -> None:
     group.addoption("--update-baseline", action="store_true", default=None, dest="property_update_baseline",
                     help="the suite's own runs: --property-update-baseline")
     group.addoption("--update-baseline-partial", action="store_true", default=None,
-                    dest="property_update_baseline_partial", help="the suite's own runs: --property-update-baseline-partial")
+                    dest="property_update_baseline_partial",
+                    help="the suite's own runs: --property-update-baseline-partial")
 
 
 def _parsed(name: str) -> RateKey | None:
@@ -352,7 +375,9 @@ def pytest_configure(config):
             config.args.append(suite)
     confidence = config.getoption("--property-confidence")
     try:
-        confidence = DEFAULT_CONFIDENCE if confidence is None else check_probability(confidence, "--property-confidence")
+        confidence = (
+            DEFAULT_CONFIDENCE if confidence is None else check_probability(confidence, "--property-confidence")
+        )
     except ValueError as error:
         raise pytest.UsageError(f"{error}: --property-confidence must be in (0, 1), e.g. 0.99") from None
     seed = config.getoption("--property-seed")
@@ -414,7 +439,12 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     recorder: PropertyReport | None = item.stash.get(_RECORDER_KEY, None)
-    if call.when == "call" and report.passed and recorder is not None and (recorder.regressions or recorder.below_floor):
+    if (
+        call.when == "call"
+        and report.passed
+        and recorder is not None
+        and (recorder.regressions or recorder.below_floor)
+    ):
         parts = []
         if recorder.below_floor:
             parts.append(f"{len(recorder.below_floor)} rate(s) below a required floor (with or without a baseline):\n  "
@@ -424,8 +454,8 @@ def pytest_runtest_makereport(item, call):
                 f"{len(recorder.regressions)} rate(s) inconsistent with the baseline "
                 f"({_baseline_path(item.config)}):\n  "
                 + "\n  ".join(recorder.regressions)
-                + "\nIf the change is intended, rerun with --update-baseline (plain pytest: --property-update-baseline) and "
-                "commit the baseline."
+                + "\nIf the change is intended, rerun with --update-baseline (plain "
+                  "pytest: --property-update-baseline) and commit the baseline."
             )
         report.outcome = "failed"
         report.longrepr = "\n".join(parts)
@@ -502,11 +532,12 @@ def pytest_sessionfinish(session, exitstatus):
             run.notes.append(f"baseline NOT rewritten: {problem}; {path} is as it was")
             session.exitstatus = WRITE_FAILED
     else:
-        why = incomplete or (f"exit status {int(exitstatus)}: a test failed or errored" if exitstatus != pytest.ExitCode.OK
+        why = incomplete or (f"exit status {int(exitstatus)}: a test failed or errored"
+                             if exitstatus != pytest.ExitCode.OK
                              else "a --require floor matches no rate")
-        run.notes.append(f"baseline NOT rewritten ({why}): {path} is unchanged; fix the run and repeat, or use "
-                         f"--update-baseline-partial (plain pytest: --property-update-baseline-partial) to keep the rates of the "
-                         f"tests that passed")
+        run.notes.append(f"baseline NOT rewritten ({why}): {path} is unchanged; fix the run and repeat, "
+                         "or use --update-baseline-partial (plain pytest: "
+                         "--property-update-baseline-partial) to keep the rates of the tests that passed")
 
 
 #: how many of the run's rate names a floor that matches none of them lists
@@ -523,8 +554,9 @@ def _check_floors_matched(session, run: Store) -> bool:
         names = gates.nearest(floor, run.rows, FLOOR_EXAMPLES)
         more = len(run.rows) - len(names)
         some = ", ".join(names) + (f" (and {more} more)" if more > 0 else "")
-        run.notes.append(f"usage error: the floor '{floor.text}' (--property-require, --require of dtd-properties): the pattern {floor.pattern!r} matches no rate of this run "
-                         f"(nearest rates: {some or 'none were recorded'})")
+        run.notes.append(f"usage error: the floor '{floor.text}' (--property-require, "
+                         f"--require of dtd-properties): the pattern {floor.pattern!r} matches "
+                         f"no rate of this run (nearest rates: {some or 'none were recorded'})")
     session.exitstatus = pytest.ExitCode.USAGE_ERROR
     return False
 
@@ -566,14 +598,17 @@ def _write_report(config, run: Store, incomplete: str | None, exitstatus) -> Non
         run_config["exit_status"] = int(exitstatus)
         path = _report.write_partial_report(directory, list(run.rows.values()), run_config, incomplete)
         run.written_to = _relative(path, start)
-        run.notes.append(f"partial report ({incomplete}): {run.written_to}; {_relative(directory, start)} is left as it was")
+        run.notes.append(f"partial report ({incomplete}): {run.written_to}; "
+                         f"{_relative(directory, start)} is left as it was")
 
 
 def _yours(config, run: Store) -> dict:
     """Which seed drew the subjects' neurons, and which subjects and implementations the user brought (by the tests that
     recorded them: ``--dtd-subject`` items and the kit's ``--dtd-implementation`` module)."""
     out = {}
-    subjects = sorted({r["key"]["subject"] for r in run.rows.values() if (r.get("key") or {}).get("family") == "subject"})
+    subjects = sorted(
+        {r["key"]["subject"] for r in run.rows.values() if (r.get("key") or {}).get("family") == "subject"}
+    )
     if subjects:
         seed = config.getoption("--property-seed")
         out["neuron_draw_seed"] = DEFAULT_SUBJECT_SEED if seed is None else seed
@@ -604,16 +639,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for line in _report.format_table(shown):
             terminalreporter.write_line(line)
         terminalreporter.write_line(_report.table_legend(run.confidence))
-        counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "regression", gates.BELOW_FLOOR, "new")}
+        counts = {
+            status: sum(r["status"] == status for r in rows)
+            for status in ("ok", "regression", gates.BELOW_FLOOR, "new")
+        }
         terminalreporter.write_line(
             f"{len(rows)} rates ({counts['ok']} ok, {counts['regression']} regression, {counts['new']} new"
             f"{f', {counts[gates.BELOW_FLOOR]} below a floor' if counts[gates.BELOW_FLOOR] else ''}); "
-            f"{len(rows) - len(shown)} more rows and the plots in {run.written_to or 'no report (not written, see below)'}"
+            f"{len(rows) - len(shown)} more rows and the plots in "
+            f"{run.written_to or 'no report (not written, see below)'}"
         )
         unmeasured = sorted(set(run.baseline) - set(run.rows))
         if unmeasured:
             terminalreporter.write_line(
-                f"{len(unmeasured)} baseline rate(s) were not measured in this run (tests not selected, or stale), e.g. {unmeasured[0]}"
+                f"{len(unmeasured)} baseline rate(s) were not measured in this "
+                f"run (tests not selected, or stale), e.g. {unmeasured[0]}"
             )
     for note in run.notes:
         terminalreporter.write_line(note)

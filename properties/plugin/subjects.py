@@ -151,8 +151,8 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     for name, found in sorted(by_subject.items()):
         expected = found[0].info["n_parts"]
         if len({p.index for p in found}) != expected:
-            run.notes.append(f"subject {name}: {len({p.index for p in found})} of its {expected} parts ran (deselected, "
-                             f"failed or interrupted): its rates are not reported")
+            run.notes.append(f"subject {name}: {len({p.index for p in found})} of its {expected} parts "
+                             "ran (deselected, failed or interrupted): its rates are not reported")
             continue
         try:
             result = merge_parts(found)
@@ -182,13 +182,20 @@ def pytest_collection_modifyitems(session, config, items):
             raise pytest.UsageError(f"subject factory {spec}: {error}") from None
         for subject in subjects:
             if subject.name in seen:
-                raise pytest.UsageError(f"subject name {subject.name!r} comes from both {seen[subject.name]} and {spec}")
+                raise pytest.UsageError(
+                    f"subject name {subject.name!r} comes from both {seen[subject.name]} and {spec}"
+                )
             seen[subject.name] = spec
             if subject.n_parts == 1:
-                items.append(SubjectItem.from_parent(session, name=f"subject[{subject.name}]", subject=subject, spec=spec))
+                items.append(SubjectItem.from_parent(session, name=f"subject[{subject.name}]", subject=subject,
+                                                     spec=spec))
                 continue
             for index in range(subject.n_parts):
-                items.append(SubjectPartItem.from_parent(session, name=f"subject[{subject.name}.part{index}]", subject=subject,
-                                                         spec=spec, index=index))
+                items.append(
+                    SubjectPartItem.from_parent(
+                        session, name=f"subject[{subject.name}.part{index}]", subject=subject, spec=spec, index=index
+                    )
+                )
             if _findings(subject, config):
-                items.append(SubjectItem.from_parent(session, name=f"subject[{subject.name}.findings]", subject=subject, spec=spec))
+                items.append(SubjectItem.from_parent(session, name=f"subject[{subject.name}.findings]", subject=subject,
+                                                     spec=spec))

@@ -36,7 +36,8 @@ from .sections import row_key
 from .summary import changes, format_rate, interval, summarize
 
 __all__ = [
-    "row", "write_report", "render_report", "replace_report", "write_partial_report", "partial_report_path", "read_baseline",
+    "row", "write_report", "render_report", "replace_report", "write_partial_report", "partial_report_path",
+    "read_baseline",
     "write_baseline", "update_baseline", "writable_problem", "format_table", "table_legend", "row_key", "BASELINE_KEYS",
     "MANIFEST", "lock", "LOCK_TIMEOUT", "verdict_lines", "TERMINAL_CHANGES",
 ]
@@ -142,7 +143,8 @@ def _entry_problem(entry) -> str | None:
         return f"field 'test' must be a string (the test that records it), got {entry['test']!r}"
     bounds = {key: entry[key] for key in ("rate", "ci_low", "ci_high")}
     if all(value is None for value in bounds.values()):
-        return None if entry["trials"] == 0 else "fields 'rate', 'ci_low', 'ci_high' are null (no data) but 'trials' is not 0"
+        return None if entry["trials"] == 0 else ("fields 'rate', 'ci_low', 'ci_high' are "
+                                                  "null (no data) but 'trials' is not 0")
     for key, value in bounds.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"field {key!r} must be a number in [0, 1], got {value!r}"
@@ -151,7 +153,8 @@ def _entry_problem(entry) -> str | None:
     if bounds["ci_low"] > bounds["ci_high"]:
         return f"fields 'ci_low' ({bounds['ci_low']!r}) > 'ci_high' ({bounds['ci_high']!r})"
     if not bounds["ci_low"] - _BOUND_TOLERANCE <= bounds["rate"] <= bounds["ci_high"] + _BOUND_TOLERANCE:
-        return f"field 'rate' ({bounds['rate']!r}) lies outside ['ci_low', 'ci_high'] = [{bounds['ci_low']!r}, {bounds['ci_high']!r}]"
+        return (f"field 'rate' ({bounds['rate']!r}) lies outside ['ci_low', "
+                f"'ci_high'] = [{bounds['ci_low']!r}, {bounds['ci_high']!r}]")
     return None
 
 
@@ -228,7 +231,8 @@ def _writable_problem(path: Path, given: Path, directory: bool) -> str | None:
             os.close(os.open(path, os.O_WRONLY))
         except PermissionError as error:
             if error.errno == errno.EPERM:  # EACCES is only the mode: the file is replaced, and keeps its mode
-                return f"{shown} cannot be replaced: {error.strerror} (errno {error.errno}; an immutable file? chattr -i)"
+                return (f"{shown} cannot be replaced: {error.strerror} (errno "
+                        f"{error.errno}; an immutable file? chattr -i)")
         except OSError as error:
             if error.errno == errno.EROFS:
                 return f"{shown} lies on a read-only file system"
@@ -296,9 +300,10 @@ def format_table(rows: Iterable[Mapping]) -> list[str]:
 def table_legend(confidence: float | None = None) -> str:
     """One line explaining the columns of :func:`format_table`."""
     level = "" if confidence is None else f"{100 * confidence:g} % "
-    return (f"rate: share of trials that satisfy the property; interval: its {level}confidence interval in %; trials: roots or "
-            "points counted; baseline: the rate in the baseline file; status: ok | regression (intervals do not overlap) | "
-            "below_floor (a must-hold property below 100 % or a rate below a --require floor) | new (no baseline entry)")
+    return (f"rate: share of trials that satisfy the property; interval: its {level}confidence "
+            "interval in %; trials: roots or points counted; baseline: the rate in the baseline "
+            "file; status: ok | regression (intervals do not overlap) | below_floor (a must-hold "
+            "property below 100 % or a rate below a --require floor) | new (no baseline entry)")
 
 
 #: how many moved rows the terminal's verdict lists
@@ -313,14 +318,19 @@ def verdict_lines(rows: Iterable[Mapping], written_to: str | None = None) -> lis
     lines = [gate.verdict + where]
     by_name = {r["name"]: r for r in rows}
     for status, names in gate.failing.items():
-        lines.append(f"  {status}: " + ", ".join(names[:VERDICT_LINKS]) + (f" and {len(names) - VERDICT_LINKS} more" if len(names) > VERDICT_LINKS else ""))
+        lines.append(
+            f"  {status}: "
+            + ", ".join(names[:VERDICT_LINKS])
+            + (f" and {len(names) - VERDICT_LINKS} more" if len(names) > VERDICT_LINKS else "")
+        )
         if status == "below_floor":  # which floor each row failed, with its rate
             lines += [f"    {name}: {format_rate(by_name[name])} of {by_name[name]['trials']} trials -- "
                       + "; ".join(by_name[name].get("floor") or ["below a floor"]) for name in names[:VERDICT_LINKS]]
     moved = changes(rows, TERMINAL_CHANGES)
     if moved:
         lines.append("  moved most against the baseline:")
-        lines += [f"    {r['name']}: {format_rate(r)}, baseline {format_rate(r['baseline'])} ({r['status']})" for r in moved]
+        lines += [f"    {r['name']}: {format_rate(r)}, baseline {format_rate(r['baseline'])} ({r['status']})"
+                  for r in moved]
     return lines
 
 
@@ -354,7 +364,8 @@ def render_report(rows: list[Mapping], plots: list[Mapping], config: Mapping) ->
 
 
 def write_report(directory: Path, rows: list[Mapping], plots: list[Mapping], config: Mapping) -> None:
-    """Write ``report.json``, ``report.md``, ``report.html`` and every plot under ``directory`` (see :func:`render_report`)."""
+    """Write ``report.json``, ``report.md``, ``report.html`` and every plot under
+    ``directory`` (see :func:`render_report`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name, data in render_report(rows, plots, config).items():
@@ -380,7 +391,8 @@ def _owned(directory: Path) -> set[str]:
         pass
     try:  # a report written before the manifest existed: report.json names its plots
         plots = json.loads((directory / "report.json").read_text()).get("plots", [])
-        files = {p["file"] for p in plots if isinstance(p, dict) and isinstance(p.get("file"), str) and "/" not in p["file"]}
+        files = {p["file"] for p in plots
+                 if isinstance(p, dict) and isinstance(p.get("file"), str) and "/" not in p["file"]}
         return {"report.json", "report.md"} | files
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()

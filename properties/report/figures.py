@@ -34,7 +34,13 @@ def _keyed(rows: list[Mapping]) -> list:
 def _overall(keyed: list, fields: Mapping) -> str | None:
     """Name of the row whose key has ``fields`` and no layer, neuron, finder or unit (None if absent)."""
     for k, r in keyed:
-        if all(getattr(k, f) == v for f, v in fields.items()) and k.layer is None and k.neuron is None and k.finder is None and k.unit is None:
+        if (
+            all(getattr(k, f) == v for f, v in fields.items())
+            and k.layer is None
+            and k.neuron is None
+            and k.finder is None
+            and k.unit is None
+        ):
             return r["name"]
     return None
 
@@ -43,7 +49,8 @@ def derived_plots(rows: list[Mapping]) -> list[dict]:
     """Plot specs built from the rows: the rule comparison and the layers x rules figure (each only if it has data)."""
     keyed = _keyed(rows)
     out = []
-    rules = sorted({k.rule for k, _ in keyed if k.family in ("generated", "region") and k.rule is not None}, key=natural_key)
+    rules = sorted({k.rule for k, _ in keyed if k.family in ("generated", "region") and k.rule is not None},
+                   key=natural_key)
     series = {}
     for title in _COMPARED:
         names = [_overall(keyed, GLANCE_COLUMNS[title](rule)) for rule in rules]
@@ -53,10 +60,12 @@ def derived_plots(rows: list[Mapping]) -> list[dict]:
         out.append({
             "file": RULES_FIGURE, "kind": "grouped_bars", "title": "Rules side by side over generated networks",
             "groups": rules, "series": series, "xlabel": "rule",
-            "caption": "Each bar: the share of valid roots of neurons carrying relevance (R_j != 0) that satisfy the question, "
-                       "over all layers of the generated networks; in-region root exists: exact LP over the region's closure.",
+            "caption": "Each bar: the share of valid roots of neurons carrying relevance (R_j "
+                       "!= 0) that satisfy the question, over all layers of the generated "
+                       "networks; in-region root exists: exact LP over the region's closure.",
         })
-    layer_rows = [(k, r) for k, r in keyed if k.family == "generated" and k.layer is not None and k.outcome == "gradient_match"
+    layer_rows = [(k, r) for k, r in keyed if k.family == "generated" and k.layer is not None
+                  and k.outcome == "gradient_match"
                   and k.unit is None and k.subset is None]
     if layer_rows:
         layer_rules = sorted({k.rule for k, _ in layer_rows}, key=natural_key)
@@ -64,10 +73,12 @@ def derived_plots(rows: list[Mapping]) -> list[dict]:
         cells = {(k.rule, k.layer): r["name"] for k, r in layer_rows}
         out.append({
             "file": LAYERS_FIGURE, "kind": "heatmap", "title": "Gradient match per layer and rule, generated networks",
-            "rows": layer_rules, "columns": layers, "cells": [[cells.get((rule, k)) for k in layers] for rule in layer_rules],
+            "rows": layer_rules, "columns": layers,
+            "cells": [[cells.get((rule, k)) for k in layers] for rule in layer_rules],
             "xlabel": "layer k (roots judged with f_k)", "ylabel": "rule",
-            "caption": "Each cell: the share of valid roots of layer k (trivial roots included) whose gradient of f_k equals the "
-                       "input's, with its interval below; blank: no network of the sample has that layer for that rule.",
+            "caption": "Each cell: the share of valid roots of layer k (trivial roots "
+                       "included) whose gradient of f_k equals the input's, with its interval "
+                       "below; blank: no network of the sample has that layer for that rule.",
         })
     return out
 
@@ -77,7 +88,8 @@ def caption(plot: Mapping, confidence: float | None) -> str:
     level = "the run's" if confidence is None else f"{100 * confidence:g} %"
     text = plot.get("caption", "").strip()
     if plot["kind"] == "histogram":
-        note = f"Counts on a log scale (tails visible); raw values of this run, no interval (the rates carry {level} intervals)."
+        note = ("Counts on a log scale (tails visible); raw values of this "
+                f"run, no interval (the rates carry {level} intervals).")
     elif plot["kind"] == "image_grid":
         note = f"Single explained points, no interval (the rates carry {level} intervals)."
     elif plot["kind"] == "lines":
@@ -92,7 +104,8 @@ def _bar_rows(plot: Mapping, by_name: Mapping[str, Mapping]) -> list[tuple[str, 
 
 
 def constant_sentence(plot: Mapping, by_name: Mapping[str, Mapping], confidence: float | None) -> str | None:
-    """For a ``bars`` plot whose rates are all 0 % or all 100 %: the sentence that replaces the empty chart; else None."""
+    """For a ``bars`` plot whose rates are all 0 % or all 100 %: the sentence
+    that replaces the empty chart; else None."""
     if plot["kind"] != "bars":
         return None
     pairs = _bar_rows(plot, by_name)
@@ -149,7 +162,8 @@ def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: float | No
                 ax.bar(range(len(pairs)), rates, yerr=errors, capsize=3, color="tab:blue")
                 ax.set_xticks(range(len(pairs)))
                 tilt = len(pairs) > 8
-                ax.set_xticklabels([label for label, _ in pairs], rotation=45 if tilt else 0, ha="right" if tilt else "center")
+                ax.set_xticklabels([label for label, _ in pairs], rotation=45 if tilt else 0,
+                                   ha="right" if tilt else "center")
                 ax.set_ylim(0, 105)
                 ax.set_ylabel(f"rate (%){level}")
             elif plot["kind"] == "grouped_bars":
@@ -161,7 +175,8 @@ def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: float | No
                     xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
                     present = [j for j, r in enumerate(rows) if r is not None]
                     ax.bar([xs[j] for j in present], [rates[j] for j in present], width=width * 0.95,
-                           yerr=[[errors[0][j] for j in present], [errors[1][j] for j in present]], capsize=2, label=label)
+                           yerr=[[errors[0][j] for j in present], [errors[1][j] for j in present]], capsize=2,
+                           label=label)
                 ax.set_xticks(range(len(groups)))
                 ax.set_xticklabels(groups)
                 ax.set_ylim(0, 105)

@@ -32,15 +32,19 @@ CLAIMS = {
     "insensitivity": Claim(
         "Sixt, Granz & Landgraf, When Explanations Lie: Why Many Modified BP Attributions Fail, ICML 2020",
         "z+ (and alpha-beta) relevance converges with depth to one direction whatever is explained (products of "
-        "non-negative matrices converge to rank one), so the explanation barely depends on the class; LRP-0 does not"),
+        "non-negative matrices converge to rank one), so the explanation barely depends on the class; LRP-0 does not",
+    ),
     "invariance": Claim(
         "Kindermans et al., The (Un)reliability of Saliency Methods, 2019",
         "shifting the inputs by a constant, compensated in the first layer's bias, leaves the function unchanged but "
-        "changes the explanations of methods that read the input; the w2 rule and zB with shifted bounds stay invariant"),
+        "changes the explanations of methods that read the input; the w2 rule and zB with shifted bounds stay "
+        "invariant",
+    ),
     "randomisation": Claim(
         "Adebayo et al., Sanity Checks for Saliency Maps, NeurIPS 2018 (and Sixt et al. 2020, Fig. 1)",
         "an explanation that still looks the same after the model's top layers are re-initialised does not explain the "
-        "model; modified-backprop maps such as z+ barely change, gradient x input does"),
+        "model; modified-backprop maps such as z+ barely change, gradient x input does",
+    ),
 }
 
 
@@ -62,10 +66,15 @@ def _listing(pairs: list[tuple[str, Mapping]]) -> str:
 def _insensitivity(keyed) -> list[str]:
     parts = []
     generated = [(k, r) for k, r in keyed if k.subject is None and k.pair == "outputs"]
-    depth = QUOTED_DEPTH if any(k.depth == QUOTED_DEPTH for k, _ in generated) else max((k.depth for k, _ in generated), default=None)
+    depth = (
+        QUOTED_DEPTH
+        if any(k.depth == QUOTED_DEPTH for k, _ in generated)
+        else max((k.depth for k, _ in generated), default=None)
+    )
     if depth is not None:
         pairs = [(k.rule, r) for k, r in generated if k.depth == depth]
-        parts.append(f"insensitive points (two explained outputs, cosine >= 0.99) at depth {depth} of generated networks: "
+        parts.append("insensitive points (two explained outputs, cosine "
+                     f">= 0.99) at depth {depth} of generated networks: "
                      + _listing(pairs))
     simulated = [(k.subset, r) for k, r in keyed if k.subject == "vgg16_simulation"]
     if simulated:

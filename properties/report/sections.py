@@ -42,7 +42,8 @@ _SUBSET_ORDER = {name: i for i, name in enumerate(SUBSETS)}
 
 
 def row_key(row: Mapping) -> RateKey | None:
-    """The row's :class:`RateKey`: from ``row["key"]`` when present, else parsed from its name; None if no family fits."""
+    """The row's :class:`RateKey`: from ``row["key"]`` when present, else parsed
+    from its name; None if no family fits."""
     fields = row.get("key")
     if fields:
         try:
@@ -72,8 +73,8 @@ def _place(key: RateKey) -> tuple:
 
 
 def row_order(key: RateKey) -> tuple:
-    """Natural order of rows inside one section: subject, rule, finder, place (depth, randomised layers, pair), then outcome,
-    unit and subset in their declared order."""
+    """Natural order of rows inside one section: subject, rule, finder, place (depth, randomised layers, pair), then
+    outcome, unit and subset in their declared order."""
     return (
         natural_key(key.subject), natural_key(key.rule), natural_key(key.finder), _place(key),
         key.depth or 0, key.randomised or 0, key.pair or "",
@@ -156,7 +157,8 @@ def sections(rows: Iterable[Mapping]) -> list[Section]:
 
 
 def split_by_design(rows: Iterable[Mapping]) -> tuple[list, list[tuple[Mapping, str]]]:
-    """(measured rows, [(row, reason)] of rows fixed by construction in section order, see :func:`properties.measure.keys.by_design`)."""
+    """(measured rows, [(row, reason)] of rows fixed by construction in section order, see
+    :func:`properties.measure.keys.by_design`)."""
     measured, fixed = [], []
     for r in rows:
         key = row_key(r)

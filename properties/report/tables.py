@@ -1,4 +1,5 @@
-"""The report's tables people look at rather than read: implementations x properties, and per subject layers x questions.
+"""The report's tables people look at rather than read: implementations x
+properties, and per subject layers x questions.
 
 Both are built from the rows' keys (never from name strings) and rendered by
 :mod:`properties.report.markdown` and :mod:`properties.report.htmlpage`:
@@ -32,7 +33,10 @@ SUBJECT_QUESTIONS = ("root_exists", "zero_output", "output_unchanged", "gradient
 
 def is_break(row: Mapping | None) -> bool:
     """A cell where the property failed at least once (or a regression)."""
-    return row is not None and (row.get("status") in ("regression", "below_floor") or (bool(row.get("trials")) and row["successes"] < row["trials"]))
+    return row is not None and (
+        row.get("status") in ("regression", "below_floor")
+        or (bool(row.get("trials")) and row["successes"] < row["trials"])
+    )
 
 
 @dataclasses.dataclass
@@ -71,7 +75,8 @@ def implementation_matrix(rows: Iterable[Mapping]) -> Matrix | None:
 
 @dataclasses.dataclass
 class SubjectGrid:
-    """One subject and rule: ``cells[layer][question]`` (a row or None), the layers' names and accounting, conservation."""
+    """One subject and rule: ``cells[layer][question]`` (a row or None), the
+    layers' names and accounting, conservation."""
 
     subject: str
     rule: str
@@ -92,7 +97,8 @@ class SubjectGrid:
         upper = books["upper"]
         lost = books.get("lost", 0.0)
         passed = books.get("conserved", upper - lost)
-        return {"passed on": passed / upper, "lost (no root)": lost / upper, "bias share": books.get("bias share", 0.0) / upper}
+        return {"passed on": passed / upper, "lost (no root)": lost / upper,
+                "bias share": books.get("bias share", 0.0) / upper}
 
 
 def _names(config: Mapping, subject: str) -> dict:
@@ -108,7 +114,8 @@ def _names(config: Mapping, subject: str) -> dict:
 
 
 def subject_grids(rows: Iterable[Mapping], config: Mapping | None = None) -> list[SubjectGrid]:
-    """One :class:`SubjectGrid` per subject and rule of the ``subject`` rows (subjects, then rules, in natural order)."""
+    """One :class:`SubjectGrid` per subject and rule of the ``subject`` rows
+    (subjects, then rules, in natural order)."""
     config = config or {}
     found: dict = {}
     conserved: dict = {}

@@ -14,9 +14,9 @@ with scikit-learn, no download):
   :data:`SPLIT_SEED`, the first :data:`N_TEST` images held out;
 * parameters initialised from a local ``torch.Generator`` (the modules are
   built inside ``torch.random.fork_rng`` so their default init does not
-  touch the caller's RNG, then overwritten), Adam (full batch, or mini-batches in an order drawn from the same generator) for a fixed
-  number of steps on one thread (restored afterwards): two trainings give
-  bit-identical weights, whatever the machine's core count.
+  touch the caller's RNG, then overwritten), Adam (full batch, or mini-batches in an order drawn from the same
+  generator) for a fixed number of steps on one thread (restored afterwards): two trainings give bit-identical
+  weights, whatever the machine's core count.
 
 Nothing here reads or changes torch's global RNG.  :func:`digits_maxpool` and
 :func:`digits_resnet` train once per process and seed (cached) and hand every
@@ -95,7 +95,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def ink(x: torch.Tensor) -> torch.Tensor:
-    """The segmentation target of ``x`` ``(n, 1, 8, 8)``: ``(n, 8, 8)`` class 1 where the pixel is ink (``> INK``), else 0."""
+    """The segmentation target of ``x`` ``(n, 1, 8, 8)``: ``(n, 8, 8)`` class 1 where
+    the pixel is ink (``> INK``), else 0."""
     return (x[:, 0] > INK).to(torch.int64)
 
 
@@ -181,7 +182,8 @@ def digits_cnn(seed: int = 0) -> TrainedModel:
     8x2x2 after the second conv.  Full-batch Adam, 200 steps.  Trained once per seed and process.
     """
     build = lambda: nn.Sequential(  # noqa: E731
-        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 10)
+        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(), nn.Flatten(),
+        nn.Linear(32, 10)
     )
     return _train(build, seed, steps=200, learning_rate=0.02)
 

@@ -59,8 +59,9 @@ from ..measure.keys import LAYER_NAMES_SEPARATOR, OUTCOMES, RateKey, check_name,
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate
 from ..measure.thresholds import CONSERVED_SHARE, ZERO_OUTPUT_ULPS, zero_output_tolerance
 
-__all__ = ["Subject", "SubjectResult", "SubjectPart", "evaluate", "evaluate_part", "merge_parts", "ITEM_WORK", "SMALL_MODEL_ACTIVATIONS", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "REGION_LP_ENTRIES", "HEATMAP_POINTS",
-           "layer_names", "check_model"]
+__all__ = ["Subject", "SubjectResult", "SubjectPart", "evaluate", "evaluate_part", "merge_parts", "ITEM_WORK",
+           "SMALL_MODEL_ACTIVATIONS", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "REGION_LP_ENTRIES",
+           "HEATMAP_POINTS", "layer_names", "check_model"]
 
 #: the root questions of every layer, in report order (fields of :class:`properties.measure.checks.RootOutcomes`)
 ROOT_QUESTIONS = ("zero_output", "output_unchanged", "gradient_match", "region_match", "in_domain")
@@ -180,7 +181,8 @@ class Subject:
         if not inputs.dtype.is_floating_point:
             raise TypeError(f"inputs must be a floating tensor, got dtype {inputs.dtype}")
         if inputs.dim() < 2:
-            raise ValueError(f"inputs must have shape (N, *input_shape) with a batch dimension, got shape {tuple(inputs.shape)}")
+            raise ValueError("inputs must have shape (N, *input_shape) with a "
+                             f"batch dimension, got shape {tuple(inputs.shape)}")
         if inputs.shape[0] == 0:
             raise ValueError(f"inputs hold no point (shape {tuple(inputs.shape)}); give at least one point to explain")
         if not bool(torch.isfinite(inputs).all()):
@@ -201,7 +203,8 @@ class Subject:
         # lowered once; the lowering refuses what it cannot lower exactly (TypeError/ValueError naming the operation)
         self.network = _lower(model, self.input_shape, select)
         if self.network.dtype != x.dtype:
-            raise TypeError(f"inputs are {x.dtype} but the model's parameters are {self.network.dtype}; convert one of them")
+            raise TypeError(f"inputs are {x.dtype} but the model's parameters "
+                            f"are {self.network.dtype}; convert one of them")
         #: the output weights explained at every point (None: an index)
         self.output_weights: torch.Tensor | None = None
         if is_weights(outputs):
@@ -212,8 +215,9 @@ class Subject:
             outputs = self.network.check_output(outputs)  # an index into the output's shape: its flat index
         if isinstance(outputs, str) and outputs == "predicted" and len(self.network.output_shape) != 1:
             raise ValueError(
-                f"outputs='predicted' takes each point's largest class of a (N, classes) output; this model's output per "
-                f"point has shape {tuple(self.network.output_shape)}: give an index tuple (class, row, col) or weights"
+                "outputs='predicted' takes each point's largest class of a (N, classes) output; "
+                f"this model's output per point has shape {tuple(self.network.output_shape)}: "
+                "give an index tuple (class, row, col) or weights"
             )
         with torch.no_grad():
             logits = self.network(x)
@@ -238,11 +242,13 @@ class Subject:
                 if isinstance(self.network, dtd.GraphNetwork):
                     dtd.graph_decompose.check_domains(self.network, self.inputs, dtd.LinearRoots(rule))
                 else:
-                    dtd.decompose.checked_activations(self.network, self.inputs, int(self.outputs[0]), dtd.LinearRoots(rule))
+                    dtd.decompose.checked_activations(self.network, self.inputs, int(self.outputs[0]),
+                                                      dtd.LinearRoots(rule))
             except ValueError as error:
                 hint = ""
                 if bool((self.inputs < 0).any()):
-                    hint = " (inputs with negative values: use 'zB' with the data's box, input_box=(low, high), or ('w2_first', ...) at the input)"
+                    hint = (" (inputs with negative values: use 'zB' with the data's box, "
+                            "input_box=(low, high), or ('w2_first', ...) at the input)")
                 raise ValueError(f"rule {label!r} cannot explain these inputs: {error}{hint}") from None
 
         if points_per_item == "auto":
@@ -265,7 +271,8 @@ class Subject:
         """``(start, stop)``: the points of part ``index`` (consecutive, in the order of :attr:`inputs`)."""
         index = check_int(index, "index", minimum=0)
         if index >= self.n_parts:
-            raise ValueError(f"subject {self.name} has {self.n_parts} part(s); index must be in [0, {self.n_parts - 1}], got {index}")
+            raise ValueError(f"subject {self.name} has {self.n_parts} part(s); "
+                             f"index must be in [0, {self.n_parts - 1}], got {index}")
         if self.points_per_item is None:
             return 0, len(self.inputs)
         start = index * self.points_per_item
@@ -315,7 +322,8 @@ def check_model(model: nn.Module, input_shape: Sequence[int], select=None) -> dt
 
 
 def _lower(model: nn.Module, input_shape: tuple, select=None) -> dtd.ReLUNetwork | dtd.GraphNetwork:
-    """The model lowered exactly: densely by ``from_sequential`` where it can, else by the graph engine (``from_module``).
+    """The model lowered exactly: densely by ``from_sequential`` where it can,
+    else by the graph engine (``from_module``).
 
     A Sequential that ``from_sequential`` refuses only for what the graph
     engine handles (max pooling, a dense layer above its memory budget, a
@@ -335,7 +343,11 @@ def _auto_points_per_item(net, n_rules: int, neurons: int | None) -> int:
     work = 0
     for k in range(net.n_layers):
         if isinstance(net, dtd.GraphNetwork):
-            width, above, n_neurons = net.in_features(k), sum(math.prod(n.shape) for n in net.live_nodes(k)[1]), net.out_features_of(k)
+            width, above, n_neurons = (
+                net.in_features(k),
+                sum(math.prod(n.shape) for n in net.live_nodes(k)[1]),
+                net.out_features_of(k),
+            )
         else:
             width, above, n_neurons = net.sizes[k], sum(net.sizes[k + 1 :]), net.sizes[k + 1]
         work += min(n_neurons, neurons or n_neurons) * (width + above)
@@ -363,7 +375,8 @@ def _explained_outputs(outputs: OutputsLike, logits: torch.Tensor) -> torch.Tens
         return torch.full((n,), outputs, dtype=torch.int64, device=logits.device)
     if isinstance(outputs, torch.Tensor):
         if outputs.dtype.is_floating_point or outputs.dtype == torch.bool or outputs.dim() != 1:
-            raise TypeError(f"outputs as a tensor must be a 1-D integer tensor, got dtype {outputs.dtype}, shape {tuple(outputs.shape)}")
+            raise TypeError("outputs as a tensor must be a 1-D integer tensor, got "
+                            f"dtype {outputs.dtype}, shape {tuple(outputs.shape)}")
         values = outputs.detach().to(dtype=torch.int64, device=logits.device).clone()
     elif isinstance(outputs, Sequence):
         if any(isinstance(o, bool) or not isinstance(o, int) for o in outputs):
@@ -374,7 +387,8 @@ def _explained_outputs(outputs: OutputsLike, logits: torch.Tensor) -> torch.Tens
     if values.shape[0] != n:
         raise ValueError(f"outputs holds {values.shape[0]} indices for {n} points; give one per point")
     if values.numel() and (int(values.min()) < 0 or int(values.max()) >= n_out):
-        raise ValueError(f"every entry of outputs must be in [0, {n_out - 1}], got values in [{int(values.min())}, {int(values.max())}]")
+        raise ValueError(f"every entry of outputs must be in [0, {n_out - 1}], got "
+                         f"values in [{int(values.min())}, {int(values.max())}]")
     return values
 
 
@@ -416,7 +430,8 @@ def _resolve_rules(rules, x_flat: torch.Tensor, n_layers: int, box) -> list[tupl
             label = next((v.label for v in variants.values() if v.rules_for(x_flat, n_layers) == spec), type(spec).name)
             rule = spec
         else:
-            raise TypeError(f"every rule must be a name, a dtd.rules.Rule or a (label, rule) pair, got {type(spec).__name__} {spec!r}")
+            raise TypeError("every rule must be a name, a dtd.rules.Rule or a "
+                            f"(label, rule) pair, got {type(spec).__name__} {spec!r}")
         if not _NAME.match(label):
             raise ValueError(f"rule label {label!r} must be letters, digits, '_', '+' or '-' (no dots)")
         if label in (seen for seen, _ in resolved):
@@ -524,7 +539,11 @@ _PART_SEED_STRIDE = 1_000_003
 def _threads(net):
     """One intra-op thread for a model of small activations (torch's threads only contend there: 11x slower on a busy
     2-core machine for the digits ResNet), the caller's setting otherwise."""
-    sizes = net.sizes if isinstance(net, dtd.ReLUNetwork) else [math.prod(node.shape) for node in net.nodes if hasattr(node, "shape")]
+    sizes = (
+        net.sizes
+        if isinstance(net, dtd.ReLUNetwork)
+        else [math.prod(node.shape) for node in net.nodes if hasattr(node, "shape")]
+    )
     return one_thread() if sum(sizes) <= SMALL_MODEL_ACTIVATIONS else contextlib.nullcontext()
 
 
@@ -540,8 +559,9 @@ def evaluate_part(subject: Subject, index: int, *, seed: int = 0) -> SubjectPart
     seed = check_seed(seed)
     index = check_int(index, "index", minimum=0)
     if index >= subject.n_parts:
-        raise ValueError(f"subject {subject.name} has {subject.n_parts} part(s) (points_per_item={subject.points_per_item}); "
-                         f"index must be in [0, {subject.n_parts - 1}], got {index}")
+        raise ValueError(f"subject {subject.name} has {subject.n_parts} part(s) "
+                         f"(points_per_item={subject.points_per_item}); index "
+                         f"must be in [0, {subject.n_parts - 1}], got {index}")
     start, stop = subject.part_range(index)
     net = subject.network
     inputs, outputs = subject.inputs[start:stop], subject.outputs[start:stop]
@@ -621,7 +641,8 @@ def _info(subject: Subject) -> dict:
     return {
         "name": subject.name, "rules": [label for label, _ in subject.rules], "n_points": len(subject.inputs),
         "n_dropped": subject.n_dropped, "neurons_per_point": subject.neurons_per_point,
-        "points_per_item": subject.points_per_item, "n_parts": subject.n_parts, "graph": isinstance(net, dtd.GraphNetwork),
+        "points_per_item": subject.points_per_item, "n_parts": subject.n_parts,
+        "graph": isinstance(net, dtd.GraphNetwork),
         "lp_plan": [list(_lp_plan(net, k)) for k in range(net.n_layers)], "input_shape": list(subject.input_shape),
         "layer_names": names, "dtype": str(subject.inputs.dtype).replace("torch.", ""),
         "fingerprint": digest.hexdigest(),  # the points, outputs and parameters: parts of one subject only
@@ -643,9 +664,9 @@ def merge_parts(parts: Sequence[SubjectPart], *, confidence: float = DEFAULT_CON
         raise ValueError(f"subject {info['name']} has {info['n_parts']} part(s); got parts {indices} of "
                          f"{sorted({p.info['name'] for p in parts})}: give each part of one subject exactly once")
     if any(p.info != info for p in parts):
-        raise ValueError(f"the parts of subject {info['name']} come from different models or points (their fingerprints of "
-                         "the points, outputs and parameters differ): its factory must build the same subject in every "
-                         "process (load a checkpoint, or train with a fixed seed and thread count)")
+        raise ValueError(f"the parts of subject {info['name']} come from different models or points (their "
+                         "fingerprints of the points, outputs and parameters differ): its factory must build the same "
+                         "subject in every process (load a checkpoint, or train with a fixed seed and thread count)")
     subject = _Info(info)
     name = subject.name
     n_points = subject.n_points
@@ -682,27 +703,35 @@ def merge_parts(parts: Sequence[SubjectPart], *, confidence: float = DEFAULT_CON
             rates[key] = (Rate.from_clusters(pairs, confidence), f"{describe(key)} [{how}]")
         key = RateKey("subject", "conserved", subject=name, rule=label)
         held = [sum(p.conserved[label][i] for p in parts) for i in (0, 1)]
-        rates[key] = (Rate(held[0], held[1], confidence), f"subject {name}, rule {label}: {OUTCOMES['conserved']} (points)")
+        rates[key] = (Rate(held[0], held[1], confidence),
+                      f"subject {name}, rule {label}: {OUTCOMES['conserved']} (points)")
         books: dict = {}
         for p in parts:
             for (rule_label, k, field), value in p.books.items():
                 if rule_label == label:
                     books[(k, field)] = books.get((k, field), 0.0) + value
         for (k, field), value in sorted(books.items()):
-            counts[f"subject {name}, {label}, layer {k}: mean {field.replace('_', ' ')} relevance (dtd.accounting)"] = value / n_points
+            counts[f"subject {name}, {label}, layer {k}: mean {field.replace('_', ' ')} relevance (dtd.accounting)"] = (
+                value / n_points
+            )
         counts[f"subject {name}, {label}: mean sum_i R_i / f(x)"] = sum(p.ratios[label] for p in parts) / n_points
-        series = {what: [v for p in parts for v in p.series.get((label, what), [])] for what in ("diffs", "f_x", "gradient")}
+        series = {
+            what: [v for p in parts for v in p.series.get((label, what), [])] for what in ("diffs", "f_x", "gradient")
+        }
         histograms.append((
             _file(name, label, "output_difference"),
             f"Subject {name}, first-layer {label} roots: f(x) - f(root), beside f(x)",
             {"f(x) - f(root), every counted root": series["diffs"], "f(x), every point": series["f_x"]},
-            "value", "The notebook's first histogram on this subject: a root that zeroed the output would give f(x) - f(root) = f(x).",
+            "value",
+            "The notebook's first histogram on this subject: a root that "
+            "zeroed the output would give f(x) - f(root) = f(x).",
         ))
         histograms.append((
             _file(name, label, "gradient_difference"),
             f"Subject {name}, first-layer {label} roots: mean |grad f(root) - grad f(x)| per point",
             {"mean over the point's counted roots and input dimensions": series["gradient"]},
-            "mean absolute gradient difference", "The notebook's second histogram; 0: every root lies in the input's linear region.",
+            "mean absolute gradient difference",
+            "The notebook's second histogram; 0: every root lies in the input's linear region.",
         ))
     grids = []
     if len(subject.input_shape) >= 2:
@@ -712,7 +741,9 @@ def merge_parts(parts: Sequence[SubjectPart], *, confidence: float = DEFAULT_CON
     counts[f"subject {name}: points explained"] = n_points
     counts[f"subject {name}: points left out (explained output <= 0)"] = subject.n_dropped
     if subject.n_parts > 1:
-        counts[f"subject {name}: parts (test items of at most {subject.points_per_item} points, tallies merged)"] = subject.n_parts
+        counts[f"subject {name}: parts (test items of at most {subject.points_per_item} points, tallies merged)"] = (
+            subject.n_parts
+        )
     return SubjectResult(name, rates, counts, histograms, grids, subject.layer_names)
 
 
@@ -747,7 +778,8 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
 
 
 def _lp_plan(net: dtd.ReLUNetwork, k: int) -> tuple[int, int]:
-    """``(points, neurons per point)`` of layer ``k``'s exact LPs within :data:`REGION_LP_ENTRIES` (none on a graph network)."""
+    """``(points, neurons per point)`` of layer ``k``'s exact LPs within
+    :data:`REGION_LP_ENTRIES` (none on a graph network)."""
     if isinstance(net, dtd.GraphNetwork):
         return 0, 0
     entries = (sum(net.sizes[k + 1 :]) + 1) * net.sizes[k]  # one LP's constraint matrix
@@ -758,7 +790,9 @@ def _lp_plan(net: dtd.ReLUNetwork, k: int) -> tuple[int, int]:
     return min(REGION_POINTS, lps // neurons), neurons
 
 
-def _region_roots(net, dec, k: int, output: int, n_points: int, n_neurons: int, generator: torch.Generator) -> list[tuple[int, int]]:
+def _region_roots(
+    net, dec, k: int, output: int, n_points: int, n_neurons: int, generator: torch.Generator
+) -> list[tuple[int, int]]:
     """Per point ``(found, tried)``: in-region roots by exact LP for a few drawn relevance-carrying neurons."""
     lay = dec.layers[k]
     upper = lay.upper_relevance[:n_points]
@@ -768,7 +802,8 @@ def _region_roots(net, dec, k: int, output: int, n_points: int, n_neurons: int, 
     rank = carrying.cumsum(1)
     pick = torch.zeros_like(upper, dtype=torch.bool).scatter(1, drawn, carrying & (rank <= n_neurons))
     # the LP of neuron j depends on R_j alone: neurons without relevance are trivial (no LP)
-    found = dtd.RegionRoots("l1").find(net, k, lay.input[:n_points], torch.where(pick, upper, torch.zeros_like(upper)), output=output)
+    found = dtd.RegionRoots("l1").find(net, k, lay.input[:n_points], torch.where(pick, upper, torch.zeros_like(upper)),
+                                       output=output)
     return list(zip((found.valid & pick).sum(1).tolist(), pick.sum(1).tolist(), strict=True))
 
 
@@ -795,7 +830,8 @@ def _heatmaps(subject: _Info, heat: dict, shown: list):
             image, heats = image.mean(0), [h.sum(0) for h in heats]
         rows.append({"label": f"point {i}, output {output}", "images": [image.tolist()] + [h.tolist() for h in heats]})
     labels = list(heat)
-    return (f"subject_{subject.name}_heatmaps.png", f"Subject {subject.name}: relevance beside the input ({', '.join(labels)})", rows,
+    return (f"subject_{subject.name}_heatmaps.png",
+            f"Subject {subject.name}: relevance beside the input ({', '.join(labels)})", rows,
             ["input"] + [f"relevance ({label})" for label in labels],
-            "Each row: one explained point, its input, then its input relevance under each rule on one scale per row centred at 0 "
-            "(red positive, blue negative, white 0; the colour bar ends the row).")
+            "Each row: one explained point, its input, then its input relevance under each rule on one "
+            "scale per row centred at 0 (red positive, blue negative, white 0; the colour bar ends the row).")

@@ -51,25 +51,29 @@ def _assert_agrees(case, rule, reference, epsilon, what):
     excess, conditioned, _ = _disagreement(case, rule, reference, epsilon)
     assume(bool(conditioned.any()))
     worst = float(excess[conditioned].max())
-    assert worst <= ROUNDING64, f"{what}: DTD and the library differ by {worst:.3g} beyond the stabiliser bound\n{case.describe()}"
+    assert worst <= ROUNDING64, (f"{what}: DTD and the library differ by {worst:.3g} beyond "
+                                 f"the stabiliser bound\n{case.describe()}")
 
 
 @given(case=cases(**NEGATIVE_BIAS), variant=variants("agreement"))
 def test_rules_equal_zennit_on_bias_negative_networks(case, variant):
     rule = variant.make(case.x, case.net.n_layers)
-    _assert_agrees(case, rule, ag.zennit_relevance(case.net, case.x, rule, case.output), ag.ZENNIT_STABILIZER, f"zennit {variant.label}")
+    _assert_agrees(case, rule, ag.zennit_relevance(case.net, case.x, rule, case.output), ag.ZENNIT_STABILIZER,
+                   f"zennit {variant.label}")
 
 
 @given(case=cases(**NEGATIVE_BIAS), gamma=st.floats(0.0, 100.0))
 def test_gamma_equals_zennit_for_any_gamma(case, gamma):
     rule = R.Gamma(gamma)
-    _assert_agrees(case, rule, ag.zennit_relevance(case.net, case.x, rule, case.output), ag.ZENNIT_STABILIZER, f"zennit gamma={gamma}")
+    _assert_agrees(case, rule, ag.zennit_relevance(case.net, case.x, rule, case.output), ag.ZENNIT_STABILIZER,
+                   f"zennit gamma={gamma}")
 
 
 @given(case=cases(**NEGATIVE_BIAS))
 def test_zplus_equals_captum_alpha1_beta0(case):
     rule = R.ZPlus()
-    _assert_agrees(case, rule, ag.captum_zplus_relevance(case.net, case.x, case.output), ag.CAPTUM_STABILIZER, "captum z+")
+    _assert_agrees(case, rule, ag.captum_zplus_relevance(case.net, case.x, case.output), ag.CAPTUM_STABILIZER,
+                   "captum z+")
 
 
 @given(case=cases(n=(1, 16)))
@@ -142,15 +146,18 @@ def test_agreement_rates(property_report, property_report_seed):
         gamma_breaks.rule: "gamma 0.25 vs zennit Gamma(0.25, zero_params='bias'), torch-init networks",
     }
     for key in tally.names():
-        what = populations.get(key.rule) if key.subject == "breaks" else f"{key.rule} vs {key.subject}, bias-negative networks"
+        what = populations.get(key.rule) if key.subject == "breaks" else (f"{key.rule} vs {key.subject}, "
+                                                                          "bias-negative networks")
         rate = tally.rate(key, property_report.confidence)
         property_report.rate(key, rate, f"{what}: {OUTCOMES[key.outcome]}", summary=key.outcome == "points")
     for label, value in max_difference.items():
         property_report.count(f"max |R_dtd - R_lib| ({label}, bias-negative networks)", value)
     # on bias-negative networks every conditioned point agrees (the must-hold properties, over this population)
     for label in RECIPES:
-        rate = tally.rate(RateKey("agreement", "agree_where_conditioned", subject="zennit", rule=label), property_report.confidence)
-        assert rate.successes == rate.trials, f"{label}: {rate.trials - rate.successes} conditioned point(s) disagree with zennit"
+        rate = tally.rate(RateKey("agreement", "agree_where_conditioned", subject="zennit", rule=label),
+                          property_report.confidence)
+        assert rate.successes == rate.trials, (f"{label}: {rate.trials - rate.successes} conditioned "
+                                               "point(s) disagree with zennit")
 
 
 #: points of the residual-sum comparison, and where they agree: relative to the point's largest relevance
@@ -207,7 +214,8 @@ def test_resnet_sums_break_agreement_with_zennit(property_report):
                          "z+ vs zennit ResNetCanonizer + ZPlus + Norm on the sum, torchvision BasicBlock ResNet: "
                          f"{OUTCOMES[key.outcome]}")
     cosine = torch.nn.functional.cosine_similarity(ours, theirs)
-    property_report.count("median cosine of z+ (DTD) and zennit's two-step residual sum (BasicBlock ResNet)", float(cosine.median()))
+    property_report.count("median cosine of z+ (DTD) and zennit's two-step residual sum (BasicBlock ResNet)",
+                          float(cosine.median()))
     # DTD's one-layer sum conserves what its roots pass on: the difference is where the sum's relevance goes
     lost = sum(layer.lost_relevance for layer in dec.layers)
     assert torch.allclose(ours.sum(1), dec.output_value - lost, rtol=1e-9, atol=1e-12)

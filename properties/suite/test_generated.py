@@ -1,13 +1,13 @@
 """DTD's promises measured over generated networks, per rule and per layer.
 
-Every rule variant the registry marks for the ``generated`` sweep (:func:`properties.generate.variants.variants`) runs on the same
-cases, drawn uniformly and independently with :func:`properties.generate.strategies.sample_cases` (network structure,
-weight seed, explained output, inputs with ``f(x) > 0``; see that function for the population).  i.i.d. draws
-rather than hypothesis's example generation, whose mutations and near-duplicates would make the rates depend on
-its heuristics.  Roots of layer ``k`` are judged with ``f_k``.  Rates are clustered by network: the interval
-accounts for roots of one point and points of one network not being independent.  Subset ``all`` counts every
-valid root (trivial roots of neurons that carry no relevance included, as the notebook does), ``relevant`` only
-roots of neurons with ``R_j != 0``.
+Every rule variant the registry marks for the ``generated`` sweep (:func:`properties.generate.variants.variants`)
+runs on the same cases, drawn uniformly and independently with :func:`properties.generate.strategies.sample_cases`
+(network structure, weight seed, explained output, inputs with ``f(x) > 0``; see that function for the population).
+i.i.d. draws rather than hypothesis's example generation, whose mutations and near-duplicates would make the rates
+depend on its heuristics.  Roots of layer ``k`` are judged with ``f_k``.  Rates are clustered by network: the
+interval accounts for roots of one point and points of one network not being independent.  Subset ``all`` counts
+every valid root (trivial roots of neurons that carry no relevance included, as the notebook does), ``relevant``
+only roots of neurons with ``R_j != 0``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def generated_cases(property_report_seed):
 
 
 def sweep(variant: V.Variant, generated) -> tuple[Tally, int]:
-    """Tally every outcome of every valid root of ``variant`` over the ``generated`` cases, keyed by :class:`RateKey`."""
+    """Tally every outcome of every valid root of ``variant`` over the
+    ``generated`` cases, keyed by :class:`RateKey`."""
     tally = Tally()
     n_roots = 0
     key = RateKey("generated", "root_exists", rule=variant.label)

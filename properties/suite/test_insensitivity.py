@@ -30,7 +30,8 @@ def _runs_to_separate(confidence: float) -> int:
     """Runs each simulation needs so that all-pass and all-fail rates over whole runs have disjoint intervals.
 
     An all-pass (all-fail) rate over ``n`` runs counts them as ``n`` trials (properties.measure.stats); the Wilson
-    intervals of ``n / n`` and ``0 / n`` are disjoint when ``n > z^2``, ``z`` the interval's normal quantile (99 %: 6.6 -> 7).
+    intervals of ``n / n`` and ``0 / n`` are disjoint when ``n > z^2``, ``z`` the
+    interval's normal quantile (99 %: 6.6 -> 7).
     """
     z = interval_quantile(confidence)
     return math.floor(z * z) + 1
@@ -55,7 +56,8 @@ def test_insensitivity_by_depth(property_report):
     # the theory's direction: z+'s backward maps are non-negative, so its relevance converges with depth
     shallow = found.rates[RateKey("insensitivity", "insensitive", rule="z+", depth=1, pair="random")][0]
     deep = found.rates[RateKey("insensitivity", "insensitive", rule="z+", depth=10, pair="random")][0]
-    assert deep.interval[0] > shallow.interval[1], f"z+ does not converge with depth: depth 1 {shallow}, depth 10 {deep}"
+    assert deep.interval[0] > shallow.interval[1], ("z+ does not converge with depth: "
+                                                    f"depth 1 {shallow}, depth 10 {deep}")
 
 
 def test_vgg16_simulation(property_report):
@@ -63,16 +65,18 @@ def test_vgg16_simulation(property_report):
     found = insensitivity.vgg16_simulation(runs=runs, seed=property_report.seed, confidence=property_report.confidence)
     found.record(property_report, summary=lambda key: True)
     depth = len(insensitivity.VGG16_WIDTHS) - 1
-    rate = {kind: found.rates[RateKey("insensitivity", "insensitive", subject="vgg16_simulation", depth=depth, pair="columns",
-                                      subset=kind)][0] for kind in insensitivity.SIMULATION}
+    rate = {kind: found.rates[RateKey("insensitivity", "insensitive", subject="vgg16_simulation", depth=depth,
+                                      pair="columns", subset=kind)][0] for kind in insensitivity.SIMULATION}
     assert rate["nonnegative"].interval[0] > rate["gaussian"].interval[1], f"simulation: {rate}"
 
 
 @pytest.mark.parametrize("name, train", [("digits_mlp", digits.digits_mlp), ("digits_cnn", digits.digits_cnn)])
 def test_trained_subjects(property_report, name, train):
     trained = train()
-    subject = Subject(name, trained.model, trained.data.test_x[:SUBJECT_POINTS], rules=("z+", "zB"), input_box=(0.0, 1.0))
-    found = insensitivity.subject_insensitivity(subject, seed=property_report.seed, confidence=property_report.confidence)
+    subject = Subject(name, trained.model, trained.data.test_x[:SUBJECT_POINTS], rules=("z+", "zB"),
+                      input_box=(0.0, 1.0))
+    found = insensitivity.subject_insensitivity(subject, seed=property_report.seed,
+                                                confidence=property_report.confidence)
     found.record(property_report)
     assert {key.rule for key in found.rates} == {"z+", "zB", "x"}
     for key, (rate, _) in found.rates.items():

@@ -82,11 +82,13 @@ def test_w2_and_shifted_zb_are_input_invariant(case, seed):
     c = _shift(seed, case.net.in_features)
     weights = [case.net.weight(k).clone() for k in range(case.net.n_layers)]
     low, high = _box(case.x)
-    for label, first_before, first_after in (("w2", R.WSquare(), R.WSquare()), ("zB", R.ZB(low, high), R.ZB(low + c, high + c))):
+    for label, first_before, first_after in (("w2", R.WSquare(), R.WSquare()),
+                                             ("zB", R.ZB(low, high), R.ZB(low + c, high + c))):
         before, after = _relevances(case, c, first_before, first_after)
         worst = _violation(before, after)
         assert worst <= INVARIANCE_RTOL64, (
-            f"{label}: relevance changed by {worst:.3g} of its scale under the shift c = {c.tolist()}\n{case.describe()}")
+            f"{label}: relevance changed by {worst:.3g} of its scale under "
+            f"the shift c = {c.tolist()}\n{case.describe()}")
     # the layers above are untouched: same weights and biases, same pre-activations, same upper relevance
     moved = invariance.shifted_network(case.net, c)
     for k in range(case.net.n_layers):
@@ -99,7 +101,8 @@ def test_w2_and_shifted_zb_are_input_invariant(case, seed):
     for k in range(1, case.net.n_layers):
         diff = float((before.layers[k].upper_relevance - after.layers[k].upper_relevance).abs().max())
         assert diff <= INVARIANCE_RTOL64 * (1.0 + float(before.output_value.abs().max()))
-    assert all(torch.equal(w, case.net.weight(k)) for k, w in enumerate(weights)), "shifted_network changed the caller's network"
+    assert all(torch.equal(w, case.net.weight(k)) for k, w in enumerate(weights)), ("shifted_network changed "
+                                                                                    "the caller's network")
 
 
 def test_a_zb_whose_bounds_are_not_shifted_shrinks_to_two_inputs():
@@ -138,7 +141,8 @@ def test_invariance_rates_over_generated_networks(property_report):
 @pytest.mark.parametrize("name, train", [("digits_mlp", digits.digits_mlp), ("digits_cnn", digits.digits_cnn)])
 def test_invariance_of_trained_subjects(property_report, name, train):
     trained = train()
-    subject = Subject(name, trained.model, trained.data.test_x[:SUBJECT_POINTS], rules=("z+", "zB"), input_box=(0.0, 1.0))
+    subject = Subject(name, trained.model, trained.data.test_x[:SUBJECT_POINTS], rules=("z+", "zB"),
+                      input_box=(0.0, 1.0))
     found = invariance.subject_invariance(subject, confidence=property_report.confidence)
     found.record(property_report)
     for label in ("zB", "w2_first"):

@@ -33,7 +33,8 @@ def test_root_equation_holds_for_every_valid_root(case, rule):
     for k, layer in enumerate(dec.layers):
         residual = root_equation_residual(case.net, dec, k)
         worst = float(residual[layer.root_valid].max()) if bool(layer.root_valid.any()) else 0.0
-        assert worst <= tol, f"rule {rule.label}, layer {k}: root equation residual {worst:.3g} > {tol:g}\n{case.describe()}"
+        assert worst <= tol, (f"rule {rule.label}, layer {k}: root equation "
+                              f"residual {worst:.3g} > {tol:g}\n{case.describe()}")
 
 
 @given(case=cases(n=(1, 16)), rule=ANY_RULE)
@@ -42,7 +43,8 @@ def test_train_free_conserves_relevance_per_layer(case, rule):
     tol = equation_rtol(case.x.dtype)
     for k in range(case.net.n_layers):
         worst = float(conservation_residual(dec, k).max())
-        assert worst <= tol, f"rule {rule.label}, layer {k}: conservation residual {worst:.3g} > {tol:g}\n{case.describe()}"
+        assert worst <= tol, (f"rule {rule.label}, layer {k}: conservation "
+                              f"residual {worst:.3g} > {tol:g}\n{case.describe()}")
 
 
 @given(case=cases(n=(1, 16)))
@@ -67,7 +69,8 @@ def test_top_layer_root_lies_on_the_hinge(case, rule):
     delta = (top.input - top.roots[:, case.output, :]).unsqueeze(1)
     off = root_equation_residual_of(delta, case.net.weight(k)[case.output : case.output + 1], z_a)[:, 0][valid]
     worst = float(off.max()) if off.numel() else 0.0
-    assert worst <= equation_rtol(case.x.dtype), f"rule {rule.label}: top root off the hinge by {worst:.3g}\n{case.describe()}"
+    assert worst <= equation_rtol(case.x.dtype), (f"rule {rule.label}: top root off the "
+                                                  f"hinge by {worst:.3g}\n{case.describe()}")
 
 
 @given(case=cases(depth=1, n=(1, 16)))
@@ -77,7 +80,8 @@ def test_one_layer_zplus_root_in_closure_of_region(case):
     outcomes = root_outcomes(case.net, dec, layer=0)
     outside = outcomes.valid & ~outcomes.region_match
     assert not bool(outside.any()), (
-        f"{int(outside.sum())} z+ root(s) leave the region (pattern tolerance {pattern_tol(case.x.dtype):g})\n{case.describe()}"
+        f"{int(outside.sum())} z+ root(s) leave the region (pattern "
+        f"tolerance {pattern_tol(case.x.dtype):g})\n{case.describe()}"
     )
 
 
@@ -89,7 +93,8 @@ IN_REGION_FINDERS = {
 }
 
 
-@given(case=cases(depth=(1, 3), width=(1, 8), input_size=(1, 8), n=(1, 8)), finder=st.sampled_from(sorted(IN_REGION_FINDERS)))
+@given(case=cases(depth=(1, 3), width=(1, 8), input_size=(1, 8), n=(1, 8)),
+       finder=st.sampled_from(sorted(IN_REGION_FINDERS)))
 def test_in_region_roots_keep_the_gradient_along_their_segment(case, finder):
     """Every root an in-region finder returns: the gradient halfway to the input is the input's, and Taylor is exact.
 
@@ -101,7 +106,9 @@ def test_in_region_roots_keep_the_gradient_along_their_segment(case, finder):
         seg = segment_outcomes(case.net, layer.input, layer.roots, layer=layer.index, output=case.output)
         judged = layer.root_valid & layer.carries_relevance & seg.interior.unsqueeze(1)
         bad = judged & ~seg.midpoint_gradient_match
-        assert not bool(bad.any()), f"{finder}, layer {layer.index}: {int(bad.sum())} root(s) change the gradient\n{case.describe()}"
+        assert not bool(bad.any()), (f"{finder}, layer {layer.index}: {int(bad.sum())} root(s) "
+                                     f"change the gradient\n{case.describe()}")
         scale = 1.0 + float(dec.output_value.abs().max())
         worst = float(seg.taylor_residual[judged].max()) if bool(judged.any()) else 0.0
-        assert worst <= equation_rtol(case.x.dtype) * scale, f"{finder}, layer {layer.index}: Taylor residual {worst:.3g}\n{case.describe()}"
+        assert worst <= equation_rtol(case.x.dtype) * scale, (f"{finder}, layer {layer.index}: Taylor "
+                                                              f"residual {worst:.3g}\n{case.describe()}")

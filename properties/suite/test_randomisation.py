@@ -1,4 +1,5 @@
-"""Cascading parameter randomisation (Adebayo et al. 2018) on the trained digits subjects: :mod:`properties.findings.randomisation`."""
+"""Cascading parameter randomisation (Adebayo et al. 2018) on the trained digits subjects:
+:mod:`properties.findings.randomisation`."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def test_cascading_randomisation(property_report, name, train):
     before = {k: v.clone() for k, v in trained.model.state_dict().items()}
     subject = Subject(name, trained.model, trained.data.test_x[:SUBJECT_POINTS], rules=RULES, input_box=(0.0, 1.0))
     top = len(randomisation.parameterised_modules(trained.model))
-    found = randomisation.subject_randomisation(subject, seed=property_report.seed, confidence=property_report.confidence)
+    found = randomisation.subject_randomisation(subject, seed=property_report.seed,
+                                                confidence=property_report.confidence)
     found.record(property_report, summary=lambda key: key.outcome == "rank_similar" and key.randomised == top)
     for key, value in trained.model.state_dict().items():
         assert torch.equal(value, before[key]), f"the subject's model changed: {key}"
@@ -31,5 +33,6 @@ def test_cascading_randomisation(property_report, name, train):
     for key, (rate, _) in found.rates.items():
         assert rate.trials > 0, f"{key}: no point judged"
     # the contrast: gradient x input of a fully re-initialised model is another map (it reads every weight)
-    contrast = found.rates[RateKey("randomisation", "rank_similar", subject=name, rule=randomisation.CONTRAST, randomised=top)][0]
+    contrast = found.rates[RateKey("randomisation", "rank_similar", subject=name, rule=randomisation.CONTRAST,
+                                   randomised=top)][0]
     assert contrast.interval[1] < 0.5, f"gradient x input survives randomising every layer: {contrast}"

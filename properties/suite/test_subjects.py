@@ -62,7 +62,11 @@ def test_graph_subjects(property_report, name):
     for label in RULES:
         for k in range(net.n_layers):
             for outcome in ROOT_QUESTIONS + ("root_exists",):
-                assert RateKey("subject", outcome, subject=name, rule=label, layer=k) in result.rates, (label, k, outcome)
+                assert RateKey("subject", outcome, subject=name, rule=label, layer=k) in result.rates, (
+                    label,
+                    k,
+                    outcome,
+                )
     modules = dict(subject.model.named_modules())
     assert all(layer in modules for layer in net.layer_names()), net.layer_names()
     note = property_report._store.counts[layer_names_label(name)]

@@ -53,7 +53,8 @@ def _apply_global_state(state: dict) -> None:
         torch.set_default_device(None if device == torch.device("cpu") else device)
     torch.set_grad_enabled(state["grad mode"])
     torch.autograd.set_detect_anomaly(*state["anomaly detection"])
-    torch.use_deterministic_algorithms(state["deterministic algorithms"][0], warn_only=state["deterministic algorithms"][1])
+    torch.use_deterministic_algorithms(state["deterministic algorithms"][0],
+                                       warn_only=state["deterministic algorithms"][1])
     if torch.get_num_threads() != state["torch threads"]:
         torch.set_num_threads(state["torch threads"])
     torch.random.set_rng_state(state["torch global RNG"])
@@ -115,7 +116,8 @@ def clean_global_state() -> Iterator[list[str]]:
 
 
 class CallTimeout(BaseException):
-    """Raised inside a call by the alarm (a BaseException, so the implementation's ``except Exception`` lets it pass)."""
+    """Raised inside a call by the alarm (a BaseException, so the
+    implementation's ``except Exception`` lets it pass)."""
 
 
 @contextlib.contextmanager
