@@ -8,10 +8,16 @@ returns a :class:`Decomposition` too.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 
 from .rootsets import RootSet
+
+if TYPE_CHECKING:
+    from .graph import GraphNetwork
+    from .network import ReLUNetwork
+    from .outputs import OutputLike
 
 __all__ = ["LayerDecomposition", "Decomposition", "GraphDecomposition", "HALF_PRECISION", "edge_shape",
            "check_output_and_precision"]
@@ -117,7 +123,8 @@ def edge_shape(x: torch.Tensor) -> tuple[int, ...] | None:
     return tuple(x.shape[1:]) if x.dim() > 2 else None
 
 
-def check_output_and_precision(net, output, convert: str):
+def check_output_and_precision(net: ReLUNetwork | GraphNetwork, output: OutputLike,
+                               convert: str) -> int | torch.Tensor | str:
     """``output`` checked (an int, a ``(batch,)`` tensor, or ``"predicted"`` kept as it is); the network's parameters
     finite; half precision refused, ``convert`` saying how to convert.  Shared by the dense and the graph
     decomposition."""
@@ -147,10 +154,11 @@ class GraphDecomposition(Decomposition):
     ``activations`` every node's value there (as :meth:`~dtd.graph.GraphNetwork.run`).
     """
 
-    input_relevance: torch.Tensor = dataclasses.field(default=None, kw_only=True)
-    x: torch.Tensor = dataclasses.field(default=None, kw_only=True)
+    input_relevance: torch.Tensor = dataclasses.field(kw_only=True)
+    x: torch.Tensor = dataclasses.field(kw_only=True)
     #: every node's value at ``x`` and every max pool's argmax (:meth:`GraphNetwork.run`), kept for the checks
-    activations: tuple = dataclasses.field(default=None, kw_only=True, repr=False, compare=False)
+    activations: tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]] = dataclasses.field(
+        kw_only=True, repr=False, compare=False)
 
     @property
     def relevance(self) -> torch.Tensor:

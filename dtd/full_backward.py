@@ -198,7 +198,9 @@ class _Recursion:
         self.evaluations[k] += a.shape[0]
         return torch.cat(roots), torch.cat(valid)
 
-    def _forward(self, k: int, a: torch.Tensor, direction: torch.Tensor | None):
+    def _forward(
+        self, k: int, a: torch.Tensor, direction: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Layer ``k`` at ``a``: ``(z, act(z), slope act'(z), direction of the output)``."""
         w, b = self.net.weight(k), self.net.bias(k)
         z = check_finite_layer(a @ w.T + b, k, "its pre-activations")
@@ -336,7 +338,7 @@ def _per_output(
     parts = [full_backward(net, x[index], root_finder=root_finder, output=c, budget=None) for c, index in groups]
     n = x.shape[0]
 
-    def merged(values):
+    def merged(values: list[torch.Tensor]) -> torch.Tensor:
         first = values[0]
         result = torch.empty((n,) + tuple(first.shape[1:]), dtype=first.dtype, device=first.device)
         for (_, index), value in zip(groups, values, strict=True):

@@ -26,6 +26,7 @@ dense weight (:meth:`GraphNetwork.weight`, refused above
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -37,6 +38,10 @@ from .rules import WEIGHTED, Rule
 from .tolerances import denominator_eps
 from .validation import all_finite, check_finite_layer, overflow_error
 
+if TYPE_CHECKING:
+    from .network import ReLUNetwork
+    from .outputs import OutputLike
+
 __all__ = ["OperatorRoots", "GraphDecomposition", "graph_train_free", "decompose", "check_domains",
            "ROOT_ELEMENTS_LIMIT"]
 
@@ -45,7 +50,7 @@ __all__ = ["OperatorRoots", "GraphDecomposition", "graph_train_free", "decompose
 ROOT_ELEMENTS_LIMIT = 1 << 27
 
 
-def _q_parts(net: GraphNetwork, k: int, value, like: torch.Tensor) -> list[torch.Tensor]:
+def _q_parts(net: GraphNetwork, k: int, value: float | torch.Tensor, like: torch.Tensor) -> list[torch.Tensor]:
     """A ``Terms.q`` value (a number or a ``(D_k,)`` per-feature tensor) as one
     tensor per branch, in its source's shape."""
     node = net.layer(k)
@@ -67,7 +72,7 @@ class OperatorRoots(RootSet):
     """
 
     def __init__(self, net: GraphNetwork, k: int, rule: Rule, a: torch.Tensor, t: torch.Tensor, valid: torch.Tensor,
-                 relevance: torch.Tensor):
+                 relevance: torch.Tensor) -> None:
         self.net, self.k, self.rule = net, k, rule
         self.input, self.t, self.valid, self._relevance = a, t, valid, relevance
 
@@ -84,7 +89,7 @@ class OperatorRoots(RootSet):
         parts = []
         for b, branch in enumerate(node.branches):
             a_b = a_parts[b].unsqueeze(1)  # (n, 1, *in_shape) against the rows (n or 1, K, *in_shape)
-            v = None
+            v: torch.Tensor | None = None
             for kind, coef in terms.p:
                 term = branch.op.modified(kind).rows(index, a.dtype)
                 term = term if coef == 1.0 else coef * term
@@ -120,13 +125,14 @@ class OperatorRoots(RootSet):
         return self._relevance
 
 
-def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list, relevance: torch.Tensor, eps: float):
+def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list[torch.Tensor], relevance: torch.Tensor,
+                  eps: float) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """The rule at layer ``k``: ``(t, valid, relevance per branch)`` for branch inputs
     ``parts`` and upper relevance ``(N, *shape)``."""
     terms = rule.terms()
     node = net.layer(k)
     like = parts[0]
-    z = None
+    z: torch.Tensor | None = None
     for b, branch in enumerate(node.branches):
         for kind, coef in terms.p:
             term = branch.op.modified(WEIGHTED[kind]).forward(parts[b])
@@ -136,6 +142,8 @@ def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list, relevance:
             q_b = _q_parts(net, k, value, like)[b].unsqueeze(0)
             term = branch.op.modified(WEIGHTED[kind]).forward(q_b)
             z = term if z is None else z + term
+    if z is None:
+        raise TypeError(f"{rule!r}.terms() is empty: its direction has neither P nor Q")
     n = relevance.shape[0]
     z = z.expand((n,) + tuple(node.shape)).reshape(n, -1)
     if not all_finite(z):
@@ -148,7 +156,7 @@ def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list, relevance:
     t_shaped = t.reshape((n,) + tuple(node.shape))
     lower = []
     for b, branch in enumerate(node.branches):
-        back = None
+        back: torch.Tensor | None = None
         for kind, coef in terms.p:
             term = branch.op.modified(WEIGHTED[kind]).transpose(t_shaped)
             term = term if coef == 1.0 else coef * term
@@ -161,7 +169,7 @@ def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list, relevance:
     return t, valid, lower
 
 
-def _takes_base(root_finder) -> bool:
+def _takes_base(root_finder: RootFinder) -> bool:
     """Whether the finder's ``find`` accepts ``base=`` (:meth:`GraphNetwork.run`'s values at the explained points)."""
     try:
         parameters = inspect.signature(root_finder.find).parameters
@@ -170,7 +178,7 @@ def _takes_base(root_finder) -> bool:
     return "base" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
-def check_domains(net: GraphNetwork, x: torch.Tensor, root_finder) -> None:
+def check_domains(net: GraphNetwork, x: torch.Tensor, root_finder: RootFinder) -> None:
     """Raise the ``ValueError`` a decomposition of ``x`` would raise for activations outside the finder's domains."""
     x = net.check_input(x)
     root_finder.check(net)
@@ -179,7 +187,8 @@ def check_domains(net: GraphNetwork, x: torch.Tensor, root_finder) -> None:
         root_finder.check_domain(k, net.layer_input(values, k))
 
 
-def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) -> GraphDecomposition:
+def graph_train_free(net: GraphNetwork, x: torch.Tensor, output: OutputLike,
+                     root_finder: RootFinder) -> GraphDecomposition:
     """:func:`dtd.train_free` on a graph network (called from there; arguments already chosen).
 
     :class:`~dtd.roots.LinearRoots` runs matrix-free (:func:`operator_step`);
@@ -188,17 +197,17 @@ def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) ->
     """
     if not isinstance(root_finder, RootFinder):
         raise TypeError(f"root_finder must be a dtd.roots.RootFinder, got {type(root_finder).__name__}")
-    output = check_output_and_precision(net, output, "the model's .float() / .double() (and x's)")
+    checked = check_output_and_precision(net, output, "the model's .float() / .double() (and x's)")
     shape = edge_shape(x) if isinstance(x, torch.Tensor) else None
     x = net.check_input(x).clone()
-    if not isinstance(output, str):
-        output = net.check_output(output, x.shape[0])
+    if not isinstance(checked, str):
+        checked = net.check_output(checked, x.shape[0])
     root_finder.check(net)
     input_shape = shape if shape is not None else (tuple(net.input_shape) if len(net.input_shape) > 1 else None)
-    return decompose(net, x, output, root_finder, finder_net=net, input_shape=input_shape)
+    return decompose(net, x, checked, root_finder, finder_net=net, input_shape=input_shape)
 
 
-def _operator_rule(root_finder, k: int) -> Rule | None:
+def _operator_rule(root_finder: RootFinder, k: int) -> Rule | None:
     """Layer ``k``'s rule when it is applied through the operators (a neuron rule with
     :meth:`~dtd.rules.Rule.terms`), else None."""
     if not isinstance(root_finder, LinearRoots):
@@ -212,7 +221,8 @@ def _operator_rule(root_finder, k: int) -> Rule | None:
 
 
 def decompose(
-    net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder_net, input_shape
+    net: GraphNetwork, x: torch.Tensor, output: int | torch.Tensor | str, root_finder: RootFinder, *,
+    finder_net: ReLUNetwork | GraphNetwork, input_shape: tuple[int, ...] | None
 ) -> GraphDecomposition:
     """The engine's train-free walk over ``net`` (every network's: a :class:`dtd.ReLUNetwork` runs as its chain graph).
 
@@ -227,12 +237,13 @@ def decompose(
     """
     values, argmax = net.run(x)
     top = net.output_of(values)
-    if isinstance(output, str):
-        output = net.check_output(top.argmax(1), x.shape[0])
+    explained = net.check_output(top.argmax(1), x.shape[0]) if isinstance(output, str) else output
     inputs = [net.layer_input(values, k) for k in range(net.n_layers)]
     for k in range(net.n_layers):
         root_finder.check_domain(k, inputs[k])
-    eps = root_finder.eps if getattr(root_finder, "eps", None) is not None else denominator_eps(x.dtype)
+    eps = getattr(root_finder, "eps", None)
+    if eps is None:
+        eps = denominator_eps(x.dtype)
     n = x.shape[0]
     # a finder on a graph that takes base= (the in-region ones) gets every node's value at x: activations skipping past
     # a layer
@@ -240,18 +251,18 @@ def decompose(
     finder_kwargs = {"base": (values, argmax)} if takes_base else {}
     with torch.no_grad():
         start = torch.zeros_like(top)
-        if isinstance(output, torch.Tensor):
-            column = output.unsqueeze(1)
+        if isinstance(explained, torch.Tensor):
+            column = explained.unsqueeze(1)
             start.scatter_(1, column, top.gather(1, column))
         else:
-            start[:, output] = top[:, output]
+            start[:, explained] = top[:, explained]
         last = net.nodes[net.layer_ids[-1]]
-        relevance: dict = {last.id: start.reshape((n,) + tuple(last.shape))}
+        relevance: dict[int, torch.Tensor] = {last.id: start.reshape((n,) + tuple(last.shape))}
 
-        def add(node_id, r):
+        def add(node_id: int, r: torch.Tensor) -> None:
             relevance[node_id] = r if node_id not in relevance else relevance[node_id] + r
 
-        layers = {}
+        layers: dict[int, LayerDecomposition] = {}
         for node in reversed(net.nodes[1:]):
             r = relevance.pop(node.id, None)
             if r is None:
@@ -265,6 +276,7 @@ def decompose(
                 a = inputs[k]
                 upper = r.reshape(n, -1)
                 rule = _operator_rule(root_finder, k)
+                root_set: RootSet
                 if rule is not None:
                     parts = [values[b.source] for b in node.branches]
                     t, valid, lower = operator_step(net, k, rule, parts, r, eps)
@@ -273,7 +285,7 @@ def decompose(
                 else:
                     # a graph's dense block row: refused above dtd.graph.DENSE_LAYER_LIMIT
                     weight = finder_net.weight(k)
-                    root_set = root_finder.find(finder_net, k, a, upper, output=output, **finder_kwargs)
+                    root_set = root_finder.find(finder_net, k, a, upper, output=explained, **finder_kwargs)
                     flat_lower = check_finite_layer(root_set.relevance(weight), k, "the input relevances")
                     lower = net.split_input(k, flat_lower)
                     valid = root_set.valid
@@ -290,10 +302,13 @@ def decompose(
                     relevance=flat_lower,
                 )
         input_relevance = relevance.get(0, torch.zeros_like(x))
-    top_value = top.gather(1, output.unsqueeze(1)).squeeze(1) if isinstance(output, torch.Tensor) else top[:, output]
+    if isinstance(explained, torch.Tensor):
+        top_value = top.gather(1, explained.unsqueeze(1)).squeeze(1)
+    else:
+        top_value = top[:, explained]
     return GraphDecomposition(
         layers=tuple(layers[k] for k in range(net.n_layers)),
-        output=output,
+        output=explained,
         output_value=top_value.clone(),
         input_shape=input_shape,
         input_relevance=input_relevance.reshape(n, -1),

@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
+from typing import cast
 
 import torch
 from torch import nn
 
 from .graph import GraphNetwork
 from .lowering import DEFAULT_MEMORY_BUDGET, lower_module, lower_sequential
-from .outputs import check_output, check_weights
+from .lowering.capture import SelectLike
+from .outputs import OutputLike, check_output, check_weights
 from .validation import check_finite_layer, check_int, check_number, check_seed
 
 __all__ = ["ReLUNetwork", "INITS", "output_column", "linear_copy"]
@@ -290,7 +292,7 @@ class ReLUNetwork(nn.Module):
         model: nn.Module | torch.export.ExportedProgram,
         input_shape: Sequence[int] | None = None,
         *,
-        select=None,
+        select: SelectLike = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> ReLUNetwork | GraphNetwork:
         """Lower any piecewise-linear model exactly, from the graph ``torch.export`` captures (:mod:`dtd.lowering`).
@@ -362,7 +364,7 @@ class ReLUNetwork(nn.Module):
         ``nn.Flatten()``, so the Sequential takes the same inputs.
         """
         modules: list[nn.Module] = [nn.Flatten()] if self.flatten_input else []
-        for k, layer in enumerate(self.layers):
+        for k, layer in enumerate(self._linears()):
             # no initialisation, so torch's global RNG is not drawn from
             b = self.bias(k)
             modules.append(linear_copy(layer.weight, b if bias else torch.zeros_like(b)))
@@ -379,7 +381,7 @@ class ReLUNetwork(nn.Module):
         Built anew on each call (a few small objects), so it always computes
         with the parameters' current values.  Its input is flat ``(batch, D_0)``.
         """
-        layers = list(self.layers)
+        layers = self._linears()
         return GraphNetwork.chain(
             [layer.weight.detach() for layer in layers],
             [layer.bias.detach() if layer.bias is not None
@@ -389,6 +391,13 @@ class ReLUNetwork(nn.Module):
         )
 
     # ------------------------------------------------------------------ structure
+    def _linear(self, k: int) -> nn.Linear:
+        # every entry of self.layers is an nn.Linear (the constructor checks); ModuleList only knows Module
+        return cast(nn.Linear, self.layers[k])
+
+    def _linears(self) -> list[nn.Linear]:
+        return [self._linear(k) for k in range(len(self.layers))]
+
     @property
     def n_layers(self) -> int:
         return len(self.layers)
@@ -396,31 +405,31 @@ class ReLUNetwork(nn.Module):
     @property
     def sizes(self) -> list[int]:
         """``[D_0, J_0, ..., J_{L-1}]`` as accepted by :meth:`random`."""
-        return [self.layers[0].in_features] + [layer.out_features for layer in self.layers]
+        return [self.in_features] + [layer.out_features for layer in self._linears()]
 
     @property
     def in_features(self) -> int:
-        return self.layers[0].in_features
+        return self._linear(0).in_features
 
     @property
     def out_features(self) -> int:
-        return self.layers[-1].out_features
+        return self._linear(-1).out_features
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.layers[0].weight.dtype
+        return self._linear(0).weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.layers[0].weight.device
+        return self._linear(0).weight.device
 
     def weight(self, k: int) -> torch.Tensor:
         """Weight ``(J_k, D_k)`` of layer ``k`` (detached view)."""
-        return self.layers[k].weight.detach()
+        return self._linear(k).weight.detach()
 
     def bias(self, k: int) -> torch.Tensor:
         """Bias ``(J_k,)`` of layer ``k``; zeros for a Linear without bias."""
-        layer = self.layers[k]
+        layer = self._linear(k)
         if layer.bias is None:
             return layer.weight.new_zeros(layer.out_features).detach()
         return layer.bias.detach()
@@ -432,7 +441,7 @@ class ReLUNetwork(nn.Module):
     def subnetwork(self, from_layer: int) -> ReLUNetwork:
         """``f_k``: the layers ``from_layer ...`` sharing this network's parameters."""
         self.check_layer(from_layer)
-        return ReLUNetwork(list(self.layers)[from_layer:], final_relu=self.final_relu)
+        return ReLUNetwork(self._linears()[from_layer:], final_relu=self.final_relu)
 
     def check_parameters(self) -> None:
         """Raise ``ValueError`` if any weight or bias is NaN, infinite or has no values (a network on the
@@ -452,13 +461,13 @@ class ReLUNetwork(nn.Module):
             _check_all_finite(self.weight(k), f"weight of layer {k}")
             _check_all_finite(self.bias(k), f"bias of layer {k}")
 
-    def check_layer(self, k, name: str = "layer") -> int:
-        check_int(k, name)
+    def check_layer(self, k: object, name: str = "layer") -> int:
+        k = check_int(k, name)
         if not 0 <= k < self.n_layers:
             raise ValueError(f"{name} must be in [0, {self.n_layers - 1}] for a {self.n_layers}-layer network, got {k}")
         return k
 
-    def check_output(self, output, batch: int | None = None) -> int | torch.Tensor:
+    def check_output(self, output: OutputLike, batch: int | None = None) -> int | torch.Tensor:
         """``output`` checked: an int in range, a 1-tuple ``(class,)``, or a ``(batch,)`` integer tensor of per-point
         output indices (:func:`dtd.outputs.check_output`).
 
@@ -481,7 +490,7 @@ class ReLUNetwork(nn.Module):
         (shared, not copied).
         """
         w = check_weights(self, weights).to(torch.float64)
-        layers = list(self.layers)
+        layers = self._linears()
         last = layers[-1]
         if self.final_relu:
             extra = linear_copy(w.reshape(1, -1).to(self.dtype), torch.zeros(1, dtype=self.dtype, device=self.device))
@@ -493,7 +502,7 @@ class ReLUNetwork(nn.Module):
         shape = self.input_shape
         return ReLUNetwork(layers, final_relu=False, flatten_input=self.flatten_input, input_shape=shape)
 
-    def check_input(self, x, *, from_layer: int = 0, name: str = "x") -> torch.Tensor:
+    def check_input(self, x: object, *, from_layer: int = 0, name: str = "x") -> torch.Tensor:
         """Validate a batch for layer ``from_layer`` and return it as ``(batch, D_k)``.
 
         Raises ``TypeError`` for a non-tensor or a dtype other than the
@@ -505,7 +514,7 @@ class ReLUNetwork(nn.Module):
         self.check_layer(from_layer, "from_layer")
         if from_layer == 0:
             x = self.flatten(x)
-        width = self.layers[from_layer].in_features
+        width = self._linear(from_layer).in_features
         if x.dim() != 2 or x.shape[1] != width:
             shapes = f"(batch, {width})"
             if from_layer == 0 and self.input_shape is not None and len(self.input_shape) > 1:

@@ -70,6 +70,8 @@ def root_equation_residual(delta: torch.Tensor, weight: torch.Tensor, relevance:
 def affine_direction(a: torch.Tensor, p: torch.Tensor | None, q: torch.Tensor | None) -> torch.Tensor:
     """``v = a * P + Q`` ``(batch, J, D)`` for activations ``a`` ``(batch, D)``; None means zero."""
     if p is None:
+        if q is None:
+            raise TypeError("a direction v = a * P + Q needs P or Q; both are None")
         return q.unsqueeze(0).expand(a.shape[0], -1, -1)
     v = a.unsqueeze(1) * p
     return v if q is None else v + q

@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -119,7 +119,7 @@ class Rule(abc.ABC):
                 entry = names[value]
             except KeyError:
                 raise ValueError(f"unknown rule {value!r}; known rules: {sorted(names)}") from None
-            return entry.default()
+            return (entry.default or entry.cls)()
         raise TypeError(f"a rule must be a str or a dtd.rules.Rule, got {type(value).__name__} {value!r}")
 
     def params(self) -> dict[str, Any]:
@@ -141,7 +141,7 @@ class Rule(abc.ABC):
         return hash((type(self), tuple(self.params().items())))
 
 
-def _show(value) -> str:
+def _show(value: float | tuple[float, ...]) -> str:
     """A parameter as text: the short ``%g`` form when it is exact, else the float's repr."""
     if isinstance(value, tuple):
         return "[" + ", ".join(_show(v) for v in value) + "]"
@@ -169,8 +169,8 @@ class Terms:
     denominators and relevances need no ``(J, D)`` matrix.
     """
 
-    p: tuple = ()
-    q: tuple = ()
+    p: tuple[tuple[str, float], ...] = ()
+    q: tuple[tuple[str, float | torch.Tensor], ...] = ()
 
 
 # --------------------------------------------------------------------------- the registry
@@ -191,18 +191,20 @@ class RuleEntry:
     rule is the suite's knowledge, declared in :mod:`properties.variants`.
     """
 
-    cls: type
+    cls: type[Rule]
     aliases: tuple[str, ...] = ()
     default: Callable[[], Rule] | None = None
 
 
 _REGISTRY: dict[type, RuleEntry] = {}
 
+_R = TypeVar("_R", bound=type[Rule])
 
-def register(*, aliases: Sequence[str] = (), default: Callable[[], Rule] | None = None):
+
+def register(*, aliases: Sequence[str] = (), default: Callable[[], Rule] | None = None) -> Callable[[_R], _R]:
     """Class decorator: declare a rule's names for :meth:`Rule.ensure` (see :class:`RuleEntry`)."""
 
-    def decorate(cls):
+    def decorate(cls: _R) -> _R:
         if not (isinstance(cls, type) and issubclass(cls, Rule)) or not cls.name:
             raise TypeError(f"register() decorates Rule subclasses with a name, got {cls!r}")
         taken = {name for entry in _REGISTRY.values() if entry.cls is not cls
@@ -248,10 +250,10 @@ class ZPlus(Rule):
     def check_domain(self, a: torch.Tensor) -> None:
         _nonnegative(a, self)
 
-    def direction_terms(self, weight):
+    def direction_terms(self, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return _positive_weights(weight), None
 
-    def terms(self):
+    def terms(self) -> Terms:
         return Terms(p=(("ind_ge", 1.0),))
 
 
@@ -261,10 +263,10 @@ class WSquare(Rule):
 
     name = "w2"
 
-    def direction_terms(self, weight):
+    def direction_terms(self, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return None, weight
 
-    def terms(self):
+    def terms(self) -> Terms:
         return Terms(q=(("W", 1.0),))
 
 
@@ -277,16 +279,16 @@ class Gamma(Rule):
 
     name = "gamma"
 
-    def __init__(self, gamma: float = 0.25):
+    def __init__(self, gamma: float = 0.25) -> None:
         self.gamma = check_number(gamma, "gamma", minimum=0.0)
 
     def check_domain(self, a: torch.Tensor) -> None:
         _nonnegative(a, self)
 
-    def direction_terms(self, weight):
+    def direction_terms(self, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return 1 + self.gamma * _positive_weights(weight), None
 
-    def terms(self):
+    def terms(self) -> Terms:
         return Terms(p=(("ind", 1.0), ("ind_ge", self.gamma)))
 
     def params(self) -> dict[str, Any]:
@@ -303,10 +305,10 @@ class LRP0(Rule):
 
     name = "x"
 
-    def direction_terms(self, weight):
+    def direction_terms(self, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return torch.ones_like(weight), None
 
-    def terms(self):
+    def terms(self) -> Terms:
         return Terms(p=(("ind", 1.0),))
 
 
@@ -320,7 +322,7 @@ class ZB(Rule):
 
     name = "zB"
 
-    def __init__(self, low: float | torch.Tensor = 0.0, high: float | torch.Tensor = 1.0):
+    def __init__(self, low: float | torch.Tensor = 0.0, high: float | torch.Tensor = 1.0) -> None:
         self.low = self._bound(low, "low")
         self.high = self._bound(high, "high")
         if self.low.shape != self.high.shape and self.low.numel() > 1 and self.high.numel() > 1:
@@ -330,30 +332,30 @@ class ZB(Rule):
                              f"low={self._show(self.low)}, high={self._show(self.high)}")
 
     @staticmethod
-    def _bound(value, name: str) -> torch.Tensor:
+    def _bound(value: object, name: str) -> torch.Tensor:
         if isinstance(value, bool):
             raise TypeError(f"{name} must be a number or a tensor, got {value!r}")
         if isinstance(value, (int, float)):
-            value = torch.tensor(float(value), dtype=torch.float64)
+            bound = torch.tensor(float(value), dtype=torch.float64)
         elif isinstance(value, torch.Tensor):
             if value.dim() > 1:
                 raise ValueError(f"{name} must be a number or a 1-D tensor (one "
                                  f"bound per feature), got shape {tuple(value.shape)}")
-            value = value.detach().to(dtype=torch.float64, device="cpu").clone()
+            bound = value.detach().to(dtype=torch.float64, device="cpu").clone()
         else:
             raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
-        if not bool(torch.isfinite(value).all()):
-            raise ValueError(f"{name} must be finite, got {value}")
-        return value
+        if not bool(torch.isfinite(bound).all()):
+            raise ValueError(f"{name} must be finite, got {bound}")
+        return bound
 
     @staticmethod
     def _show(value: torch.Tensor) -> str:
         return _show(ZB._value(value))
 
     @staticmethod
-    def _value(bound: torch.Tensor):
+    def _value(bound: torch.Tensor) -> float | tuple[float, ...]:
         """A bound as an exact hashable value: a float, or a tuple of floats for per-feature bounds."""
-        return bound.item() if bound.dim() == 0 else tuple(bound.tolist())
+        return float(bound.item()) if bound.dim() == 0 else tuple(bound.tolist())
 
     @classmethod
     def for_data(cls, x: torch.Tensor, *, low: float = 0.0) -> ZB:
@@ -378,12 +380,12 @@ class ZB(Rule):
                 "dtd.rules.ZB(low, high) with the data's bounds"
             )
 
-    def direction_terms(self, weight):
+    def direction_terms(self, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         low, high = self._bounds(weight, weight.shape[1])
         shift = torch.where(weight >= 0, low, high)  # (J, D)
         return torch.ones_like(weight), -shift
 
-    def terms(self):
+    def terms(self) -> Terms:
         return Terms(p=(("ind", 1.0),), q=(("ind_ge", -self.low), ("ind_lt", -self.high)))
 
     def params(self) -> dict[str, Any]:
@@ -402,10 +404,12 @@ class Pinv(Rule):
 
     name = "pinv"
 
-    def direction_terms(self, weight):
+    def direction_terms(self, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         raise TypeError("Pinv is a layer rule: it has no per-neuron direction; use root_set")
 
-    def root_set(self, a, weight, relevance, eps, *, layer=None):
+    def root_set(
+        self, a: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor, eps: float, *, layer: int | None = None
+    ) -> RootSet:
         delta = relevance @ torch.linalg.pinv(weight).T  # (N, D)
         if not bool(torch.isfinite(delta).all()):
             raise overflow_error(layer, a.dtype, "the pinv step pinv(W) R")

@@ -29,7 +29,7 @@ __all__ = [
 SEED_LIMIT = 2**63 - 1
 
 
-def check_int(value, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+def check_int(value: object, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """``value`` as an int; ``TypeError`` unless it is an int (not a bool),
     ``ValueError`` outside ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -42,7 +42,7 @@ def check_int(value, name: str, *, minimum: int | None = None, maximum: int | No
 
 
 def check_number(
-    value,
+    value: object,
     name: str,
     *,
     minimum: float | None = None,
@@ -58,29 +58,29 @@ def check_number(
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if math.isnan(value) or (finite and math.isinf(value)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if minimum is not None and (value <= minimum if strict_minimum else value < minimum):
-        raise ValueError(f"{name} must be {'>' if strict_minimum else '>='} {minimum:g}, got {value!r}")
-    if maximum is not None and (value >= maximum if strict_maximum else value > maximum):
-        raise ValueError(f"{name} must be {'<' if strict_maximum else '<='} {maximum:g}, got {value!r}")
-    return value
+    number = float(value)
+    if math.isnan(number) or (finite and math.isinf(number)):
+        raise ValueError(f"{name} must be a finite number, got {number!r}")
+    if minimum is not None and (number <= minimum if strict_minimum else number < minimum):
+        raise ValueError(f"{name} must be {'>' if strict_minimum else '>='} {minimum:g}, got {number!r}")
+    if maximum is not None and (number >= maximum if strict_maximum else number > maximum):
+        raise ValueError(f"{name} must be {'<' if strict_maximum else '<='} {maximum:g}, got {number!r}")
+    return number
 
 
-def check_probability(value, name: str) -> float:
+def check_probability(value: object, name: str) -> float:
     """A number strictly between 0 and 1 (a confidence, an acceptance rate)."""
     return check_number(value, name, minimum=0.0, maximum=1.0, strict_minimum=True, strict_maximum=True)
 
 
-def check_bool(value, name: str) -> bool:
+def check_bool(value: object, name: str) -> bool:
     """``value`` itself; ``TypeError`` unless it is a bool (``'no'`` or ``0`` are mistakes, not False)."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
     return value
 
 
-def check_seed(value, name: str = "seed") -> int:
+def check_seed(value: object, name: str = "seed") -> int:
     """A seed for a local generator: an int in ``[0, 2**63 - 1]``."""
     return check_int(value, name, minimum=0, maximum=SEED_LIMIT)
 
