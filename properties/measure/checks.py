@@ -16,8 +16,10 @@ import math
 import torch
 
 from dtd import Decomposition, GraphDecomposition, GraphNetwork, OperatorRoots, ReLUNetwork
+from dtd.decomposition import LayerDecomposition
 from dtd.graph import _all_last  # a boolean reduction over the last dimension (uint8 min)
-from dtd.outputs import explain
+from dtd.outputs import OutputLike, explain
+from dtd.regions import NodeValues
 from dtd.rootsets import AffineRoots, RootSet
 from dtd.rootsets import root_equation_residual as _residual
 from dtd.tolerances import EQUATION_SCALE_FLOOR, pattern_tol
@@ -139,7 +141,7 @@ def root_outcomes(
     dec: Decomposition,
     *,
     layer: int = 0,
-    output: int | torch.Tensor | None = None,
+    output: OutputLike | None = None,
     atol: float = PROPERTY_ATOL,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     neurons: int | None = None,
@@ -205,7 +207,9 @@ def root_outcomes(
     raise TypeError(f"net must be a dtd.ReLUNetwork or dtd.GraphNetwork, got {type(net).__name__}")
 
 
-def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, generator) -> RootOutcomes:
+def _graph_root_outcomes(net: GraphNetwork, dec: Decomposition, layer: int, output: OutputLike | None, atol: float,
+                         memory_budget: int, neurons: int | None,
+                         generator: torch.Generator | None) -> RootOutcomes:
     """:func:`root_outcomes` on a :class:`dtd.GraphNetwork`: ``f_k`` recomputes what depends on layer ``k``'s input.
 
     The region is the ReLU pattern and the argmax pattern of the deciding
@@ -216,7 +220,7 @@ def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, 
     if not isinstance(dec, GraphDecomposition) and len(net.consumers[0]) != 1:
         raise TypeError("the decomposition is not one of a graph network (train_free on this GraphNetwork gives one)")
     net.check_layer(layer)
-    output = net.check_output(dec.output if output is None else output, dec.layers[0].input.shape[0])
+    explained = net.check_output(dec.output if output is None else output, dec.layers[0].input.shape[0])
     atol = check_number(atol, "atol", minimum=0.0)
     lay = dec.layers[layer]
     if lay.input.shape[1] != net.in_features(layer):
@@ -239,7 +243,7 @@ def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, 
             else selected_roots(lay.root_set, start, stop, drawn[start:stop])
         )
         points = torch.arange(start, stop, device=device)
-        out_a = output[start:stop] if isinstance(output, torch.Tensor) else output
+        out_a = explained[start:stop] if isinstance(explained, torch.Tensor) else explained
         at_input = net.evaluate_roots(layer, None, points, base, out_a, threshold=tol)
         out_r = out_a.repeat_interleave(n_roots) if isinstance(out_a, torch.Tensor) else out_a
         at_root = net.compare_roots(layer, roots.reshape(-1, width), points, base, out_r, at_input, threshold=tol)
@@ -252,7 +256,7 @@ def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, 
     return _assemble(layer, atol, lay, drawn, f_a, f_r, gmax, gmean, region, domain)
 
 
-def _base(net: GraphNetwork, dec: Decomposition) -> tuple[dict, dict]:
+def _base(net: GraphNetwork, dec: Decomposition) -> NodeValues:
     """Every node's value at the decomposition's inputs (:meth:`dtd.GraphNetwork.run`): kept
     by the decomposition, else recomputed."""
     if isinstance(dec, GraphDecomposition):
@@ -262,7 +266,7 @@ def _base(net: GraphNetwork, dec: Decomposition) -> tuple[dict, dict]:
     return net.run(x.reshape((x.shape[0],) + tuple(net.input_shape)))
 
 
-def _drawn(lay, neurons, generator) -> torch.Tensor | None:
+def _drawn(lay: LayerDecomposition, neurons: int | None, generator: torch.Generator | None) -> torch.Tensor | None:
     """The sampled neurons ``(batch, K)`` of
     ``root_outcomes(..., neurons=K, generator=...)``, or None for every neuron."""
     if neurons is not None:
@@ -275,7 +279,9 @@ def _drawn(lay, neurons, generator) -> torch.Tensor | None:
     return None
 
 
-def _assemble(layer, atol, lay, drawn, f_a, f_r, gmax, gmean, region, domain) -> RootOutcomes:
+def _assemble(layer: int, atol: float, lay: LayerDecomposition, drawn: torch.Tensor | None, f_a: torch.Tensor,
+              f_r: torch.Tensor, gmax: torch.Tensor, gmean: torch.Tensor, region: torch.Tensor,
+              domain: torch.Tensor) -> RootOutcomes:
     """The outcomes from what was measured at the inputs and the roots (dense or graph network alike)."""
     return RootOutcomes(
         layer=layer,
@@ -295,7 +301,8 @@ def _assemble(layer, atol, lay, drawn, f_a, f_r, gmax, gmean, region, domain) ->
     )
 
 
-def draw_neurons(n_points: int, n_neurons: int, k: int, generator: torch.Generator, *, device=None) -> torch.Tensor:
+def draw_neurons(n_points: int, n_neurons: int, k: int, generator: torch.Generator, *,
+                 device: torch.device | str | None = None) -> torch.Tensor:
     """``(n_points, min(k, n_neurons))`` neuron indices, per point ``k`` distinct ones drawn uniformly.
 
     The ``k`` smallest of i.i.d. uniform scores: a uniformly random subset,
@@ -347,7 +354,7 @@ def conservation_residual(dec: Decomposition, layer: int) -> torch.Tensor:
 
 
 
-def with_roots(dec: Decomposition, layer: int, root_set) -> Decomposition:
+def with_roots(dec: Decomposition, layer: int, root_set: RootSet) -> Decomposition:
     """``dec`` with layer ``layer``'s roots replaced by another finder's ``root_set``
     (to judge them with the same checks)."""
     layers = tuple(
@@ -374,7 +381,7 @@ class SegmentOutcomes:
 
 def segment_outcomes(
     net: ReLUNetwork | GraphNetwork, a: torch.Tensor, roots: torch.Tensor, *, layer: int, output: int | torch.Tensor,
-    atol: float = PROPERTY_ATOL, base: tuple[dict, dict] | None = None,
+    atol: float = PROPERTY_ATOL, base: NodeValues | None = None,
 ) -> SegmentOutcomes:
     """The promises of a root in the closure of the input's region, judged without a hinge convention.
 

@@ -36,6 +36,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeGuard
 
 from .keys import RateKey
 
@@ -98,7 +99,7 @@ def parse_floors(texts: Iterable[str] | None) -> list[Floor]:
     return [parse_floor(text) for text in (texts or ())]
 
 
-def must_hold(key: RateKey | None) -> bool:
+def must_hold(key: RateKey | None) -> TypeGuard[RateKey]:
     """Whether a row with this key is a must-hold property (family ``conformance``, outcome in :data:`MUST_HOLD`)."""
     return key is not None and key.family == "conformance" and key.outcome in MUST_HOLD
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any
 
 from .thresholds import (
     CONSERVED_SHARE,
@@ -147,7 +148,7 @@ _NUMBERED = {"depth": "depth", "randomised": "top"}
 _RESERVED = re.compile(r"^(?:depth|top)\d+$")
 
 
-def check_name(value, what: str = "name") -> str:
+def check_name(value: object, what: str = "name") -> str:
     """``value`` if it may name a subject or an implementation inside rate names, else a clear error.
 
     The one name rule of the suite (:class:`RateKey`, :class:`properties.Subject`,
@@ -220,7 +221,7 @@ class RateKey:
     randomised: int | None = None
     pair: str | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown rate family {self.family!r}; known: {FAMILIES}")
         if self.outcome not in OUTCOMES:
@@ -255,7 +256,10 @@ class RateKey:
             raise ValueError(f"no name layout of family {self.family!r} fits {self!r}")
 
     def __str__(self) -> str:
-        return ".".join(_render(self, _layout_for(self)))
+        layout = _layout_for(self)
+        if layout is None:  # refused in __post_init__
+            raise ValueError(f"no name layout of family {self.family!r} fits {self!r}")
+        return ".".join(_render(self, layout))
 
     @classmethod
     def parse(cls, name: str) -> RateKey:
@@ -276,7 +280,7 @@ class RateKey:
         """The non-empty fields (for ``report.json``)."""
         return {name: getattr(self, name) for name in _FIELDS if getattr(self, name) is not None}
 
-    def replace(self, **changes) -> RateKey:
+    def replace(self, **changes: Any) -> RateKey:
         return dataclasses.replace(self, **changes)
 
 
@@ -284,7 +288,11 @@ class RateKey:
 # A layout is the order of a name's parts: ("lit", text) a fixed word; ("field", name) a field's value;
 # a trailing "?" on the field name marks it optional.  ("lit?", text, field, value): an optional fixed
 # word that stands for field = value.  Each family lists its layouts; str() uses the first that fits.
-_LAYOUTS: dict[str, list[tuple]] = {
+#: one slot of a layout, and a layout
+Slot = tuple[str, ...]
+Layout = tuple[Slot, ...]
+
+_LAYOUTS: dict[str, list[Layout]] = {
     "notebook": [(("lit", "notebook"), ("field", "place?"), ("field", "finder?"), ("field", "outcome"),
                   ("field", "unit?"), ("field", "subset?"))],
     "generated": [(("field", "rule"), ("field", "place?"), ("field", "outcome"), ("field", "unit?"),
@@ -324,8 +332,8 @@ def _implied(key: RateKey) -> dict:
     return {"subject": SEED} if key.family == "notebook" else {}
 
 
-def _uses(layout) -> set[str]:
-    used = set()
+def _uses(layout: Layout) -> set[str]:
+    used: set[str] = set()
     for slot in layout:
         if slot[0] == "lit?":
             used.add(slot[2])
@@ -335,7 +343,7 @@ def _uses(layout) -> set[str]:
     return used
 
 
-def _layout_for(key: RateKey):
+def _layout_for(key: RateKey) -> Layout | None:
     implied = _implied(key)
     for layout in _LAYOUTS[key.family]:
         used = _uses(layout)
@@ -355,7 +363,7 @@ def _layout_for(key: RateKey):
     return None
 
 
-def _render(key: RateKey, layout) -> list[str]:
+def _render(key: RateKey, layout: Layout) -> list[str]:
     parts = []
     for slot in layout:
         if slot[0] == "lit":
@@ -378,7 +386,7 @@ def _render(key: RateKey, layout) -> list[str]:
     return parts
 
 
-def _token_value(name: str, token: str, family: str):
+def _token_value(name: str, token: str, family: str) -> str | int | tuple[str, int] | None:
     """The field value ``token`` stands for, or None if it cannot fill field ``name``."""
     if name == "place":
         found = re.fullmatch(r"(layer|neuron)(\d+)", token)
@@ -399,7 +407,7 @@ def _token_value(name: str, token: str, family: str):
     return token if _WORD.match(token) and token not in FAMILIES and not _RESERVED.match(token) else None
 
 
-def _match(layout, tokens: list[str], at: int, fields: dict) -> dict | None:
+def _match(layout: Layout, tokens: list[str], at: int, fields: dict[str, Any]) -> dict[str, Any] | None:
     """Fields filled by matching ``layout`` against ``tokens[at:]`` (backtracking over optional slots)."""
     if not layout:
         return fields if at == len(tokens) else None
@@ -417,7 +425,7 @@ def _match(layout, tokens: list[str], at: int, fields: dict) -> dict | None:
     if at < len(tokens):
         value = _token_value(name, tokens[at], fields["family"])
         if value is not None:
-            update = {value[0]: value[1]} if name == "place" else {name: value}
+            update = {value[0]: value[1]} if isinstance(value, tuple) else {name: value}
             found = _match(rest, tokens, at + 1, {**fields, **update})
             if found is not None:
                 return found

@@ -155,7 +155,7 @@ class Rate:
     confidence: float = DEFAULT_CONFIDENCE
     clusters: tuple[tuple[int, int], ...] | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("successes", "trials"):
             check_int(getattr(self, name), name, minimum=0)
         if self.successes > self.trials:
@@ -221,13 +221,13 @@ class Rate:
     @property
     def design_effect(self) -> float:
         """Variance inflation from clustering (1 for independent trials)."""
-        p = self.rate
-        if self.method != "wilson-clustered":
+        p, clusters = self.rate, self.clusters
+        if self.method != "wilson-clustered" or p is None or clusters is None:
             return 1.0
         if p in (0.0, 1.0):  # no spread to estimate: clusters that pass or fail as a whole (the module docstring)
-            return max(1.0, sum(t * t for _, t in self.clusters) / self.trials)
-        n_clusters = len(self.clusters)
-        spread = sum((s - p * t) ** 2 for s, t in self.clusters)
+            return max(1.0, sum(t * t for _, t in clusters) / self.trials)
+        n_clusters = len(clusters)
+        spread = sum((s - p * t) ** 2 for s, t in clusters)
         clustered = n_clusters / (n_clusters - 1) * spread / self.trials**2
         return max(1.0, clustered / (p * (1 - p) / self.trials))
 
@@ -238,17 +238,18 @@ class Rate:
     @property
     def interval(self) -> tuple[float | None, float | None]:
         """``(low, high)`` at :attr:`confidence`; ``(None, None)`` without data."""
-        if not self.trials:
+        p = self.rate
+        if p is None:
             return None, None
         n = self.effective_trials
-        return wilson_interval(self.rate * n, n, self.confidence, df=self.degrees_of_freedom)
+        return wilson_interval(p * n, n, self.confidence, df=self.degrees_of_freedom)
 
     @property
     def degrees_of_freedom(self) -> float | None:
         """Of the interval's quantile: ``clusters - 1`` where the design effect was estimated from the clusters'
         spread (Student's t), None where the normal quantile applies (independent trials; an all-pass or all-fail
         rate, whose whole-cluster bound estimates nothing)."""
-        if self.method != "wilson-clustered" or self.rate in (0.0, 1.0):
+        if self.method != "wilson-clustered" or self.clusters is None or self.rate in (0.0, 1.0):
             return None
         return float(len(self.clusters) - 1)
 
@@ -267,10 +268,10 @@ class Rate:
         }
 
     def __str__(self) -> str:
-        if not self.trials:
+        p, (low, high) = self.rate, self.interval
+        if p is None or low is None or high is None:
             return "no data"
-        low, high = self.interval
-        return f"{100 * self.rate:.2f}% [{100 * low:.2f}, {100 * high:.2f}] ({self.successes}/{self.trials})"
+        return f"{100 * p:.2f}% [{100 * low:.2f}, {100 * high:.2f}] ({self.successes}/{self.trials})"
 
 
 def compare(row: Mapping, baseline: Mapping | None) -> str:
@@ -300,7 +301,7 @@ class Tally:
     ``holds``) is True to that cluster's counts for ``name``.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._counts: dict[str, dict[int, list[int]]] = {}
         self._cluster = 0
 
@@ -318,7 +319,7 @@ class Tally:
 
     def rate(self, name: str, confidence: float = DEFAULT_CONFIDENCE) -> Rate:
         """The clustered rate of ``name`` (no data if it was never added)."""
-        return Rate.from_clusters([tuple(p) for p in self._counts.get(name, {}).values()], confidence)
+        return Rate.from_clusters([(s, t) for s, t in self._counts.get(name, {}).values()], confidence)
 
     @property
     def n_clusters(self) -> int:
