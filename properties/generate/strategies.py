@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,14 +45,20 @@ def _bounds(value: Bounds, name: str, minimum: int = 1) -> tuple[int, int]:
     return low, high
 
 
-def _check_dtype(dtype) -> None:
+def _pair(value: Bounds) -> tuple[int, int]:
+    """Bounds already checked (:func:`_bounds`) as a ``(min, max)`` pair."""
+    return value if isinstance(value, tuple) else (value, value)
+
+
+def _check_dtype(dtype: object) -> None:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
 
 
 @st.composite
 def networks(
-    draw,
+    draw: st.DrawFn,
+    /,
     *,
     depth: Bounds = (1, 5),
     width: Bounds = (1, 24),
@@ -89,7 +96,7 @@ def networks(
 
 @st.composite
 def nonnegative_inputs(
-    draw, net: ReLUNetwork, *, n: Bounds = (1, 64), output: int = 0, min_output: float = 0.0
+    draw: st.DrawFn, /, net: ReLUNetwork, *, n: Bounds = (1, 64), output: int = 0, min_output: float = 0.0
 ) -> torch.Tensor:
     """``(n, D)`` inputs drawn like the seed's (``|N(0, I)|``) with ``f(x)[output] > min_output``.
 
@@ -164,7 +171,7 @@ class CaseSpace:
     init: str | Sequence[str] = INITS
     dtype: torch.dtype = torch.float64
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("depth", "width", "input_size", "outputs", "n"):
             object.__setattr__(self, name, _bounds(getattr(self, name), name))
         inits = (self.init,) if isinstance(self.init, str) else tuple(self.init)
@@ -185,7 +192,7 @@ class CaseSpace:
 
 
 @st.composite
-def cases(draw, **bounds) -> Case:
+def cases(draw: st.DrawFn, /, **bounds: Any) -> Case:
     """A network, an explained output and inputs with ``f(x)[output] > min_output``.
 
     Keyword arguments are the fields of :class:`CaseSpace` (``depth``,
@@ -201,7 +208,7 @@ def cases(draw, **bounds) -> Case:
     return Case(net, x, output)
 
 
-def sample_cases(count: int, *, seed: int, max_tries: int = 100, **bounds) -> list[Case]:
+def sample_cases(count: int, *, seed: int, max_tries: int = 100, **bounds: Any) -> list[Case]:
     """``count`` cases drawn uniformly and independently from a :class:`CaseSpace`.
 
     Every integer (depth, each width, input and output size, the explained
@@ -216,8 +223,9 @@ def sample_cases(count: int, *, seed: int, max_tries: int = 100, **bounds) -> li
     check_int(count, "count", minimum=0)
     rng = np.random.default_rng(check_seed(seed))
 
-    def uniform(bounds: tuple[int, int]) -> int:
-        return int(rng.integers(bounds[0], bounds[1] + 1))
+    def uniform(bounds: Bounds) -> int:
+        low, high = _pair(bounds)
+        return int(rng.integers(low, high + 1))
 
     result: list[Case] = []
     while len(result) < count:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Any
 
 import torch
 
@@ -33,7 +35,10 @@ __all__ = ["SWEEPS", "Variant", "SuiteEntry", "declare", "undeclare", "declared"
 SWEEPS = ("generated", "region", "agreement", "must_hold", "reference")
 
 #: how a variant builds its rule(s) for a batch of inputs ``x`` ``(batch, D_0)`` and a network of ``n_layers`` layers
-Maker = Callable[[torch.Tensor, int], R.Rule | list]
+#: (``x`` None: a variant that does not read the data)
+Maker = Callable[[torch.Tensor | None, int], R.Rule | list[R.Rule]]
+#: ``counterpart(rule) -> (class name, kwargs)``: a library's rule equal to ``rule``, an instance of the declared class
+Counterpart = Callable[[Any], tuple[str, dict[str, Any]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,10 +59,10 @@ class Variant:
 
     label: str
     make: Maker
-    sweeps: frozenset
+    sweeps: AbstractSet[str]
     input_layer_only: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if "." in self.label or not self.label:
             raise ValueError(f"a variant label must be non-empty and hold no dots, got {self.label!r}")
         unknown = set(self.sweeps) - set(SWEEPS)
@@ -65,7 +70,7 @@ class Variant:
             raise ValueError(f"unknown sweep(s) {sorted(unknown)}; known: {SWEEPS}")
         object.__setattr__(self, "sweeps", frozenset(self.sweeps))
 
-    def rules_for(self, x: torch.Tensor, n_layers: int):
+    def rules_for(self, x: torch.Tensor, n_layers: int) -> R.Rule | list[R.Rule]:
         return self.make(x, n_layers)
 
 
@@ -75,15 +80,16 @@ class SuiteEntry:
     (``counterpart(rule) -> (class name, kwargs)`` or None)."""
 
     cls: type
-    variants: tuple = ()
-    zennit: Callable | None = None
-    captum: Callable | None = None
+    variants: tuple[Variant, ...] = ()
+    zennit: Counterpart | None = None
+    captum: Counterpart | None = None
 
 
 _ENTRIES: dict[type, SuiteEntry] = {}
 
 
-def declare(cls: type, *, variants: Sequence[Variant] = (), zennit=None, captum=None) -> None:
+def declare(cls: type, *, variants: Sequence[Variant] = (), zennit: Counterpart | None = None,
+            captum: Counterpart | None = None) -> None:
     """Declare what the suite runs of rule class ``cls`` (registered in
     :mod:`dtd.rules`) and its library counterparts."""
     if not (isinstance(cls, type) and issubclass(cls, R.Rule)):
@@ -121,7 +127,7 @@ def variants(sweep: str) -> list[Variant]:
     return [v for entry in declared() for v in entry.variants if sweep in v.sweeps]
 
 
-def counterpart_of(rule: R.Rule, library: str) -> tuple[str, dict] | None:
+def counterpart_of(rule: R.Rule, library: str) -> tuple[str, dict[str, Any]] | None:
     """``(class name, kwargs)`` of ``library``'s (``"zennit"`` / ``"captum"``) rule equal to ``rule``, or None."""
     declared_ = getattr(suite_entry(rule), library)
     return None if declared_ is None else declared_(rule)
@@ -134,7 +140,13 @@ def _fixed(rule_factory: Callable[[], R.Rule]) -> Maker:
 
 def _at_input(rule_factory: Callable[[torch.Tensor], R.Rule]) -> Maker:
     """DTD's recipe for an input layer that differs: ``rule_factory(x)`` at layer 0, z+ above."""
-    return lambda x, n_layers: [rule_factory(x)] + [R.ZPlus()] * (n_layers - 1)
+
+    def make(x: torch.Tensor | None, n_layers: int) -> list[R.Rule]:
+        if x is None:
+            raise TypeError("this variant builds its input layer's rule from the data: pass x")
+        return [rule_factory(x)] + [R.ZPlus()] * (n_layers - 1)
+
+    return make
 
 
 # --------------------------------------------------------------------------- the built-in rules
