@@ -67,7 +67,7 @@ def require_options(args: argparse.Namespace) -> list[str]:
     return [f"--property-require={text}" for text in getattr(args, "require", None) or ()]
 
 
-def add_check_command(subparsers) -> argparse.ArgumentParser:
+def add_check_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add ``check`` to an ``argparse`` subparsers object; returns its parser."""
     parser = subparsers.add_parser(
         "check",

@@ -15,7 +15,8 @@ build on these; :func:`properties.findings.evaluate_findings` runs them on a sub
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -23,21 +24,25 @@ import dtd
 from dtd.decompose import checked_activations
 
 from ..measure.keys import RateKey
+from ..measure.recorder import Recorder
 from ..measure.stats import Rate
 
 __all__ = ["relevance_from_top", "rule_list", "Findings", "RuleSpec"]
 
-RuleSpec = dtd.Rule | Sequence[dtd.Rule]
+#: one rule (object or name) for every layer, or one per layer
+RuleSpec = dtd.rules.RuleLike | Sequence[dtd.rules.RuleLike]
 
 
-def rule_list(rule: RuleSpec, n_layers: int) -> list:
+def rule_list(rule: RuleSpec, n_layers: int) -> list[dtd.Rule]:
     """One rule object per layer, first layer first (a single rule repeated)."""
+    if isinstance(rule, (str, dtd.Rule)):
+        return [dtd.Rule.ensure(rule)] * n_layers
     if isinstance(rule, (list, tuple)):
         rules = [dtd.Rule.ensure(r) for r in rule]
         if len(rules) != n_layers:
             raise ValueError(f"{len(rules)} per-layer rules for a network of {n_layers} layers")
         return rules
-    return [dtd.Rule.ensure(rule)] * n_layers
+    raise TypeError(f"a rule must be a str or a dtd.rules.Rule, or a list of them, got {type(rule).__name__} {rule!r}")
 
 
 def relevance_from_top(net: dtd.ReLUNetwork, x: torch.Tensor, top: torch.Tensor, rule: RuleSpec) -> torch.Tensor:
@@ -82,9 +87,10 @@ class Findings:
     plot methods (``lines``, ``bars``).
     """
 
-    rates: dict = dataclasses.field(default_factory=dict)
-    counts: dict = dataclasses.field(default_factory=dict)
-    plots: list = dataclasses.field(default_factory=list)
+    rates: dict[RateKey, tuple[Rate, str]] = dataclasses.field(default_factory=dict)
+    counts: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: ``(method, args, kwargs)`` of a :class:`~properties.measure.recorder.Recorder` plot method
+    plots: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = dataclasses.field(default_factory=list)
 
     def add(self, key: RateKey, rate: Rate, description: str) -> None:
         if key in self.rates:
@@ -98,7 +104,8 @@ class Findings:
         self.plots.extend(other.plots)
         return self
 
-    def record(self, property_report, *, summary=lambda key: False) -> None:
+    def record(self, property_report: Recorder, *,
+               summary: Callable[[RateKey], bool] = lambda key: False) -> None:
         """Write everything into ``property_report``; ``summary(key)`` picks the rows of the terminal table."""
         for key, (rate, description) in self.rates.items():
             property_report.rate(key, rate, description, summary=summary(key))

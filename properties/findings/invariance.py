@@ -29,7 +29,8 @@ inputs' per-feature mean.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -43,7 +44,11 @@ from ..generate import variants as V
 from ..measure.keys import RateKey, describe
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate
 from ..measure.thresholds import INVARIANT_RTOL
-from .common import Findings, rule_list
+from .common import Findings, RuleSpec, rule_list
+
+if TYPE_CHECKING:
+    from ..generate.strategies import Case
+    from ..subjects.subject import Subject
 
 __all__ = ["shifted_network", "shifted_rules", "relevance_change", "unchanged", "invariance_sweep",
            "subject_invariance", "UNSHIFTED", "FIGURE", "INVARIANT_BY_CONSTRUCTION"]
@@ -55,7 +60,7 @@ INVARIANT_BY_CONSTRUCTION = ("w2", "w2_first", "zB")
 FIGURE = "invariance_by_rule.png"
 
 
-def shifted_network(net: dtd.ReLUNetwork, c: torch.Tensor) -> dtd.ReLUNetwork:
+def shifted_network(net: dtd.ReLUNetwork, c: float | torch.Tensor) -> dtd.ReLUNetwork:
     """A new network computing on ``x + c`` what ``net`` computes on ``x``: first bias ``b - W c``.
 
     Parameters
@@ -73,29 +78,29 @@ def shifted_network(net: dtd.ReLUNetwork, c: torch.Tensor) -> dtd.ReLUNetwork:
     """
     if not isinstance(net, dtd.ReLUNetwork):
         raise TypeError(f"net must be a dtd.ReLUNetwork, got {type(net).__name__}")
-    c = _shift(c, net.in_features)
+    shift = _shift(c, net.in_features)
     modules = [m for m in net.to_sequential() if not isinstance(m, nn.Flatten)]  # to_sequential copies every Linear
-    first = modules[0]
+    first = next(m for m in modules if isinstance(m, nn.Linear))  # the first module: a Linear with a bias
     with torch.no_grad():
-        bias = first.bias.double() - first.weight.double() @ c
+        bias = first.bias.double() - first.weight.double() @ shift
         first.bias.copy_(bias.to(first.bias.dtype))
     return dtd.ReLUNetwork.from_sequential(nn.Sequential(*modules))
 
 
-def _shift(c, width: int) -> torch.Tensor:
+def _shift(c: object, width: int) -> torch.Tensor:
     if isinstance(c, bool) or not isinstance(c, (int, float, torch.Tensor)):
         raise TypeError(f"c must be a number or a (D,) tensor, got {type(c).__name__}")
-    c = torch.as_tensor(c, dtype=torch.float64).detach().clone().reshape(-1)
-    if c.numel() == 1:
-        c = c.expand(width).clone()
-    if c.shape != (width,):
-        raise ValueError(f"c must have one entry per input feature ({width}), got shape {tuple(c.shape)}")
-    if not bool(torch.isfinite(c).all()):
+    shift = torch.as_tensor(c, dtype=torch.float64).detach().clone().reshape(-1)
+    if shift.numel() == 1:
+        shift = shift.expand(width).clone()
+    if shift.shape != (width,):
+        raise ValueError(f"c must have one entry per input feature ({width}), got shape {tuple(shift.shape)}")
+    if not bool(torch.isfinite(shift).all()):
         raise ValueError("c must be finite")
-    return c
+    return shift
 
 
-def shifted_rules(rule, c: torch.Tensor, n_layers: int) -> list:
+def shifted_rules(rule: RuleSpec, c: float | torch.Tensor, n_layers: int) -> list[R.Rule]:
     """The per-layer rules for the shifted network: a zB at the input gets bounds
     ``low + c, high + c``; the rest as given."""
     rules = rule_list(rule, n_layers)
@@ -122,7 +127,8 @@ def unchanged(before: torch.Tensor, after: torch.Tensor, rtol: float = INVARIANT
     return relevance_change(before, after) <= rtol
 
 
-def _pairs(net, moved, x, c, output, label, rule) -> torch.Tensor:
+def _pairs(net: dtd.ReLUNetwork, moved: dtd.ReLUNetwork, x: torch.Tensor, c: torch.Tensor, output: int, label: str,
+           rule: RuleSpec) -> torch.Tensor:
     """``(N,)`` bool unchanged for one rule: ``net`` on ``x`` vs ``moved`` (:func:`shifted_network`) on ``x + c``."""
     n_layers = net.n_layers
     xc = x + c.to(x.dtype)
@@ -135,8 +141,8 @@ def _pairs(net, moved, x, c, output, label, rule) -> torch.Tensor:
     return unchanged(before, after)
 
 
-def invariance_sweep(cases: Sequence, *, seed: int, confidence: float = DEFAULT_CONFIDENCE,
-                     variants: Sequence[R.Variant] | None = None) -> Findings:
+def invariance_sweep(cases: Sequence[Case], *, seed: int, confidence: float = DEFAULT_CONFIDENCE,
+                     variants: Sequence[V.Variant] | None = None) -> Findings:
     """``invariance.{rule}.unchanged`` over generated ``cases`` (each a :class:`properties.generate.strategies.Case`).
 
     Per case a shift ``c`` with i.i.d. uniform ``[0, 1)`` entries (so shifted
@@ -175,7 +181,7 @@ _HOW = {"zB": " (zB's box shifted with the data: unchanged by construction)",
         "w2_first": " (w2 at the input, z+ above: unchanged by construction)"}
 
 
-def _figure(file: str, title: str, rows: list, labels: list):
+def _figure(file: str, title: str, rows: list[str], labels: list[str]) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
     return ("bars", (file, title, rows, labels), {
         "xlabel": "rule (at the input layer)",
         "caption": ("Share of points whose input relevance is unchanged when the inputs are shifted by c "
@@ -183,7 +189,7 @@ def _figure(file: str, title: str, rows: list, labels: list):
                     "bounds are invariant by construction; rules whose direction reads the input are not.")})
 
 
-def subject_invariance(subject, *, confidence: float = DEFAULT_CONFIDENCE) -> Findings:
+def subject_invariance(subject: Subject, *, confidence: float = DEFAULT_CONFIDENCE) -> Findings:
     """``invariance.{name}.{rule}.unchanged`` for the subject's rules, LRP-0 (``x``), ``w2_first`` and the unshifted zB.
 
     ``c``: the subject's inputs' per-feature mean (a data-derived shift that
@@ -193,9 +199,10 @@ def subject_invariance(subject, *, confidence: float = DEFAULT_CONFIDENCE) -> Fi
     net, name = subject.network, subject.name
     x = subject.inputs.flatten(1)
     c = x.mean(0).double()  # in the inputs' dtype, so x + c and the shifted box round alike
-    rules = list(subject.rules)
+    rules: list[tuple[str, RuleSpec]] = list(subject.rules)
     labels = {label for label, _ in rules}
-    contrasts = [("x", R.LRP0()), ("w2_first", [R.WSquare()] + [R.ZPlus()] * (net.n_layers - 1))]
+    contrasts: list[tuple[str, RuleSpec]] = [("x", R.LRP0()),
+                                             ("w2_first", [R.WSquare()] + [R.ZPlus()] * (net.n_layers - 1))]
     found = Findings()
     if float(x.min()) >= 0:  # the unshifted box [0, ceil(max)] needs non-negative data
         contrasts.append((UNSHIFTED, [R.ZB.for_data(x)] + [R.ZPlus()] * (net.n_layers - 1)))
@@ -213,12 +220,12 @@ def subject_invariance(subject, *, confidence: float = DEFAULT_CONFIDENCE) -> Fi
             key = RateKey("invariance", "unchanged", subject=name, rule=label)
             found.add(key, Rate(int(holds.sum()), holds.numel(), confidence),
                       describe(key) + _HOW.get(label, "") + " [c = the inputs' per-feature mean]")
-    labels = [label for label, _ in rules]
-    names = [str(RateKey("invariance", "unchanged", subject=name, rule=label)) for label in labels]
-    found.plots.append(_figure(f"invariance_{name}.png", f"Input invariance per rule, subject {name}", names, labels))
+    shown = [label for label, _ in rules]
+    names = [str(RateKey("invariance", "unchanged", subject=name, rule=label)) for label in shown]
+    found.plots.append(_figure(f"invariance_{name}.png", f"Input invariance per rule, subject {name}", names, shown))
     return found
 
 
-def _groups(outputs: torch.Tensor):
+def _groups(outputs: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
     for cls in sorted(set(outputs.tolist())):
         yield cls, (outputs == cls).nonzero().squeeze(1)

@@ -43,12 +43,15 @@ import json
 import math
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 import dtd
 from dtd import rules as R
+from dtd.decomposition import Decomposition
+from dtd.lowering.capture import SelectLike
 from dtd.outputs import is_weights
 from dtd.threads import one_thread
 from dtd.validation import check_int, check_seed
@@ -56,8 +59,12 @@ from dtd.validation import check_int, check_seed
 from ..generate import variants as V
 from ..measure.checks import draw_neurons, root_outcomes
 from ..measure.keys import LAYER_NAMES_SEPARATOR, OUTCOMES, RateKey, check_name, describe, layer_names_label
+from ..measure.recorder import Recorder
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate
 from ..measure.thresholds import CONSERVED_SHARE, ZERO_OUTPUT_ULPS, zero_output_tolerance
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["Subject", "SubjectResult", "SubjectPart", "evaluate", "evaluate_part", "merge_parts", "ITEM_WORK",
            "SMALL_MODEL_ACTIVATIONS", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "REGION_LP_ENTRIES",
@@ -88,6 +95,10 @@ SMALL_MODEL_ACTIVATIONS = 100_000
 _NAME = re.compile(r"^[A-Za-z0-9_+\-]+$")
 
 OutputsLike = str | int | tuple | Sequence[int] | torch.Tensor
+#: a rule of a subject: a rule name or variant label, a rule object, or a ``(label, rule or per-layer rules)`` pair
+RuleChoice = str | R.Rule | tuple[str, R.RuleLike | list[R.RuleLike] | tuple[R.RuleLike, ...]]
+#: a resolved rule of a subject: its label and the rule (or one rule per layer)
+LabelledRule = tuple[str, R.Rule | list[R.Rule]]
 
 
 class Subject:
@@ -165,14 +176,14 @@ class Subject:
         inputs: torch.Tensor,
         *,
         outputs: OutputsLike = "predicted",
-        select=None,
-        rules: Sequence = ("z+",),
-        input_box: tuple | None = None,
+        select: SelectLike = None,
+        rules: str | R.Rule | Sequence[RuleChoice] = ("z+",),
+        input_box: tuple[float | torch.Tensor, float | torch.Tensor] | None = None,
         neurons_per_point: int | None = 64,
         max_points: int | None = None,
         findings: bool = True,
         points_per_item: int | str | None = "auto",
-    ):
+    ) -> None:
         check_name(name, "name")  # the suite's one name rule (RateKey, Implementation)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (an nn.Sequential), got {type(model).__name__}")
@@ -236,7 +247,8 @@ class Subject:
         self.inputs = x[keep]
         self.outputs = explained[keep]
         self.input_box = _check_box(input_box, self.inputs)
-        self.rules = tuple(_resolve_rules(rules, self.inputs.flatten(1), self.network.n_layers, self.input_box))
+        resolved = _resolve_rules(rules, self.inputs.flatten(1), self.network.n_layers, self.input_box)
+        self.rules: tuple[LabelledRule, ...] = tuple(resolved)
         for label, rule in self.rules:
             try:  # the rules' domains (z+ and gamma need inputs >= 0 at every layer), up front
                 if isinstance(self.network, dtd.GraphNetwork):
@@ -258,7 +270,7 @@ class Subject:
                 raise ValueError(f"points_per_item must be a positive int, 'auto' or None, got {points_per_item!r}")
             points_per_item = check_int(points_per_item, "points_per_item", minimum=1)
         #: points per part (test item); None: one part
-        self.points_per_item = points_per_item
+        self.points_per_item: int | None = points_per_item
 
     @property
     def n_parts(self) -> int:
@@ -296,7 +308,8 @@ def layer_names(model: nn.Module, n_layers: int) -> list[str] | None:
     (a model the lowering reads differently).
     """
     leaves = [(name, module) for name, module in model.named_modules() if not list(module.children())]
-    groups, current = [], []
+    groups: list[list[str]] = []
+    current: list[str] = []
     for name, module in leaves:
         if isinstance(module, _BOUNDARY):
             groups.append(current)
@@ -304,11 +317,12 @@ def layer_names(model: nn.Module, n_layers: int) -> list[str] | None:
         elif not isinstance(module, _SHAPE_ONLY):
             current.append(f"{name} {type(module).__name__}")
     groups.append(current)
-    groups = [g for g in groups if g]
-    return [" + ".join(g) for g in groups] if len(groups) == n_layers else None
+    named = [" + ".join(g) for g in groups if g]
+    return named if len(named) == n_layers else None
 
 
-def check_model(model: nn.Module, input_shape: Sequence[int], select=None) -> dtd.ReLUNetwork | dtd.GraphNetwork:
+def check_model(model: nn.Module, input_shape: Sequence[int],
+                select: SelectLike = None) -> dtd.ReLUNetwork | dtd.GraphNetwork:
     """Lower ``model`` as :class:`Subject` will, so a factory can refuse a model before it trains it.
 
     Call it on the untrained model at the top of a factory; it raises the
@@ -321,7 +335,8 @@ def check_model(model: nn.Module, input_shape: Sequence[int], select=None) -> dt
     return _lower(model, tuple(int(n) for n in input_shape), select)
 
 
-def _lower(model: nn.Module, input_shape: tuple, select=None) -> dtd.ReLUNetwork | dtd.GraphNetwork:
+def _lower(model: nn.Module, input_shape: tuple[int, ...],
+           select: SelectLike = None) -> dtd.ReLUNetwork | dtd.GraphNetwork:
     """The model lowered exactly: densely by ``from_sequential`` where it can,
     else by the graph engine (``from_module``).
 
@@ -338,7 +353,7 @@ def _lower(model: nn.Module, input_shape: tuple, select=None) -> dtd.ReLUNetwork
     return dtd.ReLUNetwork.from_module(model, input_shape, select=select)
 
 
-def _auto_points_per_item(net, n_rules: int, neurons: int | None) -> int:
+def _auto_points_per_item(net: dtd.ReLUNetwork | dtd.GraphNetwork, n_rules: int, neurons: int | None) -> int:
     """Points per part within :data:`ITEM_WORK`: per point, rule and layer, the roots times what ``f_k`` recomputes."""
     work = 0
     for k in range(net.n_layers):
@@ -354,7 +369,7 @@ def _auto_points_per_item(net, n_rules: int, neurons: int | None) -> int:
     return max(1, ITEM_WORK // max(1, n_rules * work))
 
 
-def _show_outputs(outputs) -> str:
+def _show_outputs(outputs: OutputsLike) -> str:
     if isinstance(outputs, torch.Tensor):
         return f"tensor of shape {tuple(outputs.shape)}"
     return repr(outputs) if isinstance(outputs, (str, int)) else f"{type(outputs).__name__} of {len(outputs)}"
@@ -392,31 +407,33 @@ def _explained_outputs(outputs: OutputsLike, logits: torch.Tensor) -> torch.Tens
     return values
 
 
-def _check_box(box, inputs: torch.Tensor):
+def _check_box(box: object, inputs: torch.Tensor) -> tuple[float | torch.Tensor, float | torch.Tensor] | None:
     if box is None:
         return None
     if not isinstance(box, (tuple, list)) or len(box) != 2:
         raise TypeError(f"input_box must be a (low, high) pair, got {box!r}")
-    rule = R.ZB(*box)  # checks the bounds' types, finiteness and low <= high
+    low_bound, high_bound = box
+    rule = R.ZB(low_bound, high_bound)  # checks the bounds' types, finiteness and low <= high
     flat = inputs.flatten(1).double()
     low, high = rule.low.to(flat.device), rule.high.to(flat.device)
     if bool((flat < low).any() | (flat > high).any()):
         raise ValueError(f"inputs lie outside input_box: values in [{float(flat.min()):g}, {float(flat.max()):g}]")
-    return tuple(box)
+    return low_bound, high_bound
 
 
-def _resolve_rules(rules, x_flat: torch.Tensor, n_layers: int, box) -> list[tuple[str, object]]:
+def _resolve_rules(rules: str | R.Rule | Sequence[RuleChoice], x_flat: torch.Tensor, n_layers: int,
+                   box: tuple[float | torch.Tensor, float | torch.Tensor] | None) -> list[LabelledRule]:
     """``[(label, rule or per-layer rules)]`` from the user's specification."""
-    if isinstance(rules, (str, R.Rule)):
-        rules = [rules]
-    if not isinstance(rules, Sequence) or len(rules) == 0:
+    choices: Sequence[RuleChoice] = [rules] if isinstance(rules, (str, R.Rule)) else rules
+    if not isinstance(choices, Sequence) or len(choices) == 0:
         raise ValueError(f"rules must be a non-empty sequence of rules, got {rules!r}")
     variants = {v.label: v for entry in V.declared() for v in entry.variants}
-    resolved = []
-    for spec in rules:
+    resolved: list[LabelledRule] = []
+    for spec in choices:
+        rule: R.Rule | list[R.Rule]
         if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
-            label, rule = spec
-            rule = [R.Rule.ensure(r) for r in rule] if isinstance(rule, (list, tuple)) else R.Rule.ensure(rule)
+            label, given = spec
+            rule = [R.Rule.ensure(r) for r in given] if isinstance(given, (list, tuple)) else R.Rule.ensure(given)
         elif isinstance(spec, str):
             label = spec
             if spec == "zB":
@@ -441,18 +458,23 @@ def _resolve_rules(rules, x_flat: torch.Tensor, n_layers: int, box) -> list[tupl
 
 
 # --------------------------------------------------------------------------- evaluation
+#: a histogram's ``(file, title, series, xlabel, caption)``; an image grid's ``(file, title, rows, columns, caption)``
+Histogram = tuple[str, str, dict[str, list[float]], str, str]
+ImageGrid = tuple[str, str, list[dict[str, Any]], list[str], str]
+
+
 @dataclasses.dataclass
 class SubjectResult:
     """What :func:`evaluate` found: rates (with descriptions), counts and plot data."""
 
     subject: str  # the subject's name
-    rates: dict  # RateKey -> (Rate, description)
-    counts: dict  # label -> number
-    histograms: list  # (file, title, series, xlabel, caption)
-    image_grids: list  # (file, title, rows, columns, caption)
-    layer_names: list | None = None  # the model's modules behind each DTD layer, or None
+    rates: dict[RateKey, tuple[Rate, str]]  # RateKey -> (Rate, description)
+    counts: dict[str, float]  # label -> number
+    histograms: list[Histogram]  # (file, title, series, xlabel, caption)
+    image_grids: list[ImageGrid]  # (file, title, rows, columns, caption)
+    layer_names: list[str] | None = None  # the model's modules behind each DTD layer, or None
 
-    def record(self, property_report, *, summary: bool = True) -> None:
+    def record(self, property_report: Recorder, *, summary: bool = True) -> None:
         """Write everything into the property report (rates are gated by the run's baseline)."""
         for key, (rate, description) in self.rates.items():
             show = summary and key.outcome in ("conserved", "gradient_match", "region_match") and key.layer in (None, 0)
@@ -472,7 +494,7 @@ def _file(subject: str, label: str, what: str) -> str:
     return f"subject_{subject}_{label.replace('+', 'plus')}_{what}.png"
 
 
-def _progress(total: int, desc: str):
+def _progress(total: int, desc: str) -> tqdm[Any] | None:
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency; a missing bar is no error
@@ -490,17 +512,21 @@ class SubjectPart:
     between processes (pytest-xdist workers) without changing a bit.
     """
 
-    info: dict  # what merging needs of the subject itself (:func:`_info`): name, rules, sizes, heatmap inputs
+    #: what merging needs of the subject itself (:func:`_info`): name, rules, sizes, heatmap inputs
+    info: dict[str, Any]
     index: int
     n_points: int
-    clusters: dict  # (rule label, layer, outcome) -> [(successes, trials) per point]
-    conserved: dict  # rule label -> (points conserved, points)
-    books: dict  # (rule label, layer, field) -> relevance summed over the part's points
-    ratios: dict  # rule label -> sum over the part's points of sum_i R_i / f(x)
-    series: dict  # (rule label, series) -> values, for the histograms
-    heat: dict  # rule label -> {point index: relevance as nested lists} for points < HEATMAP_POINTS
+    #: (rule label, layer, outcome) -> [(successes, trials) per point]
+    clusters: dict[tuple[str, int, str], list[tuple[int, int]]]
+    conserved: dict[str, tuple[int, int]]  # rule label -> (points conserved, points)
+    #: (rule label, layer, field) -> relevance summed over the part's points
+    books: dict[tuple[str, int, str], float]
+    ratios: dict[str, float]  # rule label -> sum over the part's points of sum_i R_i / f(x)
+    series: dict[tuple[str, str], list[float]]  # (rule label, series) -> values, for the histograms
+    #: rule label -> {point index: relevance as nested lists} for points < HEATMAP_POINTS
+    heat: dict[str, dict[int, Any]]
     # point index -> (input as nested lists, output) of those points
-    shown: dict = dataclasses.field(default_factory=dict)
+    shown: dict[int, tuple[Any, int]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         """The part as JSON text (floats written exactly)."""
@@ -536,7 +562,7 @@ def _part_seed(seed: int, index: int) -> int:
 _PART_SEED_STRIDE = 1_000_003
 
 
-def _threads(net):
+def _threads(net: dtd.ReLUNetwork | dtd.GraphNetwork) -> contextlib.AbstractContextManager[Any]:
     """One intra-op thread for a model of small activations (torch's threads only contend there: 11x slower on a busy
     2-core machine for the digits ResNet), the caller's setting otherwise."""
     sizes = (
@@ -622,7 +648,7 @@ def evaluate_part(subject: Subject, index: int, *, seed: int = 0) -> SubjectPart
                                 _region_roots(net, dec, k, c, n_region, lp_plan[k][1], generator))
                         if bar is not None:
                             bar.update()
-                part.conserved[label] = tuple(conserved)
+                part.conserved[label] = (conserved[0], conserved[1])
                 part.ratios[label] = ratio
     finally:
         if bar is not None:
@@ -630,7 +656,7 @@ def evaluate_part(subject: Subject, index: int, *, seed: int = 0) -> SubjectPart
     return part
 
 
-def _info(subject: Subject) -> dict:
+def _info(subject: Subject) -> dict[str, Any]:
     """What :func:`merge_parts` needs of a subject, as JSON values (a controlling process never builds the subject)."""
     net = subject.network
     names = net.layer_names() if isinstance(net, dtd.GraphNetwork) else layer_names(subject.model, net.n_layers)
@@ -670,12 +696,12 @@ def merge_parts(parts: Sequence[SubjectPart], *, confidence: float = DEFAULT_CON
     subject = _Info(info)
     name = subject.name
     n_points = subject.n_points
-    rates: dict = {}
-    counts: dict = {}
-    histograms = []
+    rates: dict[RateKey, tuple[Rate, str]] = {}
+    counts: dict[str, float] = {}
+    histograms: list[Histogram] = []
     tail = (f"{subject.neurons_per_point} neurons drawn per point and layer" if subject.neurons_per_point
             else "every neuron") + f", {n_points} points, intervals clustered by point"
-    lp_plan = {k: tuple(plan) for k, plan in enumerate(subject.lp_plan)}
+    lp_plan = {k: (plan[0], plan[1]) for k, plan in enumerate(subject.lp_plan)}
     for label in subject.rules:
         if subject.graph:
             counts[f"subject {name}, {label}: region_root_exists not measured (the exact in-region LPs need the "
@@ -705,7 +731,7 @@ def merge_parts(parts: Sequence[SubjectPart], *, confidence: float = DEFAULT_CON
         held = [sum(p.conserved[label][i] for p in parts) for i in (0, 1)]
         rates[key] = (Rate(held[0], held[1], confidence),
                       f"subject {name}, rule {label}: {OUTCOMES['conserved']} (points)")
-        books: dict = {}
+        books: dict[tuple[int, str], float] = {}
         for p in parts:
             for (rule_label, k, field), value in p.books.items():
                 if rule_label == label:
@@ -733,7 +759,7 @@ def merge_parts(parts: Sequence[SubjectPart], *, confidence: float = DEFAULT_CON
             "mean absolute gradient difference",
             "The notebook's second histogram; 0: every root lies in the input's linear region.",
         ))
-    grids = []
+    grids: list[ImageGrid] = []
     if len(subject.input_shape) >= 2:
         heat = {label: {i: rel for p in parts for i, rel in p.heat.get(label, {}).items()} for label in subject.rules}
         shown = {i: entry for p in parts for i, entry in p.shown.items()}
@@ -777,7 +803,7 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
     return merge_parts([evaluate_part(subject, i, seed=seed) for i in range(subject.n_parts)], confidence=confidence)
 
 
-def _lp_plan(net: dtd.ReLUNetwork, k: int) -> tuple[int, int]:
+def _lp_plan(net: dtd.ReLUNetwork | dtd.GraphNetwork, k: int) -> tuple[int, int]:
     """``(points, neurons per point)`` of layer ``k``'s exact LPs within
     :data:`REGION_LP_ENTRIES` (none on a graph network)."""
     if isinstance(net, dtd.GraphNetwork):
@@ -791,7 +817,8 @@ def _lp_plan(net: dtd.ReLUNetwork, k: int) -> tuple[int, int]:
 
 
 def _region_roots(
-    net, dec, k: int, output: int, n_points: int, n_neurons: int, generator: torch.Generator
+    net: dtd.ReLUNetwork | dtd.GraphNetwork, dec: Decomposition, k: int, output: int, n_points: int, n_neurons: int,
+    generator: torch.Generator,
 ) -> list[tuple[int, int]]:
     """Per point ``(found, tried)``: in-region roots by exact LP for a few drawn relevance-carrying neurons."""
     lay = dec.layers[k]
@@ -808,13 +835,27 @@ def _region_roots(
 
 
 class _Info:
-    """:func:`_info`'s dict read as attributes."""
+    """:func:`_info`'s dict read as attributes (JSON values: lists, not tuples)."""
 
-    def __init__(self, info: dict):
+    name: str
+    rules: list[str]
+    n_points: int
+    n_dropped: int
+    neurons_per_point: int | None
+    points_per_item: int | None
+    n_parts: int
+    graph: bool
+    lp_plan: list[list[int]]
+    input_shape: list[int]
+    layer_names: list[str] | None
+    dtype: str
+    fingerprint: str
+
+    def __init__(self, info: dict[str, Any]) -> None:
         self.__dict__.update(info)
 
 
-def _heatmaps(subject: _Info, heat: dict, shown: list):
+def _heatmaps(subject: _Info, heat: dict[str, dict[int, Any]], shown: list[tuple[Any, int]]) -> ImageGrid:
     """Inputs beside their relevance under every rule, for the first few points (channels averaged / summed).
 
     ``heat``: rule label -> {point index: relevance (nested lists of the input's shape)} for the points shown;

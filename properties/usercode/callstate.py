@@ -20,7 +20,9 @@ import functools
 import signal
 import threading
 import time
+import types
 from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import torch
 
@@ -72,7 +74,7 @@ def _clean_global_state() -> dict:
             "torch threads": torch.get_num_threads(), "torch global RNG": _clean_rng_state()}
 
 
-def _state_text(name: str, value) -> str:
+def _state_text(name: str, value: Any) -> str:  # a value of the state named `name` (a dtype, a flag, a pair)
     if name == "torch default dtype":
         return str(value).replace("torch.", "")
     if name == "grad mode":
@@ -137,7 +139,7 @@ def time_limit(seconds: float | None) -> Iterator[None]:
             raise CallTimeout()
         return
 
-    def alarm(signum, frame):
+    def alarm(signum: int, frame: types.FrameType | None) -> NoReturn:
         raise CallTimeout()
 
     previous = signal.signal(signal.SIGALRM, alarm)
