@@ -560,7 +560,8 @@ def test_lowering_changes_nothing_of_the_model_nor_torchs_state():
 
 @pytest.mark.parametrize("relu", [
     pytest.param(F.relu, id="F.relu"), pytest.param(torch.relu, id="torch.relu"),
-    pytest.param(lambda z: z.clamp(min=0), id="clamp(min=0)"), pytest.param(lambda z: torch.clamp_min(z, 0), id="clamp_min"),
+    pytest.param(lambda z: z.clamp(min=0), id="clamp(min=0)"),
+    pytest.param(lambda z: torch.clamp_min(z, 0), id="clamp_min"),
     pytest.param(lambda z: torch.maximum(z, torch.zeros_like(z)), id="maximum(z, 0)"),
     pytest.param(lambda z: z.relu_(), id="relu_"), pytest.param(nn.ReLU(inplace=True), id="nn.ReLU(inplace=True)"),
 ])  # fmt: skip
@@ -573,7 +574,8 @@ def test_every_spelling_of_relu_is_one_relu_node(relu):
 
 def test_a_module_called_twice_is_two_layers_of_the_same_weights():
     shared = nn.Linear(4, 4)
-    model = _seeded(lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(), shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(4, 2)))
+    model = _seeded(lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(), shared, nn.ReLU(), shared, nn.ReLU(),
+                                          nn.Linear(4, 2)))
     net = lower_module(model, (3,))
     assert net.n_layers == 4 and net.layer_names()[1:3] == ["2", "4"]  # the module's names at its two call sites
     assert torch.equal(net.weight(1), net.weight(2))
