@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,7 +27,13 @@ from ..measure.keys import RateKey
 from ..measure.recorder import Recorder
 from ..measure.stats import Rate
 
-__all__ = ["relevance_from_top", "rule_list", "Findings", "RuleSpec"]
+if TYPE_CHECKING:
+    from ..subjects.subject import Subject
+
+__all__ = ["relevance_from_top", "rule_list", "Findings", "RuleSpec", "dense_network", "Series"]
+
+#: one line of a plot: ``{"x": [...], "y": [...], "low": [...], "high": [...]}`` (None where a value is missing)
+Series = dict[str, list[float | None]]
 
 #: one rule (object or name) for every layer, or one per layer
 RuleSpec = dtd.rules.RuleLike | Sequence[dtd.rules.RuleLike]
@@ -43,6 +49,15 @@ def rule_list(rule: RuleSpec, n_layers: int) -> list[dtd.Rule]:
             raise ValueError(f"{len(rules)} per-layer rules for a network of {n_layers} layers")
         return rules
     raise TypeError(f"a rule must be a str or a dtd.rules.Rule, or a list of them, got {type(rule).__name__} {rule!r}")
+
+
+def dense_network(subject: Subject, family: str) -> dtd.ReLUNetwork:
+    """The subject's network, which the field's findings read as dense layers (``TypeError`` for a graph network)."""
+    net = subject.network
+    if not isinstance(net, dtd.ReLUNetwork):
+        raise TypeError(f"the {family} family runs on the dense layers of from_sequential; subject {subject.name} was "
+                        "lowered by the graph engine")
+    return net
 
 
 def relevance_from_top(net: dtd.ReLUNetwork, x: torch.Tensor, top: torch.Tensor, rule: RuleSpec) -> torch.Tensor:

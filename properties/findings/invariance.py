@@ -44,7 +44,7 @@ from ..generate import variants as V
 from ..measure.keys import RateKey, describe
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate
 from ..measure.thresholds import INVARIANT_RTOL
-from .common import Findings, RuleSpec, rule_list
+from .common import Findings, RuleSpec, dense_network, rule_list
 
 if TYPE_CHECKING:
     from ..generate.strategies import Case
@@ -196,7 +196,7 @@ def subject_invariance(subject: Subject, *, confidence: float = DEFAULT_CONFIDEN
     keeps non-negative inputs non-negative).  zB rows use the subject's box
     shifted by ``c`` (or, for :data:`UNSHIFTED`, the shifted data's own box).
     """
-    net, name = subject.network, subject.name
+    net, name = dense_network(subject, "invariance"), subject.name
     x = subject.inputs.flatten(1)
     c = x.mean(0).double()  # in the inputs' dtype, so x + c and the shifted box round alike
     rules: list[tuple[str, RuleSpec]] = list(subject.rules)

@@ -113,7 +113,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _dumps(obj) -> bytes:
+def _dumps(obj: object) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -121,7 +121,7 @@ def _dumps(obj) -> bytes:
 _BOUND_TOLERANCE = 1e-12
 
 
-def _entry_problem(entry) -> str | None:
+def _entry_problem(entry: object) -> str | None:
     """What is wrong with one baseline entry (a field and why), or None."""
     if not isinstance(entry, dict):
         return f"must be an object with the fields {', '.join(BASELINE_KEYS)}, got {type(entry).__name__}"

@@ -267,7 +267,7 @@ def _lines(fig, plot: Mapping):
     fig.set_size_inches(5.2 * columns + 0.4, 3.4 * rows + 0.8)
     axes = np.array(fig.subplots(rows, columns, squeeze=False)).reshape(-1)
     colours = {}
-    for axis, panel in zip(axes, panels, strict=True):
+    for axis, panel in zip(axes, panels, strict=False):  # an odd number of panels leaves a last axis: hidden below
         for label, line in panel["series"].items():
             colour = colours.setdefault(label, f"C{len(colours) % 10}")
             axis.plot(line["x"], line["y"], marker="o", markersize=3, label=label, color=colour)

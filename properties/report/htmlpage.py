@@ -20,7 +20,7 @@ from itertools import pairwise
 from .markdown import GLOSSARY, RUN_SETTINGS, VERDICT_LINKS, moved, reading_guide, setting
 from .papers import opening
 from .sections import sections, split_by_design
-from .summary import Summary, format_rate, interval, percent, row_anchor, scale_word
+from .summary import Answer, Summary, format_rate, interval, percent, row_anchor, scale_word
 from .tables import Matrix, SubjectGrid, implementation_matrix, is_break, subject_grids
 
 __all__ = ["html_page"]
@@ -148,7 +148,7 @@ def _changes(summary: Summary) -> str:
             f"<th>baseline</th><th>change</th><th>status</th></tr></thead><tbody>{body}</tbody></table>")
 
 
-def _answer_line(a) -> str:
+def _answer_line(a: Answer) -> str:
     causes = "".join(f'<div class="cause">{escape(c)}</div>' for c in a.causes)
     return f'<span class="verdict">{escape(a.verdict)}</span>: {escape(a.detail)}.{causes}'
 
@@ -214,7 +214,7 @@ def _stack(grid: SubjectGrid, layer: int) -> str:
             f'<div class="bias" style="width:{11 * abs(bias):.2f}em"></div><small>{escape(tip)}</small></td>')
 
 
-def _causes_of(names, causes: Mapping) -> str:
+def _causes_of(names: Sequence[str], causes: Mapping) -> str:
     found = [(n, c) for n in names for c in causes.get(n, [])]
     return "".join(f'<div class="cause"><code>{escape(n)}</code> {escape(c)}</div>' for n, c in found)
 
@@ -282,8 +282,8 @@ def _figures(plots: Sequence[Mapping], images: Mapping[str, bytes]) -> str:
 
 def _findings(rows: Sequence[Mapping]) -> str:
     """The findings' families: each paper's claim beside the run's answer (only families with rows)."""
-    paragraphs = [(section.title, opening(section.family, rows)) for section in sections(rows) if section.family]
-    paragraphs = [(title, text) for title, text in paragraphs if text]
+    opened = [(section.title, opening(section.family, rows)) for section in sections(rows) if section.family]
+    paragraphs = [(title, text) for title, text in opened if text]
     if not paragraphs:
         return ""
     return ('<h2 id="findings">The field\'s findings</h2>'

@@ -9,10 +9,10 @@ apart from the measured findings.
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .papers import opening
-from .sections import sections, split_by_design
+from .sections import Section, sections, split_by_design
 from .summary import SCALE_TEXT, Summary, format_rate, interval, percent, row_anchor, scale_word
 from .tables import Matrix, SubjectGrid, implementation_matrix, is_break, subject_grids
 
@@ -93,7 +93,7 @@ def setting(config: Mapping, key: str) -> str:
     return f"{SETTING_LABELS.get(key, key)} {html.escape(str(value))}"  # paths: no raw HTML
 
 
-def section_title(section, config: Mapping) -> str:
+def section_title(section: Section, config: Mapping) -> str:
     """A section's heading: "Subjects" / "Implementations", "Your ..." only when every row is the user's."""
     key = YOURS.get(section.family)
     if key is None:
@@ -105,7 +105,7 @@ def section_title(section, config: Mapping) -> str:
     return section.title
 
 
-def _part_title(section, title: str, config: Mapping) -> str:
+def _part_title(section: Section, title: str, config: Mapping) -> str:
     key = YOURS.get(section.family)
     return f"{title} (yours)" if key and title in set(config.get(key) or ()) else title
 
@@ -119,7 +119,7 @@ def _link(anchor: str, text: str | None = None) -> str:
     return f"[{text or GLOSSARY[anchor][0]}](#{anchor})"
 
 
-def reading_guide(confidence: float | None, link=_link) -> str:
+def reading_guide(confidence: float | None, link: Callable[..., str] = _link) -> str:
     """One paragraph on how to read every rate, linking each glossary term at its first use."""
     level = "the run's" if confidence is None else f"{100 * confidence:g} %"
     return (

@@ -9,7 +9,7 @@ run's rows ("here: z+ 100.00 % [90.61, 100.00] of points at depth 8, x:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from ..measure.keys import RateKey
 from .summary import format_rate
@@ -59,11 +59,15 @@ def _keyed(rows: Iterable[Mapping]) -> list[tuple[RateKey, Mapping]]:
     return out
 
 
-def _listing(pairs: list[tuple[str, Mapping]]) -> str:
+#: rows with their keys, of one family
+Keyed = list[tuple[RateKey, Mapping]]
+
+
+def _listing(pairs: Sequence[tuple[str | None, Mapping]]) -> str:
     return ", ".join(f"{label} {format_rate(r)}" for label, r in pairs)
 
 
-def _insensitivity(keyed) -> list[str]:
+def _insensitivity(keyed: Keyed) -> list[str]:
     parts = []
     generated = [(k, r) for k, r in keyed if k.subject is None and k.pair == "outputs"]
     depth = (
@@ -86,7 +90,7 @@ def _insensitivity(keyed) -> list[str]:
     return parts
 
 
-def _invariance(keyed) -> list[str]:
+def _invariance(keyed: Keyed) -> list[str]:
     parts = []
     generated = [(k.rule, r) for k, r in keyed if k.subject is None]
     if generated:
@@ -96,11 +100,11 @@ def _invariance(keyed) -> list[str]:
     return parts
 
 
-def _randomisation(keyed) -> list[str]:
+def _randomisation(keyed: Keyed) -> list[str]:
     parts = []
-    for subject in sorted({k.subject for k, _ in keyed}):
+    for subject in sorted({k.subject for k, _ in keyed if k.subject is not None}):
         mine = [(k, r) for k, r in keyed if k.subject == subject and k.outcome == "rank_similar"]
-        top = max(k.randomised for k, _ in mine) if mine else None
+        top = max((k.randomised for k, _ in mine if k.randomised is not None), default=None)
         if top is not None:
             parts.append(f"subject {subject}, all {top} parameterised layers re-initialised, points still rank-similar "
                          "(Spearman >= 0.9): " + _listing([(k.rule, r) for k, r in mine if k.randomised == top]))

@@ -163,7 +163,7 @@ def split_by_design(rows: Iterable[Mapping]) -> tuple[list, list[tuple[Mapping, 
     for r in rows:
         key = row_key(r)
         reason = None if key is None else by_design(key)
-        if reason is None:
+        if key is None or reason is None:
             measured.append(r)
         else:
             fixed.append((FAMILIES.index(key.family), row_order(key), r["name"], r, reason))

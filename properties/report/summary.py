@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from ..measure.keys import FINDERS, SEED, RateKey
 from .sections import natural_key, row_key, split_by_design
@@ -91,7 +92,7 @@ def percent(value: float | None) -> str:
 
 def interval(low: float | None, high: float | None) -> str:
     """``"[39.10, 45.27]"`` in percent, or a dash without data."""
-    return "—" if low is None else f"[{100 * low:.2f}, {100 * high:.2f}]"
+    return "—" if low is None or high is None else f"[{100 * low:.2f}, {100 * high:.2f}]"
 
 
 def format_rate(row: Mapping) -> str:
@@ -179,27 +180,29 @@ class _Rows:
                 self.keyed.append((_normal(key), r))
                 self.by_key[_normal(key)] = r
 
-    def get(self, **fields) -> Mapping | None:
+    def get(self, **fields: Any) -> Mapping | None:
         try:
             return self.by_key.get(_normal(RateKey(**fields)))
         except ValueError:
             return None
 
-    def where(self, **fields) -> list[tuple[RateKey, Mapping]]:
+    def where(self, **fields: Any) -> list[tuple[RateKey, Mapping]]:
         return [(k, r) for k, r in self.keyed if all(getattr(k, f) == v for f, v in fields.items())]
 
     def families(self) -> set:
         return {k.family for k, _ in self.keyed}
 
 
-def _one(question: str, row: Mapping | None, what: str, label: str | None = None) -> Answer | None:
-    if row is None:
-        return None
+def _answer(question: str, row: Mapping, what: str, label: str | None = None) -> Answer:
     return Answer(question, scale_word(row), f"{format_rate(row)} of {row['trials']} {what}", [row["name"]], label)
 
 
+def _one(question: str, row: Mapping | None, what: str, label: str | None = None) -> Answer | None:
+    return None if row is None else _answer(question, row, what, label)
+
+
 def _notebook(rows: _Rows) -> list[Answer]:
-    out = [
+    out: list[Answer | None] = [
         _one("Does a first-layer z+ root set the explained output to zero (|f(root)| <= 1e-6)?",
              rows.get(family="notebook", outcome="zero_output"), "roots"),
         _one("Is the output unchanged at the root (the notebook's printed number, f(x) - f(root) < 1e-6)?",
@@ -214,10 +217,11 @@ def _notebook(rows: _Rows) -> list[Answer]:
     return [a for a in out if a is not None]
 
 
-def _per_label(question: str, pairs: list[tuple[str, Mapping]], what: str) -> list[Answer]:
+def _per_label(question: str, pairs: Sequence[tuple[str | None, Mapping]], what: str) -> list[Answer]:
     """One answer per label (rule, finder, layer) of one question: never a range over several rates."""
-    pairs = sorted(((label, r) for label, r in pairs if r.get("rate") is not None), key=lambda p: natural_key(p[0]))
-    return [_one(question, r, what, label) for label, r in pairs]
+    measured = sorted(((label, r) for label, r in pairs if r.get("rate") is not None),
+                      key=lambda p: natural_key(p[0] or ""))
+    return [_answer(question, r, what, label) for label, r in measured]
 
 
 def _region(rows: _Rows) -> list[Answer]:
@@ -233,7 +237,8 @@ def _full_backward(rows: _Rows) -> list[Answer]:
     out = []
     for subject, where in ((SEED, "the seed network"), (None, "generated networks")):
         pairs = [(FINDERS["full_backward"].get(k.finder, k.finder), r)
-                 for k, r in rows.where(family="full_backward", subject=subject, layer=None, outcome="conserved")]
+                 for k, r in rows.where(family="full_backward", subject=subject, layer=None, outcome="conserved")
+                 if k.finder is not None]
         out += _per_label(f"Does full_backward conserve relevance on {where} (sum_i R_i within 1 % of f(x))?", pairs,
                           "points")
     return out
@@ -245,7 +250,7 @@ _LIBRARIES = {"breaks": "zennit on the populations where agreement is known to b
 
 def _agreement(rows: _Rows) -> list[Answer]:
     out = []
-    subjects = sorted({k.subject for k, _ in rows.where(family="agreement")},
+    subjects = sorted({k.subject for k, _ in rows.where(family="agreement") if k.subject is not None},
                       key=lambda s: (s in _LIBRARIES, natural_key(s)))
     for subject in subjects:
         pairs = [(k.rule, r) for k, r in rows.where(family="agreement", subject=subject, outcome="points")]
