@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from .sections import natural_key, row_key
 from .summary import GLANCE_COLUMNS
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["derived_plots", "render", "caption", "constant_sentence", "RULES_FIGURE", "LAYERS_FIGURE"]
 
@@ -124,7 +129,7 @@ def constant_sentence(plot: Mapping, by_name: Mapping[str, Mapping], confidence:
             f"({sum(r['trials'] for _, r in pairs)} trials in all; {tail}).")
 
 
-def _interval_errors(rows: list[Mapping | None]):
+def _interval_errors(rows: list[Mapping | None]) -> tuple[list[float], list[list[float]]]:
     rates = [100 * (r["rate"] or 0.0) if r else 0.0 for r in rows]
     low = [max(0.0, rate - 100 * (r["ci_low"] or 0.0)) if r else 0.0 for rate, r in zip(rates, rows, strict=True)]
     high = [max(0.0, 100 * (r["ci_high"] or 0.0) - rate) if r else 0.0 for rate, r in zip(rates, rows, strict=True)]
@@ -148,9 +153,11 @@ def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: float | No
         else:
             fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
         try:
+            labelled: Axes | _Untitled = ax  # what the title and the x label go on
             if plot["kind"] == "histogram":
                 every = [v for values in plot["series"].values() for v in values]
-                edges = np.histogram_bin_edges(every, bins=plot.get("bins", 30)) if every else plot.get("bins", 30)
+                bins = plot.get("bins", 30)
+                edges = np.histogram_bin_edges(every, bins=bins).tolist() if every else bins
                 for label, values in plot["series"].items():
                     ax.hist(values, bins=edges, alpha=0.55, label=f"{label} (n={len(values)})")
                 ax.set_yscale("log")
@@ -200,13 +207,13 @@ def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: float | No
                 ax.set_yticklabels(plot["rows"])
                 ax.set_ylabel(plot.get("ylabel", ""))
             elif plot["kind"] == "image_grid":
-                ax = _image_grid(fig, plot)
+                labelled = _image_grid(fig, plot)
             elif plot["kind"] == "lines":
-                ax = _lines(fig, plot)
+                labelled = _lines(fig, plot)
             else:
                 raise ValueError(f"unknown plot kind {plot['kind']!r}")
-            ax.set_title(plot["title"])
-            ax.set_xlabel(plot.get("xlabel", ""))
+            labelled.set_title(plot["title"])
+            labelled.set_xlabel(plot.get("xlabel", ""))
             grid = plot["kind"] == "image_grid"
             # a grid's colour bars do not fit tight_layout (its file is cropped to its content instead); the lines'
             # panels lay themselves out around a legend below them
@@ -219,7 +226,7 @@ def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: float | No
             plt.close(fig)
 
 
-def _image_grid(fig, plot: Mapping):
+def _image_grid(fig: Figure, plot: Mapping) -> _Untitled:
     """Rows of images: the input in grey, then the relevance-like columns on one diverging scale per row.
 
     The scale is centred at 0 (white; red positive, blue negative) and shared
@@ -255,7 +262,7 @@ def _image_grid(fig, plot: Mapping):
     return _Untitled()
 
 
-def _lines(fig, plot: Mapping):
+def _lines(fig: Figure, plot: Mapping) -> _Untitled:
     """Panels side by side (two per row), one line per series with its interval as a band; the title above them."""
     import numpy as np
     from matplotlib.ticker import MaxNLocator
@@ -266,7 +273,7 @@ def _lines(fig, plot: Mapping):
     fig.clf()
     fig.set_size_inches(5.2 * columns + 0.4, 3.4 * rows + 0.8)
     axes = np.array(fig.subplots(rows, columns, squeeze=False)).reshape(-1)
-    colours = {}
+    colours: dict[str, str] = {}
     for axis, panel in zip(axes, panels, strict=False):  # an odd number of panels leaves a last axis: hidden below
         for label, line in panel["series"].items():
             colour = colours.setdefault(label, f"C{len(colours) % 10}")
@@ -293,8 +300,8 @@ def _lines(fig, plot: Mapping):
 class _Untitled:
     """Stands in for the single axes of the other plot kinds: a grid's title is the figure's own."""
 
-    def set_title(self, *args, **kwargs):
+    def set_title(self, *args: object, **kwargs: object) -> None:
         pass
 
-    def set_xlabel(self, *args, **kwargs):
+    def set_xlabel(self, *args: object, **kwargs: object) -> None:
         pass

@@ -77,7 +77,7 @@ SETTING_LABELS = {
 }
 _HIDDEN = ("hypothesis_max_examples", "hypothesis_derandomize")
 #: the config key of the subjects and implementations a user brought, per family
-YOURS = {"subject": "your_subjects", "conformance": "your_implementations"}
+YOURS: dict[str | None, str] = {"subject": "your_subjects", "conformance": "your_implementations"}
 
 
 def setting(config: Mapping, key: str) -> str:

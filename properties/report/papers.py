@@ -73,7 +73,7 @@ def _insensitivity(keyed: Keyed) -> list[str]:
     depth = (
         QUOTED_DEPTH
         if any(k.depth == QUOTED_DEPTH for k, _ in generated)
-        else max((k.depth for k, _ in generated), default=None)
+        else max((k.depth for k, _ in generated if k.depth is not None), default=None)
     )
     if depth is not None:
         pairs = [(k.rule, r) for k, r in generated if k.depth == depth]
