@@ -102,7 +102,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -115,6 +115,7 @@ from dtd.tolerances import equation_rtol
 from dtd.validation import check_int, check_number
 
 from ..measure.keys import OUTCOMES, SUBSETS, RateKey, check_name
+from ..measure.recorder import Recorder
 from ..measure.stats import Rate, Tally
 from ..measure.thresholds import CONDITIONING_FACTOR, ROUNDING64
 from ..usercode.callstate import CALL_RNG_SEED, GLOBAL_STATE, CallTimeout, clean_global_state, time_limit
@@ -123,7 +124,15 @@ from .stabilizer import stabilizer_bound
 
 # strategies imports hypothesis: loaded when networks are drawn, not when a user module imports the kit
 if TYPE_CHECKING:
+    from dtd.decomposition import Decomposition, GraphDecomposition
+    from dtd.graph import GraphNetwork
+
+    from ..generate.architectures import ModelCase
     from ..generate.strategies import Case
+    from .claims import Claims, ClaimsLike
+
+    #: a case the kit judges: an MLP's or an image model's
+    AnyCase = Case | ModelCase
 
 __all__ = [
     "Implementation",
@@ -162,14 +171,15 @@ IMAGE_NETWORKS = {"cnn": 2, "resnet": 2}
 #: points per CNN / residual net
 IMAGE_POINTS = {"cnn": 4, "resnet": 4}
 #: the bounds of the generated CNNs and residual nets (:func:`properties.generate.architectures.sample_models`)
-IMAGE_SPACE = dict(in_channels=(1, 2), channels=(1, 4), depth=(1, 2), image_size=(2, 8), outputs=(1, 3))
+IMAGE_SPACE: dict[str, Any] = dict(in_channels=(1, 2), channels=(1, 4), depth=(1, 2), image_size=(2, 8),
+                                   outputs=(1, 3))
 #: architectures whose models the claim references (:func:`properties.conformance.claims.reference`) take: not
 #: residual nets (``equals_claim`` is not measured there)
 CLAIM_ARCHITECTURES = ("mlp", "cnn")
 #: relative tolerance of conservation (before the stabiliser's own allowance)
 CONSERVATION_RTOL = 1e-6
 #: the bounds of the generated networks
-CASE_SPACE = dict(depth=(1, 4), width=(1, 16), input_size=(1, 16), outputs=(1, 4))
+CASE_SPACE: dict[str, Any] = dict(depth=(1, 4), width=(1, 16), input_size=(1, 16), outputs=(1, 4))
 #: how many evaluations the counterexample shrinker may spend per property
 SHRINK_BUDGET = 60
 #: the same on a CNN or residual net (each evaluation builds, lowers and explains a new model: fewer steps)
@@ -188,11 +198,12 @@ _SUBSETS = {"equals_dtd": POPULATIONS, "conservation": ("bias_free", "bias_negat
 #: properties without a subset that are measured on one population only
 _ONLY_ON = {"gradient_x_input": "bias_free"}
 
-Attribute = Callable[[nn.Sequential, torch.Tensor, int], torch.Tensor]
+#: ``attribute(model, x, output) -> relevance``: an MLP's nn.Sequential, or the original CNN / residual net
+Attribute = Callable[[nn.Module, torch.Tensor, int], torch.Tensor]
 RulesLike = R.RuleLike | Sequence[R.RuleLike]
 
 
-def _check_name(name) -> str:
+def _check_name(name: object) -> str:
     """The suite's one name rule (:func:`properties.measure.keys.check_name`): rows are
     ``conformance.NAME.PROPERTY``."""
     return check_name(name, "an implementation name")
@@ -242,14 +253,15 @@ class Implementation:
     rule: RulesLike
     seed: str = "value"
     stabilizer: float = 1e-6
-    claims: object = None
+    claims: ClaimsLike | None = None
     architectures: Sequence[str] = ("mlp",)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check_name(self.name)
         if not callable(self.attribute):
             raise TypeError(f"Implementation {self.name!r}: attribute must be callable (model, "
                             f"x, output) -> relevance, got {type(self.attribute).__name__}")
+        rules: tuple[R.Rule, ...]
         if isinstance(self.rule, (str, R.Rule)):
             rules = (R.Rule.ensure(self.rule),)
         elif isinstance(self.rule, Sequence) and len(self.rule) > 0:
@@ -270,9 +282,17 @@ class Implementation:
             object.__setattr__(self, "claims", ensure_claims(self.claims))
         object.__setattr__(self, "architectures", _check_architectures(self.architectures, self.name))
 
+    @property
+    def _rules(self) -> tuple[R.Rule, ...]:
+        return cast("tuple[R.Rule, ...]", self.rule)  # __post_init__ made it a tuple of rule objects
+
+    @property
+    def _claims(self) -> Claims | None:
+        return cast("Claims | None", self.claims)  # __post_init__ made it a Claims (or left None)
+
     def rules_for(self, depth: int) -> list[R.Rule]:
         """The claimed rule of each of ``depth`` layers (the last listed rule repeats upwards)."""
-        return [self.rule[min(k, len(self.rule) - 1)] for k in range(depth)]
+        return [self._rules[min(k, len(self._rules) - 1)] for k in range(depth)]
 
     @property
     def positive_rules(self) -> bool:
@@ -282,11 +302,11 @@ class Implementation:
         itself (``W = [[1.6, -0.2]], b = [-0.2], x = [[0.8, 1.2]]`` gives
         ``R = [0.988, -0.148]``), so positivity is no gamma property.
         """
-        return all(isinstance(r, R.ZPlus) for r in self.rule)
+        return all(isinstance(r, R.ZPlus) for r in self._rules)
 
     @property
     def lrp0(self) -> bool:
-        return all(isinstance(r, R.LRP0) for r in self.rule)
+        return all(isinstance(r, R.LRP0) for r in self._rules)
 
     def properties(self) -> list[tuple[str, str | None]]:
         """The ``(property, subset)`` pairs measured for this implementation, architecture by architecture."""
@@ -294,7 +314,7 @@ class Implementation:
                 for prop, subset, _ in _layout(self, architecture)]
 
 
-def _check_architectures(value, name: str) -> tuple[str, ...]:
+def _check_architectures(value: object, name: str) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Sequence):
         raise TypeError(f"Implementation {name!r}: architectures must be a tuple of architecture names from "
                         f"{ARCHITECTURES}, e.g. ('mlp', 'cnn', 'resnet'), got {value!r}")
@@ -320,7 +340,7 @@ def subset_of(architecture: str, prop: str, population: str | None) -> str | Non
 
 def _layout(impl: Implementation, architecture: str) -> list[tuple[str, str | None, str | None]]:
     """``(property, subset, population or None for all)`` measured on ``architecture``, in report order."""
-    out = []
+    out: list[tuple[str, str | None, str | None]] = []
     for prop in PROPERTIES:
         if (prop == "positivity" and not impl.positive_rules) or (prop == "gradient_x_input" and not impl.lrp0):
             continue
@@ -410,7 +430,7 @@ def _image_networks(architecture: str, name: str, count: int, points: int, seed:
 
 
 #: the bounds of the kit's smallest CNNs / residual nets, tried as counterexamples before a failing case is shrunk
-SMALL_IMAGE_SPACE = dict(in_channels=1, channels=1, depth=1, image_size=2, outputs=1)
+SMALL_IMAGE_SPACE: dict[str, Any] = dict(in_channels=1, channels=1, depth=1, image_size=2, outputs=1)
 #: how many of those small models per architecture and population
 SMALL_IMAGE_CASES = 3
 
@@ -436,7 +456,7 @@ _LOWERED: collections.OrderedDict[int, tuple] = collections.OrderedDict()
 _LOWERED_SIZE = 64
 
 
-def _lower(case):
+def _lower(case: ModelCase) -> ReLUNetwork | GraphNetwork:
     found = _LOWERED.get(id(case.model))
     if found is not None and found[0] is case.model:
         _LOWERED.move_to_end(id(case.model))
@@ -452,27 +472,33 @@ def _lower(case):
 class _Subject:
     """One case as the kit uses it: DTD's network, the inputs, the output and the model handed to the implementation."""
 
-    net: object  # a dtd.ReLUNetwork, or the dtd.GraphNetwork of ``model``
+    net: ReLUNetwork | GraphNetwork  # a dtd.ReLUNetwork, or the dtd.GraphNetwork of ``model``
     x: torch.Tensor
     output: int
     architecture: str
     model: nn.Module | None = None  # the original model (CNNs, residual nets); MLPs: ``net.to_sequential()``
 
+    def _dense(self) -> ReLUNetwork:
+        """An MLP subject's network (a subject without ``model`` is an MLP)."""
+        if not isinstance(self.net, ReLUNetwork):
+            raise TypeError(f"a subject without a model is an MLP, got a {type(self.net).__name__}")
+        return self.net
+
     def fresh(self) -> nn.Module:
         """A copy of the model for one call (nothing shared with the kit's own)."""
-        return self.net.to_sequential() if self.model is None else copy.deepcopy(self.model)
+        return self._dense().to_sequential() if self.model is None else copy.deepcopy(self.model)
 
     def value(self, x: torch.Tensor, output: int) -> torch.Tensor:
         """``f(x)`` of the explained output ``(N,)``."""
         if self.model is None:
-            return self.net.output_value(x, output)
+            return self._dense().output_value(x, output)
         with torch.no_grad():
             return self.net(x)[:, output]
 
     def gradient(self, x: torch.Tensor, output: int) -> torch.Tensor:
         """``d f / d x`` ``(N, D)`` (flat), on a fresh copy of the original model for CNNs and residual nets."""
         if self.model is None:
-            return self.net.input_gradient(x, output)
+            return self._dense().input_gradient(x, output)
         model = self.fresh()
         u = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
@@ -480,16 +506,18 @@ class _Subject:
         return grad.reshape(x.shape[0], -1)
 
 
-def _subject(case, net=None) -> _Subject:
+def _subject(case: AnyCase, net: ReLUNetwork | GraphNetwork | None = None) -> _Subject:
     """The :class:`_Subject` of an MLP :class:`~properties.generate.strategies.Case` or an image
     :class:`~properties.generate.architectures.ModelCase`."""
-    generated = getattr(case, "generated", None)
-    if generated is None:
+    from ..generate.architectures import ModelCase
+
+    if not isinstance(case, ModelCase):
         return _Subject(case.net, case.x, case.output, "mlp")
-    return _Subject(net if net is not None else _lower(case), case.x, case.output, generated.architecture, case.model)
+    return _Subject(net if net is not None else _lower(case), case.x, case.output, case.generated.architecture,
+                    case.model)
 
 
-def _architecture_of(case) -> str:
+def _architecture_of(case: AnyCase) -> str:
     generated = getattr(case, "generated", None)
     return "mlp" if generated is None else generated.architecture
 
@@ -573,7 +601,8 @@ class _Caller:
         self.changes: list[str] = []
         self.errors: list[str] = []
 
-    def __call__(self, subject: _Subject, x: torch.Tensor, output: int, *, watch: bool = False):
+    def __call__(self, subject: _Subject, x: torch.Tensor, output: int, *,
+                 watch: bool = False) -> tuple[torch.Tensor, torch.dtype, bool | None]:
         """``(relevance (N, D) flat in x's dtype, the result's dtype, unchanged or None)``
         of one call on a fresh model."""
         model = subject.fresh()
@@ -603,7 +632,7 @@ class _Caller:
             raise ValueError(f"implementation {self.impl.name!r} returned shape {tuple(result.shape)} for x of shape "
                              f"{tuple(x.shape)}; the relevance must be shaped like x")
         self.calls.append(result.dtype == x.dtype and result.device == x.device)
-        unchanged = _unchanged(before, _snapshot(model, x_in)) if watch else None
+        unchanged = _unchanged(before, _snapshot(model, x_in)) if before is not None else None
         relevance = _flat(result.detach().to(dtype=x.dtype, device=x.device))
         if self.impl.seed == "one":
             relevance = relevance * subject.value(x, output).unsqueeze(1)
@@ -624,7 +653,7 @@ def _same(a: torch.Tensor, b: torch.Tensor, allowance: torch.Tensor) -> torch.Te
 
 def _in_domain(impl: Implementation, x: torch.Tensor) -> torch.Tensor:
     """``x`` clipped into the box of a zB input rule (other rules: ``x`` itself); any shape ``(N, ...)``."""
-    first = impl.rule[0]
+    first = impl._rules[0]
     if isinstance(first, R.ZB):
         flat = _flat(x)
         low, high = first._bounds(flat, flat.shape[1])
@@ -644,13 +673,17 @@ def _equals_claim(impl: Implementation, subject: _Subject, x: torch.Tensor, outp
     """Per point: ``relevance`` (flat) equals ``impl.claims``' reference on a fresh copy of the model."""
     from .claims import CLAIM_RTOL
 
+    claims = impl._claims
+    if claims is None:
+        raise ValueError(f"implementation {impl.name!r} claims no library rule: it has no equals_claim")
     # starts from f(x), as the kit's (scaled) result
-    expected = _flat(impl.claims.reference(subject.fresh(), x, output))
+    expected = _flat(claims.reference(subject.fresh(), x, output))
     scale = expected.abs().amax(1, keepdim=True)
     return ((relevance - expected).abs() <= CLAIM_RTOL * scale + allowance).all(1)
 
 
-def _graph_stabilizer_bound(net, dec, rules: Sequence[R.Rule], epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _graph_stabilizer_bound(net: GraphNetwork, dec: GraphDecomposition, rules: Sequence[R.Rule],
+                            epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`properties.conformance.stabilizer.stabilizer_bound` on a graph network, routed through the graph as
     relevance is (summed over consumers, through ReLUs unchanged, through max pools to the argmax).
 
@@ -669,10 +702,10 @@ def _graph_stabilizer_bound(net, dec, rules: Sequence[R.Rule], epsilon: float) -
     n = dec.output_value.shape[0]
     conditioned = torch.ones(n, dtype=torch.bool, device=dec.output_value.device)
     margin = CONDITIONING_FACTOR * epsilon
-    errors: dict = {}
-    relevance: dict = {}  # DTD's relevance reaching each node
+    errors: dict[int, torch.Tensor] = {}
+    relevance: dict[int, torch.Tensor] = {}  # DTD's relevance reaching each node
 
-    def add(store, node_id, t):
+    def add(store: dict[int, torch.Tensor], node_id: int, t: torch.Tensor) -> None:
         store[node_id] = t if node_id not in store else store[node_id] + t
 
     def delta(p: torch.Tensor) -> torch.Tensor:
@@ -715,7 +748,8 @@ def _graph_stabilizer_bound(net, dec, rules: Sequence[R.Rule], epsilon: float) -
                 # the average poolings read first (one or two: a pool, then global pooling): stabilised divisions
                 # of their own; a factor prod (1 + delta) at the inputs bounds their joint change
                 ops = list(branch.op.ops) if hasattr(branch.op, "ops") else [branch.op]
-                a, factor, done = values[branch.source], None, []
+                a, factor = values[branch.source], None
+                done: list[Pooling] = []
                 for op in ops:
                     if not isinstance(op, Pooling):
                         break
@@ -733,10 +767,14 @@ def _graph_stabilizer_bound(net, dec, rules: Sequence[R.Rule], epsilon: float) -
     return _flat(bound), conditioned
 
 
-def _bound(net, dec, rules, epsilon):
+def _bound(net: ReLUNetwork | GraphNetwork, dec: Decomposition, rules: Sequence[R.Rule],
+           epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from dtd.decomposition import GraphDecomposition
     from dtd.graph import GraphNetwork
 
     if isinstance(net, GraphNetwork):
+        if not isinstance(dec, GraphDecomposition):
+            raise TypeError(f"a graph network's bound reads a GraphDecomposition, got {type(dec).__name__}")
         return _graph_stabilizer_bound(net, dec, rules, epsilon)
     return stabilizer_bound(net, dec, rules, epsilon)
 
@@ -748,9 +786,9 @@ def _split_batches(n: int) -> list[torch.Tensor]:
     return [rows for rows in (torch.arange(half - 1, -1, -1), torch.arange(n - 1, half - 1, -1)) if rows.numel() > 0]
 
 
-def evaluate_case(impl: Implementation, case, population_name: str, *, only: set | None = None,
+def evaluate_case(impl: Implementation, case: AnyCase, population_name: str, *, only: set[str] | None = None,
                   caller: _Caller | None = None, seed: int = 0,
-                  net=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                  net: ReLUNetwork | GraphNetwork | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-point outcomes ``{property: (holds, counted)}`` of one case (``property`` without the population).
 
     ``case``: an MLP :class:`~properties.generate.strategies.Case` or a CNN / residual-net
@@ -771,7 +809,7 @@ def evaluate_case(impl: Implementation, case, population_name: str, *, only: set
     wanted = {p for p, _, population in _layout(impl, architecture) if population in (None, population_name)}
     if only is not None:
         wanted &= set(only)
-    net, output = subject.net, subject.output
+    network, output = subject.net, subject.output
     x = _in_domain(impl, subject.x)
     n = x.shape[0]
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -782,12 +820,12 @@ def evaluate_case(impl: Implementation, case, population_name: str, *, only: set
     needs_main = wanted & {"equals_dtd", "conservation", "positivity", "gradient_x_input", "batch_independent",
                            "no_side_effects", "equals_claim"}
     if needs_main or "dtype_device" in wanted:
-        rules = impl.rules_for(net.n_layers)
-        dec = dtd.train_free(net, x, rule=rules, output=output)
+        rules = impl.rules_for(network.n_layers)
+        dec = dtd.train_free(network, x, rule=rules, output=output)
         f = dec.output_value
         expected_relevance = _flat(dec.relevance)
         if wanted & {"equals_dtd", "conservation", "gradient_x_input"}:
-            bound, conditioned = _bound(net, dec, rules, impl.stabilizer)
+            bound, conditioned = _bound(network, dec, rules, impl.stabilizer)
         try:
             relevance, dtype, unchanged = caller(subject, x, output, watch="no_side_effects" in wanted)
         except CallFailed:  # every property of this call fails on this case; the others are measured
@@ -860,7 +898,7 @@ def _network(weights: list[torch.Tensor], biases: list[torch.Tensor], final_relu
     return ReLUNetwork([linear_copy(w, b) for w, b in zip(weights, biases, strict=True)], final_relu=final_relu)
 
 
-def _fails(impl: Implementation, case, population_name: str, prop: str,
+def _fails(impl: Implementation, case: AnyCase, population_name: str, prop: str,
            call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> bool:
     try:
         holds, counted = evaluate_case(impl, case, population_name, only={prop},
@@ -870,8 +908,8 @@ def _fails(impl: Implementation, case, population_name: str, prop: str,
     return bool((counted & ~holds).any())
 
 
-def shrink(impl: Implementation, case: Case, population_name: str, prop: str, budget: int = SHRINK_BUDGET, *,
-           call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> Case:
+def shrink(impl: Implementation, case: AnyCase, population_name: str, prop: str, budget: int = SHRINK_BUDGET, *,
+           call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> AnyCase:
     """A small case on which ``prop`` still fails: fewer points, neurons, inputs, outputs; rounded weights.
 
     Greedy: every step is kept only if the property still fails; at most
@@ -882,7 +920,7 @@ def shrink(impl: Implementation, case: Case, population_name: str, prop: str, bu
     """
     from ..generate.strategies import Case
 
-    if _architecture_of(case) != "mlp":
+    if not isinstance(case, Case):  # a CNN or residual net
         return _shrink_image(impl, case, population_name, prop, budget, call_timeout)
 
     spent = [0]
@@ -907,7 +945,7 @@ def shrink(impl: Implementation, case: Case, population_name: str, prop: str, bu
         if fails(candidate):
             case = candidate
 
-    def parts(c: Case):
+    def parts(c: Case) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         return ([c.net.weight(k).detach().clone() for k in range(c.net.n_layers)],
                 [c.net.bias(k).detach().clone() for k in range(c.net.n_layers)])
 
@@ -954,8 +992,8 @@ def shrink(impl: Implementation, case: Case, population_name: str, prop: str, bu
     return case
 
 
-def _shrink_image(impl: Implementation, case, population_name: str, prop: str, budget: int,
-                  call_timeout: float | None):
+def _shrink_image(impl: Implementation, case: ModelCase, population_name: str, prop: str, budget: int,
+                  call_timeout: float | None) -> ModelCase:
     """A small CNN / residual net of ``case``'s population on which ``prop`` fails: one of the population's smallest
     models (:data:`SMALL_IMAGE_SPACE`) when one fails, else ``case`` shrunk by
     :func:`properties.generate.architectures.shrink_case` (at most :data:`IMAGE_SHRINK_BUDGET` evaluations)."""
@@ -975,7 +1013,7 @@ def _shrink_image(impl: Implementation, case, population_name: str, prop: str, b
                        budget=min(budget, IMAGE_SHRINK_BUDGET))
 
 
-def describe_failure(impl: Implementation, case: Case, prop: str,
+def describe_failure(impl: Implementation, case: AnyCase, prop: str,
                      call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> str:
     """The counterexample's network and inputs, the implementation's relevance (or the error it raised, or what
     it changed in torch's global state) and DTD's.  ``finite`` shows the input with zeros it was judged on."""
@@ -986,7 +1024,7 @@ def describe_failure(impl: Implementation, case: Case, prop: str,
         x = _with_zeros(x, 0)  # the input evaluate_case (and so the shrinker) judged it on
     subject = _subject(case)
     rules = impl.rules_for(subject.net.n_layers)
-    if subject.model is None:
+    if isinstance(case, Case):
         lines = [f"{impl.name} ({prop}), claimed rule {list(rules)}:", Case(case.net, x, case.output).describe()]
     else:
         from ..generate.architectures import ModelCase
@@ -1086,7 +1124,8 @@ def run(impl: Implementation, *, seed: int = 0, networks: int = NETWORKS, points
         return _run(impl, seed, sizes, confidence, shrink_failures, call_timeout, progress)
 
 
-def _cases_of(architecture: str, name: str, count: int, points: int, seed: int) -> list[tuple[object, object]]:
+def _cases_of(architecture: str, name: str, count: int, points: int,
+              seed: int) -> list[tuple[AnyCase, ReLUNetwork | GraphNetwork | None]]:
     """``(case, lowered network or None)`` of one population of one architecture (cached, shared)."""
     if architecture == "mlp":
         return [(case, None) for case in population(name, count, points, seed)]
@@ -1094,19 +1133,29 @@ def _cases_of(architecture: str, name: str, count: int, points: int, seed: int) 
                     _image_networks(architecture, name, count, points, seed), strict=True))
 
 
-def _run(impl: Implementation, seed: int, sizes: dict, confidence: float, shrink_failures: bool,
+@dataclasses.dataclass
+class _Where:
+    """Where the sweep is, for the progress lines, and when the last one was shown."""
+
+    text: str = "starting"
+    shown: float = -math.inf
+
+
+def _run(impl: Implementation, seed: int, sizes: dict[str, tuple[int, int]], confidence: float, shrink_failures: bool,
          call_timeout: float | None, progress: Callable[[str], None] | None) -> ConformanceResult:
+    from ..generate.architectures import ModelCase
+
     tally = Tally()
-    first_failure: dict[str, tuple[Case, str, str]] = {}
+    first_failure: dict[str, tuple[AnyCase, str, int]] = {}  # row -> (case, population, size) of the smallest
     measured = impl.properties()
     started = time.monotonic()
-    where = {"text": "starting", "shown": -math.inf}
+    where = _Where()
 
     def on_call() -> None:
         now = time.monotonic()
-        if progress is not None and now - where["shown"] >= PROGRESS_INTERVAL:
-            where["shown"] = now
-            progress(f"conformance {impl.name}: {where['text']}, {len(caller.calls) + len(caller.errors)} calls, "
+        if progress is not None and now - where.shown >= PROGRESS_INTERVAL:
+            where.shown = now
+            progress(f"conformance {impl.name}: {where.text}, {len(caller.calls) + len(caller.errors)} calls, "
                      f"{now - started:.0f} s")
 
     caller = _Caller(impl, call_timeout, on_call)
@@ -1118,8 +1167,8 @@ def _run(impl: Implementation, seed: int, sizes: dict, confidence: float, shrink
         for name in POPULATIONS:
             for index, (case, net) in enumerate(_cases_of(architecture, name, networks, points, seed)):
                 done += 1
-                where["text"] = ("network "
-                                 f"{done}/{total} ({name if architecture == 'mlp' else architecture + '_' + name})")
+                population_text = name if architecture == "mlp" else f"{architecture}_{name}"
+                where.text = f"network {done}/{total} ({population_text})"
                 tally.new_cluster()
                 outcomes = evaluate_case(impl, case, name, seed=seed + index, caller=caller, net=net)
                 for prop, (holds, counted) in outcomes.items():
@@ -1127,15 +1176,19 @@ def _run(impl: Implementation, seed: int, sizes: dict, confidence: float, shrink
                     row = conformance_name(impl, prop, subset)
                     tally.add(row, holds, counted)
                     if bool((counted & ~holds).any()):
-                        if architecture == "mlp":
-                            size = sum(p.numel() for p in case.net.parameters())
-                        else:
+                        if isinstance(case, ModelCase):
                             size = sum(p.numel() for p in case.model.parameters()) + case.x.numel()
+                        else:
+                            size = sum(p.numel() for p in case.net.parameters())
                         if row not in first_failure or size < first_failure[row][2]:
                             first_failure[row] = (case, name, size)
     timed_out = any("longer than the limit" in error for error in caller.errors)
-    rates, descriptions, examples, keys = {}, {}, {}, {}
-    shrunk: dict = {}  # (architecture, population) -> the first shrunk image case (tried first for the other rows)
+    rates: dict[str, Rate] = {}
+    descriptions: dict[str, str] = {}
+    examples: dict[str, str] = {}
+    keys: dict[str, RateKey] = {}
+    #: (architecture, population) -> the first shrunk image case (tried first for the other rows)
+    shrunk: dict[tuple[str, str], AnyCase] = {}
     for prop, subset in measured:
         key = conformance_key(impl, prop, subset)
         row = str(key)
@@ -1145,7 +1198,7 @@ def _run(impl: Implementation, seed: int, sizes: dict, confidence: float, shrink
         descriptions[row] = f"{impl.name} (claims {_rule_text(impl)}): {OUTCOMES[prop]}{where_text}"
         if row in first_failure and shrink_failures:
             case, population_name, _ = first_failure[row]
-            where["text"] = f"shrinking the counterexample of {prop}"
+            where.text = f"shrinking the counterexample of {prop}"
             architecture = _architecture_of(case)
             reused = shrunk.get((architecture, population_name))
             if timed_out:
@@ -1164,11 +1217,11 @@ def _run(impl: Implementation, seed: int, sizes: dict, confidence: float, shrink
 
 
 def _rule_text(impl: Implementation) -> str:
-    rules = [repr(r) for r in impl.rule]
+    rules = [repr(r) for r in impl._rules]
     return rules[0] if len(rules) == 1 else f"{rules[0]} at the input, " + ", ".join(rules[1:]) + " above"
 
 
-def record(property_report, result: ConformanceResult) -> None:
+def record(property_report: Recorder, result: ConformanceResult) -> None:
     """Put ``result``'s rates (and counterexamples) into the property report, one row each."""
     for row, rate in result.rates.items():
         # the terminal table shows where an implementation breaks; every row is in the report

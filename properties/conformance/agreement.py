@@ -65,7 +65,7 @@ def captum_relevance(net: ReLUNetwork, x: torch.Tensor, rule: R.Rule, output: in
     """captum's ``LRP`` with the registered captum counterpart of ``rule`` on every Linear, ``(batch, D)``."""
     name, kwargs = counterpart(rule, "captum")
 
-    def make():
+    def make() -> object:
         from captum.attr._utils import lrp_rules
 
         return getattr(lrp_rules, name)(**kwargs)

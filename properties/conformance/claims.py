@@ -47,6 +47,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,10 @@ def _divide(relevance: torch.Tensor, d: torch.Tensor, epsilon: float) -> torch.T
 class Claim:
     """One library rule for a Linear/Conv2d layer: :meth:`propagate` maps upper relevance to the layer's input."""
 
-    stabilizer: float
+    @property
+    def stabilizer(self) -> float:
+        """What the rule adds to its denominators (a field of every claim)."""
+        raise NotImplementedError
 
     def propagate(self, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relevance: torch.Tensor,
                   connectivity: torch.Tensor) -> torch.Tensor:
@@ -88,14 +92,15 @@ class Epsilon(Claim):
 
     epsilon: float = 1e-6
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_number(self.epsilon, "epsilon", minimum=0.0)
 
     @property
     def stabilizer(self) -> float:
         return self.epsilon
 
-    def propagate(self, a, weight, bias, relevance, connectivity):
+    def propagate(self, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relevance: torch.Tensor,
+                  connectivity: torch.Tensor) -> torch.Tensor:
         z = a @ weight.T + bias
         return a * (_divide(relevance, z, self.epsilon) @ weight)
 
@@ -111,12 +116,13 @@ class ZPlus(Claim):
     bias: str = "positive"
     stabilizer: float = 1e-6
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.bias not in _BIASES:
             raise ValueError(f"bias must be one of {_BIASES}, got {self.bias!r}")
         check_number(self.stabilizer, "stabilizer", minimum=0.0)
 
-    def propagate(self, a, weight, bias, relevance, connectivity):
+    def propagate(self, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relevance: torch.Tensor,
+                  connectivity: torch.Tensor) -> torch.Tensor:
         wp, wn = weight.clamp(min=0), weight.clamp(max=0)
         ap, an = a.clamp(min=0), a.clamp(max=0)
         kept = {"positive": bias.clamp(min=0), "all": bias, "none": torch.zeros_like(bias)}[self.bias]
@@ -132,7 +138,7 @@ class AlphaBeta(Claim):
     beta: float = 1.0
     stabilizer: float = 1e-6
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_number(self.alpha, "alpha", minimum=0.0)
         check_number(self.beta, "beta", minimum=0.0)
         if abs(self.alpha - self.beta - 1.0) > 1e-12:
@@ -140,7 +146,8 @@ class AlphaBeta(Claim):
                              f"got alpha={self.alpha}, beta={self.beta}")
         check_number(self.stabilizer, "stabilizer", minimum=0.0)
 
-    def propagate(self, a, weight, bias, relevance, connectivity):
+    def propagate(self, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relevance: torch.Tensor,
+                  connectivity: torch.Tensor) -> torch.Tensor:
         wp, wn = weight.clamp(min=0), weight.clamp(max=0)
         ap, an = a.clamp(min=0), a.clamp(max=0)
         positive = _divide(relevance, ap @ wp.T + an @ wn.T + bias.clamp(min=0), self.stabilizer)
@@ -155,10 +162,11 @@ class Flat(Claim):
 
     stabilizer: float = 1e-6
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_number(self.stabilizer, "stabilizer", minimum=0.0)
 
-    def propagate(self, a, weight, bias, relevance, connectivity):
+    def propagate(self, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relevance: torch.Tensor,
+                  connectivity: torch.Tensor) -> torch.Tensor:
         counts = connectivity.sum(1)  # (J,): the inputs feeding each output
         return _divide(relevance, counts, self.stabilizer) @ connectivity
 
@@ -227,12 +235,23 @@ def _connectivity(module: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
     """``(J, D)``: 1 where input ``i`` feeds output ``j`` (the conv with every weight
     1, no bias, as zennit's Flat sees it)."""
     conv = module[0] if isinstance(module, nn.Sequential) else module
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"a connectivity is a Conv2d's, got {type(conv).__name__}")
     ones = copy.deepcopy(conv)
     with torch.no_grad():
         ones.weight.fill_(1.0)
         if ones.bias is not None:
             ones.bias.zero_()
     return _conv_matrix(ones, shape)[0]
+
+
+class _Affine(NamedTuple):
+    """A Linear/Conv2d step of :func:`reference`'s forward pass, as a dense map."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    connectivity: torch.Tensor
+    layer: int
 
 
 def reference(model: nn.Module, x: torch.Tensor, output: int, claims: ClaimsLike, *,
@@ -259,11 +278,12 @@ def reference(model: nn.Module, x: torch.Tensor, output: int, claims: ClaimsLike
     check_int(output, "output", minimum=0)
     model = copy.deepcopy(model).double()
     a = x.detach().to(torch.float64)
-    tape = []
+    tape: list[tuple[torch.Tensor, _Affine | nn.Module]] = []  # each step's input and what it is
     layer = 0
     with torch.no_grad():
         for module in _merged(model):
             if isinstance(module, (nn.Linear, nn.Conv2d, nn.Sequential)):
+                out_shape: tuple[int, ...]
                 if isinstance(module, nn.Linear):
                     weight = module.weight.detach()
                     bias = (
@@ -275,12 +295,12 @@ def reference(model: nn.Module, x: torch.Tensor, output: int, claims: ClaimsLike
                 else:
                     weight, bias, out_shape = _conv_matrix(module, tuple(a.shape[1:]))
                     connectivity = _connectivity(module, tuple(a.shape[1:]))
-                tape.append(("affine", a, (weight, bias, connectivity, layer)))
+                tape.append((a, _Affine(weight, bias, connectivity, layer)))
                 layer += 1
                 a = (a.reshape(a.shape[0], -1) @ weight.T + bias).reshape(a.shape[0], *out_shape)
             elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.Flatten, nn.ReLU,
                                      nn.Identity)):
-                tape.append(("module", a, module))
+                tape.append((a, module))
                 a = module(a)
             else:
                 raise TypeError(f"the claim references do not model {type(module).__name__}")
@@ -288,15 +308,15 @@ def reference(model: nn.Module, x: torch.Tensor, output: int, claims: ClaimsLike
         raise ValueError(f"output {output} out of range: the model has {a.shape[1]} outputs")
     relevance = torch.zeros_like(a)
     relevance[:, output] = a[:, output]
-    for kind, a, what in reversed(tape):
+    for a, step in reversed(tape):
         n = a.shape[0]
-        if kind == "affine":
-            weight, bias, connectivity, k = what
+        if isinstance(step, _Affine):
+            weight, bias, connectivity, k = step
             lower = claims.for_layer(k).propagate(a.reshape(n, -1), weight, bias, relevance.reshape(n, -1),
                                                   connectivity)
             relevance = lower.reshape(a.shape)
         else:
-            relevance = _through(what, a, relevance, pool_eps)
+            relevance = _through(step, a, relevance, pool_eps)
     return relevance.to(x.dtype)
 
 

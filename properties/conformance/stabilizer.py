@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from dtd import rules as R
+from dtd.decomposition import Decomposition
 from dtd.network import ReLUNetwork
 
 from ..measure.thresholds import CONDITIONING_FACTOR
@@ -33,7 +34,7 @@ def per_layer_rules(net: ReLUNetwork, rules: R.Rule | Sequence[R.Rule]) -> list[
 
 
 def stabilizer_bound(
-    net: ReLUNetwork, dec, rules: R.Rule | Sequence[R.Rule], epsilon: float
+    net: ReLUNetwork, dec: Decomposition, rules: R.Rule | Sequence[R.Rule], epsilon: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """How far an LRP implementation with stabiliser ``epsilon`` may lie from train-free DTD.
 
