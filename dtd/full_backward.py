@@ -107,6 +107,7 @@ class FullBackward(Decomposition):
         Rows served from an identical row at the same level instead of being evaluated again.
     """
 
+    layers: tuple[FullBackwardLayer, ...]
     estimated_evaluations: int
     evaluations: tuple[int, ...]
     reused: int

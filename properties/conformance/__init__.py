@@ -1145,7 +1145,7 @@ def _run(impl: Implementation, seed: int, sizes: dict[str, tuple[int, int]], con
          call_timeout: float | None, progress: Callable[[str], None] | None) -> ConformanceResult:
     from ..generate.architectures import ModelCase
 
-    tally = Tally()
+    tally: Tally[str] = Tally()
     first_failure: dict[str, tuple[AnyCase, str, int]] = {}  # row -> (case, population, size) of the smallest
     measured = impl.properties()
     started = time.monotonic()

@@ -44,12 +44,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from statistics import NormalDist
+from typing import Generic, TypeVar
 
 import torch
 
 from dtd.validation import check_int, check_probability
+
+#: what a :class:`Tally` names its rates by (a rate's name, or its RateKey)
+Name = TypeVar("Name", bound=Hashable)
 
 __all__ = ["Rate", "Tally", "compare", "interval_quantile", "t_quantile", "STATUSES", "DEFAULT_CONFIDENCE"]
 
@@ -293,7 +297,7 @@ def compare(row: Mapping, baseline: Mapping | None) -> str:
     return "regression" if disjoint else "ok"
 
 
-class Tally:
+class Tally(Generic[Name]):
     """Per-cluster counts of many named rates.
 
     Call :meth:`new_cluster` when a new cluster (e.g. a generated network)
@@ -302,22 +306,22 @@ class Tally:
     """
 
     def __init__(self) -> None:
-        self._counts: dict[str, dict[int, list[int]]] = {}
+        self._counts: dict[Name, dict[int, list[int]]] = {}
         self._cluster = 0
 
     def new_cluster(self) -> None:
         self._cluster += 1
 
-    def add(self, name: str, holds: torch.Tensor, counted: torch.Tensor | None = None) -> None:
+    def add(self, name: Name, holds: torch.Tensor, counted: torch.Tensor | None = None) -> None:
         counted = torch.ones_like(holds, dtype=torch.bool) if counted is None else counted
         pair = self._counts.setdefault(name, {}).setdefault(self._cluster, [0, 0])
         pair[0] += int((holds & counted).sum())
         pair[1] += int(counted.sum())
 
-    def names(self) -> list[str]:
+    def names(self) -> list[Name]:
         return list(self._counts)
 
-    def rate(self, name: str, confidence: float = DEFAULT_CONFIDENCE) -> Rate:
+    def rate(self, name: Name, confidence: float = DEFAULT_CONFIDENCE) -> Rate:
         """The clustered rate of ``name`` (no data if it was never added)."""
         return Rate.from_clusters([(s, t) for s, t in self._counts.get(name, {}).values()], confidence)
 

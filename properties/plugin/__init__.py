@@ -64,9 +64,12 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
+import pluggy
 import pytest
 
 from dtd.validation import check_int, check_probability
@@ -75,6 +78,7 @@ from .. import report as _report
 from ..measure import gates
 from ..measure.keys import RateKey, describe
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate
+from ..report.summary import format_rate
 
 # the options, the marker and the fixtures (one registration, whoever loads this module)
 pytest_plugins = ["dtd_properties_pytest", "properties.plugin.subjects"]
@@ -100,7 +104,7 @@ class Store:
     """Everything recorded in this process: rows, plots, terminal-summary names."""
 
     def __init__(self, baseline: Mapping[str, Mapping], confidence: float, seed: int,
-                 floors: Sequence[gates.Floor] = ()):
+                 floors: Sequence[gates.Floor] = ()) -> None:
         self.baseline = dict(baseline)
         self.floors = list(floors)  # --property-require (properties.measure.gates), besides the must-hold properties
         self.confidence = confidence
@@ -108,7 +112,7 @@ class Store:
         self.rows: dict[str, dict] = {}
         self.plots: dict[str, dict] = {}
         self.summary: set[str] = set()
-        self.counts: dict[str, float] = {}
+        self.counts: dict[str, float | str] = {}  # numbers (count) and lines of text (note)
         self.written_to: str | None = None  # report directory, once written
         self.html_report: str | None = None  # its report.html, once a complete report is written
         self.owner: dict[str, str] = {}
@@ -136,7 +140,7 @@ class Store:
         self.counts.update(data["counts"])
         self.completed.update(data["completed"])
 
-    def track(self, report) -> None:
+    def track(self, report: pytest.TestReport) -> None:
         """Follow one test phase's outcome (completed = every phase passed)."""
         if not report.passed:
             self.failed.add(report.nodeid)
@@ -147,7 +151,7 @@ class Store:
 class PropertyReport:
     """The ``property_report`` fixture: record rates and plot data for the report."""
 
-    def __init__(self, store: Store, nodeid: str, gate: bool):
+    def __init__(self, store: Store, nodeid: str, gate: bool) -> None:
         self._store = store
         self._nodeid = nodeid
         self._gate = gate
@@ -200,7 +204,7 @@ class PropertyReport:
         if failed:
             entry["status"] = gates.BELOW_FLOOR
             entry["floor"] = failed
-            self.below_floor.append(f"{name}: {_report.format_rate(entry)} of {entry['trials']} trials -- "
+            self.below_floor.append(f"{name}: {format_rate(entry)} of {entry['trials']} trials -- "
                                     + "; ".join(failed))
             summary = True
         self._store.rows[name] = entry
@@ -290,7 +294,7 @@ class PropertyReport:
 
 
 # --------------------------------------------------------------------------- hooks
-def pytest_addoption(parser, pluginmanager) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     """The short spellings of the update options, in the suite's own runs only (see the module docstring)."""
     if _entry().activating():
         return
@@ -310,38 +314,38 @@ def _parsed(name: str) -> RateKey | None:
         return None
 
 
-def _entry():
+def _entry() -> ModuleType:
     """The entry-point module (imported here, after pytest registered it, so its asserts stay rewritable)."""
     import dtd_properties_pytest
 
     return dtd_properties_pytest
 
 
-def store(config) -> Store:
+def store(config: pytest.Config) -> Store:
     """This run's :class:`Store`."""
     return config.stash[_STORE_KEY]
 
 
-def recorder(request) -> PropertyReport:
+def recorder(request: pytest.FixtureRequest) -> PropertyReport:
     """A :class:`PropertyReport` for the requesting test (the ``property_report`` fixture)."""
     return recorder_for(request.node)
 
 
-def recorder_for(item) -> PropertyReport:
+def recorder_for(item: pytest.Item) -> PropertyReport:
     """A :class:`PropertyReport` for a test item (also one that takes no fixtures, such as a user's subject)."""
     made = PropertyReport(store(item.config), item.nodeid, gate=_update_mode(item.config) is None)
     item.stash[_RECORDER_KEY] = made
     return made
 
 
-def _update_mode(config) -> str | None:
+def _update_mode(config: pytest.Config) -> str | None:
     """``"partial"``, ``"full"`` or None (gate on the baseline)."""
     if config.getoption("property_update_baseline_partial"):
         return "partial"
     return "full" if config.getoption("property_update_baseline") else None
 
 
-def _baseline_path(config) -> Path:
+def _baseline_path(config: pytest.Config) -> Path:
     option = config.getoption("--property-baseline")
     if option is not None:
         return Path(option)
@@ -349,12 +353,12 @@ def _baseline_path(config) -> Path:
     return DEFAULT_BASELINE if user is None else Path(user)
 
 
-def _report_directory(config) -> Path:
+def _report_directory(config: pytest.Config) -> Path:
     directory = Path(config.getoption("--property-report") or "property-report")
     return directory if directory.is_absolute() else Path(config.invocation_params.dir) / directory
 
 
-def _user_run(config) -> str | None:
+def _user_run(config: pytest.Config) -> str | None:
     """Where a user's run (their implementations or subjects) gates: ``./conformance-baseline.json`` or
     ``./dtd-properties-baseline.json`` unless
     ``--property-baseline`` names another file; None for a run of the project's own suite."""
@@ -364,7 +368,7 @@ def _user_run(config) -> str | None:
     return None
 
 
-def pytest_configure(config):
+def pytest_configure(config: pytest.Config) -> None:
     if _STORE_KEY in config.stash:
         return
     user_baseline = _user_run(config)
@@ -417,25 +421,26 @@ def pytest_configure(config):
 
         import torch
 
-        workers = int(config.workerinput.get("workercount", 1))
+        workers = int(_worker_dict(config, "workerinput").get("workercount", 1))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-def _sweep_seed(config) -> int:
-    if _is_worker(config) and _entry().WORKER_SEED in config.workerinput:
-        return int(config.workerinput[_entry().WORKER_SEED])
+def _sweep_seed(config: pytest.Config) -> int:
+    if _is_worker(config) and _entry().WORKER_SEED in _worker_dict(config, "workerinput"):
+        return int(_worker_dict(config, "workerinput")[_entry().WORKER_SEED])
     seed = config.getoption("--property-seed")
     if seed is not None:
         return seed
     import hypothesis
 
-    if hypothesis.settings.default.derandomize:
+    if hypothesis.settings().derandomize:  # the loaded profile's
         return 0
     return _entry().random_seed(config)
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
+def pytest_runtest_makereport(item: pytest.Item,
+                               call: pytest.CallInfo[None]) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
     outcome = yield
     report = outcome.get_result()
     recorder: PropertyReport | None = item.stash.get(_RECORDER_KEY, None)
@@ -476,11 +481,17 @@ def _relative(path: Path, start: Path) -> str:
         return str(path)
 
 
-def _is_worker(config) -> bool:
+def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def _incomplete(session, exitstatus) -> str | None:
+def _worker_dict(config: pytest.Config, name: str) -> dict[str, Any]:
+    """xdist's ``workerinput`` / ``workeroutput`` of a worker's config (attributes xdist sets, unknown to Config)."""
+    found: dict[str, Any] = getattr(config, name)
+    return found
+
+
+def _incomplete(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> str | None:
     """Why the run did not run every selected test to its end, or None."""
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         return "interrupted"
@@ -493,11 +504,11 @@ def _incomplete(session, exitstatus) -> str | None:
     return None
 
 
-def pytest_sessionfinish(session, exitstatus):
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
     config = session.config
     run = store(config)
     if _is_worker(config):
-        config.workeroutput[_entry().WORKER_OUTPUT] = run.to_json()
+        _worker_dict(config, "workeroutput")[_entry().WORKER_OUTPUT] = run.to_json()
         return
     incomplete = _incomplete(session, exitstatus)
     floors_matched = incomplete is not None or _check_floors_matched(session, run)
@@ -544,7 +555,7 @@ def pytest_sessionfinish(session, exitstatus):
 FLOOR_EXAMPLES = 5
 
 
-def _check_floors_matched(session, run: Store) -> bool:
+def _check_floors_matched(session: pytest.Session, run: Store) -> bool:
     """Whether every floor matched a rate; one that matches none of a completed run's checked nothing: a usage error
     (exit status 4), the note naming it and the rates whose names come nearest its fixed start."""
     missing = gates.unmatched(run.floors, run.rows)
@@ -569,11 +580,12 @@ def _os_error(error: OSError, path: Path) -> str:
     return f"{path}: [Errno {error.errno}] {error.strerror or error}{at}"
 
 
-def _write_report(config, run: Store, incomplete: str | None, exitstatus) -> None:
+def _write_report(config: pytest.Config, run: Store, incomplete: str | None,
+                  exitstatus: int | pytest.ExitCode) -> None:
     import hypothesis
     import torch
 
-    settings = hypothesis.settings.default
+    settings = hypothesis.settings()  # the loaded profile's
     start = Path(config.invocation_params.dir)
     run_config = {
         "confidence": run.confidence,
@@ -602,10 +614,10 @@ def _write_report(config, run: Store, incomplete: str | None, exitstatus) -> Non
                          f"{_relative(directory, start)} is left as it was")
 
 
-def _yours(config, run: Store) -> dict:
+def _yours(config: pytest.Config, run: Store) -> dict[str, Any]:
     """Which seed drew the subjects' neurons, and which subjects and implementations the user brought (by the tests that
     recorded them: ``--dtd-subject`` items and the kit's ``--dtd-implementation`` module)."""
-    out = {}
+    out: dict[str, Any] = {}
     subjects = sorted(
         {r["key"]["subject"] for r in run.rows.values() if (r.get("key") or {}).get("family") == "subject"}
     )
@@ -614,7 +626,7 @@ def _yours(config, run: Store) -> dict:
         out["neuron_draw_seed"] = DEFAULT_SUBJECT_SEED if seed is None else seed
     ours = Path(__file__).with_name("test_conformance.py").name  # the shipped adapters' rows (the kit's own run)
     handed = bool(config.getoption("--dtd-implementation"))
-    yours = {"your_subjects": set(), "your_implementations": set()}
+    yours: dict[str, set[str]] = {"your_subjects": set(), "your_implementations": set()}
     for name, r in run.rows.items():
         key, owner = r.get("key") or {}, run.owner.get(name, "")
         # a SubjectItem (no file of tests)
@@ -626,7 +638,8 @@ def _yours(config, run: Store) -> dict:
     return out
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int | pytest.ExitCode,
+                            config: pytest.Config) -> None:
     run: Store | None = config.stash.get(_STORE_KEY, None)
     if run is None or _is_worker(config):
         return

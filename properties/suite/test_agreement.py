@@ -16,6 +16,8 @@ positive biases let its denominator vanish.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 import torch
 from hypothesis import assume, given, settings
@@ -30,6 +32,10 @@ from properties.measure.keys import OUTCOMES, RateKey
 from properties.measure.stats import Rate, Tally
 from properties.measure.thresholds import ROUNDING64
 
+if TYPE_CHECKING:
+    from properties.generate.strategies import Case
+    from properties.plugin import PropertyReport
+
 pytestmark = pytest.mark.properties
 
 #: the rule variants compared with zennit (from the registry: every variant of the "agreement" sweep; zB and
@@ -39,14 +45,15 @@ RECIPES = {variant.label: variant for variant in V.variants("agreement")}
 NEGATIVE_BIAS = dict(init="dtd", n=(1, 16))
 
 
-def _disagreement(case, rule, reference, epsilon):
+def _disagreement(case: Case, rule: R.Rule | list[R.Rule], reference: torch.Tensor,
+                  epsilon: float) -> tuple[torch.Tensor, torch.Tensor, dtd.Decomposition]:
     """``(|R_dtd - R_lib| - bound)`` per input ``(batch, D)`` and the conditioned points ``(batch,)``."""
     dec = dtd.train_free(case.net, case.x, rule=rule, output=case.output)
     bound, conditioned = ag.stabilizer_bound(case.net, dec, rule, epsilon)
     return (dec.relevance - reference).abs() - bound, conditioned, dec
 
 
-def _assert_agrees(case, rule, reference, epsilon, what):
+def _assert_agrees(case: Case, rule: R.Rule | list[R.Rule], reference: torch.Tensor, epsilon: float, what: str) -> None:
     """At every conditioned point (at least one), DTD's relevance lies within the stabiliser bound of ``reference``."""
     excess, conditioned, _ = _disagreement(case, rule, reference, epsilon)
     assume(bool(conditioned.any()))
@@ -56,28 +63,28 @@ def _assert_agrees(case, rule, reference, epsilon, what):
 
 
 @given(case=cases(**NEGATIVE_BIAS), variant=variants("agreement"))
-def test_rules_equal_zennit_on_bias_negative_networks(case, variant):
+def test_rules_equal_zennit_on_bias_negative_networks(case: Case, variant: V.Variant) -> None:
     rule = variant.make(case.x, case.net.n_layers)
     _assert_agrees(case, rule, ag.zennit_relevance(case.net, case.x, rule, case.output), ag.ZENNIT_STABILIZER,
                    f"zennit {variant.label}")
 
 
 @given(case=cases(**NEGATIVE_BIAS), gamma=st.floats(0.0, 100.0))
-def test_gamma_equals_zennit_for_any_gamma(case, gamma):
+def test_gamma_equals_zennit_for_any_gamma(case: Case, gamma: float) -> None:
     rule = R.Gamma(gamma)
     _assert_agrees(case, rule, ag.zennit_relevance(case.net, case.x, rule, case.output), ag.ZENNIT_STABILIZER,
                    f"zennit gamma={gamma}")
 
 
 @given(case=cases(**NEGATIVE_BIAS))
-def test_zplus_equals_captum_alpha1_beta0(case):
+def test_zplus_equals_captum_alpha1_beta0(case: Case) -> None:
     rule = R.ZPlus()
     _assert_agrees(case, rule, ag.captum_zplus_relevance(case.net, case.x, case.output), ag.CAPTUM_STABILIZER,
                    "captum z+")
 
 
 @given(case=cases(n=(1, 16)))
-def test_x_rule_is_gradient_times_input_without_biases(case):
+def test_x_rule_is_gradient_times_input_without_biases(case: Case) -> None:
     net = dtd.ReLUNetwork.from_sequential(case.net.to_sequential(bias=False))
     alive = net.output_value(case.x, case.output) > 0
     assume(bool(alive.any()))
@@ -98,17 +105,18 @@ AGREEMENT_FACTOR = 3
 POINTS = 32
 
 
-def _agreeing_points(case, rule, reference, epsilon):
+def _agreeing_points(case: Case, rule: R.Rule | list[R.Rule], reference: torch.Tensor,
+                     epsilon: float) -> tuple[torch.Tensor, torch.Tensor, float]:
     """``(agree (batch,), conditioned (batch,), max |R_dtd - R_lib|)``."""
     excess, conditioned, dec = _disagreement(case, rule, reference, epsilon)
     return (excess <= ROUNDING64).all(1), conditioned, float((dec.relevance - reference).abs().max())
 
 
-def test_agreement_rates(property_report, property_report_seed):
-    count = AGREEMENT_FACTOR * settings.default.max_examples
+def test_agreement_rates(property_report: PropertyReport, property_report_seed: int) -> None:
+    count = AGREEMENT_FACTOR * settings().max_examples
     negative = sample_cases(count, seed=property_report_seed + 101, init="dtd", n=POINTS)
     mixed = sample_cases(count, seed=property_report_seed + 202, init="torch", n=POINTS)
-    tally = Tally()
+    tally: Tally[RateKey] = Tally()
     max_difference: dict[str, float] = {}
     for case in negative:
         tally.new_cluster()
@@ -165,7 +173,7 @@ RESNET_POINTS = 8
 RESNET_AGREEMENT_RTOL = 1e-6
 
 
-def test_resnet_sums_break_agreement_with_zennit(property_report):
+def test_resnet_sums_break_agreement_with_zennit(property_report: PropertyReport) -> None:
     """DTD's one layer per residual sum against zennit's ``ResNetCanonizer`` with ``Norm`` on the sum (two steps).
 
     DTD treats ``relu(bn2(conv2(h)) + x)`` as one layer whose input is ``[h, x]``
@@ -191,6 +199,7 @@ def test_resnet_sums_break_agreement_with_zennit(property_report):
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
+                assert module.running_mean is not None and module.running_var is not None
                 module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.2)
                 module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
     model = model.eval().double()

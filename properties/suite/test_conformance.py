@@ -11,10 +11,16 @@ are rates: a break is a finding about the library, not a failure of this suite.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 from properties import conformance
 from properties.conformance import adapters
+
+if TYPE_CHECKING:
+    from properties.conformance import Implementation
+    from properties.plugin import PropertyReport
 
 pytestmark = pytest.mark.properties
 
@@ -22,7 +28,8 @@ IMPLEMENTATIONS = adapters.shipped_implementations()
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=[impl.name for impl in IMPLEMENTATIONS])
-def test_shipped_adapter_conformance(implementation, property_report, property_report_seed):
+def test_shipped_adapter_conformance(implementation: Implementation, property_report: PropertyReport,
+                                     property_report_seed: int) -> None:
     result = conformance.run(implementation, seed=property_report_seed, confidence=property_report.confidence)
     conformance.record(property_report, result)
     # the kit itself: every property was measured on every population it applies to

@@ -6,6 +6,8 @@ shows the shrunk network's sizes, weights and inputs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,18 +18,23 @@ from dtd.tolerances import equation_rtol, pattern_tol
 from properties.generate.strategies import cases, variants
 from properties.measure.checks import conservation_residual, root_equation_residual, root_outcomes, segment_outcomes
 
+if TYPE_CHECKING:
+    from dtd import rules as R
+    from properties.generate import variants as V
+    from properties.generate.strategies import Case
+
 pytestmark = pytest.mark.properties
 
 #: every registered rule variant of the must-hold sweep (zB: DTD's recipe with the data's box at the input)
 ANY_RULE = variants("must_hold")
 
 
-def _rule_for(case, variant):
+def _rule_for(case: Case, variant: V.Variant) -> R.Rule | list[R.Rule]:
     return variant.make(case.x, case.net.n_layers)
 
 
 @given(case=cases(n=(1, 16)), rule=ANY_RULE)
-def test_root_equation_holds_for_every_valid_root(case, rule):
+def test_root_equation_holds_for_every_valid_root(case: Case, rule: V.Variant) -> None:
     dec = dtd.train_free(case.net, case.x, rule=_rule_for(case, rule), output=case.output)
     tol = equation_rtol(case.x.dtype)
     for k, layer in enumerate(dec.layers):
@@ -38,7 +45,7 @@ def test_root_equation_holds_for_every_valid_root(case, rule):
 
 
 @given(case=cases(n=(1, 16)), rule=ANY_RULE)
-def test_train_free_conserves_relevance_per_layer(case, rule):
+def test_train_free_conserves_relevance_per_layer(case: Case, rule: V.Variant) -> None:
     dec = dtd.train_free(case.net, case.x, rule=_rule_for(case, rule), output=case.output)
     tol = equation_rtol(case.x.dtype)
     for k in range(case.net.n_layers):
@@ -48,7 +55,7 @@ def test_train_free_conserves_relevance_per_layer(case, rule):
 
 
 @given(case=cases(n=(1, 16)))
-def test_zplus_relevance_is_nonnegative(case):
+def test_zplus_relevance_is_nonnegative(case: Case) -> None:
     dec = dtd.train_free(case.net, case.x, rule="z+", output=case.output)
     for layer in dec.layers:
         worst = float(layer.relevance.min())
@@ -56,7 +63,7 @@ def test_zplus_relevance_is_nonnegative(case):
 
 
 @given(case=cases(n=(1, 16)), rule=ANY_RULE.filter(lambda v: v.label != "pinv"))
-def test_top_layer_root_lies_on_the_hinge(case, rule):
+def test_top_layer_root_lies_on_the_hinge(case: Case, rule: V.Variant) -> None:
     """The explained output's root satisfies w . root + b = 0 (its relevance is z = f(x) > 0).
 
     With R = z(a) = w . a + b, that is the root equation w . (a - root) = R of the output neuron.
@@ -74,7 +81,7 @@ def test_top_layer_root_lies_on_the_hinge(case, rule):
 
 
 @given(case=cases(depth=1, n=(1, 16)))
-def test_one_layer_zplus_root_in_closure_of_region(case):
+def test_one_layer_zplus_root_in_closure_of_region(case: Case) -> None:
     """For one-layer networks every z+ root lies in the closure of the input's linear region."""
     dec = dtd.train_free(case.net, case.x, rule="z+", output=case.output)
     outcomes = root_outcomes(case.net, dec, layer=0)
@@ -95,7 +102,7 @@ IN_REGION_FINDERS = {
 
 @given(case=cases(depth=(1, 3), width=(1, 8), input_size=(1, 8), n=(1, 8)),
        finder=st.sampled_from(sorted(IN_REGION_FINDERS)))
-def test_in_region_roots_keep_the_gradient_along_their_segment(case, finder):
+def test_in_region_roots_keep_the_gradient_along_their_segment(case: Case, finder: str) -> None:
     """Every root an in-region finder returns: the gradient halfway to the input is the input's, and Taylor is exact.
 
     Judged at points strictly inside their region (see properties.measure.checks.segment_outcomes); the gradient at the

@@ -9,7 +9,10 @@ space).  Questions (3) "is the network output set to zero by the root?" and
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
+import torch
 
 import dtd
 from dtd.tolerances import equation_rtol
@@ -18,7 +21,15 @@ from properties.measure.keys import OUTCOMES, RateKey
 from properties.measure.stats import Rate
 from properties.measure.thresholds import CONSERVED_SHARE, PROPERTY_ATOL
 
+if TYPE_CHECKING:
+    from dtd.rootsets import RootSet
+    from properties.measure.checks import RootOutcomes
+    from properties.plugin import PropertyReport
+
 pytestmark = pytest.mark.properties
+
+#: the seed network, its points and their z+ decomposition
+SeedExperiment = tuple[dtd.ReLUNetwork, torch.Tensor, dtd.Decomposition]
 
 N_POINTS = 1000
 MIN_OUTPUT = 0.1
@@ -35,14 +46,14 @@ QUESTIONS = {
 
 
 @pytest.fixture(scope="module")
-def seed_experiment():
+def seed_experiment() -> SeedExperiment:
     net = dtd.ReLUNetwork.random([10, 10, 10, 10, 2], seed=2)
     x = net.sample_inputs(N_POINTS, output=OUTPUT, min_output=MIN_OUTPUT, seed=0)
     dec = dtd.train_free(net, x, rule="z+", output=OUTPUT)
     return net, x, dec
 
 
-def _record_layer(property_report, key, outcomes, *, summary):
+def _record_layer(property_report: PropertyReport, key: RateKey, outcomes: RootOutcomes, *, summary: bool) -> None:
     """Root rates (clustered by point) and the per-point gradient rate of one
     layer (``key``: the layer's notebook key)."""
     valid = outcomes.valid
@@ -60,7 +71,7 @@ def _record_layer(property_report, key, outcomes, *, summary):
 NOTEBOOK = RateKey("notebook", "zero_output")
 
 
-def test_seed_notebook(seed_experiment, property_report):
+def test_seed_notebook(seed_experiment: SeedExperiment, property_report: PropertyReport) -> None:
     net, x, dec = seed_experiment
     outcomes = root_outcomes(net, dec, layer=0, output=OUTPUT)
     _record_layer(property_report, NOTEBOOK, outcomes, summary=True)
@@ -70,7 +81,8 @@ def test_seed_notebook(seed_experiment, property_report):
     )
 
     # per hidden neuron j: roots of neuron j over the 1000 points (independent points: Wilson)
-    neuron_rows = {outcome: [] for outcome in ("zero_output", "output_unchanged", "gradient_match")}
+    outcomes_per_neuron = ("zero_output", "output_unchanged", "gradient_match")
+    neuron_rows: dict[str, list[str]] = {outcome: [] for outcome in outcomes_per_neuron}
     for j in range(net.sizes[1]):
         for outcome in neuron_rows:
             key = NOTEBOOK.replace(outcome=outcome, neuron=j)
@@ -115,14 +127,15 @@ def test_seed_notebook(seed_experiment, property_report):
 
 
 @pytest.mark.parametrize("layer", [0, 1, 2, 3])
-def test_seed_notebook_per_layer(seed_experiment, property_report, layer):
+def test_seed_notebook_per_layer(seed_experiment: SeedExperiment, property_report: PropertyReport, layer: int) -> None:
     net, x, dec = seed_experiment
     outcomes = root_outcomes(net, dec, layer=layer, output=OUTPUT)
     _record_layer(property_report, NOTEBOOK.replace(layer=layer), outcomes, summary=False)
 
 
 @pytest.mark.parametrize("layer", [0, 1, 2, 3])
-def test_seed_network_region_roots(seed_experiment, property_report, layer):
+def test_seed_network_region_roots(seed_experiment: SeedExperiment, property_report: PropertyReport,
+                                   layer: int) -> None:
     """Beyond the notebook: does a valid Taylor root exist inside the input's region at all?"""
     net, x, dec = seed_experiment
     lay = dec.layers[layer]
@@ -154,7 +167,8 @@ def test_seed_network_region_roots(seed_experiment, property_report, layer):
                          key.replace(finder=finder_key, outcome="gradient_match"))
 
 
-def _judge_in_region(property_report, net, dec, layer, root_set, key):
+def _judge_in_region(property_report: PropertyReport, net: dtd.ReLUNetwork, dec: dtd.Decomposition, layer: int,
+                     root_set: RootSet, key: RateKey) -> None:
     """Another finder's roots of ``layer``, judged with the same checks: all in the region; gradient match recorded
     at the root (relu'(0) = 0 on the region's boundary) and halfway to the input (must be 100 %)."""
     outcomes = root_outcomes(net, with_roots(dec, layer, root_set), layer=layer, output=OUTPUT)
@@ -178,7 +192,8 @@ FULL_BACKWARD = {
 
 
 @pytest.mark.parametrize("name", list(FULL_BACKWARD))
-def test_seed_network_full_backward(seed_experiment, property_report, name):
+def test_seed_network_full_backward(seed_experiment: SeedExperiment, property_report: PropertyReport,
+                                    name: str) -> None:
     """The recursive DTD on the seed network: how much relevance survives, and how much stays unresolved."""
     net, x, _ = seed_experiment
     make, n_points = FULL_BACKWARD[name]

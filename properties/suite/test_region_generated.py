@@ -19,6 +19,9 @@ upper relevance; then
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import pytest
 import torch
 from hypothesis import settings
@@ -31,23 +34,26 @@ from properties.measure.keys import RateKey
 from properties.measure.stats import Tally
 from properties.measure.thresholds import CONSERVED_SHARE, NEARER_ATOL, NEARER_RTOL, PROPERTY_ATOL
 
+if TYPE_CHECKING:
+    from properties.plugin import PropertyReport
+
 pytestmark = pytest.mark.properties
 
 #: networks per sweep: this many times the hypothesis profile's max_examples (ci: 90 networks)
 REGION_FACTOR = 3
-REGION_SPACE = dict(depth=(1, 4), width=(1, 12), input_size=(1, 12), n=8)
-FULL_BACKWARD_SPACE = dict(depth=(1, 3), width=(1, 12), input_size=(1, 12), n=8)
+REGION_SPACE: dict[str, Any] = dict(depth=(1, 4), width=(1, 12), input_size=(1, 12), n=8)
+FULL_BACKWARD_SPACE: dict[str, Any] = dict(depth=(1, 3), width=(1, 12), input_size=(1, 12), n=8)
 
 
-def _rate_rows(property_report, tally, summary):
+def _rate_rows(property_report: PropertyReport, tally: Tally[RateKey], summary: Callable[[RateKey], bool]) -> None:
     for key in tally.names():
         property_report.rate(key, tally.rate(key, property_report.confidence), summary=summary(key))
 
 
-def test_region_roots_over_generated_networks(property_report, property_report_seed):
-    generated = sample_cases(REGION_FACTOR * settings.default.max_examples, seed=property_report_seed + 303,
+def test_region_roots_over_generated_networks(property_report: PropertyReport, property_report_seed: int) -> None:
+    generated = sample_cases(REGION_FACTOR * settings().max_examples, seed=property_report_seed + 303,
                              **REGION_SPACE)
-    tally = Tally()
+    tally: Tally[RateKey] = Tally()
     ratios = []
     variants = V.variants("region")
     for case in generated:
@@ -105,10 +111,10 @@ def test_region_roots_over_generated_networks(property_report, property_report_s
 FULL_BACKWARD_FINDERS = {"z+": lambda: dtd.LinearRoots("z+"), "sampled": lambda: dtd.RegionSamplingRoots(32, seed=0)}
 
 
-def test_full_backward_over_generated_networks(property_report, property_report_seed):
-    generated = sample_cases(REGION_FACTOR * settings.default.max_examples, seed=property_report_seed + 404,
+def test_full_backward_over_generated_networks(property_report: PropertyReport, property_report_seed: int) -> None:
+    generated = sample_cases(REGION_FACTOR * settings().max_examples, seed=property_report_seed + 404,
                              **FULL_BACKWARD_SPACE)
-    tally = Tally()
+    tally: Tally[RateKey] = Tally()
     errors: dict[str, list[float]] = {name: [] for name in FULL_BACKWARD_FINDERS}
     for case in generated:
         tally.new_cluster()
