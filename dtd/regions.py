@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import threading
+from collections.abc import Sequence
 
 import highspy
 import numpy as np
@@ -39,6 +40,7 @@ from .graph import (
     GraphNetwork,
     MaxPoolNode,
     Node,
+    NodeValues,
     ReLUNode,
     dense_limit_error,
     pool_windows,
@@ -58,11 +60,7 @@ __all__ = [
     "edge_steps",
     "RegionLP",
     "region_output_root",
-    "NodeValues",
 ]
-
-#: every node's value and every max pool's argmax at some points, keyed by node id (:meth:`GraphNetwork.run`)
-NodeValues = tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]
 
 
 class LPStatus(enum.IntEnum):
@@ -198,7 +196,7 @@ def _push(op: Operator, A: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor,
     return A_out, op.forward(c.reshape((n,) + tuple(op.in_shape))).reshape(n, -1)
 
 
-def _graph_region_rows(net: GraphNetwork, live: list[Node]) -> int:
+def _graph_region_rows(net: GraphNetwork, live: Sequence[Node]) -> int:
     rows = 1
     for node in live:
         if isinstance(node, ReLUNode):
@@ -303,7 +301,7 @@ def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, ou
                 add("relu", node.id, A, c, torch.where(z > 0, 1.0, -1.0).to(torch.float64))
                 active = (z > 0).to(torch.float64)
                 maps[node.id] = (active.unsqueeze(-1) * A, active * c)
-            else:
+            elif isinstance(node, MaxPoolNode):  # the input is never live: it has no sources
                 A, c = source_map(node.source)
                 source_shape = net.nodes[node.source].shape
                 windows = pool_windows(node, source_shape).to(a.device)  # (P, K)

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .graph import NodeValues
 from .progress import progress
 from .regions import (
     LPStatus,
-    NodeValues,
     RegionConstraints,
     RegionLP,
     base_rows,

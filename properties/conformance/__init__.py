@@ -1029,9 +1029,10 @@ def describe_failure(impl: Implementation, case: AnyCase, prop: str,
     else:
         from ..generate.architectures import ModelCase
 
-        names = (
-            subject.net.layer_names() if hasattr(subject.net, "layer_names") else [str(k) for k in range(len(rules))]
-        )
+        if isinstance(subject.net, dtd.GraphNetwork):
+            names = subject.net.layer_names()
+        else:
+            names = [str(k) for k in range(len(rules))]
         per_layer = ", ".join(f"{name}: {rule!r}" for name, rule in zip(names, rules, strict=True))
         shown = ModelCase(case.generated, x, case.output)
         # every line is Python: the model, x and output as code, the rest as comments (paste it whole)

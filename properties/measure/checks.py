@@ -17,9 +17,8 @@ import torch
 
 from dtd import Decomposition, GraphDecomposition, GraphNetwork, OperatorRoots, ReLUNetwork
 from dtd.decomposition import LayerDecomposition
-from dtd.graph import _all_last  # a boolean reduction over the last dimension (uint8 min)
+from dtd.graph import NodeValues, _all_last  # _all_last: a boolean reduction over the last dimension (uint8 min)
 from dtd.outputs import OutputLike, explain
-from dtd.regions import NodeValues
 from dtd.rootsets import AffineRoots, RootSet
 from dtd.rootsets import root_equation_residual as _residual
 from dtd.tolerances import EQUATION_SCALE_FLOOR, pattern_tol
@@ -403,11 +402,11 @@ def segment_outcomes(
     """
     if not isinstance(net, (ReLUNetwork, GraphNetwork)):
         raise TypeError(f"net must be a dtd.ReLUNetwork or dtd.GraphNetwork, got {type(net).__name__}")
-    net, output = explain(net, output)
+    net, index = explain(net, output)
     graph = net.graph() if isinstance(net, ReLUNetwork) else net
     graph.check_layer(layer)
     n, j, d = roots.shape
-    output = graph.check_output(output, n)
+    output = graph.check_output(index, n)
     relus, pools = graph.deciding(layer)
     if pools:
         raise TypeError(
@@ -429,8 +428,10 @@ def segment_outcomes(
     flat_roots = roots.reshape(n * j, d)
     mid = (a.unsqueeze(1) + roots).reshape(n * j, d) / 2
     point_of_root = points.repeat_interleave(j)
-    grad_mid = graph.evaluate_roots(layer, mid, point_of_root, base, per_root).gradient.reshape(n, j, d)
+    grad_mid = graph.evaluate_roots(layer, mid, point_of_root, base, per_root).gradient
     grad_a = at_a.gradient
+    assert grad_mid is not None and grad_a is not None  # evaluate_roots computes them by default (gradient=True)
+    grad_mid = grad_mid.reshape(n, j, d)
     match = ((grad_mid - grad_a.unsqueeze(1)).abs() <= atol).all(-1)
     f_root = graph.evaluate_roots(layer, flat_roots, point_of_root, base, per_root, gradient=False).value.reshape(n, j)
     predicted = ((a.unsqueeze(1) - roots) * grad_a.unsqueeze(1)).sum(-1)
