@@ -105,8 +105,10 @@ def test_the_digits_unet_segments_ink_and_trains_reproducibly():
     assert float((out.argmax(1) == digits.ink(x)).double().mean()) >= 0.9  # it segments the ink of these five too
     second = digits.digits_unet()
     assert second.model is not first.model
-    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()))
+    pairs = zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     build, _, learning_rate, batch_size, target = digits._CACHED["unet"]
     one, two = (digits._train(build, 0, steps=1, learning_rate=learning_rate, batch_size=batch_size, target=target)
                 for _ in range(2))
-    assert all(torch.equal(a, b) for a, b in zip(one.model.state_dict().values(), two.model.state_dict().values()))
+    pairs = zip(one.model.state_dict().values(), two.model.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
