@@ -32,11 +32,16 @@ registered by :mod:`properties.plugin` only when a run loads it itself
 from __future__ import annotations
 
 import secrets
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-__all__ = ["property_report", "property_report_seed", "activate", "activating", "random_seed", "OPTIONS", "HEAVY_PLUGIN",
-           "DEFAULT_CALL_TIMEOUT"]
+if TYPE_CHECKING:
+    from xdist.workermanage import WorkerController
+
+__all__ = ["property_report", "property_report_seed", "activate", "activating", "random_seed", "OPTIONS",
+           "HEAVY_PLUGIN", "DEFAULT_CALL_TIMEOUT"]
 
 #: the suite's plugin module, registered under this name
 HEAVY_PLUGIN = "properties.plugin"
@@ -65,7 +70,7 @@ _RANDOM_SEED_KEY = pytest.StashKey[int]()
 _WORKER_LOST_KEY = pytest.StashKey[bool]()
 
 
-def pytest_addoption(parser) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("properties", "DTD property suite (dtd-properties)")
     group.addoption("--property-report", default=None, metavar="DIR",
                     help="directory of report.json, report.md and plots (default: property-report); an interrupted "
@@ -79,8 +84,9 @@ def pytest_addoption(parser) -> None:
                     help="like --property-update-baseline, but after a failed or interrupted run too: merge the rates "
                          "of the tests that passed into the old baseline, keep every other entry")
     group.addoption("--property-baseline", default=None, metavar="FILE",
-                    help="baseline file to gate on (default: properties/baseline.json; ./conformance-baseline.json or "
-                         "./dtd-properties-baseline.json with --dtd-implementation / --dtd-subject); must exist unless updating")
+                    help="baseline file to gate on (default: properties/baseline.json; "
+                         "./conformance-baseline.json or ./dtd-properties-baseline.json with "
+                         "--dtd-implementation / --dtd-subject); must exist unless updating")
     group.addoption("--property-confidence", type=float, default=None, metavar="C",
                     help="confidence of every interval (default: 0.99)")
     group.addoption("--dtd-implementation", action="append", default=None, metavar="MODULE:FACTORY",
@@ -90,11 +96,12 @@ def pytest_addoption(parser) -> None:
                     help="judge the properties.Subject(s) a user's factory returns (repeatable); the baseline then "
                          "defaults to ./dtd-properties-baseline.json")
     group.addoption("--dtd-no-findings", action="store_true", default=False,
-                    help="with --dtd-subject: skip the insensitivity, invariance and randomisation rows of the subjects "
-                         "(for large models)")
+                    help="with --dtd-subject: skip the insensitivity, invariance "
+                         "and randomisation rows of the subjects (for large models)")
     group.addoption("--property-seed", type=int, default=None, metavar="N",
-                    help="seed of the sampled networks and of the subjects' neuron draws, in [0, 2**32 - 1] (default: 0 "
-                         "under a derandomized hypothesis profile and for subjects, else random; the report names it)")
+                    help="seed of the sampled networks and of the subjects' neuron draws, in [0, 2**32 - 1] (default: "
+                         "0 under a derandomized hypothesis profile and for subjects, else random; the report names "
+                         "it)")
     group.addoption("--property-call-timeout", type=float, default=None, metavar="S",
                     help=f"conformance kit: the longest one call of an implementation may take, in seconds (default "
                          f"{DEFAULT_CALL_TIMEOUT:g}); a slower call fails the property it was made for")
@@ -105,7 +112,7 @@ def pytest_addoption(parser) -> None:
                          "matches no rate of the run is a usage error (properties.measure.gates)")
 
 
-def pytest_configure(config) -> None:
+def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "properties: statistical and must-hold DTD property tests")
     if any(config.getoption(dest) is not None for dest in OPTIONS.values()):
         activate(config)
@@ -123,7 +130,7 @@ def activating() -> bool:
     return _activating
 
 
-def activate(config):
+def activate(config: pytest.Config) -> ModuleType:
     """The suite's plugin module, imported and registered on first use (idempotent)."""
     global _activating
     manager = config.pluginmanager
@@ -137,10 +144,12 @@ def activate(config):
         finally:
             _activating = False
         plugin = manager.get_plugin(HEAVY_PLUGIN)
+        if plugin is None:  # import_plugin registers the module or raises
+            raise pytest.UsageError(f"the property suite's plugin {HEAVY_PLUGIN} could not be registered")
     return plugin
 
 
-def random_seed(config) -> int:
+def random_seed(config: pytest.Config) -> int:
     """One random seed per run, drawn by the controller (xdist workers receive it)."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKER_RANDOM_SEED in workerinput:
@@ -150,25 +159,25 @@ def random_seed(config) -> int:
     return config.stash[_RANDOM_SEED_KEY]
 
 
-def worker_lost(config) -> bool:
+def worker_lost(config: pytest.Config) -> bool:
     """Whether an xdist worker went down with an error (its records are lost)."""
     return config.stash.get(_WORKER_LOST_KEY, False)
 
 
 @pytest.fixture
-def property_report(request):
+def property_report(request: pytest.FixtureRequest) -> Any:  # a properties.plugin.PropertyReport (not imported here)
     """Record rates, breakdowns and plot data into the property report (:class:`properties.plugin.PropertyReport`)."""
     return activate(request.config).recorder(request)
 
 
 @pytest.fixture(scope="session")
-def property_report_seed(request) -> int:
+def property_report_seed(request: pytest.FixtureRequest) -> int:
     """The run's seed for i.i.d. samples of generated cases (``--property-seed``)."""
     return activate(request.config).store(request.config).seed
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node) -> None:
+def pytest_configure_node(node: WorkerController) -> None:
     """xdist: every worker samples the same networks as the controller chose."""
     config = node.config
     node.workerinput[WORKER_RANDOM_SEED] = random_seed(config)
@@ -178,7 +187,7 @@ def pytest_configure_node(node) -> None:
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error) -> None:
+def pytest_testnodedown(node: WorkerController, error: object) -> None:
     """xdist: merge a worker's records (activating the suite on the controller if needed)."""
     if error is not None:
         node.config.stash[_WORKER_LOST_KEY] = True

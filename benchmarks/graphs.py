@@ -73,9 +73,9 @@ def _model(name: str):
 
 
 def _zennit_relevance(model, x, output) -> torch.Tensor:
-    """zennit's z+ (``ZPlus(zero_params="bias")`` on every Conv2d and Linear, its canonizers merging batch norms, ``Norm``
-    on a torchvision ResNet's residual sums -- without it each sum hands both branches the whole relevance) of ``x``,
-    of output ``output`` (an int) or of ``sum(output * y)`` (a weight tensor)."""
+    """zennit's z+ (``ZPlus(zero_params="bias")`` on every Conv2d and Linear, its canonizers merging batch norms,
+    ``Norm`` on a torchvision ResNet's residual sums -- without it each sum hands both branches the whole relevance) of
+    ``x``, of output ``output`` (an int) or of ``sum(output * y)`` (a weight tensor)."""
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.composites import LayerMapComposite
     from zennit.layer import Sum
@@ -85,7 +85,8 @@ def _zennit_relevance(model, x, output) -> torch.Tensor:
     rule = ZPlus(zero_params="bias")
     layer_map = [(torch.nn.Conv2d, rule), (torch.nn.Linear, rule)]
     torchvision_resnet = type(model).__module__.startswith("torchvision") and hasattr(model, "layer1")
-    if torchvision_resnet:  # the canonizer's residual Sum shares relevance by its inputs' shares (Norm), as zennit's composites do
+    # the canonizer's residual Sum shares relevance by its inputs' shares (Norm), as zennit's composites do
+    if torchvision_resnet:
         canonizers, layer_map = [ResNetCanonizer()], [(Sum, Norm())] + layer_map
     elif type(model).__module__.startswith("torchvision"):
         canonizers = [VGGCanonizer()]
@@ -120,12 +121,12 @@ def _floor_seconds(net, dec, roots_by_layer, points_by_layer, output) -> float:
 
     base, _ = net.run(dec.x)
     start = time.perf_counter()
-    for k, (roots, point) in enumerate(zip(roots_by_layer, points_by_layer)):
+    for k, (roots, point) in enumerate(zip(roots_by_layer, points_by_layer, strict=True)):
         _, live = net.live_nodes(k)
         with torch.enable_grad():
             values = {}
             parts = [p.requires_grad_(True) for p in net.split_input(k, roots.clone())]
-            for b, p in zip(net.layer(k).branches, parts):
+            for b, p in zip(net.layer(k).branches, parts, strict=True):
                 values[b.source] = p
             for node in live:
                 for s in net.sources(node):
@@ -143,7 +144,8 @@ def _floor_seconds(net, dec, roots_by_layer, points_by_layer, output) -> float:
 
 
 def _roots_seconds(net, dec, neurons: int):
-    """Every root question at every layer for ``neurons`` sampled neurons per point: (seconds, drawn neurons per layer)."""
+    """Every root question at every layer for ``neurons`` sampled neurons per
+    point: (seconds, drawn neurons per layer)."""
     from properties.measure.checks import root_outcomes
 
     generator = torch.Generator().manual_seed(0)
@@ -181,7 +183,8 @@ def measure(name: str, size: int, roots: bool, neurons: int, repeats: int) -> di
     ours = dec.relevance
     result = {"model": name, "input": [3, size, size], "points": 2, "layers": net.n_layers, "repeats": repeats,
               "lower_s": lower, "lower_peak_rss_mb": lower_peak,
-              "explained": "predicted class" if isinstance(output, int) else "mask (class 1, centre half)", "train_free_s": _median(train_free[1:]), "zennit_s": _median(zennit[1:]),
+              "explained": "predicted class" if isinstance(output, int) else "mask (class 1, centre half)",
+              "train_free_s": _median(train_free[1:]), "zennit_s": _median(zennit[1:]),
               "relevance_difference": float((ours - theirs).abs().max() / ours.abs().max())}
     result["train_free_over_zennit"] = result["train_free_s"] / result["zennit_s"]
     result["train_free_peak_rss_mb"] = peak_rss_mb()
@@ -190,7 +193,10 @@ def measure(name: str, size: int, roots: bool, neurons: int, repeats: int) -> di
         for _ in range(repeats):  # root questions and their floor alternately
             t, kept = _roots_seconds(net, dec, neurons)
             seconds.append(t)
-            roots_by_layer = [selected_roots(dec.layers[k].root_set, 0, 2, kept[k]).reshape(-1, net.in_features(k)) for k in range(net.n_layers)]
+            roots_by_layer = [
+                selected_roots(dec.layers[k].root_set, 0, 2, kept[k]).reshape(-1, net.in_features(k))
+                for k in range(net.n_layers)
+            ]
             points = [torch.arange(2).repeat_interleave(kept[k].shape[1]) for k in range(net.n_layers)]
             floors.append(_floor_seconds(net.explaining(output) if isinstance(output, torch.Tensor) else net, dec,
                                          roots_by_layer, points, 0 if isinstance(output, torch.Tensor) else output))
@@ -204,14 +210,19 @@ def measure(name: str, size: int, roots: bool, neurons: int, repeats: int) -> di
 
 def table(rows: list[dict]) -> str:
     """The markdown table of ``rows`` (graphs.json's)."""
-    lines = ["| model | input | layers | lower (s) | z+ `train_free` (s) | zennit `ZPlus` (s) | ratio | relevance difference | "
-             "root questions (s) | floor (s) | ratio | peak RSS (MiB) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | input | layers | lower (s) | z+ `train_free` (s) | zennit `ZPlus` (s) | ratio "
+             "| relevance difference | root questions (s) | floor (s) | ratio | peak RSS (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        roots = (f"{r['roots_s']:.1f} | {r['floor_s']:.1f} | {r['roots_over_floor']:.2f}x" if "roots_s" in r else "– | – | –")
+        roots = (f"{r['roots_s']:.1f} | {r['floor_s']:.1f} | {r['roots_over_floor']:.2f}x" if "roots_s" in r
+                 else "– | – | –")
         label = r["model"] + (" (a mask)" if "mask" in r.get("explained", "") else "")
-        lines.append(f"| {label} | {'x'.join(map(str, r['input']))}, {r['points']} points | {r['layers']} | {r['lower_s']:.1f} | "
-                     f"{r['train_free_s']:.2f} | {r['zennit_s']:.2f} | {r['train_free_over_zennit']:.2f}x | "
-                     f"{r['relevance_difference']:.1e} | {roots} | {r['peak_rss_mb']:,.0f} |")
+        lines.append(
+            f"| {label} | {'x'.join(map(str, r['input']))}, {r['points']} points | {r['layers']} | "
+            f"{r['lower_s']:.1f} | "
+            f"{r['train_free_s']:.2f} | {r['zennit_s']:.2f} | {r['train_free_over_zennit']:.2f}x | "
+            f"{r['relevance_difference']:.1e} | {roots} | {r['peak_rss_mb']:,.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -225,14 +236,16 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--merge", action="store_true",
-                        help="update these models' rows of OUT/graphs.json (a row keeps its root-question columns when they are not re-timed)")
+                        help="update these models' rows of OUT/graphs.json (a row keeps "
+                             "its root-question columns when they are not re-timed)")
     args = parser.parse_args(argv)
     rows = []
     for model in args.models:
         name, _, size = model.partition("@")
         spec = json.dumps({"name": name, "size": int(size) if size else args.size, "roots": model in args.roots,
                            "neurons": args.neurons, "repeats": args.repeats})
-        done = subprocess.run([sys.executable, "-m", "benchmarks.graphs", "--one", spec], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "benchmarks.graphs", "--one", spec], capture_output=True,
+                              text=True)
         if done.returncode != 0:
             raise SystemExit(f"{name}: {done.stderr[-2000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -245,7 +258,8 @@ def main(argv=None) -> None:
         known = {r["model"]: r for r in json.loads(path.read_text())["rows"]}
         for r in rows:
             old = known.get(r["model"], {})
-            kept = {key: value for key, value in old.items() if key.startswith(("roots_", "floor_")) or key == "neurons"}
+            kept = {key: value for key, value in old.items()
+                    if key.startswith(("roots_", "floor_")) or key == "neurons"}
             if "roots_s" not in r and kept:
                 r.update(kept, roots_run="earlier", peak_rss_mb=max(r["peak_rss_mb"], old["peak_rss_mb"]))
             known[r["model"]] = r

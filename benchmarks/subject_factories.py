@@ -25,7 +25,8 @@ def digits_cnn():
 
 
 def wide_cnn():
-    """A 28x28 CNN with 8 and 16 channels (weights from a local generator), 100 points in [0, 1], 64 neurons per point."""
+    """A 28x28 CNN with 8 and 16 channels (weights from a local generator), 100
+    points in [0, 1], 64 neurons per point."""
     generator = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):
         model = nn.Sequential(

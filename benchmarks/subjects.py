@@ -25,7 +25,8 @@ def run(factory: str) -> dict:
     with tempfile.TemporaryDirectory() as report:
         start = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "properties.cli", "check", f"benchmarks.subject_factories:{factory}", "--report", report],
+            [sys.executable, "-m", "properties.cli", "check", f"benchmarks.subject_factories:{factory}", "--report",
+             report],
             capture_output=True, text=True,
         )
         seconds = time.perf_counter() - start

@@ -15,7 +15,7 @@ import platform
 import resource
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,8 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def fast_experiment(net: dtd.ReLUNetwork, x: torch.Tensor, layers: Sequence[int] = (0,), memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
+def fast_experiment(net: dtd.ReLUNetwork, x: torch.Tensor, layers: Sequence[int] = (0,),
+                    memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
     """Batched: one train_free call, then every root of ``layers`` evaluated; returns the roots evaluated."""
     dec = dtd.train_free(net, x, rule="z+", output=0)
     n = 0
@@ -79,7 +80,8 @@ def region_lp_reference(a, A_region, c_region, sign, eq_lhs, eq_rhs, norm, nonne
     eye = np.eye(d)
     extra = d if norm == "l1" else 1
     distance = -eye if norm == "l1" else -np.ones((d, 1))
-    a_ub = np.vstack([np.hstack([region, np.zeros((region.shape[0], extra))]), np.hstack([eye, distance]), np.hstack([-eye, distance])])
+    a_ub = np.vstack([np.hstack([region, np.zeros((region.shape[0], extra))]), np.hstack([eye, distance]),
+                      np.hstack([-eye, distance])])
     b_ub = np.concatenate([sign[keep] * c_region[keep], a, -a])
     cost = np.concatenate([np.zeros(d), np.ones(extra)])
     a_eq = np.concatenate([eq_lhs, np.zeros(extra)])[None]
@@ -136,7 +138,8 @@ def region_sampling_reference(finder, net, k, a, relevance):
     return roots, valid
 
 
-def region_sampling_rates(net: dtd.ReLUNetwork, x: torch.Tensor, reference_points: int, n_directions: int = 256) -> dict:
+def region_sampling_rates(net: dtd.ReLUNetwork, x: torch.Tensor, reference_points: int,
+                          n_directions: int = 256) -> dict:
     """Points per second: RegionSamplingRoots on the first layer versus its per-point loop."""
     dec = dtd.train_free(net, x)
     lay = dec.layers[0]
@@ -174,13 +177,14 @@ def region_roots_lp_rates(net: dtd.ReLUNetwork, x: torch.Tensor, reference_point
             n_ref += 1
     reference = time.perf_counter() - start
     return {"lps": n_lp, "seconds": fast, "lps_per_s": n_lp / fast, "counts": counts,
-            "reference_lps": n_ref, "reference_lps_per_s": n_ref / reference, "speedup": (n_lp / fast) / (n_ref / reference)}
+            "reference_lps": n_ref, "reference_lps_per_s": n_ref / reference,
+            "speedup": (n_lp / fast) / (n_ref / reference)}
 
 
 def machine() -> str:
     """The machine a result was measured on, for the results files and the figures."""
-    return (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}")
+    return (f"{platform.machine()}, {os.cpu_count()} cores, torch "
+            f"{torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
 def peak_rss_mb() -> float:

@@ -1,4 +1,5 @@
-"""``python -m benchmarks.zoo [--size 64] [--only SUBSTRING ...] [--timeout 600] [--out DIR]``: the lowering on the zoos.
+"""``python -m benchmarks.zoo``: the lowering on the zoos (options ``--size 64``, ``--only SUBSTRING ...``,
+``--timeout 600``, ``--out DIR``).
 
 What users download: one small variant of every architecture family of timm
 (each module of ``timm.list_modules()``: the candidate with the fewest
@@ -47,7 +48,8 @@ import torch
 RESULTS = Path(__file__).with_name("results")
 
 #: name fragments of a family's small variants, most preferred first
-_SMALL = ("atto", "femto", "pico", "nano", "xxs", "tiny", "xs", "mini", "small", "lite", "050", "b0", "18", "_s", "t", "s")
+_SMALL = ("atto", "femto", "pico", "nano", "xxs", "tiny", "xs", "mini", "small", "lite", "050", "b0", "18", "_s", "t",
+          "s")
 
 
 def _timm_candidates(module: str) -> list[str]:
@@ -217,8 +219,8 @@ def sweep(entries: list[dict], size: int, timeout: int) -> list[dict]:
         spec = json.dumps({"entry": entry, "size": size})
         start = time.perf_counter()
         try:
-            done = subprocess.run([sys.executable, "-m", "benchmarks.zoo", "--one", spec], capture_output=True, text=True,
-                                  timeout=timeout)
+            done = subprocess.run([sys.executable, "-m", "benchmarks.zoo", "--one", spec], capture_output=True,
+                                  text=True, timeout=timeout)
             lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
             if done.returncode != 0 or not lines:
                 row = dict(entry, status="failed", reason=f"exit {done.returncode}: {done.stderr[-500:]}")
@@ -239,15 +241,19 @@ def coverage(rows: list[dict]) -> str:
     captured = sum(r["status"] == "refused: cannot be captured" for r in rows)
     failed = sum(r["status"] == "failed" for r in rows)
     inexact = sum(r["status"] == "lowered" and not r["difference"] <= 1e-8 for r in rows)
-    return (f"{len(rows)} models: {lowered} lowered of {lowered + budget} piecewise-linear ones ({budget} without an exact "
-            f"form within memory_budget and DENSE_WORK_LIMIT); {refused} refused by the operation that is not piecewise linear; {captured} torch.export "
-            f"cannot capture; {failed} failed; {inexact} lowered with a forward difference above 1e-8")
+    return (f"{len(rows)} models: {lowered} lowered of {lowered + budget} piecewise-linear ones ({budget} without an "
+            f"exact form within memory_budget and DENSE_WORK_LIMIT); {refused} refused by the operation that is not "
+            f"piecewise linear; {captured} torch.export cannot capture; {failed} failed; {inexact} lowered with a "
+            "forward difference above 1e-8")
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| source | family | model | input | status | forward difference / reason | seconds |", "|---|---|---|---|---|---|---|"]
+    lines = ["| source | family | model | input | status | forward difference / reason | seconds |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        detail = f"{r['difference']:.1e}" if r["status"] == "lowered" else (r.get("reason") or "").replace("|", "\\|")[:140]
+        detail = (
+            f"{r['difference']:.1e}" if r["status"] == "lowered" else (r.get("reason") or "").replace("|", "\\|")[:140]
+        )
         lines.append(f"| {r['source']} | {r['family']} | {r['name']} | {'x'.join(map(str, r.get('input', [])))} | "
                      f"{r['status']} | {detail} | {r['seconds']:.1f} |")
     return "\n".join(lines)
@@ -269,8 +275,8 @@ def main(argv=None) -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.only:
-        (args.out / "zoo.json").write_text(json.dumps({"machine": machine(), "size": args.size, "coverage": coverage(rows),
-                                                       "rows": rows}, indent=2) + "\n")
+        (args.out / "zoo.json").write_text(json.dumps({"machine": machine(), "size": args.size,
+                                                       "coverage": coverage(rows), "rows": rows}, indent=2) + "\n")
     print(table(rows))
     print(coverage(rows))
 

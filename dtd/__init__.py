@@ -8,12 +8,24 @@
 torch.Size([100, 10])
 """
 
-from . import graph, graph_decompose, lowering, operators, progress, regions, roots, rootsets, rules, tolerances, validation
+from . import (
+    graph,
+    graph_decompose,
+    lowering,
+    operators,
+    progress,
+    regions,
+    roots,
+    rootsets,
+    rules,
+    tolerances,
+    validation,
+)
 from .accounting import Accounting, accounting
 from .decompose import Decomposition, LayerDecomposition, train_free
+from .decomposition import GraphDecomposition
 from .full_backward import FullBackward, FullBackwardLayer, estimate_cost, full_backward
 from .graph import GraphNetwork
-from .decomposition import GraphDecomposition
 from .graph_decompose import OperatorRoots
 from .network import ReLUNetwork
 from .roots import LinearRoots, MetropolisHastingsRoots, RegionRoots, RegionSamplingRoots, RootFinder
@@ -25,6 +37,7 @@ __all__ = [
     "GraphDecomposition",
     "OperatorRoots",
     "graph",
+    "graph_decompose",
     "operators",
     "Rule",
     "rules",

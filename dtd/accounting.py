@@ -12,7 +12,7 @@ import dataclasses
 
 import torch
 
-from .decompose import Decomposition
+from .decomposition import Decomposition, GraphDecomposition
 from .graph import GraphNetwork
 from .network import ReLUNetwork
 from .validation import check_finite_layer
@@ -60,11 +60,15 @@ class Accounting:
 
     def summary(self) -> str:
         """A text table of the batch means, top layer first."""
-        lines = [f"{'layer':>5} {'upper':>10} {'conserved':>10} {'lost':>10} {'residual':>10} {'trivial':>8} {'bias share':>11}"]
+        lines = [
+            f"{'layer':>5} {'upper':>10} {'conserved':>10} {'lost':>10} {'residual':>10} {'trivial':>8} "
+            f"{'bias share':>11}"
+        ]
         for acc in reversed(self.layers):
             lines.append(
-                f"{acc.index:>5} {float(acc.upper.mean()):>10.4g} {float(acc.conserved.mean()):>10.4g} {float(acc.lost.mean()):>10.4g} "
-                f"{float(acc.residual.abs().mean()):>10.2g} {float(acc.trivial_roots.float().mean()):>8.2f} {float(acc.bias_share.mean()):>11.4g}"
+                f"{acc.index:>5} {float(acc.upper.mean()):>10.4g} {float(acc.conserved.mean()):>10.4g} "
+                f"{float(acc.lost.mean()):>10.4g} {float(acc.residual.abs().mean()):>10.2g} "
+                f"{float(acc.trivial_roots.float().mean()):>8.2f} {float(acc.bias_share.mean()):>11.4g}"
             )
         lines.append(
             "means over the batch; upper: sum_j R_j from the layer above; conserved: sum_i R_i passed on; lost: R_j of "
@@ -74,31 +78,37 @@ class Accounting:
         return "\n".join(lines)
 
 
-def accounting(net: "ReLUNetwork | GraphNetwork", dec: Decomposition) -> Accounting:
+def accounting(net: ReLUNetwork | GraphNetwork, dec: Decomposition) -> Accounting:
     """Split each layer's upper relevance, per point, into what it passed on, what it lost and the bias share.
 
     Raises ``ValueError`` naming the layer and dtype where a pre-activation or
     bias share overflows (never a NaN table).
     """
-    graph = isinstance(net, GraphNetwork)
-    if not isinstance(net, ReLUNetwork) and not graph:
+    if not isinstance(net, (ReLUNetwork, GraphNetwork)):
         raise TypeError(f"net must be a dtd.ReLUNetwork or dtd.GraphNetwork, got {type(net).__name__}")
     if not isinstance(dec, Decomposition):
         raise TypeError(f"dec must be a dtd.Decomposition, got {type(dec).__name__}")
-    width = net.in_features(0) if graph else net.in_features
-    if len(dec.layers) != net.n_layers or dec.layers[0].input.shape[1] != width or (graph and dec.activations is None):
+    # a graph network's accounting reads the pre-activations train_free computed (a GraphDecomposition keeps them)
+    graph_dec = dec if isinstance(dec, GraphDecomposition) else None
+    width = net.in_features(0) if isinstance(net, GraphNetwork) else net.in_features
+    if (len(dec.layers) != net.n_layers or dec.layers[0].input.shape[1] != width
+            or (isinstance(net, GraphNetwork) and graph_dec is None)):
         raise ValueError("the decomposition does not belong to this network")
     layers = []
     with torch.no_grad():
         for lay in dec.layers:
             k = lay.index
             upper = lay.upper_relevance
-            if graph:  # the pre-activation train_free computed, and the node's bias (its branches' constants summed)
-                z, bias = dec.activations[0][net.layer_ids[k]].flatten(1), net.layer(k).bias.flatten()
-            else:
+            if isinstance(net, GraphNetwork) and graph_dec is not None:
+                # the pre-activation train_free computed, and the node's bias (its branches' constants summed)
+                z, bias = graph_dec.activations[0][net.layer_ids[k]].flatten(1), net.layer(k).bias.flatten()
+            elif isinstance(net, ReLUNetwork):
                 z, bias = lay.input @ net.weight(k).T + net.bias(k), net.bias(k)
+            else:  # unreachable: checked above
+                raise ValueError("the decomposition does not belong to this network")
             nonzero = z != 0
-            share = torch.where(nonzero, upper * bias / torch.where(nonzero, z, torch.ones_like(z)), torch.zeros_like(z))
+            share = torch.where(nonzero, upper * bias / torch.where(nonzero, z, torch.ones_like(z)),
+                                torch.zeros_like(z))
             check_finite_layer(z, k, "its pre-activations")
             check_finite_layer(share, k, "the bias shares R_j b_j / z_j")
             total, lost, conserved = upper.sum(1), lay.lost_relevance, lay.relevance.sum(1)

@@ -15,7 +15,7 @@ this module validates the arguments and holds the result types.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 
@@ -30,9 +30,10 @@ from .rules import RuleLike
 __all__ = ["LayerDecomposition", "Decomposition", "train_free", "HALF_PRECISION"]  # the records: dtd.decomposition
 
 def checked_arguments(
-    net: ReLUNetwork, x: torch.Tensor, output: "int | torch.Tensor | str", root_finder: RootFinder
-) -> tuple["int | torch.Tensor | str", torch.Tensor]:
-    """Validate a decomposition's arguments: ``(output, x)``, ``output`` checked against ``x``'s batch (``"predicted"`` kept).
+    net: ReLUNetwork, x: torch.Tensor, output: int | torch.Tensor | str, root_finder: RootFinder
+) -> tuple[int | torch.Tensor | str, torch.Tensor]:
+    """Validate a decomposition's arguments: ``(output, x)``, ``output`` checked
+    against ``x``'s batch (``"predicted"`` kept).
 
     ``x`` comes back validated as ``(batch, D_0)`` (not copied); raises the
     ``TypeError`` / ``ValueError`` documented in :func:`train_free`.
@@ -40,8 +41,9 @@ def checked_arguments(
     dense_only(net, "this decomposition")
     if not isinstance(net, ReLUNetwork):
         raise TypeError(
-            f"net must be a dtd.ReLUNetwork or dtd.GraphNetwork, got {type(net).__name__}; lower a model with "
-            "ReLUNetwork.from_module(model, input_shape) (any piecewise-linear nn.Module) or ReLUNetwork.from_sequential"
+            f"net must be a dtd.ReLUNetwork or dtd.GraphNetwork, got {type(net).__name__}; "
+            "lower a model with ReLUNetwork.from_module(model, input_shape) (any "
+            "piecewise-linear nn.Module) or ReLUNetwork.from_sequential"
         )
     if not isinstance(root_finder, RootFinder):
         raise TypeError(f"root_finder must be a dtd.roots.RootFinder, got {type(root_finder).__name__}")
@@ -54,9 +56,10 @@ def checked_arguments(
 
 
 def checked_activations(
-    net: ReLUNetwork, x: torch.Tensor, output: "int | torch.Tensor | str", root_finder: RootFinder
-) -> tuple["int | torch.Tensor", list[torch.Tensor]]:
-    """Validate a decomposition's arguments; return the output index and the activations (every layer's input, then the output).
+    net: ReLUNetwork, x: torch.Tensor, output: int | torch.Tensor | str, root_finder: RootFinder
+) -> tuple[int | torch.Tensor, list[torch.Tensor]]:
+    """Validate a decomposition's arguments; return the output index and the
+    activations (every layer's input, then the output).
 
     The activations start with a copy of ``x``, so nothing the decomposition
     returns aliases the caller's tensor.  Raises the ``TypeError`` /
@@ -74,12 +77,12 @@ def checked_activations(
 
 
 def train_free(
-    net: "ReLUNetwork | GraphNetwork",
+    net: ReLUNetwork | GraphNetwork,
     x: torch.Tensor,
     *,
-    rule: Union[RuleLike, Sequence[RuleLike], None] = None,
+    rule: RuleLike | Sequence[RuleLike] | None = None,
     output: OutputLike = 0,
-    root_finder: Optional[RootFinder] = None,
+    root_finder: RootFinder | None = None,
 ) -> Decomposition:
     """Train-free DTD of output ``output`` of ``net`` at the points ``x``.
 

@@ -8,11 +8,16 @@ returns a :class:`Decomposition` too.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Union
+from typing import TYPE_CHECKING
 
 import torch
 
 from .rootsets import RootSet
+
+if TYPE_CHECKING:
+    from .graph import GraphNetwork
+    from .network import ReLUNetwork
+    from .outputs import OutputLike
 
 __all__ = ["LayerDecomposition", "Decomposition", "GraphDecomposition", "HALF_PRECISION", "edge_shape",
            "check_output_and_precision"]
@@ -92,9 +97,9 @@ class Decomposition:
     """
 
     layers: tuple[LayerDecomposition, ...]
-    output: Union[int, torch.Tensor]  # the explained output: an index, (batch,) per-point indices, or output weights
+    output: int | torch.Tensor  # the explained output: an index, (batch,) per-point indices, or output weights
     output_value: torch.Tensor  # (batch,) f(x) of the explained output
-    input_shape: Optional[tuple[int, ...]] = dataclasses.field(default=None, kw_only=True)
+    input_shape: tuple[int, ...] | None = dataclasses.field(default=None, kw_only=True)
 
     @property
     def relevance(self) -> torch.Tensor:
@@ -113,14 +118,16 @@ class Decomposition:
         return sum(layer.n_invalid for layer in self.layers)
 
 
-def edge_shape(x: torch.Tensor) -> Optional[tuple[int, ...]]:
+def edge_shape(x: torch.Tensor) -> tuple[int, ...] | None:
     """The non-batch shape of an input ``x`` with more than two dimensions (None for ``(batch, D)``)."""
     return tuple(x.shape[1:]) if x.dim() > 2 else None
 
 
-def check_output_and_precision(net, output, convert: str):
+def check_output_and_precision(net: ReLUNetwork | GraphNetwork, output: OutputLike,
+                               convert: str) -> int | torch.Tensor | str:
     """``output`` checked (an int, a ``(batch,)`` tensor, or ``"predicted"`` kept as it is); the network's parameters
-    finite; half precision refused, ``convert`` saying how to convert.  Shared by the dense and the graph decomposition."""
+    finite; half precision refused, ``convert`` saying how to convert.  Shared by the dense and the graph
+    decomposition."""
     if isinstance(output, str):
         if output != "predicted":
             raise ValueError(f"output must be an int, a (batch,) integer tensor or 'predicted', got {output!r}")
@@ -147,10 +154,11 @@ class GraphDecomposition(Decomposition):
     ``activations`` every node's value there (as :meth:`~dtd.graph.GraphNetwork.run`).
     """
 
-    input_relevance: torch.Tensor = dataclasses.field(default=None, kw_only=True)
-    x: torch.Tensor = dataclasses.field(default=None, kw_only=True)
+    input_relevance: torch.Tensor = dataclasses.field(kw_only=True)
+    x: torch.Tensor = dataclasses.field(kw_only=True)
     #: every node's value at ``x`` and every max pool's argmax (:meth:`GraphNetwork.run`), kept for the checks
-    activations: tuple = dataclasses.field(default=None, kw_only=True, repr=False, compare=False)
+    activations: tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]] = dataclasses.field(
+        kw_only=True, repr=False, compare=False)
 
     @property
     def relevance(self) -> torch.Tensor:

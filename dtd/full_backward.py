@@ -44,7 +44,6 @@ ReLU pattern; never a rounded or hashed float) are evaluated once.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import torch
 
@@ -108,6 +107,7 @@ class FullBackward(Decomposition):
         Rows served from an identical row at the same level instead of being evaluated again.
     """
 
+    layers: tuple[FullBackwardLayer, ...]
     estimated_evaluations: int
     evaluations: tuple[int, ...]
     reused: int
@@ -146,7 +146,7 @@ class _Upper:
 
 
 class _Recursion:
-    def __init__(self, net: ReLUNetwork, finder: RootFinder, output: "int | torch.Tensor"):
+    def __init__(self, net: ReLUNetwork, finder: RootFinder, output: int | torch.Tensor):
         self.net, self.finder, self.output = net, finder, output
         self.evaluations = [0] * net.n_layers
         self.reused = 0
@@ -155,15 +155,16 @@ class _Recursion:
     def act(self, k: int, z: torch.Tensor) -> torch.Tensor:
         return torch.relu(z) if self.net.has_relu(k) else z
 
-    def act_slope(self, k: int, z: torch.Tensor, on_hinge: Optional[torch.Tensor]) -> torch.Tensor:
-        """``act'(z)`` of layer ``k``: 1 / 0 off the hinge; on it (``|z| <= pattern_tol``) ``on_hinge`` if given, else 0."""
+    def act_slope(self, k: int, z: torch.Tensor, on_hinge: torch.Tensor | None) -> torch.Tensor:
+        """``act'(z)`` of layer ``k``: 1 / 0 off the hinge; on it
+        (``|z| <= pattern_tol``) ``on_hinge`` if given, else 0."""
         if not self.net.has_relu(k):
             return torch.ones_like(z)
         if on_hinge is None:
             return (z > 0).to(z.dtype)
         return torch.where(z.abs() <= pattern_tol(z.dtype), on_hinge, z > 0).to(z.dtype)
 
-    def evaluate(self, k: int, h: torch.Tensor, direction: Optional[torch.Tensor] = None, record: bool = False) -> _Upper:
+    def evaluate(self, k: int, h: torch.Tensor, direction: torch.Tensor | None = None, record: bool = False) -> _Upper:
         """``Rel_k`` at the rows of ``h`` (inputs of layer ``k``; ``k = n_layers``: the network output).
 
         ``direction`` (rows like ``h``): where a ReLU sits exactly on its hinge,
@@ -198,7 +199,9 @@ class _Recursion:
         self.evaluations[k] += a.shape[0]
         return torch.cat(roots), torch.cat(valid)
 
-    def _forward(self, k: int, a: torch.Tensor, direction: Optional[torch.Tensor]):
+    def _forward(
+        self, k: int, a: torch.Tensor, direction: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Layer ``k`` at ``a``: ``(z, act(z), slope act'(z), direction of the output)``."""
         w, b = self.net.weight(k), self.net.bias(k)
         z = check_finite_layer(a @ w.T + b, k, "its pre-activations")
@@ -206,7 +209,7 @@ class _Recursion:
         slope = self.act_slope(k, z, None if dz is None else dz > 0)
         return z, self.act(k, z), slope, None if dz is None else slope * dz
 
-    def _evaluate(self, k: int, a: torch.Tensor, direction: Optional[torch.Tensor], record: bool) -> _Upper:
+    def _evaluate(self, k: int, a: torch.Tensor, direction: torch.Tensor | None, record: bool) -> _Upper:
         w = self.net.weight(k)
         z, h, act_slope, dh = self._forward(k, a, direction)
         upper = self.evaluate(k + 1, h, dh, record)
@@ -214,7 +217,8 @@ class _Recursion:
         # R_j's slope in z_j at a; its first-order model vanishes where w_j . (a - r) = R_j / slope_j
         slope = upper.gradient * act_slope
         flat = (relevance != 0) & (slope == 0)  # R_j locally constant: it has no root
-        model = torch.where(slope != 0, relevance / torch.where(slope != 0, slope, torch.ones_like(slope)), torch.zeros_like(slope))
+        model = torch.where(slope != 0, relevance / torch.where(slope != 0, slope, torch.ones_like(slope)),
+                            torch.zeros_like(slope))
         roots, valid = self._find(k, a, model)
         valid = valid & ~flat
         pairs = ((relevance != 0) & valid).nonzero()  # (P, 2): point, neuron
@@ -227,7 +231,8 @@ class _Recursion:
         unresolved_pairs = at_root.relevance[rows, neuron]
         scale_pairs = at_root.gradient[rows, neuron] * root_slope[rows, neuron]
         grad = scale_pairs.unsqueeze(1) * w[neuron]  # (P, D)
-        lower = check_finite_layer(torch.zeros_like(a).index_add_(0, point, grad * (a[point] - root)), k, "the input relevances")
+        lower = check_finite_layer(torch.zeros_like(a).index_add_(0, point, grad * (a[point] - root)), k,
+                                   "the input relevances")
         # neurons without relevance expand at a itself (trivial root): their gradient is the slope there
         trivial = (relevance == 0).to(a.dtype)
         gradient = (slope * trivial) @ w
@@ -256,8 +261,8 @@ def full_backward(
     x: torch.Tensor,
     *,
     root_finder: RootFinder,
-    output: "int | torch.Tensor | str" = 0,
-    budget: Optional[int] = DEFAULT_BUDGET,
+    output: int | torch.Tensor | str = 0,
+    budget: int | None = DEFAULT_BUDGET,
 ) -> FullBackward:
     """Full-backward (recursive) DTD of output ``output`` of ``net`` at the points ``x``.
 
@@ -304,9 +309,10 @@ def full_backward(
     if budget is not None and estimate > budget:
         per_point = estimate_cost(net, 1)
         raise ValueError(
-            f"full_backward would pass up to {estimate:,} points to the root finder ({per_point:,} per input point "
-            f"on a network with layer widths {net.sizes}: the count grows like width^depth), above the budget of "
-            f"{budget:,}; explain fewer points (at most {budget // per_point:,}) or pass a larger budget= (None: no limit)"
+            f"full_backward would pass up to {estimate:,} points to the root finder "
+            f"({per_point:,} per input point on a network with layer widths {net.sizes}: the count "
+            f"grows like width^depth), above the budget of {budget:,}; explain fewer points (at "
+            f"most {budget // per_point:,}) or pass a larger budget= (None: no limit)"
         )
     if isinstance(output, torch.Tensor):
         return _per_output(net, activations[0], root_finder, output, estimate)
@@ -325,16 +331,18 @@ def full_backward(
     )
 
 
-def _per_output(net: ReLUNetwork, x: torch.Tensor, root_finder: RootFinder, output: torch.Tensor, estimate: int) -> FullBackward:
+def _per_output(
+    net: ReLUNetwork, x: torch.Tensor, root_finder: RootFinder, output: torch.Tensor, estimate: int
+) -> FullBackward:
     """Per-point outputs: one recursion per distinct output (rows identical across outputs are not shared)."""
     groups = [(int(c), (output == c).nonzero().squeeze(1)) for c in output.unique().tolist()]
     parts = [full_backward(net, x[index], root_finder=root_finder, output=c, budget=None) for c, index in groups]
     n = x.shape[0]
 
-    def merged(values):
+    def merged(values: list[torch.Tensor]) -> torch.Tensor:
         first = values[0]
         result = torch.empty((n,) + tuple(first.shape[1:]), dtype=first.dtype, device=first.device)
-        for (_, index), value in zip(groups, values):
+        for (_, index), value in zip(groups, values, strict=True):
             result[index] = value
         return result
 

@@ -45,14 +45,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .operators import Chain, Dense, Reshape
-from .outputs import check_output, check_weights
+from .operators import Chain, Dense, Operator, Parallel, Reshape
+from .outputs import OutputLike, check_output, check_weights
 from .validation import all_finite, check_finite_layer, check_int
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "GraphNetwork",
     "RootEvaluation",
     "RootComparison",
+    "NodeValues",
 ]
 
 
@@ -78,35 +80,35 @@ __all__ = [
 DENSE_LAYER_LIMIT = 256 << 20
 
 
-def dense_limit_error(net, k: int, what: str, rows: int, cols: int) -> ValueError:
+def dense_limit_error(net: GraphNetwork, k: int, what: str, rows: int, cols: int) -> ValueError:
     """The ``ValueError`` for a dense ``rows x cols`` float64 matrix of layer ``k`` above :data:`DENSE_LAYER_LIMIT`."""
     needed = rows * cols * 8
     return ValueError(
         f"layer {k} ({net.layer_names()[k]!r}): {what} is a dense {rows:,} x {cols:,} matrix, {needed:,} bytes "
-        f"({needed / 2**30:.2f} GiB) as float64, above dtd.graph.DENSE_LAYER_LIMIT = {DENSE_LAYER_LIMIT:,} bytes "
-        f"({DENSE_LAYER_LIMIT / 2**20:.0f} MiB) per point; the in-region root finders (RegionRoots, RegionSamplingRoots, "
-        "MetropolisHastingsRoots) and the layer rule pinv need it. On this layer use DTD's closed-form neuron rules "
-        "(dtd.train_free(net, x, rule='z+'), or w2, gamma, x, zB), "
-        "which stay matrix-free, and judge sampled neurons with properties.checks.root_outcomes(..., neurons=K); or raise "
-        "dtd.graph.DENSE_LAYER_LIMIT where the memory is there"
+        f"({needed / 2**30:.2f} GiB) as float64, above dtd.graph.DENSE_LAYER_LIMIT "
+        f"= {DENSE_LAYER_LIMIT:,} bytes ({DENSE_LAYER_LIMIT / 2**20:.0f} MiB) per point; the in-region root "
+        "finders (RegionRoots, RegionSamplingRoots, MetropolisHastingsRoots) and the layer rule pinv need it. "
+        "On this layer use DTD's closed-form neuron rules (dtd.train_free(net, x, rule='z+'), or w2, gamma, x, "
+        "zB), which stay matrix-free, and judge sampled neurons with properties.checks.root_outcomes(..., "
+        "neurons=K); or raise dtd.graph.DENSE_LAYER_LIMIT where the memory is there"
     )
 
 
-def dense_only(net, what: str) -> None:
+def dense_only(net: object, what: str) -> None:
     """``TypeError`` when ``net`` is a :class:`GraphNetwork`: ``what`` needs the dense layers of a ``ReLUNetwork``."""
     if isinstance(net, GraphNetwork):
         raise TypeError(
-            f"{what} needs the dense layers of a dtd.ReLUNetwork, but this network was lowered by the graph engine "
-            "(ReLUNetwork.from_module); on a GraphNetwork use dtd.train_free with rule= (closed-form roots) or an "
-            "in-region root finder (up to dtd.graph.DENSE_LAYER_LIMIT), dtd.accounting and properties.checks.root_outcomes, "
-            "or lower an MLP or a small CNN with from_sequential"
+            f"{what} needs the dense layers of a dtd.ReLUNetwork, but this network was lowered by the graph "
+            "engine (ReLUNetwork.from_module); on a GraphNetwork use dtd.train_free with rule= (closed-form "
+            "roots) or an in-region root finder (up to dtd.graph.DENSE_LAYER_LIMIT), dtd.accounting and "
+            "properties.checks.root_outcomes, or lower an MLP or a small CNN with from_sequential"
         )
 
 
 @dataclasses.dataclass(frozen=True)
 class InputNode:
     id: int
-    shape: tuple
+    shape: tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +116,7 @@ class Branch:
     """One summand ``A_b(h_b)`` of an affine node: the source node's id and the operator."""
 
     source: int
-    op: Chain
+    op: Chain | Parallel  # Parallel: several maps of one activation summed (dtd.lowering)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,17 +128,17 @@ class AffineNode:
     """
 
     id: int
-    shape: tuple
-    branches: tuple
+    shape: tuple[int, ...]
+    branches: tuple[Branch, ...]
     bias: torch.Tensor
     name: str
-    modules: tuple
+    modules: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class ReLUNode:
     id: int
-    shape: tuple
+    shape: tuple[int, ...]
     source: int
     name: str = ""
 
@@ -154,7 +156,7 @@ class MaxPoolNode:
     """
 
     id: int
-    shape: tuple
+    shape: tuple[int, ...]
     source: int
     dim: int
     kernel_size: tuple = ()
@@ -162,9 +164,9 @@ class MaxPoolNode:
     padding: tuple = ()
     dilation: tuple = ()
     ceil_mode: bool = False
-    output_size: Optional[tuple] = None  # adaptive max pooling
+    output_size: tuple | None = None  # adaptive max pooling
     name: str = ""
-    signs: Optional[tuple] = None  # per index of the first non-batch axis: +1 max pooling, -1 min pooling
+    signs: tuple | None = None  # per index of the first non-batch axis: +1 max pooling, -1 min pooling
 
     def oriented(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` times the signs along its first non-batch axis (``t`` itself without signs)."""
@@ -183,8 +185,8 @@ class MaxPoolNode:
             function = F.adaptive_max_pool1d if self.dim == 1 else F.adaptive_max_pool2d
             values, index = function(x, self.output_size, return_indices=True)
         else:
-            function = F.max_pool1d if self.dim == 1 else F.max_pool2d
-            values, index = function(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+            pooling = F.max_pool1d if self.dim == 1 else F.max_pool2d
+            values, index = pooling(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
                                      return_indices=True)
         if len(lead) != 1:
             values = values.reshape((values.shape[0],) + lead + tuple(values.shape[2:]))
@@ -192,7 +194,10 @@ class MaxPoolNode:
         return self.oriented(values), index
 
 
-Node = Union[InputNode, AffineNode, ReLUNode, MaxPoolNode]
+Node = InputNode | AffineNode | ReLUNode | MaxPoolNode
+
+#: every node's value and every max pool's argmax at some points, keyed by node id (:meth:`GraphNetwork.run`)
+NodeValues = tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]
 
 
 def _planes(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -200,7 +205,7 @@ def _planes(t: torch.Tensor, dim: int) -> torch.Tensor:
     return t.reshape(t.shape[0], -1, math.prod(t.shape[-dim:]))
 
 
-def pool_windows(node: "MaxPoolNode", source_shape: tuple) -> torch.Tensor:
+def pool_windows(node: MaxPoolNode, source_shape: tuple) -> torch.Tensor:
     """Each output's window: ``(prod(out spatial), K)`` flat indices into the source's channel plane, ``-1`` for none.
 
     ``K`` is the largest window; windows clipped by the padding (or an
@@ -212,7 +217,7 @@ def pool_windows(node: "MaxPoolNode", source_shape: tuple) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=256)
-def _pool_windows(node: "MaxPoolNode", source_shape: tuple) -> torch.Tensor:
+def _pool_windows(node: MaxPoolNode, source_shape: tuple) -> torch.Tensor:
     dim = node.dim
     in_sizes = tuple(source_shape[-dim:])
     out_sizes = tuple(node.shape[-dim:])
@@ -234,7 +239,7 @@ def _pool_windows(node: "MaxPoolNode", source_shape: tuple) -> torch.Tensor:
     return torch.tensor([w + [-1] * (size - len(w)) for w in flat], dtype=torch.int64).reshape(len(flat), size)
 
 
-def operator_matrix(op, dtype: torch.dtype, device=None) -> torch.Tensor:
+def operator_matrix(op: Operator, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
     """An operator's ``(out_features, in_features)`` matrix, matrix-free: its own weight for a Linear, else unit
     vectors pushed through it (the outputs' back through the transpose when there are fewer of them), in chunks.
 
@@ -263,7 +268,8 @@ def operator_matrix(op, dtype: torch.dtype, device=None) -> torch.Tensor:
 
 
 def scatter_argmax(values: torch.Tensor, argmax: torch.Tensor, source_shape: tuple, dim: int) -> torch.Tensor:
-    """Route ``values`` (a max pool's output shape) to the argmax inputs (``source_shape``), adding where windows overlap."""
+    """Route ``values`` (a max pool's output shape) to the argmax inputs
+    (``source_shape``), adding where windows overlap."""
     out = values.new_zeros((values.shape[0],) + tuple(source_shape))
     _planes(out, dim).scatter_add_(2, _planes(argmax, dim), _planes(values, dim))
     return out
@@ -282,10 +288,10 @@ class RootEvaluation:
     """
 
     value: torch.Tensor
-    gradient: Optional[torch.Tensor]
+    gradient: torch.Tensor | None
     relu: torch.Tensor
     argmax: torch.Tensor
-    window_gap: Optional[torch.Tensor]
+    window_gap: torch.Tensor | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,7 +313,7 @@ class RootComparison:
     gradient_mean: torch.Tensor
 
 
-def _rows_of(points: torch.Tensor):
+def _rows_of(points: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function taking the rows ``points`` of a tensor: a slice (a view, no copy) when they are one ascending run."""
     n = points.numel()
     if n and int(points[-1]) - int(points[0]) == n - 1 and (n == 1 or bool((points[1:] > points[:-1]).all())):
@@ -349,6 +355,20 @@ class GraphNetwork(nn.Module):
         Whether the output is the last affine node's ReLU.
     """
 
+    # set in __init__ through __dict__ (see there)
+    nodes: list[Node]
+    output_node: int
+    final_relu: bool
+    input_shape: tuple[int, ...]
+    layer_ids: list[int]
+    _layer_of: dict[int, int]
+    consumers: dict[int, list[int]]
+    _dtype: torch.dtype
+    _device: torch.device
+    _live: dict[int, tuple[frozenset[int], tuple[Node, ...]]]
+    _weights: dict[int, torch.Tensor]
+    _float64: dict[int, list[Chain | Parallel]]
+
     def __init__(self, nodes: Sequence[Node], output: int, *, final_relu: bool, input_shape: Sequence[int]):
         super().__init__()
         nodes = list(nodes)
@@ -378,9 +398,9 @@ class GraphNetwork(nn.Module):
 
     @classmethod
     def chain(
-        cls, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], *, final_relu: bool, input_shape: Sequence[int],
-        names: Optional[Sequence[str]] = None,
-    ) -> "GraphNetwork":
+        cls, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], *, final_relu: bool,
+        input_shape: Sequence[int], names: Sequence[str] | None = None,
+    ) -> GraphNetwork:
         """An MLP as a graph: Linear ``k`` (a :class:`~dtd.operators.Dense` operator on ``weights[k]``) then a ReLU.
 
         The tensors are used as given (not copied); a multi-dimensional
@@ -388,12 +408,12 @@ class GraphNetwork(nn.Module):
         :class:`dtd.ReLUNetwork` runs on the engine (:meth:`dtd.ReLUNetwork.graph`).
         """
         input_shape = tuple(input_shape)
-        nodes: list = [InputNode(0, input_shape)]
+        nodes: list[Node] = [InputNode(0, input_shape)]
         previous = 0
         last = len(weights) - 1
-        for k, (weight, bias) in enumerate(zip(weights, biases)):
+        for k, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
             name = names[k] if names is not None else f"layers.{k}"
-            ops = [Dense(weight)]
+            ops: list[Operator] = [Dense(weight)]
             if k == 0 and len(input_shape) > 1:
                 ops.insert(0, Reshape(input_shape, (weight.shape[1],)))
             affine = AffineNode(len(nodes), (weight.shape[0],), (Branch(previous, Chain(ops)),), bias, name, (name,))
@@ -427,11 +447,15 @@ class GraphNetwork(nn.Module):
     def layer(self, k: int) -> AffineNode:
         """The affine node of DTD layer ``k``."""
         self.check_layer(k)
-        return self.nodes[self.layer_ids[k]]
+        return self._layer_node(k)
+
+    def _layer_node(self, k: int) -> AffineNode:
+        """``layer(k)`` unchecked (``k = -1`` is the top layer)."""
+        return cast(AffineNode, self.nodes[self.layer_ids[k]])  # layer_ids holds the affine nodes' ids
 
     def layer_names(self) -> list[str]:
         """Each layer's name: its first module with weights (``"features.0"``, ``"layer1.0.conv2"``, ``"fc"``)."""
-        return [self.nodes[i].name for i in self.layer_ids]
+        return [self._layer_node(k).name for k in range(self.n_layers)]
 
     def in_features(self, k: int) -> int:
         """``D_k``: the size of layer ``k``'s input (its branches' inputs side by side)."""
@@ -474,7 +498,7 @@ class GraphNetwork(nn.Module):
         """Layer ``k``'s bias ``(J_k,)``: the node's bias flattened (a view)."""
         return self.layer(k).bias.reshape(-1)
 
-    def float64_operators(self, node: "AffineNode") -> list:
+    def float64_operators(self, node: AffineNode) -> list[Chain | Parallel]:
         """The node's branch operators in float64 (themselves in a float64 network; converted copies kept otherwise)."""
         if self._dtype == torch.float64:
             return [b.op for b in node.branches]
@@ -482,23 +506,24 @@ class GraphNetwork(nn.Module):
             self._float64[node.id] = [b.op.to(torch.float64) for b in node.branches]
         return self._float64[node.id]
 
-    def check_layer(self, k, name: str = "layer") -> int:
+    def check_layer(self, k: int, name: str = "layer") -> int:
         check_int(k, name)
         if not 0 <= k < self.n_layers:
             raise ValueError(f"{name} must be in [0, {self.n_layers - 1}] for a {self.n_layers}-layer network, got {k}")
         return k
 
-    def check_output(self, output, batch: Optional[int] = None):
+    def check_output(self, output: OutputLike, batch: int | None = None) -> int | torch.Tensor:
         """``output``: an int in ``[0, out_features)``, an index tuple into :attr:`output_shape` (its flat index) or a
         ``(batch,)`` integer tensor (:func:`dtd.outputs.check_output`)."""
         return check_output(self, output, batch)
 
     @property
-    def output_shape(self) -> tuple:
-        """The per-point output's shape (``(classes,)``, ``(classes, height, width)``, ...); :meth:`forward` flattens it."""
+    def output_shape(self) -> tuple[int, ...]:
+        """The per-point output's shape (``(classes,)``,
+        ``(classes, height, width)``, ...); :meth:`forward` flattens it."""
         return tuple(self.nodes[self.layer_ids[-1]].shape)
 
-    def explaining(self, weights: torch.Tensor) -> "GraphNetwork":
+    def explaining(self, weights: torch.Tensor) -> GraphNetwork:
         """The network whose one output is ``sum(weights * y)`` over this network's per-point output ``y``.
 
         The weights are absorbed into the top layer (the output is linear in
@@ -510,19 +535,20 @@ class GraphNetwork(nn.Module):
         """
         w = check_weights(self, weights)
         w64 = w.to(torch.float64).reshape(1, -1)
-        top = self.nodes[self.layer_ids[-1]]
+        top = self._layer_node(-1)
         nodes = list(self.nodes)
         if self.final_relu:
             relu = ReLUNode(len(nodes), top.shape, top.id, top.name)
             nodes.append(relu)
-            row = Chain([Reshape(top.shape, (math.prod(top.shape),)), Dense(w64.to(self.dtype))])
-            nodes.append(AffineNode(len(nodes), (1,), (Branch(relu.id, row),), torch.zeros(1, dtype=self.dtype, device=self.device),
-                                    top.name, top.modules))
+            row_op = Chain([Reshape(top.shape, (math.prod(top.shape),)), Dense(w64.to(self.dtype))])
+            nodes.append(AffineNode(len(nodes), (1,), (Branch(relu.id, row_op),),
+                                    torch.zeros(1, dtype=self.dtype, device=self.device), top.name, top.modules))
             return GraphNetwork(nodes, nodes[-1].id, final_relu=False, input_shape=self.input_shape)
         branches = []
-        for branch, op in zip(top.branches, self.float64_operators(top)):
+        for branch, op in zip(top.branches, self.float64_operators(top), strict=True):
             row = op.transpose(w64.reshape((1,) + tuple(top.shape))).reshape(1, -1)
-            branches.append(Branch(branch.source, Chain([Reshape(op.in_shape, (op.in_features,)), Dense(row.to(self.dtype))])))
+            branches.append(Branch(branch.source,
+                                   Chain([Reshape(op.in_shape, (op.in_features,)), Dense(row.to(self.dtype))])))
         bias = (w64.reshape(-1) * top.bias.to(torch.float64).reshape(-1)).sum().reshape(1).to(self.dtype)
         nodes[top.id] = AffineNode(top.id, (1,), tuple(branches), bias, top.name, top.modules)
         return GraphNetwork(nodes, top.id, final_relu=False, input_shape=self.input_shape)
@@ -532,10 +558,12 @@ class GraphNetwork(nn.Module):
             if isinstance(node, AffineNode):
                 for t in [node.bias] + [t for b in node.branches for t in b.op.tensors()]:
                     if not all_finite(t):
-                        raise ValueError(f"layer {self._layer_of[node.id]} ({node.name}) holds NaN or infinite parameters")
+                        raise ValueError(f"layer {self._layer_of[node.id]} ({node.name}) "
+                                         "holds NaN or infinite parameters")
 
-    def check_input(self, x, *, name: str = "x") -> torch.Tensor:
-        """``x`` validated as ``(batch, *input_shape)`` (a flat ``(batch, prod(input_shape))`` is reshaped); never modified."""
+    def check_input(self, x: torch.Tensor, *, name: str = "x") -> torch.Tensor:
+        """``x`` validated as ``(batch, *input_shape)`` (a flat
+        ``(batch, prod(input_shape))`` is reshaped); never modified."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() == 2 and x.shape[1] == self.in_size and len(self.input_shape) > 1:
@@ -555,12 +583,13 @@ class GraphNetwork(nn.Module):
             raise ValueError(f"{name} contains {int((~torch.isfinite(x)).sum())} NaN or infinite value(s)")
         return x.detach()
 
-    def as_dense_chain(self) -> Optional[tuple[list, list, bool]]:
-        """``(weights, biases, final_relu)`` when the graph is an MLP (each layer one Linear on the previous ReLU), else None."""
+    def as_dense_chain(self) -> tuple[list[torch.Tensor], list[torch.Tensor], bool] | None:
+        """``(weights, biases, final_relu)`` when the graph is an MLP (each layer one
+        Linear on the previous ReLU), else None."""
         weights, biases = [], []
         previous = 0
         for k, node_id in enumerate(self.layer_ids):
-            node = self.nodes[node_id]
+            node = self._layer_node(k)
             if len(node.branches) != 1 or node.branches[0].source != previous:
                 return None
             ops = node.branches[0].op.ops
@@ -579,42 +608,43 @@ class GraphNetwork(nn.Module):
         return weights, biases, self.final_relu
 
     # ------------------------------------------------------------------ evaluation
-    def _affine(self, node: AffineNode, values: dict) -> torch.Tensor:
+    def _affine(self, node: AffineNode, values: dict[int, torch.Tensor]) -> torch.Tensor:
         if len(node.branches) == 1 and len(node.shape) == 1:
             branch = node.branches[0]
             weight = branch.op.flat_weight()
             if weight is not None:  # a Linear: the bias added in the product, as nn.Linear computes it
                 return torch.addmm(node.bias, values[branch.source].flatten(1), weight.T)
-        z = None
-        for branch in node.branches:
-            part = branch.op.forward(values[branch.source])
-            z = part if z is None else z + part
+        first, *rest = node.branches
+        z = first.op.forward(values[first.source])
+        for branch in rest:
+            z = z + branch.op.forward(values[branch.source])
         return z + node.bias
 
-    def run(self, x: torch.Tensor) -> tuple[dict, dict]:
+    def run(self, x: torch.Tensor) -> NodeValues:
         """Every node's value at ``x`` ``(batch, *input_shape)``: ``(values, argmaxes)`` keyed by node id.
 
         An affine node's value is its pre-activation; a max pool's argmax
         (flat index in its source's channel plane) is in ``argmaxes``.  A layer
         whose pre-activations overflow the dtype is a ``ValueError`` naming it.
         """
-        values: dict = {0: x}
-        argmax: dict = {}
+        values = {0: x}
+        argmax: dict[int, torch.Tensor] = {}
         with torch.no_grad():
             for node in self.nodes[1:]:
                 self._compute(node, values, argmax)
         return values, argmax
 
-    def _compute(self, node: Node, values: dict, argmax: dict, check: bool = True) -> None:
+    def _compute(self, node: Node, values: dict[int, torch.Tensor], argmax: dict[int, torch.Tensor],
+                 check: bool = True) -> None:
         if isinstance(node, AffineNode):
             z = self._affine(node, values)
             values[node.id] = check_finite_layer(z, self._layer_of[node.id], "its pre-activations") if check else z
         elif isinstance(node, ReLUNode):
             values[node.id] = torch.relu(values[node.source])
-        else:
+        elif isinstance(node, MaxPoolNode):  # never the input: it is node 0, computed by no one
             values[node.id], argmax[node.id] = node.pool(values[node.source])
 
-    def output_of(self, values: dict) -> torch.Tensor:
+    def output_of(self, values: dict[int, torch.Tensor]) -> torch.Tensor:
         """``net(x)`` ``(batch, out_features)`` from :meth:`run`'s values."""
         z = values[self.layer_ids[-1]].flatten(1)
         return torch.relu(z) if self.final_relu else z
@@ -625,8 +655,9 @@ class GraphNetwork(nn.Module):
             x = x.reshape((x.shape[0],) + self.input_shape)
         return self.output_of(self.run(x)[0])
 
-    def layer_input(self, values: dict, k: int) -> torch.Tensor:
-        """``a``: layer ``k``'s branch inputs flattened side by side, ``(batch, D_k)`` (a view of the one source of a single-branch layer)."""
+    def layer_input(self, values: dict[int, torch.Tensor], k: int) -> torch.Tensor:
+        """``a``: layer ``k``'s branch inputs flattened side by side, ``(batch, D_k)`` (a view of the
+        one source of a single-branch layer)."""
         branches = self.layer(k).branches
         if len(branches) == 1:
             return values[branches[0].source].flatten(1)
@@ -642,7 +673,7 @@ class GraphNetwork(nn.Module):
         return parts
 
     # ------------------------------------------------------------------ f_k at roots
-    def live_nodes(self, k: int) -> tuple[set, list]:
+    def live_nodes(self, k: int) -> tuple[frozenset[int], tuple[Node, ...]]:
         """``(overridden, live)``: layer ``k``'s sources, and the nodes ``f_k`` recomputes, in topological order.
 
         Live nodes depend on an overridden source and feed the output along a
@@ -659,12 +690,14 @@ class GraphNetwork(nn.Module):
         for node in reversed(self.nodes):
             if node.id in needed and node.id not in overridden:
                 needed.update(self.sources(node))
-        live = tuple(node for node in self.nodes if node.id in depends and node.id in needed and node.id not in overridden)
+        live = tuple(node for node in self.nodes if node.id in depends and node.id in needed
+                     and node.id not in overridden)
         self._live[k] = (frozenset(overridden), live)
         return self._live[k]
 
     def deciding(self, k: int) -> tuple[list[int], list[int]]:
-        """The non-linearities deciding the region of ``f_k``: ``(relu node ids, max pool node ids)`` (the output's ReLU included)."""
+        """The non-linearities deciding the region of ``f_k``:
+        ``(relu node ids, max pool node ids)`` (the output's ReLU included)."""
         _, live = self.live_nodes(k)
         relus = [n.id for n in live if isinstance(n, ReLUNode)]
         pools = [n.id for n in live if isinstance(n, MaxPoolNode)]
@@ -673,14 +706,14 @@ class GraphNetwork(nn.Module):
     def evaluate_roots(
         self,
         k: int,
-        roots: Optional[torch.Tensor],
+        roots: torch.Tensor | None,
         point: torch.Tensor,
-        base: tuple[dict, dict],
-        output: Union[int, torch.Tensor],
+        base: NodeValues,
+        output: int | torch.Tensor,
         *,
         threshold: float = 0.0,
         gradient: bool = True,
-        reference_argmax: Optional[torch.Tensor] = None,
+        reference_argmax: torch.Tensor | None = None,
     ) -> RootEvaluation:
         """``f_k``, its gradient and the deciding patterns at roots ``(M, D_k)`` of layer ``k``.
 
@@ -697,8 +730,8 @@ class GraphNetwork(nn.Module):
         """
         values_x, argmax_x = base
         overridden, live = self.live_nodes(k)
-        values: dict = {}
-        argmax: dict = {}
+        values: dict[int, torch.Tensor] = {}
+        argmax: dict[int, torch.Tensor] = {}
         live_ids = {n.id for n in live}
         take = _rows_of(point)
         if roots is None:  # the inputs themselves: every value is the input's, nothing to recompute
@@ -707,10 +740,11 @@ class GraphNetwork(nn.Module):
                 if node_id in argmax_x:
                     argmax[node_id] = take(argmax_x[node_id])
         else:
-            for source, part in zip([b.source for b in self.layer(k).branches], self.split_input(k, roots)):
+            for source, part in zip([b.source for b in self.layer(k).branches], self.split_input(k, roots),
+                                    strict=True):
                 values[source] = part
 
-        def value(node_id):
+        def value(node_id: int) -> torch.Tensor:
             if node_id not in values:
                 values[node_id] = take(values_x[node_id])
             return values[node_id]
@@ -724,19 +758,19 @@ class GraphNetwork(nn.Module):
         top = values[self.layer_ids[-1]].flatten(1)
         column = top.gather(1, output.reshape(-1, 1)).squeeze(1) if isinstance(output, torch.Tensor) else top[:, output]
         f = torch.relu(column) if self.final_relu else column
-        relu_ids = [n.id for n in live if isinstance(n, ReLUNode)]
-        pool_ids = [n.id for n in live if isinstance(n, MaxPoolNode)]
-        relu_z = [values[self.nodes[i].source].flatten(1) for i in relu_ids]
+        relus = [n for n in live if isinstance(n, ReLUNode)]
+        pools = [n for n in live if isinstance(n, MaxPoolNode)]
+        relu_z = [values[n.source].flatten(1) for n in relus]
         if self.final_relu:
             relu_z.append(column.unsqueeze(1))
         relu = torch.cat(relu_z, 1) if relu_z else top[:, :0]
-        argmaxes = torch.cat([argmax[i].flatten(1) for i in pool_ids], 1) if pool_ids else top[:, :0].long()
+        argmaxes = torch.cat([argmax[n.id].flatten(1) for n in pools], 1) if pools else top[:, :0].long()
         gap = None
         if reference_argmax is not None:
             gaps = []
             start = 0
-            for i in pool_ids:
-                node = self.nodes[i]
+            for node in pools:
+                i = node.id
                 n = argmax[i][0].numel()
                 ref = reference_argmax[:, start : start + n].reshape(argmax[i].shape)
                 src = _planes(values[node.source], node.dim)
@@ -754,8 +788,8 @@ class GraphNetwork(nn.Module):
         k: int,
         roots: torch.Tensor,
         points: torch.Tensor,
-        base: tuple[dict, dict],
-        output: Union[int, torch.Tensor],
+        base: NodeValues,
+        output: int | torch.Tensor,
         at_input: RootEvaluation,
         *,
         threshold: float,
@@ -784,8 +818,8 @@ class GraphNetwork(nn.Module):
             raise ValueError(f"{rows} roots cannot be split evenly over {n_points} points")
         n_roots = rows // n_points
         point = points.repeat_interleave(n_roots)
-        values: dict = dict(zip([b.source for b in self.layer(k).branches], self.split_input(k, roots)))
-        argmax: dict = {}
+        values = dict(zip([b.source for b in self.layer(k).branches], self.split_input(k, roots), strict=True))
+        argmax: dict[int, torch.Tensor] = {}
         with torch.no_grad():
             for node in live:
                 for s in self.sources(node):
@@ -793,7 +827,10 @@ class GraphNetwork(nn.Module):
                         values[s] = values_x[s].index_select(0, point)
                 self._compute(node, values, argmax, check=False)
             top = values[self.layer_ids[-1]].flatten(1)
-            column = top.gather(1, output.reshape(-1, 1)).squeeze(1) if isinstance(output, torch.Tensor) else top[:, output]
+            if isinstance(output, torch.Tensor):
+                column = top.gather(1, output.reshape(-1, 1)).squeeze(1)
+            else:
+                column = top[:, output]
             f = torch.relu(column) if self.final_relu else column
             same = torch.ones(rows, dtype=torch.bool, device=roots.device)
             crossed = torch.zeros(rows, dtype=torch.bool, device=roots.device)
@@ -805,7 +842,8 @@ class GraphNetwork(nn.Module):
                      for node in live if isinstance(node, ReLUNode)]
             if self.final_relu:
                 pairs.append((column.unsqueeze(1), at_input.relu[:, -1:]))
-            if len(pairs) > 1 and sum(z_r.numel() for z_r, _ in pairs) <= SMALL_PATTERNS:  # one comparison of them side by side
+            # one comparison of them side by side
+            if len(pairs) > 1 and sum(z_r.numel() for z_r, _ in pairs) <= SMALL_PATTERNS:
                 # at the inputs that is at_input.relu: the same pre-activations in the same order
                 pairs = [(torch.cat([z_r for z_r, _ in pairs], 1), at_input.relu)]
             for z_r, z_a in pairs:  # (rows, n) at the roots against (P, n) at their inputs
@@ -817,14 +855,17 @@ class GraphNetwork(nn.Module):
                 crossed_moved = torch.zeros(moved.shape[0], dtype=torch.bool, device=roots.device)
                 for z_r, z_a in pairs:
                     z_r, z_a = z_r.index_select(0, moved), z_a.index_select(0, moved // n_roots)
-                    crossed_moved.logical_or_(_any_last(((z_r > threshold) & (z_a < -threshold)) | ((z_r < -threshold) & (z_a > threshold))))
+                    crossed_moved.logical_or_(_any_last(((z_r > threshold) & (z_a < -threshold))
+                                                        | ((z_r < -threshold) & (z_a > threshold))))
                 crossed.index_copy_(0, moved, crossed_moved)
             for node in live:
                 if isinstance(node, MaxPoolNode):
                     reference = at_points(argmax_x[node.id])
-                    same.logical_and_(_all_last(argmax[node.id].reshape(n_points, n_roots, -1) == reference.reshape(n_points, 1, -1)).reshape(rows))
+                    same.logical_and_(_all_last(argmax[node.id].reshape(n_points, n_roots, -1)
+                                                == reference.reshape(n_points, 1, -1)).reshape(rows))
                     ref = reference.repeat_interleave(n_roots, dim=0)
-                    at_ref = _planes(values[node.source], node.dim).gather(2, _planes(ref, node.dim)).reshape(values[node.id].shape)
+                    at_ref = (_planes(values[node.source], node.dim).gather(2, _planes(ref, node.dim))
+                              .reshape(values[node.id].shape))
                     ties.logical_and_(_all_last(node.oriented(values[node.id] - at_ref).flatten(1) <= threshold))
         gmax = torch.zeros(rows, dtype=roots.dtype, device=roots.device)
         gmean = torch.zeros_like(gmax)
@@ -836,21 +877,29 @@ class GraphNetwork(nn.Module):
                     sub[node.source] = values[node.source].index_select(0, idx)
             sub_argmax = {i: a.index_select(0, idx) for i, a in argmax.items()}
             sub_output = output.index_select(0, idx) if isinstance(output, torch.Tensor) else output
-            g_r = self._gradient(k, live, sub, sub_argmax, sub_output, column.index_select(0, idx), threshold, overridden, live_ids)
+            g_r = self._gradient(k, live, sub, sub_argmax, sub_output, column.index_select(0, idx), threshold,
+                                 overridden, live_ids)
+            if at_input.gradient is None:
+                raise ValueError("at_input must hold the inputs' gradient (evaluate_roots with gradient=True)")
             diff = (g_r - at_input.gradient.index_select(0, idx // n_roots)).abs()
             gmax.index_copy_(0, idx, diff.amax(-1))
             gmean.index_copy_(0, idx, diff.mean(-1))
         return RootComparison(f, same, same | (~crossed & ties), gmax, gmean)
 
-    def _gradient(self, k, live, values, argmax, output, column, threshold, overridden, live_ids) -> torch.Tensor:
+    def _gradient(self, k: int, live: tuple[Node, ...], values: dict[int, torch.Tensor],
+                  argmax: dict[int, torch.Tensor], output: int | torch.Tensor, column: torch.Tensor, threshold: float,
+                  overridden: frozenset[int], live_ids: set[int]) -> torch.Tensor:
         """``d f_k / d a`` ``(M, D_k)``: the backward pass of masks, transposed operators and argmax routing."""
         last = self.nodes[self.layer_ids[-1]]
         rows = column.shape[0]
         seed = column.new_zeros(rows, math.prod(last.shape))
-        idx = output.reshape(-1, 1) if isinstance(output, torch.Tensor) else torch.full((rows, 1), output, device=column.device)
+        if isinstance(output, torch.Tensor):
+            idx = output.reshape(-1, 1)
+        else:
+            idx = torch.full((rows, 1), output, device=column.device)
         scale = (column > threshold).to(column.dtype) if self.final_relu else torch.ones_like(column)
         seed.scatter_(1, idx, scale.unsqueeze(1))
-        grads: dict = {last.id: seed.reshape((rows,) + tuple(last.shape))}
+        grads = {last.id: seed.reshape((rows,) + tuple(last.shape))}
         with torch.no_grad():
             for node in reversed(live):
                 g = grads.pop(node.id, None)
@@ -862,19 +911,24 @@ class GraphNetwork(nn.Module):
                             self._add(grads, branch.source, branch.op.transpose(g))
                 elif isinstance(node, ReLUNode):
                     self._add(grads, node.source, g * (values[node.source] > threshold).to(g.dtype))
-                else:
+                elif isinstance(node, MaxPoolNode):  # never the input: it has no sources, so it is never live
                     shape = self.nodes[node.source].shape
                     self._add(grads, node.source, scatter_argmax(g, argmax[node.id], shape, node.dim))
             parts = []
             for branch in self.layer(k).branches:
                 g = grads.get(branch.source)
-                parts.append(torch.zeros(rows, branch.op.in_features, dtype=column.dtype, device=column.device) if g is None else g.flatten(1))
-            return check_finite_layer(parts[0] if len(parts) == 1 else torch.cat(parts, 1), k, "the input gradient's entries")
+                if g is None:
+                    parts.append(torch.zeros(rows, branch.op.in_features, dtype=column.dtype, device=column.device))
+                else:
+                    parts.append(g.flatten(1))
+            return check_finite_layer(parts[0] if len(parts) == 1 else torch.cat(parts, 1), k,
+                                      "the input gradient's entries")
 
     @staticmethod
-    def _add(grads: dict, node_id: int, g: torch.Tensor) -> None:
+    def _add(grads: dict[int, torch.Tensor], node_id: int, g: torch.Tensor) -> None:
         grads[node_id] = g if node_id not in grads else grads[node_id] + g
 
     def __repr__(self) -> str:
         names = ", ".join(self.layer_names())
-        return f"GraphNetwork(input_shape={self.input_shape}, {self.n_layers} layers: {names}; final_relu={self.final_relu})"
+        return (f"GraphNetwork(input_shape={self.input_shape}, "
+                f"{self.n_layers} layers: {names}; final_relu={self.final_relu})")

@@ -25,9 +25,8 @@ dense weight (:meth:`GraphNetwork.weight`, refused above
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -39,19 +38,26 @@ from .rules import WEIGHTED, Rule
 from .tolerances import denominator_eps
 from .validation import all_finite, check_finite_layer, overflow_error
 
-__all__ = ["OperatorRoots", "GraphDecomposition", "graph_train_free", "decompose", "check_domains", "ROOT_ELEMENTS_LIMIT"]
+if TYPE_CHECKING:
+    from .network import ReLUNetwork
+    from .outputs import OutputLike
+
+__all__ = ["OperatorRoots", "GraphDecomposition", "graph_train_free", "decompose", "check_domains",
+           "ROOT_ELEMENTS_LIMIT"]
 
 #: Largest number of root coordinates (points x neurons x D) :meth:`OperatorRoots.roots` materialises at once;
 #: beyond it, judge sampled neurons (:meth:`OperatorRoots.selected`, ``root_outcomes(..., neurons=K)``).
 ROOT_ELEMENTS_LIMIT = 1 << 27
 
 
-def _q_parts(net: GraphNetwork, k: int, value, like: torch.Tensor) -> list[torch.Tensor]:
-    """A ``Terms.q`` value (a number or a ``(D_k,)`` per-feature tensor) as one tensor per branch, in its source's shape."""
+def _q_parts(net: GraphNetwork, k: int, value: float | torch.Tensor, like: torch.Tensor) -> list[torch.Tensor]:
+    """A ``Terms.q`` value (a number or a ``(D_k,)`` per-feature tensor) as one
+    tensor per branch, in its source's shape."""
     node = net.layer(k)
     if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() > 1:
         if value.numel() != net.in_features(k):
-            raise ValueError(f"a per-feature bound has {value.numel()} entries but layer {k} has {net.in_features(k)} inputs")
+            raise ValueError(f"a per-feature bound has {value.numel()} entries "
+                             f"but layer {k} has {net.in_features(k)} inputs")
         flat = value.to(dtype=like.dtype, device=like.device).unsqueeze(0)
         return [part.squeeze(0) for part in net.split_input(k, flat)]
     number = float(value) if not isinstance(value, torch.Tensor) else float(value.reshape(()))
@@ -66,7 +72,7 @@ class OperatorRoots(RootSet):
     """
 
     def __init__(self, net: GraphNetwork, k: int, rule: Rule, a: torch.Tensor, t: torch.Tensor, valid: torch.Tensor,
-                 relevance: torch.Tensor):
+                 relevance: torch.Tensor) -> None:
         self.net, self.k, self.rule = net, k, rule
         self.input, self.t, self.valid, self._relevance = a, t, valid, relevance
 
@@ -83,7 +89,7 @@ class OperatorRoots(RootSet):
         parts = []
         for b, branch in enumerate(node.branches):
             a_b = a_parts[b].unsqueeze(1)  # (n, 1, *in_shape) against the rows (n or 1, K, *in_shape)
-            v = None
+            v: torch.Tensor | None = None
             for kind, coef in terms.p:
                 term = branch.op.modified(kind).rows(index, a.dtype)
                 term = term if coef == 1.0 else coef * term
@@ -96,33 +102,37 @@ class OperatorRoots(RootSet):
         return parts[0] if len(parts) == 1 else torch.cat(parts, 2)
 
     def selected(self, start: int, stop: int, index: torch.Tensor) -> torch.Tensor:
-        """Roots ``(stop - start, K, D)`` of the neurons ``index`` ``(stop - start, K)`` (or ``(1, K)``) of the points ``start:stop``."""
+        """Roots ``(stop - start, K, D)`` of the neurons ``index`` ``(stop - start, K)`` (or
+        ``(1, K)``) of the points ``start:stop``."""
         a = self.input[start:stop].unsqueeze(1)
         t = self.t[start:stop]
         t = (t.gather(1, index) if index.shape[0] == t.shape[0] else t.index_select(1, index[0])).unsqueeze(-1)
         return a - t * self.directions(start, stop, index)
 
-    def roots(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+    def roots(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         stop = self.input.shape[0] if stop is None else stop
         n, j, d = stop - start, self.valid.shape[1], self.input.shape[1]
         if n * j * d > ROOT_ELEMENTS_LIMIT:
             raise ValueError(
-                f"layer {self.k} has {j} neurons on {d} inputs: the roots of {n} point(s) would hold {n * j * d:,} values; "
-                "judge sampled neurons instead (root_outcomes(..., neurons=K) or OperatorRoots.selected)"
+                f"layer {self.k} has {j} neurons on {d} inputs: the roots of "
+                f"{n} point(s) would hold {n * j * d:,} values; judge sampled neurons "
+                "instead (root_outcomes(..., neurons=K) or OperatorRoots.selected)"
             )
         return self.selected(start, stop, torch.arange(j, device=self.input.device).unsqueeze(0))
 
-    def relevance(self, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def relevance(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """``R_i`` of the layer's inputs ``(batch, D)`` (computed with the operators; ``weight`` is not needed)."""
         return self._relevance
 
 
-def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list, relevance: torch.Tensor, eps: float):
-    """The rule at layer ``k``: ``(t, valid, relevance per branch)`` for branch inputs ``parts`` and upper relevance ``(N, *shape)``."""
+def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list[torch.Tensor], relevance: torch.Tensor,
+                  eps: float) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The rule at layer ``k``: ``(t, valid, relevance per branch)`` for branch inputs
+    ``parts`` and upper relevance ``(N, *shape)``."""
     terms = rule.terms()
     node = net.layer(k)
     like = parts[0]
-    z = None
+    z: torch.Tensor | None = None
     for b, branch in enumerate(node.branches):
         for kind, coef in terms.p:
             term = branch.op.modified(WEIGHTED[kind]).forward(parts[b])
@@ -132,6 +142,8 @@ def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list, relevance:
             q_b = _q_parts(net, k, value, like)[b].unsqueeze(0)
             term = branch.op.modified(WEIGHTED[kind]).forward(q_b)
             z = term if z is None else z + term
+    if z is None:
+        raise TypeError(f"{rule!r}.terms() is empty: its direction has neither P nor Q")
     n = relevance.shape[0]
     z = z.expand((n,) + tuple(node.shape)).reshape(n, -1)
     if not all_finite(z):
@@ -144,7 +156,7 @@ def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list, relevance:
     t_shaped = t.reshape((n,) + tuple(node.shape))
     lower = []
     for b, branch in enumerate(node.branches):
-        back = None
+        back: torch.Tensor | None = None
         for kind, coef in terms.p:
             term = branch.op.modified(WEIGHTED[kind]).transpose(t_shaped)
             term = term if coef == 1.0 else coef * term
@@ -157,7 +169,7 @@ def operator_step(net: GraphNetwork, k: int, rule: Rule, parts: list, relevance:
     return t, valid, lower
 
 
-def _takes_base(root_finder) -> bool:
+def _takes_base(root_finder: RootFinder) -> bool:
     """Whether the finder's ``find`` accepts ``base=`` (:meth:`GraphNetwork.run`'s values at the explained points)."""
     try:
         parameters = inspect.signature(root_finder.find).parameters
@@ -166,7 +178,7 @@ def _takes_base(root_finder) -> bool:
     return "base" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
-def check_domains(net: GraphNetwork, x: torch.Tensor, root_finder) -> None:
+def check_domains(net: GraphNetwork, x: torch.Tensor, root_finder: RootFinder) -> None:
     """Raise the ``ValueError`` a decomposition of ``x`` would raise for activations outside the finder's domains."""
     x = net.check_input(x)
     root_finder.check(net)
@@ -175,7 +187,8 @@ def check_domains(net: GraphNetwork, x: torch.Tensor, root_finder) -> None:
         root_finder.check_domain(k, net.layer_input(values, k))
 
 
-def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) -> "GraphDecomposition":
+def graph_train_free(net: GraphNetwork, x: torch.Tensor, output: OutputLike,
+                     root_finder: RootFinder) -> GraphDecomposition:
     """:func:`dtd.train_free` on a graph network (called from there; arguments already chosen).
 
     :class:`~dtd.roots.LinearRoots` runs matrix-free (:func:`operator_step`);
@@ -184,18 +197,19 @@ def graph_train_free(net: GraphNetwork, x: torch.Tensor, output, root_finder) ->
     """
     if not isinstance(root_finder, RootFinder):
         raise TypeError(f"root_finder must be a dtd.roots.RootFinder, got {type(root_finder).__name__}")
-    output = check_output_and_precision(net, output, "the model's .float() / .double() (and x's)")
+    checked = check_output_and_precision(net, output, "the model's .float() / .double() (and x's)")
     shape = edge_shape(x) if isinstance(x, torch.Tensor) else None
     x = net.check_input(x).clone()
-    if not isinstance(output, str):
-        output = net.check_output(output, x.shape[0])
+    if not isinstance(checked, str):
+        checked = net.check_output(checked, x.shape[0])
     root_finder.check(net)
     input_shape = shape if shape is not None else (tuple(net.input_shape) if len(net.input_shape) > 1 else None)
-    return decompose(net, x, output, root_finder, finder_net=net, input_shape=input_shape)
+    return decompose(net, x, checked, root_finder, finder_net=net, input_shape=input_shape)
 
 
-def _operator_rule(root_finder, k: int) -> Optional[Rule]:
-    """Layer ``k``'s rule when it is applied through the operators (a neuron rule with :meth:`~dtd.rules.Rule.terms`), else None."""
+def _operator_rule(root_finder: RootFinder, k: int) -> Rule | None:
+    """Layer ``k``'s rule when it is applied through the operators (a neuron rule with
+    :meth:`~dtd.rules.Rule.terms`), else None."""
     if not isinstance(root_finder, LinearRoots):
         return None
     rule = root_finder.rule(k)
@@ -206,7 +220,10 @@ def _operator_rule(root_finder, k: int) -> Optional[Rule]:
     return rule
 
 
-def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder_net, input_shape) -> "GraphDecomposition":
+def decompose(
+    net: GraphNetwork, x: torch.Tensor, output: int | torch.Tensor | str, root_finder: RootFinder, *,
+    finder_net: ReLUNetwork | GraphNetwork, input_shape: tuple[int, ...] | None
+) -> GraphDecomposition:
     """The engine's train-free walk over ``net`` (every network's: a :class:`dtd.ReLUNetwork` runs as its chain graph).
 
     ``x`` is validated and owned, ``output`` checked (an int, a ``(batch,)``
@@ -220,29 +237,32 @@ def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder
     """
     values, argmax = net.run(x)
     top = net.output_of(values)
-    if isinstance(output, str):
-        output = net.check_output(top.argmax(1), x.shape[0])
+    explained = net.check_output(top.argmax(1), x.shape[0]) if isinstance(output, str) else output
     inputs = [net.layer_input(values, k) for k in range(net.n_layers)]
     for k in range(net.n_layers):
         root_finder.check_domain(k, inputs[k])
-    eps = root_finder.eps if getattr(root_finder, "eps", None) is not None else denominator_eps(x.dtype)
+    eps = getattr(root_finder, "eps", None)
+    if eps is None:
+        eps = denominator_eps(x.dtype)
     n = x.shape[0]
-    # a finder on a graph that takes base= (the in-region ones) gets every node's value at x: activations skipping past a layer
-    finder_kwargs = {"base": (values, argmax)} if isinstance(finder_net, GraphNetwork) and _takes_base(root_finder) else {}
+    # a finder on a graph that takes base= (the in-region ones) gets every node's value at x: activations skipping past
+    # a layer
+    takes_base = isinstance(finder_net, GraphNetwork) and _takes_base(root_finder)
+    finder_kwargs = {"base": (values, argmax)} if takes_base else {}
     with torch.no_grad():
         start = torch.zeros_like(top)
-        if isinstance(output, torch.Tensor):
-            column = output.unsqueeze(1)
+        if isinstance(explained, torch.Tensor):
+            column = explained.unsqueeze(1)
             start.scatter_(1, column, top.gather(1, column))
         else:
-            start[:, output] = top[:, output]
+            start[:, explained] = top[:, explained]
         last = net.nodes[net.layer_ids[-1]]
-        relevance: dict = {last.id: start.reshape((n,) + tuple(last.shape))}
+        relevance: dict[int, torch.Tensor] = {last.id: start.reshape((n,) + tuple(last.shape))}
 
-        def add(node_id, r):
+        def add(node_id: int, r: torch.Tensor) -> None:
             relevance[node_id] = r if node_id not in relevance else relevance[node_id] + r
 
-        layers = {}
+        layers: dict[int, LayerDecomposition] = {}
         for node in reversed(net.nodes[1:]):
             r = relevance.pop(node.id, None)
             if r is None:
@@ -256,18 +276,20 @@ def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder
                 a = inputs[k]
                 upper = r.reshape(n, -1)
                 rule = _operator_rule(root_finder, k)
+                root_set: RootSet
                 if rule is not None:
                     parts = [values[b.source] for b in node.branches]
                     t, valid, lower = operator_step(net, k, rule, parts, r, eps)
                     flat_lower = lower[0].flatten(1) if len(lower) == 1 else torch.cat([p.flatten(1) for p in lower], 1)
                     root_set = OperatorRoots(net, k, rule, a, t, valid, flat_lower)
                 else:
-                    weight = finder_net.weight(k)  # a graph's dense block row: refused above dtd.graph.DENSE_LAYER_LIMIT
-                    root_set = root_finder.find(finder_net, k, a, upper, output=output, **finder_kwargs)
+                    # a graph's dense block row: refused above dtd.graph.DENSE_LAYER_LIMIT
+                    weight = finder_net.weight(k)
+                    root_set = root_finder.find(finder_net, k, a, upper, output=explained, **finder_kwargs)
                     flat_lower = check_finite_layer(root_set.relevance(weight), k, "the input relevances")
                     lower = net.split_input(k, flat_lower)
                     valid = root_set.valid
-                for branch, part in zip(node.branches, lower):
+                for branch, part in zip(node.branches, lower, strict=True):
                     add(branch.source, part)
                 layers[k] = LayerDecomposition(
                     index=k,
@@ -280,10 +302,13 @@ def decompose(net: GraphNetwork, x: torch.Tensor, output, root_finder, *, finder
                     relevance=flat_lower,
                 )
         input_relevance = relevance.get(0, torch.zeros_like(x))
-    top_value = top.gather(1, output.unsqueeze(1)).squeeze(1) if isinstance(output, torch.Tensor) else top[:, output]
+    if isinstance(explained, torch.Tensor):
+        top_value = top.gather(1, explained.unsqueeze(1)).squeeze(1)
+    else:
+        top_value = top[:, explained]
     return GraphDecomposition(
         layers=tuple(layers[k] for k in range(net.n_layers)),
-        output=output,
+        output=explained,
         output_value=top_value.clone(),
         input_shape=input_shape,
         input_relevance=input_relevance.reshape(n, -1),

@@ -8,14 +8,17 @@ of the piecewise-linear function it computes.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from itertools import pairwise
+from typing import cast
 
 import torch
 from torch import nn
 
 from .graph import GraphNetwork
-from .outputs import check_output, check_weights
 from .lowering import DEFAULT_MEMORY_BUDGET, lower_module, lower_sequential
+from .lowering.capture import SelectLike
+from .outputs import OutputLike, check_output, check_weights
 from .validation import check_finite_layer, check_int, check_number, check_seed
 
 __all__ = ["ReLUNetwork", "INITS", "output_column", "linear_copy"]
@@ -51,7 +54,7 @@ def linear_copy(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
     return layer
 
 
-def output_column(values: torch.Tensor, output: "int | torch.Tensor") -> torch.Tensor:
+def output_column(values: torch.Tensor, output: int | torch.Tensor) -> torch.Tensor:
     """``values[:, output]`` ``(batch,)``: one column, or with a ``(batch,)`` index tensor each row's own."""
     if isinstance(output, torch.Tensor):
         return values.gather(1, output.unsqueeze(1)).squeeze(1)
@@ -101,7 +104,7 @@ class ReLUNetwork(nn.Module):
         *,
         final_relu: bool = True,
         flatten_input: bool = False,
-        input_shape: Optional[Sequence[int]] = None,
+        input_shape: Sequence[int] | None = None,
     ):
         super().__init__()
         layers = list(layers)
@@ -126,7 +129,7 @@ class ReLUNetwork(nn.Module):
                     f"layer {index} has forward hooks or pre-hooks, which could change its output while DTD reads "
                     "only its weight and bias; remove them"
                 )
-        for index, (lower, upper) in enumerate(zip(layers[:-1], layers[1:])):
+        for index, (lower, upper) in enumerate(pairwise(layers)):
             if lower.out_features != upper.in_features:
                 raise ValueError(
                     f"layer {index} has {lower.out_features} outputs but layer {index + 1} "
@@ -141,7 +144,9 @@ class ReLUNetwork(nn.Module):
         if input_shape is not None:
             if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or len(input_shape) == 0:
                 raise TypeError(f"input_shape must be a non-empty tuple of ints, got {input_shape!r}")
-            input_shape = tuple(check_int(n, f"every entry of input_shape {tuple(input_shape)}", minimum=1) for n in input_shape)
+            input_shape = tuple(
+                check_int(n, f"every entry of input_shape {tuple(input_shape)}", minimum=1) for n in input_shape
+            )
             if math.prod(input_shape) != layers[0].in_features:
                 raise ValueError(
                     f"input_shape {input_shape} has {math.prod(input_shape)} entries but the first layer takes "
@@ -149,7 +154,7 @@ class ReLUNetwork(nn.Module):
                 )
         self.layers = nn.ModuleList(layers)
         self.final_relu = final_relu
-        self.input_shape: Optional[tuple[int, ...]] = input_shape
+        self.input_shape: tuple[int, ...] | None = input_shape
         self.flatten_input = bool(flatten_input) or (input_shape is not None and len(input_shape) > 1)
 
     # ------------------------------------------------------------------ constructors
@@ -161,8 +166,8 @@ class ReLUNetwork(nn.Module):
         *,
         init: str = "dtd",
         dtype: torch.dtype = torch.float32,
-        device: Optional[torch.device | str] = None,
-    ) -> "ReLUNetwork":
+        device: torch.device | str | None = None,
+    ) -> ReLUNetwork:
         """Build a random network bit-for-bit as the 2022 study's code does.
 
         Parameters
@@ -201,7 +206,7 @@ class ReLUNetwork(nn.Module):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            layers = [nn.Linear(n_in, n_out, dtype=torch.float32) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+            layers = [nn.Linear(n_in, n_out, dtype=torch.float32) for n_in, n_out in pairwise(sizes)]
         if init == "dtd":
             with torch.no_grad():
                 for layer in layers:
@@ -220,10 +225,10 @@ class ReLUNetwork(nn.Module):
     def from_sequential(
         cls,
         model: nn.Sequential,
-        input_shape: Optional[Sequence[int]] = None,
+        input_shape: Sequence[int] | None = None,
         *,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    ) -> "ReLUNetwork":
+    ) -> ReLUNetwork:
         """Lower an ``nn.Sequential`` exactly into a ReLU network of dense layers that owns its parameters.
 
         The model goes through the one lowering every model takes
@@ -284,12 +289,12 @@ class ReLUNetwork(nn.Module):
     @classmethod
     def from_module(
         cls,
-        model: "nn.Module | torch.export.ExportedProgram",
-        input_shape: Optional[Sequence[int]] = None,
+        model: nn.Module | torch.export.ExportedProgram,
+        input_shape: Sequence[int] | None = None,
         *,
-        select=None,
+        select: SelectLike = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    ) -> "ReLUNetwork | GraphNetwork":
+    ) -> ReLUNetwork | GraphNetwork:
         """Lower any piecewise-linear model exactly, from the graph ``torch.export`` captures (:mod:`dtd.lowering`).
 
         The model is exported at ``input_shape`` (shape-dependent Python
@@ -340,13 +345,14 @@ class ReLUNetwork(nn.Module):
             return graph
         weights, biases, final_relu = chain
         linears = []
-        for weight, bias in zip(weights, biases):
+        for weight, bias in zip(weights, biases, strict=True):
             linear = nn.Linear(weight.shape[1], weight.shape[0], device="meta")
             linear.weight = nn.Parameter(weight.clone())
             linear.bias = nn.Parameter(bias.clone())
             linears.append(linear)
         shape = tuple(graph.input_shape)
-        return cls(linears, final_relu=final_relu, input_shape=shape if len(shape) > 1 else None, flatten_input=len(shape) > 1)
+        return cls(linears, final_relu=final_relu, input_shape=shape if len(shape) > 1 else None,
+                   flatten_input=len(shape) > 1)
 
     def to_sequential(self, *, bias: bool = True) -> nn.Sequential:
         """An independent ``nn.Sequential`` copy (``Linear``, ``ReLU``, ...) computing the same function.
@@ -358,7 +364,7 @@ class ReLUNetwork(nn.Module):
         ``nn.Flatten()``, so the Sequential takes the same inputs.
         """
         modules: list[nn.Module] = [nn.Flatten()] if self.flatten_input else []
-        for k, layer in enumerate(self.layers):
+        for k, layer in enumerate(self._linears()):
             # no initialisation, so torch's global RNG is not drawn from
             b = self.bias(k)
             modules.append(linear_copy(layer.weight, b if bias else torch.zeros_like(b)))
@@ -375,15 +381,23 @@ class ReLUNetwork(nn.Module):
         Built anew on each call (a few small objects), so it always computes
         with the parameters' current values.  Its input is flat ``(batch, D_0)``.
         """
-        layers = list(self.layers)
+        layers = self._linears()
         return GraphNetwork.chain(
             [layer.weight.detach() for layer in layers],
-            [layer.bias.detach() if layer.bias is not None else layer.weight.new_zeros(layer.out_features).detach() for layer in layers],
+            [layer.bias.detach() if layer.bias is not None
+             else layer.weight.new_zeros(layer.out_features).detach() for layer in layers],
             final_relu=self.final_relu,
             input_shape=(self.in_features,),
         )
 
     # ------------------------------------------------------------------ structure
+    def _linear(self, k: int) -> nn.Linear:
+        # every entry of self.layers is an nn.Linear (the constructor checks); ModuleList only knows Module
+        return cast(nn.Linear, self.layers[k])
+
+    def _linears(self) -> list[nn.Linear]:
+        return [self._linear(k) for k in range(len(self.layers))]
+
     @property
     def n_layers(self) -> int:
         return len(self.layers)
@@ -391,31 +405,31 @@ class ReLUNetwork(nn.Module):
     @property
     def sizes(self) -> list[int]:
         """``[D_0, J_0, ..., J_{L-1}]`` as accepted by :meth:`random`."""
-        return [self.layers[0].in_features] + [layer.out_features for layer in self.layers]
+        return [self.in_features] + [layer.out_features for layer in self._linears()]
 
     @property
     def in_features(self) -> int:
-        return self.layers[0].in_features
+        return self._linear(0).in_features
 
     @property
     def out_features(self) -> int:
-        return self.layers[-1].out_features
+        return self._linear(-1).out_features
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.layers[0].weight.dtype
+        return self._linear(0).weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.layers[0].weight.device
+        return self._linear(0).weight.device
 
     def weight(self, k: int) -> torch.Tensor:
         """Weight ``(J_k, D_k)`` of layer ``k`` (detached view)."""
-        return self.layers[k].weight.detach()
+        return self._linear(k).weight.detach()
 
     def bias(self, k: int) -> torch.Tensor:
         """Bias ``(J_k,)`` of layer ``k``; zeros for a Linear without bias."""
-        layer = self.layers[k]
+        layer = self._linear(k)
         if layer.bias is None:
             return layer.weight.new_zeros(layer.out_features).detach()
         return layer.bias.detach()
@@ -424,10 +438,10 @@ class ReLUNetwork(nn.Module):
         """Whether layer ``k`` is followed by a ReLU."""
         return k < self.n_layers - 1 or self.final_relu
 
-    def subnetwork(self, from_layer: int) -> "ReLUNetwork":
+    def subnetwork(self, from_layer: int) -> ReLUNetwork:
         """``f_k``: the layers ``from_layer ...`` sharing this network's parameters."""
         self.check_layer(from_layer)
-        return ReLUNetwork(list(self.layers)[from_layer:], final_relu=self.final_relu)
+        return ReLUNetwork(self._linears()[from_layer:], final_relu=self.final_relu)
 
     def check_parameters(self) -> None:
         """Raise ``ValueError`` if any weight or bias is NaN, infinite or has no values (a network on the
@@ -447,13 +461,13 @@ class ReLUNetwork(nn.Module):
             _check_all_finite(self.weight(k), f"weight of layer {k}")
             _check_all_finite(self.bias(k), f"bias of layer {k}")
 
-    def check_layer(self, k, name: str = "layer") -> int:
-        check_int(k, name)
+    def check_layer(self, k: object, name: str = "layer") -> int:
+        k = check_int(k, name)
         if not 0 <= k < self.n_layers:
             raise ValueError(f"{name} must be in [0, {self.n_layers - 1}] for a {self.n_layers}-layer network, got {k}")
         return k
 
-    def check_output(self, output, batch: Optional[int] = None) -> "int | torch.Tensor":
+    def check_output(self, output: OutputLike, batch: int | None = None) -> int | torch.Tensor:
         """``output`` checked: an int in range, a 1-tuple ``(class,)``, or a ``(batch,)`` integer tensor of per-point
         output indices (:func:`dtd.outputs.check_output`).
 
@@ -467,7 +481,7 @@ class ReLUNetwork(nn.Module):
         """The per-point output's shape: ``(out_features,)``."""
         return (self.out_features,)
 
-    def explaining(self, weights: torch.Tensor) -> "ReLUNetwork":
+    def explaining(self, weights: torch.Tensor) -> ReLUNetwork:
         """The network whose one output is ``sum(weights * net(x))`` (``weights`` ``(out_features,)``).
 
         Without a final ReLU the last layer becomes ``w^T W``, ``w . b``
@@ -476,7 +490,7 @@ class ReLUNetwork(nn.Module):
         (shared, not copied).
         """
         w = check_weights(self, weights).to(torch.float64)
-        layers = list(self.layers)
+        layers = self._linears()
         last = layers[-1]
         if self.final_relu:
             extra = linear_copy(w.reshape(1, -1).to(self.dtype), torch.zeros(1, dtype=self.dtype, device=self.device))
@@ -488,7 +502,7 @@ class ReLUNetwork(nn.Module):
         shape = self.input_shape
         return ReLUNetwork(layers, final_relu=False, flatten_input=self.flatten_input, input_shape=shape)
 
-    def check_input(self, x, *, from_layer: int = 0, name: str = "x") -> torch.Tensor:
+    def check_input(self, x: object, *, from_layer: int = 0, name: str = "x") -> torch.Tensor:
         """Validate a batch for layer ``from_layer`` and return it as ``(batch, D_k)``.
 
         Raises ``TypeError`` for a non-tensor or a dtype other than the
@@ -500,7 +514,7 @@ class ReLUNetwork(nn.Module):
         self.check_layer(from_layer, "from_layer")
         if from_layer == 0:
             x = self.flatten(x)
-        width = self.layers[from_layer].in_features
+        width = self._linear(from_layer).in_features
         if x.dim() != 2 or x.shape[1] != width:
             shapes = f"(batch, {width})"
             if from_layer == 0 and self.input_shape is not None and len(self.input_shape) > 1:
@@ -575,13 +589,15 @@ class ReLUNetwork(nn.Module):
         reported as all-active: it is linear everywhere.
         """
         zs = self.pre_activations(x, from_layer=from_layer)
-        return [z > 0 if self.has_relu(from_layer + i) else torch.ones_like(z, dtype=torch.bool) for i, z in enumerate(zs)]
+        return [z > 0
+                if self.has_relu(from_layer + i) else torch.ones_like(z, dtype=torch.bool) for i, z in enumerate(zs)]
 
-    def output_value(self, x: torch.Tensor, output: "int | torch.Tensor", *, from_layer: int = 0) -> torch.Tensor:
-        """``f_k(x)``: output neuron ``output`` (an int, or one per row) of the layers ``from_layer ...``, shape ``(batch,)``."""
+    def output_value(self, x: torch.Tensor, output: int | torch.Tensor, *, from_layer: int = 0) -> torch.Tensor:
+        """``f_k(x)``: output neuron ``output`` (an int, or one per row) of the layers
+        ``from_layer ...``, shape ``(batch,)``."""
         return self.output_from_pre_activations(self.pre_activations(x, from_layer=from_layer), output)
 
-    def output_from_pre_activations(self, zs: list[torch.Tensor], output: "int | torch.Tensor") -> torch.Tensor:
+    def output_from_pre_activations(self, zs: list[torch.Tensor], output: int | torch.Tensor) -> torch.Tensor:
         """The explained output ``(batch,)`` from pre-activations ``zs`` (as :meth:`pre_activations`; the last is used);
         ``output`` an int or a ``(batch,)`` tensor of per-row output indices."""
         z = output_column(zs[-1], output)
@@ -596,7 +612,7 @@ class ReLUNetwork(nn.Module):
             check_finite_layer(z, from_layer + offset, "its pre-activations")
         return zs
 
-    def input_gradient(self, x: torch.Tensor, output: "int | torch.Tensor", *, from_layer: int = 0) -> torch.Tensor:
+    def input_gradient(self, x: torch.Tensor, output: int | torch.Tensor, *, from_layer: int = 0) -> torch.Tensor:
         """Exact gradient ``d f_k / d a_k`` at every row of ``x``: ``(batch, D_k)``.
 
         Closed form of the piecewise-linear network: masks times weights,
@@ -607,7 +623,7 @@ class ReLUNetwork(nn.Module):
         return self.evaluate(x, output, from_layer=from_layer)[2]
 
     def evaluate(
-        self, x: torch.Tensor, output: "int | torch.Tensor", *, from_layer: int = 0
+        self, x: torch.Tensor, output: int | torch.Tensor, *, from_layer: int = 0
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """One pass for everything the property checks need at the rows of ``x``.
 
@@ -621,7 +637,7 @@ class ReLUNetwork(nn.Module):
         return zs, value, self.gradient_from_pre_activations(zs, output, from_layer=from_layer)
 
     def gradient_from_pre_activations(
-        self, zs: list[torch.Tensor], output: "int | torch.Tensor", *, from_layer: int = 0, threshold: float = 0.0
+        self, zs: list[torch.Tensor], output: int | torch.Tensor, *, from_layer: int = 0, threshold: float = 0.0
     ) -> torch.Tensor:
         """``d f_k / d a_k`` ``(batch, D_k)`` from the pre-activations of layers ``from_layer ...``.
 
@@ -639,7 +655,8 @@ class ReLUNetwork(nn.Module):
             else:
                 grad = self.weight(last)[output].expand(z_out.shape[0], -1).clone()
             for k in range(last - 1, from_layer - 1, -1):
-                grad = check_finite_layer((grad * (zs[k - from_layer] > threshold)) @ self.weight(k), k, "the input gradient's entries")
+                grad = check_finite_layer((grad * (zs[k - from_layer] > threshold)) @ self.weight(k), k,
+                                          "the input gradient's entries")
         return grad
 
     # ------------------------------------------------------------------ inputs
@@ -649,8 +666,8 @@ class ReLUNetwork(nn.Module):
         *,
         output: int = 0,
         min_output: float = 0.0,
-        seed: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Draw ``n`` non-negative inputs with ``f(x) > min_output``.
 

@@ -52,11 +52,15 @@ of its branches).
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable, Optional, Sequence
+import operator
+from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
+import torch.nn.grad
 
 __all__ = [
     "KINDS",
@@ -89,7 +93,8 @@ def _check_kind(kind: str) -> str:
 
 
 def vjp(function: Callable[[torch.Tensor], torch.Tensor], in_shape: tuple, y: torch.Tensor) -> torch.Tensor:
-    """``J^T y`` of a *linear* ``function`` (``(batch, *in_shape) -> (batch, ...)``) by autograd, at any point (zeros)."""
+    """``J^T y`` of a *linear* ``function``
+    (``(batch, *in_shape) -> (batch, ...)``) by autograd, at any point (zeros)."""
     with torch.enable_grad():
         x = torch.zeros((y.shape[0],) + tuple(in_shape), dtype=y.dtype, device=y.device, requires_grad=True)
         out = function(x)
@@ -136,7 +141,7 @@ class Operator:
         """``W^T y``: ``(batch, *out_shape) -> (batch, *in_shape)``."""
         return vjp(self.forward, self.in_shape, y)
 
-    def modified(self, kind: str) -> "Operator":
+    def modified(self, kind: str) -> Operator:
         """The operator with element-wise modified entries (one of :data:`KINDS`)."""
         raise NotImplementedError
 
@@ -152,11 +157,12 @@ class Operator:
         rows = self.transpose(onehot.reshape((index.numel(),) + tuple(self.out_shape)))
         return rows.reshape(tuple(index.shape) + tuple(self.in_shape))
 
-    def flat_weight(self) -> Optional[torch.Tensor]:
-        """The ``(J, D)`` matrix on flat inputs when the operator holds it as one (a Linear, possibly after a flatten), else None."""
+    def flat_weight(self) -> torch.Tensor | None:
+        """The ``(J, D)`` matrix on flat inputs when the operator holds it as one (a Linear,
+        possibly after a flatten), else None."""
         return None
 
-    def to(self, dtype: torch.dtype, device=None) -> "Operator":
+    def to(self, dtype: torch.dtype, device: torch.device | str | None = None) -> Operator:
         """A copy in ``dtype`` on ``device`` (operators without tensors return themselves)."""
         return self
 
@@ -181,16 +187,16 @@ class Zero(Operator):
 
     column_sparse = row_sparse = True
 
-    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int]):
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int]) -> None:
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.new_zeros((x.shape[0],) + self.out_shape)
 
-    def transpose(self, y):
+    def transpose(self, y: torch.Tensor) -> torch.Tensor:
         return y.new_zeros((y.shape[0],) + self.in_shape)
 
-    def modified(self, kind):
+    def modified(self, kind: str) -> Operator:
         _check_kind(kind)
         return self
 
@@ -222,44 +228,45 @@ class Dense(Operator):
 
     signed = True
 
-    def __init__(self, weight: torch.Tensor, in_shape: Optional[Sequence[int]] = None):
+    def __init__(self, weight: torch.Tensor, in_shape: Sequence[int] | None = None):
         if weight.dim() != 2:
             raise ValueError(f"a dense operator needs a (J, D) weight, got shape {tuple(weight.shape)}")
         self.weight = weight
         self.in_shape = (weight.shape[1],) if in_shape is None else tuple(in_shape)
         if self.in_shape[-1] != weight.shape[1]:
-            raise ValueError(f"a ({weight.shape[0]}, {weight.shape[1]}) weight cannot act on activations of shape {self.in_shape}")
+            raise ValueError(f"a ({weight.shape[0]}, {weight.shape[1]}) weight "
+                             f"cannot act on activations of shape {self.in_shape}")
         self.out_shape = self.in_shape[:-1] + (weight.shape[0],)
         self.flat = len(self.in_shape) == 1
         self.channel_only = self.flat
         self._modified: dict = {}
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight)
 
-    def transpose(self, y):
+    def transpose(self, y: torch.Tensor) -> torch.Tensor:
         return y @ self.weight
 
-    def rows(self, index, dtype):
+    def rows(self, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if self.flat:
             return self.weight[index]
         return super().rows(index, dtype)
 
-    def flat_weight(self):
+    def flat_weight(self) -> torch.Tensor | None:
         return self.weight if self.flat else None
 
-    def _with(self, weight) -> "Dense":
+    def _with(self, weight: torch.Tensor) -> Dense:
         return Dense(weight, self.in_shape)
 
-    def modified(self, kind):
+    def modified(self, kind: str) -> Operator:
         if kind not in self._modified:
             self._modified[kind] = self._with(_signed_modification(self.weight, _check_kind(kind)))
         return self._modified[kind]
 
-    def to(self, dtype, device=None):
+    def to(self, dtype: torch.dtype, device: torch.device | str | None = None) -> Operator:
         return self._with(self.weight.to(dtype=dtype, device=device))
 
-    def tensors(self):
+    def tensors(self) -> list[torch.Tensor]:
         return [self.weight]
 
 
@@ -282,13 +289,15 @@ class Conv(Operator):
 
     signed = True
 
-    def __init__(self, weight, in_shape, *, stride, padding, dilation, groups, transposed: bool = False,
-                 output_padding=None, out_shape=None):
+    def __init__(self, weight: torch.Tensor, in_shape: Sequence[int], *, stride: int | tuple[int, ...] | list[int],
+                 padding: int | tuple[int, ...] | list[int], dilation: int | tuple[int, ...] | list[int], groups: int,
+                 transposed: bool = False, output_padding: int | tuple[int, ...] | list[int] | None = None,
+                 out_shape: Sequence[int] | None = None) -> None:
         self.weight = weight.contiguous()  # a sliced or composed kernel: torch's convolutions are slow on strided ones
         self.dim = weight.dim() - 2
         if self.dim not in (1, 2, 3):
             raise ValueError(f"only 1-d, 2-d and 3-d convolutions are supported, got a {self.dim}-d kernel")
-        def tup(v):
+        def tup(v: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
             return tuple(int(e) for e in v) if isinstance(v, (tuple, list)) else (int(v),) * self.dim
         self.stride, self.padding, self.dilation, self.groups = tup(stride), tup(padding), tup(dilation), int(groups)
         self.transposed = bool(transposed)
@@ -304,23 +313,24 @@ class Conv(Operator):
         self.channel_only = self.pointwise
         self._modified: dict = {}
 
-    def _apply(self, x, weight):
+    def _apply(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.transposed:
-            return _CONV_TRANSPOSE[self.dim](x, weight, None, self.stride, self.padding, self.output_padding, self.groups,
-                                             self.dilation)
+            return _CONV_TRANSPOSE[self.dim](x, weight, None, self.stride, self.padding, self.output_padding,
+                                             self.groups, self.dilation)
         return _CONV[self.dim](x, weight, None, self.stride, self.padding, self.dilation, self.groups)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._apply(x, self.weight)
 
-    def transpose(self, y):
+    def transpose(self, y: torch.Tensor) -> torch.Tensor:
         if self.transposed:
             return _CONV[self.dim](y, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
-        return _CONV_INPUT[self.dim]((y.shape[0],) + self.in_shape, self.weight, y, self.stride, self.padding, self.dilation,
-                                     self.groups)
+        return _CONV_INPUT[self.dim]((y.shape[0],) + self.in_shape, self.weight, y, self.stride, self.padding,
+                                     self.dilation, self.groups)
 
-    def _with(self, weight) -> "Conv":
-        return Conv(weight, self.in_shape, stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
+    def _with(self, weight: torch.Tensor) -> Conv:
+        return Conv(weight, self.in_shape, stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    groups=self.groups,
                     transposed=self.transposed, output_padding=self.output_padding, out_shape=self.out_shape)
 
     def full_weight(self) -> torch.Tensor:
@@ -337,15 +347,15 @@ class Conv(Operator):
                 self.weight[g * out_per_group:(g + 1) * out_per_group]
         return full
 
-    def modified(self, kind):
+    def modified(self, kind: str) -> Operator:
         if kind not in self._modified:  # a kernel-sized tensor per kind, kept: DTD asks for the same ones at every call
             self._modified[kind] = self._with(_signed_modification(self.weight, _check_kind(kind)))
         return self._modified[kind]
 
-    def to(self, dtype, device=None):
+    def to(self, dtype: torch.dtype, device: torch.device | str | None = None) -> Operator:
         return self._with(self.weight.to(dtype=dtype, device=device))
 
-    def tensors(self):
+    def tensors(self) -> list[torch.Tensor]:
         return [self.weight]
 
 
@@ -365,19 +375,19 @@ class Scale(Operator):
         """Every channel has the same factor (a multiplication by a number)."""
         return bool((self.scale == self.scale[0]).all())
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale.reshape(self._view)
 
-    def transpose(self, y):
+    def transpose(self, y: torch.Tensor) -> torch.Tensor:
         return y * self.scale.reshape(self._view)
 
-    def modified(self, kind):
+    def modified(self, kind: str) -> Operator:
         return Scale(_signed_modification(self.scale, _check_kind(kind)), self.in_shape)
 
-    def to(self, dtype, device=None):
+    def to(self, dtype: torch.dtype, device: torch.device | str | None = None) -> Operator:
         return Scale(self.scale.to(dtype=dtype, device=device), self.in_shape)
 
-    def tensors(self):
+    def tensors(self) -> list[torch.Tensor]:
         return [self.scale]
 
 
@@ -389,23 +399,24 @@ class Multiply(Operator):
     def __init__(self, factor: torch.Tensor, shape: Sequence[int]):
         self.in_shape = self.out_shape = tuple(shape)
         if tuple(factor.shape) != self.in_shape:
-            raise ValueError(f"an element-wise factor of shape {tuple(factor.shape)} does not fit activations of shape {self.in_shape}")
+            raise ValueError(f"an element-wise factor of shape {tuple(factor.shape)} does "
+                             f"not fit activations of shape {self.in_shape}")
         self.factor = factor
         self.signed = bool((factor < 0).any())
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.factor
 
-    def transpose(self, y):
+    def transpose(self, y: torch.Tensor) -> torch.Tensor:
         return y * self.factor
 
-    def modified(self, kind):
+    def modified(self, kind: str) -> Operator:
         return Multiply(_signed_modification(self.factor, _check_kind(kind)), self.in_shape)
 
-    def to(self, dtype, device=None):
+    def to(self, dtype: torch.dtype, device: torch.device | str | None = None) -> Operator:
         return Multiply(self.factor.to(dtype=dtype, device=device), self.in_shape)
 
-    def tensors(self):
+    def tensors(self) -> list[torch.Tensor]:
         return [self.factor]
 
 
@@ -419,26 +430,27 @@ class Pooling(Operator):
     is the weight every input of output ``j``'s window has in ``base``.
     """
 
-    def __init__(self, base, in_shape, out_shape, entry: torch.Tensor, *, column_sparse: bool, multiplier=None, name: str = "",
-                 spatial_only: bool = False):
+    def __init__(self, base: Callable[[torch.Tensor], torch.Tensor], in_shape: Sequence[int], out_shape: Sequence[int],
+                 entry: torch.Tensor, *, column_sparse: bool, multiplier: torch.Tensor | None = None, name: str = "",
+                 spatial_only: bool = False) -> None:
         self.base, self.entry, self.multiplier, self.name = base, entry, multiplier, name
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.column_sparse = column_sparse
         self.spatial_only = spatial_only
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         return y if self.multiplier is None else y * self.multiplier
 
-    def transpose(self, y):
+    def transpose(self, y: torch.Tensor) -> torch.Tensor:
         return vjp(self.base, self.in_shape, y if self.multiplier is None else y * self.multiplier)
 
-    def _times(self, factor) -> "Pooling":
+    def _times(self, factor: torch.Tensor) -> Pooling:
         multiplier = factor if self.multiplier is None else self.multiplier * factor
         return Pooling(self.base, self.in_shape, self.out_shape, self.entry, column_sparse=self.column_sparse,
                        multiplier=multiplier, name=self.name, spatial_only=self.spatial_only)
 
-    def modified(self, kind):
+    def modified(self, kind: str) -> Operator:
         kind = _check_kind(kind)
         if kind in ("W", "pos"):
             return self
@@ -451,20 +463,20 @@ class Pooling(Operator):
         return Pooling(self.base, self.in_shape, self.out_shape, self.entry, column_sparse=self.column_sparse,
                        multiplier=1.0 / self.entry, name=self.name, spatial_only=self.spatial_only)
 
-    def to(self, dtype, device=None):
-        def convert(t):
-            return None if t is None or not isinstance(t, torch.Tensor) else t.to(dtype=dtype, device=device)
+    def to(self, dtype: torch.dtype, device: torch.device | str | None = None) -> Operator:
+        multiplier = None if self.multiplier is None else self.multiplier.to(dtype=dtype, device=device)
+        return Pooling(self.base, self.in_shape, self.out_shape, self.entry.to(dtype=dtype, device=device),
+                       column_sparse=self.column_sparse, multiplier=multiplier, name=self.name,
+                       spatial_only=self.spatial_only)
 
-        return Pooling(self.base, self.in_shape, self.out_shape, convert(self.entry), column_sparse=self.column_sparse,
-                       multiplier=convert(self.multiplier) if isinstance(self.multiplier, torch.Tensor) else self.multiplier,
-                       name=self.name, spatial_only=self.spatial_only)
-
-    def tensors(self):
+    def tensors(self) -> list[torch.Tensor]:
         return [self.entry]
 
 
-def _axis_product(x: torch.Tensor, matrices: Sequence[tuple[int, torch.Tensor]], transpose: bool = False) -> torch.Tensor:
-    """``x`` with each ``(axis, A)`` applied along that non-batch axis (``A`` ``(n_out, n_in)``; ``A^T`` when transposing)."""
+def _axis_product(x: torch.Tensor, matrices: Sequence[tuple[int, torch.Tensor]],
+                  transpose: bool = False) -> torch.Tensor:
+    """``x`` with each ``(axis, A)`` applied along that non-batch axis (``A``
+    ``(n_out, n_in)``; ``A^T`` when transposing)."""
     for axis, matrix in matrices:
         moved = x.movedim(axis + 1, -1)
         moved = moved @ (matrix if transpose else matrix.T)
@@ -487,8 +499,9 @@ class Interpolation(Operator):
 
     spatial_only = True
 
-    def __init__(self, base, in_shape, out_shape, matrices: Sequence[tuple[int, torch.Tensor]], *, signed: bool = False,
-                 name: str = ""):
+    def __init__(self, base: Callable[[torch.Tensor], torch.Tensor] | None, in_shape: Sequence[int],
+                 out_shape: Sequence[int],
+                 matrices: Sequence[tuple[int, torch.Tensor]], *, signed: bool = False, name: str = "") -> None:
         self.base, self.matrices, self.name = base, [(int(a), m) for a, m in matrices], name
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.signed = signed
@@ -496,18 +509,19 @@ class Interpolation(Operator):
         self.row_sparse = all(bool(((m != 0).sum(1) <= 1).all()) for _, m in self.matrices)
         self.column_sparse = all(bool(((m != 0).sum(0) <= 1).all()) for _, m in self.matrices)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) if self.base is not None else _axis_product(x, self.matrices)
 
-    def transpose(self, y):
+    def transpose(self, y: torch.Tensor) -> torch.Tensor:
         if self.base is not None:
             return vjp(self.base, self.in_shape, y)
         return _axis_product(y, list(reversed(self.matrices)), transpose=True)
 
-    def modified(self, kind):
+    def modified(self, kind: str) -> Operator:
         kind = _check_kind(kind)
         if self.signed:
-            raise ValueError(f"{self.name or 'this interpolation'} has negative weights: its modified operators are not available")
+            raise ValueError(f"{self.name or 'this interpolation'} has negative "
+                             "weights: its modified operators are not available")
         if kind in ("W", "pos"):
             return self
         if kind in ("neg", "ind_lt"):
@@ -518,11 +532,12 @@ class Interpolation(Operator):
             matrices = [(a, (m != 0).to(m.dtype)) for a, m in self.matrices]
         return Interpolation(None, self.in_shape, self.out_shape, matrices, name=self.name)
 
-    def to(self, dtype, device=None):
-        return Interpolation(self.base, self.in_shape, self.out_shape, [(a, m.to(dtype=dtype, device=device)) for a, m in self.matrices],
+    def to(self, dtype: torch.dtype, device: torch.device | str | None = None) -> Operator:
+        return Interpolation(self.base, self.in_shape, self.out_shape,
+                             [(a, m.to(dtype=dtype, device=device)) for a, m in self.matrices],
                              signed=self.signed, name=self.name)
 
-    def tensors(self):
+    def tensors(self) -> list[torch.Tensor]:
         return [m for _, m in self.matrices]
 
 
@@ -541,22 +556,26 @@ class IndexMap(Operator):
 
     row_sparse = True
 
-    def __init__(self, function, in_shape, out_shape, *, injective: bool, name: str = "", spatial_only: bool = False,
-                 channel_only: bool = False, transpose_function=None):
+    # the functions are called with the tensor alone: Callable[..., Tensor], as the lowering's lambdas bind their
+    # constants as default arguments (lambda t, d=dims: t.permute(d)), which Callable[[Tensor], Tensor] cannot infer
+    def __init__(self, function: Callable[..., torch.Tensor], in_shape: Sequence[int],
+                 out_shape: Sequence[int], *,
+                 injective: bool, name: str = "", spatial_only: bool = False, channel_only: bool = False,
+                 transpose_function: Callable[..., torch.Tensor] | None = None) -> None:
         self.function, self.transpose_function, self.name = function, transpose_function, name
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.column_sparse = bool(injective)
         self.spatial_only, self.channel_only = spatial_only, channel_only
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.function(x)
 
-    def transpose(self, y):
+    def transpose(self, y: torch.Tensor) -> torch.Tensor:
         if self.transpose_function is not None:
             return self.transpose_function(y)
         return vjp(self.function, self.in_shape, y)
 
-    def modified(self, kind):
+    def modified(self, kind: str) -> Operator:
         kind = _check_kind(kind)
         return Zero(self.in_shape, self.out_shape) if kind in ("neg", "ind_lt") else self
 
@@ -566,7 +585,7 @@ class Reshape(Operator):
 
     column_sparse = row_sparse = True
 
-    def __init__(self, in_shape, out_shape):
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int]) -> None:
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         if math.prod(self.in_shape) != math.prod(self.out_shape):
             raise ValueError(f"cannot reshape {self.in_shape} into {self.out_shape}")
@@ -575,35 +594,36 @@ class Reshape(Operator):
         self.spatial_only = self.channel_only or (len(self.in_shape) > 1 and len(self.out_shape) > 1
                                                   and self.in_shape[0] == self.out_shape[0])
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape((x.shape[0],) + self.out_shape)
 
-    def transpose(self, y):
+    def transpose(self, y: torch.Tensor) -> torch.Tensor:
         return y.reshape((y.shape[0],) + self.in_shape)
 
-    def modified(self, kind):
+    def modified(self, kind: str) -> Operator:
         kind = _check_kind(kind)
         return Zero(self.in_shape, self.out_shape) if kind in ("neg", "ind_lt") else self
 
 
 class Embed(Operator):
-    """Place the input at ``[start, start + n)`` of dimension ``dim`` of a larger zero tensor (one part of a ``torch.cat``)."""
+    """Place the input at ``[start, start + n)`` of dimension ``dim`` of a larger zero
+    tensor (one part of a ``torch.cat``)."""
 
     column_sparse = row_sparse = True
 
-    def __init__(self, in_shape, out_shape, dim: int, start: int):
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], dim: int, start: int) -> None:
         self.in_shape, self.out_shape, self.dim, self.start = tuple(in_shape), tuple(out_shape), dim, start
         self.channel_only, self.spatial_only = dim == 0, dim > 0
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x.new_zeros((x.shape[0],) + self.out_shape)
         out.narrow(self.dim + 1, self.start, self.in_shape[self.dim]).copy_(x)
         return out
 
-    def transpose(self, y):
+    def transpose(self, y: torch.Tensor) -> torch.Tensor:
         return y.narrow(self.dim + 1, self.start, self.in_shape[self.dim]).clone()
 
-    def modified(self, kind):
+    def modified(self, kind: str) -> Operator:
         kind = _check_kind(kind)
         return Zero(self.in_shape, self.out_shape) if kind in ("neg", "ind_lt") else self
 
@@ -613,28 +633,29 @@ class Narrow(Operator):
 
     column_sparse = row_sparse = True
 
-    def __init__(self, in_shape, dim: int, start: int, length: int):
+    def __init__(self, in_shape: Sequence[int], dim: int, start: int, length: int) -> None:
         self.in_shape, self.dim, self.start, self.length = tuple(in_shape), int(dim), int(start), int(length)
         out = list(self.in_shape)
         out[self.dim] = self.length
         self.out_shape = tuple(out)
         self.channel_only, self.spatial_only = self.dim == 0, self.dim > 0
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.narrow(self.dim + 1, self.start, self.length)
 
-    def transpose(self, y):
+    def transpose(self, y: torch.Tensor) -> torch.Tensor:
         out = y.new_zeros((y.shape[0],) + self.in_shape)
         out.narrow(self.dim + 1, self.start, self.length).copy_(y)
         return out
 
-    def modified(self, kind):
+    def modified(self, kind: str) -> Operator:
         kind = _check_kind(kind)
         return Zero(self.in_shape, self.out_shape) if kind in ("neg", "ind_lt") else self
 
 
 def single_path(flags: Sequence[tuple[bool, bool]]) -> bool:
-    """Whether a chain of maps with ``(row_sparse, column_sparse)`` flags joins every (input, output) pair by at most one path.
+    """Whether a chain of maps with ``(row_sparse, column_sparse)`` flags joins every
+    (input, output) pair by at most one path.
 
     True when, for some position ``m``, every map before it feeds each input
     into at most one output and every map after it reads each output from at
@@ -657,7 +678,7 @@ class Chain(Operator):
         ops = [op for op in ops]
         if not ops:
             raise ValueError("a chain needs at least one operator")
-        for lower, upper in zip(ops[:-1], ops[1:]):
+        for lower, upper in pairwise(ops):
             if tuple(lower.out_shape) != tuple(upper.in_shape):
                 raise ValueError(f"chain shapes do not match: {lower.out_shape} -> {upper.in_shape}")
         self.ops = ops
@@ -679,7 +700,8 @@ class Chain(Operator):
 
     def kronecker_path(self) -> bool:
         """Every primitive acts on the channels only or on the other axes only, and each of the two axis groups is
-        joined by at most one path: every entry of the product is one channel path's product times one spatial path's."""
+        joined by at most one path: every entry of the product is one channel
+        path's product times one spatial path's."""
         if not all(op.channel_only or op.spatial_only for op in self.ops):
             return False
         channel = [(True, True) if op.spatial_only else (op.row_sparse, op.column_sparse) for op in self.ops]
@@ -691,51 +713,53 @@ class Chain(Operator):
         return (all(op.modifiable for op in self.ops) and self.n_signed() <= 1
                 and (self.single_path() or self.kronecker_path()))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         for op in self.ops:
             x = op.forward(x)
         return x
 
-    def transpose(self, y):
+    def transpose(self, y: torch.Tensor) -> torch.Tensor:
         for op in reversed(self.ops):
             y = op.transpose(y)
         return y
 
-    def rows(self, index, dtype):
+    def rows(self, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         weight = self.flat_weight()
         if weight is None:
             return super().rows(index, dtype)
         return weight[index].reshape(tuple(index.shape) + tuple(self.in_shape))
 
-    def flat_weight(self):
+    def flat_weight(self) -> torch.Tensor | None:
         """A chain of reshapes ending in a Linear: the Linear's matrix (on the flattened input), else None."""
         if isinstance(self.ops[-1], Dense) and all(isinstance(op, Reshape) for op in self.ops[:-1]):
             return self.ops[-1].weight
         return None
 
-    def modified(self, kind):
+    def modified(self, kind: str) -> Chain | Zero:
         kind = _check_kind(kind)
         if kind not in self._modified:
             self._modified[kind] = self._modify(kind)
         return self._modified[kind]
 
-    def _modify(self, kind):
+    def _modify(self, kind: str) -> Chain | Zero:
         if not self.exact_modifications():
-            raise ValueError("this chain's entries are not single products: its modified operators are not the chain's modifications")
+            raise ValueError("this chain's entries are not single products: its "
+                             "modified operators are not the chain's modifications")
         if not self.signed and kind in ("neg", "ind_lt"):
             return Zero(self.in_shape, self.out_shape)
         # the signed primitive takes the modification; the positive ones keep their entries, squared for "square"
         # and as 0/1 structure for the indicators
-        positive_kind = {"W": "W", "pos": "W", "neg": "W", "square": "square", "ind": "ind", "ind_ge": "ind", "ind_lt": "ind"}[kind]
+        positive_kind = {"W": "W", "pos": "W", "neg": "W", "square": "square", "ind": "ind", "ind_ge": "ind",
+                         "ind_lt": "ind"}[kind]
         ops = [op.modified(kind if op.signed else positive_kind) for op in self.ops]
         if any(isinstance(op, Zero) for op in ops):
             return Zero(self.in_shape, self.out_shape)
         return Chain(ops)
 
-    def to(self, dtype, device=None):
+    def to(self, dtype: torch.dtype, device: torch.device | str | None = None) -> Chain:
         return Chain([op.to(dtype, device) for op in self.ops])
 
-    def tensors(self):
+    def tensors(self) -> list[torch.Tensor]:
         return [t for op in self.ops for t in op.tensors()]
 
 
@@ -761,8 +785,8 @@ class Parallel(Operator):
         for i in range(len(chains)):
             for j in range(i + 1, len(chains)):
                 if not (_apart(outputs[i], outputs[j]) or _apart(inputs[i], inputs[j])):
-                    raise ValueError("a parallel operator's chains must each write disjoint slices of the output or read "
-                                     "disjoint slices of the input")
+                    raise ValueError("a parallel operator's chains must each write disjoint "
+                                     "slices of the output or read disjoint slices of the input")
         self.chains = chains
         self.in_shape, self.out_shape = chains[0].in_shape, chains[0].out_shape
         self.signed = any(c.signed for c in chains)
@@ -771,20 +795,20 @@ class Parallel(Operator):
     def exact_modifications(self) -> bool:
         return all(c.exact_modifications() for c in self.chains)
 
-    def forward(self, x):
-        return sum(c.forward(x) for c in self.chains)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return functools.reduce(operator.add, [c.forward(x) for c in self.chains])
 
-    def transpose(self, y):
-        return sum(c.transpose(y) for c in self.chains)
+    def transpose(self, y: torch.Tensor) -> torch.Tensor:
+        return functools.reduce(operator.add, [c.transpose(y) for c in self.chains])
 
-    def modified(self, kind):
+    def modified(self, kind: str) -> Operator:
         parts = [c.modified(kind) for c in self.chains]
-        return Parallel([_ZeroChain(c) if isinstance(p, Zero) else p for c, p in zip(self.chains, parts)])
+        return Parallel([_ZeroChain(c) if isinstance(p, Zero) else p for c, p in zip(self.chains, parts, strict=True)])
 
-    def to(self, dtype, device=None):
+    def to(self, dtype: torch.dtype, device: torch.device | str | None = None) -> Parallel:
         return Parallel([c.to(dtype, device) for c in self.chains])
 
-    def tensors(self):
+    def tensors(self) -> list[torch.Tensor]:
         return [t for c in self.chains for t in c.tensors()]
 
     @property
@@ -792,7 +816,7 @@ class Parallel(Operator):
         return [op for c in self.chains for op in c.ops]
 
 
-def _apart(a, b) -> bool:
+def _apart(a: tuple[int, int, int] | None, b: tuple[int, int, int] | None) -> bool:
     """Whether two ``(dim, start, stop)`` slices (None: not a slice) lie along one dimension without overlapping."""
     if a is None or b is None or a[0] != b[0]:
         return False
@@ -800,7 +824,8 @@ def _apart(a, b) -> bool:
 
 
 def _ZeroChain(chain: Chain) -> Chain:
-    """A chain computing zero that keeps ``chain``'s first or final slice (so a :class:`Parallel` of it stays well-formed)."""
+    """A chain computing zero that keeps ``chain``'s first or final slice (so a
+    :class:`Parallel` of it stays well-formed)."""
     first, last = chain.ops[0], chain.ops[-1]
     if isinstance(last, Embed):
         return Chain([Zero(chain.in_shape, last.in_shape), last])

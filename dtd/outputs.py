@@ -22,22 +22,42 @@ every rule and root question applies unchanged.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Protocol, TypeGuard, TypeVar
 
 import torch
 
-__all__ = ["OutputLike", "check_output", "explain", "is_weights", "describe_output"]
+__all__ = ["OutputLike", "Explainable", "check_output", "explain", "is_weights", "describe_output"]
 
 #: What ``output=`` accepts (see the module docstring).
-OutputLike = Union[int, tuple, torch.Tensor, str]
+OutputLike = int | tuple | torch.Tensor | str
+
+_Net = TypeVar("_Net", bound="Explainable")
 
 
-def is_weights(output) -> bool:
+class Explainable(Protocol):
+    """What this module reads of a network (a :class:`dtd.ReLUNetwork` or a :class:`dtd.GraphNetwork`)."""
+
+    @property
+    def out_features(self) -> int: ...
+
+    @property
+    def output_shape(self) -> tuple: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def explaining(self: _Net, weights: torch.Tensor) -> _Net: ...
+
+
+def is_weights(output: object) -> TypeGuard[torch.Tensor]:
     """Whether ``output`` is a weight tensor (floating point), not an index."""
     return isinstance(output, torch.Tensor) and output.dtype.is_floating_point
 
 
-def describe_output(output) -> str:
+def describe_output(output: object) -> str:
     if is_weights(output):
         return f"weights of shape {tuple(output.shape)}"
     if isinstance(output, torch.Tensor):
@@ -45,7 +65,7 @@ def describe_output(output) -> str:
     return repr(output)
 
 
-def _flat_index(net, index: tuple) -> int:
+def _flat_index(net: Explainable, index: tuple) -> int:
     shape = tuple(net.output_shape)
     if any(isinstance(i, bool) or not isinstance(i, int) for i in index):
         raise TypeError(f"an output index tuple holds ints, got {index!r}")
@@ -54,16 +74,17 @@ def _flat_index(net, index: tuple) -> int:
             f"output={index!r} has {len(index)} indices but the network's output per point has shape {shape}; "
             f"give one index per dimension (e.g. {tuple(0 for _ in shape)})"
         )
-    for i, (k, n) in enumerate(zip(index, shape)):
+    for i, (k, n) in enumerate(zip(index, shape, strict=True)):
         if not 0 <= k < n:
-            raise ValueError(f"output={index!r}: index {k} of dimension {i} is outside [0, {n - 1}] (output shape {shape})")
+            raise ValueError(f"output={index!r}: index {k} of dimension {i} is "
+                             f"outside [0, {n - 1}] (output shape {shape})")
     flat = 0
-    for k, n in zip(index, shape):
+    for k, n in zip(index, shape, strict=True):
         flat = flat * n + k
     return flat
 
 
-def check_output(net, output, batch: Optional[int] = None) -> "int | torch.Tensor":
+def check_output(net: Explainable, output: OutputLike, batch: int | None = None) -> int | torch.Tensor:
     """``output`` checked against ``net``'s output: an int in range (a tuple becomes its flat index) or a ``(batch,)``
     integer tensor of per-point flat indices (int64 on the network's device; ``batch`` points when given)."""
     n_out = net.out_features
@@ -72,19 +93,21 @@ def check_output(net, output, batch: Optional[int] = None) -> "int | torch.Tenso
     if isinstance(output, torch.Tensor):
         if output.dtype.is_floating_point:
             raise TypeError(
-                f"output as a floating-point tensor is weights over the output (shape {tuple(net.output_shape)}); this "
-                "function takes an index: pass the weights to dtd.train_free, or explain net.explaining(weights) at output 0"
+                "output as a floating-point tensor is weights over the output (shape "
+                f"{tuple(net.output_shape)}); this function takes an index: pass the "
+                "weights to dtd.train_free, or explain net.explaining(weights) at output 0"
             )
         if output.dtype.is_complex or output.dtype == torch.bool or output.dim() != 1:
             raise TypeError(
-                f"output as a tensor must be a 1-D integer tensor of per-point output indices, got dtype {output.dtype}, "
-                f"shape {tuple(output.shape)}"
+                "output as a tensor must be a 1-D integer tensor of per-point output "
+                f"indices, got dtype {output.dtype}, shape {tuple(output.shape)}"
             )
         if batch is not None and output.shape[0] != batch:
             raise ValueError(f"output holds {output.shape[0]} per-point indices for {batch} points; give one per point")
         if output.numel() and (int(output.min()) < 0 or int(output.max()) >= n_out):
             raise ValueError(
-                f"every per-point output must be in [0, {n_out - 1}], got values in [{int(output.min())}, {int(output.max())}]"
+                f"every per-point output must be in [0, {n_out - 1}], got "
+                f"values in [{int(output.min())}, {int(output.max())}]"
             )
         return output.detach().to(dtype=torch.int64, device=net.device)
     if isinstance(output, bool) or not isinstance(output, int):
@@ -97,7 +120,7 @@ def check_output(net, output, batch: Optional[int] = None) -> "int | torch.Tenso
     return output
 
 
-def check_weights(net, weights: torch.Tensor) -> torch.Tensor:
+def check_weights(net: Explainable, weights: torch.Tensor) -> torch.Tensor:
     """Weights over the per-point output: the output's shape (or flat), finite, in the network's dtype and device."""
     shape = tuple(net.output_shape)
     if tuple(weights.shape) not in (shape, (math.prod(shape),)):
@@ -112,9 +135,9 @@ def check_weights(net, weights: torch.Tensor) -> torch.Tensor:
     return weights.detach().reshape(shape).to(dtype=net.dtype, device=net.device).clone()
 
 
-def explain(net, output):
-    """``(network, output)`` to decompose: weights give ``net.explaining(weights)`` and output 0, a tuple its flat index;
-    anything else is returned as it is (checked later against the batch)."""
+def explain(net: _Net, output: OutputLike) -> tuple[_Net, int | torch.Tensor | str]:
+    """``(network, output)`` to decompose: weights give ``net.explaining(weights)`` and output 0, a tuple its flat
+    index; anything else is returned as it is (checked later against the batch)."""
     if is_weights(output):
         return net.explaining(output), 0
     if isinstance(output, tuple):
@@ -126,7 +149,8 @@ def explain(net, output):
             )
         if len(tuple(net.output_shape)) != 1:
             raise ValueError(
-                f"output='predicted' takes each point's largest class of a (batch, classes) output; this network's output "
-                f"per point has shape {tuple(net.output_shape)}: pass an index tuple (e.g. (class, row, col)) or weights"
+                "output='predicted' takes each point's largest class of a (batch, classes) "
+                f"output; this network's output per point has shape {tuple(net.output_shape)}: "
+                "pass an index tuple (e.g. (class, row, col)) or weights"
             )
     return net, output

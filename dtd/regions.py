@@ -28,7 +28,7 @@ import math
 import os
 import sys
 import threading
-from typing import Optional
+from collections.abc import Sequence
 
 import highspy
 import numpy as np
@@ -39,11 +39,14 @@ from .graph import (
     AffineNode,
     GraphNetwork,
     MaxPoolNode,
+    Node,
+    NodeValues,
     ReLUNode,
     dense_limit_error,
     pool_windows,
 )
 from .network import ReLUNetwork
+from .operators import Operator
 from .tolerances import DIVISION_GUARD, LP_FEASIBILITY_TOL, region_slack
 from .validation import check_bool
 
@@ -106,10 +109,10 @@ class RegionConstraints:
     c: torch.Tensor
     sign: torch.Tensor
     output_row: int
-    blocks: tuple = ()
+    blocks: tuple[tuple[str, int, int, int], ...] = ()
 
 
-def region_rows(net, layer: int) -> int:
+def region_rows(net: ReLUNetwork | GraphNetwork, layer: int) -> int:
     """How many region rows the finders budget for at layer ``layer`` (work chunks, the walk's threading).
 
     A :class:`~dtd.ReLUNetwork`: every neuron of the layers ``>= k``
@@ -123,7 +126,7 @@ def region_rows(net, layer: int) -> int:
     return _graph_region_rows(net, live) - 1 + net.out_features
 
 
-def check_dense_limits(net) -> None:
+def check_dense_limits(net: ReLUNetwork | GraphNetwork) -> None:
     """Raise the ``ValueError`` a decomposition with an in-region finder would meet at its first layer above
     :data:`dtd.graph.DENSE_LAYER_LIMIT` (its weight or its region's rows; layers in the order DTD visits them, the
     output's first), before any work is done; a :class:`~dtd.ReLUNetwork` has no limit."""
@@ -142,7 +145,7 @@ def check_dense_limits(net) -> None:
 _REGION_WHAT = "the region of f_{k} (its deciding ReLUs, max-pool windows and output)"
 
 
-def base_rows(base: Optional[tuple], start: int, stop: int) -> Optional[tuple]:
+def base_rows(base: NodeValues | None, start: int, stop: int) -> NodeValues | None:
     """The rows ``start:stop`` of :meth:`GraphNetwork.run`'s ``(values, argmax)`` (views), or None."""
     if base is None:
         return None
@@ -151,7 +154,8 @@ def base_rows(base: Optional[tuple], start: int, stop: int) -> Optional[tuple]:
 
 
 def region_constraints(
-    net, a: torch.Tensor, layer: int, output: "int | torch.Tensor", *, base: Optional[tuple] = None
+    net: ReLUNetwork | GraphNetwork, a: torch.Tensor, layer: int, output: int | torch.Tensor, *,
+    base: NodeValues | None = None
 ) -> RegionConstraints:
     """Affine maps of every deciding pre-activation at the inputs ``a`` ``(batch, D_k)`` of layer ``layer``.
 
@@ -177,7 +181,7 @@ def region_constraints(
     return _graph_region_constraints(net, a, layer, output, base)
 
 
-def _push(op, A: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _push(op: Operator, A: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The affine map ``(A, c)`` of an activation pushed through a branch operator: ``(op A, op c)``.
 
     A Linear composes as the dense engine does (``einsum`` over the rows, ``c @ W^T``), bit for bit;
@@ -192,7 +196,7 @@ def _push(op, A: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return A_out, op.forward(c.reshape((n,) + tuple(op.in_shape))).reshape(n, -1)
 
 
-def _graph_region_rows(net: GraphNetwork, live: list) -> int:
+def _graph_region_rows(net: GraphNetwork, live: Sequence[Node]) -> int:
     rows = 1
     for node in live:
         if isinstance(node, ReLUNode):
@@ -202,7 +206,8 @@ def _graph_region_rows(net: GraphNetwork, live: list) -> int:
     return rows
 
 
-def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, output, base) -> RegionConstraints:
+def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, output: int | torch.Tensor,
+                              base: NodeValues | None) -> RegionConstraints:
     """:func:`region_constraints` on a graph network: the affine maps of ``f_k``'s live nodes, composed in order."""
     net.check_layer(layer)
     output = net.check_output(output, a.shape[0])
@@ -217,37 +222,43 @@ def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, ou
     constants = sorted({s for node in live for s in net.sources(node) if s not in overridden and s not in live_ids})
     if constants and base is None:
         raise ValueError(
-            f"the region of layer {layer} ({net.layer_names()[layer]!r}) reads activations that do not depend on its input "
-            f"(nodes {constants}: a skip from below the layer); pass base=net.run(x) for the same points"
+            f"the region of layer {layer} ({net.layer_names()[layer]!r}) reads activations that do not depend on "
+            f"its input (nodes {constants}: a skip from below the layer); pass base=net.run(x) for the same points"
         )
     if base is not None and any(base[0][i].shape[0] != n for i in constants):
-        raise ValueError(f"base holds the values of {base[0][0].shape[0]} points but a has {n} rows; give both for the same points")
+        raise ValueError(f"base holds the values of {base[0][0].shape[0]} points "
+                         f"but a has {n} rows; give both for the same points")
     a_net = a.detach()
     a = a_net.to(torch.float64)
     node_k = net.layer(layer)
     pools = [node for node in live if isinstance(node, MaxPoolNode)]
-    argmax: dict = {}
+    argmax: dict[int, torch.Tensor] = {}
+    known = base[0] if base is not None else {}  # values of the nodes f_k keeps (checked above where it reads any)
     if pools:  # the input's argmax pattern: the network's own at these points
         if base is not None and all(p.id in base[1] for p in pools):
             argmax = {p.id: base[1][p.id] for p in pools}
         else:
-            values = dict(zip([b.source for b in node_k.branches], net.split_input(layer, a_net.to(net.dtype))))
+            values = dict(zip([b.source for b in node_k.branches], net.split_input(layer, a_net.to(net.dtype)),
+                              strict=True))
             with torch.no_grad():
                 for node in live:
                     for s in net.sources(node):
                         if s not in values:
-                            values[s] = base[0][s]
+                            values[s] = known[s]
                     net._compute(node, values, argmax, check=False)
     offsets, start = {}, 0
     for branch in node_k.branches:
         offsets[branch.source] = (start, branch.op.in_features)
         start += branch.op.in_features
-    maps: dict = {}  # node id -> (A (n, size, d), c (n, size)) of its value
-    z_of: dict = {}  # affine node id -> its pre-activations at a, from the map
-    rows_a, rows_c, rows_s, blocks = [], [], [], []
+    maps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # node id -> (A (n, size, d), c (n, size)) of its value
+    z_of: dict[int, torch.Tensor] = {}  # affine node id -> its pre-activations at a, from the map
+    rows_a: list[torch.Tensor] = []
+    rows_c: list[torch.Tensor] = []
+    rows_s: list[torch.Tensor] = []
+    blocks: list[tuple[str, int, int, int]] = []
     count = 0
 
-    def add(kind, node_id, A, c, sign):
+    def add(kind: str, node_id: int, A: torch.Tensor, c: torch.Tensor, sign: torch.Tensor) -> None:
         nonlocal count
         rows_a.append(A)
         rows_c.append(c)
@@ -255,7 +266,7 @@ def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, ou
         blocks.append((kind, node_id, count, count + A.shape[1]))
         count += A.shape[1]
 
-    def source_map(s):
+    def source_map(s: int) -> tuple[torch.Tensor, torch.Tensor]:
         if s not in maps:  # an overridden source read past layer k (a skip): its part of r
             first, size = offsets[s]
             select = a.new_zeros(size, d)
@@ -270,15 +281,18 @@ def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, ou
                     A = net.weight(layer).to(torch.float64).unsqueeze(0).expand(n, -1, -1)  # (N, J, D)
                     c = net.bias(layer).to(torch.float64).unsqueeze(0).expand(n, -1)
                 else:
-                    A, c = None, None
-                    for branch, op in zip(node.branches, net.float64_operators(node)):
+                    A_sum: torch.Tensor | None = None
+                    c_sum: torch.Tensor | None = None
+                    for branch, op in zip(node.branches, net.float64_operators(node), strict=True):
                         if branch.source in live_ids or branch.source in overridden:
                             A_b, c_b = _push(op, *source_map(branch.source))
-                            A = A_b if A is None else A + A_b
+                            A_sum = A_b if A_sum is None else A_sum + A_b
                         else:
-                            c_b = op.forward(base[0][branch.source].to(torch.float64)).reshape(n, -1)
-                        c = c_b if c is None else c + c_b
-                    c = c + node.bias.to(torch.float64).reshape(1, -1)
+                            c_b = op.forward(known[branch.source].to(torch.float64)).reshape(n, -1)
+                        c_sum = c_b if c_sum is None else c_sum + c_b
+                    if A_sum is None or c_sum is None:  # a live node reads a live (or overridden) source
+                        raise ValueError(f"node {node.id} of the region of layer {layer} reads no live source")
+                    A, c = A_sum, c_sum + node.bias.to(torch.float64).reshape(1, -1)
                 maps[node.id] = (A, c)
                 z_of[node.id] = c + torch.einsum("njd,nd->nj", A, a)
             elif isinstance(node, ReLUNode):
@@ -287,7 +301,7 @@ def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, ou
                 add("relu", node.id, A, c, torch.where(z > 0, 1.0, -1.0).to(torch.float64))
                 active = (z > 0).to(torch.float64)
                 maps[node.id] = (active.unsqueeze(-1) * A, active * c)
-            else:
+            elif isinstance(node, MaxPoolNode):  # the input is never live: it has no sources
                 A, c = source_map(node.source)
                 source_shape = net.nodes[node.source].shape
                 windows = pool_windows(node, source_shape).to(a.device)  # (P, K)
@@ -309,8 +323,10 @@ def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, ou
                 c_e = c3.gather(2, flat).reshape(n, channels, P, K - 1)
                 weight = keep.to(torch.float64)
                 # z[arg] - z[e] >= 0 in a max pooling's windows, <= 0 in a min pooling's (MaxPoolNode.signs)
-                oriented = weight if node.signs is None else weight * torch.tensor(node.signs, dtype=torch.float64, device=a.device) \
-                    .repeat_interleave(channels // len(node.signs)).reshape(1, channels, 1, 1)
+                oriented = weight
+                if node.signs is not None:
+                    signs = torch.tensor(node.signs, dtype=torch.float64, device=a.device)
+                    oriented = weight * signs.repeat_interleave(channels // len(node.signs)).reshape(1, channels, 1, 1)
                 add("max pool", node.id, ((A_out.unsqueeze(3) - A_e) * oriented.unsqueeze(-1)).reshape(n, -1, d),
                     ((c_out.unsqueeze(3) - c_e) * oriented).reshape(n, -1), weight.reshape(n, -1))
                 maps[node.id] = (A_out.reshape(n, -1, d), c_out.reshape(n, -1))
@@ -323,14 +339,15 @@ def _graph_region_constraints(net: GraphNetwork, a: torch.Tensor, layer: int, ou
         output_row = count
         add("output", last, A[rows, explained].unsqueeze(1), c[rows, explained].unsqueeze(1),
             sign if net.final_relu else torch.zeros_like(sign))
-    return RegionConstraints(torch.cat(rows_a, 1), torch.cat(rows_c, 1), torch.cat(rows_s, 1), output_row, tuple(blocks))
+    return RegionConstraints(torch.cat(rows_a, 1), torch.cat(rows_c, 1), torch.cat(rows_s, 1), output_row,
+                             tuple(blocks))
 
 
 _BANNER_LOCK = threading.Lock()
 _banner_shown = False
 
 
-def _new_highs() -> "highspy.Highs":
+def _new_highs() -> highspy.Highs:
     """A ``highspy.Highs`` whose one-time start-up banner does not reach the caller's stdout.
 
     HiGHS prints its banner from C++ on file descriptor 1 when the process
@@ -363,7 +380,8 @@ def _flush_c_stdout() -> None:
         pass
 
 
-def lp_rows(a: np.ndarray, A_region: np.ndarray, c_region: np.ndarray, sign: np.ndarray, *, norm: str, slack: float):
+def lp_rows(a: np.ndarray, A_region: np.ndarray, c_region: np.ndarray, sign: np.ndarray, *, norm: str,
+            slack: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:class:`RegionLP`'s rows in compressed sparse row form: ``(n_rows, lower, upper, starts, index, value)``.
 
     Columns ``r`` (``D``) then the distance variables ``u`` (``D`` for L1,
@@ -384,7 +402,9 @@ def lp_rows(a: np.ndarray, A_region: np.ndarray, c_region: np.ndarray, sign: np.
     counts = np.concatenate([nonzero.sum(1), np.full(2 * d, 2), [d]])
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
     index = np.concatenate([np.nonzero(nonzero)[1], pairs, pairs, i]).astype(np.int32)
-    value = np.concatenate([region[nonzero], np.tile([1.0, -1.0], d), np.tile([-1.0, -1.0], d), np.ones(d)]).astype(np.float64)
+    value = np.concatenate([region[nonzero], np.tile([1.0, -1.0], d), np.tile([-1.0, -1.0], d), np.ones(d)]).astype(
+        np.float64
+    )
     lower = np.concatenate([-(sign[keep] * c_region[keep]) - slack, np.full(2 * d, -inf), [0.0]])
     upper = np.concatenate([np.full(int(keep.sum()), inf), a, -a, [0.0]])
     return counts.shape[0], lower, upper, starts, index, value
@@ -416,8 +436,9 @@ class RegionLP:
     """
 
     def __init__(
-        self, a: np.ndarray, A_region: np.ndarray, c_region: np.ndarray, sign: np.ndarray, *, norm: str, nonnegative: bool, slack: float = 0.0
-    ):
+        self, a: np.ndarray, A_region: np.ndarray, c_region: np.ndarray, sign: np.ndarray, *, norm: str,
+        nonnegative: bool, slack: float = 0.0
+    ) -> None:
         if norm not in ("l1", "linf"):
             raise ValueError(f"norm must be 'l1' or 'linf', got {norm!r}")
         d = a.shape[0]
@@ -437,7 +458,7 @@ class RegionLP:
         self._optimal = highspy.HighsModelStatus.kOptimal
         self._infeasible = highspy.HighsModelStatus.kInfeasible
 
-    def nearest(self, eq_lhs: np.ndarray, eq_rhs: float) -> tuple[LPStatus, Optional[np.ndarray]]:
+    def nearest(self, eq_lhs: np.ndarray, eq_rhs: float) -> tuple[LPStatus, np.ndarray | None]:
         """``(SOLVED, r)`` for the nearest feasible ``r``; ``(INFEASIBLE, None)`` or ``(FAILED, None)`` otherwise."""
         h = self._h
         for i in range(self._d):
@@ -450,7 +471,8 @@ class RegionLP:
         return (LPStatus.INFEASIBLE if status == self._infeasible else LPStatus.FAILED), None
 
 
-def region_output_root(net, x: torch.Tensor, *, layer: int = 0, output: int = 0, norm: str = "l1", nonnegative: bool = True):
+def region_output_root(net: ReLUNetwork | GraphNetwork, x: torch.Tensor, *, layer: int = 0, output: int = 0,
+                       norm: str = "l1", nonnegative: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Does the input's linear region of ``f_k`` contain a point where the explained output is zero?
 
     The notebook's question 3 asked of the whole region instead of one root:

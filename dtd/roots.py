@@ -12,18 +12,33 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from .graph import NodeValues
 from .progress import progress
-from .regions import LPStatus, RegionLP, base_rows, check_dense_limits, edge_steps, region_constraints, region_rows
+from .regions import (
+    LPStatus,
+    RegionConstraints,
+    RegionLP,
+    base_rows,
+    check_dense_limits,
+    edge_steps,
+    region_constraints,
+    region_rows,
+)
 from .rootsets import ExplicitRoots, RegionRootSet, RootSet, WalkRootSet
 from .rules import Rule, RuleLike
 from .threads import one_thread
 from .tolerances import DIVISION_GUARD, denominator_eps, region_slack
 from .validation import SEED_LIMIT, check_bool, check_int, check_number, check_probability, check_seed
+
+if TYPE_CHECKING:
+    from .graph import GraphNetwork
+    from .network import ReLUNetwork
 
 __all__ = [
     "RootFinder",
@@ -54,14 +69,15 @@ def _layer_seed(seed: int, layer: int) -> int:
 class RootFinder(abc.ABC):
     """Finds the roots of every neuron of one layer, for a whole batch."""
 
-    def check(self, net) -> None:
+    def check(self, net: ReLUNetwork | GraphNetwork) -> None:  # noqa: B027 -- a hook: by default a finder serves every network
         """Raise ``ValueError`` if the finder cannot serve ``net`` (called once per decomposition)."""
 
-    def check_domain(self, k: int, a: torch.Tensor) -> None:
+    def check_domain(self, k: int, a: torch.Tensor) -> None:  # noqa: B027 -- a hook: by default every input
         """Raise ``ValueError`` if the input ``a`` of layer ``k`` is outside the finder's domain."""
 
     @abc.abstractmethod
-    def find(self, net, k: int, a: torch.Tensor, relevance: torch.Tensor, *, output: "int | torch.Tensor") -> RootSet:
+    def find(self, net: ReLUNetwork | GraphNetwork, k: int, a: torch.Tensor, relevance: torch.Tensor, *,
+             output: int | torch.Tensor) -> RootSet:
         """The roots of every (point, neuron) of layer ``k`` for the explained ``output``
         (use :class:`~dtd.rootsets.ExplicitRoots` to return a ``(batch, J_k, D_k)`` tensor)."""
 
@@ -83,9 +99,9 @@ class LinearRoots(RootFinder):
         (default: :func:`dtd.tolerances.denominator_eps` of the dtype).
     """
 
-    def __init__(self, rule: Union[RuleLike, Sequence[RuleLike]] = "z+", *, eps: Optional[float] = None):
+    def __init__(self, rule: RuleLike | Sequence[RuleLike] = "z+", *, eps: float | None = None) -> None:
         if isinstance(rule, (str, Rule)):
-            self.rules: Union[Rule, tuple[Rule, ...]] = Rule.ensure(rule)
+            self.rules: Rule | tuple[Rule, ...] = Rule.ensure(rule)
         elif isinstance(rule, Sequence) and len(rule) > 0:
             self.rules = tuple(Rule.ensure(r) for r in rule)
         else:
@@ -96,7 +112,7 @@ class LinearRoots(RootFinder):
         """The rule used at layer ``k``."""
         return self.rules[k] if isinstance(self.rules, tuple) else self.rules
 
-    def check(self, net) -> None:
+    def check(self, net: ReLUNetwork | GraphNetwork) -> None:
         if isinstance(self.rules, tuple) and len(self.rules) != net.n_layers:
             raise ValueError(
                 f"got {len(self.rules)} rules for a network with {net.n_layers} layers; give one rule per layer "
@@ -104,18 +120,19 @@ class LinearRoots(RootFinder):
                 f"[dtd.rules.ZB(low, high)] + ['z+'] * {net.n_layers - 1}"
             )
 
-    def check_domain(self, k, a):
+    def check_domain(self, k: int, a: torch.Tensor) -> None:
         try:
             self.rule(k).check_domain(a)
         except ValueError as error:  # say which layer's inputs, and that DTD's recipes change the rule above the input
             where = "the network's input" if k == 0 else f"the activations entering layer {k}"
             hint = "" if k == 0 else (
-                "; a rule for the input's domain (zB's box, or z+/gamma for x >= 0) is meant for layer 0: pass one rule "
-                "per layer, e.g. rule=[dtd.rules.ZB(low, high)] + ['z+'] * (net.n_layers - 1)"
+                "; a rule for the input's domain (zB's box, or z+/gamma for x >= 0) is meant for layer 0: "
+                "pass one rule per layer, e.g. rule=[dtd.rules.ZB(low, high)] + ['z+'] * (net.n_layers - 1)"
             )
             raise ValueError(f"layer {k} ({where}): {error}{hint}") from None
 
-    def find(self, net, k, a, relevance, *, output=0):
+    def find(self, net: ReLUNetwork | GraphNetwork, k: int, a: torch.Tensor, relevance: torch.Tensor, *,
+             output: int | torch.Tensor = 0) -> RootSet:
         eps = denominator_eps(a.dtype) if self.eps is None else self.eps
         return self.rule(k).root_set(a, net.weight(k), relevance, eps, layer=k)
 
@@ -140,19 +157,20 @@ class _InRegionFinder(RootFinder):
 
     nonnegative: bool = True
 
-    def check(self, net) -> None:
+    def check(self, net: ReLUNetwork | GraphNetwork) -> None:
         """On a graph network: every layer's weight and region rows fit :data:`dtd.graph.DENSE_LAYER_LIMIT`
         (:func:`dtd.regions.check_dense_limits`), so a refusal comes before any linear program or walk."""
         check_dense_limits(net)
 
-    def check_domain(self, k, a):
+    def check_domain(self, k: int, a: torch.Tensor) -> None:
         if self.nonnegative and float(a.min()) < 0:
             raise ValueError(
-                f"{type(self).__name__}(nonnegative=True) needs non-negative inputs; layer {k}'s minimum is {float(a.min()):.3g}"
+                f"{type(self).__name__}(nonnegative=True) needs non-negative "
+                f"inputs; layer {k}'s minimum is {float(a.min()):.3g}"
             )
 
 
-def _is_graph(net) -> bool:
+def _is_graph(net: ReLUNetwork | GraphNetwork) -> bool:
     from .graph import GraphNetwork
 
     return isinstance(net, GraphNetwork)
@@ -164,7 +182,8 @@ def _dense_limit() -> int:
     return graph.DENSE_LAYER_LIMIT
 
 
-def _region_chunk(net, k: int, a: torch.Tensor, output, base) -> int:
+def _region_chunk(net: ReLUNetwork | GraphNetwork, k: int, a: torch.Tensor, output: int | torch.Tensor,
+                  base: NodeValues | None) -> int:
     """Points whose region rows are built at once: all of them on a dense network (as always); on a graph as
     many as fit :data:`dtd.graph.DENSE_LAYER_LIMIT` together (at least one)."""
     if not _is_graph(net):
@@ -172,12 +191,14 @@ def _region_chunk(net, k: int, a: torch.Tensor, output, base) -> int:
     return max(1, _dense_limit() // (8 * region_rows(net, k) * a.shape[1]))
 
 
-def _chunk_output(output, start: int, stop: int):
+def _chunk_output(output: int | torch.Tensor, start: int, stop: int) -> int | torch.Tensor:
     return output[start:stop] if isinstance(output, torch.Tensor) else output
 
 
-def _chunk_region(net, k, a, output, base, start, stop):
-    return region_constraints(net, a[start:stop], k, _chunk_output(output, start, stop), base=base_rows(base, start, stop))
+def _chunk_region(net: ReLUNetwork | GraphNetwork, k: int, a: torch.Tensor, output: int | torch.Tensor,
+                  base: NodeValues | None, start: int, stop: int) -> RegionConstraints:
+    return region_constraints(net, a[start:stop], k, _chunk_output(output, start, stop),
+                              base=base_rows(base, start, stop))
 
 
 class RegionRoots(_InRegionFinder):
@@ -200,21 +221,23 @@ class RegionRoots(_InRegionFinder):
         Require ``root >= 0`` (activations and the suite's inputs are non-negative).
     """
 
-    def __init__(self, norm: str = "l1", *, nonnegative: bool = True):
+    def __init__(self, norm: str = "l1", *, nonnegative: bool = True) -> None:
         if norm not in ("l1", "linf"):
             raise ValueError(f"norm must be 'l1' or 'linf', got {norm!r}")
         self.norm = norm
         self.nonnegative = check_bool(nonnegative, "nonnegative")
 
-    def find(self, net, k, a, relevance, *, output=0, base=None):
+    def find(self, net: ReLUNetwork | GraphNetwork, k: int, a: torch.Tensor, relevance: torch.Tensor, *,
+             output: int | torch.Tensor = 0, base: NodeValues | None = None) -> RootSet:
         slack = region_slack(a.dtype)
         n_points, n_neurons = relevance.shape
         chunk = _region_chunk(net, k, a, output, base)
+        regions: Iterable[tuple[int, int, RegionConstraints]]
         if chunk >= n_points:
             regions = [(0, n_points, region_constraints(net, a, k, output, base=base))]
         else:  # a graph layer whose region rows for every point at once would pass the dense limit: chunks of points
-            regions = ((start, min(n_points, start + chunk)) for start in range(0, n_points, chunk))
-            regions = ((start, stop, _chunk_region(net, k, a, output, base, start, stop)) for start, stop in regions)
+            bounds = ((start, min(n_points, start + chunk)) for start in range(0, n_points, chunk))
+            regions = ((start, stop, _chunk_region(net, k, a, output, base, start, stop)) for start, stop in bounds)
         weight = net.weight(k).to(torch.float64).cpu().numpy()
         a64 = a.detach().to(torch.float64).cpu().numpy()
         r64 = relevance.detach().to(torch.float64).cpu().numpy()
@@ -227,7 +250,8 @@ class RegionRoots(_InRegionFinder):
                     carrying = np.nonzero(r64[n])[0]
                     if carrying.size:
                         i = n - start
-                        lp = RegionLP(a64[n], A[i], c[i], sign[i], norm=self.norm, nonnegative=self.nonnegative, slack=slack)
+                        lp = RegionLP(a64[n], A[i], c[i], sign[i], norm=self.norm, nonnegative=self.nonnegative,
+                                      slack=slack)
                         for j in carrying:
                             code, point = lp.nearest(weight[j], float(weight[j] @ a64[n] - r64[n, j]))
                             status[n, j] = code
@@ -283,13 +307,16 @@ class RegionSamplingRoots(_InRegionFinder):
     :mod:`dtd.progress`).
     """
 
-    def __init__(self, n_directions: int = 256, *, seed: int = 0, nonnegative: bool = True, memory_budget: int = DEFAULT_MEMORY_BUDGET):
+    def __init__(self, n_directions: int = 256, *, seed: int = 0, nonnegative: bool = True,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
         self.n_directions = check_int(n_directions, "n_directions", minimum=1)
         self.seed = check_seed(seed)
         self.nonnegative = check_bool(nonnegative, "nonnegative")
         self.memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
 
-    def directions(self, n_points: int, width: int, layer: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def directions(
+        self, n_points: int, width: int, layer: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """The unit directions ``(n_points, n_directions, width)`` (float64), reproducible per layer.
 
         ``generator``: continue the stream of an earlier call of the same layer
@@ -301,7 +328,8 @@ class RegionSamplingRoots(_InRegionFinder):
         return d / d.norm(dim=-1, keepdim=True).clamp_min(DIVISION_GUARD)
 
     def chunk_points(self, n_rows: int, n_neurons: int, width: int) -> int:
-        """Points per chunk: the ``(points, rays, rows + neurons + width)`` float64 work tensors, about four times over, fit the budget.
+        """Points per chunk: the ``(points, rays, rows + neurons + width)`` float64 work
+        tensors, about four times over, fit the budget.
 
         A multiple of 16 points, so that drawing the directions chunk by chunk
         continues torch's normal stream exactly where one draw for all points
@@ -313,7 +341,8 @@ class RegionSamplingRoots(_InRegionFinder):
             return -1
         return max(16, (self.memory_budget // per_point) // 16 * 16)
 
-    def find(self, net, k, a, relevance, *, output=0, base=None):
+    def find(self, net: ReLUNetwork | GraphNetwork, k: int, a: torch.Tensor, relevance: torch.Tensor, *,
+             output: int | torch.Tensor = 0, base: NodeValues | None = None) -> RootSet:
         a64 = a.detach().to(torch.float64).cpu()
         r64 = relevance.detach().to(torch.float64).cpu()
         w = net.weight(k).to(torch.float64).cpu()
@@ -334,13 +363,17 @@ class RegionSamplingRoots(_InRegionFinder):
                 stop = min(n_points, start + chunk)
                 d = self.directions(stop - start, width, k, generator)
                 roots[start:stop], valid[start:stop] = self._search(
-                    net, k, a64[start:stop], r64[start:stop], w, d, _chunk_output(output, start, stop), slack, base_rows(base, start, stop)
+                    net, k, a64[start:stop], r64[start:stop], w, d, _chunk_output(output, start, stop), slack,
+                    base_rows(base, start, stop)
                 )
                 bar.update(stop - start)
         return ExplicitRoots(a, roots.to(dtype=a.dtype, device=a.device), valid.to(a.device))
 
-    def _search(self, net, k, a64, r64, w, d, output, slack, base=None):
-        """Roots ``(n, J, D)`` and validity ``(n, J)`` of the points ``a64`` ``(n, D)`` along the rays ``d`` ``(n, K, D)``."""
+    def _search(self, net: ReLUNetwork | GraphNetwork, k: int, a64: torch.Tensor, r64: torch.Tensor, w: torch.Tensor,
+                d: torch.Tensor, output: int | torch.Tensor, slack: float,
+                base: NodeValues | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Roots ``(n, J, D)`` and validity ``(n, J)`` of the points ``a64``
+        ``(n, D)`` along the rays ``d`` ``(n, K, D)``."""
         region = region_constraints(net, a64, k, output, base=base)
         if self.nonnegative:  # rays that leave a zero coordinate downwards would stop at once: reflect them
             d = torch.where((a64 <= 0).unsqueeze(1), d.abs(), d)
@@ -349,7 +382,8 @@ class RegionSamplingRoots(_InRegionFinder):
         h = region.sign.unsqueeze(-1) * torch.einsum("nmd,nkd->nmk", region.A, d)  # (N, M, K)
         s_edge = edge_steps(g.unsqueeze(-1), h, slack).amin(1)  # (N, K)
         if self.nonnegative:
-            to_zero = torch.where(d < 0, a64.unsqueeze(1) / -d.clamp(max=-DIVISION_GUARD), torch.full_like(d, float("inf")))
+            to_zero = torch.where(d < 0, a64.unsqueeze(1) / -d.clamp(max=-DIVISION_GUARD),
+                                  torch.full_like(d, float("inf")))
             s_edge = torch.minimum(s_edge, to_zero.amin(-1))
         wd = torch.einsum("jd,nkd->njk", w, d)  # (N, J, K)
         s = -r64.unsqueeze(-1) / torch.where(wd != 0, wd, torch.ones_like(wd))
@@ -422,11 +456,11 @@ class MetropolisHastingsRoots(_InRegionFinder):
         n_chains: int = 16,
         n_steps: int = 200,
         *,
-        scale: Optional[float] = None,
+        scale: float | None = None,
         target_acceptance: float = 0.3,
         seed: int = 0,
         nonnegative: bool = True,
-    ):
+    ) -> None:
         self.n_chains = check_int(n_chains, "n_chains", minimum=1)
         self.n_steps = check_int(n_steps, "n_steps", minimum=1)
         self.scale = None if scale is None else check_number(scale, "scale", minimum=0.0, strict_minimum=True)
@@ -443,7 +477,8 @@ class MetropolisHastingsRoots(_InRegionFinder):
         median = distance.nanmedian(dim=1).values
         return torch.where(torch.isfinite(median) & (median > 0), median, torch.ones_like(median))
 
-    def find(self, net, k, a, relevance, *, output=0, base=None):
+    def find(self, net: ReLUNetwork | GraphNetwork, k: int, a: torch.Tensor, relevance: torch.Tensor, *,
+             output: int | torch.Tensor = 0, base: NodeValues | None = None) -> RootSet:
         n_points = a.shape[0]
         chunk = _region_chunk(net, k, a, output, base)
         if chunk >= n_points:
@@ -459,7 +494,9 @@ class MetropolisHastingsRoots(_InRegionFinder):
         return WalkRootSet(a, torch.cat([p.roots() for p in parts]), torch.cat([p.valid for p in parts]),
                            torch.cat([p.acceptance for p in parts]))
 
-    def _walk_here(self, net, k, a, relevance, output, base, generator=None):
+    def _walk_here(self, net: ReLUNetwork | GraphNetwork, k: int, a: torch.Tensor, relevance: torch.Tensor,
+                   output: int | torch.Tensor, base: NodeValues | None,
+                   generator: torch.Generator | None = None) -> WalkRootSet:
         """:meth:`_walk`, on one intra-op thread while its tensors are small (see the class notes)."""
         rows = region_rows(net, k)
         if a.shape[0] * self.n_chains * max(rows, a.shape[1]) > SERIAL_WALK_ELEMENTS:
@@ -467,12 +504,15 @@ class MetropolisHastingsRoots(_InRegionFinder):
         with one_thread():
             return self._walk(net, k, a, relevance, output, base, generator)
 
-    def _walk(self, net, k, a, relevance, output, base=None, generator=None):
+    def _walk(self, net: ReLUNetwork | GraphNetwork, k: int, a: torch.Tensor, relevance: torch.Tensor,
+              output: int | torch.Tensor, base: NodeValues | None = None,
+              generator: torch.Generator | None = None) -> WalkRootSet:
         a64 = a.detach().to(torch.float64).cpu()
         r64 = relevance.detach().to(torch.float64).cpu()
         w = net.weight(k).to(torch.float64).cpu()
         region = region_constraints(net, a64, k, output, base=base)
-        A = region.sign.unsqueeze(-1) * region.A  # (N, M, D): inside iff A r + sc >= -slack (sign 0: a zero row, no constraint)
+        # (N, M, D): inside iff A r + sc >= -slack (sign 0: a zero row, no constraint)
+        A = region.sign.unsqueeze(-1) * region.A
         sc = region.sign * region.c
         slack = region_slack(a.dtype)
         if generator is None:
@@ -492,19 +532,25 @@ class MetropolisHastingsRoots(_InRegionFinder):
         carries = r64 != 0
 
         def record(start: torch.Tensor, end: torch.Tensor, ok: torch.Tensor) -> None:
-            """Keep, per neuron, the crossing of its hyperplane on segments start -> end (where ``ok``) nearest to ``a``."""
+            """Keep, per neuron, the crossing of its hyperplane on segments start
+            -> end (where ``ok``) nearest to ``a``."""
             delta = end - start
             w_delta = delta @ w.T
             s = (wa_r.unsqueeze(1) - start @ w.T) / torch.where(w_delta != 0, w_delta, torch.ones_like(w_delta))
             hit = ok.unsqueeze(-1) & (w_delta != 0) & (s >= 0) & (s <= 1) & carries.unsqueeze(1)  # (N, C, J)
             e = start - a64.unsqueeze(1)  # |e + s delta|^2 without building the points
-            dist2 = (e * e).sum(-1, keepdim=True) + 2 * s * (e * delta).sum(-1, keepdim=True) + s * s * (delta * delta).sum(-1, keepdim=True)
+            dist2 = (
+                (e * e).sum(-1, keepdim=True)
+                + 2 * s * (e * delta).sum(-1, keepdim=True)
+                + s * s * (delta * delta).sum(-1, keepdim=True)
+            )
             nearest = torch.where(hit, dist2, torch.full_like(s, float("inf"))).min(1)  # over chains: (N, J)
             better = nearest.values < best
             if not bool(better.any()):
                 return
             idx = nearest.indices.unsqueeze(-1).expand(-1, -1, d)  # (N, J, D)
-            chosen = torch.gather(start, 1, idx) + torch.gather(s, 1, nearest.indices.unsqueeze(1)).squeeze(1).unsqueeze(-1) * torch.gather(delta, 1, idx)
+            s_nearest = torch.gather(s, 1, nearest.indices.unsqueeze(1)).squeeze(1).unsqueeze(-1)  # (N, J, 1)
+            chosen = torch.gather(start, 1, idx) + s_nearest * torch.gather(delta, 1, idx)
             roots.copy_(torch.where(better.unsqueeze(-1), chosen, roots))
             best.copy_(torch.where(better, nearest.values, best))
 
@@ -532,9 +578,8 @@ class MetropolisHastingsRoots(_InRegionFinder):
             step = step * torch.exp(gain * (accept.to(torch.float64) - self.target_acceptance))
         bar.close()
         valid = ~carries | torch.isfinite(best)
-        return WalkRootSet(
-            a, roots.to(dtype=a.dtype, device=a.device), valid.to(a.device), (accepted.mean(1) / self.n_steps).to(a.device)
-        )
+        acceptance = (accepted.mean(1) / self.n_steps).to(a.device)
+        return WalkRootSet(a, roots.to(dtype=a.dtype, device=a.device), valid.to(a.device), acceptance)
 
     def describe(self, k: int) -> str:
         return f"MetropolisHastingsRoots(n_chains={self.n_chains}, n_steps={self.n_steps}, seed={self.seed})"

@@ -19,7 +19,6 @@ is the one measure of how well a root solves its root equation.
 from __future__ import annotations
 
 import abc
-from typing import Optional
 
 import torch
 
@@ -68,9 +67,11 @@ def root_equation_residual(delta: torch.Tensor, weight: torch.Tensor, relevance:
     return (reached - relevance).abs() / scale.clamp_min(EQUATION_SCALE_FLOOR)
 
 
-def affine_direction(a: torch.Tensor, p: Optional[torch.Tensor], q: Optional[torch.Tensor]) -> torch.Tensor:
+def affine_direction(a: torch.Tensor, p: torch.Tensor | None, q: torch.Tensor | None) -> torch.Tensor:
     """``v = a * P + Q`` ``(batch, J, D)`` for activations ``a`` ``(batch, D)``; None means zero."""
     if p is None:
+        if q is None:
+            raise TypeError("a direction v = a * P + Q needs P or Q; both are None")
         return q.unsqueeze(0).expand(a.shape[0], -1, -1)
     v = a.unsqueeze(1) * p
     return v if q is None else v + q
@@ -85,7 +86,7 @@ class RootSet(abc.ABC):
     input: torch.Tensor
 
     @abc.abstractmethod
-    def roots(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+    def roots(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Roots ``(stop - start, J, D)`` of the points ``start:stop`` (a new tensor)."""
 
     def relevance(self, weight: torch.Tensor) -> torch.Tensor:
@@ -100,10 +101,11 @@ class AffineRoots(RootSet):
     ``t`` ``(batch, J)`` is 0 wherever the root is invalid.
     """
 
-    def __init__(self, a: torch.Tensor, t: torch.Tensor, valid: torch.Tensor, p: Optional[torch.Tensor], q: Optional[torch.Tensor]):
+    def __init__(self, a: torch.Tensor, t: torch.Tensor, valid: torch.Tensor, p: torch.Tensor | None,
+                 q: torch.Tensor | None):
         self.input, self.t, self.valid, self.p, self.q = a, t, valid, p, q
 
-    def roots(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+    def roots(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         a = self.input[start:stop]
         return a.unsqueeze(1) - self.t[start:stop].unsqueeze(-1) * affine_direction(a, self.p, self.q)
 
@@ -123,7 +125,7 @@ class SharedRoots(RootSet):
     def __init__(self, a: torch.Tensor, delta: torch.Tensor, valid: torch.Tensor):
         self.input, self.delta, self.valid = a, delta, valid
 
-    def roots(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+    def roots(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         root = self.input[start:stop] - self.delta[start:stop]
         return root.unsqueeze(1).expand(-1, self.valid.shape[1], -1).clone()
 
@@ -135,13 +137,18 @@ class ExplicitRoots(RootSet):
     """Roots held as a ``(batch, J, D)`` tensor."""
 
     def __init__(self, a: torch.Tensor, roots: torch.Tensor, valid: torch.Tensor):
-        if roots.dim() != 3 or roots.shape[0] != a.shape[0] or roots.shape[2] != a.shape[1] or roots.shape[:2] != valid.shape:
+        if (
+            roots.dim() != 3
+            or roots.shape[0] != a.shape[0]
+            or roots.shape[2] != a.shape[1]
+            or roots.shape[:2] != valid.shape
+        ):
             raise ValueError(
                 f"roots must be (batch, J, D) = {(a.shape[0], valid.shape[1], a.shape[1])}, got {tuple(roots.shape)}"
             )
         self.input, self._roots, self.valid = a, roots, valid
 
-    def roots(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+    def roots(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         return self._roots[start:stop].clone()
 
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 
@@ -35,13 +36,13 @@ __all__ = [
 ]
 
 
-def _nonnegative(a: torch.Tensor, rule: "Rule") -> None:
+def _nonnegative(a: torch.Tensor, rule: Rule) -> None:
     if float(a.min()) < 0:
         raise ValueError(
             f"rule {rule!r} needs non-negative activations, but the input holds {int((a < 0).sum())} negative "
             f"value(s) (min {float(a.min()):.3g}); for inputs that can be negative use, at the input layer, "
-            "ZB(low, high) with your data's box (e.g. rule=[dtd.rules.ZB(float(x.min()), float(x.max())), 'z+', ...]) or 'w2' "
-            "(rule=['w2', 'z+', ...]); LRP0 ('x') also accepts them"
+            "ZB(low, high) with your data's box (e.g. rule=[dtd.rules.ZB(float(x.min()), float(x.max())), "
+            "'z+', ...]) or 'w2' (rule=['w2', 'z+', ...]); LRP0 ('x') also accepts them"
         )
 
 
@@ -51,11 +52,11 @@ class Rule(abc.ABC):
     #: short name used in reports and accepted by :meth:`ensure`
     name: str = ""
 
-    def check_domain(self, a: torch.Tensor) -> None:
+    def check_domain(self, a: torch.Tensor) -> None:  # noqa: B027 -- a hook: by default every activation
         """Raise ``ValueError`` if activations ``a`` ``(batch, D)`` violate the rule's domain."""
 
     @abc.abstractmethod
-    def direction_terms(self, weight: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def direction_terms(self, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(P, Q)``, each ``(J, D)`` or None for zero, with ``v_j = a * P_j + Q_j``.
 
         Every DTD neuron rule's direction is affine in the activations with
@@ -63,7 +64,7 @@ class Rule(abc.ABC):
         products instead of ``(batch, J, D)`` tensors.
         """
 
-    def terms(self) -> "Terms":
+    def terms(self) -> Terms:
         """The direction ``v_j = a * P_j + Q_j`` in terms of the weight's element-wise indicators (see :class:`Terms`).
 
         The form every operator layer (:mod:`dtd.operators`) computes a rule
@@ -77,7 +78,7 @@ class Rule(abc.ABC):
         return affine_direction(a, *self.direction_terms(weight))
 
     def root_set(
-        self, a: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor, eps: float, *, layer: Optional[int] = None
+        self, a: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor, eps: float, *, layer: int | None = None
     ) -> RootSet:
         """The roots of every neuron: the shared step of all neuron rules.
 
@@ -98,11 +99,12 @@ class Rule(abc.ABC):
         carries = relevance != 0
         valid = (denominator.abs() > eps) | ~carries
         use = valid & carries
-        t = torch.where(use, relevance / torch.where(use, denominator, torch.ones_like(denominator)), torch.zeros_like(relevance))
+        t = torch.where(use, relevance / torch.where(use, denominator, torch.ones_like(denominator)),
+                        torch.zeros_like(relevance))
         return AffineRoots(a, t, valid, p, q)
 
     @staticmethod
-    def ensure(value: "RuleLike") -> "Rule":
+    def ensure(value: RuleLike) -> Rule:
         """Turn a rule name into a rule object; rule objects pass through.
 
         ``"z+"`` -> :class:`ZPlus`, ``"w2"`` -> :class:`WSquare`,
@@ -117,7 +119,7 @@ class Rule(abc.ABC):
                 entry = names[value]
             except KeyError:
                 raise ValueError(f"unknown rule {value!r}; known rules: {sorted(names)}") from None
-            return entry.default()
+            return (entry.default or entry.cls)()
         raise TypeError(f"a rule must be a str or a dtd.rules.Rule, got {type(value).__name__} {value!r}")
 
     def params(self) -> dict[str, Any]:
@@ -139,7 +141,7 @@ class Rule(abc.ABC):
         return hash((type(self), tuple(self.params().items())))
 
 
-def _show(value) -> str:
+def _show(value: float | tuple[float, ...]) -> str:
     """A parameter as text: the short ``%g`` form when it is exact, else the float's repr."""
     if isinstance(value, tuple):
         return "[" + ", ".join(_show(v) for v in value) + "]"
@@ -147,10 +149,11 @@ def _show(value) -> str:
     return short if float(short) == value else repr(value)
 
 
-RuleLike = Union[str, Rule]
+RuleLike = str | Rule
 
 
-#: the weight each indicator is multiplied into: ``W * 1 = W``, ``W * 1[W >= 0] = W+``, ``W * 1[W < 0] = W-``, ``W * W = W^2``
+#: the weight each indicator is multiplied into: ``W * 1 = W``, ``W * 1[W >= 0] = W+``, ``W * 1[W < 0] = W-``,
+#: ``W * W = W^2``
 WEIGHTED = {"ind": "W", "ind_ge": "pos", "ind_lt": "neg", "W": "square"}
 
 
@@ -166,8 +169,8 @@ class Terms:
     denominators and relevances need no ``(J, D)`` matrix.
     """
 
-    p: tuple = ()
-    q: tuple = ()
+    p: tuple[tuple[str, float], ...] = ()
+    q: tuple[tuple[str, float | torch.Tensor], ...] = ()
 
 
 # --------------------------------------------------------------------------- the registry
@@ -188,21 +191,24 @@ class RuleEntry:
     rule is the suite's knowledge, declared in :mod:`properties.variants`.
     """
 
-    cls: type
+    cls: type[Rule]
     aliases: tuple[str, ...] = ()
-    default: Optional[Callable[[], "Rule"]] = None
+    default: Callable[[], Rule] | None = None
 
 
 _REGISTRY: dict[type, RuleEntry] = {}
 
+_R = TypeVar("_R", bound=type[Rule])
 
-def register(*, aliases: Sequence[str] = (), default: Optional[Callable[[], "Rule"]] = None):
+
+def register(*, aliases: Sequence[str] = (), default: Callable[[], Rule] | None = None) -> Callable[[_R], _R]:
     """Class decorator: declare a rule's names for :meth:`Rule.ensure` (see :class:`RuleEntry`)."""
 
-    def decorate(cls):
+    def decorate(cls: _R) -> _R:
         if not (isinstance(cls, type) and issubclass(cls, Rule)) or not cls.name:
             raise TypeError(f"register() decorates Rule subclasses with a name, got {cls!r}")
-        taken = {name for entry in _REGISTRY.values() if entry.cls is not cls for name in (entry.cls.name, *entry.aliases)}
+        taken = {name for entry in _REGISTRY.values() if entry.cls is not cls
+                 for name in (entry.cls.name, *entry.aliases)}
         clash = taken & {cls.name, *aliases}
         if clash:
             raise ValueError(f"rule name(s) {sorted(clash)} of {cls.__name__} are already registered")
@@ -222,7 +228,7 @@ def registered() -> list[RuleEntry]:
     return list(_REGISTRY.values())
 
 
-def entry_for(rule: Union["Rule", type]) -> RuleEntry:
+def entry_for(rule: Rule | type) -> RuleEntry:
     """The registry entry of a rule object or class (``KeyError`` naming it if it was never registered)."""
     cls = rule if isinstance(rule, type) else type(rule)
     try:
@@ -244,10 +250,10 @@ class ZPlus(Rule):
     def check_domain(self, a: torch.Tensor) -> None:
         _nonnegative(a, self)
 
-    def direction_terms(self, weight):
+    def direction_terms(self, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return _positive_weights(weight), None
 
-    def terms(self):
+    def terms(self) -> Terms:
         return Terms(p=(("ind_ge", 1.0),))
 
 
@@ -257,10 +263,10 @@ class WSquare(Rule):
 
     name = "w2"
 
-    def direction_terms(self, weight):
+    def direction_terms(self, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return None, weight
 
-    def terms(self):
+    def terms(self) -> Terms:
         return Terms(q=(("W", 1.0),))
 
 
@@ -273,16 +279,16 @@ class Gamma(Rule):
 
     name = "gamma"
 
-    def __init__(self, gamma: float = 0.25):
+    def __init__(self, gamma: float = 0.25) -> None:
         self.gamma = check_number(gamma, "gamma", minimum=0.0)
 
     def check_domain(self, a: torch.Tensor) -> None:
         _nonnegative(a, self)
 
-    def direction_terms(self, weight):
+    def direction_terms(self, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return 1 + self.gamma * _positive_weights(weight), None
 
-    def terms(self):
+    def terms(self) -> Terms:
         return Terms(p=(("ind", 1.0), ("ind_ge", self.gamma)))
 
     def params(self) -> dict[str, Any]:
@@ -299,10 +305,10 @@ class LRP0(Rule):
 
     name = "x"
 
-    def direction_terms(self, weight):
+    def direction_terms(self, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return torch.ones_like(weight), None
 
-    def terms(self):
+    def terms(self) -> Terms:
         return Terms(p=(("ind", 1.0),))
 
 
@@ -316,42 +322,45 @@ class ZB(Rule):
 
     name = "zB"
 
-    def __init__(self, low: float | torch.Tensor = 0.0, high: float | torch.Tensor = 1.0):
+    def __init__(self, low: float | torch.Tensor = 0.0, high: float | torch.Tensor = 1.0) -> None:
         self.low = self._bound(low, "low")
         self.high = self._bound(high, "high")
         if self.low.shape != self.high.shape and self.low.numel() > 1 and self.high.numel() > 1:
             raise ValueError(f"low and high have different shapes: {tuple(self.low.shape)} vs {tuple(self.high.shape)}")
         if bool((torch.as_tensor(self.low) > torch.as_tensor(self.high)).any()):
-            raise ValueError(f"low must be <= high everywhere, got low={self._show(self.low)}, high={self._show(self.high)}")
+            raise ValueError("low must be <= high everywhere, got "
+                             f"low={self._show(self.low)}, high={self._show(self.high)}")
 
     @staticmethod
-    def _bound(value, name: str) -> torch.Tensor:
+    def _bound(value: object, name: str) -> torch.Tensor:
         if isinstance(value, bool):
             raise TypeError(f"{name} must be a number or a tensor, got {value!r}")
         if isinstance(value, (int, float)):
-            value = torch.tensor(float(value), dtype=torch.float64)
+            bound = torch.tensor(float(value), dtype=torch.float64)
         elif isinstance(value, torch.Tensor):
             if value.dim() > 1:
-                raise ValueError(f"{name} must be a number or a 1-D tensor (one bound per feature), got shape {tuple(value.shape)}")
-            value = value.detach().to(dtype=torch.float64, device="cpu").clone()
+                raise ValueError(f"{name} must be a number or a 1-D tensor (one "
+                                 f"bound per feature), got shape {tuple(value.shape)}")
+            bound = value.detach().to(dtype=torch.float64, device="cpu").clone()
         else:
             raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
-        if not bool(torch.isfinite(value).all()):
-            raise ValueError(f"{name} must be finite, got {value}")
-        return value
+        if not bool(torch.isfinite(bound).all()):
+            raise ValueError(f"{name} must be finite, got {bound}")
+        return bound
 
     @staticmethod
     def _show(value: torch.Tensor) -> str:
         return _show(ZB._value(value))
 
     @staticmethod
-    def _value(bound: torch.Tensor):
+    def _value(bound: torch.Tensor) -> float | tuple[float, ...]:
         """A bound as an exact hashable value: a float, or a tuple of floats for per-feature bounds."""
-        return bound.item() if bound.dim() == 0 else tuple(bound.tolist())
+        return float(bound.item()) if bound.dim() == 0 else tuple(bound.tolist())
 
     @classmethod
-    def for_data(cls, x: torch.Tensor, *, low: float = 0.0) -> "ZB":
-        """A box ``[low, high]`` holding every row of ``x``: ``high`` is the batch's largest value rounded up (at least ``low + 1``)."""
+    def for_data(cls, x: torch.Tensor, *, low: float = 0.0) -> ZB:
+        """A box ``[low, high]`` holding every row of ``x``: ``high`` is the batch's largest
+        value rounded up (at least ``low + 1``)."""
         high = float(torch.ceil(x.max()).clamp_min(low + 1.0))
         return cls(low, high)
 
@@ -366,16 +375,17 @@ class ZB(Rule):
         outside = (a < low) | (a > high)
         if bool(outside.any()):
             raise ValueError(
-                f"rule {self!r} needs inputs in [low, high], but {int(outside.sum())} value(s) lie outside "
-                f"(their range [{float(a.min()):.3g}, {float(a.max()):.3g}]); pass dtd.rules.ZB(low, high) with the data's bounds"
+                f"rule {self!r} needs inputs in [low, high], but {int(outside.sum())} value(s) lie "
+                f"outside (their range [{float(a.min()):.3g}, {float(a.max()):.3g}]); pass "
+                "dtd.rules.ZB(low, high) with the data's bounds"
             )
 
-    def direction_terms(self, weight):
+    def direction_terms(self, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         low, high = self._bounds(weight, weight.shape[1])
         shift = torch.where(weight >= 0, low, high)  # (J, D)
         return torch.ones_like(weight), -shift
 
-    def terms(self):
+    def terms(self) -> Terms:
         return Terms(p=(("ind", 1.0),), q=(("ind_ge", -self.low), ("ind_lt", -self.high)))
 
     def params(self) -> dict[str, Any]:
@@ -394,10 +404,12 @@ class Pinv(Rule):
 
     name = "pinv"
 
-    def direction_terms(self, weight):
+    def direction_terms(self, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         raise TypeError("Pinv is a layer rule: it has no per-neuron direction; use root_set")
 
-    def root_set(self, a, weight, relevance, eps, *, layer=None):
+    def root_set(
+        self, a: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor, eps: float, *, layer: int | None = None
+    ) -> RootSet:
         delta = relevance @ torch.linalg.pinv(weight).T  # (N, D)
         if not bool(torch.isfinite(delta).all()):
             raise overflow_error(layer, a.dtype, "the pinv step pinv(W) R")

@@ -10,7 +10,7 @@ independent of the machine's core count.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -10,7 +10,6 @@ caller who passes it has made a mistake).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -30,8 +29,9 @@ __all__ = [
 SEED_LIMIT = 2**63 - 1
 
 
-def check_int(value, name: str, *, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
-    """``value`` as an int; ``TypeError`` unless it is an int (not a bool), ``ValueError`` outside ``[minimum, maximum]``."""
+def check_int(value: object, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an int; ``TypeError`` unless it is an int (not a bool),
+    ``ValueError`` outside ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if minimum is not None and value < minimum:
@@ -42,11 +42,11 @@ def check_int(value, name: str, *, minimum: Optional[int] = None, maximum: Optio
 
 
 def check_number(
-    value,
+    value: object,
     name: str,
     *,
-    minimum: Optional[float] = None,
-    maximum: Optional[float] = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
     strict_minimum: bool = False,
     strict_maximum: bool = False,
     finite: bool = True,
@@ -58,34 +58,34 @@ def check_number(
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if math.isnan(value) or (finite and math.isinf(value)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if minimum is not None and (value <= minimum if strict_minimum else value < minimum):
-        raise ValueError(f"{name} must be {'>' if strict_minimum else '>='} {minimum:g}, got {value!r}")
-    if maximum is not None and (value >= maximum if strict_maximum else value > maximum):
-        raise ValueError(f"{name} must be {'<' if strict_maximum else '<='} {maximum:g}, got {value!r}")
-    return value
+    number = float(value)
+    if math.isnan(number) or (finite and math.isinf(number)):
+        raise ValueError(f"{name} must be a finite number, got {number!r}")
+    if minimum is not None and (number <= minimum if strict_minimum else number < minimum):
+        raise ValueError(f"{name} must be {'>' if strict_minimum else '>='} {minimum:g}, got {number!r}")
+    if maximum is not None and (number >= maximum if strict_maximum else number > maximum):
+        raise ValueError(f"{name} must be {'<' if strict_maximum else '<='} {maximum:g}, got {number!r}")
+    return number
 
 
-def check_probability(value, name: str) -> float:
+def check_probability(value: object, name: str) -> float:
     """A number strictly between 0 and 1 (a confidence, an acceptance rate)."""
     return check_number(value, name, minimum=0.0, maximum=1.0, strict_minimum=True, strict_maximum=True)
 
 
-def check_bool(value, name: str) -> bool:
+def check_bool(value: object, name: str) -> bool:
     """``value`` itself; ``TypeError`` unless it is a bool (``'no'`` or ``0`` are mistakes, not False)."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
     return value
 
 
-def check_seed(value, name: str = "seed") -> int:
+def check_seed(value: object, name: str = "seed") -> int:
     """A seed for a local generator: an int in ``[0, 2**63 - 1]``."""
     return check_int(value, name, minimum=0, maximum=SEED_LIMIT)
 
 
-def overflow_error(layer: Optional[int], dtype: torch.dtype, what: str) -> ValueError:
+def overflow_error(layer: int | None, dtype: torch.dtype, what: str) -> ValueError:
     """The error for values a computation produced that are no longer finite (overflow, or inf - inf).
 
     Names the layer and the dtype and says how to fix it; never return such
@@ -93,7 +93,10 @@ def overflow_error(layer: Optional[int], dtype: torch.dtype, what: str) -> Value
     """
     where = "the network" if layer is None else f"layer {layer}"
     kind = str(dtype).replace("torch.", "")
-    fix = "rescale the weights, inputs or rule parameters" if dtype == torch.float64 else "use float64 or rescale the weights or inputs"
+    if dtype == torch.float64:
+        fix = "rescale the weights, inputs or rule parameters"
+    else:
+        fix = "use float64 or rescale the weights or inputs"
     return ValueError(f"{where} overflows {kind}: {what} are not finite; {fix}")
 
 
@@ -110,7 +113,7 @@ def all_finite(values: torch.Tensor) -> bool:
     return bool(torch.isfinite(values).all())
 
 
-def check_finite_layer(values: torch.Tensor, layer: Optional[int], what: str) -> torch.Tensor:
+def check_finite_layer(values: torch.Tensor, layer: int | None, what: str) -> torch.Tensor:
     """``values`` itself; :func:`overflow_error` unless every entry is finite (:func:`all_finite`)."""
     if not all_finite(values):
         raise overflow_error(layer, values.dtype, what)

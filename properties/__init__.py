@@ -19,14 +19,20 @@ pytest plugin or importing the package stays light.  The modules' old names
 :mod:`properties._moved`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._moved import install as _install_moved_names
+
+if TYPE_CHECKING:  # imported on first use (__getattr__): importing properties imports no torch
+    from .conformance import Implementation
+    from .subjects.subject import Subject
 
 __all__ = ["Subject", "Implementation"]
 
 _install_moved_names()  # properties.keys, properties.summary, ...: the modules' old names (see properties._moved)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name == "Subject":
         from .subjects.subject import Subject
 

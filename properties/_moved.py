@@ -31,7 +31,9 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
+import types
 import warnings
+from collections.abc import Sequence
 
 __all__ = ["MOVED", "STABLE", "REMOVED_IN", "install"]
 
@@ -98,13 +100,15 @@ def deprecation(old: str) -> str:
 
 
 class _Alias(importlib.abc.Loader):
-    """Loads an old name as the module of its new name (the same object), or runs the new module's ``main`` under ``-m``."""
+    """Loads an old name as the module of its new name (the same object), or runs
+    the new module's ``main`` under ``-m``."""
 
-    def __init__(self, old: str, new: str):
+    def __init__(self, old: str, new: str) -> None:
         self.old = old
         self.new = new
+        self.spec: importlib.machinery.ModuleSpec | None = None
 
-    def create_module(self, spec):
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         message = deprecation(self.old)
         if message:
             # stacklevel 2 skips the import machinery's own frames: the warning names the importing line
@@ -113,11 +117,11 @@ class _Alias(importlib.abc.Loader):
         self.spec = module.__spec__  # the import machinery sets the alias spec on it next: restored in exec_module
         return module
 
-    def exec_module(self, module) -> None:
+    def exec_module(self, module: types.ModuleType) -> None:
         """The new module is imported and executed already; give it back its own spec."""
         module.__spec__ = self.spec
 
-    def get_code(self, name: str):
+    def get_code(self, name: str) -> types.CodeType:
         """What ``python -m OLD`` runs: a warning where one is due, then the new module's ``main``."""
         message = deprecation(self.old)
         warn = f"import warnings\nwarnings.warn({message!r}, DeprecationWarning)\n" if message else ""
@@ -129,7 +133,8 @@ class _Alias(importlib.abc.Loader):
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
+    def find_spec(self, name: str, path: Sequence[str] | None = None,
+                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         new = MOVED.get(name)
         if new is None:
             return None

@@ -8,9 +8,9 @@ them is exercised with non-trivial values (negative scales included).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
-import torch.nn.functional as F
 
 
 def randomise_batch_norms(model: nn.Module, generator: torch.Generator) -> nn.Module:
@@ -34,7 +34,8 @@ def seeded(build, seed: int = 0) -> nn.Module:
 
 
 class Residual(nn.Module):
-    """``relu(bn2(conv2(relu(bn1(conv1(x))))) + x)``, then max pool, a global mean and a Linear: functional relu and a bare ``+``."""
+    """``relu(bn2(conv2(relu(bn1(conv1(x))))) + x)``, then max pool, a global mean and a
+    Linear: functional relu and a bare ``+``."""
 
     def __init__(self, channels: int = 3, n_out: int = 4):
         super().__init__()
@@ -56,7 +57,8 @@ class Residual(nn.Module):
 
 
 class TwoBranches(nn.Module):
-    """Two convolutions of the input concatenated (``torch.cat``), a depthwise convolution, ``x * 0.5`` and a flatten view."""
+    """Two convolutions of the input concatenated (``torch.cat``), a depthwise
+    convolution, ``x * 0.5`` and a flatten view."""
 
     def __init__(self):
         super().__init__()
@@ -112,15 +114,17 @@ def conv1d_net() -> nn.Sequential:
 
 
 def vgg_features_net() -> nn.Sequential:
-    """torchvision VGG11's convolution and max-pool stack, global average pooling and a Linear head (for 32x32 inputs)."""
-    return nn.Sequential(torchvision.models.vgg11().features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(), nn.Linear(512, 10))
+    """torchvision VGG11's convolution and max-pool stack, global average pooling
+    and a Linear head (for 32x32 inputs)."""
+    return nn.Sequential(torchvision.models.vgg11().features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(),
+                         nn.Linear(512, 10))
 
 
 def leaky_pools() -> nn.Sequential:
     """Max poolings of monotone piecewise-linear activations: the units are pooled (min pooling for relu(-z))."""
     return nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4),
-        nn.ReLU6(), nn.AdaptiveMaxPool2d((2, 1)), nn.Flatten(), nn.Linear(8, 3),
+        nn.Conv2d(2, 3, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4), nn.ReLU6(), nn.AdaptiveMaxPool2d((2, 1)), nn.Flatten(), nn.Linear(8, 3),
     )
 
 

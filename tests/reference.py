@@ -161,10 +161,12 @@ def direction(rule, a, w_j):
 
 
 def layer_roots(rule, a, w, upper, eps):
-    """Roots ``(J, D)`` and validity ``(J,)`` of one layer at one point, neuron by neuron (or the layer rule's replica)."""
+    """Roots ``(J, D)`` and validity ``(J,)`` of one layer at one point, neuron by
+    neuron (or the layer rule's replica)."""
     replica, layer_rule = REPLICAS.get(type(rule), (None, False))
     if replica is None:
-        raise NotImplementedError(f"no replica registered for {rule!r}: add one with replicates(...) in tests/reference.py")
+        raise NotImplementedError(f"no replica registered for {rule!r}: add one "
+                                  "with replicates(...) in tests/reference.py")
     if layer_rule:
         return replica(rule, a, w, upper)
     n_out, n_in = w.shape
@@ -256,7 +258,11 @@ def full_backward_point(net, finder, x_row, output, pattern_tol):
         w, b, relu = params[k]
         n_out, n_in = w.shape
         z = np.array([sum(w[j, i] * h[i] for i in range(n_in)) + b[j] for j in range(n_out)])
-        dz = None if direction is None else np.array([sum(w[j, i] * direction[i] for i in range(n_in)) for j in range(n_out)])
+        dz = (
+            None
+            if direction is None
+            else np.array([sum(w[j, i] * direction[i] for i in range(n_in)) for j in range(n_out)])
+        )
         s = np.array([act_slope(relu, z[j], None if dz is None else dz[j]) for j in range(n_out)])
         h_next = np.maximum(z, 0.0) if relu else z
         upper, upper_grad = rel(k + 1, h_next, None if dz is None else s * dz)

@@ -17,7 +17,7 @@ def test_books_balance_and_bias_share_matches_loop(rule):
     dec = dtd.train_free(net, x, rule=rule)
     books = dtd.accounting(net, dec)
     assert len(books.layers) == net.n_layers and torch.equal(books.output_value, dec.output_value)
-    for acc, lay in zip(books.layers, dec.layers):
+    for acc, lay in zip(books.layers, dec.layers, strict=True):
         scale = lay.upper_relevance.abs().sum(1).clamp_min(1.0)
         assert bool((acc.residual.abs() <= equation_rtol(torch.float64) * scale).all())
         assert torch.equal(acc.upper, lay.upper_relevance.sum(1))

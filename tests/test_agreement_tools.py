@@ -48,7 +48,8 @@ def test_the_bound_vanishes_without_a_stabiliser_and_grows_with_it():
 
 
 def test_the_bound_is_met_and_nearly_attained_by_an_explicit_stabilised_lrp():
-    # z+ on a bias-negative network is LRP-alpha1-beta0; with the denominator shifted by eps the difference is the bound's
+    # z+ on a bias-negative network is LRP-alpha1-beta0; with the denominator shifted by eps the
+    # difference is the bound's
     net, x = _case()
     dec = dtd.train_free(net, x)
     eps = 1e-3

@@ -105,11 +105,11 @@ def test_models_are_deterministic_per_seed_and_leave_the_global_rng_alone(archit
     again = A.sample_models(architecture, 3, seed=5)
     other = A.sample_models(architecture, 3, seed=6)
     assert torch.equal(torch.get_rng_state(), state)
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=True):
         assert a.spec == b.spec and a.seed == b.seed
-        for (name, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        for (name, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
             assert torch.equal(p, q), name
-    assert any(a.spec != c.spec or a.seed != c.seed for a, c in zip(first, other))
+    assert any(a.spec != c.spec or a.seed != c.seed for a, c in zip(first, other, strict=True))
     rebuilt = A.build(first[0].spec, first[0].seed, first[0].population)
     x = A.nonnegative_images(3, first[0].input_shape, seed=0)
     assert torch.equal(rebuilt(x), first[0].model(x))
@@ -237,7 +237,7 @@ def test_live_inputs_have_a_live_output_or_a_clear_error():
 def test_sample_cases_have_live_outputs_and_print_as_code(architecture):
     cases = A.sample_cases(architecture, "bias_negative", 3, points=4, seed=0)
     again = A.sample_cases(architecture, "bias_negative", 3, points=4, seed=0)
-    for case, same in zip(cases, again):
+    for case, same in zip(cases, again, strict=True):
         assert case.generated.population == "bias_negative" and case.x.shape == (4, *case.generated.input_shape)
         with torch.no_grad():
             assert bool((case.model(case.x)[:, case.output] > A.LIVE_OUTPUT).all())
@@ -252,7 +252,8 @@ def test_sample_cases_have_live_outputs_and_print_as_code(architecture):
 
 
 def test_shrink_case_finds_a_small_model_that_still_fails():
-    case = next(c for c in A.sample_cases("cnn", "bias_free", 12, points=5, seed=1, depth=2, channels=(2, 4), image_size=(6, 8))
+    case = next(c for c in A.sample_cases("cnn", "bias_free", 12, points=5, seed=1, depth=2, channels=(2, 4),
+                                          image_size=(6, 8))
                 if "max" in c.generated.spec.pools)
 
     def has_max_pool(c):  # the "failure": the model max-pools

@@ -20,7 +20,9 @@ def _slow_outcomes(net, dec, layer, output):
     lay = dec.layers[layer]
     tol = pattern_tol(lay.input.dtype)
     n_points, n_roots, _ = lay.roots.shape
-    result = {key: torch.zeros(n_points, n_roots, dtype=torch.float64) for key in ("f_root", "gmax", "region", "boundary")}
+    result = {
+        key: torch.zeros(n_points, n_roots, dtype=torch.float64) for key in ("f_root", "gmax", "region", "boundary")
+    }
 
     def value_grad_pattern(point):
         point = point.clone().requires_grad_(True)
@@ -42,7 +44,7 @@ def _slow_outcomes(net, dec, layer, output):
             result["f_root"][n, j] = f_r
             result["gmax"][n, j] = float((g_r - g_a).abs().max())
             same = True
-            for k, (zr, za) in enumerate(zip(p_r, p_a)):
+            for k, (zr, za) in enumerate(zip(p_r, p_a, strict=True)):
                 if not sub.has_relu(k):
                     continue
                 for i in range(len(za)):
@@ -57,7 +59,8 @@ def _slow_outcomes(net, dec, layer, output):
 
 @pytest.mark.parametrize("rule", ["z+", "w2", "x", dtd.rules.Gamma(1.0)])
 @pytest.mark.parametrize(
-    "sizes, seed, output, init", [([5, 6, 4, 2], 0, 0, "torch"), ([4, 5, 5, 5, 3], 4, 2, "torch"), ([10, 10, 10, 10, 2], 2, 0, "dtd")]
+    "sizes, seed, output, init", [([5, 6, 4, 2], 0, 0, "torch"), ([4, 5, 5, 5, 3], 4, 2, "torch"),
+                                  ([10, 10, 10, 10, 2], 2, 0, "dtd")]
 )
 def test_root_outcomes_match_per_root_autograd(rule, sizes, seed, output, init):
     net = dtd.ReLUNetwork.random(sizes, seed=seed, dtype=torch.float64, init=init)
@@ -126,7 +129,8 @@ def _chunked_equals_unchunked(net):
         # a decision may differ only where the value is within rounding of that threshold
         near = {
             "zero_output": (whole.output_at_root.abs() - PROPERTY_ATOL).abs() <= atol,
-            "output_unchanged": (whole.output_at_input.unsqueeze(1) - whole.output_at_root - PROPERTY_ATOL).abs() <= atol,
+            "output_unchanged": (whole.output_at_input.unsqueeze(1) - whole.output_at_root - PROPERTY_ATOL).abs()
+            <= atol,
         }
         for field, ambiguous in near.items():
             assert bool(((getattr(whole, field) == getattr(chunked, field)) | ambiguous).all()), field
@@ -203,7 +207,11 @@ def test_sampled_rates_of_the_seed_network_fall_inside_the_exhaustive_intervals(
                 exhaustive = Rate.from_mask(getattr(full, field), mask_full, cluster_dim=0)
                 sampled = Rate.from_mask(getattr(part, field), mask_part, cluster_dim=0)
                 low, high = exhaustive.interval
-                assert sampled.trials <= exhaustive.trials if net.sizes[layer + 1] <= 3 else sampled.trials < exhaustive.trials
+                assert (
+                    sampled.trials <= exhaustive.trials
+                    if net.sizes[layer + 1] <= 3
+                    else sampled.trials < exhaustive.trials
+                )
                 assert low <= sampled.rate <= high, f"layer {layer} {field} ({counted}): {sampled} outside {exhaustive}"
 
 

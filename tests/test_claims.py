@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 import dtd
-from properties.generate import architectures as A
-from properties.conformance import claims as C
 from properties import conformance as K
+from properties.conformance import claims as C
 from properties.conformance.adapters import CAPTUM_STABILIZER, ZENNIT_STABILIZER
+from properties.generate import architectures as A
 
 #: the reference and the library compute the same divisions in another order; relative to the point's largest |R|
 LIBRARY_RTOL = 1e-9
@@ -39,7 +39,9 @@ def _zennit(model, x, output, rule_for):
         n_out = model(x[:1]).shape[1]
     onehot = torch.zeros(n_out, dtype=x.dtype)
     onehot[output] = 1
-    with Gradient(model=model, composite=Composite(module_map=module_map, canonizers=[SequentialMergeBatchNorm()])) as attributor:
+    with Gradient(
+        model=model, composite=Composite(module_map=module_map, canonizers=[SequentialMergeBatchNorm()])
+    ) as attributor:
         _, relevance = attributor(x.detach().clone(), lambda y: onehot * y)
     return relevance.detach()
 
@@ -85,7 +87,8 @@ ZENNIT_CLAIMS = [
     ("Epsilon", C.Epsilon(1e-6), lambda: __import__("zennit.rules", fromlist=["x"]).Epsilon(1e-6)),
     ("Epsilon(0.25)", C.Epsilon(0.25), lambda: __import__("zennit.rules", fromlist=["x"]).Epsilon(0.25)),
     ("ZPlus", C.ZPlus("positive", ZENNIT_STABILIZER), lambda: __import__("zennit.rules", fromlist=["x"]).ZPlus()),
-    ("AlphaBeta(2, 1)", C.AlphaBeta(2.0, 1.0, ZENNIT_STABILIZER), lambda: __import__("zennit.rules", fromlist=["x"]).AlphaBeta(2.0, 1.0)),
+    ("AlphaBeta(2, 1)", C.AlphaBeta(2.0, 1.0, ZENNIT_STABILIZER),
+     lambda: __import__("zennit.rules", fromlist=["x"]).AlphaBeta(2.0, 1.0)),
     ("Flat", C.Flat(ZENNIT_STABILIZER), lambda: __import__("zennit.rules", fromlist=["x"]).Flat()),
 ]
 
@@ -100,7 +103,10 @@ def test_the_references_equal_zennit_on_mlps_with_biases(label, claim, make):
     model, x, output = _mlps(1)[0]
     signed = x - 0.5
     assert bool((signed < 0).any())
-    assert _relative(_zennit(model, signed, output, lambda i: make()), C.reference(model, signed, output, claim)) <= LIBRARY_RTOL
+    assert (
+        _relative(_zennit(model, signed, output, lambda i: make()), C.reference(model, signed, output, claim))
+        <= LIBRARY_RTOL
+    )
 
 
 @pytest.mark.parametrize("label, claim, make", ZENNIT_CLAIMS, ids=[c[0] for c in ZENNIT_CLAIMS])
@@ -128,7 +134,8 @@ CAPTUM_CLAIMS = [
     ("EpsilonRule", C.Epsilon(CAPTUM_STABILIZER), ("EpsilonRule", {})),
     ("EpsilonRule(0.25)", C.Epsilon(0.25), ("EpsilonRule", {"epsilon": 0.25})),
     ("Alpha1_Beta0_Rule", C.ZPlus("all", CAPTUM_STABILIZER), ("Alpha1_Beta0_Rule", {})),
-    ("Alpha1_Beta0_Rule(set_bias_to_zero)", C.ZPlus("none", CAPTUM_STABILIZER), ("Alpha1_Beta0_Rule", {"set_bias_to_zero": True})),
+    ("Alpha1_Beta0_Rule(set_bias_to_zero)", C.ZPlus("none", CAPTUM_STABILIZER),
+     ("Alpha1_Beta0_Rule", {"set_bias_to_zero": True})),
 ]
 
 
@@ -148,8 +155,9 @@ def test_the_references_equal_captum_on_mlps_with_biases(label, claim, spec):
 def test_the_epsilon_reference_equals_captum_on_a_cnn_without_batch_norm():
     generator = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):
-        model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, stride=2), nn.Conv2d(3, 4, 3, padding=1),
-                              nn.ReLU(), nn.AvgPool2d(2, stride=2), nn.Flatten(), nn.Linear(4 * 2 * 2, 3)).double().eval()
+        model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, stride=2),
+                              nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2, stride=2), nn.Flatten(),
+                              nn.Linear(4 * 2 * 2, 3)).double().eval()
     with torch.no_grad():
         for p in model.parameters():
             p.copy_((torch.rand(p.shape, generator=generator, dtype=torch.float64) - 0.4) * 2)
@@ -166,10 +174,12 @@ def test_claims_differ_from_each_other_where_the_bias_matters():
     captum_zplus = C.reference(model, x, output, C.ZPlus("all", 0.0))
     dtd_zplus = C.reference(model, x, output, C.ZPlus("none", 0.0))
     net = dtd.ReLUNetwork.from_sequential(model)
-    torch.testing.assert_close(dtd_zplus, dtd.train_free(net, x, rule="z+", output=output).relevance, rtol=0, atol=1e-11)
+    torch.testing.assert_close(dtd_zplus, dtd.train_free(net, x, rule="z+", output=output).relevance, rtol=0,
+                               atol=1e-11)
     assert _relative(zennit_zplus, dtd_zplus) > 1e-3 and _relative(captum_zplus, dtd_zplus) > 1e-3
     # alpha = 1, beta = 0 is zennit's ZPlus
-    torch.testing.assert_close(C.reference(model, x, output, C.AlphaBeta(1.0, 0.0, 0.0)), zennit_zplus, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(C.reference(model, x, output, C.AlphaBeta(1.0, 0.0, 0.0)), zennit_zplus, rtol=1e-12,
+                               atol=1e-12)
     # a per-layer pair: Flat at the input, epsilon above
     pair = C.reference(model, x, output, [C.Flat(0.0), C.Epsilon(0.0)])
     assert torch.allclose(pair[:, 0:1].expand_as(pair), pair)  # Flat spreads evenly over a Linear's inputs
@@ -191,7 +201,8 @@ def test_claims_reject_bad_arguments():
 
 
 def test_the_kit_judges_an_implementation_by_its_claim():
-    """captum's EpsilonRule claims LRP-epsilon with the bias: it equals its claim everywhere, DTD only without biases."""
+    """captum's EpsilonRule claims LRP-epsilon with the bias: it equals its
+    claim everywhere, DTD only without biases."""
     from properties.conformance.adapters import captum_model_attribute
 
     make = _captum_rule("EpsilonRule", {})

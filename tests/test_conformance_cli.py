@@ -72,7 +72,8 @@ SMALL = dict(networks=3, points=8)
 
 @pytest.fixture
 def user_dir(tmp_path, monkeypatch):
-    """The user's directory as the current one; the console's sys.path entry and the user's modules undone afterwards."""
+    """The user's directory as the current one; the console's sys.path entry and
+    the user's modules undone afterwards."""
     (tmp_path / "usermod.py").write_text(USER_MODULE)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -97,7 +98,8 @@ def _cli(capsys, *args):
 @pytest.mark.parametrize("spec, message", [
     ("nosuch:implementations", "cannot import module 'nosuch' of 'nosuch:implementations'"),
     ("usermod:missing", "has no attribute 'missing'; expected a function returning a properties.Implementation"),
-    ("usermod:not_a_list", "factory usermod:not_a_list returned dict; expected a properties.Implementation or a list of them"),
+    ("usermod:not_a_list",
+     "factory usermod:not_a_list returned dict; expected a properties.Implementation or a list of them"),
     ("usermod", "expected MODULE:FACTORY"),
 ])
 def test_a_bad_factory_is_a_usage_error_naming_what_was_given(user_dir, capsys, spec, message):
@@ -143,8 +145,8 @@ def test_version_is_printed(tmp_path):
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # the one subprocess: `python -m properties.cli` works as a program
-    result = subprocess.run([sys.executable, "-m", "properties.cli", "--version"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "properties.cli", "--version"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and result.stdout.strip() == f"dtd-properties {version()}"
 
 
@@ -155,7 +157,8 @@ def test_pytest_option_runs_the_kit_and_lists_counterexamples(user_dir, pytester
     os.chdir(user_dir)
     sys.path.insert(0, str(user_dir))
     result = pytester.runpytest_inprocess("-p", "properties.plugin", "-p", "no:cacheprovider", "-m", "properties",
-                                          "--dtd-implementation", "brokenmod:implementations", "--property-report", "rep")
+                                          "--dtd-implementation", "brokenmod:implementations", "--property-report",
+                                          "rep")
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
     report = json.loads((user_dir / "rep" / "report.json").read_text())
     row = {r["name"]: r for r in report["properties"]}["conformance.user_zplus.equals_dtd.bias_positive"]
@@ -177,7 +180,8 @@ def test_a_first_conform_run_fails_when_a_must_hold_property_breaks(user_dir, ca
 
 def test_conform_require_fails_below_a_floor_and_passes_at_it(user_dir, capsys):
     code, out, err = _cli(capsys, "conform", "usermod:implementations", "--report", "out",
-                          "--require", "conformance.user_*.equals_dtd.*>=1", "--require", "conformance.user_zplus.conservation*>=0.5")
+                          "--require", "conformance.user_*.equals_dtd.*>=1", "--require",
+                          "conformance.user_zplus.conservation*>=0.5")
     assert code == 0, out + err
     # the shipped-copy zplus keeps biases out of the denominator: it cannot equal itself with a bias in it
     (user_dir / "brokenmod.py").write_text(USER_MODULE.replace("z = a @ w.T", "z = a @ w.T + layer.bias.clamp(min=0)"))
@@ -187,10 +191,14 @@ def test_conform_require_fails_below_a_floor_and_passes_at_it(user_dir, capsys):
     row = {r["name"]: r for r in json.loads((user_dir / "out" / "report.json").read_text())["properties"]}[
         "conformance.user_zplus.equals_dtd.bias_positive"]
     assert row["status"] == "below_floor" and row["rate"] < 0.99
-    assert "conformance.user_zplus.equals_dtd.bias_positive: " in out and "below the floor --require 'conformance.user_*.equals_dtd.*>=0.99'" in out
+    assert (
+        "conformance.user_zplus.equals_dtd.bias_positive: " in out
+        and "below the floor --require 'conformance.user_*.equals_dtd.*>=0.99'" in out
+    )
 
 
-@pytest.mark.parametrize("floor, message", [("conformance.*", "has no '>='"), ("conformance.*>=95", "a share, not a percentage")])
+@pytest.mark.parametrize("floor, message", [("conformance.*", "has no '>='"),
+                                            ("conformance.*>=95", "a share, not a percentage")])
 def test_conform_require_with_bad_syntax_is_a_usage_error(user_dir, capsys, floor, message):
     code, _, err = _cli(capsys, "conform", "usermod:implementations", "--require", floor)
     assert code == 2 and "--require" in err and message in err and "PATTERN>=VALUE" in err
@@ -198,7 +206,8 @@ def test_conform_require_with_bad_syntax_is_a_usage_error(user_dir, capsys, floo
 
 
 def test_conform_require_matching_no_rate_is_a_usage_error(user_dir, capsys):
-    code, out, err = _cli(capsys, "conform", "usermod:implementations", "--require", "conformance.mylib_*.equals_dtd.*>=0.99")
+    code, out, err = _cli(capsys, "conform", "usermod:implementations", "--require",
+                          "conformance.mylib_*.equals_dtd.*>=0.99")
     assert code == 2, out + err
     assert "'conformance.mylib_*.equals_dtd.*>=0.99'" in out and "matches no rate of this run" in out
     assert "conformance.user_zplus." in out  # some rates that exist
@@ -209,12 +218,15 @@ def test_pytest_option_fails_a_first_run_on_a_must_hold_property_and_on_a_floor(
     os.chdir(user_dir)
     sys.path.insert(0, str(user_dir))
     result = pytester.runpytest_inprocess("-p", "properties.plugin", "-p", "no:cacheprovider", "-m", "properties",
-                                          "--dtd-implementation", "usermod:nan", "--dtd-implementation", "usermod:implementations",
+                                          "--dtd-implementation", "usermod:nan", "--dtd-implementation",
+                                          "usermod:implementations",
                                           "--property-require", "conformance.user_zplus.equals_dtd.*>=1",
                                           "--property-report", "rep")
     # no baseline (a first run): the NaN implementation fails on finite alone; the correct one meets its floor
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*FAILED*test_conformance?user_nan?*below a required floor*"])
-    statuses = {r["name"]: r["status"] for r in json.loads((user_dir / "rep" / "report.json").read_text())["properties"]}
+    statuses = {
+        r["name"]: r["status"] for r in json.loads((user_dir / "rep" / "report.json").read_text())["properties"]
+    }
     assert statuses["conformance.user_nan.finite"] == "below_floor"
     assert {s for name, s in statuses.items() if name.startswith("conformance.user_zplus.")} == {"new"}

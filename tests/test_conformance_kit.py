@@ -35,7 +35,7 @@ def lrp_zplus(model: nn.Sequential, x: torch.Tensor, output: int, *, positive_bi
         explained = (output + 1) % a.shape[1] if wrong_output else output
         relevance = torch.zeros_like(a)
         relevance[:, explained] = a[:, explained]
-        for layer, a in zip(reversed(linears), reversed(inputs)):
+        for layer, a in zip(reversed(linears), reversed(inputs), strict=True):
             if in_place:  # "forgets to restore": clamps the caller's weights instead of a copy
                 layer.weight.clamp_(min=0)
             w = layer.weight.clamp(min=0)
@@ -52,7 +52,8 @@ def lrp_zplus(model: nn.Sequential, x: torch.Tensor, output: int, *, positive_bi
 
 
 def _impl(name, claimed_stabilizer=0.0, **defect):
-    return Implementation(name, lambda model, x, output: lrp_zplus(model, x, output, **defect), "z+", stabilizer=claimed_stabilizer)
+    return Implementation(name, lambda model, x, output: lrp_zplus(model, x, output, **defect), "z+",
+                          stabilizer=claimed_stabilizer)
 
 
 #: defect -> the properties meant to catch it
@@ -63,7 +64,8 @@ MUTANTS = {
     "batch_normalised": (dict(stabilizer=1e-10, claimed_stabilizer=1e-6), {"batch_independent"}),
     "nan_at_zero": (dict(nan_at_zero=True), {"finite"}),
     # conservation compares with the explained output's value too: the wrong output breaks both
-    "wrong_output": (dict(wrong_output=True), {"equals_dtd.bias_free", "equals_dtd.bias_negative", "equals_dtd.bias_positive",
+    "wrong_output": (dict(wrong_output=True), {"equals_dtd.bias_free", "equals_dtd.bias_negative",
+                                               "equals_dtd.bias_positive",
                                                "conservation.bias_free", "conservation.bias_negative"}),
     "float32": (dict(float32=True), {"dtype_device"}),
 }
@@ -147,7 +149,11 @@ def test_names_and_contract_errors():
         Implementation("a", lambda m, x, o: x, "z+", stabilizer=-1.0)
     with pytest.raises(ValueError, match="unknown conformance property"):
         C.conformance_name(impl, "conserved")
-    assert [type(r).__name__ for r in Implementation("a", lambda m, x, o: x, ["zB", "z+"]).rules_for(3)] == ["ZB", "ZPlus", "ZPlus"]
+    assert [type(r).__name__ for r in Implementation("a", lambda m, x, o: x, ["zB", "z+"]).rules_for(3)] == [
+        "ZB",
+        "ZPlus",
+        "ZPlus",
+    ]
 
 
 def test_a_result_of_the_wrong_shape_or_type_is_a_clear_error():
@@ -188,7 +194,8 @@ def test_load_implementations_errors_name_what_was_given(tmp_path, monkeypatch):
 def test_the_kit_leaves_torchs_global_rng_and_thread_count_alone():
     state, threads = torch.random.get_rng_state(), torch.get_num_threads()
     C.run(_impl("rng"), seed=0, networks=2, points=4, shrink_failures=False)
-    small = C.shrink(_impl("rng_shrink", positive_bias=True), C.population("bias_positive", 2, 4, 0)[0], "bias_positive", "equals_dtd", budget=5)
+    small = C.shrink(_impl("rng_shrink", positive_bias=True), C.population("bias_positive", 2, 4, 0)[0],
+                     "bias_positive", "equals_dtd", budget=5)
     assert small is not None
     assert torch.equal(torch.random.get_rng_state(), state) and torch.get_num_threads() == threads
 
@@ -198,7 +205,8 @@ def test_the_report_shows_each_counterexample_with_its_rate(tmp_path):
     from properties.measure.stats import Rate
 
     broken = {**report.row("conformance.a.finite", Rate(1, 2), "finite", None), "example": "W0 = [[1.0]]"}
-    report.write_report(tmp_path, [broken, report.row("other.rate", Rate(2, 2), "other", None)], [], {"confidence": 0.99})
+    report.write_report(tmp_path, [broken, report.row("other.rate", Rate(2, 2), "other", None)], [],
+                        {"confidence": 0.99})
     markdown = (tmp_path / "report.md").read_text()
     assert markdown.index("Counterexample of `conformance.a.finite`:") < markdown.index("W0 = [[1.0]]")
     assert markdown.count("Counterexample of `") == 1  # only the row that has one
@@ -230,11 +238,21 @@ def test_architectures_are_validated_and_name_their_rows():
     every = Implementation("z", _dtd_zplus, "z+", architectures=("mlp", "cnn", "resnet"))
     rows = [C.conformance_name(every, p, s) for p, s in every.properties()]
     assert rows[:len(mlp_rows)] == mlp_rows
-    assert "conformance.z.equals_dtd.cnn_bias_negative" in rows and "conformance.z.conservation.resnet_bias_free" in rows
-    assert {"conformance.z.finite.cnn", "conformance.z.batch_independent.resnet", "conformance.z.positivity.cnn"} <= set(rows)
-    lrp0 = Implementation("e", _dtd_zplus, "x", architectures=("cnn", "resnet"), claims=__import__("properties.conformance.claims").conformance.claims.Epsilon(1e-9))
+    assert (
+        "conformance.z.equals_dtd.cnn_bias_negative" in rows and "conformance.z.conservation.resnet_bias_free" in rows
+    )
+    assert {
+        "conformance.z.finite.cnn",
+        "conformance.z.batch_independent.resnet",
+        "conformance.z.positivity.cnn",
+    } <= set(rows)
+    lrp0 = Implementation("e", _dtd_zplus, "x", architectures=("cnn", "resnet"),
+                          claims=__import__("properties.conformance.claims").conformance.claims.Epsilon(1e-9))
     rows0 = [C.conformance_name(lrp0, p, s) for p, s in lrp0.properties()]
-    assert "conformance.e.gradient_x_input.cnn_bias_free" in rows0 and "conformance.e.equals_claim.cnn_bias_positive" in rows0
+    assert (
+        "conformance.e.gradient_x_input.cnn_bias_free" in rows0
+        and "conformance.e.equals_claim.cnn_bias_positive" in rows0
+    )
     assert not any("equals_claim.resnet" in r for r in rows0), "the claim references do not model residual sums"
     assert len(rows0) == len(set(rows0))
     with pytest.raises(TypeError, match="architectures must be a tuple"):

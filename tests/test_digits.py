@@ -22,7 +22,7 @@ def test_trained_digits_networks_are_accurate_and_reproducible(make):
     assert first.test_accuracy == digits.accuracy(first.model, first.data.test_x, first.data.test_y)
     assert not first.model.training
     second = make()  # the process's cached training: another training than first's
-    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), f"{name} differs between two trainings"
 
 
@@ -75,7 +75,7 @@ def test_trained_maxpool_cnn_and_resnet_are_accurate_reproducible_and_cached(nam
     # cached: a second call trains nothing and returns an equal, independent copy
     second = make()
     assert second.model is not first.model
-    for (key, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+    for (key, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), key
     with torch.no_grad():
         next(second.model.parameters()).add_(1.0)
@@ -84,7 +84,7 @@ def test_trained_maxpool_cnn_and_resnet_are_accurate_reproducible_and_cached(nam
     build, _, learning_rate, batch_size, target = digits._CACHED[name]
     one, two = (digits._train(build, 0, steps=1, learning_rate=learning_rate, batch_size=batch_size, target=target)
                 for _ in range(2))
-    for (key, a), (_, b) in zip(one.model.state_dict().items(), two.model.state_dict().items()):
+    for (key, a), (_, b) in zip(one.model.state_dict().items(), two.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), f"{key} differs between two trainings"
 
 
@@ -105,8 +105,10 @@ def test_the_digits_unet_segments_ink_and_trains_reproducibly():
     assert float((out.argmax(1) == digits.ink(x)).double().mean()) >= 0.9  # it segments the ink of these five too
     second = digits.digits_unet()
     assert second.model is not first.model
-    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()))
+    pairs = zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     build, _, learning_rate, batch_size, target = digits._CACHED["unet"]
     one, two = (digits._train(build, 0, steps=1, learning_rate=learning_rate, batch_size=batch_size, target=target)
                 for _ in range(2))
-    assert all(torch.equal(a, b) for a, b in zip(one.model.state_dict().values(), two.model.state_dict().values()))
+    pairs = zip(one.model.state_dict().values(), two.model.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)

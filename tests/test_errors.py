@@ -38,11 +38,13 @@ TRAIN_FREE_CASES = [
     ("z+ negative input", lambda: dtd.train_free(NET, X - 0.5, rule="z+"), ValueError, "non-negative"),
     ("gamma negative input", lambda: dtd.train_free(NET, X - 0.5, rule=R.Gamma(1.0)), ValueError, "non-negative"),
     ("zB outside box", lambda: dtd.train_free(NET, X * 10, rule=[R.ZB(0, 1), "z+"]), ValueError, r"in \[low, high\]"),
-    ("zB bound length", lambda: dtd.train_free(NET, X, rule=[R.ZB(torch.zeros(3), 1.0), "z+"]), ValueError, "3 entries"),
+    ("zB bound length", lambda: dtd.train_free(NET, X, rule=[R.ZB(torch.zeros(3), 1.0), "z+"]), ValueError,
+     "3 entries"),
     ("unknown rule", lambda: dtd.train_free(NET, X, rule="lrp-eps"), ValueError, "unknown rule 'lrp-eps'"),
     ("rule not a rule", lambda: dtd.train_free(NET, X, rule=3), TypeError, "rule"),
     ("too few layer rules", lambda: dtd.train_free(NET, X, rule=["z+"]), ValueError, "1 rules for a network with 2"),
-    ("rule and finder", lambda: dtd.train_free(NET, X, rule="z+", root_finder=dtd.LinearRoots()), ValueError, "not both"),
+    ("rule and finder", lambda: dtd.train_free(NET, X, rule="z+", root_finder=dtd.LinearRoots()), ValueError,
+     "not both"),
     ("finder not a finder", lambda: dtd.train_free(NET, X, root_finder="z+"), TypeError, "RootFinder"),
 ]
 
@@ -59,7 +61,8 @@ RULE_CASES = [
     ("gamma str", lambda: R.Gamma("1"), TypeError, "gamma must be a number"),
     ("gamma inf", lambda: R.Gamma(math.inf), ValueError, "finite"),
     ("zB low > high", lambda: R.ZB(1.0, 0.0), ValueError, "low must be <= high"),
-    ("zB per-feature low > high", lambda: R.ZB(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 1.0])), ValueError, "low must be <= high"),
+    ("zB per-feature low > high", lambda: R.ZB(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 1.0])), ValueError,
+     "low must be <= high"),
     ("zB 2-D bound", lambda: R.ZB(torch.zeros(2, 2), 1.0), ValueError, "1-D"),
     ("zB shapes", lambda: R.ZB(torch.zeros(2), torch.ones(3)), ValueError, "different shapes"),
     ("zB inf", lambda: R.ZB(0.0, math.inf), ValueError, "finite"),
@@ -91,7 +94,8 @@ NETWORK_CASES = [
     ("sample n=0", lambda: NET.sample_inputs(0), ValueError, "n must be >= 1"),
     ("sample output", lambda: NET.sample_inputs(3, output=7), ValueError, "output"),
     ("sample min_output nan", lambda: NET.sample_inputs(3, min_output=math.nan), ValueError, "min_output"),
-    ("sample seed and generator", lambda: NET.sample_inputs(3, seed=1, generator=torch.Generator()), ValueError, "not both"),
+    ("sample seed and generator", lambda: NET.sample_inputs(3, seed=1, generator=torch.Generator()), ValueError,
+     "not both"),
     ("sample generator type", lambda: NET.sample_inputs(3, generator=1), TypeError, "torch.Generator"),
     ("gradient output", lambda: NET.input_gradient(X, 5), ValueError, "output"),
     ("subnetwork layer", lambda: NET.subnetwork(2), ValueError, r"\[0, 1\]"),
@@ -115,28 +119,38 @@ def test_rule_ensure_maps_every_name():
 
 # One rule at every call site: a wrong type is a TypeError, a wrong value a ValueError (dtd.validation).
 CALL_SITE_CASES = [
-    ("sampling n_directions float", lambda: dtd.RegionSamplingRoots(n_directions=1.5), TypeError, "n_directions must be an int"),
-    ("sampling n_directions 0", lambda: dtd.RegionSamplingRoots(n_directions=0), ValueError, "n_directions must be >= 1"),
+    ("sampling n_directions float", lambda: dtd.RegionSamplingRoots(n_directions=1.5), TypeError,
+     "n_directions must be an int"),
+    ("sampling n_directions 0", lambda: dtd.RegionSamplingRoots(n_directions=0), ValueError,
+     "n_directions must be >= 1"),
     ("sampling seed 2**63", lambda: dtd.RegionSamplingRoots(seed=2**63), ValueError, "seed must be <="),
     ("sampling seed negative", lambda: dtd.RegionSamplingRoots(seed=-1), ValueError, "seed must be >= 0"),
-    ("sampling nonnegative 'no'", lambda: dtd.RegionSamplingRoots(nonnegative="no"), TypeError, "nonnegative must be True or False"),
-    ("sampling memory_budget", lambda: dtd.RegionSamplingRoots(memory_budget=0), ValueError, "memory_budget must be >= 1"),
+    ("sampling nonnegative 'no'", lambda: dtd.RegionSamplingRoots(nonnegative="no"), TypeError,
+     "nonnegative must be True or False"),
+    ("sampling memory_budget", lambda: dtd.RegionSamplingRoots(memory_budget=0), ValueError,
+     "memory_budget must be >= 1"),
     ("region nonnegative 1", lambda: dtd.RegionRoots(nonnegative=1), TypeError, "nonnegative must be True or False"),
     ("walk n_chains bool", lambda: dtd.MetropolisHastingsRoots(n_chains=True), TypeError, "n_chains must be an int"),
     ("walk n_steps 0", lambda: dtd.MetropolisHastingsRoots(n_steps=0), ValueError, "n_steps must be >= 1"),
     ("walk scale 0", lambda: dtd.MetropolisHastingsRoots(scale=0.0), ValueError, "scale must be > 0"),
     ("walk scale str", lambda: dtd.MetropolisHastingsRoots(scale="1"), TypeError, "scale must be a number"),
-    ("walk acceptance 1", lambda: dtd.MetropolisHastingsRoots(target_acceptance=1.0), ValueError, "target_acceptance must be < 1"),
+    ("walk acceptance 1", lambda: dtd.MetropolisHastingsRoots(target_acceptance=1.0), ValueError,
+     "target_acceptance must be < 1"),
     ("walk seed float", lambda: dtd.MetropolisHastingsRoots(seed=0.5), TypeError, "seed must be an int"),
-    ("full_backward budget 0", lambda: dtd.full_backward(NET, X, root_finder=dtd.LinearRoots(), budget=0), ValueError, "budget must be >= 1"),
-    ("full_backward budget float", lambda: dtd.full_backward(NET, X, root_finder=dtd.LinearRoots(), budget=1e6), TypeError, "budget must be an int"),
+    ("full_backward budget 0", lambda: dtd.full_backward(NET, X, root_finder=dtd.LinearRoots(), budget=0), ValueError,
+     "budget must be >= 1"),
+    ("full_backward budget float", lambda: dtd.full_backward(NET, X, root_finder=dtd.LinearRoots(), budget=1e6),
+     TypeError, "budget must be an int"),
     ("estimate_cost negative", lambda: dtd.estimate_cost(NET, -5), ValueError, "n_points must be >= 0"),
     ("estimate_cost float", lambda: dtd.estimate_cost(NET, 2.0), TypeError, "n_points must be an int"),
     ("layer str", lambda: NET.check_layer("0"), TypeError, "layer must be an int"),
     ("sample min_output str", lambda: NET.sample_inputs(3, min_output="0.1"), TypeError, "min_output must be a number"),
-    ("region_output_root layer 5", lambda: dtd.regions.region_output_root(NET, X, layer=5), ValueError, r"layer must be in \[0, 1\]"),
-    ("region_output_root output 9", lambda: dtd.regions.region_output_root(NET, X, output=9), ValueError, "output must be in"),
-    ("region_output_root nonnegative", lambda: dtd.regions.region_output_root(NET, X, nonnegative="yes"), TypeError, "nonnegative must be True or False"),
+    ("region_output_root layer 5", lambda: dtd.regions.region_output_root(NET, X, layer=5), ValueError,
+     r"layer must be in \[0, 1\]"),
+    ("region_output_root output 9", lambda: dtd.regions.region_output_root(NET, X, output=9), ValueError,
+     "output must be in"),
+    ("region_output_root nonnegative", lambda: dtd.regions.region_output_root(NET, X, nonnegative="yes"), TypeError,
+     "nonnegative must be True or False"),
     ("gradient from_layer 5", lambda: NET.input_gradient(X, 0, from_layer=5), ValueError, "from_layer must be in"),
 ]
 
@@ -148,8 +162,8 @@ def test_call_sites_refuse(call, exception, message):
 
 
 def test_suite_call_sites_refuse():
-    from properties.measure import checks, stats
     from properties.generate import strategies
+    from properties.measure import checks, stats
 
     dec = dtd.train_free(NET, X)
     with pytest.raises(TypeError, match="atol must be a number"):
@@ -174,6 +188,8 @@ def test_a_box_rule_above_the_input_names_the_layer_and_the_recipe():
         first.weight.fill_(1.0)  # hidden activations up to 4, outside zB's default box [0, 1]
         first.bias.zero_()
     net = dtd.ReLUNetwork.from_sequential(nn.Sequential(first, nn.ReLU(), second))
-    with pytest.raises(ValueError, match=r"layer 1 \(the activations entering layer 1\): rule ZB.*\[dtd.rules.ZB\(low, high\)\] \+ \['z\+'\]"):
+    with pytest.raises(ValueError,
+                       match=r"layer 1 \(the activations entering layer 1\): rule "
+                             r"ZB.*\[dtd.rules.ZB\(low, high\)\] \+ \['z\+'\]"):
         dtd.train_free(net, X, rule="zB")
     dtd.train_free(net, X, rule=[R.ZB(0, 1), "z+"])  # the recipe the message names works

@@ -1,4 +1,5 @@
-"""The findings' machinery against slow, obvious references: similarity measures, the top-down walk, the shift, the randomisation."""
+"""The findings' machinery against slow, obvious references: similarity measures, the
+top-down walk, the shift, the randomisation."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ from torch import nn
 
 import dtd
 from dtd import rules as R
-from properties.findings import invariance, randomisation
-from properties.report import papers
-from properties.findings import Findings, relevance_from_top
-from properties.measure.keys import RateKey
+from properties.findings import Findings, invariance, randomisation, relevance_from_top
 from properties.findings.similarity import average_ranks, cosine, median_interval, spearman, ssim
+from properties.measure.keys import RateKey
 from properties.measure.stats import Rate
+from properties.report import papers
 
 #: float64 agreement of two computations of one quantity (summation order only)
 ATOL64 = 1e-10
@@ -169,9 +169,12 @@ def test_randomised_copy_replaces_only_the_top_modules_and_never_the_model():
     for index in (2, 4):
         assert not torch.equal(clone[index].weight, model[index].weight)
         bound = 1 / 5**0.5
-        assert float(clone[index].weight.detach().abs().max()) <= bound and float(clone[index].bias.detach().abs().max()) <= bound
+        assert (
+            float(clone[index].weight.detach().abs().max()) <= bound
+            and float(clone[index].bias.detach().abs().max()) <= bound
+        )
     again = randomisation.randomised_copy(model, 2, _generator(5))
-    assert all(torch.equal(a, b) for a, b in zip(clone.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(clone.state_dict().values(), again.state_dict().values(), strict=True))
     # cascading: the top module gets the same draws whether one or two modules are re-initialised
     one = randomisation.randomised_copy(model, 1, _generator(5))
     assert torch.equal(one[4].weight, clone[4].weight)
@@ -206,18 +209,20 @@ def test_the_opening_puts_the_papers_claim_beside_the_measured_rates():
     text = papers.opening("insensitivity", rows)
     assert text.startswith("Sixt, Granz & Landgraf") and "z+ 97.10 % [95.00, 98.40]" in text and "x 3.20 %" in text
     assert "depth 8" in text and "invariance" not in text
-    assert papers.opening("invariance", rows).startswith("Kindermans") and "w2 100.00 %" in papers.opening("invariance", rows)
+    assert papers.opening("invariance", rows).startswith("Kindermans") and "w2 100.00 %" in papers.opening(
+        "invariance", rows
+    )
     assert "not measured" in papers.opening("randomisation", rows)
     assert papers.opening("generated", rows) is None
 
 
 def test_a_lines_figure_renders_deterministically_and_the_report_opens_the_findings_with_the_claim(tmp_path):
-    from properties.report import figures
-    from properties.report import render_report
     from properties.measure.stats import Rate
+    from properties.report import figures, render_report
 
     plot = {"file": "f.png", "kind": "lines", "title": "t", "xlabel": "depth", "caption": "c", "panels": [
-        {"title": "p", "ylabel": "y", "ylim": [0, 1], "series": {"z+": {"x": [1, 2], "y": [0.2, 0.9], "low": [0.1, 0.8], "high": [0.3, 1.0]}}}]}
+        {"title": "p", "ylabel": "y", "ylim": [0, 1],
+         "series": {"z+": {"x": [1, 2], "y": [0.2, 0.9], "low": [0.1, 0.8], "high": [0.3, 1.0]}}}]}
     first = figures.render(plot, {}, 0.99)
     assert first.startswith(b"\x89PNG") and first == figures.render(plot, {}, 0.99)
     assert "Bands: 99 % confidence intervals" in figures.caption(plot, 0.99)
@@ -257,13 +262,17 @@ def test_the_invariant_rules_rates_are_fixed_by_design_and_still_answer_the_clai
     from properties.measure.keys import by_design
     from properties.report import render_report
 
-    assert by_design(RateKey("invariance", "unchanged", rule="w2")) and by_design(RateKey("invariance", "unchanged", rule="zB"))
+    assert by_design(RateKey("invariance", "unchanged", rule="w2")) and by_design(
+        RateKey("invariance", "unchanged", rule="zB")
+    )
     assert by_design(RateKey("invariance", "unchanged", rule="z+")) is None
-    assert by_design(RateKey("invariance", "unchanged", subject="mine", rule="zB")) is None  # a user's label says nothing
+    # a user's label says nothing
+    assert by_design(RateKey("invariance", "unchanged", subject="mine", rule="zB")) is None
     rows = []
     for rule, rate in (("w2", Rate(10, 10)), ("z+", Rate(1, 10))):
         key = RateKey("invariance", "unchanged", rule=rule)
-        rows.append({"name": str(key), "key": key.to_dict(), "description": "d", "status": "new", "baseline": None, **rate.to_dict()})
+        rows.append({"name": str(key), "key": key.to_dict(), "description": "d", "status": "new", "baseline": None,
+                     **rate.to_dict()})
     text = render_report(rows, [], {"confidence": 0.99})["report.md"].decode()
     opening = text[text.index("## Input invariance"):]
     assert "w2 100.00 %" in opening.split("\n\n")[1] and "z+ 10.00 %" in opening.split("\n\n")[1]

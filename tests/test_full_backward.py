@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 
@@ -60,7 +62,7 @@ def test_in_region_roots_conserve_exactly_below_the_top():
 def test_layers_account_for_every_number():
     net, x = _case(n=12)
     fb = dtd.full_backward(net, x, root_finder=dtd.RegionSamplingRoots(32))
-    for lay, upper in zip(fb.layers, fb.layers[1:]):
+    for lay, upper in pairwise(fb.layers):
         assert torch.equal(upper.relevance, lay.upper_relevance)  # the layer above's output relevance
     assert torch.allclose(fb.conservation_error, fb.output_value - fb.relevance.sum(1))
     for lay in fb.layers:

@@ -57,7 +57,8 @@ def test_must_hold_reads_the_keys_outcome_whatever_follows_it():
     assert not gates.must_hold(None)
     row = {"name": "conformance.mylib.finite", "rate": 0.99, "successes": 99, "trials": 100}
     assert gates.failed_floors(row, RateKey("conformance", "finite", subject="mylib"), []) != []
-    assert gates.failed_floors({**row, "rate": 1.0, "successes": 100}, RateKey("conformance", "finite", subject="mylib"), []) == []
+    assert gates.failed_floors({**row, "rate": 1.0, "successes": 100},
+                               RateKey("conformance", "finite", subject="mylib"), []) == []
     empty = {"name": "conformance.mylib.finite", "rate": None, "successes": 0, "trials": 0}
     assert gates.failed_floors(empty, RateKey("conformance", "finite", subject="mylib"), []) != []
 
@@ -74,7 +75,8 @@ pytestmark = pytest.mark.properties
 def test_kit(property_report):
     finite = int(os.environ.get("GATE_FINITE", "100"))
     property_report.rate("conformance.mylib.finite", Rate(finite, 100), "finite of 100")
-    property_report.rate(RateKey("conformance", "no_side_effects", subject="mylib", subset="cnn_bias_free"), Rate(10, 10))
+    key = RateKey("conformance", "no_side_effects", subject="mylib", subset="cnn_bias_free")
+    property_report.rate(key, Rate(10, 10))
     property_report.rate("conformance.mylib.equals_dtd.bias_free", Rate(95, 100), "equals of 100")
 
 def test_other(property_report):
@@ -99,7 +101,8 @@ def kit(pytester, monkeypatch):
 
 
 def _rows(pytester):
-    return {r["name"]: r for r in json.loads((pytester.path / "property-report" / "report.json").read_text())["properties"]}
+    return {r["name"]: r
+            for r in json.loads((pytester.path / "property-report" / "report.json").read_text())["properties"]}
 
 
 def test_a_first_run_passes_when_the_must_hold_properties_hold(pytester, kit):
@@ -144,8 +147,9 @@ def test_a_required_floor_gates_the_matching_rows_by_their_point_estimate(pytest
 def test_a_floor_that_matches_no_rate_is_a_usage_error_naming_it_and_some_rates(pytester, kit):
     result = kit("--property-require", "conformance.mylib_*.equals_dtd.*>=0.99")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stdout.fnmatch_lines(["*usage error: the floor 'conformance.mylib_*.equals_dtd.*>=0.99'*matches no rate of this run "
-                                 "(nearest rates: conformance.mylib.equals_dtd.bias_free, conformance.mylib.finite, *"])
+    result.stdout.fnmatch_lines(["*usage error: the floor 'conformance.mylib_*.equals_dtd.*>=0.99'*matches "
+                                 "no rate of this run (nearest rates: "
+                                 "conformance.mylib.equals_dtd.bias_free, conformance.mylib.finite, *"])
     # nor is the baseline written when the floor was mistyped
     updated = kit("--property-require", "conformance.mylib_*.equals_dtd.*>=0.99", update=True)
     assert updated.ret == pytest.ExitCode.USAGE_ERROR and not (pytester.path / "baseline.json").exists()
@@ -153,7 +157,8 @@ def test_a_floor_that_matches_no_rate_is_a_usage_error_naming_it_and_some_rates(
 
 
 def test_the_nearest_rates_share_the_patterns_fixed_start():
-    names = ["agreement.zennit.z+.points", "conformance.mylib.finite", "conformance.other.finite", "conformance.mylib.equals_dtd.bias_free"]
+    names = ["agreement.zennit.z+.points", "conformance.mylib.finite", "conformance.other.finite",
+             "conformance.mylib.equals_dtd.bias_free"]
     floor = gates.parse_floor("conformance.mylib_*.equals_dtd.*>=0.99")
     assert gates.nearest(floor, names, 2) == ["conformance.mylib.equals_dtd.bias_free", "conformance.mylib.finite"]
     assert gates.nearest(gates.parse_floor("*>=0.5"), names, 1) == ["agreement.zennit.z+.points"]

@@ -71,7 +71,8 @@ def test_the_model_is_not_touched(built):
     assert not model.training
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     pointers = {p.data_ptr() for p in model.parameters()}
-    held = [t for node in net.nodes if isinstance(node, dtd.graph.AffineNode) for b in node.branches for t in b.op.tensors()]
+    held = [t for node in net.nodes if isinstance(node, dtd.graph.AffineNode) for b in node.branches
+            for t in b.op.tensors()]
     assert pointers.isdisjoint({t.data_ptr() for t in held})
 
 
@@ -129,7 +130,8 @@ def test_zplus_on_a_residual_net_equals_a_slow_dense_reference():
     block2 = (linear_part(m.conv2), linear_part(m.bn2))
     W0 = dense_matrix(stem, (3, 8, 8))
     W1 = dense_matrix(lambda v: block1[1](block1[0](v)), (4, 8, 8))
-    W2 = np.hstack([dense_matrix(lambda v: block2[1](block2[0](v)), (4, 8, 8)), np.eye(4 * 64)])  # [conv2 bn2 | identity skip]
+    # [conv2 bn2 | identity skip]
+    W2 = np.hstack([dense_matrix(lambda v: block2[1](block2[0](v)), (4, 8, 8)), np.eye(4 * 64)])
     head = linear_part(m.fc)
     W3 = dense_matrix(lambda v: head(v.mean((2, 3))), (4, 4, 4))
     for n in range(x.shape[0]):
@@ -204,7 +206,9 @@ def test_sampled_roots_solve_their_root_equation(built, name):
         roots = layer.roots  # small layers: every neuron, (N, J, D)
         n, j, d = roots.shape
         parts = net.split_input(k, (layer.input.unsqueeze(1) - roots).reshape(n * j, d))
-        moved = sum(b.op.forward(p).flatten(1) for b, p in zip(net.layer(k).branches, parts)).reshape(n, j, j)
+        moved = sum(b.op.forward(p).flatten(1) for b, p in zip(net.layer(k).branches, parts, strict=True)).reshape(
+            n, j, j
+        )
         own = moved.diagonal(dim1=1, dim2=2)  # w_j . (a - root_j) for each neuron j
         residual = (own - layer.upper_relevance).abs()
         assert bool((residual[layer.root_valid] <= 1e-9 * layer.upper_relevance.abs().max().clamp_min(1)).all()), k
@@ -217,7 +221,7 @@ def _naive_f(net, x, k, roots, point, output):
     with torch.enable_grad():
         parts = [p.clone().requires_grad_(True) for p in net.split_input(k, roots)]
         sources = [b.source for b in net.layer(k).branches]
-        for s, p in zip(sources, parts):
+        for s, p in zip(sources, parts, strict=True):
             values[s] = p
         for node in net.nodes[1:]:
             if node.id in sources:
@@ -230,7 +234,8 @@ def _naive_f(net, x, k, roots, point, output):
                 values[node.id] = node.pool(values[node.source])[0]
         out = net.output_of(values)[:, output]
         grads = torch.autograd.grad(out.sum(), parts, allow_unused=True)
-    grad = torch.cat([(torch.zeros_like(p) if g is None else g).flatten(1) for g, p in zip(grads, parts)], 1)
+    grad = torch.cat([(torch.zeros_like(p) if g is None else g).flatten(1) for g, p in zip(grads, parts, strict=True)],
+                     1)
     return out.detach(), grad
 
 
@@ -282,9 +287,12 @@ def test_compare_roots_equals_the_patterns_and_gradients_of_evaluate_roots(built
         rows = points.repeat_interleave(n_roots)
         # no move, small moves (mostly the same pattern) and large ones (patterns and argmaxes change)
         scale = torch.tensor([0.0, 1e-3, 0.3, 1.0], dtype=torch.float64).repeat(3).unsqueeze(1)
-        roots = a.index_select(0, rows) + scale * torch.randn(rows.shape[0], a.shape[1], generator=g, dtype=torch.float64)
+        roots = a.index_select(0, rows) + scale * torch.randn(
+            rows.shape[0], a.shape[1], generator=g, dtype=torch.float64
+        )
         at_input = net.evaluate_roots(k, None, points, base, 0, threshold=tol)
-        full = net.evaluate_roots(k, roots, rows, base, 0, threshold=tol, reference_argmax=at_input.argmax.index_select(0, rows))
+        full = net.evaluate_roots(k, roots, rows, base, 0, threshold=tol,
+                                  reference_argmax=at_input.argmax.index_select(0, rows))
         fast = net.compare_roots(k, roots, points, base, 0, at_input, threshold=tol)
         z_a, z_r = at_input.relu.index_select(0, rows), full.relu
         same = ((z_r > tol) == (z_a > tol)).all(1) & (full.argmax == at_input.argmax.index_select(0, rows)).all(1)
@@ -306,7 +314,9 @@ def test_all_finite_is_the_element_wise_test():
     from dtd.validation import all_finite
 
     assert all_finite(torch.tensor([3e38, 3e38]))  # finite entries whose float32 sum overflows
-    assert not all_finite(torch.tensor([1.0, float("nan")])) and not all_finite(torch.tensor([float("inf"), -float("inf")]))
+    assert not all_finite(torch.tensor([1.0, float("nan")])) and not all_finite(
+        torch.tensor([float("inf"), -float("inf")])
+    )
     assert not all_finite(torch.tensor([float("-inf"), 1.0], dtype=torch.float64))
     assert all_finite(torch.zeros(0)) and all_finite(torch.randn(5, 7))
 
@@ -339,7 +349,8 @@ def test_what_is_not_piecewise_linear_is_refused_naming_the_operation_and_the_mo
 
 
 def test_a_model_torch_export_cannot_capture_gets_an_error_saying_what_to_try():
-    with pytest.raises(TypeError, match=r"torch.export cannot capture _Branching.*What to try.*torch.cond.*ExportedProgram"):
+    with pytest.raises(TypeError,
+                       match=r"torch.export cannot capture _Branching.*What to try.*torch.cond.*ExportedProgram"):
         dtd.ReLUNetwork.from_module(_Branching(), (4,))
 
 
@@ -353,7 +364,8 @@ def test_training_mode_and_missing_shapes_are_value_errors():
     with pytest.raises(ValueError, match=r"fails on an input of shape \(2, 3, 5, 5\).*channels") as refused:
         dtd.ReLUNetwork.from_module(model.eval(), (3, 5, 5))
     assert "batch dimension in front" not in str(refused.value)
-    with pytest.raises(ValueError, match=r"fails on an input of shape.*batch dimension in front.*x.shape\[1:\], e.g. \(1, 5, 5\)"):
+    with pytest.raises(ValueError,
+                       match=r"fails on an input of shape.*batch dimension in front.*x.shape\[1:\], e.g. \(1, 5, 5\)"):
         dtd.ReLUNetwork.from_module(model.eval(), (4, 1, 5, 5))  # x.shape passed whole
 
 
@@ -379,7 +391,11 @@ def test_pinv_and_in_region_finders_above_the_dense_limit_are_refused_on_graphs(
     for k, lay in enumerate(dec.layers):
         delta = lay.input - lay.root_set.roots()[:, 0]
         reached = delta @ net.weight(k).T
-        assert bool(((reached - lay.upper_relevance).abs() <= 1e-4 * lay.upper_relevance.abs().amax().clamp_min(1))[lay.root_valid].all())
+        assert bool(
+            ((reached - lay.upper_relevance).abs() <= 1e-4 * lay.upper_relevance.abs().amax().clamp_min(1))[
+                lay.root_valid
+            ].all()
+        )
     # above it, the cap names layer, size and fix (a network lowered anew: a block row, once built, is kept)
     net = dtd.ReLUNetwork.from_module(model, shape)
     monkeypatch.setattr(dtd.graph, "DENSE_LAYER_LIMIT", 1000)
@@ -400,14 +416,16 @@ def test_what_needs_dense_layers_says_so_on_a_graph(built):
 
 
 def _small_cnn() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3, stride=2), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(2 * 2 * 2, 3)).double()
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3, stride=2), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(2 * 2 * 2, 3)).double()
 
 
 def test_segment_outcomes_on_a_graph_equal_those_of_the_dense_network_of_the_same_model():
-    """from_sequential folds the CNN into dense layers, from_module keeps convolutions: at the same roots the segment checks agree.
+    """from_sequential folds the CNN into dense layers, from_module keeps convolutions: at
+    the same roots the segment checks agree.
 
-    (The two give different z+ roots: a convolution's root moves only its receptive field, a dense layer's every input.)"""
+    (The two give different z+ roots: a convolution's root moves only its receptive field, a dense layer's every
+    input.)"""
     model = seeded(_small_cnn)
     dense = dtd.ReLUNetwork.from_sequential(model, input_shape=(2, 6, 6))
     graph = dtd.ReLUNetwork.from_module(model, (2, 6, 6))
@@ -431,7 +449,8 @@ def test_segment_outcomes_say_what_a_graph_needs():
     lay = dec.layers[2]  # conv2 + the skip: its f_k ends in the max pool
     with pytest.raises(TypeError, match="max pool.*root_outcomes"):
         segment_outcomes(net, lay.input, lay.roots, layer=2, output=0, base=dec.activations)
-    net = dtd.ReLUNetwork.from_module(seeded(lambda: SkipPastALayer(channels=2, side=6, pool=False)).double(), (2, 6, 6))
+    net = dtd.ReLUNetwork.from_module(seeded(lambda: SkipPastALayer(channels=2, side=6, pool=False)).double(),
+                                      (2, 6, 6))
     dec = dtd.train_free(net, _inputs((2, 6, 6), n=3), rule="z+")
     lay = dec.layers[2]  # conv2: its f_k adds h0, computed below it
     with pytest.raises(ValueError, match="pass base=dec.activations"):

@@ -16,12 +16,11 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import dtd
+from dtd.graph import DENSE_LAYER_LIMIT, MaxPoolNode, pool_windows
 from dtd.lowering import lower_module
-from dtd.graph import DENSE_LAYER_LIMIT, MaxPoolNode, ReLUNode, pool_windows
 from dtd.regions import lp_rows, region_constraints, region_output_root, region_rows
 from dtd.tolerances import equation_rtol, pattern_tol, region_slack
 from properties.measure.checks import root_equation_residual, root_outcomes
@@ -45,7 +44,8 @@ def _graph(name):
 
 
 def _small_cnn():
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(2 * 4 * 4, 3))
 
 
 # --------------------------------------------------------------------------- dense weights
@@ -56,8 +56,10 @@ def test_weight_and_bias_are_the_layers_affine_map(name):
         node = net.layer(k)
         d = net.in_features(k)
 
-        def z(a):  # the layer's own affine computation of a flat input (its branches' operators and bias)
-            return net._affine(node, dict(zip([b.source for b in node.branches], net.split_input(k, a)))).flatten(1)
+        def z(a, node=node, k=k):  # the layer's own affine computation of a flat input (its branches' operators, bias)
+            return net._affine(
+                node, dict(zip([b.source for b in node.branches], net.split_input(k, a), strict=True))
+            ).flatten(1)
 
         zero = z(torch.zeros(1, d, dtype=torch.float64))
         expected = z(torch.eye(d, dtype=torch.float64)) - zero  # row i: the map of unit vector i
@@ -70,7 +72,8 @@ def test_weight_and_bias_are_the_layers_affine_map(name):
 
 # --------------------------------------------------------------------------- chains: the dense engine, bit for bit
 def _chains():
-    for sizes, final_relu in [([10, 10, 10, 10, 2], True), ([10, 10, 10, 10, 2], False), ([6, 4, 3], False), ([5, 7, 3], True)]:
+    for sizes, final_relu in [([10, 10, 10, 10, 2], True), ([10, 10, 10, 10, 2], False), ([6, 4, 3], False),
+                              ([5, 7, 3], True)]:
         dense = dtd.ReLUNetwork.random(sizes, seed=2).double()
         dense = dtd.ReLUNetwork(list(dense.layers), final_relu=final_relu)
         yield dense, lower_module(dense.to_sequential(), (sizes[0],))
@@ -91,11 +94,14 @@ def test_chain_graph_regions_equal_the_dense_engines_bit_for_bit():
                 for n in range(a.shape[0]):  # the slow reference, one point at a time, written out in numpy
                     o = int(output[n]) if isinstance(output, torch.Tensor) else output
                     A, c, sign, row = reference.region_constraints(dense, a[n].numpy(), k, o)
-                    assert np.allclose(got.A[n].numpy(), A, rtol=1e-12, atol=1e-12) and np.allclose(got.c[n].numpy(), c, rtol=1e-12, atol=1e-12)
+                    assert np.allclose(got.A[n].numpy(), A, rtol=1e-12, atol=1e-12) and np.allclose(
+                        got.c[n].numpy(), c, rtol=1e-12, atol=1e-12
+                    )
                     assert np.array_equal(got.sign[n].numpy(), sign) and got.output_row == row
 
 
-FINDERS = [dtd.RegionRoots("l1"), dtd.RegionRoots("linf"), dtd.RegionSamplingRoots(32, seed=1), dtd.MetropolisHastingsRoots(4, 15, seed=1)]
+FINDERS = [dtd.RegionRoots("l1"), dtd.RegionRoots("linf"), dtd.RegionSamplingRoots(32, seed=1),
+           dtd.MetropolisHastingsRoots(4, 15, seed=1)]
 
 
 @pytest.mark.parametrize("finder", FINDERS, ids=lambda f: f.describe(0))
@@ -106,7 +112,7 @@ def test_chain_graph_finders_equal_the_dense_finders_bit_for_bit(finder):
             want = dtd.train_free(dense, x, root_finder=finder, output=output)
             got = dtd.train_free(graph, x, root_finder=finder, output=output)
             assert torch.equal(got.relevance, want.relevance)
-            for lw, lg in zip(want.layers, got.layers):
+            for lw, lg in zip(want.layers, got.layers, strict=True):
                 assert torch.equal(lg.roots, lw.roots) and torch.equal(lg.root_valid, lw.root_valid)
                 assert torch.equal(lg.relevance, lw.relevance) and lg.method == lw.method
                 if isinstance(finder, dtd.RegionRoots):
@@ -115,7 +121,7 @@ def test_chain_graph_finders_equal_the_dense_finders_bit_for_bit(finder):
                     assert torch.equal(lg.root_set.acceptance, lw.root_set.acceptance)
 
 
-# --------------------------------------------------------------------------- a CNN: the dense lowering of the same function
+# ---------------------------------------------------------------------- a CNN: the dense lowering of the same function
 @pytest.mark.parametrize("norm", ["l1", "linf"])
 def test_region_roots_on_a_cnn_equal_those_of_its_dense_lowering(norm):
     model = seeded(_small_cnn).double()
@@ -148,7 +154,9 @@ def _window_reference(node: MaxPoolNode, source: torch.Tensor, argmax: torch.Ten
     n = source.shape[0]
     spatial_in, spatial_out = tuple(source.shape[-node.dim :]), tuple(node.shape[-node.dim :])
     channels = int(np.prod(source.shape[1 : source.dim() - node.dim]))
-    signs = [1.0] * channels if node.signs is None else [s for s in node.signs for _ in range(channels // len(node.signs))]
+    signs = (
+        [1.0] * channels if node.signs is None else [s for s in node.signs for _ in range(channels // len(node.signs))]
+    )
     plane_in = source.reshape(n, channels, -1)
     chosen = argmax.reshape(n, channels, -1)
     windows = []
@@ -160,8 +168,14 @@ def _window_reference(node: MaxPoolNode, source: torch.Tensor, argmax: torch.Ten
                 ranges.append(list(range(lo, hi)))
             else:
                 start = o[d] * node.stride[d] - node.padding[d]
-                ranges.append([e for e in (start + t * node.dilation[d] for t in range(node.kernel_size[d])) if 0 <= e < spatial_in[d]])
-        windows.append([int(np.ravel_multi_index(tuple(r[i] for r, i in zip(ranges, idx)), spatial_in))
+                ranges.append(
+                    [
+                        e
+                        for e in (start + t * node.dilation[d] for t in range(node.kernel_size[d]))
+                        if 0 <= e < spatial_in[d]
+                    ]
+                )
+        windows.append([int(np.ravel_multi_index(tuple(r[i] for r, i in zip(ranges, idx, strict=True)), spatial_in))
                         for idx in np.ndindex(*[len(r) for r in ranges])])
     slots = max(len(w) for w in windows) - 1
     out = torch.zeros(n, channels, len(windows), slots, dtype=source.dtype)
@@ -179,7 +193,7 @@ def _window_reference(node: MaxPoolNode, source: torch.Tensor, argmax: torch.Ten
 def _forward_at(net, k, r, base, points):
     """Every live node's value at layer inputs ``r`` (the graph's own forward, other activations from ``base``)."""
     overridden, live = net.live_nodes(k)
-    values = dict(zip([b.source for b in net.layer(k).branches], net.split_input(k, r)))
+    values = dict(zip([b.source for b in net.layer(k).branches], net.split_input(k, r), strict=True))
     argmax: dict = {}
     for node in live:
         for s in net.sources(node):
@@ -421,7 +435,9 @@ def test_a_layer_above_the_limit_is_refused_before_any_linear_program(monkeypatc
     monkeypatch.setattr(dtd.roots, "RegionLP", no_lp)
     name = net.layer_names()[k]
     for finder in (dtd.RegionRoots(), dtd.RegionSamplingRoots(8), dtd.MetropolisHastingsRoots(2, 2)):
-        with pytest.raises(ValueError, match=rf"layer {k} \('{name}'\): the region of f_{k} .* {rows[k]:,} x {net.in_features(k)} matrix"):
+        with pytest.raises(ValueError,
+                           match=rf"layer {k} \('{name}'\): the region of f_{k} .* "
+                                 rf"{rows[k]:,} x {net.in_features(k)} matrix"):
             dtd.train_free(net, x, root_finder=finder)
 
 
@@ -451,7 +467,10 @@ def test_sparse_lp_rows_equal_the_dense_construction(norm):
     net, shape = _graph("sequential_cnn")
     x = _inputs(shape, 1)
     base = net.run(x)
-    regions = [(net.layer_input(base[0], k), region_constraints(net, net.layer_input(base[0], k), k, 0, base=base)) for k in (0, 1)]
+    regions = [
+        (net.layer_input(base[0], k), region_constraints(net, net.layer_input(base[0], k), k, 0, base=base))
+        for k in (0, 1)
+    ]
     seed = dtd.ReLUNetwork.random([10, 10, 10, 10, 2], seed=2, dtype=torch.float64)  # the notebook's rows too
     points = seed.sample_inputs(3, output=0, min_output=0.1, seed=0)
     regions += [(a, region_constraints(seed, a, k, 0)) for k, a in enumerate(seed.activations(points)[:-1])]
@@ -460,5 +479,5 @@ def test_sparse_lp_rows_equal_the_dense_construction(norm):
         want = _dense_lp_rows(*args, norm, 1e-9)
         got = lp_rows(*args, norm=norm, slack=1e-9)
         assert got[0] == want[0]
-        for g, w in zip(got[1:], want[1:]):
+        for g, w in zip(got[1:], want[1:], strict=True):
             assert g.dtype == w.dtype and np.array_equal(g, w)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 import dtd
-from dtd import progress, rules as R
+from dtd import progress
+from dtd import rules as R
 from dtd.regions import LPStatus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,8 @@ OVERFLOW_CASES = [
     ("train_free", lambda: dtd.train_free(OVERFLOWING, _x(OVERFLOWING))),
     ("full_backward", lambda: dtd.full_backward(OVERFLOWING, _x(OVERFLOWING), root_finder=dtd.LinearRoots())),
     ("sampling finder", lambda: dtd.train_free(OVERFLOWING, _x(OVERFLOWING), root_finder=dtd.RegionSamplingRoots(8))),
-    ("walk finder", lambda: dtd.train_free(OVERFLOWING, _x(OVERFLOWING, 2), root_finder=dtd.MetropolisHastingsRoots(2, 3))),
+    ("walk finder", lambda: dtd.train_free(OVERFLOWING, _x(OVERFLOWING, 2),
+                                           root_finder=dtd.MetropolisHastingsRoots(2, 3))),
     ("input_gradient", lambda: OVERFLOWING.input_gradient(_x(OVERFLOWING), 0)),
 ]
 
@@ -97,7 +99,9 @@ def test_scaled_weights_in_float64_are_exact():
 def test_half_precision_is_refused_with_the_fix(dtype, which):
     net = _net(dtype)
     x = torch.full((3, 4), 6e4 if dtype == torch.float16 else 1.0, dtype=dtype)
-    call = dtd.train_free if which == "train_free" else lambda n, x: dtd.full_backward(n, x, root_finder=dtd.LinearRoots())
+    call = (
+        dtd.train_free if which == "train_free" else lambda n, x: dtd.full_backward(n, x, root_finder=dtd.LinearRoots())
+    )
     with pytest.raises(TypeError, match=r"not computed in half precision.*net\.float\(\)"):
         call(net, x)
 
@@ -119,7 +123,7 @@ def test_results_do_not_alias_the_callers_x(decompose):
     roots = [layer.roots.clone() for layer in dec.layers]
     relevance = dec.relevance.clone()
     x.mul_(2)  # the caller reuses its buffer
-    assert all(torch.equal(r, layer.roots) for r, layer in zip(roots, dec.layers))
+    assert all(torch.equal(r, layer.roots) for r, layer in zip(roots, dec.layers, strict=True))
     assert torch.equal(relevance, dec.relevance)
     x_before = x.clone()
     dec.layers[0].input.add_(1)  # the caller writes into the result
@@ -193,7 +197,7 @@ def test_sampling_roots_are_identical_for_every_memory_budget():
     finder = dtd.RegionSamplingRoots(12, seed=3, memory_budget=1)
     assert finder.chunk_points(20, 10, 10) == 16
     chunked = dtd.train_free(net, x, root_finder=finder)
-    for a, b in zip(whole.layers, chunked.layers):
+    for a, b in zip(whole.layers, chunked.layers, strict=True):
         assert torch.equal(a.roots, b.roots) and torch.equal(a.root_valid, b.root_valid)
 
 
@@ -239,7 +243,7 @@ def test_lp_status_values_and_count_keys():
 
 
 def test_root_sets_live_in_rootsets_and_stay_importable_from_roots():
-    from dtd import rootsets, roots
+    from dtd import roots, rootsets
 
     assert roots.RegionRootSet is rootsets.RegionRootSet and roots.WalkRootSet is rootsets.WalkRootSet
     assert rootsets.RegionRootSet.__module__ == "dtd.rootsets"

@@ -23,8 +23,8 @@ rooms of ``properties/`` (its subpackages) must not form a circle either, even w
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 import pytest
 
@@ -50,7 +50,7 @@ def module_files(root: Path, packages: Iterable[str] = PACKAGES,
     return found
 
 
-def _resolve_relative(module: str, is_package: bool, level: int, target: Optional[str]) -> str:
+def _resolve_relative(module: str, is_package: bool, level: int, target: str | None) -> str:
     package = module.split(".") if is_package else module.split(".")[:-1]
     if level - 1 > len(package):
         raise ValueError(f"{module}: a relative import of level {level} climbs above the top package")

@@ -24,13 +24,12 @@ import pytest
 import torch
 
 import dtd
-from properties import Implementation, Subject
+from properties import Implementation, Subject, report
 from properties import conformance as C
-from properties import report
-from properties.usercode.factories import load_factory
+from properties.generate.strategies import Case
 from properties.measure.keys import RateKey
 from properties.measure.stats import Rate
-from properties.generate.strategies import Case
+from properties.usercode.factories import load_factory
 from tests.test_conformance_kit import lrp_zplus
 from tests.test_plugin_isolation import installed  # noqa: F401  (the fixture: the pytest11 entry point is installed)
 
@@ -43,7 +42,8 @@ SLOW_RENAME_S = 0.4
 
 def _env(**extra: str) -> dict:
     """The environment of an inner run: this checkout first on the path, the fault injection's settings."""
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTEST_ADDOPTS", "SLOW_RENAME", "FAIL_RENAME")}
+    env = {key: value
+           for key, value in os.environ.items() if key not in ("PYTEST_ADDOPTS", "SLOW_RENAME", "FAIL_RENAME")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
     return {**env, **extra}
 
@@ -78,8 +78,8 @@ CHANGES = {
 
 
 def _global_state():
-    return (torch.get_default_dtype(), torch.is_grad_enabled(), torch.random.get_rng_state(), torch.is_anomaly_enabled(),
-            torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
+    return (torch.get_default_dtype(), torch.is_grad_enabled(), torch.random.get_rng_state(),
+            torch.is_anomaly_enabled(), torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
 
 
 @pytest.mark.parametrize("what", sorted(CHANGES))
@@ -100,7 +100,8 @@ def test_a_global_change_fails_no_side_effects_names_it_and_is_undone(what):
 def test_one_implementations_default_dtype_does_not_leak_into_the_next_ones_rows():
     """The probe: an adapter setting float64 as default, then one building its result with torch.zeros(x.shape)."""
     sweep = dict(seed=0, networks=2, points=4)
-    leaky = C.run(Implementation("leaky", _changing(lambda: torch.set_default_dtype(torch.float64)), "z+", stabilizer=0.0),
+    leaky = C.run(Implementation("leaky", _changing(lambda: torch.set_default_dtype(torch.float64)), "z+",
+                                 stabilizer=0.0),
                   **sweep)
     assert leaky.rates["conformance.leaky.no_side_effects"].successes == 0
     assert "torch default dtype float32 \u2192 float64" in leaky.examples["conformance.leaky.no_side_effects"]
@@ -113,12 +114,16 @@ def test_one_implementations_default_dtype_does_not_leak_into_the_next_ones_rows
 
     after = C.run(Implementation("zeros_bug", zeros_bug, "z+", stabilizer=0.0), shrink_failures=False, **sweep)
     assert after.rates["conformance.zeros_bug.dtype_device"].successes == 0
-    assert after.rates["conformance.zeros_bug.no_side_effects"].successes == after.rates["conformance.zeros_bug.no_side_effects"].trials
+    assert (
+        after.rates["conformance.zeros_bug.no_side_effects"].successes
+        == after.rates["conformance.zeros_bug.no_side_effects"].trials
+    )
 
 
 def test_grad_mode_switched_off_is_caught_on_every_network_and_the_next_implementation_runs():
     sweep = dict(seed=0, networks=2, points=4, shrink_failures=False)
-    off = C.run(Implementation("nograd", _changing(lambda: torch.set_grad_enabled(False)), "z+", stabilizer=0.0), **sweep)
+    off = C.run(Implementation("nograd", _changing(lambda: torch.set_grad_enabled(False)), "z+", stabilizer=0.0),
+                **sweep)
     rate = off.rates["conformance.nograd.no_side_effects"]
     assert rate.trials == 6 and rate.successes == 0  # every network, not 1 of 60
     assert torch.is_grad_enabled()
@@ -162,8 +167,8 @@ def test_update_baseline_through_a_link_end_to_end(pytester):
     (tmp_path / "link.json").symlink_to(Path("shared") / "b.json")
     (tmp_path / "dang").symlink_to("out/rep")
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:xdist", "-p", "properties.plugin",
-                                          "--property-baseline", "link.json", "--update-baseline", "--property-report", "dang",
-                                          "-k", "test_a")
+                                          "--property-baseline", "link.json", "--update-baseline", "--property-report",
+                                          "dang", "-k", "test_a")
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
     assert "baseline rewritten" in result.stdout.str()
     assert (tmp_path / "link.json").is_symlink() and (tmp_path / "dang").is_symlink()
@@ -189,13 +194,16 @@ def test_a_projects_own_update_baseline_option_still_starts_beside_the_entry_poi
         "    property_report.rate('mine.rate', Rate(1, 2), 'mine: demo')\n"
         "    assert request.config.getoption('--update-baseline') is True\n")
     (tmp_path / "b.json").write_text('{"properties": {}}\n')
-    code, out, err = _inprocess(pytester, "--update-baseline", "--property-baseline", "b.json", "--property-report", "rep")
+    code, out, err = _inprocess(pytester, "--update-baseline", "--property-baseline", "b.json", "--property-report",
+                                "rep")
     assert code == 0, out + err
     assert "already used" not in err and "already added" not in err
-    assert [r["name"] for r in json.loads((tmp_path / "rep" / "report.json").read_text())["properties"]] == ["mine.rate"]
+    assert [r["name"] for r in json.loads((tmp_path / "rep" / "report.json").read_text())["properties"]] == [
+        "mine.rate"
+    ]
     assert json.loads((tmp_path / "b.json").read_text()) == {"properties": {}}  # the project's option is not ours
-    code, out, err = _inprocess(pytester, "--update-baseline", "--property-update-baseline", "--property-baseline", "b.json",
-                                "--property-report", "rep")
+    code, out, err = _inprocess(pytester, "--update-baseline", "--property-update-baseline", "--property-baseline",
+                                "b.json", "--property-report", "rep")
     assert code == 0, out + err
     assert set(json.loads((tmp_path / "b.json").read_text())["properties"]) == {"mine.rate"}
 
@@ -242,7 +250,8 @@ def test_b(property_report):
     _wait_for_the_others()
 '''
 
-#: the fault injection: every rename sleeps SLOW_RENAME seconds; FAIL_RENAME="ENOSPC:text" fails those whose target has text
+#: the fault injection: every rename sleeps SLOW_RENAME seconds; FAIL_RENAME="ENOSPC:text" fails
+#: those whose target has text
 INJECTION = '''
 import errno
 import os
@@ -285,7 +294,7 @@ def test_concurrent_updates_with_slow_renames_keep_both_runs_rows_and_reports(tm
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for which in ("a", "b")]
     outputs = [run.communicate(timeout=INNER_TIMEOUT_S)[0] for run in runs]
-    for run, output in zip(runs, outputs):
+    for run, output in zip(runs, outputs, strict=True):
         assert run.returncode == 0, output
         assert "baseline rewritten" in output
     assert set(json.loads((tmp_path / "baseline.json").read_text())["properties"]) == {"a.rate", "b.rate"}
@@ -414,7 +423,8 @@ def test_a_path_component_too_long_is_a_problem_not_a_crash(tmp_path):
 
 def test_a_report_path_too_long_is_a_usage_error(pytester):
     (pytester.path / "test_plain.py").write_text("def test_nothing():\n    pass\n")
-    code, out, err = _inprocess(pytester, "-p", "properties.plugin", "--property-report", "x" * 300)  # was INTERNALERROR, rc 3
+    # was INTERNALERROR, rc 3
+    code, out, err = _inprocess(pytester, "-p", "properties.plugin", "--property-report", "x" * 300)
     assert code == pytest.ExitCode.USAGE_ERROR, out + err
     assert f"errno {errno.ENAMETOOLONG}" in err and "INTERNALERROR" not in err
 
@@ -427,7 +437,8 @@ def _raising_on_a_zero_row(model, x, output):
 
 
 def test_an_exception_on_one_kind_of_input_fails_only_that_property():
-    result = C.run(Implementation("zero_row", _raising_on_a_zero_row, "z+", stabilizer=0.0), seed=0, networks=2, points=4)
+    result = C.run(Implementation("zero_row", _raising_on_a_zero_row, "z+", stabilizer=0.0), seed=0, networks=2,
+                   points=4)
     rates = {name.split(".", 2)[2]: rate for name, rate in result.rates.items()}
     assert rates["finite"].successes == 0 and rates["finite"].trials > 0
     assert all(rate.successes == rate.trials for prop, rate in rates.items() if prop != "finite")

@@ -44,7 +44,11 @@ def _build(make, seed: int, dtype=torch.float64, *, negative_bias: bool = False)
         for module in model.modules():
             if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 n = module.num_features
-                mean = torch.rand(n, generator=g, dtype=torch.float64) if negative_bias else torch.randn(n, generator=g, dtype=torch.float64)
+                mean = (
+                    torch.rand(n, generator=g, dtype=torch.float64)
+                    if negative_bias
+                    else torch.randn(n, generator=g, dtype=torch.float64)
+                )
                 module.running_mean.copy_(mean)
                 module.running_var.copy_(0.5 + torch.rand(n, generator=g, dtype=torch.float64))
                 if negative_bias:
@@ -102,7 +106,8 @@ def _nested():
 
 
 def _linear_on_images():  # input (1, 5, 5): a Linear acting on the last dimension of an image
-    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.Linear(3, 4), nn.ReLU(), nn.Flatten(), nn.Unflatten(1, (2, 12)), nn.Flatten(), nn.Linear(24, 2))
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.Linear(3, 4), nn.ReLU(), nn.Flatten(), nn.Unflatten(1, (2, 12)),
+                         nn.Flatten(), nn.Linear(24, 2))
 
 
 FORWARD_CASES = [
@@ -241,7 +246,7 @@ def test_decompositions_take_and_return_the_models_input_shape():
         dtd.train_free(net, _inputs((1, 4, 16), n=2))
 
 
-# --------------------------------------------------------------------------- agreement with zennit on the original model
+# ------------------------------------------------------------------------- agreement with zennit on the original model
 def _zennit_on_model(model, x, module_rules, output, canonizers=()):
     from zennit.attribution import Gradient
     from zennit.core import Composite
@@ -348,7 +353,8 @@ def test_zplus_on_a_lowered_pooling_cnn_equals_zennit_zplus_and_norm_on_the_orig
         keep = keep * (1 - _zplus_shrink(layer.input, net.weight(k), carries))
     with torch.no_grad():
         pooled = model[:3](x).flatten(1)  # y: the pooling layer's output
-    norm_shrink = torch.where(pooled > 0, ag.ZENNIT_STABILIZER / (pooled + ag.ZENNIT_STABILIZER), torch.zeros_like(pooled))
+    norm_shrink = torch.where(pooled > 0, ag.ZENNIT_STABILIZER / (pooled + ag.ZENNIT_STABILIZER),
+                              torch.zeros_like(pooled))
     keep = keep * (1 - norm_shrink.amax(1))
     ours = dec.relevance.flatten(1)
     bound = (1 - keep).unsqueeze(1) * ours + ag.ROUNDING64
@@ -387,18 +393,22 @@ def _hooked_container():
 
 
 CAPTURED = [  # (what, model, input_shape, the number of dense layers)
-    ("a Linear subclass computing twice its output", lambda: nn.Sequential(_OwnLinear(3, 3), nn.ReLU(), nn.Linear(3, 2)), None, 2),
+    ("a Linear subclass computing twice its output",
+     lambda: nn.Sequential(_OwnLinear(3, 3), nn.ReLU(), nn.Linear(3, 2)), None, 2),
     ("a Sequential subclass adding 1", lambda: _OwnSequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2)), None, 2),
     ("a forward hook doubling an output", lambda: _hooked(pre=False), None, 2),
     ("a forward pre-hook tripling an input", lambda: _hooked(pre=True), None, 2),
     ("a hook on a container", _hooked_container, None, 2),
-    ("a leaky ReLU: two ReLU units", lambda: nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(0.2), nn.Linear(4, 2)), None, 2),
+    ("a leaky ReLU: two ReLU units", lambda: nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(0.2), nn.Linear(4, 2)), None,
+     2),
     ("a ReLU6: relu(z) - relu(z - 6)", lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU6(), nn.Linear(4, 2)), None, 2),
     ("a Conv1d", lambda: nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 5, 2)), (1, 7), 2),
-    ("a grouped convolution", lambda: nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(36, 2)),
+    ("a grouped convolution", lambda: nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.ReLU(), nn.Flatten(),
+                                                    nn.Linear(36, 2)),
      (2, 5, 5), 2),
     ("a ReLU first (an identity layer before it)", lambda: nn.Sequential(nn.ReLU(), nn.Linear(3, 2)), None, 2),
-    ("a ReLU after a ReLU (the same ReLU)", lambda: nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.ReLU(), nn.Linear(3, 2)), None, 2),
+    ("a ReLU after a ReLU (the same ReLU)",
+     lambda: nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.ReLU(), nn.Linear(3, 2)), None, 2),
 ]  # fmt: skip
 
 
@@ -457,12 +467,15 @@ BAD_MODELS = [
      r"'features\.3' \(max pooling\).*argmax pattern.*from_module\(model, input_shape\)"),
     ("sigmoid", nn.Sequential(nn.Linear(3, 3), nn.Sigmoid()), None, TypeError,
      r"'sigmoid' in module '1' \(Sigmoid\).*smooth, not piecewise linear"),
-    ("tanh", nn.Sequential(nn.Linear(3, 3), nn.Tanh()), None, TypeError, r"'tanh' in module '1' \(Tanh\).*not piecewise linear"),
-    ("gelu", _features(nn.Linear(2, 2), nn.GELU()), None, TypeError, r"'gelu' in module 'features\.1' \(GELU\).*not piecewise linear"),
+    ("tanh", nn.Sequential(nn.Linear(3, 3), nn.Tanh()), None, TypeError,
+     r"'tanh' in module '1' \(Tanh\).*not piecewise linear"),
+    ("gelu", _features(nn.Linear(2, 2), nn.GELU()), None, TypeError,
+     r"'gelu' in module 'features\.1' \(GELU\).*not piecewise linear"),
     ("hardswish", nn.Sequential(nn.Linear(3, 3), nn.Hardswish()), None, TypeError,
      r"'hardswish' in module '1' \(Hardswish\).*piecewise quadratic"),
     ("attention", nn.Sequential(_Attention()), (2, 4), TypeError, r"in module '0.attention' \(MultiheadAttention\)"),
-    ("softmax", nn.Sequential(nn.Linear(3, 3), nn.Softmax(1)), None, TypeError, r"'softmax' in module '1' \(Softmax\).*explain the logits"),
+    ("softmax", nn.Sequential(nn.Linear(3, 3), nn.Softmax(1)), None, TypeError,
+     r"'softmax' in module '1' \(Softmax\).*explain the logits"),
     ("layer norm", nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)), None, TypeError,
      r"'layer_norm' in module '1' \(LayerNorm\).*divides by statistics of the input"),
     ("module list", nn.ModuleList([nn.Linear(3, 3)]), None, TypeError, "expects nn.Sequential, got ModuleList"),
@@ -471,7 +484,8 @@ BAD_MODELS = [
     ("dropout in train mode", _training(nn.Dropout()), None, ValueError,
      r"'dropout' \(module '1', Dropout\) runs in training mode.*call model\.eval\(\)"),
     ("batch norm without running statistics", _no_running_stats(), None, ValueError, "track_running_stats=False"),
-    ("conv without input_shape", nn.Sequential(nn.Conv2d(**CONV)), None, ValueError, r"'0' \(Conv2d\) needs the input's shape.*input_shape="),
+    ("conv without input_shape", nn.Sequential(nn.Conv2d(**CONV)), None, ValueError,
+     r"'0' \(Conv2d\) needs the input's shape.*input_shape="),
     ("input_shape with the wrong channels", nn.Sequential(nn.Conv2d(**CONV)), (3, 6, 6), ValueError,
      r"the model fails on an input of shape \(2, 3, 6, 6\).*channels"),
     ("linear width mismatch", nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(5, 2)), None, ValueError,
@@ -479,7 +493,8 @@ BAD_MODELS = [
     ("input_shape not a tuple", nn.Sequential(nn.Linear(4, 2)), 4, TypeError, "input_shape must be a non-empty tuple"),
     ("input_shape entry 0", nn.Sequential(nn.Linear(4, 2)), (0, 4), ValueError, "input_shape"),
     ("empty", nn.Sequential(), None, ValueError, "no affine module"),
-    ("mixed dtypes", nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2).double()), None, ValueError, "share one dtype"),
+    ("mixed dtypes", nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2).double()), None, ValueError,
+     "share one dtype"),
 ]  # fmt: skip
 
 
@@ -500,7 +515,8 @@ def test_the_constructor_refuses_linear_subclasses_and_hooked_layers():
 
 @pytest.mark.parametrize(
     "budget, exception, message",
-    [(0, ValueError, "memory_budget must be >= 1"), (1.5, TypeError, "memory_budget must be an int"), (True, TypeError, "memory_budget")],
+    [(0, ValueError, "memory_budget must be >= 1"), (1.5, TypeError, "memory_budget must be an int"),
+     (True, TypeError, "memory_budget")],
 )
 def test_memory_budget_argument_is_checked(budget, exception, message):
     with pytest.raises(exception, match=message):
@@ -530,12 +546,14 @@ def test_a_layer_above_the_memory_budget_is_refused_before_allocating():
     model = _build(_cnn28, seed=0, dtype=torch.float32)
     # the largest folded map is pool+conv: 8*28*28 inputs, 16*14*14 outputs, float64
     needed = (8 * 28 * 28) * (16 * 14 * 14) * 8
-    message = rf"layer 1 \(modules '2', '3'\) folds into a dense 3,136 x 6,272 matrix, which needs {needed:,} bytes.*memory_budget={needed - 1:,}"
+    message = (r"layer 1 \(modules '2', '3'\) folds into a dense 3,136 x 6,272 "
+               rf"matrix, which needs {needed:,} bytes.*memory_budget={needed - 1:,}")
     with pytest.raises(ValueError, match=message):
         dtd.ReLUNetwork.from_sequential(model, (1, 28, 28), memory_budget=needed - 1)
     # the budget is inclusive: a pooling of (2, 4, 4) is a 8 x 32 float64 matrix of 2048 bytes
     pool = nn.Sequential(nn.AvgPool2d(2))
-    with pytest.raises(ValueError, match=r"layer 0 \(modules '0'\) folds into a dense 8 x 32 matrix, which needs 2,048 bytes"):
+    with pytest.raises(ValueError,
+                       match=r"layer 0 \(modules '0'\) folds into a dense 8 x 32 matrix, which needs 2,048 bytes"):
         dtd.ReLUNetwork.from_sequential(pool, (2, 4, 4), memory_budget=2047)
     assert dtd.ReLUNetwork.from_sequential(pool, (2, 4, 4), memory_budget=2048).sizes == [32, 8]
 

@@ -96,8 +96,8 @@ def test_names_that_did_not_move_are_left_to_the_ordinary_import():
 
 def test_python_m_with_the_old_name_runs_the_check_command_and_says_it_moved():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "properties.subject_cli", "check", "--help"], env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "properties.subject_cli", "check", "--help"], env=env,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "MODULE:FACTORY" in result.stdout and "--confidence" in result.stdout
     assert f"properties.subject_cli moved to properties.cli.check; the old name is removed in dtd-properties " \

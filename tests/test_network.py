@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -26,7 +28,7 @@ class _SeedMLP(nn.Module):
 
     def __init__(self, sizes):
         super().__init__()
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (n_in, n_out) in enumerate(pairwise(sizes)):
             setattr(self, f"layer{i + 1}", _SeedLinearReLU(n_in, n_out))
 
     def init_weights(self):
@@ -97,7 +99,7 @@ def test_from_sequential_round_trips_and_copies_parameters():
     assert net.final_relu and net.sizes == [4, 6, 3]
     assert net.layers[0] is not seq[0] and torch.equal(net.weight(0), seq[0].weight)
     assert net.weight(0).data_ptr() != seq[0].weight.data_ptr()
-    assert all(torch.equal(a, b) for a, b in zip(before, seq.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, seq.parameters(), strict=True))
     assert len(list(seq.children())) == 4
 
 
@@ -120,7 +122,8 @@ def test_from_sequential_without_final_relu_and_with_flatten():
         (nn.Sequential(nn.Conv1d(1, 1, 1)), ValueError, r"'0' \(Conv1d\) needs the input's shape"),
         (nn.Sequential(nn.Linear(3, 3), nn.MaxPool1d(1)), TypeError, "max pooling.*from_module"),
         (nn.Sequential(), ValueError, "no affine module"),
-        (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(5, 2)), ValueError, "the model fails on an input of shape"),
+        (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(5, 2)), ValueError,
+         "the model fails on an input of shape"),
         (nn.ModuleList([nn.Linear(3, 3)]), TypeError, "nn.Sequential"),
     ],
 )

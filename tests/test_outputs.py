@@ -34,7 +34,7 @@ def test_train_free_per_point_outputs_equal_each_point_alone(case, logits, rule)
         alone = dtd.train_free(net, x[i : i + 1], rule=rule, output=int(outputs[i]))
         assert torch.allclose(dec.relevance[i], alone.relevance[0], atol=ATOL64, rtol=0)
         assert torch.allclose(dec.output_value[i], alone.output_value[0], atol=ATOL64, rtol=0)
-        for lay, ref in zip(dec.layers, alone.layers):
+        for lay, ref in zip(dec.layers, alone.layers, strict=True):
             assert torch.equal(lay.root_valid[i], ref.root_valid[0])
             assert torch.allclose(lay.upper_relevance[i], ref.upper_relevance[0], atol=ATOL64, rtol=0)
     for k in range(net.n_layers):
@@ -52,7 +52,9 @@ def test_an_int_and_a_constant_tensor_give_identical_results(case):
     net32 = dtd.ReLUNetwork.random([5, 7, 6, 3], seed=4, init="torch")
     by_int = dtd.train_free(net32, x32, output=2)
     by_tensor = dtd.train_free(net32, x32, output=torch.full((len(x),), 2))
-    assert torch.equal(by_int.relevance, by_tensor.relevance) and torch.equal(by_int.output_value, by_tensor.output_value)
+    assert torch.equal(by_int.relevance, by_tensor.relevance) and torch.equal(
+        by_int.output_value, by_tensor.output_value
+    )
 
 
 def test_predicted_is_each_points_argmax(case):
@@ -69,7 +71,8 @@ def test_region_finders_and_full_backward_take_per_point_outputs(case):
         lay = dec.layers[k]
         found = dtd.RegionRoots("l1").find(net, k, lay.input, lay.upper_relevance, output=outputs)
         for i in range(len(x)):
-            alone = dtd.RegionRoots("l1").find(net, k, lay.input[i : i + 1], lay.upper_relevance[i : i + 1], output=int(outputs[i]))
+            alone = dtd.RegionRoots("l1").find(net, k, lay.input[i : i + 1], lay.upper_relevance[i : i + 1],
+                                               output=int(outputs[i]))
             assert torch.equal(found.valid[i], alone.valid[0])
             assert torch.allclose(found.roots()[i], alone.roots()[0], atol=1e-9, rtol=0)
         seg = segment_outcomes(net, lay.input, lay.roots, layer=k, output=outputs)

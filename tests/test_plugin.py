@@ -1,4 +1,5 @@
-"""The property plugin end to end, in throw-away pytest runs (pytester, in this process: nothing here needs a fresh one)."""
+"""The property plugin end to end, in throw-away pytest runs (pytester, in this
+process: nothing here needs a fresh one)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ pytestmark = pytest.mark.properties
 
 def test_demo(property_report):
     successes = int(os.environ.get("DEMO_SUCCESSES", "50"))
-    property_report.rate("demo.rate", Rate(successes, 100, property_report.confidence), "demo: successes of 100 trials", summary=True)
+    property_report.rate("demo.rate", Rate(successes, 100, property_report.confidence), "demo: successes of 100 trials",
+                         summary=True)
     if os.environ.get("DEMO_PLOTS"):  # rendering PNGs costs seconds a run: only where a test looks at them
         property_report.bars("demo_bars.png", "Demo", ["demo.rate"], ["demo"])
         property_report.histogram("demo_hist.png", "Demo values", {"values": [0.1, 0.2, 0.2, 0.9]})
@@ -24,7 +26,8 @@ def test_demo(property_report):
 
 @pytest.mark.parametrize("cluster", range(4))
 def test_clustered(property_report, cluster):
-    property_report.rate(f"demo.clustered{cluster}", Rate.from_clusters([(3, 10), (7 + cluster, 10 + cluster)]), "demo: clustered")
+    rate = Rate.from_clusters([(3, 10), (7 + cluster, 10 + cluster)])
+    property_report.rate(f"demo.clustered{cluster}", rate, "demo: clustered")
 '''
 
 

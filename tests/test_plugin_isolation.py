@@ -101,7 +101,8 @@ def test_entry_module_imports_neither_torch_nor_the_suite():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("layout, xdist", [("module", False), ("package", True)], ids=["module-serial", "package-xdist"])
+@pytest.mark.parametrize("layout, xdist", [("module", False), ("package", True)],
+                         ids=["module-serial", "package-xdist"])
 def test_unrelated_project_with_its_own_properties_is_unaffected(tmp_path, installed, layout, xdist):
     files = dict(UNRELATED)
     if layout == "module":
@@ -111,7 +112,8 @@ def test_unrelated_project_with_its_own_properties_is_unaffected(tmp_path, insta
     assert result.returncode == 0, result.stdout + result.stderr
     expected = _default_threads()
     seen = {path.name: json.loads(path.read_text()) for path in tmp_path.glob("seen-*.json")}
-    assert set(seen) == ({"seen-controller.json", "seen-gw0.json", "seen-gw1.json"} if xdist else {"seen-controller.json"})
+    assert set(seen) == ({"seen-controller.json", "seen-gw0.json", "seen-gw1.json"} if xdist
+                         else {"seen-controller.json"})
     for name, what in seen.items():
         assert what["torch_loaded"] is False, name
         assert what["suite_loaded"] == [], name

@@ -58,7 +58,8 @@ READY_TIMEOUT_S = 120
 
 @pytest.fixture
 def project(pytester, monkeypatch):
-    """A project with two property tests; ``run(*args, **env)`` runs it in this process (xdist's workers are processes)."""
+    """A project with two property tests; ``run(*args, **env)`` runs it in this
+    process (xdist's workers are processes)."""
     for name in ("FIRST", "SECOND", "SECOND_A", "PLOT"):
         monkeypatch.delenv(name, raising=False)
     pytester.makepyfile(test_inner=INNER_TESTS)
@@ -143,7 +144,9 @@ def test_sigint_mid_run_leaves_baseline_and_report_as_they_were(pytester, projec
     assert returncode == pytest.ExitCode.INTERRUPTED, output
     # the rates of the test that completed are merged (partial update asked for); the rest stays
     old, new = json.loads(baseline)["properties"], _entries(pytester.path / "baseline.json")
-    assert new["first.rate"]["rate"] == 0.9 and new["second.a"] == old["second.a"] and new["second.b"] == old["second.b"]
+    assert (
+        new["first.rate"]["rate"] == 0.9 and new["second.a"] == old["second.a"] and new["second.b"] == old["second.b"]
+    )
     # the report directory is exactly as it was; the partial report lies beside it, marked
     assert _snapshot(pytester.path / "property-report") == previous
     partial = json.loads((pytester.path / "property-report.partial.json").read_text())
@@ -208,12 +211,15 @@ def _plot(file):
 def test_replace_report_swaps_the_directory_and_removes_only_its_own_stale_files(tmp_path):
     directory = tmp_path / "out"
     report.replace_report(directory, _rows("a"), [_plot("old.png")], {"confidence": 0.99})
-    assert {p.name for p in directory.iterdir()} == {"report.json", "report.md", "report.html", "old.png", report.MANIFEST}
+    assert {p.name for p in directory.iterdir()} == {"report.json", "report.md", "report.html", "old.png",
+                                                     report.MANIFEST}
     report.replace_report(directory, _rows("a"), [_plot("new.png")], {"confidence": 0.99})  # swap path
-    assert {p.name for p in directory.iterdir()} == {"report.json", "report.md", "report.html", "new.png", report.MANIFEST}
+    assert {p.name for p in directory.iterdir()} == {"report.json", "report.md", "report.html", "new.png",
+                                                     report.MANIFEST}
     (directory / "mine.txt").write_text("kept")
     report.replace_report(directory, _rows("a"), [], {"confidence": 0.99})  # one-by-one path (a foreign file)
-    assert {p.name for p in directory.iterdir()} == {"report.json", "report.md", "report.html", "mine.txt", report.MANIFEST}
+    assert {p.name for p in directory.iterdir()} == {"report.json", "report.md", "report.html", "mine.txt",
+                                                     report.MANIFEST}
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".out.lock"]  # no staging directory left
 
 
@@ -316,13 +322,15 @@ def test_baseline_path_errors_are_usage_errors_at_start_up(pytester):
     (pytester.path / "bad.json").write_text(json.dumps({"properties": {"demo.bad": {**GOOD_ENTRY, "rate": 2}}}))
     for option, message in [("typo.json", "*baseline typo.json does not exist*"),
                             ("a_directory", "*baseline a_directory is a directory*"),
-                            ("bad.json", "*baseline bad.json: entry 'demo.bad': field 'rate' must be a number in [[]0, 1]*")]:
+                            ("bad.json",
+                             "*baseline bad.json: entry 'demo.bad': field 'rate' must be a number in [[]0, 1]*")]:
         result = pytester.runpytest_inprocess("-p", "properties.plugin", "--property-baseline", option)
         assert result.ret == pytest.ExitCode.USAGE_ERROR, option
         result.stderr.fnmatch_lines([message])
         result.stderr.no_fnmatch_line("*INTERNALERROR*")
     # --update-baseline creates a missing baseline (nothing recorded here, so nothing is written)
-    created = pytester.runpytest_inprocess("-p", "properties.plugin", "--property-baseline", "typo.json", "--update-baseline")
+    created = pytester.runpytest_inprocess("-p", "properties.plugin", "--property-baseline", "typo.json",
+                                           "--update-baseline")
     assert created.ret == pytest.ExitCode.OK
 
 

@@ -52,7 +52,8 @@ def test_every_root_is_in_the_region_and_solves_its_own_equation(finder):
     assert own_roots_differ > 0
 
 
-@pytest.mark.parametrize("make", [lambda: dtd.RegionSamplingRoots(32, seed=1), lambda: dtd.MetropolisHastingsRoots(4, 20, seed=1)])
+@pytest.mark.parametrize("make", [lambda: dtd.RegionSamplingRoots(32, seed=1),
+                                  lambda: dtd.MetropolisHastingsRoots(4, 20, seed=1)])
 def test_directions_are_reproducible_and_leave_the_global_rng_alone(make):
     net, x = _case(n=5)
     torch.manual_seed(0)
@@ -60,12 +61,13 @@ def test_directions_are_reproducible_and_leave_the_global_rng_alone(make):
     a = dtd.train_free(net, x, root_finder=make())
     b = dtd.train_free(net, x, root_finder=make())
     assert torch.equal(torch.get_rng_state(), state)
-    assert all(torch.equal(la.roots, lb.roots) for la, lb in zip(a.layers, b.layers))
+    assert all(torch.equal(la.roots, lb.roots) for la, lb in zip(a.layers, b.layers, strict=True))
 
 
 @pytest.mark.parametrize(
     "kwargs, exception, message",
-    [({"n_directions": 0}, ValueError, "n_directions"), ({"seed": -1}, ValueError, "seed"), ({"n_directions": 2.5}, TypeError, "n_directions")],
+    [({"n_directions": 0}, ValueError, "n_directions"), ({"seed": -1}, ValueError, "seed"),
+     ({"n_directions": 2.5}, TypeError, "n_directions")],
 )
 def test_region_sampling_refuses_bad_arguments(kwargs, exception, message):
     with pytest.raises(exception, match=message):

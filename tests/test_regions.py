@@ -81,7 +81,8 @@ def test_no_root_in_region_is_invalid_with_its_reason():
     found = dtd.RegionRoots(nonnegative=False).find(net, 0, a, torch.tensor([[3.0]], dtype=torch.float64), output=0)
     assert not bool(found.valid[0, 0]) and int(found.status[0, 0]) == 2
     found = dtd.RegionRoots().find(net, 0, a, torch.tensor([[1.0]], dtype=torch.float64), output=0)
-    assert bool(found.valid[0, 0]) and torch.allclose(found.roots()[0, 0], torch.zeros(1, dtype=torch.float64), atol=1e-9)
+    assert bool(found.valid[0, 0]) and torch.allclose(found.roots()[0, 0], torch.zeros(1, dtype=torch.float64),
+                                                      atol=1e-9)
 
 
 def test_region_roots_refuse_bad_arguments():
@@ -97,8 +98,8 @@ def test_warm_started_lp_equals_independent_linprog(norm, p):
     """RegionLP re-solves from the last basis; scipy's linprog solves each LP from scratch: same optima."""
     import numpy as np
 
-    from dtd.regions import RegionLP
     from benchmarks.workloads import region_lp_reference
+    from dtd.regions import RegionLP
 
     net, x = _case(n=15)
     dec = dtd.train_free(net, x)
@@ -139,5 +140,6 @@ def test_region_output_root_absent_when_the_bias_keeps_the_output_positive():
     net = dtd.ReLUNetwork([layer])
     exists, _, status = dtd.regions.region_output_root(net, torch.tensor([[2.0]], dtype=torch.float64))
     assert not bool(exists[0]) and int(status[0]) == 2
-    exists, roots, _ = dtd.regions.region_output_root(net, torch.tensor([[2.0]], dtype=torch.float64), nonnegative=False)
+    exists, roots, _ = dtd.regions.region_output_root(net, torch.tensor([[2.0]], dtype=torch.float64),
+                                                      nonnegative=False)
     assert bool(exists[0]) and torch.allclose(roots, torch.tensor([[-1.0]], dtype=torch.float64))

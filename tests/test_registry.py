@@ -10,11 +10,10 @@ import dtd
 from dtd import rules as R
 from properties.conformance import agreement as ag
 from properties.generate import variants as V
-from properties.measure.keys import RateKey
 from properties.generate.strategies import sample_cases
+from properties.measure.keys import RateKey
 from properties.suite import test_generated
-from tests import reference
-from tests import test_train_free
+from tests import reference, test_train_free
 
 
 class _Toy(R.Rule):

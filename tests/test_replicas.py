@@ -118,7 +118,10 @@ def test_zennit_zplus_on_residual_nets_splits_sums_by_their_outputs():
         with_sum = adapters.zennit_model_attribute(g.model, x, output, R.ZPlus(), R.ZPlus())
         bare = adapters.zennit_model_attribute(g.model, x, output, R.ZPlus(), R.ZPlus(), sum_module=False)
         like_zennit = dict(stabilizer=adapters.ZENNIT_STABILIZER, pooling_nodes=True)
-        assert _relative(with_sum, replicas.zplus(g.model, x, output, residual="proportional", **like_zennit)) <= ZENNIT_RTOL
+        assert (
+            _relative(with_sum, replicas.zplus(g.model, x, output, residual="proportional", **like_zennit))
+            <= ZENNIT_RTOL
+        )
         assert _relative(bare, replicas.zplus(g.model, x, output, residual="both", **like_zennit)) <= ZENNIT_RTOL
         assert _relative(with_sum, replicas.zplus(g.model, x, output)) > DEFECT_RTOL
         with torch.no_grad():
@@ -144,7 +147,8 @@ def _bn_free_cnn(seed: int) -> nn.Sequential:
         model = nn.Sequential(
             nn.Conv2d(1, 3, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2, stride=2),
             nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.ReLU(), nn.AvgPool2d(2, stride=2),
-            nn.Conv2d(4, 4, 1, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3, bias=False),
+            nn.Conv2d(4, 4, 1, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(4, 3, bias=False),
         ).double().eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -261,11 +265,14 @@ def _image_run(impl):
 def test_the_honest_replica_passes_the_kit_on_cnns_and_residual_nets():
     result = _image_run(replicas.replica_implementation())
     assert result.failing() == []
-    assert any(".cnn_bias_negative" in row for row in result.rates) and any(".resnet_bias_free" in row for row in result.rates)
+    assert any(".cnn_bias_negative" in row for row in result.rates) and any(
+        ".resnet_bias_free" in row for row in result.rates
+    )
     # with zennit's stabiliser and pooling as nodes of their own, claiming that stabiliser: the graph's bound holds
     from properties.conformance import Implementation
 
-    stabilised = Implementation("replica_stabilised", lambda m, x, o: replicas.zplus(m, x, o, stabilizer=1e-6, pooling_nodes=True),
+    stabilised = Implementation("replica_stabilised",
+                                lambda m, x, o: replicas.zplus(m, x, o, stabilizer=1e-6, pooling_nodes=True),
                                 "z+", stabilizer=1e-6)
     result = _image_run(stabilised)
     assert [row for row in result.failing() if ".equals_dtd." in row or ".conservation." in row] == []
@@ -296,8 +303,12 @@ def test_zennit_on_cnns_without_batch_norm_eps_equals_dtd():
     zennit_zplus = next(i for i in adapters.zennit_implementations() if i.name == "zennit_zplus")
     for population in ("bias_free", "bias_negative"):
         for case in A.sample_cases("cnn", population, 3, points=4, seed=7, bn_eps=0.0, image_size=(2, 6)):
-            holds, counted = conformance.evaluate_case(zennit_zplus, case, population, only={"equals_dtd"})["equals_dtd"]
+            holds, counted = conformance.evaluate_case(zennit_zplus, case, population, only={"equals_dtd"})[
+                "equals_dtd"
+            ]
             assert bool(holds[counted].all()), case.describe()
         eps_cases = A.sample_cases("cnn", population, 3, points=4, seed=7, image_size=(2, 6))  # torch's eps: 1e-5
-        broken = [conformance.evaluate_case(zennit_zplus, c, population, only={"equals_dtd"})["equals_dtd"] for c in eps_cases]
+        broken = [
+            conformance.evaluate_case(zennit_zplus, c, population, only={"equals_dtd"})["equals_dtd"] for c in eps_cases
+        ]
         assert any(bool((counted & ~holds).any()) for holds, counted in broken)

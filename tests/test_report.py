@@ -10,9 +10,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from properties.report import figures
 from properties.measure.keys import SEED_TOP_LAYER, RateKey, by_design
-from properties.report import render_report, row, table_legend
+from properties.report import figures, render_report, row, table_legend
 from properties.report.sections import OTHER, natural_key, row_key, sections, split_by_design
 from properties.report.summary import SCALE_TEXT, changes, format_rate, row_anchor, scale_word, summarize
 from properties.report.tables import implementation_matrix, subject_grids
@@ -119,7 +118,8 @@ def test_a_users_subject_run_gets_only_its_own_sections_and_sentences():
             _row(RateKey("subject", "gradient_match", subject="mynet", rule="z+", layer=1), 40, 50)]
     rows.append(_row(RateKey("subject", "conserved", subject="mynet", rule="z+"), 50, 50))
     summary = summarize(rows)
-    assert [a.question for a in summary.answers] == ["Does z+ conserve relevance on subject mynet (sum_i R_i within 1 % of f(x))?"]
+    assert [a.question for a in summary.answers] == ["Does z+ conserve relevance on subject "
+                                                     "mynet (sum_i R_i within 1 % of f(x))?"]
     assert summary.glance is None
     assert [s.family for s in sections(rows)] == ["subject"]
     files = _render(rows)
@@ -137,7 +137,8 @@ def test_a_users_subject_run_gets_only_its_own_sections_and_sentences():
 # --------------------------------------------------------------------------- sections and natural sort
 def test_natural_key_reads_numbers_and_rule_parameters():
     labels = ["gamma10", "layer10", "gamma1", "layer2", "gamma0_25", "gamma0_1", "z+", "w2"]
-    assert sorted(labels, key=natural_key) == ["gamma0_1", "gamma0_25", "gamma1", "gamma10", "layer2", "layer10", "w2", "z+"]
+    assert sorted(labels, key=natural_key) == ["gamma0_1", "gamma0_25", "gamma1", "gamma10", "layer2", "layer10", "w2",
+                                               "z+"]
 
 
 def test_sections_follow_the_families_and_sort_naturally():
@@ -148,7 +149,8 @@ def test_sections_follow_the_families_and_sort_naturally():
     generated = found[1]
     assert [title for title, _ in generated.parts] == ["rule gamma0_1", "rule gamma1", "rule gamma10", "rule z+"]
     z_plus = dict(generated.parts)["rule z+"]
-    assert [r["name"] for r in z_plus] == ["z+.zero_output.relevant", "z+.gradient_match.relevant", "z+.layer0.gradient_match",
+    assert [r["name"] for r in z_plus] == ["z+.zero_output.relevant", "z+.gradient_match.relevant",
+                                           "z+.layer0.gradient_match",
                                            "z+.layer2.gradient_match", "z+.layer10.gradient_match"]
 
 
@@ -165,7 +167,8 @@ def test_rows_recorded_by_name_are_placed_like_keyed_rows():
     (RateKey("notebook", "gradient_match", layer=SEED_TOP_LAYER, unit="points"), True),
     (RateKey("notebook", "gradient_match", layer=SEED_TOP_LAYER, finder="region_roots"), True),
     (RateKey("notebook", "gradient_match", layer=SEED_TOP_LAYER - 1, unit="points"), False),
-    (RateKey("notebook", "gradient_match", layer=SEED_TOP_LAYER, unit="roots"), False),  # trivial roots of the other output match
+    # trivial roots of the other output match
+    (RateKey("notebook", "gradient_match", layer=SEED_TOP_LAYER, unit="roots"), False),
     (RateKey("notebook", "gradient_match", layer=0, finder="sampled_roots", subset="midpoint"), True),
     (RateKey("region", "gradient_match", rule="z+", subset="midpoint"), True),
     (RateKey("region", "gradient_match", rule="z+", subset="at_root"), False),
@@ -183,7 +186,8 @@ def test_by_design_is_decided_from_the_key(key, fixed):
 def test_by_design_rows_are_kept_apart_from_findings():
     rows = _run_rows()
     measured, fixed = split_by_design(rows)
-    assert {r["name"] for r, _ in fixed} == {"notebook.layer3.gradient_match.points", "agreement.zennit.z+.agree_where_conditioned"}
+    assert {r["name"] for r, _ in fixed} == {"notebook.layer3.gradient_match.points",
+                                             "agreement.zennit.z+.agree_where_conditioned"}
     files = _render(rows)
     markdown = files["report.md"].decode()
     findings, apart = markdown.split("## Rates fixed by design")
@@ -205,14 +209,16 @@ def test_derived_figures_come_from_the_rows():
     assert comparison["series"]["gradient match"][3] == "z+.gradient_match.relevant"
     layers = by_file[figures.LAYERS_FIGURE]
     assert layers["columns"] == [0, 2, 10] and layers["rows"] == comparison["groups"]
-    assert layers["cells"][0] == ["gamma0_1.layer0.gradient_match", "gamma0_1.layer2.gradient_match", "gamma0_1.layer10.gradient_match"]
+    assert layers["cells"][0] == ["gamma0_1.layer0.gradient_match", "gamma0_1.layer2.gradient_match",
+                                  "gamma0_1.layer10.gradient_match"]
 
 
 def test_pngs_are_byte_identical_across_renders():
     rows = _run_rows()
-    plots = [{"file": "h.png", "kind": "histogram", "title": "values", "series": {"a": [0.0, 0.1, 0.1, 5.0]}, "xlabel": "value of a"},
-             {"file": "b.png", "kind": "bars", "title": "bars", "rows": ["z+.layer0.gradient_match", "z+.layer2.gradient_match"],
-              "labels": ["0", "2"]}]
+    plots = [{"file": "h.png", "kind": "histogram", "title": "values", "series": {"a": [0.0, 0.1, 0.1, 5.0]},
+              "xlabel": "value of a"},
+             {"file": "b.png", "kind": "bars", "title": "bars",
+              "rows": ["z+.layer0.gradient_match", "z+.layer2.gradient_match"], "labels": ["0", "2"]}]
     first, second = _render(rows, plots), _render(rows, plots)
     pngs = sorted(name for name in first if name.endswith(".png"))
     assert pngs == ["b.png", "h.png", figures.LAYERS_FIGURE, figures.RULES_FIGURE]
@@ -248,7 +254,8 @@ def test_markdown_answers_first_glossary_linked_and_examples_shown():
     rows = _run_rows()
     rows[1] = {**rows[1], "example": "net = ReLUNetwork.from_sequential(...)\nx = tensor([[0.0, 1.0]])"}
     markdown = _render(rows)["report.md"].decode()
-    order = [markdown.index(h) for h in ("## Answers", "## Rules at a glance", "## Figures", "## The seed notebook's experiment",
+    order = [markdown.index(h) for h in ("## Answers", "## Rules at a glance", "## Figures",
+                                         "## The seed notebook's experiment",
                                          "## Rates fixed by design", "## The run", "## Glossary")]
     assert order == sorted(order)
     for anchor in ("f_k", "region", "relevant", "design-effect", "interval"):
@@ -293,7 +300,11 @@ def test_html_is_self_contained_and_lists_every_rate():
         assert f"<code>{r['name']}</code>" in page
     for r in measured:
         assert f"<code>{r['name']}</code>" in cells
-    assert re.search(r'<tr class="regression" data-status="regression" data-section="notebook" id="rate-notebook--zero_output"><td>notebook</td><td><code>notebook\.zero_output</code>', page)
+    assert re.search(
+        r'<tr class="regression" data-status="regression" data-section="notebook" id="rate-notebook--zero_output">'
+        r"<td>notebook</td><td><code>notebook\.zero_output</code>",
+        page,
+    )
     assert "&lt;b&gt;not markup&lt;/b&gt;" in page
 
 
@@ -322,7 +333,8 @@ def test_report_html_renders_offline_in_headless_chromium(tmp_path):
     # the inline script ran: the filter counted every measured rate
     assert f"{len(measured)} of {len(measured)} rates shown" in dom
     shot = tmp_path / "shot.png"
-    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1400,2000", page], capture_output=True, timeout=120, check=True)
+    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1400,2000", page], capture_output=True, timeout=120,
+                   check=True)
     image = shot.read_bytes()
     assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(image) > 20_000  # a blank page compresses to a few kB
 
@@ -337,7 +349,8 @@ def test_rows_fixed_by_design_are_listed_in_reading_order():
     _, fixed = split_by_design(rows)
     assert [r["name"] for r, _ in fixed] == ["notebook.layer0.walk_roots.gradient_match.midpoint",
                                              "notebook.layer3.walk_roots.gradient_match",
-                                             "region.gamma1.gradient_match.midpoint", "region.gamma10.gradient_match.midpoint",
+                                             "region.gamma1.gradient_match.midpoint",
+                                             "region.gamma10.gradient_match.midpoint",
                                              "region.z+.gradient_match.midpoint"]
 
 
@@ -351,15 +364,22 @@ def test_an_implementations_answer_shows_every_property_including_each_populatio
     answer = next(a for a in summarize(rows, CONFIDENCE).answers if "implementation lib" in a.question)
     # one rate per sentence: the weakest property, its word from its own interval (never a range over properties)
     weakest = rows[2]
-    assert answer.names == ["conformance.lib.equals_dtd.bias_positive"] and answer.verdict == "No, 1 of 3 properties break"
-    assert answer.detail == f"the weakest, equals_dtd (bias positive), holds {scale_word(weakest).lower()}: {format_rate(weakest)} of 50 trials"
+    assert answer.names == ["conformance.lib.equals_dtd.bias_positive"] and answer.verdict == ("No, 1 of 3 "
+                                                                                               "properties break")
+    assert answer.detail == ("the weakest, equals_dtd (bias positive), holds "
+                             f"{scale_word(weakest).lower()}: {format_rate(weakest)} of 50 trials")
     matrix = implementation_matrix(rows)
-    assert matrix.implementations == ["lib"] and matrix.columns == [("equals_dtd", "bias_negative"), ("equals_dtd", "bias_positive"),
-                                                                    ("finite", None)]
+    assert matrix.implementations == ["lib"] and matrix.columns == [
+        ("equals_dtd", "bias_negative"),
+        ("equals_dtd", "bias_positive"),
+        ("finite", None),
+    ]
     other = rows + [_row(K("conformance", "positivity", subject="other"), 5, 5)]
     matrix = implementation_matrix(other)
     assert matrix.cells["other"][("finite", None)] is None  # n/a: not measured for that implementation
-    assert matrix.cells["lib"][("positivity", None)] is None and matrix.cells["other"][("positivity", None)]["rate"] == 1.0
+    assert (
+        matrix.cells["lib"][("positivity", None)] is None and matrix.cells["other"][("positivity", None)]["rate"] == 1.0
+    )
     files = render_report(other, [], CONFIG)
     markdown, page = files["report.md"].decode(), files["report.html"].decode()
     assert "## Implementations x properties" in markdown
@@ -375,19 +395,21 @@ def test_every_navigation_link_has_its_target():
     files = render_report(rows, [], {"confidence": CONFIDENCE})
     for name in ("report.md", "report.html"):
         text = files[name].decode()
-        targets = set(re.findall(r'id="([^"]+)"', text)) | {m.lower().replace(" ", "-") for m in re.findall(r"^#+ (.+)$", text, re.M)}
+        targets = set(re.findall(r'id="([^"]+)"', text)) | {
+            m.lower().replace(" ", "-") for m in re.findall(r"^#+ (.+)$", text, re.M)
+        }
         links = set(re.findall(r'href="#([^"]+)"', text)) | set(re.findall(r"\]\(#([^)]+)\)", text))
         assert links and links <= targets, f"{name}: dead links {sorted(links - targets)}"
 
 
-# --------------------------------------------------------------------------- the words, the verdict, the changes, causes
+# ------------------------------------------------------------------------- the words, the verdict, the changes, causes
 def _share(successes, trials):
     return _row("demo.rate", successes, trials)
 
 
 @pytest.mark.parametrize("successes, trials, word", [
-    (0, 10, "Never"), (10, 10, "Always"), (1, 10000, "Almost never"), (1000, 10000, "Rarely"), (5000, 10000, "Sometimes"),
-    (8500, 10000, "Often"), (9990, 10000, "Almost always"),
+    (0, 10, "Never"), (10, 10, "Always"), (1, 10000, "Almost never"), (1000, 10000, "Rarely"),
+    (5000, 10000, "Sometimes"), (8500, 10000, "Often"), (9990, 10000, "Almost always"),
     (2, 10, "Almost never to sometimes"), (5, 20, "Rarely to sometimes"), (72, 100, "Sometimes to often"),
 ])
 def test_the_word_is_decided_from_the_interval(successes, trials, word):
@@ -426,7 +448,8 @@ def test_the_verdict_comes_first_and_links_the_offending_rows():
     top = page.split('<p class="guide">')[0]
     assert 'class="verdict-line fail"' in top and f'href="#{anchor}"' in top and f'id="{anchor}"' in page
     ok = _render(_run_rows())["report.md"].decode().split("\n\n")[1]
-    assert ok.startswith(f"**Gate: ok — {len(_run_rows())} rates: 0 consistent with the baseline; {len(_run_rows())} new")
+    assert ok.startswith(f"**Gate: ok — {len(_run_rows())} rates: 0 consistent "
+                         f"with the baseline; {len(_run_rows())} new")
 
 
 def test_a_row_below_a_floor_fails_the_verdict_and_says_which_floor_everywhere():
@@ -442,23 +465,27 @@ def test_a_row_below_a_floor_fails_the_verdict_and_says_which_floor_everywhere()
     files = _render(rows)
     markdown, page = files["report.md"].decode(), files["report.html"].decode()
     first = markdown.split("\n\n")[1]
-    assert first.startswith("**Gate: FAILED — 1 below a required floor") and f"(#{row_anchor(failing['name'])})" in first
+    assert (
+        first.startswith("**Gate: FAILED — 1 below a required floor") and f"(#{row_anchor(failing['name'])})" in first
+    )
     assert "**below_floor**" in markdown and "below the floor --require 'conformance.mylib.*&gt;=0.99'" not in markdown
     assert "below the floor --require 'conformance.mylib.*>=0.99'" in markdown
-    assert f'<tr class="below_floor" data-status="below_floor"' in page
+    assert '<tr class="below_floor" data-status="below_floor"' in page
     assert escape("below the floor --require 'conformance.mylib.*>=0.99'") in page
     lines = verdict_lines(rows)
     assert lines[0].startswith("Gate: FAILED — 1 below a required floor")
-    assert any(line.strip().startswith(f"{failing['name']}: 97.00 % [") and "finite must hold in every trial" in line for line in lines)
+    assert any(line.strip().startswith(f"{failing['name']}: 97.00 % [") and "finite must hold in every trial" in line
+               for line in lines)
     assert "below_floor" in table_legend(CONFIDENCE)
 
 
 def test_changes_since_the_baseline_put_failures_first_then_the_largest_moves():
     def moved(name, successes, base_rate):
-        return _row(name, successes, 1000, baseline={"rate": base_rate, "ci_low": base_rate - 0.01, "ci_high": base_rate + 0.01})
+        return _row(name, successes, 1000, baseline={"rate": base_rate, "ci_low": base_rate - 0.01,
+                                                     "ci_high": base_rate + 0.01})
 
-    rows = [moved("a.small", 505, 0.5), moved("b.large", 800, 0.5), moved("c.failing", 300, 0.5), moved("d.same", 500, 0.5),
-            _row("e.new", 1, 2)]
+    rows = [moved("a.small", 505, 0.5), moved("b.large", 800, 0.5), moved("c.failing", 300, 0.5),
+            moved("d.same", 500, 0.5), _row("e.new", 1, 2)]
     assert rows[2]["status"] == "regression" and rows[1]["status"] == "regression"
     assert [r["name"] for r in changes(rows)] == ["b.large", "c.failing", "a.small"]
     assert [r["name"] for r in changes(rows, 1)] == ["b.large"]
@@ -480,13 +507,16 @@ def test_a_low_conservation_names_the_layer_whose_roots_are_missing():
               "subject cnn: layers (model modules)": "0: 0 Conv2d | 1: 3 Linear"}
     summary = summarize(rows, CONFIDENCE, config)
     conserved = next(a for a in summary.answers if "conserve" in a.question)
-    assert conserved.causes == [f"← root_exists at layer 0 is {format_rate(rows[1])}: neurons without a root lose their relevance; "
-                                "3.7 % of the relevance reaching layer 0 is lost there"]
+    assert conserved.causes == [f"← root_exists at layer 0 is {format_rate(rows[1])}: neurons without a root "
+                                "lose their relevance; 3.7 % of the relevance reaching layer 0 is lost there"]
     assert "subject.cnn.z+.layer1.zero_output" not in summary.causes  # judged up to f(x)'s rounding already
     assert "subject.cnn.z+.layer1.root_exists" not in summary.causes
     grid, = subject_grids(rows, config)
     assert grid.layers == [0, 1] and grid.names == {0: "0 Conv2d", 1: "3 Linear"}
-    assert grid.shares(0) == pytest.approx({"passed on": 0.963, "lost (no root)": 0.037, "bias share": 0.0}) and grid.shares(1) is None
+    assert (
+        grid.shares(0) == pytest.approx({"passed on": 0.963, "lost (no root)": 0.037, "bias share": 0.0})
+        and grid.shares(1) is None
+    )
     files = render_report(rows, [], config)
     markdown, page = files["report.md"].decode(), files["report.html"].decode()
     assert "| 0 (0 Conv2d) |" in markdown and "passed on 96.3 %; lost (no root) 3.7 %" in markdown

@@ -20,11 +20,12 @@ def test_subject(property_report):
 def test_terminal_legend_and_html_path_and_a_subject_only_report(pytester):
     pytester.makepyfile(test_inner=INNER)
     (pytester.path / "baseline.json").write_text('{"properties": {}}\n')  # a user's empty baseline: every rate new
-    result = pytester.runpytest_inprocess("-p", "properties.plugin", "-p", "no:cacheprovider", "--property-baseline", "baseline.json",
-                                          "--property-report", "out")
+    result = pytester.runpytest_inprocess("-p", "properties.plugin", "-p", "no:cacheprovider", "--property-baseline",
+                                          "baseline.json", "--property-report", "out")
     result.assert_outcomes(passed=1)
     # the verdict is the section's first line
-    result.stdout.fnmatch_lines(["*DTD property rates*", "Gate: ok — 1 rate: 0 consistent with the baseline; 1 new*(see out/report.md)",
+    result.stdout.fnmatch_lines(["*DTD property rates*",
+                                 "Gate: ok — 1 rate: 0 consistent with the baseline; 1 new*(see out/report.md)",
                                  "name *rate*", "subject.mynet.z+.zero_output*6.00%*new",
                                  "rate: share of trials*99 % confidence interval*status: ok | regression*",
                                  "*1 rates (0 ok, 0 regression, 1 new)*", "report: out/report.html*"])
@@ -33,6 +34,10 @@ def test_terminal_legend_and_html_path_and_a_subject_only_report(pytester):
     assert [r["key"]["subject"] for r in report["properties"]] == ["mynet"]
     markdown = (out / "report.md").read_text()
     # a test's subject rows are not "yours": only --dtd-subject's are
-    assert "## Subjects" in markdown and "## Your subjects" not in markdown and "### Subject mynet, rule z+" not in markdown
+    assert (
+        "## Subjects" in markdown
+        and "## Your subjects" not in markdown
+        and "### Subject mynet, rule z+" not in markdown
+    )
     assert "## The seed notebook" not in markdown and "## Rules at a glance" not in markdown
     assert "subject.mynet.z+.zero_output" in (out / "report.html").read_text()

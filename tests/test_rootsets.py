@@ -46,7 +46,7 @@ def test_custom_root_finder_with_explicit_roots(rule):
     x = net.sample_inputs(30, output=0, seed=0)
     closed = dtd.train_free(net, x, rule=rule)
     explicit = dtd.train_free(net, x, root_finder=_MaterialisingFinder(rule))
-    for a, b in zip(closed.layers, explicit.layers):
+    for a, b in zip(closed.layers, explicit.layers, strict=True):
         # relevances summed in another order reach the layer below with other rounding
         assert torch.allclose(a.roots, b.roots, atol=ATOL64, rtol=0) and torch.equal(a.root_valid, b.root_valid)
         assert torch.allclose(a.relevance, b.relevance, atol=ATOL64, rtol=0)

@@ -100,7 +100,10 @@ def test_all_pass_and_all_fail_clusters_count_as_whole_clusters():
     assert Rate.from_clusters([(1, 1)] * 50).interval == Rate(50, 50).interval
     # the seed-robustness this buys: one failing network of three is not a regression against an all-pass baseline
     failing = Rate.from_clusters([(400, 400), (350, 350), (0, 250)])
-    row = lambda r: {"rate": r.rate, "ci_low": r.interval[0], "ci_high": r.interval[1]}
+
+    def row(r):
+        return {"rate": r.rate, "ci_low": r.interval[0], "ci_high": r.interval[1]}
+
     assert compare(row(failing), row(three)) == "ok"
     # while a real drop against many clusters still is one
     many = Rate.from_clusters([(20, 20)] * 40)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from itertools import pairwise
 
 import pytest
 import torch
@@ -11,15 +12,15 @@ from torch import nn
 import dtd
 from properties.measure.checks import root_outcomes
 from properties.measure.keys import RateKey
-from properties.subjects.subject import ROOT_QUESTIONS, Subject, evaluate
 from properties.measure.thresholds import CONSERVED_SHARE
+from properties.subjects.subject import ROOT_QUESTIONS, Subject, evaluate
 
 
 def _mlp(seed=0, sizes=(6, 12, 8, 3), dtype=torch.float32, last_bias=0.0):
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         layers = []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        for n_in, n_out in pairwise(sizes):
             layers += [nn.Linear(n_in, n_out, dtype=dtype), nn.ReLU()]
         model = nn.Sequential(*layers[:-1])
     with torch.no_grad():
@@ -112,7 +113,8 @@ def test_evaluate_changes_nothing_the_user_passed():
 
 
 def test_evaluate_equals_a_point_by_point_reference():
-    """Every point explained alone, with its own output, every neuron: the rates' counts (grouping by output is exact)."""
+    """Every point explained alone, with its own output, every neuron: the rates'
+    counts (grouping by output is exact)."""
     model, x = _mlp(dtype=torch.float64), _inputs(dtype=torch.float64)
     subject = Subject("tiny", model, x, outputs="predicted", rules=("z+",), neurons_per_point=None)
     result = evaluate(subject)
@@ -152,18 +154,24 @@ def test_evaluate_is_reproducible_and_samples_neurons():
 
 
 def test_rule_specifications():
-    subject = Subject("tiny", _mlp(), _inputs(), rules=("z+", "zB", "gamma1", dtd.rules.WSquare(), ("mine", [dtd.rules.WSquare(), "z+", "z+"])),
+    subject = Subject("tiny", _mlp(), _inputs(), rules=("z+", "zB", "gamma1", dtd.rules.WSquare(),
+                                                        ("mine", [dtd.rules.WSquare(), "z+", "z+"])),
                       input_box=(0.0, 1.0))
     labels = [label for label, _ in subject.rules]
     assert labels == ["z+", "zB", "gamma1", "w2", "mine"]
     zb = dict(subject.rules)["zB"]
-    assert isinstance(zb[0], dtd.rules.ZB) and float(zb[0].high) == 1.0 and all(isinstance(r, dtd.rules.ZPlus) for r in zb[1:])
+    assert (
+        isinstance(zb[0], dtd.rules.ZB)
+        and float(zb[0].high) == 1.0
+        and all(isinstance(r, dtd.rules.ZPlus) for r in zb[1:])
+    )
 
 
 def test_image_inputs_get_heatmaps():
     """A CNN subject (lowered with its input shape) gets a grid of relevance heatmaps beside its inputs."""
     with torch.random.fork_rng(devices=[]):
-        model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8, 3)).eval()
+        model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                              nn.Linear(8, 3)).eval()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
@@ -183,8 +191,8 @@ def test_image_inputs_get_heatmaps():
 def test_layers_are_named_by_the_models_modules():
     from properties.subjects.subject import layer_names
 
-    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(32, 10))
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(32, 10))
     assert layer_names(model, 3) == ["0 Conv2d", "2 AvgPool2d + 3 Conv2d", "6 Linear"]
     assert layer_names(model, 2) is None  # the grouping disagrees with the lowering: no names rather than wrong ones
 
@@ -197,7 +205,7 @@ def test_a_model_dtd_cannot_lower_is_refused_before_training():
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises((TypeError, ValueError), match="Tanh"):
         check_model(model, (4,))
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert check_model(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), (4,)).n_layers == 1
 
 
@@ -253,7 +261,8 @@ def test_zero_output_of_a_large_float32_logit_is_judged_up_to_its_rounding():
 def _maxpool_subject(**kwargs):
     generator = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):
-        model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 3)).eval()
+        model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(12, 3)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * 0.6)
@@ -267,8 +276,12 @@ def _same(a, b):
     assert a.rates.keys() == b.rates.keys()
     for key, (rate, description) in a.rates.items():
         other, other_description = b.rates[key]
-        assert (rate.successes, rate.trials, rate.clusters, rate.interval) == (other.successes, other.trials, other.clusters,
-                                                                               other.interval), key
+        assert (rate.successes, rate.trials, rate.clusters, rate.interval) == (
+            other.successes,
+            other.trials,
+            other.clusters,
+            other.interval,
+        ), key
         assert description == other_description
     assert a.histograms == b.histograms and a.image_grids == b.image_grids and a.layer_names == b.layer_names
 
@@ -279,7 +292,11 @@ def test_a_split_subjects_parts_merge_into_exactly_the_rates_of_evaluate():
     from properties.subjects.subject import SubjectPart, _part_seed, evaluate_part, merge_parts
 
     model, x, subject = _maxpool_subject(points_per_item=4)
-    assert subject.n_parts == 3 and [subject.part_range(i) for i in range(3)] == [(0, 4), (4, 8), (8, len(subject.inputs))]
+    assert subject.n_parts == 3 and [subject.part_range(i) for i in range(3)] == [
+        (0, 4),
+        (4, 8),
+        (8, len(subject.inputs)),
+    ]
     whole = evaluate(subject, seed=5)
     parts = [SubjectPart.from_json(evaluate_part(subject, i, seed=5).to_json()) for i in (2, 0, 1)]
     merged = merge_parts(parts)
@@ -289,8 +306,8 @@ def test_a_split_subjects_parts_merge_into_exactly_the_rates_of_evaluate():
     totals = {key: [0, 0] for key in whole.rates}
     for i in range(subject.n_parts):
         start, stop = subject.part_range(i)
-        alone = Subject("split", model, subject.inputs[start:stop], outputs=subject.outputs[start:stop], rules=("z+", "zB"),
-                        input_box=(0.0, 1.0), neurons_per_point=3, points_per_item=None)
+        alone = Subject("split", model, subject.inputs[start:stop], outputs=subject.outputs[start:stop],
+                        rules=("z+", "zB"), input_box=(0.0, 1.0), neurons_per_point=3, points_per_item=None)
         for key, (rate, _) in evaluate(alone, seed=_part_seed(5, i)).rates.items():
             clusters[key].extend(rate.clusters or ())
             totals[key] = [totals[key][0] + rate.successes, totals[key][1] + rate.trials]

@@ -1,4 +1,5 @@
-"""A user's subjects from pytest (--dtd-subject) and from the check command: same rows, the user's baseline, clear errors."""
+"""A user's subjects from pytest (--dtd-subject) and from the check command: same
+rows, the user's baseline, clear errors."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import sys
 
 import pytest
 
-from properties.measure.keys import RateKey
 from properties.cli.check import add_check_command, pytest_arguments
+from properties.measure.keys import RateKey
 from properties.plugin.subjects import USER_BASELINE, load_subjects
 
 USER_MODULE = '''
@@ -83,7 +84,10 @@ def user_dir(pytester, monkeypatch):
 
 def _rows(path):
     rows = json.loads(path.read_text())["properties"]
-    return {r["name"]: {k: r[k] for k in ("successes", "trials", "rate", "ci_low", "ci_high", "status", "description")} for r in rows}
+    return {
+        r["name"]: {k: r[k] for k in ("successes", "trials", "rate", "ci_low", "ci_high", "status", "description")}
+        for r in rows
+    }
 
 
 def _check(capsys, *args):
@@ -106,7 +110,8 @@ def test_dtd_subject_and_check_command_write_the_same_rows(user_dir):
     via_pytest.assert_outcomes(passed=2)
     parser = argparse.ArgumentParser()
     args = add_check_command(parser.add_subparsers()).parse_args(["usermod:subjects", "--report", "from_check"])
-    command = pytester.run(sys.executable, "-m", "properties.cli", "check", "usermod:subjects", "--report", "from_check")
+    command = pytester.run(sys.executable, "-m", "properties.cli", "check", "usermod:subjects", "--report",
+                           "from_check")
     assert command.ret == 0, command.stdout.str() + command.stderr.str()
     assert pytest_arguments(args, "EMPTY")[:1] == ["EMPTY"]
     rows = _rows(pytester.path / "from_pytest" / "report.json")
@@ -150,9 +155,12 @@ def test_a_users_run_gates_on_the_users_baseline(user_dir, capsys, monkeypatch):
         ("usermod:not_callable", TypeError, "not a function"),
         ("usermod:number", TypeError, "returned int; expected a properties.Subject"),
         ("usermod:empty_list", ValueError, "empty list"),
-        ("usermod:empty_inputs", ValueError, r"usermod:empty_inputs ran \(its training, if any, is done\) and then failed: inputs hold no point.*check_model"),
+        ("usermod:empty_inputs", ValueError,
+         r"usermod:empty_inputs ran \(its training, if any, is done\) and "
+         r"then failed: inputs hold no point.*check_model"),
         ("usermod:no_positive_output", ValueError, "no point has a positive explained output"),
-        ("usermod:crashes", ValueError, "factory usermod:crashes ran and raised RuntimeError: the data file is missing"),
+        ("usermod:crashes", ValueError,
+         "factory usermod:crashes ran and raised RuntimeError: the data file is missing"),
     ],
 )
 def test_bad_factories_name_what_was_given_and_expected(user_dir, spec, error, match):
@@ -161,13 +169,15 @@ def test_bad_factories_name_what_was_given_and_expected(user_dir, spec, error, m
 
 
 @pytest.mark.parametrize("factory, message", [("usermod:missing", "has no attribute 'missing'"),
-                                              ("usermod:crashes", "ran and raised RuntimeError: the data file is missing")])
+                                              ("usermod:crashes",
+                                               "ran and raised RuntimeError: the data file is missing")])
 def test_a_bad_factory_is_a_usage_error_of_the_command(user_dir, capsys, monkeypatch, factory, message):
     monkeypatch.setattr(sys, "path", list(sys.path))
     code, output = _check(capsys, factory)
     assert code == 4
     assert message in output and "INTERNALERROR" not in output
-    assert "ERROR: --dtd-subject" not in output and f"subject factory {factory}:" in output  # the user typed no pytest option
+    # the user typed no pytest option
+    assert "ERROR: --dtd-subject" not in output and f"subject factory {factory}:" in output
 
 
 def test_findings_rows_come_with_a_subject_unless_switched_off(user_dir, capsys, monkeypatch):
@@ -223,7 +233,8 @@ def test_a_split_subject_under_xdist_reports_what_a_serial_run_does(pytester, mo
     pytester.makepyfile(splitmod=SPLIT_MODULE.replace("\\\\n", "\\n"))
     monkeypatch.chdir(pytester.path)
     monkeypatch.syspath_prepend(str(pytester.path))
-    common = ("-p", "properties.plugin", "-p", "no:cacheprovider", "-m", "properties", "--dtd-subject", "splitmod:split")
+    common = ("-p", "properties.plugin", "-p", "no:cacheprovider", "-m", "properties", "--dtd-subject",
+              "splitmod:split")
     serial = pytester.runpytest(*common, "-p", "no:xdist", "--property-report", "serial")  # in this process
     serial.assert_outcomes(passed=5)
     calls = pytester.path / "factory_calls.txt"

@@ -10,8 +10,8 @@ from torch import nn
 import dtd
 from dtd import rules as R
 from dtd.tolerances import denominator_eps
-from properties.measure import checks
 from properties.generate import variants as V
+from properties.measure import checks
 from tests import reference
 
 ATOL64 = 1e-10  # float64, batched vs looped: summation order only (relevances are O(1..10))
@@ -53,7 +53,8 @@ def assert_matches_reference(rule, sizes, seed):
 
 
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("sizes, seed", [((6, 5, 4, 3), 0), ((4, 8, 2), 1), ((10, 10, 10, 10, 2), 2), ((3, 2, 6, 2), 3)])
+@pytest.mark.parametrize("sizes, seed", [((6, 5, 4, 3), 0), ((4, 8, 2), 1), ((10, 10, 10, 10, 2), 2),
+                                         ((3, 2, 6, 2), 3)])
 def test_rule_matches_reference(rule, sizes, seed):
     assert_matches_reference(rule, sizes, seed)
 
@@ -61,7 +62,8 @@ def test_rule_matches_reference(rule, sizes, seed):
 def test_every_registered_rule_has_a_replica_and_a_reference_variant():
     for entry in R.registered():
         assert entry.cls in reference.REPLICAS, f"{entry.cls.__name__} has no slow replica in tests/reference.py"
-        assert any("reference" in v.sweeps for v in V.suite_entry(entry.cls).variants), f"{entry.cls.__name__} has no reference variant"
+        assert any("reference" in v.sweeps for v in V.suite_entry(entry.cls).variants), (f"{entry.cls.__name__} has "
+                                                                                         "no reference variant")
 
 
 def test_per_layer_rules_match_reference():
@@ -155,7 +157,7 @@ def test_nothing_is_mutated():
     x.requires_grad_(False)
     dtd.train_free(net, x, rule=R.Gamma(0.3))
     assert torch.equal(x, x_before) and not x.requires_grad
-    assert all(torch.equal(a, b) for a, b in zip(params_before, net.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(params_before, net.parameters(), strict=True))
     assert not any(m._forward_hooks or m._backward_hooks or m._forward_pre_hooks for m in net.modules())
 
 
@@ -163,7 +165,7 @@ def test_repeat_gives_identical_results():
     net, x = _case((10, 10, 10, 10, 2), seed=2)
     a = dtd.train_free(net, x)
     b = dtd.train_free(net, x)
-    for la, lb in zip(a.layers, b.layers):
+    for la, lb in zip(a.layers, b.layers, strict=True):
         assert torch.equal(la.roots, lb.roots) and torch.equal(la.relevance, lb.relevance)
 
 

@@ -28,7 +28,8 @@ CONSERVATION_RTOL = 1e-9
 
 
 def _randomised(model: nn.Module, seed: int = 0) -> nn.Module:
-    """``model`` in float64 and eval mode with batch-norm statistics and affine parameters drawn from a local generator."""
+    """``model`` in float64 and eval mode with batch-norm statistics and affine
+    parameters drawn from a local generator."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -93,14 +94,18 @@ ZOO = [  # (id, factory, input shape, select, explained output)
     ("timm vgg11", lambda: timm.create_model("vgg11", num_classes=5), (3, 32, 32), None, 3),
     ("timm mobilenetv2_050", lambda: timm.create_model("mobilenetv2_050", num_classes=5), (3, 32, 32), None, 4),
     ("timm repvgg_a0", lambda: timm.create_model("repvgg_a0", num_classes=5), (3, 32, 32), None, 0),
-    ("timm cspresnet50 (leaky ReLU, splits)", lambda: timm.create_model("cspresnet50", num_classes=5), (3, 32, 32), None, 1),
-    ("timm hrnet_w18_small (upsampling fuse)", lambda: timm.create_model("hrnet_w18_small", num_classes=5), (3, 64, 64), None, 2),
+    ("timm cspresnet50 (leaky ReLU, splits)", lambda: timm.create_model("cspresnet50", num_classes=5), (3, 32, 32),
+     None, 1),
+    ("timm hrnet_w18_small (upsampling fuse)", lambda: timm.create_model("hrnet_w18_small", num_classes=5), (3, 64, 64),
+     None, 2),
     ("Hugging Face ResNetForImageClassification", _hf_resnet, (3, 32, 32), "logits", 3),
     ("torchvision mobilenet_v2 (ReLU6)", lambda: torchvision.models.mobilenet_v2(num_classes=5), (3, 32, 32), None, 0),
-    ("torchvision fcn_resnet50", lambda: torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None,
+    ("torchvision fcn_resnet50",
+     lambda: torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None,
                                                                                     num_classes=3, aux_loss=False),
      (3, 32, 32), "out", (1, 16, 16)),
-    ("smp Unet resnet18", lambda: smp.Unet("resnet18", encoder_weights=None, classes=2), (3, 64, 64), None, (1, 30, 33)),
+    ("smp Unet resnet18", lambda: smp.Unet("resnet18", encoder_weights=None, classes=2), (3, 64, 64), None,
+     (1, 30, 33)),
     ("hand-written U-Net", UNet, (3, 32, 32), None, (2, 5, 9)),
     ("LeakyReLU CNN", LeakyCNN, (3, 32, 32), None, 2),
 ]  # fmt: skip
@@ -119,7 +124,9 @@ def test_zoo_models_lower_exactly_and_zplus_conserves_per_layer(make, shape, sel
     dec = dtd.train_free(net, x, rule="z+", output=output)
     for layer in dec.layers:
         passed = torch.where(layer.root_valid, layer.upper_relevance, torch.zeros_like(layer.upper_relevance)).sum(1)
-        assert bool(((layer.relevance.sum(1) - passed).abs() <= CONSERVATION_RTOL * passed.abs().clamp_min(1e-12)).all())
+        assert bool(
+            ((layer.relevance.sum(1) - passed).abs() <= CONSERVATION_RTOL * passed.abs().clamp_min(1e-12)).all()
+        )
     index = net.check_output(output)
     torch.testing.assert_close(dec.output_value, expected[:, index], rtol=1e-12, atol=0)
 
@@ -135,14 +142,18 @@ def test_a_segmentation_model_is_explained_over_a_mask():
         torch.testing.assert_close(dec.output_value, (model(x) * mask).sum((1, 2, 3)), rtol=1e-12, atol=0)
     for layer in dec.layers:
         passed = torch.where(layer.root_valid, layer.upper_relevance, torch.zeros_like(layer.upper_relevance)).sum(1)
-        assert bool(((layer.relevance.sum(1) - passed).abs() <= CONSERVATION_RTOL * passed.abs().clamp_min(1e-12)).all())
+        assert bool(
+            ((layer.relevance.sum(1) - passed).abs() <= CONSERVATION_RTOL * passed.abs().clamp_min(1e-12)).all()
+        )
 
 
 REFUSED = [  # models that are not piecewise linear: refused by the operation the graph holds, and its module
-    ("timm efficientnet_b0", lambda: timm.create_model("efficientnet_b0"), r"'silu' in module 'bn1\.act' \(SiLU\).*smooth"),
+    ("timm efficientnet_b0", lambda: timm.create_model("efficientnet_b0"),
+     r"'silu' in module 'bn1\.act' \(SiLU\).*smooth"),
     ("timm mobilenetv3_small_050", lambda: timm.create_model("mobilenetv3_small_050"),
      r"'hardswish' in module 'bn1\.act' \(Hardswish\).*piecewise quadratic"),
-    ("timm convnext_atto", lambda: timm.create_model("convnext_atto"), r"'layer_norm' in module 'stem\.1' \(LayerNorm2d\)"),
+    ("timm convnext_atto", lambda: timm.create_model("convnext_atto"),
+     r"'layer_norm' in module 'stem\.1' \(LayerNorm2d\)"),
 ]  # fmt: skip
 
 

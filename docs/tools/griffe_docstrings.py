@@ -37,7 +37,7 @@ def fence_doctests(text: str) -> str:
 
 def _cells(line: str, starts: list[int]) -> list[str]:
     bounds = starts[1:] + [len(line) + 1]
-    return [line[a:b].strip().replace("|", "\\|") for a, b in zip(starts, bounds)]
+    return [line[a:b].strip().replace("|", "\\|") for a, b in zip(starts, bounds, strict=True)]
 
 
 def simple_tables(text: str) -> str:

@@ -37,13 +37,13 @@ as they are.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
-from ..graph import AffineNode, GraphNetwork, MaxPoolNode, ReLUNode, operator_matrix
+from ..graph import AffineNode, GraphNetwork, MaxPoolNode, Node, ReLUNode, operator_matrix
 from ..validation import check_int
 from .build import Refused
 from .capture import BATCH, Captured, SelectLike, capture, check_input_shape, check_lazy
@@ -83,21 +83,23 @@ class AffineLayer:
     """
 
     weight: torch.Tensor
-    bias: Optional[torch.Tensor]
+    bias: torch.Tensor
     relu: bool
     modules: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class LoweredModel:
-    """Result of :func:`lower_sequential`: the dense layers, the input shape given (or None) and whether inputs are flattened."""
+    """Result of :func:`lower_sequential`: the dense layers, the input shape given (or
+    None) and whether inputs are flattened."""
 
     layers: tuple[AffineLayer, ...]
-    input_shape: Optional[tuple[int, ...]]
+    input_shape: tuple[int, ...] | None
     flatten_input: bool
 
 
-def _lower(model, input_shape, select: SelectLike, memory_budget: int) -> tuple[list, int, bool, Captured, tuple]:
+def _lower(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequence[int] | None, select: SelectLike,
+           memory_budget: int) -> tuple[list[Node], int, bool, Captured, tuple[int, ...]]:
     memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
     captured, shape = capture(model, input_shape, select)
     try:
@@ -107,17 +109,20 @@ def _lower(model, input_shape, select: SelectLike, memory_budget: int) -> tuple[
     return nodes, output, final_relu, captured, shape
 
 
-def _eager_output(model, captured: Captured, select: SelectLike, x: torch.Tensor) -> torch.Tensor:
+def _eager_output(model: nn.Module | torch.export.ExportedProgram, captured: Captured, select: SelectLike,
+                  x: torch.Tensor) -> torch.Tensor:
     """The model's own output that the lowering explains, at ``x`` (no gradient, torch's RNG untouched)."""
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         out = model.module()(x) if isinstance(model, torch.export.ExportedProgram) else model(x)
-        if captured.prefix:  # a callable selection that computes: applied to the model's output, as exported
+        # a callable selection that computes: applied to the model's output, as exported
+        if captured.prefix and callable(select):
             return select(out)
     leaves = [leaf for leaf in pytree.tree_leaves(out) if isinstance(leaf, torch.Tensor)]
     return leaves[captured.output]
 
 
-def _check_forward(model, captured: Captured, select: SelectLike, net: GraphNetwork) -> None:
+def _check_forward(model: nn.Module | torch.export.ExportedProgram, captured: Captured, select: SelectLike,
+                   net: GraphNetwork) -> None:
     """The lowered network against the model itself on a random non-negative input (``RuntimeError`` if they differ)."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand((BATCH,) + tuple(net.input_shape), generator=g, dtype=torch.float64)
@@ -140,8 +145,8 @@ def _check_forward(model, captured: Captured, select: SelectLike, net: GraphNetw
 
 
 def lower_module(
-    model: Union[nn.Module, torch.export.ExportedProgram],
-    input_shape: Optional[Sequence[int]],
+    model: nn.Module | torch.export.ExportedProgram,
+    input_shape: Sequence[int] | None,
     *,
     select: SelectLike = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
@@ -160,8 +165,9 @@ def lower_module(
     return net
 
 
-def _infer_sequential_shape(model: nn.Sequential) -> tuple[Optional[tuple[int, ...]], bool]:
-    """The input's width read off the first module that tells it (a Linear, a BatchNorm1d), and whether a Flatten leads."""
+def _infer_sequential_shape(model: nn.Sequential) -> tuple[tuple[int, ...] | None, bool]:
+    """The input's width read off the first module that tells it (a Linear, a
+    BatchNorm1d), and whether a Flatten leads."""
     flatten = False
     for name, module in model.named_modules():
         if isinstance(module, nn.Sequential):
@@ -188,7 +194,7 @@ def _infer_sequential_shape(model: nn.Sequential) -> tuple[Optional[tuple[int, .
 
 
 def lower_sequential(
-    model: nn.Module, input_shape: Optional[Sequence[int]] = None, *, memory_budget: int = DEFAULT_MEMORY_BUDGET
+    model: nn.Module, input_shape: Sequence[int] | None = None, *, memory_budget: int = DEFAULT_MEMORY_BUDGET
 ) -> LoweredModel:
     """Lower an ``nn.Sequential`` into dense layers, each ending at a ReLU (the last one optionally without).
 
@@ -202,8 +208,8 @@ def lower_sequential(
     """
     if not isinstance(model, nn.Sequential):
         raise TypeError(
-            f"from_sequential expects nn.Sequential, got {type(model).__name__}; lower any other model (a ResNet, a module "
-            "with a residual +, ...) with dtd.ReLUNetwork.from_module(model, input_shape)"
+            f"from_sequential expects nn.Sequential, got {type(model).__name__}; lower any other model (a "
+            "ResNet, a module with a residual +, ...) with dtd.ReLUNetwork.from_module(model, input_shape)"
         )
     given = check_input_shape(input_shape)
     memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
@@ -226,7 +232,8 @@ def lower_sequential(
     return LoweredModel(layers=converted, input_shape=given, flatten_input=flatten_input)
 
 
-def _dense_layers(net: GraphNetwork, memory_budget: int) -> list:
+def _dense_layers(net: GraphNetwork,
+                  memory_budget: int) -> list[tuple[torch.Tensor, torch.Tensor, bool, tuple[str, ...]]]:
     """Each DTD layer of a chain-shaped float64 network as a dense ``(weight, bias, relu, modules)``."""
     previous = 0
     chain = []
@@ -253,10 +260,10 @@ def _dense_layers(net: GraphNetwork, memory_budget: int) -> list:
         if needed > memory_budget:
             listed = ", ".join(repr(m) for m in node.modules) or repr(node.name)
             raise ValueError(
-                f"layer {k} (modules {listed}) folds into a dense {op.out_features:,} x {op.in_features:,} matrix, which "
-                f"needs {size_text(needed)}, more than memory_budget={memory_budget:,}; pass a larger memory_budget= or "
-                "lower the model with dtd.ReLUNetwork.from_module(model, input_shape), which keeps convolutions "
-                "matrix-free"
+                f"layer {k} (modules {listed}) folds into a dense {op.out_features:,} x "
+                f"{op.in_features:,} matrix, which needs {size_text(needed)}, more than "
+                f"memory_budget={memory_budget:,}; pass a larger memory_budget= or lower the model with "
+                "dtd.ReLUNetwork.from_module(model, input_shape), which keeps convolutions matrix-free"
             )
     layers = []
     for k, node in enumerate(chain):

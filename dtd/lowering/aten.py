@@ -46,30 +46,37 @@ model.eval()").
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import torch
 
 from ..operators import IndexMap
-from .build import Builder, Refused, is_value
+from .build import Builder, Lin, Refused, Value, is_value
 from .capture import BATCH, operation_name
 
-__all__ = ["HANDLERS", "KIND", "LIKE", "IGNORED", "handles", "operations", "bind", "shape_of", "where", "module_of", "input_value",
-           "graph_dim", "f64", "number_or_const", "check_batch", "tup", "index_map"]
+__all__ = ["HANDLERS", "KIND", "LIKE", "IGNORED", "Args", "handles", "operations", "aten_operation", "bind",
+           "shape_of", "where", "module_of", "input_value", "graph_dim", "f64", "number_or_const", "check_batch", "tup",
+           "index_map"]
 
-Handler = Callable[[Builder, torch.fx.Node, dict], object]
+#: a handler's arguments by their schema names (:func:`bind`): values, constant tensors, numbers, lists of them, None
+Args = dict[str, Any]
+#: lowers one graph node; what it returns is the node's value for the nodes that read it (a value, a constant, a
+#: number, or a tuple or list of those)
+Handler = Callable[[Builder, torch.fx.Node, Args], object]
+_H = TypeVar("_H", bound=Handler)
 #: ATen operation name (without namespace and overload) -> its handler
 HANDLERS: dict[str, Handler] = {}
 #: ATen operation name -> "affine" or "piecewise linear"
 KIND: dict[str, str] = {}
 
 
-def handles(kind: str, *names: str):
+def handles(kind: str, *names: str) -> Callable[[_H], _H]:
     """Register a handler for the ATen operations ``names`` of ``kind`` (``"affine"``, ``"piecewise linear"``)."""
     if kind not in ("affine", "piecewise linear"):
         raise ValueError(f"internal: unknown kind of operation {kind!r}")
 
-    def register(function: Handler) -> Handler:
+    def register(function: _H) -> _H:
         for name in names:
             HANDLERS[name] = function
             KIND[name] = kind
@@ -78,14 +85,19 @@ def handles(kind: str, *names: str):
     return register
 
 
-def operations(kind: str) -> frozenset:
+def operations(kind: str) -> frozenset[str]:
     """The operations of one kind the lowering takes (:mod:`dtd.lowering.linear`, :mod:`dtd.lowering.hinges`)."""
     return frozenset(name for name, k in KIND.items() if k == kind)
 
 
-def bind(node: torch.fx.Node, args: tuple, kwargs: dict) -> dict:
+def aten_operation(node: torch.fx.Node) -> torch._ops.OpOverload:
+    """The ATen operation a ``call_function`` node of the exported (decomposed) graph calls."""
+    return cast(torch._ops.OpOverload, node.target)
+
+
+def bind(node: torch.fx.Node, args: Sequence[Any], kwargs: dict[str, Any]) -> Args:
     """The operation's arguments by their schema names, defaults filled in."""
-    schema = node.target._schema
+    schema = aten_operation(node)._schema
     bound = {}
     for i, argument in enumerate(schema.arguments):
         if i < len(args):
@@ -99,7 +111,7 @@ def bind(node: torch.fx.Node, args: tuple, kwargs: dict) -> dict:
     return bound
 
 
-def shape_of(node: torch.fx.Node, index: Optional[int] = None) -> tuple:
+def shape_of(node: torch.fx.Node, index: int | None = None) -> tuple[int, ...]:
     """The per-point shape of a node's (``index``-th) output."""
     val = node.meta["val"]
     if index is not None:
@@ -107,21 +119,21 @@ def shape_of(node: torch.fx.Node, index: Optional[int] = None) -> tuple:
     return tuple(int(s) for s in val.shape[1:])
 
 
-def where(b: Builder, node) -> str:
+def where(b: Builder, node: torch.fx.Node) -> str:
     return b.captured.where(node)
 
 
-def module_of(b: Builder, node) -> str:
+def module_of(b: Builder, node: torch.fx.Node) -> str:
     return b.captured.module_name(node)[0]
 
 
-def input_value(b: Builder, node, v, what: str = "input"):
+def input_value(b: Builder, node: torch.fx.Node, v: object, what: str = "input") -> Value:
     if not is_value(v):
         raise Refused(f"{where(b, node)}: its {what} is not computed from the model's input")
     return v
 
 
-def graph_dim(b: Builder, node, dim: int, rank: int) -> int:
+def graph_dim(b: Builder, node: torch.fx.Node, dim: int, rank: int) -> int:
     """A graph dimension (batch is 0) normalised; refused when it is the batch dimension."""
     d = int(dim) % rank
     if d == 0:
@@ -129,23 +141,25 @@ def graph_dim(b: Builder, node, dim: int, rank: int) -> int:
     return d
 
 
-def f64(t) -> Optional[torch.Tensor]:
-    return None if t is None else t.to(torch.float64)
+def f64(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float64)
 
 
-def number_or_const(v):
+def number_or_const(v: float | torch.Tensor) -> float | torch.Tensor:
     """A number as it is, a constant tensor in float64."""
     return v if not isinstance(v, torch.Tensor) else f64(v)
 
 
-def check_batch(b: Builder, node, out_graph_shape) -> None:
+def check_batch(b: Builder, node: torch.fx.Node, out_graph_shape: Sequence[int]) -> None:
     if int(out_graph_shape[0]) != BATCH:
         raise Refused(f"{where(b, node)} mixes the batch dimension into another (a reshape or view across points); "
                       "keep dimension 0 the batch")
 
 
-def index_map(b: Builder, node, x, function, *, injective: bool, spatial_only: bool = False, channel_only: bool = False,
-               transpose_function=None, out_shape=None, **attributes):
+def index_map(b: Builder, node: torch.fx.Node, x: Value, function: Callable[..., torch.Tensor], *,
+              injective: bool, spatial_only: bool = False, channel_only: bool = False,
+              transpose_function: Callable[..., torch.Tensor] | None = None,
+              out_shape: tuple[int, ...] | None = None, **attributes: object) -> Lin:
     out = shape_of(node) if out_shape is None else out_shape
     op = IndexMap(function, x.shape, out, injective=injective, name=operation_name(node), spatial_only=spatial_only,
                   channel_only=channel_only, transpose_function=transpose_function)
@@ -154,7 +168,7 @@ def index_map(b: Builder, node, x, function, *, injective: bool, spatial_only: b
     return b.apply(x, op)
 
 
-def tup(v, n):
+def tup(v: int | tuple[int, ...] | list[int], n: int) -> tuple[int, ...]:
     return tuple(int(e) for e in v) if isinstance(v, (tuple, list)) else (int(v),) * n
 
 
@@ -163,4 +177,5 @@ IGNORED = frozenset(("_assert_tensor_metadata", "_assert_async", "_assert_scalar
                      "_functional_assert_scalar", "sym_constrain_range", "sym_constrain_range_for_size", "_print"))
 
 #: operations whose result is a constant of the input's shape (``zeros_like(x)``): they do not depend on its values
-LIKE = frozenset(("zeros_like", "ones_like", "full_like", "empty_like", "new_zeros", "new_ones", "new_full", "new_empty"))
+LIKE = frozenset(("zeros_like", "ones_like", "full_like", "empty_like", "new_zeros", "new_ones", "new_full",
+                  "new_empty"))

@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
@@ -33,10 +34,10 @@ __all__ = ["BATCH", "Captured", "SelectLike", "capture", "check_input_shape", "m
 BATCH = 2
 
 #: What ``select=`` accepts: a key of a dict / ``ModelOutput``, an index of a tuple, a path of those, or a callable.
-SelectLike = Union[None, str, int, Sequence[Union[str, int]], Callable[[Any], Any]]
+SelectLike = str | int | Sequence[str | int] | Callable[[Any], Any] | None
 
-_WRAPPED = "model"
-_TORCH_DIR = str(__import__("pathlib").Path(torch.__file__).parent)  # the attribute a callable selection's wrapper holds the model under
+_WRAPPED = "model"  # the attribute a callable selection's wrapper holds the model under
+_TORCH_DIR = str(__import__("pathlib").Path(torch.__file__).parent)
 
 
 @dataclasses.dataclass
@@ -51,7 +52,8 @@ class Captured:
     prefix: str = ""
 
     def module_name(self, node: torch.fx.Node) -> tuple[str, str]:
-        """``(qualified name, class name)`` of the innermost module a graph node was called from (``("", "")`` if none)."""
+        """``(qualified name, class name)`` of the innermost module a graph node
+        was called from (``("", "")`` if none)."""
         stack = node.meta.get("nn_module_stack") or {}
         if not stack:
             return "", ""
@@ -79,7 +81,8 @@ class Captured:
 _PUBLIC_NAMES = {
     "_native_batch_norm_legit_functional": "batch_norm", "_native_batch_norm_legit_no_training": "batch_norm",
     "_native_batch_norm_legit": "batch_norm", "native_batch_norm": "batch_norm", "native_layer_norm": "layer_norm",
-    "native_group_norm": "group_norm", "native_dropout": "dropout", "_softmax": "softmax", "_log_softmax": "log_softmax",
+    "native_group_norm": "group_norm", "native_dropout": "dropout", "_softmax": "softmax",
+    "_log_softmax": "log_softmax",
     "_safe_softmax": "softmax", "_prelu_kernel": "prelu", "_adaptive_avg_pool2d": "adaptive_avg_pool2d",
     "_unsafe_view": "view", "log_sigmoid_forward": "log_sigmoid",
 }
@@ -92,7 +95,8 @@ def display_name(node: torch.fx.Node) -> str:
 
 
 def operation_name(node: torch.fx.Node) -> str:
-    """``'silu'``, ``'conv2d'``, ``'_native_batch_norm_legit_no_training'``: the ATen operation without namespace and overload."""
+    """``'silu'``, ``'conv2d'``, ``'_native_batch_norm_legit_no_training'``: the ATen
+    operation without namespace and overload."""
     target = node.target
     packet = getattr(target, "overloadpacket", None)
     if packet is not None:
@@ -100,7 +104,7 @@ def operation_name(node: torch.fx.Node) -> str:
     return getattr(target, "__name__", str(target))
 
 
-def check_input_shape(input_shape) -> Optional[tuple[int, ...]]:
+def check_input_shape(input_shape: Sequence[int] | None) -> tuple[int, ...] | None:
     """``input_shape`` as a tuple of positive ints (None stays None); TypeError / ValueError naming the problem."""
     if input_shape is None:
         return None
@@ -134,10 +138,11 @@ def model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
 def check_lazy(model: nn.Module) -> None:
     """A ``ValueError`` naming a lazy module whose parameters are not initialised yet."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+        # torch types the method's self as its private _LazyProtocol, which mypy cannot match on a narrowed Module
+        if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():  # type: ignore[misc]
             raise ValueError(
-                f"module {name or '<model>'!r} ({type(module).__name__}) has uninitialised parameters: run the model once "
-                "on an input of its shape (or use the module's non-lazy counterpart) before lowering it"
+                f"module {name or '<model>'!r} ({type(module).__name__}) has uninitialised parameters: run the "
+                "model once on an input of its shape (or use the module's non-lazy counterpart) before lowering it"
             )
 
 
@@ -156,15 +161,15 @@ class _Selected(nn.Module):
         setattr(self, _WRAPPED, model)
         self.select = select
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> Any:
         return self.select(getattr(self, _WRAPPED)(x))
 
 
-def _describe_structure(spec, shapes: list) -> str:
+def _describe_structure(spec: pytree.TreeSpec, shapes: list[tuple[int, ...]]) -> str:
     """The output's structure for a message: ``"a dict: 'logits' (2, 10), 'aux' (2, 4, 8, 8)"``."""
     tree = pytree.tree_unflatten([_Leaf(i) for i in range(spec.num_leaves)], spec)
 
-    def show(node, depth=0) -> str:
+    def show(node: Any, depth: int = 0) -> str:  # any node of the model's output structure
         if isinstance(node, _Leaf):
             return str(tuple(shapes[node.index][1:])) if node.index < len(shapes) else "?"
         if isinstance(node, dict) or hasattr(node, "keys"):
@@ -178,8 +183,9 @@ def _describe_structure(spec, shapes: list) -> str:
     return show(tree)
 
 
-def _pick(tree, select) -> Any:
-    """``select`` applied to the output's structure (leaves are :class:`_Leaf`); raises KeyError/IndexError/TypeError."""
+def _pick(tree: Any, select: str | int | Sequence[str | int] | Callable[[Any], Any]) -> Any:
+    """``select`` applied to the output's structure (leaves are :class:`_Leaf`);
+    raises KeyError/IndexError/TypeError."""
     if callable(select) and not isinstance(select, (str, int)):
         return select(tree)
     path = [select] if isinstance(select, (str, int)) else list(select)
@@ -192,7 +198,7 @@ def _pick(tree, select) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_fake_tensors():
+def _quiet_fake_tensors() -> Iterator[None]:
     """torch logs an ERROR line for an operation that fails on fake tensors before it raises; the lowering reports the
     failure itself (:func:`_export_error`), so that logger is silenced while exporting (and restored)."""
     logger = logging.getLogger("torch._subclasses.fake_tensor")
@@ -211,9 +217,11 @@ def _export(module: nn.Module, example: torch.Tensor, strict: bool) -> torch.exp
 
 
 def _export_error(model: nn.Module, example: torch.Tensor, error: Exception, input_shape: tuple) -> Exception:
-    """A clear error for a failed export: the model fails at this shape (ValueError) or cannot be captured (TypeError)."""
+    """A clear error for a failed export: the model fails at this shape
+    (ValueError) or cannot be captured (TypeError)."""
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    try:  # does the model itself run at this shape?  (eval copies: a training-mode model must not update its statistics)
+    # does the model itself run at this shape?  (eval copies: a training-mode model must not update its statistics)
+    try:
         import copy
 
         probe = copy.deepcopy(model).eval()
@@ -230,11 +238,12 @@ def _export_error(model: nn.Module, example: torch.Tensor, error: Exception, inp
             f"input_shape must be one input's shape without the batch dimension{hint}"
         )
     return TypeError(
-        f"torch.export cannot capture {type(model).__name__} at input shape {input_shape} ({type(error).__name__}: "
-        f"{first_line}). What to try: make forward's Python independent of tensor values (no `if x.sum() > 0:`; "
-        "torch.cond for a data-dependent branch); pass a wrapper module whose forward calls the model the way it "
-        "should be explained; or export it yourself -- the lowering exports with strict=False, and "
-        "torch.export.export(model, (x,), strict=True) traces differently -- and pass the ExportedProgram to from_module"
+        f"torch.export cannot capture {type(model).__name__} at input shape "
+        f"{input_shape} ({type(error).__name__}: {first_line}). What to try: make forward's Python "
+        "independent of tensor values (no `if x.sum() > 0:`; torch.cond for a data-dependent branch); pass "
+        "a wrapper module whose forward calls the model the way it should be explained; or export it "
+        "yourself -- the lowering exports with strict=False, and torch.export.export(model, (x,), "
+        "strict=True) traces differently -- and pass the ExportedProgram to from_module"
     )
 
 
@@ -247,7 +256,7 @@ def _runs(model: nn.Module, x: torch.Tensor) -> bool:
         return False
 
 
-def capture(model: Union[nn.Module, torch.export.ExportedProgram], input_shape: Optional[Sequence[int]],
+def capture(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequence[int] | None,
             select: SelectLike = None) -> tuple[Captured, tuple[int, ...]]:
     """Export ``model`` at ``input_shape`` and find the output ``select`` names; ``(captured, input_shape)``.
 
@@ -256,7 +265,8 @@ def capture(model: Union[nn.Module, torch.export.ExportedProgram], input_shape: 
     """
     if isinstance(model, torch.export.ExportedProgram):
         program = model.run_decompositions({})
-        users = [s for s in program.graph_signature.input_specs if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+        users = [s for s in program.graph_signature.input_specs
+                 if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
         if len(users) != 1:
             raise TypeError(f"the exported program takes {len(users)} inputs; DTD explains a model of one input tensor")
         placeholder = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == users[0].arg.name)
@@ -273,15 +283,17 @@ def capture(model: Union[nn.Module, torch.export.ExportedProgram], input_shape: 
         return captured, shape
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module (or a torch.export.ExportedProgram), got {type(model).__name__}")
-    shape = check_input_shape(input_shape)
-    if shape is None:
-        raise TypeError("from_module needs input_shape=, one input's shape without the batch dimension (e.g. (3, 32, 32))")
+    checked = check_input_shape(input_shape)
+    if checked is None:
+        raise TypeError("from_module needs input_shape=, one input's shape "
+                        "without the batch dimension (e.g. (3, 32, 32))")
+    shape = checked
     check_lazy(model)
     dtype, device = model_dtype_device(model)
     example = torch.zeros((BATCH,) + shape, dtype=dtype, device=device)
-    wrapped = callable(select) and not isinstance(select, (str, int))
     module = model
-    if wrapped:  # a callable that only picks (out.logits, out["seg"]) is applied to the structure, else exported
+    # a callable that only picks (out.logits, out["seg"]) is applied to the structure, else exported
+    if callable(select) and not isinstance(select, (str, int)):
         try:
             program = _export(model, example, strict=False)
         except Exception as error:  # noqa: BLE001  (any export failure gets the diagnosis below)
@@ -305,7 +317,7 @@ class _NotAPick(Exception):
     """A callable selection computed something instead of picking one output."""
 
 
-def _selected_output(captured: Captured, select: SelectLike, model) -> int:
+def _selected_output(captured: Captured, select: SelectLike, model: nn.Module | None) -> int:
     """The index among the graph's user outputs that ``select`` names (ValueError listing the outputs otherwise)."""
     program = captured.program
     spec = program.call_spec.out_spec
@@ -336,5 +348,6 @@ def _selected_output(captured: Captured, select: SelectLike, model) -> int:
     if not isinstance(picked, _Leaf):
         if callable_select:
             raise _NotAPick()
-        raise ValueError(f"select={select!r} names {type(picked).__name__}, not one tensor, of the model's outputs {structure}; {how}")
+        raise ValueError(f"select={select!r} names {type(picked).__name__}, not "
+                         f"one tensor, of the model's outputs {structure}; {how}")
     return picked.index

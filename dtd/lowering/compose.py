@@ -30,13 +30,28 @@ refuses it, naming the modules and the size.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Optional, Sequence
+import operator
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..operators import Chain, Conv, Dense, Embed, IndexMap, Interpolation, Narrow, Operator, Pooling, Reshape, Scale, Zero
+from ..operators import (
+    Chain,
+    Conv,
+    Dense,
+    Embed,
+    IndexMap,
+    Interpolation,
+    Narrow,
+    Operator,
+    Pooling,
+    Reshape,
+    Scale,
+    Zero,
+)
 
 __all__ = ["simplify", "merge_convolutions", "dense_chain", "dense_matrix", "dense_bytes", "dense_work", "work",
            "describe_ops", "size_text"]
@@ -70,7 +85,11 @@ def _scale_out_channels(conv: Conv, scale: torch.Tensor) -> Conv:
     # transposed: weight (C_in, C_out / g, ...): output channel g * (C_out / g) + o
     groups = conv.groups
     c_in, out_per_group = w.shape[:2]
-    s = scale.reshape(groups, 1, out_per_group).expand(groups, c_in // groups, out_per_group).reshape(c_in, out_per_group)
+    s = (
+        scale.reshape(groups, 1, out_per_group)
+        .expand(groups, c_in // groups, out_per_group)
+        .reshape(c_in, out_per_group)
+    )
     return conv._with(w * s.reshape(s.shape + (1,) * (w.dim() - 2)))
 
 
@@ -86,7 +105,8 @@ def _scale_in_channels(conv: Conv, scale: torch.Tensor) -> Conv:
 
 
 def _fold_scale(ops: list, i: int) -> bool:
-    """Fold the :class:`Scale` at ``ops[i]`` into a neighbouring weight where that is exact; True if the chain changed."""
+    """Fold the :class:`Scale` at ``ops[i]`` into a neighbouring weight where
+    that is exact; True if the chain changed."""
     op = ops[i]
     before = ops[i - 1] if i > 0 else None
     if isinstance(before, Conv):
@@ -120,7 +140,8 @@ def _fold_scale(ops: list, i: int) -> bool:
         return True
     # a per-channel scale after a channel slice or concatenation part: the scale of those channels, before it
     if isinstance(before, Embed) and before.dim == 0 and left_weight(ops, i):
-        ops[i - 1 : i + 1] = [Scale(op.scale[before.start : before.start + before.in_shape[0]], before.in_shape), before]
+        ops[i - 1 : i + 1] = [Scale(op.scale[before.start : before.start + before.in_shape[0]], before.in_shape),
+                              before]
         return True
     if isinstance(before, Narrow) and before.dim == 0 and left_weight(ops, i):
         full = torch.ones(before.in_shape[0], dtype=op.scale.dtype, device=op.scale.device)
@@ -153,12 +174,14 @@ def left_weight(ops: list, i: int) -> bool:
 
 
 # --------------------------------------------------------------------------- convolutions
-def _spatially_pointwise(op) -> bool:
+def _spatially_pointwise(op: Operator) -> bool:
     """A convolution (not transposed) whose kernel is one tap with no padding: a channel mixing, possibly strided."""
-    return isinstance(op, Conv) and not op.transposed and all(k == 1 for k in op.weight.shape[2:]) and not any(op.padding)
+    return (
+        isinstance(op, Conv) and not op.transposed and all(k == 1 for k in op.weight.shape[2:]) and not any(op.padding)
+    )
 
 
-def _compose_convs(first: Conv, second: Conv) -> Optional[Conv]:
+def _compose_convs(first: Conv, second: Conv) -> Conv | None:
     """``second(first(x))`` as one convolution when one of them is a (strided) channel mixing, else None.
 
     A 1x1 convolution with stride ``s`` reads every ``s``-th position: after
@@ -171,14 +194,15 @@ def _compose_convs(first: Conv, second: Conv) -> Optional[Conv]:
     try:
         if _spatially_pointwise(second):
             weight = torch.einsum("om,mc...->oc...", second.full_weight().flatten(1), first.full_weight())
-            stride = tuple(a * b for a, b in zip(first.stride, second.stride))
-            result = Conv(weight, first.in_shape, stride=stride, padding=first.padding, dilation=first.dilation, groups=1)
+            stride = tuple(a * b for a, b in zip(first.stride, second.stride, strict=True))
+            result = Conv(weight, first.in_shape, stride=stride, padding=first.padding, dilation=first.dilation,
+                          groups=1)
         elif _spatially_pointwise(first):
             weight = torch.einsum("om...,mc->oc...", second.full_weight(), first.full_weight().flatten(1))
             s = first.stride
-            result = Conv(weight, first.in_shape, stride=tuple(a * b for a, b in zip(s, second.stride)),
-                          padding=tuple(a * b for a, b in zip(s, second.padding)),
-                          dilation=tuple(a * b for a, b in zip(s, second.dilation)), groups=1)
+            result = Conv(weight, first.in_shape, stride=tuple(a * b for a, b in zip(s, second.stride, strict=True)),
+                          padding=tuple(a * b for a, b in zip(s, second.padding, strict=True)),
+                          dilation=tuple(a * b for a, b in zip(s, second.dilation, strict=True)), groups=1)
         else:
             return None
     except RuntimeError:  # a geometry the convolution does not take
@@ -186,7 +210,7 @@ def _compose_convs(first: Conv, second: Conv) -> Optional[Conv]:
     return result if result.out_shape == second.out_shape else None
 
 
-def _embed_then_narrow(embed: Embed, narrow: Narrow) -> Optional[list]:
+def _embed_then_narrow(embed: Embed, narrow: Narrow) -> list[Operator] | None:
     """A part placed into a concatenation, then a slice of the concatenation taken: the overlap (a zero map if none)."""
     if embed.dim != narrow.dim:
         return None
@@ -195,7 +219,7 @@ def _embed_then_narrow(embed: Embed, narrow: Narrow) -> Optional[list]:
     high = min(embed.start + embed.in_shape[d], narrow.start + narrow.length)
     if high <= low:
         return [Zero(embed.in_shape, narrow.out_shape)]
-    ops: list = []
+    ops: list[Operator] = []
     shape = embed.in_shape
     if low - embed.start != 0 or high - low != embed.in_shape[d]:
         ops.append(Narrow(shape, d, low - embed.start, high - low))
@@ -205,7 +229,7 @@ def _embed_then_narrow(embed: Embed, narrow: Narrow) -> Optional[list]:
     return ops or [Reshape(shape, shape)]
 
 
-def _output_channels(conv: Conv, narrow: Narrow) -> Optional[Conv]:
+def _output_channels(conv: Conv, narrow: Narrow) -> Conv | None:
     """A convolution followed by a slice of its output channels: the kernel's rows of that slice."""
     if narrow.dim != 0 or conv.transposed:
         return None
@@ -214,7 +238,7 @@ def _output_channels(conv: Conv, narrow: Narrow) -> Optional[Conv]:
                 out_shape=narrow.out_shape)
 
 
-def _slice_of_concatenation(embed: Embed, conv: Conv) -> Optional[Conv]:
+def _slice_of_concatenation(embed: Embed, conv: Conv) -> Conv | None:
     """A convolution (groups 1) reading a channel slice of a concatenation: the kernel's columns of that slice."""
     if embed.dim != 0 or conv.transposed or conv.groups != 1:
         return None
@@ -224,7 +248,7 @@ def _slice_of_concatenation(embed: Embed, conv: Conv) -> Optional[Conv]:
                 out_shape=conv.out_shape)
 
 
-def _upsampled_convolution(upsample: IndexMap, conv: Conv) -> Optional[Conv]:
+def _upsampled_convolution(upsample: IndexMap, conv: Conv) -> Conv | None:
     """A nearest upsampling by integer factors ``s`` then a convolution, as one transposed convolution (None if not)."""
     scales = getattr(upsample, "upsample", None)
     if scales is None or conv.transposed or len(scales) != conv.dim:
@@ -232,7 +256,7 @@ def _upsampled_convolution(upsample: IndexMap, conv: Conv) -> Optional[Conv]:
     kernel = tuple(conv.weight.shape[2:])
     if any(s != 1 for s in conv.stride) or any(d != 1 for d in conv.dilation):
         return None
-    if any(p > k - 1 for p, k in zip(conv.padding, kernel)):
+    if any(p > k - 1 for p, k in zip(conv.padding, kernel, strict=True)):
         return None
     # K_T[t] = sum of the flipped kernel over t - s + 1 .. t, along every spatial axis
     box = conv.weight.flip(tuple(range(2, conv.weight.dim())))
@@ -242,16 +266,17 @@ def _upsampled_convolution(upsample: IndexMap, conv: Conv) -> Optional[Conv]:
         pad[2 * (box.dim() - 1 - d)] = pad[2 * (box.dim() - 1 - d) + 1] = s - 1
         padded = F.pad(box, pad)
         length = kernel[axis] + s - 1
-        box = sum(padded.narrow(d, j, length) for j in range(s))
+        box = functools.reduce(operator.add, (padded.narrow(d, j, length) for j in range(s)))
     groups = conv.groups
     out_c, in_per_group = conv.weight.shape[:2]
     out_per_group = out_c // groups
     # conv_transpose weight (C_in, C_out / g, *L): input channel g * (C_in / g) + c, output g * (C_out / g) + o
     weight = box.reshape((groups, out_per_group, in_per_group) + box.shape[2:]).transpose(1, 2)
     weight = weight.reshape((groups * in_per_group, out_per_group) + box.shape[2:]).contiguous()
-    padding = tuple(k - 1 - p for k, p in zip(kernel, conv.padding))
+    padding = tuple(k - 1 - p for k, p in zip(kernel, conv.padding, strict=True))
     try:
-        result = Conv(weight, upsample.in_shape, stride=scales, padding=padding, dilation=1, groups=groups, transposed=True)
+        result = Conv(weight, upsample.in_shape, stride=scales, padding=padding, dilation=1, groups=groups,
+                      transposed=True)
     except RuntimeError:
         return None
     if result.out_shape != conv.out_shape:
@@ -260,7 +285,7 @@ def _upsampled_convolution(upsample: IndexMap, conv: Conv) -> Optional[Conv]:
 
 
 # --------------------------------------------------------------------------- the rewriting
-def simplify(ops: Sequence[Operator]) -> list:
+def simplify(ops: Sequence[Operator]) -> list[Operator]:
     """The chain rewritten (see the module docstring); the same linear map, its entries computed exactly in float64."""
     ops = list(ops)
     changed = True
@@ -281,8 +306,9 @@ def simplify(ops: Sequence[Operator]) -> list:
         if any(isinstance(op, Zero) for op in ops) and len(ops) > 1:  # a part that never reaches the output
             return [Zero(ops[0].in_shape, ops[-1].out_shape)]
         for i, op in enumerate(ops):
-            if isinstance(op, Embed) and i + 1 < len(ops) and isinstance(ops[i + 1], Narrow):
-                replaced = _embed_then_narrow(op, ops[i + 1])
+            nxt = ops[i + 1] if i + 1 < len(ops) else None
+            if isinstance(op, Embed) and isinstance(nxt, Narrow):
+                replaced = _embed_then_narrow(op, nxt)
                 if replaced is not None:
                     ops[i : i + 2] = replaced
                     changed = True
@@ -290,7 +316,6 @@ def simplify(ops: Sequence[Operator]) -> list:
             if isinstance(op, Scale) and _fold_scale(ops, i):
                 changed = True
                 break
-            nxt = ops[i + 1] if i + 1 < len(ops) else None
             if not isinstance(nxt, (Conv, Narrow)):
                 continue
             merged = None
@@ -309,7 +334,7 @@ def simplify(ops: Sequence[Operator]) -> list:
     return ops
 
 
-def merge_convolutions(chains: Sequence[Chain]) -> Optional[Chain]:
+def merge_convolutions(chains: Sequence[Chain]) -> Chain | None:
     """Convolutions of one activation summed (a RepVGG block: 3x3 + 1x1 + identity) as one convolution, or None.
 
     Each chain must be a single convolution (not transposed), a per-channel
@@ -317,7 +342,7 @@ def merge_convolutions(chains: Sequence[Chain]) -> Optional[Chain]:
     kernels centred alike; the kernels are zero-padded to the largest size
     and added (the sum's entries are the summed kernels' taps, exactly).
     """
-    kernels = []
+    kernels: list[tuple[torch.Tensor, tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = []
     for chain in chains:
         ops = chain.ops
         if len(ops) != 1:
@@ -352,14 +377,17 @@ def merge_convolutions(chains: Sequence[Chain]) -> Optional[Chain]:
             offsets.add((d, padding[d] + extra // 2 * dilation[d]))
         padded = F.pad(weight, [p for d in reversed(range(n)) for p in (pads[d], pads[d])])
         total = padded if total is None else total + padded
-    padding = []
+    if total is None:  # no chains
+        return None
+    merged_padding = []
     for d in range(n):
         values = {o for axis, o in offsets if axis == d}
         if len(values) != 1:
             return None
-        padding.append(values.pop())
+        merged_padding.append(values.pop())
     try:
-        conv = Conv(total, chains[0].in_shape, stride=kernels[0][1], padding=padding, dilation=dilation, groups=1)
+        conv = Conv(total, chains[0].in_shape, stride=kernels[0][1], padding=merged_padding, dilation=dilation,
+                    groups=1)
     except RuntimeError:
         return None
     return Chain([conv]) if conv.out_shape == tuple(chains[0].out_shape) else None
@@ -396,7 +424,7 @@ def dense_work(chain: Operator) -> int:
         last = len(ops) - 1
         while last > 0 and isinstance(ops[last], Reshape):
             last -= 1
-        if isinstance(ops[last], Dense) and ops[last].flat and last > 0:  # the Linear's rows pushed back through the rest
+        if isinstance(ops[last], Dense) and ops[last].flat and last > 0:  # its rows pushed back through the rest
             return ops[last].weight.shape[0] * sum(work(op) for op in ops[:last])
         shortcut = _spatial_basis_work(ops)
         if shortcut is not None:
@@ -404,13 +432,12 @@ def dense_work(chain: Operator) -> int:
     return min(options)
 
 
-def _spatial_basis_work(ops: Sequence[Operator]) -> Optional[int]:
+def _spatial_basis_work(ops: Sequence[Operator]) -> int | None:
     """Multiply-adds of :func:`_spatial_basis_through_convolution` on ``ops``, or None where it does not apply."""
-    m = next((k for k, op in enumerate(ops) if isinstance(op, Conv)), None)
-    if m is None or ops[m].transposed or not all(op.spatial_only and not op.signed for op in ops[:m]):
+    m, conv = next(((k, op) for k, op in enumerate(ops) if isinstance(op, Conv)), (None, None))
+    if m is None or not isinstance(conv, Conv) or conv.transposed:
         return None
-    conv = ops[m]
-    if len(conv.in_shape) < 2:
+    if not all(op.spatial_only and not op.signed for op in ops[:m]) or len(conv.in_shape) < 2:
         return None
     channels = conv.in_shape[0]
     first = ops[0].in_shape if m > 0 else conv.in_shape
@@ -418,17 +445,17 @@ def _spatial_basis_work(ops: Sequence[Operator]) -> Optional[int]:
         return None
     n_spatial = math.prod(first[1:])
     rest = sum(work(op) for op in ops[m + 1 :])
-    return n_spatial * (conv.weight.shape[0] * channels * math.prod(conv.weight.shape[2:]) * math.prod(conv.out_shape[1:])
-                        + channels * rest + sum(work(op) for op in ops[:m]))
+    first_conv = conv.weight.shape[0] * channels * math.prod(conv.weight.shape[2:]) * math.prod(conv.out_shape[1:])
+    return n_spatial * (first_conv + channels * rest + sum(work(op) for op in ops[:m]))
 
 
-def dense_chain(chain: Operator, device) -> Chain:
+def dense_chain(chain: Operator, device: torch.device) -> Chain:
     """The chain as one dense matrix between reshapes (exact in float64; see :func:`dense_matrix`)."""
     return Chain([Reshape(chain.in_shape, (chain.in_features,)), Dense(dense_matrix(chain, device)),
                   Reshape((chain.out_features,), chain.out_shape)])
 
 
-def dense_matrix(chain: Operator, device) -> torch.Tensor:
+def dense_matrix(chain: Operator, device: torch.device) -> torch.Tensor:
     """The map's ``(D_out, D_in)`` matrix in float64: its rows or columns pushed through it.
 
     A chain that ends in a Linear (then reshapes) is ``W P``: the Linear's
@@ -450,7 +477,7 @@ def dense_matrix(chain: Operator, device) -> torch.Tensor:
                 rows = weight.reshape((weight.shape[0],) + tuple(prefix.out_shape))
                 return prefix.transpose(rows).reshape(weight.shape[0], d_in)
         shortcut = _spatial_basis_work(ops) if ops is not None and not hasattr(chain, "chains") else None
-        if shortcut is not None and shortcut < min(d_in, d_out) * work(chain):
+        if ops is not None and shortcut is not None and shortcut < min(d_in, d_out) * work(chain):
             matrix = _spatial_basis_through_convolution(ops, device)
             if matrix is not None:
                 return matrix
@@ -470,8 +497,9 @@ def dense_matrix(chain: Operator, device) -> torch.Tensor:
     return matrix
 
 
-def _spatial_basis_through_convolution(ops: Sequence[Operator], device) -> Optional[torch.Tensor]:
-    """The dense matrix of ``[spatial maps..., convolution, rest...]`` with one pass per spatial position, not per input.
+def _spatial_basis_through_convolution(ops: Sequence[Operator], device: torch.device) -> torch.Tensor | None:
+    """The dense matrix of ``[spatial maps..., convolution, rest...]`` with one
+    pass per spatial position, not per input.
 
     The maps before the convolution act on every channel alike, so the
     image of input ``(c, i)`` there is the image ``s_i`` of position ``i`` in
@@ -483,10 +511,9 @@ def _spatial_basis_through_convolution(ops: Sequence[Operator], device) -> Optio
     7x7 convolution with 512 x 4096 channels: 0.1 instead of 51 GFLOP).
     None when the chain has another form.
     """
-    m = next((k for k, op in enumerate(ops) if isinstance(op, Conv)), None)
-    if m is None or ops[m].transposed or not all(op.spatial_only for op in ops[:m]):
+    m, conv = next(((k, op) for k, op in enumerate(ops) if isinstance(op, Conv)), (None, None))
+    if m is None or conv is None or conv.transposed or not all(op.spatial_only for op in ops[:m]):
         return None
-    conv = ops[m]
     if any(op.signed for op in ops[:m]) or len(conv.in_shape) < 2:
         return None
     channels = conv.in_shape[0]
@@ -515,7 +542,8 @@ def _spatial_basis_through_convolution(ops: Sequence[Operator], device) -> Optio
         if rest is not None:
             out = rest.forward(out.reshape(((stop - start) * channels,) + tuple(conv.out_shape)))
         columns = out.reshape(stop - start, channels, d_out)
-        index = torch.arange(channels, device=device).unsqueeze(0) * n_spatial + torch.arange(start, stop, device=device).unsqueeze(1)
+        channel_offsets = torch.arange(channels, device=device).unsqueeze(0) * n_spatial
+        index = channel_offsets + torch.arange(start, stop, device=device).unsqueeze(1)
         matrix[:, index.reshape(-1)] = columns.reshape(-1, d_out).T
     return matrix
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from ..operators import Reshape
-from .aten import f64, graph_dim, number_or_const, handles, input_value, module_of, shape_of, tup, where
-from .build import Refused, Unit, is_value, per_point
+from .aten import Args, f64, graph_dim, handles, input_value, module_of, number_or_const, shape_of, tup, where
+from .build import Builder, Refused, Unit, Value, is_value, per_point
 from .capture import operation_name
 from .refusals import training_mode
 
@@ -15,16 +15,18 @@ __all__ = ["INDICES"]
 
 
 # --------------------------------------------------------------------------- piecewise-linear activations
-def _units(b, node, x, units, offset=0.0, monotone=True):
+def _units(b: Builder, node: torch.fx.Node, x: object, units: list[Unit], offset: float | torch.Tensor = 0.0,
+           monotone: bool = True) -> Value:
     return b.units(input_value(b, node, x), units, offset, where(b, node), module_of(b, node), monotone=monotone)
 
 
-def _clamp(b, node, x, low, high):
+def _clamp(b: Builder, node: torch.fx.Node, x: object, low: float | torch.Tensor | None,
+           high: float | torch.Tensor | None) -> Value:
     low = None if low is None else number_or_const(low)
     high = None if high is None else number_or_const(high)
-    if low is None and high is None:
-        return input_value(b, node, x)
     if high is None:
+        if low is None:
+            return input_value(b, node, x)
         return _units(b, node, x, [Unit(1.0, -low, 1.0)], low)
     if low is None:
         return _units(b, node, x, [Unit(-1.0, high, -1.0)], high)
@@ -37,40 +39,40 @@ def _clamp(b, node, x, low, high):
 
 
 @handles("piecewise linear", "relu")
-def _relu(b, node, a):
+def _relu(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     return b.relu(input_value(b, node, a["self"]), where(b, node), module_of(b, node))
 
 
 @handles("piecewise linear", "relu6")
-def _relu6(b, node, a):
+def _relu6(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     return _clamp(b, node, a["self"], 0.0, 6.0)
 
 
 @handles("piecewise linear", "hardtanh")
-def _hardtanh(b, node, a):
+def _hardtanh(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     return _clamp(b, node, a["self"], a["min_val"], a["max_val"])
 
 
 @handles("piecewise linear", "clamp", "clip")
-def _clamp_op(b, node, a):
+def _clamp_op(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     return _clamp(b, node, a["self"], a.get("min"), a.get("max"))
 
 
 @handles("piecewise linear", "clamp_min")
-def _clamp_min(b, node, a):
+def _clamp_min(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     return _clamp(b, node, a["self"], a["min"], None)
 
 
 @handles("piecewise linear", "clamp_max")
-def _clamp_max(b, node, a):
+def _clamp_max(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     return _clamp(b, node, a["self"], None, a["max"])
 
 
 @handles("piecewise linear", "maximum", "minimum", "min")
-def _extremum(b, node, a):
+def _extremum(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     if "other" not in a:
-        raise Refused(f"{where(b, node)} takes a minimum over a dimension (a min pooling), which DTD's lowering does not "
-                      "take (max pooling is lowered)")
+        raise Refused(f"{where(b, node)} takes a minimum over a dimension (a min pooling), "
+                      "which DTD's lowering does not take (max pooling is lowered)")
     left, right = a["self"], a["other"]
     upper = operation_name(node) in ("maximum", "max")
     out = shape_of(node)
@@ -88,7 +90,7 @@ def _extremum(b, node, a):
 
 
 @handles("piecewise linear", "leaky_relu")
-def _leaky(b, node, a):
+def _leaky(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     slope = float(a["negative_slope"])
     if slope == 0.0:
         return b.relu(input_value(b, node, a["self"]), where(b, node), module_of(b, node))
@@ -98,7 +100,7 @@ def _leaky(b, node, a):
 
 
 @handles("piecewise linear", "prelu", "_prelu_kernel")
-def _prelu(b, node, a):
+def _prelu(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     weight = a["weight"]
     if is_value(weight):
         raise Refused(f"{where(b, node)} has a slope computed from the input")
@@ -108,7 +110,7 @@ def _prelu(b, node, a):
 
 
 @handles("piecewise linear", "rrelu_with_noise", "rrelu")
-def _rrelu(b, node, a):
+def _rrelu(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     if a.get("training"):
         raise training_mode(b.captured, node)
     slope = (float(a["lower"]) + float(a["upper"])) / 2
@@ -116,18 +118,18 @@ def _rrelu(b, node, a):
 
 
 @handles("piecewise linear", "abs")
-def _abs(b, node, a):
+def _abs(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     return _units(b, node, a["self"], [Unit(), Unit(-1.0, 0.0, 1.0)], monotone=False)
 
 
 @handles("piecewise linear", "hardsigmoid")
-def _hardsigmoid(b, node, a):
+def _hardsigmoid(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     return _units(b, node, a["self"], [Unit(1 / 6, 0.5, 1.0), Unit(1 / 6, -0.5, -1.0)])
 
 
 # --------------------------------------------------------------------------- max pooling
 @handles("piecewise linear", "max_pool1d", "max_pool2d", "max_pool1d_with_indices", "max_pool2d_with_indices")
-def _max_pool(b, node, a):
+def _max_pool(b: Builder, node: torch.fx.Node, a: Args) -> Value | tuple[Value, _Indices]:
     x = input_value(b, node, a["self"])
     n = 1 if "1d" in operation_name(node) else 2
     kernel = tup(a["kernel_size"], n)
@@ -138,7 +140,7 @@ def _max_pool(b, node, a):
 
 
 @handles("piecewise linear", "adaptive_max_pool1d", "adaptive_max_pool2d")
-def _adaptive_max_pool(b, node, a):
+def _adaptive_max_pool(b: Builder, node: torch.fx.Node, a: Args) -> tuple[Value, _Indices]:
     x = input_value(b, node, a["self"])
     n = 1 if "1d" in operation_name(node) else 2
     size = tup(a["output_size"], n)
@@ -146,7 +148,7 @@ def _adaptive_max_pool(b, node, a):
 
 
 @handles("piecewise linear", "amax", "max")
-def _amax(b, node, a):
+def _amax(b: Builder, node: torch.fx.Node, a: Args) -> Value | tuple[Value, _Indices]:
     if "other" in a:  # max(a, b): the element-wise maximum
         return _extremum(b, node, a)
     x = input_value(b, node, a["self"])
@@ -154,11 +156,12 @@ def _amax(b, node, a):
     dims_arg = a.get("dim")
     if dims_arg is None or (isinstance(dims_arg, (list, tuple)) and len(dims_arg) == 0):
         raise Refused(f"{where(b, node)} takes the maximum over every dimension, the batch included")
-    dims = sorted(graph_dim(b, node, d, rank) for d in (dims_arg if isinstance(dims_arg, (list, tuple)) else [dims_arg]))
+    given = dims_arg if isinstance(dims_arg, (list, tuple)) else [dims_arg]
+    dims = sorted(graph_dim(b, node, d, rank) for d in given)
     n = len(dims)
     if dims != list(range(rank - n, rank)) or n not in (1, 2) or rank - n < 2:
-        raise Refused(f"{where(b, node)} takes a maximum over dimensions {dims}; only a global maximum over the last one "
-                      "or two (spatial) dimensions of a (batch, channels, ...) tensor is lowered (a max pooling)")
+        raise Refused(f"{where(b, node)} takes a maximum over dimensions {dims}; only a global maximum over the last "
+                      "one or two (spatial) dimensions of a (batch, channels, ...) tensor is lowered (a max pooling)")
     pooled = b.max_pool(x, where(b, node), dim=n, name=module_of(b, node), output_size=(1,) * n)
     out = shape_of(node) if operation_name(node) == "amax" else shape_of(node, 0)
     result = pooled if tuple(pooled.shape) == out else b.apply(pooled, Reshape(pooled.shape, out))

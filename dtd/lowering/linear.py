@@ -4,13 +4,29 @@ linear value it reads, or combines linear values and constants."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 
-from ..operators import Conv, Dense, Embed, IndexMap, Interpolation, Narrow, Pooling, Reshape, Scale
-from .aten import check_batch, f64, number_or_const, graph_dim, handles, index_map, input_value, module_of, shape_of, tup, where
-from .build import Builder, Lin, Refused, is_value, per_point
+from ..operators import Conv, Dense, Embed, IndexMap, Interpolation, Narrow, Operator, Pooling, Reshape, Scale
+from .aten import (
+    Args,
+    aten_operation,
+    check_batch,
+    f64,
+    graph_dim,
+    handles,
+    index_map,
+    input_value,
+    module_of,
+    number_or_const,
+    shape_of,
+    tup,
+    where,
+)
+from .build import Builder, Lin, LinBranch, Refused, Value, is_value, per_point
 from .capture import BATCH, operation_name
 from .refusals import training_mode
 
@@ -20,7 +36,7 @@ __all__ = ["axis_matrices"]  # and the handlers, which register themselves in dt
 # --------------------------------------------------------------------------- reshapes and index maps
 @handles("affine", "view", "_unsafe_view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "alias", "clone",
           "contiguous", "detach", "lift_fresh_copy", "_reshape_alias", "view_copy")
-def _reshape(b: Builder, node, a: dict):
+def _reshape(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     x = input_value(b, node, a["self"] if "self" in a else a["input"])
     check_batch(b, node, node.meta["val"].shape)
     out = shape_of(node)
@@ -30,7 +46,7 @@ def _reshape(b: Builder, node, a: dict):
 
 
 @handles("affine", "expand")
-def _expand(b, node, a):
+def _expand(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a["self"])
     size = list(a["size"])
     if int(size[0]) not in (BATCH, -1) or len(size) != len(x.shape) + 1:
@@ -39,7 +55,7 @@ def _expand(b, node, a):
 
 
 @handles("affine", "permute")
-def _permute(b, node, a):
+def _permute(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     x = input_value(b, node, a["self"])
     rank = len(x.shape) + 1
     dims = [int(d) % rank for d in a["dims"]]
@@ -49,11 +65,12 @@ def _permute(b, node, a):
         return x
     inverse = [dims.index(i) for i in range(rank)]
     return index_map(b, node, x, lambda t, d=tuple(dims): t.permute(d), injective=True,
-                      spatial_only=rank > 2 and dims[1] == 1, transpose_function=lambda t, d=tuple(inverse): t.permute(d))
+                     spatial_only=rank > 2 and dims[1] == 1,
+                     transpose_function=lambda t, d=tuple(inverse): t.permute(d))
 
 
 @handles("affine", "transpose")
-def _transpose(b, node, a):
+def _transpose(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     x = input_value(b, node, a["self"])
     rank = len(x.shape) + 1
     d0, d1 = graph_dim(b, node, a["dim0"], rank), graph_dim(b, node, a["dim1"], rank)
@@ -66,11 +83,11 @@ def _transpose(b, node, a):
 
 
 @handles("affine", "t", "numpy_T")
-def _t(b, node, a):
+def _t(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     raise Refused(f"{where(b, node)} transposes a (batch, features) matrix, moving the batch dimension")
 
 
-def _slice_bounds(start, end, n):
+def _slice_bounds(start: int | None, end: int | None, n: int) -> tuple[int, int]:
     start = 0 if start is None else int(start)
     end = n if end is None else int(end)
     start = max(0, min(n, start + n if start < 0 else start))
@@ -79,7 +96,7 @@ def _slice_bounds(start, end, n):
 
 
 @handles("affine", "slice")
-def _slice(b, node, a):
+def _slice(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     x = input_value(b, node, a["self"])
     rank = len(x.shape) + 1
     d = graph_dim(b, node, a["dim"], rank)
@@ -95,7 +112,7 @@ def _slice(b, node, a):
 
 
 @handles("affine", "narrow")
-def _narrow(b, node, a):
+def _narrow(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a["self"])
     d = graph_dim(b, node, a["dim"], len(x.shape) + 1)
     start = int(a["start"]) % x.shape[d - 1] if int(a["start"]) < 0 else int(a["start"])
@@ -103,7 +120,7 @@ def _narrow(b, node, a):
 
 
 @handles("affine", "select")
-def _select(b, node, a):
+def _select(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a["self"])
     d = graph_dim(b, node, a["dim"], len(x.shape) + 1)
     index = int(a["index"]) % x.shape[d - 1]
@@ -111,7 +128,7 @@ def _select(b, node, a):
     return b.apply(b.apply(x, narrow), Reshape(narrow.out_shape, shape_of(node)))
 
 
-def _split(b, node, x, dim, sizes):
+def _split(b: Builder, node: torch.fx.Node, x: Value, dim: int, sizes: Sequence[int]) -> list[Lin]:
     d = graph_dim(b, node, dim, len(x.shape) + 1)
     parts, start = [], 0
     for size in sizes:
@@ -121,7 +138,7 @@ def _split(b, node, x, dim, sizes):
 
 
 @handles("affine", "split", "unsafe_split")
-def _split_tensor(b, node, a):
+def _split_tensor(b: Builder, node: torch.fx.Node, a: Args) -> list[Lin]:
     x = input_value(b, node, a["self"])
     d = int(a["dim"]) % (len(x.shape) + 1)
     n, size = x.shape[d - 1], int(a["split_size"])
@@ -129,20 +146,20 @@ def _split_tensor(b, node, a):
 
 
 @handles("affine", "split_with_sizes", "unsafe_split_with_sizes", "split_copy")
-def _split_sizes(b, node, a):
+def _split_sizes(b: Builder, node: torch.fx.Node, a: Args) -> list[Lin]:
     x = input_value(b, node, a["self"])
     return _split(b, node, x, a["dim"], [int(s) for s in a["split_sizes"]])
 
 
 @handles("affine", "chunk")
-def _chunk(b, node, a):
+def _chunk(b: Builder, node: torch.fx.Node, a: Args) -> list[Lin]:
     x = input_value(b, node, a["self"])
     return _split(b, node, x, a["dim"], [shape_of(node, i)[int(a["dim"]) % (len(x.shape) + 1) - 1]
                                          for i in range(len(node.meta["val"]))])
 
 
 @handles("affine", "unbind")
-def _unbind(b, node, a):
+def _unbind(b: Builder, node: torch.fx.Node, a: Args) -> list[Lin]:
     x = input_value(b, node, a["self"])
     d = graph_dim(b, node, a["dim"], len(x.shape) + 1)
     parts = _split(b, node, x, d, [1] * x.shape[d - 1])
@@ -151,14 +168,16 @@ def _unbind(b, node, a):
 
 
 @handles("affine", "cat", "concat", "concatenate")
-def _cat(b, node, a):
+def _cat(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     tensors = list(a["tensors"])
     out = shape_of(node)
     rank = len(out) + 1
     d = graph_dim(b, node, a["dim"], rank)
-    branches, const, start = [], torch.zeros(out, dtype=torch.float64, device=b.device), 0
+    branches: list[LinBranch] = []
+    const, start = torch.zeros(out, dtype=torch.float64, device=b.device), 0
     has_const = False
-    for t, source in zip(tensors, node.args[0]):
+    sources = cast(Sequence[torch.fx.Node], node.args[0])  # the graph nodes of the tensors
+    for t, source in zip(tensors, sources, strict=True):
         part_shape = shape_of(source)
         if math.prod(part_shape) == 0:
             continue
@@ -178,22 +197,23 @@ def _cat(b, node, a):
 
 
 @handles("affine", "stack")
-def _stack(b, node, a):
+def _stack(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     tensors = list(a["tensors"])
     out = shape_of(node)
     d = graph_dim(b, node, a["dim"], len(out) + 1)
     part = tuple(s for i, s in enumerate(out) if i != d - 1)
     lifted = tuple(out[:d - 1]) + (1,) + tuple(out[d:])
-    parts = []
+    parts: list[Lin | torch.Tensor] = []
     for t in tensors:
         if is_value(t):
             parts.append(b.apply(t, Reshape(part, lifted)))
         else:
             parts.append(per_point(t, part, where(b, node)).reshape(lifted))
-    branches, const, start = [], torch.zeros(out, dtype=torch.float64, device=b.device), 0
+    branches: list[LinBranch] = []
+    const, start = torch.zeros(out, dtype=torch.float64, device=b.device), 0
     for p in parts:
         embed = Embed(lifted, out, d - 1, start)
-        if is_value(p):
+        if isinstance(p, Lin):
             if p.const is not None:
                 const = const + embed.forward(p.const.unsqueeze(0)).squeeze(0)
             branches += [(s, ops + (embed,), names + (b.module,)) for s, ops, names in p.branches]
@@ -204,7 +224,7 @@ def _stack(b, node, a):
 
 
 @handles("affine", "flip")
-def _flip(b, node, a):
+def _flip(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a["self"])
     rank = len(x.shape) + 1
     dims = tuple(graph_dim(b, node, d, rank) for d in a["dims"])
@@ -213,7 +233,7 @@ def _flip(b, node, a):
 
 
 @handles("affine", "roll")
-def _roll(b, node, a):
+def _roll(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a["self"])
     rank = len(x.shape) + 1
     if not a["dims"]:
@@ -226,9 +246,9 @@ def _roll(b, node, a):
 
 
 @handles("affine", "repeat", "tile")
-def _repeat(b, node, a):
+def _repeat(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     x = input_value(b, node, a["self"])
-    repeats = [int(r) for r in (a.get("repeats") if a.get("repeats") is not None else a.get("dims"))]
+    repeats = [int(r) for r in (a["repeats"] if a.get("repeats") is not None else a["dims"])]
     if len(repeats) != len(x.shape) + 1 or repeats[0] != 1:
         raise Refused(f"{where(b, node)} repeats along the batch dimension")
     if all(r == 1 for r in repeats):
@@ -238,7 +258,7 @@ def _repeat(b, node, a):
 
 
 @handles("affine", "unfold")
-def _unfold(b, node, a):
+def _unfold(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     """``Tensor.unfold(dim, size, step)``: sliding windows of one axis as a new last axis (an index map)."""
     x = input_value(b, node, a["self"])
     d = graph_dim(b, node, a["dimension"], len(x.shape) + 1)
@@ -248,16 +268,16 @@ def _unfold(b, node, a):
 
 
 @handles("affine", "im2col")
-def _im2col(b, node, a):
+def _im2col(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     """``F.unfold``: every window of a convolution's input as a column (an index map)."""
     x = input_value(b, node, a["self"])
     params = [a["kernel_size"], a["dilation"], a["padding"], a["stride"]]
-    overlapping = any(s < k for s, k in zip(a["stride"], a["kernel_size"]))
+    overlapping = any(s < k for s, k in zip(a["stride"], a["kernel_size"], strict=True))
     return index_map(b, node, x, lambda t, p=params: F.unfold(t, *p), injective=not overlapping)
 
 
 @handles("affine", "index_select")
-def _index_select(b, node, a):
+def _index_select(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a["self"])
     index = a["index"]
     if is_value(index):
@@ -270,7 +290,7 @@ def _index_select(b, node, a):
 
 
 @handles("affine", "index")
-def _index(b, node, a):
+def _index(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a["self"])
     indices = list(a["indices"])
     if any(is_value(i) for i in indices if i is not None):
@@ -283,9 +303,9 @@ def _index(b, node, a):
 
 
 @handles("affine", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle")
-def _shuffle(b, node, a):
+def _shuffle(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a["self"])
-    target = node.target
+    target = aten_operation(node)
     rest = [v for k, v in a.items() if k != "self"]
     return index_map(b, node, x, lambda t: target(t, *rest), injective=True)
 
@@ -297,10 +317,10 @@ _PAD_MODES = {"reflection_pad1d": "reflect", "reflection_pad2d": "reflect", "ref
 
 
 @handles("affine", "pad", "constant_pad_nd", *_PAD_MODES)
-def _pad(b, node, a):
+def _pad(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     x = input_value(b, node, a["self"])
     name = operation_name(node)
-    pad = [int(p) for p in (a.get("pad") if a.get("pad") is not None else a.get("padding"))]
+    pad = [int(p) for p in (a["pad"] if a.get("pad") is not None else a["padding"])]
     mode = _PAD_MODES.get(name, a.get("mode") or "constant")
     value = a.get("value") if name == "constant_pad_nd" else (a.get("value") or 0.0)
     value = 0.0 if value is None else float(value)
@@ -312,7 +332,7 @@ def _pad(b, node, a):
     spatial = len(pad) // 2 <= rank - 2
     if mode == "constant":
         injective = True
-        function = lambda t, p=tuple(pad): F.pad(t, p)  # noqa: E731
+        function: Callable[..., torch.Tensor] = lambda t, p=tuple(pad): F.pad(t, p)  # noqa: E731
         const_function = None if value == 0.0 else (lambda t, p=tuple(pad), v=value: F.pad(t, p, value=v))
     else:
         injective = False
@@ -322,28 +342,30 @@ def _pad(b, node, a):
     return b.apply(x, op, const_function=const_function)
 
 
-def _resample_args(a: dict) -> list:
+def _resample_args(a: Args) -> list[Any]:
     return [v for k, v in a.items() if k not in ("input", "self")]
 
 
 @handles("affine", "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",
           "_upsample_nearest_exact2d", "_upsample_nearest_exact3d")
-def _nearest(b, node, a):
+def _nearest(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a.get("input", a.get("self")))
-    target, rest = node.target, _resample_args(a)
+    target, rest = aten_operation(node), _resample_args(a)
     out = shape_of(node)
     spatial_in, spatial_out = x.shape[1:], out[1:]
     scales = None
-    if all(o % i == 0 for i, o in zip(spatial_in, spatial_out)):
-        candidate = tuple(o // i for i, o in zip(spatial_in, spatial_out))
+    if all(o % i == 0 for i, o in zip(spatial_in, spatial_out, strict=True)):
+        candidate = tuple(o // i for i, o in zip(spatial_in, spatial_out, strict=True))
         given = a.get("scale_factors")
-        if given is None or all(float(s) == float(c) for s, c in zip(given, candidate)):
+        if given is None or all(float(s) == float(c) for s, c in zip(given, candidate, strict=True)):
             scales = candidate
-    return index_map(b, node, x, lambda t: target(t, *rest), injective=all(o <= i for i, o in zip(spatial_in, spatial_out)),
-                      spatial_only=True, upsample=scales)
+    return index_map(b, node, x, lambda t: target(t, *rest),
+                     injective=all(o <= i for i, o in zip(spatial_in, spatial_out, strict=True)),
+                     spatial_only=True, upsample=scales)
 
 
-def axis_matrices(function, in_shape: tuple, out_shape: tuple) -> list:
+def axis_matrices(function: Callable[[torch.Tensor], torch.Tensor], in_shape: tuple[int, ...],
+                  out_shape: tuple[int, ...]) -> list[tuple[int, torch.Tensor]]:
     """Per spatial axis, the 1-d matrix of a separable resampling, read off ``function`` applied to a thin basis."""
     matrices = []
     spatial = in_shape[1:]
@@ -352,7 +374,7 @@ def axis_matrices(function, in_shape: tuple, out_shape: tuple) -> list:
         view[axis] = n_in
         basis = torch.eye(n_in, dtype=torch.float64).reshape((n_in, 1) + tuple(view)).expand((n_in, 1) + tuple(spatial))
         response = function(basis.contiguous())  # (n_in, 1, *spatial_out)
-        index = [0] * len(spatial)
+        index: list[int | slice] = [0] * len(spatial)
         index[axis] = slice(None)
         column = response[(slice(None), 0) + tuple(index)]  # (n_in, n_out)
         matrices.append((axis + 1, column.T.contiguous()))
@@ -361,12 +383,12 @@ def axis_matrices(function, in_shape: tuple, out_shape: tuple) -> list:
 
 @handles("affine", "upsample_linear1d", "upsample_bilinear2d", "upsample_trilinear3d", "upsample_bicubic2d",
           "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa")
-def _interpolate(b, node, a):
+def _interpolate(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a.get("input", a.get("self")))
-    target, rest = node.target, _resample_args(a)
+    target, rest = aten_operation(node), _resample_args(a)
     out = shape_of(node)
 
-    def base(t):
+    def base(t: torch.Tensor) -> torch.Tensor:
         return target(t, *rest)
 
     matrices = axis_matrices(base, x.shape, out)
@@ -381,11 +403,11 @@ def _interpolate(b, node, a):
 
 
 # --------------------------------------------------------------------------- pooling, means, sums
-_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+_AVG_POOL: dict[int, Callable[..., torch.Tensor]] = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
 @handles("affine", "avg_pool1d", "avg_pool2d", "avg_pool3d")
-def _avg_pool(b, node, a):
+def _avg_pool(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a["self"])
     n = int(operation_name(node)[-2])
     kernel = tup(a["kernel_size"], n)
@@ -393,11 +415,12 @@ def _avg_pool(b, node, a):
     padding = tup(a["padding"], n)
     ceil_mode, include = bool(a["ceil_mode"]), bool(a["count_include_pad"])
     divisor = a.get("divisor_override")
-    kwargs = dict(ceil_mode=ceil_mode, count_include_pad=include)
+    kwargs: dict[str, Any] = dict(ceil_mode=ceil_mode, count_include_pad=include)
     if n > 1:
         kwargs["divisor_override"] = divisor
 
-    def base(t, k=kernel, s=stride, p=padding, kw=kwargs, pool=_AVG_POOL[n]):
+    def base(t: torch.Tensor, k: tuple[int, ...] = kernel, s: tuple[int, ...] = stride, p: tuple[int, ...] = padding,
+             kw: dict[str, Any] = kwargs, pool: Callable[..., torch.Tensor] = _AVG_POOL[n]) -> torch.Tensor:
         return pool(t, k, s, p, **kw)
 
     ones = torch.ones((1,) + tuple(x.shape), dtype=torch.float64)
@@ -407,9 +430,10 @@ def _avg_pool(b, node, a):
         count = F.avg_pool2d(ones.unsqueeze(2), (1,) + kernel, (1,) + stride, (0,) + padding, ceil_mode=ceil_mode,
                              count_include_pad=True, divisor_override=1).squeeze(2)
     else:
-        count = _AVG_POOL[n](ones, kernel, stride, padding, ceil_mode=ceil_mode, count_include_pad=True, divisor_override=1)
+        count = _AVG_POOL[n](ones, kernel, stride, padding, ceil_mode=ceil_mode, count_include_pad=True,
+                             divisor_override=1)
     entry = torch.where(count > 0, average / count.clamp_min(1), torch.zeros_like(average)).squeeze(0)
-    non_overlapping = all(s >= k for s, k in zip(stride, kernel))
+    non_overlapping = all(s >= k for s, k in zip(stride, kernel, strict=True))
     op = Pooling(base, x.shape, tuple(average.shape[1:]), entry.to(b.device), column_sparse=non_overlapping,
                  name=operation_name(node), spatial_only=True)
     return b.apply(x, op)
@@ -420,40 +444,45 @@ def _adaptive_windows(n_in: int, n_out: int) -> tuple[torch.Tensor, bool]:
     starts = [(i * n_in) // n_out for i in range(n_out)]
     ends = [-(-((i + 1) * n_in) // n_out) for i in range(n_out)]
     overlap = any(ends[i] > starts[i + 1] for i in range(n_out - 1))
-    return torch.tensor([e - s for s, e in zip(starts, ends)], dtype=torch.float64), overlap
+    return torch.tensor([e - s for s, e in zip(starts, ends, strict=True)], dtype=torch.float64), overlap
 
 
-_ADAPTIVE_AVG = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+_ADAPTIVE_AVG: dict[int, Callable[..., torch.Tensor]] = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d,
+                                                          3: F.adaptive_avg_pool3d}
 
 
-@handles("affine", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "_adaptive_avg_pool2d", "_adaptive_avg_pool3d")
-def _adaptive_avg_pool(b, node, a):
+@handles("affine", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "_adaptive_avg_pool2d",
+         "_adaptive_avg_pool3d")
+def _adaptive_avg_pool(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a["self"])
     out = shape_of(node)
     n = len(out) - 1
     size = tuple(out[1:])
 
-    def base(t, s=size, pool=_ADAPTIVE_AVG[n]):
+    def base(t: torch.Tensor, s: tuple[int, ...] = size,
+             pool: Callable[..., torch.Tensor] = _ADAPTIVE_AVG[n]) -> torch.Tensor:
         return pool(t, s)
 
-    windows, overlaps = zip(*(_adaptive_windows(x.shape[1 + i], size[i]) for i in range(n)))
+    windows, overlaps = zip(*(_adaptive_windows(x.shape[1 + i], size[i]) for i in range(n)), strict=True)
     count = windows[0]
     for w in windows[1:]:
         count = count.unsqueeze(-1) * w
     entry = (1.0 / count).to(b.device).expand(out).clone()
-    op = Pooling(base, x.shape, out, entry, column_sparse=not any(overlaps), name=operation_name(node), spatial_only=True)
+    op = Pooling(base, x.shape, out, entry, column_sparse=not any(overlaps), name=operation_name(node),
+                 spatial_only=True)
     return b.apply(x, op)
 
 
 @handles("affine", "mean", "sum")
-def _reduce(b, node, a):
+def _reduce(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a["self"])
     rank = len(x.shape) + 1
     dims_arg = a.get("dim")
     if dims_arg is None or (isinstance(dims_arg, (list, tuple)) and len(dims_arg) == 0):
         raise Refused(f"{where(b, node)} reduces over every dimension, the batch included; give the dimensions "
                       "(e.g. x.mean((2, 3)))")
-    dims = tuple(sorted(graph_dim(b, node, d, rank) for d in (dims_arg if isinstance(dims_arg, (list, tuple)) else [dims_arg])))
+    given = dims_arg if isinstance(dims_arg, (list, tuple)) else [dims_arg]
+    dims = tuple(sorted(graph_dim(b, node, d, rank) for d in given))
     keepdim = bool(a.get("keepdim", False))
     out = shape_of(node)
     count = math.prod(x.shape[d - 1] for d in dims)
@@ -469,12 +498,17 @@ def _reduce(b, node, a):
 
 
 # --------------------------------------------------------------------------- maps with parameters
-def _conv(b, node, x, weight, bias, *, stride, padding, dilation, groups, transposed=False, output_padding=0):
+_Ints = int | tuple[int, ...] | list[int]  # one number per spatial axis, or one for all
+
+
+def _conv(b: Builder, node: torch.fx.Node, x: Value, weight: torch.Tensor | Value, bias: torch.Tensor | Value | None, *,
+          stride: _Ints, padding: _Ints | str, dilation: _Ints, groups: int, transposed: bool = False,
+          output_padding: _Ints = 0) -> Lin:
     if is_value(weight) or (bias is not None and is_value(bias)):
         raise Refused(f"{where(b, node)} convolves with a kernel computed from the input (a product of activations)")
     weight = f64(weight)
     n = weight.dim() - 2
-    ops = []
+    ops: list[Operator] = []
     in_shape = tuple(x.shape)
     if isinstance(padding, str):
         kernel = weight.shape[2:]
@@ -482,14 +516,14 @@ def _conv(b, node, x, weight, bias, *, stride, padding, dilation, groups, transp
         if padding == "valid":
             padding = (0,) * n
         else:  # "same": torch pads total // 2 before and the rest after
-            total = [d * (k - 1) for d, k in zip(dil, kernel)]
+            total = [d * (k - 1) for d, k in zip(dil, kernel, strict=True)]
             if any(t % 2 for t in total):
                 pads = []
                 for t in reversed(total):
                     pads += [t // 2, t - t // 2]
                 pre = IndexMap(lambda t, p=tuple(pads): F.pad(t, p), in_shape,
-                               (in_shape[0],) + tuple(s + t for s, t in zip(in_shape[1:], total)), injective=True,
-                               name="pad (constant)", spatial_only=True)
+                               (in_shape[0],) + tuple(s + t for s, t in zip(in_shape[1:], total, strict=True)),
+                               injective=True, name="pad (constant)", spatial_only=True)
                 ops.append(pre)
                 in_shape = pre.out_shape
                 padding = (0,) * n
@@ -510,27 +544,28 @@ def _conv(b, node, x, weight, bias, *, stride, padding, dilation, groups, transp
 
 
 @handles("affine", "conv1d", "conv2d", "conv3d")
-def _convnd(b, node, a):
+def _convnd(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a["input"])
     return _conv(b, node, x, a["weight"], a["bias"], stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
                  groups=int(a["groups"]))
 
 
 @handles("affine", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
-def _conv_transpose(b, node, a):
+def _conv_transpose(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a["input"])
     return _conv(b, node, x, a["weight"], a["bias"], stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
                  groups=int(a["groups"]), transposed=True, output_padding=a["output_padding"])
 
 
 @handles("affine", "convolution", "_convolution")
-def _convolution(b, node, a):
+def _convolution(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a["input"])
     return _conv(b, node, x, a["weight"], a["bias"], stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
                  groups=int(a["groups"]), transposed=bool(a["transposed"]), output_padding=a["output_padding"])
 
 
-def _dense(b, node, x, matrix, bias):
+def _dense(b: Builder, node: torch.fx.Node, x: Value, matrix: torch.Tensor | Value,
+           bias: float | torch.Tensor | Value | None) -> Lin:
     """``x @ matrix^T + bias`` along the last axis; ``matrix`` ``(J, D)`` a constant."""
     if is_value(matrix) or (bias is not None and is_value(bias)):
         raise Refused(f"{where(b, node)} multiplies two activations (a product of input-dependent values is not "
@@ -543,12 +578,12 @@ def _dense(b, node, x, matrix, bias):
 
 
 @handles("affine", "linear")
-def _linear(b, node, a):
+def _linear(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     return _dense(b, node, input_value(b, node, a["input"]), a["weight"], a["bias"])
 
 
 @handles("affine", "addmm")
-def _addmm(b, node, a):
+def _addmm(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a["mat1"], "first matrix")
     alpha, beta = float(a["alpha"]), float(a["beta"])
     matrix = a["mat2"]
@@ -561,8 +596,8 @@ def _addmm(b, node, a):
 
 
 @handles("affine", "mm", "matmul")
-def _mm(b, node, a):
-    left, right = a["self"], a.get("mat2", a.get("other"))
+def _mm(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
+    left, right = a["self"], a["mat2"] if "mat2" in a else a["other"]
     if not is_value(left):
         raise Refused(f"{where(b, node)} multiplies a constant matrix from the left of the activations")
     if is_value(right):
@@ -573,10 +608,12 @@ def _mm(b, node, a):
     return _dense(b, node, left, right.T, None)
 
 
-def _batch_norm_eval(b, node, x, weight, bias, mean, var, eps):
+def _batch_norm_eval(b: Builder, node: torch.fx.Node, x: Value, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                     mean: torch.Tensor | None, var: torch.Tensor | None, eps: float) -> Lin:
     if mean is None or var is None:
-        raise ValueError(f"{where(b, node)} has no running statistics (track_running_stats=False), so it normalises with "
-                         "each batch's own statistics even in eval mode: not an affine map; train it with running statistics")
+        raise ValueError(f"{where(b, node)} has no running statistics (track_running_stats=False), "
+                         "so it normalises with each batch's own statistics even in eval mode: "
+                         "not an affine map; train it with running statistics")
     scale = 1.0 / torch.sqrt(f64(var) + float(eps))
     if weight is not None:
         scale = scale * f64(weight)
@@ -585,29 +622,31 @@ def _batch_norm_eval(b, node, x, weight, bias, mean, var, eps):
         shift = shift + f64(bias)
     shape = tuple(x.shape)
     view = (-1,) + (1,) * (len(shape) - 1)
-    out = b.apply(x, Scale(scale.to(b.device), shape), module_of(b, node), bias=shift.reshape(view).expand(shape).clone())
+    out = b.apply(x, Scale(scale.to(b.device), shape), module_of(b, node),
+                  bias=shift.reshape(view).expand(shape).clone())
     return out
 
 
 @handles("affine", "_native_batch_norm_legit_no_training")
-def _bn_eval(b, node, a):
+def _bn_eval(b: Builder, node: torch.fx.Node, a: Args) -> tuple[Lin, None, None]:
     x = input_value(b, node, a["input"])
-    return (_batch_norm_eval(b, node, x, a["weight"], a["bias"], a["running_mean"], a["running_var"], a["eps"]), None, None)
+    out = _batch_norm_eval(b, node, x, a["weight"], a["bias"], a["running_mean"], a["running_var"], a["eps"])
+    return (out, None, None)
 
 
 @handles("affine", "batch_norm", "native_batch_norm", "_native_batch_norm_legit_functional", "_native_batch_norm_legit")
-def _bn(b, node, a):
+def _bn(b: Builder, node: torch.fx.Node, a: Args) -> Lin | tuple[Lin | None, ...]:
     x = input_value(b, node, a["input"])
     if a.get("training"):
         raise training_mode(b.captured, node)
     out = _batch_norm_eval(b, node, x, a["weight"], a["bias"], a["running_mean"], a["running_var"], a["eps"])
-    n_outputs = len(node.target._schema.returns)
+    n_outputs = len(aten_operation(node)._schema.returns)
     return out if n_outputs == 1 else (out,) + (None,) * (n_outputs - 1)
 
 
 # --------------------------------------------------------------------------- arithmetic
 @handles("affine", "add", "sub", "rsub")
-def _add(b, node, a):
+def _add(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     name = operation_name(node)
     left, right = a["self"], a["other"]
     alpha = float(a.get("alpha", 1) if a.get("alpha") is not None else 1)
@@ -624,11 +663,11 @@ def _add(b, node, a):
 
 
 @handles("affine", "neg")
-def _neg(b, node, a):
+def _neg(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     return b.scale(input_value(b, node, a["self"]), -1.0)
 
 
-def _multiply(b, node, value, factor, out):
+def _multiply(b: Builder, node: torch.fx.Node, value: Value, factor: float | torch.Tensor, out: tuple[int, ...]) -> Lin:
     if tuple(value.shape) != tuple(out):
         value = b.expand(value, out, where(b, node))
     if not isinstance(factor, torch.Tensor):
@@ -644,7 +683,7 @@ def _multiply(b, node, value, factor, out):
 
 
 @handles("affine", "mul")
-def _mul(b, node, a):
+def _mul(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     left, right = a["self"], a["other"]
     if is_value(left) and is_value(right):
         raise Refused(f"{where(b, node)} multiplies two activations (a product of input-dependent values is not "
@@ -654,7 +693,7 @@ def _mul(b, node, a):
 
 
 @handles("affine", "div")
-def _div(b, node, a):
+def _div(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     left, right = a["self"], a["other"]
     if a.get("rounding_mode") is not None:
         raise Refused(f"{where(b, node)} divides with rounding_mode={a['rounding_mode']!r}, which is not linear")
@@ -666,14 +705,14 @@ def _div(b, node, a):
 
 
 @handles("affine", "where")
-def _where_op(b, node, a):
+def _where_op(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     condition, first, second = a["condition"], a["self"], a["other"]
     if is_value(condition):
         raise Refused(f"{where(b, node)} chooses with a condition computed from the input (a discontinuous, data-"
                       "dependent selection)")
     out = shape_of(node)
     mask = per_point(condition.to(torch.float64), out, where(b, node))
-    terms = []
+    terms: list[Lin | torch.Tensor] = []
     for v, m in ((first, mask), (second, 1.0 - mask)):
         if is_value(v):
             terms.append(_multiply(b, node, v, m, out))
@@ -683,7 +722,7 @@ def _where_op(b, node, a):
 
 
 @handles("affine", "masked_fill")
-def _masked_fill(b, node, a):
+def _masked_fill(b: Builder, node: torch.fx.Node, a: Args) -> Lin:
     x = input_value(b, node, a["self"])
     mask, fill = a["mask"], a["value"]
     if is_value(mask) or is_value(fill):
@@ -693,33 +732,34 @@ def _masked_fill(b, node, a):
     return b.add(_multiply(b, node, x, 1.0 - m, out), per_point(fill, out, where(b, node)) * m, where(b, node), out)
 
 
-@handles("affine", "zeros_like", "ones_like", "full_like", "empty_like", "new_zeros", "new_ones", "new_full", "new_empty")
-def _like(b, node, a):
+@handles("affine", "zeros_like", "ones_like", "full_like", "empty_like", "new_zeros", "new_ones", "new_full",
+         "new_empty")
+def _like(b: Builder, node: torch.fx.Node, a: Args) -> torch.Tensor:
     out = shape_of(node)
     name = operation_name(node)
     fill = {"zeros_like": 0.0, "ones_like": 1.0, "empty_like": 0.0, "new_zeros": 0.0, "new_ones": 1.0,
             "new_empty": 0.0}.get(name)
     if fill is None:
-        fill = float(a.get("fill_value"))
+        fill = float(a["fill_value"])
     return torch.full((1,) + out, fill, dtype=torch.float64, device=b.device)
 
 
 @handles("affine", "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout")
-def _dropout(b, node, a):
+def _dropout(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     if a.get("train"):
         raise training_mode(b.captured, node)
     return input_value(b, node, a["input"])
 
 
 @handles("affine", "native_dropout")
-def _native_dropout(b, node, a):
+def _native_dropout(b: Builder, node: torch.fx.Node, a: Args) -> tuple[Value, None]:
     if a.get("train") is None or a.get("train"):
         raise training_mode(b.captured, node)
     return (input_value(b, node, a["input"]), None)
 
 
 @handles("affine", "_to_copy", "to", "type_as")
-def _to_copy(b, node, a):
+def _to_copy(b: Builder, node: torch.fx.Node, a: Args) -> Value:
     x = input_value(b, node, a["self"])
     dtype = node.meta["val"].dtype
     if dtype != b.captured.dtype:

@@ -3,13 +3,14 @@ mode; the checks made before any work (:func:`prepass_refusal`)."""
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 
 from .aten import HANDLERS, bind, operations
 from .build import Refused
-from .capture import display_name, operation_name
+from .capture import Captured, display_name, operation_name
 
 __all__ = ["refusal", "training_mode", "training_refusal", "prepass_refusal"]
 
@@ -18,7 +19,8 @@ _SMOOTH = ("silu", "gelu", "sigmoid", "tanh", "elu", "selu", "celu", "softplus",
            "log_sigmoid", "erf", "exp", "expm1", "log", "log1p", "log2", "sqrt", "rsqrt", "pow",
            "reciprocal", "sin", "cos", "atan", "logit", "glu", "softsign", "tanhshrink")
 _NORMS = ("layer_norm", "native_layer_norm", "group_norm", "native_group_norm", "instance_norm", "rms_norm",
-          "_fused_rms_norm", "norm", "linalg_vector_norm", "std", "var", "var_mean", "std_mean", "_weight_norm_interface")
+          "_fused_rms_norm", "norm", "linalg_vector_norm", "std", "var", "var_mean", "std_mean",
+          "_weight_norm_interface")
 _SOFTMAX = ("softmax", "_softmax", "log_softmax", "_log_softmax", "_safe_softmax", "logsumexp")
 _PRODUCTS = ("bmm", "baddbmm", "einsum", "scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
              "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu", "bilinear")
@@ -29,7 +31,7 @@ _DISCONTINUOUS = ("threshold", "hardshrink", "sign", "round", "floor", "ceil", "
 _RANDOM = ("bernoulli", "rand_like", "randn_like", "randint_like", "normal", "uniform")
 
 
-def refusal(captured, node: torch.fx.Node) -> Refused:
+def refusal(captured: Captured, node: torch.fx.Node) -> Refused:
     """The refusal of an operation that is not lowered, naming it, its module, and why DTD does not apply."""
     name = display_name(node)
     where = captured.where(node)
@@ -45,7 +47,8 @@ def refusal(captured, node: torch.fx.Node) -> Refused:
     elif name in _SOFTMAX:
         why = f"{name} couples its inputs non-linearly; explain the logits before it (select= the logits output)"
     elif name in _PRODUCTS:
-        why = f"{name} multiplies input-dependent values with each other (attention, bilinear forms): not piecewise linear"
+        why = (f"{name} multiplies input-dependent values with each other "
+               "(attention, bilinear forms): not piecewise linear")
     elif name in _INDEXING:
         why = f"{name} indexes with positions computed from the input (data-dependent indexing), not a fixed linear map"
     elif name in _DISCONTINUOUS:
@@ -53,12 +56,13 @@ def refusal(captured, node: torch.fx.Node) -> Refused:
     elif name in _RANDOM:
         why = f"{name} draws random numbers; DTD explains a deterministic network (call model.eval())"
     else:
-        why = (f"{name} is not among the operations the lowering knows to be affine or piecewise linear "
-               f"(dtd.lowering.aten: {len(operations('affine'))} affine, {len(operations('piecewise linear'))} piecewise-linear operations)")
+        why = (f"{name} is not among the operations the lowering knows to be affine or "
+               f"piecewise linear (dtd.lowering.aten: {len(operations('affine'))} affine, "
+               f"{len(operations('piecewise linear'))} piecewise-linear operations)")
     return Refused(f"cannot lower {where}: {why}")
 
 
-def training_refusal(captured, node: torch.fx.Node) -> Optional[ValueError]:
+def training_refusal(captured: Captured, node: torch.fx.Node) -> ValueError | None:
     """The ``ValueError`` of an operation that runs in training mode (batch norm, dropout, rrelu), else None."""
     name = operation_name(node)
     if name in ("batch_norm", "native_batch_norm", "_native_batch_norm_legit_functional", "_native_batch_norm_legit"):
@@ -66,9 +70,9 @@ def training_refusal(captured, node: torch.fx.Node) -> Optional[ValueError]:
         if a.get("running_mean") is None and name != "_native_batch_norm_legit_functional":
             module, kind = captured.module_name(node)
             return ValueError(
-                f"'batch_norm' (module {module!r}, {kind}) has no running statistics (track_running_stats=False), so it "
-                "normalises with each batch's own statistics even in eval mode: not an affine map; train it with "
-                "running statistics"
+                f"'batch_norm' (module {module!r}, {kind}) has no running statistics "
+                "(track_running_stats=False), so it normalises with each batch's own statistics "
+                "even in eval mode: not an affine map; train it with running statistics"
             )
         return training_mode(captured, node) if a.get("training") else None
     if name in ("dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "native_dropout"):
@@ -79,17 +83,17 @@ def training_refusal(captured, node: torch.fx.Node) -> Optional[ValueError]:
     return None
 
 
-def training_mode(captured, node: torch.fx.Node) -> ValueError:
+def training_mode(captured: Captured, node: torch.fx.Node) -> ValueError:
     name, kind = captured.module_name(node)
     module = f" (module {name!r}, {kind})" if name else ""
     return ValueError(
-        f"{display_name(node)!r}{module} runs in training mode, where it is not a fixed affine map (batch norm uses the "
-        "batch's own statistics, dropout draws random masks); call model.eval() first (from_module never changes the "
-        "model's mode)"
+        f"{display_name(node)!r}{module} runs in training mode, where it is not a fixed "
+        "affine map (batch norm uses the batch's own statistics, dropout draws random "
+        "masks); call model.eval() first (from_module never changes the model's mode)"
     )
 
 
-def prepass_refusal(captured, node: torch.fx.Node, depends: set) -> Optional[Exception]:
+def prepass_refusal(captured: Captured, node: torch.fx.Node, depends: set[torch.fx.Node]) -> Exception | None:
     """Why an input-dependent node cannot be lowered, found before any work (None if the walk may try it)."""
     name = operation_name(node)
     if name not in HANDLERS:
@@ -100,11 +104,13 @@ def prepass_refusal(captured, node: torch.fx.Node, depends: set) -> Optional[Exc
             return None
         return Refused(f"cannot lower {captured.where(node)}: it multiplies input-dependent values with each other "
                        "(gating, squeeze-and-excitation, attention): not piecewise linear")
+    data: Sequence[object]
     if name == "index":
-        data = [i for i in (node.args[1] if len(node.args) > 1 else []) if i is not None]
+        indices = cast("list[object]", node.args[1]) if len(node.args) > 1 else []  # a list of optional tensors
+        data = [i for i in indices if i is not None]
     else:
         data = {"where": node.args[:1], "index_select": node.args[2:3], "masked_fill": node.args[1:2]}.get(name, [])
     if any(d in depends for d in data if isinstance(d, torch.fx.Node)):
-        return Refused(f"cannot lower {captured.where(node)}: it selects with positions or conditions computed from the "
-                       "input (data-dependent)")
+        return Refused(f"cannot lower {captured.where(node)}: it selects with positions "
+                       "or conditions computed from the input (data-dependent)")
     return None

@@ -4,26 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 from torch.export.graph_signature import InputKind, OutputKind
 
-from ..graph import AffineNode, Branch, GraphNetwork, InputNode, ReLUNode
+from ..graph import AffineNode, Branch, GraphNetwork, InputNode, Node, ReLUNode
 from . import linear as _linear  # noqa: F401  (registers the affine operations)
 from .aten import HANDLERS, IGNORED, LIKE, bind
-from .hinges import INDICES
-from .refusals import prepass_refusal, refusal, training_refusal
 from .build import Act, Builder, Lin, Refused, is_value
 from .capture import Captured, operation_name
+from .hinges import INDICES
+from .refusals import prepass_refusal, refusal, training_refusal
 
 __all__ = ["lower_captured", "check_refusals"]
 
 
-def _depends(program) -> set:
+def _depends(program: torch.export.ExportedProgram) -> set[torch.fx.Node]:
     """The graph's nodes whose values depend on the user's input (``zeros_like(x)`` does not)."""
     specs = {s.arg.name: s.kind for s in program.graph_signature.input_specs}
-    depends: set = set()
+    depends: set[torch.fx.Node] = set()
     for node in program.graph.nodes:
         if node.op == "placeholder":
             if specs.get(node.name) == InputKind.USER_INPUT:
@@ -44,7 +45,7 @@ def check_refusals(captured: Captured) -> None:
                 raise problem
 
 
-def _constants(program, device) -> dict[str, torch.Tensor]:
+def _constants(program: torch.export.ExportedProgram, device: torch.device) -> dict[str, torch.Tensor]:
     """Parameters, buffers and lifted constants by placeholder name; floating ones as float64 copies."""
     state = program.state_dict
     constants = program.constants
@@ -62,7 +63,7 @@ def _constants(program, device) -> dict[str, torch.Tensor]:
     return values
 
 
-def _map(value, env) -> Any:
+def _map(value: object, env: dict[str, Any]) -> Any:
     if isinstance(value, torch.fx.Node):
         return env[value.name]
     if isinstance(value, (list, tuple)):
@@ -70,7 +71,7 @@ def _map(value, env) -> Any:
     return value
 
 
-def _contains_value(value) -> bool:
+def _contains_value(value: object) -> bool:
     if is_value(value):
         return True
     if isinstance(value, (list, tuple)):
@@ -78,18 +79,19 @@ def _contains_value(value) -> bool:
     return False
 
 
-def _fold(node, args, kwargs):
+def _fold(node: torch.fx.Node, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     """An operation on constants only, evaluated (floating results in float64)."""
     if "dtype" in kwargs and isinstance(kwargs["dtype"], torch.dtype) and kwargs["dtype"].is_floating_point:
         kwargs = dict(kwargs, dtype=torch.float64)
     with torch.no_grad():
-        result = node.target(*args, **kwargs)
+        result = cast(Callable[..., Any], node.target)(*args, **kwargs)  # a call_function node's target
     if isinstance(result, torch.Tensor) and result.is_floating_point():
         result = result.to(torch.float64)
     return result
 
 
-def lower_captured(captured: Captured, input_shape: tuple, memory_budget: int) -> tuple[list, int, bool]:
+def lower_captured(captured: Captured, input_shape: tuple[int, ...],
+                   memory_budget: int) -> tuple[list[Node], int, bool]:
     """The network's nodes (float64 operators), the output node and whether the output has a final ReLU."""
     check_refusals(captured)
     program = captured.program
@@ -130,14 +132,15 @@ def lower_captured(captured: Captured, input_shape: tuple, memory_budget: int) -
                 env[node.name] = handler(builder, node, bind(node, args, kwargs))
         elif node.op == "output":
             kinds = program.graph_signature.output_specs
-            outputs = [_map(v, env) for v, spec in zip(node.args[0], kinds) if spec.kind == OutputKind.USER_OUTPUT]
+            outputs = [_map(v, env) for v, spec in zip(node.args[0], kinds, strict=True)
+                       if spec.kind == OutputKind.USER_OUTPUT]
         elif node.op == "get_attr":
             env[node.name] = getattr(program.graph_module, node.target)
     output, final_relu = _finish(builder, outputs[captured.output])
     return builder.nodes, output, final_relu
 
 
-def _finish(builder: Builder, value) -> tuple[int, bool]:
+def _finish(builder: Builder, value: object) -> tuple[int, bool]:
     if not is_value(value):
         raise Refused("the selected output of the model does not depend on its input")
     where = "the model's output"
@@ -149,7 +152,8 @@ def _finish(builder: Builder, value) -> tuple[int, bool]:
     return builder.source_of(value, where), False
 
 
-def build_network(nodes: list, output: int, final_relu: bool, input_shape: tuple, dtype, device) -> GraphNetwork:
+def build_network(nodes: list[Node], output: int, final_relu: bool, input_shape: tuple[int, ...], dtype: torch.dtype,
+                  device: torch.device) -> GraphNetwork:
     """The nodes the output depends on, renumbered, with operators and biases converted to ``dtype`` on ``device``."""
     needed = {output}
     for node in reversed(nodes):
@@ -168,9 +172,10 @@ def build_network(nodes: list, output: int, final_relu: bool, input_shape: tuple
     return GraphNetwork(renumbered, ids[output], final_relu=final_relu, input_shape=input_shape)
 
 
-def _renumber(node, ids: dict):
+def _renumber(node: Node, ids: dict[int, int]) -> Node:
     if isinstance(node, InputNode):
         return node
     if isinstance(node, AffineNode):
-        return dataclasses.replace(node, id=ids[node.id], branches=tuple(Branch(ids[b.source], b.op) for b in node.branches))
+        return dataclasses.replace(node, id=ids[node.id],
+                                   branches=tuple(Branch(ids[b.source], b.op) for b in node.branches))
     return dataclasses.replace(node, id=ids[node.id], source=ids[node.source])

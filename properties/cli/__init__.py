@@ -2,14 +2,16 @@
 
 Subcommands
 -----------
-``dtd-properties check MODULE:FACTORY [--report DIR] [--baseline FILE] [--update-baseline] [--confidence C] [--seed N] [--no-findings] [--require PATTERN>=VALUE ...]``
+``dtd-properties check MODULE:FACTORY [OPTIONS]``
     The property suite on a user's own model and data (:class:`properties.Subject`,
-    :mod:`properties.cli.check`): pytest with ``--dtd-subject``.
-``dtd-properties conform MODULE:FACTORY [MODULE:FACTORY ...] [--report DIR] [--baseline FILE] [--update-baseline] [--confidence C] [--seed N] [--call-timeout S] [--require PATTERN>=VALUE ...]``
+    :mod:`properties.cli.check`): pytest with ``--dtd-subject``.  Options: ``[--report DIR] [--baseline FILE]
+    [--update-baseline] [--confidence C] [--seed N] [--no-findings] [--require PATTERN>=VALUE ...]``.
+``dtd-properties conform MODULE:FACTORY [MODULE:FACTORY ...] [OPTIONS]``
     Run the conformance kit (:mod:`properties.conformance`) on the LRP
     implementations the factories return: pytest on the kit's test module
     with ``--dtd-implementation``.  One report format, one baseline format,
-    one gate: the same plugin as ``pytest -m properties``.
+    one gate: the same plugin as ``pytest -m properties``.  Options: ``[--report DIR] [--baseline FILE]
+    [--update-baseline] [--confidence C] [--seed N] [--call-timeout S] [--require PATTERN>=VALUE ...]``.
 
 ``dtd-properties --version`` prints the installed version.
 
@@ -32,14 +34,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from .check import QUIET_REWRITE, add_check_command, add_require_argument, require_options, seed_argument
 
 __all__ = ["main", "parser", "version"]
 
-#: the default of --call-timeout (``properties.conformance.DEFAULT_CALL_TIMEOUT``; not imported here: that imports torch)
+#: the default of --call-timeout (``properties.conformance.DEFAULT_CALL_TIMEOUT``; not imported
+#: here: that imports torch)
 DEFAULT_CALL_TIMEOUT = 120.0
 #: exit code of usage errors (argparse's own)
 USAGE = 2
@@ -49,7 +52,8 @@ PYTEST_USAGE = 4
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    top = argparse.ArgumentParser(prog="dtd-properties", description="DTD property suite: report, gate, conformance kit")
+    top = argparse.ArgumentParser(prog="dtd-properties",
+                                  description="DTD property suite: report, gate, conformance kit")
     top.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -79,12 +83,15 @@ def version() -> str:
 
 
 def _common(sub: argparse.ArgumentParser, baseline: str) -> None:
-    sub.add_argument("--report", default="property-report", metavar="DIR", help="report directory (default: property-report)")
+    sub.add_argument("--report", default="property-report", metavar="DIR",
+                     help="report directory (default: property-report)")
     sub.add_argument("--baseline", default=None, metavar="FILE",
                      help=f"your baseline to gate on (default: ./{baseline}, where an absent file means every rate is "
                           "new; a FILE named here must exist unless --update-baseline creates it)")
-    sub.add_argument("--update-baseline", action="store_true", help="write this run's rates to the baseline instead of gating")
-    sub.add_argument("--confidence", type=float, default=None, metavar="C", help="confidence of every interval (default: 0.99)")
+    sub.add_argument("--update-baseline", action="store_true",
+                     help="write this run's rates to the baseline instead of gating")
+    sub.add_argument("--confidence", type=float, default=None, metavar="C",
+                     help="confidence of every interval (default: 0.99)")
     sub.add_argument("--seed", type=seed_argument, default=0, metavar="N",
                      help="seed of the generated networks, in [0, 2**32 - 1] (default 0: reproducible)")
 
@@ -138,7 +145,7 @@ def _pytest(targets: list[str], args: argparse.Namespace) -> int:
     return int(pytest.main(argv))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dtd-properties``; returns the exit code."""
     args = parser().parse_args(argv)
     if os.getcwd() not in sys.path:

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
-__all__ = ["add_check_command", "run_check", "pytest_arguments", "main", "seed_argument", "floor_argument", "add_require_argument",
-           "REQUIRE_HELP"]
+__all__ = ["add_check_command", "run_check", "pytest_arguments", "main", "seed_argument", "floor_argument",
+           "add_require_argument", "REQUIRE_HELP"]
 
 #: the largest seed (the plugin's --property-seed range)
 SEED_MAXIMUM = 2**32 - 1
@@ -51,9 +51,9 @@ def floor_argument(text: str) -> str:
 
 
 #: the help of ``--require`` (``check`` and ``conform``)
-REQUIRE_HELP = ("an absolute floor, repeatable: every rate whose name matches the glob PATTERN must have a rate (the point "
-                "estimate) >= VALUE in [0, 1], e.g. 'conformance.mylib_*.equals_dtd.*>=0.99'; a rate below it fails the "
-                "run, with or without a baseline; a PATTERN that matches no rate is a usage error")
+REQUIRE_HELP = ("an absolute floor, repeatable: every rate whose name matches the glob PATTERN must have a rate "
+                "(the point estimate) >= VALUE in [0, 1], e.g. 'conformance.mylib_*.equals_dtd.*>=0.99'; a rate "
+                "below it fails the run, with or without a baseline; a PATTERN that matches no rate is a usage error")
 
 
 def add_require_argument(parser: argparse.ArgumentParser) -> None:
@@ -67,23 +67,28 @@ def require_options(args: argparse.Namespace) -> list[str]:
     return [f"--property-require={text}" for text in getattr(args, "require", None) or ()]
 
 
-def add_check_command(subparsers) -> argparse.ArgumentParser:
+def add_check_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add ``check`` to an ``argparse`` subparsers object; returns its parser."""
     parser = subparsers.add_parser(
         "check",
         help="judge DTD's promises on your own model and data (a Subject factory)",
-        description="Evaluate the Subject(s) returned by MODULE:FACTORY (MODULE importable from the current directory, as "
-        "python -m would) and write the property report; gate on --baseline when it exists.",
+        description="Evaluate the Subject(s) returned by MODULE:FACTORY (MODULE importable from the current "
+                    "directory, as python -m would) and write the property report; gate on --baseline when it exists.",
     )
-    parser.add_argument("factory", metavar="MODULE:FACTORY", help="a function returning a properties.Subject or a list of them")
-    parser.add_argument("--report", default="property-report", metavar="DIR", help="report directory (default: property-report)")
+    parser.add_argument("factory", metavar="MODULE:FACTORY",
+                        help="a function returning a properties.Subject or a list of them")
+    parser.add_argument("--report", default="property-report", metavar="DIR",
+                        help="report directory (default: property-report)")
     parser.add_argument(
         "--baseline", default=None, metavar="FILE",
         help="your baseline (default: ./dtd-properties-baseline.json; absent: every rate is new and nothing fails)",
     )
-    parser.add_argument("--update-baseline", action="store_true", help="write this run's rates into the baseline instead of gating on it")
-    parser.add_argument("--confidence", type=float, default=None, metavar="C", help="confidence of every interval (default: 0.99)")
-    parser.add_argument("--seed", type=seed_argument, default=None, metavar="N", help="seed of the neuron draws (default: 0)")
+    parser.add_argument("--update-baseline", action="store_true",
+                        help="write this run's rates into the baseline instead of gating on it")
+    parser.add_argument("--confidence", type=float, default=None, metavar="C",
+                        help="confidence of every interval (default: 0.99)")
+    parser.add_argument("--seed", type=seed_argument, default=None, metavar="N",
+                        help="seed of the neuron draws (default: 0)")
     parser.add_argument("--no-findings", action="store_true",
                         help="skip the insensitivity, invariance and randomisation rows (for large models)")
     add_require_argument(parser)
@@ -125,7 +130,7 @@ def run_check(args: argparse.Namespace) -> int:
         return int(pytest.main(pytest_arguments(args, empty)))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m properties.cli.check check ...`` (the console script wires :func:`add_check_command` itself)."""
     parser = argparse.ArgumentParser(prog="dtd-properties")
     subparsers = parser.add_subparsers(dest="command", required=True)

@@ -101,7 +101,8 @@ import dataclasses
 import functools
 import math
 import time
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -113,15 +114,25 @@ from dtd.threads import one_thread
 from dtd.tolerances import equation_rtol
 from dtd.validation import check_int, check_number
 
-from .stabilizer import stabilizer_bound
+from ..measure.keys import OUTCOMES, SUBSETS, RateKey, check_name
+from ..measure.recorder import Recorder
+from ..measure.stats import Rate, Tally
+from ..measure.thresholds import CONDITIONING_FACTOR, ROUNDING64
 from ..usercode.callstate import CALL_RNG_SEED, GLOBAL_STATE, CallTimeout, clean_global_state, time_limit
 from ..usercode.factories import load_factory
-from ..measure.keys import OUTCOMES, SUBSETS, RateKey, check_name
-from ..measure.thresholds import CONDITIONING_FACTOR, ROUNDING64
-from ..measure.stats import Rate, Tally
+from .stabilizer import stabilizer_bound
 
-if TYPE_CHECKING:  # strategies imports hypothesis: loaded when networks are drawn, not when a user module imports the kit
+# strategies imports hypothesis: loaded when networks are drawn, not when a user module imports the kit
+if TYPE_CHECKING:
+    from dtd.decomposition import Decomposition, GraphDecomposition
+    from dtd.graph import GraphNetwork
+
+    from ..generate.architectures import ModelCase
     from ..generate.strategies import Case
+    from .claims import Claims, ClaimsLike
+
+    #: a case the kit judges: an MLP's or an image model's
+    AnyCase = Case | ModelCase
 
 __all__ = [
     "Implementation",
@@ -160,14 +171,15 @@ IMAGE_NETWORKS = {"cnn": 2, "resnet": 2}
 #: points per CNN / residual net
 IMAGE_POINTS = {"cnn": 4, "resnet": 4}
 #: the bounds of the generated CNNs and residual nets (:func:`properties.generate.architectures.sample_models`)
-IMAGE_SPACE = dict(in_channels=(1, 2), channels=(1, 4), depth=(1, 2), image_size=(2, 8), outputs=(1, 3))
+IMAGE_SPACE: dict[str, Any] = dict(in_channels=(1, 2), channels=(1, 4), depth=(1, 2), image_size=(2, 8),
+                                   outputs=(1, 3))
 #: architectures whose models the claim references (:func:`properties.conformance.claims.reference`) take: not
 #: residual nets (``equals_claim`` is not measured there)
 CLAIM_ARCHITECTURES = ("mlp", "cnn")
 #: relative tolerance of conservation (before the stabiliser's own allowance)
 CONSERVATION_RTOL = 1e-6
 #: the bounds of the generated networks
-CASE_SPACE = dict(depth=(1, 4), width=(1, 16), input_size=(1, 16), outputs=(1, 4))
+CASE_SPACE: dict[str, Any] = dict(depth=(1, 4), width=(1, 16), input_size=(1, 16), outputs=(1, 4))
 #: how many evaluations the counterexample shrinker may spend per property
 SHRINK_BUDGET = 60
 #: the same on a CNN or residual net (each evaluation builds, lowers and explains a new model: fewer steps)
@@ -186,11 +198,12 @@ _SUBSETS = {"equals_dtd": POPULATIONS, "conservation": ("bias_free", "bias_negat
 #: properties without a subset that are measured on one population only
 _ONLY_ON = {"gradient_x_input": "bias_free"}
 
-Attribute = Callable[[nn.Sequential, torch.Tensor, int], torch.Tensor]
-RulesLike = Union[R.RuleLike, Sequence[R.RuleLike]]
+#: ``attribute(model, x, output) -> relevance``: an MLP's nn.Sequential, or the original CNN / residual net
+Attribute = Callable[[nn.Module, torch.Tensor, int], torch.Tensor]
+RulesLike = R.RuleLike | Sequence[R.RuleLike]
 
 
-def _check_name(name) -> str:
+def _check_name(name: object) -> str:
     """The suite's one name rule (:func:`properties.measure.keys.check_name`): rows are
     ``conformance.NAME.PROPERTY``."""
     return check_name(name, "an implementation name")
@@ -240,14 +253,15 @@ class Implementation:
     rule: RulesLike
     seed: str = "value"
     stabilizer: float = 1e-6
-    claims: object = None
+    claims: ClaimsLike | None = None
     architectures: Sequence[str] = ("mlp",)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check_name(self.name)
         if not callable(self.attribute):
-            raise TypeError(f"Implementation {self.name!r}: attribute must be callable (model, x, output) -> relevance, "
-                            f"got {type(self.attribute).__name__}")
+            raise TypeError(f"Implementation {self.name!r}: attribute must be callable (model, "
+                            f"x, output) -> relevance, got {type(self.attribute).__name__}")
+        rules: tuple[R.Rule, ...]
         if isinstance(self.rule, (str, R.Rule)):
             rules = (R.Rule.ensure(self.rule),)
         elif isinstance(self.rule, Sequence) and len(self.rule) > 0:
@@ -268,9 +282,17 @@ class Implementation:
             object.__setattr__(self, "claims", ensure_claims(self.claims))
         object.__setattr__(self, "architectures", _check_architectures(self.architectures, self.name))
 
+    @property
+    def _rules(self) -> tuple[R.Rule, ...]:
+        return cast("tuple[R.Rule, ...]", self.rule)  # __post_init__ made it a tuple of rule objects
+
+    @property
+    def _claims(self) -> Claims | None:
+        return cast("Claims | None", self.claims)  # __post_init__ made it a Claims (or left None)
+
     def rules_for(self, depth: int) -> list[R.Rule]:
         """The claimed rule of each of ``depth`` layers (the last listed rule repeats upwards)."""
-        return [self.rule[min(k, len(self.rule) - 1)] for k in range(depth)]
+        return [self._rules[min(k, len(self._rules) - 1)] for k in range(depth)]
 
     @property
     def positive_rules(self) -> bool:
@@ -280,18 +302,19 @@ class Implementation:
         itself (``W = [[1.6, -0.2]], b = [-0.2], x = [[0.8, 1.2]]`` gives
         ``R = [0.988, -0.148]``), so positivity is no gamma property.
         """
-        return all(isinstance(r, R.ZPlus) for r in self.rule)
+        return all(isinstance(r, R.ZPlus) for r in self._rules)
 
     @property
     def lrp0(self) -> bool:
-        return all(isinstance(r, R.LRP0) for r in self.rule)
+        return all(isinstance(r, R.LRP0) for r in self._rules)
 
-    def properties(self) -> list[tuple[str, Optional[str]]]:
+    def properties(self) -> list[tuple[str, str | None]]:
         """The ``(property, subset)`` pairs measured for this implementation, architecture by architecture."""
-        return [(prop, subset) for architecture in self.architectures for prop, subset, _ in _layout(self, architecture)]
+        return [(prop, subset) for architecture in self.architectures
+                for prop, subset, _ in _layout(self, architecture)]
 
 
-def _check_architectures(value, name: str) -> tuple[str, ...]:
+def _check_architectures(value: object, name: str) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Sequence):
         raise TypeError(f"Implementation {name!r}: architectures must be a tuple of architecture names from "
                         f"{ARCHITECTURES}, e.g. ('mlp', 'cnn', 'resnet'), got {value!r}")
@@ -306,7 +329,7 @@ def _check_architectures(value, name: str) -> tuple[str, ...]:
     return chosen
 
 
-def subset_of(architecture: str, prop: str, population: Optional[str]) -> Optional[str]:
+def subset_of(architecture: str, prop: str, population: str | None) -> str | None:
     """The subset of a row: the population on MLPs (``bias_negative``; None for a property judged on every
     population), ``{architecture}_{population}`` on CNNs and residual nets (``cnn_bias_negative``), and the
     architecture alone (``cnn``) for a property judged on all of its populations."""
@@ -315,9 +338,9 @@ def subset_of(architecture: str, prop: str, population: Optional[str]) -> Option
     return f"{architecture}_{population}" if population is not None else architecture
 
 
-def _layout(impl: "Implementation", architecture: str) -> list[tuple[str, Optional[str], Optional[str]]]:
+def _layout(impl: Implementation, architecture: str) -> list[tuple[str, str | None, str | None]]:
     """``(property, subset, population or None for all)`` measured on ``architecture``, in report order."""
-    out = []
+    out: list[tuple[str, str | None, str | None]] = []
     for prop in PROPERTIES:
         if (prop == "positivity" and not impl.positive_rules) or (prop == "gradient_x_input" and not impl.lrp0):
             continue
@@ -333,15 +356,16 @@ def _layout(impl: "Implementation", architecture: str) -> list[tuple[str, Option
     return out
 
 
-def conformance_key(implementation: Union[Implementation, str], prop: str, subset: Optional[str] = None) -> RateKey:
-    """The :class:`~properties.measure.keys.RateKey` of a property's rate (family ``conformance``, subject the implementation)."""
+def conformance_key(implementation: Implementation | str, prop: str, subset: str | None = None) -> RateKey:
+    """The :class:`~properties.measure.keys.RateKey` of a property's rate (family
+    ``conformance``, subject the implementation)."""
     name = _check_name(implementation.name if isinstance(implementation, Implementation) else implementation)
     if prop not in PROPERTIES:
         raise ValueError(f"unknown conformance property {prop!r}; known: {sorted(PROPERTIES)}")
     return RateKey("conformance", prop, subject=name, subset=subset)
 
 
-def conformance_name(implementation: Union[Implementation, str], prop: str, subset: Optional[str] = None) -> str:
+def conformance_name(implementation: Implementation | str, prop: str, subset: str | None = None) -> str:
     """The report row of a property: ``conformance.{name}.{property}[.{subset}]``."""
     return str(conformance_key(implementation, prop, subset))
 
@@ -369,14 +393,16 @@ def population(name: str, count: int, points: int, seed: int) -> tuple[Case, ...
         batch += 1
         if batch > 20:
             raise ValueError(f"could not draw {count} cases of population {name!r}")
-        for i, case in enumerate(sample_cases(count, seed=seed * 1000 + offset + 100 * batch, init=init, n=points, **CASE_SPACE)):
+        for case in sample_cases(count, seed=seed * 1000 + offset + 100 * batch, init=init, n=points, **CASE_SPACE):
             if name == "bias_free":  # the same weights without biases, on the points whose output stays alive
                 net = ReLUNetwork.from_sequential(case.net.to_sequential(bias=False))
                 alive = net.output_value(case.x, case.output) > 0
                 if int(alive.sum()) < 2:
                     continue
                 case = Case(net, case.x[alive], case.output)
-            elif name == "bias_positive" and not any(bool((case.net.bias(k) > 0).any()) for k in range(case.net.n_layers)):
+            elif name == "bias_positive" and not any(
+                bool((case.net.bias(k) > 0).any()) for k in range(case.net.n_layers)
+            ):
                 continue
             out.append(case)
     return tuple(out[:count])
@@ -404,7 +430,7 @@ def _image_networks(architecture: str, name: str, count: int, points: int, seed:
 
 
 #: the bounds of the kit's smallest CNNs / residual nets, tried as counterexamples before a failing case is shrunk
-SMALL_IMAGE_SPACE = dict(in_channels=1, channels=1, depth=1, image_size=2, outputs=1)
+SMALL_IMAGE_SPACE: dict[str, Any] = dict(in_channels=1, channels=1, depth=1, image_size=2, outputs=1)
 #: how many of those small models per architecture and population
 SMALL_IMAGE_CASES = 3
 
@@ -419,17 +445,18 @@ def _small_image_cases(architecture: str, name: str, seed: int) -> tuple:
     from ..generate.architectures import sample_cases
 
     offset = {"bias_free": 71, "bias_negative": 72, "bias_positive": 73}[name] + (0 if architecture == "cnn" else 500)
-    cases = sample_cases(architecture, name, SMALL_IMAGE_CASES, points=1, seed=seed * 1000 + offset, **SMALL_IMAGE_SPACE)
+    cases = sample_cases(architecture, name, SMALL_IMAGE_CASES, points=1, seed=seed * 1000 + offset,
+                         **SMALL_IMAGE_SPACE)
     return tuple((case, _lower(case)) for case in cases)
 
 
 #: lowered networks of recently seen image models, by ``id`` (the model is kept with it, so its id is not reused;
 #: the kit never changes a model it lowered: every call gets a copy)
-_LOWERED: "collections.OrderedDict[int, tuple]" = collections.OrderedDict()
+_LOWERED: collections.OrderedDict[int, tuple] = collections.OrderedDict()
 _LOWERED_SIZE = 64
 
 
-def _lower(case):
+def _lower(case: ModelCase) -> ReLUNetwork | GraphNetwork:
     found = _LOWERED.get(id(case.model))
     if found is not None and found[0] is case.model:
         _LOWERED.move_to_end(id(case.model))
@@ -445,27 +472,33 @@ def _lower(case):
 class _Subject:
     """One case as the kit uses it: DTD's network, the inputs, the output and the model handed to the implementation."""
 
-    net: object  # a dtd.ReLUNetwork, or the dtd.GraphNetwork of ``model``
+    net: ReLUNetwork | GraphNetwork  # a dtd.ReLUNetwork, or the dtd.GraphNetwork of ``model``
     x: torch.Tensor
     output: int
     architecture: str
-    model: Optional[nn.Module] = None  # the original model (CNNs, residual nets); MLPs: ``net.to_sequential()``
+    model: nn.Module | None = None  # the original model (CNNs, residual nets); MLPs: ``net.to_sequential()``
+
+    def _dense(self) -> ReLUNetwork:
+        """An MLP subject's network (a subject without ``model`` is an MLP)."""
+        if not isinstance(self.net, ReLUNetwork):
+            raise TypeError(f"a subject without a model is an MLP, got a {type(self.net).__name__}")
+        return self.net
 
     def fresh(self) -> nn.Module:
         """A copy of the model for one call (nothing shared with the kit's own)."""
-        return self.net.to_sequential() if self.model is None else copy.deepcopy(self.model)
+        return self._dense().to_sequential() if self.model is None else copy.deepcopy(self.model)
 
     def value(self, x: torch.Tensor, output: int) -> torch.Tensor:
         """``f(x)`` of the explained output ``(N,)``."""
         if self.model is None:
-            return self.net.output_value(x, output)
+            return self._dense().output_value(x, output)
         with torch.no_grad():
             return self.net(x)[:, output]
 
     def gradient(self, x: torch.Tensor, output: int) -> torch.Tensor:
         """``d f / d x`` ``(N, D)`` (flat), on a fresh copy of the original model for CNNs and residual nets."""
         if self.model is None:
-            return self.net.input_gradient(x, output)
+            return self._dense().input_gradient(x, output)
         model = self.fresh()
         u = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
@@ -473,15 +506,18 @@ class _Subject:
         return grad.reshape(x.shape[0], -1)
 
 
-def _subject(case, net=None) -> _Subject:
-    """The :class:`_Subject` of an MLP :class:`~properties.generate.strategies.Case` or an image :class:`~properties.generate.architectures.ModelCase`."""
-    generated = getattr(case, "generated", None)
-    if generated is None:
+def _subject(case: AnyCase, net: ReLUNetwork | GraphNetwork | None = None) -> _Subject:
+    """The :class:`_Subject` of an MLP :class:`~properties.generate.strategies.Case` or an image
+    :class:`~properties.generate.architectures.ModelCase`."""
+    from ..generate.architectures import ModelCase
+
+    if not isinstance(case, ModelCase):
         return _Subject(case.net, case.x, case.output, "mlp")
-    return _Subject(net if net is not None else _lower(case), case.x, case.output, generated.architecture, case.model)
+    return _Subject(net if net is not None else _lower(case), case.x, case.output, case.generated.architecture,
+                    case.model)
 
 
-def _architecture_of(case) -> str:
+def _architecture_of(case: AnyCase) -> str:
     generated = getattr(case, "generated", None)
     return "mlp" if generated is None else generated.architecture
 
@@ -502,7 +538,8 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ one call
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks")
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
 
 
 def _snapshot(model: nn.Module, x: torch.Tensor) -> tuple:
@@ -512,7 +549,16 @@ def _snapshot(model: nn.Module, x: torch.Tensor) -> tuple:
     params = [(n, p.detach().clone(), p.requires_grad, p.grad is None) for n, p in model.named_parameters()]
     buffers = [(n, b.detach().clone()) for n, b in model.named_buffers()]
     global_hooks = tuple(len(getattr(module_state, h, {}) or {}) for h in _GLOBAL_HOOKS)
-    return modules, params, buffers, global_hooks, torch.is_grad_enabled(), x.detach().clone(), x.requires_grad, x.grad is None
+    return (
+        modules,
+        params,
+        buffers,
+        global_hooks,
+        torch.is_grad_enabled(),
+        x.detach().clone(),
+        x.requires_grad,
+        x.grad is None,
+    )
 
 
 def _unchanged(before: tuple, after: tuple) -> bool:
@@ -521,8 +567,10 @@ def _unchanged(before: tuple, after: tuple) -> bool:
     same = modules == modules2 and global_hooks == global_hooks2 and grad_mode == grad_mode2
     same &= x_rg == x_rg2 and x_nograd == x_nograd2 and torch.equal(x, x2)
     same &= [(n, rg, g) for n, _, rg, g in params] == [(n, rg, g) for n, _, rg, g in params2]
-    same &= len(params) == len(params2) and all(torch.equal(a[1], b[1]) for a, b in zip(params, params2))
-    same &= [n for n, _ in buffers] == [n for n, _ in buffers2] and all(torch.equal(a[1], b[1]) for a, b in zip(buffers, buffers2))
+    same &= len(params) == len(params2) and all(torch.equal(a[1], b[1]) for a, b in zip(params, params2, strict=True))
+    same &= [n for n, _ in buffers] == [n for n, _ in buffers2] and all(
+        torch.equal(a[1], b[1]) for a, b in zip(buffers, buffers2, strict=True)
+    )
     return bool(same)
 
 
@@ -544,8 +592,8 @@ class _Caller:
     ``TypeError`` / ``ValueError`` naming the implementation (its contract).
     """
 
-    def __init__(self, impl: Implementation, call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT,
-                 on_call: Optional[Callable[[], None]] = None):
+    def __init__(self, impl: Implementation, call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+                 on_call: Callable[[], None] | None = None):
         self.impl = impl
         self.call_timeout = call_timeout
         self.on_call = on_call
@@ -553,8 +601,10 @@ class _Caller:
         self.changes: list[str] = []
         self.errors: list[str] = []
 
-    def __call__(self, subject: _Subject, x: torch.Tensor, output: int, *, watch: bool = False):
-        """``(relevance (N, D) flat in x's dtype, the result's dtype, unchanged or None)`` of one call on a fresh model."""
+    def __call__(self, subject: _Subject, x: torch.Tensor, output: int, *,
+                 watch: bool = False) -> tuple[torch.Tensor, torch.dtype, bool | None]:
+        """``(relevance (N, D) flat in x's dtype, the result's dtype, unchanged or None)``
+        of one call on a fresh model."""
         model = subject.fresh()
         x_in = x.clone()
         before = _snapshot(model, x_in) if watch else None
@@ -582,7 +632,7 @@ class _Caller:
             raise ValueError(f"implementation {self.impl.name!r} returned shape {tuple(result.shape)} for x of shape "
                              f"{tuple(x.shape)}; the relevance must be shaped like x")
         self.calls.append(result.dtype == x.dtype and result.device == x.device)
-        unchanged = _unchanged(before, _snapshot(model, x_in)) if watch else None
+        unchanged = _unchanged(before, _snapshot(model, x_in)) if before is not None else None
         relevance = _flat(result.detach().to(dtype=x.dtype, device=x.device))
         if self.impl.seed == "one":
             relevance = relevance * subject.value(x, output).unsqueeze(1)
@@ -603,7 +653,7 @@ def _same(a: torch.Tensor, b: torch.Tensor, allowance: torch.Tensor) -> torch.Te
 
 def _in_domain(impl: Implementation, x: torch.Tensor) -> torch.Tensor:
     """``x`` clipped into the box of a zB input rule (other rules: ``x`` itself); any shape ``(N, ...)``."""
-    first = impl.rule[0]
+    first = impl._rules[0]
     if isinstance(first, R.ZB):
         flat = _flat(x)
         low, high = first._bounds(flat, flat.shape[1])
@@ -623,12 +673,17 @@ def _equals_claim(impl: Implementation, subject: _Subject, x: torch.Tensor, outp
     """Per point: ``relevance`` (flat) equals ``impl.claims``' reference on a fresh copy of the model."""
     from .claims import CLAIM_RTOL
 
-    expected = _flat(impl.claims.reference(subject.fresh(), x, output))  # starts from f(x), as the kit's (scaled) result
+    claims = impl._claims
+    if claims is None:
+        raise ValueError(f"implementation {impl.name!r} claims no library rule: it has no equals_claim")
+    # starts from f(x), as the kit's (scaled) result
+    expected = _flat(claims.reference(subject.fresh(), x, output))
     scale = expected.abs().amax(1, keepdim=True)
     return ((relevance - expected).abs() <= CLAIM_RTOL * scale + allowance).all(1)
 
 
-def _graph_stabilizer_bound(net, dec, rules: Sequence[R.Rule], epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _graph_stabilizer_bound(net: GraphNetwork, dec: GraphDecomposition, rules: Sequence[R.Rule],
+                            epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`properties.conformance.stabilizer.stabilizer_bound` on a graph network, routed through the graph as
     relevance is (summed over consumers, through ReLUs unchanged, through max pools to the argmax).
 
@@ -647,10 +702,10 @@ def _graph_stabilizer_bound(net, dec, rules: Sequence[R.Rule], epsilon: float) -
     n = dec.output_value.shape[0]
     conditioned = torch.ones(n, dtype=torch.bool, device=dec.output_value.device)
     margin = CONDITIONING_FACTOR * epsilon
-    errors: dict = {}
-    relevance: dict = {}  # DTD's relevance reaching each node
+    errors: dict[int, torch.Tensor] = {}
+    relevance: dict[int, torch.Tensor] = {}  # DTD's relevance reaching each node
 
-    def add(store, node_id, t):
+    def add(store: dict[int, torch.Tensor], node_id: int, t: torch.Tensor) -> None:
         store[node_id] = t if node_id not in store else store[node_id] + t
 
     def delta(p: torch.Tensor) -> torch.Tensor:
@@ -686,13 +741,15 @@ def _graph_stabilizer_bound(net, dec, rules: Sequence[R.Rule], epsilon: float) -
             safe = torch.where(carrying & (dd.abs() > margin), dd, torch.ones_like(dd))
             delta_j = torch.where(carrying, epsilon / (safe.abs() - epsilon), torch.zeros_like(dd))
             weight = (w * v).abs() / safe.abs().unsqueeze(-1) * carrying.unsqueeze(-1)
-            lower = torch.einsum("njd,nj->nd", weight, e.reshape(n, -1) * (1 + delta_j) + layer.upper_relevance.abs() * delta_j)
-            parts = zip(node.branches, net.split_input(k, lower), net.split_input(k, layer.relevance))
+            lower = torch.einsum("njd,nj->nd", weight,
+                                 e.reshape(n, -1) * (1 + delta_j) + layer.upper_relevance.abs() * delta_j)
+            parts = zip(node.branches, net.split_input(k, lower), net.split_input(k, layer.relevance), strict=True)
             for branch, part, r_part in parts:
                 # the average poolings read first (one or two: a pool, then global pooling): stabilised divisions
                 # of their own; a factor prod (1 + delta) at the inputs bounds their joint change
                 ops = list(branch.op.ops) if hasattr(branch.op, "ops") else [branch.op]
-                a, factor, done = values[branch.source], None, []
+                a, factor = values[branch.source], None
+                done: list[Pooling] = []
                 for op in ops:
                     if not isinstance(op, Pooling):
                         break
@@ -710,10 +767,14 @@ def _graph_stabilizer_bound(net, dec, rules: Sequence[R.Rule], epsilon: float) -
     return _flat(bound), conditioned
 
 
-def _bound(net, dec, rules, epsilon):
+def _bound(net: ReLUNetwork | GraphNetwork, dec: Decomposition, rules: Sequence[R.Rule],
+           epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from dtd.decomposition import GraphDecomposition
     from dtd.graph import GraphNetwork
 
     if isinstance(net, GraphNetwork):
+        if not isinstance(dec, GraphDecomposition):
+            raise TypeError(f"a graph network's bound reads a GraphDecomposition, got {type(dec).__name__}")
         return _graph_stabilizer_bound(net, dec, rules, epsilon)
     return stabilizer_bound(net, dec, rules, epsilon)
 
@@ -725,8 +786,9 @@ def _split_batches(n: int) -> list[torch.Tensor]:
     return [rows for rows in (torch.arange(half - 1, -1, -1), torch.arange(n - 1, half - 1, -1)) if rows.numel() > 0]
 
 
-def evaluate_case(impl: Implementation, case, population_name: str, *, only: Optional[set] = None,
-                  caller: Optional[_Caller] = None, seed: int = 0, net=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def evaluate_case(impl: Implementation, case: AnyCase, population_name: str, *, only: set[str] | None = None,
+                  caller: _Caller | None = None, seed: int = 0,
+                  net: ReLUNetwork | GraphNetwork | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-point outcomes ``{property: (holds, counted)}`` of one case (``property`` without the population).
 
     ``case``: an MLP :class:`~properties.generate.strategies.Case` or a CNN / residual-net
@@ -747,7 +809,7 @@ def evaluate_case(impl: Implementation, case, population_name: str, *, only: Opt
     wanted = {p for p, _, population in _layout(impl, architecture) if population in (None, population_name)}
     if only is not None:
         wanted &= set(only)
-    net, output = subject.net, subject.output
+    network, output = subject.net, subject.output
     x = _in_domain(impl, subject.x)
     n = x.shape[0]
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -755,21 +817,23 @@ def evaluate_case(impl: Implementation, case, population_name: str, *, only: Opt
     nowhere = torch.zeros(n, dtype=torch.bool)
     calls_before, changes_before = len(caller.calls), len(caller.changes)
     side_effects_ok = True
-    needs_main = wanted & {"equals_dtd", "conservation", "positivity", "gradient_x_input", "batch_independent", "no_side_effects",
-                           "equals_claim"}
+    needs_main = wanted & {"equals_dtd", "conservation", "positivity", "gradient_x_input", "batch_independent",
+                           "no_side_effects", "equals_claim"}
     if needs_main or "dtype_device" in wanted:
-        rules = impl.rules_for(net.n_layers)
-        dec = dtd.train_free(net, x, rule=rules, output=output)
+        rules = impl.rules_for(network.n_layers)
+        dec = dtd.train_free(network, x, rule=rules, output=output)
         f = dec.output_value
         expected_relevance = _flat(dec.relevance)
         if wanted & {"equals_dtd", "conservation", "gradient_x_input"}:
-            bound, conditioned = _bound(net, dec, rules, impl.stabilizer)
+            bound, conditioned = _bound(network, dec, rules, impl.stabilizer)
         try:
             relevance, dtype, unchanged = caller(subject, x, output, watch="no_side_effects" in wanted)
         except CallFailed:  # every property of this call fails on this case; the others are measured
             for prop in needs_main:
                 counted = conditioned if prop in CONDITIONED else ones
-                out[prop] = (nowhere, counted) if prop != "no_side_effects" else (torch.tensor([False]), torch.tensor([True]))
+                out[prop] = (
+                    (nowhere, counted) if prop != "no_side_effects" else (torch.tensor([False]), torch.tensor([True]))
+                )
             relevance = None
     else:
         relevance = None
@@ -830,19 +894,22 @@ def evaluate_case(impl: Implementation, case, population_name: str, *, only: Opt
 
 # ------------------------------------------------------------------------------------------------ shrinking
 def _network(weights: list[torch.Tensor], biases: list[torch.Tensor], final_relu: bool) -> ReLUNetwork:
-    return ReLUNetwork([linear_copy(w, b) for w, b in zip(weights, biases)], final_relu=final_relu)  # no global RNG
+    # no global RNG
+    return ReLUNetwork([linear_copy(w, b) for w, b in zip(weights, biases, strict=True)], final_relu=final_relu)
 
 
-def _fails(impl: Implementation, case, population_name: str, prop: str, call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT) -> bool:
+def _fails(impl: Implementation, case: AnyCase, population_name: str, prop: str,
+           call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> bool:
     try:
-        holds, counted = evaluate_case(impl, case, population_name, only={prop}, caller=_Caller(impl, call_timeout))[prop]
+        holds, counted = evaluate_case(impl, case, population_name, only={prop},
+                                       caller=_Caller(impl, call_timeout))[prop]
     except (ValueError, TypeError):
         return False
     return bool((counted & ~holds).any())
 
 
-def shrink(impl: Implementation, case: "Case", population_name: str, prop: str, budget: int = SHRINK_BUDGET, *,
-           call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT) -> "Case":
+def shrink(impl: Implementation, case: AnyCase, population_name: str, prop: str, budget: int = SHRINK_BUDGET, *,
+           call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> AnyCase:
     """A small case on which ``prop`` still fails: fewer points, neurons, inputs, outputs; rounded weights.
 
     Greedy: every step is kept only if the property still fails; at most
@@ -853,7 +920,7 @@ def shrink(impl: Implementation, case: "Case", population_name: str, prop: str, 
     """
     from ..generate.strategies import Case
 
-    if _architecture_of(case) != "mlp":
+    if not isinstance(case, Case):  # a CNN or residual net
         return _shrink_image(impl, case, population_name, prop, budget, call_timeout)
 
     spent = [0]
@@ -878,7 +945,7 @@ def shrink(impl: Implementation, case: "Case", population_name: str, prop: str, 
         if fails(candidate):
             case = candidate
 
-    def parts(c: Case):
+    def parts(c: Case) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         return ([c.net.weight(k).detach().clone() for k in range(c.net.n_layers)],
                 [c.net.bias(k).detach().clone() for k in range(c.net.n_layers)])
 
@@ -917,15 +984,16 @@ def shrink(impl: Implementation, case: "Case", population_name: str, prop: str, 
                 d += 1
     weights, biases = parts(case)
     for decimals in (1, 2, 3):
-        candidate = Case(_network([w.round(decimals=decimals) for w in weights], [b.round(decimals=decimals) for b in biases],
+        candidate = Case(_network([w.round(decimals=decimals) for w in weights],
+                                  [b.round(decimals=decimals) for b in biases],
                                   case.net.final_relu), case.x.round(decimals=decimals), case.output)
         if fails(candidate):
             return candidate
     return case
 
 
-def _shrink_image(impl: Implementation, case, population_name: str, prop: str, budget: int,
-                  call_timeout: Optional[float]):
+def _shrink_image(impl: Implementation, case: ModelCase, population_name: str, prop: str, budget: int,
+                  call_timeout: float | None) -> ModelCase:
     """A small CNN / residual net of ``case``'s population on which ``prop`` fails: one of the population's smallest
     models (:data:`SMALL_IMAGE_SPACE`) when one fails, else ``case`` shrunk by
     :func:`properties.generate.architectures.shrink_case` (at most :data:`IMAGE_SHRINK_BUDGET` evaluations)."""
@@ -941,10 +1009,12 @@ def _shrink_image(impl: Implementation, case, population_name: str, prop: str, b
                 continue
             if bool((counted & ~holds).any()):
                 return small
-    return shrink_case(case, lambda c: _fails(impl, c, population_name, prop, call_timeout), budget=min(budget, IMAGE_SHRINK_BUDGET))
+    return shrink_case(case, lambda c: _fails(impl, c, population_name, prop, call_timeout),
+                       budget=min(budget, IMAGE_SHRINK_BUDGET))
 
 
-def describe_failure(impl: Implementation, case: Case, prop: str, call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT) -> str:
+def describe_failure(impl: Implementation, case: AnyCase, prop: str,
+                     call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> str:
     """The counterexample's network and inputs, the implementation's relevance (or the error it raised, or what
     it changed in torch's global state) and DTD's.  ``finite`` shows the input with zeros it was judged on."""
     from ..generate.strategies import Case
@@ -954,13 +1024,16 @@ def describe_failure(impl: Implementation, case: Case, prop: str, call_timeout: 
         x = _with_zeros(x, 0)  # the input evaluate_case (and so the shrinker) judged it on
     subject = _subject(case)
     rules = impl.rules_for(subject.net.n_layers)
-    if subject.model is None:
+    if isinstance(case, Case):
         lines = [f"{impl.name} ({prop}), claimed rule {list(rules)}:", Case(case.net, x, case.output).describe()]
     else:
         from ..generate.architectures import ModelCase
 
-        names = subject.net.layer_names() if hasattr(subject.net, "layer_names") else [str(k) for k in range(len(rules))]
-        per_layer = ", ".join(f"{name}: {rule!r}" for name, rule in zip(names, rules))
+        if isinstance(subject.net, dtd.GraphNetwork):
+            names = subject.net.layer_names()
+        else:
+            names = [str(k) for k in range(len(rules))]
+        per_layer = ", ".join(f"{name}: {rule!r}" for name, rule in zip(names, rules, strict=True))
         shown = ModelCase(case.generated, x, case.output)
         # every line is Python: the model, x and output as code, the rest as comments (paste it whole)
         lines = [f"# {impl.name} ({prop}), claimed rules per DTD layer {{{per_layer}}}",
@@ -976,13 +1049,15 @@ def describe_failure(impl: Implementation, case: Case, prop: str, call_timeout: 
             relevance, dtype, unchanged = caller(subject, x, subject.output, watch=prop == "no_side_effects")
             lines.append(f"{mark}implementation R = {shaped(relevance)} ({dtype})")
             if unchanged is False:
-                lines.append(f"{mark}the call changed the model or x (parameters, requires_grad, grad, buffers, hooks, training or x)")
+                lines.append(f"{mark}the call changed the model or x (parameters, "
+                             "requires_grad, grad, buffers, hooks, training or x)")
         except CallFailed as failed:
             lines.append(f"{mark}the implementation raised: {failed}")
         lines.append(f"{mark}dtd.train_free R = {shaped(dec.relevance)}")
     except Exception as error:  # the description must not hide the row it explains
         lines.append(f"{mark}(could not re-run: {type(error).__name__}: {error})")
-    lines += [f"{mark}the call changed torch's global state (the kit restored it): {change}" for change in caller.changes]
+    lines += [f"{mark}the call changed torch's global state (the kit restored it): {change}"
+              for change in caller.changes]
     return "\n".join(lines)
 
 
@@ -1007,9 +1082,9 @@ PROGRESS_INTERVAL = 1.0
 
 
 def run(impl: Implementation, *, seed: int = 0, networks: int = NETWORKS, points: int = POINTS,
-        confidence: float = 0.99, shrink_failures: bool = True, call_timeout: Optional[float] = DEFAULT_CALL_TIMEOUT,
-        progress: Optional[Callable[[str], None]] = None, image_networks: Optional[int] = None,
-        image_points: Optional[int] = None) -> ConformanceResult:
+        confidence: float = 0.99, shrink_failures: bool = True, call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        progress: Callable[[str], None] | None = None, image_networks: int | None = None,
+        image_points: int | None = None) -> ConformanceResult:
     """Measure every property of ``impl`` on ``networks`` generated networks per population.
 
     ``networks`` and ``points`` are the MLPs'; the CNNs and residual nets of
@@ -1039,33 +1114,49 @@ def run(impl: Implementation, *, seed: int = 0, networks: int = NETWORKS, points
         raise TypeError(f"progress must be callable (str) -> None or None, got {type(progress).__name__}")
     sizes = {"mlp": (networks, points)}
     for architecture in ("cnn", "resnet"):
-        count = IMAGE_NETWORKS[architecture] if image_networks is None else check_int(image_networks, "image_networks", minimum=2)
+        count = (
+            IMAGE_NETWORKS[architecture]
+            if image_networks is None
+            else check_int(image_networks, "image_networks", minimum=2)
+        )
         per = IMAGE_POINTS[architecture] if image_points is None else check_int(image_points, "image_points", minimum=2)
         sizes[architecture] = (count, per)
     with one_thread():  # tiny tensors: intra-op threads only add overhead (10x CPU on a busy machine)
         return _run(impl, seed, sizes, confidence, shrink_failures, call_timeout, progress)
 
 
-def _cases_of(architecture: str, name: str, count: int, points: int, seed: int) -> list[tuple[object, object]]:
+def _cases_of(architecture: str, name: str, count: int, points: int,
+              seed: int) -> list[tuple[AnyCase, ReLUNetwork | GraphNetwork | None]]:
     """``(case, lowered network or None)`` of one population of one architecture (cached, shared)."""
     if architecture == "mlp":
         return [(case, None) for case in population(name, count, points, seed)]
-    return list(zip(image_population(architecture, name, count, points, seed), _image_networks(architecture, name, count, points, seed)))
+    return list(zip(image_population(architecture, name, count, points, seed),
+                    _image_networks(architecture, name, count, points, seed), strict=True))
 
 
-def _run(impl: Implementation, seed: int, sizes: dict, confidence: float, shrink_failures: bool,
-         call_timeout: Optional[float], progress: Optional[Callable[[str], None]]) -> ConformanceResult:
-    tally = Tally()
-    first_failure: dict[str, tuple[Case, str, str]] = {}
+@dataclasses.dataclass
+class _Where:
+    """Where the sweep is, for the progress lines, and when the last one was shown."""
+
+    text: str = "starting"
+    shown: float = -math.inf
+
+
+def _run(impl: Implementation, seed: int, sizes: dict[str, tuple[int, int]], confidence: float, shrink_failures: bool,
+         call_timeout: float | None, progress: Callable[[str], None] | None) -> ConformanceResult:
+    from ..generate.architectures import ModelCase
+
+    tally: Tally[str] = Tally()
+    first_failure: dict[str, tuple[AnyCase, str, int]] = {}  # row -> (case, population, size) of the smallest
     measured = impl.properties()
     started = time.monotonic()
-    where = {"text": "starting", "shown": -math.inf}
+    where = _Where()
 
     def on_call() -> None:
         now = time.monotonic()
-        if progress is not None and now - where["shown"] >= PROGRESS_INTERVAL:
-            where["shown"] = now
-            progress(f"conformance {impl.name}: {where['text']}, {len(caller.calls) + len(caller.errors)} calls, "
+        if progress is not None and now - where.shown >= PROGRESS_INTERVAL:
+            where.shown = now
+            progress(f"conformance {impl.name}: {where.text}, {len(caller.calls) + len(caller.errors)} calls, "
                      f"{now - started:.0f} s")
 
     caller = _Caller(impl, call_timeout, on_call)
@@ -1077,7 +1168,8 @@ def _run(impl: Implementation, seed: int, sizes: dict, confidence: float, shrink
         for name in POPULATIONS:
             for index, (case, net) in enumerate(_cases_of(architecture, name, networks, points, seed)):
                 done += 1
-                where["text"] = f"network {done}/{total} ({name if architecture == 'mlp' else architecture + '_' + name})"
+                population_text = name if architecture == "mlp" else f"{architecture}_{name}"
+                where.text = f"network {done}/{total} ({population_text})"
                 tally.new_cluster()
                 outcomes = evaluate_case(impl, case, name, seed=seed + index, caller=caller, net=net)
                 for prop, (holds, counted) in outcomes.items():
@@ -1085,15 +1177,19 @@ def _run(impl: Implementation, seed: int, sizes: dict, confidence: float, shrink
                     row = conformance_name(impl, prop, subset)
                     tally.add(row, holds, counted)
                     if bool((counted & ~holds).any()):
-                        if architecture == "mlp":
-                            size = sum(p.numel() for p in case.net.parameters())
-                        else:
+                        if isinstance(case, ModelCase):
                             size = sum(p.numel() for p in case.model.parameters()) + case.x.numel()
+                        else:
+                            size = sum(p.numel() for p in case.net.parameters())
                         if row not in first_failure or size < first_failure[row][2]:
                             first_failure[row] = (case, name, size)
     timed_out = any("longer than the limit" in error for error in caller.errors)
-    rates, descriptions, examples, keys = {}, {}, {}, {}
-    shrunk: dict = {}  # (architecture, population) -> the first shrunk image case (tried first for the other rows)
+    rates: dict[str, Rate] = {}
+    descriptions: dict[str, str] = {}
+    examples: dict[str, str] = {}
+    keys: dict[str, RateKey] = {}
+    #: (architecture, population) -> the first shrunk image case (tried first for the other rows)
+    shrunk: dict[tuple[str, str], AnyCase] = {}
     for prop, subset in measured:
         key = conformance_key(impl, prop, subset)
         row = str(key)
@@ -1103,12 +1199,16 @@ def _run(impl: Implementation, seed: int, sizes: dict, confidence: float, shrink
         descriptions[row] = f"{impl.name} (claims {_rule_text(impl)}): {OUTCOMES[prop]}{where_text}"
         if row in first_failure and shrink_failures:
             case, population_name, _ = first_failure[row]
-            where["text"] = f"shrinking the counterexample of {prop}"
+            where.text = f"shrinking the counterexample of {prop}"
             architecture = _architecture_of(case)
             reused = shrunk.get((architecture, population_name))
             if timed_out:
                 small = case
-            elif architecture != "mlp" and reused is not None and _fails(impl, reused, population_name, prop, call_timeout):
+            elif (
+                architecture != "mlp"
+                and reused is not None
+                and _fails(impl, reused, population_name, prop, call_timeout)
+            ):
                 small = reused  # a CNN / residual net shrunk for another row of this population fails this one too
             else:
                 small = shrink(impl, case, population_name, prop, call_timeout=call_timeout)
@@ -1118,13 +1218,13 @@ def _run(impl: Implementation, seed: int, sizes: dict, confidence: float, shrink
 
 
 def _rule_text(impl: Implementation) -> str:
-    rules = [repr(r) for r in impl.rule]
+    rules = [repr(r) for r in impl._rules]
     return rules[0] if len(rules) == 1 else f"{rules[0]} at the input, " + ", ".join(rules[1:]) + " above"
 
 
-def record(property_report, result: ConformanceResult) -> None:
+def record(property_report: Recorder, result: ConformanceResult) -> None:
     """Put ``result``'s rates (and counterexamples) into the property report, one row each."""
     for row, rate in result.rates.items():
         # the terminal table shows where an implementation breaks; every row is in the report
-        property_report.rate(result.keys.get(row, row), rate, result.descriptions[row], summary=rate.successes < rate.trials,
-                             example=result.examples.get(row))
+        property_report.rate(result.keys.get(row, row), rate, result.descriptions[row],
+                             summary=rate.successes < rate.trials, example=result.examples.get(row))

@@ -49,17 +49,18 @@ on :class:`~properties.generate.architectures.ResidualNet` (:func:`zennit_model_
 * captum: the rule on every ``Conv2d`` and ``Linear``, captum's defaults on
   the other layers (``EpsilonRule`` on batch norm -- captum merges nothing --,
   pooling and ``AdaptiveAvgPool2d``), ``EpsilonRule(1e-9)`` on ``Flatten``
-  (which captum has no default for; its ``IdentityRule`` fails on a change of shape).  A bare ``+`` is invisible to captum's hooks:
-  both branches receive the full relevance (captum asks for its
-  ``Addition_Module`` instead), so captum's results on residual nets double
-  the shortcut's share.
+  (which captum has no default for; its ``IdentityRule`` fails on a change of shape).  A bare ``+`` is invisible to
+  captum's hooks: both branches receive the full relevance (captum asks for its ``Addition_Module`` instead), so
+  captum's results on residual nets double the shortcut's share.
 """
 
 from __future__ import annotations
 
 import importlib
 import warnings
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -67,7 +68,10 @@ from torch import nn
 from dtd import rules as R
 
 from ..generate.variants import counterpart_of
-from . import Implementation
+from . import Attribute, Implementation, RulesLike
+
+if TYPE_CHECKING:
+    from ..generate.architectures import BasicBlock
 
 __all__ = [
     "ZENNIT_STABILIZER",
@@ -90,11 +94,13 @@ __all__ = [
 ZENNIT_STABILIZER = 1e-6
 #: captum's LRP stability factor: ``d + 1e-9 sign(d)``
 CAPTUM_STABILIZER = 1e-9
+#: the attribute of a module that captum's ``LRP`` reads the module's rule from
+CAPTUM_RULE_ATTRIBUTE = "rule"
 #: the upper bound of the zennit ``ZBox`` adapter's box ``[0, ZBOX_HIGH]`` (the kit clips inputs into it)
 ZBOX_HIGH = 3.0
 
 
-def _require(package: str, extra: str = "test"):
+def _require(package: str, extra: str = "test") -> ModuleType:
     """Import ``package`` or raise an ``ImportError`` that says what to install."""
     try:
         return importlib.import_module(package)
@@ -105,7 +111,7 @@ def _require(package: str, extra: str = "test"):
         ) from None
 
 
-def counterpart(rule: R.Rule, library: str) -> tuple[str, dict]:
+def counterpart(rule: R.Rule, library: str) -> tuple[str, dict[str, Any]]:
     """``(class name, keyword arguments)`` of ``library``'s rule (``"zennit"`` or ``"captum"``) that equals
     ``rule`` on bias-negative networks, as declared in :mod:`properties.generate.variants`."""
     found = counterpart_of(rule, library)
@@ -115,7 +121,7 @@ def counterpart(rule: R.Rule, library: str) -> tuple[str, dict]:
     return found
 
 
-def zennit_rule(rule: R.Rule):
+def zennit_rule(rule: R.Rule) -> object:
     """The zennit rule DTD's ``rule`` equals on bias-negative networks (``ValueError`` where none is registered)."""
     name, kwargs = counterpart(rule, "zennit")
     return getattr(_require("zennit.rules"), name)(**kwargs)
@@ -138,7 +144,7 @@ def zennit_attribute(model: nn.Module, x: torch.Tensor, output: int, rules: Sequ
     linears = _linears(model)
     if len(rules) != len(linears):
         raise ValueError(f"got {len(rules)} rules for a model with {len(linears)} Linear layers")
-    mapped = {id(m): zennit_rule(rule) for m, rule in zip(linears, rules)}
+    mapped = {id(m): zennit_rule(rule) for m, rule in zip(linears, rules, strict=True)}
     composite = Composite(module_map=lambda ctx, name, module: mapped.get(id(module)))
     onehot = torch.zeros(linears[-1].out_features, dtype=x.dtype, device=x.device)
     onehot[output] = 1
@@ -147,7 +153,7 @@ def zennit_attribute(model: nn.Module, x: torch.Tensor, output: int, rules: Sequ
     return relevance.detach()
 
 
-def captum_attribute(model: nn.Module, x: torch.Tensor, output: int, make_rule) -> torch.Tensor:
+def captum_attribute(model: nn.Module, x: torch.Tensor, output: int, make_rule: Callable[[], object]) -> torch.Tensor:
     """captum's ``LRP`` with ``make_rule()`` set as ``rule`` of every Linear, ``(batch, D)``.
 
     Setting ``module.rule`` is captum's documented way to choose rules; ``LRP``
@@ -157,7 +163,7 @@ def captum_attribute(model: nn.Module, x: torch.Tensor, output: int, make_rule) 
     from captum.attr import LRP
 
     for module in _linears(model):
-        module.rule = make_rule()
+        setattr(module, CAPTUM_RULE_ATTRIBUTE, make_rule())
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
         return LRP(model).attribute(x.detach().clone().requires_grad_(True), target=output).detach()
@@ -167,7 +173,7 @@ def captum_attribute(model: nn.Module, x: torch.Tensor, output: int, make_rule) 
 ARCHITECTURES = ("mlp", "cnn", "resnet")
 
 
-def _implementation(name, attribute, rule, stabilizer):
+def _implementation(name: str, attribute: Attribute, rule: RulesLike, stabilizer: float) -> Implementation:
     return Implementation(name, attribute, rule, seed="value", stabilizer=stabilizer, architectures=ARCHITECTURES)
 
 
@@ -180,7 +186,7 @@ def _affine_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def BasicBlockCanonizer():
+def BasicBlockCanonizer() -> object:
     """A zennit canonizer that gives every :class:`properties.generate.architectures.BasicBlock` a ``Sum`` module.
 
     While it is applied, the block's forward stacks its two branches and sums
@@ -194,12 +200,13 @@ def BasicBlockCanonizer():
 
     from ..generate.architectures import BasicBlock
 
-    def forward(self, x):
+    def forward(self: BasicBlock, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        return self.relu2(self.canonizer_sum(torch.stack([identity, out], dim=-1)))
+        summed = self.get_submodule("canonizer_sum")(torch.stack([identity, out], dim=-1))  # the canonizer's Sum
+        return self.relu2(summed)
 
-    def attributes(name, module):
+    def attributes(name: str, module: nn.Module) -> dict[str, object] | None:
         if isinstance(module, BasicBlock):
             return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
         return None
@@ -231,7 +238,7 @@ def zennit_model_attribute(model: nn.Module, x: torch.Tensor, output: int, first
         raise ValueError("the model has no Conv2d or Linear module to attach a rule to")
     mapped = {id(m): zennit_rule(first if i == 0 else rest) for i, m in enumerate(affine)}
 
-    def module_map(ctx, name, module):
+    def module_map(ctx: object, name: str, module: nn.Module) -> object:
         if isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, Sum)):
             return Norm()
         return mapped.get(id(module))
@@ -239,7 +246,8 @@ def zennit_model_attribute(model: nn.Module, x: torch.Tensor, output: int, first
     from ..generate.architectures import BasicBlock
 
     kinds = {type(m) for m in model.modules()}
-    canonizers = ([SequentialMergeBatchNorm()] if merge_batch_norm and kinds & {nn.BatchNorm1d, nn.BatchNorm2d} else []) + (
+    canonizers = ([SequentialMergeBatchNorm()] if merge_batch_norm
+                  and kinds & {nn.BatchNorm1d, nn.BatchNorm2d} else []) + (
         [BasicBlockCanonizer()] if sum_module and BasicBlock in kinds else [])
     composite = Composite(module_map=module_map, canonizers=canonizers)
     if isinstance(affine[-1], nn.Linear):
@@ -254,7 +262,8 @@ def zennit_model_attribute(model: nn.Module, x: torch.Tensor, output: int, first
     return relevance.detach()
 
 
-def captum_model_attribute(model: nn.Module, x: torch.Tensor, output: int, make_rule) -> torch.Tensor:
+def captum_model_attribute(model: nn.Module, x: torch.Tensor, output: int,
+                           make_rule: Callable[[], object]) -> torch.Tensor:
     """captum's ``LRP`` with ``make_rule()`` on every ``Conv2d``/``Linear`` and ``EpsilonRule`` on ``Flatten``.
 
     Shaped like ``x``.  The other layers keep captum's defaults; ``LRP``
@@ -265,26 +274,27 @@ def captum_model_attribute(model: nn.Module, x: torch.Tensor, output: int, make_
     from captum.attr._utils.lrp_rules import EpsilonRule
 
     for module in _affine_modules(model):
-        module.rule = make_rule()
+        setattr(module, CAPTUM_RULE_ATTRIBUTE, make_rule())
     for module in model.modules():
         if isinstance(module, nn.Flatten):
-            module.rule = EpsilonRule(CAPTUM_STABILIZER)  # x R / (x + eps sign x): R up to the stabiliser
+            # x R / (x + eps sign x): R up to the stabiliser
+            setattr(module, CAPTUM_RULE_ATTRIBUTE, EpsilonRule(CAPTUM_STABILIZER))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
         return LRP(model).attribute(x.detach().clone().requires_grad_(True), target=output).detach()
 
 
-def zennit_implementations() -> list:
+def zennit_implementations() -> list[Implementation]:
     """zennit's ZPlus, Epsilon (bias zeroed), Gamma(0.25), WSquare (input layer) and ZBox (input layer) adapters.
 
     Each runs on MLPs, CNNs and residual nets (:func:`zennit_model_attribute`).
     """
     zb = R.ZB(0.0, ZBOX_HIGH)
 
-    def uniform(rule):
+    def uniform(rule: R.Rule) -> Attribute:
         return lambda model, x, output: zennit_model_attribute(model, x, output, rule, rule)
 
-    def first(rule):
+    def first(rule: R.Rule) -> Attribute:
         return lambda model, x, output: zennit_model_attribute(model, x, output, rule, R.ZPlus())
 
     return [
@@ -296,28 +306,31 @@ def zennit_implementations() -> list:
     ]
 
 
-def captum_implementations() -> list:
+def captum_implementations() -> list[Implementation]:
     """captum's ``LRP`` with Alpha1_Beta0 (bias zeroed), Epsilon and Gamma(0.25) (bias zeroed) on every Linear
     and Conv2d (:func:`captum_model_attribute`: MLPs, CNNs, residual nets)."""
 
-    def rule(name, **kwargs):
-        def make():
+    def rule(name: str, **kwargs: object) -> Callable[[], object]:
+        def make() -> object:
             module = _require("captum.attr._utils.lrp_rules")
             return getattr(module, name)(**kwargs)
 
         return make
 
-    def attribute(make_rule):
+    def attribute(make_rule: Callable[[], object]) -> Attribute:
         return lambda model, x, output: captum_model_attribute(model, x, output, make_rule)
 
     return [
-        _implementation("captum_zplus", attribute(rule("Alpha1_Beta0_Rule", set_bias_to_zero=True)), R.ZPlus(), CAPTUM_STABILIZER),
-        _implementation("captum_epsilon", attribute(rule("EpsilonRule", epsilon=CAPTUM_STABILIZER)), R.LRP0(), CAPTUM_STABILIZER),
-        _implementation("captum_gamma", attribute(rule("GammaRule", gamma=0.25, set_bias_to_zero=True)), R.Gamma(0.25), CAPTUM_STABILIZER),
+        _implementation("captum_zplus", attribute(rule("Alpha1_Beta0_Rule", set_bias_to_zero=True)), R.ZPlus(),
+                        CAPTUM_STABILIZER),
+        _implementation("captum_epsilon", attribute(rule("EpsilonRule", epsilon=CAPTUM_STABILIZER)), R.LRP0(),
+                        CAPTUM_STABILIZER),
+        _implementation("captum_gamma", attribute(rule("GammaRule", gamma=0.25, set_bias_to_zero=True)), R.Gamma(0.25),
+                        CAPTUM_STABILIZER),
     ]
 
 
-def shipped_implementations() -> list:
+def shipped_implementations() -> list[Implementation]:
     """Every shipped adapter (a ``dtd-properties conform`` factory:
     ``properties.conformance.adapters:shipped_implementations``)."""
     return zennit_implementations() + captum_implementations()

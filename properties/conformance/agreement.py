@@ -28,7 +28,7 @@ zennit imports torchvision; both libraries come with the ``test`` extra.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 
-def zennit_relevance(net: ReLUNetwork, x: torch.Tensor, rules: Union[R.Rule, Sequence[R.Rule]], output: int) -> torch.Tensor:
+def zennit_relevance(net: ReLUNetwork, x: torch.Tensor, rules: R.Rule | Sequence[R.Rule], output: int) -> torch.Tensor:
     """zennit's input relevance ``(batch, D)`` with :func:`zennit_rule` of each layer's rule on its Linear.
 
     The relevance entering the top is the explained output's value (0 for
@@ -65,7 +65,7 @@ def captum_relevance(net: ReLUNetwork, x: torch.Tensor, rule: R.Rule, output: in
     """captum's ``LRP`` with the registered captum counterpart of ``rule`` on every Linear, ``(batch, D)``."""
     name, kwargs = counterpart(rule, "captum")
 
-    def make():
+    def make() -> object:
         from captum.attr._utils import lrp_rules
 
         return getattr(lrp_rules, name)(**kwargs)

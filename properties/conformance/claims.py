@@ -46,7 +46,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,10 @@ def _divide(relevance: torch.Tensor, d: torch.Tensor, epsilon: float) -> torch.T
 class Claim:
     """One library rule for a Linear/Conv2d layer: :meth:`propagate` maps upper relevance to the layer's input."""
 
-    stabilizer: float
+    @property
+    def stabilizer(self) -> float:
+        """What the rule adds to its denominators (a field of every claim)."""
+        raise NotImplementedError
 
     def propagate(self, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relevance: torch.Tensor,
                   connectivity: torch.Tensor) -> torch.Tensor:
@@ -88,14 +92,15 @@ class Epsilon(Claim):
 
     epsilon: float = 1e-6
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_number(self.epsilon, "epsilon", minimum=0.0)
 
     @property
     def stabilizer(self) -> float:
         return self.epsilon
 
-    def propagate(self, a, weight, bias, relevance, connectivity):
+    def propagate(self, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relevance: torch.Tensor,
+                  connectivity: torch.Tensor) -> torch.Tensor:
         z = a @ weight.T + bias
         return a * (_divide(relevance, z, self.epsilon) @ weight)
 
@@ -105,17 +110,19 @@ _BIASES = ("positive", "all", "none")
 
 @dataclasses.dataclass(frozen=True)
 class ZPlus(Claim):
-    """z+ with the bias kept: ``"positive"`` part (zennit ``ZPlus``), ``"all"`` of it (captum ``Alpha1_Beta0_Rule``) or ``"none"``."""
+    """z+ with the bias kept: ``"positive"`` part (zennit ``ZPlus``), ``"all"`` of it (captum
+    ``Alpha1_Beta0_Rule``) or ``"none"``."""
 
     bias: str = "positive"
     stabilizer: float = 1e-6
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.bias not in _BIASES:
             raise ValueError(f"bias must be one of {_BIASES}, got {self.bias!r}")
         check_number(self.stabilizer, "stabilizer", minimum=0.0)
 
-    def propagate(self, a, weight, bias, relevance, connectivity):
+    def propagate(self, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relevance: torch.Tensor,
+                  connectivity: torch.Tensor) -> torch.Tensor:
         wp, wn = weight.clamp(min=0), weight.clamp(max=0)
         ap, an = a.clamp(min=0), a.clamp(max=0)
         kept = {"positive": bias.clamp(min=0), "all": bias, "none": torch.zeros_like(bias)}[self.bias]
@@ -131,14 +138,16 @@ class AlphaBeta(Claim):
     beta: float = 1.0
     stabilizer: float = 1e-6
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_number(self.alpha, "alpha", minimum=0.0)
         check_number(self.beta, "beta", minimum=0.0)
         if abs(self.alpha - self.beta - 1.0) > 1e-12:
-            raise ValueError(f"alpha - beta must be 1 (relevance is conserved), got alpha={self.alpha}, beta={self.beta}")
+            raise ValueError("alpha - beta must be 1 (relevance is conserved), "
+                             f"got alpha={self.alpha}, beta={self.beta}")
         check_number(self.stabilizer, "stabilizer", minimum=0.0)
 
-    def propagate(self, a, weight, bias, relevance, connectivity):
+    def propagate(self, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relevance: torch.Tensor,
+                  connectivity: torch.Tensor) -> torch.Tensor:
         wp, wn = weight.clamp(min=0), weight.clamp(max=0)
         ap, an = a.clamp(min=0), a.clamp(max=0)
         positive = _divide(relevance, ap @ wp.T + an @ wn.T + bias.clamp(min=0), self.stabilizer)
@@ -153,10 +162,11 @@ class Flat(Claim):
 
     stabilizer: float = 1e-6
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_number(self.stabilizer, "stabilizer", minimum=0.0)
 
-    def propagate(self, a, weight, bias, relevance, connectivity):
+    def propagate(self, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relevance: torch.Tensor,
+                  connectivity: torch.Tensor) -> torch.Tensor:
         counts = connectivity.sum(1)  # (J,): the inputs feeding each output
         return _divide(relevance, counts, self.stabilizer) @ connectivity
 
@@ -176,16 +186,22 @@ class Claims:
         return reference(model, x, output, self)
 
 
-ClaimsLike = Union[Claim, Claims, Sequence[Claim]]
+ClaimsLike = Claim | Claims | Sequence[Claim]
 
 
 def ensure_claims(value: ClaimsLike) -> Claims:
-    """A :class:`Claims` from a claim (every layer), a ``[first, rest]`` pair or a :class:`Claims`; ``TypeError`` otherwise."""
+    """A :class:`Claims` from a claim (every layer), a ``[first, rest]`` pair or a
+    :class:`Claims`; ``TypeError`` otherwise."""
     if isinstance(value, Claims):
         return value
     if isinstance(value, Claim):
         return Claims(value, value)
-    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) in (1, 2) and all(isinstance(c, Claim) for c in value):
+    if (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) in (1, 2)
+        and all(isinstance(c, Claim) for c in value)
+    ):
         return Claims(value[0], value[-1])
     raise TypeError(f"claims must be a properties.conformance.claims rule (Epsilon, ZPlus, AlphaBeta, Flat), a "
                     f"[first, rest] pair of them or a Claims, got {value!r}")
@@ -216,8 +232,11 @@ def _merged(model: nn.Module) -> list[nn.Module]:
 
 
 def _connectivity(module: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
-    """``(J, D)``: 1 where input ``i`` feeds output ``j`` (the conv with every weight 1, no bias, as zennit's Flat sees it)."""
+    """``(J, D)``: 1 where input ``i`` feeds output ``j`` (the conv with every weight
+    1, no bias, as zennit's Flat sees it)."""
     conv = module[0] if isinstance(module, nn.Sequential) else module
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"a connectivity is a Conv2d's, got {type(conv).__name__}")
     ones = copy.deepcopy(conv)
     with torch.no_grad():
         ones.weight.fill_(1.0)
@@ -226,8 +245,17 @@ def _connectivity(module: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
     return _conv_matrix(ones, shape)[0]
 
 
+class _Affine(NamedTuple):
+    """A Linear/Conv2d step of :func:`reference`'s forward pass, as a dense map."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    connectivity: torch.Tensor
+    layer: int
+
+
 def reference(model: nn.Module, x: torch.Tensor, output: int, claims: ClaimsLike, *,
-              pooling_stabilizer: Optional[float] = None) -> torch.Tensor:
+              pooling_stabilizer: float | None = None) -> torch.Tensor:
     """The claimed rules' input relevance ``(batch, *input_shape)`` for ``model``'s output ``output`` at ``x``.
 
     ``model``: an ``nn.Sequential`` (nested ones too) of ``Linear``, ``Conv2d``
@@ -239,30 +267,40 @@ def reference(model: nn.Module, x: torch.Tensor, output: int, claims: ClaimsLike
     1e-6, captum's ``EpsilonRule()`` 1e-9).
     """
     claims = ensure_claims(claims)
-    pool_eps = claims.rest.stabilizer if pooling_stabilizer is None else check_number(pooling_stabilizer, "pooling_stabilizer", minimum=0.0)
+    pool_eps = (
+        claims.rest.stabilizer
+        if pooling_stabilizer is None
+        else check_number(pooling_stabilizer, "pooling_stabilizer", minimum=0.0)
+    )
     if not isinstance(model, nn.Sequential):
-        raise TypeError(f"the claim references take an nn.Sequential of Linear/Conv2d/BatchNorm2d/ReLU/pooling/Flatten, "
-                        f"got {type(model).__name__}")
+        raise TypeError("the claim references take an nn.Sequential of "
+                        f"Linear/Conv2d/BatchNorm2d/ReLU/pooling/Flatten, got {type(model).__name__}")
     check_int(output, "output", minimum=0)
     model = copy.deepcopy(model).double()
     a = x.detach().to(torch.float64)
-    tape = []
+    tape: list[tuple[torch.Tensor, _Affine | nn.Module]] = []  # each step's input and what it is
     layer = 0
     with torch.no_grad():
         for module in _merged(model):
             if isinstance(module, (nn.Linear, nn.Conv2d, nn.Sequential)):
+                out_shape: tuple[int, ...]
                 if isinstance(module, nn.Linear):
                     weight = module.weight.detach()
-                    bias = module.bias.detach() if module.bias is not None else torch.zeros(module.out_features, dtype=torch.float64)
+                    bias = (
+                        module.bias.detach()
+                        if module.bias is not None
+                        else torch.zeros(module.out_features, dtype=torch.float64)
+                    )
                     out_shape, connectivity = (module.out_features,), torch.ones_like(weight)
                 else:
                     weight, bias, out_shape = _conv_matrix(module, tuple(a.shape[1:]))
                     connectivity = _connectivity(module, tuple(a.shape[1:]))
-                tape.append(("affine", a, (weight, bias, connectivity, layer)))
+                tape.append((a, _Affine(weight, bias, connectivity, layer)))
                 layer += 1
                 a = (a.reshape(a.shape[0], -1) @ weight.T + bias).reshape(a.shape[0], *out_shape)
-            elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.Flatten, nn.ReLU, nn.Identity)):
-                tape.append(("module", a, module))
+            elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.Flatten, nn.ReLU,
+                                     nn.Identity)):
+                tape.append((a, module))
                 a = module(a)
             else:
                 raise TypeError(f"the claim references do not model {type(module).__name__}")
@@ -270,14 +308,15 @@ def reference(model: nn.Module, x: torch.Tensor, output: int, claims: ClaimsLike
         raise ValueError(f"output {output} out of range: the model has {a.shape[1]} outputs")
     relevance = torch.zeros_like(a)
     relevance[:, output] = a[:, output]
-    for kind, a, what in reversed(tape):
+    for a, step in reversed(tape):
         n = a.shape[0]
-        if kind == "affine":
-            weight, bias, connectivity, k = what
-            lower = claims.for_layer(k).propagate(a.reshape(n, -1), weight, bias, relevance.reshape(n, -1), connectivity)
+        if isinstance(step, _Affine):
+            weight, bias, connectivity, k = step
+            lower = claims.for_layer(k).propagate(a.reshape(n, -1), weight, bias, relevance.reshape(n, -1),
+                                                  connectivity)
             relevance = lower.reshape(a.shape)
         else:
-            relevance = _through(what, a, relevance, pool_eps)
+            relevance = _through(step, a, relevance, pool_eps)
     return relevance.to(x.dtype)
 
 

@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import pytest
 
 from properties import conformance
+from properties.conformance import Implementation
+from properties.measure.recorder import Recorder
 
 pytestmark = pytest.mark.properties
 
 
-def _implementations(config) -> list:
-    found = []
+def _implementations(config: pytest.Config) -> list[Implementation]:
+    found: list[Implementation] = []
     for spec in config.getoption("--dtd-implementation"):
         try:
             found += conformance.load_implementations(spec)
@@ -39,13 +41,13 @@ def _implementations(config) -> list:
     return found
 
 
-def pytest_generate_tests(metafunc):
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "implementation" in metafunc.fixturenames:
         found = _implementations(metafunc.config)
         metafunc.parametrize("implementation", found, ids=[impl.name for impl in found])
 
 
-def progress_writer(config) -> Optional[Callable[[str], None]]:
+def progress_writer(config: pytest.Config) -> Callable[[str], None] | None:
     """A progress line on the terminal (over pytest's output capture), or None off a terminal, in CI or under -q -q."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
@@ -63,7 +65,8 @@ def progress_writer(config) -> Optional[Callable[[str], None]]:
     return show
 
 
-def test_conformance(implementation, property_report, property_report_seed, request):
+def test_conformance(implementation: Implementation, property_report: Recorder, property_report_seed: int,
+                     request: pytest.FixtureRequest) -> None:
     timeout = request.config.getoption("property_call_timeout")
     timeout = conformance.DEFAULT_CALL_TIMEOUT if timeout is None else timeout  # > 0: checked at start-up
     result = conformance.run(implementation, seed=property_report_seed, confidence=property_report.confidence,

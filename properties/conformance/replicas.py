@@ -46,7 +46,10 @@ populations must find equal to ``dtd.train_free(..., rule="z+")``.
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence
+import functools
+import operator
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +59,11 @@ from dtd.validation import check_bool, check_int, check_number
 
 from . import Implementation
 
-__all__ = ["zplus", "RESIDUAL_MODES", "MAX_POOL_MODES", "mutant_implementations", "replica_implementation", "MUTANT_DEFECTS"]
+if TYPE_CHECKING:
+    from ..generate.architectures import BasicBlock
+
+__all__ = ["zplus", "RESIDUAL_MODES", "MAX_POOL_MODES", "mutant_implementations", "replica_implementation",
+           "MUTANT_DEFECTS"]
 
 RESIDUAL_MODES = ("joint", "both", "proportional")
 MAX_POOL_MODES = ("max", "average")
@@ -103,7 +110,8 @@ def _groups(modules: Sequence[nn.Module], merge: bool, pooling_nodes: bool = Fal
 
 
 class _Options:
-    def __init__(self, merge_batch_norm, max_pool, residual, batch_stabilizer, stabilizer=0.0, pooling_nodes=False):
+    def __init__(self, merge_batch_norm: bool, max_pool: str, residual: str, batch_stabilizer: float,
+                 stabilizer: float = 0.0, pooling_nodes: bool = False) -> None:
         self.merge = check_bool(merge_batch_norm, "merge_batch_norm")
         self.pooling_nodes = check_bool(pooling_nodes, "pooling_nodes")
         self.stabilizer = check_number(stabilizer, "stabilizer", minimum=0.0)
@@ -124,7 +132,9 @@ class _Options:
         return torch.where(d != 0, relevance / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
 
 
-def _node(branches: list[tuple[torch.Tensor, list[nn.Module]]], relevance: torch.Tensor, opts: _Options) -> list[torch.Tensor]:
+def _node(
+    branches: list[tuple[torch.Tensor, list[nn.Module]]], relevance: torch.Tensor, opts: _Options
+) -> list[torch.Tensor]:
     """z+ through one affine node with one or more branches ``(input a_b, modules)``; the relevance of each input."""
     n = relevance.shape[0]
     upper = relevance.reshape(n, -1)
@@ -137,18 +147,18 @@ def _node(branches: list[tuple[torch.Tensor, list[nn.Module]]], relevance: torch
         shares = [upper] * len(parts)
     elif len(parts) > 1 and opts.residual == "proportional":
         outputs = [flat @ w.T + shift for flat, _, w, shift in parts]
-        total = sum(outputs)
+        total = functools.reduce(operator.add, outputs)
         shares = [opts.divide(upper, total) * out for out in outputs]
     else:
         shares = None
     out = []
     if shares is None:
-        d = sum(flat @ wp.T for flat, wp, _, _ in parts)
+        d = functools.reduce(operator.add, [flat @ wp.T for flat, wp, _, _ in parts])
         ratio = opts.divide(upper, d)
-        for (flat, wp, _, _), (a, _) in zip(parts, branches):
+        for (flat, wp, _, _), (a, _) in zip(parts, branches, strict=True):
             out.append((flat * (ratio @ wp)).reshape(a.shape))
     else:
-        for (flat, wp, _, _), (a, group), share in zip(parts, branches, shares):
+        for (flat, wp, _, _), (a, group), share in zip(parts, branches, shares, strict=True):
             if not group:  # an identity shortcut: its share is its input's relevance
                 out.append(share.reshape(a.shape))
             else:
@@ -159,13 +169,14 @@ def _node(branches: list[tuple[torch.Tensor, list[nn.Module]]], relevance: torch
 class _Tape:
     """The forward of a chain of modules, recorded for the backward: affine nodes, ReLUs, max pools."""
 
-    def __init__(self, modules: Sequence[nn.Module], a: torch.Tensor, opts: _Options):
-        self.steps: list[tuple[str, torch.Tensor, object]] = []
+    def __init__(self, modules: Sequence[nn.Module], a: torch.Tensor, opts: _Options) -> None:
+        #: each step's input and what it is: an affine node's modules, a ReLU or a max pool
+        self.steps: list[tuple[torch.Tensor, list[nn.Module] | nn.ReLU | nn.MaxPool2d]] = []
         run: list[nn.Module] = []
 
-        def flush(a):
+        def flush(a: torch.Tensor) -> torch.Tensor:
             for group in _groups(run, opts.merge, opts.pooling_nodes):
-                self.steps.append(("affine", a, group))
+                self.steps.append((a, group))
                 a = _apply(group, a)
             run.clear()
             return a
@@ -176,29 +187,28 @@ class _Tape:
                     run.append(module)
                 elif isinstance(module, _NONLINEAR):
                     a = flush(a)
-                    self.steps.append(("relu" if isinstance(module, nn.ReLU) else "max", a, module))
+                    self.steps.append((a, module))
                     a = module(a)
                 else:
                     raise TypeError(f"the z+ replica handles {', '.join(t.__name__ for t in _AFFINE + _NONLINEAR)} "
                                     f"and ResidualNet, not {type(module).__name__}")
             self.output = flush(a)
 
-    def backward(self, relevance: torch.Tensor, opts: _Options, last: Optional[int] = None) -> torch.Tensor:
+    def backward(self, relevance: torch.Tensor, opts: _Options, last: int | None = None) -> torch.Tensor:
         steps = self.steps if last is None else self.steps[:last]
-        for kind, a, what in reversed(steps):
-            if kind == "affine":
-                (relevance,) = _node([(a, what)], relevance, opts)
-            elif kind == "max":
-                relevance = _max_pool_backward(a, what, relevance, opts)
+        for a, step in reversed(steps):
+            if isinstance(step, list):
+                (relevance,) = _node([(a, step)], relevance, opts)
+            elif isinstance(step, nn.MaxPool2d):
+                relevance = _max_pool_backward(a, step, relevance, opts)
             # ReLU: relevance passes unchanged
         return relevance
 
 
 def _max_pool_backward(a: torch.Tensor, pool: nn.MaxPool2d, relevance: torch.Tensor, opts: _Options) -> torch.Tensor:
-    args = dict(kernel_size=pool.kernel_size, stride=pool.stride, padding=pool.padding, dilation=pool.dilation,
-                ceil_mode=pool.ceil_mode)
     if opts.max_pool == "max":
-        _, index = F.max_pool2d(a, return_indices=True, **args)
+        _, index = F.max_pool2d(a, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode,
+                                return_indices=True)
         n, c = a.shape[:2]
         out = torch.zeros_like(a).reshape(n, c, -1)
         out.scatter_add_(2, index.reshape(n, c, -1), relevance.reshape(n, c, -1))
@@ -212,7 +222,15 @@ def _max_pool_backward(a: torch.Tensor, pool: nn.MaxPool2d, relevance: torch.Ten
     return a * spread
 
 
-def _block_backward(block, u: torch.Tensor, relevance: torch.Tensor, opts: _Options) -> tuple[torch.Tensor, torch.Tensor]:
+@overload
+def _block_backward(block: BasicBlock, u: torch.Tensor, relevance: None,
+                    opts: _Options) -> tuple[torch.Tensor, None]: ...
+@overload
+def _block_backward(block: BasicBlock, u: torch.Tensor, relevance: torch.Tensor,
+                    opts: _Options) -> tuple[torch.Tensor, torch.Tensor]: ...
+def _block_backward(
+    block: BasicBlock, u: torch.Tensor, relevance: torch.Tensor | None, opts: _Options
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A :class:`~properties.generate.architectures.BasicBlock` on input ``u``: ``(its output, the relevance of u)``."""
     first = _Tape([block.conv1, block.bn1, block.relu1], u, opts)
     h = first.output
@@ -232,11 +250,12 @@ def _block_backward(block, u: torch.Tensor, relevance: torch.Tensor, opts: _Opti
         output = block.relu2(a + b)
     if relevance is None:
         return output, None
-    branches = [(main_inputs[-1], main_groups[-1]), (short_inputs[-1] if short_groups else u, short_groups[-1] if short_groups else [])]
+    branches = [(main_inputs[-1], main_groups[-1]), (short_inputs[-1] if short_groups else u,
+                                                     short_groups[-1] if short_groups else [])]
     r_main, r_short = _node(branches, relevance, opts)
-    for inputs, group in zip(reversed(main_inputs[:-1]), reversed(main_groups[:-1])):
+    for inputs, group in zip(reversed(main_inputs[:-1]), reversed(main_groups[:-1]), strict=True):
         (r_main,) = _node([(inputs, group)], r_main, opts)
-    for inputs, group in zip(reversed(short_inputs[:-1]), reversed(short_groups[:-1])):
+    for inputs, group in zip(reversed(short_inputs[:-1]), reversed(short_groups[:-1]), strict=True):
         (r_short,) = _node([(inputs, group)], r_short, opts)
     return output, first.backward(r_main, opts) + r_short
 
@@ -244,7 +263,8 @@ def _block_backward(block, u: torch.Tensor, relevance: torch.Tensor, opts: _Opti
 def zplus(model: nn.Module, x: torch.Tensor, output: int, *, merge_batch_norm: bool = True, max_pool: str = "max",
           residual: str = "joint", batch_stabilizer: float = 0.0, stabilizer: float = 0.0,
           pooling_nodes: bool = False) -> torch.Tensor:
-    """Train-free z+ relevance of ``model``'s logit ``output`` at ``x`` ``(batch, *input_shape)``, float64, shaped like ``x``.
+    """Train-free z+ relevance of ``model``'s logit ``output`` at ``x``
+    ``(batch, *input_shape)``, float64, shaped like ``x``.
 
     ``model`` is the original module (never modified); the keywords switch
     on the defects listed in the module docstring.  Slow: every affine node
@@ -262,14 +282,15 @@ def zplus(model: nn.Module, x: torch.Tensor, output: int, *, merge_batch_norm: b
     a = x.detach().to(torch.float64)
     if isinstance(model, ResidualNet):
         stem = _Tape(list(model.stem), a, opts)
+        blocks = cast("list[BasicBlock]", list(model.blocks))  # a ResidualNet's blocks are BasicBlocks
         inputs, h = [], stem.output
-        for block in model.blocks:
+        for block in blocks:
             inputs.append(h)
             h, _ = _block_backward(block, h, None, opts)
         head = _Tape([model.pool, model.flatten, model.fc], h, opts)
         relevance = _top(head.output, output)
         relevance = head.backward(relevance, opts)
-        for block, u in zip(reversed(list(model.blocks)), reversed(inputs)):
+        for block, u in zip(reversed(blocks), reversed(inputs), strict=True):
             _, relevance = _block_backward(block, u, relevance, opts)
         relevance = stem.backward(relevance, opts)
     elif isinstance(model, nn.Sequential):
@@ -277,7 +298,8 @@ def zplus(model: nn.Module, x: torch.Tensor, output: int, *, merge_batch_norm: b
         tape = _Tape(leaves, a, opts)
         relevance = tape.backward(_top(tape.output, output), opts)
     else:
-        raise TypeError(f"model must be an nn.Sequential or a properties.generate.architectures.ResidualNet, got {type(model).__name__}")
+        raise TypeError("model must be an nn.Sequential or a "
+                        f"properties.generate.architectures.ResidualNet, got {type(model).__name__}")
     return relevance.to(x.dtype)
 
 
@@ -290,7 +312,7 @@ def _top(logits: torch.Tensor, output: int) -> torch.Tensor:
 
 
 #: name -> (defect keywords, claimed stabiliser) of :func:`mutant_implementations`
-MUTANT_DEFECTS = {
+MUTANT_DEFECTS: dict[str, tuple[dict[str, Any], float]] = {
     "mutant_bn_unmerged": (dict(merge_batch_norm=False), 0.0),
     "mutant_max_as_average": (dict(max_pool="average"), 0.0),
     "mutant_residual_both": (dict(residual="both"), 0.0),
@@ -299,14 +321,17 @@ MUTANT_DEFECTS = {
 }
 
 
-def replica_implementation():
+def replica_implementation() -> Implementation:
     """:func:`zplus` without defects as a :class:`properties.conformance.Implementation` (claims z+, stabiliser 0)."""
     return Implementation("replica_zplus", lambda model, x, output: zplus(model, x, output), "z+", stabilizer=0.0)
 
 
-def mutant_implementations() -> list:
+def mutant_implementations() -> list[Implementation]:
     """One :class:`properties.conformance.Implementation` per entry of :data:`MUTANT_DEFECTS`, each claiming z+."""
-    def make(defect):
+    def make(defect: dict[str, Any]) -> Callable[[nn.Module, torch.Tensor, int], torch.Tensor]:
         return lambda model, x, output: zplus(model, x, output, **defect)
 
-    return [Implementation(name, make(defect), "z+", stabilizer=stabilizer) for name, (defect, stabilizer) in MUTANT_DEFECTS.items()]
+    return [
+        Implementation(name, make(defect), "z+", stabilizer=stabilizer)
+        for name, (defect, stabilizer) in MUTANT_DEFECTS.items()
+    ]

@@ -10,11 +10,12 @@ library is imported here.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 
 from dtd import rules as R
+from dtd.decomposition import Decomposition
 from dtd.network import ReLUNetwork
 
 from ..measure.thresholds import CONDITIONING_FACTOR
@@ -22,7 +23,7 @@ from ..measure.thresholds import CONDITIONING_FACTOR
 __all__ = ["per_layer_rules", "stabilizer_bound"]
 
 
-def per_layer_rules(net: ReLUNetwork, rules: Union[R.Rule, Sequence[R.Rule]]) -> list[R.Rule]:
+def per_layer_rules(net: ReLUNetwork, rules: R.Rule | Sequence[R.Rule]) -> list[R.Rule]:
     """One rule per layer: ``rules`` itself, or one rule repeated."""
     if isinstance(rules, R.Rule):
         return [rules] * net.n_layers
@@ -32,7 +33,9 @@ def per_layer_rules(net: ReLUNetwork, rules: Union[R.Rule, Sequence[R.Rule]]) ->
     return rules
 
 
-def stabilizer_bound(net: ReLUNetwork, dec, rules: Union[R.Rule, Sequence[R.Rule]], epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+def stabilizer_bound(
+    net: ReLUNetwork, dec: Decomposition, rules: R.Rule | Sequence[R.Rule], epsilon: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """How far an LRP implementation with stabiliser ``epsilon`` may lie from train-free DTD.
 
     Per layer DTD hands ``R_i = sum_j c_ij R_j`` with ``c_ij = w_ji v_ji / d_j``;

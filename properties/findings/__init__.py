@@ -15,16 +15,21 @@ report's (:mod:`properties.report.papers`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dtd
 
 from ..measure.stats import DEFAULT_CONFIDENCE
 from . import insensitivity, invariance, randomisation
 from .common import Findings, relevance_from_top, rule_list
 
+if TYPE_CHECKING:
+    from ..subjects.subject import Subject
+
 __all__ = ["relevance_from_top", "rule_list", "Findings", "evaluate_findings"]
 
 
-def evaluate_findings(subject, *, seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> Findings:
+def evaluate_findings(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> Findings:
     """The ``insensitivity``, ``invariance`` and ``randomisation`` rows of a :class:`properties.Subject`.
 
     Rows ``insensitivity.{name}.{rule}.{outputs|random}.insensitive``,

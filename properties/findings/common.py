@@ -15,7 +15,8 @@ build on these; :func:`properties.findings.evaluate_findings` runs them on a sub
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,21 +24,40 @@ import dtd
 from dtd.decompose import checked_activations
 
 from ..measure.keys import RateKey
+from ..measure.recorder import Recorder
 from ..measure.stats import Rate
 
-__all__ = ["relevance_from_top", "rule_list", "Findings", "RuleSpec"]
+if TYPE_CHECKING:
+    from ..subjects.subject import Subject
 
-RuleSpec = Union[dtd.Rule, Sequence[dtd.Rule]]
+__all__ = ["relevance_from_top", "rule_list", "Findings", "RuleSpec", "dense_network", "Series"]
+
+#: one line of a plot: ``{"x": [...], "y": [...], "low": [...], "high": [...]}`` (None where a value is missing)
+Series = dict[str, list[float | None]]
+
+#: one rule (object or name) for every layer, or one per layer
+RuleSpec = dtd.rules.RuleLike | Sequence[dtd.rules.RuleLike]
 
 
-def rule_list(rule: RuleSpec, n_layers: int) -> list:
+def rule_list(rule: RuleSpec, n_layers: int) -> list[dtd.Rule]:
     """One rule object per layer, first layer first (a single rule repeated)."""
+    if isinstance(rule, (str, dtd.Rule)):
+        return [dtd.Rule.ensure(rule)] * n_layers
     if isinstance(rule, (list, tuple)):
         rules = [dtd.Rule.ensure(r) for r in rule]
         if len(rules) != n_layers:
             raise ValueError(f"{len(rules)} per-layer rules for a network of {n_layers} layers")
         return rules
-    return [dtd.Rule.ensure(rule)] * n_layers
+    raise TypeError(f"a rule must be a str or a dtd.rules.Rule, or a list of them, got {type(rule).__name__} {rule!r}")
+
+
+def dense_network(subject: Subject, family: str) -> dtd.ReLUNetwork:
+    """The subject's network, which the field's findings read as dense layers (``TypeError`` for a graph network)."""
+    net = subject.network
+    if not isinstance(net, dtd.ReLUNetwork):
+        raise TypeError(f"the {family} family runs on the dense layers of from_sequential; subject {subject.name} was "
+                        "lowered by the graph engine")
+    return net
 
 
 def relevance_from_top(net: dtd.ReLUNetwork, x: torch.Tensor, top: torch.Tensor, rule: RuleSpec) -> torch.Tensor:
@@ -64,8 +84,8 @@ def relevance_from_top(net: dtd.ReLUNetwork, x: torch.Tensor, top: torch.Tensor,
     finder = dtd.LinearRoots(rule_list(rule, net.n_layers))
     _, activations = checked_activations(net, x, 0, finder)
     if not isinstance(top, torch.Tensor) or top.shape != activations[-1].shape:
-        raise ValueError(f"top must be a tensor of shape {tuple(activations[-1].shape)} (points, top-layer outputs), got "
-                         f"{tuple(top.shape) if isinstance(top, torch.Tensor) else type(top).__name__}")
+        raise ValueError(f"top must be a tensor of shape {tuple(activations[-1].shape)} (points, top-layer "
+                         f"outputs), got {tuple(top.shape) if isinstance(top, torch.Tensor) else type(top).__name__}")
     relevance = top.to(activations[-1].dtype)
     with torch.no_grad():
         for k in range(net.n_layers - 1, -1, -1):
@@ -82,23 +102,25 @@ class Findings:
     plot methods (``lines``, ``bars``).
     """
 
-    rates: dict = dataclasses.field(default_factory=dict)
-    counts: dict = dataclasses.field(default_factory=dict)
-    plots: list = dataclasses.field(default_factory=list)
+    rates: dict[RateKey, tuple[Rate, str]] = dataclasses.field(default_factory=dict)
+    counts: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: ``(method, args, kwargs)`` of a :class:`~properties.measure.recorder.Recorder` plot method
+    plots: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = dataclasses.field(default_factory=list)
 
     def add(self, key: RateKey, rate: Rate, description: str) -> None:
         if key in self.rates:
             raise ValueError(f"rate {key} measured twice")
         self.rates[key] = (rate, description)
 
-    def extend(self, other: "Findings") -> "Findings":
+    def extend(self, other: Findings) -> Findings:
         for key, (rate, description) in other.rates.items():
             self.add(key, rate, description)
         self.counts.update(other.counts)
         self.plots.extend(other.plots)
         return self
 
-    def record(self, property_report, *, summary=lambda key: False) -> None:
+    def record(self, property_report: Recorder, *,
+               summary: Callable[[RateKey], bool] = lambda key: False) -> None:
         """Write everything into ``property_report``; ``summary(key)`` picks the rows of the terminal table."""
         for key, (rate, description) in self.rates.items():
             property_report.rate(key, rate, description, summary=summary(key))

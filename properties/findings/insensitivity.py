@@ -31,23 +31,26 @@ all zero (no cosine) is left out and counted.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 import dtd
 from dtd import rules as R
-
-from ..generate import variants as V
 from dtd.threads import one_thread
 from dtd.validation import check_int, check_seed
 
-from .common import Findings, relevance_from_top
+from ..generate import variants as V
 from ..measure.keys import RateKey, describe
-from .similarity import cosine, median_interval
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate
 from ..measure.thresholds import INSENSITIVE_COSINE
+from .common import Findings, Series, dense_network, relevance_from_top
+from .similarity import cosine, median_interval
+
+if TYPE_CHECKING:
+    from ..subjects.subject import Subject
 
 __all__ = ["DEPTHS", "WIDTH", "OUTPUTS", "VGG16_WIDTHS", "SIMULATION", "SweepResult", "depth_sweep", "vgg16_simulation",
            "subject_insensitivity", "FIGURE", "SIMULATION_FIGURE"]
@@ -79,18 +82,19 @@ _PAIRS = ("outputs", "random")
 class SweepResult:
     """Per (rule, depth, pair): the cosines each network contributed and its (insensitive, judged) counts."""
 
-    cosines: dict  # (rule, depth, pair) -> list of (K,) tensors, one per network
-    clusters: dict  # (rule, depth, pair) -> list of (insensitive, judged) per network
-    undefined: dict  # (rule, pair) -> points left out (all-zero relevance)
+    cosines: dict[tuple[str, int, str], list[torch.Tensor]]  # (rule, depth, pair) -> (K,) tensors, one per network
+    clusters: dict[tuple[str, int, str], list[tuple[int, int]]]  # (rule, depth, pair) -> (insensitive, judged) each
+    undefined: dict[tuple[str, str], int]  # (rule, pair) -> points left out (all-zero relevance)
     dropped: int  # points of the outputs pair left out: output 0 or 1 not positive
 
 
-def _networks(depth: int, count: int, n_points: int, seed: int):
+def _networks(depth: int, count: int, n_points: int,
+              seed: int) -> list[tuple[dtd.ReLUNetwork, torch.Tensor, torch.Tensor]]:
     """``count`` (network, inputs) pairs of one depth whose outputs 0 and 1 are both positive at one input at least
     (the ``outputs`` pair needs such points; a draw without is redrawn, at most :data:`MAX_REDRAWS` times a network)."""
     rng = np.random.default_rng([seed, depth])
     generator = torch.Generator().manual_seed(seed * 1000 + depth)
-    found = []
+    found: list[tuple[dtd.ReLUNetwork, torch.Tensor, torch.Tensor]] = []
     while len(found) < count:
         for _ in range(MAX_REDRAWS):
             net = dtd.ReLUNetwork.random([WIDTH] * depth + [OUTPUTS], int(rng.integers(0, 2**31 - 1)), init=INIT,
@@ -102,12 +106,13 @@ def _networks(depth: int, count: int, n_points: int, seed: int):
                 found.append((net, x, y))
                 break
         else:
-            raise ValueError(f"no depth-{depth} network with outputs 0 and 1 positive at a common input in {MAX_REDRAWS} draws")
+            raise ValueError(f"no depth-{depth} network with outputs 0 and 1 "
+                             f"positive at a common input in {MAX_REDRAWS} draws")
     return found
 
 
 def depth_sweep(*, n_networks: int, n_points: int, seed: int, depths: Sequence[int] = DEPTHS,
-                variants: Optional[Sequence[R.Variant]] = None) -> SweepResult:
+                variants: Sequence[V.Variant] | None = None) -> SweepResult:
     """Cosines of the two pairs for every rule variant on ``n_networks`` generated networks of each depth.
 
     Parameters
@@ -132,7 +137,8 @@ def depth_sweep(*, n_networks: int, n_points: int, seed: int, depths: Sequence[i
     return result
 
 
-def _sweep_depth(result: SweepResult, depth: int, n_networks: int, n_points: int, seed: int, variants) -> None:
+def _sweep_depth(result: SweepResult, depth: int, n_networks: int, n_points: int, seed: int,
+                 variants: Sequence[V.Variant]) -> None:
     generator = torch.Generator().manual_seed(seed * 1000 + 500 + depth)
     for net, x, y in _networks(depth, n_networks, n_points, seed):
         live = (y[:, 0] > 0) & (y[:, 1] > 0)
@@ -161,12 +167,13 @@ def sweep_findings(result: SweepResult, *, confidence: float = DEFAULT_CONFIDENC
     found = Findings()
     rules = list(dict.fromkeys(rule for rule, _, _ in result.clusters))
     depths = sorted({depth for _, depth, _ in result.clusters})
-    panels = []
+    panels: list[dict[str, Any]] = []
     for pair in _PAIRS:
-        medians, shares = {}, {}
+        medians: dict[str, Series] = {}
+        shares: dict[str, Series] = {}
         for rule in rules:
-            m = {"x": [], "y": [], "low": [], "high": []}
-            s = {"x": [], "y": [], "low": [], "high": []}
+            m: Series = {"x": [], "y": [], "low": [], "high": []}
+            s: Series = {"x": [], "y": [], "low": [], "high": []}
             for depth in depths:
                 key = RateKey("insensitivity", "insensitive", rule=rule, depth=depth, pair=pair)
                 rate = Rate.from_clusters(result.clusters[(rule, depth, pair)], confidence)
@@ -175,22 +182,23 @@ def sweep_findings(result: SweepResult, *, confidence: float = DEFAULT_CONFIDENC
                 if median is not None:
                     for series, values in ((m, (median, low, high)), (s, (rate.rate, *rate.interval))):
                         series["x"].append(depth)
-                        for name, value in zip(("y", "low", "high"), values):
+                        for name, value in zip(("y", "low", "high"), values, strict=True):
                             series[name].append(value)
             medians[rule], shares[rule] = m, s
         what = "two explained outputs (0 and 1)" if pair == "outputs" else "two random non-negative top relevances"
         panels.append({"title": f"median cosine, {what}", "ylabel": "cosine", "ylim": [-1.05, 1.05], "series": medians})
-        panels.append({"title": f"insensitive share (cosine >= {INSENSITIVE_COSINE:g}), {what}", "ylabel": "share of points",
-                       "ylim": [-0.05, 1.05], "series": shares})
+        panels.append({"title": f"insensitive share (cosine >= {INSENSITIVE_COSINE:g}), {what}",
+                       "ylabel": "share of points", "ylim": [-0.05, 1.05], "series": shares})
     for (rule, pair), n in result.undefined.items():
         if n:
             found.counts[f"insensitivity, {rule}, {pair}: points left out (all-zero relevance)"] = n
     found.counts["insensitivity: points left out of the outputs pair (output 0 or 1 not positive)"] = result.dropped
     found.plots.append(("lines", (FIGURE, "Class insensitivity with depth, generated networks", panels),
                         {"xlabel": "depth (layers)", "caption": (
-                            f"Generated networks (torch init, width {WIDTH}, {OUTPUTS} outputs), per depth and rule: the median cosine "
-                            "of the two input relevances of a point (band: cluster-bootstrap interval over networks) and the share "
-                            f"of points with cosine >= {INSENSITIVE_COSINE:g} (band: Wilson interval clustered by network).")}))
+                            f"Generated networks (torch init, width {WIDTH}, {OUTPUTS} outputs), per depth "
+                            "and rule: the median cosine of the two input relevances of a point (band: "
+                            "cluster-bootstrap interval over networks) and the share of points with cosine "
+                            f">= {INSENSITIVE_COSINE:g} (band: Wilson interval clustered by network).")}))
     return found
 
 
@@ -220,12 +228,12 @@ def vgg16_simulation(*, runs: int, seed: int, confidence: float = DEFAULT_CONFID
     upper = torch.triu_indices(columns, columns, offset=1)
     for kind in SIMULATION:
         generator = torch.Generator().manual_seed(seed * 7 + SIMULATION.index(kind))
-        per_depth = {d: [] for d in range(1, depth + 1)}
-        clusters = []
+        per_depth: dict[int, list[torch.Tensor]] = {d: [] for d in range(1, depth + 1)}
+        clusters: list[tuple[int, int]] = []
         for _ in range(runs):
             vectors = None
-            for d, l in enumerate(range(depth - 1, -1, -1), start=1):
-                shape = (widths[l], widths[l + 1]) if vectors is not None else (widths[l], columns)
+            for d, layer in enumerate(range(depth - 1, -1, -1), start=1):
+                shape = (widths[layer], widths[layer + 1]) if vectors is not None else (widths[layer], columns)
                 draw = torch.rand if kind == "nonnegative" else torch.randn
                 # the top matrix: only the explained classes' columns (i.i.d., so any `columns` of them alike)
                 matrix = draw(*shape, generator=generator)
@@ -235,12 +243,13 @@ def vgg16_simulation(*, runs: int, seed: int, confidence: float = DEFAULT_CONFID
                 per_depth[d].append(gram[upper[0], upper[1]])
             final = per_depth[depth][-1]
             clusters.append((int((final >= INSENSITIVE_COSINE).sum()), int(final.numel())))
-        key = RateKey("insensitivity", "insensitive", subject="vgg16_simulation", depth=depth, pair="columns", subset=kind)
+        key = RateKey("insensitivity", "insensitive", subject="vgg16_simulation", depth=depth, pair="columns",
+                      subset=kind)
         found.add(key, Rate.from_clusters(clusters, confidence),
-                  f"the paper's simulation, {SUBSETS_TEXT[kind]} with VGG-16's backward shapes {tuple(widths)}: pairs of "
-                  f"columns of the product of all {depth} matrices ({columns} classes, {runs} runs, clustered by run) "
-                  f"with cosine >= {INSENSITIVE_COSINE:g}")
-        line = {"x": [], "y": [], "low": [], "high": []}
+                  f"the paper's simulation, {SUBSETS_TEXT[kind]} with VGG-16's backward shapes "
+                  f"{tuple(widths)}: pairs of columns of the product of all {depth} matrices "
+                  f"({columns} classes, {runs} runs, clustered by run) with cosine >= {INSENSITIVE_COSINE:g}")
+        line: Series = {"x": [], "y": [], "low": [], "high": []}
         for d, values in per_depth.items():
             median, low, high = median_interval(values, confidence, seed=seed)
             line["x"].append(d)
@@ -248,13 +257,15 @@ def vgg16_simulation(*, runs: int, seed: int, confidence: float = DEFAULT_CONFID
             line["low"].append(low)
             line["high"].append(high)
         series[kind] = line
-    found.plots.append(("lines", (SIMULATION_FIGURE, "The paper's simulation: random matrices with VGG-16's backward shapes",
+    found.plots.append(("lines", (SIMULATION_FIGURE,
+                                  "The paper's simulation: random matrices with VGG-16's backward shapes",
                                   [{"title": "median cosine of two columns of the product", "ylabel": "cosine",
                                     "ylim": [-1.05, 1.05], "series": series}]),
                         {"xlabel": "matrices multiplied from the top (depth)", "caption": (
-                            f"Products of the top d of {depth} random matrices of VGG-16's backward shapes; median over "
-                            f"pairs of {columns} columns and {runs} runs (band: bootstrap interval over runs). Non-negative "
-                            "entries (as z+'s backward maps) converge to one direction; Gaussian entries do not.")}))
+                            f"Products of the top d of {depth} random matrices of VGG-16's backward "
+                            f"shapes; median over pairs of {columns} columns and {runs} runs (band: "
+                            "bootstrap interval over runs). Non-negative entries (as z+'s backward "
+                            "maps) converge to one direction; Gaussian entries do not.")}))
     return found
 
 
@@ -262,14 +273,14 @@ SUBSETS_TEXT = {"nonnegative": "uniform [0, 1) matrices", "gaussian": "standard 
 
 
 # --------------------------------------------------------------------------- trained subjects
-def subject_insensitivity(subject, *, seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> Findings:
+def subject_insensitivity(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> Findings:
     """``insensitivity.{name}.{rule}.{outputs|random}.insensitive`` for the subject's rules and LRP-0 (``x``).
 
     Pair ``outputs``: each point's explained output and its runner-up (the
     second-largest output), at points where the runner-up is positive; pair
     ``random``: two uniform ``[0, 1)`` vectors at the top layer, every point.
     """
-    net, name = subject.network, subject.name
+    net, name = dense_network(subject, "insensitivity"), subject.name
     x = subject.inputs.flatten(1)
     generator = torch.Generator().manual_seed(check_seed(seed))
     with torch.no_grad():

@@ -29,25 +29,29 @@ inputs' per-feature mean.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 import dtd
 from dtd import rules as R
-
-from ..generate import variants as V
 from dtd.threads import one_thread
 from dtd.validation import check_seed
 
-from .common import Findings, rule_list
+from ..generate import variants as V
 from ..measure.keys import RateKey, describe
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate
 from ..measure.thresholds import INVARIANT_RTOL
+from .common import Findings, RuleSpec, dense_network, rule_list
 
-__all__ = ["shifted_network", "shifted_rules", "relevance_change", "unchanged", "invariance_sweep", "subject_invariance",
-           "UNSHIFTED", "FIGURE", "INVARIANT_BY_CONSTRUCTION"]
+if TYPE_CHECKING:
+    from ..generate.strategies import Case
+    from ..subjects.subject import Subject
+
+__all__ = ["shifted_network", "shifted_rules", "relevance_change", "unchanged", "invariance_sweep",
+           "subject_invariance", "UNSHIFTED", "FIGURE", "INVARIANT_BY_CONSTRUCTION"]
 
 #: label of the contrast row: zB with the shifted data's own box (not moved with the shift)
 UNSHIFTED = "zB_unshifted"
@@ -56,7 +60,7 @@ INVARIANT_BY_CONSTRUCTION = ("w2", "w2_first", "zB")
 FIGURE = "invariance_by_rule.png"
 
 
-def shifted_network(net: dtd.ReLUNetwork, c: torch.Tensor) -> dtd.ReLUNetwork:
+def shifted_network(net: dtd.ReLUNetwork, c: float | torch.Tensor) -> dtd.ReLUNetwork:
     """A new network computing on ``x + c`` what ``net`` computes on ``x``: first bias ``b - W c``.
 
     Parameters
@@ -74,30 +78,31 @@ def shifted_network(net: dtd.ReLUNetwork, c: torch.Tensor) -> dtd.ReLUNetwork:
     """
     if not isinstance(net, dtd.ReLUNetwork):
         raise TypeError(f"net must be a dtd.ReLUNetwork, got {type(net).__name__}")
-    c = _shift(c, net.in_features)
+    shift = _shift(c, net.in_features)
     modules = [m for m in net.to_sequential() if not isinstance(m, nn.Flatten)]  # to_sequential copies every Linear
-    first = modules[0]
+    first = next(m for m in modules if isinstance(m, nn.Linear))  # the first module: a Linear with a bias
     with torch.no_grad():
-        bias = first.bias.double() - first.weight.double() @ c
+        bias = first.bias.double() - first.weight.double() @ shift
         first.bias.copy_(bias.to(first.bias.dtype))
     return dtd.ReLUNetwork.from_sequential(nn.Sequential(*modules))
 
 
-def _shift(c, width: int) -> torch.Tensor:
+def _shift(c: object, width: int) -> torch.Tensor:
     if isinstance(c, bool) or not isinstance(c, (int, float, torch.Tensor)):
         raise TypeError(f"c must be a number or a (D,) tensor, got {type(c).__name__}")
-    c = torch.as_tensor(c, dtype=torch.float64).detach().clone().reshape(-1)
-    if c.numel() == 1:
-        c = c.expand(width).clone()
-    if c.shape != (width,):
-        raise ValueError(f"c must have one entry per input feature ({width}), got shape {tuple(c.shape)}")
-    if not bool(torch.isfinite(c).all()):
+    shift = torch.as_tensor(c, dtype=torch.float64).detach().clone().reshape(-1)
+    if shift.numel() == 1:
+        shift = shift.expand(width).clone()
+    if shift.shape != (width,):
+        raise ValueError(f"c must have one entry per input feature ({width}), got shape {tuple(shift.shape)}")
+    if not bool(torch.isfinite(shift).all()):
         raise ValueError("c must be finite")
-    return c
+    return shift
 
 
-def shifted_rules(rule, c: torch.Tensor, n_layers: int) -> list:
-    """The per-layer rules for the shifted network: a zB at the input gets bounds ``low + c, high + c``; the rest as given."""
+def shifted_rules(rule: RuleSpec, c: float | torch.Tensor, n_layers: int) -> list[R.Rule]:
+    """The per-layer rules for the shifted network: a zB at the input gets bounds
+    ``low + c, high + c``; the rest as given."""
     rules = rule_list(rule, n_layers)
     first = rules[0]
     if isinstance(first, R.ZB):
@@ -107,12 +112,14 @@ def shifted_rules(rule, c: torch.Tensor, n_layers: int) -> list:
 
 
 def relevance_change(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-    """``(N,)``: ``max_i |after - before|`` over ``max_i |before|`` per point (0 where both are 0, inf where only ``before`` is)."""
+    """``(N,)``: ``max_i |after - before|`` over ``max_i |before|`` per point (0 where both
+    are 0, inf where only ``before`` is)."""
     b, a = before.flatten(1).double(), after.flatten(1).double()
     change = (a - b).abs().amax(1)
     scale = b.abs().amax(1)
     ratio = change / torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.where(scale > 0, ratio, torch.where(change > 0, torch.full_like(ratio, float("inf")), torch.zeros_like(ratio)))
+    return torch.where(scale > 0, ratio, torch.where(change > 0, torch.full_like(ratio, float("inf")),
+                                                     torch.zeros_like(ratio)))
 
 
 def unchanged(before: torch.Tensor, after: torch.Tensor, rtol: float = INVARIANT_RTOL) -> torch.Tensor:
@@ -120,7 +127,8 @@ def unchanged(before: torch.Tensor, after: torch.Tensor, rtol: float = INVARIANT
     return relevance_change(before, after) <= rtol
 
 
-def _pairs(net, moved, x, c, output, label, rule) -> torch.Tensor:
+def _pairs(net: dtd.ReLUNetwork, moved: dtd.ReLUNetwork, x: torch.Tensor, c: torch.Tensor, output: int, label: str,
+           rule: RuleSpec) -> torch.Tensor:
     """``(N,)`` bool unchanged for one rule: ``net`` on ``x`` vs ``moved`` (:func:`shifted_network`) on ``x + c``."""
     n_layers = net.n_layers
     xc = x + c.to(x.dtype)
@@ -133,8 +141,8 @@ def _pairs(net, moved, x, c, output, label, rule) -> torch.Tensor:
     return unchanged(before, after)
 
 
-def invariance_sweep(cases: Sequence, *, seed: int, confidence: float = DEFAULT_CONFIDENCE,
-                     variants: Optional[Sequence[R.Variant]] = None) -> Findings:
+def invariance_sweep(cases: Sequence[Case], *, seed: int, confidence: float = DEFAULT_CONFIDENCE,
+                     variants: Sequence[V.Variant] | None = None) -> Findings:
     """``invariance.{rule}.unchanged`` over generated ``cases`` (each a :class:`properties.generate.strategies.Case`).
 
     Per case a shift ``c`` with i.i.d. uniform ``[0, 1)`` entries (so shifted
@@ -163,7 +171,8 @@ def invariance_sweep(cases: Sequence, *, seed: int, confidence: float = DEFAULT_
         key = RateKey("invariance", "unchanged", rule=label)
         found.add(key, Rate.from_clusters(clusters[label], confidence), describe(key) + _HOW.get(label, "") +
                   f" [{len(cases)} networks, c ~ U[0, 1) per feature, clustered by network]")
-    found.plots.append(_figure(FIGURE, "Input invariance per rule, generated networks", [str(RateKey("invariance", "unchanged", rule=l)) for l in labels], labels))
+    found.plots.append(_figure(FIGURE, "Input invariance per rule, generated networks",
+                               [str(RateKey("invariance", "unchanged", rule=label)) for label in labels], labels))
     return found
 
 
@@ -172,27 +181,28 @@ _HOW = {"zB": " (zB's box shifted with the data: unchanged by construction)",
         "w2_first": " (w2 at the input, z+ above: unchanged by construction)"}
 
 
-def _figure(file: str, title: str, rows: list, labels: list):
+def _figure(file: str, title: str, rows: list[str], labels: list[str]) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
     return ("bars", (file, title, rows, labels), {
         "xlabel": "rule (at the input layer)",
-        "caption": ("Share of points whose input relevance is unchanged when the inputs are shifted by c and the first "
-                    "layer's bias by -W c (the same function). w2 and zB with shifted bounds are invariant by construction; "
-                    "rules whose direction reads the input are not.")})
+        "caption": ("Share of points whose input relevance is unchanged when the inputs are shifted by c "
+                    "and the first layer's bias by -W c (the same function). w2 and zB with shifted "
+                    "bounds are invariant by construction; rules whose direction reads the input are not.")})
 
 
-def subject_invariance(subject, *, confidence: float = DEFAULT_CONFIDENCE) -> Findings:
+def subject_invariance(subject: Subject, *, confidence: float = DEFAULT_CONFIDENCE) -> Findings:
     """``invariance.{name}.{rule}.unchanged`` for the subject's rules, LRP-0 (``x``), ``w2_first`` and the unshifted zB.
 
     ``c``: the subject's inputs' per-feature mean (a data-derived shift that
     keeps non-negative inputs non-negative).  zB rows use the subject's box
     shifted by ``c`` (or, for :data:`UNSHIFTED`, the shifted data's own box).
     """
-    net, name = subject.network, subject.name
+    net, name = dense_network(subject, "invariance"), subject.name
     x = subject.inputs.flatten(1)
     c = x.mean(0).double()  # in the inputs' dtype, so x + c and the shifted box round alike
-    rules = list(subject.rules)
+    rules: list[tuple[str, RuleSpec]] = list(subject.rules)
     labels = {label for label, _ in rules}
-    contrasts = [("x", R.LRP0()), ("w2_first", [R.WSquare()] + [R.ZPlus()] * (net.n_layers - 1))]
+    contrasts: list[tuple[str, RuleSpec]] = [("x", R.LRP0()),
+                                             ("w2_first", [R.WSquare()] + [R.ZPlus()] * (net.n_layers - 1))]
     found = Findings()
     if float(x.min()) >= 0:  # the unshifted box [0, ceil(max)] needs non-negative data
         contrasts.append((UNSHIFTED, [R.ZB.for_data(x)] + [R.ZPlus()] * (net.n_layers - 1)))
@@ -204,16 +214,18 @@ def subject_invariance(subject, *, confidence: float = DEFAULT_CONFIDENCE) -> Fi
     with one_thread(), torch.no_grad():
         moved = shifted_network(net, c)
         for label, rule in rules:
-            holds = torch.cat([_pairs(net, moved, x[index], c, int(cls), label, rule) for cls, index in _groups(subject.outputs)])
+            holds = torch.cat(
+                [_pairs(net, moved, x[index], c, int(cls), label, rule) for cls, index in _groups(subject.outputs)]
+            )
             key = RateKey("invariance", "unchanged", subject=name, rule=label)
             found.add(key, Rate(int(holds.sum()), holds.numel(), confidence),
                       describe(key) + _HOW.get(label, "") + " [c = the inputs' per-feature mean]")
-    labels = [label for label, _ in rules]
-    found.plots.append(_figure(f"invariance_{name}.png", f"Input invariance per rule, subject {name}",
-                               [str(RateKey("invariance", "unchanged", subject=name, rule=l)) for l in labels], labels))
+    shown = [label for label, _ in rules]
+    names = [str(RateKey("invariance", "unchanged", subject=name, rule=label)) for label in shown]
+    found.plots.append(_figure(f"invariance_{name}.png", f"Input invariance per rule, subject {name}", names, shown))
     return found
 
 
-def _groups(outputs: torch.Tensor):
+def _groups(outputs: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
     for cls in sorted(set(outputs.tolist())):
         yield cls, (outputs == cls).nonzero().squeeze(1)

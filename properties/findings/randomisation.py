@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import nn
@@ -37,11 +39,16 @@ import dtd
 from dtd.threads import one_thread
 from dtd.validation import check_int, check_seed
 
-from .common import Findings, relevance_from_top
 from ..measure.keys import RateKey, describe
-from .similarity import spearman, ssim
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate
 from ..measure.thresholds import SIMILAR_SPEARMAN, SIMILAR_SSIM
+from .common import Findings, RuleSpec, Series, dense_network, relevance_from_top
+from .similarity import spearman, ssim
+
+if TYPE_CHECKING:
+    from ..subjects.subject import Subject
+
+_Model = TypeVar("_Model", bound=nn.Module)
 
 __all__ = ["parameterised_modules", "randomised_copy", "gradient_x_input", "subject_randomisation", "CONTRAST"]
 
@@ -56,12 +63,12 @@ COPIES = 12
 _PARAMETERISED = (nn.Linear, nn.Conv2d)
 
 
-def parameterised_modules(model: nn.Module) -> list[nn.Module]:
+def parameterised_modules(model: nn.Module) -> list[nn.Linear | nn.Conv2d]:
     """The model's ``nn.Linear`` / ``nn.Conv2d`` modules in forward (definition) order, lowest first."""
     return [m for m in model.modules() if isinstance(m, _PARAMETERISED)]
 
 
-def randomised_copy(model: nn.Module, n_top: int, generator: torch.Generator) -> nn.Module:
+def randomised_copy(model: _Model, n_top: int, generator: torch.Generator) -> _Model:
     """A deep copy of ``model`` whose top ``n_top`` parameterised modules are re-initialised (``model`` is not touched).
 
     Weights and biases i.i.d. uniform in ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]``,
@@ -94,7 +101,9 @@ def gradient_x_input(model: nn.Module, x: torch.Tensor, outputs: torch.Tensor) -
     return (grad * leaf).detach()
 
 
-def _dtd_relevance(net: dtd.ReLUNetwork, x: torch.Tensor, outputs: torch.Tensor, rule) -> tuple[torch.Tensor, torch.Tensor]:
+def _dtd_relevance(
+    net: dtd.ReLUNetwork, x: torch.Tensor, outputs: torch.Tensor, rule: RuleSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(N, D)`` DTD relevance of each point's output and ``(N,)`` whether that output is positive."""
     flat = x.flatten(1)
     with torch.no_grad():
@@ -108,20 +117,25 @@ def _dtd_relevance(net: dtd.ReLUNetwork, x: torch.Tensor, outputs: torch.Tensor,
     return relevance, positive
 
 
-def _images(relevance: torch.Tensor, shape: tuple) -> torch.Tensor:
+def _images(relevance: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Maps scaled by their largest |R| to [-1, 1], shaped ``(N, C, H, W)`` (or ``(N, H, W)``)."""
     scale = relevance.abs().amax(1, keepdim=True)
     return (relevance / torch.where(scale > 0, scale, torch.ones_like(scale))).reshape(-1, *shape)
 
 
-def _clustered(outcomes, confidence: float) -> Rate:
+def _clustered(outcomes: Iterable[tuple[torch.Tensor, torch.Tensor]], confidence: float) -> Rate:
     """The rate of ``(holds, judged)`` masks, one cluster per randomised copy."""
     return Rate.from_clusters([(int((h & j).sum()), int(j.sum())) for h, j in outcomes], confidence)
 
 
-def subject_randomisation(subject, *, seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> Findings:
-    """``randomisation.{name}.{rule}.top{n}.*`` for ``n`` = 1 .. every parameterised module, the subject's rules and ``grad_x_input``."""
+def subject_randomisation(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> Findings:
+    """``randomisation.{name}.{rule}.top{n}.*`` for ``n`` = 1 .. every parameterised module, the
+    subject's rules and ``grad_x_input``."""
     name, model = subject.name, subject.model
+    network = dense_network(subject, "randomisation")
+    if not isinstance(model, nn.Sequential):
+        raise TypeError("the randomisation family re-lowers copies of the model with from_sequential; "
+                        f"subject {name}'s model is {type(model).__name__}, not an nn.Sequential")
     modules = parameterised_modules(model)
     found = Findings()
     if not modules:
@@ -131,14 +145,15 @@ def subject_randomisation(subject, *, seed: int = 0, confidence: float = DEFAULT
     images = len(shape) >= 2 and min(shape[-2:]) >= 7
     labels = [label for label, _ in subject.rules] + [CONTRAST]
     with one_thread():
-        original = {label: _dtd_relevance(subject.network, x, outputs, rule)[0] for label, rule in subject.rules}
+        original = {label: _dtd_relevance(network, x, outputs, rule)[0] for label, rule in subject.rules}
         original[CONTRAST] = gradient_x_input(model, x, outputs).flatten(1)
-        lines = {"spearman": {label: {"x": [], "y": [], "low": [], "high": []} for label in labels},
-                 "share": {label: {"x": [], "y": [], "low": [], "high": []} for label in labels}}
+        lines: dict[str, dict[str, Series]] = {
+            "spearman": {label: {"x": [], "y": [], "low": [], "high": []} for label in labels},
+            "share": {label: {"x": [], "y": [], "low": [], "high": []} for label in labels}}
         seed = check_seed(seed)
         for n in range(1, len(modules) + 1):
-            rho_of = {label: [] for label in labels}  # per copy: (rho, judged)
-            ssim_of = {label: [] for label in labels}
+            rho_of: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {label: [] for label in labels}  # per copy
+            ssim_of: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {label: [] for label in labels}
             positive_points = 0
             for c in range(COPIES):
                 # copy c of every n starts from the same state (cascading: top n extends top n - 1)
@@ -163,9 +178,10 @@ def subject_randomisation(subject, *, seed: int = 0, confidence: float = DEFAULT
                 found.add(key, rate, describe(key) + f" [{judged_points} of {COPIES} x {len(x)} point-copies judged]")
                 if judged_points:
                     median = float(torch.cat([r[j] for r, j in rho_of[label]]).median())
-                    for panel, values in (("spearman", (median, median, median)), ("share", (rate.rate, *rate.interval))):
+                    for panel, values in (("spearman", (median, median, median)),
+                                          ("share", (rate.rate, *rate.interval))):
                         line = lines[panel][label]
-                        for part, value in zip(("x", "y", "low", "high"), (n, *values)):
+                        for part, value in zip(("x", "y", "low", "high"), (n, *values), strict=True):
                             line[part].append(value)
                 if images:
                     key = key.replace(outcome="ssim_similar")
@@ -176,10 +192,10 @@ def subject_randomisation(subject, *, seed: int = 0, confidence: float = DEFAULT
     found.plots.append(("lines", (f"randomisation_{name}.png", f"Cascading randomisation, subject {name}", [
         {"title": "median Spearman rank correlation with the original", "ylabel": "Spearman", "ylim": [-1.05, 1.05],
          "series": lines["spearman"]},
-        {"title": f"share of points with Spearman >= {SIMILAR_SPEARMAN:g}", "ylabel": "share of points", "ylim": [-0.05, 1.05],
-         "series": lines["share"]},
+        {"title": f"share of points with Spearman >= {SIMILAR_SPEARMAN:g}", "ylabel": "share of points",
+         "ylim": [-0.05, 1.05], "series": lines["share"]},
     ]), {"xlabel": "top layers re-initialised", "caption": (
-        f"Subject {name}: the top n Linear/Conv2d modules of a copy re-initialised; each point's relevance compared with "
-        "the original model's (points whose explained output stays positive). Band of the share: Wilson interval; the "
-        "median has none drawn (one value per point). grad_x_input: gradient x input, the contrast.")}))
+        f"Subject {name}: the top n Linear/Conv2d modules of a copy re-initialised; each point's relevance compared "
+        "with the original model's (points whose explained output stays positive). Band of the share: Wilson "
+        "interval; the median has none drawn (one value per point). grad_x_input: gradient x input, the contrast.")}))
     return found

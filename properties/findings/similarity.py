@@ -11,7 +11,7 @@ in ``tests/test_similarity.py``.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -110,7 +110,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float) -> torch.Tensor
     if not isinstance(data_range, (int, float)) or isinstance(data_range, bool) or not data_range > 0:
         raise ValueError(f"data_range must be a positive number, got {data_range!r}")
     if a.shape != b.shape or a.dim() not in (3, 4):
-        raise ValueError(f"ssim expects two (N, H, W) or (N, C, H, W) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError("ssim expects two (N, H, W) or (N, C, H, W) tensors of "
+                         f"one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     x, y = a.double(), b.double()
     if x.dim() == 3:
         x, y = x.unsqueeze(1), y.unsqueeze(1)
@@ -128,7 +129,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float) -> torch.Tensor
 
 
 def median_interval(values: Sequence[torch.Tensor], confidence: float, *, seed: int = 0,
-                    resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[Optional[float], Optional[float], Optional[float]]:
+                    resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float | None, float | None, float | None]:
     """Median of all values with a percentile cluster-bootstrap interval (clusters resampled with replacement).
 
     Parameters

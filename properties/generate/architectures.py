@@ -44,11 +44,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import OrderedDict
-from typing import Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
-from torch import nn
 from hypothesis import strategies as st
+from torch import nn
 
 from dtd.validation import check_int, check_number, check_seed
 
@@ -107,7 +108,7 @@ LIVE_OUTPUT = 1e-6
 #: :func:`to_code` refuses models with more numbers than this (use :func:`builder_code`)
 MAX_LITERAL_NUMBERS = 20_000
 
-Bounds = Union[int, tuple[int, int]]
+Bounds = int | tuple[int, int]
 
 
 def _bounds(value: Bounds, name: str, minimum: int = 1) -> tuple[int, int]:
@@ -129,7 +130,7 @@ def _check_population(population: str) -> str:
     return population
 
 
-def _populations(population: Union[str, Sequence[str]]) -> tuple[str, ...]:
+def _populations(population: str | Sequence[str]) -> tuple[str, ...]:
     chosen = (population,) if isinstance(population, str) else tuple(population)
     if not chosen:
         raise ValueError(f"population must be one of {POPULATIONS} or a non-empty sequence of them, got {population!r}")
@@ -138,7 +139,7 @@ def _populations(population: Union[str, Sequence[str]]) -> tuple[str, ...]:
     return chosen
 
 
-def _check_dtype(dtype) -> torch.dtype:
+def _check_dtype(dtype: object) -> torch.dtype:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     return dtype
@@ -173,7 +174,7 @@ class CNNSpec:
     outputs: int = 2
     bn_eps: float = 1e-5
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_int(self.in_channels, "in_channels", minimum=1)
         check_int(self.image_size, "image_size", minimum=1)
         check_int(self.outputs, "outputs", minimum=1)
@@ -203,7 +204,8 @@ class CNNSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ResNetSpec:
-    """A residual net: stem ``Conv2d(3x3), BatchNorm2d, ReLU``, :class:`BasicBlock` s, ``AdaptiveAvgPool2d(1)``, ``Linear``.
+    """A residual net: stem ``Conv2d(3x3), BatchNorm2d, ReLU``, :class:`BasicBlock`
+    s, ``AdaptiveAvgPool2d(1)``, ``Linear``.
 
     Parameters
     ----------
@@ -226,7 +228,7 @@ class ResNetSpec:
     outputs: int = 2
     bn_eps: float = 1e-5
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_int(self.in_channels, "in_channels", minimum=1)
         check_int(self.image_size, "image_size", minimum=1)
         check_int(self.stem, "stem", minimum=1)
@@ -248,7 +250,7 @@ class ResNetSpec:
         return (self.in_channels, self.image_size, self.image_size)
 
 
-Spec = Union[CNNSpec, ResNetSpec]
+Spec = CNNSpec | ResNetSpec
 
 
 # ------------------------------------------------------------------------------------------------ modules
@@ -270,7 +272,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.bn2 = nn.BatchNorm2d(out_channels, eps=bn_eps)
         if stride != 1 or in_channels != out_channels:
-            self.downsample: Optional[nn.Sequential] = nn.Sequential(
+            self.downsample: nn.Sequential | None = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride=stride), nn.BatchNorm2d(out_channels, eps=bn_eps))
         else:
             self.downsample = None
@@ -288,10 +290,12 @@ class ResidualNet(nn.Module):
     ``blocks`` lists ``(out_channels, stride)`` per block; the parameters are torch's default init until overwritten.
     """
 
-    def __init__(self, in_channels: int, stem: int, blocks: Sequence[Sequence[int]], outputs: int = 2, bn_eps: float = 1e-5):
+    def __init__(self, in_channels: int, stem: int, blocks: Sequence[Sequence[int]], outputs: int = 2,
+                 bn_eps: float = 1e-5):
         super().__init__()
         self.stem = nn.Sequential(OrderedDict([
-            ("conv", nn.Conv2d(in_channels, stem, 3, padding=1)), ("bn", nn.BatchNorm2d(stem, eps=bn_eps)), ("relu", nn.ReLU())]))
+            ("conv", nn.Conv2d(in_channels, stem, 3, padding=1)), ("bn", nn.BatchNorm2d(stem, eps=bn_eps)),
+            ("relu", nn.ReLU())]))
         layers, channels = [], stem
         for out_channels, stride in blocks:
             layers.append(BasicBlock(channels, out_channels, stride, bn_eps))
@@ -316,9 +320,9 @@ def _structure(spec: Spec, bias: bool) -> nn.Module:
         return model
     layers: list[tuple[str, nn.Module]] = []
     channels, size = spec.in_channels, spec.image_size
-    for i, (out, pool) in enumerate(zip(spec.channels, spec.pools)):
-        layers += [(f"conv{i}", nn.Conv2d(channels, out, 3, padding=1, bias=bias)), (f"bn{i}", nn.BatchNorm2d(out, eps=spec.bn_eps)),
-                   (f"relu{i}", nn.ReLU())]
+    for i, (out, pool) in enumerate(zip(spec.channels, spec.pools, strict=True)):
+        layers += [(f"conv{i}", nn.Conv2d(channels, out, 3, padding=1, bias=bias)),
+                   (f"bn{i}", nn.BatchNorm2d(out, eps=spec.bn_eps)), (f"relu{i}", nn.ReLU())]
         if pool == "avg":
             layers.append((f"pool{i}", nn.AvgPool2d(2, stride=2)))
         elif pool == "max":
@@ -327,13 +331,14 @@ def _structure(spec: Spec, bias: bool) -> nn.Module:
             size //= 2
         channels = out
     if spec.head == "gap":
-        layers += [("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(channels, spec.outputs, bias=bias))]
+        layers += [("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
+                   ("fc", nn.Linear(channels, spec.outputs, bias=bias))]
     else:
         layers += [("flatten", nn.Flatten()), ("fc", nn.Linear(channels * size * size, spec.outputs, bias=bias))]
     return nn.Sequential(OrderedDict(layers))
 
 
-def affine_units(model: nn.Module) -> list[tuple[str, nn.Module, Optional[nn.BatchNorm2d]]]:
+def affine_units(model: nn.Module) -> list[tuple[str, nn.Conv2d | nn.Linear, nn.BatchNorm2d | None]]:
     """``(name, conv_or_linear, batch_norm_or_None)`` of every Conv2d/Linear in forward order.
 
     A batch norm is paired with the Conv2d it directly follows among the
@@ -341,7 +346,7 @@ def affine_units(model: nn.Module) -> list[tuple[str, nn.Module, Optional[nn.Bat
     models here assign children in forward order).
     """
     leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
-    units = []
+    units: list[tuple[str, nn.Conv2d | nn.Linear, nn.BatchNorm2d | None]] = []
     for i, (name, module) in enumerate(leaves):
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             following = leaves[i + 1][1] if i + 1 < len(leaves) else None
@@ -349,7 +354,7 @@ def affine_units(model: nn.Module) -> list[tuple[str, nn.Module, Optional[nn.Bat
     return units
 
 
-def _uniform(shape, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+def _uniform(shape: int | Sequence[int], low: float, high: float, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(shape, generator=generator, dtype=torch.float64) * (high - low) + low
 
 
@@ -370,13 +375,14 @@ def _fill(model: nn.Module, population: str, generator: torch.Generator) -> None
             else:
                 shift = _uniform(out, -bias_bound, bias_bound, generator)
             own = None if module.bias is None else (
-                -_uniform(out, 0.0, bias_bound, generator) if population == "bias_negative" else _uniform(out, -bias_bound, bias_bound, generator))
+                -_uniform(out, 0.0, bias_bound, generator) if population == "bias_negative"
+                else _uniform(out, -bias_bound, bias_bound, generator))
             if bn is None:  # a Linear (or a conv without batch norm): its bias is the shift
                 if module.bias is not None:
                     module.bias.copy_(shift)
                 shifts.append(shift)
                 continue
-            if own is not None:
+            if own is not None and module.bias is not None:
                 module.bias.copy_(own)
             mean = torch.randn(out, generator=generator, dtype=torch.float64) * MEAN_SCALE
             var = torch.exp(_uniform(out, math.log(VAR_RANGE[0]), math.log(VAR_RANGE[1]), generator))
@@ -388,6 +394,8 @@ def _fill(model: nn.Module, population: str, generator: torch.Generator) -> None
             scale = weight / torch.sqrt(var + bn.eps)
             conv_bias = own if own is not None else torch.zeros(out, dtype=torch.float64)
             # folded shift s = (conv_bias - mean) * scale + beta
+            if bn.running_mean is None or bn.running_var is None:
+                raise ValueError(f"{type(bn).__name__} without running statistics: nothing to draw them into")
             bn.running_mean.copy_(mean)
             bn.running_var.copy_(var)
             bn.weight.copy_(weight)
@@ -395,7 +403,8 @@ def _fill(model: nn.Module, population: str, generator: torch.Generator) -> None
             shifts.append(shift)
         if population == "bias_positive" and not any(bool((s > 0).any()) for s in shifts):
             head = affine_units(model)[-1][1]
-            head.bias.neg_()  # the head's biases are drawn non-zero: now some are > 0
+            if head.bias is not None:
+                head.bias.neg_()  # the head's biases are drawn non-zero: now some are > 0
 
 
 def build(spec: Spec, seed: int, population: str = "bias_positive", *, dtype: torch.dtype = torch.float64) -> nn.Module:
@@ -461,15 +470,16 @@ class _Space:
 
     @classmethod
     def of(cls, architecture: str, *, in_channels: Bounds = (1, 2), channels: Bounds = (1, 4), depth: Bounds = (1, 2),
-           image_size: Bounds = (2, 8), outputs: Bounds = (1, 3), population: Union[str, Sequence[str]] = POPULATIONS,
-           dtype: torch.dtype = torch.float64, bn_eps: float = 1e-5) -> "_Space":
+           image_size: Bounds = (2, 8), outputs: Bounds = (1, 3), population: str | Sequence[str] = POPULATIONS,
+           dtype: torch.dtype = torch.float64, bn_eps: float = 1e-5) -> _Space:
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
-        return cls(architecture, _bounds(in_channels, "in_channels"), _bounds(channels, "channels"), _bounds(depth, "depth"),
+        return cls(architecture, _bounds(in_channels, "in_channels"), _bounds(channels, "channels"),
+                   _bounds(depth, "depth"),
                    _bounds(image_size, "image_size"), _bounds(outputs, "outputs"), _populations(population),
                    _check_dtype(dtype), check_number(bn_eps, "bn_eps", minimum=0.0))
 
-    def spec(self, pick) -> Spec:
+    def spec(self, pick: Callable[[str, int, int], int]) -> Spec:
         """The spec of the draws ``pick(kind, low, high)`` makes (an int in ``[low, high]`` each)."""
         in_channels = pick("in_channels", *self.in_channels)
         size = pick("image_size", *self.image_size)
@@ -482,7 +492,8 @@ class _Space:
                 current = current // 2 if pool != "none" else current
                 pools.append(pool)
             head = HEADS[pick("head", 0, len(HEADS) - 1)]
-            return CNNSpec(in_channels, size, tuple(channels), tuple(pools), head, pick("outputs", *self.outputs), self.bn_eps)
+            return CNNSpec(in_channels, size, tuple(channels), tuple(pools), head, pick("outputs", *self.outputs),
+                           self.bn_eps)
         stem = pick("channels", *self.channels)
         blocks = []
         for _ in range(depth):
@@ -490,7 +501,7 @@ class _Space:
         return ResNetSpec(in_channels, size, stem, tuple(blocks), pick("outputs", *self.outputs), self.bn_eps)
 
 
-def sample_models(architecture: str, count: int, *, seed: int, **bounds) -> list[GeneratedModel]:
+def sample_models(architecture: str, count: int, *, seed: int, **bounds: Any) -> list[GeneratedModel]:
     """``count`` i.i.d. models of ``architecture`` (``"cnn"`` or ``"resnet"``).
 
     Keyword bounds (int or ``(min, max)``): ``in_channels`` (1, 2), ``channels``
@@ -506,7 +517,7 @@ def sample_models(architecture: str, count: int, *, seed: int, **bounds) -> list
     check_int(count, "count", minimum=0)
     generator = torch.Generator().manual_seed(check_seed(seed))
 
-    def pick(_kind, low, high):
+    def pick(_kind: str, low: int, high: int) -> int:
         return int(torch.randint(low, high + 1, (1,), generator=generator))
 
     out = []
@@ -518,7 +529,7 @@ def sample_models(architecture: str, count: int, *, seed: int, **bounds) -> list
     return out
 
 
-def _strategy(draw, architecture: str, bounds: dict) -> GeneratedModel:
+def _strategy(draw: st.DrawFn, architecture: str, bounds: dict[str, Any]) -> GeneratedModel:
     space = _Space.of(architecture, **bounds)
     spec = space.spec(lambda kind, low, high: draw(st.integers(low, high), label=kind))
     population = draw(st.sampled_from(space.populations), label="population")
@@ -527,7 +538,7 @@ def _strategy(draw, architecture: str, bounds: dict) -> GeneratedModel:
 
 
 @st.composite
-def cnns(draw, **bounds) -> GeneratedModel:
+def cnns(draw: st.DrawFn, /, **bounds: Any) -> GeneratedModel:
     """Random CNNs (:class:`CNNSpec`) as :class:`GeneratedModel` s; bounds as in :func:`sample_models`.
 
     Bad bounds raise when the strategy is drawn from.  Shrinks towards: one
@@ -538,7 +549,7 @@ def cnns(draw, **bounds) -> GeneratedModel:
 
 
 @st.composite
-def resnets(draw, **bounds) -> GeneratedModel:
+def resnets(draw: st.DrawFn, /, **bounds: Any) -> GeneratedModel:
     """Random residual nets (:class:`ResNetSpec`) as :class:`GeneratedModel` s; bounds as in :func:`sample_models`.
 
     Shrinks towards: one input channel, the smallest image, one block, the
@@ -547,7 +558,7 @@ def resnets(draw, **bounds) -> GeneratedModel:
     return _strategy(draw, "resnet", bounds)
 
 
-def architectures(architecture: str, **bounds) -> st.SearchStrategy[GeneratedModel]:
+def architectures(architecture: str, **bounds: Any) -> st.SearchStrategy[GeneratedModel]:
     """:func:`cnns` or :func:`resnets` by name (``"cnn"`` / ``"resnet"``)."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
@@ -645,11 +656,12 @@ def to_code(model: nn.Module, *, max_numbers: int = MAX_LITERAL_NUMBERS) -> str:
                          "print builder_code(spec, seed, population) instead, or raise max_numbers")
     lines = ["import torch", "from collections import OrderedDict", "from torch import nn"]
     if isinstance(model, ResidualNet):
-        conv = model.stem.conv
+        conv = cast(nn.Conv2d, model.stem.conv)  # the stem's children, by name (ResidualNet.__init__)
+        bn = cast(nn.BatchNorm2d, model.stem.bn)
         blocks = [(b.out_channels, b.stride) for b in model.blocks]
         lines.append("from properties.generate.architectures import ResidualNet")
-        lines.append(f"model = ResidualNet({conv.in_channels}, {conv.out_channels}, {blocks!r}, {model.fc.out_features}, "
-                     f"bn_eps={model.stem.bn.eps!r})")
+        lines.append(f"model = ResidualNet({conv.in_channels}, {conv.out_channels}, "
+                     f"{blocks!r}, {model.fc.out_features}, bn_eps={bn.eps!r})")
     elif isinstance(model, nn.Sequential):
         items = ",\n    ".join(f"({name!r}, {_module_code(m)})" for name, m in model.named_children())
         lines.append(f"model = nn.Sequential(OrderedDict([\n    {items},\n]))")
@@ -681,7 +693,8 @@ class ModelCase:
         return self.generated.model
 
     def code(self) -> str:
-        """Python that rebuilds the model (parameters as literals, or the builder call for large models), ``x`` and ``output``."""
+        """Python that rebuilds the model (parameters as literals, or the builder call
+        for large models), ``x`` and ``output``."""
         try:
             model = to_code(self.model)
         except ValueError:
@@ -696,7 +709,7 @@ class ModelCase:
                 f"{self.x.shape[0]} input(s); to rebuild:\n" + self.code())
 
 
-def _case(g: GeneratedModel, points: int, seed: int, min_output: float) -> Optional[ModelCase]:
+def _case(g: GeneratedModel, points: int, seed: int, min_output: float) -> ModelCase | None:
     """The model's most often live output and ``points`` inputs on which it exceeds ``min_output``, or None."""
     with torch.no_grad():
         y = g.model(nonnegative_images(256, g.input_shape, seed=seed, dtype=g.dtype))
@@ -705,14 +718,15 @@ def _case(g: GeneratedModel, points: int, seed: int, min_output: float) -> Optio
     if int(alive[output]) == 0:
         return None
     try:
-        x = live_inputs(g.model, g.input_shape, points, output=output, seed=seed + 1, min_output=min_output, max_draws=4)
+        x = live_inputs(g.model, g.input_shape, points, output=output, seed=seed + 1, min_output=min_output,
+                        max_draws=4)
     except ValueError:
         return None
     return ModelCase(g, x, output)
 
 
-def sample_cases(architecture: str, population: str, count: int, *, points: int, seed: int, min_output: float = LIVE_OUTPUT,
-                 max_tries: int = 20, **bounds) -> list[ModelCase]:
+def sample_cases(architecture: str, population: str, count: int, *, points: int, seed: int,
+                 min_output: float = LIVE_OUTPUT, max_tries: int = 20, **bounds: Any) -> list[ModelCase]:
     """``count`` i.i.d. :class:`ModelCase` s of one architecture and population: models with a live output.
 
     Each model is drawn by :func:`sample_models` (``bounds`` as there); its
@@ -745,46 +759,45 @@ def sample_cases(architecture: str, population: str, count: int, *, points: int,
 def smaller_specs(spec: Spec) -> list[Spec]:
     """Specs one step simpler than ``spec``, simplest first: one stage / block fewer, a smaller image, fewer
     channels, no pooling in a stage, the GAP head, stride 1, one output fewer (only valid specs)."""
-    candidates: list = []
+    candidates: list[Spec] = []
 
-    def attempt(make):
+    def attempt(**changes: Any) -> None:
         try:
-            candidates.append(make())
+            candidates.append(dataclasses.replace(spec, **changes))
         except (ValueError, TypeError):
             pass
 
     if isinstance(spec, CNNSpec):
         for i in range(len(spec.channels)):
             if len(spec.channels) > 1:
-                attempt(lambda i=i: dataclasses.replace(spec, channels=spec.channels[:i] + spec.channels[i + 1:],
-                                                        pools=spec.pools[:i] + spec.pools[i + 1:]))
+                attempt(channels=spec.channels[:i] + spec.channels[i + 1:], pools=spec.pools[:i] + spec.pools[i + 1:])
         for size in (spec.image_size // 2, spec.image_size - 1):
             if 1 <= size < spec.image_size:
-                attempt(lambda size=size: dataclasses.replace(spec, image_size=size))
+                attempt(image_size=size)
         for i, c in enumerate(spec.channels):
             if c > 1:
-                attempt(lambda i=i: dataclasses.replace(spec, channels=spec.channels[:i] + (spec.channels[i] - 1,) + spec.channels[i + 1:]))
+                attempt(channels=spec.channels[:i] + (spec.channels[i] - 1,) + spec.channels[i + 1:])
         for i, pool in enumerate(spec.pools):
             if pool != "none":
-                attempt(lambda i=i: dataclasses.replace(spec, pools=spec.pools[:i] + ("none",) + spec.pools[i + 1:]))
+                attempt(pools=spec.pools[:i] + ("none",) + spec.pools[i + 1:])
         if spec.head != "gap":
-            attempt(lambda: dataclasses.replace(spec, head="gap"))
+            attempt(head="gap")
     else:
         for i in range(len(spec.blocks)):
             if len(spec.blocks) > 1:
-                attempt(lambda i=i: dataclasses.replace(spec, blocks=spec.blocks[:i] + spec.blocks[i + 1:]))
+                attempt(blocks=spec.blocks[:i] + spec.blocks[i + 1:])
         for size in (spec.image_size // 2, spec.image_size - 1):
             if 1 <= size < spec.image_size:
-                attempt(lambda size=size: dataclasses.replace(spec, image_size=size))
+                attempt(image_size=size)
         if spec.stem > 1:
-            attempt(lambda: dataclasses.replace(spec, stem=spec.stem - 1))
+            attempt(stem=spec.stem - 1)
         for i, (c, stride) in enumerate(spec.blocks):
             if c > 1:
-                attempt(lambda i=i, c=c, stride=stride: dataclasses.replace(spec, blocks=spec.blocks[:i] + ((c - 1, stride),) + spec.blocks[i + 1:]))
+                attempt(blocks=spec.blocks[:i] + ((c - 1, stride),) + spec.blocks[i + 1:])
             if stride > 1:
-                attempt(lambda i=i, c=c: dataclasses.replace(spec, blocks=spec.blocks[:i] + ((c, 1),) + spec.blocks[i + 1:]))
+                attempt(blocks=spec.blocks[:i] + ((c, 1),) + spec.blocks[i + 1:])
     if spec.outputs > 1:
-        attempt(lambda: dataclasses.replace(spec, outputs=spec.outputs - 1))
+        attempt(outputs=spec.outputs - 1)
     return candidates
 
 
@@ -792,7 +805,7 @@ def smaller_specs(spec: Spec) -> list[Spec]:
 SHRINK_SEEDS = 4
 
 
-def shrink_case(case: ModelCase, fails, *, budget: int = 60) -> ModelCase:
+def shrink_case(case: ModelCase, fails: Callable[[ModelCase], object], *, budget: int = 60) -> ModelCase:
     """A smaller :class:`ModelCase` on which ``fails(case) -> bool`` still holds (greedy, at most ``budget`` calls).
 
     First a single input (the first failing one, tried alone), then repeatedly
@@ -825,9 +838,9 @@ def shrink_case(case: ModelCase, fails, *, budget: int = 60) -> ModelCase:
         g = case.generated
         for spec in smaller_specs(g.spec):
             for seed in dict.fromkeys([g.seed] + list(range(SHRINK_SEEDS - 1))):
-                candidate = _case(_generated(spec, seed, g.population, g.dtype), n, seed, LIVE_OUTPUT)
-                if candidate is not None and still(candidate):
-                    case, improved = candidate, True
+                smaller = _case(_generated(spec, seed, g.population, g.dtype), n, seed, LIVE_OUTPUT)
+                if smaller is not None and still(smaller):
+                    case, improved = smaller, True
                     break
             if improved or spent[0] >= budget:
                 break

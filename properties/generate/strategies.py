@@ -8,24 +8,28 @@ special values touches the shape of a network, never its weights.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from dtd import ReLUNetwork, rules as R
+from dtd import ReLUNetwork
+from dtd import rules as R
 from dtd.network import INITS
 from dtd.validation import check_int, check_number, check_seed
+
 from . import variants as V
 
-__all__ = ["networks", "nonnegative_inputs", "rules", "variants", "cases", "sample_cases", "CaseSpace", "Case", "SEED_MAX"]
+__all__ = ["networks", "nonnegative_inputs", "rules", "variants", "cases", "sample_cases", "CaseSpace", "Case",
+           "SEED_MAX"]
 
 #: seeds are drawn from [0, SEED_MAX]
 SEED_MAX = 2**31 - 1
 
-Bounds = Union[int, tuple[int, int]]
+Bounds = int | tuple[int, int]
 
 
 def _bounds(value: Bounds, name: str, minimum: int = 1) -> tuple[int, int]:
@@ -41,20 +45,26 @@ def _bounds(value: Bounds, name: str, minimum: int = 1) -> tuple[int, int]:
     return low, high
 
 
-def _check_dtype(dtype) -> None:
+def _pair(value: Bounds) -> tuple[int, int]:
+    """Bounds already checked (:func:`_bounds`) as a ``(min, max)`` pair."""
+    return value if isinstance(value, tuple) else (value, value)
+
+
+def _check_dtype(dtype: object) -> None:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
 
 
 @st.composite
 def networks(
-    draw,
+    draw: st.DrawFn,
+    /,
     *,
     depth: Bounds = (1, 5),
     width: Bounds = (1, 24),
     input_size: Bounds = (1, 24),
     outputs: Bounds = (1, 4),
-    init: Union[str, Sequence[str]] = INITS,
+    init: str | Sequence[str] = INITS,
     dtype: torch.dtype = torch.float64,
 ) -> ReLUNetwork:
     """Random :class:`dtd.ReLUNetwork` s.
@@ -85,7 +95,9 @@ def networks(
 
 
 @st.composite
-def nonnegative_inputs(draw, net: ReLUNetwork, *, n: Bounds = (1, 64), output: int = 0, min_output: float = 0.0) -> torch.Tensor:
+def nonnegative_inputs(
+    draw: st.DrawFn, /, net: ReLUNetwork, *, n: Bounds = (1, 64), output: int = 0, min_output: float = 0.0
+) -> torch.Tensor:
     """``(n, D)`` inputs drawn like the seed's (``|N(0, I)|``) with ``f(x)[output] > min_output``.
 
     Rejects the example (``hypothesis.assume``) when the network's output
@@ -156,10 +168,10 @@ class CaseSpace:
     outputs: Bounds = (1, 4)
     n: Bounds = (1, 64)
     min_output: float = 0.0
-    init: Union[str, Sequence[str]] = INITS
+    init: str | Sequence[str] = INITS
     dtype: torch.dtype = torch.float64
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("depth", "width", "input_size", "outputs", "n"):
             object.__setattr__(self, name, _bounds(getattr(self, name), name))
         inits = (self.init,) if isinstance(self.init, str) else tuple(self.init)
@@ -169,7 +181,7 @@ class CaseSpace:
         _check_dtype(self.dtype)
         check_number(self.min_output, "min_output")
 
-    def build(self, sizes: list[int], init: str, seed: int, output: int, n: int, input_seed: int) -> Optional[Case]:
+    def build(self, sizes: list[int], init: str, seed: int, output: int, n: int, input_seed: int) -> Case | None:
         """The case these draws describe, or None when ``output`` is dead (no input reaches ``min_output``)."""
         net = ReLUNetwork.random(sizes, seed, init=init, dtype=self.dtype)
         try:
@@ -180,7 +192,7 @@ class CaseSpace:
 
 
 @st.composite
-def cases(draw, **bounds) -> Case:
+def cases(draw: st.DrawFn, /, **bounds: Any) -> Case:
     """A network, an explained output and inputs with ``f(x)[output] > min_output``.
 
     Keyword arguments are the fields of :class:`CaseSpace` (``depth``,
@@ -196,7 +208,7 @@ def cases(draw, **bounds) -> Case:
     return Case(net, x, output)
 
 
-def sample_cases(count: int, *, seed: int, max_tries: int = 100, **bounds) -> list[Case]:
+def sample_cases(count: int, *, seed: int, max_tries: int = 100, **bounds: Any) -> list[Case]:
     """``count`` cases drawn uniformly and independently from a :class:`CaseSpace`.
 
     Every integer (depth, each width, input and output size, the explained
@@ -211,14 +223,19 @@ def sample_cases(count: int, *, seed: int, max_tries: int = 100, **bounds) -> li
     check_int(count, "count", minimum=0)
     rng = np.random.default_rng(check_seed(seed))
 
-    def uniform(bounds: tuple[int, int]) -> int:
-        return int(rng.integers(bounds[0], bounds[1] + 1))
+    def uniform(bounds: Bounds) -> int:
+        low, high = _pair(bounds)
+        return int(rng.integers(low, high + 1))
 
     result: list[Case] = []
     while len(result) < count:
         for _ in range(max_tries):
             depth = uniform(space.depth)
-            sizes = [uniform(space.input_size)] + [uniform(space.width) for _ in range(depth - 1)] + [uniform(space.outputs)]
+            sizes = (
+                [uniform(space.input_size)]
+                + [uniform(space.width) for _ in range(depth - 1)]
+                + [uniform(space.outputs)]
+            )
             init = space.init[int(rng.integers(len(space.init)))]
             net_seed, input_seed = (int(v) for v in rng.integers(0, SEED_MAX, size=2))
             case = space.build(sizes, init, net_seed, uniform((0, sizes[-1] - 1)), uniform(space.n), input_seed)

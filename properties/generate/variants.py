@@ -20,19 +20,25 @@ properties, the agreement check and the reference tests read them with
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Any
 
 import torch
 
 from dtd import rules as R
 
-__all__ = ["SWEEPS", "Variant", "SuiteEntry", "declare", "undeclare", "declared", "suite_entry", "variants", "counterpart_of"]
+__all__ = ["SWEEPS", "Variant", "SuiteEntry", "declare", "undeclare", "declared", "suite_entry", "variants",
+           "counterpart_of"]
 
 #: the suite's sweeps a variant can take part in
 SWEEPS = ("generated", "region", "agreement", "must_hold", "reference")
 
 #: how a variant builds its rule(s) for a batch of inputs ``x`` ``(batch, D_0)`` and a network of ``n_layers`` layers
-Maker = Callable[[torch.Tensor, int], Union[R.Rule, list]]
+#: (``x`` None: a variant that does not read the data)
+Maker = Callable[[torch.Tensor | None, int], R.Rule | list[R.Rule]]
+#: ``counterpart(rule) -> (class name, kwargs)``: a library's rule equal to ``rule``, an instance of the declared class
+Counterpart = Callable[[Any], tuple[str, dict[str, Any]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +59,10 @@ class Variant:
 
     label: str
     make: Maker
-    sweeps: frozenset
+    sweeps: AbstractSet[str]
     input_layer_only: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if "." in self.label or not self.label:
             raise ValueError(f"a variant label must be non-empty and hold no dots, got {self.label!r}")
         unknown = set(self.sweeps) - set(SWEEPS)
@@ -64,25 +70,28 @@ class Variant:
             raise ValueError(f"unknown sweep(s) {sorted(unknown)}; known: {SWEEPS}")
         object.__setattr__(self, "sweeps", frozenset(self.sweeps))
 
-    def rules_for(self, x: torch.Tensor, n_layers: int):
+    def rules_for(self, x: torch.Tensor, n_layers: int) -> R.Rule | list[R.Rule]:
         return self.make(x, n_layers)
 
 
 @dataclasses.dataclass(frozen=True)
 class SuiteEntry:
-    """A rule class's variants and its zennit / captum counterparts (``counterpart(rule) -> (class name, kwargs)`` or None)."""
+    """A rule class's variants and its zennit / captum counterparts
+    (``counterpart(rule) -> (class name, kwargs)`` or None)."""
 
     cls: type
-    variants: tuple = ()
-    zennit: Optional[Callable] = None
-    captum: Optional[Callable] = None
+    variants: tuple[Variant, ...] = ()
+    zennit: Counterpart | None = None
+    captum: Counterpart | None = None
 
 
 _ENTRIES: dict[type, SuiteEntry] = {}
 
 
-def declare(cls: type, *, variants: Sequence[Variant] = (), zennit=None, captum=None) -> None:
-    """Declare what the suite runs of rule class ``cls`` (registered in :mod:`dtd.rules`) and its library counterparts."""
+def declare(cls: type, *, variants: Sequence[Variant] = (), zennit: Counterpart | None = None,
+            captum: Counterpart | None = None) -> None:
+    """Declare what the suite runs of rule class ``cls`` (registered in
+    :mod:`dtd.rules`) and its library counterparts."""
     if not (isinstance(cls, type) and issubclass(cls, R.Rule)):
         raise TypeError(f"declare() takes a dtd.rules.Rule subclass, got {cls!r}")
     R.entry_for(cls)  # a KeyError naming it when the rule was never registered
@@ -105,7 +114,7 @@ def declared() -> list[SuiteEntry]:
     return known + [e for c, e in _ENTRIES.items() if c not in order]
 
 
-def suite_entry(rule: Union[R.Rule, type]) -> SuiteEntry:
+def suite_entry(rule: R.Rule | type) -> SuiteEntry:
     """The declarations of a rule object or class (an empty entry when none were made)."""
     cls = rule if isinstance(rule, type) else type(rule)
     return _ENTRIES.get(cls, SuiteEntry(cls))
@@ -118,7 +127,7 @@ def variants(sweep: str) -> list[Variant]:
     return [v for entry in declared() for v in entry.variants if sweep in v.sweeps]
 
 
-def counterpart_of(rule: R.Rule, library: str) -> Optional[tuple[str, dict]]:
+def counterpart_of(rule: R.Rule, library: str) -> tuple[str, dict[str, Any]] | None:
     """``(class name, kwargs)`` of ``library``'s (``"zennit"`` / ``"captum"``) rule equal to ``rule``, or None."""
     declared_ = getattr(suite_entry(rule), library)
     return None if declared_ is None else declared_(rule)
@@ -131,7 +140,13 @@ def _fixed(rule_factory: Callable[[], R.Rule]) -> Maker:
 
 def _at_input(rule_factory: Callable[[torch.Tensor], R.Rule]) -> Maker:
     """DTD's recipe for an input layer that differs: ``rule_factory(x)`` at layer 0, z+ above."""
-    return lambda x, n_layers: [rule_factory(x)] + [R.ZPlus()] * (n_layers - 1)
+
+    def make(x: torch.Tensor | None, n_layers: int) -> list[R.Rule]:
+        if x is None:
+            raise TypeError("this variant builds its input layer's rule from the data: pass x")
+        return [rule_factory(x)] + [R.ZPlus()] * (n_layers - 1)
+
+    return make
 
 
 # --------------------------------------------------------------------------- the built-in rules
@@ -174,7 +189,8 @@ declare(
     R.ZB,
     variants=[
         # DTD's recipe for bounded inputs: zB with the data's box at the input, z+ above
-        Variant("zB", _at_input(lambda x: R.ZB.for_data(x)), {"generated", "agreement", "must_hold"}, input_layer_only=True),
+        Variant("zB", _at_input(lambda x: R.ZB.for_data(x)), {"generated", "agreement", "must_hold"},
+                input_layer_only=True),
         Variant("zB_box", _fixed(lambda: R.ZB(0.0, 1000.0)), {"reference"}),
     ],
     zennit=lambda rule: ("ZBox", {"low": rule.low, "high": rule.high}),

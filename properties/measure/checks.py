@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
 
 import torch
 
 from dtd import Decomposition, GraphDecomposition, GraphNetwork, OperatorRoots, ReLUNetwork
-from dtd.graph import _all_last  # a boolean reduction over the last dimension (uint8 min)
-from dtd.outputs import explain
+from dtd.decomposition import LayerDecomposition
+from dtd.graph import NodeValues, _all_last  # _all_last: a boolean reduction over the last dimension (uint8 min)
+from dtd.outputs import OutputLike, explain
 from dtd.rootsets import AffineRoots, RootSet
 from dtd.rootsets import root_equation_residual as _residual
 from dtd.tolerances import EQUATION_SCALE_FLOOR, pattern_tol
@@ -98,7 +98,7 @@ class RootOutcomes:
     in_domain: torch.Tensor
     valid: torch.Tensor
     carries_relevance: torch.Tensor
-    neurons: Optional[torch.Tensor] = None
+    neurons: torch.Tensor | None = None
 
     #: the root-level boolean outcomes, in report order
     OUTCOMES = ("zero_output", "output_unchanged", "gradient_match", "region_match", "in_domain")
@@ -118,7 +118,7 @@ class RootOutcomes:
         return (values | ~mask).all(1), mask.any(1)
 
 
-def chunk_points(net: "ReLUNetwork | GraphNetwork", layer: int, memory_budget: int, n_roots: Optional[int] = None) -> int:
+def chunk_points(net: ReLUNetwork | GraphNetwork, layer: int, memory_budget: int, n_roots: int | None = None) -> int:
     """How many points' roots of ``layer`` fit ``memory_budget`` bytes at once.
 
     A point holds ``n_roots`` roots (default ``J``, every neuron), each
@@ -136,15 +136,15 @@ def chunk_points(net: "ReLUNetwork | GraphNetwork", layer: int, memory_budget: i
 
 
 def root_outcomes(
-    net: "ReLUNetwork | GraphNetwork",
+    net: ReLUNetwork | GraphNetwork,
     dec: Decomposition,
     *,
     layer: int = 0,
-    output: "int | torch.Tensor | None" = None,
+    output: OutputLike | None = None,
     atol: float = PROPERTY_ATOL,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    neurons: Optional[int] = None,
-    generator: Optional[torch.Generator] = None,
+    neurons: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> RootOutcomes:
     """Evaluate the DTD promises at every root (or a sample of roots) of layer ``layer`` of ``dec``.
 
@@ -206,7 +206,9 @@ def root_outcomes(
     raise TypeError(f"net must be a dtd.ReLUNetwork or dtd.GraphNetwork, got {type(net).__name__}")
 
 
-def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, generator) -> RootOutcomes:
+def _graph_root_outcomes(net: GraphNetwork, dec: Decomposition, layer: int, output: OutputLike | None, atol: float,
+                         memory_budget: int, neurons: int | None,
+                         generator: torch.Generator | None) -> RootOutcomes:
     """:func:`root_outcomes` on a :class:`dtd.GraphNetwork`: ``f_k`` recomputes what depends on layer ``k``'s input.
 
     The region is the ReLU pattern and the argmax pattern of the deciding
@@ -217,7 +219,7 @@ def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, 
     if not isinstance(dec, GraphDecomposition) and len(net.consumers[0]) != 1:
         raise TypeError("the decomposition is not one of a graph network (train_free on this GraphNetwork gives one)")
     net.check_layer(layer)
-    output = net.check_output(dec.output if output is None else output, dec.layers[0].input.shape[0])
+    explained = net.check_output(dec.output if output is None else output, dec.layers[0].input.shape[0])
     atol = check_number(atol, "atol", minimum=0.0)
     lay = dec.layers[layer]
     if lay.input.shape[1] != net.in_features(layer):
@@ -234,9 +236,13 @@ def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, 
     region, domain = (torch.empty(n_points, n_roots, dtype=torch.bool, device=device) for _ in range(2))
     for start in range(0, n_points, chunk):
         stop = min(n_points, start + chunk)
-        roots = lay.root_chunk(start, stop) if drawn is None else selected_roots(lay.root_set, start, stop, drawn[start:stop])
+        roots = (
+            lay.root_chunk(start, stop)
+            if drawn is None
+            else selected_roots(lay.root_set, start, stop, drawn[start:stop])
+        )
         points = torch.arange(start, stop, device=device)
-        out_a = output[start:stop] if isinstance(output, torch.Tensor) else output
+        out_a = explained[start:stop] if isinstance(explained, torch.Tensor) else explained
         at_input = net.evaluate_roots(layer, None, points, base, out_a, threshold=tol)
         out_r = out_a.repeat_interleave(n_roots) if isinstance(out_a, torch.Tensor) else out_a
         at_root = net.compare_roots(layer, roots.reshape(-1, width), points, base, out_r, at_input, threshold=tol)
@@ -249,8 +255,9 @@ def _graph_root_outcomes(net, dec, layer, output, atol, memory_budget, neurons, 
     return _assemble(layer, atol, lay, drawn, f_a, f_r, gmax, gmean, region, domain)
 
 
-def _base(net: GraphNetwork, dec: Decomposition) -> tuple[dict, dict]:
-    """Every node's value at the decomposition's inputs (:meth:`dtd.GraphNetwork.run`): kept by the decomposition, else recomputed."""
+def _base(net: GraphNetwork, dec: Decomposition) -> NodeValues:
+    """Every node's value at the decomposition's inputs (:meth:`dtd.GraphNetwork.run`): kept
+    by the decomposition, else recomputed."""
     if isinstance(dec, GraphDecomposition):
         return dec.activations if dec.activations is not None else net.run(dec.x)
     # a decomposition built elsewhere (a full backward, a replaced layer) of a network whose input only layer 0 reads
@@ -258,8 +265,9 @@ def _base(net: GraphNetwork, dec: Decomposition) -> tuple[dict, dict]:
     return net.run(x.reshape((x.shape[0],) + tuple(net.input_shape)))
 
 
-def _drawn(lay, neurons, generator) -> Optional[torch.Tensor]:
-    """The sampled neurons ``(batch, K)`` of ``root_outcomes(..., neurons=K, generator=...)``, or None for every neuron."""
+def _drawn(lay: LayerDecomposition, neurons: int | None, generator: torch.Generator | None) -> torch.Tensor | None:
+    """The sampled neurons ``(batch, K)`` of
+    ``root_outcomes(..., neurons=K, generator=...)``, or None for every neuron."""
     if neurons is not None:
         neurons = check_int(neurons, "neurons", minimum=1)
         if not isinstance(generator, torch.Generator):
@@ -270,7 +278,9 @@ def _drawn(lay, neurons, generator) -> Optional[torch.Tensor]:
     return None
 
 
-def _assemble(layer, atol, lay, drawn, f_a, f_r, gmax, gmean, region, domain) -> RootOutcomes:
+def _assemble(layer: int, atol: float, lay: LayerDecomposition, drawn: torch.Tensor | None, f_a: torch.Tensor,
+              f_r: torch.Tensor, gmax: torch.Tensor, gmean: torch.Tensor, region: torch.Tensor,
+              domain: torch.Tensor) -> RootOutcomes:
     """The outcomes from what was measured at the inputs and the roots (dense or graph network alike)."""
     return RootOutcomes(
         layer=layer,
@@ -290,7 +300,8 @@ def _assemble(layer, atol, lay, drawn, f_a, f_r, gmax, gmean, region, domain) ->
     )
 
 
-def draw_neurons(n_points: int, n_neurons: int, k: int, generator: torch.Generator, *, device=None) -> torch.Tensor:
+def draw_neurons(n_points: int, n_neurons: int, k: int, generator: torch.Generator, *,
+                 device: torch.device | str | None = None) -> torch.Tensor:
     """``(n_points, min(k, n_neurons))`` neuron indices, per point ``k`` distinct ones drawn uniformly.
 
     The ``k`` smallest of i.i.d. uniform scores: a uniformly random subset,
@@ -342,10 +353,12 @@ def conservation_residual(dec: Decomposition, layer: int) -> torch.Tensor:
 
 
 
-def with_roots(dec: Decomposition, layer: int, root_set) -> Decomposition:
-    """``dec`` with layer ``layer``'s roots replaced by another finder's ``root_set`` (to judge them with the same checks)."""
+def with_roots(dec: Decomposition, layer: int, root_set: RootSet) -> Decomposition:
+    """``dec`` with layer ``layer``'s roots replaced by another finder's ``root_set``
+    (to judge them with the same checks)."""
     layers = tuple(
-        dataclasses.replace(lay, root_set=root_set, root_valid=root_set.valid) if lay.index == layer else lay for lay in dec.layers
+        dataclasses.replace(lay, root_set=root_set, root_valid=root_set.valid) if lay.index == layer else lay
+        for lay in dec.layers
     )
     return dataclasses.replace(dec, layers=layers)
 
@@ -355,7 +368,8 @@ class SegmentOutcomes:
     """What an in-region root promises about the segment from it to the input (see :func:`segment_outcomes`).
 
     interior : ``(batch,)`` -- every deciding pre-activation of the input is farther than ``pattern_tol`` from 0
-    midpoint_gradient_match : ``(batch, J)`` -- ``grad f_k`` at ``(a + root) / 2`` equals ``grad f_k(a)`` (torch's ``relu'(0) = 0``)
+    midpoint_gradient_match : ``(batch, J)`` -- ``grad f_k`` at ``(a + root) / 2`` equals ``grad f_k(a)``
+        (torch's ``relu'(0) = 0``)
     taylor_residual : ``(batch, J)`` -- ``|f_k(a) - f_k(root) - grad f_k(a) . (a - root)|``
     """
 
@@ -365,8 +379,8 @@ class SegmentOutcomes:
 
 
 def segment_outcomes(
-    net: "ReLUNetwork | GraphNetwork", a: torch.Tensor, roots: torch.Tensor, *, layer: int, output: "int | torch.Tensor",
-    atol: float = PROPERTY_ATOL, base: Optional[tuple[dict, dict]] = None,
+    net: ReLUNetwork | GraphNetwork, a: torch.Tensor, roots: torch.Tensor, *, layer: int, output: int | torch.Tensor,
+    atol: float = PROPERTY_ATOL, base: NodeValues | None = None,
 ) -> SegmentOutcomes:
     """The promises of a root in the closure of the input's region, judged without a hinge convention.
 
@@ -388,11 +402,11 @@ def segment_outcomes(
     """
     if not isinstance(net, (ReLUNetwork, GraphNetwork)):
         raise TypeError(f"net must be a dtd.ReLUNetwork or dtd.GraphNetwork, got {type(net).__name__}")
-    net, output = explain(net, output)
+    net, index = explain(net, output)
     graph = net.graph() if isinstance(net, ReLUNetwork) else net
     graph.check_layer(layer)
     n, j, d = roots.shape
-    output = graph.check_output(output, n)
+    output = graph.check_output(index, n)
     relus, pools = graph.deciding(layer)
     if pools:
         raise TypeError(
@@ -400,7 +414,8 @@ def segment_outcomes(
             "judge its roots with root_outcomes (region_match compares the argmax pattern too)"
         )
     overridden, live = graph.live_nodes(layer)
-    reads_more = any(s not in overridden and s not in {m.id for m in live} for node in live for s in graph.sources(node))
+    reads_more = any(s not in overridden and s not in {m.id for m in live} for node in live
+                     for s in graph.sources(node))
     if base is None:
         if reads_more:
             raise ValueError(f"f_{layer} reads activations below layer {layer} (a skip): pass base=dec.activations")
@@ -413,8 +428,10 @@ def segment_outcomes(
     flat_roots = roots.reshape(n * j, d)
     mid = (a.unsqueeze(1) + roots).reshape(n * j, d) / 2
     point_of_root = points.repeat_interleave(j)
-    grad_mid = graph.evaluate_roots(layer, mid, point_of_root, base, per_root).gradient.reshape(n, j, d)
+    grad_mid = graph.evaluate_roots(layer, mid, point_of_root, base, per_root).gradient
     grad_a = at_a.gradient
+    assert grad_mid is not None and grad_a is not None  # evaluate_roots computes them by default (gradient=True)
+    grad_mid = grad_mid.reshape(n, j, d)
     match = ((grad_mid - grad_a.unsqueeze(1)).abs() <= atol).all(-1)
     f_root = graph.evaluate_roots(layer, flat_roots, point_of_root, base, per_root, gradient=False).value.reshape(n, j)
     predicted = ((a.unsqueeze(1) - roots) * grad_a.unsqueeze(1)).sum(-1)

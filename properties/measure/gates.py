@@ -35,7 +35,8 @@ import fnmatch
 import math
 import os
 import re
-from typing import Iterable, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeGuard
 
 from .keys import RateKey
 
@@ -88,21 +89,22 @@ def parse_floor(text: str) -> Floor:
         raise ValueError(f"floor {text!r}: {value!r} is not a number; the accepted form is {FLOOR_FORM}") from None
     if math.isnan(minimum) or not 0 <= minimum <= 1:
         hint = f" (a share, not a percentage: {minimum / 100:g} for {minimum:g} %)" if 1 < minimum <= 100 else ""
-        raise ValueError(f"floor {text!r}: the value {value} must lie in [0, 1]{hint}; the accepted form is {FLOOR_FORM}")
+        raise ValueError(f"floor {text!r}: the value {value} must lie in "
+                         f"[0, 1]{hint}; the accepted form is {FLOOR_FORM}")
     return Floor(pattern, minimum, text)
 
 
-def parse_floors(texts: Optional[Iterable[str]]) -> list[Floor]:
+def parse_floors(texts: Iterable[str] | None) -> list[Floor]:
     """Every ``PATTERN>=VALUE`` of ``texts`` (None: none), in order."""
     return [parse_floor(text) for text in (texts or ())]
 
 
-def must_hold(key: Optional[RateKey]) -> bool:
+def must_hold(key: RateKey | None) -> TypeGuard[RateKey]:
     """Whether a row with this key is a must-hold property (family ``conformance``, outcome in :data:`MUST_HOLD`)."""
     return key is not None and key.family == "conformance" and key.outcome in MUST_HOLD
 
 
-def failed_floors(row: Mapping, key: Optional[RateKey], floors: Sequence[Floor]) -> list[str]:
+def failed_floors(row: Mapping, key: RateKey | None, floors: Sequence[Floor]) -> list[str]:
     """Why ``row`` fails the absolute gates, one phrase per failed gate (empty: it passes them)."""
     out = []
     if must_hold(key) and not (row.get("trials") and row["successes"] == row["trials"]):

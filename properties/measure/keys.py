@@ -17,10 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Optional
+from typing import Any
 
-from .thresholds import (CONSERVED_SHARE, INSENSITIVE_COSINE, INVARIANT_RTOL, PROPERTY_ATOL, SIMILAR_SPEARMAN,
-                         SIMILAR_SSIM)
+from .thresholds import (
+    CONSERVED_SHARE,
+    INSENSITIVE_COSINE,
+    INVARIANT_RTOL,
+    PROPERTY_ATOL,
+    SIMILAR_SPEARMAN,
+    SIMILAR_SSIM,
+)
 
 __all__ = ["RateKey", "FAMILIES", "OUTCOMES", "UNITS", "SUBSETS", "FINDERS", "PAIRS", "describe", "check_name",
            "layer_names_label", "LAYER_NAMES_SEPARATOR"]
@@ -36,40 +42,45 @@ OUTCOMES: dict[str, str] = {
     "zero_output": f"|f_k(root)| <= {_ATOL}: the root sets the explained output to zero",
     "output_unchanged": f"f_k(a) - f_k(root) < {_ATOL}: the output did not drop (the notebook's printed number)",
     "gradient_match": f"max_i |grad f_k(root) - grad f_k(a)| <= {_ATOL}: the root has the input's gradient",
-    "region_match": "the root lies in the closure of the input's linear region of f_k (hidden ReLUs >= k and the explained output)",
+    "region_match": "the root lies in the closure of the input's linear region "
+                    "of f_k (hidden ReLUs >= k and the explained output)",
     "in_domain": f"root >= -{_ATOL} in every coordinate",
     "root_exists": "the root exists (closed form: |w.v| > eps or R_j = 0; in-region finders: a root was found)",
     "exists": "the finder found a root of the neuron inside the input's region",
-    "region_root_exists": "an exact LP finds a root (root equation, root >= 0) in the closure of the input's region of f_k",
+    "region_root_exists": "an exact LP finds a root (root equation, root "
+                          ">= 0) in the closure of the input's region of f_k",
     "region_output_root": "the input's region of f_k (closure, inputs >= 0) contains a point with f_k = 0 (exact LP)",
     "output_root": "the input's region of f_k (closure, inputs >= 0) contains a point with f_k = 0 (exact LP)",
-    "nearer_than_closed_form": "of pairs with both roots, the in-region root is no farther (L1) from the input than the closed-form root",
+    "nearer_than_closed_form": "of pairs with both roots, the in-region root is no "
+                               "farther (L1) from the input than the closed-form root",
     "conserved": f"the input relevance sums to f(x) within {100 * CONSERVED_SHARE:g} % of f(x)",
     "resolved": f"the upper decomposition re-applied at the forwarded root is 0: |R_j(root)| <= {_ATOL}",
     "points": "points whose input relevance equals the library's within the stabiliser bound",
     "conditioned": "points whose every relevant denominator exceeds twice the stabiliser (and has a DTD root)",
     "agree_where_conditioned": "conditioned points that agree within the bound",
     # the conformance kit's properties of an implementation (properties.conformance)
-    "equals_dtd": "points whose input relevance equals dtd.train_free with the claimed rule within the stabiliser bound "
-                  "(points whose relevant denominators exceed twice the stabiliser)",
+    "equals_dtd": "points whose input relevance equals dtd.train_free with the claimed rule within the "
+                  "stabiliser bound (points whose relevant denominators exceed twice the stabiliser)",
     "conservation": "points with |sum R - f(x)| <= 1e-6 |f(x)| + the stabiliser bound's sum",
     "positivity": "points whose relevance is >= 0 everywhere (z+ rules, x >= 0, all three populations)",
-    "gradient_x_input": "points whose relevance equals gradient x input (LRP-0, bias-free networks, denominators above 2 stabilisers)",
-    "batch_independent": "points whose relevance is the same in the batch and in half of it (other batch mates, reversed order)",
+    "gradient_x_input": "points whose relevance equals gradient x input (LRP-0, "
+                        "bias-free networks, denominators above 2 stabilisers)",
+    "batch_independent": "points whose relevance is the same in the batch and "
+                         "in half of it (other batch mates, reversed order)",
     "no_side_effects": "calls (one per network) after which model parameters/grads/requires_grad, buffers, hooks, "
                        "training flags, grad mode and x are unchanged and a second call returns the same relevance",
     "finite": "points (with zero entries, and an all-zero row) whose relevance is finite",
     "dtype_device": "calls whose result has the input's dtype and device",
-    "equals_claim": "points whose input relevance equals the slow reference of the library rule the implementation claims "
-                    "(properties.conformance.claims: bias kept, the library's stabiliser)",
+    "equals_claim": "points whose input relevance equals the slow reference of the library rule the "
+                    "implementation claims (properties.conformance.claims: bias kept, the library's stabiliser)",
     # the field's other findings (properties.findings: insensitivity, invariance, randomisation)
     "insensitive": f"points whose two input relevances (see the pair) have cosine similarity >= {INSENSITIVE_COSINE:g}",
-    "unchanged": f"points whose input relevance is unchanged (max |R' - R| <= {INVARIANT_RTOL:g} max |R|) when the inputs "
-                 "are shifted by c and the first layer's bias by -W c",
-    "rank_similar": f"points whose input relevance keeps Spearman rank correlation >= {SIMILAR_SPEARMAN:g} with the original "
-                    "model's after the top layers are re-initialised",
-    "ssim_similar": f"image points whose input relevance keeps SSIM >= {SIMILAR_SSIM:g} with the original model's after the "
-                    "top layers are re-initialised",
+    "unchanged": f"points whose input relevance is unchanged (max |R' - R| <= {INVARIANT_RTOL:g} max "
+                 "|R|) when the inputs are shifted by c and the first layer's bias by -W c",
+    "rank_similar": "points whose input relevance keeps Spearman rank correlation "
+                    f">= {SIMILAR_SPEARMAN:g} with the original model's after the top layers are re-initialised",
+    "ssim_similar": f"image points whose input relevance keeps SSIM >= {SIMILAR_SSIM:g} with "
+                    "the original model's after the top layers are re-initialised",
 }
 
 #: the compared pair of an ``insensitivity`` rate
@@ -128,14 +139,16 @@ def layer_names_label(subject: str) -> str:
 #: subjects that are network populations of our own, not a user's: how a key names them
 SEED = "seed"
 
-_FIELDS = ("family", "subject", "rule", "finder", "layer", "neuron", "outcome", "unit", "subset", "depth", "randomised", "pair")
+_FIELDS = ("family", "subject", "rule", "finder", "layer", "neuron", "outcome", "unit", "subset", "depth", "randomised",
+           "pair")
 _WORD = re.compile(r"^[A-Za-z0-9_+\-]+$")
-#: the numbered parts of a name: field -> its token's prefix (``depth8``, ``top2``); a subject or rule cannot look like one
+#: the numbered parts of a name: field -> its token's prefix (``depth8``, ``top2``); a subject or
+#: rule cannot look like one
 _NUMBERED = {"depth": "depth", "randomised": "top"}
 _RESERVED = re.compile(r"^(?:depth|top)\d+$")
 
 
-def check_name(value, what: str = "name") -> str:
+def check_name(value: object, what: str = "name") -> str:
     """``value`` if it may name a subject or an implementation inside rate names, else a clear error.
 
     The one name rule of the suite (:class:`RateKey`, :class:`properties.Subject`,
@@ -197,18 +210,18 @@ class RateKey:
 
     family: str
     outcome: str
-    subject: Optional[str] = None
-    rule: Optional[str] = None
-    finder: Optional[str] = None
-    layer: Optional[int] = None
-    neuron: Optional[int] = None
-    unit: Optional[str] = None
-    subset: Optional[str] = None
-    depth: Optional[int] = None
-    randomised: Optional[int] = None
-    pair: Optional[str] = None
+    subject: str | None = None
+    rule: str | None = None
+    finder: str | None = None
+    layer: int | None = None
+    neuron: int | None = None
+    unit: str | None = None
+    subset: str | None = None
+    depth: int | None = None
+    randomised: int | None = None
+    pair: str | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown rate family {self.family!r}; known: {FAMILIES}")
         if self.outcome not in OUTCOMES:
@@ -221,7 +234,8 @@ class RateKey:
                     "(no dots: dots separate the parts of a rate's name)"
                 )
             if value is not None and _RESERVED.match(value):
-                raise ValueError(f"{name} {value!r} of a rate key looks like a depth or randomised-layers part (depth<d>, top<n>); rename it")
+                raise ValueError(f"{name} {value!r} of a rate key looks like a depth or "
+                                 "randomised-layers part (depth<d>, top<n>); rename it")
         for name in ("depth", "randomised"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -242,10 +256,13 @@ class RateKey:
             raise ValueError(f"no name layout of family {self.family!r} fits {self!r}")
 
     def __str__(self) -> str:
-        return ".".join(_render(self, _layout_for(self)))
+        layout = _layout_for(self)
+        if layout is None:  # refused in __post_init__
+            raise ValueError(f"no name layout of family {self.family!r} fits {self!r}")
+        return ".".join(_render(self, layout))
 
     @classmethod
-    def parse(cls, name: str) -> "RateKey":
+    def parse(cls, name: str) -> RateKey:
         """The key whose ``str`` is ``name`` (``ValueError`` if no family's layout fits)."""
         if not isinstance(name, str):
             raise TypeError(f"a rate name must be a str, got {type(name).__name__}")
@@ -263,7 +280,7 @@ class RateKey:
         """The non-empty fields (for ``report.json``)."""
         return {name: getattr(self, name) for name in _FIELDS if getattr(self, name) is not None}
 
-    def replace(self, **changes) -> "RateKey":
+    def replace(self, **changes: Any) -> RateKey:
         return dataclasses.replace(self, **changes)
 
 
@@ -271,23 +288,33 @@ class RateKey:
 # A layout is the order of a name's parts: ("lit", text) a fixed word; ("field", name) a field's value;
 # a trailing "?" on the field name marks it optional.  ("lit?", text, field, value): an optional fixed
 # word that stands for field = value.  Each family lists its layouts; str() uses the first that fits.
-_LAYOUTS: dict[str, list[tuple]] = {
-    "notebook": [(("lit", "notebook"), ("field", "place?"), ("field", "finder?"), ("field", "outcome"), ("field", "unit?"), ("field", "subset?"))],
-    "generated": [(("field", "rule"), ("field", "place?"), ("field", "outcome"), ("field", "unit?"), ("field", "subset?"))],
+#: one slot of a layout, and a layout
+Slot = tuple[str, ...]
+Layout = tuple[Slot, ...]
+
+_LAYOUTS: dict[str, list[Layout]] = {
+    "notebook": [(("lit", "notebook"), ("field", "place?"), ("field", "finder?"), ("field", "outcome"),
+                  ("field", "unit?"), ("field", "subset?"))],
+    "generated": [(("field", "rule"), ("field", "place?"), ("field", "outcome"), ("field", "unit?"),
+                   ("field", "subset?"))],
     "region": [
-        (("lit", "region"), ("field", "finder?"), ("field", "rule"), ("field", "place?"), ("field", "outcome"), ("field", "subset?")),
+        (("lit", "region"), ("field", "finder?"), ("field", "rule"), ("field", "place?"), ("field", "outcome"),
+         ("field", "subset?")),
         (("lit", "region"), ("field", "outcome"), ("field", "place")),  # region.output_root.layer{k}
     ],
-    "full_backward": [(("lit?", "notebook", "subject", SEED), ("lit", "full_backward"), ("field", "finder"), ("field", "place?"), ("field", "outcome"))],
+    "full_backward": [(("lit?", "notebook", "subject", SEED), ("lit", "full_backward"), ("field", "finder"),
+                       ("field", "place?"), ("field", "outcome"))],
     "agreement": [(("lit", "agreement"), ("field", "subject"), ("field", "rule"), ("field", "outcome"))],
-    "subject": [(("lit", "subject"), ("field", "subject"), ("field", "rule?"), ("field", "place?"), ("field", "outcome"), ("field", "unit?"), ("field", "subset?"))],
+    "subject": [(("lit", "subject"), ("field", "subject"), ("field", "rule?"), ("field", "place?"),
+                 ("field", "outcome"), ("field", "unit?"), ("field", "subset?"))],
     "conformance": [(("lit", "conformance"), ("field", "subject"), ("field", "outcome"), ("field", "subset?"))],
     # insensitivity.z+.depth8.outputs.insensitive; insensitivity.digits_mlp.z+.random.insensitive;
     # insensitivity.vgg16_simulation.depth16.columns.insensitive.nonnegative
     "insensitivity": [
         (("lit", "insensitivity"), ("field", "rule"), ("field", "depth?"), ("field", "pair"), ("field", "outcome")),
         (("lit", "insensitivity"), ("field", "subject"), ("field", "rule"), ("field", "pair"), ("field", "outcome")),
-        (("lit", "insensitivity"), ("field", "subject"), ("field", "depth?"), ("field", "pair"), ("field", "outcome"), ("field", "subset")),
+        (("lit", "insensitivity"), ("field", "subject"), ("field", "depth?"), ("field", "pair"), ("field", "outcome"),
+         ("field", "subset")),
     ],
     # invariance.z+.unchanged; invariance.digits_mlp.zB.unchanged
     "invariance": [
@@ -295,7 +322,8 @@ _LAYOUTS: dict[str, list[tuple]] = {
         (("lit", "invariance"), ("field", "subject"), ("field", "rule"), ("field", "outcome")),
     ],
     # randomisation.digits_cnn.z+.top2.rank_similar
-    "randomisation": [(("lit", "randomisation"), ("field", "subject"), ("field", "rule"), ("field", "randomised"), ("field", "outcome"))],
+    "randomisation": [(("lit", "randomisation"), ("field", "subject"), ("field", "rule"), ("field", "randomised"),
+                       ("field", "outcome"))],
 }
 
 
@@ -304,8 +332,8 @@ def _implied(key: RateKey) -> dict:
     return {"subject": SEED} if key.family == "notebook" else {}
 
 
-def _uses(layout) -> set[str]:
-    used = set()
+def _uses(layout: Layout) -> set[str]:
+    used: set[str] = set()
     for slot in layout:
         if slot[0] == "lit?":
             used.add(slot[2])
@@ -315,7 +343,7 @@ def _uses(layout) -> set[str]:
     return used
 
 
-def _layout_for(key: RateKey):
+def _layout_for(key: RateKey) -> Layout | None:
     implied = _implied(key)
     for layout in _LAYOUTS[key.family]:
         used = _uses(layout)
@@ -335,7 +363,7 @@ def _layout_for(key: RateKey):
     return None
 
 
-def _render(key: RateKey, layout) -> list[str]:
+def _render(key: RateKey, layout: Layout) -> list[str]:
     parts = []
     for slot in layout:
         if slot[0] == "lit":
@@ -358,7 +386,7 @@ def _render(key: RateKey, layout) -> list[str]:
     return parts
 
 
-def _token_value(name: str, token: str, family: str):
+def _token_value(name: str, token: str, family: str) -> str | int | tuple[str, int] | None:
     """The field value ``token`` stands for, or None if it cannot fill field ``name``."""
     if name == "place":
         found = re.fullmatch(r"(layer|neuron)(\d+)", token)
@@ -379,7 +407,7 @@ def _token_value(name: str, token: str, family: str):
     return token if _WORD.match(token) and token not in FAMILIES and not _RESERVED.match(token) else None
 
 
-def _match(layout, tokens: list[str], at: int, fields: dict) -> Optional[dict]:
+def _match(layout: Layout, tokens: list[str], at: int, fields: dict[str, Any]) -> dict[str, Any] | None:
     """Fields filled by matching ``layout`` against ``tokens[at:]`` (backtracking over optional slots)."""
     if not layout:
         return fields if at == len(tokens) else None
@@ -397,7 +425,7 @@ def _match(layout, tokens: list[str], at: int, fields: dict) -> Optional[dict]:
     if at < len(tokens):
         value = _token_value(name, tokens[at], fields["family"])
         if value is not None:
-            update = {value[0]: value[1]} if name == "place" else {name: value}
+            update = {value[0]: value[1]} if isinstance(value, tuple) else {name: value}
             found = _match(rest, tokens, at + 1, {**fields, **update})
             if found is not None:
                 return found
@@ -423,7 +451,9 @@ def describe(key: RateKey) -> str:
     """One line saying exactly what ``key``'s rate counts, composed from its fields."""
     if key.family == "full_backward" and key.subject == SEED:
         where = "seed network, full_backward"
-    elif key.family in ("subject", "conformance", "randomisation") or (key.family in ("insensitivity", "invariance") and key.subject):
+    elif key.family in ("subject", "conformance", "randomisation") or (
+        key.family in ("insensitivity", "invariance") and key.subject
+    ):
         where = f"{_POPULATION['subject']} {key.subject}"
     elif key.family == "agreement":
         where = f"{key.rule} vs {key.subject}, {_POPULATION['agreement']}"
@@ -458,7 +488,7 @@ __all__ += ["by_design", "SEED_TOP_LAYER"]
 SEED_TOP_LAYER = 3
 
 
-def by_design(key: RateKey, top_layer: int = SEED_TOP_LAYER) -> Optional[str]:
+def by_design(key: RateKey, top_layer: int = SEED_TOP_LAYER) -> str | None:
     """Why ``key``'s rate is 0 % or 100 % by construction, or None for a measured finding.
 
     Parameters

@@ -44,12 +44,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Hashable, Mapping, Sequence
 from statistics import NormalDist
-from typing import Mapping, Optional, Sequence
+from typing import Generic, TypeVar
 
 import torch
 
 from dtd.validation import check_int, check_probability
+
+#: what a :class:`Tally` names its rates by (a rate's name, or its RateKey)
+Name = TypeVar("Name", bound=Hashable)
 
 __all__ = ["Rate", "Tally", "compare", "interval_quantile", "t_quantile", "STATUSES", "DEFAULT_CONFIDENCE"]
 
@@ -110,13 +114,14 @@ def t_quantile(probability: float, df: float) -> float:
     return math.sqrt(df * (1.0 - x) / x)
 
 
-def interval_quantile(confidence: float, df: Optional[float] = None) -> float:
-    """The two-sided interval's quantile at ``confidence``: the normal's, or Student's t with ``df`` degrees of freedom."""
+def interval_quantile(confidence: float, df: float | None = None) -> float:
+    """The two-sided interval's quantile at ``confidence``: the normal's, or
+    Student's t with ``df`` degrees of freedom."""
     probability = 1 - (1 - confidence) / 2
     return NormalDist().inv_cdf(probability) if df is None else t_quantile(probability, df)
 
 
-def wilson_interval(successes: float, trials: float, confidence: float, df: Optional[float] = None) -> tuple[float, float]:
+def wilson_interval(successes: float, trials: float, confidence: float, df: float | None = None) -> tuple[float, float]:
     """Wilson score interval; ``trials`` may be fractional (an effective sample size).
 
     The quantile is the normal's, or Student's t with ``df`` degrees of
@@ -152,9 +157,9 @@ class Rate:
     successes: int
     trials: int
     confidence: float = DEFAULT_CONFIDENCE
-    clusters: Optional[tuple[tuple[int, int], ...]] = None
+    clusters: tuple[tuple[int, int], ...] | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("successes", "trials"):
             check_int(getattr(self, name), name, minimum=0)
         if self.successes > self.trials:
@@ -170,7 +175,7 @@ class Rate:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_clusters(cls, pairs: Sequence[tuple[int, int]], confidence: float = DEFAULT_CONFIDENCE) -> "Rate":
+    def from_clusters(cls, pairs: Sequence[tuple[int, int]], confidence: float = DEFAULT_CONFIDENCE) -> Rate:
         """A clustered rate from per-cluster ``(successes, trials)``; empty clusters are dropped."""
         pairs = tuple((int(s), int(t)) for s, t in pairs if int(t) > 0)
         return cls(sum(s for s, _ in pairs), sum(t for _, t in pairs), confidence, pairs)
@@ -179,11 +184,11 @@ class Rate:
     def from_mask(
         cls,
         holds: torch.Tensor,
-        counted: Optional[torch.Tensor] = None,
+        counted: torch.Tensor | None = None,
         *,
-        cluster_dim: Optional[int] = None,
+        cluster_dim: int | None = None,
         confidence: float = DEFAULT_CONFIDENCE,
-    ) -> "Rate":
+    ) -> Rate:
         """Rate of ``holds`` over the entries where ``counted`` is True.
 
         With ``cluster_dim`` (e.g. 0 for ``(points, neurons)`` tensors) each
@@ -196,16 +201,16 @@ class Rate:
         dims = [d for d in range(holds.dim()) if d != cluster_dim]
         s = hits.sum(dims) if dims else hits.long()
         t = counted.sum(dims) if dims else counted.long()
-        return cls.from_clusters(list(zip(s.tolist(), t.tolist())), confidence)
+        return cls.from_clusters(list(zip(s.tolist(), t.tolist(), strict=True)), confidence)
 
     # ------------------------------------------------------------------ values
     @property
-    def rate(self) -> Optional[float]:
+    def rate(self) -> float | None:
         """``successes / trials``, or None without data."""
         return self.successes / self.trials if self.trials else None
 
     @property
-    def n_clusters(self) -> Optional[int]:
+    def n_clusters(self) -> int | None:
         return None if self.clusters is None else len(self.clusters)
 
     @property
@@ -220,13 +225,13 @@ class Rate:
     @property
     def design_effect(self) -> float:
         """Variance inflation from clustering (1 for independent trials)."""
-        p = self.rate
-        if self.method != "wilson-clustered":
+        p, clusters = self.rate, self.clusters
+        if self.method != "wilson-clustered" or p is None or clusters is None:
             return 1.0
         if p in (0.0, 1.0):  # no spread to estimate: clusters that pass or fail as a whole (the module docstring)
-            return max(1.0, sum(t * t for _, t in self.clusters) / self.trials)
-        n_clusters = len(self.clusters)
-        spread = sum((s - p * t) ** 2 for s, t in self.clusters)
+            return max(1.0, sum(t * t for _, t in clusters) / self.trials)
+        n_clusters = len(clusters)
+        spread = sum((s - p * t) ** 2 for s, t in clusters)
         clustered = n_clusters / (n_clusters - 1) * spread / self.trials**2
         return max(1.0, clustered / (p * (1 - p) / self.trials))
 
@@ -235,19 +240,20 @@ class Rate:
         return self.trials / self.design_effect
 
     @property
-    def interval(self) -> tuple[Optional[float], Optional[float]]:
+    def interval(self) -> tuple[float | None, float | None]:
         """``(low, high)`` at :attr:`confidence`; ``(None, None)`` without data."""
-        if not self.trials:
+        p = self.rate
+        if p is None:
             return None, None
         n = self.effective_trials
-        return wilson_interval(self.rate * n, n, self.confidence, df=self.degrees_of_freedom)
+        return wilson_interval(p * n, n, self.confidence, df=self.degrees_of_freedom)
 
     @property
-    def degrees_of_freedom(self) -> Optional[float]:
+    def degrees_of_freedom(self) -> float | None:
         """Of the interval's quantile: ``clusters - 1`` where the design effect was estimated from the clusters'
         spread (Student's t), None where the normal quantile applies (independent trials; an all-pass or all-fail
         rate, whose whole-cluster bound estimates nothing)."""
-        if self.method != "wilson-clustered" or self.rate in (0.0, 1.0):
+        if self.method != "wilson-clustered" or self.clusters is None or self.rate in (0.0, 1.0):
             return None
         return float(len(self.clusters) - 1)
 
@@ -266,13 +272,13 @@ class Rate:
         }
 
     def __str__(self) -> str:
-        if not self.trials:
+        p, (low, high) = self.rate, self.interval
+        if p is None or low is None or high is None:
             return "no data"
-        low, high = self.interval
-        return f"{100 * self.rate:.2f}% [{100 * low:.2f}, {100 * high:.2f}] ({self.successes}/{self.trials})"
+        return f"{100 * p:.2f}% [{100 * low:.2f}, {100 * high:.2f}] ({self.successes}/{self.trials})"
 
 
-def compare(row: Mapping, baseline: Optional[Mapping]) -> str:
+def compare(row: Mapping, baseline: Mapping | None) -> str:
     """``new`` without a baseline entry, ``regression`` when the intervals do not overlap, else ``ok``.
 
     Both arguments are mappings with ``rate``, ``ci_low``, ``ci_high`` (as
@@ -291,7 +297,7 @@ def compare(row: Mapping, baseline: Optional[Mapping]) -> str:
     return "regression" if disjoint else "ok"
 
 
-class Tally:
+class Tally(Generic[Name]):
     """Per-cluster counts of many named rates.
 
     Call :meth:`new_cluster` when a new cluster (e.g. a generated network)
@@ -299,25 +305,25 @@ class Tally:
     ``holds``) is True to that cluster's counts for ``name``.
     """
 
-    def __init__(self):
-        self._counts: dict[str, dict[int, list[int]]] = {}
+    def __init__(self) -> None:
+        self._counts: dict[Name, dict[int, list[int]]] = {}
         self._cluster = 0
 
     def new_cluster(self) -> None:
         self._cluster += 1
 
-    def add(self, name: str, holds: torch.Tensor, counted: Optional[torch.Tensor] = None) -> None:
+    def add(self, name: Name, holds: torch.Tensor, counted: torch.Tensor | None = None) -> None:
         counted = torch.ones_like(holds, dtype=torch.bool) if counted is None else counted
         pair = self._counts.setdefault(name, {}).setdefault(self._cluster, [0, 0])
         pair[0] += int((holds & counted).sum())
         pair[1] += int(counted.sum())
 
-    def names(self) -> list[str]:
+    def names(self) -> list[Name]:
         return list(self._counts)
 
-    def rate(self, name: str, confidence: float = DEFAULT_CONFIDENCE) -> Rate:
+    def rate(self, name: Name, confidence: float = DEFAULT_CONFIDENCE) -> Rate:
         """The clustered rate of ``name`` (no data if it was never added)."""
-        return Rate.from_clusters([tuple(p) for p in self._counts.get(name, {}).values()], confidence)
+        return Rate.from_clusters([(s, t) for s, t in self._counts.get(name, {}).values()], confidence)
 
     @property
     def n_clusters(self) -> int:

@@ -64,17 +64,21 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from types import ModuleType
+from typing import Any
 
+import pluggy
 import pytest
 
 from dtd.validation import check_int, check_probability
 
-from ..measure import gates
 from .. import report as _report
+from ..measure import gates
 from ..measure.keys import RateKey, describe
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate
+from ..report.summary import format_rate
 
 # the options, the marker and the fixtures (one registration, whoever loads this module)
 pytest_plugins = ["dtd_properties_pytest", "properties.plugin.subjects"]
@@ -100,7 +104,7 @@ class Store:
     """Everything recorded in this process: rows, plots, terminal-summary names."""
 
     def __init__(self, baseline: Mapping[str, Mapping], confidence: float, seed: int,
-                 floors: Sequence[gates.Floor] = ()):
+                 floors: Sequence[gates.Floor] = ()) -> None:
         self.baseline = dict(baseline)
         self.floors = list(floors)  # --property-require (properties.measure.gates), besides the must-hold properties
         self.confidence = confidence
@@ -108,9 +112,9 @@ class Store:
         self.rows: dict[str, dict] = {}
         self.plots: dict[str, dict] = {}
         self.summary: set[str] = set()
-        self.counts: dict[str, float] = {}
-        self.written_to: Optional[str] = None  # report directory, once written
-        self.html_report: Optional[str] = None  # its report.html, once a complete report is written
+        self.counts: dict[str, float | str] = {}  # numbers (count) and lines of text (note)
+        self.written_to: str | None = None  # report directory, once written
+        self.html_report: str | None = None  # its report.html, once a complete report is written
         self.owner: dict[str, str] = {}
         self.started = time.time()
         self.failed: set[str] = set()  # tests with a phase that did not pass
@@ -136,7 +140,7 @@ class Store:
         self.counts.update(data["counts"])
         self.completed.update(data["completed"])
 
-    def track(self, report) -> None:
+    def track(self, report: pytest.TestReport) -> None:
         """Follow one test phase's outcome (completed = every phase passed)."""
         if not report.passed:
             self.failed.add(report.nodeid)
@@ -147,7 +151,7 @@ class Store:
 class PropertyReport:
     """The ``property_report`` fixture: record rates and plot data for the report."""
 
-    def __init__(self, store: Store, nodeid: str, gate: bool):
+    def __init__(self, store: Store, nodeid: str, gate: bool) -> None:
         self._store = store
         self._nodeid = nodeid
         self._gate = gate
@@ -164,8 +168,8 @@ class PropertyReport:
         """Seed for i.i.d. samples of generated cases (same in every xdist worker)."""
         return self._store.seed
 
-    def rate(self, name: "str | RateKey", rate: Rate, description: Optional[str] = None, *, summary: bool = False,
-             example: Optional[str] = None) -> dict:
+    def rate(self, name: str | RateKey, rate: Rate, description: str | None = None, *, summary: bool = False,
+             example: str | None = None) -> dict:
         """Record one rate; returns its report row.
 
         ``name`` is a :class:`~properties.measure.keys.RateKey` (the suite's own
@@ -200,15 +204,18 @@ class PropertyReport:
         if failed:
             entry["status"] = gates.BELOW_FLOOR
             entry["floor"] = failed
-            self.below_floor.append(f"{name}: {_report.format_rate(entry)} of {entry['trials']} trials -- " + "; ".join(failed))
+            self.below_floor.append(f"{name}: {format_rate(entry)} of {entry['trials']} trials -- "
+                                    + "; ".join(failed))
             summary = True
         self._store.rows[name] = entry
         if summary:
             self._store.summary.add(name)
         if self._gate and entry["status"] == "regression":
             base = entry["baseline"]
-            now = "no data" if entry["rate"] is None else f"{100 * entry['rate']:.2f}% [{100 * entry['ci_low']:.2f}, {100 * entry['ci_high']:.2f}]"
-            was = "no data" if base["rate"] is None else f"{100 * base['rate']:.2f}% [{100 * base['ci_low']:.2f}, {100 * base['ci_high']:.2f}]"
+            now = "no data" if entry["rate"] is None else (f"{100 * entry['rate']:.2f}% [{100 * entry['ci_low']:.2f}, "
+                                                           f"{100 * entry['ci_high']:.2f}]")
+            was = "no data" if base["rate"] is None else (f"{100 * base['rate']:.2f}% [{100 * base['ci_low']:.2f}, "
+                                                          f"{100 * base['ci_high']:.2f}]")
             self.regressions.append(f"{name}: now {now}, baseline {was} -- the intervals do not overlap")
         return entry
 
@@ -224,26 +231,44 @@ class PropertyReport:
         self._store.claim("count:" + label, self._nodeid)
         self._store.counts[label] = text
 
-    def histogram(self, file: str, title: str, series: Mapping[str, Sequence[float]], *, xlabel: str = "", caption: str = "", bins: int = 30) -> None:
+    def histogram(self, file: str, title: str, series: Mapping[str, Sequence[float]], *, xlabel: str = "",
+                  caption: str = "", bins: int = 30) -> None:
         """A histogram plot of one or more value series (drawn over each other)."""
         self._plot(file, {"kind": "histogram", "title": title, "xlabel": xlabel, "caption": caption, "bins": bins,
                           "series": {label: [float(v) for v in values] for label, values in series.items()}})
 
-    def bars(self, file: str, title: str, rows: Sequence[str], labels: Sequence[str], *, xlabel: str = "", caption: str = "") -> None:
+    def bars(self, file: str, title: str, rows: Sequence[str], labels: Sequence[str], *, xlabel: str = "",
+             caption: str = "") -> None:
         """A bar chart of recorded rates (by row name) with their intervals."""
         if len(rows) != len(labels):
             raise ValueError("bars needs one label per row")
         self._plot(file, {"kind": "bars", "title": title, "xlabel": xlabel, "caption": caption,
                           "rows": list(rows), "labels": list(labels)})
 
-    def images(self, file: str, title: str, rows: Sequence[Mapping], columns: Sequence[str], *, caption: str = "") -> None:
-        """A grid of images: one row per ``{"label": str, "images": [2-D lists, one per column]}``, columns titled ``columns``."""
+    def images(self, file: str, title: str, rows: Sequence[Mapping], columns: Sequence[str], *,
+               caption: str = "") -> None:
+        """A grid of images: one row per
+        ``{"label": str, "images": [2-D lists, one per column]}``, columns titled ``columns``."""
         for entry in rows:
             if len(entry["images"]) != len(columns):
-                raise ValueError(f"images: row {entry.get('label')!r} has {len(entry['images'])} images for {len(columns)} columns")
-        self._plot(file, {"kind": "image_grid", "title": title, "caption": caption, "columns": list(columns),
-                          "rows": [{"label": str(entry["label"]), "images": [[[float(v) for v in line] for line in image] for image in entry["images"]]}
-                                   for entry in rows]})
+                raise ValueError(f"images: row {entry.get('label')!r} has "
+                                 f"{len(entry['images'])} images for {len(columns)} columns")
+        self._plot(
+            file,
+            {
+                "kind": "image_grid",
+                "title": title,
+                "caption": caption,
+                "columns": list(columns),
+                "rows": [
+                    {
+                        "label": str(entry["label"]),
+                        "images": [[[float(v) for v in line] for line in image] for image in entry["images"]],
+                    }
+                    for entry in rows
+                ],
+            },
+        )
 
     def lines(self, file: str, title: str, panels: Sequence[Mapping], *, xlabel: str = "", caption: str = "") -> None:
         """Line plots side by side: each panel ``{"title", "ylabel", "ylim" (optional), "series": {label: {"x", "y",
@@ -254,7 +279,8 @@ class PropertyReport:
             for label, line in panel["series"].items():
                 lengths = {len(line[part]) for part in ("x", "y", "low", "high")}
                 if len(lengths) != 1:
-                    raise ValueError(f"lines: series {label!r} of panel {panel.get('title')!r} needs x, y, low, high of one length")
+                    raise ValueError(f"lines: series {label!r} of panel "
+                                     f"{panel.get('title')!r} needs x, y, low, high of one length")
                 series[str(label)] = {part: [float(v) for v in line[part]] for part in ("x", "y", "low", "high")}
             cleaned.append({"title": str(panel.get("title", "")), "ylabel": str(panel.get("ylabel", "")),
                             "ylim": [float(v) for v in panel["ylim"]] if panel.get("ylim") else None, "series": series})
@@ -268,7 +294,7 @@ class PropertyReport:
 
 
 # --------------------------------------------------------------------------- hooks
-def pytest_addoption(parser, pluginmanager) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     """The short spellings of the update options, in the suite's own runs only (see the module docstring)."""
     if _entry().activating():
         return
@@ -276,10 +302,11 @@ def pytest_addoption(parser, pluginmanager) -> None:
     group.addoption("--update-baseline", action="store_true", default=None, dest="property_update_baseline",
                     help="the suite's own runs: --property-update-baseline")
     group.addoption("--update-baseline-partial", action="store_true", default=None,
-                    dest="property_update_baseline_partial", help="the suite's own runs: --property-update-baseline-partial")
+                    dest="property_update_baseline_partial",
+                    help="the suite's own runs: --property-update-baseline-partial")
 
 
-def _parsed(name: str) -> Optional[RateKey]:
+def _parsed(name: str) -> RateKey | None:
     """The key of a name recorded as a string, where it is one (the absolute gates read its fields)."""
     try:
         return RateKey.parse(name)
@@ -287,38 +314,38 @@ def _parsed(name: str) -> Optional[RateKey]:
         return None
 
 
-def _entry():
+def _entry() -> ModuleType:
     """The entry-point module (imported here, after pytest registered it, so its asserts stay rewritable)."""
     import dtd_properties_pytest
 
     return dtd_properties_pytest
 
 
-def store(config) -> Store:
+def store(config: pytest.Config) -> Store:
     """This run's :class:`Store`."""
     return config.stash[_STORE_KEY]
 
 
-def recorder(request) -> PropertyReport:
+def recorder(request: pytest.FixtureRequest) -> PropertyReport:
     """A :class:`PropertyReport` for the requesting test (the ``property_report`` fixture)."""
     return recorder_for(request.node)
 
 
-def recorder_for(item) -> PropertyReport:
+def recorder_for(item: pytest.Item) -> PropertyReport:
     """A :class:`PropertyReport` for a test item (also one that takes no fixtures, such as a user's subject)."""
     made = PropertyReport(store(item.config), item.nodeid, gate=_update_mode(item.config) is None)
     item.stash[_RECORDER_KEY] = made
     return made
 
 
-def _update_mode(config) -> Optional[str]:
+def _update_mode(config: pytest.Config) -> str | None:
     """``"partial"``, ``"full"`` or None (gate on the baseline)."""
     if config.getoption("property_update_baseline_partial"):
         return "partial"
     return "full" if config.getoption("property_update_baseline") else None
 
 
-def _baseline_path(config) -> Path:
+def _baseline_path(config: pytest.Config) -> Path:
     option = config.getoption("--property-baseline")
     if option is not None:
         return Path(option)
@@ -326,12 +353,12 @@ def _baseline_path(config) -> Path:
     return DEFAULT_BASELINE if user is None else Path(user)
 
 
-def _report_directory(config) -> Path:
+def _report_directory(config: pytest.Config) -> Path:
     directory = Path(config.getoption("--property-report") or "property-report")
     return directory if directory.is_absolute() else Path(config.invocation_params.dir) / directory
 
 
-def _user_run(config) -> Optional[str]:
+def _user_run(config: pytest.Config) -> str | None:
     """Where a user's run (their implementations or subjects) gates: ``./conformance-baseline.json`` or
     ``./dtd-properties-baseline.json`` unless
     ``--property-baseline`` names another file; None for a run of the project's own suite."""
@@ -341,7 +368,7 @@ def _user_run(config) -> Optional[str]:
     return None
 
 
-def pytest_configure(config):
+def pytest_configure(config: pytest.Config) -> None:
     if _STORE_KEY in config.stash:
         return
     user_baseline = _user_run(config)
@@ -352,7 +379,9 @@ def pytest_configure(config):
             config.args.append(suite)
     confidence = config.getoption("--property-confidence")
     try:
-        confidence = DEFAULT_CONFIDENCE if confidence is None else check_probability(confidence, "--property-confidence")
+        confidence = (
+            DEFAULT_CONFIDENCE if confidence is None else check_probability(confidence, "--property-confidence")
+        )
     except ValueError as error:
         raise pytest.UsageError(f"{error}: --property-confidence must be in (0, 1), e.g. 0.99") from None
     seed = config.getoption("--property-seed")
@@ -392,29 +421,35 @@ def pytest_configure(config):
 
         import torch
 
-        workers = int(config.workerinput.get("workercount", 1))
+        workers = int(_worker_dict(config, "workerinput").get("workercount", 1))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-def _sweep_seed(config) -> int:
-    if _is_worker(config) and _entry().WORKER_SEED in config.workerinput:
-        return int(config.workerinput[_entry().WORKER_SEED])
+def _sweep_seed(config: pytest.Config) -> int:
+    if _is_worker(config) and _entry().WORKER_SEED in _worker_dict(config, "workerinput"):
+        return int(_worker_dict(config, "workerinput")[_entry().WORKER_SEED])
     seed = config.getoption("--property-seed")
     if seed is not None:
         return seed
     import hypothesis
 
-    if hypothesis.settings.default.derandomize:
+    if hypothesis.settings().derandomize:  # the loaded profile's
         return 0
     return _entry().random_seed(config)
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
+def pytest_runtest_makereport(item: pytest.Item,
+                               call: pytest.CallInfo[None]) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
     outcome = yield
     report = outcome.get_result()
-    recorder: Optional[PropertyReport] = item.stash.get(_RECORDER_KEY, None)
-    if call.when == "call" and report.passed and recorder is not None and (recorder.regressions or recorder.below_floor):
+    recorder: PropertyReport | None = item.stash.get(_RECORDER_KEY, None)
+    if (
+        call.when == "call"
+        and report.passed
+        and recorder is not None
+        and (recorder.regressions or recorder.below_floor)
+    ):
         parts = []
         if recorder.below_floor:
             parts.append(f"{len(recorder.below_floor)} rate(s) below a required floor (with or without a baseline):\n  "
@@ -424,8 +459,8 @@ def pytest_runtest_makereport(item, call):
                 f"{len(recorder.regressions)} rate(s) inconsistent with the baseline "
                 f"({_baseline_path(item.config)}):\n  "
                 + "\n  ".join(recorder.regressions)
-                + "\nIf the change is intended, rerun with --update-baseline (plain pytest: --property-update-baseline) and "
-                "commit the baseline."
+                + "\nIf the change is intended, rerun with --update-baseline (plain "
+                  "pytest: --property-update-baseline) and commit the baseline."
             )
         report.outcome = "failed"
         report.longrepr = "\n".join(parts)
@@ -446,11 +481,17 @@ def _relative(path: Path, start: Path) -> str:
         return str(path)
 
 
-def _is_worker(config) -> bool:
+def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def _incomplete(session, exitstatus) -> Optional[str]:
+def _worker_dict(config: pytest.Config, name: str) -> dict[str, Any]:
+    """xdist's ``workerinput`` / ``workeroutput`` of a worker's config (attributes xdist sets, unknown to Config)."""
+    found: dict[str, Any] = getattr(config, name)
+    return found
+
+
+def _incomplete(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> str | None:
     """Why the run did not run every selected test to its end, or None."""
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         return "interrupted"
@@ -463,11 +504,11 @@ def _incomplete(session, exitstatus) -> Optional[str]:
     return None
 
 
-def pytest_sessionfinish(session, exitstatus):
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
     config = session.config
     run = store(config)
     if _is_worker(config):
-        config.workeroutput[_entry().WORKER_OUTPUT] = run.to_json()
+        _worker_dict(config, "workeroutput")[_entry().WORKER_OUTPUT] = run.to_json()
         return
     incomplete = _incomplete(session, exitstatus)
     floors_matched = incomplete is not None or _check_floors_matched(session, run)
@@ -502,18 +543,19 @@ def pytest_sessionfinish(session, exitstatus):
             run.notes.append(f"baseline NOT rewritten: {problem}; {path} is as it was")
             session.exitstatus = WRITE_FAILED
     else:
-        why = incomplete or (f"exit status {int(exitstatus)}: a test failed or errored" if exitstatus != pytest.ExitCode.OK
+        why = incomplete or (f"exit status {int(exitstatus)}: a test failed or errored"
+                             if exitstatus != pytest.ExitCode.OK
                              else "a --require floor matches no rate")
-        run.notes.append(f"baseline NOT rewritten ({why}): {path} is unchanged; fix the run and repeat, or use "
-                         f"--update-baseline-partial (plain pytest: --property-update-baseline-partial) to keep the rates of the "
-                         f"tests that passed")
+        run.notes.append(f"baseline NOT rewritten ({why}): {path} is unchanged; fix the run and repeat, "
+                         "or use --update-baseline-partial (plain pytest: "
+                         "--property-update-baseline-partial) to keep the rates of the tests that passed")
 
 
 #: how many of the run's rate names a floor that matches none of them lists
 FLOOR_EXAMPLES = 5
 
 
-def _check_floors_matched(session, run: Store) -> bool:
+def _check_floors_matched(session: pytest.Session, run: Store) -> bool:
     """Whether every floor matched a rate; one that matches none of a completed run's checked nothing: a usage error
     (exit status 4), the note naming it and the rates whose names come nearest its fixed start."""
     missing = gates.unmatched(run.floors, run.rows)
@@ -523,8 +565,9 @@ def _check_floors_matched(session, run: Store) -> bool:
         names = gates.nearest(floor, run.rows, FLOOR_EXAMPLES)
         more = len(run.rows) - len(names)
         some = ", ".join(names) + (f" (and {more} more)" if more > 0 else "")
-        run.notes.append(f"usage error: the floor '{floor.text}' (--property-require, --require of dtd-properties): the pattern {floor.pattern!r} matches no rate of this run "
-                         f"(nearest rates: {some or 'none were recorded'})")
+        run.notes.append(f"usage error: the floor '{floor.text}' (--property-require, "
+                         f"--require of dtd-properties): the pattern {floor.pattern!r} matches "
+                         f"no rate of this run (nearest rates: {some or 'none were recorded'})")
     session.exitstatus = pytest.ExitCode.USAGE_ERROR
     return False
 
@@ -537,11 +580,12 @@ def _os_error(error: OSError, path: Path) -> str:
     return f"{path}: [Errno {error.errno}] {error.strerror or error}{at}"
 
 
-def _write_report(config, run: Store, incomplete: Optional[str], exitstatus) -> None:
+def _write_report(config: pytest.Config, run: Store, incomplete: str | None,
+                  exitstatus: int | pytest.ExitCode) -> None:
     import hypothesis
     import torch
 
-    settings = hypothesis.settings.default
+    settings = hypothesis.settings()  # the loaded profile's
     start = Path(config.invocation_params.dir)
     run_config = {
         "confidence": run.confidence,
@@ -566,23 +610,27 @@ def _write_report(config, run: Store, incomplete: Optional[str], exitstatus) -> 
         run_config["exit_status"] = int(exitstatus)
         path = _report.write_partial_report(directory, list(run.rows.values()), run_config, incomplete)
         run.written_to = _relative(path, start)
-        run.notes.append(f"partial report ({incomplete}): {run.written_to}; {_relative(directory, start)} is left as it was")
+        run.notes.append(f"partial report ({incomplete}): {run.written_to}; "
+                         f"{_relative(directory, start)} is left as it was")
 
 
-def _yours(config, run: Store) -> dict:
+def _yours(config: pytest.Config, run: Store) -> dict[str, Any]:
     """Which seed drew the subjects' neurons, and which subjects and implementations the user brought (by the tests that
     recorded them: ``--dtd-subject`` items and the kit's ``--dtd-implementation`` module)."""
-    out = {}
-    subjects = sorted({r["key"]["subject"] for r in run.rows.values() if (r.get("key") or {}).get("family") == "subject"})
+    out: dict[str, Any] = {}
+    subjects = sorted(
+        {r["key"]["subject"] for r in run.rows.values() if (r.get("key") or {}).get("family") == "subject"}
+    )
     if subjects:
         seed = config.getoption("--property-seed")
         out["neuron_draw_seed"] = DEFAULT_SUBJECT_SEED if seed is None else seed
     ours = Path(__file__).with_name("test_conformance.py").name  # the shipped adapters' rows (the kit's own run)
     handed = bool(config.getoption("--dtd-implementation"))
-    yours = {"your_subjects": set(), "your_implementations": set()}
+    yours: dict[str, set[str]] = {"your_subjects": set(), "your_implementations": set()}
     for name, r in run.rows.items():
         key, owner = r.get("key") or {}, run.owner.get(name, "")
-        if key.get("family") == "subject" and owner.lstrip(":").startswith("subject["):  # a SubjectItem (no file of tests)
+        # a SubjectItem (no file of tests)
+        if key.get("family") == "subject" and owner.lstrip(":").startswith("subject["):
             yours["your_subjects"].add(key["subject"])
         elif key.get("family") == "conformance" and handed and ours not in owner:
             yours["your_implementations"].add(key["subject"])
@@ -590,8 +638,9 @@ def _yours(config, run: Store) -> dict:
     return out
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    run: Optional[Store] = config.stash.get(_STORE_KEY, None)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int | pytest.ExitCode,
+                            config: pytest.Config) -> None:
+    run: Store | None = config.stash.get(_STORE_KEY, None)
     if run is None or _is_worker(config):
         return
     if run.rows:
@@ -603,16 +652,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for line in _report.format_table(shown):
             terminalreporter.write_line(line)
         terminalreporter.write_line(_report.table_legend(run.confidence))
-        counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "regression", gates.BELOW_FLOOR, "new")}
+        counts = {
+            status: sum(r["status"] == status for r in rows)
+            for status in ("ok", "regression", gates.BELOW_FLOOR, "new")
+        }
         terminalreporter.write_line(
             f"{len(rows)} rates ({counts['ok']} ok, {counts['regression']} regression, {counts['new']} new"
             f"{f', {counts[gates.BELOW_FLOOR]} below a floor' if counts[gates.BELOW_FLOOR] else ''}); "
-            f"{len(rows) - len(shown)} more rows and the plots in {run.written_to or 'no report (not written, see below)'}"
+            f"{len(rows) - len(shown)} more rows and the plots in "
+            f"{run.written_to or 'no report (not written, see below)'}"
         )
         unmeasured = sorted(set(run.baseline) - set(run.rows))
         if unmeasured:
             terminalreporter.write_line(
-                f"{len(unmeasured)} baseline rate(s) were not measured in this run (tests not selected, or stale), e.g. {unmeasured[0]}"
+                f"{len(unmeasured)} baseline rate(s) were not measured in this "
+                f"run (tests not selected, or stale), e.g. {unmeasured[0]}"
             )
     for note in run.notes:
         terminalreporter.write_line(note)

@@ -39,14 +39,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..usercode.factories import load_factory
 from ..findings import evaluate_findings
-from . import DEFAULT_SUBJECT_SEED, SUBJECT_BASELINE, PropertyReport, _update_mode, recorder_for, store
 from ..subjects.subject import Subject, SubjectPart, evaluate, evaluate_part, merge_parts
+from ..usercode.factories import load_factory
+from . import (
+    DEFAULT_SUBJECT_SEED,
+    SUBJECT_BASELINE,
+    PropertyReport,
+    _is_worker,
+    _update_mode,
+    _worker_dict,
+    recorder_for,
+    store,
+)
+
+if TYPE_CHECKING:
+    from xdist.workermanage import WorkerController
 
 __all__ = ["load_subjects", "SubjectItem", "SubjectPartItem", "USER_BASELINE", "DEFAULT_SUBJECT_SEED", "WORKER_PARTS"]
 
@@ -57,10 +69,11 @@ USER_BASELINE = SUBJECT_BASELINE
 WORKER_PARTS = "dtd_subject_parts"
 
 _SUBJECTS_KEY = pytest.StashKey[list]()
-_PARTS_KEY = pytest.StashKey[list]()  # (nodeid, SubjectPart JSON) of the parts this process evaluated or received
+#: (nodeid, SubjectPart JSON) of the parts this process evaluated or received
+_PARTS_KEY = pytest.StashKey[list[tuple[str, str]]]()
 
 
-def load_subjects(spec: str, *, directory: Optional[Path] = None) -> list[Subject]:
+def load_subjects(spec: str, *, directory: Path | None = None) -> list[Subject]:
     """The :class:`Subject` (s) that ``MODULE:FACTORY`` returns, ``MODULE`` imported from ``directory`` (default: the
     current one) as ``python -m`` does; errors as :func:`properties.usercode.factories.load_factory` raises them."""
     return load_factory(spec, Subject, directory=directory)
@@ -69,7 +82,7 @@ def load_subjects(spec: str, *, directory: Optional[Path] = None) -> list[Subjec
 class SubjectItem(pytest.Item):
     """One subject: evaluated and recorded into the property report when run."""
 
-    def __init__(self, *, subject: Subject, spec: str, **kwargs):
+    def __init__(self, *, subject: Subject, spec: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.subject = subject
         self.spec = spec
@@ -83,14 +96,14 @@ class SubjectItem(pytest.Item):
         if _findings(self.subject, self.config):
             evaluate_findings(self.subject, seed=seed, confidence=recorder.confidence).record(recorder)
 
-    def reportinfo(self):
+    def reportinfo(self) -> tuple[str, int | None, str]:
         return self.spec, None, f"subject {self.subject.name} ({self.spec})"
 
 
 class SubjectPartItem(pytest.Item):
     """One part of a split subject: its raw tallies, kept for the merge at the session's end (nothing recorded here)."""
 
-    def __init__(self, *, subject: Subject, spec: str, index: int, **kwargs):
+    def __init__(self, *, subject: Subject, spec: str, index: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.subject = subject
         self.spec = spec
@@ -101,22 +114,22 @@ class SubjectPartItem(pytest.Item):
         part = evaluate_part(self.subject, self.index, seed=_seed(self.config))
         _parts(self.config).append((self.nodeid, part.to_json()))
 
-    def reportinfo(self):
+    def reportinfo(self) -> tuple[str, int | None, str]:
         start, stop = self.subject.part_range(self.index)
         return self.spec, None, (f"subject {self.subject.name}, part {self.index + 1} of {self.subject.n_parts} "
                                  f"(points {start}-{stop - 1}; {self.spec})")
 
 
-def _seed(config) -> int:
+def _seed(config: pytest.Config) -> int:
     seed = config.getoption("--property-seed")
     return DEFAULT_SUBJECT_SEED if seed is None else seed
 
 
-def _findings(subject: Subject, config) -> bool:
+def _findings(subject: Subject, config: pytest.Config) -> bool:
     return subject.findings and not config.getoption("--dtd-no-findings")
 
 
-def _parts(config) -> list:
+def _parts(config: pytest.Config) -> list[tuple[str, str]]:
     if _PARTS_KEY not in config.stash:
         config.stash[_PARTS_KEY] = []
     return config.stash[_PARTS_KEY]
@@ -128,7 +141,7 @@ def merged_nodeid(name: str) -> str:
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error) -> None:
+def pytest_testnodedown(node: WorkerController, error: object) -> None:
     """xdist controller: keep the parts a worker evaluated."""
     text = getattr(node, "workeroutput", {}).get(WORKER_PARTS)
     if text:
@@ -136,15 +149,15 @@ def pytest_testnodedown(node, error) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_sessionfinish(session, exitstatus) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
     """A worker ships its parts; the controlling process (or a serial run) merges every subject's parts and records them
     before :mod:`properties.plugin` writes the report."""
     config = session.config
     parts = config.stash.get(_PARTS_KEY, [])
-    if hasattr(config, "workerinput"):
-        config.workeroutput[WORKER_PARTS] = json.dumps(parts)
+    if _is_worker(config):
+        _worker_dict(config, "workeroutput")[WORKER_PARTS] = json.dumps(parts)
         return
-    by_subject: dict = {}
+    by_subject: dict[str, list[SubjectPart]] = {}
     for _, text in parts:
         part = SubjectPart.from_json(text)
         by_subject.setdefault(part.info["name"], []).append(part)
@@ -152,8 +165,8 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     for name, found in sorted(by_subject.items()):
         expected = found[0].info["n_parts"]
         if len({p.index for p in found}) != expected:
-            run.notes.append(f"subject {name}: {len({p.index for p in found})} of its {expected} parts ran (deselected, "
-                             f"failed or interrupted): its rates are not reported")
+            run.notes.append(f"subject {name}: {len({p.index for p in found})} of its {expected} parts "
+                             "ran (deselected, failed or interrupted): its rates are not reported")
             continue
         try:
             result = merge_parts(found)
@@ -171,11 +184,11 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(session, config, items):
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     specs = config.getoption("--dtd-subject")
     if not specs:
         return
-    seen = {}
+    seen: dict[str, str] = {}
     for spec in specs:
         try:
             subjects = load_subjects(spec, directory=Path(config.invocation_params.dir))
@@ -183,13 +196,20 @@ def pytest_collection_modifyitems(session, config, items):
             raise pytest.UsageError(f"subject factory {spec}: {error}") from None
         for subject in subjects:
             if subject.name in seen:
-                raise pytest.UsageError(f"subject name {subject.name!r} comes from both {seen[subject.name]} and {spec}")
+                raise pytest.UsageError(
+                    f"subject name {subject.name!r} comes from both {seen[subject.name]} and {spec}"
+                )
             seen[subject.name] = spec
             if subject.n_parts == 1:
-                items.append(SubjectItem.from_parent(session, name=f"subject[{subject.name}]", subject=subject, spec=spec))
+                items.append(SubjectItem.from_parent(session, name=f"subject[{subject.name}]", subject=subject,
+                                                     spec=spec))
                 continue
             for index in range(subject.n_parts):
-                items.append(SubjectPartItem.from_parent(session, name=f"subject[{subject.name}.part{index}]", subject=subject,
-                                                         spec=spec, index=index))
+                items.append(
+                    SubjectPartItem.from_parent(
+                        session, name=f"subject[{subject.name}.part{index}]", subject=subject, spec=spec, index=index
+                    )
+                )
             if _findings(subject, config):
-                items.append(SubjectItem.from_parent(session, name=f"subject[{subject.name}.findings]", subject=subject, spec=spec))
+                items.append(SubjectItem.from_parent(session, name=f"subject[{subject.name}.findings]", subject=subject,
+                                                     spec=spec))

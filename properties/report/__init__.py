@@ -22,21 +22,22 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
 
 import filelock
 
 from ..measure.keys import RateKey
+from ..measure.stats import Rate, compare
 from . import figures
 from .htmlpage import html_page
 from .markdown import VERDICT_LINKS, markdown
 from .sections import row_key
 from .summary import changes, format_rate, interval, summarize
-from ..measure.stats import Rate, compare
 
 __all__ = [
-    "row", "write_report", "render_report", "replace_report", "write_partial_report", "partial_report_path", "read_baseline",
+    "row", "write_report", "render_report", "replace_report", "write_partial_report", "partial_report_path",
+    "read_baseline",
     "write_baseline", "update_baseline", "writable_problem", "format_table", "table_legend", "row_key", "BASELINE_KEYS",
     "MANIFEST", "lock", "LOCK_TIMEOUT", "verdict_lines", "TERMINAL_CHANGES",
 ]
@@ -48,7 +49,7 @@ LOCK_TIMEOUT = 600.0
 BASELINE_KEYS = ("rate", "ci_low", "ci_high", "successes", "trials", "confidence", "interval")
 
 
-def row(name: str, rate: Rate, description: str, baseline: Optional[Mapping], key: Optional[RateKey] = None) -> dict:
+def row(name: str, rate: Rate, description: str, baseline: Mapping | None, key: RateKey | None = None) -> dict:
     """One report row: the rate, its interval, the baseline entry, the gate's status and the key's fields
     (``"key"``: :meth:`RateKey.to_dict`, or None for a name recorded without a key)."""
     values = rate.to_dict()
@@ -112,7 +113,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _dumps(obj) -> bytes:
+def _dumps(obj: object) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -120,7 +121,7 @@ def _dumps(obj) -> bytes:
 _BOUND_TOLERANCE = 1e-12
 
 
-def _entry_problem(entry) -> Optional[str]:
+def _entry_problem(entry: object) -> str | None:
     """What is wrong with one baseline entry (a field and why), or None."""
     if not isinstance(entry, dict):
         return f"must be an object with the fields {', '.join(BASELINE_KEYS)}, got {type(entry).__name__}"
@@ -142,7 +143,8 @@ def _entry_problem(entry) -> Optional[str]:
         return f"field 'test' must be a string (the test that records it), got {entry['test']!r}"
     bounds = {key: entry[key] for key in ("rate", "ci_low", "ci_high")}
     if all(value is None for value in bounds.values()):
-        return None if entry["trials"] == 0 else "fields 'rate', 'ci_low', 'ci_high' are null (no data) but 'trials' is not 0"
+        return None if entry["trials"] == 0 else ("fields 'rate', 'ci_low', 'ci_high' are "
+                                                  "null (no data) but 'trials' is not 0")
     for key, value in bounds.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"field {key!r} must be a number in [0, 1], got {value!r}"
@@ -151,7 +153,8 @@ def _entry_problem(entry) -> Optional[str]:
     if bounds["ci_low"] > bounds["ci_high"]:
         return f"fields 'ci_low' ({bounds['ci_low']!r}) > 'ci_high' ({bounds['ci_high']!r})"
     if not bounds["ci_low"] - _BOUND_TOLERANCE <= bounds["rate"] <= bounds["ci_high"] + _BOUND_TOLERANCE:
-        return f"field 'rate' ({bounds['rate']!r}) lies outside ['ci_low', 'ci_high'] = [{bounds['ci_low']!r}, {bounds['ci_high']!r}]"
+        return (f"field 'rate' ({bounds['rate']!r}) lies outside ['ci_low', "
+                f"'ci_high'] = [{bounds['ci_low']!r}, {bounds['ci_high']!r}]")
     return None
 
 
@@ -201,7 +204,7 @@ def read_baseline(path: Path, *, missing_ok: bool = False) -> dict[str, dict]:
     return data["properties"]
 
 
-def writable_problem(path: Path, *, directory: bool) -> Optional[str]:
+def writable_problem(path: Path, *, directory: bool) -> str | None:
     """Why ``path`` (a directory to replace, or a file) cannot be written, or None.
 
     Nothing is created: the nearest existing ancestor must be a directory the
@@ -218,7 +221,7 @@ def writable_problem(path: Path, *, directory: bool) -> Optional[str]:
         return f"{given}: {error.strerror} (errno {error.errno})"
 
 
-def _writable_problem(path: Path, given: Path, directory: bool) -> Optional[str]:
+def _writable_problem(path: Path, given: Path, directory: bool) -> str | None:
     if path != given.absolute() and given.is_symlink():
         shown = f"{given} (a link to {path})"
     else:
@@ -228,7 +231,8 @@ def _writable_problem(path: Path, given: Path, directory: bool) -> Optional[str]
             os.close(os.open(path, os.O_WRONLY))
         except PermissionError as error:
             if error.errno == errno.EPERM:  # EACCES is only the mode: the file is replaced, and keeps its mode
-                return f"{shown} cannot be replaced: {error.strerror} (errno {error.errno}; an immutable file? chattr -i)"
+                return (f"{shown} cannot be replaced: {error.strerror} (errno "
+                        f"{error.errno}; an immutable file? chattr -i)")
         except OSError as error:
             if error.errno == errno.EROFS:
                 return f"{shown} lies on a read-only file system"
@@ -274,7 +278,7 @@ def update_baseline(path: Path, rows: Iterable[Mapping], owners: Mapping[str, st
         write_baseline(path, rows, owners, read_baseline(path, missing_ok=True))
 
 
-def _percent(value: Optional[float]) -> str:
+def _percent(value: float | None) -> str:
     """The terminal table's compact ``"42.16%"`` (fixed-width columns)."""
     return "—" if value is None else f"{100 * value:.2f}%"
 
@@ -293,19 +297,20 @@ def format_table(rows: Iterable[Mapping]) -> list[str]:
     return lines
 
 
-def table_legend(confidence: Optional[float] = None) -> str:
+def table_legend(confidence: float | None = None) -> str:
     """One line explaining the columns of :func:`format_table`."""
     level = "" if confidence is None else f"{100 * confidence:g} % "
-    return (f"rate: share of trials that satisfy the property; interval: its {level}confidence interval in %; trials: roots or "
-            "points counted; baseline: the rate in the baseline file; status: ok | regression (intervals do not overlap) | "
-            "below_floor (a must-hold property below 100 % or a rate below a --require floor) | new (no baseline entry)")
+    return (f"rate: share of trials that satisfy the property; interval: its {level}confidence "
+            "interval in %; trials: roots or points counted; baseline: the rate in the baseline "
+            "file; status: ok | regression (intervals do not overlap) | below_floor (a must-hold "
+            "property below 100 % or a rate below a --require floor) | new (no baseline entry)")
 
 
 #: how many moved rows the terminal's verdict lists
 TERMINAL_CHANGES = 3
 
 
-def verdict_lines(rows: Iterable[Mapping], written_to: Optional[str] = None) -> list[str]:
+def verdict_lines(rows: Iterable[Mapping], written_to: str | None = None) -> list[str]:
     """The terminal summary's first lines: the gate's verdict, the offending rows, the rows that moved most."""
     rows = list(rows)
     gate = summarize(rows).gate
@@ -313,14 +318,19 @@ def verdict_lines(rows: Iterable[Mapping], written_to: Optional[str] = None) -> 
     lines = [gate.verdict + where]
     by_name = {r["name"]: r for r in rows}
     for status, names in gate.failing.items():
-        lines.append(f"  {status}: " + ", ".join(names[:VERDICT_LINKS]) + (f" and {len(names) - VERDICT_LINKS} more" if len(names) > VERDICT_LINKS else ""))
+        lines.append(
+            f"  {status}: "
+            + ", ".join(names[:VERDICT_LINKS])
+            + (f" and {len(names) - VERDICT_LINKS} more" if len(names) > VERDICT_LINKS else "")
+        )
         if status == "below_floor":  # which floor each row failed, with its rate
             lines += [f"    {name}: {format_rate(by_name[name])} of {by_name[name]['trials']} trials -- "
                       + "; ".join(by_name[name].get("floor") or ["below a floor"]) for name in names[:VERDICT_LINKS]]
     moved = changes(rows, TERMINAL_CHANGES)
     if moved:
         lines.append("  moved most against the baseline:")
-        lines += [f"    {r['name']}: {format_rate(r)}, baseline {format_rate(r['baseline'])} ({r['status']})" for r in moved]
+        lines += [f"    {r['name']}: {format_rate(r)}, baseline {format_rate(r['baseline'])} ({r['status']})"
+                  for r in moved]
     return lines
 
 
@@ -354,7 +364,8 @@ def render_report(rows: list[Mapping], plots: list[Mapping], config: Mapping) ->
 
 
 def write_report(directory: Path, rows: list[Mapping], plots: list[Mapping], config: Mapping) -> None:
-    """Write ``report.json``, ``report.md``, ``report.html`` and every plot under ``directory`` (see :func:`render_report`)."""
+    """Write ``report.json``, ``report.md``, ``report.html`` and every plot under
+    ``directory`` (see :func:`render_report`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name, data in render_report(rows, plots, config).items():
@@ -380,7 +391,8 @@ def _owned(directory: Path) -> set[str]:
         pass
     try:  # a report written before the manifest existed: report.json names its plots
         plots = json.loads((directory / "report.json").read_text()).get("plots", [])
-        files = {p["file"] for p in plots if isinstance(p, dict) and isinstance(p.get("file"), str) and "/" not in p["file"]}
+        files = {p["file"] for p in plots
+                 if isinstance(p, dict) and isinstance(p.get("file"), str) and "/" not in p["file"]}
         return {"report.json", "report.md"} | files
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()

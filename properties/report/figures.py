@@ -13,10 +13,15 @@ data (no timestamps or version strings in the file).
 from __future__ import annotations
 
 import io
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from .sections import natural_key, row_key
 from .summary import GLANCE_COLUMNS
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["derived_plots", "render", "caption", "constant_sentence", "RULES_FIGURE", "LAYERS_FIGURE"]
 
@@ -31,10 +36,16 @@ def _keyed(rows: list[Mapping]) -> list:
     return [(k, r) for k, r in ((row_key(r), r) for r in rows) if k is not None]
 
 
-def _overall(keyed: list, fields: Mapping) -> Optional[str]:
+def _overall(keyed: list, fields: Mapping) -> str | None:
     """Name of the row whose key has ``fields`` and no layer, neuron, finder or unit (None if absent)."""
     for k, r in keyed:
-        if all(getattr(k, f) == v for f, v in fields.items()) and k.layer is None and k.neuron is None and k.finder is None and k.unit is None:
+        if (
+            all(getattr(k, f) == v for f, v in fields.items())
+            and k.layer is None
+            and k.neuron is None
+            and k.finder is None
+            and k.unit is None
+        ):
             return r["name"]
     return None
 
@@ -43,7 +54,8 @@ def derived_plots(rows: list[Mapping]) -> list[dict]:
     """Plot specs built from the rows: the rule comparison and the layers x rules figure (each only if it has data)."""
     keyed = _keyed(rows)
     out = []
-    rules = sorted({k.rule for k, _ in keyed if k.family in ("generated", "region") and k.rule is not None}, key=natural_key)
+    rules = sorted({k.rule for k, _ in keyed if k.family in ("generated", "region") and k.rule is not None},
+                   key=natural_key)
     series = {}
     for title in _COMPARED:
         names = [_overall(keyed, GLANCE_COLUMNS[title](rule)) for rule in rules]
@@ -53,10 +65,12 @@ def derived_plots(rows: list[Mapping]) -> list[dict]:
         out.append({
             "file": RULES_FIGURE, "kind": "grouped_bars", "title": "Rules side by side over generated networks",
             "groups": rules, "series": series, "xlabel": "rule",
-            "caption": "Each bar: the share of valid roots of neurons carrying relevance (R_j != 0) that satisfy the question, "
-                       "over all layers of the generated networks; in-region root exists: exact LP over the region's closure.",
+            "caption": "Each bar: the share of valid roots of neurons carrying relevance (R_j "
+                       "!= 0) that satisfy the question, over all layers of the generated "
+                       "networks; in-region root exists: exact LP over the region's closure.",
         })
-    layer_rows = [(k, r) for k, r in keyed if k.family == "generated" and k.layer is not None and k.outcome == "gradient_match"
+    layer_rows = [(k, r) for k, r in keyed if k.family == "generated" and k.layer is not None
+                  and k.outcome == "gradient_match"
                   and k.unit is None and k.subset is None]
     if layer_rows:
         layer_rules = sorted({k.rule for k, _ in layer_rows}, key=natural_key)
@@ -64,20 +78,23 @@ def derived_plots(rows: list[Mapping]) -> list[dict]:
         cells = {(k.rule, k.layer): r["name"] for k, r in layer_rows}
         out.append({
             "file": LAYERS_FIGURE, "kind": "heatmap", "title": "Gradient match per layer and rule, generated networks",
-            "rows": layer_rules, "columns": layers, "cells": [[cells.get((rule, k)) for k in layers] for rule in layer_rules],
+            "rows": layer_rules, "columns": layers,
+            "cells": [[cells.get((rule, k)) for k in layers] for rule in layer_rules],
             "xlabel": "layer k (roots judged with f_k)", "ylabel": "rule",
-            "caption": "Each cell: the share of valid roots of layer k (trivial roots included) whose gradient of f_k equals the "
-                       "input's, with its interval below; blank: no network of the sample has that layer for that rule.",
+            "caption": "Each cell: the share of valid roots of layer k (trivial roots "
+                       "included) whose gradient of f_k equals the input's, with its interval "
+                       "below; blank: no network of the sample has that layer for that rule.",
         })
     return out
 
 
-def caption(plot: Mapping, confidence: Optional[float]) -> str:
+def caption(plot: Mapping, confidence: float | None) -> str:
     """The plot's caption, ending with the confidence level of its intervals (or that it has none)."""
     level = "the run's" if confidence is None else f"{100 * confidence:g} %"
     text = plot.get("caption", "").strip()
     if plot["kind"] == "histogram":
-        note = f"Counts on a log scale (tails visible); raw values of this run, no interval (the rates carry {level} intervals)."
+        note = ("Counts on a log scale (tails visible); raw values of this "
+                f"run, no interval (the rates carry {level} intervals).")
     elif plot["kind"] == "image_grid":
         note = f"Single explained points, no interval (the rates carry {level} intervals)."
     elif plot["kind"] == "lines":
@@ -88,11 +105,12 @@ def caption(plot: Mapping, confidence: Optional[float]) -> str:
 
 
 def _bar_rows(plot: Mapping, by_name: Mapping[str, Mapping]) -> list[tuple[str, Mapping]]:
-    return [(label, by_name[name]) for name, label in zip(plot["rows"], plot["labels"]) if name in by_name]
+    return [(label, by_name[name]) for name, label in zip(plot["rows"], plot["labels"], strict=True) if name in by_name]
 
 
-def constant_sentence(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[float]) -> Optional[str]:
-    """For a ``bars`` plot whose rates are all 0 % or all 100 %: the sentence that replaces the empty chart; else None."""
+def constant_sentence(plot: Mapping, by_name: Mapping[str, Mapping], confidence: float | None) -> str | None:
+    """For a ``bars`` plot whose rates are all 0 % or all 100 %: the sentence
+    that replaces the empty chart; else None."""
     if plot["kind"] != "bars":
         return None
     pairs = _bar_rows(plot, by_name)
@@ -111,14 +129,14 @@ def constant_sentence(plot: Mapping, by_name: Mapping[str, Mapping], confidence:
             f"({sum(r['trials'] for _, r in pairs)} trials in all; {tail}).")
 
 
-def _interval_errors(rows: list[Optional[Mapping]]):
+def _interval_errors(rows: list[Mapping | None]) -> tuple[list[float], list[list[float]]]:
     rates = [100 * (r["rate"] or 0.0) if r else 0.0 for r in rows]
-    low = [max(0.0, rate - 100 * (r["ci_low"] or 0.0)) if r else 0.0 for rate, r in zip(rates, rows)]
-    high = [max(0.0, 100 * (r["ci_high"] or 0.0) - rate) if r else 0.0 for rate, r in zip(rates, rows)]
+    low = [max(0.0, rate - 100 * (r["ci_low"] or 0.0)) if r else 0.0 for rate, r in zip(rates, rows, strict=True)]
+    high = [max(0.0, 100 * (r["ci_high"] or 0.0) - rate) if r else 0.0 for rate, r in zip(rates, rows, strict=True)]
     return rates, [low, high]
 
 
-def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[float]) -> bytes:
+def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: float | None) -> bytes:
     """The plot as PNG bytes (identical bytes for identical data)."""
     import matplotlib
 
@@ -135,9 +153,11 @@ def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[f
         else:
             fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
         try:
+            labelled: Axes | _Untitled = ax  # what the title and the x label go on
             if plot["kind"] == "histogram":
                 every = [v for values in plot["series"].values() for v in values]
-                edges = np.histogram_bin_edges(every, bins=plot.get("bins", 30)) if every else plot.get("bins", 30)
+                bins = plot.get("bins", 30)
+                edges = np.histogram_bin_edges(every, bins=bins).tolist() if every else bins
                 for label, values in plot["series"].items():
                     ax.hist(values, bins=edges, alpha=0.55, label=f"{label} (n={len(values)})")
                 ax.set_yscale("log")
@@ -149,7 +169,8 @@ def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[f
                 ax.bar(range(len(pairs)), rates, yerr=errors, capsize=3, color="tab:blue")
                 ax.set_xticks(range(len(pairs)))
                 tilt = len(pairs) > 8
-                ax.set_xticklabels([label for label, _ in pairs], rotation=45 if tilt else 0, ha="right" if tilt else "center")
+                ax.set_xticklabels([label for label, _ in pairs], rotation=45 if tilt else 0,
+                                   ha="right" if tilt else "center")
                 ax.set_ylim(0, 105)
                 ax.set_ylabel(f"rate (%){level}")
             elif plot["kind"] == "grouped_bars":
@@ -161,7 +182,8 @@ def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[f
                     xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
                     present = [j for j, r in enumerate(rows) if r is not None]
                     ax.bar([xs[j] for j in present], [rates[j] for j in present], width=width * 0.95,
-                           yerr=[[errors[0][j] for j in present], [errors[1][j] for j in present]], capsize=2, label=label)
+                           yerr=[[errors[0][j] for j in present], [errors[1][j] for j in present]], capsize=2,
+                           label=label)
                 ax.set_xticks(range(len(groups)))
                 ax.set_xticklabels(groups)
                 ax.set_ylim(0, 105)
@@ -185,13 +207,13 @@ def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[f
                 ax.set_yticklabels(plot["rows"])
                 ax.set_ylabel(plot.get("ylabel", ""))
             elif plot["kind"] == "image_grid":
-                ax = _image_grid(fig, plot)
+                labelled = _image_grid(fig, plot)
             elif plot["kind"] == "lines":
-                ax = _lines(fig, plot)
+                labelled = _lines(fig, plot)
             else:
                 raise ValueError(f"unknown plot kind {plot['kind']!r}")
-            ax.set_title(plot["title"])
-            ax.set_xlabel(plot.get("xlabel", ""))
+            labelled.set_title(plot["title"])
+            labelled.set_xlabel(plot.get("xlabel", ""))
             grid = plot["kind"] == "image_grid"
             # a grid's colour bars do not fit tight_layout (its file is cropped to its content instead); the lines'
             # panels lay themselves out around a legend below them
@@ -204,7 +226,7 @@ def render(plot: Mapping, by_name: Mapping[str, Mapping], confidence: Optional[f
             plt.close(fig)
 
 
-def _image_grid(fig, plot: Mapping):
+def _image_grid(fig: Figure, plot: Mapping) -> _Untitled:
     """Rows of images: the input in grey, then the relevance-like columns on one diverging scale per row.
 
     The scale is centred at 0 (white; red positive, blue negative) and shared
@@ -240,7 +262,7 @@ def _image_grid(fig, plot: Mapping):
     return _Untitled()
 
 
-def _lines(fig, plot: Mapping):
+def _lines(fig: Figure, plot: Mapping) -> _Untitled:
     """Panels side by side (two per row), one line per series with its interval as a band; the title above them."""
     import numpy as np
     from matplotlib.ticker import MaxNLocator
@@ -251,8 +273,8 @@ def _lines(fig, plot: Mapping):
     fig.clf()
     fig.set_size_inches(5.2 * columns + 0.4, 3.4 * rows + 0.8)
     axes = np.array(fig.subplots(rows, columns, squeeze=False)).reshape(-1)
-    colours = {}
-    for axis, panel in zip(axes, panels):
+    colours: dict[str, str] = {}
+    for axis, panel in zip(axes, panels, strict=False):  # an odd number of panels leaves a last axis: hidden below
         for label, line in panel["series"].items():
             colour = colours.setdefault(label, f"C{len(colours) % 10}")
             axis.plot(line["x"], line["y"], marker="o", markersize=3, label=label, color=colour)
@@ -278,8 +300,8 @@ def _lines(fig, plot: Mapping):
 class _Untitled:
     """Stands in for the single axes of the other plot kinds: a grid's title is the figure's own."""
 
-    def set_title(self, *args, **kwargs):
+    def set_title(self, *args: object, **kwargs: object) -> None:
         pass
 
-    def set_xlabel(self, *args, **kwargs):
+    def set_xlabel(self, *args: object, **kwargs: object) -> None:
         pass

@@ -9,7 +9,7 @@ run's rows ("here: z+ 100.00 % [90.61, 100.00] of points at depth 8, x:
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping, Sequence
 
 from ..measure.keys import RateKey
 from .summary import format_rate
@@ -32,15 +32,19 @@ CLAIMS = {
     "insensitivity": Claim(
         "Sixt, Granz & Landgraf, When Explanations Lie: Why Many Modified BP Attributions Fail, ICML 2020",
         "z+ (and alpha-beta) relevance converges with depth to one direction whatever is explained (products of "
-        "non-negative matrices converge to rank one), so the explanation barely depends on the class; LRP-0 does not"),
+        "non-negative matrices converge to rank one), so the explanation barely depends on the class; LRP-0 does not",
+    ),
     "invariance": Claim(
         "Kindermans et al., The (Un)reliability of Saliency Methods, 2019",
         "shifting the inputs by a constant, compensated in the first layer's bias, leaves the function unchanged but "
-        "changes the explanations of methods that read the input; the w2 rule and zB with shifted bounds stay invariant"),
+        "changes the explanations of methods that read the input; the w2 rule and zB with shifted bounds stay "
+        "invariant",
+    ),
     "randomisation": Claim(
         "Adebayo et al., Sanity Checks for Saliency Maps, NeurIPS 2018 (and Sixt et al. 2020, Fig. 1)",
         "an explanation that still looks the same after the model's top layers are re-initialised does not explain the "
-        "model; modified-backprop maps such as z+ barely change, gradient x input does"),
+        "model; modified-backprop maps such as z+ barely change, gradient x input does",
+    ),
 }
 
 
@@ -55,17 +59,26 @@ def _keyed(rows: Iterable[Mapping]) -> list[tuple[RateKey, Mapping]]:
     return out
 
 
-def _listing(pairs: list[tuple[str, Mapping]]) -> str:
+#: rows with their keys, of one family
+Keyed = list[tuple[RateKey, Mapping]]
+
+
+def _listing(pairs: Sequence[tuple[str | None, Mapping]]) -> str:
     return ", ".join(f"{label} {format_rate(r)}" for label, r in pairs)
 
 
-def _insensitivity(keyed) -> list[str]:
+def _insensitivity(keyed: Keyed) -> list[str]:
     parts = []
     generated = [(k, r) for k, r in keyed if k.subject is None and k.pair == "outputs"]
-    depth = QUOTED_DEPTH if any(k.depth == QUOTED_DEPTH for k, _ in generated) else max((k.depth for k, _ in generated), default=None)
+    depth = (
+        QUOTED_DEPTH
+        if any(k.depth == QUOTED_DEPTH for k, _ in generated)
+        else max((k.depth for k, _ in generated if k.depth is not None), default=None)
+    )
     if depth is not None:
         pairs = [(k.rule, r) for k, r in generated if k.depth == depth]
-        parts.append(f"insensitive points (two explained outputs, cosine >= 0.99) at depth {depth} of generated networks: "
+        parts.append("insensitive points (two explained outputs, cosine "
+                     f">= 0.99) at depth {depth} of generated networks: "
                      + _listing(pairs))
     simulated = [(k.subset, r) for k, r in keyed if k.subject == "vgg16_simulation"]
     if simulated:
@@ -77,7 +90,7 @@ def _insensitivity(keyed) -> list[str]:
     return parts
 
 
-def _invariance(keyed) -> list[str]:
+def _invariance(keyed: Keyed) -> list[str]:
     parts = []
     generated = [(k.rule, r) for k, r in keyed if k.subject is None]
     if generated:
@@ -87,11 +100,11 @@ def _invariance(keyed) -> list[str]:
     return parts
 
 
-def _randomisation(keyed) -> list[str]:
+def _randomisation(keyed: Keyed) -> list[str]:
     parts = []
-    for subject in sorted({k.subject for k, _ in keyed}):
+    for subject in sorted({k.subject for k, _ in keyed if k.subject is not None}):
         mine = [(k, r) for k, r in keyed if k.subject == subject and k.outcome == "rank_similar"]
-        top = max(k.randomised for k, _ in mine) if mine else None
+        top = max((k.randomised for k, _ in mine if k.randomised is not None), default=None)
         if top is not None:
             parts.append(f"subject {subject}, all {top} parameterised layers re-initialised, points still rank-similar "
                          "(Spearman >= 0.9): " + _listing([(k.rule, r) for k, r in mine if k.randomised == top]))
@@ -101,7 +114,7 @@ def _randomisation(keyed) -> list[str]:
 _ANSWERS = {"insensitivity": _insensitivity, "invariance": _invariance, "randomisation": _randomisation}
 
 
-def opening(family: str, rows: Iterable[Mapping]) -> Optional[str]:
+def opening(family: str, rows: Iterable[Mapping]) -> str | None:
     """The section's first paragraph: claim, citation, and the run's answer beside it; None for other families."""
     claim = CLAIMS.get(family)
     if claim is None:

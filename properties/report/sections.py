@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
 
 from ..measure.keys import FAMILIES, OUTCOMES, SEED, SUBSETS, UNITS, RateKey, by_design
 
@@ -41,8 +41,9 @@ _UNIT_ORDER = {name: i for i, name in enumerate(UNITS)}
 _SUBSET_ORDER = {name: i for i, name in enumerate(SUBSETS)}
 
 
-def row_key(row: Mapping) -> Optional[RateKey]:
-    """The row's :class:`RateKey`: from ``row["key"]`` when present, else parsed from its name; None if no family fits."""
+def row_key(row: Mapping) -> RateKey | None:
+    """The row's :class:`RateKey`: from ``row["key"]`` when present, else parsed
+    from its name; None if no family fits."""
     fields = row.get("key")
     if fields:
         try:
@@ -55,7 +56,7 @@ def row_key(row: Mapping) -> Optional[RateKey]:
         return None
 
 
-def natural_key(text: Optional[str]) -> tuple:
+def natural_key(text: str | None) -> tuple:
     """Sort key reading digit runs as numbers (``"0_25"`` as 0.25); None sorts first."""
     if text is None:
         return ()
@@ -72,8 +73,8 @@ def _place(key: RateKey) -> tuple:
 
 
 def row_order(key: RateKey) -> tuple:
-    """Natural order of rows inside one section: subject, rule, finder, place (depth, randomised layers, pair), then outcome,
-    unit and subset in their declared order."""
+    """Natural order of rows inside one section: subject, rule, finder, place (depth, randomised layers, pair), then
+    outcome, unit and subset in their declared order."""
     return (
         natural_key(key.subject), natural_key(key.rule), natural_key(key.finder), _place(key),
         key.depth or 0, key.randomised or 0, key.pair or "",
@@ -118,7 +119,7 @@ def _finding_group(key: RateKey) -> tuple[tuple, str]:
 class Section:
     """One section of the report: its family (None for "Other rates"), title and parts ``[(title, rows)]``."""
 
-    family: Optional[str]
+    family: str | None
     title: str
     parts: list
 
@@ -132,7 +133,7 @@ def sections(rows: Iterable[Mapping]) -> list[Section]:
 
     Only families with rows get a section.
     """
-    by_family: dict[Optional[str], list[tuple[RateKey, Mapping]]] = {}
+    by_family: dict[str | None, list[tuple[RateKey, Mapping]]] = {}
     other = []
     for r in rows:
         key = row_key(r)
@@ -156,12 +157,13 @@ def sections(rows: Iterable[Mapping]) -> list[Section]:
 
 
 def split_by_design(rows: Iterable[Mapping]) -> tuple[list, list[tuple[Mapping, str]]]:
-    """(measured rows, [(row, reason)] of rows fixed by construction in section order, see :func:`properties.measure.keys.by_design`)."""
+    """(measured rows, [(row, reason)] of rows fixed by construction in section order, see
+    :func:`properties.measure.keys.by_design`)."""
     measured, fixed = [], []
     for r in rows:
         key = row_key(r)
         reason = None if key is None else by_design(key)
-        if reason is None:
+        if key is None or reason is None:
             measured.append(r)
         else:
             fixed.append((FAMILIES.index(key.family), row_order(key), r["name"], r, reason))

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from ..measure.keys import FINDERS, SEED, RateKey
 from .sections import natural_key, row_key, split_by_design
@@ -45,7 +46,7 @@ class Answer:
     verdict: str
     detail: str
     names: list
-    label: Optional[str] = None
+    label: str | None = None
     causes: list = dataclasses.field(default_factory=list)
 
 
@@ -78,20 +79,20 @@ class Glance:
 class Summary:
     answers: list
     gate: Gate
-    glance: Optional[Glance]
-    confidence: Optional[float]
+    glance: Glance | None
+    confidence: float | None
     changes: list = dataclasses.field(default_factory=list)
     causes: dict = dataclasses.field(default_factory=dict)
 
 
-def percent(value: Optional[float]) -> str:
+def percent(value: float | None) -> str:
     """``"42.16 %"``, or a dash without data."""
     return "—" if value is None else f"{100 * value:.2f} %"
 
 
-def interval(low: Optional[float], high: Optional[float]) -> str:
+def interval(low: float | None, high: float | None) -> str:
     """``"[39.10, 45.27]"`` in percent, or a dash without data."""
-    return "—" if low is None else f"[{100 * low:.2f}, {100 * high:.2f}]"
+    return "—" if low is None or high is None else f"[{100 * low:.2f}, {100 * high:.2f}]"
 
 
 def format_rate(row: Mapping) -> str:
@@ -179,32 +180,35 @@ class _Rows:
                 self.keyed.append((_normal(key), r))
                 self.by_key[_normal(key)] = r
 
-    def get(self, **fields) -> Optional[Mapping]:
+    def get(self, **fields: Any) -> Mapping | None:
         try:
             return self.by_key.get(_normal(RateKey(**fields)))
         except ValueError:
             return None
 
-    def where(self, **fields) -> list[tuple[RateKey, Mapping]]:
+    def where(self, **fields: Any) -> list[tuple[RateKey, Mapping]]:
         return [(k, r) for k, r in self.keyed if all(getattr(k, f) == v for f, v in fields.items())]
 
     def families(self) -> set:
         return {k.family for k, _ in self.keyed}
 
 
-def _one(question: str, row: Optional[Mapping], what: str, label: Optional[str] = None) -> Optional[Answer]:
-    if row is None:
-        return None
+def _answer(question: str, row: Mapping, what: str, label: str | None = None) -> Answer:
     return Answer(question, scale_word(row), f"{format_rate(row)} of {row['trials']} {what}", [row["name"]], label)
 
 
+def _one(question: str, row: Mapping | None, what: str, label: str | None = None) -> Answer | None:
+    return None if row is None else _answer(question, row, what, label)
+
+
 def _notebook(rows: _Rows) -> list[Answer]:
-    out = [
+    out: list[Answer | None] = [
         _one("Does a first-layer z+ root set the explained output to zero (|f(root)| <= 1e-6)?",
              rows.get(family="notebook", outcome="zero_output"), "roots"),
         _one("Is the output unchanged at the root (the notebook's printed number, f(x) - f(root) < 1e-6)?",
              rows.get(family="notebook", outcome="output_unchanged"), "roots"),
-        _one("Does a root have the input's gradient?", rows.get(family="notebook", outcome="gradient_match", unit="roots"), "roots"),
+        _one("Does a root have the input's gradient?",
+             rows.get(family="notebook", outcome="gradient_match", unit="roots"), "roots"),
         _one("Do all roots of a point have the input's gradient?",
              rows.get(family="notebook", outcome="gradient_match", unit="points"), "points"),
         _one("Is there a valid first-layer root inside the input's region at all (exact LP)?",
@@ -213,16 +217,18 @@ def _notebook(rows: _Rows) -> list[Answer]:
     return [a for a in out if a is not None]
 
 
-def _per_label(question: str, pairs: list[tuple[str, Mapping]], what: str) -> list[Answer]:
+def _per_label(question: str, pairs: Sequence[tuple[str | None, Mapping]], what: str) -> list[Answer]:
     """One answer per label (rule, finder, layer) of one question: never a range over several rates."""
-    pairs = sorted(((label, r) for label, r in pairs if r.get("rate") is not None), key=lambda p: natural_key(p[0]))
-    return [_one(question, r, what, label) for label, r in pairs]
+    measured = sorted(((label, r) for label, r in pairs if r.get("rate") is not None),
+                      key=lambda p: natural_key(p[0] or ""))
+    return [_answer(question, r, what, label) for label, r in measured]
 
 
 def _region(rows: _Rows) -> list[Answer]:
     exists = [(k.rule, r) for k, r in rows.where(family="region", finder=None, layer=None, outcome="root_exists")]
     output = [(f"layer {k.layer}", r) for k, r in rows.where(family="region", rule=None, outcome="output_root")]
-    return (_per_label("Over generated networks, does a valid Taylor root exist inside the input's linear region (exact LP)?",
+    return (_per_label("Over generated networks, does a valid Taylor root "
+                       "exist inside the input's linear region (exact LP)?",
                        exists, "relevant (point, neuron) pairs")
             + _per_label("Does the input's region of f_k contain any point with f_k = 0?", output, "points"))
 
@@ -231,8 +237,10 @@ def _full_backward(rows: _Rows) -> list[Answer]:
     out = []
     for subject, where in ((SEED, "the seed network"), (None, "generated networks")):
         pairs = [(FINDERS["full_backward"].get(k.finder, k.finder), r)
-                 for k, r in rows.where(family="full_backward", subject=subject, layer=None, outcome="conserved")]
-        out += _per_label(f"Does full_backward conserve relevance on {where} (sum_i R_i within 1 % of f(x))?", pairs, "points")
+                 for k, r in rows.where(family="full_backward", subject=subject, layer=None, outcome="conserved")
+                 if k.finder is not None]
+        out += _per_label(f"Does full_backward conserve relevance on {where} (sum_i R_i within 1 % of f(x))?", pairs,
+                          "points")
     return out
 
 
@@ -242,11 +250,13 @@ _LIBRARIES = {"breaks": "zennit on the populations where agreement is known to b
 
 def _agreement(rows: _Rows) -> list[Answer]:
     out = []
-    subjects = sorted({k.subject for k, _ in rows.where(family="agreement")}, key=lambda s: (s in _LIBRARIES, natural_key(s)))
+    subjects = sorted({k.subject for k, _ in rows.where(family="agreement") if k.subject is not None},
+                      key=lambda s: (s in _LIBRARIES, natural_key(s)))
     for subject in subjects:
         pairs = [(k.rule, r) for k, r in rows.where(family="agreement", subject=subject, outcome="points")]
         library = _LIBRARIES.get(subject, subject)
-        out += _per_label(f"Does dtd.train_free equal {library} point by point (within the stabiliser bound)?", pairs, "points")
+        out += _per_label(f"Does dtd.train_free equal {library} point by point (within the stabiliser bound)?", pairs,
+                          "points")
     return out
 
 
@@ -259,7 +269,8 @@ def _subjects(rows: _Rows) -> list[Answer]:
                 _one(f"Does {rule} conserve relevance on subject {subject} (sum_i R_i within 1 % of f(x))?",
                      rows.get(family="subject", subject=subject, rule=rule, outcome="conserved"), "points"),
                 _one(f"Do {rule} roots of subject {subject}'s first layer keep the input's gradient?",
-                     rows.get(family="subject", subject=subject, rule=rule, layer=0, outcome="gradient_match"), "roots"),
+                     rows.get(family="subject", subject=subject, rule=rule, layer=0, outcome="gradient_match"),
+                     "roots"),
             ) if a is not None]
     return out
 
@@ -281,14 +292,16 @@ def _implementations(rows: _Rows) -> list[Answer]:
             detail = f"every one of its {len(pairs)} properties held in every trial"
         else:
             verdict = f"No, {broken} of {len(pairs)} properties break"
-            detail = f"the weakest, {where}, holds {scale_word(weakest).lower()}: {format_rate(weakest)} of {weakest['trials']} trials"
+            detail = (f"the weakest, {where}, holds {scale_word(weakest).lower()}: "
+                      f"{format_rate(weakest)} of {weakest['trials']} trials")
         out.append(Answer(question, verdict, detail, [weakest["name"]]))
     return out
 
 
 # --------------------------------------------------------------------------- the verdict and what changed
 #: statuses that fail the gate, and how the verdict counts them (singular, plural)
-FAILING_STATUSES = {"regression": ("regression", "regressions"), "below_floor": ("below a required floor", "below a required floor")}
+FAILING_STATUSES = {"regression": ("regression", "regressions"),
+                    "below_floor": ("below a required floor", "below a required floor")}
 #: how many moved rows "Changes since the baseline" shows
 CHANGES_SHOWN = 10
 
@@ -307,9 +320,11 @@ def _gate(all_rows: list[Mapping]) -> Gate:
         for status, names in failing.items():
             one, many = FAILING_STATUSES.get(status, (status, status))
             counts.append(f"{len(names)} {one if len(names) == 1 else many}")
-        verdict = f"Gate: FAILED — {', '.join(counts)} ({len(all_rows)} rates, {ok} consistent with the baseline{new_part})"
+        verdict = (f"Gate: FAILED — {', '.join(counts)} ({len(all_rows)} rates, "
+                   f"{ok} consistent with the baseline{new_part})")
     else:
-        verdict = f"Gate: ok — {len(all_rows)} rate{'s' * (len(all_rows) != 1)}: {ok} consistent with the baseline{new_part}"
+        verdict = (f"Gate: ok — {len(all_rows)} rate{'s' * (len(all_rows) != 1)}: "
+                   f"{ok} consistent with the baseline{new_part}")
     return Gate(verdict, not failing, failing, new, len(all_rows))
 
 
@@ -333,20 +348,24 @@ def changes(rows: Iterable[Mapping], limit: int = CHANGES_SHOWN) -> list[Mapping
 
 # --------------------------------------------------------------------------- causes
 #: the accounting counts a subject run records (properties.subjects.subject), by layer: how to read them back
-_ACCOUNT = re.compile(r"^subject (?P<subject>\S+), (?P<rule>\S+), layer (?P<layer>\d+): mean (?P<field>.+) relevance \(dtd\.accounting\)$")
+_ACCOUNT = re.compile(r"^subject (?P<subject>\S+), (?P<rule>\S+), layer (?P<layer>\d+): "
+                      r"mean (?P<field>.+) relevance \(dtd\.accounting\)$")
 
 
 def accounting_counts(config: Mapping) -> dict:
-    """``{(subject, rule): {layer: {field: mean per point}}}`` from the run's counts (fields: upper, conserved, lost, bias share)."""
+    """``{(subject, rule): {layer: {field: mean per point}}}`` from the run's counts
+    (fields: upper, conserved, lost, bias share)."""
     out: dict = {}
     for label, value in config.items():
         found = _ACCOUNT.match(str(label))
         if found and isinstance(value, (int, float)):
-            out.setdefault((found["subject"], found["rule"]), {}).setdefault(int(found["layer"]), {})[found["field"]] = float(value)
+            out.setdefault((found["subject"], found["rule"]), {}).setdefault(int(found["layer"]), {})[
+                found["field"]
+            ] = float(value)
     return out
 
 
-def causes(rows: Iterable[Mapping], config: Optional[Mapping] = None) -> dict[str, list[str]]:
+def causes(rows: Iterable[Mapping], config: Mapping | None = None) -> dict[str, list[str]]:
     """For low rates that another row explains: ``{row name: [sentence, ...]}``.
 
     * a subject's (or full backward's) conservation below :data:`LOW_RATE`
@@ -364,14 +383,17 @@ def causes(rows: Iterable[Mapping], config: Optional[Mapping] = None) -> dict[st
             fields = dict(family="subject", subject=key.subject, rule=key.rule) if key.family == "subject" else \
                 dict(family="full_backward", subject=key.subject, finder=key.finder)
             missing = sorted(((k.layer, m) for k, m in indexed.where(outcome="root_exists", **fields)
-                              if k.layer is not None and m.get("rate") is not None and m["rate"] < 1), key=lambda p: p[0])
+                              if k.layer is not None and m.get("rate") is not None and m["rate"] < 1),
+                             key=lambda p: p[0])
             account = books.get((key.subject, key.rule), {})
             for layer, m in missing:
                 lost = account.get(layer, {})
                 share = ""
                 if lost.get("upper"):
-                    share = f"; {100 * lost.get('lost', 0.0) / lost['upper']:.1f} % of the relevance reaching layer {layer} is lost there"
-                found.append(f"← root_exists at layer {layer} is {format_rate(m)}: neurons without a root lose their relevance{share}")
+                    share = (f"; {100 * lost.get('lost', 0.0) / lost['upper']:.1f} % "
+                             f"of the relevance reaching layer {layer} is lost there")
+                found.append(f"← root_exists at layer {layer} is {format_rate(m)}: "
+                             f"neurons without a root lose their relevance{share}")
         if found:
             out[r["name"]] = found
     return out
@@ -387,15 +409,16 @@ GLANCE_COLUMNS = {
 }
 
 
-def _glance(rows: _Rows) -> Optional[Glance]:
-    rules = sorted({k.rule for k, _ in rows.keyed if k.family in ("generated", "region") and k.rule is not None}, key=natural_key)
+def _glance(rows: _Rows) -> Glance | None:
+    rules = sorted({k.rule for k, _ in rows.keyed if k.family in ("generated", "region") and k.rule is not None},
+                   key=natural_key)
     if not rules:
         return None
     cells = {rule: {title: rows.get(**spec(rule)) for title, spec in GLANCE_COLUMNS.items()} for rule in rules}
     return Glance(rules, list(GLANCE_COLUMNS), cells)
 
 
-def summarize(rows: Iterable[Mapping], confidence: Optional[float] = None, config: Optional[Mapping] = None) -> Summary:
+def summarize(rows: Iterable[Mapping], confidence: float | None = None, config: Mapping | None = None) -> Summary:
     """The answers-first summary of ``rows`` (report rows; rows fixed by construction are left out of the answers).
 
     ``config``: the run's config (its accounting counts name the causes of low conservation).

@@ -1,4 +1,5 @@
-"""The report's tables people look at rather than read: implementations x properties, and per subject layers x questions.
+"""The report's tables people look at rather than read: implementations x
+properties, and per subject layers x questions.
 
 Both are built from the rows' keys (never from name strings) and rendered by
 :mod:`properties.report.markdown` and :mod:`properties.report.htmlpage`:
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
 
 from ..measure.keys import LAYER_NAMES_SEPARATOR, OUTCOMES, SUBSETS, layer_names_label
 from .sections import natural_key, row_key
@@ -30,9 +31,12 @@ SUBJECT_QUESTIONS = ("root_exists", "zero_output", "output_unchanged", "gradient
                      "region_root_exists")
 
 
-def is_break(row: Optional[Mapping]) -> bool:
+def is_break(row: Mapping | None) -> bool:
     """A cell where the property failed at least once (or a regression)."""
-    return row is not None and (row.get("status") in ("regression", "below_floor") or (bool(row.get("trials")) and row["successes"] < row["trials"]))
+    return row is not None and (
+        row.get("status") in ("regression", "below_floor")
+        or (bool(row.get("trials")) and row["successes"] < row["trials"])
+    )
 
 
 @dataclasses.dataclass
@@ -49,7 +53,7 @@ class Matrix:
         return outcome if subset is None else f"{outcome} ({subset.replace('_', ' ')})"
 
 
-def implementation_matrix(rows: Iterable[Mapping]) -> Optional[Matrix]:
+def implementation_matrix(rows: Iterable[Mapping]) -> Matrix | None:
     """The implementation x property matrix of the ``conformance`` rows, or None without any."""
     cells: dict = {}
     columns = set()
@@ -71,7 +75,8 @@ def implementation_matrix(rows: Iterable[Mapping]) -> Optional[Matrix]:
 
 @dataclasses.dataclass
 class SubjectGrid:
-    """One subject and rule: ``cells[layer][question]`` (a row or None), the layers' names and accounting, conservation."""
+    """One subject and rule: ``cells[layer][question]`` (a row or None), the
+    layers' names and accounting, conservation."""
 
     subject: str
     rule: str
@@ -80,9 +85,9 @@ class SubjectGrid:
     cells: dict
     names: dict  # layer -> module names ("" where unknown)
     accounting: dict  # layer -> {"upper", "conserved", "lost", "bias share"} mean per point
-    conserved: Optional[Mapping]
+    conserved: Mapping | None
 
-    def shares(self, layer: int) -> Optional[dict]:
+    def shares(self, layer: int) -> dict | None:
         """Shares of the relevance reaching the layer from above: passed on and lost to missing roots (they add up to 1
         up to rounding), and the bias share (what LRP-0 with the bias kept would hand the biases; not part of DTD's
         split).  None without accounting."""
@@ -92,7 +97,8 @@ class SubjectGrid:
         upper = books["upper"]
         lost = books.get("lost", 0.0)
         passed = books.get("conserved", upper - lost)
-        return {"passed on": passed / upper, "lost (no root)": lost / upper, "bias share": books.get("bias share", 0.0) / upper}
+        return {"passed on": passed / upper, "lost (no root)": lost / upper,
+                "bias share": books.get("bias share", 0.0) / upper}
 
 
 def _names(config: Mapping, subject: str) -> dict:
@@ -107,8 +113,9 @@ def _names(config: Mapping, subject: str) -> dict:
     return out
 
 
-def subject_grids(rows: Iterable[Mapping], config: Optional[Mapping] = None) -> list[SubjectGrid]:
-    """One :class:`SubjectGrid` per subject and rule of the ``subject`` rows (subjects, then rules, in natural order)."""
+def subject_grids(rows: Iterable[Mapping], config: Mapping | None = None) -> list[SubjectGrid]:
+    """One :class:`SubjectGrid` per subject and rule of the ``subject`` rows
+    (subjects, then rules, in natural order)."""
     config = config or {}
     found: dict = {}
     conserved: dict = {}

@@ -14,9 +14,9 @@ with scikit-learn, no download):
   :data:`SPLIT_SEED`, the first :data:`N_TEST` images held out;
 * parameters initialised from a local ``torch.Generator`` (the modules are
   built inside ``torch.random.fork_rng`` so their default init does not
-  touch the caller's RNG, then overwritten), Adam (full batch, or mini-batches in an order drawn from the same generator) for a fixed
-  number of steps on one thread (restored afterwards): two trainings give
-  bit-identical weights, whatever the machine's core count.
+  touch the caller's RNG, then overwritten), Adam (full batch, or mini-batches in an order drawn from the same
+  generator) for a fixed number of steps on one thread (restored afterwards): two trainings give bit-identical
+  weights, whatever the machine's core count.
 
 Nothing here reads or changes torch's global RNG.  :func:`digits_maxpool` and
 :func:`digits_resnet` train once per process and seed (cached) and hand every
@@ -29,7 +29,8 @@ import copy
 import dataclasses
 import functools
 import math
-from typing import Optional
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -96,7 +97,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def ink(x: torch.Tensor) -> torch.Tensor:
-    """The segmentation target of ``x`` ``(n, 1, 8, 8)``: ``(n, 8, 8)`` class 1 where the pixel is ink (``> INK``), else 0."""
+    """The segmentation target of ``x`` ``(n, 1, 8, 8)``: ``(n, 8, 8)`` class 1 where
+    the pixel is ink (``> INK``), else 0."""
     return (x[:, 0] > INK).to(torch.int64)
 
 
@@ -112,8 +114,9 @@ def _initialise(model: nn.Module, generator: torch.Generator) -> None:
                     module.bias.zero_()
 
 
-def _train(build, seed: int, *, steps: int, learning_rate: float, batch_size: Optional[int] = None,
-           target=None) -> TrainedModel:
+def _train(build: Callable[[], nn.Module], seed: int, *, steps: int, learning_rate: float,
+           batch_size: int | None = None,
+           target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> TrainedModel:
     """Adam on the training digits: ``steps`` full-batch steps, or with ``batch_size`` ``steps`` epochs of mini-batches
     (each epoch a permutation drawn from the same local generator as the initial weights).  ``target(x, y)``: what the
     model learns to output for images ``x`` of labels ``y`` (default: the labels)."""
@@ -133,6 +136,7 @@ def _train(build, seed: int, *, steps: int, learning_rate: float, batch_size: Op
     with one_thread():
         model.train()
         for _ in range(steps):
+            batches: list[slice] | list[torch.Tensor]
             if batch_size is None:  # full batch: no shuffling, nothing random
                 batches = [slice(None)]
             else:
@@ -148,7 +152,11 @@ def _train(build, seed: int, *, steps: int, learning_rate: float, batch_size: Op
     return TrainedModel(model, accuracy(model, test_x, test_y), data)
 
 
-def _cached(train):
+class _Training(Protocol):
+    def __call__(self, seed: int = 0) -> TrainedModel: ...
+
+
+def _cached(train: Callable[[int], TrainedModel]) -> _Training:
     """Train once per seed and process (the suite's families share the digits models); every call gets its own deep
     copy of the model, so no caller can change what another one judges."""
     trained = functools.lru_cache(maxsize=None)(train)
@@ -182,7 +190,8 @@ def digits_cnn(seed: int = 0) -> TrainedModel:
     8x2x2 after the second conv.  Full-batch Adam, 200 steps.  Trained once per seed and process.
     """
     build = lambda: nn.Sequential(  # noqa: E731
-        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 10)
+        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(), nn.Flatten(),
+        nn.Linear(32, 10)
     )
     return _train(build, seed, steps=200, learning_rate=0.02)
 
@@ -205,7 +214,7 @@ class DigitsUNet(nn.Module):
     """A small U-Net segmenting a digit's ink: two levels down (max pooling), up by a transposed convolution and by a
     nearest upsampling, skips by ``torch.cat``; leaky ReLUs and a ReLU6; two classes per pixel (``(n, 2, 8, 8)``)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.enc = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.LeakyReLU(0.1))
         self.down = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(6, 8, 3, padding=1), nn.LeakyReLU(0.1))
@@ -215,7 +224,7 @@ class DigitsUNet(nn.Module):
         self.dec = nn.Sequential(nn.Conv2d(12, 6, 3, padding=1), nn.ReLU6())
         self.head = nn.Conv2d(6, 2, 1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         e = self.enc(x)
         d = self.down(e)
         b = nn.functional.interpolate(self.bottom(d), scale_factor=2, mode="nearest")
@@ -229,7 +238,7 @@ _CACHED = {"maxpool": (_maxpool_cnn, 8, 0.01, 64, None), "resnet": (_resnet, 10,
            "unet": (DigitsUNet, 6, 0.01, 64, lambda x, y: ink(x))}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trained(name: str, seed: int) -> TrainedModel:
     build, epochs, learning_rate, batch_size, target = _CACHED[name]
     return _train(build, seed, steps=epochs, learning_rate=learning_rate, batch_size=batch_size, target=target)

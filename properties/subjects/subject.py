@@ -42,13 +42,16 @@ import hashlib
 import json
 import math
 import re
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 import dtd
 from dtd import rules as R
+from dtd.decomposition import Decomposition
+from dtd.lowering.capture import SelectLike
 from dtd.outputs import is_weights
 from dtd.threads import one_thread
 from dtd.validation import check_int, check_seed
@@ -56,11 +59,16 @@ from dtd.validation import check_int, check_seed
 from ..generate import variants as V
 from ..measure.checks import draw_neurons, root_outcomes
 from ..measure.keys import LAYER_NAMES_SEPARATOR, OUTCOMES, RateKey, check_name, describe, layer_names_label
+from ..measure.recorder import Recorder
 from ..measure.stats import DEFAULT_CONFIDENCE, Rate
 from ..measure.thresholds import CONSERVED_SHARE, ZERO_OUTPUT_ULPS, zero_output_tolerance
 
-__all__ = ["Subject", "SubjectResult", "SubjectPart", "evaluate", "evaluate_part", "merge_parts", "ITEM_WORK", "SMALL_MODEL_ACTIVATIONS", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "REGION_LP_ENTRIES", "HEATMAP_POINTS",
-           "layer_names", "check_model"]
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+__all__ = ["Subject", "SubjectResult", "SubjectPart", "evaluate", "evaluate_part", "merge_parts", "ITEM_WORK",
+           "SMALL_MODEL_ACTIVATIONS", "ROOT_QUESTIONS", "REGION_POINTS", "REGION_NEURONS", "REGION_LP_ENTRIES",
+           "HEATMAP_POINTS", "layer_names", "check_model"]
 
 #: the root questions of every layer, in report order (fields of :class:`properties.measure.checks.RootOutcomes`)
 ROOT_QUESTIONS = ("zero_output", "output_unchanged", "gradient_match", "region_match", "in_domain")
@@ -86,7 +94,11 @@ SMALL_MODEL_ACTIVATIONS = 100_000
 
 _NAME = re.compile(r"^[A-Za-z0-9_+\-]+$")
 
-OutputsLike = Union[str, int, tuple, Sequence[int], torch.Tensor]
+OutputsLike = str | int | tuple | Sequence[int] | torch.Tensor
+#: a rule of a subject: a rule name or variant label, a rule object, or a ``(label, rule or per-layer rules)`` pair
+RuleChoice = str | R.Rule | tuple[str, R.RuleLike | list[R.RuleLike] | tuple[R.RuleLike, ...]]
+#: a resolved rule of a subject: its label and the rule (or one rule per layer)
+LabelledRule = tuple[str, R.Rule | list[R.Rule]]
 
 
 class Subject:
@@ -164,14 +176,14 @@ class Subject:
         inputs: torch.Tensor,
         *,
         outputs: OutputsLike = "predicted",
-        select=None,
-        rules: Sequence = ("z+",),
-        input_box: Optional[tuple] = None,
-        neurons_per_point: Optional[int] = 64,
-        max_points: Optional[int] = None,
+        select: SelectLike = None,
+        rules: str | R.Rule | Sequence[RuleChoice] = ("z+",),
+        input_box: tuple[float | torch.Tensor, float | torch.Tensor] | None = None,
+        neurons_per_point: int | None = 64,
+        max_points: int | None = None,
         findings: bool = True,
-        points_per_item: "int | str | None" = "auto",
-    ):
+        points_per_item: int | str | None = "auto",
+    ) -> None:
         check_name(name, "name")  # the suite's one name rule (RateKey, Implementation)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (an nn.Sequential), got {type(model).__name__}")
@@ -180,7 +192,8 @@ class Subject:
         if not inputs.dtype.is_floating_point:
             raise TypeError(f"inputs must be a floating tensor, got dtype {inputs.dtype}")
         if inputs.dim() < 2:
-            raise ValueError(f"inputs must have shape (N, *input_shape) with a batch dimension, got shape {tuple(inputs.shape)}")
+            raise ValueError("inputs must have shape (N, *input_shape) with a "
+                             f"batch dimension, got shape {tuple(inputs.shape)}")
         if inputs.shape[0] == 0:
             raise ValueError(f"inputs hold no point (shape {tuple(inputs.shape)}); give at least one point to explain")
         if not bool(torch.isfinite(inputs).all()):
@@ -201,9 +214,10 @@ class Subject:
         # lowered once; the lowering refuses what it cannot lower exactly (TypeError/ValueError naming the operation)
         self.network = _lower(model, self.input_shape, select)
         if self.network.dtype != x.dtype:
-            raise TypeError(f"inputs are {x.dtype} but the model's parameters are {self.network.dtype}; convert one of them")
+            raise TypeError(f"inputs are {x.dtype} but the model's parameters "
+                            f"are {self.network.dtype}; convert one of them")
         #: the output weights explained at every point (None: an index)
-        self.output_weights: Optional[torch.Tensor] = None
+        self.output_weights: torch.Tensor | None = None
         if is_weights(outputs):
             self.network = self.network.explaining(outputs)  # one output: sum(w * y)
             self.output_weights = outputs.detach().clone()
@@ -212,8 +226,9 @@ class Subject:
             outputs = self.network.check_output(outputs)  # an index into the output's shape: its flat index
         if isinstance(outputs, str) and outputs == "predicted" and len(self.network.output_shape) != 1:
             raise ValueError(
-                f"outputs='predicted' takes each point's largest class of a (N, classes) output; this model's output per "
-                f"point has shape {tuple(self.network.output_shape)}: give an index tuple (class, row, col) or weights"
+                "outputs='predicted' takes each point's largest class of a (N, classes) output; "
+                f"this model's output per point has shape {tuple(self.network.output_shape)}: "
+                "give an index tuple (class, row, col) or weights"
             )
         with torch.no_grad():
             logits = self.network(x)
@@ -232,17 +247,20 @@ class Subject:
         self.inputs = x[keep]
         self.outputs = explained[keep]
         self.input_box = _check_box(input_box, self.inputs)
-        self.rules = tuple(_resolve_rules(rules, self.inputs.flatten(1), self.network.n_layers, self.input_box))
+        resolved = _resolve_rules(rules, self.inputs.flatten(1), self.network.n_layers, self.input_box)
+        self.rules: tuple[LabelledRule, ...] = tuple(resolved)
         for label, rule in self.rules:
             try:  # the rules' domains (z+ and gamma need inputs >= 0 at every layer), up front
                 if isinstance(self.network, dtd.GraphNetwork):
                     dtd.graph_decompose.check_domains(self.network, self.inputs, dtd.LinearRoots(rule))
                 else:
-                    dtd.decompose.checked_activations(self.network, self.inputs, int(self.outputs[0]), dtd.LinearRoots(rule))
+                    dtd.decompose.checked_activations(self.network, self.inputs, int(self.outputs[0]),
+                                                      dtd.LinearRoots(rule))
             except ValueError as error:
                 hint = ""
                 if bool((self.inputs < 0).any()):
-                    hint = " (inputs with negative values: use 'zB' with the data's box, input_box=(low, high), or ('w2_first', ...) at the input)"
+                    hint = (" (inputs with negative values: use 'zB' with the data's box, "
+                            "input_box=(low, high), or ('w2_first', ...) at the input)")
                 raise ValueError(f"rule {label!r} cannot explain these inputs: {error}{hint}") from None
 
         if points_per_item == "auto":
@@ -252,7 +270,7 @@ class Subject:
                 raise ValueError(f"points_per_item must be a positive int, 'auto' or None, got {points_per_item!r}")
             points_per_item = check_int(points_per_item, "points_per_item", minimum=1)
         #: points per part (test item); None: one part
-        self.points_per_item = points_per_item
+        self.points_per_item: int | None = points_per_item
 
     @property
     def n_parts(self) -> int:
@@ -265,7 +283,8 @@ class Subject:
         """``(start, stop)``: the points of part ``index`` (consecutive, in the order of :attr:`inputs`)."""
         index = check_int(index, "index", minimum=0)
         if index >= self.n_parts:
-            raise ValueError(f"subject {self.name} has {self.n_parts} part(s); index must be in [0, {self.n_parts - 1}], got {index}")
+            raise ValueError(f"subject {self.name} has {self.n_parts} part(s); "
+                             f"index must be in [0, {self.n_parts - 1}], got {index}")
         if self.points_per_item is None:
             return 0, len(self.inputs)
         start = index * self.points_per_item
@@ -281,7 +300,7 @@ _BOUNDARY = (nn.ReLU,)
 _SHAPE_ONLY = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
 
 
-def layer_names(model: nn.Module, n_layers: int) -> Optional[list[str]]:
+def layer_names(model: nn.Module, n_layers: int) -> list[str] | None:
     """The model's modules behind each DTD layer (``"0 Linear"``, ``"3 AvgPool2d + 4 Conv2d"``), or None.
 
     A layer is the affine modules between two ReLUs (shape-only modules
@@ -289,7 +308,8 @@ def layer_names(model: nn.Module, n_layers: int) -> Optional[list[str]]:
     (a model the lowering reads differently).
     """
     leaves = [(name, module) for name, module in model.named_modules() if not list(module.children())]
-    groups, current = [], []
+    groups: list[list[str]] = []
+    current: list[str] = []
     for name, module in leaves:
         if isinstance(module, _BOUNDARY):
             groups.append(current)
@@ -297,11 +317,12 @@ def layer_names(model: nn.Module, n_layers: int) -> Optional[list[str]]:
         elif not isinstance(module, _SHAPE_ONLY):
             current.append(f"{name} {type(module).__name__}")
     groups.append(current)
-    groups = [g for g in groups if g]
-    return [" + ".join(g) for g in groups] if len(groups) == n_layers else None
+    named = [" + ".join(g) for g in groups if g]
+    return named if len(named) == n_layers else None
 
 
-def check_model(model: nn.Module, input_shape: Sequence[int], select=None) -> "dtd.ReLUNetwork | dtd.GraphNetwork":
+def check_model(model: nn.Module, input_shape: Sequence[int],
+                select: SelectLike = None) -> dtd.ReLUNetwork | dtd.GraphNetwork:
     """Lower ``model`` as :class:`Subject` will, so a factory can refuse a model before it trains it.
 
     Call it on the untrained model at the top of a factory; it raises the
@@ -314,8 +335,10 @@ def check_model(model: nn.Module, input_shape: Sequence[int], select=None) -> "d
     return _lower(model, tuple(int(n) for n in input_shape), select)
 
 
-def _lower(model: nn.Module, input_shape: tuple, select=None) -> "dtd.ReLUNetwork | dtd.GraphNetwork":
-    """The model lowered exactly: densely by ``from_sequential`` where it can, else by the graph engine (``from_module``).
+def _lower(model: nn.Module, input_shape: tuple[int, ...],
+           select: SelectLike = None) -> dtd.ReLUNetwork | dtd.GraphNetwork:
+    """The model lowered exactly: densely by ``from_sequential`` where it can,
+    else by the graph engine (``from_module``).
 
     A Sequential that ``from_sequential`` refuses only for what the graph
     engine handles (max pooling, a dense layer above its memory budget, a
@@ -330,19 +353,23 @@ def _lower(model: nn.Module, input_shape: tuple, select=None) -> "dtd.ReLUNetwor
     return dtd.ReLUNetwork.from_module(model, input_shape, select=select)
 
 
-def _auto_points_per_item(net, n_rules: int, neurons: Optional[int]) -> int:
+def _auto_points_per_item(net: dtd.ReLUNetwork | dtd.GraphNetwork, n_rules: int, neurons: int | None) -> int:
     """Points per part within :data:`ITEM_WORK`: per point, rule and layer, the roots times what ``f_k`` recomputes."""
     work = 0
     for k in range(net.n_layers):
         if isinstance(net, dtd.GraphNetwork):
-            width, above, n_neurons = net.in_features(k), sum(math.prod(n.shape) for n in net.live_nodes(k)[1]), net.out_features_of(k)
+            width, above, n_neurons = (
+                net.in_features(k),
+                sum(math.prod(n.shape) for n in net.live_nodes(k)[1]),
+                net.out_features_of(k),
+            )
         else:
             width, above, n_neurons = net.sizes[k], sum(net.sizes[k + 1 :]), net.sizes[k + 1]
         work += min(n_neurons, neurons or n_neurons) * (width + above)
     return max(1, ITEM_WORK // max(1, n_rules * work))
 
 
-def _show_outputs(outputs) -> str:
+def _show_outputs(outputs: OutputsLike) -> str:
     if isinstance(outputs, torch.Tensor):
         return f"tensor of shape {tuple(outputs.shape)}"
     return repr(outputs) if isinstance(outputs, (str, int)) else f"{type(outputs).__name__} of {len(outputs)}"
@@ -363,7 +390,8 @@ def _explained_outputs(outputs: OutputsLike, logits: torch.Tensor) -> torch.Tens
         return torch.full((n,), outputs, dtype=torch.int64, device=logits.device)
     if isinstance(outputs, torch.Tensor):
         if outputs.dtype.is_floating_point or outputs.dtype == torch.bool or outputs.dim() != 1:
-            raise TypeError(f"outputs as a tensor must be a 1-D integer tensor, got dtype {outputs.dtype}, shape {tuple(outputs.shape)}")
+            raise TypeError("outputs as a tensor must be a 1-D integer tensor, got "
+                            f"dtype {outputs.dtype}, shape {tuple(outputs.shape)}")
         values = outputs.detach().to(dtype=torch.int64, device=logits.device).clone()
     elif isinstance(outputs, Sequence):
         if any(isinstance(o, bool) or not isinstance(o, int) for o in outputs):
@@ -374,35 +402,38 @@ def _explained_outputs(outputs: OutputsLike, logits: torch.Tensor) -> torch.Tens
     if values.shape[0] != n:
         raise ValueError(f"outputs holds {values.shape[0]} indices for {n} points; give one per point")
     if values.numel() and (int(values.min()) < 0 or int(values.max()) >= n_out):
-        raise ValueError(f"every entry of outputs must be in [0, {n_out - 1}], got values in [{int(values.min())}, {int(values.max())}]")
+        raise ValueError(f"every entry of outputs must be in [0, {n_out - 1}], got "
+                         f"values in [{int(values.min())}, {int(values.max())}]")
     return values
 
 
-def _check_box(box, inputs: torch.Tensor):
+def _check_box(box: object, inputs: torch.Tensor) -> tuple[float | torch.Tensor, float | torch.Tensor] | None:
     if box is None:
         return None
     if not isinstance(box, (tuple, list)) or len(box) != 2:
         raise TypeError(f"input_box must be a (low, high) pair, got {box!r}")
-    rule = R.ZB(*box)  # checks the bounds' types, finiteness and low <= high
+    low_bound, high_bound = box
+    rule = R.ZB(low_bound, high_bound)  # checks the bounds' types, finiteness and low <= high
     flat = inputs.flatten(1).double()
     low, high = rule.low.to(flat.device), rule.high.to(flat.device)
     if bool((flat < low).any() | (flat > high).any()):
         raise ValueError(f"inputs lie outside input_box: values in [{float(flat.min()):g}, {float(flat.max()):g}]")
-    return tuple(box)
+    return low_bound, high_bound
 
 
-def _resolve_rules(rules, x_flat: torch.Tensor, n_layers: int, box) -> list[tuple[str, object]]:
+def _resolve_rules(rules: str | R.Rule | Sequence[RuleChoice], x_flat: torch.Tensor, n_layers: int,
+                   box: tuple[float | torch.Tensor, float | torch.Tensor] | None) -> list[LabelledRule]:
     """``[(label, rule or per-layer rules)]`` from the user's specification."""
-    if isinstance(rules, (str, R.Rule)):
-        rules = [rules]
-    if not isinstance(rules, Sequence) or len(rules) == 0:
+    choices: Sequence[RuleChoice] = [rules] if isinstance(rules, (str, R.Rule)) else rules
+    if not isinstance(choices, Sequence) or len(choices) == 0:
         raise ValueError(f"rules must be a non-empty sequence of rules, got {rules!r}")
     variants = {v.label: v for entry in V.declared() for v in entry.variants}
-    resolved = []
-    for spec in rules:
+    resolved: list[LabelledRule] = []
+    for spec in choices:
+        rule: R.Rule | list[R.Rule]
         if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
-            label, rule = spec
-            rule = [R.Rule.ensure(r) for r in rule] if isinstance(rule, (list, tuple)) else R.Rule.ensure(rule)
+            label, given = spec
+            rule = [R.Rule.ensure(r) for r in given] if isinstance(given, (list, tuple)) else R.Rule.ensure(given)
         elif isinstance(spec, str):
             label = spec
             if spec == "zB":
@@ -416,28 +447,34 @@ def _resolve_rules(rules, x_flat: torch.Tensor, n_layers: int, box) -> list[tupl
             label = next((v.label for v in variants.values() if v.rules_for(x_flat, n_layers) == spec), type(spec).name)
             rule = spec
         else:
-            raise TypeError(f"every rule must be a name, a dtd.rules.Rule or a (label, rule) pair, got {type(spec).__name__} {spec!r}")
+            raise TypeError("every rule must be a name, a dtd.rules.Rule or a "
+                            f"(label, rule) pair, got {type(spec).__name__} {spec!r}")
         if not _NAME.match(label):
             raise ValueError(f"rule label {label!r} must be letters, digits, '_', '+' or '-' (no dots)")
-        if label in (l for l, _ in resolved):
+        if label in (seen for seen, _ in resolved):
             raise ValueError(f"rule label {label!r} appears twice in rules")
         resolved.append((label, rule))
     return resolved
 
 
 # --------------------------------------------------------------------------- evaluation
+#: a histogram's ``(file, title, series, xlabel, caption)``; an image grid's ``(file, title, rows, columns, caption)``
+Histogram = tuple[str, str, dict[str, list[float]], str, str]
+ImageGrid = tuple[str, str, list[dict[str, Any]], list[str], str]
+
+
 @dataclasses.dataclass
 class SubjectResult:
     """What :func:`evaluate` found: rates (with descriptions), counts and plot data."""
 
     subject: str  # the subject's name
-    rates: dict  # RateKey -> (Rate, description)
-    counts: dict  # label -> number
-    histograms: list  # (file, title, series, xlabel, caption)
-    image_grids: list  # (file, title, rows, columns, caption)
-    layer_names: Optional[list] = None  # the model's modules behind each DTD layer, or None
+    rates: dict[RateKey, tuple[Rate, str]]  # RateKey -> (Rate, description)
+    counts: dict[str, float]  # label -> number
+    histograms: list[Histogram]  # (file, title, series, xlabel, caption)
+    image_grids: list[ImageGrid]  # (file, title, rows, columns, caption)
+    layer_names: list[str] | None = None  # the model's modules behind each DTD layer, or None
 
-    def record(self, property_report, *, summary: bool = True) -> None:
+    def record(self, property_report: Recorder, *, summary: bool = True) -> None:
         """Write everything into the property report (rates are gated by the run's baseline)."""
         for key, (rate, description) in self.rates.items():
             show = summary and key.outcome in ("conserved", "gradient_match", "region_match") and key.layer in (None, 0)
@@ -457,7 +494,7 @@ def _file(subject: str, label: str, what: str) -> str:
     return f"subject_{subject}_{label.replace('+', 'plus')}_{what}.png"
 
 
-def _progress(total: int, desc: str):
+def _progress(total: int, desc: str) -> tqdm[Any] | None:
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency; a missing bar is no error
@@ -475,16 +512,21 @@ class SubjectPart:
     between processes (pytest-xdist workers) without changing a bit.
     """
 
-    info: dict  # what merging needs of the subject itself (:func:`_info`): name, rules, sizes, heatmap inputs
+    #: what merging needs of the subject itself (:func:`_info`): name, rules, sizes, heatmap inputs
+    info: dict[str, Any]
     index: int
     n_points: int
-    clusters: dict  # (rule label, layer, outcome) -> [(successes, trials) per point]
-    conserved: dict  # rule label -> (points conserved, points)
-    books: dict  # (rule label, layer, field) -> relevance summed over the part's points
-    ratios: dict  # rule label -> sum over the part's points of sum_i R_i / f(x)
-    series: dict  # (rule label, series) -> values, for the histograms
-    heat: dict  # rule label -> {point index: relevance as nested lists} for points < HEATMAP_POINTS
-    shown: dict = dataclasses.field(default_factory=dict)  # point index -> (input as nested lists, output) of those points
+    #: (rule label, layer, outcome) -> [(successes, trials) per point]
+    clusters: dict[tuple[str, int, str], list[tuple[int, int]]]
+    conserved: dict[str, tuple[int, int]]  # rule label -> (points conserved, points)
+    #: (rule label, layer, field) -> relevance summed over the part's points
+    books: dict[tuple[str, int, str], float]
+    ratios: dict[str, float]  # rule label -> sum over the part's points of sum_i R_i / f(x)
+    series: dict[tuple[str, str], list[float]]  # (rule label, series) -> values, for the histograms
+    #: rule label -> {point index: relevance as nested lists} for points < HEATMAP_POINTS
+    heat: dict[str, dict[int, Any]]
+    # point index -> (input as nested lists, output) of those points
+    shown: dict[int, tuple[Any, int]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         """The part as JSON text (floats written exactly)."""
@@ -498,7 +540,7 @@ class SubjectPart:
         })
 
     @classmethod
-    def from_json(cls, text: str) -> "SubjectPart":
+    def from_json(cls, text: str) -> SubjectPart:
         data = json.loads(text)
         return cls(
             data["info"], data["index"], data["n_points"],
@@ -520,10 +562,14 @@ def _part_seed(seed: int, index: int) -> int:
 _PART_SEED_STRIDE = 1_000_003
 
 
-def _threads(net):
+def _threads(net: dtd.ReLUNetwork | dtd.GraphNetwork) -> contextlib.AbstractContextManager[Any]:
     """One intra-op thread for a model of small activations (torch's threads only contend there: 11x slower on a busy
     2-core machine for the digits ResNet), the caller's setting otherwise."""
-    sizes = net.sizes if isinstance(net, dtd.ReLUNetwork) else [math.prod(node.shape) for node in net.nodes if hasattr(node, "shape")]
+    sizes = (
+        net.sizes
+        if isinstance(net, dtd.ReLUNetwork)
+        else [math.prod(node.shape) for node in net.nodes if hasattr(node, "shape")]
+    )
     return one_thread() if sum(sizes) <= SMALL_MODEL_ACTIVATIONS else contextlib.nullcontext()
 
 
@@ -539,8 +585,9 @@ def evaluate_part(subject: Subject, index: int, *, seed: int = 0) -> SubjectPart
     seed = check_seed(seed)
     index = check_int(index, "index", minimum=0)
     if index >= subject.n_parts:
-        raise ValueError(f"subject {subject.name} has {subject.n_parts} part(s) (points_per_item={subject.points_per_item}); "
-                         f"index must be in [0, {subject.n_parts - 1}], got {index}")
+        raise ValueError(f"subject {subject.name} has {subject.n_parts} part(s) "
+                         f"(points_per_item={subject.points_per_item}); index "
+                         f"must be in [0, {subject.n_parts - 1}], got {index}")
     start, stop = subject.part_range(index)
     net = subject.network
     inputs, outputs = subject.inputs[start:stop], subject.outputs[start:stop]
@@ -588,9 +635,9 @@ def evaluate_part(subject: Subject, index: int, *, seed: int = 0) -> SubjectPart
                         for outcome in ROOT_QUESTIONS:
                             holds = (zero if outcome == "zero_output" else getattr(out, outcome)) & counted
                             part.clusters.setdefault((label, k, outcome), []).extend(
-                                zip(holds.sum(1).tolist(), counted.sum(1).tolist()))
+                                zip(holds.sum(1).tolist(), counted.sum(1).tolist(), strict=True))
                         part.clusters.setdefault((label, k, "root_exists"), []).extend(
-                            zip(counted.sum(1).tolist(), out.carries_relevance.sum(1).tolist()))
+                            zip(counted.sum(1).tolist(), out.carries_relevance.sum(1).tolist(), strict=True))
                         if k == 0:
                             diffs = (out.output_at_input.unsqueeze(1) - out.output_at_root)[counted]
                             means = (out.gradient_mean_abs_difference * counted).sum(1) / counted.sum(1).clamp_min(1)
@@ -601,7 +648,7 @@ def evaluate_part(subject: Subject, index: int, *, seed: int = 0) -> SubjectPart
                                 _region_roots(net, dec, k, c, n_region, lp_plan[k][1], generator))
                         if bar is not None:
                             bar.update()
-                part.conserved[label] = tuple(conserved)
+                part.conserved[label] = (conserved[0], conserved[1])
                 part.ratios[label] = ratio
     finally:
         if bar is not None:
@@ -609,7 +656,7 @@ def evaluate_part(subject: Subject, index: int, *, seed: int = 0) -> SubjectPart
     return part
 
 
-def _info(subject: Subject) -> dict:
+def _info(subject: Subject) -> dict[str, Any]:
     """What :func:`merge_parts` needs of a subject, as JSON values (a controlling process never builds the subject)."""
     net = subject.network
     names = net.layer_names() if isinstance(net, dtd.GraphNetwork) else layer_names(subject.model, net.n_layers)
@@ -620,7 +667,8 @@ def _info(subject: Subject) -> dict:
     return {
         "name": subject.name, "rules": [label for label, _ in subject.rules], "n_points": len(subject.inputs),
         "n_dropped": subject.n_dropped, "neurons_per_point": subject.neurons_per_point,
-        "points_per_item": subject.points_per_item, "n_parts": subject.n_parts, "graph": isinstance(net, dtd.GraphNetwork),
+        "points_per_item": subject.points_per_item, "n_parts": subject.n_parts,
+        "graph": isinstance(net, dtd.GraphNetwork),
         "lp_plan": [list(_lp_plan(net, k)) for k in range(net.n_layers)], "input_shape": list(subject.input_shape),
         "layer_names": names, "dtype": str(subject.inputs.dtype).replace("torch.", ""),
         "fingerprint": digest.hexdigest(),  # the points, outputs and parameters: parts of one subject only
@@ -642,18 +690,18 @@ def merge_parts(parts: Sequence[SubjectPart], *, confidence: float = DEFAULT_CON
         raise ValueError(f"subject {info['name']} has {info['n_parts']} part(s); got parts {indices} of "
                          f"{sorted({p.info['name'] for p in parts})}: give each part of one subject exactly once")
     if any(p.info != info for p in parts):
-        raise ValueError(f"the parts of subject {info['name']} come from different models or points (their fingerprints of "
-                         "the points, outputs and parameters differ): its factory must build the same subject in every "
-                         "process (load a checkpoint, or train with a fixed seed and thread count)")
+        raise ValueError(f"the parts of subject {info['name']} come from different models or points (their "
+                         "fingerprints of the points, outputs and parameters differ): its factory must build the same "
+                         "subject in every process (load a checkpoint, or train with a fixed seed and thread count)")
     subject = _Info(info)
     name = subject.name
     n_points = subject.n_points
-    rates: dict = {}
-    counts: dict = {}
-    histograms = []
+    rates: dict[RateKey, tuple[Rate, str]] = {}
+    counts: dict[str, float] = {}
+    histograms: list[Histogram] = []
     tail = (f"{subject.neurons_per_point} neurons drawn per point and layer" if subject.neurons_per_point
             else "every neuron") + f", {n_points} points, intervals clustered by point"
-    lp_plan = {k: tuple(plan) for k, plan in enumerate(subject.lp_plan)}
+    lp_plan = {k: (plan[0], plan[1]) for k, plan in enumerate(subject.lp_plan)}
     for label in subject.rules:
         if subject.graph:
             counts[f"subject {name}, {label}: region_root_exists not measured (the exact in-region LPs need the "
@@ -681,29 +729,37 @@ def merge_parts(parts: Sequence[SubjectPart], *, confidence: float = DEFAULT_CON
             rates[key] = (Rate.from_clusters(pairs, confidence), f"{describe(key)} [{how}]")
         key = RateKey("subject", "conserved", subject=name, rule=label)
         held = [sum(p.conserved[label][i] for p in parts) for i in (0, 1)]
-        rates[key] = (Rate(held[0], held[1], confidence), f"subject {name}, rule {label}: {OUTCOMES['conserved']} (points)")
-        books: dict = {}
+        rates[key] = (Rate(held[0], held[1], confidence),
+                      f"subject {name}, rule {label}: {OUTCOMES['conserved']} (points)")
+        books: dict[tuple[int, str], float] = {}
         for p in parts:
             for (rule_label, k, field), value in p.books.items():
                 if rule_label == label:
                     books[(k, field)] = books.get((k, field), 0.0) + value
         for (k, field), value in sorted(books.items()):
-            counts[f"subject {name}, {label}, layer {k}: mean {field.replace('_', ' ')} relevance (dtd.accounting)"] = value / n_points
+            counts[f"subject {name}, {label}, layer {k}: mean {field.replace('_', ' ')} relevance (dtd.accounting)"] = (
+                value / n_points
+            )
         counts[f"subject {name}, {label}: mean sum_i R_i / f(x)"] = sum(p.ratios[label] for p in parts) / n_points
-        series = {what: [v for p in parts for v in p.series.get((label, what), [])] for what in ("diffs", "f_x", "gradient")}
+        series = {
+            what: [v for p in parts for v in p.series.get((label, what), [])] for what in ("diffs", "f_x", "gradient")
+        }
         histograms.append((
             _file(name, label, "output_difference"),
             f"Subject {name}, first-layer {label} roots: f(x) - f(root), beside f(x)",
             {"f(x) - f(root), every counted root": series["diffs"], "f(x), every point": series["f_x"]},
-            "value", "The notebook's first histogram on this subject: a root that zeroed the output would give f(x) - f(root) = f(x).",
+            "value",
+            "The notebook's first histogram on this subject: a root that "
+            "zeroed the output would give f(x) - f(root) = f(x).",
         ))
         histograms.append((
             _file(name, label, "gradient_difference"),
             f"Subject {name}, first-layer {label} roots: mean |grad f(root) - grad f(x)| per point",
             {"mean over the point's counted roots and input dimensions": series["gradient"]},
-            "mean absolute gradient difference", "The notebook's second histogram; 0: every root lies in the input's linear region.",
+            "mean absolute gradient difference",
+            "The notebook's second histogram; 0: every root lies in the input's linear region.",
         ))
-    grids = []
+    grids: list[ImageGrid] = []
     if len(subject.input_shape) >= 2:
         heat = {label: {i: rel for p in parts for i, rel in p.heat.get(label, {}).items()} for label in subject.rules}
         shown = {i: entry for p in parts for i, entry in p.shown.items()}
@@ -711,7 +767,9 @@ def merge_parts(parts: Sequence[SubjectPart], *, confidence: float = DEFAULT_CON
     counts[f"subject {name}: points explained"] = n_points
     counts[f"subject {name}: points left out (explained output <= 0)"] = subject.n_dropped
     if subject.n_parts > 1:
-        counts[f"subject {name}: parts (test items of at most {subject.points_per_item} points, tallies merged)"] = subject.n_parts
+        counts[f"subject {name}: parts (test items of at most {subject.points_per_item} points, tallies merged)"] = (
+            subject.n_parts
+        )
     return SubjectResult(name, rates, counts, histograms, grids, subject.layer_names)
 
 
@@ -745,8 +803,9 @@ def evaluate(subject: Subject, *, seed: int = 0, confidence: float = DEFAULT_CON
     return merge_parts([evaluate_part(subject, i, seed=seed) for i in range(subject.n_parts)], confidence=confidence)
 
 
-def _lp_plan(net: dtd.ReLUNetwork, k: int) -> tuple[int, int]:
-    """``(points, neurons per point)`` of layer ``k``'s exact LPs within :data:`REGION_LP_ENTRIES` (none on a graph network)."""
+def _lp_plan(net: dtd.ReLUNetwork | dtd.GraphNetwork, k: int) -> tuple[int, int]:
+    """``(points, neurons per point)`` of layer ``k``'s exact LPs within
+    :data:`REGION_LP_ENTRIES` (none on a graph network)."""
     if isinstance(net, dtd.GraphNetwork):
         return 0, 0
     entries = (sum(net.sizes[k + 1 :]) + 1) * net.sizes[k]  # one LP's constraint matrix
@@ -757,7 +816,10 @@ def _lp_plan(net: dtd.ReLUNetwork, k: int) -> tuple[int, int]:
     return min(REGION_POINTS, lps // neurons), neurons
 
 
-def _region_roots(net, dec, k: int, output: int, n_points: int, n_neurons: int, generator: torch.Generator) -> list[tuple[int, int]]:
+def _region_roots(
+    net: dtd.ReLUNetwork | dtd.GraphNetwork, dec: Decomposition, k: int, output: int, n_points: int, n_neurons: int,
+    generator: torch.Generator,
+) -> list[tuple[int, int]]:
     """Per point ``(found, tried)``: in-region roots by exact LP for a few drawn relevance-carrying neurons."""
     lay = dec.layers[k]
     upper = lay.upper_relevance[:n_points]
@@ -767,18 +829,33 @@ def _region_roots(net, dec, k: int, output: int, n_points: int, n_neurons: int, 
     rank = carrying.cumsum(1)
     pick = torch.zeros_like(upper, dtype=torch.bool).scatter(1, drawn, carrying & (rank <= n_neurons))
     # the LP of neuron j depends on R_j alone: neurons without relevance are trivial (no LP)
-    found = dtd.RegionRoots("l1").find(net, k, lay.input[:n_points], torch.where(pick, upper, torch.zeros_like(upper)), output=output)
-    return list(zip((found.valid & pick).sum(1).tolist(), pick.sum(1).tolist()))
+    found = dtd.RegionRoots("l1").find(net, k, lay.input[:n_points], torch.where(pick, upper, torch.zeros_like(upper)),
+                                       output=output)
+    return list(zip((found.valid & pick).sum(1).tolist(), pick.sum(1).tolist(), strict=True))
 
 
 class _Info:
-    """:func:`_info`'s dict read as attributes."""
+    """:func:`_info`'s dict read as attributes (JSON values: lists, not tuples)."""
 
-    def __init__(self, info: dict):
+    name: str
+    rules: list[str]
+    n_points: int
+    n_dropped: int
+    neurons_per_point: int | None
+    points_per_item: int | None
+    n_parts: int
+    graph: bool
+    lp_plan: list[list[int]]
+    input_shape: list[int]
+    layer_names: list[str] | None
+    dtype: str
+    fingerprint: str
+
+    def __init__(self, info: dict[str, Any]) -> None:
         self.__dict__.update(info)
 
 
-def _heatmaps(subject: "_Info", heat: dict, shown: list):
+def _heatmaps(subject: _Info, heat: dict[str, dict[int, Any]], shown: list[tuple[Any, int]]) -> ImageGrid:
     """Inputs beside their relevance under every rule, for the first few points (channels averaged / summed).
 
     ``heat``: rule label -> {point index: relevance (nested lists of the input's shape)} for the points shown;
@@ -794,7 +871,8 @@ def _heatmaps(subject: "_Info", heat: dict, shown: list):
             image, heats = image.mean(0), [h.sum(0) for h in heats]
         rows.append({"label": f"point {i}, output {output}", "images": [image.tolist()] + [h.tolist() for h in heats]})
     labels = list(heat)
-    return (f"subject_{subject.name}_heatmaps.png", f"Subject {subject.name}: relevance beside the input ({', '.join(labels)})", rows,
+    return (f"subject_{subject.name}_heatmaps.png",
+            f"Subject {subject.name}: relevance beside the input ({', '.join(labels)})", rows,
             ["input"] + [f"relevance ({label})" for label in labels],
-            "Each row: one explained point, its input, then its input relevance under each rule on one scale per row centred at 0 "
-            "(red positive, blue negative, white 0; the colour bar ends the row).")
+            "Each row: one explained point, its input, then its input relevance under each rule on one "
+            "scale per row centred at 0 (red positive, blue negative, white 0; the colour bar ends the row).")

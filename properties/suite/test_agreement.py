@@ -16,20 +16,25 @@ positive biases let its denominator vanish.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 import torch
-from hypothesis import assume, given
-from hypothesis import settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import dtd
 from dtd import rules as R
 from properties.conformance import agreement as ag
 from properties.generate import variants as V
+from properties.generate.strategies import cases, sample_cases, variants
 from properties.measure.keys import OUTCOMES, RateKey
 from properties.measure.stats import Rate, Tally
-from properties.generate.strategies import cases, sample_cases, variants
 from properties.measure.thresholds import ROUNDING64
+
+if TYPE_CHECKING:
+    from properties.generate.strategies import Case
+    from properties.plugin import PropertyReport
 
 pytestmark = pytest.mark.properties
 
@@ -40,41 +45,46 @@ RECIPES = {variant.label: variant for variant in V.variants("agreement")}
 NEGATIVE_BIAS = dict(init="dtd", n=(1, 16))
 
 
-def _disagreement(case, rule, reference, epsilon):
+def _disagreement(case: Case, rule: R.Rule | list[R.Rule], reference: torch.Tensor,
+                  epsilon: float) -> tuple[torch.Tensor, torch.Tensor, dtd.Decomposition]:
     """``(|R_dtd - R_lib| - bound)`` per input ``(batch, D)`` and the conditioned points ``(batch,)``."""
     dec = dtd.train_free(case.net, case.x, rule=rule, output=case.output)
     bound, conditioned = ag.stabilizer_bound(case.net, dec, rule, epsilon)
     return (dec.relevance - reference).abs() - bound, conditioned, dec
 
 
-def _assert_agrees(case, rule, reference, epsilon, what):
+def _assert_agrees(case: Case, rule: R.Rule | list[R.Rule], reference: torch.Tensor, epsilon: float, what: str) -> None:
     """At every conditioned point (at least one), DTD's relevance lies within the stabiliser bound of ``reference``."""
     excess, conditioned, _ = _disagreement(case, rule, reference, epsilon)
     assume(bool(conditioned.any()))
     worst = float(excess[conditioned].max())
-    assert worst <= ROUNDING64, f"{what}: DTD and the library differ by {worst:.3g} beyond the stabiliser bound\n{case.describe()}"
+    assert worst <= ROUNDING64, (f"{what}: DTD and the library differ by {worst:.3g} beyond "
+                                 f"the stabiliser bound\n{case.describe()}")
 
 
 @given(case=cases(**NEGATIVE_BIAS), variant=variants("agreement"))
-def test_rules_equal_zennit_on_bias_negative_networks(case, variant):
+def test_rules_equal_zennit_on_bias_negative_networks(case: Case, variant: V.Variant) -> None:
     rule = variant.make(case.x, case.net.n_layers)
-    _assert_agrees(case, rule, ag.zennit_relevance(case.net, case.x, rule, case.output), ag.ZENNIT_STABILIZER, f"zennit {variant.label}")
+    _assert_agrees(case, rule, ag.zennit_relevance(case.net, case.x, rule, case.output), ag.ZENNIT_STABILIZER,
+                   f"zennit {variant.label}")
 
 
 @given(case=cases(**NEGATIVE_BIAS), gamma=st.floats(0.0, 100.0))
-def test_gamma_equals_zennit_for_any_gamma(case, gamma):
+def test_gamma_equals_zennit_for_any_gamma(case: Case, gamma: float) -> None:
     rule = R.Gamma(gamma)
-    _assert_agrees(case, rule, ag.zennit_relevance(case.net, case.x, rule, case.output), ag.ZENNIT_STABILIZER, f"zennit gamma={gamma}")
+    _assert_agrees(case, rule, ag.zennit_relevance(case.net, case.x, rule, case.output), ag.ZENNIT_STABILIZER,
+                   f"zennit gamma={gamma}")
 
 
 @given(case=cases(**NEGATIVE_BIAS))
-def test_zplus_equals_captum_alpha1_beta0(case):
+def test_zplus_equals_captum_alpha1_beta0(case: Case) -> None:
     rule = R.ZPlus()
-    _assert_agrees(case, rule, ag.captum_zplus_relevance(case.net, case.x, case.output), ag.CAPTUM_STABILIZER, "captum z+")
+    _assert_agrees(case, rule, ag.captum_zplus_relevance(case.net, case.x, case.output), ag.CAPTUM_STABILIZER,
+                   "captum z+")
 
 
 @given(case=cases(n=(1, 16)))
-def test_x_rule_is_gradient_times_input_without_biases(case):
+def test_x_rule_is_gradient_times_input_without_biases(case: Case) -> None:
     net = dtd.ReLUNetwork.from_sequential(case.net.to_sequential(bias=False))
     alive = net.output_value(case.x, case.output) > 0
     assume(bool(alive.any()))
@@ -95,17 +105,18 @@ AGREEMENT_FACTOR = 3
 POINTS = 32
 
 
-def _agreeing_points(case, rule, reference, epsilon):
+def _agreeing_points(case: Case, rule: R.Rule | list[R.Rule], reference: torch.Tensor,
+                     epsilon: float) -> tuple[torch.Tensor, torch.Tensor, float]:
     """``(agree (batch,), conditioned (batch,), max |R_dtd - R_lib|)``."""
     excess, conditioned, dec = _disagreement(case, rule, reference, epsilon)
     return (excess <= ROUNDING64).all(1), conditioned, float((dec.relevance - reference).abs().max())
 
 
-def test_agreement_rates(property_report, property_report_seed):
-    count = AGREEMENT_FACTOR * settings.default.max_examples
+def test_agreement_rates(property_report: PropertyReport, property_report_seed: int) -> None:
+    count = AGREEMENT_FACTOR * settings().max_examples
     negative = sample_cases(count, seed=property_report_seed + 101, init="dtd", n=POINTS)
     mixed = sample_cases(count, seed=property_report_seed + 202, init="torch", n=POINTS)
-    tally = Tally()
+    tally: Tally[RateKey] = Tally()
     max_difference: dict[str, float] = {}
     for case in negative:
         tally.new_cluster()
@@ -143,15 +154,18 @@ def test_agreement_rates(property_report, property_report_seed):
         gamma_breaks.rule: "gamma 0.25 vs zennit Gamma(0.25, zero_params='bias'), torch-init networks",
     }
     for key in tally.names():
-        what = populations.get(key.rule) if key.subject == "breaks" else f"{key.rule} vs {key.subject}, bias-negative networks"
+        what = populations.get(key.rule) if key.subject == "breaks" else (f"{key.rule} vs {key.subject}, "
+                                                                          "bias-negative networks")
         rate = tally.rate(key, property_report.confidence)
         property_report.rate(key, rate, f"{what}: {OUTCOMES[key.outcome]}", summary=key.outcome == "points")
     for label, value in max_difference.items():
         property_report.count(f"max |R_dtd - R_lib| ({label}, bias-negative networks)", value)
     # on bias-negative networks every conditioned point agrees (the must-hold properties, over this population)
     for label in RECIPES:
-        rate = tally.rate(RateKey("agreement", "agree_where_conditioned", subject="zennit", rule=label), property_report.confidence)
-        assert rate.successes == rate.trials, f"{label}: {rate.trials - rate.successes} conditioned point(s) disagree with zennit"
+        rate = tally.rate(RateKey("agreement", "agree_where_conditioned", subject="zennit", rule=label),
+                          property_report.confidence)
+        assert rate.successes == rate.trials, (f"{label}: {rate.trials - rate.successes} conditioned "
+                                               "point(s) disagree with zennit")
 
 
 #: points of the residual-sum comparison, and where they agree: relative to the point's largest relevance
@@ -159,7 +173,7 @@ RESNET_POINTS = 8
 RESNET_AGREEMENT_RTOL = 1e-6
 
 
-def test_resnet_sums_break_agreement_with_zennit(property_report):
+def test_resnet_sums_break_agreement_with_zennit(property_report: PropertyReport) -> None:
     """DTD's one layer per residual sum against zennit's ``ResNetCanonizer`` with ``Norm`` on the sum (two steps).
 
     DTD treats ``relu(bn2(conv2(h)) + x)`` as one layer whose input is ``[h, x]``
@@ -185,6 +199,7 @@ def test_resnet_sums_break_agreement_with_zennit(property_report):
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
+                assert module.running_mean is not None and module.running_var is not None
                 module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.2)
                 module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
     model = model.eval().double()
@@ -208,7 +223,8 @@ def test_resnet_sums_break_agreement_with_zennit(property_report):
                          "z+ vs zennit ResNetCanonizer + ZPlus + Norm on the sum, torchvision BasicBlock ResNet: "
                          f"{OUTCOMES[key.outcome]}")
     cosine = torch.nn.functional.cosine_similarity(ours, theirs)
-    property_report.count("median cosine of z+ (DTD) and zennit's two-step residual sum (BasicBlock ResNet)", float(cosine.median()))
+    property_report.count("median cosine of z+ (DTD) and zennit's two-step residual sum (BasicBlock ResNet)",
+                          float(cosine.median()))
     # DTD's one-layer sum conserves what its roots pass on: the difference is where the sum's relevance goes
     lost = sum(layer.lost_relevance for layer in dec.layers)
     assert torch.allclose(ours.sum(1), dec.output_value - lost, rtol=1e-9, atol=1e-12)

@@ -1,28 +1,33 @@
 """DTD's promises measured over generated networks, per rule and per layer.
 
-Every rule variant the registry marks for the ``generated`` sweep (:func:`properties.generate.variants.variants`) runs on the same
-cases, drawn uniformly and independently with :func:`properties.generate.strategies.sample_cases` (network structure,
-weight seed, explained output, inputs with ``f(x) > 0``; see that function for the population).  i.i.d. draws
-rather than hypothesis's example generation, whose mutations and near-duplicates would make the rates depend on
-its heuristics.  Roots of layer ``k`` are judged with ``f_k``.  Rates are clustered by network: the interval
-accounts for roots of one point and points of one network not being independent.  Subset ``all`` counts every
-valid root (trivial roots of neurons that carry no relevance included, as the notebook does), ``relevant`` only
-roots of neurons with ``R_j != 0``.
+Every rule variant the registry marks for the ``generated`` sweep (:func:`properties.generate.variants.variants`)
+runs on the same cases, drawn uniformly and independently with :func:`properties.generate.strategies.sample_cases`
+(network structure, weight seed, explained output, inputs with ``f(x) > 0``; see that function for the population).
+i.i.d. draws rather than hypothesis's example generation, whose mutations and near-duplicates would make the rates
+depend on its heuristics.  Roots of layer ``k`` are judged with ``f_k``.  Rates are clustered by network: the
+interval accounts for roots of one point and points of one network not being independent.  Subset ``all`` counts
+every valid root (trivial roots of neurons that carry no relevance included, as the notebook does), ``relevant``
+only roots of neurons with ``R_j != 0``.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
 from tqdm import tqdm
 
 import dtd
-from dtd import rules as R
-from properties.measure.checks import RootOutcomes, root_outcomes
 from properties.generate import variants as V
+from properties.generate.strategies import sample_cases
+from properties.measure.checks import RootOutcomes, root_outcomes
 from properties.measure.keys import RateKey
 from properties.measure.stats import Tally
-from properties.generate.strategies import sample_cases
+
+if TYPE_CHECKING:
+    from properties.generate.strategies import Case
+    from properties.plugin import PropertyReport
 
 pytestmark = pytest.mark.properties
 
@@ -39,14 +44,15 @@ def sweep_variants() -> list[V.Variant]:
 
 
 @pytest.fixture(scope="module")
-def generated_cases(property_report_seed):
-    count = SWEEP_FACTOR * settings.default.max_examples
+def generated_cases(property_report_seed: int) -> list[Case]:
+    count = SWEEP_FACTOR * settings().max_examples
     return sample_cases(count, seed=property_report_seed, n=POINTS_PER_NETWORK)
 
 
-def sweep(variant: V.Variant, generated) -> tuple[Tally, int]:
-    """Tally every outcome of every valid root of ``variant`` over the ``generated`` cases, keyed by :class:`RateKey`."""
-    tally = Tally()
+def sweep(variant: V.Variant, generated: list[Case]) -> tuple[Tally[RateKey], int]:
+    """Tally every outcome of every valid root of ``variant`` over the
+    ``generated`` cases, keyed by :class:`RateKey`."""
+    tally: Tally[RateKey] = Tally()
     n_roots = 0
     key = RateKey("generated", "root_exists", rule=variant.label)
     for case in tqdm(generated, desc=f"{variant.label} sweep", unit="network", disable=None, leave=False):
@@ -73,7 +79,8 @@ def _in_summary(key: RateKey) -> bool:
 
 
 @pytest.mark.parametrize("variant", sweep_variants(), ids=lambda v: v.label)
-def test_rates_over_generated_networks(variant, property_report, generated_cases):
+def test_rates_over_generated_networks(variant: V.Variant, property_report: PropertyReport,
+                                       generated_cases: list[Case]) -> None:
     tally, n_roots = sweep(variant, generated_cases)
     assert tally.n_clusters == len(generated_cases)
     for key in tally.names():

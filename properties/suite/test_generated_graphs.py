@@ -22,6 +22,8 @@ architecture under the ``ci`` profile (a few seconds); more under
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 import torch
 from hypothesis import settings
@@ -33,8 +35,12 @@ from properties.generate.architectures import ARCHITECTURES, POPULATIONS, sample
 from properties.measure.checks import root_outcomes
 from properties.measure.keys import OUTCOMES, SUBSETS, RateKey
 from properties.measure.stats import Tally
-from properties.subjects.subject import ROOT_QUESTIONS
 from properties.measure.thresholds import CONSERVED_SHARE
+from properties.subjects.subject import ROOT_QUESTIONS
+
+if TYPE_CHECKING:
+    from properties.generate.architectures import ModelCase
+    from properties.plugin import PropertyReport
 
 pytestmark = pytest.mark.properties
 
@@ -52,16 +58,22 @@ QUESTIONS = ROOT_QUESTIONS + ("root_exists",)
 
 
 def networks_per_population() -> int:
-    return max(1, settings.default.max_examples // NETWORKS_DIVISOR)
+    return max(1, settings().max_examples // NETWORKS_DIVISOR)
+
+
+#: a lowered case: the drawn model and its network
+Lowered = tuple["ModelCase", dtd.ReLUNetwork | dtd.GraphNetwork]
+#: per architecture: (case, lowered network) of every population
+GraphCases = dict[str, list[Lowered]]
 
 
 @pytest.fixture(scope="module")
-def graph_cases(property_report_seed):
+def graph_cases(property_report_seed: int) -> GraphCases:
     """Per architecture: (case, lowered network) of every population, the same for every rule."""
-    cases = {}
+    cases: GraphCases = {}
     with one_thread():
         for a, architecture in enumerate(ARCHITECTURES):
-            drawn = []
+            drawn: list[Lowered] = []
             for p, population in enumerate(POPULATIONS):
                 seed = property_report_seed + 1000 * a + 100 * p
                 for case in sample_cases(architecture, population, networks_per_population(), points=POINTS, seed=seed):
@@ -74,14 +86,14 @@ def sweep_variants() -> list[V.Variant]:
     return [v for v in V.variants("generated") if v.label in RULES]
 
 
-def graph_sweep(variant: V.Variant, drawn, *, seed: int) -> Tally:
+def graph_sweep(variant: V.Variant, drawn: list[Lowered], *, seed: int) -> Tally[str]:
     """Tally the root questions of ``variant`` over ``drawn`` ``[(case, network)]``: one cluster per network."""
     with one_thread(), torch.no_grad():  # tiny tensors: torch's intra-op threads only contend
         return _sweep(variant, drawn, seed)
 
 
-def _sweep(variant: V.Variant, drawn, seed: int) -> Tally:
-    tally = Tally()
+def _sweep(variant: V.Variant, drawn: list[Lowered], seed: int) -> Tally[str]:
+    tally: Tally[str] = Tally()
     generator = torch.Generator().manual_seed(seed)
     for case, net in drawn:
         tally.new_cluster()
@@ -113,7 +125,8 @@ def _description(architecture: str, label: str, outcome: str, variant: V.Variant
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("variant", sweep_variants(), ids=lambda v: v.label)
-def test_rates_over_generated_graph_networks(variant, architecture, property_report, graph_cases):
+def test_rates_over_generated_graph_networks(variant: V.Variant, architecture: str, property_report: PropertyReport,
+                                             graph_cases: GraphCases) -> None:
     drawn = graph_cases[architecture]
     tally = graph_sweep(variant, drawn, seed=property_report.seed)
     assert tally.n_clusters == len(drawn) == len(POPULATIONS) * networks_per_population()

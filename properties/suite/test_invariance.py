@@ -22,6 +22,8 @@ Both identities are exact in real arithmetic; in float64 the only differences ar
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -30,11 +32,15 @@ from hypothesis import strategies as st
 
 import dtd
 from dtd import rules as R
-from properties.subjects import digits
 from properties.findings import invariance
-from properties.measure.keys import RateKey
 from properties.generate.strategies import cases, sample_cases
+from properties.measure.keys import RateKey
+from properties.subjects import digits
 from properties.subjects.subject import Subject
+
+if TYPE_CHECKING:
+    from properties.generate.strategies import Case
+    from properties.plugin import PropertyReport
 
 pytestmark = pytest.mark.properties
 
@@ -57,16 +63,17 @@ def _box(x: torch.Tensor) -> tuple[float, float]:
     return 0.0, float(math.ceil(float(x.max()))) + 1.0
 
 
-def _relevances(case, c, first_before, first_after):
+def _relevances(case: Case, c: torch.Tensor, first_before: R.Rule,
+                first_after: R.Rule) -> tuple[dtd.Decomposition, dtd.Decomposition]:
     """Input relevance of the original network on ``x`` and of the shifted one on ``x + c`` (z+ above the input)."""
-    above = [R.ZPlus()] * (case.net.n_layers - 1)
+    above: list[R.Rule] = [R.ZPlus()] * (case.net.n_layers - 1)
     before = dtd.train_free(case.net, case.x, rule=[first_before] + above, output=case.output)
     moved = invariance.shifted_network(case.net, c)
     after = dtd.train_free(moved, case.x + c, rule=[first_after] + above, output=case.output)
     return before, after
 
 
-def _violation(before, after) -> float:
+def _violation(before: dtd.Decomposition, after: dtd.Decomposition) -> float:
     return float(invariance.relevance_change(before.relevance, after.relevance).max())
 
 
@@ -77,16 +84,18 @@ TINY = dict(depth=(1, 2), width=(1, 4), input_size=(1, 4), n=(1, 4))
 
 
 @given(case=cases(**SMALL), seed=st.integers(0, 2**16))
-def test_w2_and_shifted_zb_are_input_invariant(case, seed):
+def test_w2_and_shifted_zb_are_input_invariant(case: Case, seed: int) -> None:
     """w2 at the input, and zB with its bounds shifted by c, give the original relevance (see the module docstring)."""
     c = _shift(seed, case.net.in_features)
     weights = [case.net.weight(k).clone() for k in range(case.net.n_layers)]
     low, high = _box(case.x)
-    for label, first_before, first_after in (("w2", R.WSquare(), R.WSquare()), ("zB", R.ZB(low, high), R.ZB(low + c, high + c))):
+    for label, first_before, first_after in (("w2", R.WSquare(), R.WSquare()),
+                                             ("zB", R.ZB(low, high), R.ZB(low + c, high + c))):
         before, after = _relevances(case, c, first_before, first_after)
         worst = _violation(before, after)
         assert worst <= INVARIANCE_RTOL64, (
-            f"{label}: relevance changed by {worst:.3g} of its scale under the shift c = {c.tolist()}\n{case.describe()}")
+            f"{label}: relevance changed by {worst:.3g} of its scale under "
+            f"the shift c = {c.tolist()}\n{case.describe()}")
     # the layers above are untouched: same weights and biases, same pre-activations, same upper relevance
     moved = invariance.shifted_network(case.net, c)
     for k in range(case.net.n_layers):
@@ -94,18 +103,19 @@ def test_w2_and_shifted_zb_are_input_invariant(case, seed):
         if k:
             assert torch.equal(moved.bias(k), case.net.bias(k))
     scale = 1.0 + float(case.net.pre_activations(case.x)[0].abs().max())
-    for z, z_moved in zip(case.net.pre_activations(case.x), moved.pre_activations(case.x + c)):
+    for z, z_moved in zip(case.net.pre_activations(case.x), moved.pre_activations(case.x + c), strict=True):
         assert float((z - z_moved).abs().max()) <= INVARIANCE_RTOL64 * scale
     for k in range(1, case.net.n_layers):
         diff = float((before.layers[k].upper_relevance - after.layers[k].upper_relevance).abs().max())
         assert diff <= INVARIANCE_RTOL64 * (1.0 + float(before.output_value.abs().max()))
-    assert all(torch.equal(w, case.net.weight(k)) for k, w in enumerate(weights)), "shifted_network changed the caller's network"
+    assert all(torch.equal(w, case.net.weight(k)) for k, w in enumerate(weights)), ("shifted_network changed "
+                                                                                    "the caller's network")
 
 
-def test_a_zb_whose_bounds_are_not_shifted_shrinks_to_two_inputs():
+def test_a_zb_whose_bounds_are_not_shifted_shrinks_to_two_inputs() -> None:
     """The deliberately broken invariance: zB keeps the unshifted box [low, high] on the shifted inputs."""
 
-    def broken(example) -> bool:
+    def broken(example: tuple[Case, int]) -> bool:
         case, seed = example
         c = _shift(seed, case.net.in_features)
         low, high = _box(case.x)
@@ -123,8 +133,8 @@ def test_a_zb_whose_bounds_are_not_shifted_shrinks_to_two_inputs():
     assert case.x.shape[0] == 1, f"shrunk to {case.x.shape[0]} points\n{case.describe()}"
 
 
-def test_invariance_rates_over_generated_networks(property_report):
-    count = max(2, settings.default.max_examples // NETWORKS_DIVISOR)
+def test_invariance_rates_over_generated_networks(property_report: PropertyReport) -> None:
+    count = max(2, settings().max_examples // NETWORKS_DIVISOR)
     generated = sample_cases(count, seed=property_report.seed, n=POINTS_PER_NETWORK)
     found = invariance.invariance_sweep(generated, seed=property_report.seed, confidence=property_report.confidence)
     found.record(property_report, summary=lambda key: key.rule in ("z+", "w2", "zB", invariance.UNSHIFTED))
@@ -136,9 +146,11 @@ def test_invariance_rates_over_generated_networks(property_report):
 
 
 @pytest.mark.parametrize("name, train", [("digits_mlp", digits.digits_mlp), ("digits_cnn", digits.digits_cnn)])
-def test_invariance_of_trained_subjects(property_report, name, train):
+def test_invariance_of_trained_subjects(property_report: PropertyReport, name: str,
+                                        train: Callable[[], digits.TrainedModel]) -> None:
     trained = train()
-    subject = Subject(name, trained.model, trained.data.test_x[:SUBJECT_POINTS], rules=("z+", "zB"), input_box=(0.0, 1.0))
+    subject = Subject(name, trained.model, trained.data.test_x[:SUBJECT_POINTS], rules=("z+", "zB"),
+                      input_box=(0.0, 1.0))
     found = invariance.subject_invariance(subject, confidence=property_report.confidence)
     found.record(property_report)
     for label in ("zB", "w2_first"):

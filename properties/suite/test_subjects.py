@@ -14,13 +14,18 @@ judged on fewer points and sampled neurons (:data:`GRAPH_SUBJECTS`) to keep
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 import torch
 
 import dtd
-from properties.subjects import digits
 from properties.measure.keys import LAYER_NAMES_SEPARATOR, RateKey, layer_names_label
-from properties.subjects.subject import ROOT_QUESTIONS, Subject, evaluate
+from properties.subjects import digits
+from properties.subjects.subject import ROOT_QUESTIONS, Subject, SubjectResult, evaluate
+
+if TYPE_CHECKING:
+    from properties.plugin import PropertyReport
 
 pytestmark = pytest.mark.properties
 
@@ -34,7 +39,8 @@ GRAPH_SUBJECTS = {"digits_maxpool": (digits.digits_maxpool, 100, 32), "digits_re
 MIN_ACCURACY = 0.9
 
 
-def _judge(property_report, name, trained, *, points=N_POINTS, neurons=64):
+def _judge(property_report: PropertyReport, name: str, trained: digits.TrainedModel, *, points: int = N_POINTS,
+           neurons: int = 64) -> tuple[Subject, SubjectResult]:
     assert trained.test_accuracy >= MIN_ACCURACY, f"{name}: held-out accuracy {trained.test_accuracy:.3f}"
     subject = Subject(name, trained.model, trained.data.test_x[:points], rules=RULES, input_box=(0.0, 1.0),
                       neurons_per_point=neurons)
@@ -44,16 +50,16 @@ def _judge(property_report, name, trained, *, points=N_POINTS, neurons=64):
     return subject, result
 
 
-def test_digits_mlp(property_report):
+def test_digits_mlp(property_report: PropertyReport) -> None:
     _judge(property_report, "digits_mlp", digits.digits_mlp())
 
 
-def test_digits_cnn(property_report):
+def test_digits_cnn(property_report: PropertyReport) -> None:
     _judge(property_report, "digits_cnn", digits.digits_cnn())
 
 
 @pytest.mark.parametrize("name", list(GRAPH_SUBJECTS))
-def test_graph_subjects(property_report, name):
+def test_graph_subjects(property_report: PropertyReport, name: str) -> None:
     train, points, neurons = GRAPH_SUBJECTS[name]
     subject, result = _judge(property_report, name, train(), points=points, neurons=neurons)
     net = subject.network
@@ -62,7 +68,11 @@ def test_graph_subjects(property_report, name):
     for label in RULES:
         for k in range(net.n_layers):
             for outcome in ROOT_QUESTIONS + ("root_exists",):
-                assert RateKey("subject", outcome, subject=name, rule=label, layer=k) in result.rates, (label, k, outcome)
+                assert RateKey("subject", outcome, subject=name, rule=label, layer=k) in result.rates, (
+                    label,
+                    k,
+                    outcome,
+                )
     modules = dict(subject.model.named_modules())
     assert all(layer in modules for layer in net.layer_names()), net.layer_names()
     note = property_report._store.counts[layer_names_label(name)]
@@ -80,7 +90,7 @@ SEGMENTATION_POINTS, SEGMENTATION_NEURONS = 100, 16
 INK_PIXEL, MASK_ROWS, MASK_COLS = (1, 3, 4), slice(2, 6), slice(2, 6)
 
 
-def test_segmentation_subjects(property_report):
+def test_segmentation_subjects(property_report: PropertyReport) -> None:
     """The digits U-Net (:func:`properties.subjects.digits.digits_unet`: leaky ReLUs, max pooling, a transposed
     convolution, a nearest upsampling, skips by cat, a ReLU6), judged like a user's segmentation model: explained at
     one pixel of the ink class (``subject.digits_unet_pixel.*``, the points whose logit there is positive) and over

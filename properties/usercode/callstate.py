@@ -20,7 +20,9 @@ import functools
 import signal
 import threading
 import time
-from typing import Iterator, Optional
+import types
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import torch
 
@@ -53,7 +55,8 @@ def _apply_global_state(state: dict) -> None:
         torch.set_default_device(None if device == torch.device("cpu") else device)
     torch.set_grad_enabled(state["grad mode"])
     torch.autograd.set_detect_anomaly(*state["anomaly detection"])
-    torch.use_deterministic_algorithms(state["deterministic algorithms"][0], warn_only=state["deterministic algorithms"][1])
+    torch.use_deterministic_algorithms(state["deterministic algorithms"][0],
+                                       warn_only=state["deterministic algorithms"][1])
     if torch.get_num_threads() != state["torch threads"]:
         torch.set_num_threads(state["torch threads"])
     torch.random.set_rng_state(state["torch global RNG"])
@@ -71,7 +74,7 @@ def _clean_global_state() -> dict:
             "torch threads": torch.get_num_threads(), "torch global RNG": _clean_rng_state()}
 
 
-def _state_text(name: str, value) -> str:
+def _state_text(name: str, value: Any) -> str:  # a value of the state named `name` (a dtype, a flag, a pair)
     if name == "torch default dtype":
         return str(value).replace("torch.", "")
     if name == "grad mode":
@@ -115,11 +118,12 @@ def clean_global_state() -> Iterator[list[str]]:
 
 
 class CallTimeout(BaseException):
-    """Raised inside a call by the alarm (a BaseException, so the implementation's ``except Exception`` lets it pass)."""
+    """Raised inside a call by the alarm (a BaseException, so the
+    implementation's ``except Exception`` lets it pass)."""
 
 
 @contextlib.contextmanager
-def time_limit(seconds: Optional[float]) -> Iterator[None]:
+def time_limit(seconds: float | None) -> Iterator[None]:
     """Interrupt the block after ``seconds`` (SIGALRM, in the main thread where no other alarm is set; elsewhere the
     time is checked when the block returns)."""
     if seconds is None:
@@ -135,7 +139,7 @@ def time_limit(seconds: Optional[float]) -> Iterator[None]:
             raise CallTimeout()
         return
 
-    def alarm(signum, frame):
+    def alarm(signum: int, frame: types.FrameType | None) -> NoReturn:
         raise CallTimeout()
 
     previous = signal.signal(signal.SIGALRM, alarm)

@@ -12,17 +12,16 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Optional
 
 __all__ = ["load_factory"]
 
 
 #: the hint an error raised inside a factory ends with: how to refuse a model before training it
-_EARLIER = ("; to find a model DTD cannot lower before training it, call properties.subjects.subject.check_model(model, input_shape) "
-            "at the top of the factory")
+_EARLIER = ("; to find a model DTD cannot lower before training it, call "
+            "properties.subjects.subject.check_model(model, input_shape) at the top of the factory")
 
 
-def load_factory(spec: str, expected: type, *, directory: Optional[Path] = None) -> list:
+def load_factory(spec: str, expected: type, *, directory: Path | None = None) -> list:
     """Import ``MODULE:FACTORY`` and call the factory; the ``expected`` object(s) it returns, as a list.
 
     ``MODULE`` is imported with ``directory`` (default: the current one)
@@ -48,8 +47,9 @@ def load_factory(spec: str, expected: type, *, directory: Optional[Path] = None)
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         if error.name is not None and error.name != module_name and not module_name.startswith(error.name + "."):
-            raise ValueError(f"importing module {module_name!r} of {spec!r} failed: {_where(error)}ModuleNotFoundError: "
-                             f"{error} (a module it imports is not installed)") from None
+            raise ValueError(f"importing module {module_name!r} of {spec!r} failed: "
+                             f"{_where(error)}ModuleNotFoundError: {error} (a module it imports is not "
+                             "installed)") from None
         raise ValueError(
             f"cannot import module {module_name!r} of {spec!r}: {error}; MODULE must be importable from {here} "
             f"(a file {module_name.replace('.', '/')}.py or a package there), as with python -m"
@@ -70,11 +70,13 @@ def load_factory(spec: str, expected: type, *, directory: Optional[Path] = None)
             f"function returning a {what} or a list of them (the module defines {public})"
         ) from None
     if not callable(factory):
-        raise TypeError(f"{spec} is a {type(factory).__name__}, not a function; expected a function returning a {what} or a list of them")
+        raise TypeError(f"{spec} is a {type(factory).__name__}, not a function; "
+                        f"expected a function returning a {what} or a list of them")
     try:
         made = factory()
     except (TypeError, ValueError) as error:
-        raise type(error)(f"factory {spec} ran (its training, if any, is done) and then failed: {error}{_EARLIER if expected.__name__ == 'Subject' else ''}") from error
+        raise type(error)(f"factory {spec} ran (its training, if any, is done) and then "
+                          f"failed: {error}{_EARLIER if expected.__name__ == 'Subject' else ''}") from error
     except Exception as error:  # the user's own code failed: a usage error naming it, not a crash of the runner
         raise ValueError(f"factory {spec} ran and raised {type(error).__name__}: {error}") from error
     items = [made] if isinstance(made, expected) else made
@@ -86,7 +88,8 @@ def load_factory(spec: str, expected: type, *, directory: Optional[Path] = None)
         raise ValueError(f"factory {spec} returned an empty list; expected at least one {what}")
     names = [item.name for item in items]
     if len(set(names)) != len(names):
-        raise ValueError(f"factory {spec} returned {expected.__name__}s with the same name: {names}; names must differ (they name the rates)")
+        raise ValueError(f"factory {spec} returned {expected.__name__}s with the same "
+                         f"name: {names}; names must differ (they name the rates)")
     return list(items)
 
 
