@@ -89,6 +89,11 @@ class ReLUNetwork(nn.Module):
         :func:`dtd.train_free` and :func:`dtd.full_backward` return the input
         relevance in the shape of the ``x`` they were given, while
         layer-level tensors stay flat ``(batch, D_k)``.
+    output_shape
+        The per-point output's shape (e.g. ``(2, 8, 8)`` for a segmentation
+        map lowered densely), when it is more than the last layer's width:
+        index tuples (``output=(class, row, col)``) and output weights read it.
+        :meth:`forward` returns the flat ``(batch, out_features)`` either way.
 
     Notes
     -----
@@ -105,6 +110,7 @@ class ReLUNetwork(nn.Module):
         final_relu: bool = True,
         flatten_input: bool = False,
         input_shape: Sequence[int] | None = None,
+        output_shape: Sequence[int] | None = None,
     ):
         super().__init__()
         layers = list(layers)
@@ -152,9 +158,16 @@ class ReLUNetwork(nn.Module):
                     f"input_shape {input_shape} has {math.prod(input_shape)} entries but the first layer takes "
                     f"{layers[0].in_features} inputs"
                 )
+        if output_shape is not None:
+            output_shape = tuple(check_int(n, f"every entry of output_shape {tuple(output_shape)}", minimum=1)
+                                 for n in output_shape)
+            if math.prod(output_shape) != layers[-1].out_features:
+                raise ValueError(f"output_shape {output_shape} has {math.prod(output_shape)} entries but the last "
+                                 f"layer has {layers[-1].out_features} outputs")
         self.layers = nn.ModuleList(layers)
         self.final_relu = final_relu
         self.input_shape: tuple[int, ...] | None = input_shape
+        self._output_shape: tuple[int, ...] | None = output_shape
         self.flatten_input = bool(flatten_input) or (input_shape is not None and len(input_shape) > 1)
 
     # ------------------------------------------------------------------ constructors
@@ -284,7 +297,9 @@ class ReLUNetwork(nn.Module):
                 linear.bias = nn.Parameter(layer.bias)
             linears.append(linear)
         final_relu = lowered.layers[-1].relu
-        return cls(linears, final_relu=final_relu, flatten_input=lowered.flatten_input, input_shape=lowered.input_shape)
+        output_shape = lowered.output_shape if len(lowered.output_shape) > 1 else None
+        return cls(linears, final_relu=final_relu, flatten_input=lowered.flatten_input, input_shape=lowered.input_shape,
+                   output_shape=output_shape)
 
     @classmethod
     def from_module(
@@ -350,9 +365,9 @@ class ReLUNetwork(nn.Module):
             linear.weight = nn.Parameter(weight.clone())
             linear.bias = nn.Parameter(bias.clone())
             linears.append(linear)
-        shape = tuple(graph.input_shape)
+        shape, out = tuple(graph.input_shape), tuple(graph.output_shape)
         return cls(linears, final_relu=final_relu, input_shape=shape if len(shape) > 1 else None,
-                   flatten_input=len(shape) > 1)
+                   flatten_input=len(shape) > 1, output_shape=out if len(out) > 1 else None)
 
     def to_sequential(self, *, bias: bool = True) -> nn.Sequential:
         """An independent ``nn.Sequential`` copy (``Linear``, ``ReLU``, ...) computing the same function.
@@ -441,7 +456,7 @@ class ReLUNetwork(nn.Module):
     def subnetwork(self, from_layer: int) -> ReLUNetwork:
         """``f_k``: the layers ``from_layer ...`` sharing this network's parameters."""
         self.check_layer(from_layer)
-        return ReLUNetwork(self._linears()[from_layer:], final_relu=self.final_relu)
+        return ReLUNetwork(self._linears()[from_layer:], final_relu=self.final_relu, output_shape=self._output_shape)
 
     def check_parameters(self) -> None:
         """Raise ``ValueError`` if any weight or bias is NaN, infinite or has no values (a network on the
@@ -478,8 +493,8 @@ class ReLUNetwork(nn.Module):
 
     @property
     def output_shape(self) -> tuple:
-        """The per-point output's shape: ``(out_features,)``."""
-        return (self.out_features,)
+        """The per-point output's shape: ``(out_features,)``, or the model's (``(2, 8, 8)``) where it was given."""
+        return self._output_shape if self._output_shape is not None else (self.out_features,)
 
     def explaining(self, weights: torch.Tensor) -> ReLUNetwork:
         """The network whose one output is ``sum(weights * net(x))`` (``weights`` ``(out_features,)``).

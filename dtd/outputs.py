@@ -97,6 +97,12 @@ def check_output(net: Explainable, output: OutputLike, batch: int | None = None)
                 f"{tuple(net.output_shape)}); this function takes an index: pass the "
                 "weights to dtd.train_free, or explain net.explaining(weights) at output 0"
             )
+        if output.dim() > 1 or (output.dtype == torch.bool and tuple(output.shape) == tuple(net.output_shape)):
+            raise TypeError(
+                f"output as a {output.dtype} tensor of shape {tuple(output.shape)} is neither per-point indices (a "
+                f"1-D integer tensor) nor weights: a mask over the output (shape {tuple(net.output_shape)}) must be "
+                "floating point, e.g. output=mask.float()"
+            )
         if output.dtype.is_complex or output.dtype == torch.bool or output.dim() != 1:
             raise TypeError(
                 "output as a tensor must be a 1-D integer tensor of per-point output "

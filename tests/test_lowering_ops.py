@@ -320,7 +320,7 @@ def test_a_composite_without_an_exact_form_is_dense_within_the_budget_or_refused
         lower_module(model, (3, 6, 6), memory_budget=1000)
     # and where the fold would take too long to compute (a limit read at every fold)
     cost = compose.dense_work(Chain([_conv((3, 3, 3, 3), (3, 6, 6), 0, padding=1), _bilinear((3, 6, 6))]))
-    monkeypatch.setattr(dtd.lowering, "DENSE_WORK_LIMIT", cost // 2)
+    monkeypatch.setattr(compose, "DENSE_WORK_LIMIT", cost // 2)
     with pytest.raises(ValueError, match=r"432 outputs\) would take about .* multiply-adds.*DENSE_WORK_LIMIT"):
         lower_module(model, (3, 6, 6))
 
@@ -584,3 +584,22 @@ def test_a_module_called_twice_is_two_layers_of_the_same_weights():
     net = lower_module(model, (3,))
     assert net.n_layers == 4 and net.layer_names()[1:3] == ["2", "4"]  # the module's names at its two call sites
     assert torch.equal(net.weight(1), net.weight(2))
+
+
+def test_a_boolean_mask_is_told_to_be_weights():
+    net = dtd.ReLUNetwork.from_module(_seeded(UpConv), (2, 8, 8))
+    labels = torch.zeros(net.output_shape, dtype=torch.bool)
+    labels[1, 2:5, 2:5] = True
+    with pytest.raises(TypeError, match=r"must be floating point, e\.g\. output=mask\.float\(\)"):
+        dtd.train_free(net, _inputs((2, 8, 8)), output=labels)
+
+
+def test_a_dense_lowering_keeps_the_output_shape_for_index_tuples():
+    model = _seeded(lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 1)))
+    net = dtd.ReLUNetwork.from_sequential(model, (1, 4, 4))
+    assert isinstance(net, dtd.ReLUNetwork) and net.output_shape == (2, 4, 4)
+    assert net.subnetwork(1).output_shape == (2, 4, 4)
+    x = _inputs((1, 4, 4))
+    dec = dtd.train_free(net, x, output=(1, 2, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(dec.output_value, model(x)[:, 1, 2, 3], rtol=1e-12, atol=0)

@@ -355,3 +355,23 @@ def test_points_per_item_auto_bounds_the_work_of_an_item():
     sizes = dense.network.sizes
     work = sum(sizes[k + 1] * (sizes[k] + sum(sizes[k + 1 :])) for k in range(len(sizes) - 1))
     assert dense.points_per_item == ITEM_WORK // work
+
+
+def test_a_tuple_is_an_index_into_the_output_never_one_index_per_point():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 1)).eval()
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    message = r"output=\(1, 2\) has 2 indices but the network's output per point has shape \(2, 4, 4\)"
+    with pytest.raises(ValueError, match=message):
+        Subject("seg", model, x, outputs=(1, 2))  # two points: as a list it would be one index per point
+
+
+def test_negative_inputs_get_a_subjects_advice():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    with torch.no_grad():
+        model[2].bias.fill_(5.0)  # every point's output 0 is positive: only the inputs' sign is in question
+    x = torch.rand(5, 4, generator=torch.Generator().manual_seed(0)) - 0.5
+    with pytest.raises(ValueError, match=r"negative value\(s\).*rules=\('zB',\) and the box your data live in"):
+        Subject("normalised", model, x, outputs=0)
+    subject = Subject("normalised", model, x, outputs=0, rules=("zB",))  # the default box holds negative inputs too
+    (label, rules), = subject.rules
+    assert label == "zB" and rules[0].low == -1.0 and rules[0].high == 1.0

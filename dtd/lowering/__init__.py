@@ -52,7 +52,6 @@ from .walk import build_network, lower_captured
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
-    "DENSE_WORK_LIMIT",
     "FORWARD_CHECK_RTOL",
     "AffineLayer",
     "LoweredModel",
@@ -63,11 +62,6 @@ __all__ = [
 
 #: Largest dense matrix (bytes, float64) one affine map without an exact operator form may be folded into: 1 GiB.
 DEFAULT_MEMORY_BUDGET = 1 << 30
-
-#: Largest number of multiply-adds one dense fold may take (:func:`dtd.lowering.compose.dense_work`): about half a
-#: minute on two cores; a larger one is refused naming the modules (``dtd.lowering.DENSE_WORK_LIMIT = ...`` raises
-#: it, read at every fold).
-DENSE_WORK_LIMIT = 5 * 10**10
 
 #: Largest difference between the lowered network's output and the model's own on a random input, relative to the
 #: largest output, before the lowering reports itself wrong (float32 allows the rounding of a deep network's sums).
@@ -96,6 +90,7 @@ class LoweredModel:
     layers: tuple[AffineLayer, ...]
     input_shape: tuple[int, ...] | None
     flatten_input: bool
+    output_shape: tuple[int, ...] = ()  # the per-point output's shape (a segmentation map's), flattened by the layers
 
 
 def _lower(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequence[int] | None, select: SelectLike,
@@ -229,7 +224,8 @@ def lower_sequential(
     checked = GraphNetwork.chain([layer.weight for layer in converted], [layer.bias for layer in converted],
                                  final_relu=final_relu, input_shape=shape)
     _check_forward(model, captured, None, checked)
-    return LoweredModel(layers=converted, input_shape=given, flatten_input=flatten_input)
+    return LoweredModel(layers=converted, input_shape=given, flatten_input=flatten_input,
+                        output_shape=tuple(net.output_shape))
 
 
 def _dense_layers(net: GraphNetwork,

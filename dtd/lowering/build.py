@@ -32,6 +32,7 @@ import torch
 
 from ..graph import AffineNode, Branch, InputNode, MaxPoolNode, Node, ReLUNode
 from ..operators import Chain, Embed, IndexMap, Multiply, Narrow, Operator, Parallel, Reshape, Scale, Zero
+from . import compose
 from .capture import BATCH, Captured
 from .compose import dense_bytes, dense_chain, dense_work, describe_ops, merge_convolutions, simplify, size_text
 
@@ -242,8 +243,6 @@ class Builder:
 
     def _dense_or_refused(self, op: Operator, what: str, names: Iterable[str], where: str) -> Chain:
         """``op`` folded into one dense matrix, or the ``ValueError`` saying why it cannot be (memory, time)."""
-        from . import DENSE_WORK_LIMIT  # read at every call: raised where the time is there
-
         listed = ", ".join(repr(n) for n in dict.fromkeys(names) if n and n != "skip") or "(no module)"
         n_in, n_out = op.in_features, op.out_features
         start = (f"the affine map before {where} ({what}; modules {listed}) has no exact operator form for DTD's "
@@ -253,10 +252,10 @@ class Builder:
         if needed > self.memory_budget:
             raise ValueError(f"{start} would need {size_text(needed)}, more than memory_budget={self.memory_budget:,}; "
                              "pass a larger memory_budget= (where the memory is there), or put a ReLU between the maps")
-        cost = dense_work(op)
-        if cost > DENSE_WORK_LIMIT:
+        cost, limit = dense_work(op), compose.DENSE_WORK_LIMIT  # read at every fold: raised where the time is there
+        if cost > limit:
             raise ValueError(f"{start} would take about {cost:.2g} multiply-adds to compute, more than "
-                             f"dtd.lowering.DENSE_WORK_LIMIT = {DENSE_WORK_LIMIT:.2g}; raise it where the time is "
+                             f"dtd.lowering.compose.DENSE_WORK_LIMIT = {limit:.2g}; raise it where the time is "
                              "there, or put a ReLU between the maps")
         return dense_chain(op, self.device)
 

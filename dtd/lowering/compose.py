@@ -53,7 +53,8 @@ from ..operators import (
     Zero,
 )
 
-__all__ = ["simplify", "merge_convolutions", "dense_chain", "dense_matrix", "dense_bytes", "dense_work", "work",
+__all__ = ["DENSE_WORK_LIMIT", "simplify", "merge_convolutions", "dense_chain", "dense_matrix", "dense_bytes",
+           "dense_work", "work",
            "describe_ops", "size_text"]
 
 
@@ -391,6 +392,12 @@ def merge_convolutions(chains: Sequence[Chain]) -> Chain | None:
     except RuntimeError:
         return None
     return Chain([conv]) if conv.out_shape == tuple(chains[0].out_shape) else None
+
+
+#: Largest number of multiply-adds one dense fold may take (:func:`dense_work`): about half a minute on two cores;
+#: a larger fold is refused naming the modules.  Read at every fold, so ``dtd.lowering.compose.DENSE_WORK_LIMIT = ...``
+#: raises it where the time is there.
+DENSE_WORK_LIMIT = 5 * 10**10
 
 
 def dense_bytes(op: Operator) -> int:

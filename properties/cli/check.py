@@ -81,7 +81,8 @@ def add_check_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
                         help="report directory (default: property-report)")
     parser.add_argument(
         "--baseline", default=None, metavar="FILE",
-        help="your baseline (default: ./dtd-properties-baseline.json; absent: every rate is new and nothing fails)",
+        help=("your baseline (default: ./dtd-properties-baseline.json, and while that file is absent every rate is new "
+              "and nothing fails; a FILE given here must exist, unless --update-baseline writes it)"),
     )
     parser.add_argument("--update-baseline", action="store_true",
                         help="write this run's rates into the baseline instead of gating on it")

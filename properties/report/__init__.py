@@ -188,7 +188,8 @@ def read_baseline(path: Path, *, missing_ok: bool = False) -> dict[str, dict]:
     if not exists:
         if missing_ok:
             return {}
-        raise ValueError(f"baseline {path} does not exist (a typo? --update-baseline creates it)")
+        raise ValueError(f"baseline {path} does not exist (a typo? --update-baseline (dtd-properties check) or "
+                         "--property-update-baseline (pytest) creates it)")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

@@ -309,7 +309,7 @@ def _run(config: Mapping) -> list[str]:
     out = ["## The run", "", "Settings: " + "; ".join(settings) + "." if settings else ""]
     if counts:
         out += ["", "| measured quantity (not gated) | value |", "|---|---|"]
-        out += [f"| {_cell(k)} | {v} |" for k, v in sorted(counts.items())]
+        out += [f"| {_cell(k)} | {_cell(v)} |" for k, v in sorted(counts.items())]
     return out + [""]
 
 

@@ -124,10 +124,10 @@ class Subject:
     outputs
         Which output to explain at each point: ``"predicted"`` (each point's
         argmax of a ``(N, classes)`` output), an int (the same flattened
-        output everywhere), a tuple index into the per-point output's shape
-        (``(class, row, col)`` of a segmentation map: a tuple whose length is
-        the output's number of dimensions is always such an index), a list
-        / 1-D integer tensor of ``N`` output indices, or a floating tensor of
+        output everywhere), a tuple: an index into the per-point output's
+        shape (``(class, row, col)`` of a segmentation map; a tuple is never
+        read as one index per point), a list or 1-D integer tensor of ``N``
+        output indices (one per point), or a floating tensor of
         the per-point output's shape: weights ``w`` explaining ``sum(w * y)``
         at every point (a class's mask; :mod:`dtd.outputs`).  Points whose
         explained output is not positive carry no relevance and are left out
@@ -145,8 +145,8 @@ class Subject:
     input_box
         ``(low, high)``: the box the data live in (numbers or per-feature
         1-D tensors).  The ``zB`` recipe uses it at the input (default: the
-        smallest ``[0, ceil(max)]`` box holding the inputs); inputs outside
-        it are a ``ValueError``.
+        box ``[0, ceil(max)]`` of the inputs, from ``floor(min)`` where they are
+        negative); inputs outside it are a ``ValueError``.
     neurons_per_point
         ``K``: neurons drawn per point and layer for the root questions
         (None: every neuron).
@@ -222,8 +222,8 @@ class Subject:
             self.network = self.network.explaining(outputs)  # one output: sum(w * y)
             self.output_weights = outputs.detach().clone()
             outputs = 0
-        elif isinstance(outputs, tuple) and len(outputs) == len(self.network.output_shape):
-            outputs = self.network.check_output(outputs)  # an index into the output's shape: its flat index
+        elif isinstance(outputs, tuple):  # always an index into the output's shape (one per point: a list or tensor)
+            outputs = self.network.check_output(outputs)
         if isinstance(outputs, str) and outputs == "predicted" and len(self.network.output_shape) != 1:
             raise ValueError(
                 "outputs='predicted' takes each point's largest class of a (N, classes) output; "
@@ -257,11 +257,15 @@ class Subject:
                     dtd.decompose.checked_activations(self.network, self.inputs, int(self.outputs[0]),
                                                       dtd.LinearRoots(rule))
             except ValueError as error:
-                hint = ""
-                if bool((self.inputs < 0).any()):
-                    hint = (" (inputs with negative values: use 'zB' with the data's box, "
-                            "input_box=(low, high), or ('w2_first', ...) at the input)")
-                raise ValueError(f"rule {label!r} cannot explain these inputs: {error}{hint}") from None
+                if bool((self.inputs < 0).any()) and "negative" in str(error):
+                    raise ValueError(
+                        f"rule {label!r} cannot explain these inputs: they hold {int((self.inputs < 0).sum())} "
+                        f"negative value(s) (min {float(self.inputs.min()):.4g}; normalised images?), and {label!r} "
+                        "needs non-negative activations at the input. In a Subject, explain the input layer with "
+                        "rules=('zB',) and the box your data live in, input_box=(low, high) (zB at the input, z+ "
+                        "above; without input_box the box is [floor(min), ceil(max)] of these inputs), or "
+                        "rules=('w2_first',) (w2 at the input, z+ above)") from None
+                raise ValueError(f"rule {label!r} cannot explain these inputs: {error}") from None
 
         if points_per_item == "auto":
             points_per_item = _auto_points_per_item(self.network, len(self.rules), neurons_per_point)
@@ -389,6 +393,10 @@ def _explained_outputs(outputs: OutputsLike, logits: torch.Tensor) -> torch.Tens
             raise ValueError(f"outputs must be an output index in [0, {n_out - 1}], got {outputs}")
         return torch.full((n,), outputs, dtype=torch.int64, device=logits.device)
     if isinstance(outputs, torch.Tensor):
+        if outputs.dim() > 1:
+            raise TypeError(f"outputs as a {outputs.dtype} tensor of shape {tuple(outputs.shape)} is neither one index "
+                            "per point (a 1-D integer tensor) nor weights: a mask over the output must be floating "
+                            "point, e.g. outputs=mask.float()")
         if outputs.dtype.is_floating_point or outputs.dtype == torch.bool or outputs.dim() != 1:
             raise TypeError("outputs as a tensor must be a 1-D integer tensor, got "
                             f"dtype {outputs.dtype}, shape {tuple(outputs.shape)}")
@@ -436,8 +444,9 @@ def _resolve_rules(rules: str | R.Rule | Sequence[RuleChoice], x_flat: torch.Ten
             rule = [R.Rule.ensure(r) for r in given] if isinstance(given, (list, tuple)) else R.Rule.ensure(given)
         elif isinstance(spec, str):
             label = spec
-            if spec == "zB":
-                low, high = box if box is not None else (0.0, R.ZB.for_data(x_flat).high.item())
+            if spec == "zB":  # the data's box: given, or [0, ceil(max)] (from floor(min) where inputs are negative)
+                floor = min(0.0, float(torch.floor(x_flat.min())))
+                low, high = box if box is not None else (floor, R.ZB.for_data(x_flat).high.item())
                 rule = [R.ZB(low, high)] + [R.ZPlus()] * (n_layers - 1)
             elif spec in variants:
                 rule = variants[spec].rules_for(x_flat, n_layers)
