@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..graph import operator_matrix
 from ..operators import (
     Chain,
     Conv,
@@ -488,20 +489,7 @@ def dense_matrix(chain: Operator, device: torch.device) -> torch.Tensor:
             matrix = _spatial_basis_through_convolution(ops, device)
             if matrix is not None:
                 return matrix
-        backwards = d_out < d_in
-        n, shape = (d_out, chain.out_shape) if backwards else (d_in, chain.in_shape)
-        matrix = torch.empty(d_out, d_in, dtype=torch.float64, device=device)
-        chunk = max(1, min(n, (16 << 20) // (8 * max(d_in, d_out))))
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            basis = torch.zeros(stop - start, n, dtype=torch.float64, device=device)
-            basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-            basis = basis.reshape((stop - start,) + tuple(shape))
-            if backwards:
-                matrix[start:stop] = chain.transpose(basis).reshape(stop - start, d_in)
-            else:
-                matrix[:, start:stop] = chain.forward(basis).reshape(stop - start, d_out).T
-    return matrix
+    return operator_matrix(chain, torch.float64, device)  # basis vectors of the smaller side pushed through
 
 
 def _spatial_basis_through_convolution(ops: Sequence[Operator], device: torch.device) -> torch.Tensor | None:
