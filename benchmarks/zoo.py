@@ -247,6 +247,58 @@ def coverage(rows: list[dict]) -> str:
             "forward difference above 1e-8")
 
 
+#: the documentation page whose zoo table ``--docs`` rewrites (between the markers below)
+ZOO_PAGE = Path(__file__).resolve().parent.parent / "docs" / "how-to" / "zoo-models.md"
+_BEGIN, _END = "<!-- zoo-table -->", "<!-- /zoo-table -->"
+
+
+def _short_reason(row: dict) -> str:
+    """A row's reason in a few words: the operation and module of a refusal, the operations and limit of a fold."""
+    reason = row.get("reason") or ""
+    refused = re.search(r"cannot lower ('[^']+' in module '[^']*' \([^)]*\)|'[^']+')", reason)
+    if refused:
+        return refused.group(1)
+    fold = re.search(r"\(([^;()\[\]]+); modules ('[^']*')", reason)
+    limit = "memory_budget" if "memory_budget=" in reason else "DENSE_WORK_LIMIT"
+    if fold:
+        return f"{fold.group(1)} from module {fold.group(2)} on: no exact form, above {limit}"
+    return reason[:120]
+
+
+def docs_table(data: dict) -> str:
+    """The zoo page's section: the coverage line, a count per source and status, and one row per model."""
+    rows = data["rows"]
+    statuses = ["lowered", "refused: not piecewise linear", "refused: no exact form within the limits",
+                "refused: cannot be captured", "failed"]
+    sources = list(dict.fromkeys(r["source"] for r in rows))
+    lines = [f"`python -m benchmarks.zoo` ({data['machine']}; random weights, batch-norm statistics randomised, "
+             f"float64, 3x{data['size']}x{data['size']} unless a model needs its own input size; one fresh process "
+             "per model):",
+             "", f"**{data['coverage']}.**", "",
+             "| source | " + " | ".join(statuses) + " |", "|---" * (len(statuses) + 1) + "|"]
+    for source in sources:
+        counts = [sum(r["source"] == source and r["status"] == st for r in rows) for st in statuses]
+        lines.append(f"| {source} | " + " | ".join(str(c) for c in counts) + " |")
+    lines += ["", "| source | family | model | input | status | forward difference / reason | seconds |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        detail = f"{r['difference']:.1e}" if r["status"] == "lowered" else _short_reason(r).replace("|", "\\|")
+        lines.append(f"| {r['source']} | {r['family']} | {r['name']} | {'x'.join(map(str, r.get('input', [])))} | "
+                     f"{r['status']} | {detail} | {r['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def write_docs(results: Path, page: Path = ZOO_PAGE) -> None:
+    """Rewrite the zoo page's section between its markers from ``results`` (a zoo.json)."""
+    text = page.read_text()
+    if _BEGIN not in text or _END not in text:
+        raise SystemExit(f"{page} has no {_BEGIN} ... {_END} section to rewrite")
+    head, rest = text.split(_BEGIN, 1)
+    _, tail = rest.split(_END, 1)
+    page.write_text(head + _BEGIN + "\n" + docs_table(json.loads(results.read_text())) + "\n" + _END + tail)
+    print(f"{page} zoo table rewritten from {results}")
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| source | family | model | input | status | forward difference / reason | seconds |",
              "|---|---|---|---|---|---|---|"]
@@ -266,7 +318,12 @@ def main(argv=None) -> None:
     parser.add_argument("--only", nargs="*", default=None, help="models whose name or family contains one of these")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per model")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--docs", action="store_true",
+                        help="only rewrite the table of docs/how-to/zoo-models.md from OUT/zoo.json")
     args = parser.parse_args(argv)
+    if args.docs:
+        write_docs(args.out / "zoo.json")
+        return
     entries = all_models()
     if args.only:
         entries = [e for e in entries if any(s in e["name"] or s in e["family"] for s in args.only)]
