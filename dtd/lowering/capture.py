@@ -276,7 +276,7 @@ def capture(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequen
             raise ValueError(f"input_shape {tuple(input_shape)} differs from the exported program's input {shape}")
         captured = Captured(program, 0, example.dtype, example.device)
         try:
-            captured.output = _selected_output(captured, select, None)
+            captured.output = _selected_output(captured, select)
         except _NotAPick:
             raise ValueError("a callable select= on an ExportedProgram must pick one of its outputs (out.logits, "
                              "out['out']); to compute something from them, pass the model itself") from None
@@ -300,7 +300,7 @@ def capture(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequen
             raise _export_error(model, example, error, shape) from error
         captured = Captured(program, 0, dtype, device)
         try:
-            captured.output = _selected_output(captured, select, None)
+            captured.output = _selected_output(captured, select)
             return captured, shape
         except _NotAPick:
             module = _Selected(model, select)
@@ -309,7 +309,7 @@ def capture(model: nn.Module | torch.export.ExportedProgram, input_shape: Sequen
     except Exception as error:  # noqa: BLE001
         raise _export_error(model, example, error, shape) from error
     captured = Captured(program, 0, dtype, device, prefix=f"{_WRAPPED}." if module is not model else "")
-    captured.output = _selected_output(captured, None if module is not model else select, model)
+    captured.output = _selected_output(captured, None if module is not model else select)
     return captured, shape
 
 
@@ -317,7 +317,7 @@ class _NotAPick(Exception):
     """A callable selection computed something instead of picking one output."""
 
 
-def _selected_output(captured: Captured, select: SelectLike, model: nn.Module | None) -> int:
+def _selected_output(captured: Captured, select: SelectLike) -> int:
     """The index among the graph's user outputs that ``select`` names (ValueError listing the outputs otherwise)."""
     program = captured.program
     spec = program.call_spec.out_spec
