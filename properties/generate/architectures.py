@@ -53,6 +53,8 @@ from torch import nn
 
 from dtd.validation import check_int, check_number, check_seed
 
+from .strategies import Bounds, check_bounds
+
 __all__ = [
     "POPULATIONS",
     "ARCHITECTURES",
@@ -108,20 +110,6 @@ LIVE_OUTPUT = 1e-6
 #: :func:`to_code` refuses models with more numbers than this (use :func:`builder_code`)
 MAX_LITERAL_NUMBERS = 20_000
 
-Bounds = int | tuple[int, int]
-
-
-def _bounds(value: Bounds, name: str, minimum: int = 1) -> tuple[int, int]:
-    if not isinstance(value, tuple):
-        value = (value, value)
-    if len(value) != 2:
-        raise TypeError(f"{name} must be an int or a (min, max) pair of ints, got {value!r}")
-    low, high = (check_int(v, name) for v in value)
-    if low < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    if low > high:
-        raise ValueError(f"{name} has min > max: {value!r}")
-    return low, high
 
 
 def _check_population(population: str) -> str:
@@ -474,9 +462,9 @@ class _Space:
            dtype: torch.dtype = torch.float64, bn_eps: float = 1e-5) -> _Space:
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
-        return cls(architecture, _bounds(in_channels, "in_channels"), _bounds(channels, "channels"),
-                   _bounds(depth, "depth"),
-                   _bounds(image_size, "image_size"), _bounds(outputs, "outputs"), _populations(population),
+        return cls(architecture, check_bounds(in_channels, "in_channels"), check_bounds(channels, "channels"),
+                   check_bounds(depth, "depth"),
+                   check_bounds(image_size, "image_size"), check_bounds(outputs, "outputs"), _populations(population),
                    _check_dtype(dtype), check_number(bn_eps, "bn_eps", minimum=0.0))
 
     def spec(self, pick: Callable[[str, int, int], int]) -> Spec:

@@ -23,7 +23,8 @@ from dtd.validation import check_int, check_number, check_seed
 
 from . import variants as V
 
-__all__ = ["networks", "nonnegative_inputs", "rules", "variants", "cases", "sample_cases", "CaseSpace", "Case",
+__all__ = ["check_bounds", "Bounds",
+           "networks", "nonnegative_inputs", "rules", "variants", "cases", "sample_cases", "CaseSpace", "Case",
            "SEED_MAX"]
 
 #: seeds are drawn from [0, SEED_MAX]
@@ -32,7 +33,9 @@ SEED_MAX = 2**31 - 1
 Bounds = int | tuple[int, int]
 
 
-def _bounds(value: Bounds, name: str, minimum: int = 1) -> tuple[int, int]:
+def check_bounds(value: Bounds, name: str, minimum: int = 1) -> tuple[int, int]:
+    """An int or a ``(min, max)`` pair of ints, as a checked ``(min, max)`` pair (TypeError / ValueError naming
+    ``name``)."""
     if not isinstance(value, tuple):
         value = (value, value)
     if len(value) != 2:
@@ -46,7 +49,7 @@ def _bounds(value: Bounds, name: str, minimum: int = 1) -> tuple[int, int]:
 
 
 def _pair(value: Bounds) -> tuple[int, int]:
-    """Bounds already checked (:func:`_bounds`) as a ``(min, max)`` pair."""
+    """Bounds already checked (:func:`check_bounds`) as a ``(min, max)`` pair."""
     return value if isinstance(value, tuple) else (value, value)
 
 
@@ -76,10 +79,10 @@ def networks(
     Shrinks towards: the shallowest, narrowest network with the smallest
     input and output sizes, the first ``init`` listed, seed 0.
     """
-    depth_b = _bounds(depth, "depth")
-    width_b = _bounds(width, "width")
-    input_b = _bounds(input_size, "input_size")
-    output_b = _bounds(outputs, "outputs")
+    depth_b = check_bounds(depth, "depth")
+    width_b = check_bounds(width, "width")
+    input_b = check_bounds(input_size, "input_size")
+    output_b = check_bounds(outputs, "outputs")
     inits = (init,) if isinstance(init, str) else tuple(init)
     if not inits or any(i not in INITS for i in inits):
         raise ValueError(f"init must be one of {INITS} or a non-empty sequence of them, got {init!r}")
@@ -106,7 +109,7 @@ def nonnegative_inputs(
     """
     if not isinstance(net, ReLUNetwork):
         raise TypeError(f"net must be a dtd.ReLUNetwork, got {type(net).__name__}")
-    n_b = _bounds(n, "n")
+    n_b = check_bounds(n, "n")
     net.check_output(output)
     count = draw(st.integers(*n_b), label="n")
     seed = draw(st.integers(0, SEED_MAX), label="input seed")
@@ -173,7 +176,7 @@ class CaseSpace:
 
     def __post_init__(self) -> None:
         for name in ("depth", "width", "input_size", "outputs", "n"):
-            object.__setattr__(self, name, _bounds(getattr(self, name), name))
+            object.__setattr__(self, name, check_bounds(getattr(self, name), name))
         inits = (self.init,) if isinstance(self.init, str) else tuple(self.init)
         if not inits or any(i not in INITS for i in inits):
             raise ValueError(f"init must be one of {INITS} or a non-empty sequence of them, got {self.init!r}")
